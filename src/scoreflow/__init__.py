@@ -1,0 +1,28 @@
+"""scoreflow: numerical solvers for score-based generative models."""
+
+from . import analytic
+from .errors import NonFiniteError
+from .parameterizations import (
+    denoiser_from_score,
+    eps_from_score,
+    score_from_denoiser,
+    score_from_energy,
+    score_from_eps,
+    score_from_velocity,
+    velocity_from_score,
+)
+from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE
+from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde
+from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "analytic",
+    "NonFiniteError",
+    "ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE",
+    "score_from_eps", "score_from_denoiser", "score_from_velocity", "score_from_energy",
+    "eps_from_score", "denoiser_from_score", "velocity_from_score",
+    "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
+    "sample_ode", "sample_sde", "brownian_motion", "SampleResult",
+]

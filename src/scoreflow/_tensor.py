@@ -1,0 +1,34 @@
+"""Small tensor helpers shared by every layer (broadcasting of times and coefficients)."""
+
+from __future__ import annotations
+
+import torch
+
+TimeLike = float | torch.Tensor
+
+
+def as_time(t: TimeLike, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Return ``t`` as a tensor in the dtype and device of ``like`` (if given)."""
+    if like is None:
+        return torch.as_tensor(t, dtype=torch.get_default_dtype()) if not torch.is_tensor(t) else t
+    return torch.as_tensor(t, dtype=like.dtype, device=like.device)
+
+
+def batch_time(t: TimeLike, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast a scalar or ``(B,)`` time to a ``(B,)`` tensor matching ``x``'s batch, dtype and device."""
+    t = as_time(t, x)
+    if t.ndim == 0:
+        return t.expand(x.shape[0])
+    return t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
+
+
+def right_pad(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a scalar or ``(B,)`` coefficient to ``(B, 1, ..., 1)`` so it multiplies ``x`` of shape ``(B, *D)``."""
+    if coef.ndim == 0:
+        return coef
+    return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
+
+
+def flat_dim(x: torch.Tensor) -> int:
+    """Number of data dimensions ``prod(D)`` of a batch ``x`` of shape ``(B, *D)``."""
+    return x[0].numel()

@@ -1,0 +1,6 @@
+"""Laws with exact densities, scores and perturbed marginals under every forward SDE."""
+
+from .gaussian import Gaussian
+from .mixture import AnalyticScore, GaussianMixture
+
+__all__ = ["Gaussian", "GaussianMixture", "AnalyticScore"]

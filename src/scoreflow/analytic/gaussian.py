@@ -1,0 +1,44 @@
+r"""A single Gaussian law, whose probability-flow map is known in closed form."""
+
+from __future__ import annotations
+
+import torch
+
+from .._tensor import TimeLike
+from ..sde import ForwardSDE
+from .mixture import GaussianMixture
+
+__all__ = ["Gaussian"]
+
+
+class Gaussian(GaussianMixture):
+    r"""The law :math:`N(\mu, C)` on data of shape ``event_shape`` (product D).
+
+    Args:
+        mean: ``(D,)`` mean.
+        cov: ``(D, D)`` symmetric positive-definite covariance.
+        event_shape: shape of one data point; defaults to ``(D,)``.
+    """
+
+    def __init__(self, mean, cov, *, event_shape: tuple[int, ...] | None = None) -> None:
+        mean = torch.as_tensor(mean)
+        cov = torch.as_tensor(cov)
+        dtype = mean.dtype if mean.is_floating_point() else torch.get_default_dtype()
+        super().__init__(torch.ones(1, dtype=dtype), mean[None], cov[None], event_shape=event_shape)
+
+    def flow_map(self, sde: ForwardSDE, x: torch.Tensor, t_from: TimeLike, t_to: TimeLike) -> torch.Tensor:
+        r"""Exact solution of the probability-flow ODE of this law from ``t_from`` to ``t_to``.
+
+        For Gaussian data the flow is linear: in each eigendirection of C,
+        :math:`(x_t - \alpha_t\mu)/\sqrt{\alpha_t^2\lambda + \sigma_t^2}` is constant in t, because
+        :math:`v = \alpha^2\lambda + \sigma^2` obeys :math:`\dot v = 2 f v + g^2`.
+        """
+        dtype = self.means.dtype
+        a0, s0 = sde.marginal(torch.as_tensor(t_from, dtype=dtype))
+        a1, s1 = sde.marginal(torch.as_tensor(t_to, dtype=dtype))
+        lam, mu, u = self.eigvals[0], self.means[0], self.eigvecs[0]
+        scale = torch.sqrt((a1**2 * lam + s1**2) / (a0**2 * lam + s0**2))
+        xf = self._flat(x).to(dtype)
+        z = (xf - a0 * mu) @ u
+        out = a1 * mu + (scale * z) @ u.T
+        return out.to(x.dtype).reshape(x.shape)

@@ -1,0 +1,215 @@
+r"""Gaussian mixtures with full covariances, and their exact perturbed laws under any forward SDE.
+
+Each covariance is stored by its eigendecomposition :math:`C_k = U_k\,\mathrm{diag}(\lambda_k)\,U_k^\top`.
+Under :math:`x_t = \alpha x_0 + \sigma\varepsilon` component k becomes
+:math:`N(\alpha\mu_k,\; U_k\,\mathrm{diag}(\alpha^2\lambda_k + \sigma^2)\,U_k^\top)`: the eigenvectors do
+not move with t, so densities, scores and samples at any (batched) time cost no new factorization.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .._checks import check_generator, check_int
+from .._tensor import TimeLike, batch_time
+from ..sde import ForwardSDE
+
+__all__ = ["GaussianMixture"]
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _as_float_tensor(fn: str, name: str, value, ndim: int) -> torch.Tensor:
+    v = torch.as_tensor(value)
+    if not v.is_floating_point():
+        v = v.to(torch.get_default_dtype())
+    if v.ndim != ndim:
+        raise ValueError(f"{fn}: argument '{name}' expected a {ndim}-D tensor, got shape {tuple(v.shape)}.")
+    if not torch.isfinite(v).all():
+        raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite values.")
+    return v
+
+
+class GaussianMixture:
+    r"""A mixture :math:`\sum_k w_k N(\mu_k, C_k)` on vectors of dimension D (data of any shape ``event_shape``).
+
+    Args:
+        weights: ``(K,)`` non-negative mixture weights (normalized here).
+        means: ``(K, D)`` component means.
+        covs: ``(K, D, D)`` symmetric positive-definite covariances.
+        event_shape: shape ``D_shape`` of one data point (product D); defaults to ``(D,)``.
+
+    Raises:
+        ValueError: on mismatched shapes, negative or all-zero weights, or a covariance that is
+            not symmetric positive definite.
+    """
+
+    def __init__(self, weights, means, covs, *, event_shape: tuple[int, ...] | None = None) -> None:
+        fn = type(self).__name__
+        weights = _as_float_tensor(fn, "weights", weights, 1)
+        means = _as_float_tensor(fn, "means", means, 2).to(weights.dtype)
+        covs = _as_float_tensor(fn, "covs", covs, 3).to(weights.dtype)
+        k, d = means.shape
+        if weights.shape[0] != k or covs.shape != (k, d, d):
+            raise ValueError(
+                f"{fn}: expected weights (K,), means (K, D), covs (K, D, D) with one K and D; got weights "
+                f"{tuple(weights.shape)}, means {tuple(means.shape)}, covs {tuple(covs.shape)}."
+            )
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"{fn}: argument 'weights' expected non-negative values with a positive sum, got {weights.tolist()}.")
+        if not torch.allclose(covs, covs.transpose(-1, -2), rtol=1e-5, atol=1e-8 * float(covs.abs().max())):
+            raise ValueError(f"{fn}: argument 'covs' expected symmetric matrices.")
+        eigvals, eigvecs = torch.linalg.eigh(0.5 * (covs + covs.transpose(-1, -2)))
+        if (eigvals <= 0).any():
+            raise ValueError(
+                f"{fn}: argument 'covs' expected positive-definite matrices, got smallest eigenvalue {float(eigvals.min()):.3g}."
+            )
+        self._init(weights / weights.sum(), means, eigvecs, eigvals, event_shape or (d,))
+
+    def _init(self, weights, means, eigvecs, eigvals, event_shape) -> None:
+        self.weights = weights  # (K,)
+        self.means = means  # (*b, K, D)
+        self.eigvecs = eigvecs  # (K, D, D), columns are eigenvectors
+        self.eigvals = eigvals  # (*b, K, D)
+        self.event_shape = tuple(event_shape)
+        if math.prod(self.event_shape) != self.dim:
+            raise ValueError(f"{type(self).__name__}: event_shape {self.event_shape} does not have {self.dim} elements.")
+
+    @classmethod
+    def _from_eig(cls, weights, means, eigvecs, eigvals, event_shape) -> GaussianMixture:
+        law = cls.__new__(cls)
+        GaussianMixture._init(law, weights, means, eigvecs, eigvals, event_shape)
+        return law
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        return self.means.shape[-1]
+
+    @property
+    def n_components(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """Leading batch shape of the parameters: ``()`` for a data law, ``(B,)`` for a marginal at ``(B,)`` times."""
+        return tuple(self.means.shape[:-2])
+
+    @property
+    def covs(self) -> torch.Tensor:
+        """Covariances :math:`U \\mathrm{diag}(\\lambda) U^\\top`, shape ``(*b, K, D, D)``."""
+        return (self.eigvecs * self.eigvals.unsqueeze(-2)) @ self.eigvecs.transpose(-1, -2)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean of the mixture, shape ``(*b, D)``."""
+        return torch.einsum("k,...kd->...d", self.weights, self.means)
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """Covariance of the mixture (law of total covariance), shape ``(*b, D, D)``."""
+        m = self.mean
+        dev = self.means - m.unsqueeze(-2)
+        within = torch.einsum("k,...kde->...de", self.weights, self.covs)
+        between = torch.einsum("k,...kd,...ke->...de", self.weights, dev, dev)
+        return within + between
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> GaussianMixture:
+        """Return a copy with parameters in ``dtype`` on ``device``."""
+        conv = lambda v: v.to(dtype=dtype, device=device)  # noqa: E731
+        return self._from_eig(
+            conv(self.weights), conv(self.means), conv(self.eigvecs), conv(self.eigvals), self.event_shape
+        )
+
+    # ------------------------------------------------------------------ densities
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        n_event = len(self.event_shape)
+        if tuple(x.shape[x.ndim - n_event :]) != self.event_shape or x.ndim != n_event + 1:
+            raise ValueError(
+                f"{type(self).__name__}: expected x of shape (B, *{self.event_shape}), got {tuple(x.shape)}."
+            )
+        return x.reshape(x.shape[0], self.dim)
+
+    def _component_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-component log-weights plus log-densities ``(B, K)`` and whitened residuals ``z/lambda`` ``(B, K, D)``."""
+        xf = self._flat(x).to(self.means.dtype)
+        diff = xf.unsqueeze(-2) - self.means  # (B, K, D)
+        z = torch.einsum("kde,bkd->bke", self.eigvecs, diff)  # coordinates in each eigenbasis
+        lam = self.eigvals.expand_as(z)
+        maha = (z**2 / lam).sum(-1)
+        logdet = torch.log(lam).sum(-1)
+        log_comp = torch.log(self.weights) - 0.5 * (maha + logdet + self.dim * math.log(2 * math.pi))
+        return log_comp, z / lam
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density at ``x`` of shape ``(B, *event_shape)`` (log-sum-exp over components); shape ``(B,)``."""
+        log_comp, _ = self._component_terms(x)
+        return torch.logsumexp(log_comp, dim=-1).to(x.dtype)
+
+    def grad_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Score :math:`\nabla_x \log p(x) = -\sum_k r_k(x)\, C_k^{-1}(x - \mu_k)`, shaped like ``x``."""
+        log_comp, white = self._component_terms(x)
+        resp = torch.softmax(log_comp, dim=-1)  # (B, K)
+        grad = -torch.einsum("bk,kde,bke->bd", resp, self.eigvecs, white)
+        return grad.to(x.dtype).reshape(x.shape)
+
+    def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior component probabilities ``(B, K)`` of each point."""
+        log_comp, _ = self._component_terms(x)
+        return torch.softmax(log_comp, dim=-1)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``n`` samples, shape ``(n, *event_shape)``; for a batched law ``n`` must equal its batch size."""
+        check_int(type(self).__name__ + ".sample", "n", n)
+        check_generator(type(self).__name__ + ".sample", generator)
+        if self.batch_shape and self.batch_shape != (n,):
+            raise ValueError(f"{type(self).__name__}.sample: a law batched over {self.batch_shape} draws n={self.batch_shape[0]} samples, got n={n}.")
+        device = self.means.device
+        k = torch.multinomial(self.weights.float(), n, replacement=True, generator=generator).to(device)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype, device=device)
+        idx = torch.arange(n, device=device)
+        means = self.means[idx, k] if self.batch_shape else self.means[k]
+        lam = self.eigvals[idx, k] if self.batch_shape else self.eigvals[k]
+        x = means + torch.einsum("nde,ne->nd", self.eigvecs[k], lam.sqrt() * eps)
+        return x.reshape((n, *self.event_shape))
+
+    # ------------------------------------------------------------------ diffusion
+    def marginal(self, sde: ForwardSDE, t: TimeLike) -> GaussianMixture:
+        r"""The exact law of :math:`x_t = \alpha(t)x_0 + \sigma(t)\varepsilon` with :math:`x_0` from this law.
+
+        A scalar ``t`` gives an unbatched law; a ``(B,)`` tensor gives a law batched over B times whose
+        ``log_prob``, ``grad_log_prob`` and ``sample`` treat row i at time ``t[i]``.
+        """
+        t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device)
+        alpha, sigma = sde.marginal(t)
+        a = alpha.reshape(alpha.shape + (1, 1))
+        s = sigma.reshape(sigma.shape + (1, 1))
+        return self._from_eig(self.weights, a * self.means, self.eigvecs, a**2 * self.eigvals + s**2, self.event_shape)
+
+    def score(self, sde: ForwardSDE) -> ScoreFn:
+        """Exact score :math:`s(x, t) = \\nabla_x \\log p_t(x)` of this law diffused by ``sde``, as a callable."""
+        return AnalyticScore(self, sde)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(K={self.n_components}, D={self.dim}, batch_shape={self.batch_shape}, dtype={self.means.dtype})"
+
+
+class AnalyticScore:
+    """The exact score of a law under an SDE, callable as ``score(x, t)``.
+
+    Calls with one shared time (the usual case inside a solver) build one marginal;
+    per-sample times build a law batched over them.
+    """
+
+    def __init__(self, law: GaussianMixture, sde: ForwardSDE) -> None:
+        self.law, self.sde = law, sde
+
+    def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        t = batch_time(t, x)
+        if bool((t == t[0]).all()):
+            return self.law.marginal(self.sde, t[0]).grad_log_prob(x)
+        return self.law.marginal(self.sde, t).grad_log_prob(x)

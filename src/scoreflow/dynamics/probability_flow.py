@@ -1,0 +1,43 @@
+r"""The probability-flow ODE as a torchdiffeq vector field.
+
+.. math:: \frac{dx}{dt} = f(t)\,x - \tfrac12 g(t)^2\, s(x, t)
+
+shares its marginals with the forward SDE, so integrating it from :math:`x_T \sim p_T`
+down to :math:`t_{min}` samples :math:`p_{t_{min}}`, and from data up to T gives likelihoods.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._tensor import right_pad
+from ..sde import ForwardSDE
+from .counting import CountedScore, ScoreFn
+
+__all__ = ["ProbabilityFlowODE"]
+
+
+class ProbabilityFlowODE(torch.nn.Module):
+    """Vector field ``func(t, x)`` for ``torchdiffeq.odeint`` (any method, either time direction).
+
+    Args:
+        score: the score model ``score(x, t)``.
+        sde: the forward SDE.
+
+    Attributes:
+        nfe: number of score evaluations so far.
+    """
+
+    def __init__(self, score: ScoreFn, sde: ForwardSDE) -> None:
+        super().__init__()
+        self.score = score if isinstance(score, CountedScore) else CountedScore(score)
+        self.sde = sde
+
+    @property
+    def nfe(self) -> int:
+        return self.score.nfe
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        t = t.to(x.dtype)
+        coef = right_pad(0.5 * self.sde.diffusion(t) ** 2, x)
+        return self.sde.drift(x, t) - coef * self.score(x, t)

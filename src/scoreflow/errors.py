@@ -1,0 +1,12 @@
+"""Exceptions raised by scoreflow."""
+
+from __future__ import annotations
+
+
+class NonFiniteError(FloatingPointError):
+    """A score, drift or state became NaN or infinite during a solve.
+
+    The message names the time at which the non-finite value first appeared, so a
+    blow-up near ``t_min`` (a typical symptom of a score network evaluated below
+    the times it was trained on) can be told apart from one near ``T``.
+    """

@@ -1,0 +1,273 @@
+r"""Forward noising processes with linear drift.
+
+Every SDE here has the form :math:`dx = f(t)\,x\,dt + g(t)\,dW` on :math:`t \in [0, T]`,
+so its transition from data is Gaussian,
+
+.. math:: x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon,\qquad \varepsilon \sim N(0, I),
+
+with :math:`f = d\log\alpha/dt` and :math:`g^2 = d\sigma^2/dt - 2 f \sigma^2`.
+Subclasses give :math:`\alpha, \sigma, f, g` in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+from ._checks import check_positive
+from ._tensor import TimeLike, as_time, batch_time, flat_dim, right_pad
+
+__all__ = ["ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE"]
+
+
+class ForwardSDE(ABC):
+    """A forward SDE :math:`dx = f(t) x\\,dt + g(t)\\,dW` with Gaussian marginals.
+
+    Attributes:
+        T: the final time (noise end).
+        t_min: the default truncation time at which sampling stops and likelihoods start.
+    """
+
+    def __init__(self, *, T: float, t_min: float) -> None:
+        name = type(self).__name__
+        self.T = check_positive(name, "T", T)
+        self.t_min = check_positive(name, "t_min", t_min)
+        if not self.t_min < self.T:
+            raise ValueError(f"{name}: argument 't_min' expected a time in (0, T={self.T:g}), got {self.t_min!r}.")
+
+    @abstractmethod
+    def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(alpha(t), sigma(t))`` with ``x_t = alpha * x_0 + sigma * eps``; shaped like ``t``."""
+
+    @abstractmethod
+    def drift_coef(self, t: TimeLike) -> torch.Tensor:
+        """Return :math:`f(t)` in the drift :math:`f(x, t) = f(t)\\,x`; shaped like ``t``."""
+
+    @abstractmethod
+    def diffusion(self, t: TimeLike) -> torch.Tensor:
+        """Return the diffusion coefficient :math:`g(t)`; shaped like ``t``."""
+
+    @abstractmethod
+    def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
+        """Invert :meth:`log_snr`: the time at which :math:`\\log(\\alpha/\\sigma)` equals ``log_snr``."""
+
+    @property
+    @abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the isotropic Gaussian prior used in place of :math:`p_T`."""
+
+    def drift(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        """Forward drift :math:`f(t)\\,x` for ``x`` of shape ``(B, *D)`` and scalar or ``(B,)`` time."""
+        return right_pad(self.drift_coef(batch_time(t, x)), x) * x
+
+    def log_snr(self, t: TimeLike) -> torch.Tensor:
+        """Half log signal-to-noise ratio :math:`\\lambda(t) = \\log\\alpha(t) - \\log\\sigma(t)`."""
+        alpha, sigma = self.marginal(t)
+        return torch.log(alpha) - torch.log(sigma)
+
+    def prior_sample(
+        self,
+        shape: tuple[int, ...] | torch.Size,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Draw ``x_T`` of the given shape ``(B, *D)`` from the prior :math:`N(0, \\text{prior\\_std}^2 I)`."""
+        if device is None and generator is not None:
+            device = generator.device
+        eps = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return self.prior_std * eps
+
+    def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density of the prior at ``x`` of shape ``(B, *D)``, summed over data dims; shape ``(B,)``."""
+        d = flat_dim(x)
+        s2 = self.prior_std**2
+        sq = x.reshape(x.shape[0], -1).pow(2).sum(dim=1)
+        return -0.5 * sq / s2 - 0.5 * d * math.log(2 * math.pi * s2)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v:g}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+
+class _LinearBetaMixin:
+    r"""Shared :math:`\beta(t) = \beta_{min} + t(\beta_{max} - \beta_{min})` schedule of VP and sub-VP."""
+
+    beta_min: float
+    beta_max: float
+
+    def _check_betas(self, beta_min: float, beta_max: float) -> None:
+        name = type(self).__name__
+        self.beta_min = check_positive(name, "beta_min", beta_min, allow_zero=True)
+        self.beta_max = check_positive(name, "beta_max", beta_max)
+        if self.beta_min > self.beta_max:
+            raise ValueError(
+                f"{name}: expected beta_min <= beta_max, got beta_min={beta_min!r} > beta_max={beta_max!r}."
+            )
+
+    def beta(self, t: TimeLike) -> torch.Tensor:
+        t = as_time(t)
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_alpha(self, t: TimeLike) -> torch.Tensor:
+        r""":math:`\log\alpha(t) = -\tfrac14 t^2 (\beta_{max}-\beta_{min}) - \tfrac12 t\,\beta_{min}`."""
+        t = as_time(t)
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def t_from_log_alpha(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """Solve the quadratic :meth:`log_alpha` ``= log_alpha`` for t >= 0 (cancellation-free root)."""
+        a = -log_alpha
+        b0, delta = self.beta_min, self.beta_max - self.beta_min
+        return 2 * a / (0.5 * b0 + torch.sqrt(0.25 * b0**2 + delta * a))
+
+    def drift_coef(self, t: TimeLike) -> torch.Tensor:
+        return -0.5 * self.beta(t)
+
+
+class VPSDE(_LinearBetaMixin, ForwardSDE):
+    r"""Variance-preserving SDE (DDPM in continuous time): :math:`dx = -\tfrac12\beta(t) x\,dt + \sqrt{\beta(t)}\,dW`.
+
+    :math:`\alpha(t) = e^{-\frac14 t^2(\beta_{max}-\beta_{min}) - \frac12 t\beta_{min}}`,
+    :math:`\sigma(t)^2 = 1 - \alpha(t)^2`; prior :math:`N(0, I)`.
+
+    Raises:
+        ValueError: if ``beta_min < 0``, ``beta_max <= 0``, ``beta_min > beta_max`` or the time range is empty.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, T: float = 1.0, t_min: float = 1e-3) -> None:
+        self._check_betas(beta_min, beta_max)
+        super().__init__(T=T, t_min=t_min)
+
+    def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        log_alpha = self.log_alpha(t)
+        return torch.exp(log_alpha), torch.sqrt(-torch.expm1(2 * log_alpha))
+
+    def diffusion(self, t: TimeLike) -> torch.Tensor:
+        return torch.sqrt(self.beta(t))
+
+    def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
+        # alpha^2 = sigmoid(2 lambda)  =>  log alpha = -softplus(-2 lambda) / 2
+        return self.t_from_log_alpha(-0.5 * torch.nn.functional.softplus(-2 * as_time(log_snr)))
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+
+class SubVPSDE(_LinearBetaMixin, ForwardSDE):
+    r"""Sub-VP SDE (Song et al. 2021): :math:`dx = -\tfrac12\beta x\,dt + \sqrt{\beta(t)(1 - \alpha(t)^4)}\,dW`.
+
+    Same :math:`\alpha(t)` as :class:`VPSDE`, :math:`\sigma(t) = 1 - \alpha(t)^2`; prior :math:`N(0, I)`.
+
+    Raises:
+        ValueError: if ``beta_min < 0``, ``beta_max <= 0``, ``beta_min > beta_max`` or the time range is empty.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, T: float = 1.0, t_min: float = 1e-3) -> None:
+        self._check_betas(beta_min, beta_max)
+        super().__init__(T=T, t_min=t_min)
+
+    def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        log_alpha = self.log_alpha(t)
+        return torch.exp(log_alpha), -torch.expm1(2 * log_alpha)
+
+    def diffusion(self, t: TimeLike) -> torch.Tensor:
+        return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_alpha(t)))
+
+    def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
+        # alpha / (1 - alpha^2) = e^lambda  =>  alpha = 2 e^lambda / (1 + sqrt(1 + 4 e^{2 lambda}))
+        lam = as_time(log_snr)
+        e = torch.exp(lam)
+        alpha = 2 * e / (1 + torch.sqrt(1 + 4 * e**2))
+        return self.t_from_log_alpha(torch.log(alpha))
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+
+class VESDE(ForwardSDE):
+    r"""Variance-exploding SDE (SMLD/NCSN): :math:`dx = \sigma_{min} r^t \sqrt{2\log r}\,dW`, :math:`r = \sigma_{max}/\sigma_{min}`.
+
+    The diffusion is score_sde's; the marginal is the exact one of the SDE started at clean
+    data, :math:`\alpha = 1`, :math:`\sigma(t)^2 = \sigma_{min}^2 (r^{2t} - 1)`, which differs from
+    the common approximation :math:`\sigma_{min} r^t` by :math:`\sigma_{min}^2` in variance.
+    Prior :math:`N(0, \sigma_{max}^2 I)`.
+
+    Raises:
+        ValueError: unless ``0 < sigma_min < sigma_max`` and the time range is non-empty.
+    """
+
+    def __init__(
+        self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, T: float = 1.0, t_min: float = 1e-5
+    ) -> None:
+        self.sigma_min = check_positive("VESDE", "sigma_min", sigma_min)
+        self.sigma_max = check_positive("VESDE", "sigma_max", sigma_max)
+        if not self.sigma_min < self.sigma_max:
+            raise ValueError(
+                f"VESDE: expected sigma_min < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}."
+            )
+        super().__init__(T=T, t_min=t_min)
+
+    @property
+    def _log_ratio(self) -> float:
+        return math.log(self.sigma_max / self.sigma_min) / self.T
+
+    def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        t = as_time(t)
+        sigma = self.sigma_min * torch.sqrt(torch.expm1(2 * self._log_ratio * t))
+        return torch.ones_like(t), sigma
+
+    def drift_coef(self, t: TimeLike) -> torch.Tensor:
+        return torch.zeros_like(as_time(t))
+
+    def diffusion(self, t: TimeLike) -> torch.Tensor:
+        t = as_time(t)
+        return self.sigma_min * torch.exp(self._log_ratio * t) * math.sqrt(2 * self._log_ratio)
+
+    def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
+        sigma = torch.exp(-as_time(log_snr))
+        return torch.log1p((sigma / self.sigma_min) ** 2) / (2 * self._log_ratio)
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+
+class EDMSDE(ForwardSDE):
+    r"""The EDM / k-diffusion process :math:`\sigma(t) = t`: :math:`dx = \sqrt{2t}\,dW`, :math:`\alpha = 1`.
+
+    Time is the noise level, so ``T = sigma_max`` and ``t_min = sigma_min``; prior :math:`N(0, \sigma_{max}^2 I)`.
+
+    Raises:
+        ValueError: unless ``0 < sigma_min < sigma_max``.
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
+        self.sigma_min = check_positive("EDMSDE", "sigma_min", sigma_min)
+        self.sigma_max = check_positive("EDMSDE", "sigma_max", sigma_max)
+        if not self.sigma_min < self.sigma_max:
+            raise ValueError(
+                f"EDMSDE: expected sigma_min < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}."
+            )
+        super().__init__(T=self.sigma_max, t_min=self.sigma_min)
+
+    def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        t = as_time(t)
+        return torch.ones_like(t), t.clone()
+
+    def drift_coef(self, t: TimeLike) -> torch.Tensor:
+        return torch.zeros_like(as_time(t))
+
+    def diffusion(self, t: TimeLike) -> torch.Tensor:
+        return torch.sqrt(2 * as_time(t))
+
+    def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
+        return torch.exp(-as_time(log_snr))
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
