@@ -1,0 +1,108 @@
+r"""Distances between sample sets and laws, and convergence-order fits.
+
+Used by the tests, the benchmarks and :mod:`scoreflow.testing`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ._checks import check_int
+
+__all__ = [
+    "sliced_wasserstein2",
+    "gaussian_w2",
+    "mode_weights",
+    "rms_error",
+    "fit_order",
+    "moment_standard_errors",
+]
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+def _quantiles(sorted_x: torch.Tensor, n: int) -> torch.Tensor:
+    """Empirical quantile function of each column of ``sorted_x`` (P, N) at the n mid-points (k+1/2)/n."""
+    m = sorted_x.shape[-1]
+    if m == n:
+        return sorted_x
+    pos = (torch.arange(n, dtype=sorted_x.dtype, device=sorted_x.device) + 0.5) * (m / n) - 0.5
+    pos = pos.clamp(0, m - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=m - 1)
+    w = pos - lo
+    return sorted_x[..., lo] * (1 - w) + sorted_x[..., hi] * w
+
+
+def sliced_wasserstein2(
+    x: torch.Tensor, y: torch.Tensor, *, n_projections: int = 256, generator: torch.Generator | None = None
+) -> float:
+    r"""Sliced Wasserstein-2 distance :math:`\big(E_\theta W_2^2(\theta^\top x, \theta^\top y)\big)^{1/2}`.
+
+    Directions θ are uniform on the sphere; each 1-D W2 compares sorted projections (quantile
+    functions, interpolated when the sample sizes differ).
+    """
+    check_int("sliced_wasserstein2", "n_projections", n_projections)
+    xf, yf = _flat(x).double(), _flat(y).double()
+    if xf.shape[1] != yf.shape[1]:
+        raise ValueError(f"sliced_wasserstein2: x has {xf.shape[1]} dims per sample, y has {yf.shape[1]}.")
+    theta = torch.randn(xf.shape[1], n_projections, generator=generator, dtype=torch.float64)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    px = torch.sort((xf @ theta).T, dim=1).values
+    py = torch.sort((yf @ theta).T, dim=1).values
+    n = max(px.shape[1], py.shape[1])
+    w2sq = (_quantiles(px, n) - _quantiles(py, n)).pow(2).mean(dim=1)
+    return math.sqrt(float(w2sq.mean()))
+
+
+def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(0.5 * (c + c.T))
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def gaussian_w2(mean1, cov1, mean2, cov2) -> float:
+    r"""Wasserstein-2 distance between Gaussians:
+    :math:`\|m_1-m_2\|^2 + \mathrm{tr}(C_1 + C_2 - 2(C_2^{1/2} C_1 C_2^{1/2})^{1/2})`, square-rooted."""
+    m1, m2 = (np.asarray(torch.as_tensor(m).double().cpu()) for m in (mean1, mean2))
+    c1, c2 = (np.asarray(torch.as_tensor(c).double().cpu()) for c in (cov1, cov2))
+    s2 = _sqrtm_psd(c2)
+    cross = _sqrtm_psd(s2 @ c1 @ s2)
+    w2sq = float(np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * cross))
+    return math.sqrt(max(w2sq, 0.0))
+
+
+def mode_weights(law, x: torch.Tensor) -> torch.Tensor:
+    """Fraction of samples assigned to each component of a mixture ``law`` by maximum responsibility."""
+    k = law.responsibilities(x).argmax(dim=1)
+    return torch.bincount(k, minlength=law.n_components).to(torch.float64) / x.shape[0]
+
+
+def rms_error(x: torch.Tensor, y: torch.Tensor) -> float:
+    r"""Root-mean-square difference :math:`\sqrt{\tfrac{1}{BD}\sum (x - y)^2}` of two equally shaped batches."""
+    return float((x.double() - y.double()).pow(2).mean().sqrt())
+
+
+def fit_order(step_sizes, errors) -> float:
+    r"""Least-squares slope of :math:`\log(\text{error})` against :math:`\log(h)`: the empirical order."""
+    h = np.log(np.asarray(step_sizes, dtype=float))
+    e = np.log(np.asarray(errors, dtype=float))
+    if h.size < 2 or not np.all(np.isfinite(e)):
+        raise ValueError(f"fit_order: need >= 2 positive finite errors, got {list(errors)}.")
+    return float(np.polyfit(h, e, 1)[0])
+
+
+def moment_standard_errors(reference: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Monte-Carlo standard errors of the sample mean and sample covariance of ``n`` draws.
+
+    Estimated from a (large) exact ``reference`` sample: :math:`\mathrm{sd}(x_i)/\sqrt n` and
+    :math:`\mathrm{sd}((x_i-\mu_i)(x_j-\mu_j))/\sqrt n`.  Returns ``(se_mean (D,), se_cov (D, D))``.
+    """
+    r = _flat(reference).double()
+    c = r - r.mean(0)
+    prods = c.unsqueeze(2) * c.unsqueeze(1)
+    return r.std(0) / math.sqrt(n), prods.std(0) / math.sqrt(n)
