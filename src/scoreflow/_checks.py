@@ -32,15 +32,23 @@ def check_choice(fn: str, name: str, value: Any, valid: Iterable[str]) -> str:
     return value
 
 
-def check_positive(fn: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """Check that ``value`` is a finite real number > 0 (or >= 0); return it as float."""
+def check_real(fn: str, name: str, value: Any) -> float:
+    """Check that ``value`` is a finite real number (a Python number or a one-element tensor); return it as float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
         torch.is_tensor(value) and value.numel() == 1
     ):
         raise TypeError(f"{fn}: argument '{name}' expected a real number, got {_describe(value)}.")
     v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{fn}: argument '{name}' expected a finite number, got {v!r}.")
+    return v
+
+
+def check_positive(fn: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Check that ``value`` is a finite real number > 0 (or >= 0); return it as float."""
+    v = check_real(fn, name, value)
     ok = v >= 0 if allow_zero else v > 0
-    if not math.isfinite(v) or not ok:
+    if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{fn}: argument '{name}' expected a finite number {bound}, got {v!r}.")
     return v
@@ -128,3 +136,22 @@ def check_finite(value: torch.Tensor, t: Any, *, what: str) -> None:
             f"{value.shape[0] if value.ndim else 1} samples; check the score model at this time "
             "(e.g. evaluated below the smallest time it was trained on) or use a larger t_min."
         )
+
+
+def check_brownian(fn: str, bm: Any, x_T: torch.Tensor, duration: float, *, levy_area: bool) -> None:
+    """Check a user-supplied torchsde Brownian path against the flattened state and time span it must cover."""
+    import torchsde
+
+    if not isinstance(bm, torchsde.BrownianInterval):
+        raise TypeError(f"{fn}: argument 'bm' expected a torchsde.BrownianInterval (see scoreflow.brownian_motion), got {_describe(bm)}.")
+    size = (x_T.shape[0], x_T[0].numel())
+    if tuple(bm.shape) != size or bm.dtype != x_T.dtype:
+        raise ValueError(
+            f"{fn}: argument 'bm' expected shape {size} and dtype {x_T.dtype} (the flattened x_T), "
+            f"got shape {tuple(bm.shape)} and dtype {bm.dtype}."
+        )
+    start, end = float(bm._start), float(bm._end)
+    if start > 0.0 or end < duration * (1 - 1e-6):
+        raise ValueError(f"{fn}: argument 'bm' must cover solver times [0, T - t_min] = [0, {duration:g}], got [{start:g}, {end:g}].")
+    if levy_area and bm.levy_area_approximation == "none":
+        raise ValueError(f"{fn}: method 'srk' needs a path with Levy area: brownian_motion(..., levy_area=True).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_batch, check_score_output, check_time_interval
+from .._checks import check_batch, check_real, check_score_output
 from .._tensor import batch_time
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..parameterizations import denoiser_from_score
@@ -23,7 +23,7 @@ def resolve_t_min(fn: str, sde: ForwardSDE, t_min: float | None) -> float:
     """The truncation time: ``sde.t_min`` by default, else a value in ``(0, T)``."""
     if t_min is None:
         return sde.t_min
-    t = check_time_interval(fn, "t_min", t_min, 0.0, sde.T)
+    t = check_real(fn, "t_min", t_min)
     if not 0.0 < t < sde.T:
         raise ValueError(f"{fn}: argument 't_min' expected a time in (0, T={sde.T:g}), got {t!r}.")
     return t

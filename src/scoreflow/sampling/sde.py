@@ -8,7 +8,7 @@ import warnings
 import torch
 import torchsde
 
-from .._checks import check_choice, check_generator, check_int, check_positive
+from .._checks import check_brownian, check_choice, check_generator, check_int, check_positive
 from ..dynamics.counting import ScoreFn
 from ..dynamics.reverse_sde import ReverseSDE
 from ..sde import ForwardSDE
@@ -40,13 +40,17 @@ def brownian_motion(
     *,
     generator: torch.Generator | None = None,
     levy_area: bool = False,
+    query_independent: bool = False,
 ) -> torchsde.BrownianInterval:
-    """A Brownian path on ``[0, duration]`` for the flattened state of ``x_T``, seeded from ``generator``.
+    """A Brownian path on ``[0, duration]`` (solver time s = T - t) for the flattened state of ``x_T``.
 
-    The same generator state gives the same path however finely it is queried, so runs with
-    different step counts share one path (what strong-order studies need).
+    Seeded from ``generator``: equal generator states give equal paths for equal queries. With
+    ``query_independent=True`` the path is also the same however finely it is queried (torchsde's
+    dyadic ``halfway_tree``, a little slower), so runs with different step counts share one path,
+    which strong-order studies need; pass it to :func:`sample_sde` as ``bm``.
     """
     entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else "cpu"))
+    extra = {"halfway_tree": True, "tol": duration * 2.0**-20} if query_independent else {}
     return torchsde.BrownianInterval(
         t0=0.0,
         t1=duration,
@@ -55,6 +59,7 @@ def brownian_motion(
         device=x_T.device,
         entropy=entropy,
         levy_area_approximation="space-time" if levy_area else "none",
+        **extra,
     )
 
 
@@ -74,6 +79,7 @@ def sample_sde(
     denoise_final: bool = False,
     return_trajectory: bool = False,
     enable_grad: bool = False,
+    bm: torchsde.BrownianInterval | None = None,
 ) -> SampleResult:
     r"""Integrate the reverse-time SDE :math:`dx = [f x - g^2 s]\,dt + g\,d\bar W` from T down to ``t_min``.
 
@@ -92,6 +98,8 @@ def sample_sde(
         denoise_final: finish with Tweedie's denoising step at ``t_min`` (one NFE).
         return_trajectory: also return the states on the uniform grid (``steps`` given).
         enable_grad: keep the autograd graph; off by default.
+        bm: a Brownian path on ``[0, T - t_min]`` from :func:`brownian_motion` to use instead of
+            one drawn from ``generator`` (e.g. one path shared by runs with different step counts).
 
     Returns:
         A :class:`SampleResult` with ``samples`` at ``t_min`` and ``nfe``.
@@ -124,8 +132,11 @@ def sample_sde(
 
     counted = start_counted(fn, score, sde, x_T, sde.T)
     reverse = ReverseSDE(counted, sde, tuple(x_T.shape[1:]), sde_type=SDE_METHODS[method])
-    # The path must cover the grid's last time as rounded in x_T's dtype.
-    bm = brownian_motion(x_T, float(grid[-1]), generator=generator, levy_area=method == "srk")
+    if bm is None:
+        # The path must cover the grid's last time as rounded in x_T's dtype.
+        bm = brownian_motion(x_T, float(grid[-1]), generator=generator, levy_area=method == "srk")
+    else:
+        check_brownian(fn, bm, x_T, duration, levy_area=method == "srk")
     y0 = x_T.reshape(x_T.shape[0], -1)
     grad_ctx = contextlib.nullcontext() if enable_grad else torch.no_grad()
     with grad_ctx:
