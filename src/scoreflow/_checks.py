@@ -128,3 +128,50 @@ def check_finite(value: torch.Tensor, t: Any, *, what: str) -> None:
             f"{value.shape[0] if value.ndim else 1} samples; check the score model at this time "
             "(e.g. evaluated below the smallest time it was trained on) or use a larger t_min."
         )
+
+
+def check_like(fn: str, name: str, value: Any, x: torch.Tensor, *, what: str | None = None) -> torch.Tensor:
+    """Check that ``value`` is a tensor with the shape, dtype and device of ``x``; return it.
+
+    ``what`` names the producer in the message (e.g. ``"the score"``) when ``value`` is not an argument.
+    """
+    who = what or f"argument '{name}'"
+    if not torch.is_tensor(value):
+        raise TypeError(f"{fn}: {who} expected a tensor shaped like x {tuple(x.shape)}, got {_describe(value)}.")
+    if value.shape != x.shape:
+        raise ValueError(
+            f"{fn}: {who} expected shape {tuple(x.shape)} (the shape of x), got shape {tuple(value.shape)}. "
+            "Fix: a score s(x, t) must return a tensor shaped like x."
+        )
+    if value.dtype != x.dtype:
+        raise TypeError(
+            f"{fn}: {who} expected dtype {x.dtype} (the dtype of x), got {value.dtype}. "
+            "Fix: cast the model or x so that both use the same dtype."
+        )
+    if value.device != x.device:
+        raise ValueError(f"{fn}: {who} expected device {x.device} (the device of x), got {value.device}.")
+    return value
+
+
+def check_callable(fn: str, name: str, value: Any, signature: str) -> Callable:
+    """Check that ``value`` is callable; ``signature`` (e.g. ``"score(x, t)"``) is shown in the message."""
+    if not callable(value):
+        raise TypeError(f"{fn}: argument '{name}' expected a callable {signature}, got {_describe(value)}.")
+    return value
+
+
+def check_noise_levels(fn: str, name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
+    """Check a non-empty 1-D sequence or tensor of finite noise levels > 0; return it as a tensor like ``like``."""
+    try:
+        levels = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"{fn}: argument '{name}' expected a 1-D sequence or tensor of noise levels, got {_describe(value)}."
+        ) from None
+    if levels.ndim != 1 or levels.numel() == 0:
+        raise ValueError(
+            f"{fn}: argument '{name}' expected a non-empty 1-D sequence of noise levels, got shape {tuple(levels.shape)}."
+        )
+    if not (torch.isfinite(levels).all() and (levels > 0).all()):
+        raise ValueError(f"{fn}: argument '{name}' expected finite noise levels > 0, got {levels.tolist()}.")
+    return levels
