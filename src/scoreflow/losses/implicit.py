@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_batch, check_like
+from .._checks import check_batch
 from .._tensor import TimeLike, batch_time
 from ..dynamics.counting import ScoreFn
 from ..dynamics.divergence import value_and_exact_divergence
-from ._common import check_reduction, check_score, reduce, sq_norm
+from ._common import call_score, check_reduction, check_score, reduce, sq_norm
 
 __all__ = ["ism_loss"]
 
@@ -54,6 +54,5 @@ def ism_loss(
     check_batch(fn, "x", x)
     check_reduction(fn, reduction)
     tb = batch_time(t, x)
-    s, div = value_and_exact_divergence(lambda y: score(y, tb), x, chunk_size=chunk_size)
-    check_like(fn, "score", s, x, what="the score")
+    s, div = value_and_exact_divergence(lambda y: call_score(fn, score, y, tb), x, chunk_size=chunk_size)
     return reduce(0.5 * sq_norm(s) + div, reduction)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_batch, check_choice, check_generator, check_int, check_like
+from .._checks import check_batch, check_choice, check_generator, check_int
 from .._tensor import TimeLike, batch_time
 from ..dynamics.counting import ScoreFn
 from ..dynamics.divergence import PROBES, draw_probes, value_and_hutchinson_divergence
-from ._common import check_reduction, check_score, dot, reduce, sq_norm
+from ._common import call_score, check_reduction, check_score, dot, reduce, sq_norm
 
 __all__ = ["ssm_loss", "ssm_vr_loss"]
 
@@ -33,8 +33,7 @@ def _projections(
     check_reduction(fn, reduction)
     probes = draw_probes(x, n_projections, probe, generator)
     tb = batch_time(t, x)
-    s, vjv = value_and_hutchinson_divergence(lambda y: score(y, tb), x, probes)
-    check_like(fn, "score", s, x, what="the score")
+    s, vjv = value_and_hutchinson_divergence(lambda y: call_score(fn, score, y, tb), x, probes)
     return probes, s, vjv
 
 
