@@ -13,7 +13,7 @@ the form computed here (no division of the noise by a small :math:`\sigma`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -87,7 +87,7 @@ def dsm_loss(
 def multiscale_dsm_loss(
     score: ScoreFn,
     x: torch.Tensor,
-    sigmas,
+    sigmas: Sequence[float] | torch.Tensor,
     *,
     weighting: Weighting = "sigma2",
     generator: torch.Generator | None = None,
