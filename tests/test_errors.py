@@ -24,25 +24,25 @@ def x_T(problem):
 
 @pytest.mark.parametrize("name", FRONT_ENDS)
 def test_score_with_wrong_shape(name, problem, x_T):
-    with pytest.raises(ValueError, match=rf"{name}: the score returned shape \(4, 1\) for x of shape \(4, 2\)"):
+    with pytest.raises(ValueError, match=rf"{name}: the score expected shape \(4, 2\) \(the shape of x\), got shape \(4, 1\)"):
         FRONT_ENDS[name](lambda x, t: x[:, :1], problem.sde, x_T)
 
 
 @pytest.mark.parametrize("name", FRONT_ENDS)
 def test_score_with_wrong_dtype(name, problem, x_T):
-    with pytest.raises(TypeError, match=rf"{name}: the score returned dtype torch.float32 for x of dtype torch.float64"):
+    with pytest.raises(TypeError, match=rf"{name}: the score expected dtype torch.float64 \(the dtype of x\), got torch.float32"):
         FRONT_ENDS[name](lambda x, t: x.float(), problem.sde, x_T)
 
 
 @pytest.mark.parametrize("name", FRONT_ENDS)
 def test_score_on_wrong_device(name, problem, x_T):
-    with pytest.raises(ValueError, match=rf"{name}: the score returned a tensor on device meta for x on cpu"):
+    with pytest.raises(ValueError, match=rf"{name}: the score expected device cpu \(the device of x\), got meta"):
         FRONT_ENDS[name](lambda x, t: torch.empty_like(x, device="meta"), problem.sde, x_T)
 
 
 @pytest.mark.parametrize("name", FRONT_ENDS)
 def test_score_returning_non_tensor(name, problem, x_T):
-    with pytest.raises(TypeError, match=rf"{name}: the score returned ndarray"):
+    with pytest.raises(TypeError, match=rf"{name}: the score expected a tensor shaped like x \(4, 2\), got ndarray"):
         FRONT_ENDS[name](lambda x, t: x.numpy(), problem.sde, x_T)
 
 

@@ -1,6 +1,6 @@
 """scoreflow: numerical solvers for score-based generative models."""
 
-from . import analytic
+from . import analytic, losses
 from .errors import NonFiniteError
 from .parameterizations import (
     denoiser_from_score,
@@ -11,7 +11,7 @@ from .parameterizations import (
     score_from_velocity,
     velocity_from_score,
 )
-from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE
+from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE, exact_divergence, hutchinson_divergence
 from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 
@@ -19,10 +19,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "analytic",
+    "losses",
     "NonFiniteError",
     "ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE",
     "score_from_eps", "score_from_denoiser", "score_from_velocity", "score_from_energy",
     "eps_from_score", "denoiser_from_score", "velocity_from_score",
     "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
+    "exact_divergence", "hutchinson_divergence",
     "sample_ode", "sample_sde", "brownian_motion", "SampleResult",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .._checks import check_batch, check_real, check_score_output
@@ -42,3 +44,8 @@ def start_counted(fn: str, score: ScoreFn, sde: ForwardSDE, x_T: torch.Tensor, t
 def tweedie_denoise(score: CountedScore, sde: ForwardSDE, x: torch.Tensor, t: float) -> torch.Tensor:
     r"""One final denoising step :math:`E[x_0|x_t] = (x + \sigma^2 s(x,t))/\alpha` (one NFE)."""
     return denoiser_from_score(score, sde)(x, batch_time(t, x))
+
+
+def grad_mode(enable_grad: bool) -> contextlib.AbstractContextManager:
+    """Samplers run under ``torch.no_grad()`` unless the caller asks to differentiate through them."""
+    return contextlib.nullcontext() if enable_grad else torch.no_grad()

@@ -2,7 +2,6 @@ r"""Sampling by the probability-flow ODE with torchdiffeq's solvers."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -12,7 +11,7 @@ from .._checks import check_choice, check_int, check_positive
 from ..dynamics.counting import ScoreFn
 from ..dynamics.probability_flow import ProbabilityFlowODE
 from ..sde import ForwardSDE
-from ._common import check_sde, resolve_t_min, start_counted, tweedie_denoise
+from ._common import check_sde, grad_mode, resolve_t_min, start_counted, tweedie_denoise
 from .result import SampleResult
 
 __all__ = ["sample_ode", "ADAPTIVE_ODE_METHODS", "FIXED_ODE_METHODS", "ODE_ORDERS"]
@@ -90,7 +89,8 @@ def sample_ode(
         check_positive(fn, "rtol", rtol)
         check_positive(fn, "atol", atol)
 
-    counted = start_counted(fn, score, sde, x_T, sde.T)
+    with grad_mode(enable_grad):
+        counted = start_counted(fn, score, sde, x_T, sde.T)
     func = ProbabilityFlowODE(counted, sde)
     if fixed and steps is not None:
         ts = torch.linspace(sde.T, t_min, steps + 1, dtype=x_T.dtype, device=x_T.device)
@@ -101,8 +101,7 @@ def sample_ode(
         # back, evaluating the score below t_min (where sigma(t)^2 may be negative).
         opts.setdefault("step_t", ts[-1:])
 
-    grad_ctx = contextlib.nullcontext() if enable_grad else torch.no_grad()
-    with grad_ctx:
+    with grad_mode(enable_grad):
         traj = torchdiffeq.odeint(
             func, x_T, ts, method=_ALIASES.get(method, method), rtol=rtol, atol=atol, options=opts or None
         )

@@ -2,7 +2,6 @@ r"""Sampling by the reverse-time SDE with torchsde's solvers."""
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import torch
@@ -12,7 +11,7 @@ from .._checks import check_brownian, check_choice, check_generator, check_int, 
 from ..dynamics.counting import ScoreFn
 from ..dynamics.reverse_sde import ReverseSDE
 from ..sde import ForwardSDE
-from ._common import check_sde, resolve_t_min, start_counted, tweedie_denoise
+from ._common import check_sde, grad_mode, resolve_t_min, start_counted, tweedie_denoise
 from .result import SampleResult
 
 __all__ = ["sample_sde", "SDE_METHODS", "SDE_STRONG_ORDERS", "brownian_motion"]
@@ -130,7 +129,8 @@ def sample_sde(
         check_positive(fn, "rtol", rtol)
         check_positive(fn, "atol", atol)
 
-    counted = start_counted(fn, score, sde, x_T, sde.T)
+    with grad_mode(enable_grad):
+        counted = start_counted(fn, score, sde, x_T, sde.T)
     reverse = ReverseSDE(counted, sde, tuple(x_T.shape[1:]), sde_type=SDE_METHODS[method])
     if bm is None:
         # The path must cover the grid's last time as rounded in x_T's dtype.
@@ -138,8 +138,7 @@ def sample_sde(
     else:
         check_brownian(fn, bm, x_T, duration, levy_area=method == "srk")
     y0 = x_T.reshape(x_T.shape[0], -1)
-    grad_ctx = contextlib.nullcontext() if enable_grad else torch.no_grad()
-    with grad_ctx:
+    with grad_mode(enable_grad):
         # A step a hair longer than duration/steps stops torchsde's float round-off from
         # adding a vanishing extra step; the last step is clipped to land on t_min exactly.
         with warnings.catch_warnings():
