@@ -13,6 +13,7 @@ from .parameterizations import (
 )
 from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE
 from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde
+from .sampling import annealed_langevin, geometric_sigmas, langevin, sample_pc
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 
 __version__ = "0.1.0"
@@ -25,4 +26,5 @@ __all__ = [
     "eps_from_score", "denoiser_from_score", "velocity_from_score",
     "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
     "sample_ode", "sample_sde", "brownian_motion", "SampleResult",
+    "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc",
 ]

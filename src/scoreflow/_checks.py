@@ -128,3 +128,42 @@ def check_finite(value: torch.Tensor, t: Any, *, what: str) -> None:
             f"{value.shape[0] if value.ndim else 1} samples; check the score model at this time "
             "(e.g. evaluated below the smallest time it was trained on) or use a larger t_min."
         )
+
+
+def check_sigmas(fn: str, name: str, value: Any) -> torch.Tensor:
+    """Check a 1-D sequence of noise levels that is positive, finite and strictly decreasing; return it in float64."""
+    try:
+        sigmas = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{fn}: argument '{name}' expected a 1-D sequence of noise levels, got {_describe(value)}.") from None
+    if sigmas.ndim != 1 or sigmas.numel() == 0:
+        raise ValueError(f"{fn}: argument '{name}' expected a non-empty 1-D sequence, got shape {tuple(sigmas.shape)}.")
+    if not torch.isfinite(sigmas).all() or (sigmas <= 0).any():
+        raise ValueError(f"{fn}: argument '{name}' expected finite positive noise levels, got {sigmas.tolist()}.")
+    if (sigmas[1:] >= sigmas[:-1]).any():
+        raise ValueError(
+            f"{fn}: argument '{name}' expected strictly decreasing noise levels (largest first), got {sigmas.tolist()}. "
+            "Fix: sort them in decreasing order, e.g. scoreflow.geometric_sigmas(sigma_min, sigma_max, n)."
+        )
+    return sigmas
+
+
+def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch.Tensor:
+    """Call ``log_prob(x)`` once and check it returns a finite ``(B,)`` tensor in ``x``'s dtype and device."""
+    if not callable(log_prob):
+        raise TypeError(f"{fn}: argument 'log_prob' expected a callable log_prob(x) or None, got {_describe(log_prob)}.")
+    with torch.no_grad():
+        out = log_prob(x)
+    if not torch.is_tensor(out) or out.shape != (x.shape[0],):
+        raise ValueError(
+            f"{fn}: log_prob returned {_describe(out)} for x of shape {tuple(x.shape)}; "
+            f"expected a tensor of shape ({x.shape[0]},), one log-density per sample (sum over data dims)."
+        )
+    if out.dtype != x.dtype or out.device != x.device:
+        raise TypeError(
+            f"{fn}: log_prob returned dtype {out.dtype} on {out.device} for x of dtype {x.dtype} on {x.device}; "
+            "cast the model or x so that both agree."
+        )
+    if not torch.isfinite(out).all():
+        raise ValueError(f"{fn}: log_prob is not finite at the initial states; start the chains where the density is positive.")
+    return out
