@@ -135,14 +135,17 @@ def check_sigmas(fn: str, name: str, value: Any) -> torch.Tensor:
     try:
         sigmas = torch.as_tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{fn}: argument '{name}' expected a 1-D sequence of noise levels, got {_describe(value)}.") from None
+        raise TypeError(
+            f"{fn}: argument '{name}' expected a 1-D sequence of noise levels, got {_describe(value)}."
+        ) from None
     if sigmas.ndim != 1 or sigmas.numel() == 0:
         raise ValueError(f"{fn}: argument '{name}' expected a non-empty 1-D sequence, got shape {tuple(sigmas.shape)}.")
     if not torch.isfinite(sigmas).all() or (sigmas <= 0).any():
         raise ValueError(f"{fn}: argument '{name}' expected finite positive noise levels, got {sigmas.tolist()}.")
     if (sigmas[1:] >= sigmas[:-1]).any():
         raise ValueError(
-            f"{fn}: argument '{name}' expected strictly decreasing noise levels (largest first), got {sigmas.tolist()}. "
+            f"{fn}: argument '{name}' expected strictly decreasing noise levels (largest first), "
+            f"got {sigmas.tolist()}. "
             "Fix: sort them in decreasing order, e.g. scoreflow.geometric_sigmas(sigma_min, sigma_max, n)."
         )
     return sigmas
@@ -151,7 +154,9 @@ def check_sigmas(fn: str, name: str, value: Any) -> torch.Tensor:
 def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch.Tensor:
     """Call ``log_prob(x)`` once and check it returns a finite ``(B,)`` tensor in ``x``'s dtype and device."""
     if not callable(log_prob):
-        raise TypeError(f"{fn}: argument 'log_prob' expected a callable log_prob(x) or None, got {_describe(log_prob)}.")
+        raise TypeError(
+            f"{fn}: argument 'log_prob' expected a callable log_prob(x) or None, got {_describe(log_prob)}."
+        )
     with torch.no_grad():
         out = log_prob(x)
     if not torch.is_tensor(out) or out.shape != (x.shape[0],):
@@ -165,5 +170,7 @@ def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch
             "cast the model or x so that both agree."
         )
     if not torch.isfinite(out).all():
-        raise ValueError(f"{fn}: log_prob is not finite at the initial states; start the chains where the density is positive.")
+        raise ValueError(
+            f"{fn}: log_prob is not finite at the initial states; start the chains where the density is positive."
+        )
     return out

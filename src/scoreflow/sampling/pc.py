@@ -9,7 +9,9 @@ On a uniform grid :math:`T = t_0 > t_1 > \dots > t_N = t_{min}` each step moves 
           x \leftarrow x + \epsilon\,s(x, t_{i+1}) + \sqrt{2\epsilon}\,z,
 
 where r is ``snr``, the bars are batch means of per-sample norms (as in score_sde) and
-:math:`\alpha_i = 1 - \beta_i` for VP/sub-VP, 1 for VE.  The score is only evaluated on grid times.
+:math:`\alpha_i = 1 - \beta_i` for VP/sub-VP, 1 for VE.  Predicting first and correcting at the new
+time (the paper's order; score_sde's code corrects first) ends with a correction at :math:`t_{min}`.
+The score is only evaluated on grid times.
 """
 
 from __future__ import annotations
@@ -137,7 +139,12 @@ def sample_pc(
                 trajectory.append(x)
         check_finite(x, t_min, what="state")
         samples = tweedie_denoise(counted, sde, x, t_min) if denoise_final else x
-    stats = {"predictor": predictor, "corrector": corrector, "steps": steps, "n_corrector_steps": n_corrector_steps if corrector else 0}
+    stats = {
+        "predictor": predictor,
+        "corrector": corrector,
+        "steps": steps,
+        "n_corrector_steps": n_corrector_steps if corrector is not None else 0,
+    }
     return SampleResult(
         samples=samples,
         nfe=counted.nfe,

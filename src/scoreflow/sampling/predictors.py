@@ -76,7 +76,7 @@ PREDICTORS: dict[str, Callable[[ForwardSDE, torch.Tensor, torch.Tensor], Coeffic
 
 
 def predictor_coefficients(name: str, sde: ForwardSDE, ts: torch.Tensor) -> Coefficients:
-    """The coefficients ``(c_x, c_s, c_z)``, each of shape ``(N,)``, of predictor ``name`` on the decreasing grid ``ts`` (N+1,)."""
+    """Coefficients ``(c_x, c_s, c_z)``, each ``(N,)``, of predictor ``name`` on the decreasing grid ``ts`` (N+1)."""
     return PREDICTORS[name](sde, ts[:-1], ts[1:])
 
 
