@@ -28,8 +28,11 @@ class RecordingScore:
 N_SAMPLES = 5000
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve"])
-@pytest.mark.parametrize("predictor", ["reverse_diffusion", "ancestral", "euler_maruyama"])
+@pytest.mark.parametrize(
+    "sde_name, predictor",
+    [(sde, pred) for sde in ("vp", "ve") for pred in ("reverse_diffusion", "ancestral", "euler_maruyama")]
+    + [("subvp", "reverse_diffusion")],
+)
 def test_pc_reproduces_the_ring_mixture(sde_name, predictor):
     problem = make_problem("ring2d", sde_name)
     law, sde = problem.law, problem.sde
