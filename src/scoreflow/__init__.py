@@ -13,6 +13,7 @@ from .parameterizations import (
 )
 from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE, exact_divergence, hutchinson_divergence
 from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde
+from .sampling import annealed_langevin, geometric_sigmas, langevin, sample_pc
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 
 __version__ = "0.1.0"
@@ -27,4 +28,5 @@ __all__ = [
     "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
     "exact_divergence", "hutchinson_divergence",
     "sample_ode", "sample_sde", "brownian_motion", "SampleResult",
+    "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc",
 ]

@@ -189,3 +189,40 @@ def check_noise_levels(fn: str, name: str, value: Any, like: torch.Tensor) -> to
     if not (torch.isfinite(levels).all() and (levels > 0).all()):
         raise ValueError(f"{fn}: argument '{name}' expected finite noise levels > 0, got {levels.tolist()}.")
     return levels
+
+
+def check_sigmas(fn: str, name: str, value: Any) -> torch.Tensor:
+    """Check noise levels as :func:`check_noise_levels` does, and strictly decreasing; return them in float64."""
+    sigmas = check_noise_levels(fn, name, value, torch.empty(0, dtype=torch.float64))
+    if (sigmas[1:] >= sigmas[:-1]).any():
+        raise ValueError(
+            f"{fn}: argument '{name}' expected strictly decreasing noise levels (largest first), "
+            f"got {sigmas.tolist()}. "
+            "Fix: sort them in decreasing order, e.g. scoreflow.geometric_sigmas(sigma_min, sigma_max, n)."
+        )
+    return sigmas
+
+
+def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch.Tensor:
+    """Call ``log_prob(x)`` once and check it returns a finite ``(B,)`` tensor in ``x``'s dtype and device."""
+    if not callable(log_prob):
+        raise TypeError(
+            f"{fn}: argument 'log_prob' expected a callable log_prob(x) or None, got {_describe(log_prob)}."
+        )
+    with torch.no_grad():
+        out = log_prob(x)
+    if not torch.is_tensor(out) or out.shape != (x.shape[0],):
+        raise ValueError(
+            f"{fn}: log_prob returned {_describe(out)} for x of shape {tuple(x.shape)}; "
+            f"expected a tensor of shape ({x.shape[0]},), one log-density per sample (sum over data dims)."
+        )
+    if out.dtype != x.dtype or out.device != x.device:
+        raise TypeError(
+            f"{fn}: log_prob returned dtype {out.dtype} on {out.device} for x of dtype {x.dtype} on {x.device}; "
+            "cast the model or x so that both agree."
+        )
+    if not torch.isfinite(out).all():
+        raise ValueError(
+            f"{fn}: log_prob is not finite at the initial states; start the chains where the density is positive."
+        )
+    return out
