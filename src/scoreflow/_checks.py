@@ -128,3 +128,26 @@ def check_finite(value: torch.Tensor, t: Any, *, what: str) -> None:
             f"{value.shape[0] if value.ndim else 1} samples; check the score model at this time "
             "(e.g. evaluated below the smallest time it was trained on) or use a larger t_min."
         )
+
+
+def check_autocast(fn: str, dtype: Any) -> torch.dtype | None:
+    """Check an ``autocast`` argument: ``None`` or a reduced floating dtype accepted by ``torch.autocast``."""
+    valid = (torch.bfloat16, torch.float16)
+    if dtype is not None and dtype not in valid:
+        raise ValueError(
+            f"{fn}: argument 'autocast' expected None, torch.bfloat16 or torch.float16, got {_describe(dtype)}. "
+            "It is the reduced dtype the network runs in; the solver state keeps the dtype of x."
+        )
+    return dtype
+
+
+def check_real(fn: str, name: str, value: Any) -> float:
+    """Check that ``value`` is a finite real number (any sign); return it as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+        torch.is_tensor(value) and value.numel() == 1
+    ):
+        raise TypeError(f"{fn}: argument '{name}' expected a real number, got {_describe(value)}.")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{fn}: argument '{name}' expected a finite number, got {v!r}.")
+    return v

@@ -70,6 +70,7 @@ def sample_sde(
     rtol: float = 1e-3,
     atol: float = 1e-3,
     generator: torch.Generator | None = None,
+    bm: torchsde.BrownianInterval | None = None,
     t_min: float | None = None,
     denoise_final: bool = False,
     return_trajectory: bool = False,
@@ -88,6 +89,8 @@ def sample_sde(
         dt: step length.
         adaptive: error-controlled stepping (torchsde's step doubling) with ``rtol``/``atol``.
         generator: seeds the Brownian path; equal generator states give bit-identical samples.
+        bm: a torchsde Brownian path of shape ``(B, prod(D))`` on ``[0, T - t_min]`` to use
+            instead of one drawn from ``generator`` (e.g. per-sample paths, see :mod:`scoreflow.distributed`).
         t_min: final time (default ``sde.t_min``).
         denoise_final: finish with Tweedie's denoising step at ``t_min`` (one NFE).
         return_trajectory: also return the states on the uniform grid (``steps`` given).
@@ -125,7 +128,8 @@ def sample_sde(
     counted = start_counted(fn, score, sde, x_T, sde.T)
     reverse = ReverseSDE(counted, sde, tuple(x_T.shape[1:]), sde_type=SDE_METHODS[method])
     # The path must cover the grid's last time as rounded in x_T's dtype.
-    bm = brownian_motion(x_T, float(grid[-1]), generator=generator, levy_area=method == "srk")
+    if bm is None:
+        bm = brownian_motion(x_T, float(grid[-1]), generator=generator, levy_area=method == "srk")
     y0 = x_T.reshape(x_T.shape[0], -1)
     grad_ctx = contextlib.nullcontext() if enable_grad else torch.no_grad()
     with grad_ctx:
