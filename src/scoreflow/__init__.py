@@ -12,6 +12,8 @@ from .parameterizations import (
     velocity_from_score,
 )
 from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE, exact_divergence, hutchinson_divergence
+from .bits import bits_per_dim, dequantize
+from .likelihood import LikelihoodResult, log_likelihood
 from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 
@@ -26,4 +28,5 @@ __all__ = [
     "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
     "exact_divergence", "hutchinson_divergence",
     "sample_ode", "sample_sde", "brownian_motion", "SampleResult",
+    "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
 ]
