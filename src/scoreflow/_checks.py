@@ -133,7 +133,7 @@ def check_finite(value: torch.Tensor, t: Any, *, what: str) -> None:
 def check_data_range(fn: str, data_range: Any) -> tuple[float, float]:
     """Check that ``data_range`` is a pair of finite numbers ``(lo, hi)`` with ``lo < hi``; return it as floats."""
     try:
-        lo, hi = (float(v) for v in data_range)
+        lo, hi = (float(v) for v in data_range) if isinstance(data_range, (tuple, list)) else (math.nan,) * 2
     except (TypeError, ValueError):
         lo, hi = math.nan, math.nan
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
