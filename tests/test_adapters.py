@@ -268,3 +268,15 @@ def test_adapter_errors():
         guided_score(unet, unet, math.nan)
     with pytest.raises(TypeError, match="'uncond' expected a callable"):
         guided_score(unet, None, 1.0)
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_unet_log_likelihood_runs_in_float64(unet, trace, generator):
+    score, sde = from_diffusers(unet, diffusers.DDPMScheduler())
+    x = torch.rand(2, 1, 8, 8, generator=generator, dtype=torch.float64) * 2 - 1
+    # Not under torch.no_grad(): vmapped VJPs of a UNet fail there in torch 2.13 ("NYI: querying
+    # is_contiguous inside of vmap"); with grad mode on they work (docs/adapters.md).
+    ll = sf.log_likelihood(score, sde, x, trace=trace, method="rk4", steps=2, generator=generator)
+    assert ll.log_prob.shape == (2,) and ll.log_prob.dtype == torch.float64
+    assert torch.isfinite(ll.log_prob).all()
+    torch.testing.assert_close(ll.log_prob, ll.prior_log_prob + ll.delta_log_prob)

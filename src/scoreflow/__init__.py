@@ -16,11 +16,13 @@ from .bits import bits_per_dim, dequantize
 from .likelihood import LikelihoodResult, log_likelihood
 from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
+from . import adapters, distributed
+from .adapters import guided_score
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "analytic",
+    "analytic", "adapters", "distributed", "guided_score",
     "NonFiniteError",
     "ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE",
     "score_from_eps", "score_from_denoiser", "score_from_velocity", "score_from_energy",

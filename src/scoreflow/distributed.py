@@ -30,6 +30,7 @@ import torchsde
 from torchsde._brownian.brownian_base import BaseBrownian
 
 from ._checks import check_batch, check_choice, check_int
+from .likelihood import log_likelihood
 from .sampling import sample_ode, sample_sde
 from .sampling._common import check_sde, resolve_t_min
 from .sde import ForwardSDE
@@ -276,8 +277,6 @@ def log_likelihood_sharded(
     Raises:
         ValueError: for a malformed ``data``, a non-positive ``batch_size`` or a ``generator`` option.
     """
-    from .likelihood import log_likelihood
-
     fn = "log_likelihood_sharded"
     check_sde(fn, sde)
     check_batch(fn, "data", data)
