@@ -270,6 +270,7 @@ def test_adapter_errors():
         guided_score(unet, None, 1.0)
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
 @pytest.mark.parametrize("trace", ["exact", "hutchinson"])
 def test_unet_log_likelihood_runs_in_float64(unet, trace, generator):
     score, sde = from_diffusers(unet, diffusers.DDPMScheduler())
