@@ -5,8 +5,9 @@ The work is cut into *global batches*: batch ``k`` holds the items
 draw belongs to one item and is seeded by ``(seed, item index)`` — the prior sample
 :math:`x_T`, the Brownian path of a reverse-SDE solve — or to one global batch — the Hutchinson
 probes of a likelihood solve.  A global batch is therefore computed identically on any number
-of ranks, so the union of the results is bit-identical for every world size (and, with
-per-item noise, equal up to round-off for every ``batch_size``).
+of ranks, so the union of the results is bit-identical for every world size.  Another
+``batch_size`` leaves every item's noise in place: fixed-step results then change by round-off
+only, adaptive ones (whose steps a batch shares) within the solver tolerance.
 
 Each rank solves its batches without talking to the others: an adaptive solver takes as many
 steps as its own batch needs, and no collective runs inside a solve, so ranks that take
