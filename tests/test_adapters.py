@@ -260,6 +260,8 @@ def test_adapter_errors():
         from_diffusers(unet, object())
     with pytest.raises(ValueError, match="autocast.*bfloat16"):
         from_diffusers(unet, diffusers.DDPMScheduler(), autocast=torch.float64)
+    with pytest.raises(ValueError, match="learned .* time embedding"):
+        from_diffusers(tiny_unet(time_embedding_type="learned", num_train_timesteps=N_TRAIN), diffusers.DDPMScheduler())
     with pytest.raises(TypeError, match="'model' expected a denoiser"):
         from_kdiffusion("model")
     with pytest.raises(ValueError, match="zero terminal SNR"):

@@ -16,6 +16,7 @@ from scoreflow import distributed as D
 from scoreflow.testing import make_problem
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+WORKER = Path(__file__).resolve().parent / "_distributed_worker.py"
 LAUNCH_TIMEOUT_S = 120
 
 
@@ -110,8 +111,8 @@ def _free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(*cli_args: str) -> subprocess.Popen:
-    """Start ``torchrun --nproc-per-node 2 -m scoreflow.distributed_cli ...`` on CPU (gloo) over loopback only."""
+def _torchrun(out: Path) -> subprocess.Popen:
+    """Start ``torchrun --nproc-per-node 2 _distributed_worker.py out`` on CPU (gloo) over loopback only."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
@@ -121,7 +122,7 @@ def _torchrun(*cli_args: str) -> subprocess.Popen:
     }
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-        "--master-port", str(_free_loopback_port()), "-m", "scoreflow.distributed_cli", *cli_args, "--backend", "gloo",
+        "--master-port", str(_free_loopback_port()), str(WORKER), str(out),
     ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -137,48 +138,31 @@ def _wait(proc: subprocess.Popen) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
-def two_rank_runs(tmp_path_factory):
-    """Both 2-process launches at once (their start-up, mostly imports, overlaps)."""
+def test_two_rank_launch_equals_one_rank_results(tmp_path):
+    """torchrun, 2 CPU ranks on gloo, running the CLI's sample and likelihood commands (see _distributed_worker.py):
+    SDE samples equal the 1-rank result bit for bit, Hutchinson likelihoods within the solver tolerance."""
     if "lo" not in {name for _, name in socket.if_nameindex()}:
         pytest.skip("no loopback interface named 'lo' for gloo")
-    out = tmp_path_factory.mktemp("torchrun")
-    common = ["--problem", "gaussian2d-vp", "--num-samples", "100", "--dtype", "float64", "--seed", "5"]
-    procs = {
-        "sample": _torchrun("sample", *common, "--sampler", "sde", "--method", "euler", "--steps", "20",
-                            "--batch-size", "16", "--out", str(out / "samples.pt")),
-        "likelihood": _torchrun("likelihood", *common, "--trace", "hutchinson", "--rtol", "1e-5", "--atol", "1e-5",
-                                "--batch-size", "25", "--out", str(out / "ll.npz")),
-    }
-    logs = {name: _wait(proc) for name, proc in procs.items()}
-    return out, logs
-
-
-def test_two_rank_sde_sampling_equals_one_rank_bit_for_bit(two_rank_runs):
-    out, logs = two_rank_runs
-    assert "on 2 rank(s)" in logs["sample"]
+    log = _wait(_torchrun(tmp_path))
+    assert log.count("on 2 rank(s)") == 2, log
     problem = make_problem("gaussian2d", "vp")
+
     reference = D.sample_sharded(
         problem.score, problem.sde, 100, (2,), sampler="sde", method="euler", steps=20, seed=5, batch_size=16,
         dtype=torch.float64,
     )
-    merged = D.load_result(out / "samples.pt")
+    merged = D.load_result(tmp_path / "samples.pt")
     assert torch.equal(merged.indices, torch.arange(100))
     assert torch.equal(merged.values, reference.values) and merged.nfe == reference.nfe
-    shards = [D.load_result(D.shard_path(out / "samples.pt", r, 2)) for r in range(2)]
+    shards = [D.load_result(D.shard_path(tmp_path / "samples.pt", r, 2)) for r in range(2)]
     assert sorted(torch.cat([s.indices for s in shards]).tolist()) == list(range(100))
     assert all(len(s.indices) > 0 for s in shards)
 
-
-def test_two_rank_hutchinson_likelihood_equals_one_rank_within_tolerance(two_rank_runs):
-    out, logs = two_rank_runs
-    assert "on 2 rank(s)" in logs["likelihood"]
-    problem = make_problem("gaussian2d", "vp")
     data = problem.law.sample(100, generator=torch.Generator().manual_seed(5))
     reference = D.log_likelihood_sharded(
         problem.score, problem.sde, data, trace="hutchinson", rtol=1e-5, atol=1e-5, seed=5, batch_size=25
     )
-    merged = D.load_result(out / "ll.npz")
+    merged = D.load_result(tmp_path / "ll.npz")
     assert torch.equal(merged.indices, torch.arange(100))
     # The same probes meet each point on either world size, so only solver round-off may differ.
     torch.testing.assert_close(merged.values, reference.values, rtol=1e-6, atol=1e-6)

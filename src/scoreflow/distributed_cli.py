@@ -178,10 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sample" and args.model and not args.data_shape:
         raise SystemExit("sample --model needs --data-shape, e.g. --data-shape 3,32,32.")
+    joined_here = not torch.distributed.is_initialized()
     try:
         return args.run(args)
     finally:
-        if torch.distributed.is_initialized():
+        # Leave a group the caller created (several commands may share one launch).
+        if joined_here and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 

@@ -122,7 +122,8 @@ def from_diffusers(
 
     Raises:
         TypeError: if ``unet`` is not callable or the scheduler has no discrete schedule.
-        ValueError: for an unknown prediction type or schedule (see :func:`sde_from_scheduler`).
+        ValueError: for an unknown prediction type or schedule (see :func:`sde_from_scheduler`),
+            or a UNet whose learned time embedding cannot take continuous timesteps.
     """
     fn = "from_diffusers"
     if not callable(unet):
@@ -131,6 +132,11 @@ def from_diffusers(
         prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", "epsilon")
     check_choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     check_autocast(fn, autocast)
+    if getattr(getattr(unet, "config", None), "time_embedding_type", None) == "learned":
+        raise ValueError(
+            f"{fn}: the UNet has a learned (lookup-table) time embedding, which accepts integer timesteps only; "
+            "scoreflow's solvers evaluate it at continuous times. Use a model with positional or Fourier time embeddings."
+        )
     sde, scale, shift = sde_from_scheduler(scheduler, schedule=schedule, t_min=t_min)
     net = NetworkCall(
         unet,
