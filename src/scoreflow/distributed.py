@@ -39,7 +39,7 @@ from .sde import ForwardSDE
 __all__ = [
     "init_distributed", "world", "global_batches", "item_seed", "prior_sample_per_item",
     "brownian_per_item", "sample_sharded", "log_likelihood_sharded", "gather", "ShardResult",
-    "save_result", "load_result", "shard_path",
+    "save_result", "load_result", "shard_path", "PerItemScore",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -164,6 +164,27 @@ def brownian_per_item(
     return _StackedBrownian(paths)
 
 
+class PerItemScore:
+    """A score that depends on which items a batch holds (per-item class labels, prompts, ...).
+
+    Args:
+        factory: ``factory(items) -> score`` for a ``range`` of global item indices, e.g.
+            ``lambda items: from_diffusers(unet, sch, class_labels=labels[items.start:items.stop])[0]``.
+    """
+
+    def __init__(self, factory: Callable[[range], ScoreFn]) -> None:
+        if not callable(factory):
+            raise TypeError(f"PerItemScore: argument 'factory' expected a callable factory(items), got {type(factory).__name__}.")
+        self.factory = factory
+
+    def for_items(self, items: range) -> ScoreFn:
+        return self.factory(items)
+
+
+def _score_for(score: ScoreFn | PerItemScore, items: range) -> ScoreFn:
+    return score.for_items(items) if isinstance(score, PerItemScore) else score
+
+
 @dataclass
 class ShardResult:
     """Results for a set of items: ``values[j]`` belongs to item ``indices[j]``.
@@ -189,7 +210,7 @@ def _concat(parts: list[ShardResult]) -> ShardResult:
 
 
 def sample_sharded(
-    score: ScoreFn,
+    score: ScoreFn | PerItemScore,
     sde: ForwardSDE,
     n: int,
     data_shape: tuple[int, ...],
@@ -204,7 +225,7 @@ def sample_sharded(
     """Draw this rank's share of ``n`` samples; the union over ranks does not depend on the world size.
 
     Args:
-        score: the score model, on ``device``.
+        score: the score model, on ``device``, or a :class:`PerItemScore` for per-item conditioning.
         sde: its forward SDE.
         n: the total number of samples (over all ranks).
         data_shape: the shape ``D`` of one sample.
@@ -238,17 +259,17 @@ def sample_sharded(
     for items in global_batches(n, batch_size, rank, world_size):
         x_T = prior_sample_per_item(sde, items, data_shape, seed=seed, dtype=dtype, device=device)
         if sampler == "ode":
-            res = sample_ode(score, sde, x_T, **solver_options)
+            res = sample_ode(_score_for(score, items), sde, x_T, **solver_options)
         else:
             levy = solver_options.get("method") == "srk"
             bm = brownian_per_item(items, dim, duration, seed=seed, dtype=dtype, device=device, levy_area=levy)
-            res = sample_sde(score, sde, x_T, bm=bm, **solver_options)
+            res = sample_sde(_score_for(score, items), sde, x_T, bm=bm, **solver_options)
         parts.append(ShardResult(torch.tensor(list(items), dtype=torch.int64), res.samples.detach().cpu(), res.nfe))
     return _concat(parts) if parts else _empty((0, *data_shape), dtype)
 
 
 def log_likelihood_sharded(
-    score: ScoreFn,
+    score: ScoreFn | PerItemScore,
     sde: ForwardSDE,
     data: torch.Tensor,
     *,
@@ -263,7 +284,7 @@ def log_likelihood_sharded(
     so every point meets the same probes whatever the world size.
 
     Args:
-        score: the score model, on ``device``.
+        score: the score model, on ``device``, or a :class:`PerItemScore` for per-item conditioning.
         sde: its forward SDE.
         data: all points, shape ``(N, *D)``; each rank reads only its batches.
         seed: seeds the probes.
@@ -290,7 +311,7 @@ def log_likelihood_sharded(
     for items in global_batches(data.shape[0], batch_size, rank, world_size):
         x = data[items.start : items.stop].to(device)
         g = torch.Generator(device=device).manual_seed(item_seed(seed, items.start, _PROBES))
-        res = log_likelihood(score, sde, x, generator=g, **likelihood_options)
+        res = log_likelihood(_score_for(score, items), sde, x, generator=g, **likelihood_options)
         extras = {"prior_log_prob": res.prior_log_prob.detach().cpu(), "delta_log_prob": res.delta_log_prob.detach().cpu()}
         parts.append(ShardResult(torch.tensor(list(items), dtype=torch.int64), res.log_prob.detach().cpu(), res.nfe, extras))
     if not parts:
