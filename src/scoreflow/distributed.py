@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torchsde
-from torchsde._brownian.brownian_base import BaseBrownian
 
 from ._checks import check_batch, check_choice, check_int
 from .likelihood import log_likelihood
@@ -107,7 +106,7 @@ def prior_sample_per_item(
     return torch.cat(rows).to(device)
 
 
-class _StackedBrownian(BaseBrownian):
+class _StackedBrownian(torchsde.BaseBrownian):
     """One independent torchsde ``BrownianInterval`` per batch row, queried together."""
 
     def __init__(self, paths: list[torchsde.BrownianInterval]) -> None:
@@ -148,7 +147,7 @@ def brownian_per_item(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     levy_area: bool = False,
-) -> BaseBrownian:
+) -> torchsde.BaseBrownian:
     """A Brownian path on ``[0, duration]`` of shape ``(len(indices), dim)`` whose row ``i`` is seeded by ``(seed, i)``.
 
     Pass it to :func:`scoreflow.sample_sde` as ``bm`` (``duration = T - t_min``).

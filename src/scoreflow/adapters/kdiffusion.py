@@ -20,7 +20,7 @@ from ._network import NetworkCall
 __all__ = ["from_kdiffusion"]
 
 
-def _as_tensor(raw: Any, x: torch.Tensor) -> torch.Tensor:
+def _prediction(raw: Any, x: torch.Tensor) -> torch.Tensor:
     return raw
 
 
@@ -56,5 +56,5 @@ def from_kdiffusion(
         raise TypeError(f"{fn}: argument 'model' expected a denoiser model(x, sigma), got {type(model).__name__}.")
     check_autocast(fn, autocast)
     sde = EDMSDE(sigma_min=sigma_min, sigma_max=sigma_max)
-    net = NetworkCall(model, time_input=_identity, condition=condition, output=_as_tensor, autocast=autocast)
+    net = NetworkCall(model, time_input=_identity, condition=condition, output=_prediction, autocast=autocast)
     return score_from_denoiser(net, sde), sde
