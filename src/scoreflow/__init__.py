@@ -1,6 +1,6 @@
 """scoreflow: numerical solvers for score-based generative models."""
 
-from . import analytic
+from . import analytic, losses
 from .errors import NonFiniteError
 from .parameterizations import (
     denoiser_from_score,
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "analytic", "adapters", "distributed", "guided_score",
+    "losses",
     "NonFiniteError",
     "ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE",
     "score_from_eps", "score_from_denoiser", "score_from_velocity", "score_from_energy",

@@ -32,15 +32,27 @@ def check_choice(fn: str, name: str, value: Any, valid: Iterable[str]) -> str:
     return value
 
 
-def check_positive(fn: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """Check that ``value`` is a finite real number > 0 (or >= 0); return it as float."""
+def _as_real(fn: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
         torch.is_tensor(value) and value.numel() == 1
     ):
         raise TypeError(f"{fn}: argument '{name}' expected a real number, got {_describe(value)}.")
-    v = float(value)
+    return float(value)
+
+
+def check_real(fn: str, name: str, value: Any) -> float:
+    """Check that ``value`` is a finite real number (a Python number or a one-element tensor); return it as float."""
+    v = _as_real(fn, name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{fn}: argument '{name}' expected a finite number, got {v!r}.")
+    return v
+
+
+def check_positive(fn: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Check that ``value`` is a finite real number > 0 (or >= 0); return it as float."""
+    v = _as_real(fn, name, value)
     ok = v >= 0 if allow_zero else v > 0
-    if not math.isfinite(v) or not ok:
+    if not (math.isfinite(v) and ok):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{fn}: argument '{name}' expected a finite number {bound}, got {v!r}.")
     return v
@@ -94,25 +106,8 @@ def check_score_output(fn: str, score: Callable, x: torch.Tensor, t: torch.Tenso
     """Call ``score(x, t)`` once and check it returns a finite tensor shaped, typed and placed like ``x``."""
     if not callable(score):
         raise TypeError(f"{fn}: argument 'score' expected a callable score(x, t), got {_describe(score)}.")
-    with torch.no_grad():
-        out = score(x, t)
-    if not torch.is_tensor(out):
-        raise TypeError(f"{fn}: the score returned {_describe(out)}; expected a tensor shaped like x.")
-    if out.shape != x.shape:
-        raise ValueError(
-            f"{fn}: the score returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; "
-            "a score s(x, t) must return a tensor shaped like x."
-        )
-    if out.dtype != x.dtype:
-        raise TypeError(
-            f"{fn}: the score returned dtype {out.dtype} for x of dtype {x.dtype}; "
-            "cast the model or x so that both use the same dtype."
-        )
-    if out.device != x.device:
-        raise ValueError(
-            f"{fn}: the score returned a tensor on device {out.device} for x on {x.device}; "
-            "move the model and x to the same device."
-        )
+    out = score(x, t)  # in the caller's grad mode: solvers reuse this value as their first evaluation
+    check_like(fn, "score", out, x, what="the score")
     check_finite(out, t, what="score")
     return out
 
@@ -176,3 +171,70 @@ def check_per_sample(fn: str, what: str, value: Any, like: torch.Tensor) -> torc
             "Fix: sum log-densities over the data dimensions."
         )
     return value
+
+
+def check_brownian(fn: str, bm: Any, x_T: torch.Tensor, duration: float, *, levy_area: bool) -> None:
+    """Check a user-supplied torchsde Brownian path against the flattened state and time span it must cover."""
+    import torchsde
+
+    # Any torchsde Brownian object with a time span: a BrownianInterval, or scoreflow.distributed's per-item paths.
+    if not (isinstance(bm, torchsde.BaseBrownian) and hasattr(bm, "_start") and hasattr(bm, "_end")):
+        raise TypeError(f"{fn}: argument 'bm' expected a torchsde.BrownianInterval (see scoreflow.brownian_motion), got {_describe(bm)}.")
+    size = (x_T.shape[0], x_T[0].numel())
+    if tuple(bm.shape) != size or bm.dtype != x_T.dtype:
+        raise ValueError(
+            f"{fn}: argument 'bm' expected shape {size} and dtype {x_T.dtype} (the flattened x_T), "
+            f"got shape {tuple(bm.shape)} and dtype {bm.dtype}."
+        )
+    start, end = float(bm._start), float(bm._end)
+    if start > 0.0 or end < duration * (1 - 1e-6):
+        raise ValueError(f"{fn}: argument 'bm' must cover solver times [0, T - t_min] = [0, {duration:g}], got [{start:g}, {end:g}].")
+    if levy_area and bm.levy_area_approximation == "none":
+        raise ValueError(f"{fn}: method 'srk' needs a path with Levy area: brownian_motion(..., levy_area=True).")
+
+
+def check_like(fn: str, name: str, value: Any, x: torch.Tensor, *, what: str | None = None) -> torch.Tensor:
+    """Check that ``value`` is a tensor with the shape, dtype and device of ``x``; return it.
+
+    ``what`` names the producer in the message (e.g. ``"the score"``) when ``value`` is not an argument.
+    """
+    who = what or f"argument '{name}'"
+    if not torch.is_tensor(value):
+        raise TypeError(f"{fn}: {who} expected a tensor shaped like x {tuple(x.shape)}, got {_describe(value)}.")
+    if value.shape != x.shape:
+        raise ValueError(
+            f"{fn}: {who} expected shape {tuple(x.shape)} (the shape of x), got shape {tuple(value.shape)}. "
+            "Fix: a score s(x, t) must return a tensor shaped like x."
+        )
+    if value.dtype != x.dtype:
+        raise TypeError(
+            f"{fn}: {who} expected dtype {x.dtype} (the dtype of x), got {value.dtype}. "
+            "Fix: cast the model or x so that both use the same dtype."
+        )
+    if value.device != x.device:
+        raise ValueError(f"{fn}: {who} expected device {x.device} (the device of x), got {value.device}.")
+    return value
+
+
+def check_callable(fn: str, name: str, value: Any, signature: str) -> Callable:
+    """Check that ``value`` is callable; ``signature`` (e.g. ``"score(x, t)"``) is shown in the message."""
+    if not callable(value):
+        raise TypeError(f"{fn}: argument '{name}' expected a callable {signature}, got {_describe(value)}.")
+    return value
+
+
+def check_noise_levels(fn: str, name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
+    """Check a non-empty 1-D sequence or tensor of finite noise levels > 0; return it as a tensor like ``like``."""
+    try:
+        levels = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"{fn}: argument '{name}' expected a 1-D sequence or tensor of noise levels, got {_describe(value)}."
+        ) from None
+    if levels.ndim != 1 or levels.numel() == 0:
+        raise ValueError(
+            f"{fn}: argument '{name}' expected a non-empty 1-D sequence of noise levels, got shape {tuple(levels.shape)}."
+        )
+    if not (torch.isfinite(levels).all() and (levels > 0).all()):
+        raise ValueError(f"{fn}: argument '{name}' expected finite noise levels > 0, got {levels.tolist()}.")
+    return levels

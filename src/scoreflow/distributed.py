@@ -137,6 +137,15 @@ class _StackedBrownian(torchsde.BaseBrownian):
     def levy_area_approximation(self) -> str:
         return self._paths[0].levy_area_approximation
 
+    # The time span, under BrownianInterval's names, for sample_sde's check of the path.
+    @property
+    def _start(self) -> float:
+        return self._paths[0]._start
+
+    @property
+    def _end(self) -> float:
+        return self._paths[0]._end
+
 
 def brownian_per_item(
     indices: range,

@@ -2,17 +2,16 @@ r"""Sampling by the reverse-time SDE with torchsde's solvers."""
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import torch
 import torchsde
 
-from .._checks import check_choice, check_generator, check_int, check_positive
+from .._checks import check_brownian, check_choice, check_generator, check_int, check_positive
 from ..dynamics.counting import ScoreFn
 from ..dynamics.reverse_sde import ReverseSDE
 from ..sde import ForwardSDE
-from ._common import check_sde, resolve_t_min, start_counted, tweedie_denoise
+from ._common import check_sde, grad_mode, resolve_t_min, start_counted, tweedie_denoise
 from .result import SampleResult
 
 __all__ = ["sample_sde", "SDE_METHODS", "SDE_STRONG_ORDERS", "brownian_motion"]
@@ -40,13 +39,17 @@ def brownian_motion(
     *,
     generator: torch.Generator | None = None,
     levy_area: bool = False,
+    query_independent: bool = False,
 ) -> torchsde.BrownianInterval:
-    """A Brownian path on ``[0, duration]`` for the flattened state of ``x_T``, seeded from ``generator``.
+    """A Brownian path on ``[0, duration]`` (solver time s = T - t) for the flattened state of ``x_T``.
 
-    The same generator state gives the same path however finely it is queried, so runs with
-    different step counts share one path (what strong-order studies need).
+    Seeded from ``generator``: equal generator states give equal paths for equal queries. With
+    ``query_independent=True`` the path is also the same however finely it is queried (torchsde's
+    dyadic ``halfway_tree``, a little slower), so runs with different step counts share one path,
+    which strong-order studies need; pass it to :func:`sample_sde` as ``bm``.
     """
     entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else "cpu"))
+    extra = {"halfway_tree": True, "tol": duration * 2.0**-20} if query_independent else {}
     return torchsde.BrownianInterval(
         t0=0.0,
         t1=duration,
@@ -55,6 +58,7 @@ def brownian_motion(
         device=x_T.device,
         entropy=entropy,
         levy_area_approximation="space-time" if levy_area else "none",
+        **extra,
     )
 
 
@@ -70,11 +74,11 @@ def sample_sde(
     rtol: float = 1e-3,
     atol: float = 1e-3,
     generator: torch.Generator | None = None,
-    bm: torchsde.BrownianInterval | None = None,
     t_min: float | None = None,
     denoise_final: bool = False,
     return_trajectory: bool = False,
     enable_grad: bool = False,
+    bm: torchsde.BrownianInterval | None = None,
 ) -> SampleResult:
     r"""Integrate the reverse-time SDE :math:`dx = [f x - g^2 s]\,dt + g\,d\bar W` from T down to ``t_min``.
 
@@ -89,12 +93,12 @@ def sample_sde(
         dt: step length.
         adaptive: error-controlled stepping (torchsde's step doubling) with ``rtol``/``atol``.
         generator: seeds the Brownian path; equal generator states give bit-identical samples.
-        bm: a torchsde Brownian path of shape ``(B, prod(D))`` on ``[0, T - t_min]`` to use
-            instead of one drawn from ``generator`` (e.g. per-sample paths, see :mod:`scoreflow.distributed`).
         t_min: final time (default ``sde.t_min``).
         denoise_final: finish with Tweedie's denoising step at ``t_min`` (one NFE).
         return_trajectory: also return the states on the uniform grid (``steps`` given).
         enable_grad: keep the autograd graph; off by default.
+        bm: a Brownian path on ``[0, T - t_min]`` from :func:`brownian_motion` to use instead of
+            one drawn from ``generator`` (e.g. one path shared by runs with different step counts).
 
     Returns:
         A :class:`SampleResult` with ``samples`` at ``t_min`` and ``nfe``.
@@ -125,14 +129,16 @@ def sample_sde(
         check_positive(fn, "rtol", rtol)
         check_positive(fn, "atol", atol)
 
-    counted = start_counted(fn, score, sde, x_T, sde.T)
+    with grad_mode(enable_grad):
+        counted = start_counted(fn, score, sde, x_T, sde.T)
     reverse = ReverseSDE(counted, sde, tuple(x_T.shape[1:]), sde_type=SDE_METHODS[method])
-    # The path must cover the grid's last time as rounded in x_T's dtype.
     if bm is None:
+        # The path must cover the grid's last time as rounded in x_T's dtype.
         bm = brownian_motion(x_T, float(grid[-1]), generator=generator, levy_area=method == "srk")
+    else:
+        check_brownian(fn, bm, x_T, duration, levy_area=method == "srk")
     y0 = x_T.reshape(x_T.shape[0], -1)
-    grad_ctx = contextlib.nullcontext() if enable_grad else torch.no_grad()
-    with grad_ctx:
+    with grad_mode(enable_grad):
         # A step a hair longer than duration/steps stops torchsde's float round-off from
         # adding a vanishing extra step; the last step is clipped to land on t_min exactly.
         with warnings.catch_warnings():
