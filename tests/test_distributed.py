@@ -44,6 +44,7 @@ def test_global_batches_partition_the_items_identically_for_every_world_size(n, 
 @pytest.mark.parametrize("sampler, options", [
     ("ode", {"method": "rk4", "steps": 5}),
     ("sde", {"method": "euler", "steps": 20}),
+    ("sde", {"method": "euler", "steps": 20, "per_item_brownian": False}),
 ])
 def test_sharded_sampling_is_independent_of_world_size_and_batch_split(monkeypatch, sampler, options):
     problem = make_problem("gaussian2d", "vp")
@@ -54,9 +55,11 @@ def test_sharded_sampling_is_independent_of_world_size_and_batch_split(monkeypat
     for world_size in (2, 3):
         many = run_as_ranks(monkeypatch, world_size, D.sample_sharded, score, sde, 12, (2,), **kwargs)
         assert torch.equal(many.values, one.values) and many.nfe == one.nfe
-    # Per-item noise: another batch split changes only round-off.
     resplit = D.sample_sharded(score, sde, 12, (2,), **{**kwargs, "batch_size": 12})
-    torch.testing.assert_close(resplit.values, one.values, rtol=1e-10, atol=1e-10)
+    if options.get("per_item_brownian", True):  # per-item noise: another batch split changes only round-off
+        torch.testing.assert_close(resplit.values, one.values, rtol=1e-10, atol=1e-10)
+    else:  # one path per global batch: a new split draws new noise
+        assert not torch.allclose(resplit.values, one.values)
     assert not torch.equal(D.sample_sharded(score, sde, 12, (2,), **{**kwargs, "seed": 8}).values, one.values)
 
 

@@ -31,7 +31,7 @@ import torchsde
 
 from ._checks import check_batch, check_choice, check_int
 from .likelihood import log_likelihood
-from .sampling import sample_ode, sample_sde
+from .sampling import brownian_motion, sample_ode, sample_sde
 from .sampling._common import check_sde, resolve_t_min
 from .sde import ForwardSDE
 
@@ -228,6 +228,7 @@ def sample_sharded(
     batch_size: int = 256,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    per_item_brownian: bool = True,
     **solver_options: Any,
 ) -> ShardResult:
     """Draw this rank's share of ``n`` samples; the union over ranks does not depend on the world size.
@@ -242,6 +243,10 @@ def sample_sharded(
         seed: seeds every item's noise through ``(seed, item index)``.
         batch_size: items per global batch (the unit of work; keep it fixed to reproduce bit for bit).
         dtype, device: of the solver state.
+        per_item_brownian: with ``sampler="sde"``, give every item its own Brownian path (results
+            independent of ``batch_size``); ``False`` draws one path per global batch, seeded by its
+            first item, which is still independent of the world size and much cheaper per step
+            (torchsde queries one path instead of ``batch_size``; ~0.3 ms per item and step on a CPU).
         **solver_options: passed to the sampler (``method``, ``steps``, ``rtol``, ``t_min`` ...).
 
     Returns:
@@ -270,7 +275,11 @@ def sample_sharded(
             res = sample_ode(_score_for(score, items), sde, x_T, **solver_options)
         else:
             levy = solver_options.get("method") == "srk"
-            bm = brownian_per_item(items, dim, duration, seed=seed, dtype=dtype, device=device, levy_area=levy)
+            if per_item_brownian:
+                bm = brownian_per_item(items, dim, duration, seed=seed, dtype=dtype, device=device, levy_area=levy)
+            else:
+                g = torch.Generator().manual_seed(item_seed(seed, items.start, _BROWNIAN))
+                bm = brownian_motion(x_T, duration, generator=g, levy_area=levy)
             res = sample_sde(_score_for(score, items), sde, x_T, bm=bm, **solver_options)
         parts.append(ShardResult(torch.tensor(list(items), dtype=torch.int64), res.samples.detach().cpu(), res.nfe))
     return _concat(parts) if parts else _empty((0, *data_shape), dtype)

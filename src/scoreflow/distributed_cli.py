@@ -78,6 +78,8 @@ def _sample(args: argparse.Namespace) -> int:
         raise SystemExit("sample --sampler sde needs --steps.")
     if args.t_min is not None:
         options["t_min"] = args.t_min
+    if args.sampler == "sde":
+        options["per_item_brownian"] = args.brownian == "per-item"
     start = time.perf_counter()
     local = D.sample_sharded(
         score, sde, args.num_samples, shape, sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
@@ -160,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sample)
     sample.add_argument("--sampler", choices=("ode", "sde"), default="ode")
     sample.add_argument("--steps", type=int, default=None, help="fixed steps (needed by --sampler sde and fixed-grid ODE methods)")
+    sample.add_argument("--brownian", choices=("per-item", "per-batch"), default="per-item",
+                        help="--sampler sde: a Brownian path per item (independent of --batch-size) or per global "
+                             "batch (independent of the world size only, much faster per step)")
     sample.add_argument("--data-shape", default=None, help="shape of one sample for --model, e.g. 3,32,32")
     sample.set_defaults(run=_sample)
     ll = sub.add_parser("likelihood", help="log-likelihood of every point of --data (or of --num-samples points of --problem)")
