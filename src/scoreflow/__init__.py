@@ -12,14 +12,18 @@ from .parameterizations import (
     velocity_from_score,
 )
 from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE, exact_divergence, hutchinson_divergence
+from .bits import bits_per_dim, dequantize
+from .likelihood import LikelihoodResult, log_likelihood
 from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde
 from .sampling import annealed_langevin, geometric_sigmas, langevin, sample_pc
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
+from . import adapters, distributed
+from .adapters import guided_score
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "analytic",
+    "analytic", "adapters", "distributed", "guided_score",
     "losses",
     "NonFiniteError",
     "ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE",
@@ -29,4 +33,5 @@ __all__ = [
     "exact_divergence", "hutchinson_divergence",
     "sample_ode", "sample_sde", "brownian_motion", "SampleResult",
     "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc",
+    "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
 ]

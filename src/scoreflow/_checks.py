@@ -125,11 +125,48 @@ def check_finite(value: torch.Tensor, t: Any, *, what: str) -> None:
         )
 
 
+def check_autocast(fn: str, dtype: Any) -> torch.dtype | None:
+    """Check an ``autocast`` argument: ``None`` or a reduced floating dtype accepted by ``torch.autocast``."""
+    valid = (torch.bfloat16, torch.float16)
+    if dtype is not None and dtype not in valid:
+        raise ValueError(
+            f"{fn}: argument 'autocast' expected None, torch.bfloat16 or torch.float16, got {_describe(dtype)}. "
+            "It is the reduced dtype the network runs in; the solver state keeps the dtype of x."
+        )
+    return dtype
+
+
+def check_data_range(fn: str, data_range: Any) -> tuple[float, float]:
+    """Check that ``data_range`` is a pair of finite numbers ``(lo, hi)`` with ``lo < hi``; return it as floats."""
+    try:
+        lo, hi = (float(v) for v in data_range) if isinstance(data_range, (tuple, list)) else (math.nan,) * 2
+    except (TypeError, ValueError):
+        lo, hi = math.nan, math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"{fn}: argument 'data_range' expected a pair (lo, hi) of finite numbers with lo < hi, "
+            f"got {data_range!r}. Fix: e.g. (0.0, 1.0) for data scaled to [0, 1], (-1.0, 1.0) for [-1, 1]."
+        )
+    return lo, hi
+
+
+def check_per_sample(fn: str, what: str, value: Any, like: torch.Tensor) -> torch.Tensor:
+    """Check that ``value`` (returned by the user's ``what``) is a ``(B,)`` tensor for the batch ``like``."""
+    if not torch.is_tensor(value) or value.shape != like.shape[:1]:
+        got = f"shape {tuple(value.shape)}" if torch.is_tensor(value) else _describe(value)
+        raise ValueError(
+            f"{fn}: {what} must return one value per sample, shape ({like.shape[0]},), got {got}. "
+            "Fix: sum log-densities over the data dimensions."
+        )
+    return value
+
+
 def check_brownian(fn: str, bm: Any, x_T: torch.Tensor, duration: float, *, levy_area: bool) -> None:
     """Check a user-supplied torchsde Brownian path against the flattened state and time span it must cover."""
     import torchsde
 
-    if not isinstance(bm, torchsde.BrownianInterval):
+    # Any torchsde Brownian object with a time span: a BrownianInterval, or scoreflow.distributed's per-item paths.
+    if not (isinstance(bm, torchsde.BaseBrownian) and hasattr(bm, "_start") and hasattr(bm, "_end")):
         raise TypeError(f"{fn}: argument 'bm' expected a torchsde.BrownianInterval (see scoreflow.brownian_motion), got {_describe(bm)}.")
     size = (x_T.shape[0], x_T[0].numel())
     if tuple(bm.shape) != size or bm.dtype != x_T.dtype:
