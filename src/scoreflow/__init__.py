@@ -12,7 +12,7 @@ from .parameterizations import (
     velocity_from_score,
 )
 from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE
-from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde
+from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde, time_grid
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 
 __version__ = "0.1.0"
@@ -24,5 +24,5 @@ __all__ = [
     "score_from_eps", "score_from_denoiser", "score_from_velocity", "score_from_energy",
     "eps_from_score", "denoiser_from_score", "velocity_from_score",
     "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
-    "sample_ode", "sample_sde", "brownian_motion", "SampleResult",
+    "sample_ode", "sample_sde", "brownian_motion", "SampleResult", "time_grid",
 ]

@@ -2,6 +2,7 @@
 
 from .counting import CountedScore
 from .probability_flow import ProbabilityFlowODE
+from .reparameterized import TIME_VARIABLES, ScaledProbabilityFlowODE
 from .reverse_sde import ReverseSDE
 
-__all__ = ["CountedScore", "ProbabilityFlowODE", "ReverseSDE"]
+__all__ = ["CountedScore", "ProbabilityFlowODE", "ScaledProbabilityFlowODE", "TIME_VARIABLES", "ReverseSDE"]
