@@ -61,9 +61,11 @@ class _Multistep(NativeSolver):
         self.lower_order_final = bool(lower_order_final)
 
     def _step_order(self, i: int, n: int) -> int:
+        # A 2M step needs one earlier prediction; 3M starts with a midpoint step whose prediction fills its history.
+        order = self.order if self.order >= 3 else min(self.order, i + 1)
         if self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW:
-            return min(self.order, i + 1, n - i)
-        return min(self.order, i + 1)
+            order = min(order, n - i)
+        return order
 
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         traj, history, n = [x], [], len(ts) - 1
@@ -74,7 +76,7 @@ class _Multistep(NativeSolver):
             history.insert(0, (lam_s, model.data(x, s)))
             del history[self.order :]
             order = self._step_order(i, n)
-            if i == 0 and order >= 3:
+            if i == 0 and order >= 2:
                 x = self._midpoint_start(model, x, s, history, lam_s, sigma_s, h, alpha_t, sigma_t)
             else:
                 d1, d2 = _differences(h, history[:order]) if order > 1 else (None, None)
