@@ -233,9 +233,11 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results) + 3, 5.5), squeeze=False)
+    colors = plt.get_cmap("tab20").colors
     for ax, (info, rows, _) in zip(axes[0], results):
-        for lib, style in (("scoreflow", "-"), ("k-diffusion", "--")):
+        k = 0
+        for lib, style, fill in (("scoreflow", "-", "full"), ("k-diffusion", "--", "none")):
             for method in dict.fromkeys(r["method"] for r in rows if r["library"] == lib):
                 sub = [r for r in rows if r["library"] == lib and r["method"] == method]
                 # One line per method: its best grid (the lowest error summed in log over the budgets).
@@ -245,14 +247,17 @@ def plot(results, path):
                 pts = min(by_sched.values(), key=lambda rs: sum(math.log(r["path_rms"]) for r in rs))
                 pts = sorted(pts, key=lambda r: r["nfe"])
                 label = f"{lib} {method}" + (f" [{pts[0]['schedule']}]" if pts[0]["schedule"] != "adaptive" else "")
-                ax.loglog([r["nfe"] for r in pts], [r["path_rms"] for r in pts], style, marker="o", ms=3, label=label)
+                ax.loglog([r["nfe"] for r in pts], [r["path_rms"] for r in pts], style, color=colors[k % 20],
+                          marker="o", ms=4, fillstyle=fill, lw=1.2, label=label)
+                k += 1
         ax.axhline(1e-3, color="grey", lw=0.8)
-        ax.set(title=f"{info['problem']} (VP, n={info['n']})", xlabel="NFE", ylabel="RMS path error vs DOP853", xlim=(3, 200))
+        ax.set(title=f"{info['problem']} (VP, n={info['n']})", xlabel="NFE", ylabel="RMS path error vs DOP853",
+               xlim=(3, 200), ylim=(1e-6, 10))
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=6, loc="lower left")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def main(argv=None):
@@ -263,7 +268,11 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/few_nfe")
     ap.add_argument("--plot", default="docs/img/few_nfe.png")
     ap.add_argument("--no-k-diffusion", action="store_true")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from OUT/results.json")
     args = ap.parse_args(argv)
+    if args.replot:
+        saved = json.loads((Path(args.out) / "results.json").read_text())
+        return plot([(d["info"], d["rows"], d["claims"]) for d in saved], args.plot)
     torch.set_num_threads(1)
     kd = None if args.no_k_diffusion else load_k_diffusion_sampling()
     results, table = [], []
