@@ -143,12 +143,12 @@ def test_lower_order_final_changes_only_short_runs(gaussian_vp):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("method", ["dpm_solver_3", "dpmpp_3m"])
-def test_any_data_shape_and_dtype(method, dtype):
+@pytest.mark.parametrize("method, time", [("dpm_solver_3", None), ("dpmpp_3m", None), ("rk4", "sigma"), ("rk4", "log_snr")])
+def test_any_data_shape_and_dtype(method, time, dtype):
     sde = sf.VPSDE()
     law = sf.analytic.Gaussian(torch.zeros(6, dtype=dtype), torch.diag(torch.linspace(0.2, 1.0, 6, dtype=dtype)), event_shape=(2, 3))
     x_T = sde.prior_sample((5, 2, 3), generator=torch.Generator().manual_seed(2), dtype=dtype)
-    res = sf.sample_ode(law.score(sde), sde, x_T, method=method, steps=20)
+    res = sf.sample_ode(law.score(sde), sde, x_T, method=method, steps=20, time=time)
     assert res.samples.shape == (5, 2, 3) and res.samples.dtype == dtype
     assert rms_error(res.samples, law.flow_map(sde, x_T, sde.T, sde.t_min)) < 1e-2
 
