@@ -158,11 +158,11 @@ def test_any_data_shape_and_dtype(method, time, dtype):
 def test_torchdiffeq_fixed_methods_keep_their_order_in_every_time_variable(time, method, order, gaussian_vp):
     problem, x_T, exact = gaussian_vp
     steps = [64, 128]
-    errors = [
-        rms_error(sf.sample_ode(problem.score, problem.sde, x_T, method=method, steps=n, time=time).samples, exact)
-        for n in steps
-    ]
+    results = [sf.sample_ode(problem.score, problem.sde, x_T, method=method, steps=n, time=time) for n in steps]
+    errors = [rms_error(res.samples, exact) for res in results]
     assert abs(fit_order([1 / n for n in steps], errors) - order) < 0.3, errors
+    # The front-end's validation call is the solver's first evaluation: `order` stages per step, nothing more.
+    assert [res.nfe for res in results] == [order * n for n in steps]
 
 
 @pytest.mark.parametrize("time", ["t", "sigma", "log_snr"])
