@@ -6,7 +6,7 @@ import torch
 
 import scoreflow as sf
 from scoreflow.metrics import fit_order
-from scoreflow.sampling.ode import FIXED_ODE_METHODS, ODE_ORDERS
+from scoreflow.sampling.ode import FIXED_ODE_METHODS, NATIVE_ODE_METHODS, ODE_ORDERS
 from scoreflow.testing import make_problem
 
 
@@ -28,15 +28,26 @@ def test_dopri5_lands_on_closed_form_flow(sde_name):
 
 @pytest.mark.parametrize("method", sorted(set(FIXED_ODE_METHODS) - {"heun2"}))
 def test_fixed_step_methods_show_their_order(method):
-    """Log-log slope of the max error against the step size is within 0.3 of the declared order."""
+    """Log-log slope of the max error against the step size matches the declared order.
+
+    torchdiffeq's methods integrate in t on a uniform grid and must come within 0.3 of their order.
+    The native methods step in log-SNR on a uniform log-SNR grid; there the declared order is a
+    floor (within 0.3): on this linear (Gaussian) problem some multistep methods superconverge
+    (dpmpp_3m fits ~4).
+    """
     problem, x_T, exact = _gaussian_case("vp")
     steps = [16, 32, 64, 128]
+    kwargs = {"schedule": "log_snr"} if method in NATIVE_ODE_METHODS else {}
     errors = [
-        float((sf.sample_ode(problem.score, problem.sde, x_T, method=method, steps=n).samples - exact).abs().max())
+        float((sf.sample_ode(problem.score, problem.sde, x_T, method=method, steps=n, **kwargs).samples - exact).abs().max())
         for n in steps
     ]
     order = fit_order(1.0 / np.array(steps), errors)
-    assert abs(order - ODE_ORDERS[method]) <= 0.3, f"{method}: errors {errors}, fitted order {order:.2f}"
+    declared = ODE_ORDERS[method]
+    if method in NATIVE_ODE_METHODS:
+        assert declared - 0.3 <= order <= declared + 1.2, f"{method}: errors {errors}, fitted order {order:.2f}"
+    else:
+        assert abs(order - declared) <= 0.3, f"{method}: errors {errors}, fitted order {order:.2f}"
 
 
 def test_fixed_step_nfe_counts_every_evaluation():

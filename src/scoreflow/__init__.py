@@ -14,7 +14,7 @@ from .parameterizations import (
 from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE, exact_divergence, hutchinson_divergence
 from .bits import bits_per_dim, dequantize
 from .likelihood import LikelihoodResult, log_likelihood
-from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde
+from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde, time_grid
 from .sampling import annealed_langevin, geometric_sigmas, langevin, sample_pc
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 from . import adapters, distributed
@@ -31,7 +31,7 @@ __all__ = [
     "eps_from_score", "denoiser_from_score", "velocity_from_score",
     "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
     "exact_divergence", "hutchinson_divergence",
-    "sample_ode", "sample_sde", "brownian_motion", "SampleResult",
+    "sample_ode", "sample_sde", "brownian_motion", "SampleResult", "time_grid",
     "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
 ]

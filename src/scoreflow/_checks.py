@@ -88,6 +88,20 @@ def check_batch(fn: str, name: str, x: Any) -> torch.Tensor:
     return x
 
 
+def check_options(fn: str, options: Any, valid: Iterable[str]) -> dict[str, Any]:
+    """Check that ``options`` is None or a dict whose keys are among ``valid``; return it as a dict."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"{fn}: argument 'options' expected a dict or None, got {_describe(options)}.")
+    valid = list(valid)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        accepted = ", ".join(repr(v) for v in valid) or "none"
+        raise TypeError(f"{fn}: argument 'options' got unknown option(s) {', '.join(map(repr, unknown))}; accepted: {accepted}.")
+    return dict(options)
+
+
 def check_generator(fn: str, generator: Any) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{fn}: argument 'generator' expected a torch.Generator or None, got {_describe(generator)}.")
