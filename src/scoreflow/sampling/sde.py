@@ -43,8 +43,10 @@ def brownian_motion(
 ) -> torchsde.BrownianInterval:
     """A Brownian path on ``[0, duration]`` for the flattened state of ``x_T``, seeded from ``generator``.
 
-    The same generator state gives the same path however finely it is queried, so runs with
-    different step counts share one path (what strong-order studies need).
+    The same generator state gives the same path for the same query times. A torchsde
+    ``BrownianInterval`` fixes its path where it is first queried, so a fresh one queried on
+    another grid is another path: to share one path across step counts (strong-order
+    studies), query one object on the finest grid first and pass it as ``sample_sde(bm=...)``.
     """
     entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else "cpu"))
     return torchsde.BrownianInterval(
@@ -70,6 +72,7 @@ def sample_sde(
     rtol: float = 1e-3,
     atol: float = 1e-3,
     generator: torch.Generator | None = None,
+    bm: torchsde.BrownianInterval | None = None,
     t_min: float | None = None,
     denoise_final: bool = False,
     return_trajectory: bool = False,
@@ -88,6 +91,8 @@ def sample_sde(
         dt: step length.
         adaptive: error-controlled stepping (torchsde's step doubling) with ``rtol``/``atol``.
         generator: seeds the Brownian path; equal generator states give bit-identical samples.
+        bm: a Brownian motion on ``[0, T - t_min]`` of size ``(B, prod(D))`` (e.g. from
+            :func:`brownian_motion`) used instead of a fresh one; give this or ``generator``.
         t_min: final time (default ``sde.t_min``).
         denoise_final: finish with Tweedie's denoising step at ``t_min`` (one NFE).
         return_trajectory: also return the states on the uniform grid (``steps`` given).
@@ -105,6 +110,8 @@ def sample_sde(
     check_sde(fn, sde)
     check_choice(fn, "method", method, SDE_METHODS)
     check_generator(fn, generator)
+    if bm is not None and generator is not None:
+        raise ValueError(f"{fn}: give 'generator' (a fresh Brownian path) or 'bm' (a given one), not both.")
     t_min = resolve_t_min(fn, sde, t_min)
     duration = sde.T - t_min
     if (steps is None) == (dt is None):
@@ -125,7 +132,8 @@ def sample_sde(
     counted = start_counted(fn, score, sde, x_T, sde.T)
     reverse = ReverseSDE(counted, sde, tuple(x_T.shape[1:]), sde_type=SDE_METHODS[method])
     # The path must cover the grid's last time as rounded in x_T's dtype.
-    bm = brownian_motion(x_T, float(grid[-1]), generator=generator, levy_area=method == "srk")
+    if bm is None:
+        bm = brownian_motion(x_T, float(grid[-1]), generator=generator, levy_area=method == "srk")
     y0 = x_T.reshape(x_T.shape[0], -1)
     grad_ctx = contextlib.nullcontext() if enable_grad else torch.no_grad()
     with grad_ctx:
