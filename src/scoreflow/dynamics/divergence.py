@@ -1,0 +1,163 @@
+r"""Divergences :math:`\nabla\cdot F(x) = \operatorname{tr} \partial F/\partial x` of per-sample vector fields.
+
+``fn`` maps a batch ``(B, *D)`` to ``(B, *D)`` and acts on each sample independently, so the
+Jacobian of the batched map is block diagonal and one vector-Jacobian product with the same
+cotangent ``v`` in every row gives :math:`v^\top J_b` for all B samples at once.  Both
+estimators evaluate ``fn`` once and vmap its VJP (``torch.func``) over cotangents:
+
+- exact: the D basis vectors, :math:`\sum_i e_i^\top J e_i`, in chunks so memory stays bounded;
+- Hutchinson: random probes with :math:`E[vv^\top] = I`, :math:`E[v^\top J v] = \operatorname{tr} J`.
+
+``torch.func`` transforms ignore an outer ``torch.no_grad`` and compose with ordinary autograd,
+so the result is differentiable in the parameters ``fn`` captures (for maximum-likelihood
+training and implicit score matching) and still computable inside a no-grad solve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.func import vjp, vmap
+
+from .._checks import check_choice, check_generator, check_int
+
+__all__ = [
+    "exact_divergence",
+    "hutchinson_divergence",
+    "draw_probes",
+    "value_and_exact_divergence",
+    "value_and_hutchinson_divergence",
+    "PROBES",
+]
+
+VectorField = Callable[[torch.Tensor], torch.Tensor]
+
+#: Probe distributions for Hutchinson's estimator (both have :math:`E[vv^\top] = I`).
+PROBES = ("rademacher", "gaussian")
+
+#: Default bound on the elements of the cotangents of one vmapped VJP chunk (``chunk * B * D``).
+_CHUNK_ELEMENTS = 2**22
+
+
+def _checked_output(fn_name: str, out: object, x: torch.Tensor) -> torch.Tensor:
+    if not torch.is_tensor(out) or out.shape != x.shape:
+        got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else type(out).__name__
+        raise ValueError(
+            f"{fn_name}: 'fn' must map x of shape {tuple(x.shape)} to a tensor of the same shape, got {got}."
+        )
+    return out
+
+
+def value_and_exact_divergence(
+    fn: VectorField, x: torch.Tensor, *, chunk_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Return ``(fn(x), div)`` with :math:`\mathrm{div}_b = \sum_i \partial fn(x)_{b,i} / \partial x_{b,i}`.
+
+    One evaluation of ``fn`` and D vector-Jacobian products with basis vectors, vmapped
+    ``chunk_size`` at a time.
+
+    Args:
+        fn: per-sample vector field ``(B, *D) -> (B, *D)``.
+        x: points, shape ``(B, *D)``.
+        chunk_size: basis vectors per vmapped VJP; ``None`` picks the largest chunk whose
+            cotangents hold at most 2**22 elements (``chunk * B * D``), at least 1.
+
+    Returns:
+        ``fn(x)`` of shape ``(B, *D)`` and the divergence of shape ``(B,)``.
+
+    Raises:
+        ValueError: if ``fn`` does not return a tensor shaped like ``x``.
+        TypeError / ValueError: if ``chunk_size`` is not an int >= 1.
+    """
+    batch, dim = x.shape[0], x[0].numel()
+    if chunk_size is None:
+        chunk_size = max(1, min(dim, _CHUNK_ELEMENTS // max(1, batch * dim)))
+    else:
+        check_int("exact_divergence", "chunk_size", chunk_size)
+    out, vjp_fn = vjp(fn, x)
+    _checked_output("exact_divergence", out, x)
+    pull = vmap(lambda v: vjp_fn(v)[0])
+    div = x.new_zeros(batch)
+    for start in range(0, dim, chunk_size):
+        idx = torch.arange(start, min(start + chunk_size, dim), device=x.device)
+        # cotangent j is e_{idx[j]} in every sample's row
+        basis = torch.zeros(len(idx), batch, dim, dtype=x.dtype, device=x.device)
+        basis[torch.arange(len(idx), device=x.device), :, idx] = 1
+        rows = pull(basis.reshape(len(idx), *x.shape)).reshape(len(idx), batch, dim)
+        div = div + rows.gather(2, idx.reshape(-1, 1, 1).expand(-1, batch, 1)).sum(dim=(0, 2))
+    return out, div
+
+
+def exact_divergence(fn: VectorField, x: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+    r"""Exact divergence :math:`\operatorname{tr}\,\partial fn(x)_b / \partial x_b` of a per-sample field, shape ``(B,)``.
+
+    See :func:`value_and_exact_divergence` (this drops the value) for arguments and errors.
+    Differentiable in the parameters ``fn`` captures.
+    """
+    return value_and_exact_divergence(fn, x, chunk_size=chunk_size)[1]
+
+
+def value_and_hutchinson_divergence(
+    fn: VectorField, x: torch.Tensor, probes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Return ``(fn(x), est)`` with Hutchinson estimates :math:`\mathrm{est}_{p,b} = v_{p,b}^\top J_b\, v_{p,b}`.
+
+    Args:
+        fn: per-sample vector field ``(B, *D) -> (B, *D)``.
+        x: points, shape ``(B, *D)``.
+        probes: ``(P, B, *D)`` probe vectors with :math:`E[vv^\top] = I` (see :func:`draw_probes`).
+
+    Returns:
+        ``fn(x)`` of shape ``(B, *D)`` and the ``(P, B)`` estimates; their mean over P is unbiased for the divergence.
+
+    Raises:
+        ValueError: if ``probes`` is not shaped ``(P, *x.shape)`` or ``fn`` does not return a tensor shaped like ``x``.
+    """
+    if not torch.is_tensor(probes) or probes.ndim != x.ndim + 1 or probes.shape[1:] != x.shape:
+        got = tuple(probes.shape) if torch.is_tensor(probes) else type(probes).__name__
+        raise ValueError(
+            f"hutchinson_divergence: argument 'probes' expected shape (P, {', '.join(map(str, x.shape))}), "
+            f"got {got}. Fix: draw them with draw_probes(x, n_probes)."
+        )
+    out, vjp_fn = vjp(fn, x)
+    _checked_output("hutchinson_divergence", out, x)
+    vjps = vmap(lambda v: vjp_fn(v)[0])(probes.to(x.dtype))
+    est = (vjps * probes).reshape(probes.shape[0], x.shape[0], -1).sum(dim=2)
+    return out, est
+
+
+def hutchinson_divergence(fn: VectorField, x: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:
+    r"""Hutchinson estimates :math:`v^\top J v` of the divergence for each probe and sample, shape ``(P, B)``.
+
+    See :func:`value_and_hutchinson_divergence` (this drops the value) for arguments and errors.
+    Differentiable in the parameters ``fn`` captures.
+    """
+    return value_and_hutchinson_divergence(fn, x, probes)[1]
+
+
+def draw_probes(
+    x: torch.Tensor,
+    n_probes: int,
+    kind: str = "rademacher",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Draw ``n_probes`` probes per sample, shape ``(P, B, *D)``, dtype and device of ``x``.
+
+    ``"rademacher"``: entries :math:`\pm 1` with probability 1/2; ``"gaussian"``: standard normal.
+    For a fixed Jacobian J the variance of :math:`v^\top J v` is
+    :math:`2\|J_s\|_F^2 - 2\sum_i J_{ii}^2` (Rademacher) and :math:`2\|J_s\|_F^2` (Gaussian),
+    :math:`J_s = (J + J^\top)/2`, so Rademacher is never worse.
+
+    Raises:
+        ValueError: for an unknown ``kind`` (lists the valid ones) or ``n_probes < 1``.
+        TypeError: if ``generator`` is not a ``torch.Generator``.
+    """
+    check_choice("draw_probes", "kind", kind, PROBES)
+    check_int("draw_probes", "n_probes", n_probes)
+    check_generator("draw_probes", generator)
+    shape = (n_probes, *x.shape)
+    if kind == "gaussian":
+        return torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
+    bits = torch.randint(0, 2, shape, generator=generator, device=x.device)
+    return (2 * bits - 1).to(x.dtype)
