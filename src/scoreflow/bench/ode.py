@@ -120,7 +120,7 @@ def run_ode_study(
         study.orders.append({
             "method": spec.name, "metric": "error", "kind": "adaptive" if spec.adaptive else "fixed",
             "declared": spec.order, "measured": measured,
-            "agrees": order_agrees(spec.order, measured, at_least=spec.adaptive),
+            "agrees": order_agrees(spec.order, measured, kind="adaptive" if spec.adaptive else "fixed"),
             "min_error": min(r["error"] for r in rows), "max_nfe": max(r["nfe"] for r in rows),
         })
     bar.close()

@@ -38,14 +38,14 @@ def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def distribution_errors(x: torch.Tensor, exact, exact_sample: torch.Tensor, *, seed: int = 0) -> dict[str, float]:
-    """Mean, covariance, Gaussian-W2-of-moments and sliced-W2 errors of samples ``x`` against a law ``exact``."""
+    """Mean, covariance, Gaussian-W2-of-moments and sliced-W2 (64 directions) errors of samples ``x`` against a law ``exact``."""
     mean, cov = _moments(x)
     m, c = exact.mean.double(), exact.covariance.double()
     return {
         "mean_error": float((mean - m).norm()),
         "cov_error": float((cov - c).norm()),
         "w2": gaussian_w2(mean, cov, m, c),
-        "sw2": sliced_wasserstein2(x, exact_sample, generator=torch.Generator().manual_seed(seed)),
+        "sw2": sliced_wasserstein2(x, exact_sample, n_projections=64, generator=torch.Generator().manual_seed(seed)),
     }
 
 
@@ -57,7 +57,7 @@ def run_sde_study(
     max_nfe: int = 128,
     min_steps: int = 8,
     ref_factor: int = 8,
-    n_exact: int = 20_000,
+    n_exact: int = 4096,
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
     progress: bool = False,
@@ -127,7 +127,7 @@ def run_sde_study(
             measured = measured_order([r["nfe"] for r in rows], [r[metric] for r in rows], floor=floor) if spec.pathwise else None
             study.orders.append({
                 "method": spec.name, "metric": metric, "kind": "pathwise" if spec.pathwise else "sampler",
-                "declared": declared, "measured": measured, "agrees": order_agrees(declared, measured),
+                "declared": declared, "measured": measured, "agrees": order_agrees(declared, measured, kind="pathwise"),
                 "min_error": min((r[metric] for r in rows if r[metric] is not None), default=None),
                 "max_nfe": max(r["nfe"] for r in rows),
             })
