@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sde", choices=SDES, default="vp", help="forward SDE (default: vp)")
         p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="precision (default: float64)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+        p.add_argument("--threads", type=int, default=1, help="torch threads; the problems are small, so one is fastest (default: 1)")
 
     demo = sub.add_parser("demo", help="sample a 2-D mixture by ODE and SDE and print NFE and error against the exact law")
     demo.add_argument("--sde", choices=SDES, default="vp", help="forward SDE (default: vp)")
@@ -203,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     return args.run(args)
 
 
