@@ -135,3 +135,22 @@ def test_write_report_files(ode_study, tmp_path):
     assert "| rk4 | fixed | error | 4 |" in md and "ode_error.png" in md
     png = files["ode_error_png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_a_registered_method_joins_the_study(gaussian_vp, monkeypatch):
+    from scoreflow.bench import ODE_METHODS, ODEMethod
+
+    def explicit_midpoint(score, sde, x_T, steps):
+        """A solver written outside scoreflow, on the public ProbabilityFlowODE."""
+        field = sf.ProbabilityFlowODE(score, sde)
+        ts = torch.linspace(sde.T, sde.t_min, int(steps) + 1, dtype=x_T.dtype)
+        x = x_T
+        for t0, t1 in zip(ts[:-1], ts[1:]):
+            h = t1 - t0
+            x = x + h * field(t0 + h / 2, x + h / 2 * field(t0, x))
+        return sf.SampleResult(samples=x, nfe=field.nfe)
+
+    monkeypatch.setitem(ODE_METHODS, "my_midpoint", ODEMethod("my_midpoint", False, 2, explicit_midpoint, nfe_per_step=2))
+    study = run_ode_study(gaussian_vp, methods=("my_midpoint",), n=8, max_nfe=128)
+    assert [r["nfe"] for r in study.rows] == [8, 16, 32, 64, 128]
+    assert study.order_of("my_midpoint") == pytest.approx(2.0, abs=0.4)

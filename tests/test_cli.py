@@ -45,13 +45,13 @@ def test_sample_prints_errors_and_saves_samples(tmp_path, capsys):
 
 
 def test_likelihood_matches_the_exact_log_density(capsys):
-    assert main(["likelihood", "--problem", "gaussian2d", "--n", "8", "--tol", "1e-8", "--exact-prior"]) == 0
+    assert main(["likelihood", "--problem", "gaussian2d", "--n", "8", "--tol", "1e-7", "--exact-prior"]) == 0
     printed = capsys.readouterr().out
     err = float(re.search(r"mean \|error\| ([0-9.e+-]+)", printed).group(1))
     assert err < 1e-5
     nfe, vjp = map(int, re.search(r"NFE (\d+) \(\+(\d+) VJPs\)", printed).groups())
     assert vjp >= 2 * (nfe - 1)  # the exact trace takes D = 2 VJPs per evaluation
-    assert main(["likelihood", "--problem", "gaussian2d", "--n", "8", "--trace", "hutchinson"]) == 0
+    assert main(["likelihood", "--problem", "gaussian2d", "--n", "8", "--trace", "hutchinson", "--tol", "1e-3"]) == 0
     nfe, vjp = map(int, re.search(r"NFE (\d+) \(\+(\d+) VJPs\)", capsys.readouterr().out).groups())
     assert vjp < nfe  # one probe: one VJP per evaluation
 

@@ -122,17 +122,22 @@ def run_sde_study(
             row["seconds"] = seconds
             study.rows.append(row)
             bar.update()
-        rows = [r for r in study.rows if r["method"] == spec.name]
-        for metric, declared in (("strong_error", spec.strong_order), ("weak_error", None)):
-            measured = measured_order([r["nfe"] for r in rows], [r[metric] for r in rows], floor=floor) if spec.pathwise else None
-            study.orders.append({
-                "method": spec.name, "metric": metric, "kind": "pathwise" if spec.pathwise else "sampler",
-                "declared": declared, "measured": measured, "agrees": order_agrees(declared, measured, kind="pathwise"),
-                "min_error": min((r[metric] for r in rows if r[metric] is not None), default=None),
-                "max_nfe": max(r["nfe"] for r in rows),
-            })
+        if spec.pathwise:
+            _fit_orders(study, spec.name, spec.strong_order, floor)
     bar.close()
     return study
+
+
+def _fit_orders(study: Study, method: str, strong_order: float | None, floor: float) -> None:
+    """Strong and weak orders of a pathwise method (samplers with their own noise have neither)."""
+    rows = [r for r in study.rows if r["method"] == method]
+    for metric, declared in (("strong_error", strong_order), ("weak_error", None)):
+        measured = measured_order([r["nfe"] for r in rows], [r[metric] for r in rows], floor=floor)
+        study.orders.append({
+            "method": method, "metric": metric, "kind": "pathwise", "declared": declared, "measured": measured,
+            "agrees": order_agrees(declared, measured, kind="pathwise"),
+            "min_error": min(r[metric] for r in rows), "max_nfe": max(r["nfe"] for r in rows),
+        })
 
 
 def _weak_error(x: torch.Tensor, reference: torch.Tensor) -> float:
