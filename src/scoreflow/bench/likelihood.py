@@ -70,7 +70,7 @@ def run_likelihood_study(
     exact = problem.law.marginal(sde, sde.t_min).log_prob(x.double())
     prior = law.marginal(sde, sde.T).log_prob
     score = law.score(sde)
-    floor = 1e3 * torch.finfo(dtype).eps * max(1.0, float(exact.abs().mean()))
+    floor = 100 * torch.finfo(dtype).eps * max(1.0, float(exact.abs().mean()))
     grids = {m: tolerance_grid(dtype)[:7] if m in ADAPTIVE_ODE_METHODS else step_grid(_NFE_PER_STEP[m], max_nfe, min_steps) for m in methods}
     study = Study("likelihood", problem.name, ("error",), config={"n": n, "max_nfe": max_nfe, "dtype": str(dtype).removeprefix("torch."), "seed": seed})
     bar = progress_bar(len(traces) * sum(map(len, grids.values())), f"likelihood {problem.name}", progress)

@@ -96,7 +96,7 @@ def run_ode_study(
     x_T = law.marginal(sde, sde.T).sample(n, generator=torch.Generator().manual_seed(seed))
     reference = reference_flow(problem, x_T)
     score = law.score(sde)
-    floor = 1e3 * torch.finfo(dtype).eps * max(1.0, float(reference.pow(2).mean().sqrt()))
+    floor = 100 * torch.finfo(dtype).eps * max(1.0, float(reference.pow(2).mean().sqrt()))
     grids = {s.name: tolerance_grid(dtype) if s.adaptive else step_grid(s.nfe_per_step, max_nfe, min_steps) for s in specs}
     study = Study("ode", problem.name, ("error",), config={"n": n, "max_nfe": max_nfe, "dtype": str(dtype).removeprefix("torch."), "seed": seed, "error_floor": floor})
     bar = progress_bar(sum(map(len, grids.values())), f"ODE {problem.name}", progress)

@@ -92,7 +92,7 @@ def run_sde_study(
     floors = distribution_errors(exact.sample(n, generator=torch.Generator().manual_seed(seed + 2)), exact, exact_sample, seed=seed)
     score = law.score(sde)
     duration = float(torch.tensor(sde.T - sde.t_min, dtype=dtype))
-    floor = 1e3 * torch.finfo(dtype).eps * max(1.0, float(exact.covariance.trace().sqrt()))
+    floor = 100 * torch.finfo(dtype).eps * max(1.0, float(exact.covariance.trace().sqrt()))
     grids = {s.name: step_grid(s.nfe_per_step, max_nfe, min_steps) for s in specs}
     study = Study(
         "sde", problem.name, ("strong_error", "weak_error", "w2", "sw2"),
