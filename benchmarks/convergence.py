@@ -37,12 +37,18 @@ def main() -> None:
             problem = make_problem(law, sde)
             start = time.perf_counter()
             studies = [RUNS[name](problem, progress=True) for name in args.studies]
-            write_report(studies, Path(args.out) / problem.name, command=f"python benchmarks/convergence.py --laws {law} --sdes {sde}")
+            write_report(
+                studies,
+                Path(args.out) / problem.name,
+                command=f"python benchmarks/convergence.py --laws {law} --sdes {sde}",
+            )
             for study in studies:
                 for o in study.orders:
                     declared = "-" if o["declared"] is None else f"{o['declared']:g}"
                     measured = "-" if o["measured"] is None else f"{o['measured']:.2f}"
-                    print(f"{problem.name:<18}{study.name:<12}{o['method']:<22}{o['metric']:<14}{declared:>9}{measured:>10}{str(o['agrees']):>8}")
+                    print(
+                        f"{problem.name:<18}{study.name:<12}{o['method']:<22}{o['metric']:<14}{declared:>9}{measured:>10}{str(o['agrees']):>8}"
+                    )
             print(f"{problem.name}: {time.perf_counter() - start:.1f} s, report in {Path(args.out) / problem.name}")
 
 

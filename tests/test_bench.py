@@ -150,7 +150,9 @@ def test_a_registered_method_joins_the_study(gaussian_vp, monkeypatch):
             x = x + h * field(t0 + h / 2, x + h / 2 * field(t0, x))
         return sf.SampleResult(samples=x, nfe=field.nfe)
 
-    monkeypatch.setitem(ODE_METHODS, "my_midpoint", ODEMethod("my_midpoint", False, 2, explicit_midpoint, nfe_per_step=2))
+    monkeypatch.setitem(
+        ODE_METHODS, "my_midpoint", ODEMethod("my_midpoint", False, 2, explicit_midpoint, nfe_per_step=2)
+    )
     study = run_ode_study(gaussian_vp, methods=("my_midpoint",), n=8, max_nfe=128)
     assert [r["nfe"] for r in study.rows] == [8, 16, 32, 64, 128]
     assert study.order_of("my_midpoint") == pytest.approx(2.0, abs=0.4)

@@ -11,8 +11,25 @@ from scoreflow.cli import main
 
 def test_bench_writes_the_report_and_orders_agree(tmp_path, capsys):
     out = tmp_path / "report"
-    argv = ["bench", "--study", "ode", "sde", "--ode-methods", "euler,midpoint", "--sde-methods", "euler",
-            "--max-nfe", "128", "--sde-max-nfe", "8", "--n", "16", "--out", str(out), "--no-progress"]
+    argv = [
+        "bench",
+        "--study",
+        "ode",
+        "sde",
+        "--ode-methods",
+        "euler,midpoint",
+        "--sde-methods",
+        "euler",
+        "--max-nfe",
+        "128",
+        "--sde-max-nfe",
+        "8",
+        "--n",
+        "16",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"report written to {out / 'report.md'}" in printed
@@ -33,10 +50,38 @@ def test_bench_writes_the_report_and_orders_agree(tmp_path, capsys):
     assert "scoreflow bench --study ode sde" in (out / "report.md").read_text()
 
 
+def test_bench_without_the_bench_extra_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["bench", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "matplotlib not installed; install the bench extra" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_sample_prints_errors_and_saves_samples(tmp_path, capsys):
     path = tmp_path / "x.pt"
-    assert main(["sample", "--problem", "gaussian2d", "--sampler", "sde", "--method", "euler", "--steps", "50",
-                 "--n", "200", "--out", str(path)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--problem",
+                "gaussian2d",
+                "--sampler",
+                "sde",
+                "--method",
+                "euler",
+                "--steps",
+                "50",
+                "--n",
+                "200",
+                "--out",
+                str(path),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert re.search(r"NFE 51\b", printed)
     w2 = float(re.search(r"w2 ([0-9.]+)", printed).group(1))

@@ -18,7 +18,7 @@ def python_blocks(page: Path) -> list[str]:
 
 
 def test_block_extraction_finds_fenced_python_only():
-    text = "intro\n```python\na = 1\n```\n```bash\nexit 1\n```\n```python title=\"x\"\nb = a + 1\n```\n"
+    text = 'intro\n```python\na = 1\n```\n```bash\nexit 1\n```\n```python title="x"\nb = a + 1\n```\n'
     assert BLOCK.findall(text) == ["a = 1\n", "b = a + 1\n"]
 
 

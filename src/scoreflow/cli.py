@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
 import sys
 import time
@@ -26,7 +27,9 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"{'sampler':<28}{'NFE':>6}{'mean err':>11}{'cov err':>10}{'weight err':>12}{'seconds':>9}")
     runs = {
         "ode dopri5 (rtol=atol=1e-5)": lambda: sample_ode(problem.score, sde, x_T, method="dopri5"),
-        f"sde euler ({args.steps} steps)": lambda: sample_sde(problem.score, sde, x_T, method="euler", steps=args.steps, generator=g),
+        f"sde euler ({args.steps} steps)": lambda: sample_sde(
+            problem.score, sde, x_T, method="euler", steps=args.steps, generator=g
+        ),
     }
     for name, run in runs.items():
         start = time.perf_counter()
@@ -55,13 +58,24 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench.report import orders_table, write_report
     from .testing import make_problem
 
+    needed = (("tqdm", not args.no_progress), ("matplotlib", not args.no_plots))
+    missing = [m for m, need in needed if need and importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"scoreflow bench: {' and '.join(missing)} not installed; install the bench extra "
+            "(pip install 'scoreflow[bench]') or pass --no-progress/--no-plots.",
+            file=sys.stderr,
+        )
+        return 2
     problem = make_problem(args.problem, args.sde)
     dtype = _dtype(args.dtype)
     common = {"dtype": dtype, "seed": args.seed, "progress": not args.no_progress}
     n = {} if args.n is None else {"n": args.n}
     runs = {
         "ode": lambda: run_ode_study(problem, methods=_methods(args.ode_methods), max_nfe=args.max_nfe, **n, **common),
-        "sde": lambda: run_sde_study(problem, methods=_methods(args.sde_methods), max_nfe=args.sde_max_nfe, **n, **common),
+        "sde": lambda: run_sde_study(
+            problem, methods=_methods(args.sde_methods), max_nfe=args.sde_max_nfe, **n, **common
+        ),
         "likelihood": lambda: run_likelihood_study(problem, max_nfe=args.max_nfe // 2, **common),
     }
     start = time.perf_counter()
@@ -70,10 +84,14 @@ def _bench(args: argparse.Namespace) -> int:
     command = "scoreflow " + " ".join(shlex.quote(a) for a in (args.argv or ["bench"]))
     files = write_report(studies, args.out, plots=not args.no_plots, command=command)
     for study in studies:
-        print(f"\n{study.name.upper()} study on {study.problem} ({args.dtype}): measured order = -slope of log(error) vs log(NFE)")
+        print(
+            f"\n{study.name.upper()} study on {study.problem} ({args.dtype}): measured order = -slope of log(error) vs log(NFE)"
+        )
         print(orders_table(study))
     disagree = [f"{o['method']} ({o['metric']})" for s in studies for o in s.orders if o["agrees"] is False]
-    print(f"\n{len(studies)} studies in {seconds:.1f} s; orders that disagree with theory: {', '.join(disagree) or 'none'}")
+    print(
+        f"\n{len(studies)} studies in {seconds:.1f} s; orders that disagree with theory: {', '.join(disagree) or 'none'}"
+    )
     print(f"report written to {files['report']} (JSON, markdown and PNG plots in {args.out}/)")
     return 0
 
@@ -102,7 +120,10 @@ def _sample(args: argparse.Namespace) -> int:
     floor = distribution_errors(exact.sample(args.n, generator=g), exact, big, seed=args.seed)
     print(f"{problem.name}: {args.sampler} {args.method}, {args.n} samples, NFE {res.nfe}, {seconds:.2f} s")
     print("errors against the exact law at t_min: " + ", ".join(f"{k} {v:.4f}" for k, v in errs.items()))
-    print(f"the same for {args.n} exact samples (Monte-Carlo floor): " + ", ".join(f"{k} {v:.4f}" for k, v in floor.items()))
+    print(
+        f"the same for {args.n} exact samples (Monte-Carlo floor): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in floor.items())
+    )
     if args.out:
         torch.save(res.samples, args.out)
         print(f"samples ({tuple(res.samples.shape)}) written to {args.out}")
@@ -123,16 +144,27 @@ def _likelihood(args: argparse.Namespace) -> int:
     prior = law.marginal(sde, sde.T).log_prob if args.exact_prior else None
     with torch.no_grad():
         res = log_likelihood(
-            law.score(sde), sde, x, trace=args.trace, method=args.method, rtol=args.tol, atol=args.tol,
-            prior_log_prob=prior, generator=g,
+            law.score(sde),
+            sde,
+            x,
+            trace=args.trace,
+            method=args.method,
+            rtol=args.tol,
+            atol=args.tol,
+            prior_log_prob=prior,
+            generator=g,
         )
     seconds = time.perf_counter() - start
     exact = law.marginal(sde, sde.t_min).log_prob(x)
     err = (res.log_prob - exact).abs()
-    print(f"{problem.name}: {args.trace} trace, {args.method} rtol=atol={args.tol:g}, {args.n} points, "
-          f"{'exact p_T' if args.exact_prior else 'the SDE prior'} at T, NFE {res.nfe} (+{res.nfe_vjp} VJPs), {seconds:.2f} s")
-    print(f"mean log p: {float(res.log_prob.mean()):.5f} nats (exact {float(exact.mean()):.5f}); mean |error| {float(err.mean()):.2e}, "
-          f"max {float(err.max()):.2e}; {float(res.bpd.mean()):.4f} bits/dim")
+    print(
+        f"{problem.name}: {args.trace} trace, {args.method} rtol=atol={args.tol:g}, {args.n} points, "
+        f"{'exact p_T' if args.exact_prior else 'the SDE prior'} at T, NFE {res.nfe} (+{res.nfe_vjp} VJPs), {seconds:.2f} s"
+    )
+    print(
+        f"mean log p: {float(res.log_prob.mean()):.5f} nats (exact {float(exact.mean()):.5f}); mean |error| {float(err.mean()):.2e}, "
+        f"max {float(err.max()):.2e}; {float(res.bpd.mean()):.4f} bits/dim"
+    )
     return 0
 
 
@@ -150,11 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     def problem_args(p: argparse.ArgumentParser, law: str) -> None:
         p.add_argument("--problem", choices=LAWS, default=law, help=f"data law with exact answers (default: {law})")
         p.add_argument("--sde", choices=SDES, default="vp", help="forward SDE (default: vp)")
-        p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="precision (default: float64)")
+        p.add_argument(
+            "--dtype", choices=("float64", "float32"), default="float64", help="precision (default: float64)"
+        )
         p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-        p.add_argument("--threads", type=int, default=1, help="torch threads; the problems are small, so one is fastest (default: 1)")
+        p.add_argument(
+            "--threads",
+            type=int,
+            default=1,
+            help="torch threads; the problems are small, so one is fastest (default: 1)",
+        )
 
-    demo = sub.add_parser("demo", help="sample a 2-D mixture by ODE and SDE and print NFE and error against the exact law")
+    demo = sub.add_parser(
+        "demo", help="sample a 2-D mixture by ODE and SDE and print NFE and error against the exact law"
+    )
     demo.add_argument("--sde", choices=SDES, default="vp", help="forward SDE (default: vp)")
     demo.add_argument("--n", type=int, default=5000, help="number of samples (default: 5000)")
     demo.add_argument("--steps", type=int, default=500, help="Euler-Maruyama steps (default: 500)")
@@ -165,17 +206,39 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.registry import SDE_METHODS as SDE_STUDY_METHODS
 
     bench = sub.add_parser(
-        "bench", help="convergence study: error against NFE for every solver, fitted orders, report",
+        "bench",
+        help="convergence study: error against NFE for every solver, fitted orders, report",
         description="Measure how fast each solver converges on a problem with an exact answer: ODE (error "
         "of x_tmin against the exact flow), SDE (strong, weak and distribution error) and likelihood "
         "(error against the exact log-density), each against NFE, with fitted convergence orders. "
         "Writes <out>/report.md, one JSON file per study and log-log PNG plots.",
     )
     problem_args(bench, "gaussian2d")
-    bench.add_argument("--study", nargs="+", choices=("ode", "sde", "likelihood"), default=["ode", "sde", "likelihood"], help="studies to run (default: all three)")
-    bench.add_argument("--ode-methods", default=",".join(DEFAULT_ODE_METHODS), metavar="LIST", help=f"comma-separated ODE methods from {', '.join(ODE_METHODS)} (default: %(default)s)")
-    bench.add_argument("--sde-methods", default=",".join(DEFAULT_SDE_METHODS), metavar="LIST", help=f"comma-separated SDE methods from {', '.join(SDE_STUDY_METHODS)} (default: %(default)s)")
-    bench.add_argument("--max-nfe", type=int, default=512, help="NFE budget of one ODE solve; likelihood solves get half (default: 512)")
+    bench.add_argument(
+        "--study",
+        nargs="+",
+        choices=("ode", "sde", "likelihood"),
+        default=["ode", "sde", "likelihood"],
+        help="studies to run (default: all three)",
+    )
+    bench.add_argument(
+        "--ode-methods",
+        default=",".join(DEFAULT_ODE_METHODS),
+        metavar="LIST",
+        help=f"comma-separated ODE methods from {', '.join(ODE_METHODS)} (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--sde-methods",
+        default=",".join(DEFAULT_SDE_METHODS),
+        metavar="LIST",
+        help=f"comma-separated SDE methods from {', '.join(SDE_STUDY_METHODS)} (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--max-nfe",
+        type=int,
+        default=512,
+        help="NFE budget of one ODE solve; likelihood solves get half (default: 512)",
+    )
     bench.add_argument("--sde-max-nfe", type=int, default=128, help="NFE budget of one SDE solve (default: 128)")
     bench.add_argument("--n", type=int, default=None, help="trajectories per solve (default: 512 ODE, 256 SDE)")
     bench.add_argument("--out", default="scoreflow-report", help="output folder (default: scoreflow-report)")
@@ -185,8 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="sample an analytic problem and print NFE and errors against the exact law")
     problem_args(sample, "ring2d")
-    sample.add_argument("--sampler", choices=("ode", "sde"), default="ode", help="probability-flow ODE or reverse SDE (default: ode)")
-    sample.add_argument("--method", default="dopri5", help=f"ODE: {', '.join(ADAPTIVE_ODE_METHODS + FIXED_ODE_METHODS)}; SDE: {', '.join(SDE_METHODS)} (default: dopri5)")
+    sample.add_argument(
+        "--sampler", choices=("ode", "sde"), default="ode", help="probability-flow ODE or reverse SDE (default: ode)"
+    )
+    sample.add_argument(
+        "--method",
+        default="dopri5",
+        help=f"ODE: {', '.join(ADAPTIVE_ODE_METHODS + FIXED_ODE_METHODS)}; SDE: {', '.join(SDE_METHODS)} (default: dopri5)",
+    )
     sample.add_argument("--steps", type=int, default=None, help="steps of a fixed-step method (SDE default: 500)")
     sample.add_argument("--n", type=int, default=2000, help="number of samples (default: 2000)")
     sample.add_argument("--out", default=None, help="save the samples with torch.save to this file")
@@ -194,11 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     lik = sub.add_parser("likelihood", help="log-likelihood of exact samples, compared with the exact log-density")
     problem_args(lik, "ring2d")
-    lik.add_argument("--trace", choices=("exact", "hutchinson"), default="exact", help="divergence estimator (default: exact)")
+    lik.add_argument(
+        "--trace", choices=("exact", "hutchinson"), default="exact", help="divergence estimator (default: exact)"
+    )
     lik.add_argument("--method", default="dopri5", help="torchdiffeq method (default: dopri5)")
     lik.add_argument("--tol", type=float, default=1e-5, help="rtol = atol of the solver (default: 1e-5)")
     lik.add_argument("--n", type=int, default=256, help="number of points (default: 256)")
-    lik.add_argument("--exact-prior", action="store_true", help="use the exact log p_T instead of the SDE's prior at T, leaving only solver error")
+    lik.add_argument(
+        "--exact-prior",
+        action="store_true",
+        help="use the exact log p_T instead of the SDE's prior at T, leaving only solver error",
+    )
     lik.set_defaults(run=_likelihood)
     return parser
 

@@ -19,7 +19,19 @@ from .sde import run_sde_study
 from .study import Study, measured_order, order_agrees
 
 __all__ = [
-    "run_ode_study", "run_sde_study", "run_likelihood_study", "reference_flow", "Study", "measured_order", "order_agrees",
-    "ODEMethod", "SDEMethod", "ODE_METHODS", "SDE_METHODS", "register_ode_method", "register_sde_method",
-    "DEFAULT_ODE_METHODS", "DEFAULT_SDE_METHODS",
+    "run_ode_study",
+    "run_sde_study",
+    "run_likelihood_study",
+    "reference_flow",
+    "Study",
+    "measured_order",
+    "order_agrees",
+    "ODEMethod",
+    "SDEMethod",
+    "ODE_METHODS",
+    "SDE_METHODS",
+    "register_ode_method",
+    "register_sde_method",
+    "DEFAULT_ODE_METHODS",
+    "DEFAULT_SDE_METHODS",
 ]

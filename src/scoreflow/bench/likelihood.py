@@ -71,8 +71,16 @@ def run_likelihood_study(
     prior = law.marginal(sde, sde.T).log_prob
     score = law.score(sde)
     floor = 100 * torch.finfo(dtype).eps * max(1.0, float(exact.abs().mean()))
-    grids = {m: tolerance_grid(dtype)[:7] if m in ADAPTIVE_ODE_METHODS else step_grid(_NFE_PER_STEP[m], max_nfe, min_steps) for m in methods}
-    study = Study("likelihood", problem.name, ("error",), config={"n": n, "max_nfe": max_nfe, "dtype": str(dtype).removeprefix("torch."), "seed": seed})
+    grids = {
+        m: tolerance_grid(dtype)[:7] if m in ADAPTIVE_ODE_METHODS else step_grid(_NFE_PER_STEP[m], max_nfe, min_steps)
+        for m in methods
+    }
+    study = Study(
+        "likelihood",
+        problem.name,
+        ("error",),
+        config={"n": n, "max_nfe": max_nfe, "dtype": str(dtype).removeprefix("torch."), "seed": seed},
+    )
     bar = progress_bar(len(traces) * sum(map(len, grids.values())), f"likelihood {problem.name}", progress)
     for trace in traces:
         for method in methods:
@@ -84,27 +92,54 @@ def run_likelihood_study(
                 start = time.perf_counter()
                 with torch.no_grad():
                     res = log_likelihood(
-                        score, sde, x, trace=trace, method=method, prior_log_prob=prior,
-                        generator=torch.Generator().manual_seed(seed + 1), **setting,
+                        score,
+                        sde,
+                        x,
+                        trace=trace,
+                        method=method,
+                        prior_log_prob=prior,
+                        generator=torch.Generator().manual_seed(seed + 1),
+                        **setting,
                     )
                 err = (res.log_prob.double() - exact).abs()
-                study.rows.append({
-                    "study": "likelihood", "problem": problem.name, "method": name, "trace": trace,
-                    "kind": "adaptive" if adaptive else "fixed", "setting": "tol" if adaptive else "steps",
-                    "value": value, "nfe": res.nfe, "nfe_vjp": res.nfe_vjp, "error": float(err.mean()),
-                    "max_error": float(err.max()), "seconds": time.perf_counter() - start,
-                })
+                study.rows.append(
+                    {
+                        "study": "likelihood",
+                        "problem": problem.name,
+                        "method": name,
+                        "trace": trace,
+                        "kind": "adaptive" if adaptive else "fixed",
+                        "setting": "tol" if adaptive else "steps",
+                        "value": value,
+                        "nfe": res.nfe,
+                        "nfe_vjp": res.nfe_vjp,
+                        "error": float(err.mean()),
+                        "max_error": float(err.max()),
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
                 bar.update()
                 if adaptive and res.nfe > max_nfe:
                     bar.update(len(grids[method]) - i - 1)
                     break
             rows = [r for r in study.rows if r["method"] == name]
             declared = ODE_ORDERS[method] if trace == "exact" else None
-            measured = measured_order([r["nfe"] for r in rows], [r["error"] for r in rows], floor=floor) if trace == "exact" else None
-            study.orders.append({
-                "method": name, "metric": "error", "kind": "adaptive" if adaptive else "fixed",
-                "declared": declared, "measured": measured, "agrees": order_agrees(declared, measured, kind="adaptive" if adaptive else "fixed"),
-                "min_error": min(r["error"] for r in rows), "max_nfe": max(r["nfe"] for r in rows),
-            })
+            measured = (
+                measured_order([r["nfe"] for r in rows], [r["error"] for r in rows], floor=floor)
+                if trace == "exact"
+                else None
+            )
+            study.orders.append(
+                {
+                    "method": name,
+                    "metric": "error",
+                    "kind": "adaptive" if adaptive else "fixed",
+                    "declared": declared,
+                    "measured": measured,
+                    "agrees": order_agrees(declared, measured, kind="adaptive" if adaptive else "fixed"),
+                    "min_error": min(r["error"] for r in rows),
+                    "max_nfe": max(r["nfe"] for r in rows),
+                }
+            )
     bar.close()
     return study

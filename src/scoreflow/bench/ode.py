@@ -97,32 +97,58 @@ def run_ode_study(
     reference = reference_flow(problem, x_T)
     score = law.score(sde)
     floor = 100 * torch.finfo(dtype).eps * max(1.0, float(reference.pow(2).mean().sqrt()))
-    grids = {s.name: tolerance_grid(dtype) if s.adaptive else step_grid(s.nfe_per_step, max_nfe, min_steps) for s in specs}
-    study = Study("ode", problem.name, ("error",), config={"n": n, "max_nfe": max_nfe, "dtype": str(dtype).removeprefix("torch."), "seed": seed, "error_floor": floor})
+    grids = {
+        s.name: tolerance_grid(dtype) if s.adaptive else step_grid(s.nfe_per_step, max_nfe, min_steps) for s in specs
+    }
+    study = Study(
+        "ode",
+        problem.name,
+        ("error",),
+        config={
+            "n": n,
+            "max_nfe": max_nfe,
+            "dtype": str(dtype).removeprefix("torch."),
+            "seed": seed,
+            "error_floor": floor,
+        },
+    )
     bar = progress_bar(sum(map(len, grids.values())), f"ODE {problem.name}", progress)
     for spec in specs:
         for i, value in enumerate(grids[spec.name]):
             bar.set_postfix_str(f"{spec.name} {'tol' if spec.adaptive else 'steps'}={value:g}")
             start = time.perf_counter()
             res = spec.run(score, sde, x_T, value)
-            study.rows.append({
-                "study": "ode", "problem": problem.name, "method": spec.name,
-                "kind": "adaptive" if spec.adaptive else "fixed",
-                "setting": "tol" if spec.adaptive else "steps", "value": value, "nfe": res.nfe,
-                "error": rms_error(res.samples, reference), "seconds": time.perf_counter() - start,
-            })
+            study.rows.append(
+                {
+                    "study": "ode",
+                    "problem": problem.name,
+                    "method": spec.name,
+                    "kind": "adaptive" if spec.adaptive else "fixed",
+                    "setting": "tol" if spec.adaptive else "steps",
+                    "value": value,
+                    "nfe": res.nfe,
+                    "error": rms_error(res.samples, reference),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
             bar.update()
             if spec.adaptive and res.nfe > max_nfe:
                 bar.update(len(grids[spec.name]) - i - 1)
                 break
         rows = [r for r in study.rows if r["method"] == spec.name]
         measured = measured_order([r["nfe"] for r in rows], [r["error"] for r in rows], floor=floor)
-        study.orders.append({
-            "method": spec.name, "metric": "error", "kind": "adaptive" if spec.adaptive else "fixed",
-            "declared": spec.order, "measured": measured,
-            "agrees": order_agrees(spec.order, measured, kind="adaptive" if spec.adaptive else "fixed"),
-            "min_error": min(r["error"] for r in rows), "max_nfe": max(r["nfe"] for r in rows),
-        })
+        study.orders.append(
+            {
+                "method": spec.name,
+                "metric": "error",
+                "kind": "adaptive" if spec.adaptive else "fixed",
+                "declared": spec.order,
+                "measured": measured,
+                "agrees": order_agrees(spec.order, measured, kind="adaptive" if spec.adaptive else "fixed"),
+                "min_error": min(r["error"] for r in rows),
+                "max_nfe": max(r["nfe"] for r in rows),
+            }
+        )
     bar.close()
     return study
 

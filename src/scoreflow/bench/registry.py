@@ -23,8 +23,14 @@ from ..sampling import (
 )
 
 __all__ = [
-    "ODEMethod", "SDEMethod", "ODE_METHODS", "SDE_METHODS",
-    "register_ode_method", "register_sde_method", "DEFAULT_ODE_METHODS", "DEFAULT_SDE_METHODS",
+    "ODEMethod",
+    "SDEMethod",
+    "ODE_METHODS",
+    "SDE_METHODS",
+    "register_ode_method",
+    "register_sde_method",
+    "DEFAULT_ODE_METHODS",
+    "DEFAULT_SDE_METHODS",
 ]
 
 #: ``run(score, sde, x_T, setting) -> SampleResult``; ``setting`` is a step count or a tolerance.
@@ -116,7 +122,15 @@ for _name in ADAPTIVE_ODE_METHODS:
         register_ode_method(ODEMethod(_name, True, ODE_ORDERS[_name], _adaptive(_name)))
 
 # NFE per step as counted when torchsde integrates the reverse SDE (its srk evaluates the drift 10 times).
-for _name, _stages in {"euler": 1, "milstein": 1, "srk": 10, "reversible_heun": 1, "heun": 2, "midpoint": 2, "euler_heun": 1}.items():
+for _name, _stages in {
+    "euler": 1,
+    "milstein": 1,
+    "srk": 10,
+    "reversible_heun": 1,
+    "heun": 2,
+    "midpoint": 2,
+    "euler_heun": 1,
+}.items():
     register_sde_method(SDEMethod(_name, SDE_STRONG_ORDERS[_name], True, _torchsde(_name), _stages, _name == "srk"))
 
 
@@ -129,7 +143,9 @@ def _register_pc() -> None:
         return
 
     def run(score, sde, x_T, steps, generator):
-        return sample_pc(score, sde, x_T, predictor="reverse_diffusion", corrector="langevin", steps=steps, generator=generator)
+        return sample_pc(
+            score, sde, x_T, predictor="reverse_diffusion", corrector="langevin", steps=steps, generator=generator
+        )
 
     # One predictor and one corrector evaluation per step.
     register_sde_method(SDEMethod("pc", None, False, run, 2))

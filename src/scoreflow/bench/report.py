@@ -44,7 +44,16 @@ def orders_table(study: Study) -> str:
             declared = f">= {declared - 1:g} (order {declared:g})"
         elif declared is not None and o["kind"] == "pathwise":
             declared = f"{declared:g} (strong, at least)"
-        cells = (o["method"], o["kind"], o["metric"], declared, o["measured"], o["agrees"], o["min_error"], o["max_nfe"])
+        cells = (
+            o["method"],
+            o["kind"],
+            o["metric"],
+            declared,
+            o["measured"],
+            o["agrees"],
+            o["min_error"],
+            o["max_nfe"],
+        )
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -89,7 +98,9 @@ def plot_study(study: Study, metric: str, path: Path) -> Path:
     return path
 
 
-def write_report(studies: Sequence[Study], out_dir: str | Path, *, plots: bool = True, command: str | None = None) -> dict[str, Path]:
+def write_report(
+    studies: Sequence[Study], out_dir: str | Path, *, plots: bool = True, command: str | None = None
+) -> dict[str, Path]:
     """Write ``<study>.json`` (config, orders and one row per method x setting), ``report.md`` and PNG plots.
 
     Returns:
@@ -103,10 +114,21 @@ def write_report(studies: Sequence[Study], out_dir: str | Path, *, plots: bool =
         md += [f"Command: `{command}`", ""]
     for study in studies:
         path = out / f"{study.name}.json"
-        payload = {"study": study.name, "problem": study.problem, "config": study.config, "orders": study.orders, "rows": study.rows}
+        payload = {
+            "study": study.name,
+            "problem": study.problem,
+            "config": study.config,
+            "orders": study.orders,
+            "rows": study.rows,
+        }
         path.write_text(json.dumps(payload, indent=1))
         files[f"{study.name}_json"] = path
-        md += [f"## {study.name.upper()} study: {study.problem}", "", "Config: " + ", ".join(f"{k}={v}" for k, v in study.config.items()), ""]
+        md += [
+            f"## {study.name.upper()} study: {study.problem}",
+            "",
+            "Config: " + ", ".join(f"{k}={v}" for k, v in study.config.items()),
+            "",
+        ]
         md += [orders_table(study), ""]
         if plots:
             for metric in study.metrics:

@@ -89,22 +89,35 @@ def run_sde_study(
     x_T = law.marginal(sde, sde.T).sample(n, generator=torch.Generator().manual_seed(seed))
     exact = problem.law.marginal(sde, sde.t_min)
     exact_sample = exact.sample(n_exact, generator=torch.Generator().manual_seed(seed + 1))
-    floors = distribution_errors(exact.sample(n, generator=torch.Generator().manual_seed(seed + 2)), exact, exact_sample, seed=seed)
+    floors = distribution_errors(
+        exact.sample(n, generator=torch.Generator().manual_seed(seed + 2)), exact, exact_sample, seed=seed
+    )
     score = law.score(sde)
     duration = float(torch.tensor(sde.T - sde.t_min, dtype=dtype))
     floor = 100 * torch.finfo(dtype).eps * max(1.0, float(exact.covariance.trace().sqrt()))
     grids = {s.name: step_grid(s.nfe_per_step, max_nfe, min_steps) for s in specs}
     study = Study(
-        "sde", problem.name, ("strong_error", "weak_error", "w2", "sw2"),
-        config={"n": n, "max_nfe": max_nfe, "ref_factor": ref_factor, "n_exact": n_exact,
-                "dtype": str(dtype).removeprefix("torch."), "seed": seed, "monte_carlo_floor": floors},
+        "sde",
+        problem.name,
+        ("strong_error", "weak_error", "w2", "sw2"),
+        config={
+            "n": n,
+            "max_nfe": max_nfe,
+            "ref_factor": ref_factor,
+            "n_exact": n_exact,
+            "dtype": str(dtype).removeprefix("torch."),
+            "seed": seed,
+            "monte_carlo_floor": floors,
+        },
     )
     bar = progress_bar(sum(len(g) + s.pathwise for s, g in zip(specs, grids.values())), f"SDE {problem.name}", progress)
     for spec in specs:
         reference = noise = None
         if spec.pathwise:
             bar.set_postfix_str(f"{spec.name} reference steps={ref_factor * grids[spec.name][-1]}")
-            noise = brownian_motion(x_T, duration, generator=torch.Generator().manual_seed(seed + 3), levy_area=spec.levy_area)
+            noise = brownian_motion(
+                x_T, duration, generator=torch.Generator().manual_seed(seed + 3), levy_area=spec.levy_area
+            )
             # The finest solve runs first so that it fixes the path all coarser grids then share.
             reference = spec.run(score, sde, x_T, ref_factor * grids[spec.name][-1], noise).samples
             bar.update()
@@ -115,7 +128,14 @@ def run_sde_study(
                 noise = torch.Generator().manual_seed(seed + 3)
             res = spec.run(score, sde, x_T, steps, noise)
             seconds = time.perf_counter() - start
-            row = {"study": "sde", "problem": problem.name, "method": spec.name, "setting": "steps", "value": steps, "nfe": res.nfe}
+            row = {
+                "study": "sde",
+                "problem": problem.name,
+                "method": spec.name,
+                "setting": "steps",
+                "value": steps,
+                "nfe": res.nfe,
+            }
             row["strong_error"] = rms_error(res.samples, reference) if spec.pathwise else None
             row["weak_error"] = _weak_error(res.samples, reference) if spec.pathwise else None
             row.update(distribution_errors(res.samples, exact, exact_sample, seed=seed))
@@ -133,11 +153,18 @@ def _fit_orders(study: Study, method: str, strong_order: float | None, floor: fl
     rows = [r for r in study.rows if r["method"] == method]
     for metric, declared in (("strong_error", strong_order), ("weak_error", None)):
         measured = measured_order([r["nfe"] for r in rows], [r[metric] for r in rows], floor=floor)
-        study.orders.append({
-            "method": method, "metric": metric, "kind": "pathwise", "declared": declared, "measured": measured,
-            "agrees": order_agrees(declared, measured, kind="pathwise"),
-            "min_error": min(r[metric] for r in rows), "max_nfe": max(r["nfe"] for r in rows),
-        })
+        study.orders.append(
+            {
+                "method": method,
+                "metric": metric,
+                "kind": "pathwise",
+                "declared": declared,
+                "measured": measured,
+                "agrees": order_agrees(declared, measured, kind="pathwise"),
+                "min_error": min(r[metric] for r in rows),
+                "max_nfe": max(r["nfe"] for r in rows),
+            }
+        )
 
 
 def _weak_error(x: torch.Tensor, reference: torch.Tensor) -> float:
