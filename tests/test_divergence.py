@@ -104,6 +104,20 @@ def test_divergence_gradient_in_captured_parameters_matches_finite_differences(t
             torch.testing.assert_close(grads[k][idx], fd, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_hutchinson_estimates_are_exact_per_probe_whether_vmapped_or_looped(kind, generator):
+    # elementwise field: J = diag(w (1 - tanh(x)^2)), so v^T J v = sum_i v_i^2 J_ii for each probe;
+    # 3 x 2048 elements take one VJP per probe, one sample at a time is vmapped two probes at a time
+    w = torch.randn(2048, generator=generator, dtype=torch.float64)
+    x = torch.randn(3, 2048, generator=generator, dtype=torch.float64)
+    probes = draw_probes(x, 3, kind, generator)
+    expected = (probes**2 * (w * (1 - torch.tanh(x) ** 2))).sum(dim=2)
+    field = lambda y: torch.tanh(y) * w  # noqa: E731
+    torch.testing.assert_close(hutchinson_divergence(field, x, probes), expected)
+    per_sample = torch.cat([hutchinson_divergence(field, x[i : i + 1], probes[:, i : i + 1]) for i in range(3)], dim=1)
+    torch.testing.assert_close(per_sample, expected)
+
+
 def _linear_case():
     """A field x -> A x with a known Jacobian whose diagonal dominates (where Rademacher must win)."""
     g = torch.Generator().manual_seed(7)

@@ -36,8 +36,8 @@ def test_any_data_shape_gives_the_flat_result():
     shaped = GaussianMixture(law.weights, law.means, law.covs, event_shape=(2, 2, 4))
     x = _data(problem, 3)
     with torch.no_grad():
-        flat = sf.log_likelihood(problem.score, problem.sde, x, rtol=1e-4, atol=1e-4)
-        boxed = sf.log_likelihood(shaped.score(problem.sde), problem.sde, x.reshape(3, 2, 2, 4), rtol=1e-4, atol=1e-4, chunk_size=3)
+        flat = sf.log_likelihood(problem.score, problem.sde, x, rtol=1e-3, atol=1e-3)
+        boxed = sf.log_likelihood(shaped.score(problem.sde), problem.sde, x.reshape(3, 2, 2, 4), rtol=1e-3, atol=1e-3, chunk_size=5)
     torch.testing.assert_close(boxed.log_prob, flat.log_prob, rtol=0, atol=1e-10)
     assert boxed.latent.shape == (3, 2, 2, 4)
     torch.testing.assert_close(boxed.bpd, -flat.log_prob / (16 * math.log(2)), rtol=0, atol=1e-10)
@@ -69,14 +69,14 @@ def test_hutchinson_is_unbiased_within_its_reported_standard_error(probe):
     problem = make_problem("ring2d", "vp")
     x = _data(problem, 6)
     with torch.no_grad():
-        exact = sf.log_likelihood(problem.score, problem.sde, x, rtol=1e-5, atol=1e-5)
-        hutch = sf.log_likelihood(problem.score, problem.sde, x, trace="hutchinson", probe=probe, n_probes=32,
-                                  rtol=1e-5, atol=1e-5, generator=torch.Generator().manual_seed(5))
+        exact = sf.log_likelihood(problem.score, problem.sde, x, rtol=1e-4, atol=1e-4)
+        hutch = sf.log_likelihood(problem.score, problem.sde, x, trace="hutchinson", probe=probe, n_probes=16,
+                                  rtol=1e-4, atol=1e-4, generator=torch.Generator().manual_seed(5))
     assert hutch.std_error.shape == (6,) and bool((hutch.std_error > 0).all())
     z = (hutch.log_prob - exact.log_prob) / hutch.std_error
-    assert float(z.abs().max()) < 5  # each z is t-distributed with 31 degrees of freedom
+    assert float(z.abs().max()) < 5  # each z is t-distributed with 15 degrees of freedom
     # the prior term is shared: only the divergence integral is estimated
-    torch.testing.assert_close(hutch.prior_log_prob, exact.prior_log_prob, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(hutch.prior_log_prob, exact.prior_log_prob, rtol=1e-4, atol=1e-4)
 
 
 def test_hutchinson_is_reproducible_with_a_seeded_generator():

@@ -48,7 +48,8 @@ class LikelihoodResult:
         log_prob: :math:`\log p_{t_{min}}(x)` in nats, shape ``(B,)`` (the mean over probes for Hutchinson).
         prior_log_prob: :math:`\log p_T(x_T)` at the end of the flow, shape ``(B,)``.
         delta_log_prob: :math:`\int_{t_{min}}^T \nabla\cdot F\,dt`, shape ``(B,)``; ``log_prob = prior_log_prob + delta_log_prob``.
-        nfe: score evaluations (forward passes, the one validation call included).
+        nfe: score evaluations of the forward solve (the one validation call included; the
+            evaluations of a later backward pass, through the solver or the adjoint, are not).
         nfe_vjp: vector-Jacobian products through the score taken for the trace (D or P per evaluation).
         std_error: for Hutchinson with ``n_probes > 1``, the per-sample standard error of ``log_prob``
             across probes (sample std / sqrt(P)), else ``None``.
@@ -145,18 +146,8 @@ def log_likelihood(
     if prior_log_prob is not None and not callable(prior_log_prob):
         raise TypeError(f"{fn}: argument 'prior_log_prob' expected a callable x_T -> (B,) log-densities or None, got {type(prior_log_prob).__name__}.")
     t_min = resolve_t_min(fn, sde, t_min)
-    opts = dict(options or {})
-    fixed = method in FIXED_ODE_METHODS
-    if fixed:
-        if steps is None:
-            raise ValueError(f"{fn}: the fixed-grid method {method!r} needs 'steps' (the number of uniform steps).")
-        check_int(fn, "steps", steps)
-    else:
-        if steps is not None:
-            raise ValueError(f"{fn}: 'steps' applies to fixed-grid methods {FIXED_ODE_METHODS}; the adaptive method {method!r} uses rtol/atol.")
-        check_positive(fn, "rtol", rtol)
-        check_positive(fn, "atol", atol)
     check_batch(fn, "x", x)
+    ts, solve, adjoint_options = _solver_setup(fn, method, rtol, atol, steps, options, t_min, sde.T, x)
     check_score_output(fn, score, x, batch_time(t_min, x))
     counted = CountedScore(score)
     # the validation call counts, but cannot be reused as the first step: the trace needs the score's VJP at x
@@ -164,21 +155,9 @@ def log_likelihood(
 
     probes = draw_probes(x, n_probes, probe, generator) if trace == "hutchinson" else None
     func = AugmentedProbabilityFlowODE(counted, sde, probes=probes, chunk_size=chunk_size)
-
-    n_grid = steps + 1 if fixed else 2
-    ts = torch.linspace(t_min, sde.T, n_grid, dtype=x.dtype, device=x.device)
     delta0 = x.new_zeros(1 if probes is None else n_probes, x.shape[0])
-    solve: dict[str, Any] = {"rtol": rtol, "atol": atol, "method": _ALIASES.get(method, method)}
-    if not fixed:
-        # adaptive steps would otherwise pass T and interpolate back, evaluating the score beyond T
-        opts.setdefault("step_t", ts[-1:])
-    solve["options"] = opts or None
     if adjoint:
-        # the backward solve runs from T down to t_min: stop its steps at t_min, not T
-        adj_opts = {k: v for k, v in opts.items() if k != "step_t"}
-        if not fixed:
-            adj_opts["step_t"] = ts[:1]
-        xs, deltas = torchdiffeq.odeint_adjoint(func, (x, delta0), ts, adjoint_options=adj_opts, **solve)
+        xs, deltas = torchdiffeq.odeint_adjoint(func, (x, delta0), ts, adjoint_options=adjoint_options, **solve)
     else:
         xs, deltas = torchdiffeq.odeint(func, (x, delta0), ts, **solve)
 
@@ -196,3 +175,30 @@ def log_likelihood(
         std_error=std_error,
         latent=latent,
     )
+
+
+def _solver_setup(
+    fn: str, method: str, rtol: float, atol: float, steps: int | None, options: dict[str, Any] | None,
+    t_min: float, T: float, x: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, Any], dict[str, Any]]:
+    """Check the solver arguments; return the time grid, odeint's keyword arguments and the adjoint's options."""
+    opts = dict(options or {})
+    fixed = method in FIXED_ODE_METHODS
+    if fixed:
+        if steps is None:
+            raise ValueError(f"{fn}: the fixed-grid method {method!r} needs 'steps' (the number of uniform steps).")
+        check_int(fn, "steps", steps)
+    else:
+        if steps is not None:
+            raise ValueError(f"{fn}: 'steps' applies to fixed-grid methods {FIXED_ODE_METHODS}; the adaptive method {method!r} uses rtol/atol.")
+        check_positive(fn, "rtol", rtol)
+        check_positive(fn, "atol", atol)
+    ts = torch.linspace(t_min, T, steps + 1 if fixed else 2, dtype=x.dtype, device=x.device)
+    adjoint_opts = {k: v for k, v in opts.items() if k != "step_t"}
+    if not fixed:
+        # adaptive steps would otherwise pass the end time and interpolate back, evaluating the score
+        # beyond T (forward solve) or below t_min (the adjoint's backward solve)
+        opts.setdefault("step_t", ts[-1:])
+        adjoint_opts["step_t"] = ts[:1]
+    solve = {"rtol": rtol, "atol": atol, "method": _ALIASES.get(method, method), "options": opts or None}
+    return ts, solve, adjoint_opts

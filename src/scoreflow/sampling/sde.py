@@ -43,10 +43,12 @@ def brownian_motion(
 ) -> torchsde.BrownianInterval:
     """A Brownian path on ``[0, duration]`` (solver time s = T - t) for the flattened state of ``x_T``.
 
-    Seeded from ``generator``: equal generator states give equal paths for equal queries. With
-    ``query_independent=True`` the path is also the same however finely it is queried (torchsde's
-    dyadic ``halfway_tree``, a little slower), so runs with different step counts share one path,
-    which strong-order studies need; pass it to :func:`sample_sde` as ``bm``.
+    The same generator state gives the same path for the same query times. A torchsde
+    ``BrownianInterval`` fixes its path where it is first queried, so a fresh one queried on
+    another grid is another path. To share one path across step counts (strong-order studies),
+    either query one object on the finest grid first and then reuse it on coarser nested grids,
+    or build it with ``query_independent=True`` (torchsde's dyadic ``halfway_tree``: the same path
+    however it is queried, 4-5x slower to query); pass it to :func:`sample_sde` as ``bm``.
     """
     entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else "cpu"))
     extra = {"halfway_tree": True, "tol": duration * 2.0**-20} if query_independent else {}
@@ -74,11 +76,11 @@ def sample_sde(
     rtol: float = 1e-3,
     atol: float = 1e-3,
     generator: torch.Generator | None = None,
+    bm: torchsde.BrownianInterval | None = None,
     t_min: float | None = None,
     denoise_final: bool = False,
     return_trajectory: bool = False,
     enable_grad: bool = False,
-    bm: torchsde.BrownianInterval | None = None,
 ) -> SampleResult:
     r"""Integrate the reverse-time SDE :math:`dx = [f x - g^2 s]\,dt + g\,d\bar W` from T down to ``t_min``.
 
@@ -93,25 +95,28 @@ def sample_sde(
         dt: step length.
         adaptive: error-controlled stepping (torchsde's step doubling) with ``rtol``/``atol``.
         generator: seeds the Brownian path; equal generator states give bit-identical samples.
+        bm: a Brownian motion on ``[0, T - t_min]`` of size ``(B, prod(D))`` (e.g. from
+            :func:`brownian_motion`) used instead of a fresh one; give this or ``generator``.
         t_min: final time (default ``sde.t_min``).
         denoise_final: finish with Tweedie's denoising step at ``t_min`` (one NFE).
         return_trajectory: also return the states on the uniform grid (``steps`` given).
         enable_grad: keep the autograd graph; off by default.
-        bm: a Brownian path on ``[0, T - t_min]`` from :func:`brownian_motion` to use instead of
-            one drawn from ``generator`` (e.g. one path shared by runs with different step counts).
 
     Returns:
         A :class:`SampleResult` with ``samples`` at ``t_min`` and ``nfe``.
 
     Raises:
         ValueError: for an unknown method (listing the valid ones), a missing ``steps``/``dt``,
-            ``t_min`` outside ``(0, T)`` or a malformed ``x_T``.
+            ``t_min`` outside ``(0, T)``, a malformed ``x_T``, both ``bm`` and ``generator``, or a
+            ``bm`` of the wrong size or span.
         NonFiniteError: if the score becomes NaN/inf; the message names the time.
     """
     fn = "sample_sde"
     check_sde(fn, sde)
     check_choice(fn, "method", method, SDE_METHODS)
     check_generator(fn, generator)
+    if bm is not None and generator is not None:
+        raise ValueError(f"{fn}: give 'generator' (a fresh Brownian path) or 'bm' (a given one), not both.")
     t_min = resolve_t_min(fn, sde, t_min)
     duration = sde.T - t_min
     if (steps is None) == (dt is None):
