@@ -275,7 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the exact log p_T instead of the SDE's prior at T, leaving only solver error",
     )
     lik.set_defaults(run=_likelihood)
+
+    dist = sub.add_parser(
+        "dist",
+        help="sharded sampling or likelihood over torchrun processes (see docs/adapters.md)",
+        description="Run under torchrun: torchrun --nproc-per-node N -m scoreflow dist sample|likelihood ... "
+        "Each rank solves its shard; rank 0 writes the merged file. 'scoreflow dist sample --help' lists the options.",
+    )
+    dist.add_argument("dist_command", choices=("sample", "likelihood"), help="what to run on every rank")
+    dist.add_argument("dist_args", nargs=argparse.REMAINDER, help="options of that command")
+    dist.set_defaults(run=_distributed)
     return parser
+
+
+def _distributed(args: argparse.Namespace) -> int:
+    from .distributed_cli import main as distributed_main
+
+    return distributed_main([args.dist_command, *args.dist_args])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

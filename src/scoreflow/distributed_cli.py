@@ -2,9 +2,9 @@
 
 ::
 
-    torchrun --nproc-per-node 2 -m scoreflow.distributed_cli sample --problem ring2d-vp --num-samples 10000 \\
+    torchrun --nproc-per-node 2 -m scoreflow dist sample --problem ring2d-vp --num-samples 10000 \\
         --method rk4 --steps 100 --out runs/samples.pt
-    torchrun --nproc-per-node 2 -m scoreflow.distributed_cli likelihood --problem mixture16d-vp \\
+    torchrun --nproc-per-node 2 -m scoreflow dist likelihood --problem mixture16d-vp \\
         --num-samples 1000 --trace hutchinson --out runs/ll.npz
 
 Every rank writes its shard (``samples.rank0-of-2.pt`` ...) and rank 0 writes the merged file.
@@ -154,7 +154,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="torchrun --nproc-per-node N -m scoreflow.distributed_cli",
+        prog="torchrun --nproc-per-node N -m scoreflow dist",
         description="Sharded sampling and likelihood; each rank solves its own batches, rank 0 merges.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
