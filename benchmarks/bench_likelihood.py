@@ -113,16 +113,18 @@ def main() -> None:
         "baseline score_sde-style RK45 rademacher P=1": run_baseline,
     }
     run_scoreflow(trace="hutchinson", probe="rademacher")  # warm-up (imports, allocator)
+    # rounds interleave the methods, so a burst of load on a shared machine hits all of them alike
+    walls = {name: [] for name in methods}
+    cpus = {name: [] for name in methods}
     rows, latent = {}, None
-    for name, run in methods.items():
-        walls, cpus = [], []
-        for _ in range(args.repeats):
+    for _ in range(args.repeats):
+        for name, run in methods.items():
             wall0, cpu0 = time.perf_counter(), time.process_time()
             log_prob, stats, z = run()
-            walls.append(time.perf_counter() - wall0)
-            cpus.append(time.process_time() - cpu0)
-        latent = z if z is not None else latent
-        rows[name] = {"wall_s": min(walls), "cpu_s": min(cpus), **stats, **_errors(log_prob, exact)}
+            walls[name].append(time.perf_counter() - wall0)
+            cpus[name].append(time.process_time() - cpu0)
+            latent = z if z is not None else latent
+            rows[name] = {"wall_s": min(walls[name]), "cpu_s": min(cpus[name]), **stats, **_errors(log_prob, exact)}
 
     base = rows["baseline score_sde-style RK45 rademacher P=1"]
     ours = rows["scoreflow hutchinson rademacher P=1"]
