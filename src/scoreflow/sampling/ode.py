@@ -79,7 +79,7 @@ def sample_ode(
         step_size: step length of a torchdiffeq fixed-grid method in the ``time`` variable; the last step is
             shortened to land on ``t_min``.
         time: torchdiffeq's integration variable, ``"t"`` (default), ``"sigma"`` or ``"log_snr"``.
-        schedule: grid of ``steps``: ``"t"``, ``"log_snr"`` or ``"karras"`` (default: uniform in ``time``,
+        schedule: grid of ``steps``: ``"t"``, ``"log_snr"``, ``"karras"`` or ``"log_snr_capped"`` (default: uniform in ``time``,
             Karras for ``"sigma"``; native methods default to the schedule they were designed for).
         return_trajectory: also return the states at every grid time (fixed-grid) or at ``T`` and ``t_min`` (adaptive).
         denoise_final: finish with Tweedie's denoising step :math:`(x + \sigma^2 s)/\alpha` at ``t_min`` (one NFE).
