@@ -149,6 +149,39 @@ def test_trajectory_follows_the_schedule_and_ends_at_the_samples(gaussian_vp):
     assert rms_error(res.trajectory, exact) < 1e-2
 
 
+@pytest.mark.parametrize("method, time", [("dpmpp_4m_pc", None), ("dpmpp_2m", None), ("rk4", "log_snr"), ("heun", "t")])
+def test_a_custom_grid_is_the_named_schedule_it_was_built_from(method, time, gaussian_vp):
+    problem, x_T, _ = gaussian_vp
+    run = lambda **kw: sf.sample_ode(problem.score, problem.sde, x_T, method=method, time=time, **kw)  # noqa: E731
+    named = run(steps=12, schedule="log_snr_capped")
+    custom = run(schedule=time_grid(problem.sde, 12, "log_snr_capped"))
+    assert torch.equal(named.samples, custom.samples) and named.nfe == custom.nfe
+
+
+def test_a_custom_capped_grid_reaches_the_flow_in_float32(gaussian_vp):
+    problem, x_T, exact = gaussian_vp
+    grid = time_grid(problem.sde, 32, "log_snr_capped", sigma_cap=3.0, dtype=torch.float32)
+    res = sf.sample_ode(problem.law.to(torch.float32).score(problem.sde), problem.sde, x_T.float(), method="dpmpp_4m_pc", schedule=grid)
+    assert res.samples.dtype == torch.float32 and res.nfe == 32
+    assert rms_error(res.samples, exact) < 1e-4
+
+
+def test_bad_custom_grids_name_the_fix(gaussian_vp):
+    problem, x_T, _ = gaussian_vp
+    run = lambda grid, **kw: sf.sample_ode(problem.score, problem.sde, x_T, method="ddim", schedule=grid, **kw)  # noqa: E731
+    grid = time_grid(problem.sde, 4, "log_snr")
+    with pytest.raises(ValueError, match=r"grid of 5 times has 4 steps, got steps=5; omit 'steps'"):
+        run(grid, steps=5)
+    with pytest.raises(ValueError, match=r"starts at T=1 and ends at t_min=0.001, got end 0.01.*time_grid\(sde, steps"):
+        run(time_grid(problem.sde, 4, "log_snr", t_min=0.01))
+    with pytest.raises(ValueError, match="expected finite, strictly decreasing times"):
+        run(grid.flip(0))
+    with pytest.raises(ValueError, match="expected a 1-D floating tensor of >= 2 times, got tensor of shape \\(1, 5\\)"):
+        run(grid[None])
+    with pytest.raises(ValueError, match="needs 'steps' .*got steps=4, step_size=0.1"):
+        run(grid, step_size=0.1)
+
+
 def test_lower_order_final_changes_only_short_runs(gaussian_vp):
     problem, x_T, _ = gaussian_vp
     run = lambda n, lof: sf.sample_ode(  # noqa: E731
