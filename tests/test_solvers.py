@@ -152,7 +152,7 @@ def test_trajectory_follows_the_schedule_and_ends_at_the_samples(gaussian_vp):
 @pytest.mark.parametrize("method, time", [("dpmpp_4m_pc", None), ("dpmpp_2m", None), ("rk4", "log_snr"), ("heun", "t")])
 def test_a_custom_grid_is_the_named_schedule_it_was_built_from(method, time, gaussian_vp):
     problem, x_T, _ = gaussian_vp
-    run = lambda **kw: sf.sample_ode(problem.score, problem.sde, x_T, method=method, time=time, **kw)  # noqa: E731
+    run = lambda **kw: sf.sample_ode(problem.score, problem.sde, x_T, method=method, time=time, **kw)
     named = run(steps=12, schedule="log_snr_capped")
     custom = run(schedule=time_grid(problem.sde, 12, "log_snr_capped"))
     assert torch.equal(named.samples, custom.samples) and named.nfe == custom.nfe
@@ -168,7 +168,7 @@ def test_a_custom_capped_grid_reaches_the_flow_in_float32(gaussian_vp):
 
 def test_bad_custom_grids_name_the_fix(gaussian_vp):
     problem, x_T, _ = gaussian_vp
-    run = lambda grid, **kw: sf.sample_ode(problem.score, problem.sde, x_T, method="ddim", schedule=grid, **kw)  # noqa: E731
+    run = lambda grid, **kw: sf.sample_ode(problem.score, problem.sde, x_T, method="ddim", schedule=grid, **kw)
     grid = time_grid(problem.sde, 4, "log_snr")
     with pytest.raises(ValueError, match=r"grid of 5 times has 4 steps, got steps=5; omit 'steps'"):
         run(grid, steps=5)
@@ -180,6 +180,8 @@ def test_bad_custom_grids_name_the_fix(gaussian_vp):
         run(grid[None])
     with pytest.raises(ValueError, match="needs 'steps' .*got steps=4, step_size=0.1"):
         run(grid, step_size=0.1)
+    with pytest.raises(ValueError, match="applies to fixed-grid methods; the adaptive method 'dopri5'"):
+        sf.sample_ode(problem.score, problem.sde, x_T, method="dopri5", schedule=grid)
 
 
 def test_lower_order_final_changes_only_short_runs(gaussian_vp):

@@ -108,6 +108,8 @@ def sample_ode(
     if time is not None:
         check_choice(fn, "time", time, TIME_VARIABLES)
     if torch.is_tensor(schedule):
+        if method not in FIXED_ODE_METHODS:
+            raise ValueError(f"{fn}: a grid of times ('schedule') applies to fixed-grid methods; the adaptive method {method!r} uses rtol/atol.")
         schedule = check_time_grid(fn, "schedule", schedule, sde.T, t_min)
         if steps not in (None, len(schedule) - 1):
             raise ValueError(f"{fn}: a grid of {len(schedule)} times has {len(schedule) - 1} steps, got steps={steps!r}; omit 'steps'.")
@@ -188,7 +190,9 @@ def sample_ode(
     )
 
 
-def _grid(sde: ForwardSDE, steps: int, schedule: str | torch.Tensor | None, default: str, t_min: float, like: torch.Tensor) -> torch.Tensor:
+def _grid(
+    sde: ForwardSDE, steps: int, schedule: str | torch.Tensor | None, default: str, t_min: float, like: torch.Tensor
+) -> torch.Tensor:
     """The fixed-step grid in ``like``'s dtype and device: a checked custom grid, or ``time_grid`` of a schedule name."""
     if torch.is_tensor(schedule):
         return schedule.to(dtype=like.dtype, device=like.device)

@@ -6,7 +6,13 @@ Each solver declares its global ``order`` and the ``default_schedule`` it was de
 
 from .base import NativeSolver, ScorePredictions
 from .edm import EDMHeun
-from .multistep import DPMSolverPP2M, DPMSolverPP2MPC, DPMSolverPP3M, DPMSolverPP3MPC, DPMSolverPP4MPC
+from .multistep import (
+    DPMSolverPP2M,
+    DPMSolverPP2MPC,
+    DPMSolverPP3M,
+    DPMSolverPP3MPC,
+    DPMSolverPP4MPC,
+)
 from .singlestep import DDIM, DPMSolver2, DPMSolver3
 
 #: Method name -> solver class, as accepted by ``sample_ode(method=...)``.
