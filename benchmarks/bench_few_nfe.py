@@ -31,10 +31,10 @@ from scoreflow.metrics import rms_error, sliced_wasserstein2
 from scoreflow.sampling import time_grid
 from scoreflow.testing import make_law
 
-BUDGETS = (5, 10, 15, 20, 30, 50, 75, 100)
-SCHEDULES = ("log_snr", "karras", "t")
+BUDGETS = (5, 10, 15, 20, 25, 30, 40, 50, 75, 100)
+SCHEDULES = ("log_snr_capped", "log_snr", "karras", "t")
 # Score evaluations per step (and extra per solve) of each fixed-step sampler.
-SF_COST = {"ddim": (1, 0), "dpm_solver_2": (2, 0), "dpm_solver_3": (3, 0), "dpmpp_2m": (1, 0), "dpmpp_3m": (1, 1), "dpmpp_2m_pc": (1, 0), "dpmpp_3m_pc": (1, 0), "edm_heun": (2, 0)}
+SF_COST = {"ddim": (1, 0), "dpm_solver_2": (2, 0), "dpm_solver_3": (3, 0), "dpmpp_2m": (1, 0), "dpmpp_3m": (1, 1), "dpmpp_2m_pc": (1, 0), "dpmpp_3m_pc": (1, 0), "dpmpp_4m_pc": (1, 0), "edm_heun": (2, 0)}
 KD_COST = {"euler": (1, 0), "heun": (2, 0), "dpm_2": (2, 0), "lms": (1, 0), "dpmpp_2m": (1, 0)}
 TOLERANCES = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 

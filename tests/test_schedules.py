@@ -30,6 +30,26 @@ def test_log_snr_grid_has_equal_log_snr_steps(sde_name):
     torch.testing.assert_close(steps, expected.expand(20), rtol=1e-8, atol=0)
 
 
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve", "edm"])
+def test_capped_grid_is_uniform_in_the_log_of_the_capped_noise_level(sde_name):
+    # log(sigma_bar / (1 + sigma_bar / cap)) with sigma_bar = sigma / alpha, computed from the grid's times.
+    sde, cap = SDES[sde_name], 3.0
+    alpha, sigma = sde.marginal(time_grid(sde, 16, "log_snr_capped", sigma_cap=cap))
+    sigma_bar = sigma / alpha
+    v = torch.log(sigma_bar / (1 + sigma_bar / cap))
+    diffs = v[1:] - v[:-1]
+    torch.testing.assert_close(diffs, diffs.mean().expand(16), rtol=1e-8, atol=0)
+
+
+def test_capped_grid_is_the_log_snr_grid_below_the_cap_and_sparser_above():
+    sde = sf.VPSDE()
+    torch.testing.assert_close(time_grid(sde, 12, "log_snr_capped", sigma_cap=1e12), time_grid(sde, 12, "log_snr"), rtol=1e-9, atol=0)
+    lam_capped, lam_uniform = (sde.log_snr(time_grid(sde, 12, s)) for s in ("log_snr_capped", "log_snr"))
+    # The first step (sigma_bar from ~150 down) is longer, so the same steps are shorter at low noise.
+    assert lam_capped[1] - lam_capped[0] > 2 * (lam_uniform[1] - lam_uniform[0])
+    assert lam_capped[-1] - lam_capped[-2] < lam_uniform[-1] - lam_uniform[-2]
+
+
 def test_karras_grid_matches_the_edm_formula_where_sigma_is_time():
     # Under EDMSDE sigma-bar = t, so the grid must be Karras et al.'s eq. (5) itself.
     sde, n, rho = sf.EDMSDE(sigma_min=0.002, sigma_max=80.0), 18, 7.0
@@ -81,3 +101,5 @@ def test_bad_arguments_are_rejected_with_the_fix():
         time_grid(sde, 10, "karras", rho=-1.0)
     with pytest.raises(ValueError, match=r"'t_min' expected a time in \(0, T=1\)"):
         time_grid(sde, 10, t_min=1.5)
+    with pytest.raises(ValueError, match="'sigma_cap' expected a finite number > 0"):
+        time_grid(sde, 10, "log_snr_capped", sigma_cap=0.0)

@@ -19,11 +19,14 @@ NFE = {
     "edm_heun": lambda n: 2 * n,
     "dpmpp_2m_pc": lambda n: n,
     "dpmpp_3m_pc": lambda n: n,
+    "dpmpp_4m_pc": lambda n: n,
 }
 
 # dpmpp_3m_pc's error on these Gaussians changes sign between ~24 and ~48 uniform log-SNR steps, so its
-# convergence is read on the Karras grid, where it is monotone; the others use their default schedule.
-ORDER_TEST_SCHEDULE = {"dpmpp_3m_pc": "karras"}
+# convergence is read on the Karras grid, where it is monotone. dpmpp_4m_pc's default capped grid has a long
+# first step whose start-up error dominates below ~1e-5 (see test_capped_grid_start_up_limits_dpmpp_4m_pc),
+# so its order is read on the log-SNR grid; the others use their default schedule.
+ORDER_TEST_SCHEDULE = {"dpmpp_3m_pc": "karras", "dpmpp_4m_pc": "log_snr"}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,19 @@ def test_native_method_converges_at_its_declared_order(method, gaussian_vp):
     ]
     slope = fit_order([1 / n for n in steps], errors)
     assert ODE_ORDERS[method] - 0.25 < slope < ODE_ORDERS[method] + 1.5, (method, slope, errors)
+
+
+def test_capped_grid_start_up_limits_dpmpp_4m_pc(gaussian_vp):
+    # On its default capped grid the long first step's start-up error (local O(h^3)) sets the slope once the
+    # error is below ~1e-5; there the grid is still far more accurate than uniform log-SNR steps.
+    problem, x_T, exact = gaussian_vp
+    steps = [24, 48, 96]
+    errors = {
+        schedule: [rms_error(sf.sample_ode(problem.score, problem.sde, x_T, method="dpmpp_4m_pc", steps=n, schedule=schedule).samples, exact) for n in steps]
+        for schedule in ("log_snr_capped", "log_snr")
+    }
+    assert 2.5 < fit_order([1 / n for n in steps], errors["log_snr_capped"]) < 4.0, errors
+    assert errors["log_snr_capped"][0] < 0.2 * errors["log_snr"][0], errors
 
 
 @pytest.mark.parametrize("sde", [sf.SubVPSDE(), sf.VESDE(), sf.EDMSDE()], ids=["subvp", "ve", "edm"])
@@ -131,6 +147,41 @@ def test_trajectory_follows_the_schedule_and_ends_at_the_samples(gaussian_vp):
     # Every intermediate state is on the exact flow up to the method's error.
     exact = torch.stack([problem.law.flow_map(problem.sde, x_T, problem.sde.T, t) for t in res.times])
     assert rms_error(res.trajectory, exact) < 1e-2
+
+
+@pytest.mark.parametrize("method, time", [("dpmpp_4m_pc", None), ("dpmpp_2m", None), ("rk4", "log_snr"), ("heun", "t")])
+def test_a_custom_grid_is_the_named_schedule_it_was_built_from(method, time, gaussian_vp):
+    problem, x_T, _ = gaussian_vp
+    run = lambda **kw: sf.sample_ode(problem.score, problem.sde, x_T, method=method, time=time, **kw)
+    named = run(steps=12, schedule="log_snr_capped")
+    custom = run(schedule=time_grid(problem.sde, 12, "log_snr_capped"))
+    assert torch.equal(named.samples, custom.samples) and named.nfe == custom.nfe
+
+
+def test_a_custom_capped_grid_reaches_the_flow_in_float32(gaussian_vp):
+    problem, x_T, exact = gaussian_vp
+    grid = time_grid(problem.sde, 32, "log_snr_capped", sigma_cap=3.0, dtype=torch.float32)
+    res = sf.sample_ode(problem.law.to(torch.float32).score(problem.sde), problem.sde, x_T.float(), method="dpmpp_4m_pc", schedule=grid)
+    assert res.samples.dtype == torch.float32 and res.nfe == 32
+    assert rms_error(res.samples, exact) < 1e-4
+
+
+def test_bad_custom_grids_name_the_fix(gaussian_vp):
+    problem, x_T, _ = gaussian_vp
+    run = lambda grid, **kw: sf.sample_ode(problem.score, problem.sde, x_T, method="ddim", schedule=grid, **kw)
+    grid = time_grid(problem.sde, 4, "log_snr")
+    with pytest.raises(ValueError, match=r"grid of 5 times has 4 steps, got steps=5; omit 'steps'"):
+        run(grid, steps=5)
+    with pytest.raises(ValueError, match=r"starts at T=1 and ends at t_min=0.001, got end 0.01.*time_grid\(sde, steps"):
+        run(time_grid(problem.sde, 4, "log_snr", t_min=0.01))
+    with pytest.raises(ValueError, match="expected finite, strictly decreasing times"):
+        run(grid.flip(0))
+    with pytest.raises(ValueError, match="expected a 1-D floating tensor of >= 2 times, got tensor of shape \\(1, 5\\)"):
+        run(grid[None])
+    with pytest.raises(ValueError, match="needs 'steps' .*got steps=4, step_size=0.1"):
+        run(grid, step_size=0.1)
+    with pytest.raises(ValueError, match="applies to fixed-grid methods; the adaptive method 'dopri5'"):
+        sf.sample_ode(problem.score, problem.sde, x_T, method="dopri5", schedule=grid)
 
 
 def test_lower_order_final_changes_only_short_runs(gaussian_vp):

@@ -8,7 +8,7 @@ import torch
 import torchdiffeq
 
 from .._tensor import right_pad
-from .._checks import check_batch, check_choice, check_int, check_options, check_positive
+from .._checks import check_batch, check_choice, check_int, check_options, check_positive, check_time_grid
 from ..dynamics.counting import ScoreFn
 from ..dynamics.probability_flow import ProbabilityFlowODE
 from ..dynamics.reparameterized import (
@@ -55,7 +55,7 @@ def sample_ode(
     steps: int | None = None,
     step_size: float | None = None,
     time: str | None = None,
-    schedule: str | None = None,
+    schedule: str | torch.Tensor | None = None,
     return_trajectory: bool = False,
     denoise_final: bool = False,
     enable_grad: bool = False,
@@ -79,8 +79,10 @@ def sample_ode(
         step_size: step length of a torchdiffeq fixed-grid method in the ``time`` variable; the last step is
             shortened to land on ``t_min``.
         time: torchdiffeq's integration variable, ``"t"`` (default), ``"sigma"`` or ``"log_snr"``.
-        schedule: grid of ``steps``: ``"t"``, ``"log_snr"`` or ``"karras"`` (default: uniform in ``time``,
-            Karras for ``"sigma"``; native methods default to the schedule they were designed for).
+        schedule: grid of ``steps``: ``"t"``, ``"log_snr"``, ``"karras"`` or ``"log_snr_capped"`` (default: uniform in ``time``,
+            Karras for ``"sigma"``; native methods default to the schedule they were designed for), or the grid
+            itself, a decreasing 1-D tensor of times from T to ``t_min`` (e.g. ``time_grid`` with its options);
+            ``steps`` may then be omitted.
         return_trajectory: also return the states at every grid time (fixed-grid) or at ``T`` and ``t_min`` (adaptive).
         denoise_final: finish with Tweedie's denoising step :math:`(x + \sigma^2 s)/\alpha` at ``t_min`` (one NFE).
         enable_grad: keep the autograd graph (for differentiating through the sampler); off by default.
@@ -105,7 +107,14 @@ def sample_ode(
     check_batch(fn, "x_T", x_T)
     if time is not None:
         check_choice(fn, "time", time, TIME_VARIABLES)
-    if schedule is not None:
+    if torch.is_tensor(schedule):
+        if method not in FIXED_ODE_METHODS:
+            raise ValueError(f"{fn}: a grid of times ('schedule') applies to fixed-grid methods; the adaptive method {method!r} uses rtol/atol.")
+        schedule = check_time_grid(fn, "schedule", schedule, sde.T, t_min)
+        if steps not in (None, len(schedule) - 1):
+            raise ValueError(f"{fn}: a grid of {len(schedule)} times has {len(schedule) - 1} steps, got steps={steps!r}; omit 'steps'.")
+        steps = len(schedule) - 1
+    elif schedule is not None:
         check_choice(fn, "schedule", schedule, SCHEDULES)
         if steps is None:
             raise ValueError(f"{fn}: 'schedule' places the grid of a fixed-grid method and needs 'steps', got steps=None.")
@@ -116,7 +125,7 @@ def sample_ode(
             raise ValueError(f"{fn}: the native method {method!r} needs 'steps' (and a 'schedule'), got steps={steps!r}, step_size={step_size!r}.")
         check_int(fn, "steps", steps)
         solver = SOLVERS[method](**check_options(fn, options, SOLVERS[method].options))
-        ts = time_grid(sde, steps, schedule or solver.default_schedule, t_min=t_min, dtype=x_T.dtype, device=x_T.device)
+        ts = _grid(sde, steps, schedule, solver.default_schedule, t_min, x_T)
         with grad_mode(enable_grad):
             counted = start_counted(fn, score, sde, x_T, sde.T)
             states = solver.solve(ScorePredictions(counted, sde), ts, x_T)
@@ -143,7 +152,7 @@ def sample_ode(
         check_positive(fn, "atol", atol)
 
     if fixed and steps is not None:
-        ts = time_grid(sde, steps, schedule or _DEFAULT_SCHEDULE[time], t_min=t_min, dtype=x_T.dtype, device=x_T.device)
+        ts = _grid(sde, steps, schedule, _DEFAULT_SCHEDULE[time], t_min, x_T)
     else:
         ts = torch.tensor([sde.T, t_min], dtype=x_T.dtype, device=x_T.device)
     if time == "t":
@@ -179,3 +188,12 @@ def sample_ode(
         times=ts if return_trajectory else None,
         trajectory=traj if return_trajectory else None,
     )
+
+
+def _grid(
+    sde: ForwardSDE, steps: int, schedule: str | torch.Tensor | None, default: str, t_min: float, like: torch.Tensor
+) -> torch.Tensor:
+    """The fixed-step grid in ``like``'s dtype and device: a checked custom grid, or ``time_grid`` of a schedule name."""
+    if torch.is_tensor(schedule):
+        return schedule.to(dtype=like.dtype, device=like.device)
+    return time_grid(sde, steps, schedule or default, t_min=t_min, dtype=like.dtype, device=like.device)

@@ -1,4 +1,4 @@
-r"""Time grids for fixed-step solvers: uniform in t, uniform in log-SNR, or Karras et al.'s rho-schedule.
+r"""Time grids for fixed-step solvers: uniform in t, in log-SNR (plain or with the noise level capped), or Karras et al.'s.
 
 Each grid decreases from :math:`T` to :math:`t_{min}` and its first and last entries are exactly
 ``T`` and ``t_min`` (the last step lands on ``t_min``; nothing is evaluated beyond it).  Grids in
@@ -8,6 +8,8 @@ log-SNR :math:`\lambda = \log(\alpha/\sigma)` and in the scaled noise level
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._checks import check_choice, check_int, check_positive
@@ -15,8 +17,9 @@ from ..sde import ForwardSDE
 
 __all__ = ["SCHEDULES", "time_grid"]
 
-#: Step schedules: uniform in t, uniform in log-SNR, Karras et al. (2022) with exponent rho.
-SCHEDULES = ("t", "log_snr", "karras")
+#: Step schedules: uniform in t, uniform in log-SNR, Karras et al. (2022) with exponent rho, uniform in the
+#: log of the capped noise level.
+SCHEDULES = ("t", "log_snr", "karras", "log_snr_capped")
 
 
 def time_grid(
@@ -26,6 +29,7 @@ def time_grid(
     *,
     t_min: float | None = None,
     rho: float = 7.0,
+    sigma_cap: float = 10.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
@@ -35,6 +39,10 @@ def time_grid(
     - ``"log_snr"``: :math:`\lambda(t_i)` uniform between :math:`\lambda(T)` and :math:`\lambda(t_{min})`.
     - ``"karras"``: :math:`\bar\sigma_i^{1/\rho}` uniform between :math:`\bar\sigma_{max}^{1/\rho}` and
       :math:`\bar\sigma_{min}^{1/\rho}`, with :math:`\bar\sigma = \sigma/\alpha` (EDM's schedule, rho = 7).
+    - ``"log_snr_capped"``: uniform in :math:`\log\big(\bar\sigma / (1 + \bar\sigma/\bar\sigma_{cap})\big)
+      = -\log(e^{\lambda} + 1/\bar\sigma_{cap})`: log-SNR steps while :math:`\bar\sigma \ll \bar\sigma_{cap}`,
+      geometrically longer ones above it, where the data prediction of data of scale
+      :math:`\ll \bar\sigma_{cap}` hardly changes.  The default cap 10 suits data scaled to unit variance.
 
     Args:
         sde: the forward SDE (gives :math:`\alpha, \sigma` and the inverse of the log-SNR).
@@ -42,18 +50,22 @@ def time_grid(
         schedule: one of ``SCHEDULES``.
         t_min: final time (default ``sde.t_min``).
         rho: exponent of the Karras schedule (ignored by the others).
+        sigma_cap: the noise level :math:`\bar\sigma_{cap} = \sigma/\alpha` of ``"log_snr_capped"``, about ten
+            times the data's standard deviation (ignored by the others).
         dtype, device: of the returned tensor (computed in float64, then cast).
 
     Returns:
         A decreasing tensor of shape ``(steps + 1,)``.
 
     Raises:
-        ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0`` or ``t_min`` outside ``(0, T)``.
+        ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0`` or ``t_min``
+            outside ``(0, T)``.
     """
     fn = "time_grid"
     check_choice(fn, "schedule", schedule, SCHEDULES)
     check_int(fn, "steps", steps)
     check_positive(fn, "rho", rho)
+    check_positive(fn, "sigma_cap", sigma_cap)
     t_min = sde.t_min if t_min is None else check_positive(fn, "t_min", t_min)
     if not t_min < sde.T:
         raise ValueError(f"{fn}: argument 't_min' expected a time in (0, T={sde.T:g}), got {t_min!r}.")
@@ -65,6 +77,12 @@ def time_grid(
         lam_max, lam_min = sde.log_snr(ends).unbind()
         if schedule == "log_snr":
             lam = lam_max + ramp * (lam_min - lam_max)
+        elif schedule == "log_snr_capped":
+            # v = log(e^lambda + kappa), kappa = 1/sigma_cap, is uniform; invert stably as v + log(1 - kappa e^-v).
+            log_kappa = torch.tensor(-math.log(sigma_cap), dtype=torch.float64)
+            v_max, v_min = torch.logaddexp(lam_max, log_kappa), torch.logaddexp(lam_min, log_kappa)
+            v = v_max + ramp * (v_min - v_max)
+            lam = v + torch.log(-torch.expm1(log_kappa - v))
         else:
             # sigma-bar = exp(-lambda); interpolate sigma-bar^(1/rho) linearly.
             lo, hi = torch.exp(-lam_max / rho), torch.exp(-lam_min / rho)

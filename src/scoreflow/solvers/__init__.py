@@ -6,7 +6,13 @@ Each solver declares its global ``order`` and the ``default_schedule`` it was de
 
 from .base import NativeSolver, ScorePredictions
 from .edm import EDMHeun
-from .multistep import DPMSolverPP2M, DPMSolverPP2MPC, DPMSolverPP3M, DPMSolverPP3MPC
+from .multistep import (
+    DPMSolverPP2M,
+    DPMSolverPP2MPC,
+    DPMSolverPP3M,
+    DPMSolverPP3MPC,
+    DPMSolverPP4MPC,
+)
 from .singlestep import DDIM, DPMSolver2, DPMSolver3
 
 #: Method name -> solver class, as accepted by ``sample_ode(method=...)``.
@@ -18,6 +24,7 @@ SOLVERS: dict[str, type[NativeSolver]] = {
     "dpmpp_3m": DPMSolverPP3M,
     "dpmpp_2m_pc": DPMSolverPP2MPC,
     "dpmpp_3m_pc": DPMSolverPP3MPC,
+    "dpmpp_4m_pc": DPMSolverPP4MPC,
     "edm_heun": EDMHeun,
 }
 #: Declared global order of every native solver.
@@ -25,5 +32,5 @@ SOLVER_ORDERS = {name: cls.order for name, cls in SOLVERS.items()}
 
 __all__ = [
     "SOLVERS", "SOLVER_ORDERS", "NativeSolver", "ScorePredictions",
-    "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "EDMHeun",
+    "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun",
 ]

@@ -24,7 +24,7 @@ import torch
 
 from .base import NativeSolver, ScorePredictions
 
-__all__ = ["DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC"]
+__all__ = ["DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC"]
 
 # DPM-Solver's rule: with fewer than this many steps the last steps drop to lower order, which
 # avoids extrapolating the data prediction over the large final log-SNR steps.
@@ -203,3 +203,21 @@ class DPMSolverPP3MPC(_PredictorCorrector):
 
     order = 3
     predictor_points = 3
+
+
+class DPMSolverPP4MPC(_PredictorCorrector):
+    r"""A 4-point exponential Adams-Bashforth predictor with a quartic exponential Adams-Moulton corrector: one NFE per step.
+
+    Fifth order once four predictions are in the history: the measured order on uniform log-SNR and Karras
+    grids is 5 (on Gaussians, to 512 steps), which is what it declares. The start-up steps (a corrected
+    first-order step, then 2- and 3-point predictors) have local errors :math:`O(h^3)`, :math:`O(h^4)`,
+    :math:`O(h^5)` times :math:`\lambda`-derivatives of the data prediction at the noisy end; these are tiny
+    on a grid whose first step is short (about :math:`e^{2\lambda(T)}`, 4e-5, under the default VP SDE), but
+    on its default ``"log_snr_capped"`` grid, whose first step is long by design, the start-up term dominates
+    once the error is below ~1e-5 and the slope there reads 3. ``lower_order_final`` (default True) makes the
+    last predictor first order when there are fewer than 10 steps.
+    """
+
+    order = 5
+    default_schedule = "log_snr_capped"
+    predictor_points = 4
