@@ -108,14 +108,6 @@ def check_generator(fn: str, generator: Any) -> torch.Generator | None:
     return generator
 
 
-def check_time_interval(fn: str, name: str, value: Any, t_lo: float, t_hi: float) -> float:
-    """Check that a time lies in the closed interval ``[t_lo, t_hi]``; return it as float."""
-    v = check_positive(fn, name, value, allow_zero=True)
-    if not t_lo <= v <= t_hi:
-        raise ValueError(f"{fn}: argument '{name}' expected a time in [{t_lo:g}, {t_hi:g}], got {v!r}.")
-    return v
-
-
 def check_time_grid(fn: str, name: str, value: Any, t_start: float, t_end: float) -> torch.Tensor:
     """Check a custom step grid: a 1-D floating tensor of >= 2 finite, strictly decreasing times from ``t_start``
     to ``t_end`` (ends within 1e-6 relative); return a float64 copy whose ends are exactly ``t_start`` and ``t_end``."""
@@ -298,3 +290,24 @@ def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch
             f"{fn}: log_prob is not finite at the initial states; start the chains where the density is positive."
         )
     return out
+
+
+def check_sde(fn: str, sde: Any) -> Any:
+    """Check that ``sde`` is a :class:`scoreflow.ForwardSDE`; return it."""
+    from .sde import ForwardSDE  # sde.py itself uses this module's checks
+
+    if not isinstance(sde, ForwardSDE):
+        raise TypeError(
+            f"{fn}: argument 'sde' expected a ForwardSDE (e.g. scoreflow.VPSDE()), got {type(sde).__name__}."
+        )
+    return sde
+
+
+def resolve_t_min(fn: str, sde: Any, t_min: Any) -> float:
+    """The truncation time: ``sde.t_min`` by default, else a value in ``(0, T)``."""
+    if t_min is None:
+        return sde.t_min
+    t = check_real(fn, "t_min", t_min)
+    if not 0.0 < t < sde.T:
+        raise ValueError(f"{fn}: argument 't_min' expected a time in (0, T={sde.T:g}), got {t!r}.")
+    return t

@@ -29,10 +29,9 @@ import torch
 import torch.distributed as dist
 import torchsde
 
-from ._checks import check_batch, check_choice, check_int
+from ._checks import check_batch, check_choice, check_int, check_sde, resolve_t_min
 from .likelihood import log_likelihood
 from .sampling import brownian_motion, sample_ode, sample_sde
-from .sampling._common import check_sde, resolve_t_min
 from .sde import ForwardSDE
 
 __all__ = [

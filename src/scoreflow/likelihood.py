@@ -23,13 +23,14 @@ from ._checks import (
     check_per_sample,
     check_positive,
     check_score_output,
+    check_sde,
+    resolve_t_min,
 )
 from ._tensor import batch_time
 from .bits import bits_per_dim
 from .dynamics.augmented import AugmentedProbabilityFlowODE
 from .dynamics.counting import CountedScore, ScoreFn
 from .dynamics.divergence import PROBES, draw_probes
-from .sampling._common import check_sde, resolve_t_min
 from .sampling.ode import ADAPTIVE_ODE_METHODS, FIXED_ODE_METHODS
 from .sde import ForwardSDE
 

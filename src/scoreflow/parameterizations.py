@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from ._checks import check_sde
 from ._tensor import TimeLike, batch_time, right_pad
 from .sde import ForwardSDE
 
@@ -41,8 +42,7 @@ class _Parameterized(torch.nn.Module):
         super().__init__()
         if not callable(net):
             raise TypeError(f"{type(self).__name__}: argument 'net' expected a callable net(x, t), got {type(net).__name__}.")
-        if not isinstance(sde, ForwardSDE):
-            raise TypeError(f"{type(self).__name__}: argument 'sde' expected a ForwardSDE, got {type(sde).__name__}.")
+        check_sde(type(self).__name__, sde)
         self.net, self.sde = net, sde
 
     def _coefs(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

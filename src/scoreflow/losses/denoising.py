@@ -17,10 +17,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._checks import check_batch, check_choice, check_generator, check_noise_levels, check_positive
+from .._checks import check_batch, check_choice, check_generator, check_noise_levels, check_positive, check_sde, resolve_t_min
 from .._tensor import TimeLike, batch_time, right_pad
 from ..dynamics.counting import ScoreFn
-from ..sampling._common import check_sde, resolve_t_min
 from ..sde import ForwardSDE
 from ._common import call_score, check_reduction, check_score, check_weights, reduce, sq_norm, standard_normal
 

@@ -6,29 +6,11 @@ import contextlib
 
 import torch
 
-from .._checks import check_batch, check_real, check_score_output
+from .._checks import check_batch, check_score_output
 from .._tensor import batch_time
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..parameterizations import denoiser_from_score
 from ..sde import ForwardSDE
-
-
-def check_sde(fn: str, sde: object) -> ForwardSDE:
-    if not isinstance(sde, ForwardSDE):
-        raise TypeError(
-            f"{fn}: argument 'sde' expected a ForwardSDE (e.g. scoreflow.VPSDE()), got {type(sde).__name__}."
-        )
-    return sde
-
-
-def resolve_t_min(fn: str, sde: ForwardSDE, t_min: float | None) -> float:
-    """The truncation time: ``sde.t_min`` by default, else a value in ``(0, T)``."""
-    if t_min is None:
-        return sde.t_min
-    t = check_real(fn, "t_min", t_min)
-    if not 0.0 < t < sde.T:
-        raise ValueError(f"{fn}: argument 't_min' expected a time in (0, T={sde.T:g}), got {t!r}.")
-    return t
 
 
 def start_counted(fn: str, score: ScoreFn, sde: ForwardSDE, x_T: torch.Tensor, t_start: float) -> CountedScore:

@@ -8,7 +8,16 @@ import torch
 import torchdiffeq
 
 from .._tensor import right_pad
-from .._checks import check_batch, check_choice, check_int, check_options, check_positive, check_time_grid
+from .._checks import (
+    check_batch,
+    check_choice,
+    check_int,
+    check_options,
+    check_positive,
+    check_sde,
+    check_time_grid,
+    resolve_t_min,
+)
 from ..dynamics.counting import ScoreFn
 from ..dynamics.probability_flow import ProbabilityFlowODE
 from ..dynamics.reparameterized import (
@@ -19,7 +28,7 @@ from ..dynamics.reparameterized import (
 )
 from ..sde import ForwardSDE
 from ..solvers import SOLVER_ORDERS, SOLVERS, ScorePredictions
-from ._common import check_sde, grad_mode, resolve_t_min, start_counted, tweedie_denoise
+from ._common import grad_mode, start_counted, tweedie_denoise
 from .result import SampleResult
 from .schedules import SCHEDULES, time_grid
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_choice, check_finite, check_generator, check_int, check_positive
+from .._checks import check_choice, check_finite, check_generator, check_int, check_positive, check_sde, resolve_t_min
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..sde import ForwardSDE
-from ._common import check_sde, resolve_t_min, start_counted, tweedie_denoise
+from ._common import start_counted, tweedie_denoise
 from .predictors import CORRECTORS, PREDICTORS, ancestral_supports, corrector_alphas, predictor_coefficients
 from .result import SampleResult
 

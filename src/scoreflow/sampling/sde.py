@@ -7,11 +7,11 @@ import warnings
 import torch
 import torchsde
 
-from .._checks import check_brownian, check_choice, check_generator, check_int, check_positive
+from .._checks import check_brownian, check_choice, check_generator, check_int, check_positive, check_sde, resolve_t_min
 from ..dynamics.counting import ScoreFn
 from ..dynamics.reverse_sde import ReverseSDE
 from ..sde import ForwardSDE
-from ._common import check_sde, grad_mode, resolve_t_min, start_counted, tweedie_denoise
+from ._common import grad_mode, start_counted, tweedie_denoise
 from .result import SampleResult
 
 __all__ = ["sample_sde", "SDE_METHODS", "SDE_STRONG_ORDERS", "brownian_motion"]
