@@ -128,3 +128,36 @@ def check_finite(value: torch.Tensor, t: Any, *, what: str) -> None:
             f"{value.shape[0] if value.ndim else 1} samples; check the score model at this time "
             "(e.g. evaluated below the smallest time it was trained on) or use a larger t_min."
         )
+
+
+def check_callable(fn: str, name: str, value: Any, signature: str) -> Callable:
+    """Check that ``value`` is callable; ``signature`` (e.g. ``"sampler(score, sde, x_T)"``) names the expected call."""
+    if not callable(value):
+        raise TypeError(f"{fn}: argument '{name}' expected a callable {signature}, got {_describe(value)}.")
+    return value
+
+
+def check_instance(fn: str, name: str, value: Any, cls: type, example: str) -> Any:
+    """Check that ``value`` is an instance of ``cls``; ``example`` shows how to build one."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{fn}: argument '{name}' expected a {cls.__name__} (e.g. {example}), got {_describe(value)}.")
+    return value
+
+
+def check_probability(fn: str, name: str, value: Any) -> float:
+    """Check that ``value`` is a number in the open interval (0, 1); return it as float."""
+    v = check_positive(fn, name, value)
+    if not v < 1:
+        raise ValueError(f"{fn}: argument '{name}' expected a probability in (0, 1), got {v!r}.")
+    return v
+
+
+def check_output(fn: str, what: str, out: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """Check that a user function's output ``out`` is a finite tensor of the given ``shape``."""
+    if not torch.is_tensor(out):
+        raise TypeError(f"{fn}: {what} returned {_describe(out)}; expected a tensor of shape {shape}.")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{fn}: {what} returned shape {tuple(out.shape)}; expected shape {tuple(shape)}.")
+    if not bool(torch.isfinite(out).all()):
+        raise AssertionError(f"{fn}: {what} returned NaN or infinite values.")
+    return out
