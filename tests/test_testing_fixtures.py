@@ -61,3 +61,8 @@ def test_the_example_catches_a_sampler_with_the_wrong_score_sign(pytester):
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "flow_map and gaussian2d")
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(["*measured: max |x - x_ref|*"])
+
+
+def test_the_docs_show_the_example_file_verbatim():
+    docs = (EXAMPLE.parents[1] / "docs" / "testing.md").read_text()
+    assert "```python\n" + EXAMPLE.read_text() + "```" in docs
