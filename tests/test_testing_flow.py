@@ -116,3 +116,11 @@ def test_order_rejects_bad_ladders_and_round_off(generator):
     exact = lambda s, e, x, k: law.flow_map(e, x, e.T, e.t_min) + 1e-15 / k  # noqa: E731
     with pytest.raises(ValueError, match=r"below the round-off floor"):
         assert_order(exact, law, sde, 1, steps=(8, 16), generator=generator)
+
+
+def test_helpers_run_in_float32(generator):
+    law, sde = make_law("ring2d").to(torch.float32), sf.VPSDE()
+    sampler = lambda s, e, x: sf.sample_ode(s, e, x, rtol=1e-5, atol=1e-5).samples  # noqa: E731
+    assert_flow_map(sampler, law, sde, n=8, atol=1e-3, rtol=1e-3, generator=generator)
+    fit = assert_order(heun_sampler, law, sde, 2, steps=(16, 32, 64), n=8, generator=generator)
+    assert all(isinstance(e, float) for e in fit.errors)
