@@ -11,7 +11,9 @@ from .parameterizations import (
     score_from_velocity,
     velocity_from_score,
 )
-from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE
+from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE, exact_divergence, hutchinson_divergence
+from .bits import bits_per_dim, dequantize
+from .likelihood import LikelihoodResult, log_likelihood
 from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 
@@ -24,5 +26,7 @@ __all__ = [
     "score_from_eps", "score_from_denoiser", "score_from_velocity", "score_from_energy",
     "eps_from_score", "denoiser_from_score", "velocity_from_score",
     "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
+    "exact_divergence", "hutchinson_divergence",
     "sample_ode", "sample_sde", "brownian_motion", "SampleResult",
+    "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
 ]

@@ -161,3 +161,28 @@ def check_output(fn: str, what: str, out: Any, shape: tuple[int, ...]) -> torch.
     if not bool(torch.isfinite(out).all()):
         raise AssertionError(f"{fn}: {what} returned NaN or infinite values.")
     return out
+
+
+def check_data_range(fn: str, data_range: Any) -> tuple[float, float]:
+    """Check that ``data_range`` is a pair of finite numbers ``(lo, hi)`` with ``lo < hi``; return it as floats."""
+    try:
+        lo, hi = (float(v) for v in data_range) if isinstance(data_range, (tuple, list)) else (math.nan,) * 2
+    except (TypeError, ValueError):
+        lo, hi = math.nan, math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"{fn}: argument 'data_range' expected a pair (lo, hi) of finite numbers with lo < hi, "
+            f"got {data_range!r}. Fix: e.g. (0.0, 1.0) for data scaled to [0, 1], (-1.0, 1.0) for [-1, 1]."
+        )
+    return lo, hi
+
+
+def check_per_sample(fn: str, what: str, value: Any, like: torch.Tensor) -> torch.Tensor:
+    """Check that ``value`` (returned by the user's ``what``) is a ``(B,)`` tensor for the batch ``like``."""
+    if not torch.is_tensor(value) or value.shape != like.shape[:1]:
+        got = f"shape {tuple(value.shape)}" if torch.is_tensor(value) else _describe(value)
+        raise ValueError(
+            f"{fn}: {what} must return one value per sample, shape ({like.shape[0]},), got {got}. "
+            "Fix: sum log-densities over the data dimensions."
+        )
+    return value

@@ -1,7 +1,11 @@
 """The layer that talks to torchdiffeq and torchsde."""
 
 from .counting import CountedScore
+from .divergence import draw_probes, exact_divergence, hutchinson_divergence
 from .probability_flow import ProbabilityFlowODE
 from .reverse_sde import ReverseSDE
 
-__all__ = ["CountedScore", "ProbabilityFlowODE", "ReverseSDE"]
+__all__ = [
+    "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
+    "exact_divergence", "hutchinson_divergence", "draw_probes",
+]

@@ -1,0 +1,73 @@
+r"""The probability-flow ODE augmented with the integral of its divergence (instantaneous change of variables).
+
+Along a solution of :math:`\dot x = F(x, t) = f(t)x - \tfrac12 g(t)^2 s(x, t)`,
+:math:`\frac{d}{dt}\log p_t(x_t) = -\nabla\cdot F(x_t, t)`, so integrating the state
+:math:`(x, \Delta)` with :math:`\dot\Delta = \nabla\cdot F` from :math:`t_{min}` to T gives
+:math:`\log p_{t_{min}}(x) = \log p_T(x_T) + \Delta(T)`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_finite
+from ..sde import ForwardSDE
+from .counting import ScoreFn
+from .divergence import value_and_exact_divergence, value_and_hutchinson_divergence
+from .probability_flow import ProbabilityFlowODE
+
+__all__ = ["AugmentedProbabilityFlowODE"]
+
+
+class AugmentedProbabilityFlowODE(torch.nn.Module):
+    r"""torchdiffeq vector field ``func(t, (x, delta)) -> (F(x, t), div F)`` for likelihoods.
+
+    The divergence is exact (``probes=None``) or Hutchinson's :math:`v^\top (\partial F/\partial x) v`
+    with probes fixed for the whole solve (resampling per step would make the field random and
+    break adaptive step control).  ``delta`` has shape ``(P, B)``: one integral per probe, ``P = 1``
+    for the exact trace.  As an ``nn.Module`` holding the score, its parameters are visible to
+    ``torchdiffeq.odeint_adjoint``.
+
+    Args:
+        score: the score model ``score(x, t)`` (an ``nn.Module``'s parameters are registered).
+        sde: the forward SDE.
+        probes: ``(P, B, *D)`` Hutchinson probes, or ``None`` for the exact trace.
+        chunk_size: basis vectors per vmapped VJP of the exact trace (see :func:`exact_divergence`).
+
+    Attributes:
+        nfe: score evaluations so far; ``nfe_vjp``: vector-Jacobian products through the score so far.
+    """
+
+    def __init__(
+        self,
+        score: ScoreFn,
+        sde: ForwardSDE,
+        *,
+        probes: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.flow = ProbabilityFlowODE(score, sde)
+        self.probes = probes
+        self.chunk_size = chunk_size
+        self.nfe_vjp = 0
+
+    @property
+    def nfe(self) -> int:
+        return self.flow.nfe
+
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = state[0]
+
+        def field(y: torch.Tensor) -> torch.Tensor:
+            return self.flow(t, y)
+
+        if self.probes is None:
+            dx, div = value_and_exact_divergence(field, x, chunk_size=self.chunk_size)
+            div = div[None]
+            self.nfe_vjp += x[0].numel()
+        else:
+            dx, div = value_and_hutchinson_divergence(field, x, self.probes)
+            self.nfe_vjp += self.probes.shape[0]
+        check_finite(div.T, t, what="divergence")
+        return dx, div
