@@ -124,3 +124,12 @@ def test_likelihood_rejects_wrong_output_shapes(generator):
         assert_log_likelihood(lambda s, e, x: x, LAW, sf.VPSDE(), n=4, generator=generator)
     with pytest.raises(TypeError, match=r"loglik returned float"):
         assert_log_likelihood(lambda s, e, x: math.pi, LAW, sf.VPSDE(), n=4, generator=generator)
+
+
+@pytest.mark.parametrize(("law_name", "sde"), [("gaussian2d", sf.VPSDE()), ("ring2d", sf.VESDE())], ids=["gaussian2d-vp", "ring2d-ve"])
+def test_scoreflow_log_likelihood_passes_and_its_prior_term_alone_fails(law_name, sde, generator):
+    law = make_law(law_name)
+    solve = lambda s, e, x: sf.log_likelihood(s, e, x, trace="exact", rtol=1e-5, atol=1e-5)  # noqa: E731
+    assert assert_log_likelihood(lambda s, e, x: solve(s, e, x).log_prob, law, sde, n=4, generator=generator) < 1e-3
+    with pytest.raises(AssertionError, match=r"measured: max \|ll - target\|"):
+        assert_log_likelihood(lambda s, e, x: solve(s, e, x).prior_log_prob, law, sde, n=4, generator=generator)
