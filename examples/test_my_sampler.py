@@ -14,8 +14,9 @@ import scoreflow as sf
 from scoreflow.testing import assert_flow_map, assert_order, assert_samples_follow, make_law
 from scoreflow.testing import strategies as sfst
 
-# Seeded-generator fixtures; or put `pytest_plugins = ["scoreflow.testing.fixtures"]` in your conftest.py.
-from scoreflow.testing.fixtures import scoreflow_seed, torch_generator  # noqa: F401
+# Seeded-generator and float64 fixtures (torch_generator, scoreflow_seed, float64, real_dtype);
+# this line may equally go into your top-level conftest.py.
+pytest_plugins = ["scoreflow.testing.fixtures"]
 
 ORDER = 2  # the global order your sampler claims
 

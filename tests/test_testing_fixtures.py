@@ -49,7 +49,7 @@ def test_fixtures_load_from_a_users_conftest(pytester):
 
 
 def test_the_documented_example_file_passes(pytester):
-    pytester.makepyfile(test_my_sampler=EXAMPLE.read_text())
+    pytester.makepyfile(test_user_sampler=EXAMPLE.read_text())
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=9)
 
@@ -57,7 +57,7 @@ def test_the_documented_example_file_passes(pytester):
 def test_the_example_catches_a_sampler_with_the_wrong_score_sign(pytester):
     buggy = EXAMPLE.read_text().replace("- 0.5 * sde.diffusion(t) ** 2 * score", "+ 0.5 * sde.diffusion(t) ** 2 * score")
     assert buggy != EXAMPLE.read_text()
-    pytester.makepyfile(test_my_sampler=buggy)
+    pytester.makepyfile(test_user_sampler=buggy)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", "flow_map and gaussian2d")
     result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(["*measured: max |x - x_ref|*"])

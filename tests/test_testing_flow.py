@@ -82,8 +82,8 @@ def test_order_of_correct_heun_and_euler_passes_and_a_grid_one_step_short_fails(
 
 def test_empirical_order_matches_the_declared_orders_of_scoreflow_fixed_grid_methods(generator):
     law, sde = make_law("gaussian2d"), sf.VPSDE()
-    for method, order in [("euler", 1), ("midpoint", 2), ("rk4", 4)]:
-        sampler = lambda s, e, x, k: sf.sample_ode(s, e, x, method=method, steps=k).samples  # noqa: E731
+    for method in ("euler", "midpoint", "rk4"):
+        sampler = lambda s, e, x, k, method=method: sf.sample_ode(s, e, x, method=method, steps=k).samples  # noqa: E731
         fit = empirical_order(sampler, law, sde, steps=(24, 48, 96), n=4, generator=generator)
         assert abs(fit.order - sf.sampling.ODE_ORDERS[method]) < 0.3, (method, fit.table())
 

@@ -46,8 +46,7 @@ def test_random_mixtures_respect_their_parameters(law):
 
 
 def test_strategies_are_reproducible():
-    drawn = []
-    for _ in range(2):
+    def draw_five() -> list[torch.Tensor]:
         found = []
 
         @settings(max_examples=5, derandomize=True, database=None)
@@ -56,8 +55,10 @@ def test_strategies_are_reproducible():
             found.append(law.means.clone())
 
         collect()
-        drawn.append(found)
-    assert all(torch.equal(a, b) for a, b in zip(*drawn)) and len(drawn[0]) == 5
+        return found
+
+    first, second = draw_five(), draw_five()
+    assert len(first) == 5 and all(torch.equal(a, b) for a, b in zip(first, second))
 
 
 @settings(max_examples=8)
