@@ -1,6 +1,6 @@
 """scoreflow: numerical solvers for score-based generative models."""
 
-from . import analytic
+from . import analytic, losses
 from .errors import NonFiniteError
 from .parameterizations import (
     denoiser_from_score,
@@ -14,19 +14,24 @@ from .parameterizations import (
 from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE, exact_divergence, hutchinson_divergence
 from .bits import bits_per_dim, dequantize
 from .likelihood import LikelihoodResult, log_likelihood
-from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde
+from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde, time_grid
+from .sampling import annealed_langevin, geometric_sigmas, langevin, sample_pc
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
+from . import adapters, distributed
+from .adapters import guided_score
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "analytic",
+    "analytic", "adapters", "distributed", "guided_score",
+    "losses",
     "NonFiniteError",
     "ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE",
     "score_from_eps", "score_from_denoiser", "score_from_velocity", "score_from_energy",
     "eps_from_score", "denoiser_from_score", "velocity_from_score",
     "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
     "exact_divergence", "hutchinson_divergence",
-    "sample_ode", "sample_sde", "brownian_motion", "SampleResult",
+    "sample_ode", "sample_sde", "brownian_motion", "SampleResult", "time_grid",
+    "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
 ]

@@ -32,15 +32,27 @@ def check_choice(fn: str, name: str, value: Any, valid: Iterable[str]) -> str:
     return value
 
 
-def check_positive(fn: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """Check that ``value`` is a finite real number > 0 (or >= 0); return it as float."""
+def _as_real(fn: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
         torch.is_tensor(value) and value.numel() == 1
     ):
         raise TypeError(f"{fn}: argument '{name}' expected a real number, got {_describe(value)}.")
-    v = float(value)
+    return float(value)
+
+
+def check_real(fn: str, name: str, value: Any) -> float:
+    """Check that ``value`` is a finite real number (a Python number or a one-element tensor); return it as float."""
+    v = _as_real(fn, name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{fn}: argument '{name}' expected a finite number, got {v!r}.")
+    return v
+
+
+def check_positive(fn: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Check that ``value`` is a finite real number > 0 (or >= 0); return it as float."""
+    v = _as_real(fn, name, value)
     ok = v >= 0 if allow_zero else v > 0
-    if not math.isfinite(v) or not ok:
+    if not (math.isfinite(v) and ok):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{fn}: argument '{name}' expected a finite number {bound}, got {v!r}.")
     return v
@@ -76,6 +88,20 @@ def check_batch(fn: str, name: str, x: Any) -> torch.Tensor:
     return x
 
 
+def check_options(fn: str, options: Any, valid: Iterable[str]) -> dict[str, Any]:
+    """Check that ``options`` is None or a dict whose keys are among ``valid``; return it as a dict."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"{fn}: argument 'options' expected a dict or None, got {_describe(options)}.")
+    valid = list(valid)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        accepted = ", ".join(repr(v) for v in valid) or "none"
+        raise TypeError(f"{fn}: argument 'options' got unknown option(s) {', '.join(map(repr, unknown))}; accepted: {accepted}.")
+    return dict(options)
+
+
 def check_generator(fn: str, generator: Any) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{fn}: argument 'generator' expected a torch.Generator or None, got {_describe(generator)}.")
@@ -90,29 +116,33 @@ def check_time_interval(fn: str, name: str, value: Any, t_lo: float, t_hi: float
     return v
 
 
+def check_time_grid(fn: str, name: str, value: Any, t_start: float, t_end: float) -> torch.Tensor:
+    """Check a custom step grid: a 1-D floating tensor of >= 2 finite, strictly decreasing times from ``t_start``
+    to ``t_end`` (ends within 1e-6 relative); return a float64 copy whose ends are exactly ``t_start`` and ``t_end``."""
+    fix = f"Fix: pass e.g. scoreflow.time_grid(sde, steps, 'log_snr_capped', sigma_cap=3.0, t_min={t_end:g})."
+    if not torch.is_tensor(value):
+        raise TypeError(f"{fn}: argument '{name}' expected a schedule name or a 1-D tensor of times, got {_describe(value)}. {fix}")
+    if value.dim() != 1 or value.numel() < 2 or not value.is_floating_point():
+        raise ValueError(f"{fn}: argument '{name}' expected a 1-D floating tensor of >= 2 times, got {_describe(value)}. {fix}")
+    ts = value.detach().to(device="cpu", dtype=torch.float64).clone()
+    if not torch.isfinite(ts).all() or (ts[1:] >= ts[:-1]).any():
+        raise ValueError(f"{fn}: argument '{name}' expected finite, strictly decreasing times, got {ts.tolist()}. {fix}")
+    for which, got, want in (("start", ts[0].item(), t_start), ("end", ts[-1].item(), t_end)):
+        if abs(got - want) > 1e-6 * want:
+            raise ValueError(
+                f"{fn}: argument '{name}' expected a grid that starts at T={t_start:g} and ends at t_min={t_end:g}, "
+                f"got {which} {got!r}. {fix}"
+            )
+    ts[0], ts[-1] = t_start, t_end
+    return ts
+
+
 def check_score_output(fn: str, score: Callable, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Call ``score(x, t)`` once and check it returns a finite tensor shaped, typed and placed like ``x``."""
     if not callable(score):
         raise TypeError(f"{fn}: argument 'score' expected a callable score(x, t), got {_describe(score)}.")
-    with torch.no_grad():
-        out = score(x, t)
-    if not torch.is_tensor(out):
-        raise TypeError(f"{fn}: the score returned {_describe(out)}; expected a tensor shaped like x.")
-    if out.shape != x.shape:
-        raise ValueError(
-            f"{fn}: the score returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; "
-            "a score s(x, t) must return a tensor shaped like x."
-        )
-    if out.dtype != x.dtype:
-        raise TypeError(
-            f"{fn}: the score returned dtype {out.dtype} for x of dtype {x.dtype}; "
-            "cast the model or x so that both use the same dtype."
-        )
-    if out.device != x.device:
-        raise ValueError(
-            f"{fn}: the score returned a tensor on device {out.device} for x on {x.device}; "
-            "move the model and x to the same device."
-        )
+    out = score(x, t)  # in the caller's grad mode: solvers reuse this value as their first evaluation
+    check_like(fn, "score", out, x, what="the score")
     check_finite(out, t, what="score")
     return out
 
@@ -128,13 +158,6 @@ def check_finite(value: torch.Tensor, t: Any, *, what: str) -> None:
             f"{value.shape[0] if value.ndim else 1} samples; check the score model at this time "
             "(e.g. evaluated below the smallest time it was trained on) or use a larger t_min."
         )
-
-
-def check_callable(fn: str, name: str, value: Any, signature: str) -> Callable:
-    """Check that ``value`` is callable; ``signature`` (e.g. ``"sampler(score, sde, x_T)"``) names the expected call."""
-    if not callable(value):
-        raise TypeError(f"{fn}: argument '{name}' expected a callable {signature}, got {_describe(value)}.")
-    return value
 
 
 def check_instance(fn: str, name: str, value: Any, cls: type, example: str) -> Any:
@@ -163,6 +186,17 @@ def check_output(fn: str, what: str, out: Any, shape: tuple[int, ...]) -> torch.
     return out
 
 
+def check_autocast(fn: str, dtype: Any) -> torch.dtype | None:
+    """Check an ``autocast`` argument: ``None`` or a reduced floating dtype accepted by ``torch.autocast``."""
+    valid = (torch.bfloat16, torch.float16)
+    if dtype is not None and dtype not in valid:
+        raise ValueError(
+            f"{fn}: argument 'autocast' expected None, torch.bfloat16 or torch.float16, got {_describe(dtype)}. "
+            "It is the reduced dtype the network runs in; the solver state keeps the dtype of x."
+        )
+    return dtype
+
+
 def check_data_range(fn: str, data_range: Any) -> tuple[float, float]:
     """Check that ``data_range`` is a pair of finite numbers ``(lo, hi)`` with ``lo < hi``; return it as floats."""
     try:
@@ -186,3 +220,107 @@ def check_per_sample(fn: str, what: str, value: Any, like: torch.Tensor) -> torc
             "Fix: sum log-densities over the data dimensions."
         )
     return value
+
+
+def check_brownian(fn: str, bm: Any, x_T: torch.Tensor, duration: float, *, levy_area: bool) -> None:
+    """Check a user-supplied torchsde Brownian path against the flattened state and time span it must cover."""
+    import torchsde
+
+    # Any torchsde Brownian object with a time span: a BrownianInterval, or scoreflow.distributed's per-item paths.
+    if not (isinstance(bm, torchsde.BaseBrownian) and hasattr(bm, "_start") and hasattr(bm, "_end")):
+        raise TypeError(f"{fn}: argument 'bm' expected a torchsde.BrownianInterval (see scoreflow.brownian_motion), got {_describe(bm)}.")
+    size = (x_T.shape[0], x_T[0].numel())
+    if tuple(bm.shape) != size or bm.dtype != x_T.dtype:
+        raise ValueError(
+            f"{fn}: argument 'bm' expected shape {size} and dtype {x_T.dtype} (the flattened x_T), "
+            f"got shape {tuple(bm.shape)} and dtype {bm.dtype}."
+        )
+    start, end = float(bm._start), float(bm._end)
+    if start > 0.0 or end < duration * (1 - 1e-6):
+        raise ValueError(f"{fn}: argument 'bm' must cover solver times [0, T - t_min] = [0, {duration:g}], got [{start:g}, {end:g}].")
+    if levy_area and bm.levy_area_approximation == "none":
+        raise ValueError(f"{fn}: method 'srk' needs a path with Levy area: brownian_motion(..., levy_area=True).")
+
+
+def check_like(fn: str, name: str, value: Any, x: torch.Tensor, *, what: str | None = None) -> torch.Tensor:
+    """Check that ``value`` is a tensor with the shape, dtype and device of ``x``; return it.
+
+    ``what`` names the producer in the message (e.g. ``"the score"``) when ``value`` is not an argument.
+    """
+    who = what or f"argument '{name}'"
+    if not torch.is_tensor(value):
+        raise TypeError(f"{fn}: {who} expected a tensor shaped like x {tuple(x.shape)}, got {_describe(value)}.")
+    if value.shape != x.shape:
+        raise ValueError(
+            f"{fn}: {who} expected shape {tuple(x.shape)} (the shape of x), got shape {tuple(value.shape)}. "
+            "Fix: a score s(x, t) must return a tensor shaped like x."
+        )
+    if value.dtype != x.dtype:
+        raise TypeError(
+            f"{fn}: {who} expected dtype {x.dtype} (the dtype of x), got {value.dtype}. "
+            "Fix: cast the model or x so that both use the same dtype."
+        )
+    if value.device != x.device:
+        raise ValueError(f"{fn}: {who} expected device {x.device} (the device of x), got {value.device}.")
+    return value
+
+
+def check_callable(fn: str, name: str, value: Any, signature: str) -> Callable:
+    """Check that ``value`` is callable; ``signature`` (e.g. ``"score(x, t)"``) is shown in the message."""
+    if not callable(value):
+        raise TypeError(f"{fn}: argument '{name}' expected a callable {signature}, got {_describe(value)}.")
+    return value
+
+
+def check_noise_levels(fn: str, name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
+    """Check a non-empty 1-D sequence or tensor of finite noise levels > 0; return it as a tensor like ``like``."""
+    try:
+        levels = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"{fn}: argument '{name}' expected a 1-D sequence or tensor of noise levels, got {_describe(value)}."
+        ) from None
+    if levels.ndim != 1 or levels.numel() == 0:
+        raise ValueError(
+            f"{fn}: argument '{name}' expected a non-empty 1-D sequence of noise levels, got shape {tuple(levels.shape)}."
+        )
+    if not (torch.isfinite(levels).all() and (levels > 0).all()):
+        raise ValueError(f"{fn}: argument '{name}' expected finite noise levels > 0, got {levels.tolist()}.")
+    return levels
+
+
+def check_sigmas(fn: str, name: str, value: Any) -> torch.Tensor:
+    """Check noise levels as :func:`check_noise_levels` does, and strictly decreasing; return them in float64."""
+    sigmas = check_noise_levels(fn, name, value, torch.empty(0, dtype=torch.float64))
+    if (sigmas[1:] >= sigmas[:-1]).any():
+        raise ValueError(
+            f"{fn}: argument '{name}' expected strictly decreasing noise levels (largest first), "
+            f"got {sigmas.tolist()}. "
+            "Fix: sort them in decreasing order, e.g. scoreflow.geometric_sigmas(sigma_min, sigma_max, n)."
+        )
+    return sigmas
+
+
+def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch.Tensor:
+    """Call ``log_prob(x)`` once and check it returns a finite ``(B,)`` tensor in ``x``'s dtype and device."""
+    if not callable(log_prob):
+        raise TypeError(
+            f"{fn}: argument 'log_prob' expected a callable log_prob(x) or None, got {_describe(log_prob)}."
+        )
+    with torch.no_grad():
+        out = log_prob(x)
+    if not torch.is_tensor(out) or out.shape != (x.shape[0],):
+        raise ValueError(
+            f"{fn}: log_prob returned {_describe(out)} for x of shape {tuple(x.shape)}; "
+            f"expected a tensor of shape ({x.shape[0]},), one log-density per sample (sum over data dims)."
+        )
+    if out.dtype != x.dtype or out.device != x.device:
+        raise TypeError(
+            f"{fn}: log_prob returned dtype {out.dtype} on {out.device} for x of dtype {x.dtype} on {x.device}; "
+            "cast the model or x so that both agree."
+        )
+    if not torch.isfinite(out).all():
+        raise ValueError(
+            f"{fn}: log_prob is not finite at the initial states; start the chains where the density is positive."
+        )
+    return out

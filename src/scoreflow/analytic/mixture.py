@@ -137,10 +137,11 @@ class GaussianMixture:
         """Per-component log-weights plus log-densities ``(B, K)`` and whitened residuals ``z/lambda`` ``(B, K, D)``."""
         xf = self._flat(x).to(self.means.dtype)
         diff = xf.unsqueeze(-2) - self.means  # (B, K, D)
-        z = torch.einsum("kde,bkd->bke", self.eigvecs, diff)  # coordinates in each eigenbasis
-        lam = self.eigvals.expand_as(z)
+        # coordinates in each eigenbasis, as one batched matmul over components (K, B, D) @ (K, D, D)
+        z = (diff.transpose(0, 1) @ self.eigvecs).transpose(0, 1)
+        lam = self.eigvals.unsqueeze(-3) if self.eigvals.ndim == 2 else self.eigvals  # (B or 1, K, D)
         maha = (z**2 / lam).sum(-1)
-        logdet = torch.log(lam).sum(-1)
+        logdet = torch.log(self.eigvals).sum(-1)  # (*b, K)
         log_comp = torch.log(self.weights) - 0.5 * (maha + logdet + self.dim * math.log(2 * math.pi))
         return log_comp, z / lam
 
@@ -153,7 +154,8 @@ class GaussianMixture:
         r"""Score :math:`\nabla_x \log p(x) = -\sum_k r_k(x)\, C_k^{-1}(x - \mu_k)`, shaped like ``x``."""
         log_comp, white = self._component_terms(x)
         resp = torch.softmax(log_comp, dim=-1)  # (B, K)
-        grad = -torch.einsum("bk,kde,bke->bd", resp, self.eigvecs, white)
+        back = (white.transpose(0, 1) @ self.eigvecs.transpose(1, 2)).transpose(0, 1)  # (B, K, D)
+        grad = -(resp.unsqueeze(-1) * back).sum(dim=1)
         return grad.to(x.dtype).reshape(x.shape)
 
     def responsibilities(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,9 +29,9 @@ class CountedScore(torch.nn.Module):
     def prime(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> None:
         """Hand over the front-end's validation call ``out = score(x, t)`` (one NFE).
 
-        Solvers start by evaluating the score at the initial state and time, so the
-        next call with equal ``x`` and ``t`` reuses ``out`` instead of calling again:
-        checking the model's output costs no extra evaluation.
+        Solvers start by evaluating the score at the initial state and time, so calls with
+        equal ``x`` and ``t`` reuse ``out`` instead of calling again: checking the model's
+        output costs no extra evaluation.
         """
         self.nfe += 1
         self._primed = (x, batch_time(t, x), out)
@@ -39,10 +39,12 @@ class CountedScore(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = batch_time(t, x)
         if self._primed is not None:
+            # torchsde evaluates the drift at the initial state twice (contract check, first
+            # step), so the primed value is kept until the first call at another state.
             x0, t0, out0 = self._primed
-            self._primed = None
             if x.shape == x0.shape and torch.equal(t, t0) and torch.equal(x, x0):
                 return out0
+            self._primed = None
         self.nfe += 1
         out = self.score(x, t)
         check_finite(out, t, what="score")

@@ -2,32 +2,45 @@ r"""Sampling by the probability-flow ODE with torchdiffeq's solvers."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 import torchdiffeq
 
-from .._checks import check_choice, check_int, check_positive
+from .._tensor import right_pad
+from .._checks import check_batch, check_choice, check_int, check_options, check_positive, check_time_grid
 from ..dynamics.counting import ScoreFn
 from ..dynamics.probability_flow import ProbabilityFlowODE
+from ..dynamics.reparameterized import (
+    TIME_VARIABLES,
+    ScaledProbabilityFlowODE,
+    from_time_variable,
+    to_time_variable,
+)
 from ..sde import ForwardSDE
-from ._common import check_sde, resolve_t_min, start_counted, tweedie_denoise
+from ..solvers import SOLVER_ORDERS, SOLVERS, ScorePredictions
+from ._common import check_sde, grad_mode, resolve_t_min, start_counted, tweedie_denoise
 from .result import SampleResult
+from .schedules import SCHEDULES, time_grid
 
-__all__ = ["sample_ode", "ADAPTIVE_ODE_METHODS", "FIXED_ODE_METHODS", "ODE_ORDERS"]
+__all__ = ["sample_ode", "ADAPTIVE_ODE_METHODS", "FIXED_ODE_METHODS", "NATIVE_ODE_METHODS", "ODE_ORDERS"]
 
 #: torchdiffeq's adaptive (error-controlled) methods and their orders.
 ADAPTIVE_ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-#: torchdiffeq's fixed-grid methods; ``heun`` is scoreflow's alias of torchdiffeq's ``heun2``.
-FIXED_ODE_METHODS = ("euler", "midpoint", "heun", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
+#: scoreflow's own fixed-grid solvers (``scoreflow.solvers``): exponential integrators and EDM's Heun.
+NATIVE_ODE_METHODS = tuple(SOLVERS)
+#: Fixed-grid methods: torchdiffeq's (``heun`` is scoreflow's alias of its ``heun2``; its Adams methods
+#: are left out, their start-up makes them unstable on VE problems), then the native ones.
+FIXED_ODE_METHODS = ("euler", "midpoint", "heun", "heun2", "heun3", "rk4") + NATIVE_ODE_METHODS
 _ALIASES = {"heun": "heun2"}
 #: Declared global order of accuracy of every ODE method (used by the order tests and benchmarks).
 ODE_ORDERS = {
     "euler": 1, "midpoint": 2, "heun": 2, "heun2": 2, "heun3": 3, "rk4": 4,
-    "explicit_adams": 4, "implicit_adams": 4,
     "dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2,
+    **SOLVER_ORDERS,
 }
+# Default step schedule of torchdiffeq's fixed-grid methods in each time variable.
+_DEFAULT_SCHEDULE = {"t": "t", "sigma": "karras", "log_snr": "log_snr"}
 
 
 def sample_ode(
@@ -41,6 +54,8 @@ def sample_ode(
     t_min: float | None = None,
     steps: int | None = None,
     step_size: float | None = None,
+    time: str | None = None,
+    schedule: str | torch.Tensor | None = None,
     return_trajectory: bool = False,
     denoise_final: bool = False,
     enable_grad: bool = False,
@@ -48,33 +63,79 @@ def sample_ode(
 ) -> SampleResult:
     r"""Integrate the probability-flow ODE :math:`\dot x = f x - \tfrac12 g^2 s(x,t)` from T down to ``t_min``.
 
+    torchdiffeq's methods integrate in the chosen ``time`` variable: t, the scaled noise level
+    :math:`\bar\sigma = \sigma/\alpha` (state :math:`x/\alpha`, :math:`dy/d\bar\sigma = \hat\varepsilon`) or the
+    log-SNR :math:`\lambda = \log(\alpha/\sigma)`.  The native methods ``NATIVE_ODE_METHODS`` (DDIM,
+    DPM-Solver, DPM-Solver++, EDM Heun) integrate in their own variables.
+
     Args:
         score: score model ``score(x, t)`` with ``x`` of shape ``(B, *D)`` and ``t`` of shape ``(B,)``.
         sde: the forward SDE the score belongs to.
         x_T: initial states at time T, shape ``(B, *D)`` (e.g. ``sde.prior_sample``).
-        method: a torchdiffeq method: adaptive ``ADAPTIVE_ODE_METHODS`` or fixed-grid ``FIXED_ODE_METHODS``.
+        method: adaptive ``ADAPTIVE_ODE_METHODS`` or fixed-grid ``FIXED_ODE_METHODS`` (which include the native ones).
         rtol, atol: tolerances of adaptive methods.
         t_min: final time (default ``sde.t_min``).
-        steps: number of uniform steps for a fixed-grid method (give this or ``step_size``).
-        step_size: step length for a fixed-grid method; the last step is shortened to land on ``t_min``.
+        steps: number of steps of a fixed-grid method (give this or ``step_size``; native methods need ``steps``).
+        step_size: step length of a torchdiffeq fixed-grid method in the ``time`` variable; the last step is
+            shortened to land on ``t_min``.
+        time: torchdiffeq's integration variable, ``"t"`` (default), ``"sigma"`` or ``"log_snr"``.
+        schedule: grid of ``steps``: ``"t"``, ``"log_snr"``, ``"karras"`` or ``"log_snr_capped"`` (default: uniform in ``time``,
+            Karras for ``"sigma"``; native methods default to the schedule they were designed for), or the grid
+            itself, a decreasing 1-D tensor of times from T to ``t_min`` (e.g. ``time_grid`` with its options);
+            ``steps`` may then be omitted.
         return_trajectory: also return the states at every grid time (fixed-grid) or at ``T`` and ``t_min`` (adaptive).
         denoise_final: finish with Tweedie's denoising step :math:`(x + \sigma^2 s)/\alpha` at ``t_min`` (one NFE).
         enable_grad: keep the autograd graph (for differentiating through the sampler); off by default.
-        options: extra torchdiffeq options (e.g. ``{"max_num_steps": 10_000}``).
+        options: extra torchdiffeq options (e.g. ``{"max_num_steps": 10_000}``), or a native solver's
+            options (e.g. ``{"lower_order_final": False}`` for the multistep methods).
 
     Returns:
-        A :class:`SampleResult` with ``samples`` at ``t_min`` and ``nfe``.
+        A :class:`SampleResult` with ``samples`` at ``t_min``, ``nfe`` and (with a trajectory) ``times`` in t.
 
     Raises:
-        ValueError: for an unknown method (the message lists the valid ones), a missing or
-            superfluous ``steps``/``step_size``, ``t_min`` outside ``(0, T)``, or a malformed ``x_T``.
-        TypeError: if the score returns the wrong dtype, or an argument has the wrong type.
+        ValueError: for an unknown method, time variable or schedule (the message lists the valid ones), a
+            missing or superfluous ``steps``/``step_size``/``schedule``/``time``, ``t_min`` outside ``(0, T)``,
+            or a malformed ``x_T``.
+        TypeError: if the score returns the wrong dtype, an argument has the wrong type, or a native solver
+            is given an option it does not take.
         NonFiniteError: if the score becomes NaN/inf; the message names the time.
     """
     fn = "sample_ode"
     check_sde(fn, sde)
     check_choice(fn, "method", method, ADAPTIVE_ODE_METHODS + FIXED_ODE_METHODS)
     t_min = resolve_t_min(fn, sde, t_min)
+    check_batch(fn, "x_T", x_T)
+    if time is not None:
+        check_choice(fn, "time", time, TIME_VARIABLES)
+    if torch.is_tensor(schedule):
+        if method not in FIXED_ODE_METHODS:
+            raise ValueError(f"{fn}: a grid of times ('schedule') applies to fixed-grid methods; the adaptive method {method!r} uses rtol/atol.")
+        schedule = check_time_grid(fn, "schedule", schedule, sde.T, t_min)
+        if steps not in (None, len(schedule) - 1):
+            raise ValueError(f"{fn}: a grid of {len(schedule)} times has {len(schedule) - 1} steps, got steps={steps!r}; omit 'steps'.")
+        steps = len(schedule) - 1
+    elif schedule is not None:
+        check_choice(fn, "schedule", schedule, SCHEDULES)
+        if steps is None:
+            raise ValueError(f"{fn}: 'schedule' places the grid of a fixed-grid method and needs 'steps', got steps=None.")
+    if method in SOLVERS:
+        if time is not None:
+            raise ValueError(f"{fn}: the native method {method!r} integrates in its own variables; omit 'time' (got {time!r}).")
+        if steps is None or step_size is not None:
+            raise ValueError(f"{fn}: the native method {method!r} needs 'steps' (and a 'schedule'), got steps={steps!r}, step_size={step_size!r}.")
+        check_int(fn, "steps", steps)
+        solver = SOLVERS[method](**check_options(fn, options, SOLVERS[method].options))
+        ts = _grid(sde, steps, schedule, solver.default_schedule, t_min, x_T)
+        with grad_mode(enable_grad):
+            counted = start_counted(fn, score, sde, x_T, sde.T)
+            states = solver.solve(ScorePredictions(counted, sde), ts, x_T)
+            traj = torch.stack(states) if return_trajectory else None
+            samples = states[-1]
+            if denoise_final:
+                samples = tweedie_denoise(counted, sde, samples, t_min)
+        return SampleResult(samples, counted.nfe, ts if return_trajectory else None, traj)
+
+    time = time or "t"
     opts = dict(options or {})
     fixed = method in FIXED_ODE_METHODS
     if fixed:
@@ -90,22 +151,34 @@ def sample_ode(
         check_positive(fn, "rtol", rtol)
         check_positive(fn, "atol", atol)
 
-    counted = start_counted(fn, score, sde, x_T, sde.T)
-    func = ProbabilityFlowODE(counted, sde)
     if fixed and steps is not None:
-        ts = torch.linspace(sde.T, t_min, steps + 1, dtype=x_T.dtype, device=x_T.device)
+        ts = _grid(sde, steps, schedule, _DEFAULT_SCHEDULE[time], t_min, x_T)
     else:
         ts = torch.tensor([sde.T, t_min], dtype=x_T.dtype, device=x_T.device)
+    if time == "t":
+        us, y_T = ts, x_T
+    else:
+        us = to_time_variable(sde, time, ts)
+        ts = from_time_variable(sde, time, us)
+        y_T = x_T / right_pad(sde.marginal(ts[0])[0], x_T)
     if not fixed:
         # torchdiffeq's adaptive solvers otherwise step past the last time and interpolate
         # back, evaluating the score below t_min (where sigma(t)^2 may be negative).
-        opts.setdefault("step_t", ts[-1:])
+        opts.setdefault("step_t", us[-1:])
 
-    grad_ctx = contextlib.nullcontext() if enable_grad else torch.no_grad()
-    with grad_ctx:
+    with grad_mode(enable_grad):
+        if time == "t":
+            counted = start_counted(fn, score, sde, x_T, sde.T)
+            func = ProbabilityFlowODE(counted, sde)
+        else:
+            # The first evaluation of the vector field is at (alpha y_T, ts[0]): check and count it there.
+            counted = start_counted(fn, score, sde, right_pad(sde.marginal(ts[0])[0], x_T) * y_T, ts[0])
+            func = ScaledProbabilityFlowODE(counted, sde, time)
         traj = torchdiffeq.odeint(
-            func, x_T, ts, method=_ALIASES.get(method, method), rtol=rtol, atol=atol, options=opts or None
+            func, y_T, us, method=_ALIASES.get(method, method), rtol=rtol, atol=atol, options=opts or None
         )
+        if time != "t":
+            traj = traj * right_pad(sde.marginal(ts)[0], traj)
         samples = traj[-1]
         if denoise_final:
             samples = tweedie_denoise(counted, sde, samples, t_min)
@@ -115,3 +188,12 @@ def sample_ode(
         times=ts if return_trajectory else None,
         trajectory=traj if return_trajectory else None,
     )
+
+
+def _grid(
+    sde: ForwardSDE, steps: int, schedule: str | torch.Tensor | None, default: str, t_min: float, like: torch.Tensor
+) -> torch.Tensor:
+    """The fixed-step grid in ``like``'s dtype and device: a checked custom grid, or ``time_grid`` of a schedule name."""
+    if torch.is_tensor(schedule):
+        return schedule.to(dtype=like.dtype, device=like.device)
+    return time_grid(sde, steps, schedule or default, t_min=t_min, dtype=like.dtype, device=like.device)

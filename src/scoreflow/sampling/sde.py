@@ -2,17 +2,16 @@ r"""Sampling by the reverse-time SDE with torchsde's solvers."""
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import torch
 import torchsde
 
-from .._checks import check_choice, check_generator, check_int, check_positive
+from .._checks import check_brownian, check_choice, check_generator, check_int, check_positive
 from ..dynamics.counting import ScoreFn
 from ..dynamics.reverse_sde import ReverseSDE
 from ..sde import ForwardSDE
-from ._common import check_sde, resolve_t_min, start_counted, tweedie_denoise
+from ._common import check_sde, grad_mode, resolve_t_min, start_counted, tweedie_denoise
 from .result import SampleResult
 
 __all__ = ["sample_sde", "SDE_METHODS", "SDE_STRONG_ORDERS", "brownian_motion"]
@@ -40,13 +39,19 @@ def brownian_motion(
     *,
     generator: torch.Generator | None = None,
     levy_area: bool = False,
+    query_independent: bool = False,
 ) -> torchsde.BrownianInterval:
-    """A Brownian path on ``[0, duration]`` for the flattened state of ``x_T``, seeded from ``generator``.
+    """A Brownian path on ``[0, duration]`` (solver time s = T - t) for the flattened state of ``x_T``.
 
-    The same generator state gives the same path however finely it is queried, so runs with
-    different step counts share one path (what strong-order studies need).
+    The same generator state gives the same path for the same query times. A torchsde
+    ``BrownianInterval`` fixes its path where it is first queried, so a fresh one queried on
+    another grid is another path. To share one path across step counts (strong-order studies),
+    either query one object on the finest grid first and then reuse it on coarser nested grids,
+    or build it with ``query_independent=True`` (torchsde's dyadic ``halfway_tree``: the same path
+    however it is queried, 4-5x slower to query); pass it to :func:`sample_sde` as ``bm``.
     """
     entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else "cpu"))
+    extra = {"halfway_tree": True, "tol": duration * 2.0**-20} if query_independent else {}
     return torchsde.BrownianInterval(
         t0=0.0,
         t1=duration,
@@ -55,6 +60,7 @@ def brownian_motion(
         device=x_T.device,
         entropy=entropy,
         levy_area_approximation="space-time" if levy_area else "none",
+        **extra,
     )
 
 
@@ -70,6 +76,7 @@ def sample_sde(
     rtol: float = 1e-3,
     atol: float = 1e-3,
     generator: torch.Generator | None = None,
+    bm: torchsde.BrownianInterval | None = None,
     t_min: float | None = None,
     denoise_final: bool = False,
     return_trajectory: bool = False,
@@ -88,6 +95,8 @@ def sample_sde(
         dt: step length.
         adaptive: error-controlled stepping (torchsde's step doubling) with ``rtol``/``atol``.
         generator: seeds the Brownian path; equal generator states give bit-identical samples.
+        bm: a Brownian motion on ``[0, T - t_min]`` of size ``(B, prod(D))`` (e.g. from
+            :func:`brownian_motion`) used instead of a fresh one; give this or ``generator``.
         t_min: final time (default ``sde.t_min``).
         denoise_final: finish with Tweedie's denoising step at ``t_min`` (one NFE).
         return_trajectory: also return the states on the uniform grid (``steps`` given).
@@ -98,13 +107,16 @@ def sample_sde(
 
     Raises:
         ValueError: for an unknown method (listing the valid ones), a missing ``steps``/``dt``,
-            ``t_min`` outside ``(0, T)`` or a malformed ``x_T``.
+            ``t_min`` outside ``(0, T)``, a malformed ``x_T``, both ``bm`` and ``generator``, or a
+            ``bm`` of the wrong size or span.
         NonFiniteError: if the score becomes NaN/inf; the message names the time.
     """
     fn = "sample_sde"
     check_sde(fn, sde)
     check_choice(fn, "method", method, SDE_METHODS)
     check_generator(fn, generator)
+    if bm is not None and generator is not None:
+        raise ValueError(f"{fn}: give 'generator' (a fresh Brownian path) or 'bm' (a given one), not both.")
     t_min = resolve_t_min(fn, sde, t_min)
     duration = sde.T - t_min
     if (steps is None) == (dt is None):
@@ -122,13 +134,16 @@ def sample_sde(
         check_positive(fn, "rtol", rtol)
         check_positive(fn, "atol", atol)
 
-    counted = start_counted(fn, score, sde, x_T, sde.T)
+    with grad_mode(enable_grad):
+        counted = start_counted(fn, score, sde, x_T, sde.T)
     reverse = ReverseSDE(counted, sde, tuple(x_T.shape[1:]), sde_type=SDE_METHODS[method])
-    # The path must cover the grid's last time as rounded in x_T's dtype.
-    bm = brownian_motion(x_T, float(grid[-1]), generator=generator, levy_area=method == "srk")
+    if bm is None:
+        # The path must cover the grid's last time as rounded in x_T's dtype.
+        bm = brownian_motion(x_T, float(grid[-1]), generator=generator, levy_area=method == "srk")
+    else:
+        check_brownian(fn, bm, x_T, duration, levy_area=method == "srk")
     y0 = x_T.reshape(x_T.shape[0], -1)
-    grad_ctx = contextlib.nullcontext() if enable_grad else torch.no_grad()
-    with grad_ctx:
+    with grad_mode(enable_grad):
         # A step a hair longer than duration/steps stops torchsde's float round-off from
         # adding a vanishing extra step; the last step is clipped to land on t_min exactly.
         with warnings.catch_warnings():

@@ -19,7 +19,7 @@ from ..sde import VESDE, VPSDE, ForwardSDE, SubVPSDE
 __all__ = ["Problem", "make_sde", "make_law", "make_problem", "LAWS", "SDES"]
 
 SDES = ("vp", "subvp", "ve")
-LAWS = ("gaussian2d", "gaussian16d", "ring2d", "mixture16d")
+LAWS = ("gaussian2d", "gaussian16d", "ring2d", "ring2d_sharp", "mixture16d")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ def make_law(name: str, dtype: torch.dtype = torch.float64) -> GaussianMixture:
     - ``gaussian2d``: N(m, C) in 2-D, eigenvalues 0.1 and 1, rotated.
     - ``gaussian16d``: N(m, C) in 16-D, eigenvalues log-spaced over [0.01, 1].
     - ``ring2d``: 8 equal components at radius 2 on a circle, isotropic std 0.2.
+    - ``ring2d_sharp``: the same ring with component std 0.05 (a hard case for few-step samplers).
     - ``mixture16d``: 4 unequal components in 16-D at distance ~3 from the origin, anisotropic covariances.
     """
     check_choice("make_law", "name", name, LAWS)
@@ -67,10 +68,11 @@ def make_law(name: str, dtype: torch.dtype = torch.float64) -> GaussianMixture:
     if name == "gaussian16d":
         mean = torch.linspace(-0.5, 0.5, 16, dtype=dtype)
         return Gaussian(mean, _anisotropic_cov(16, 100.0, 1, dtype))
-    if name == "ring2d":
+    if name in ("ring2d", "ring2d_sharp"):
+        std = 0.2 if name == "ring2d" else 0.05
         angle = torch.arange(8, dtype=dtype) * (2 * math.pi / 8)
         means = 2.0 * torch.stack([angle.cos(), angle.sin()], dim=1)
-        covs = (0.2**2) * torch.eye(2, dtype=dtype).expand(8, 2, 2)
+        covs = (std**2) * torch.eye(2, dtype=dtype).expand(8, 2, 2)
         return GaussianMixture(torch.ones(8, dtype=dtype), means, covs)
     g = torch.Generator().manual_seed(2)
     means = torch.randn(4, 16, generator=g, dtype=dtype)

@@ -1,0 +1,74 @@
+"""Calling a foreign network: its own dtype and autocast inside, the solver's dtype outside."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+Output = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+def _network_dtype(net: Any) -> torch.dtype | None:
+    """The floating dtype of a module's first floating parameter (works for ``torch.compile`` d modules)."""
+    if isinstance(net, torch.nn.Module):
+        for p in net.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
+def _expand_condition(value: Any, batch: int) -> Any:
+    """Broadcast a conditioning tensor with a leading dimension of 1 to the batch; leave anything else alone."""
+    if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == 1 and batch != 1:
+        return value.expand(batch, *value.shape[1:])
+    return value
+
+
+class NetworkCall(torch.nn.Module):
+    """``net(x, time_input(t), **condition)`` evaluated in the network's dtype, returned in ``x``'s dtype.
+
+    The solver state keeps the dtype the user chose (float64 state with a float32 network,
+    or any state with a bfloat16/float16 ``autocast`` confined to the network call), so the
+    solver's own arithmetic never runs in reduced precision.
+
+    Args:
+        net: the network (a module, a ``torch.compile`` d module or any callable).
+        time_input: maps scoreflow time ``t`` of shape ``(B,)`` to the network's time argument.
+        condition: keyword arguments passed through on every call (class labels, text
+            embeddings); a tensor with leading dimension 1 is broadcast to the batch.
+        output: extracts the prediction tensor from the network's return value.
+        autocast: if given, a reduced dtype (``torch.bfloat16``/``torch.float16``) under which
+            the network alone runs via ``torch.autocast``.
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., Any],
+        time_input: Callable[[torch.Tensor], torch.Tensor],
+        condition: Mapping[str, Any],
+        output: Output,
+        autocast: torch.dtype | None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.time_input = time_input
+        self.condition = dict(condition)
+        self.output = output
+        self.autocast = autocast
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        dtype = _network_dtype(self.net) or x.dtype
+        condition = {k: _expand_condition(v, x.shape[0]) for k, v in self.condition.items()}
+        ctx = (
+            torch.autocast(device_type=x.device.type, dtype=self.autocast)
+            if self.autocast is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            # Time goes in at least float32: a timestep near 999 does not survive bfloat16.
+            time = self.time_input(t).to(torch.promote_types(dtype, torch.float32))
+            raw = self.net(x.to(dtype), time, **condition)
+        return self.output(raw, x).to(x.dtype)

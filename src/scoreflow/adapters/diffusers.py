@@ -1,0 +1,148 @@
+r"""diffusers UNets with a discrete DDPM schedule as a scoreflow score and forward SDE.
+
+A scheduler with :math:`N` training steps, betas :math:`\beta_1..\beta_N` and
+:math:`\bar\alpha_i` becomes a continuous VP SDE on :math:`t \in [0, 1]`:
+
+- linear betas (``schedule="linear"``, score_sde's mapping): :class:`~scoreflow.VPSDE` with
+  :math:`\beta_{min} = N\beta_1`, :math:`\beta_{max} = N\beta_N`; the UNet is called with the
+  continuous timestep :math:`t\,(N-1)`, so index ``i`` sits at :math:`t = i/(N-1)`.
+- any schedule (``schedule="discrete"``): :class:`DiscreteVPSDE` interpolating :math:`\log\bar\alpha`
+  with index ``i`` at :math:`t = (i+1)/N` (so :math:`\alpha(t)^2 = \bar\alpha_i` exactly); the UNet
+  is called with :math:`tN - 1`.
+
+The UNet's prediction is converted by the scheduler's ``prediction_type``:
+``epsilon`` :math:`s = -\hat\varepsilon/\sigma`, ``sample`` :math:`s = (\alpha\hat x_0 - x)/\sigma^2`,
+``v_prediction`` :math:`s = -(\sigma x + \alpha\hat v)/\sigma` (here :math:`\alpha^2+\sigma^2 = 1`).
+diffusers is only needed to build the model; this module never imports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._checks import check_autocast, check_choice
+from ..parameterizations import score_from_denoiser, score_from_eps, score_from_velocity
+from ..sde import VPSDE, ForwardSDE
+from ._network import NetworkCall
+from .discrete_vp import DiscreteVPSDE
+
+__all__ = ["from_diffusers", "sde_from_scheduler", "PREDICTION_TYPES", "SCHEDULES"]
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+SCHEDULES = ("auto", "linear", "discrete")
+_CONVERSIONS = {"epsilon": score_from_eps, "sample": score_from_denoiser, "v_prediction": score_from_velocity}
+
+
+def _schedule_arrays(fn: str, scheduler: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    betas = getattr(scheduler, "betas", None)
+    alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
+    if not (torch.is_tensor(betas) and torch.is_tensor(alphas_cumprod)):
+        raise TypeError(
+            f"{fn}: argument 'scheduler' expected a discrete-time diffusers scheduler with 'betas' and "
+            f"'alphas_cumprod' (e.g. DDPMScheduler, DDIMScheduler), got {type(scheduler).__name__}. "
+            "Continuous-time schedulers (e.g. ScoreSdeVeScheduler) have no DDPM schedule to map."
+        )
+    return betas.detach().to("cpu", torch.float64), alphas_cumprod.detach().to("cpu", torch.float64)
+
+
+def _is_linear(betas: torch.Tensor) -> bool:
+    ref = torch.linspace(float(betas[0]), float(betas[-1]), betas.numel(), dtype=torch.float64)
+    # diffusers builds betas in float32: allow its rounding, nothing more.
+    return bool(torch.allclose(betas, ref, rtol=1e-5, atol=1e-9))
+
+
+def sde_from_scheduler(
+    scheduler: Any, *, schedule: str = "auto", t_min: float | None = None
+) -> tuple[ForwardSDE, float, float]:
+    r"""The continuous VP SDE of a discrete DDPM schedule and the map from ``t`` to the UNet's timestep.
+
+    Args:
+        scheduler: a diffusers scheduler with ``betas`` and ``alphas_cumprod``.
+        schedule: ``"linear"`` (score_sde's :class:`~scoreflow.VPSDE`; linear betas only),
+            ``"discrete"`` (:class:`DiscreteVPSDE`, any betas) or ``"auto"`` (linear when the betas are).
+        t_min: truncation time (default: ``VPSDE``'s ``1e-3``, or ``1/N`` for ``"discrete"``).
+
+    Returns:
+        ``(sde, scale, shift)``: the UNet's timestep at time ``t`` is ``scale * t + shift``.
+
+    Raises:
+        TypeError: if the scheduler has no discrete schedule.
+        ValueError: for an unknown ``schedule``, ``"linear"`` with non-linear betas, or a zero terminal SNR.
+    """
+    fn = "sde_from_scheduler"
+    check_choice(fn, "schedule", schedule, SCHEDULES)
+    betas, alphas_cumprod = _schedule_arrays(fn, scheduler)
+    n = betas.numel()
+    linear = _is_linear(betas)
+    if schedule == "linear" and not linear:
+        raise ValueError(
+            f"{fn}: schedule='linear' needs linearly spaced betas, but this scheduler's betas "
+            f"({getattr(getattr(scheduler, 'config', None), 'beta_schedule', 'unknown')!r}) are not. "
+            "Use schedule='discrete' (or 'auto') to interpolate its alphas_cumprod instead."
+        )
+    if schedule == "linear" or (schedule == "auto" and linear):
+        kwargs = {} if t_min is None else {"t_min": t_min}
+        return VPSDE(beta_min=n * float(betas[0]), beta_max=n * float(betas[-1]), **kwargs), float(n - 1), 0.0
+    return DiscreteVPSDE(alphas_cumprod, t_min=t_min), float(n), -1.0
+
+
+def _first_output(raw: Any, x: torch.Tensor) -> torch.Tensor:
+    """The prediction in a diffusers output; a learned-variance UNet's second half of channels is dropped."""
+    out = raw[0] if isinstance(raw, tuple) else getattr(raw, "sample", raw)
+    if out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
+        out = out[:, : x.shape[1]]
+    return out
+
+
+def from_diffusers(
+    unet: torch.nn.Module,
+    scheduler: Any,
+    *,
+    prediction_type: str | None = None,
+    schedule: str = "auto",
+    t_min: float | None = None,
+    autocast: torch.dtype | None = None,
+    **condition: Any,
+) -> tuple[torch.nn.Module, ForwardSDE]:
+    r"""A scoreflow score and forward SDE for a diffusers ``UNet2DModel``/``UNet2DConditionModel``.
+
+    Args:
+        unet: the network (also a ``torch.compile`` d one), called as
+            ``unet(x, timestep, **condition, return_dict=False)``.
+        scheduler: its discrete-time scheduler (e.g. ``DDPMScheduler``); see :func:`sde_from_scheduler`.
+        prediction_type: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``; default the scheduler's.
+        schedule, t_min: how the discrete schedule becomes continuous; see :func:`sde_from_scheduler`.
+        autocast: run the UNet alone under ``torch.autocast`` in this dtype; the solver keeps its own.
+        **condition: passed to every UNet call, e.g. ``class_labels=y`` or ``encoder_hidden_states=emb``.
+
+    Returns:
+        ``(score, sde)`` with ``score(x, t)`` an ``nn.Module`` holding the UNet.
+
+    Raises:
+        TypeError: if ``unet`` is not callable or the scheduler has no discrete schedule.
+        ValueError: for an unknown prediction type or schedule (see :func:`sde_from_scheduler`),
+            or a UNet whose learned time embedding cannot take continuous timesteps.
+    """
+    fn = "from_diffusers"
+    if not callable(unet):
+        raise TypeError(f"{fn}: argument 'unet' expected a diffusers UNet, got {type(unet).__name__}.")
+    if prediction_type is None:
+        prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", "epsilon")
+    check_choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
+    check_autocast(fn, autocast)
+    if getattr(getattr(unet, "config", None), "time_embedding_type", None) == "learned":
+        raise ValueError(
+            f"{fn}: the UNet has a learned (lookup-table) time embedding, which accepts integer timesteps only; "
+            "scoreflow's solvers evaluate it at continuous times. Use a model with positional or Fourier time embeddings."
+        )
+    sde, scale, shift = sde_from_scheduler(scheduler, schedule=schedule, t_min=t_min)
+    net = NetworkCall(
+        unet,
+        time_input=lambda t: scale * t + shift,
+        condition={**condition, "return_dict": False},
+        output=_first_output,
+        autocast=autocast,
+    )
+    return _CONVERSIONS[prediction_type](net, sde), sde

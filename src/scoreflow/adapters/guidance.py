@@ -1,0 +1,54 @@
+r"""Classifier-free guidance as a score combinator.
+
+.. math:: s_w(x, t) = s_u(x, t) + w\,\big(s_c(x, t) - s_u(x, t)\big)
+
+(diffusers' ``guidance_scale`` convention: ``w = 1`` is the conditional score, ``w = 0`` the
+unconditional one, ``w > 1`` extrapolates towards the condition).  For ``w`` in ``[0, 1]`` this
+is the score of :math:`p_u^{1-w} p_c^{w}` at every t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .._checks import check_real
+
+__all__ = ["guided_score"]
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class GuidedScore(torch.nn.Module):
+    """``uncond + w * (cond - uncond)``; both scores are evaluated on every call (two network passes)."""
+
+    def __init__(self, cond: ScoreFn, uncond: ScoreFn, w: float) -> None:
+        super().__init__()
+        self.cond, self.uncond, self.w = cond, uncond, w
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s_u = self.uncond(x, t)
+        return s_u + self.w * (self.cond(x, t) - s_u)
+
+
+def guided_score(cond: ScoreFn, uncond: ScoreFn, w: float) -> torch.nn.Module:
+    r"""The classifier-free-guided score :math:`s_u + w (s_c - s_u)`.
+
+    Args:
+        cond: the conditional score ``s_c(x, t)`` (e.g. ``from_diffusers(unet, sch, class_labels=y)[0]``).
+        uncond: the unconditional score ``s_u(x, t)`` (the same network given the null condition).
+        w: the guidance scale (any finite real; 1 = conditional).
+
+    Returns:
+        A score ``nn.Module``; each call costs one evaluation of each score.
+
+    Raises:
+        TypeError: if a score is not callable or ``w`` is not a real number.
+        ValueError: if ``w`` is not finite.
+    """
+    fn = "guided_score"
+    for name, s in (("cond", cond), ("uncond", uncond)):
+        if not callable(s):
+            raise TypeError(f"{fn}: argument '{name}' expected a callable score(x, t), got {type(s).__name__}.")
+    return GuidedScore(cond, uncond, check_real(fn, "w", w))

@@ -1,0 +1,143 @@
+"""Writing a study's report: JSON rows, markdown tables and log-log plots of error against NFE."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from .study import Study
+
+__all__ = ["write_report", "orders_table", "rows_table", "plot_study"]
+
+_METRIC_LABELS = {
+    "error": "error",
+    "strong_error": "strong error (RMS vs fine solve, same path)",
+    "weak_error": "weak error (mean + cov vs fine solve)",
+    "w2": "Gaussian W2 of moments vs exact law",
+    "sw2": "sliced W2 vs exact sample",
+}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, float):
+        if v == 0 or not math.isfinite(v):
+            return f"{v:g}"
+        return f"{v:.2f}" if 0.1 <= abs(v) < 100 else f"{v:.2e}"
+    return str(v)
+
+
+def orders_table(study: Study) -> str:
+    """Markdown table of declared against measured order, one line per method and fitted metric."""
+    lines = [
+        "| method | kind | metric | declared order | measured order | agrees | smallest error | largest NFE |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for o in study.orders:
+        declared = o["declared"]
+        if declared is not None and o["kind"] == "adaptive":
+            declared = f">= {declared - 1:g} (order {declared:g})"
+        elif declared is not None and o["kind"] == "pathwise":
+            declared = f"{declared:g} (strong, at least)"
+        cells = (
+            o["method"],
+            o["kind"],
+            o["metric"],
+            declared,
+            o["measured"],
+            o["agrees"],
+            o["min_error"],
+            o["max_nfe"],
+        )
+        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def rows_table(study: Study) -> str:
+    """Markdown table of every row (method x setting)."""
+    skip = {"study", "problem"}
+    keys = [k for k in study.rows[0] if k not in skip] if study.rows else []
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    for r in study.rows:
+        lines.append("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def plot_study(study: Study, metric: str, path: Path) -> Path:
+    """Log-log plot of ``metric`` against NFE, one line per method, labelled with the measured order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    methods = list(dict.fromkeys(r["method"] for r in study.rows))
+    for method in methods:
+        pts = sorted((r["nfe"], r[metric]) for r in study.rows if r["method"] == method and r.get(metric))
+        if not pts:
+            continue
+        order = next((o["measured"] for o in study.orders if o["method"] == method and o["metric"] == metric), None)
+        label = method if order is None else f"{method} (order {order:.2f})"
+        ax.loglog(*zip(*pts), marker="o", markersize=3, label=label)
+    floor = study.config.get("monte_carlo_floor", {}).get(metric)
+    if floor:
+        ax.axhline(floor, color="grey", linestyle=":", label="Monte-Carlo floor")
+    ax.set_xlabel("NFE (score evaluations)")
+    ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
+    ax.set_title(f"{study.name.upper()} study, {study.problem}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    studies: Sequence[Study], out_dir: str | Path, *, plots: bool = True, command: str | None = None
+) -> dict[str, Path]:
+    """Write ``<study>.json`` (config, orders and one row per method x setting), ``report.md`` and PNG plots.
+
+    Returns:
+        The written files by name (``"report"``, ``"<study>_json"``, ``"<study>_<metric>_png"``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    md = ["# scoreflow convergence report", ""]
+    if command:
+        md += [f"Command: `{command}`", ""]
+    for study in studies:
+        path = out / f"{study.name}.json"
+        payload = {
+            "study": study.name,
+            "problem": study.problem,
+            "config": study.config,
+            "orders": study.orders,
+            "rows": study.rows,
+        }
+        path.write_text(json.dumps(payload, indent=1))
+        files[f"{study.name}_json"] = path
+        md += [
+            f"## {study.name.upper()} study: {study.problem}",
+            "",
+            "Config: " + ", ".join(f"{k}={v}" for k, v in study.config.items()),
+            "",
+        ]
+        md += [orders_table(study), ""]
+        if plots:
+            for metric in study.metrics:
+                if any(r.get(metric) for r in study.rows):
+                    png = plot_study(study, metric, out / f"{study.name}_{metric}.png")
+                    files[f"{study.name}_{metric}_png"] = png
+                    md += [f"![{study.name} {metric}]({png.name})", ""]
+        md += ["<details><summary>All rows</summary>", "", rows_table(study), "", "</details>", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(md))
+    files["report"] = report
+    return files

@@ -1,0 +1,96 @@
+"""What every study returns: its rows, the fitted orders, and how orders are fitted and judged."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..metrics import fit_order
+
+__all__ = ["Study", "measured_order", "order_agrees", "progress_bar"]
+
+
+@dataclass
+class Study:
+    """The result of one convergence study.
+
+    Attributes:
+        name: ``"ode"``, ``"sde"`` or ``"likelihood"``.
+        problem: the reference problem, e.g. ``"gaussian2d-vp"``.
+        metrics: the error columns of ``rows`` plotted against NFE; the first one's orders are headline.
+        rows: one dict per method x setting (``method``, ``setting``, ``value``, ``nfe``, errors, ``seconds``).
+        orders: one dict per method (and metric): declared and measured order and whether they agree.
+        config: the study's parameters, for the report.
+    """
+
+    name: str
+    problem: str
+    metrics: tuple[str, ...]
+    rows: list[dict] = field(default_factory=list)
+    orders: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def order_of(self, method: str, metric: str | None = None) -> float | None:
+        """The measured order of ``method`` for ``metric`` (default: the headline metric)."""
+        metric = metric or self.metrics[0]
+        for o in self.orders:
+            if o["method"] == method and o["metric"] == metric:
+                return o["measured"]
+        raise KeyError(f"Study {self.name!r} has no order for method {method!r} and metric {metric!r}.")
+
+
+def measured_order(nfe, errors, *, floor: float = 0.0, n_points: int = 4) -> float | None:
+    r"""Empirical order :math:`-d\log(\text{error})/d\log(\text{NFE})` on the ``n_points`` largest NFE.
+
+    Errors at or below ``floor`` (round-off or the reference's own error) or non-finite are
+    dropped first; fewer than 3 usable points give ``None``.  For fixed steps NFE is
+    proportional to 1/h, so this is the usual order in the step size.
+    """
+    pts = sorted((n, e) for n, e in zip(nfe, errors) if e is not None and math.isfinite(e) and e > floor)
+    pts = pts[-n_points:]
+    if len(pts) < 3 or len({n for n, _ in pts}) < 3:
+        return None
+    n, e = np.array(pts, dtype=float).T
+    return -fit_order(n, e)
+
+
+def order_agrees(declared: float | None, measured: float | None, *, kind: str = "fixed") -> bool | None:
+    """Whether a measured order matches the declared one, by the kind of method.
+
+    - ``"fixed"`` (fixed-step ODE methods): within ``0.2 + 0.1 * declared`` of it;
+    - ``"pathwise"`` (strong orders of SDE methods): at least ``declared - (0.2 + 0.1 * declared)``,
+      since a strong order is a lower bound and a higher-order error term (e.g. the drift's) may
+      dominate at practical step counts;
+    - ``"adaptive"``: at least ``declared - 1``, since the error-vs-NFE slope of an adaptive
+      method mixes its order with its step-size control.
+    """
+    if declared is None or measured is None:
+        return None
+    slack = 0.2 + 0.1 * declared
+    if kind == "adaptive":
+        return measured >= declared - 1
+    if kind == "pathwise":
+        return measured >= declared - slack
+    return abs(measured - declared) <= slack
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm progress bar on stderr, or a silent stand-in when ``enabled`` is false."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="solve", leave=True, dynamic_ncols=True)

@@ -1,0 +1,189 @@
+r"""Denoising score matching (Vincent 2011) at one noise level, over many levels (NCSN) and in continuous time.
+
+With :math:`\tilde x = \alpha x + \sigma\varepsilon` the conditional score is
+:math:`\nabla_{\tilde x}\log q(\tilde x\mid x) = -\varepsilon/\sigma`, and
+
+.. math:: \tfrac12 E\,\|s(\tilde x) + \varepsilon/\sigma\|^2
+          = \tfrac12 E\,\|s(\tilde x) - \nabla\log q_\sigma(\tilde x)\|^2 + C,
+
+so the minimizer is the score of the perturbed law :math:`q_\sigma`.  A weight
+:math:`\lambda` turns the summand into :math:`\tfrac12 (\lambda/\sigma^2)\|\sigma s + \varepsilon\|^2`,
+the form computed here (no division of the noise by a small :math:`\sigma`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .._checks import check_batch, check_choice, check_generator, check_noise_levels, check_positive
+from .._tensor import TimeLike, batch_time, right_pad
+from ..dynamics.counting import ScoreFn
+from ..sampling._common import check_sde, resolve_t_min
+from ..sde import ForwardSDE
+from ._common import call_score, check_reduction, check_score, check_weights, reduce, sq_norm, standard_normal
+
+__all__ = ["dsm_loss", "multiscale_dsm_loss", "sde_dsm_loss", "MULTISCALE_WEIGHTINGS", "SDE_WEIGHTINGS"]
+
+Weighting = str | Callable[[torch.Tensor], torch.Tensor]
+#: Named weightings of :func:`multiscale_dsm_loss`: lambda(sigma) = sigma^2 (NCSN) or 1.
+MULTISCALE_WEIGHTINGS = ("sigma2", "none")
+#: Named weightings of :func:`sde_dsm_loss`: lambda(t) = sigma(t)^2 or g(t)^2.
+SDE_WEIGHTINGS = ("sigma2", "likelihood")
+
+
+def _denoising_terms(
+    fn: str, score: ScoreFn, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+    cond: torch.Tensor, eps: torch.Tensor,
+) -> torch.Tensor:
+    r"""Per-sample :math:`\tfrac12\|\sigma s(\alpha x + \sigma\varepsilon, c) + \varepsilon\|^2` for ``(B,)`` alpha, sigma, c."""
+    a, s = right_pad(alpha, x), right_pad(sigma, x)
+    out = call_score(fn, score, a * x + s * eps, cond)
+    return 0.5 * sq_norm(s * out + eps)
+
+
+def dsm_loss(
+    score: ScoreFn,
+    x: torch.Tensor,
+    sigma: float,
+    *,
+    t: TimeLike | None = None,
+    generator: torch.Generator | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Denoising score matching at one noise level: :math:`\tfrac12 E\|s(x + \sigma\varepsilon, \sigma) + \varepsilon/\sigma\|^2`.
+
+    Minimized by the score of :math:`q_\sigma = q * N(0, \sigma^2 I)`.
+
+    Args:
+        score: score model ``score(x, t)``.
+        x: clean data of shape ``(B, *D)``.
+        sigma: the noise level, > 0.
+        t: the conditioning value handed to the score; by default the noise level ``sigma``
+            (the NCSN / EDM convention, and :class:`scoreflow.EDMSDE`'s time).
+        generator: draws the noise :math:`\varepsilon`.
+        reduction: ``"mean"`` over the batch or ``"none"`` (shape ``(B,)``).
+
+    Returns:
+        The loss, summed over data dimensions.
+
+    Raises:
+        ValueError: if ``sigma <= 0`` or is not finite, ``x`` is empty or malformed, or the score's output is not shaped like ``x``.
+        TypeError: for a non-callable score, a wrong generator or mismatched dtypes.
+    """
+    fn = "dsm_loss"
+    check_score(fn, score)
+    check_batch(fn, "x", x)
+    sigma = check_positive(fn, "sigma", sigma)
+    check_generator(fn, generator)
+    check_reduction(fn, reduction)
+    sig = batch_time(sigma, x)
+    eps = standard_normal(x, generator)
+    per = _denoising_terms(fn, score, x, torch.ones_like(sig), sig, sig if t is None else batch_time(t, x), eps)
+    return reduce(per / sigma**2, reduction)
+
+
+def multiscale_dsm_loss(
+    score: ScoreFn,
+    x: torch.Tensor,
+    sigmas: Sequence[float] | torch.Tensor,
+    *,
+    weighting: Weighting = "sigma2",
+    generator: torch.Generator | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Multi-scale DSM for noise-conditional scores (NCSN): :math:`E_{i}\,\lambda(\sigma_i)\,\tfrac12 E\|s(x+\sigma_i\varepsilon, \sigma_i) + \varepsilon/\sigma_i\|^2`.
+
+    Each sample gets one level :math:`\sigma_i` drawn uniformly from ``sigmas``; the score is
+    conditioned on it (``score(x_noisy, sigma_i)`` with a ``(B,)`` tensor of levels).
+
+    Args:
+        score: noise-conditional score ``score(x, sigma)``.
+        x: clean data of shape ``(B, *D)``.
+        sigmas: the noise levels, a non-empty 1-D sequence or tensor of values > 0.
+        weighting: ``"sigma2"`` (:math:`\lambda = \sigma^2`, which makes every level's loss O(1)),
+            ``"none"`` (:math:`\lambda = 1`) or a callable ``weighting(sigma) -> (B,)`` of weights >= 0.
+        generator: draws the levels, then the noise.
+        reduction: ``"mean"`` over the batch or ``"none"`` (shape ``(B,)``).
+
+    Returns:
+        The loss, summed over data dimensions.
+
+    Raises:
+        ValueError: for empty, non-1-D, non-positive or non-finite ``sigmas``, an unknown weighting,
+            weights of the wrong shape or sign, or a malformed ``x``.
+        TypeError: for a non-callable score, a wrong generator or mismatched dtypes.
+    """
+    fn = "multiscale_dsm_loss"
+    check_score(fn, score)
+    check_batch(fn, "x", x)
+    levels = check_noise_levels(fn, "sigmas", sigmas, x)
+    if not callable(weighting):
+        check_choice(fn, "weighting", weighting, MULTISCALE_WEIGHTINGS)
+    check_generator(fn, generator)
+    check_reduction(fn, reduction)
+    index = torch.randint(levels.numel(), (x.shape[0],), generator=generator, device=x.device)
+    sig = levels[index]
+    eps = standard_normal(x, generator)
+    per = _denoising_terms(fn, score, x, torch.ones_like(sig), sig, sig, eps)
+    if callable(weighting):
+        per = per * check_weights(fn, weighting(sig), x.shape[0], x) / sig**2
+    elif weighting == "none":
+        per = per / sig**2
+    return reduce(per, reduction)
+
+
+def sde_dsm_loss(
+    score: ScoreFn,
+    sde: ForwardSDE,
+    x: torch.Tensor,
+    *,
+    weighting: Weighting = "sigma2",
+    t_min: float | None = None,
+    generator: torch.Generator | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Continuous-time DSM: :math:`E_{t\sim U[t_{min},T]}\,\lambda(t)\,\tfrac12 E\|s(x_t, t) + \varepsilon/\sigma(t)\|^2`, :math:`x_t = \alpha(t)x + \sigma(t)\varepsilon`.
+
+    With ``weighting="sigma2"`` this is the noise-prediction loss
+    :math:`\tfrac12 E\|\sigma s + \varepsilon\|^2`; with ``"likelihood"`` (:math:`\lambda = g^2`),
+    ``(T - t_min)`` times the loss is Song et al.'s (2021) :math:`J_{DSM}(\theta; g^2)`, which bounds
+    the negative log-likelihood of the SDE model up to a constant.
+
+    Args:
+        score: score model ``score(x, t)``.
+        sde: the forward SDE giving :math:`\alpha(t), \sigma(t), g(t)`.
+        x: clean data of shape ``(B, *D)``.
+        weighting: ``"sigma2"``, ``"likelihood"`` or a callable ``weighting(t) -> (B,)`` of weights >= 0.
+        t_min: smallest training time, in ``(0, T)``; default ``sde.t_min``.
+        generator: draws the times, then the noise.
+        reduction: ``"mean"`` over the batch or ``"none"`` (shape ``(B,)``).
+
+    Returns:
+        The loss, summed over data dimensions.
+
+    Raises:
+        ValueError: for ``t_min`` outside ``(0, T)``, an unknown weighting, weights of the wrong shape
+            or sign, or a malformed ``x``.
+        TypeError: for a non-callable score, a wrong sde or generator, or mismatched dtypes.
+    """
+    fn = "sde_dsm_loss"
+    check_score(fn, score)
+    check_sde(fn, sde)
+    check_batch(fn, "x", x)
+    t_min = resolve_t_min(fn, sde, t_min)
+    if not callable(weighting):
+        check_choice(fn, "weighting", weighting, SDE_WEIGHTINGS)
+    check_generator(fn, generator)
+    check_reduction(fn, reduction)
+    u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    t = t_min + (sde.T - t_min) * u
+    alpha, sigma = sde.marginal(t)
+    eps = standard_normal(x, generator)
+    per = _denoising_terms(fn, score, x, alpha, sigma, t, eps)
+    if callable(weighting):
+        per = per * check_weights(fn, weighting(t), x.shape[0], x) / sigma**2
+    elif weighting == "likelihood":
+        per = per * sde.diffusion(t) ** 2 / sigma**2
+    return reduce(per, reduction)

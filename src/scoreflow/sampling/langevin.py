@@ -1,0 +1,236 @@
+r"""Langevin Monte Carlo: unadjusted (ULA), Metropolis-adjusted (MALA) and annealed (NCSN).
+
+Langevin dynamics :math:`dx = \nabla\log p(x)\,dt + \sqrt2\,dW` leaves :math:`p` invariant.  Its
+Euler-Maruyama chain :math:`x \leftarrow x + \epsilon s(x) + \sqrt{2\epsilon} z` (ULA) is biased by
+the step; a Metropolis-Hastings test (MALA) removes the bias.  With well-separated modes either
+chain keeps the mode weights of its starting points; annealing over noise levels
+:math:`\sigma_1 > \dots > \sigma_L` (Song & Ermon 2019) mixes while the modes still overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .._checks import (
+    check_batch,
+    check_finite,
+    check_generator,
+    check_int,
+    check_log_prob_output,
+    check_positive,
+    check_score_output,
+    check_sigmas,
+)
+from .._tensor import batch_time
+from ..dynamics.counting import CountedScore, ScoreFn
+from ..errors import NonFiniteError
+from .result import SampleResult
+
+__all__ = ["langevin", "annealed_langevin", "geometric_sigmas"]
+
+StationaryScore = Callable[[torch.Tensor], torch.Tensor]
+LogProb = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _TimeFree(torch.nn.Module):
+    """Present a target's score ``s(x)`` as ``s(x, t)`` so that :class:`CountedScore` can count it.
+
+    The "time" handed along is the Langevin time ``k * step_size``, which non-finite errors report.
+    """
+
+    def __init__(self, score: StationaryScore) -> None:
+        super().__init__()
+        self.score = score
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.score(x)
+
+
+def _start(fn: str, score: ScoreFn, x0: torch.Tensor, t0: float) -> CountedScore:
+    """Validate ``score`` by one call at ``(x0, t0)`` and return a counter primed with that call."""
+    t = batch_time(t0, x0)
+    out = check_score_output(fn, score, x0, t)
+    counted = CountedScore(score)
+    counted.prime(x0, t, out)
+    return counted
+
+
+def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def _sq_norm(v: torch.Tensor) -> torch.Tensor:
+    return v.reshape(v.shape[0], -1).pow(2).sum(dim=1)
+
+
+def langevin(
+    score: StationaryScore,
+    x0: torch.Tensor,
+    *,
+    step_size: float,
+    n_steps: int,
+    generator: torch.Generator | None = None,
+    log_prob: LogProb | None = None,
+) -> SampleResult:
+    r"""Run Langevin chains :math:`x \leftarrow x + \epsilon\,s(x) + \sqrt{2\epsilon}\,z` from ``x0``.
+
+    Without ``log_prob`` this is the unadjusted Langevin algorithm (ULA), whose invariant law is
+    biased by O(ε) (for :math:`N(\mu, C)` it is :math:`N(\mu, C(I - \epsilon C^{-1}/2)^{-1})`).
+    With ``log_prob`` each move is a proposal accepted with the Metropolis-Hastings probability
+    :math:`\min\{1, p(y)q(x|y)/(p(x)q(y|x))\}` (MALA), which leaves ``p`` exactly invariant.
+
+    Args:
+        score: the target's score ``score(x)`` :math:`= \nabla_x\log p(x)` (e.g. ``law.grad_log_prob``);
+            for a time-dependent model use ``lambda x: score(x, t)``.
+        x0: initial states, shape ``(B, *D)``; the B chains run independently.
+        step_size: ε > 0.
+        n_steps: number of Langevin steps.
+        generator: seeds the noise (and MALA's uniforms); equal states give bit-identical runs.
+        log_prob: ``log_prob(x)`` of shape ``(B,)``, up to a constant; turns on the MALA test.
+
+    Returns:
+        A :class:`SampleResult`; ``nfe`` counts score calls (``n_steps`` for ULA, ``n_steps + 1``
+        for MALA).  For MALA ``stats`` holds ``acceptance_rate`` (over all chains and steps),
+        ``chain_acceptance_rate`` (per chain, shape ``(B,)``) and ``n_log_prob``.
+
+    Raises:
+        ValueError: for a non-positive ``step_size``, ``n_steps < 1``, a malformed ``x0`` or a
+            ``log_prob`` that is not one finite value per chain.
+        TypeError: for arguments of the wrong type or a score returning the wrong dtype.
+        NonFiniteError: if the score or the log-density becomes NaN; the message names the
+            Langevin time ``k * step_size``.
+    """
+    fn = "langevin"
+    check_batch(fn, "x0", x0)
+    eps = check_positive(fn, "step_size", step_size)
+    check_int(fn, "n_steps", n_steps)
+    check_generator(fn, generator)
+    if not callable(score):
+        raise TypeError(f"{fn}: argument 'score' expected a callable score(x), got {type(score).__name__}.")
+    counted = _start(fn, _TimeFree(score), x0, 0.0)
+    lp = None if log_prob is None else check_log_prob_output(fn, log_prob, x0)
+    noise_scale = math.sqrt(2 * eps)
+    x = x0
+    with torch.no_grad():
+        if lp is None:
+            for k in range(n_steps):
+                x = x + eps * counted(x, k * eps) + noise_scale * _noise(x, generator)
+            check_finite(x, n_steps * eps, what="Langevin state")
+            return SampleResult(samples=x, nfe=counted.nfe, stats={"step_size": eps, "n_steps": n_steps})
+
+        s = counted(x, 0.0)
+        accepted = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        for k in range(n_steps):
+            z = _noise(x, generator)
+            y = x + eps * s + noise_scale * z
+            s_y = counted(y, (k + 1) * eps)
+            lp_y = log_prob(y)
+            # log q(y|x) = -|z|^2/2 and log q(x|y) = -|x - y - eps s(y)|^2 / (4 eps), up to one constant.
+            log_ratio = lp_y - lp + 0.5 * _sq_norm(z) - _sq_norm(x - y - eps * s_y) / (4 * eps)
+            if torch.isnan(log_ratio).any():
+                raise NonFiniteError(
+                    f"log_prob became NaN at Langevin time t={(k + 1) * eps:.6g}; check log_prob at the proposals."
+                )
+            u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+            accept = torch.log(u) < log_ratio
+            keep = accept.reshape((-1,) + (1,) * (x.ndim - 1))
+            x, s, lp = torch.where(keep, y, x), torch.where(keep, s_y, s), torch.where(accept, lp_y, lp)
+            accepted += accept
+    rate = accepted.to(torch.float64) / n_steps
+    stats = {
+        "step_size": eps,
+        "n_steps": n_steps,
+        "acceptance_rate": float(rate.mean()),
+        "chain_acceptance_rate": rate,
+        "n_log_prob": n_steps + 1,
+    }
+    return SampleResult(samples=x, nfe=counted.nfe, stats=stats)
+
+
+def geometric_sigmas(
+    sigma_min: float,
+    sigma_max: float,
+    n: int,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    r"""Noise levels :math:`\sigma_i = \sigma_{max} (\sigma_{min}/\sigma_{max})^{(i-1)/(n-1)}`, largest first.
+
+    Returns:
+        A decreasing tensor of ``n`` levels from ``sigma_max`` to ``sigma_min``.
+
+    Raises:
+        ValueError: unless ``0 < sigma_min < sigma_max`` and ``n >= 2``.
+    """
+    fn = "geometric_sigmas"
+    lo = check_positive(fn, "sigma_min", sigma_min)
+    hi = check_positive(fn, "sigma_max", sigma_max)
+    check_int(fn, "n", n, minimum=2)
+    if not lo < hi:
+        raise ValueError(f"{fn}: expected sigma_min < sigma_max, got sigma_min={lo!r}, sigma_max={hi!r}.")
+    log_sigmas = torch.linspace(math.log(hi), math.log(lo), n, dtype=torch.float64)
+    return log_sigmas.exp().to(dtype=dtype, device=device)
+
+
+def annealed_langevin(
+    score: ScoreFn,
+    x0: torch.Tensor,
+    sigmas: torch.Tensor | Sequence[float],
+    *,
+    steps_per_sigma: int = 100,
+    eps: float = 2e-5,
+    generator: torch.Generator | None = None,
+    denoise_final: bool = True,
+) -> SampleResult:
+    r"""Annealed Langevin dynamics (NCSN, Song & Ermon 2019, Algorithm 1) with a noise-conditional score.
+
+    For each level :math:`\sigma_i` (largest first) run ``steps_per_sigma`` steps
+    :math:`x \leftarrow x + \tfrac{\alpha_i}{2} s(x, \sigma_i) + \sqrt{\alpha_i}\,z` with
+    :math:`\alpha_i = \epsilon\,\sigma_i^2/\sigma_L^2`, i.e. :func:`langevin` steps of size
+    :math:`\alpha_i/2` on :math:`p_{\sigma_i} = p * N(0, \sigma_i^2 I)`.
+
+    Args:
+        score: noise-conditional score ``score(x, sigma)`` with ``sigma`` a ``(B,)`` tensor, e.g. the
+            exact ``law.score(scoreflow.EDMSDE(sigma_min, sigma_max))`` (whose time is sigma).
+        x0: initial states, shape ``(B, *D)``, e.g. ``sigmas[0] * torch.randn(...)``.
+        sigmas: strictly decreasing positive noise levels (see :func:`geometric_sigmas`).
+        steps_per_sigma: Langevin steps per level (NCSN: 100).
+        eps: base step ε, the step at the smallest level being :math:`\alpha_L = \epsilon` (NCSN: 2e-5).
+        generator: seeds the noise; equal states give bit-identical runs.
+        denoise_final: finish with Tweedie's step :math:`x + \sigma_L^2 s(x, \sigma_L)` (one NFE),
+            which removes the remaining noise of level :math:`\sigma_L`.
+
+    Returns:
+        A :class:`SampleResult` with ``nfe = len(sigmas) * steps_per_sigma (+1)``; ``stats`` holds
+        the per-level ``step_sizes`` :math:`\alpha_i`.
+
+    Raises:
+        ValueError: if ``sigmas`` is not strictly decreasing and positive, ``eps <= 0``,
+            ``steps_per_sigma < 1`` or ``x0`` is malformed.
+        TypeError: for arguments of the wrong type or a score returning the wrong dtype.
+        NonFiniteError: if the score becomes NaN/inf; the message names the noise level as ``t``.
+    """
+    fn = "annealed_langevin"
+    check_batch(fn, "x0", x0)
+    levels = check_sigmas(fn, "sigmas", sigmas)
+    check_int(fn, "steps_per_sigma", steps_per_sigma)
+    eps = check_positive(fn, "eps", eps)
+    check_generator(fn, generator)
+    # Coefficients in float64 (exact for float32 runs too); the score sees sigma in x's dtype.
+    alphas = (eps * levels**2 / levels[-1] ** 2).tolist()
+    sigma_x = levels.to(dtype=x0.dtype, device=x0.device)
+    counted = _start(fn, score, x0, sigma_x[0])
+    x = x0
+    with torch.no_grad():
+        for sigma, alpha in zip(sigma_x, alphas):
+            noise_scale = math.sqrt(alpha)
+            for _ in range(steps_per_sigma):
+                x = x + (0.5 * alpha) * counted(x, sigma) + noise_scale * _noise(x, generator)
+        if denoise_final:
+            x = x + float(levels[-1]) ** 2 * counted(x, sigma_x[-1])
+    check_finite(x, float(levels[-1]), what="Langevin state")
+    return SampleResult(samples=x, nfe=counted.nfe, stats={"step_sizes": alphas, "sigmas": levels.tolist()})

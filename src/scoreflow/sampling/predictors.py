@@ -1,0 +1,89 @@
+r"""Predictor steps of predictor-corrector sampling, as coefficient tables over a time grid.
+
+Every predictor moves a state from :math:`t` down to :math:`t' < t` by one score call,
+
+.. math:: x' = c_x\,x + c_s\,s(x, t) + c_z\,z,\qquad z \sim N(0, I),
+
+so a predictor is a rule for :math:`(c_x, c_s, c_z)` per step (computed once, in float64, before
+sampling).  With :math:`a = \alpha(t)/\alpha(t')` and :math:`G^2 = \sigma(t)^2 - a^2\sigma(t')^2`
+the exact forward transition is :math:`x_t = a\,x_{t'} + G\,z`:
+
+- ``euler_maruyama``: :math:`x' = x - h[f x - g^2 s] + g\sqrt h\,z` with :math:`h = t - t'`, all at t.
+- ``reverse_diffusion``: reverse the forward discretization (Song et al. 2021),
+  :math:`x' = x - (a - 1)x + G^2 s + G z`; DDPM's chain for VP, SMLD's for VE.
+- ``ancestral``: DDPM for VP, :math:`x' = (x + \beta s)/\sqrt{1-\beta} + \sqrt\beta z` with
+  :math:`\beta = 1 - a^2`; SMLD for variance-exploding SDEs,
+  :math:`x' = x + (\sigma^2 - \sigma'^2)s + \sqrt{\sigma'^2(\sigma^2 - \sigma'^2)/\sigma^2}\,z`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..sde import EDMSDE, VESDE, VPSDE, ForwardSDE
+
+__all__ = ["PREDICTORS", "CORRECTORS", "predictor_coefficients", "corrector_alphas", "ancestral_supports"]
+
+Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+#: Langevin is the only corrector (score_sde's "ald" is the same step with a different size rule).
+CORRECTORS = ("langevin",)
+
+
+def _transition(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, G^2)`` of the exact forward transition :math:`x_{t_{hi}} = a\\,x_{t_{lo}} + G z`."""
+    alpha_hi, sigma_hi = sde.marginal(t_hi)
+    alpha_lo, sigma_lo = sde.marginal(t_lo)
+    a = alpha_hi / alpha_lo
+    return a, (sigma_hi**2 - a**2 * sigma_lo**2).clamp(min=0.0)
+
+
+def _euler_maruyama(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> Coefficients:
+    h = t_hi - t_lo
+    g = sde.diffusion(t_hi)
+    return 1.0 - h * sde.drift_coef(t_hi), h * g**2, g * h.sqrt()
+
+
+def _reverse_diffusion(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> Coefficients:
+    a, g2 = _transition(sde, t_hi, t_lo)
+    return 2.0 - a, g2, g2.sqrt()
+
+
+def ancestral_supports(sde: ForwardSDE) -> bool:
+    """Whether ancestral sampling is defined for ``sde``: VP (DDPM) or variance-exploding (SMLD)."""
+    return isinstance(sde, (VPSDE, VESDE, EDMSDE))
+
+
+def _ancestral(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> Coefficients:
+    if isinstance(sde, VPSDE):
+        a, _ = _transition(sde, t_hi, t_lo)
+        beta = -torch.expm1(2 * torch.log(a))
+        return 1.0 / a, beta / a, beta.sqrt()
+    _, sigma_hi = sde.marginal(t_hi)
+    _, sigma_lo = sde.marginal(t_lo)
+    gap = sigma_hi**2 - sigma_lo**2
+    return torch.ones_like(gap), gap, (sigma_lo**2 * gap / sigma_hi**2).sqrt()
+
+
+#: Predictor name -> rule ``(sde, t_hi, t_lo) -> (c_x, c_s, c_z)`` over the grid's steps.
+PREDICTORS: dict[str, Callable[[ForwardSDE, torch.Tensor, torch.Tensor], Coefficients]] = {
+    "reverse_diffusion": _reverse_diffusion,
+    "euler_maruyama": _euler_maruyama,
+    "ancestral": _ancestral,
+}
+
+
+def predictor_coefficients(name: str, sde: ForwardSDE, ts: torch.Tensor) -> Coefficients:
+    """Coefficients ``(c_x, c_s, c_z)``, each ``(N,)``, of predictor ``name`` on the decreasing grid ``ts`` (N+1)."""
+    return PREDICTORS[name](sde, ts[:-1], ts[1:])
+
+
+def corrector_alphas(sde: ForwardSDE, ts: torch.Tensor) -> torch.Tensor:
+    r"""score_sde's factor :math:`\alpha_i = a_i^2 = 1 - \beta_i` of the Langevin step at ``ts[i+1]``, shape ``(N,)``.
+
+    It is :math:`1 - \beta_i` of the step into ``ts[i+1]`` for VP and sub-VP and 1 for VE.
+    """
+    a, _ = _transition(sde, ts[:-1], ts[1:])
+    return a**2

@@ -1,0 +1,64 @@
+r"""What every native solver shares: the grid coefficients and the noise / data predictions of a score.
+
+With :math:`x_t = \alpha x_0 + \sigma\varepsilon` and :math:`\lambda = \log(\alpha/\sigma)`, a score
+:math:`s(x, t)` gives the noise prediction :math:`\hat\varepsilon = -\sigma s` and the data (Tweedie)
+prediction :math:`\hat x_0 = (x + \sigma^2 s)/\alpha`; the solvers integrate the probability-flow ODE
+written with either of them, exactly in its linear part (Lu et al. 2022).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+from .._tensor import right_pad
+from ..dynamics.counting import CountedScore
+from ..sde import ForwardSDE
+
+__all__ = ["NativeSolver", "ScorePredictions"]
+
+
+class ScorePredictions:
+    """Noise and data predictions of a counted score, and :math:`(\\alpha, \\sigma, \\lambda)` at scalar times."""
+
+    def __init__(self, score: CountedScore, sde: ForwardSDE) -> None:
+        self.score, self.sde = score, sde
+
+    def coefs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(alpha, sigma, lambda)`` at a 0-dim time ``t``."""
+        alpha, sigma = self.sde.marginal(t)
+        return alpha, sigma, torch.log(alpha) - torch.log(sigma)
+
+    def time_at(self, lam: torch.Tensor) -> torch.Tensor:
+        """The time whose log-SNR is ``lam``."""
+        return self.sde.t_from_log_snr(lam)
+
+    def noise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\hat\varepsilon(x, t) = -\sigma(t)\, s(x, t)` (one NFE)."""
+        sigma = self.sde.marginal(t)[1]
+        return -right_pad(sigma, x) * self.score(x, t)
+
+    def data(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\hat x_0(x, t) = (x + \sigma^2 s(x, t))/\alpha` (one NFE)."""
+        alpha, sigma = self.sde.marginal(t)
+        return (x + right_pad(sigma**2, x) * self.score(x, t)) / right_pad(alpha, x)
+
+
+class NativeSolver(ABC):
+    """A fixed-grid probability-flow ODE solver written in scoreflow (one the libraries lack).
+
+    Class attributes:
+        order: global order of accuracy in the step size (checked by the order tests).
+        default_schedule: the step schedule it is designed for (see ``sampling.schedules``).
+        options: names of the keyword options its constructor accepts.
+    """
+
+    order: ClassVar[int]
+    default_schedule: ClassVar[str] = "log_snr"
+    options: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        """Integrate from ``x`` at ``ts[0]`` through the decreasing grid ``ts``; return the states at every ``ts[i]``."""

@@ -1,0 +1,143 @@
+"""Analytic laws: densities, exact scores and perturbed marginals against independent references."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.stats import multivariate_normal
+
+import scoreflow as sf
+from scoreflow.metrics import moment_standard_errors
+
+SDES = [sf.VPSDE(), sf.SubVPSDE(), sf.VESDE(), sf.EDMSDE()]
+
+
+def _random_mixture(seed: int, k: int, d: int) -> sf.analytic.GaussianMixture:
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.rand(k, generator=g, dtype=torch.float64) + 0.1
+    means = 2 * torch.randn(k, d, generator=g, dtype=torch.float64)
+    a = torch.randn(k, d, d, generator=g, dtype=torch.float64)
+    covs = a @ a.transpose(1, 2) / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    return sf.analytic.GaussianMixture(weights, means, covs)
+
+
+mixtures = st.builds(_random_mixture, st.integers(0, 10_000), st.integers(1, 4), st.integers(1, 5))
+
+
+@given(mixtures, st.sampled_from(SDES), st.floats(0.0, 1.0), st.integers(0, 10_000))
+def test_score_is_gradient_of_marginal_log_prob(law, sde, u, seed):
+    t = sde.t_min + u * (sde.T - sde.t_min)
+    g = torch.Generator().manual_seed(seed)
+    marginal = law.marginal(sde, t)
+    x = marginal.sample(6, generator=g).requires_grad_(True)
+    (grad,) = torch.autograd.grad(marginal.log_prob(x).sum(), x)
+    score = law.score(sde)(x.detach(), torch.full((6,), t, dtype=torch.float64))
+    assert torch.allclose(score, grad, rtol=1e-8, atol=1e-10 * float(grad.abs().max() + 1))
+
+
+@given(mixtures, st.sampled_from(SDES), st.integers(0, 10_000))
+def test_score_with_per_sample_times_matches_scalar_times(law, sde, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = sde.t_min + torch.rand(5, generator=g, dtype=torch.float64) * (sde.T - sde.t_min)
+    x = torch.randn(5, law.dim, generator=g, dtype=torch.float64)
+    batched = law.score(sde)(x, t)
+    one_by_one = torch.cat([law.score(sde)(x[i : i + 1], t[i]) for i in range(5)])
+    assert torch.allclose(batched, one_by_one, rtol=1e-10, atol=1e-12)
+
+
+def test_log_prob_matches_scipy():
+    law = _random_mixture(0, 3, 4)
+    x = torch.randn(10, 4, dtype=torch.float64)
+    ref = np.log(
+        sum(
+            float(w) * multivariate_normal(m.numpy(), c.numpy()).pdf(x.numpy())
+            for w, m, c in zip(law.weights, law.means, law.covs)
+        )
+    )
+    assert np.allclose(law.log_prob(x).numpy(), ref, rtol=1e-10)
+
+
+def test_marginal_sampling_matches_noising_samples():
+    """Sampling p_t directly and noising samples of p_0 agree within Monte-Carlo error."""
+    law = _random_mixture(5, 3, 2)
+    sde = sf.VPSDE()
+    t = 0.3
+    n = 20_000
+    g = torch.Generator().manual_seed(0)
+    x0 = law.sample(n, generator=g)
+    alpha, sigma = sde.marginal(torch.tensor(t, dtype=torch.float64))
+    noised = alpha * x0 + sigma * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    direct = law.marginal(sde, t).sample(n, generator=g)
+    se_mean, se_cov = moment_standard_errors(direct, n)
+    # the difference of two independent estimates has sqrt(2) times the standard error
+    assert ((noised.mean(0) - direct.mean(0)).abs() < 5 * np.sqrt(2) * se_mean).all()
+    assert ((torch.cov(noised.T) - torch.cov(direct.T)).abs() < 5 * np.sqrt(2) * se_cov).all()
+    # and both agree with the closed-form moments of the marginal
+    exact = law.marginal(sde, t)
+    assert ((direct.mean(0) - exact.mean).abs() < 5 * se_mean).all()
+    assert ((torch.cov(direct.T) - exact.covariance).abs() < 5 * se_cov).all()
+
+
+def test_batched_marginal_samples_each_row_at_its_time():
+    law = sf.analytic.Gaussian(torch.zeros(1, dtype=torch.float64), torch.eye(1, dtype=torch.float64))
+    sde = sf.VESDE(0.01, 50.0)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64).repeat(5000)
+    x = law.marginal(sde, t).sample(10_000, generator=torch.Generator().manual_seed(0))
+    std_small, std_big = x[0::2].std(), x[1::2].std()
+    assert abs(float(std_small) - 1.0) < 0.05
+    assert abs(float(std_big) - 50.0) < 2.5
+
+
+def test_gaussian_flow_map_solves_the_probability_flow_ode():
+    """The closed-form flow map satisfies dx/dt = f x - g^2/2 s (finite differences)."""
+    law = sf.analytic.Gaussian(
+        torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
+    )
+    for sde in SDES:
+        x_T = torch.randn(4, 2, dtype=torch.float64)
+        t, h = 0.4 * sde.T, 1e-5 * sde.T
+        path = lambda s: law.flow_map(sde, x_T, sde.T, s)  # noqa: E731
+        dxdt = (path(t + h) - path(t - h)) / (2 * h)
+        x = path(t)
+        tt = torch.full((4,), t, dtype=torch.float64)
+        rhs = sde.drift(x, tt) - 0.5 * sde.diffusion(tt)[:, None] ** 2 * law.score(sde)(x, tt)
+        assert torch.allclose(dxdt, rhs, rtol=1e-6, atol=1e-8)
+
+
+def test_event_shape_reshapes_data():
+    cov = torch.eye(6, dtype=torch.float64)
+    law = sf.analytic.Gaussian(torch.zeros(6, dtype=torch.float64), cov, event_shape=(2, 3))
+    x = law.sample(4, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4, 2, 3)
+    ref = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(dim=(1, 2))
+    assert torch.allclose(law.log_prob(x), ref)
+    assert law.score(sf.VPSDE())(x, 0.5).shape == x.shape
+
+
+def test_mixture_moments_are_law_of_total_covariance():
+    law = _random_mixture(3, 3, 2)
+    x = law.sample(100_000, generator=torch.Generator().manual_seed(1))
+    se_mean, se_cov = moment_standard_errors(x, x.shape[0])
+    assert ((x.mean(0) - law.mean).abs() < 5 * se_mean).all()
+    assert ((torch.cov(x.T) - law.covariance).abs() < 5 * se_cov).all()
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((torch.ones(2), torch.zeros(3, 2), torch.eye(2).expand(3, 2, 2)), "one K and D"),
+        ((torch.tensor([1.0, -1.0]), torch.zeros(2, 2), torch.eye(2).expand(2, 2, 2)), "non-negative"),
+        ((torch.ones(1), torch.zeros(1, 2), torch.tensor([[[1.0, 0.0], [0.0, -1.0]]])), "positive-definite"),
+        ((torch.ones(1), torch.zeros(1, 2), torch.tensor([[[1.0, 0.5], [0.0, 1.0]]])), "symmetric"),
+    ],
+)
+def test_mixture_rejects_bad_parameters(args, match):
+    with pytest.raises(ValueError, match=match):
+        sf.analytic.GaussianMixture(*args)
+
+
+def test_log_prob_rejects_wrong_event_shape():
+    law = _random_mixture(0, 2, 3)
+    with pytest.raises(ValueError, match=r"expected x of shape \(B, \*\(3,\)\)"):
+        law.log_prob(torch.zeros(4, 2, dtype=torch.float64))

@@ -1,0 +1,122 @@
+"""The ``scoreflow`` command line on tiny configurations."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from scoreflow.cli import main
+
+
+def test_bench_writes_the_report_and_orders_agree(tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = [
+        "bench",
+        "--study",
+        "ode",
+        "sde",
+        "--ode-methods",
+        "euler,midpoint",
+        "--sde-methods",
+        "euler",
+        "--max-nfe",
+        "128",
+        "--sde-max-nfe",
+        "8",
+        "--n",
+        "16",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"report written to {out / 'report.md'}" in printed
+    assert "orders that disagree with theory: none" in printed
+    for name in ("report.md", "ode.json", "sde.json", "ode_error.png", "sde_strong_error.png", "sde_weak_error.png"):
+        assert (out / name).stat().st_size > 0, name
+    ode = json.loads((out / "ode.json").read_text())
+    # One row per method x step count, each within the NFE budget.
+    assert len(ode["rows"]) == len({(r["method"], r["value"]) for r in ode["rows"]})
+    assert {r["method"] for r in ode["rows"]} == {"euler", "midpoint"}
+    assert all(r["nfe"] <= 128 for r in ode["rows"])
+    measured = {o["method"]: o["measured"] for o in ode["orders"]}
+    assert measured["euler"] == pytest.approx(1, abs=0.3)
+    assert measured["midpoint"] == pytest.approx(2, abs=0.4)
+    sde = json.loads((out / "sde.json").read_text())
+    strong = next(o for o in sde["orders"] if o["metric"] == "strong_error")
+    assert strong["measured"] == pytest.approx(1, abs=0.3)
+    assert "scoreflow bench --study ode sde" in (out / "report.md").read_text()
+
+
+def test_bench_without_the_bench_extra_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["bench", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "matplotlib not installed; install the bench extra" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_sample_prints_errors_and_saves_samples(tmp_path, capsys):
+    path = tmp_path / "x.pt"
+    assert (
+        main(
+            [
+                "sample",
+                "--problem",
+                "gaussian2d",
+                "--sampler",
+                "sde",
+                "--method",
+                "euler",
+                "--steps",
+                "50",
+                "--n",
+                "200",
+                "--out",
+                str(path),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert re.search(r"NFE 50\b", printed)  # one score call per Euler step
+    w2 = float(re.search(r"w2 ([0-9.]+)", printed).group(1))
+    assert w2 < 0.5
+    assert torch.load(path).shape == (200, 2)
+
+
+def test_likelihood_matches_the_exact_log_density(capsys):
+    assert main(["likelihood", "--problem", "gaussian2d", "--n", "8", "--tol", "1e-7", "--exact-prior"]) == 0
+    printed = capsys.readouterr().out
+    err = float(re.search(r"mean \|error\| ([0-9.e+-]+)", printed).group(1))
+    assert err < 1e-5
+    nfe, vjp = map(int, re.search(r"NFE (\d+) \(\+(\d+) VJPs\)", printed).groups())
+    assert vjp >= 2 * (nfe - 1)  # the exact trace takes D = 2 VJPs per evaluation
+    assert main(["likelihood", "--problem", "gaussian2d", "--n", "8", "--trace", "hutchinson", "--tol", "1e-3"]) == 0
+    nfe, vjp = map(int, re.search(r"NFE (\d+) \(\+(\d+) VJPs\)", capsys.readouterr().out).groups())
+    assert vjp < nfe  # one probe: one VJP per evaluation
+
+
+@pytest.mark.parametrize("command", ["bench", "sample", "likelihood", "demo"])
+def test_help_describes_each_command(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: scoreflow {command}" in text and "--seed" in text
+
+
+def test_bad_choice_is_rejected_with_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--problem", "moons"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'moons'" in capsys.readouterr().err
+
+
+def test_unknown_study_method_names_the_registry(tmp_path):
+    with pytest.raises(ValueError, match="argument 'methods'.*'dopri5'"):
+        main(["bench", "--study", "ode", "--ode-methods", "rk45", "--out", str(tmp_path), "--no-progress"])

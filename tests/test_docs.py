@@ -1,0 +1,33 @@
+"""Every ```python block of every docs page and of the README runs as written.
+
+The blocks of one page share a namespace, in order, as a reader would run them.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def python_blocks(page: Path) -> list[str]:
+    return BLOCK.findall(page.read_text(encoding="utf-8"))
+
+
+def test_block_extraction_finds_fenced_python_only():
+    text = 'intro\n```python\na = 1\n```\n```bash\nexit 1\n```\n```python title="x"\nb = a + 1\n```\n'
+    assert BLOCK.findall(text) == ["a = 1\n", "b = a + 1\n"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_page_code_runs(page, tmp_path, monkeypatch):
+    blocks = python_blocks(page)
+    if not blocks:
+        pytest.skip(f"{page.name} has no python blocks")
+    monkeypatch.chdir(tmp_path)  # blocks that write files write them here
+    namespace: dict = {"__name__": f"docs_{page.stem}"}
+    for i, code in enumerate(blocks, 1):
+        exec(compile(code, f"{page.relative_to(ROOT)} (python block {i})", "exec"), namespace)

@@ -1,0 +1,105 @@
+"""Step schedules: exact end points, monotonicity, and the defining spacing of each grid."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import scoreflow as sf
+from scoreflow.sampling import SCHEDULES, time_grid
+
+SDES = {"vp": sf.VPSDE(), "subvp": sf.SubVPSDE(), "ve": sf.VESDE(), "edm": sf.EDMSDE()}
+
+
+@pytest.mark.parametrize("sde_name", SDES)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_grid_starts_at_T_ends_exactly_at_t_min_and_decreases(sde_name, schedule):
+    sde = SDES[sde_name]
+    ts = time_grid(sde, 12, schedule)
+    assert ts.shape == (13,) and ts.dtype == torch.float64
+    assert ts[0].item() == sde.T and ts[-1].item() == sde.t_min
+    assert (ts[1:] < ts[:-1]).all()
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+def test_log_snr_grid_has_equal_log_snr_steps(sde_name):
+    sde = SDES[sde_name]
+    lam = sde.log_snr(time_grid(sde, 20, "log_snr"))
+    steps = lam[1:] - lam[:-1]
+    expected = (sde.log_snr(torch.tensor(sde.t_min, dtype=torch.float64)) - sde.log_snr(torch.tensor(sde.T, dtype=torch.float64))) / 20
+    torch.testing.assert_close(steps, expected.expand(20), rtol=1e-8, atol=0)
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve", "edm"])
+def test_capped_grid_is_uniform_in_the_log_of_the_capped_noise_level(sde_name):
+    # log(sigma_bar / (1 + sigma_bar / cap)) with sigma_bar = sigma / alpha, computed from the grid's times.
+    sde, cap = SDES[sde_name], 3.0
+    alpha, sigma = sde.marginal(time_grid(sde, 16, "log_snr_capped", sigma_cap=cap))
+    sigma_bar = sigma / alpha
+    v = torch.log(sigma_bar / (1 + sigma_bar / cap))
+    diffs = v[1:] - v[:-1]
+    torch.testing.assert_close(diffs, diffs.mean().expand(16), rtol=1e-8, atol=0)
+
+
+def test_capped_grid_is_the_log_snr_grid_below_the_cap_and_sparser_above():
+    sde = sf.VPSDE()
+    torch.testing.assert_close(time_grid(sde, 12, "log_snr_capped", sigma_cap=1e12), time_grid(sde, 12, "log_snr"), rtol=1e-9, atol=0)
+    lam_capped, lam_uniform = (sde.log_snr(time_grid(sde, 12, s)) for s in ("log_snr_capped", "log_snr"))
+    # The first step (sigma_bar from ~150 down) is longer, so the same steps are shorter at low noise.
+    assert lam_capped[1] - lam_capped[0] > 2 * (lam_uniform[1] - lam_uniform[0])
+    assert lam_capped[-1] - lam_capped[-2] < lam_uniform[-1] - lam_uniform[-2]
+
+
+def test_karras_grid_matches_the_edm_formula_where_sigma_is_time():
+    # Under EDMSDE sigma-bar = t, so the grid must be Karras et al.'s eq. (5) itself.
+    sde, n, rho = sf.EDMSDE(sigma_min=0.002, sigma_max=80.0), 18, 7.0
+    i = torch.arange(n + 1, dtype=torch.float64)
+    edm = (80.0 ** (1 / rho) + i / n * (0.002 ** (1 / rho) - 80.0 ** (1 / rho))) ** rho
+    torch.testing.assert_close(time_grid(sde, n, "karras", rho=rho), edm, rtol=1e-10, atol=0)
+
+
+def test_karras_grid_under_vp_is_uniform_in_sigma_bar_to_the_one_over_rho():
+    sde, rho = sf.VPSDE(), 5.0
+    alpha, sigma = sde.marginal(time_grid(sde, 15, "karras", rho=rho))
+    root = (sigma / alpha) ** (1 / rho)
+    diffs = root[1:] - root[:-1]
+    torch.testing.assert_close(diffs, diffs.mean().expand(15), rtol=1e-8, atol=0)
+
+
+def test_uniform_t_grid_and_custom_t_min_dtype_device():
+    sde = sf.VPSDE()
+    ts = time_grid(sde, 4, "t", t_min=0.2, dtype=torch.float32)
+    assert ts.dtype == torch.float32
+    torch.testing.assert_close(ts, torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2]))
+
+
+@given(
+    steps=st.integers(1, 60),
+    schedule=st.sampled_from(SCHEDULES),
+    sde_name=st.sampled_from(sorted(SDES)),
+    frac=st.floats(1e-4, 0.9),
+    rho=st.floats(1.0, 10.0),
+)
+def test_every_grid_is_monotone_with_exact_ends(steps, schedule, sde_name, frac, rho):
+    sde = SDES[sde_name]
+    t_min = frac * sde.T
+    ts = time_grid(sde, steps, schedule, t_min=t_min, rho=rho)
+    assert ts.shape == (steps + 1,)
+    assert ts[0].item() == sde.T and ts[-1].item() == t_min
+    assert (ts[1:] < ts[:-1]).all() and torch.isfinite(ts).all()
+
+
+def test_bad_arguments_are_rejected_with_the_fix():
+    sde = sf.VPSDE()
+    with pytest.raises(ValueError, match="time_grid: argument 'schedule' expected one of 't', 'log_snr', 'karras'"):
+        time_grid(sde, 10, "cosine")
+    with pytest.raises(ValueError, match="'steps' expected an int >= 1, got 0"):
+        time_grid(sde, 0)
+    with pytest.raises(TypeError, match="'steps' expected an int"):
+        time_grid(sde, 2.5)
+    with pytest.raises(ValueError, match="'rho' expected a finite number > 0"):
+        time_grid(sde, 10, "karras", rho=-1.0)
+    with pytest.raises(ValueError, match=r"'t_min' expected a time in \(0, T=1\)"):
+        time_grid(sde, 10, t_min=1.5)
+    with pytest.raises(ValueError, match="'sigma_cap' expected a finite number > 0"):
+        time_grid(sde, 10, "log_snr_capped", sigma_cap=0.0)
