@@ -152,6 +152,32 @@ def check_finite(value: torch.Tensor, t: Any, *, what: str) -> None:
         )
 
 
+def check_instance(fn: str, name: str, value: Any, cls: type, example: str) -> Any:
+    """Check that ``value`` is an instance of ``cls``; ``example`` shows how to build one."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{fn}: argument '{name}' expected a {cls.__name__} (e.g. {example}), got {_describe(value)}.")
+    return value
+
+
+def check_probability(fn: str, name: str, value: Any) -> float:
+    """Check that ``value`` is a number in the open interval (0, 1); return it as float."""
+    v = check_positive(fn, name, value)
+    if not v < 1:
+        raise ValueError(f"{fn}: argument '{name}' expected a probability in (0, 1), got {v!r}.")
+    return v
+
+
+def check_output(fn: str, what: str, out: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """Check that a user function's output ``out`` is a finite tensor of the given ``shape``."""
+    if not torch.is_tensor(out):
+        raise TypeError(f"{fn}: {what} returned {_describe(out)}; expected a tensor of shape {shape}.")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{fn}: {what} returned shape {tuple(out.shape)}; expected shape {tuple(shape)}.")
+    if not bool(torch.isfinite(out).all()):
+        raise AssertionError(f"{fn}: {what} returned NaN or infinite values.")
+    return out
+
+
 def check_autocast(fn: str, dtype: Any) -> torch.dtype | None:
     """Check an ``autocast`` argument: ``None`` or a reduced floating dtype accepted by ``torch.autocast``."""
     valid = (torch.bfloat16, torch.float16)
