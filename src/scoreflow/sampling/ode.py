@@ -136,13 +136,7 @@ def sample_ode(
         solver = SOLVERS[method](**check_options(fn, options, SOLVERS[method].options))
         ts = _grid(sde, steps, schedule, solver.default_schedule, t_min, x_T)
         with grad_mode(enable_grad):
-            counted = start_counted(fn, score, sde, x_T, sde.T)
-            states = solver.solve(ScorePredictions(counted, sde), ts, x_T)
-            traj = torch.stack(states) if return_trajectory else None
-            samples = states[-1]
-            if denoise_final:
-                samples = tweedie_denoise(counted, sde, samples, t_min)
-        return SampleResult(samples, counted.nfe, ts if return_trajectory else None, traj)
+            return _solve_native(solver, score, sde, x_T, ts, t_min, return_trajectory, denoise_final)
 
     time = time or "t"
     opts = dict(options or {})
@@ -164,6 +158,27 @@ def sample_ode(
         ts = _grid(sde, steps, schedule, _DEFAULT_SCHEDULE[time], t_min, x_T)
     else:
         ts = torch.tensor([sde.T, t_min], dtype=x_T.dtype, device=x_T.device)
+    with grad_mode(enable_grad):
+        return _solve_torchdiffeq(
+            method, score, sde, x_T, ts, t_min, time, fixed, rtol, atol, opts, return_trajectory, denoise_final
+        )
+
+
+def _solve_native(solver, score, sde, x_T, ts, t_min, return_trajectory, denoise_final) -> SampleResult:
+    """Run one of scoreflow's own solvers on the grid ``ts`` (validation done by :func:`sample_ode`)."""
+    counted = start_counted("sample_ode", score, sde, x_T, sde.T)
+    states = solver.solve(ScorePredictions(counted, sde), ts, x_T)
+    samples = states[-1]
+    if denoise_final:
+        samples = tweedie_denoise(counted, sde, samples, t_min)
+    traj = torch.stack(states) if return_trajectory else None
+    return SampleResult(samples, counted.nfe, ts if return_trajectory else None, traj)
+
+
+def _solve_torchdiffeq(
+    method, score, sde, x_T, ts, t_min, time, fixed, rtol, atol, opts, return_trajectory, denoise_final
+) -> SampleResult:
+    """Integrate with torchdiffeq in the time variable ``time`` between the t-grid ``ts`` (validated)."""
     if time == "t":
         us, y_T = ts, x_T
     else:
@@ -174,23 +189,19 @@ def sample_ode(
         # torchdiffeq's adaptive solvers otherwise step past the last time and interpolate
         # back, evaluating the score below t_min (where sigma(t)^2 may be negative).
         opts.setdefault("step_t", us[-1:])
-
-    with grad_mode(enable_grad):
-        if time == "t":
-            counted = start_counted(fn, score, sde, x_T, sde.T)
-            func = ProbabilityFlowODE(counted, sde)
-        else:
-            # The first evaluation of the vector field is at (alpha y_T, ts[0]): check and count it there.
-            counted = start_counted(fn, score, sde, right_pad(sde.marginal(ts[0])[0], x_T) * y_T, ts[0])
-            func = ScaledProbabilityFlowODE(counted, sde, time)
-        traj = torchdiffeq.odeint(
-            func, y_T, us, method=_ALIASES.get(method, method), rtol=rtol, atol=atol, options=opts or None
-        )
-        if time != "t":
-            traj = traj * right_pad(sde.marginal(ts)[0], traj)
-        samples = traj[-1]
-        if denoise_final:
-            samples = tweedie_denoise(counted, sde, samples, t_min)
+    if time == "t":
+        counted = start_counted("sample_ode", score, sde, x_T, sde.T)
+        func = ProbabilityFlowODE(counted, sde)
+    else:
+        # The first evaluation of the vector field is at (alpha y_T, ts[0]): check and count it there.
+        counted = start_counted("sample_ode", score, sde, right_pad(sde.marginal(ts[0])[0], x_T) * y_T, ts[0])
+        func = ScaledProbabilityFlowODE(counted, sde, time)
+    traj = torchdiffeq.odeint(func, y_T, us, method=_ALIASES.get(method, method), rtol=rtol, atol=atol, options=opts or None)
+    if time != "t":
+        traj = traj * right_pad(sde.marginal(ts)[0], traj)
+    samples = traj[-1]
+    if denoise_final:
+        samples = tweedie_denoise(counted, sde, samples, t_min)
     return SampleResult(
         samples=samples,
         nfe=counted.nfe,
