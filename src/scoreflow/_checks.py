@@ -322,11 +322,7 @@ def check_sde(fn: str, sde: Any) -> Any:
     """Check that ``sde`` is a :class:`scoreflow.ForwardSDE`; return it."""
     from .sde import ForwardSDE  # sde.py itself uses this module's checks
 
-    if not isinstance(sde, ForwardSDE):
-        raise TypeError(
-            f"{fn}: argument 'sde' expected a ForwardSDE (e.g. scoreflow.VPSDE()), got {type(sde).__name__}."
-        )
-    return sde
+    return check_instance(fn, "sde", sde, ForwardSDE, "scoreflow.VPSDE()")
 
 
 def resolve_t_min(fn: str, sde: Any, t_min: Any) -> float:

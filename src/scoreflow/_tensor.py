@@ -32,3 +32,8 @@ def right_pad(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def flat_dim(x: torch.Tensor) -> int:
     """Number of data dimensions ``prod(D)`` of a batch ``x`` of shape ``(B, *D)``."""
     return x[0].numel()
+
+
+def standard_normal(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    r"""Noise :math:`\varepsilon \sim N(0, I)` shaped, typed and placed like ``x``, drawn from ``generator``."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)

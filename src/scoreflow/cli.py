@@ -98,16 +98,22 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analytic_problem(args: argparse.Namespace):
+    """The reference problem named by ``--problem``/``--sde``, its law in ``--dtype``, and a generator seeded by ``--seed``."""
+    from .testing import make_problem
+
+    problem = make_problem(args.problem, args.sde)
+    law = problem.law.to(_dtype(args.dtype))
+    return problem, law, problem.sde, torch.Generator().manual_seed(args.seed)
+
+
 def _sample(args: argparse.Namespace) -> int:
     """Sample an analytic problem by PF-ODE or reverse SDE and print NFE and errors against the exact law."""
     from . import sample_ode, sample_sde
     from .bench.sde import distribution_errors
-    from .testing import make_problem
 
-    problem = make_problem(args.problem, args.sde)
-    dtype = _dtype(args.dtype)
-    law, sde = problem.law.to(dtype), problem.sde
-    g = torch.Generator().manual_seed(args.seed)
+    problem, law, sde, g = _analytic_problem(args)
+    dtype = law.means.dtype
     x_T = sde.prior_sample((args.n, *law.event_shape), generator=g, dtype=dtype)
     setting = {"steps": args.steps} if args.steps else {}
     start = time.perf_counter()
@@ -135,12 +141,8 @@ def _sample(args: argparse.Namespace) -> int:
 def _likelihood(args: argparse.Namespace) -> int:
     """Log-likelihood of exact samples of an analytic problem, compared with the exact log-density."""
     from . import log_likelihood
-    from .testing import make_problem
 
-    problem = make_problem(args.problem, args.sde)
-    dtype = _dtype(args.dtype)
-    law, sde = problem.law.to(dtype), problem.sde
-    g = torch.Generator().manual_seed(args.seed)
+    problem, law, sde, g = _analytic_problem(args)
     x = law.marginal(sde, sde.t_min).sample(args.n, generator=g)
     start = time.perf_counter()
     prior = law.marginal(sde, sde.T).log_prob if args.exact_prior else None

@@ -39,9 +39,6 @@ def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_sample.mean() if reduction == "mean" else per_sample
 
 
-def standard_normal(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Noise :math:`\\varepsilon \\sim N(0, I)` shaped, typed and placed like ``x``."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def check_weights(fn: str, weights: object, batch: int, like: torch.Tensor) -> torch.Tensor:

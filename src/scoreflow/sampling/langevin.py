@@ -24,7 +24,7 @@ from .._checks import (
     check_score_output,
     check_sigmas,
 )
-from .._tensor import batch_time
+from .._tensor import batch_time, standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..errors import NonFiniteError
 from .result import SampleResult
@@ -56,10 +56,6 @@ def _start(fn: str, score: ScoreFn, x0: torch.Tensor, t0: float) -> CountedScore
     counted = CountedScore(score)
     counted.prime(x0, t, out)
     return counted
-
-
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def _sq_norm(v: torch.Tensor) -> torch.Tensor:
@@ -117,14 +113,14 @@ def langevin(
     with torch.no_grad():
         if lp is None:
             for k in range(n_steps):
-                x = x + eps * counted(x, k * eps) + noise_scale * _noise(x, generator)
+                x = x + eps * counted(x, k * eps) + noise_scale * standard_normal(x, generator)
             check_finite(x, n_steps * eps, what="Langevin state")
             return SampleResult(samples=x, nfe=counted.nfe, stats={"step_size": eps, "n_steps": n_steps})
 
         s = counted(x, 0.0)
         accepted = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         for k in range(n_steps):
-            z = _noise(x, generator)
+            z = standard_normal(x, generator)
             y = x + eps * s + noise_scale * z
             s_y = counted(y, (k + 1) * eps)
             lp_y = log_prob(y)
@@ -229,7 +225,7 @@ def annealed_langevin(
         for sigma, alpha in zip(sigma_x, alphas):
             noise_scale = math.sqrt(alpha)
             for _ in range(steps_per_sigma):
-                x = x + (0.5 * alpha) * counted(x, sigma) + noise_scale * _noise(x, generator)
+                x = x + (0.5 * alpha) * counted(x, sigma) + noise_scale * standard_normal(x, generator)
         if denoise_final:
             x = x + float(levels[-1]) ** 2 * counted(x, sigma_x[-1])
     check_finite(x, float(levels[-1]), what="Langevin state")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_choice, check_finite, check_generator, check_int, check_positive, check_sde, resolve_t_min
+from .._tensor import standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..sde import ForwardSDE
 from ._common import start_counted, tweedie_denoise
@@ -26,10 +27,6 @@ from .predictors import CORRECTORS, PREDICTORS, ancestral_supports, corrector_al
 from .result import SampleResult
 
 __all__ = ["sample_pc", "PREDICTORS", "CORRECTORS"]
-
-
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def _mean_norm(v: torch.Tensor) -> torch.Tensor:
@@ -49,7 +46,7 @@ def _langevin_correct(
     """``n_steps`` Langevin steps at time ``t`` with the signal-to-noise step size."""
     for _ in range(n_steps):
         s = score(x, t)
-        z = _noise(x, generator)
+        z = standard_normal(x, generator)
         step = 2 * alpha * (snr * _mean_norm(z) / _mean_norm(s)) ** 2
         x = x + step * s + torch.sqrt(2 * step) * z
     return x
@@ -130,7 +127,7 @@ def sample_pc(
     with torch.no_grad():
         for i in range(steps):
             if predictor is not None:
-                x = c_x[i] * x + c_s[i] * counted(x, ts_x[i]) + c_z[i] * _noise(x, generator)
+                x = c_x[i] * x + c_s[i] * counted(x, ts_x[i]) + c_z[i] * standard_normal(x, generator)
             if corrector is not None:
                 x = _langevin_correct(
                     counted, x, ts_x[i + 1], alpha=alphas[i], snr=snr, n_steps=n_corrector_steps, generator=generator

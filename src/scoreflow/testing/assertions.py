@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._checks import check_callable, check_generator, check_instance, check_int, check_output, check_positive
+from .._checks import check_callable, check_generator, check_instance, check_int, check_output, check_positive, check_sde
 from ..analytic import GaussianMixture
 from ..sde import ForwardSDE
 from .reference import describe_reference, reference_flow_map
@@ -21,7 +21,6 @@ __all__ = ["assert_flow_map", "assert_log_likelihood", "assert_score_matches", "
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _LAW_EXAMPLE = "scoreflow.analytic.Gaussian(mean, cov)"
-_SDE_EXAMPLE = "scoreflow.VPSDE()"
 
 
 def check_law(fn: str, law: object) -> GaussianMixture:
@@ -37,7 +36,7 @@ def check_law(fn: str, law: object) -> GaussianMixture:
 
 def check_law_sde(fn: str, law: object, sde: object) -> tuple[GaussianMixture, ForwardSDE]:
     """Check the (law, sde) pair every helper takes: an unbatched analytic law and a forward SDE."""
-    return check_law(fn, law), check_instance(fn, "sde", sde, ForwardSDE, _SDE_EXAMPLE)
+    return check_law(fn, law), check_sde(fn, sde)
 
 
 def _where(err: torch.Tensor) -> str:
