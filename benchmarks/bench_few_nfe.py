@@ -120,6 +120,9 @@ def run_scoreflow(law, sde, x_T, budgets):
         for tol in TOLERANCES:
             res = sf.sample_ode(score, sde, x_T, method="dopri5", time=time_var, rtol=tol, atol=tol)
             rows.append(dict(library="scoreflow", method=f"dopri5[{time_var}]", schedule="adaptive", tol=tol, nfe=res.nfe, x=res.samples))
+    for tol in TOLERANCES:
+        res = sf.sample_ode(score, sde, x_T, method="dpmpp_4m_pc_adaptive", rtol=tol, atol=tol)
+        rows.append(dict(library="scoreflow", method="dpmpp_4m_pc_adaptive", schedule="adaptive", tol=tol, nfe=res.nfe, x=res.samples))
     return rows
 
 

@@ -29,6 +29,9 @@ def _demo(args: argparse.Namespace) -> int:
     runs = {
         "ode dopri5 (rtol=atol=1e-5)": lambda: sample_ode(problem.score, sde, x_T, method="dopri5"),
         "ode dpmpp_3m_pc (20 steps)": lambda: sample_ode(problem.score, sde, x_T, method="dpmpp_3m_pc", steps=20),
+        "ode dpmpp_4m_pc_adaptive (1e-3)": lambda: sample_ode(
+            problem.score, sde, x_T, method="dpmpp_4m_pc_adaptive", rtol=1e-3, atol=1e-3
+        ),
         f"sde euler ({args.steps} steps)": lambda: sample_sde(
             problem.score, sde, x_T, method="euler", steps=args.steps, generator=g
         ),
@@ -173,7 +176,7 @@ def _likelihood(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sampling import ADAPTIVE_ODE_METHODS, FIXED_ODE_METHODS, SDE_METHODS
+    from .sampling import ADAPTIVE_ODE_METHODS, FIXED_ODE_METHODS, NATIVE_ADAPTIVE_ODE_METHODS, SDE_METHODS
     from .testing import LAWS, SDES
 
     parser = argparse.ArgumentParser(
@@ -258,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--method",
         default="dopri5",
-        help=f"ODE: {', '.join(ADAPTIVE_ODE_METHODS + FIXED_ODE_METHODS)}; SDE: {', '.join(SDE_METHODS)} (default: dopri5)",
+        help=f"ODE: {', '.join(ADAPTIVE_ODE_METHODS + NATIVE_ADAPTIVE_ODE_METHODS + FIXED_ODE_METHODS)}; SDE: {', '.join(SDE_METHODS)} (default: dopri5)",
     )
     sample.add_argument("--steps", type=int, default=None, help="steps of a fixed-step method (SDE default: 500)")
     sample.add_argument("--n", type=int, default=2000, help="number of samples (default: 2000)")

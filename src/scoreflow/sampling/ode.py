@@ -27,17 +27,21 @@ from ..dynamics.reparameterized import (
     to_time_variable,
 )
 from ..sde import ForwardSDE
-from ..solvers import SOLVER_ORDERS, SOLVERS, ScorePredictions
+from ..solvers import ADAPTIVE_SOLVERS, SOLVER_ORDERS, SOLVERS, ScorePredictions
 from ._common import grad_mode, start_counted, tweedie_denoise
 from .result import SampleResult
 from .schedules import SCHEDULES, time_grid
 
-__all__ = ["sample_ode", "ADAPTIVE_ODE_METHODS", "FIXED_ODE_METHODS", "NATIVE_ODE_METHODS", "ODE_ORDERS"]
+__all__ = [
+    "sample_ode", "ADAPTIVE_ODE_METHODS", "FIXED_ODE_METHODS", "NATIVE_ODE_METHODS", "NATIVE_ADAPTIVE_ODE_METHODS", "ODE_ORDERS",
+]
 
 #: torchdiffeq's adaptive (error-controlled) methods and their orders.
 ADAPTIVE_ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 #: scoreflow's own fixed-grid solvers (``scoreflow.solvers``): exponential integrators and EDM's Heun.
 NATIVE_ODE_METHODS = tuple(SOLVERS)
+#: scoreflow's own error-controlled solver: ``dpmpp_4m_pc`` with its log-SNR steps chosen by an embedded estimate.
+NATIVE_ADAPTIVE_ODE_METHODS = tuple(ADAPTIVE_SOLVERS)
 #: Fixed-grid methods: torchdiffeq's (``heun`` is scoreflow's alias of its ``heun2``; its Adams methods
 #: are left out, their start-up makes them unstable on VE problems), then the native ones.
 FIXED_ODE_METHODS = ("euler", "midpoint", "heun", "heun2", "heun3", "rk4") + NATIVE_ODE_METHODS
@@ -81,7 +85,8 @@ def sample_ode(
         score: score model ``score(x, t)`` with ``x`` of shape ``(B, *D)`` and ``t`` of shape ``(B,)``.
         sde: the forward SDE the score belongs to.
         x_T: initial states at time T, shape ``(B, *D)`` (e.g. ``sde.prior_sample``).
-        method: adaptive ``ADAPTIVE_ODE_METHODS`` or fixed-grid ``FIXED_ODE_METHODS`` (which include the native ones).
+        method: adaptive ``ADAPTIVE_ODE_METHODS`` (torchdiffeq's) or ``NATIVE_ADAPTIVE_ODE_METHODS``
+            (``"dpmpp_4m_pc_adaptive"``), or fixed-grid ``FIXED_ODE_METHODS`` (which include the native ones).
         rtol, atol: tolerances of adaptive methods.
         t_min: final time (default ``sde.t_min``).
         steps: number of steps of a fixed-grid method (give this or ``step_size``; native methods need ``steps``).
@@ -92,11 +97,13 @@ def sample_ode(
             Karras for ``"sigma"``; native methods default to the schedule they were designed for), or the grid
             itself, a decreasing 1-D tensor of times from T to ``t_min`` (e.g. ``time_grid`` with its options);
             ``steps`` may then be omitted.
-        return_trajectory: also return the states at every grid time (fixed-grid) or at ``T`` and ``t_min`` (adaptive).
+        return_trajectory: also return the states at every grid time (fixed-grid), at every accepted step
+            (``dpmpp_4m_pc_adaptive``) or at ``T`` and ``t_min`` (torchdiffeq's adaptive methods).
         denoise_final: finish with Tweedie's denoising step :math:`(x + \sigma^2 s)/\alpha` at ``t_min`` (one NFE).
         enable_grad: keep the autograd graph (for differentiating through the sampler); off by default.
         options: extra torchdiffeq options (e.g. ``{"max_num_steps": 10_000}``), or a native solver's
-            options (e.g. ``{"lower_order_final": False}`` for the multistep methods).
+            options (e.g. ``{"lower_order_final": False}`` for the multistep methods, ``{"h_init": 0.5}`` for
+            ``dpmpp_4m_pc_adaptive``, whose ``stats`` report its accepted and rejected steps).
 
     Returns:
         A :class:`SampleResult` with ``samples`` at ``t_min``, ``nfe`` and (with a trajectory) ``times`` in t.
@@ -111,11 +118,23 @@ def sample_ode(
     """
     fn = "sample_ode"
     check_sde(fn, sde)
-    check_choice(fn, "method", method, ADAPTIVE_ODE_METHODS + FIXED_ODE_METHODS)
+    check_choice(fn, "method", method, ADAPTIVE_ODE_METHODS + FIXED_ODE_METHODS + NATIVE_ADAPTIVE_ODE_METHODS)
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x_T", x_T)
     if time is not None:
         check_choice(fn, "time", time, TIME_VARIABLES)
+    if method in ADAPTIVE_SOLVERS:
+        if steps is not None or step_size is not None or schedule is not None or time is not None:
+            raise ValueError(
+                f"{fn}: the adaptive method {method!r} chooses its own log-SNR steps from rtol/atol; omit "
+                f"'steps', 'step_size', 'schedule' and 'time' (got steps={steps!r}, step_size={step_size!r}, "
+                f"schedule={'a tensor' if torch.is_tensor(schedule) else repr(schedule)}, time={time!r})."
+            )
+        solver = ADAPTIVE_SOLVERS[method](**check_options(fn, options, ADAPTIVE_SOLVERS[method].options))
+        check_positive(fn, "rtol", rtol)
+        check_positive(fn, "atol", atol)
+        with grad_mode(enable_grad):
+            return _solve_native_adaptive(solver, score, sde, x_T, t_min, rtol, atol, return_trajectory, denoise_final)
     if torch.is_tensor(schedule):
         if method not in FIXED_ODE_METHODS:
             raise ValueError(f"{fn}: a grid of times ('schedule') applies to fixed-grid methods; the adaptive method {method!r} uses rtol/atol.")
@@ -173,6 +192,20 @@ def _solve_native(solver, score, sde, x_T, ts, t_min, return_trajectory, denoise
         samples = tweedie_denoise(counted, sde, samples, t_min)
     traj = torch.stack(states) if return_trajectory else None
     return SampleResult(samples, counted.nfe, ts if return_trajectory else None, traj)
+
+
+def _solve_native_adaptive(solver, score, sde, x_T, t_min, rtol, atol, return_trajectory, denoise_final) -> SampleResult:
+    """Run scoreflow's error-controlled solver from T to ``t_min`` (validation done by :func:`sample_ode`)."""
+    counted = start_counted("sample_ode", score, sde, x_T, sde.T)
+    ends = torch.tensor([sde.T, t_min], dtype=x_T.dtype, device=x_T.device)
+    times, states, rejected = solver.solve(ScorePredictions(counted, sde), ends[0], ends[1], x_T, rtol, atol)
+    samples = states[-1]
+    if denoise_final:
+        samples = tweedie_denoise(counted, sde, samples, t_min)
+    stats = {"steps": len(times) - 1, "rejected_steps": rejected}
+    if not return_trajectory:
+        return SampleResult(samples, counted.nfe, stats=stats)
+    return SampleResult(samples, counted.nfe, torch.stack(times), torch.stack(states), stats)
 
 
 def _solve_torchdiffeq(

@@ -4,6 +4,7 @@ Each solver declares its global ``order`` and the ``default_schedule`` it was de
 ``SOLVERS`` maps the ``sample_ode`` method names to them.
 """
 
+from .adaptive import AdaptiveExponentialPC
 from .base import NativeSolver, ScorePredictions
 from .edm import EDMHeun
 from .multistep import (
@@ -29,8 +30,10 @@ SOLVERS: dict[str, type[NativeSolver]] = {
 }
 #: Declared global order of every native solver.
 SOLVER_ORDERS = {name: cls.order for name, cls in SOLVERS.items()}
+#: Method name -> error-controlled native solver (takes ``rtol``/``atol`` instead of a grid).
+ADAPTIVE_SOLVERS = {"dpmpp_4m_pc_adaptive": AdaptiveExponentialPC}
 
 __all__ = [
-    "SOLVERS", "SOLVER_ORDERS", "NativeSolver", "ScorePredictions",
+    "SOLVERS", "SOLVER_ORDERS", "ADAPTIVE_SOLVERS", "AdaptiveExponentialPC", "NativeSolver", "ScorePredictions",
     "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun",
 ]
