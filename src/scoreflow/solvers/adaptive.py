@@ -53,9 +53,9 @@ class AdaptiveExponentialPC:
         max_steps: int = 10_000,
     ) -> None:
         for name, value in (("h_init", h_init), ("safety", safety), ("max_factor", max_factor), ("reject_above", reject_above)):
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"sample_ode: option {name!r} expected a positive number, got {value!r}.")
-        if not (isinstance(max_steps, int) and max_steps >= 1):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"sample_ode: option {name!r} expected a finite number > 0, got {value!r}.")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"sample_ode: option 'max_steps' expected a positive integer, got {max_steps!r}.")
         if max_factor <= 1:
             raise ValueError(f"sample_ode: option 'max_factor' expected a number > 1, got {max_factor!r}.")

@@ -1,0 +1,105 @@
+"""sample_ode(method="dpmpp_4m_pc_adaptive"): error control against closed forms and a second solver, NFE, errors."""
+
+import pytest
+import torch
+
+import scoreflow as sf
+from scoreflow.metrics import rms_error
+from scoreflow.testing import make_problem
+
+METHOD = "dpmpp_4m_pc_adaptive"
+
+
+class TimedCounter:
+    """Counts score calls and records the smallest time the score was asked for."""
+
+    def __init__(self, score):
+        self.score, self.calls, self.t_lowest = score, 0, float("inf")
+
+    def __call__(self, x, t):
+        self.calls += 1
+        self.t_lowest = min(self.t_lowest, float(t.min()))
+        return self.score(x, t)
+
+
+def _solve(score, sde, x_T, tol, **kwargs):
+    return sf.sample_ode(score, sde, x_T, method=METHOD, rtol=tol, atol=tol, **kwargs)
+
+
+@pytest.mark.parametrize("sde", [sf.VPSDE(), sf.SubVPSDE(), sf.VESDE(), sf.EDMSDE()], ids=["vp", "subvp", "ve", "edm"])
+def test_tightening_the_tolerance_converges_to_the_closed_form_flow(sde):
+    law = make_problem("gaussian2d", "vp").law
+    x_T = sde.prior_sample((32, 2), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    exact = law.flow_map(sde, x_T, sde.T, sde.t_min)
+    runs = [_solve(law.score(sde), sde, x_T, tol) for tol in (1e-3, 1e-5, 1e-7)]
+    errors = [rms_error(r.samples, exact) for r in runs]
+    nfes = [r.nfe for r in runs]
+    # Each factor 100 in tolerance buys a factor > 20 in error, for more (never fewer) evaluations.
+    assert errors[0] < 1e-2 and errors[1] < errors[0] / 20 and errors[2] < errors[1] / 20, (errors, nfes)
+    assert errors[2] < 1e-6, errors  # within ten times the tolerance
+    assert nfes[0] < nfes[1] < nfes[2], nfes
+
+
+def test_agrees_with_dopri5_on_a_mixture():
+    problem = make_problem("ring2d_sharp", "vp")
+    sde = problem.sde
+    x_T = sde.prior_sample((200, 2), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    reference = sf.sample_ode(problem.score, sde, x_T, method="dopri5", time="log_snr", rtol=1e-10, atol=1e-10).samples
+    coarse, fine = (_solve(problem.score, sde, x_T, tol) for tol in (1e-3, 1e-6))
+    assert rms_error(coarse.samples, reference) < 1e-2
+    assert rms_error(fine.samples, reference) < 1e-5
+    # Fewer evaluations than torchdiffeq's dopri5 at the same tolerance, in any of its time variables.
+    for time in ("t", "log_snr"):
+        dopri = sf.sample_ode(problem.score, sde, x_T, method="dopri5", time=time, rtol=1e-6, atol=1e-6)
+        assert fine.nfe < dopri.nfe, (time, fine.nfe, dopri.nfe)
+
+
+@pytest.mark.parametrize("denoise_final", [False, True])
+def test_nfe_counts_every_attempted_step_and_no_time_below_t_min(denoise_final):
+    problem = make_problem("ring2d", "vp")
+    sde = problem.sde
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    counter = TimedCounter(problem.score)
+    # A tight tolerance with a long first step forces rejected steps.
+    res = _solve(counter, sde, x_T, 1e-6, denoise_final=denoise_final, options={"h_init": 3.0})
+    assert res.stats["rejected_steps"] >= 1, res.stats
+    assert res.nfe == counter.calls == 1 + res.stats["steps"] + res.stats["rejected_steps"] + denoise_final
+    assert counter.t_lowest == pytest.approx(sde.t_min, rel=1e-12)
+
+
+def test_trajectory_holds_the_accepted_steps_from_T_to_t_min():
+    problem = make_problem("gaussian2d", "vp")
+    sde = problem.sde
+    x_T = sde.prior_sample((8, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    res = _solve(problem.score, sde, x_T, 1e-4, return_trajectory=True)
+    assert res.times.shape == (res.stats["steps"] + 1,) and res.trajectory.shape == (len(res.times), 8, 2)
+    assert res.times[0] == sde.T and res.times[-1] == sde.t_min and bool((res.times.diff() < 0).all())
+    assert torch.equal(res.trajectory[0], x_T) and torch.equal(res.trajectory[-1], res.samples)
+    # Every state on the way is the exact flow of x_T to within the tolerance's reach.
+    exact = torch.stack([problem.law.flow_map(sde, x_T, sde.T, float(t)) for t in res.times])
+    assert rms_error(res.trajectory, exact) < 1e-3
+
+
+def test_non_finite_score_stops_the_solve_naming_the_time():
+    score = lambda x, t: torch.where(t[:, None] < 0.3, torch.nan, -x)  # noqa: E731
+    with pytest.raises(sf.NonFiniteError, match=r"score became non-finite .* at t=0\.[0-2]\d*"):
+        _solve(score, sf.VPSDE(), torch.zeros(4, 2), 1e-3)
+
+
+def test_bad_arguments_name_the_fix():
+    problem = make_problem("gaussian2d", "vp")
+    sde, score = problem.sde, problem.score
+    x_T = torch.zeros(4, 2, dtype=torch.float64)
+    for extra in ({"steps": 10}, {"schedule": "karras"}, {"time": "log_snr"}, {"step_size": 0.1}):
+        with pytest.raises(ValueError, match=r"chooses its own log-SNR steps from rtol/atol; omit 'steps'"):
+            sf.sample_ode(score, sde, x_T, method=METHOD, **extra)
+    with pytest.raises(ValueError, match=r"argument 'rtol' expected a finite number > 0, got -1"):
+        sf.sample_ode(score, sde, x_T, method=METHOD, rtol=-1.0)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'steps'; accepted: 'h_init'"):
+        sf.sample_ode(score, sde, x_T, method=METHOD, options={"steps": 3})
+    with pytest.raises(ValueError, match=r"option 'h_init' expected a finite number > 0, got -1"):
+        sf.sample_ode(score, sde, x_T, method=METHOD, options={"h_init": -1})
+    with pytest.raises(ValueError, match=r"option 'max_factor' expected a number > 1, got 1"):
+        sf.sample_ode(score, sde, x_T, method=METHOD, options={"max_factor": 1})
+    with pytest.raises(RuntimeError, match=r"max_steps=3 .* reached t=0\.\d+ of t_min=0\.001"):
+        sf.sample_ode(score, sde, x_T, method=METHOD, rtol=1e-8, atol=1e-8, options={"max_steps": 3})
