@@ -32,11 +32,11 @@ def check_choice(fn: str, name: str, value: Any, valid: Iterable[str]) -> str:
     return value
 
 
-def _as_real(fn: str, name: str, value: Any) -> float:
+def _as_real(fn: str, name: str, value: Any, kind: str = "argument") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
         torch.is_tensor(value) and value.numel() == 1
     ):
-        raise TypeError(f"{fn}: argument '{name}' expected a real number, got {_describe(value)}.")
+        raise TypeError(f"{fn}: {kind} '{name}' expected a real number, got {_describe(value)}.")
     return float(value)
 
 
@@ -48,22 +48,25 @@ def check_real(fn: str, name: str, value: Any) -> float:
     return v
 
 
-def check_positive(fn: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """Check that ``value`` is a finite real number > 0 (or >= 0); return it as float."""
-    v = _as_real(fn, name, value)
+def check_positive(fn: str, name: str, value: Any, *, allow_zero: bool = False, kind: str = "argument") -> float:
+    """Check that ``value`` is a finite real number > 0 (or >= 0); return it as float.
+
+    ``kind`` names what ``name`` is in the message (``"argument"``, or ``"option"`` for an entry of ``options=``).
+    """
+    v = _as_real(fn, name, value, kind)
     ok = v >= 0 if allow_zero else v > 0
     if not (math.isfinite(v) and ok):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{fn}: argument '{name}' expected a finite number {bound}, got {v!r}.")
+        raise ValueError(f"{fn}: {kind} '{name}' expected a finite number {bound}, got {v!r}.")
     return v
 
 
-def check_int(fn: str, name: str, value: Any, *, minimum: int = 1) -> int:
-    """Check that ``value`` is an integer >= ``minimum``; return it."""
+def check_int(fn: str, name: str, value: Any, *, minimum: int = 1, kind: str = "argument") -> int:
+    """Check that ``value`` is an integer >= ``minimum``; return it (``kind`` as in :func:`check_positive`)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{fn}: argument '{name}' expected an int, got {_describe(value)}.")
+        raise TypeError(f"{fn}: {kind} '{name}' expected an int, got {_describe(value)}.")
     if value < minimum:
-        raise ValueError(f"{fn}: argument '{name}' expected an int >= {minimum}, got {value}.")
+        raise ValueError(f"{fn}: {kind} '{name}' expected an int >= {minimum}, got {value}.")
     return value
 
 

@@ -187,11 +187,7 @@ def _solve_native(solver, score, sde, x_T, ts, t_min, return_trajectory, denoise
     """Run one of scoreflow's own solvers on the grid ``ts`` (validation done by :func:`sample_ode`)."""
     counted = start_counted("sample_ode", score, sde, x_T, sde.T)
     states = solver.solve(ScorePredictions(counted, sde), ts, x_T)
-    samples = states[-1]
-    if denoise_final:
-        samples = tweedie_denoise(counted, sde, samples, t_min)
-    traj = torch.stack(states) if return_trajectory else None
-    return SampleResult(samples, counted.nfe, ts if return_trajectory else None, traj)
+    return _native_result(counted, sde, ts, states, t_min, return_trajectory, denoise_final)
 
 
 def _solve_native_adaptive(solver, score, sde, x_T, t_min, rtol, atol, return_trajectory, denoise_final) -> SampleResult:
@@ -199,13 +195,17 @@ def _solve_native_adaptive(solver, score, sde, x_T, t_min, rtol, atol, return_tr
     counted = start_counted("sample_ode", score, sde, x_T, sde.T)
     ends = torch.tensor([sde.T, t_min], dtype=x_T.dtype, device=x_T.device)
     times, states, rejected = solver.solve(ScorePredictions(counted, sde), ends[0], ends[1], x_T, rtol, atol)
+    stats = {"steps": len(times) - 1, "rejected_steps": rejected}
+    return _native_result(counted, sde, torch.stack(times), states, t_min, return_trajectory, denoise_final, stats)
+
+
+def _native_result(counted, sde, times, states, t_min, return_trajectory, denoise_final, stats=None) -> SampleResult:
+    """The result of a native solve: the last state (optionally Tweedie-denoised), the NFE and, if asked, the path."""
     samples = states[-1]
     if denoise_final:
         samples = tweedie_denoise(counted, sde, samples, t_min)
-    stats = {"steps": len(times) - 1, "rejected_steps": rejected}
-    if not return_trajectory:
-        return SampleResult(samples, counted.nfe, stats=stats)
-    return SampleResult(samples, counted.nfe, torch.stack(times), torch.stack(states), stats)
+    traj = torch.stack(states) if return_trajectory else None
+    return SampleResult(samples, counted.nfe, times if return_trajectory else None, traj, stats or {})
 
 
 def _solve_torchdiffeq(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_int, check_positive
 from .base import ScorePredictions
 from .multistep import _polynomial_update
 
@@ -52,15 +53,14 @@ class AdaptiveExponentialPC:
         reject_above: float = 2.0,
         max_steps: int = 10_000,
     ) -> None:
-        for name, value in (("h_init", h_init), ("safety", safety), ("max_factor", max_factor), ("reject_above", reject_above)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-                raise ValueError(f"sample_ode: option {name!r} expected a finite number > 0, got {value!r}.")
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"sample_ode: option 'max_steps' expected a positive integer, got {max_steps!r}.")
-        if max_factor <= 1:
-            raise ValueError(f"sample_ode: option 'max_factor' expected a number > 1, got {max_factor!r}.")
-        self.h_init, self.safety, self.max_factor = float(h_init), float(safety), float(max_factor)
-        self.reject_above, self.max_steps = float(reject_above), max_steps
+        fn = "sample_ode"
+        self.h_init, self.safety, self.max_factor, self.reject_above = (
+            check_positive(fn, name, value, kind="option")
+            for name, value in (("h_init", h_init), ("safety", safety), ("max_factor", max_factor), ("reject_above", reject_above))
+        )
+        if self.max_factor <= 1:
+            raise ValueError(f"{fn}: option 'max_factor' expected a number > 1, got {max_factor!r}.")
+        self.max_steps = check_int(fn, "max_steps", max_steps, kind="option")
 
     def solve(
         self, model: ScorePredictions, t_start: torch.Tensor, t_end: torch.Tensor, x: torch.Tensor, rtol: float, atol: float
@@ -73,10 +73,9 @@ class AdaptiveExponentialPC:
         """
         _, sigma_s, lam_s = model.coefs(t_start)
         lam_end = model.coefs(t_end)[2]
-        span = float(lam_end - lam_s)
-        s, m = t_start, model.data(x, t_start)
+        m = model.data(x, t_start)
         times, states, history = [t_start], [x], []
-        h, rejected = min(self.h_init, span), 0
+        h, rejected = self.h_init, 0  # a first step beyond t_end becomes the last step below
         for _ in range(self.max_steps):
             remaining = float(lam_end - lam_s)
             last = h >= 0.999 * remaining
@@ -99,12 +98,12 @@ class AdaptiveExponentialPC:
                 rejected += 1
                 continue
             history.insert(0, base)
-            x, m, s, lam_s, sigma_s = x_t, m_t, t, lam_t, sigma_t
+            x, m, lam_s, sigma_s = x_t, m_t, lam_t, sigma_t
             times.append(t)
             states.append(x)
             if last:
                 return times, states, rejected
         raise RuntimeError(
             f"sample_ode: 'dpmpp_4m_pc_adaptive' took max_steps={self.max_steps} steps (accepted and rejected) "
-            f"and reached t={float(s):.6g} of t_min={float(t_end):.6g}; raise options={{'max_steps': ...}} or loosen rtol/atol."
+            f"and reached t={float(times[-1]):.6g} of t_min={float(t_end):.6g}; raise options={{'max_steps': ...}} or loosen rtol/atol."
         )
