@@ -90,12 +90,14 @@ def test_bad_arguments_name_the_fix():
     problem = make_problem("gaussian2d", "vp")
     sde, score = problem.sde, problem.score
     x_T = torch.zeros(4, 2, dtype=torch.float64)
-    for extra in ({"steps": 10}, {"schedule": "karras"}, {"time": "log_snr"}, {"step_size": 0.1}):
-        with pytest.raises(ValueError, match=r"chooses its own log-SNR steps from rtol/atol; omit 'steps'"):
+    for extra in ({"steps": 10}, {"schedule": "karras"}, {"step_size": 0.1}):
+        with pytest.raises(ValueError, match=r"the adaptive method 'dpmpp_4m_pc_adaptive' chooses its own steps from rtol/atol; omit 'steps'"):
             sf.sample_ode(score, sde, x_T, method=METHOD, **extra)
+    with pytest.raises(ValueError, match=r"the native method 'dpmpp_4m_pc_adaptive' integrates in its own variables; omit 'time'"):
+        sf.sample_ode(score, sde, x_T, method=METHOD, time="log_snr")
     with pytest.raises(ValueError, match=r"argument 'rtol' expected a finite number > 0, got -1"):
         sf.sample_ode(score, sde, x_T, method=METHOD, rtol=-1.0)
-    with pytest.raises(TypeError, match=r"unknown option\(s\) 'steps'; accepted: 'h_init'"):
+    with pytest.raises(TypeError, match=r"method 'dpmpp_4m_pc_adaptive' takes no option 'steps'; its options: 'h_init'"):
         sf.sample_ode(score, sde, x_T, method=METHOD, options={"steps": 3})
     with pytest.raises(ValueError, match=r"option 'h_init' expected a finite number > 0, got -1"):
         sf.sample_ode(score, sde, x_T, method=METHOD, options={"h_init": -1})

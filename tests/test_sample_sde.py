@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import scoreflow as sf
-from scoreflow.sampling.sde import SDE_METHODS
 from scoreflow.testing import assert_order, assert_samples_follow, make_problem
 
 N_SAMPLES = 20_000
@@ -51,7 +50,7 @@ def test_euler_maruyama_has_strong_order_one_for_additive_noise(shared_path):
                  generator=torch.Generator().manual_seed(1), reference=fine_solution)
 
 
-@pytest.mark.parametrize("method", sorted(SDE_METHODS))
+@pytest.mark.parametrize("method", sorted(m.name for m in sf.list_methods("sde")))
 def test_every_torchsde_method_converges_to_the_same_path(shared_path, method):
     """Each method, on the same Brownian path, lands near the fine Euler-Maruyama solution."""
     problem, x_T, bm, reference = shared_path

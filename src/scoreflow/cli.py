@@ -176,7 +176,7 @@ def _likelihood(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sampling import ADAPTIVE_ODE_METHODS, FIXED_ODE_METHODS, NATIVE_ADAPTIVE_ODE_METHODS, SDE_METHODS
+    from .methods import list_methods
     from .testing import LAWS, SDES
 
     parser = argparse.ArgumentParser(
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument(
         "--method",
         default="dopri5",
-        help=f"ODE: {', '.join(ADAPTIVE_ODE_METHODS + NATIVE_ADAPTIVE_ODE_METHODS + FIXED_ODE_METHODS)}; SDE: {', '.join(SDE_METHODS)} (default: dopri5)",
+        help=f"ODE: {', '.join(m.name for m in list_methods('ode'))}; SDE: {', '.join(m.name for m in list_methods('sde'))} (default: dopri5)",
     )
     sample.add_argument("--steps", type=int, default=None, help="steps of a fixed-step method (SDE default: 500)")
     sample.add_argument("--n", type=int, default=2000, help="number of samples (default: 2000)")

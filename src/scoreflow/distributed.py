@@ -27,12 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torchsde
 
-from ._checks import check_batch, check_choice, check_int, check_sde, resolve_t_min
+from ._checks import check_batch, check_choice, check_int, resolve_t_min
+from .sde import check_sde
 from .likelihood import log_likelihood
-from .sampling import brownian_motion, sample_ode, sample_sde
+from .dynamics.sdeint import BrownianPath, brownian_motion, brownian_rows
+from .methods import get_method
+from .sampling import sample_ode, sample_sde
 from .sde import ForwardSDE
+from ._tensor import ScoreFn
 
 __all__ = [
     "init_distributed", "world", "global_batches", "item_seed", "prior_sample_per_item",
@@ -40,7 +43,6 @@ __all__ = [
     "save_result", "load_result", "shard_path", "PerItemScore",
 ]
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: Independent random streams of one item.
 _PRIOR, _BROWNIAN, _PROBES = 0, 1, 2
 
@@ -105,47 +107,6 @@ def prior_sample_per_item(
     return torch.cat(rows).to(device)
 
 
-class _StackedBrownian(torchsde.BaseBrownian):
-    """One independent torchsde ``BrownianInterval`` per batch row, queried together."""
-
-    def __init__(self, paths: list[torchsde.BrownianInterval]) -> None:
-        self._paths = paths
-
-    def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: ANN001 - torchsde's signature
-        parts = [p(ta, tb, return_U=return_U, return_A=return_A) for p in self._paths]
-        if isinstance(parts[0], tuple):
-            return tuple(torch.cat(column) for column in zip(*parts))
-        return torch.cat(parts)
-
-    def __repr__(self) -> str:
-        return f"_StackedBrownian(batch={len(self._paths)}, {self._paths[0]!r})"
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._paths[0].dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._paths[0].device
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((len(self._paths), self._paths[0].shape[1]))
-
-    @property
-    def levy_area_approximation(self) -> str:
-        return self._paths[0].levy_area_approximation
-
-    # The time span, under BrownianInterval's names, for sample_sde's check of the path.
-    @property
-    def _start(self) -> float:
-        return self._paths[0]._start
-
-    @property
-    def _end(self) -> float:
-        return self._paths[0]._end
-
-
 def brownian_per_item(
     indices: range,
     dim: int,
@@ -155,20 +116,13 @@ def brownian_per_item(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     levy_area: bool = False,
-) -> torchsde.BaseBrownian:
+) -> BrownianPath:
     """A Brownian path on ``[0, duration]`` of shape ``(len(indices), dim)`` whose row ``i`` is seeded by ``(seed, i)``.
 
     Pass it to :func:`scoreflow.sample_sde` as ``bm`` (``duration = T - t_min``).
     """
-    paths = [
-        torchsde.BrownianInterval(
-            t0=0.0, t1=duration, size=(1, dim), dtype=dtype, device=device,
-            entropy=item_seed(seed, i, _BROWNIAN) % 2**62,
-            levy_area_approximation="space-time" if levy_area else "none",
-        )
-        for i in indices
-    ]
-    return _StackedBrownian(paths)
+    entropies = [item_seed(seed, i, _BROWNIAN) % 2**62 for i in indices]
+    return brownian_rows(entropies, dim, duration, dtype=dtype, device=device, levy_area=levy_area)
 
 
 class PerItemScore:
@@ -273,7 +227,7 @@ def sample_sharded(
         if sampler == "ode":
             res = sample_ode(_score_for(score, items), sde, x_T, **solver_options)
         else:
-            levy = solver_options.get("method") == "srk"
+            levy = get_method("sde", solver_options.get("method", "euler"), caller=fn).levy_area
             if per_item_brownian:
                 bm = brownian_per_item(items, dim, duration, seed=seed, dtype=dtype, device=device, levy_area=levy)
             else:

@@ -143,15 +143,15 @@ def run_sde_study(
             study.rows.append(row)
             bar.update()
         if spec.pathwise:
-            _fit_orders(study, spec.name, spec.strong_order, floor)
+            _fit_orders(study, spec.name, spec.strong_order, spec.weak_order, floor)
     bar.close()
     return study
 
 
-def _fit_orders(study: Study, method: str, strong_order: float | None, floor: float) -> None:
+def _fit_orders(study: Study, method: str, strong_order: float | None, weak_order: float | None, floor: float) -> None:
     """Strong and weak orders of a pathwise method (samplers with their own noise have neither)."""
     rows = [r for r in study.rows if r["method"] == method]
-    for metric, declared in (("strong_error", strong_order), ("weak_error", None)):
+    for metric, declared in (("strong_error", strong_order), ("weak_error", weak_order)):
         measured = measured_order([r["nfe"] for r in rows], [r[metric] for r in rows], floor=floor)
         study.orders.append(
             {

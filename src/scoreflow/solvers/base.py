@@ -9,15 +9,17 @@ written with either of them, exactly in its linear part (Lu et al. 2022).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
 
 from .._tensor import right_pad
 from ..dynamics.counting import CountedScore
+from ..methods import Method, Option, Path, Stepping, register
 from ..sde import ForwardSDE
 
-__all__ = ["NativeSolver", "ScorePredictions"]
+__all__ = ["NativeSolver", "ScorePredictions", "register_native"]
 
 
 class ScorePredictions:
@@ -49,16 +51,41 @@ class ScorePredictions:
 class NativeSolver(ABC):
     """A fixed-grid probability-flow ODE solver written in scoreflow (one the libraries lack).
 
-    Class attributes:
+    Class attributes (read by :func:`register_native` into the method's registry record):
         order: global order of accuracy in the step size (checked by the order tests).
+        nfe_per_step: score evaluations per step.
         default_schedule: the step schedule it is designed for (see ``sampling.schedules``).
-        options: names of the keyword options its constructor accepts.
+        options: the keyword options its constructor accepts.
     """
 
     order: ClassVar[int]
+    nfe_per_step: ClassVar[int] = 1
     default_schedule: ClassVar[str] = "log_snr"
-    options: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[Mapping[str, Option]] = {}
+
+    def sample(
+        self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Stepping, *, trajectory: bool = False
+    ) -> Path:
+        """Integrate the probability-flow ODE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t)."""
+        return Path(stepping.times, self.solve(ScorePredictions(score, sde), stepping.times, x_T))
 
     @abstractmethod
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         """Integrate from ``x`` at ``ts[0]`` through the decreasing grid ``ts``; return the states at every ``ts[i]``."""
+
+
+def register_native(name: str, solver: type[NativeSolver], summary: str) -> Method:
+    """Register a native fixed-grid probability-flow ODE solver under ``name``, its capabilities read off the class."""
+    return register(
+        Method(
+            name=name,
+            kinds=("ode",),
+            backend="native",
+            solver=solver,
+            summary=summary,
+            order=solver.order,
+            nfe_per_step=solver.nfe_per_step,
+            default_schedule=solver.default_schedule,
+            options=solver.options,
+        )
+    )
