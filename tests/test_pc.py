@@ -4,23 +4,11 @@ import pytest
 import torch
 
 import scoreflow as sf
+from _helpers import RecordingScore
 from scoreflow.metrics import mode_weights, moment_standard_errors
 from scoreflow.testing import make_problem
 
 F64 = torch.float64
-
-
-class RecordingScore:
-    """Counts calls and records every time the sampler asks for, independently of scoreflow's counter."""
-
-    def __init__(self, score):
-        self.score, self.calls, self.times = score, 0, []
-
-    def __call__(self, x, t):
-        assert t.shape == (x.shape[0],)
-        self.calls += 1
-        self.times.append(float(t[0]))
-        return self.score(x, t)
 
 
 # Mode weights of 8 equal components have standard error sqrt(1/8 * 7/8 / n) = 0.0047 at

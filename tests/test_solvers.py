@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import scoreflow as sf
+from _helpers import RecordingScore
 from scoreflow.metrics import fit_order, rms_error
 from scoreflow.sampling import time_grid
 from scoreflow.testing import make_problem
@@ -39,17 +40,6 @@ def gaussian_vp():
     sde = problem.sde
     x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     return problem, x_T, problem.law.flow_map(sde, x_T, sde.T, sde.t_min)
-
-
-class CallCounter:
-    """An independent count of score calls, to check the reported NFE."""
-
-    def __init__(self, score):
-        self.score, self.calls = score, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return self.score(x, t)
 
 
 def test_every_native_method_is_registered_with_its_order():
@@ -129,7 +119,7 @@ def test_native_methods_are_exact_for_a_point_mass(method):
 @pytest.mark.parametrize("denoise_final", [False, True])
 def test_reported_nfe_counts_every_score_call(method, denoise_final, gaussian_vp):
     problem, x_T, _ = gaussian_vp
-    counter = CallCounter(problem.score)
+    counter = RecordingScore(problem.score)
     res = sf.sample_ode(counter, problem.sde, x_T, method=method, steps=7, denoise_final=denoise_final)
     assert res.nfe == counter.calls == NFE[method](7) + denoise_final
 
@@ -224,7 +214,7 @@ def test_torchdiffeq_fixed_methods_keep_their_order_in_every_time_variable(time,
 @pytest.mark.parametrize("method", ["dopri5", "bosh3"])
 def test_adaptive_methods_reach_the_exact_flow_in_every_time_variable(time, method, gaussian_vp):
     problem, x_T, exact = gaussian_vp
-    counter = CallCounter(problem.score)
+    counter = RecordingScore(problem.score)
     res = sf.sample_ode(counter, problem.sde, x_T, method=method, time=time, rtol=1e-6, atol=1e-6)
     assert rms_error(res.samples, exact) < 2e-4
     assert res.nfe == counter.calls

@@ -14,19 +14,24 @@ from typing import ClassVar
 
 import torch
 
-from .._tensor import right_pad
 from ..dynamics.counting import CountedScore
 from ..methods import Method, Option, Path, Stepping, register
+from ..parameterizations import denoiser_from_score, eps_from_score
 from ..sde import ForwardSDE
 
 __all__ = ["NativeSolver", "ScorePredictions", "register_native"]
 
 
 class ScorePredictions:
-    """Noise and data predictions of a counted score, and :math:`(\\alpha, \\sigma, \\lambda)` at scalar times."""
+    """Noise and data predictions of a counted score, and :math:`(\\alpha, \\sigma, \\lambda)` at scalar times.
+
+    The predictions are :func:`scoreflow.eps_from_score` and :func:`scoreflow.denoiser_from_score` of the score.
+    """
 
     def __init__(self, score: CountedScore, sde: ForwardSDE) -> None:
         self.score, self.sde = score, sde
+        self.noise = eps_from_score(score, sde)
+        self.data = denoiser_from_score(score, sde)
 
     def coefs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(alpha, sigma, lambda)`` at a 0-dim time ``t``."""
@@ -36,16 +41,6 @@ class ScorePredictions:
     def time_at(self, lam: torch.Tensor) -> torch.Tensor:
         """The time whose log-SNR is ``lam``."""
         return self.sde.t_from_log_snr(lam)
-
-    def noise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        r""":math:`\hat\varepsilon(x, t) = -\sigma(t)\, s(x, t)` (one NFE)."""
-        sigma = self.sde.marginal(t)[1]
-        return -right_pad(sigma, x) * self.score(x, t)
-
-    def data(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        r""":math:`\hat x_0(x, t) = (x + \sigma^2 s(x, t))/\alpha` (one NFE)."""
-        alpha, sigma = self.sde.marginal(t)
-        return (x + right_pad(sigma**2, x) * self.score(x, t)) / right_pad(alpha, x)
 
 
 class NativeSolver(ABC):
