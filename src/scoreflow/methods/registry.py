@@ -170,17 +170,18 @@ def list_methods(kind: str | None = None) -> list[Method]:
     """The registered methods of one kind (``"ode"``, ``"sde"``, ``"likelihood"``, ...), or of every kind.
 
     Each :class:`Method` record carries its name, kinds, backend, declared orders, score evaluations per
-    step, whether it is adaptive and the options it accepts; a method of several kinds appears once.
+    step, whether it is adaptive and the options it accepts; a record of several kinds appears once (two
+    kinds may have different methods of the same name, e.g. a deterministic and a stochastic ``"ddim"``).
 
     Raises:
         ValueError: for an unknown kind (the message lists the valid ones).
     """
     if kind is not None:
         return list(_REGISTRY[check_choice("list_methods", "kind", kind, KINDS)].values())
-    seen: dict[str, Method] = {}
+    seen: dict[int, Method] = {}
     for methods in _REGISTRY.values():
         for method in methods.values():
-            seen.setdefault(method.name, method)
+            seen.setdefault(id(method), method)
     return list(seen.values())
 
 
