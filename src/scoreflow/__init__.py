@@ -19,13 +19,14 @@ from .methods import Method, get_method, list_methods
 from .sampling import BrownianPath, SampleResult, brownian_motion, sample_ode, sample_sde, time_grid
 from .sampling import annealed_langevin, geometric_sigmas, langevin, sample_pc
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
-from . import adapters, distributed
+from . import adapters, consistency, distributed
+from .consistency import sample_consistency
 from .adapters import guided_score
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "analytic", "adapters", "distributed", "dynamics", "solvers", "guided_score",
+    "analytic", "adapters", "consistency", "distributed", "dynamics", "solvers", "guided_score",
     "losses",
     "NonFiniteError",
     "ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE",
@@ -35,6 +36,6 @@ __all__ = [
     "exact_divergence", "hutchinson_divergence",
     "list_methods", "get_method", "Method",
     "sample_ode", "sample_sde", "brownian_motion", "BrownianPath", "SampleResult", "time_grid",
-    "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc",
+    "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc", "sample_consistency",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
 ]

@@ -1,5 +1,11 @@
-"""Score-matching losses: explicit, implicit, sliced and denoising (single, multi-scale, continuous-time)."""
+"""Score-matching losses: explicit, implicit, sliced and denoising (single, multi-scale, continuous-time); consistency losses."""
 
+from .consistency import (
+    CONSISTENCY_DISTANCES,
+    CONSISTENCY_WEIGHTINGS,
+    consistency_distillation_loss,
+    consistency_training_loss,
+)
 from .denoising import MULTISCALE_WEIGHTINGS, SDE_WEIGHTINGS, dsm_loss, multiscale_dsm_loss, sde_dsm_loss
 from .explicit import esm_loss
 from .implicit import ism_loss
@@ -9,4 +15,5 @@ __all__ = [
     "esm_loss", "ism_loss", "ssm_loss", "ssm_vr_loss",
     "dsm_loss", "multiscale_dsm_loss", "sde_dsm_loss",
     "MULTISCALE_WEIGHTINGS", "SDE_WEIGHTINGS",
+    "consistency_distillation_loss", "consistency_training_loss", "CONSISTENCY_DISTANCES", "CONSISTENCY_WEIGHTINGS",
 ]
