@@ -23,6 +23,7 @@ import torch
 import scoreflow as sf
 from scoreflow.metrics import sliced_wasserstein2
 from scoreflow.testing import make_law
+from train_mixture import EpsMLP  # the noise-prediction MLP of examples/train_mixture.py
 
 
 class ConsistencyMLP(torch.nn.Module):
@@ -40,21 +41,6 @@ class ConsistencyMLP(torch.nn.Module):
         alpha, sigma = self.sde.marginal(t)
         scale = torch.sqrt(alpha**2 * self.sigma_data**2 + sigma**2)
         return self.net(torch.cat([x / scale[:, None], (torch.log(sigma / alpha) / 4)[:, None]], dim=1))
-
-
-class EpsMLP(torch.nn.Module):
-    """A noise predictor eps(x, t) for the DSM teacher, fed x, t and log sigma(t)."""
-
-    def __init__(self, sde: sf.ForwardSDE, dim: int, width: int = 128, depth: int = 3) -> None:
-        super().__init__()
-        self.sde = sde
-        layers: list[torch.nn.Module] = [torch.nn.Linear(dim + 2, width), torch.nn.SiLU()]
-        for _ in range(depth - 1):
-            layers += [torch.nn.Linear(width, width), torch.nn.SiLU()]
-        self.net = torch.nn.Sequential(*layers, torch.nn.Linear(width, dim))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([x, t[:, None], torch.log(self.sde.marginal(t)[1])[:, None]], dim=1))
 
 
 def distil(score, law, sde, *, iters: int, batch: int = 512, steps: int = 18, solver: str = "heun",
@@ -85,7 +71,7 @@ def train_dsm(law, sde, *, iters: int, batch: int = 512, seed: int = 0) -> torch
     """A score network ``score_from_eps(EpsMLP)`` trained by continuous-time DSM."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 2)
-    net = EpsMLP(sde, law.dim)
+    net = EpsMLP(sde, law.dim, 128, 3)
     score = sf.score_from_eps(net, sde)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
