@@ -13,6 +13,7 @@ import torch
 
 import scoreflow as sf
 from scoreflow import distributed as D
+from scoreflow.distributed import group, results
 from scoreflow.analytic import Gaussian
 from scoreflow.testing import make_problem
 
@@ -25,10 +26,10 @@ def run_as_ranks(monkeypatch, world_size: int, fn, *args, **kwargs) -> D.ShardRe
     """Run ``fn`` once per rank in this process (``world()`` patched), merging as ``gather`` would."""
     parts = []
     for rank in range(world_size):
-        monkeypatch.setattr(D, "world", lambda rank=rank: (rank, world_size))
+        monkeypatch.setattr(group, "world", lambda rank=rank: (rank, world_size))
         parts.append(fn(*args, **kwargs))
     monkeypatch.undo()
-    return D._concat(parts)
+    return results.concat(parts)
 
 
 @pytest.mark.parametrize("n, batch_size", [(1, 4), (10, 3), (12, 4), (100, 7)])
@@ -105,8 +106,16 @@ def test_sharded_errors():
         D.sample_sharded(problem.score, problem.sde, 4, (2,), generator=torch.Generator())
     with pytest.raises(ValueError, match="'batch_size' expected an int >= 1"):
         D.log_likelihood_sharded(problem.score, problem.sde, torch.zeros(3, 2), batch_size=0)
+    with pytest.raises(ValueError, match=r"'data_shape' expected a non-empty tuple of ints >= 1 .* got \(2, 'abc'\)"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2, "abc"))
+    with pytest.raises(ValueError, match="'seed' expected an int >= 0, got -1"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), seed=-1)
+    with pytest.raises(TypeError, match="'dtype' expected a floating torch.dtype .* got torch.int64"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), dtype=torch.int64)
+    with pytest.raises(ValueError, match="'seed' expected an int >= 0, got -3"):
+        D.log_likelihood_sharded(problem.score, problem.sde, torch.zeros(3, 2), seed=-3)
     with pytest.raises(ValueError, match="path suffix.*'.pt', '.npz'"):
-        D.save_result(D._empty((0, 2), torch.float32), "out.csv")
+        D.save_result(results.empty((0, 2), torch.float32), "out.csv")
 
 
 def _free_loopback_port() -> int:
