@@ -199,3 +199,12 @@ def test_per_item_score_conditions_each_item(monkeypatch):
     exact = torch.cat([law(i).flow_map(sde, x_T[i : i + 1], sde.T, sde.t_min) for i in range(6)])
     # The prior N(0, I) stands in for p_T, so samples follow the flow map from x_T exactly.
     torch.testing.assert_close(many.values, exact, rtol=1e-5, atol=1e-5)
+
+
+def test_progress_without_tqdm_is_a_line_per_batch_done(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails, as without the bench extra
+    problem = make_problem("gaussian2d", "vp")
+    D.sample_sharded(problem.score, problem.sde, 10, (2,), method="euler", steps=2, batch_size=4, progress=True)
+    assert capsys.readouterr().err.splitlines() == [
+        f"sample_sharded rank 0/1: batch {k}/3 done (items {a}..{b})" for k, (a, b) in enumerate([(0, 3), (4, 7), (8, 9)], 1)
+    ]
