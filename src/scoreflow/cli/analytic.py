@@ -18,9 +18,8 @@ from .options import (
     add_solver_options,
     add_trace_options,
     resolve_dtype,
-    resolve_method,
     resolve_t_min,
-    stepping_options,
+    solver_options,
     trace_options,
 )
 from .._files import atomic_write
@@ -59,17 +58,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _problem(args: argparse.Namespace):
-    """The reference problem named by ``--problem``/``--sde``, its law in ``--dtype``, and a generator seeded by ``--seed``."""
+    """The problem of ``--problem``/``--sde``, its law in ``--dtype``, and a generator seeded by ``--seed``."""
     from ..testing import make_problem
 
     problem = make_problem(args.problem, args.sde)
     return problem, problem.law.to(resolve_dtype(args)), problem.sde, torch.Generator().manual_seed(args.seed)
-
-
-def _solver_options(args: argparse.Namespace, kind: str, when: str = "") -> tuple[str, dict[str, Any]]:
-    """``--method`` and the front-end keywords of the method's stepping, checked together."""
-    method = resolve_method(args, kind, when)
-    return method.name, {"method": method.name, **stepping_options(args, method, kind)}
 
 
 def _describe(options: dict[str, Any]) -> str:
@@ -81,12 +74,13 @@ def _sample(args: argparse.Namespace) -> int:
     from .. import sample_ode, sample_sde
     from ..bench.sde import distribution_errors
 
-    name, options = _solver_options(args, args.sampler, f" with --sampler {args.sampler}")
+    options = solver_options(args, args.sampler)
     out = None if args.out is None else check_out_file(args.out, overwrite=args.overwrite)
     problem, law, sde, g = _problem(args)
     t_min = resolve_t_min(args, sde)
     x_T = sde.prior_sample((args.num_samples, *law.event_shape), generator=g, dtype=law.means.dtype)
-    print(f"{problem.name}: sampling {args.num_samples} points by {args.sampler} {name} ({_describe(options)}) ...", flush=True)
+    how = f"{args.sampler} {options['method']} ({_describe(options)})"
+    print(f"{problem.name}: sampling {args.num_samples} points by {how} ...", flush=True)
     start = time.perf_counter()
     if args.sampler == "ode":
         res = sample_ode(law.score(sde), sde, x_T, t_min=t_min, **options)
@@ -114,14 +108,15 @@ def _likelihood(args: argparse.Namespace) -> int:
     """Log-likelihood of exact samples of an analytic problem, compared with the exact log-density."""
     from .. import log_likelihood
 
-    name, options = _solver_options(args, "likelihood")
+    options = solver_options(args, "likelihood")
     problem, law, sde, g = _problem(args)
     t_min = resolve_t_min(args, sde)
     x = law.marginal(sde, t_min).sample(args.num_samples, generator=g)
     prior = law.marginal(sde, sde.T).log_prob if args.exact_prior else None
     trace = trace_options(args)
     print(
-        f"{problem.name}: log-likelihood of {args.num_samples} points, {args.trace} trace, {name} ({_describe(options)}), "
+        f"{problem.name}: log-likelihood of {args.num_samples} points, {args.trace} trace, "
+        f"{options['method']} ({_describe(options)}), "
         f"{'exact p_T' if args.exact_prior else 'the SDE prior'} at T ...",
         flush=True,
     )
@@ -133,7 +128,8 @@ def _likelihood(args: argparse.Namespace) -> int:
     err = (res.log_prob - exact).abs()
     print(f"NFE {res.nfe} (+{res.nfe_vjp} VJPs), {seconds:.2f} s")
     print(
-        f"mean log p: {float(res.log_prob.mean()):.5f} nats (exact {float(exact.mean()):.5f}); mean |error| {float(err.mean()):.2e}, "
+        f"mean log p: {float(res.log_prob.mean()):.5f} nats (exact {float(exact.mean()):.5f}); "
+        f"mean |error| {float(err.mean()):.2e}, "
         f"max {float(err.max()):.2e}; {float(res.bpd.mean()):.4f} bits/dim"
     )
     return 0

@@ -54,7 +54,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="NFE budget of one ODE solve, at least 8; likelihood solves get half (default: 512)",
     )
     bench.add_argument(
-        "--sde-max-nfe", type=int_at_least(8), default=128, help="NFE budget of one SDE solve, at least 8 (default: 128)"
+        "--sde-max-nfe",
+        type=int_at_least(8),
+        default=128,
+        help="NFE budget of one SDE solve, at least 8 (default: 128)",
     )
     add_num_samples(bench, None, "trajectories (or points) per solve")
     add_dtype(bench)

@@ -14,15 +14,12 @@ if one of them finds a problem.
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
 
@@ -39,31 +36,14 @@ from .options import (
     add_trace_options,
     int_at_least,
     resolve_dtype,
-    resolve_method,
     resolve_t_min,
-    stepping_options,
+    solver_options,
     trace_options,
 )
 from .outputs import add_out_file, check_out_file, write_errors
+from .sources import data_file, data_shape, load_data, load_model, model_spec
 
 __all__ = ["add_parser"]
-
-
-def _model_spec(text: str) -> str:
-    module, _, factory = text.partition(":")
-    if not (module and factory.isidentifier()):
-        raise argparse.ArgumentTypeError(f"expected 'package.module:factory', e.g. mypkg.models:load_score, got {text!r}")
-    return text
-
-
-def _data_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints >= 1 such as 3,32,32, got {text!r}")
-    return shape
 
 
 def _device(text: str) -> str:
@@ -71,13 +51,9 @@ def _device(text: str) -> str:
         try:
             torch.device(text)
         except RuntimeError:
-            raise argparse.ArgumentTypeError(f"expected 'auto' or a torch device such as cpu, cuda, cuda:1, got {text!r}") from None
-    return text
-
-
-def _data_file(text: str) -> str:
-    if Path(text).suffix not in (".pt", ".npy"):
-        raise argparse.ArgumentTypeError(f"expected a .pt tensor or .npy array of shape (N, *D), got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected 'auto' or a torch device such as cpu, cuda, cuda:1, got {text!r}"
+            ) from None
     return text
 
 
@@ -94,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sample = commands.add_parser("sample", help="draw --num-samples samples by probability-flow ODE or reverse SDE")
     _add_common(sample, "samples")
     sample.add_argument(
-        "--data-shape", type=_data_shape, default=None, help="with --model: the shape of one sample, e.g. 3,32,32"
+        "--data-shape", type=data_shape, default=None, help="with --model: the shape of one sample, e.g. 3,32,32"
     )
     sample.add_argument(
         "--sampler", choices=("ode", "sde"), default="ode", help="probability-flow ODE or reverse SDE (default: ode)"
@@ -113,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "likelihood", help="log-likelihood of every point of --data (or of --num-samples points of --problem)"
     )
     _add_common(lik, "points drawn from --problem without --data")
-    lik.add_argument("--data", type=_data_file, default=None, help="a .pt tensor or .npy array of shape (N, *D)")
+    lik.add_argument("--data", type=data_file, default=None, help="a .pt tensor or .npy array of shape (N, *D)")
     add_trace_options(lik)
     add_solver_options(lik, {"likelihood": "one of"})
     lik.add_argument(
@@ -128,14 +104,20 @@ def _add_common(p: argparse.ArgumentParser, what: str) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     add_problem(p, None, group=source)
     source.add_argument(
-        "--model", type=_model_spec, metavar="MODULE:FACTORY", help="'package.module:factory' with factory(device) -> (score, sde)"
+        "--model",
+        type=model_spec,
+        metavar="MODULE:FACTORY",
+        help="'package.module:factory' with factory(device) -> (score, sde)",
     )
     add_out_file(p, required=True, help="merged output file (.pt or .npz); the shards are written beside it")
     add_num_samples(p, 1000, what)
     p.add_argument("--batch-size", type=int_at_least(1), default=256, help="items per global batch (default: 256)")
     add_dtype(p, "float64 with --problem, float32 with --model")
     p.add_argument(
-        "--backend", choices=("gloo", "nccl"), default=None, help="process group backend (default: nccl with CUDA, else gloo)"
+        "--backend",
+        choices=("gloo", "nccl"),
+        default=None,
+        help="process group backend (default: nccl with CUDA, else gloo)",
     )
     p.add_argument(
         "--device", type=_device, default="auto", help="'auto' (cuda:LOCAL_RANK with nccl, else cpu) or a torch device"
@@ -175,46 +157,28 @@ def _check_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         device = torch.device(args.device)
         if device.type == "cuda" and not (cuda and (device.index or 0) < torch.cuda.device_count()):
             found = f"{torch.cuda.device_count()} CUDA device(s)" if cuda else "no CUDA"
-            raise CLIError(f"argument --device: {args.device} is not available ({found} on this machine); use --device cpu or auto")
+            raise CLIError(
+                f"argument --device: {args.device} is not available ({found} on this machine); use --device cpu or auto"
+            )
         if args.backend == "nccl" and device.type != "cuda":
-            raise CLIError(f"argument --device: --backend nccl needs a CUDA device, got {args.device}; use --device auto or --backend gloo")
-    when = f" with --sampler {kind}" if kind in ("ode", "sde") else ""
-    method = resolve_method(args, kind, when)
-    return {"method": method.name, **stepping_options(args, method, kind)}
-
-
-def _load_model(spec: str, device: torch.device) -> tuple[Callable, ForwardSDE]:
-    """``package.module:factory`` -> ``factory(device)``, which must return ``(score, sde)``."""
-    module_name, _, name = spec.partition(":")
-    fix = "(--debug shows the traceback)"
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # the user's module: any failure to import it is reported, not only ImportError
-        raise CLIError(f"argument --model: cannot import {module_name!r} ({type(e).__name__}: {e}); check the name and PYTHONPATH {fix}") from e
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise CLIError(f"argument --model: module {module_name!r} has no function {name!r}; expected factory(device) -> (score, sde)")
-    try:
-        made = factory(device)
-    except Exception as e:
-        raise CLIError(f"argument --model: {spec}({device}) raised {type(e).__name__}: {e} {fix}") from e
-    if not (isinstance(made, tuple) and len(made) == 2 and callable(made[0]) and isinstance(made[1], ForwardSDE)):
-        raise CLIError(f"argument --model: {spec}(device) returned {type(made).__name__}; expected a pair (score, sde) with a scoreflow ForwardSDE")
-    return made
-
-
-def _load_data(path: str, dtype: torch.dtype) -> torch.Tensor:
-    try:
-        data = torch.load(path, weights_only=True) if path.endswith(".pt") else torch.from_numpy(np.load(path))
-    except (OSError, ValueError, RuntimeError) as e:  # a missing, unreadable or malformed file
-        raise CLIError(f"argument --data: cannot read {path!r} ({type(e).__name__}: {e})") from e
-    if not torch.is_tensor(data):
-        raise CLIError(f"argument --data: {path!r} holds a {type(data).__name__}; expected one tensor of shape (N, *D)")
-    return data.to(dtype)
+            raise CLIError(
+                f"argument --device: --backend nccl needs a CUDA device, got {args.device}; "
+                "use --device auto or --backend gloo"
+            )
+    return solver_options(args, kind)
 
 
 def _prepare(args: argparse.Namespace, world_size: int) -> _Job:
-    """Resolve the device, load the model or problem, and check ``--out`` and its shards: this rank's part."""
+    """Check ``--out`` and its shards, resolve the device, load the model or problem and the data: this rank's part."""
+    out = check_out_file(args.out, overwrite=args.overwrite, suffixes=D.files.SUFFIXES)
+    shards = D.shard_files(out)
+    if shards and not args.overwrite:
+        more = f" and {len(shards) - 1} more" if len(shards) > 1 else ""
+        raise CLIError(
+            f"argument --out: shard {shards[0].name}{more} of {out.name} exists from an earlier run; "
+            "pass --overwrite to replace them, or choose another name"
+        )
+    mine = {D.shard_path(out, r, world_size) for r in range(world_size)}
     if args.device == "auto":
         cuda = torch.cuda.is_available() and args.backend != "gloo"
         device = torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
@@ -229,21 +193,12 @@ def _prepare(args: argparse.Namespace, world_size: int) -> _Job:
         law, sde = problem.law.to(dtype), problem.sde
         score = law.score(sde)
     else:
-        score, sde = _load_model(args.model, device)
+        score, sde = load_model(args.model, device)
     data = None
     if getattr(args, "data", None):
-        data = _load_data(args.data, dtype)
+        data = load_data(args.data, dtype)
     elif args.dist_command == "likelihood":
         data = law.sample(args.num_samples, generator=torch.Generator().manual_seed(args.seed))
-    out = check_out_file(args.out, overwrite=args.overwrite, suffixes=D.files.SUFFIXES)
-    shards = D.shard_files(out)
-    if shards and not args.overwrite:
-        more = f" and {len(shards) - 1} more" if len(shards) > 1 else ""
-        raise CLIError(
-            f"argument --out: shard {shards[0].name}{more} of {out.name} exists from an earlier run; "
-            "pass --overwrite to replace them, or choose another name"
-        )
-    mine = {D.shard_path(out, r, world_size) for r in range(world_size)}
     return _Job(score, sde, law, data, device, dtype, out, [p for p in shards if p not in mine])
 
 
@@ -317,7 +272,10 @@ def _sample(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, dtype=job.dtype, device=job.device, progress=progress, **options,
         )
 
-    return _run(args, args.sampler, solve, lambda job, merged: (f"{args.num_samples} samples of shape {shape(job)}", ""), {})
+    def describe(job: _Job, merged: D.ShardResult) -> tuple[str, str]:
+        return f"{args.num_samples} samples of shape {shape(job)}", ""
+
+    return _run(args, args.sampler, solve, describe, {})
 
 
 def _likelihood(args: argparse.Namespace) -> int:
@@ -338,7 +296,8 @@ def _likelihood(args: argparse.Namespace) -> int:
     def describe(job: _Job, merged: D.ShardResult) -> tuple[str, str]:
         result = f", mean log p = {merged.values.mean():.6f} nats"
         if job.law is not None:
-            # Without --exact-prior the solve ends in the N(0, prior_std^2) prior, so this error includes its mismatch with p_T.
+            # Without --exact-prior the solve ends in the N(0, prior_std^2) prior, so this error includes its
+            # mismatch with p_T.
             exact = job.law.marginal(job.sde, args.t_min or job.sde.t_min).log_prob(job.data)
             result += f", mean |log p - exact log p_t_min| = {(merged.values - exact).abs().mean():.2e}"
         return f"{job.data.shape[0]} points", result

@@ -25,8 +25,9 @@ from ..testing import LAWS, SDES
 
 __all__ = [
     "CLIError", "Parser", "DTYPES", "DEFAULT_STEPS", "int_at_least", "positive_float", "name_list",
-    "add_run_options", "add_problem", "add_dtype", "add_num_samples", "add_solver_options", "add_trace_options", "trace_options",
-    "add_progress", "resolve_method", "stepping_options", "resolve_t_min", "resolve_dtype", "default_method",
+    "add_run_options", "add_problem", "add_dtype", "add_num_samples", "add_solver_options", "add_trace_options",
+    "add_progress", "trace_options", "default_method", "resolve_method", "solver_options", "stepping_options",
+    "resolve_t_min", "resolve_dtype",
 ]
 
 #: ``--dtype`` names.
@@ -115,13 +116,18 @@ def add_run_options(p: argparse.ArgumentParser, *, threads: int | None = 1) -> N
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
 
 
-def add_problem(p: argparse.ArgumentParser, law: str | None, *, group: argparse._ActionsContainer | None = None) -> None:
+def add_problem(
+    p: argparse.ArgumentParser, law: str | None, *, group: argparse._ActionsContainer | None = None
+) -> None:
     """``--problem LAW`` (default ``law``; ``None``: no default) and ``--sde SDE``: an analytic reference problem.
 
     ``group`` takes ``--problem`` instead of ``p`` (a group of sources, e.g. ``--problem`` or ``--model``).
     """
     (group or p).add_argument(
-        "--problem", choices=LAWS, default=law, help="data law with exact answers" + (f" (default: {law})" if law else "")
+        "--problem",
+        choices=LAWS,
+        default=law,
+        help="data law with exact answers" + (f" (default: {law})" if law else ""),
     )
     p.add_argument(
         "--sde", choices=SDES, default=None if law is None else "vp", help="forward SDE of --problem (default: vp)"
@@ -130,7 +136,9 @@ def add_problem(p: argparse.ArgumentParser, law: str | None, *, group: argparse.
 
 def add_dtype(p: argparse.ArgumentParser, default_text: str = "float64") -> None:
     """``--dtype`` (resolved by :func:`resolve_dtype`)."""
-    p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help=f"precision of the solve (default: {default_text})")
+    p.add_argument(
+        "--dtype", choices=tuple(DTYPES), default=None, help=f"precision of the solve (default: {default_text})"
+    )
 
 
 def add_num_samples(p: argparse.ArgumentParser, default: int | None, what: str) -> None:
@@ -165,7 +173,10 @@ def add_solver_options(p: argparse.ArgumentParser, kinds: dict[str, str]) -> Non
     )
     for name in ("--rtol", "--atol"):
         p.add_argument(
-            name, type=positive_float, default=None, help=f"tolerance of an adaptive method (default: {DEFAULT_TOLERANCE:g})"
+            name,
+            type=positive_float,
+            default=None,
+            help=f"tolerance of an adaptive method (default: {DEFAULT_TOLERANCE:g})",
         )
     p.add_argument("--t-min", type=positive_float, default=None, help="truncation time (default: the SDE's t_min)")
 
@@ -176,7 +187,10 @@ def add_trace_options(p: argparse.ArgumentParser) -> None:
         "--trace", choices=("exact", "hutchinson"), default="exact", help="divergence estimator (default: exact)"
     )
     p.add_argument(
-        "--probe", choices=("rademacher", "gaussian"), default="rademacher", help="Hutchinson probe (default: rademacher)"
+        "--probe",
+        choices=("rademacher", "gaussian"),
+        default="rademacher",
+        help="Hutchinson probe (default: rademacher)",
     )
     p.add_argument("--n-probes", type=int_at_least(1), default=1, help="Hutchinson probes per point (default: 1)")
 
@@ -198,13 +212,20 @@ def default_method(kind: str) -> str:
     return inspect.signature(_FRONT_ENDS[kind]).parameters["method"].default
 
 
-def resolve_method(args: argparse.Namespace, kind: str, when: str = "") -> Method:
+def resolve_method(args: argparse.Namespace, kind: str) -> Method:
     """The record of ``--method`` (or the kind's default) among the methods of ``kind``."""
     name = args.method or default_method(kind)
     methods = {m.name: m for m in list_methods(kind)}
     if name not in methods:
+        when = f" with --sampler {args.sampler}" if getattr(args, "sampler", None) else ""
         raise CLIError(f"argument --method: expected one of {', '.join(methods)}{when}, got {name!r}")
     return methods[name]
+
+
+def solver_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """The front-end's ``method`` and the keywords of its stepping (see :func:`stepping_options`), checked together."""
+    method = resolve_method(args, kind)
+    return {"method": method.name, **stepping_options(args, method, kind)}
 
 
 def stepping_options(args: argparse.Namespace, method: Method, kind: str) -> dict[str, float | int]:
@@ -230,7 +251,9 @@ def stepping_options(args: argparse.Namespace, method: Method, kind: str) -> dic
         )
     if args.step_size is not None:
         if not method.step_size:
-            raise CLIError(f"argument --step-size: the method {method.name!r} takes --steps only, got --step-size {args.step_size:g}")
+            raise CLIError(
+                f"argument --step-size: the method {method.name!r} takes --steps only, got --step-size {args.step_size:g}"
+            )
         return {"step_size": args.step_size}
     return {"steps": DEFAULT_STEPS if args.steps is None else args.steps}
 
@@ -245,7 +268,7 @@ def resolve_t_min(args: argparse.Namespace, sde: ForwardSDE) -> float:
 
 
 def resolve_dtype(args: argparse.Namespace, *, analytic: bool = True) -> torch.dtype:
-    """``--dtype``, by default float64 for an analytic ``--problem`` (exact references) and float32 for a ``--model``."""
+    """``--dtype``; by default float64 for an analytic ``--problem`` (exact references), float32 for a ``--model``."""
     if args.dtype is not None:
         return DTYPES[args.dtype]
     return torch.float64 if analytic else torch.float32

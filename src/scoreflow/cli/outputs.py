@@ -15,7 +15,9 @@ __all__ = ["add_out_file", "add_out_folder", "check_out_file", "check_out_folder
 
 def add_out_file(p: argparse.ArgumentParser, *, required: bool, help: str) -> None:
     """``--out FILE`` and ``--overwrite``."""
-    p.add_argument("--out", required=required, default=None, metavar="FILE", help=help + "; its folder is created if missing")
+    p.add_argument(
+        "--out", required=required, default=None, metavar="FILE", help=help + "; its folder is created if missing"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (by default it is refused)")
 
 
