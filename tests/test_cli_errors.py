@@ -177,7 +177,7 @@ def test_cuda_options_on_a_machine_without_cuda_are_rejected(tmp_path, capsys, a
     assert_one_line_error(capsys.readouterr().err, "dist sample", pattern)
 
 
-def test_debug_shows_the_traceback_instead(capsys):
+def test_debug_lets_the_error_through_with_its_traceback():
     with pytest.raises(CLIError, match="argument --method: expected one of .* got 'rk45'"):
         main(["sample", "--method", "rk45", "--debug"])
 
@@ -191,3 +191,12 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(scoreflow, "sample_ode", broken)
     with pytest.raises(ValueError, match="invalid literal for int"):
         main(["sample", "--num-samples", "4"])
+
+
+def test_an_interrupt_is_one_line_with_status_130(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scoreflow, "log_likelihood", interrupted)
+    assert main(["likelihood", "--num-samples", "4"]) == 130
+    assert capsys.readouterr().err == "scoreflow likelihood: error: interrupted (results are written whole or not at all)\n"

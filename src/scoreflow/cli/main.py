@@ -4,8 +4,8 @@ A user's error is one line ``<command>: error: <message>`` and exit status 2: an
 rejects, a combination a command rejects (:class:`~.options.CLIError`), or a ``ValueError`` /
 ``TypeError`` that scoreflow's API raises on purpose for the values given (a ``raise`` statement in
 scoreflow's own code).  A result that could not be written, or a solve that turned non-finite,
-is one line and status 1.  Anything else is a bug and keeps its traceback; ``--debug`` shows the
-traceback of every error.
+is one line and status 1; Ctrl-C is one line and status 130.  Anything else is a bug and keeps its
+traceback; ``--debug`` shows the traceback of every error.
 """
 
 from __future__ import annotations
@@ -79,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args is None or args.debug or not _raised_on_purpose(e):
             raise
         return _report(_prog(args), str(e), 1 if isinstance(e, NonFiniteError) else 2)
+    except KeyboardInterrupt:
+        if args is None or args.debug:
+            raise
+        return _report(_prog(args), "interrupted (results are written whole or not at all)", 130)
 
 
 def _prog(args: argparse.Namespace) -> str:
