@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,7 +29,10 @@ class ForwardSDE(ABC):
     Attributes:
         T: the final time (noise end).
         t_min: the default truncation time at which sampling stops and likelihoods start.
+        reaches_data: whether a solve may end at t = 0 exactly (flow paths: their velocity is finite there).
     """
+
+    reaches_data: ClassVar[bool] = False
 
     def __init__(self, *, T: float, t_min: float) -> None:
         name = type(self).__name__
@@ -58,6 +61,18 @@ class ForwardSDE(ABC):
     @abstractmethod
     def prior_std(self) -> float:
         """Standard deviation of the isotropic Gaussian prior used in place of :math:`p_T`."""
+
+    def marginal_derivatives(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Return :math:`(\dot\alpha(t), \dot\sigma(t))`: :math:`\dot\alpha = f\alpha`, :math:`\dot\sigma = (g^2 + 2f\sigma^2)/(2\sigma)`."""
+        alpha, sigma = self.marginal(t)
+        f, g = self.drift_coef(t), self.diffusion(t)
+        return f * alpha, (g**2 + 2 * f * sigma**2) / (2 * sigma)
+
+    @property
+    def pure_noise_at_T(self) -> bool:
+        r"""Whether :math:`\alpha(T) = 0`: then :math:`x_T` is exactly the prior, :math:`\lambda(T) = -\infty`, and
+        :math:`f` and :math:`g` are infinite at T (flow paths such as :class:`scoreflow.RectifiedFlow`)."""
+        return bool(self.marginal(torch.tensor(self.T, dtype=torch.float64))[0] == 0)
 
     def drift(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """Forward drift :math:`f(t)\\,x` for ``x`` of shape ``(B, *D)`` and scalar or ``(B,)`` time."""
