@@ -43,6 +43,7 @@ __all__ = [
     "denoiser_from_score",
     "velocity_from_score",
     "flow_velocity_from_score",
+    "check_native_at_pure_noise",
 ]
 
 Net = Callable[..., torch.Tensor]
@@ -103,6 +104,26 @@ def convert(
         return alpha * eps - sigma * x0
     d_alpha, d_sigma = (right_pad(c, x) for c in sde.marginal_derivatives(t))
     return d_alpha * x0 + d_sigma * eps
+
+
+def check_native_at_pure_noise(fn: str, model: object, sde: ForwardSDE) -> None:
+    """Refuse, for the front-end ``fn``, a model that cannot give the flow at T where the process is pure noise.
+
+    At :math:`\alpha(T) = 0` a score or noise prediction carries no information on :math:`x_0`
+    (:math:`s = -x/\sigma^2` for every law) and :math:`f, g` are infinite; a flow velocity, data or v prediction
+    gives the flow there.
+
+    Raises:
+        ValueError: if ``sde.pure_noise_at_T`` and the model predicts a score or noise.
+    """
+    kind = prediction_of(model)
+    if kind in ("score", "eps") and sde.pure_noise_at_T:
+        raise ValueError(
+            f"{fn}: a {kind} model cannot be integrated from t=T={sde.T:g} under {sde!r}, where alpha(T) = 0: there "
+            "the score of every law is -x/sigma^2 and the drift is infinite. Fix: wrap the network's own prediction, "
+            "e.g. scoreflow.score_from_flow_velocity(net, path) or score_from_denoiser, or use law.velocity(path) "
+            "for an analytic law."
+        )
 
 
 class _Parameterized(torch.nn.Module):

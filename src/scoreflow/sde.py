@@ -20,7 +20,7 @@ import torch
 from ._checks import check_instance, check_positive
 from ._tensor import TimeLike, as_time, batch_time, flat_dim, right_pad
 
-__all__ = ["ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "check_sde"]
+__all__ = ["ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "check_sde", "check_diffusion_finite_at_T"]
 
 
 class ForwardSDE(ABC):
@@ -292,3 +292,21 @@ class EDMSDE(ForwardSDE):
 def check_sde(fn: str, sde: Any) -> ForwardSDE:
     """Check that ``sde`` is a :class:`ForwardSDE` (the argument of the public function ``fn``); return it."""
     return check_instance(fn, "sde", sde, ForwardSDE, "scoreflow.VPSDE()")
+
+
+def check_diffusion_finite_at_T(fn: str, sde: ForwardSDE) -> ForwardSDE:
+    """Check ``sde`` for the stochastic front-end ``fn``: a :class:`ForwardSDE` whose diffusion is finite at T.
+
+    Where :math:`\alpha(T) = 0` the reverse SDE forgets its start at once (:math:`g(T) = \infty`): it cannot be
+    started there.  A path truncated before pure noise (e.g. ``RectifiedFlow(T=0.999)``) has a finite one.
+    Raises:
+        TypeError: if ``sde`` is not a :class:`ForwardSDE`.
+        ValueError: if it reaches pure noise at T.
+    """
+    if check_sde(fn, sde).pure_noise_at_T:
+        raise ValueError(
+            f"{fn}: the reverse SDE of {sde!r} has infinite drift and diffusion at t=T={sde.T:g}, where alpha(T) = 0 "
+            "(pure noise). Fix: sample it by the probability-flow ODE (sample_ode), or truncate the path before "
+            "pure noise, e.g. scoreflow.RectifiedFlow(T=0.999), whose prior N(0, T^2 I) is then approximate."
+        )
+    return sde

@@ -87,8 +87,10 @@ class _Multistep(NativeSolver):
             history.insert(0, (lam_s, model.data(x, s)))
             del history[self.order :]
             order = self._step_order(i, n)
-            if i == 0 and order >= 2:
+            if i == 0 and order >= 2 and bool(torch.isfinite(h)):
                 x = self._midpoint_start(model, x, s, history, lam_s, sigma_s, h, alpha_t, sigma_t)
+            elif i == 0:
+                x = _update(x, sigma_t / sigma_s, alpha_t, h, history[0][1])
             else:
                 d1, d2 = _differences(h, history[:order]) if order > 1 else (None, None)
                 x = _update(x, sigma_t / sigma_s, alpha_t, h, history[0][1], d1, d2)
@@ -122,7 +124,8 @@ class DPMSolverPP2M(_Multistep):
 class DPMSolverPP3M(_Multistep):
     r"""DPM-Solver++(3M): third-order multistep with data prediction, one NFE per step (plus one to start).
 
-    The first step is a log-SNR midpoint step (2 NFE), so the method keeps third order; ``lower_order_final``
+    The first step is a log-SNR midpoint step (2 NFE), so the method keeps third order (from pure noise,
+    :math:`\lambda = -\infty`, it is a DDIM step: its order drops by one); ``lower_order_final``
     (default True) lowers the last two steps to orders 2 and 1 when there are fewer than 10 steps.
     """
 
@@ -137,8 +140,13 @@ def _polynomial_update(x, sigma_ratio, alpha_t, h, base, others):
     than the Taylor form on coarse grids).  Otherwise, writing the polynomial as :math:`\sum_k c_k (\tau/h)^k`,
     :math:`\tau = \lambda - \lambda_s`, the step is :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \alpha_t\sum_k c_k\,k!\,h^{-k}\psi_k(h)`
     with :math:`\psi_k = \int_0^h e^{\tau-h}\tau^k/k!\,d\tau = h^k/k! - \psi_{k-1}`, :math:`\psi_0 = 1 - e^{-h}`.
+    A point at :math:`\lambda = -\infty` (pure noise) is the limit of a node infinitely far away: it drops out,
+    except as the step's own start, which :func:`_update_from_pure_noise` integrates.
     """
     lam_s, m_s = base
+    if not math.isfinite(float(lam_s)):
+        return _update_from_pure_noise(x, sigma_ratio, alpha_t, m_s, others)
+    others = [(lam, m) for lam, m in others if math.isfinite(float(lam))]
     if len(others) <= 1:
         d1 = [(m - m_s) * (h / (lam - lam_s)) for lam, m in others]
         return _update(x, sigma_ratio, alpha_t, h, m_s, *d1)
@@ -151,8 +159,33 @@ def _polynomial_update(x, sigma_ratio, alpha_t, h, base, others):
         if j > 0:
             psi = hh**j / math.factorial(j) - psi
         weights.append(psi * math.factorial(j) / hh**j)
-    out = sigma_ratio * x
-    for c, (_, m) in zip((torch.tensor(weights, dtype=torch.float64) @ inv).tolist(), points):
+    return _combine(sigma_ratio * x, alpha_t, (torch.tensor(weights, dtype=torch.float64) @ inv).tolist(), points)
+
+
+def _update_from_pure_noise(x, sigma_ratio, alpha_t, m_s, others):
+    r"""The step from pure noise (:math:`\alpha_s = 0`, :math:`\lambda_s = -\infty`) to :math:`\lambda_t` through ``others``.
+
+    In :math:`r = e^\lambda = \alpha/\sigma` the exact step is :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \sigma_t\int_0^{r_t}\hat x_0\,dr`,
+    and :math:`\hat x_0` is smooth in r at r = 0 (where it is the data mean), so the polynomial through the
+    predictions at :math:`\rho_j = r_j/r_t` (0 for the start) is integrated over [0, 1]: alone, the DDIM step
+    :math:`\tfrac{\sigma_t}{\sigma_s}x_s + \alpha_t\hat x_0`; with the end point, the trapezoidal rule (the limit
+    of DPM-Solver++'s second-order form).
+    """
+    finite = [(lam, m) for lam, m in others if math.isfinite(float(lam))]
+    if not finite:
+        return sigma_ratio * x + alpha_t * m_s
+    lam_t = max(float(lam) for lam, _ in finite)
+    rho = torch.tensor([0.0] + [math.exp(float(lam) - lam_t) for lam, _ in finite], dtype=torch.float64)
+    k = len(rho)
+    moments = 1.0 / torch.arange(1, k + 1, dtype=torch.float64)  # integrals of rho^j over [0, 1]
+    vander = rho[:, None] ** torch.arange(k, dtype=torch.float64)
+    weights = torch.linalg.solve(vander.T, moments).tolist()
+    return _combine(sigma_ratio * x, alpha_t, weights, [(None, m_s)] + finite)
+
+
+def _combine(out, alpha_t, weights, points):
+    """``out + alpha_t * sum_j weights_j * prediction_j``."""
+    for c, (_, m) in zip(weights, points):
         out = out + alpha_t * c * m
     return out
 
