@@ -128,6 +128,12 @@ class AffinePath(ForwardSDE):
     def prior_std(self) -> float:
         return float(self.marginal(torch.tensor(self.T, dtype=torch.float64))[1])
 
+    def truncated(self, T: float) -> AffinePath:
+        """The same path on ``[0, T]``, ``T`` below this one's (e.g. to stop short of pure noise for the reverse SDE)."""
+        if not check_positive(type(self).__name__ + ".truncated", "T", T) <= self.T:
+            raise ValueError(f"{type(self).__name__}.truncated: argument 'T' expected a time in (t_min, {self.T:g}], got {T!r}.")
+        return AffinePath(self._alpha, self._sigma, d_alpha=self._d_alpha, d_sigma=self._d_sigma, T=T, t_min=self.t_min)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(T={self.T:g}, t_min={self.t_min:g})"
 
@@ -163,3 +169,6 @@ class RectifiedFlow(AffinePath):
 
     def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
         return torch.sigmoid(-as_time(log_snr))
+
+    def truncated(self, T: float) -> RectifiedFlow:
+        return RectifiedFlow(T=T, t_min=self.t_min)
