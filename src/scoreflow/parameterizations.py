@@ -107,7 +107,7 @@ def convert(
 
 
 def check_native_at_pure_noise(fn: str, model: object, sde: ForwardSDE) -> None:
-    """Refuse, for the front-end ``fn``, a model that cannot give the flow at T where the process is pure noise.
+    r"""Refuse, for the front-end ``fn``, a model that cannot give the flow at T where the process is pure noise.
 
     At :math:`\alpha(T) = 0` a score or noise prediction carries no information on :math:`x_0`
     (:math:`s = -x/\sigma^2` for every law) and :math:`f, g` are infinite; a flow velocity, data or v prediction

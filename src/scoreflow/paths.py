@@ -29,6 +29,7 @@ _CHECK_POINTS = 257
 
 def _derivative(fn: Schedule, t: torch.Tensor) -> torch.Tensor:
     """Elementwise derivative of a schedule by forward-mode autograd (works under ``torch.no_grad``)."""
+    t = t.contiguous()  # an expanded (B,) time would alias one element in the tangent computation
     return torch.func.jvp(fn, (t,), (torch.ones_like(t),))[1]
 
 
@@ -132,6 +133,9 @@ class AffinePath(ForwardSDE):
         """The same path on ``[0, T]``, ``T`` below this one's (e.g. to stop short of pure noise for the reverse SDE)."""
         if not check_positive(type(self).__name__ + ".truncated", "T", T) <= self.T:
             raise ValueError(f"{type(self).__name__}.truncated: argument 'T' expected a time in (t_min, {self.T:g}], got {T!r}.")
+        return self._on(T)
+
+    def _on(self, T: float) -> AffinePath:
         return AffinePath(self._alpha, self._sigma, d_alpha=self._d_alpha, d_sigma=self._d_sigma, T=T, t_min=self.t_min)
 
     def __repr__(self) -> str:
@@ -170,5 +174,5 @@ class RectifiedFlow(AffinePath):
     def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
         return torch.sigmoid(-as_time(log_snr))
 
-    def truncated(self, T: float) -> RectifiedFlow:
+    def _on(self, T: float) -> RectifiedFlow:
         return RectifiedFlow(T=T, t_min=self.t_min)

@@ -295,7 +295,7 @@ def check_sde(fn: str, sde: Any) -> ForwardSDE:
 
 
 def check_diffusion_finite_at_T(fn: str, sde: ForwardSDE) -> ForwardSDE:
-    """Check ``sde`` for the stochastic front-end ``fn``: a :class:`ForwardSDE` whose diffusion is finite at T.
+    r"""Check ``sde`` for the stochastic front-end ``fn``: a :class:`ForwardSDE` whose diffusion is finite at T.
 
     Where :math:`\alpha(T) = 0` the reverse SDE forgets its start at once (:math:`g(T) = \infty`): it cannot be
     started there.  A path truncated before pure noise (e.g. ``RectifiedFlow(T=0.999)``) has a finite one.
