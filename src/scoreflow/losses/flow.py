@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .._checks import check_batch, check_callable, check_choice, check_generator, check_like, resolve_t_min
+from .._checks import check_batch, check_callable, check_choice, check_generator, check_instance, check_like, resolve_t_min
 from .._tensor import right_pad, standard_normal
 from ..parameterizations import convert, prediction_of
-from ..sde import ForwardSDE, check_sde
+from ..sde import ForwardSDE
 from ._common import check_reduction, reduce, sq_norm
 
 __all__ = ["cfm_loss", "COUPLINGS", "ot_pairing"]
@@ -79,7 +79,7 @@ def cfm_loss(
     """
     fn = "cfm_loss"
     check_callable(fn, "velocity", velocity, "u(x, t)")
-    check_sde(fn, path)
+    check_instance(fn, "path", path, ForwardSDE, "scoreflow.RectifiedFlow()")
     check_batch(fn, "x0", x0)
     check_choice(fn, "coupling", coupling, COUPLINGS)
     t_lo = resolve_t_min(fn, path, 0.0 if t_min is None and path.reaches_data else t_min)
