@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_few_nfe import Counted  # benchmarks/ is on the path when this script runs
 
 import scoreflow as sf
 from scoreflow.analytic import Gaussian, GaussianMixture
@@ -59,17 +60,6 @@ def grids(steps: int) -> dict[str, torch.Tensor]:
         "shift0.5": sf.time_grid(RF, steps, "shift", shift=0.5),
         "log_snr_capped": sf.time_grid(RF, steps, "log_snr_capped"),
     }
-
-
-class Counted:
-    """Counts calls of a velocity (the NFE of the peers)."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.fn(*args, **kwargs)
 
 
 def random_mixture(seed: int) -> tuple[str, GaussianMixture]:

@@ -30,7 +30,7 @@ from ..dynamics.counting import CountedScore
 from ..methods import Method, Path, Tolerances, int_option, positive_option, register
 from ..sde import ForwardSDE
 from .base import ScorePredictions, check_native_ends
-from .multistep import _polynomial_update
+from .multistep import _polynomial_update, _update_from_pure_noise
 
 __all__ = ["AdaptiveExponentialPC"]
 
@@ -93,9 +93,8 @@ class AdaptiveExponentialPC:
         h, rejected = self.h_init, 0  # a first step beyond t_end becomes the last step below
         # From pure noise (lambda = -inf) the first step is sized in r = e^lambda: it ends at lambda = lam_first,
         # which a rejection moves by log(factor) (the step's error scales as r_t^(p+1), as an ordinary step's does as h^(p+1)).
-        lam_first = -self.h_init
+        lam_first, from_noise = -self.h_init, model.from_pure_noise(t_start)
         for _ in range(self.max_steps):
-            from_noise = not bool(torch.isfinite(lam_s))
             if from_noise:
                 last = lam_first >= float(lam_end)
                 t = t_end if last else model.time_at(lam_s.new_tensor(lam_first))
@@ -110,9 +109,15 @@ class AdaptiveExponentialPC:
             alpha_t, sigma_t, lam_t = model.coefs(t)
             step, ratio, base = lam_t - lam_s, sigma_t / sigma_s, (lam_s, m)
             others = history[: self.points - 1]
-            x_pred = _polynomial_update(x, ratio, alpha_t, step, base, others)
+
+            def update(points):
+                if from_noise:
+                    return _update_from_pure_noise(x, ratio, alpha_t, m, points)
+                return _polynomial_update(x, ratio, alpha_t, step, base, points)
+
+            x_pred = update(others)
             m_t = model.data(x_pred, t)
-            x_t = _polynomial_update(x, ratio, alpha_t, step, base, [(lam_t, m_t)] + others)
+            x_t = update([(lam_t, m_t)] + others)
             scale = atol + rtol * torch.maximum(x.abs(), x_t.abs())
             err = float(((x_t - x_pred) / scale).square().mean().sqrt())
             factor = min(self.max_factor, max(self.min_factor, self.safety * max(err, 1e-10) ** (-1.0 / (len(others) + 2))))
@@ -124,7 +129,9 @@ class AdaptiveExponentialPC:
             if err > self.reject_above:
                 rejected += 1
                 continue
-            history.insert(0, base)
+            if not from_noise:  # a prediction at lambda = -inf drops out of later polynomials (see multistep)
+                history.insert(0, base)
+            from_noise = False
             x, m, lam_s, sigma_s = x_t, m_t, lam_t, sigma_t
             times.append(t)
             states.append(x)

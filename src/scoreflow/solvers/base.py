@@ -38,6 +38,10 @@ class ScorePredictions:
         alpha, sigma = self.sde.marginal(t)
         return alpha, sigma, torch.log(alpha) - torch.log(sigma)
 
+    def from_pure_noise(self, t: torch.Tensor) -> bool:
+        r"""Whether a solve starting at ``t`` starts where :math:`\alpha = 0` (log-SNR :math:`-\infty`); read once per solve."""
+        return bool(self.sde.marginal(t)[0] == 0)
+
     def time_at(self, lam: torch.Tensor) -> torch.Tensor:
         """The time whose log-SNR is ``lam``."""
         return self.sde.t_from_log_snr(lam)
@@ -51,8 +55,8 @@ class NativeSolver(ABC):
         nfe_per_step: score evaluations per step.
         default_schedule: the step schedule it is designed for (see ``sampling.schedules``).
         options: the keyword options its constructor accepts.
-        from_pure_noise: whether it can start where :math:`\alpha = 0` (a flow path at T); the noise-prediction
-            forms divide by :math:`\alpha_s` there.
+        from_pure_noise: whether it can start where :math:`\\alpha = 0` (a flow path at T); the noise-prediction
+            forms divide by :math:`\\alpha_s` there.
     """
 
     order: ClassVar[int]

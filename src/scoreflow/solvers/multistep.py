@@ -80,6 +80,7 @@ class _Multistep(NativeSolver):
 
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         traj, history, n = [x], [], len(ts) - 1
+        from_noise = model.from_pure_noise(ts[0])
         for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
             _, sigma_s, lam_s = model.coefs(s)
             alpha_t, sigma_t, lam_t = model.coefs(t)
@@ -87,10 +88,12 @@ class _Multistep(NativeSolver):
             history.insert(0, (lam_s, model.data(x, s)))
             del history[self.order :]
             order = self._step_order(i, n)
-            if i == 0 and order >= 2 and bool(torch.isfinite(h)):
-                x = self._midpoint_start(model, x, s, history, lam_s, sigma_s, h, alpha_t, sigma_t)
-            elif i == 0:
+            if i == 0 and from_noise:
+                # h = inf: the exact DDIM limit; the prediction at lambda = -inf then enters the divided
+                # differences with weight h / inf = 0, the limit of a node infinitely far away.
                 x = _update(x, sigma_t / sigma_s, alpha_t, h, history[0][1])
+            elif i == 0 and order >= 2:
+                x = self._midpoint_start(model, x, s, history, lam_s, sigma_s, h, alpha_t, sigma_t)
             else:
                 d1, d2 = _differences(h, history[:order]) if order > 1 else (None, None)
                 x = _update(x, sigma_t / sigma_s, alpha_t, h, history[0][1], d1, d2)
@@ -140,13 +143,10 @@ def _polynomial_update(x, sigma_ratio, alpha_t, h, base, others):
     than the Taylor form on coarse grids).  Otherwise, writing the polynomial as :math:`\sum_k c_k (\tau/h)^k`,
     :math:`\tau = \lambda - \lambda_s`, the step is :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \alpha_t\sum_k c_k\,k!\,h^{-k}\psi_k(h)`
     with :math:`\psi_k = \int_0^h e^{\tau-h}\tau^k/k!\,d\tau = h^k/k! - \psi_{k-1}`, :math:`\psi_0 = 1 - e^{-h}`.
-    A point at :math:`\lambda = -\infty` (pure noise) is the limit of a node infinitely far away: it drops out,
-    except as the step's own start, which :func:`_update_from_pure_noise` integrates.
+    A step from pure noise (:math:`\lambda_s = -\infty`) is :func:`_update_from_pure_noise`; a prediction there is
+    the limit of a node infinitely far away and is left out of later steps' polynomials.
     """
     lam_s, m_s = base
-    if not math.isfinite(float(lam_s)):
-        return _update_from_pure_noise(x, sigma_ratio, alpha_t, m_s, others)
-    others = [(lam, m) for lam, m in others if math.isfinite(float(lam))]
     if len(others) <= 1:
         d1 = [(m - m_s) * (h / (lam - lam_s)) for lam, m in others]
         return _update(x, sigma_ratio, alpha_t, h, m_s, *d1)
@@ -171,16 +171,15 @@ def _update_from_pure_noise(x, sigma_ratio, alpha_t, m_s, others):
     :math:`\tfrac{\sigma_t}{\sigma_s}x_s + \alpha_t\hat x_0`; with the end point, the trapezoidal rule (the limit
     of DPM-Solver++'s second-order form).
     """
-    finite = [(lam, m) for lam, m in others if math.isfinite(float(lam))]
-    if not finite:
+    if not others:
         return sigma_ratio * x + alpha_t * m_s
-    lam_t = max(float(lam) for lam, _ in finite)
-    rho = torch.tensor([0.0] + [math.exp(float(lam) - lam_t) for lam, _ in finite], dtype=torch.float64)
+    lam_t = max(float(lam) for lam, _ in others)
+    rho = torch.tensor([0.0] + [math.exp(float(lam) - lam_t) for lam, _ in others], dtype=torch.float64)
     k = len(rho)
     moments = 1.0 / torch.arange(1, k + 1, dtype=torch.float64)  # integrals of rho^j over [0, 1]
     vander = rho[:, None] ** torch.arange(k, dtype=torch.float64)
     weights = torch.linalg.solve(vander.T, moments).tolist()
-    return _combine(sigma_ratio * x, alpha_t, weights, [(None, m_s)] + finite)
+    return _combine(sigma_ratio * x, alpha_t, weights, [(None, m_s)] + list(others))
 
 
 def _combine(out, alpha_t, weights, points):
@@ -202,20 +201,28 @@ class _PredictorCorrector(NativeSolver):
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         traj, n, history = [x], len(ts) - 1, []
         m = model.data(x, ts[0])
+        from_noise = model.from_pure_noise(ts[0])
         for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
             _, sigma_s, lam_s = model.coefs(s)
             alpha_t, sigma_t, lam_t = model.coefs(t)
             h, ratio = lam_t - lam_s, sigma_t / sigma_s
-            history.insert(0, (lam_s, m))
-            del history[self.predictor_points :]
             last = i == n - 1
+            if i == 0 and from_noise:
+                # The prediction at lambda = -inf stays out of the history: later polynomials drop it in the limit.
+                update = lambda others, m_s=m: _update_from_pure_noise(x, ratio, alpha_t, m_s, others)  # noqa: E731
+                others = []
+            else:
+                history.insert(0, (lam_s, m))
+                del history[self.predictor_points :]
+                update = lambda others: _polynomial_update(x, ratio, alpha_t, h, history[0], others)  # noqa: E731
+                others = history[1:]
             lower = last and self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW
-            x_pred = _polynomial_update(x, ratio, alpha_t, h, history[0], [] if lower else history[1:])
+            x_pred = update([] if lower else others)
             if last:
                 x = x_pred
             else:
                 m = model.data(x_pred, t)
-                x = _polynomial_update(x, ratio, alpha_t, h, history[0], [(lam_t, m)] + history[1:])
+                x = update([(lam_t, m)] + others)
             traj.append(x)
         return traj
 
