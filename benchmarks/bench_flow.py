@@ -103,9 +103,11 @@ def run_flow_matching(velocity, x1):
     rows = []
     field = Counted(lambda x, t: -velocity.predict(x, (1 - t).to(x.dtype).expand(x.shape[0])))
     solver = ODESolver(velocity_model=lambda x, t: field(x, t))
-    for method, per_step in (("euler", 1), ("midpoint", 2)):
+    for method, per_step in (("euler", 1), ("midpoint", 2), ("rk4", 4)):
         for budget in BUDGETS:
             steps = budget // per_step
+            if steps < 1:
+                continue
             for gname, grid in {"uniform": sf.time_grid(RF, steps, "t"), **{f"sf:{k}": v for k, v in grids(steps).items()}}.items():
                 if gname == "sf:t":
                     continue
@@ -156,23 +158,31 @@ def evaluate(name, law, n, seed, peers=True):
     return info, rows
 
 
-def best_within(rows, library, budget, own_grids_only=False):
-    cands = [r for r in rows if r["library"] == library and r["nfe"] <= budget
-             and not (own_grids_only and r["grid"].startswith("sf:"))]
+def best_within(rows, libraries, budget, *, own_grids_only=False, with_rk4=True):
+    cands = [r for r in rows if r["library"] in libraries and r["nfe"] <= budget
+             and not (own_grids_only and r["grid"].startswith("sf:"))
+             and (with_rk4 or not (r["library"] == "flow_matching" and r["method"] == "rk4"))]
     return min(cands, key=lambda r: r["path_rms"]) if cands else None
+
+
+#: The peers' settings compared: the issue's (flow_matching's euler, midpoint, dopri5 on its own uniform grid or
+#: tolerances, diffusers' scheduler), the same with flow_matching's rk4 (torchdiffeq's, which its ODESolver
+#: also runs), and everything on scoreflow's grids too.
+PEER_SETTINGS = {
+    "": {"own_grids_only": True, "with_rk4": False},
+    "_rk4": {"own_grids_only": True, "with_rk4": True},
+    "_any_grid": {"own_grids_only": False, "with_rk4": True},
+}
 
 
 def verdicts(rows):
     out = {}
     for b in (10, 20):
-        sf_best = best_within(rows, "scoreflow", b)
-        peers = [r for lib in ("flow_matching", "diffusers") for r in [best_within(rows, lib, b, own_grids_only=True)] if r]
-        peers_any = [r for lib in ("flow_matching", "diffusers") for r in [best_within(rows, lib, b)] if r]
-        peer, peer_any = min(peers, key=lambda r: r["path_rms"]), min(peers_any, key=lambda r: r["path_rms"])
-        out[f"nfe<={b}"] = {
-            "scoreflow": _show(sf_best), "best_peer": _show(peer), "ratio": sf_best["path_rms"] / peer["path_rms"],
-            "best_peer_any_grid": _show(peer_any), "ratio_any_grid": sf_best["path_rms"] / peer_any["path_rms"],
-        }
+        sf_best = best_within(rows, ("scoreflow",), b)
+        out[f"nfe<={b}"] = {"scoreflow": _show(sf_best)}
+        for suffix, setting in PEER_SETTINGS.items():
+            peer = best_within(rows, ("flow_matching", "diffusers"), b, **setting)
+            out[f"nfe<={b}"] |= {f"best_peer{suffix}": _show(peer), f"ratio{suffix}": sf_best["path_rms"] / peer["path_rms"]}
     return out
 
 
@@ -286,8 +296,8 @@ def time_at_equal_error(rows, targets=(1e-1, 3e-2, 1e-2, 3e-3, 1e-3)):
 
 # ------------------------------------------------------------------ report
 def table(results):
-    lines = ["| problem | NFE budget | scoreflow best | best peer (own grid) | ratio | best peer (any grid) | ratio |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| problem | NFE | scoreflow best | best peer (issue's set) | ratio | best peer with rk4 | ratio | best peer, any grid | ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def fmt(r):
         extra = f" tol {r['tol']:g}" if "tol" in r else ("" if r["grid"] in ("adaptive", "its own") else f" [{r['grid']}]")
@@ -296,8 +306,8 @@ def table(results):
     for info, _, v in results:
         for b in ("nfe<=10", "nfe<=20"):
             e = v[b]
-            lines.append(f"| {info['problem']} | {b[3:]} | {fmt(e['scoreflow'])} | {fmt(e['best_peer'])} | {e['ratio']:.2f} | "
-                         f"{fmt(e['best_peer_any_grid'])} | {e['ratio_any_grid']:.2f} |")
+            cells = " | ".join(f"{fmt(e['best_peer' + k])} | {e['ratio' + k]:.2f}" for k in PEER_SETTINGS)
+            lines.append(f"| {info['problem']} | {b[3:]} | {fmt(e['scoreflow'])} | {cells} |")
     return lines
 
 
@@ -356,11 +366,11 @@ def main(argv=None):
         v = verdicts(rows)
         info["seconds"] = time.perf_counter() - t0
         results.append((info, rows, v))
-        print(json.dumps({"problem": name, **{b: {"ratio": e["ratio"], "ratio_any_grid": e["ratio_any_grid"]} for b, e in v.items()}}), flush=True)
+        print(json.dumps({"problem": name, **{b: {k: e[k] for k in e if k.startswith("ratio")} for b, e in v.items()}}), flush=True)
     lines = table(results)
     spread = {}
     for b in ("nfe<=10", "nfe<=20"):
-        for key in ("ratio", "ratio_any_grid"):
+        for key in ("ratio" + k for k in PEER_SETTINGS):
             vals = sorted(v[b][key] for info, _, v in results if info["problem"].startswith("random"))
             if vals:
                 spread[f"{b} {key}"] = {"min": vals[0], "median": statistics.median(vals), "max": vals[-1],
