@@ -73,9 +73,9 @@ def test_score_and_noise_models_are_refused_at_pure_noise():
     law, x1 = make_law("ring2d"), prior(4, 2)
     plain = lambda x, t: law.score(RF)(x, t)  # noqa: E731 - a score without its native velocity
     for call in (lambda: sf.sample_ode(plain, RF, x1), lambda: sf.log_likelihood(plain, RF, x1)):
-        with pytest.raises(ValueError, match="a score model cannot be integrated from t=T=1.*score_from_flow_velocity"):
+        with pytest.raises(ValueError, match="a model predicting 'score' cannot be integrated from t=T=1.*score_from_flow_velocity"):
             call()
-    with pytest.raises(ValueError, match="sample_ode: a eps model cannot be integrated"):
+    with pytest.raises(ValueError, match="sample_ode: a model predicting 'eps' cannot be integrated"):
         sf.sample_ode(sf.score_from_eps(lambda x, t: x, RF), RF, x1)
 
 

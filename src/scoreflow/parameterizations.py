@@ -119,7 +119,7 @@ def check_native_at_pure_noise(fn: str, model: object, sde: ForwardSDE) -> None:
     kind = prediction_of(model)
     if kind in ("score", "eps") and sde.pure_noise_at_T:
         raise ValueError(
-            f"{fn}: a {kind} model cannot be integrated from t=T={sde.T:g} under {sde!r}, where alpha(T) = 0: there "
+            f"{fn}: a model predicting {kind!r} cannot be integrated from t=T={sde.T:g} under {sde!r}, where alpha(T) = 0: there "
             "the score of every law is -x/sigma^2 and the drift is infinite. Fix: wrap the network's own prediction, "
             "e.g. scoreflow.score_from_flow_velocity(net, path) or score_from_denoiser, or use law.velocity(path) "
             "for an analytic law."
