@@ -13,40 +13,10 @@ import torch
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Sample the 2-D ring mixture by ODE and SDE and compare with the exact law."""
-    from .testing import make_problem
+    """Sample the 2-D ring mixture by ODE and SDE and judge each sampler against the exact law."""
+    from .bench.demo import main_demo
 
-    problem = make_problem("ring2d", args.sde)
-    law, sde = problem.law, problem.sde
-    g = torch.Generator().manual_seed(args.seed)
-    x_T = sde.prior_sample((args.n, 2), generator=g, dtype=torch.float64)
-    exact = law.marginal(sde, sde.t_min)
-    from . import SampleResult, sample_ode, sample_sde
-    from .metrics import mode_weights
-
-    print(f"problem: {problem.name}  (8-component ring mixture, {args.n} samples, exact law at t_min={sde.t_min:g})")
-    print(f"{'sampler':<34}{'NFE':>6}{'mean err':>11}{'cov err':>10}{'weight err':>12}{'seconds':>9}")
-    runs = {
-        "ode dopri5 (rtol=atol=1e-5)": lambda: sample_ode(problem.score, sde, x_T, method="dopri5"),
-        "ode dpmpp_3m_pc (20 steps)": lambda: sample_ode(problem.score, sde, x_T, method="dpmpp_3m_pc", steps=20),
-        "ode dpmpp_4m_pc_adaptive (1e-3)": lambda: sample_ode(
-            problem.score, sde, x_T, method="dpmpp_4m_pc_adaptive", rtol=1e-3, atol=1e-3
-        ),
-        f"sde euler ({args.steps} steps)": lambda: sample_sde(
-            problem.score, sde, x_T, method="euler", steps=args.steps, generator=g
-        ),
-        "exact samples (Monte-Carlo floor)": lambda: SampleResult(exact.sample(args.n, generator=g), 0),
-    }
-    for name, run in runs.items():
-        start = time.perf_counter()
-        res = run()
-        secs = time.perf_counter() - start
-        x = res.samples
-        mean_err = (x.mean(0) - exact.mean).norm().item()
-        cov_err = (torch.cov(x.T) - exact.covariance).norm().item()
-        weight_err = (mode_weights(law, x) - law.weights).abs().max().item()
-        print(f"{name:<34}{res.nfe:>6}{mean_err:>11.4f}{cov_err:>10.4f}{weight_err:>12.4f}{secs:>9.2f}")
-    return 0
+    return main_demo(args.sde, args.n, args.steps, args.seed)
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,10 +88,27 @@ class _NoBar:
         pass
 
 
-def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm progress bar on stderr, or a silent stand-in when ``enabled`` is false."""
+class _LineBar(_NoBar):
+    """Without tqdm: one line on stderr when the work starts and the count when it ends."""
+
+    def __init__(self, desc: str, unit: str) -> None:
+        self.desc, self.unit, self.count = desc, unit, 0
+        print(f"{desc} ...", file=sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+
+    def close(self) -> None:
+        print(f"{self.desc}: done ({self.count} {self.unit})", file=sys.stderr, flush=True)
+
+
+def progress_bar(total: int | None, desc: str, enabled: bool, *, unit: str = "solve", leave: bool = True):
+    """A tqdm progress bar on stderr (``total=None``: a counter), a plain line on stderr when tqdm is not
+    installed, or a silent stand-in when ``enabled`` is false."""
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="solve", leave=True, dynamic_ncols=True)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _LineBar(desc, unit)
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
