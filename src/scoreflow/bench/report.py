@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from .files import write_atomically, write_text_atomically
 from .study import Study
 
 __all__ = ["write_report", "orders_table", "rows_table", "plot_study"]
@@ -124,7 +125,7 @@ def plot_study(study: Study, metric: str, path: Path) -> Path:
         fig.tight_layout(rect=(0, 0.04 * len(footnotes) + 0.02, 1, 1))
     else:
         fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
     return path
 
@@ -152,7 +153,7 @@ def write_report(
             "orders": study.orders,
             "rows": study.rows,
         }
-        path.write_text(json.dumps(payload, indent=1))
+        write_text_atomically(path, json.dumps(payload, indent=1))
         files[f"{study.name}_json"] = path
         md += [
             f"## {study.name.upper()} study: {study.problem}",
@@ -170,6 +171,6 @@ def write_report(
                     md += [f"![{study.name} {metric}]({png.name})", ""]
         md += ["<details><summary>All rows</summary>", "", rows_table(study), "", "</details>", ""]
     report = out / "report.md"
-    report.write_text("\n".join(md))
+    write_text_atomically(report, "\n".join(md))
     files["report"] = report
     return files
