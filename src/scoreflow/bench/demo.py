@@ -149,4 +149,6 @@ def main_demo(sde: str, n: int, steps: int, seed: int) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
+    # 5000 points in 2-D: one thread is fastest, and several threads on a busy machine are many times slower
+    torch.set_num_threads(1)
     return run_demo(sde=sde, n=n, steps=steps, seed=seed)
