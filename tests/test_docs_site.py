@@ -108,7 +108,7 @@ def test_chromium_lays_the_formulas_out_as_mathematics(site):
             ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom",
              f"http://127.0.0.1:{server.server_address[1]}/harness.html"],
             capture_output=True, text=True, timeout=120, check=True,
-            start_new_session=True,  # chromium signals its process group on exit; keep pytest out of it
+            start_new_session=True,  # its own session: no signal chromium sends its process group reaches pytest
         ).stdout
     finally:
         server.shutdown()
