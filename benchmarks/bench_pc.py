@@ -69,13 +69,13 @@ def langevin_table(seeds: int, n: int) -> list[dict]:
     ncsn_score = law.score(sf.EDMSDE(sigma_min, sigma_max))
     runs = {
         "plain Langevin (eps=0.01, 200 steps)": lambda x0, g: sf.langevin(
-            law.grad_log_prob, x0, step_size=0.01, n_steps=200, generator=g),
+            law.grad_log_prob, x0, step_size=0.01, steps=200, generator=g),
         "annealed, L=15, T=40, alpha=0.2 sigma^2": lambda x0, g: sf.annealed_langevin(
-            ncsn_score, x0, sf.geometric_sigmas(sigma_min, sigma_max, 15), steps_per_sigma=40,
-            eps=0.2 * sigma_min**2, generator=g),
+            ncsn_score, x0, sf.geometric_sigmas(sigma_min, sigma_max, 15), steps=40,
+            step_size=0.2 * sigma_min**2, generator=g),
         "annealed, L=15, T=80, alpha=0.1 sigma^2": lambda x0, g: sf.annealed_langevin(
-            ncsn_score, x0, sf.geometric_sigmas(sigma_min, sigma_max, 15), steps_per_sigma=80,
-            eps=0.1 * sigma_min**2, generator=g),
+            ncsn_score, x0, sf.geometric_sigmas(sigma_min, sigma_max, 15), steps=80,
+            step_size=0.1 * sigma_min**2, generator=g),
     }
     rows = []
     for label, run in runs.items():

@@ -260,7 +260,7 @@ def plot_grid(real_levels, samples: dict, path: Path, per_row: int = 12) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scoreflow.bench.files import write_atomically
+    from scoreflow._files import atomic_write
 
     rows = [("real test digits", torch.as_tensor(real_levels[:per_row], dtype=torch.float32))]
     rows += [(name, to_levels(y[:per_row])) for name, (y, _) in samples.items()]
@@ -271,7 +271,8 @@ def plot_grid(real_levels, samples: dict, path: Path, per_row: int = 12) -> None
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -353,6 +354,7 @@ def run(args: argparse.Namespace) -> dict:
                    "data_range": DATA_RANGE, "sde": "VPSDE(beta_min=0.1, beta_max=20, t_min=1e-3)"},
         "command": "python examples/digits.py " + " ".join(sys.argv[1:]),
     }
+    args.out.mkdir(parents=True, exist_ok=True)
     plot_grid(sklearn_split[2], samples, args.out / "digits.png")
     results["seconds"]["total"] = time.perf_counter() - start
     return results
@@ -365,12 +367,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     args = parse_args(argv)
-    from scoreflow.bench.files import write_text_atomically
+    from scoreflow._files import atomic_write
 
     results = run(args)
     table = markdown_table(results)
-    write_text_atomically(args.out / "results.json", json.dumps(results, indent=1))
-    write_text_atomically(args.out / "results.md", table + "\n")
+    for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", table + "\n")):
+        with atomic_write(args.out / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     print(table)
     print(f"\n{results['seconds']['total']:.0f} s in all; wrote results.json, results.md and digits.png to {args.out}/")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import matplotlib
 
@@ -22,7 +23,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import scoreflow as sf  # noqa: E402
-from scoreflow.bench.files import write_atomically  # noqa: E402
+from scoreflow._files import atomic_write  # noqa: E402
 from scoreflow.metrics import mode_weights, sliced_wasserstein2  # noqa: E402
 from scoreflow.testing.problems import LAWS, SDES, make_law, make_sde  # noqa: E402
 
@@ -100,7 +101,9 @@ def main() -> None:
         ax.set_title(title)
         ax.set_aspect("equal")
     fig.suptitle(f"{args.steps} steps of sde_dsm_loss ({args.weighting} weighting) under {args.sde.upper()}")
-    write_atomically(args.out, lambda tmp: fig.savefig(tmp, dpi=120))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(args.out) as tmp:
+        fig.savefig(tmp, dpi=120)
     print(f"saved {args.out}")
 
 

@@ -4,22 +4,11 @@ import pytest
 import torch
 
 import scoreflow as sf
+from _helpers import RecordingScore
 from scoreflow.metrics import rms_error
 from scoreflow.testing import make_problem
 
 METHOD = "dpmpp_4m_pc_adaptive"
-
-
-class TimedCounter:
-    """Counts score calls and records the smallest time the score was asked for."""
-
-    def __init__(self, score):
-        self.score, self.calls, self.t_lowest = score, 0, float("inf")
-
-    def __call__(self, x, t):
-        self.calls += 1
-        self.t_lowest = min(self.t_lowest, float(t.min()))
-        return self.score(x, t)
 
 
 def _solve(score, sde, x_T, tol, **kwargs):
@@ -59,7 +48,7 @@ def test_nfe_counts_every_attempted_step_and_no_time_below_t_min(denoise_final):
     problem = make_problem("ring2d", "vp")
     sde = problem.sde
     x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    counter = TimedCounter(problem.score)
+    counter = RecordingScore(problem.score)
     # A tight tolerance with a long first step forces rejected steps.
     res = _solve(counter, sde, x_T, 1e-6, denoise_final=denoise_final, options={"h_init": 3.0})
     assert res.stats["rejected_steps"] >= 1, res.stats
@@ -90,12 +79,14 @@ def test_bad_arguments_name_the_fix():
     problem = make_problem("gaussian2d", "vp")
     sde, score = problem.sde, problem.score
     x_T = torch.zeros(4, 2, dtype=torch.float64)
-    for extra in ({"steps": 10}, {"schedule": "karras"}, {"time": "log_snr"}, {"step_size": 0.1}):
-        with pytest.raises(ValueError, match=r"chooses its own log-SNR steps from rtol/atol; omit 'steps'"):
+    for extra in ({"steps": 10}, {"schedule": "karras"}, {"step_size": 0.1}):
+        with pytest.raises(ValueError, match=r"the adaptive method 'dpmpp_4m_pc_adaptive' chooses its own steps from rtol/atol; omit 'steps'"):
             sf.sample_ode(score, sde, x_T, method=METHOD, **extra)
+    with pytest.raises(ValueError, match=r"the native method 'dpmpp_4m_pc_adaptive' integrates in its own variables; omit 'time'"):
+        sf.sample_ode(score, sde, x_T, method=METHOD, time="log_snr")
     with pytest.raises(ValueError, match=r"argument 'rtol' expected a finite number > 0, got -1"):
         sf.sample_ode(score, sde, x_T, method=METHOD, rtol=-1.0)
-    with pytest.raises(TypeError, match=r"unknown option\(s\) 'steps'; accepted: 'h_init'"):
+    with pytest.raises(TypeError, match=r"method 'dpmpp_4m_pc_adaptive' takes no option 'steps'; its options: 'h_init'"):
         sf.sample_ode(score, sde, x_T, method=METHOD, options={"steps": 3})
     with pytest.raises(ValueError, match=r"option 'h_init' expected a finite number > 0, got -1"):
         sf.sample_ode(score, sde, x_T, method=METHOD, options={"h_init": -1})

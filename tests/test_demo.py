@@ -53,7 +53,7 @@ def test_demo_judges_every_sampler_of_the_exact_score(capsys):
     assert len(largest) == len(ERRORS) and all(v > 0 for v in largest)
 
 
-@pytest.mark.parametrize(("argv", "message"), [(["--n", "1"], "--n expected at least 2"), (["--steps", "0"], "--steps expected a positive")])
+@pytest.mark.parametrize(("argv", "message"), [(["--num-samples", "1"], "--num-samples"), (["--steps", "0"], "--steps")])
 def test_demo_rejects_unusable_options_in_one_line(argv, message, capsys):
     assert main(["demo", *argv]) == 2
     captured = capsys.readouterr()

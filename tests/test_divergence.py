@@ -70,7 +70,7 @@ def test_exact_divergence_of_a_gaussian_score_is_minus_trace_of_inverse_covarian
 
 def test_divergences_work_under_no_grad_and_through_a_counted_score(generator):
     fn, _ = _mlp_field((2, 3))
-    counted = sf.CountedScore(lambda x, t: fn(x))
+    counted = sf.CountedScore(lambda x, t: fn(x), caller="test")
     x = torch.randn(3, 2, 3, generator=generator, dtype=torch.float64)
     probes = draw_probes(x, 2, generator=generator)
     with torch.no_grad():

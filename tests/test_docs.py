@@ -34,6 +34,24 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
         exec(compile(code, f"{page.relative_to(ROOT)} (python block {i})", "exec"), namespace)
 
 
+def test_the_methods_page_is_the_registry():
+    from scoreflow.methods.table import methods_page
+
+    page = (ROOT / "docs" / "methods.md").read_text(encoding="utf-8")
+    assert page == methods_page(), "docs/methods.md is stale: run python -m scoreflow.methods > docs/methods.md"
+
+
+@pytest.mark.parametrize("front_end, kinds", [("sample_ode", ("ode",)), ("sample_sde", ("sde",)),
+                                              ("sample_pc", ("predictor", "corrector"))])
+def test_the_readme_lists_exactly_the_registered_methods(front_end, kinds):
+    import scoreflow as sf
+
+    row = next(line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+               if line.startswith(f"| `{front_end}` |"))
+    names = set(re.findall(r"`([a-z0-9_]+)`", row)) & {m.name for m in sf.list_methods()}
+    assert names == {m.name for kind in kinds for m in sf.list_methods(kind)}, row
+
+
 README_BLOCKS = python_blocks(ROOT / "README.md")
 
 

@@ -97,22 +97,24 @@ def test_nan_at_the_start_is_caught_before_solving(problem, x_T):
 
 
 def test_fixed_method_needs_steps(problem, x_T):
-    with pytest.raises(ValueError, match="sample_ode: the fixed-grid method 'rk4' needs exactly one of 'steps' or 'step_size'"):
+    with pytest.raises(ValueError, match="sample_ode: the fixed-grid method 'rk4' needs exactly one of 'steps' .*'step_size'"):
         sf.sample_ode(problem.score, problem.sde, x_T, method="rk4")
-    with pytest.raises(ValueError, match="'steps'/'step_size' apply to fixed-grid methods"):
+    with pytest.raises(ValueError, match="the adaptive method 'dopri5' chooses its own steps from rtol/atol; omit 'steps'"):
         sf.sample_ode(problem.score, problem.sde, x_T, method="dopri5", steps=10)
+    with pytest.raises(ValueError, match="sample_ode: 'rtol'/'atol' apply to adaptive methods; the fixed-grid method 'rk4' takes 'steps'"):
+        sf.sample_ode(problem.score, problem.sde, x_T, method="rk4", steps=10, rtol=1e-3)
     with pytest.raises(ValueError, match="sample_ode: argument 'steps' expected an int >= 1, got 0"):
         sf.sample_ode(problem.score, problem.sde, x_T, method="euler", steps=0)
 
 
 def test_sample_sde_argument_checks(problem, x_T):
-    with pytest.raises(ValueError, match="sample_sde: give exactly one of 'steps' or 'dt'"):
+    with pytest.raises(ValueError, match="sample_sde: the fixed-grid method 'euler' needs exactly one of 'steps' .*'step_size'"):
         sf.sample_sde(problem.score, problem.sde, x_T)
-    with pytest.raises(ValueError, match="sample_sde: argument 'dt' expected a finite number > 0, got -0.1"):
-        sf.sample_sde(problem.score, problem.sde, x_T, dt=-0.1)
+    with pytest.raises(ValueError, match="sample_sde: argument 'step_size' expected a finite number > 0, got -0.1"):
+        sf.sample_sde(problem.score, problem.sde, x_T, step_size=-0.1)
     with pytest.raises(TypeError, match="sample_sde: argument 'generator' expected a torch.Generator"):
         sf.sample_sde(problem.score, problem.sde, x_T, steps=5, generator=0)
     with pytest.raises(ValueError, match=r"sample_sde: argument 'bm' expected shape \(4, 2\)"):
         sf.sample_sde(problem.score, problem.sde, x_T, steps=5, bm=sf.brownian_motion(x_T[:2], 0.999))
-    with pytest.raises(ValueError, match="sample_sde: method 'srk' needs a path with Levy area"):
+    with pytest.raises(ValueError, match="sample_sde: the method needs a path with Levy area"):
         sf.sample_sde(problem.score, problem.sde, x_T, steps=5, method="srk", bm=sf.brownian_motion(x_T, 0.999))

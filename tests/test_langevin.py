@@ -37,7 +37,7 @@ def test_ula_reaches_the_stationary_law_of_the_discretized_chain(generator):
     law = make_law("gaussian2d")
     x0 = torch.full((N_CHAINS, 2), 3.0, dtype=F64)
     # The slowest mode contracts by 1 - eps/1 = 0.85 a step: 150 steps leave 0.85^150 < 1e-10 of the start.
-    res = sf.langevin(law.grad_log_prob, x0, step_size=EPS, n_steps=150, generator=generator)
+    res = sf.langevin(law.grad_log_prob, x0, step_size=EPS, steps=150, generator=generator)
     assert res.nfe == 150
     biased = _ula_stationary_cov(law, EPS)
     z_mean, z_cov = _moment_z(res.samples, law.mean, biased)
@@ -50,7 +50,7 @@ def test_ula_reaches_the_stationary_law_of_the_discretized_chain(generator):
 def test_mala_matches_the_target_where_ula_is_biased(generator):
     law = make_law("gaussian2d")
     x0 = torch.full((N_CHAINS, 2), 3.0, dtype=F64)
-    res = sf.langevin(law.grad_log_prob, x0, step_size=0.1, n_steps=300, generator=generator, log_prob=law.log_prob)
+    res = sf.langevin(law.grad_log_prob, x0, step_size=0.1, steps=300, generator=generator, log_prob=law.log_prob)
     assert res.nfe == 301  # one score call per proposal plus the start
     assert res.stats["n_log_prob"] == 301
     rate = res.stats["acceptance_rate"]
@@ -65,7 +65,7 @@ def test_mala_accepts_almost_every_small_step(generator):
     # The MH log-ratio of a Gaussian target is O(eps^{3/2}); at eps = 1e-4 rejections are rare.
     law = make_law("gaussian2d")
     x0 = law.sample(500, generator=generator)
-    res = sf.langevin(law.grad_log_prob, x0, step_size=1e-4, n_steps=20, generator=generator, log_prob=law.log_prob)
+    res = sf.langevin(law.grad_log_prob, x0, step_size=1e-4, steps=20, generator=generator, log_prob=law.log_prob)
     assert res.stats["acceptance_rate"] > 0.99
 
 
@@ -81,7 +81,7 @@ def test_annealing_recovers_mode_weights_that_plain_langevin_misses():
     sigma_max, sigma_min = 2.5, 0.3
     x0 = sigma_max * torch.randn(n, 1, generator=torch.Generator().manual_seed(0), dtype=F64)
 
-    plain = sf.langevin(law.grad_log_prob, x0, step_size=0.01, n_steps=200, generator=torch.Generator().manual_seed(1))
+    plain = sf.langevin(law.grad_log_prob, x0, step_size=0.01, steps=200, generator=torch.Generator().manual_seed(1))
     plain_error = (mode_weights(law, plain.samples) - law.weights).abs().max()
     # Each chain stays in the basin it starts in, about half on each side: far beyond 0.03.
     assert plain_error > 0.15
@@ -90,7 +90,7 @@ def test_annealing_recovers_mode_weights_that_plain_langevin_misses():
     sigmas = sf.geometric_sigmas(sigma_min, sigma_max, 15)
     ncsn_score = law.score(sf.EDMSDE(sigma_min, sigma_max))  # exact s(x, sigma): its time is sigma
     annealed = sf.annealed_langevin(
-        ncsn_score, x0, sigmas, steps_per_sigma=40, eps=0.2 * sigma_min**2, generator=torch.Generator().manual_seed(1)
+        ncsn_score, x0, sigmas, steps=40, step_size=0.2 * sigma_min**2, generator=torch.Generator().manual_seed(1)
     )
     assert annealed.nfe == 15 * 40 + 1
     annealed_error = (mode_weights(law, annealed.samples) - law.weights).abs().max()
@@ -101,7 +101,7 @@ def test_annealed_step_sizes_follow_ncsn():
     law = _two_modes()
     sigmas = torch.tensor([2.0, 1.0, 0.5], dtype=F64)
     x0 = torch.zeros(4, 1, dtype=F64)
-    res = sf.annealed_langevin(law.score(sf.EDMSDE(0.5, 2.0)), x0, sigmas, steps_per_sigma=3, eps=1e-3, denoise_final=False)
+    res = sf.annealed_langevin(law.score(sf.EDMSDE(0.5, 2.0)), x0, sigmas, steps=3, step_size=1e-3, denoise_final=False)
     assert res.nfe == 9
     assert res.stats["step_sizes"] == pytest.approx([1e-3 * 16, 1e-3 * 4, 1e-3])
 
@@ -113,8 +113,8 @@ def test_annealed_denoising_is_tweedie_at_the_last_level():
     sigmas = sf.geometric_sigmas(0.2, 2.0, 3)
     score = law.score(sf.EDMSDE(0.2, 2.0))
     x0 = 2.0 * torch.randn(64, 1, generator=torch.Generator().manual_seed(3), dtype=F64)
-    raw = sf.annealed_langevin(score, x0, sigmas, steps_per_sigma=5, eps=1e-2, generator=torch.Generator().manual_seed(4), denoise_final=False)
-    den = sf.annealed_langevin(score, x0, sigmas, steps_per_sigma=5, eps=1e-2, generator=torch.Generator().manual_seed(4))
+    raw = sf.annealed_langevin(score, x0, sigmas, steps=5, step_size=1e-2, generator=torch.Generator().manual_seed(4), denoise_final=False)
+    den = sf.annealed_langevin(score, x0, sigmas, steps=5, step_size=1e-2, generator=torch.Generator().manual_seed(4))
     assert den.nfe == raw.nfe + 1
     sig_l = torch.full((64,), 0.2, dtype=F64)
     expected = raw.samples + 0.04 * law.marginal(sf.EDMSDE(0.2, 2.0), sig_l).grad_log_prob(raw.samples)
@@ -137,9 +137,9 @@ def test_seeded_runs_are_bit_identical_in_any_shape(dtype):
 
     def run():
         g = torch.Generator().manual_seed(7)
-        ula = sf.langevin(law.grad_log_prob, x0, step_size=0.05, n_steps=10, generator=g)
-        mala = sf.langevin(law.grad_log_prob, x0, step_size=0.5, n_steps=10, generator=g, log_prob=law.log_prob)
-        ald = sf.annealed_langevin(law.score(sf.EDMSDE(0.1, 1.0)), x0, [1.0, 0.3, 0.1], steps_per_sigma=4, eps=1e-2, generator=g)
+        ula = sf.langevin(law.grad_log_prob, x0, step_size=0.05, steps=10, generator=g)
+        mala = sf.langevin(law.grad_log_prob, x0, step_size=0.5, steps=10, generator=g, log_prob=law.log_prob)
+        ald = sf.annealed_langevin(law.score(sf.EDMSDE(0.1, 1.0)), x0, [1.0, 0.3, 0.1], steps=4, step_size=1e-2, generator=g)
         return ula.samples, mala.samples, ald.samples
 
     first, second = run(), run()
@@ -154,29 +154,29 @@ def test_errors():
     x0 = torch.zeros(4, 1, dtype=F64)
     score = law.score(sf.EDMSDE(0.1, 1.0))
     with pytest.raises(ValueError, match=r"langevin: argument 'step_size' expected a finite number > 0, got -0.1"):
-        sf.langevin(law.grad_log_prob, x0, step_size=-0.1, n_steps=5)
+        sf.langevin(law.grad_log_prob, x0, step_size=-0.1, steps=5)
     with pytest.raises(ValueError, match=r"langevin: argument 'step_size' expected a finite number > 0, got 0.0"):
-        sf.langevin(law.grad_log_prob, x0, step_size=0.0, n_steps=5)
-    with pytest.raises(ValueError, match=r"langevin: argument 'n_steps' expected an int >= 1, got 0"):
-        sf.langevin(law.grad_log_prob, x0, step_size=0.1, n_steps=0)
+        sf.langevin(law.grad_log_prob, x0, step_size=0.0, steps=5)
+    with pytest.raises(ValueError, match=r"langevin: argument 'steps' expected an int >= 1, got 0"):
+        sf.langevin(law.grad_log_prob, x0, step_size=0.1, steps=0)
     with pytest.raises(ValueError, match=r"langevin: argument 'x0' expected a tensor of shape \(B, \*D\)"):
-        sf.langevin(law.grad_log_prob, torch.zeros(4, dtype=F64), step_size=0.1, n_steps=5)
+        sf.langevin(law.grad_log_prob, torch.zeros(4, dtype=F64), step_size=0.1, steps=5)
     with pytest.raises(TypeError, match=r"langevin: argument 'generator' expected a torch.Generator"):
-        sf.langevin(law.grad_log_prob, x0, step_size=0.1, n_steps=5, generator=0)
+        sf.langevin(law.grad_log_prob, x0, step_size=0.1, steps=5, generator=0)
     with pytest.raises(ValueError, match=r"langevin: log_prob returned .* expected a tensor of shape \(4,\)"):
-        sf.langevin(law.grad_log_prob, x0, step_size=0.1, n_steps=5, log_prob=lambda x: x)
+        sf.langevin(law.grad_log_prob, x0, step_size=0.1, steps=5, log_prob=lambda x: x)
     with pytest.raises(ValueError, match=r"langevin: the score expected shape \(4, 1\) \(the shape of x\), got shape \(4, 2\)"):
-        sf.langevin(lambda x: torch.cat([x, x], 1), x0, step_size=0.1, n_steps=5)
+        sf.langevin(lambda x: torch.cat([x, x], 1), x0, step_size=0.1, steps=5)
     with pytest.raises(ValueError, match=r"annealed_langevin: argument 'sigmas' expected strictly decreasing .* got \[0.1, 1.0\]"):
-        sf.annealed_langevin(score, x0, [0.1, 1.0], steps_per_sigma=2, eps=1e-3)
+        sf.annealed_langevin(score, x0, [0.1, 1.0], steps=2, step_size=1e-3)
     with pytest.raises(ValueError, match=r"annealed_langevin: argument 'sigmas' expected strictly decreasing"):
-        sf.annealed_langevin(score, x0, [1.0, 1.0], steps_per_sigma=2, eps=1e-3)
+        sf.annealed_langevin(score, x0, [1.0, 1.0], steps=2, step_size=1e-3)
     with pytest.raises(ValueError, match=r"annealed_langevin: argument 'sigmas' expected finite noise levels > 0"):
-        sf.annealed_langevin(score, x0, [1.0, 0.0], steps_per_sigma=2, eps=1e-3)
-    with pytest.raises(ValueError, match=r"annealed_langevin: argument 'eps' expected a finite number > 0"):
-        sf.annealed_langevin(score, x0, [1.0, 0.1], steps_per_sigma=2, eps=-1e-3)
-    with pytest.raises(ValueError, match=r"annealed_langevin: argument 'steps_per_sigma' expected an int >= 1"):
-        sf.annealed_langevin(score, x0, [1.0, 0.1], steps_per_sigma=0, eps=1e-3)
+        sf.annealed_langevin(score, x0, [1.0, 0.0], steps=2, step_size=1e-3)
+    with pytest.raises(ValueError, match=r"annealed_langevin: argument 'step_size' expected a finite number > 0"):
+        sf.annealed_langevin(score, x0, [1.0, 0.1], steps=2, step_size=-1e-3)
+    with pytest.raises(ValueError, match=r"annealed_langevin: argument 'steps' expected an int >= 1"):
+        sf.annealed_langevin(score, x0, [1.0, 0.1], steps=0, step_size=1e-3)
     with pytest.raises(ValueError, match=r"geometric_sigmas: expected sigma_min < sigma_max"):
         sf.geometric_sigmas(1.0, 0.1, 5)
     with pytest.raises(ValueError, match=r"geometric_sigmas: argument 'n' expected an int >= 2"):
@@ -186,8 +186,8 @@ def test_errors():
 def test_non_finite_score_names_the_time():
     # Diverging ULA: s(x) = 10 x with step 1 multiplies the state by about 11 a step until float32 overflows.
     with pytest.raises(sf.NonFiniteError, match=r"score became non-finite .* at t=\d+ "):
-        sf.langevin(lambda x: 10 * x, torch.ones(3, 2), step_size=1.0, n_steps=100)
+        sf.langevin(lambda x: 10 * x, torch.ones(3, 2), step_size=1.0, steps=100)
     x0 = torch.ones(3, 2, dtype=F64)
     bad_at_small_sigma = lambda x, s: torch.where(s[:, None] < 0.5, torch.nan, -x)  # noqa: E731
     with pytest.raises(sf.NonFiniteError, match=r"at t=0.3"):
-        sf.annealed_langevin(bad_at_small_sigma, x0, [1.0, 0.3], steps_per_sigma=2, eps=1e-2)
+        sf.annealed_langevin(bad_at_small_sigma, x0, [1.0, 0.3], steps=2, step_size=1e-2)

@@ -4,23 +4,11 @@ import pytest
 import torch
 
 import scoreflow as sf
+from _helpers import RecordingScore
 from scoreflow.metrics import mode_weights, moment_standard_errors
 from scoreflow.testing import make_problem
 
 F64 = torch.float64
-
-
-class RecordingScore:
-    """Counts calls and records every time the sampler asks for, independently of scoreflow's counter."""
-
-    def __init__(self, score):
-        self.score, self.calls, self.times = score, 0, []
-
-    def __call__(self, x, t):
-        assert t.shape == (x.shape[0],)
-        self.calls += 1
-        self.times.append(float(t[0]))
-        return self.score(x, t)
 
 
 # Mode weights of 8 equal components have standard error sqrt(1/8 * 7/8 / n) = 0.0047 at
@@ -111,7 +99,7 @@ def test_nfe_counts_every_call_and_times_stay_on_the_grid(predictor, corrector, 
     x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
     t_min = 0.01
     res = sf.sample_pc(
-        score, sde, x_T, steps=7, predictor=predictor, corrector=corrector, n_corrector_steps=n_corr,
+        score, sde, x_T, steps=7, predictor=predictor, corrector=corrector, corrector_steps=n_corr,
         t_min=t_min, denoise_final=denoise_final, generator=torch.Generator().manual_seed(1),
     )
     assert res.nfe == expected + denoise_final
@@ -184,8 +172,8 @@ def test_errors():
         sf.sample_pc(score, sde, x_T, steps=5, snr=0.0)
     with pytest.raises(ValueError, match=r"argument 'steps' expected an int >= 1, got 0"):
         sf.sample_pc(score, sde, x_T, steps=0)
-    with pytest.raises(ValueError, match=r"argument 'n_corrector_steps' expected an int >= 1, got 0"):
-        sf.sample_pc(score, sde, x_T, steps=5, n_corrector_steps=0)
+    with pytest.raises(ValueError, match=r"argument 'corrector_steps' expected an int >= 1, got 0"):
+        sf.sample_pc(score, sde, x_T, steps=5, corrector_steps=0)
     with pytest.raises(ValueError, match=r"sample_pc: argument 't_min' expected a time in \(0, T=1\), got 2.0"):
         sf.sample_pc(score, sde, x_T, steps=5, t_min=2.0)
     with pytest.raises(TypeError, match=r"argument 'sde' expected a ForwardSDE"):

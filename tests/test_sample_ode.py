@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import scoreflow as sf
-from scoreflow.sampling.ode import FIXED_ODE_METHODS, NATIVE_ODE_METHODS, ODE_ORDERS
 from scoreflow.testing import assert_flow_map, assert_order, make_problem
+
+FIXED_ORDERS = {m.name: m.order for m in sf.list_methods("ode") if not m.adaptive}
 
 
 def _gaussian_case(sde_name: str, n: int = 64, seed: int = 0):
@@ -29,7 +30,7 @@ def test_dopri5_lands_on_closed_form_flow(sde_name):
     assert results[0].nfe > 0 and results[0].samples.dtype == torch.float64
 
 
-@pytest.mark.parametrize("method", sorted(set(FIXED_ODE_METHODS) - {"heun2"}))
+@pytest.mark.parametrize("method", sorted(FIXED_ORDERS))
 def test_fixed_step_methods_show_their_order(method):
     """Log-log slope of the RMS error against the step size matches the declared order.
 
@@ -39,21 +40,22 @@ def test_fixed_step_methods_show_their_order(method):
     (dpmpp_3m fits ~4).
     """
     problem = make_problem("gaussian2d", "vp")
-    kwargs = {"schedule": "log_snr"} if method in NATIVE_ODE_METHODS else {}
+    native = sf.get_method("ode", method).backend == "native"
+    kwargs = {"schedule": "log_snr"} if native else {}
 
     def sampler(score, sde, x_T, steps):
         return sf.sample_ode(score, sde, x_T, method=method, steps=steps, **kwargs).samples
 
-    tol = (0.3, 1.2) if method in NATIVE_ODE_METHODS else 0.3
-    assert_order(sampler, problem.law, problem.sde, ODE_ORDERS[method], steps=(16, 32, 64, 128), tol=tol, n=64,
+    tol = (0.3, 1.2) if native else 0.3
+    assert_order(sampler, problem.law, problem.sde, FIXED_ORDERS[method], steps=(16, 32, 64, 128), tol=tol, n=64,
                  generator=torch.Generator().manual_seed(0))
 
 
 def test_fixed_step_nfe_counts_every_evaluation():
     problem, x_T, _ = _gaussian_case("vp")
-    stages = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
-    for method, k in stages.items():
-        assert sf.sample_ode(problem.score, problem.sde, x_T, method=method, steps=10).nfe == 10 * k
+    for method in ("euler", "midpoint", "heun", "heun3", "rk4"):
+        stages = sf.get_method("ode", method).nfe_per_step
+        assert sf.sample_ode(problem.score, problem.sde, x_T, method=method, steps=10).nfe == 10 * stages
 
 
 def test_step_size_lands_on_t_min_and_trajectory_is_returned():

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import scoreflow as sf
-from scoreflow.sampling.sde import SDE_METHODS
 from scoreflow.testing import assert_order, assert_samples_follow, make_problem
 
 N_SAMPLES = 20_000
@@ -51,7 +50,7 @@ def test_euler_maruyama_has_strong_order_one_for_additive_noise(shared_path):
                  generator=torch.Generator().manual_seed(1), reference=fine_solution)
 
 
-@pytest.mark.parametrize("method", sorted(SDE_METHODS))
+@pytest.mark.parametrize("method", sorted(m.name for m in sf.list_methods("sde")))
 def test_every_torchsde_method_converges_to_the_same_path(shared_path, method):
     """Each method, on the same Brownian path, lands near the fine Euler-Maruyama solution."""
     problem, x_T, bm, reference = shared_path
@@ -97,3 +96,12 @@ def test_trajectory_and_any_data_shape_float32():
     assert torch.equal(res.trajectory[0], x_T)
     assert torch.allclose(res.times[[0, -1]], torch.tensor([sde.T, sde.t_min]))
     assert res.nfe == 11
+
+
+def test_thousands_of_steps_do_not_exhaust_the_recursion_limit():
+    # torchsde's Brownian interval, built without a step hint, nested its dependency tree past Python's
+    # recursion limit at 20 000 steps; sample_sde now hands it the step size.
+    problem = make_problem("gaussian2d", "vp")
+    x_T = problem.sde.prior_sample((2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    res = sf.sample_sde(problem.score, problem.sde, x_T, steps=20_000, generator=torch.Generator().manual_seed(1))
+    assert res.nfe == 20_000 and torch.isfinite(res.samples).all()

@@ -4,10 +4,14 @@ import pytest
 import torch
 
 import scoreflow as sf
+from _helpers import RecordingScore
 from scoreflow.metrics import fit_order, rms_error
-from scoreflow.sampling import NATIVE_ODE_METHODS, ODE_ORDERS, time_grid
-from scoreflow.solvers import SOLVER_ORDERS, SOLVERS
+from scoreflow.sampling import time_grid
 from scoreflow.testing import make_problem
+
+NATIVE = {m.name: m for m in sf.list_methods("ode") if m.backend == "native" and not m.adaptive}
+NATIVE_ODE_METHODS = tuple(NATIVE)
+ODE_ORDERS = {name: m.order for name, m in NATIVE.items()}
 
 # Score evaluations per run of `steps` steps (the first one is the front-end's validation call).
 NFE = {
@@ -38,22 +42,12 @@ def gaussian_vp():
     return problem, x_T, problem.law.flow_map(sde, x_T, sde.T, sde.t_min)
 
 
-class CallCounter:
-    """An independent count of score calls, to check the reported NFE."""
-
-    def __init__(self, score):
-        self.score, self.calls = score, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return self.score(x, t)
-
-
 def test_every_native_method_is_registered_with_its_order():
-    assert set(NATIVE_ODE_METHODS) == set(SOLVERS) == set(NFE)
-    assert set(NATIVE_ODE_METHODS) <= set(sf.sampling.FIXED_ODE_METHODS)
-    for name, cls in SOLVERS.items():
-        assert ODE_ORDERS[name] == SOLVER_ORDERS[name] == cls.order
+    assert set(NATIVE) == set(NFE)
+    for name, method in NATIVE.items():
+        assert method.order == method.solver.order
+        # the record's cost per step is the cost of a long run, per step
+        assert NFE[name](100) // 100 == method.nfe_per_step
 
 
 @pytest.mark.parametrize("method", NATIVE_ODE_METHODS)
@@ -125,7 +119,7 @@ def test_native_methods_are_exact_for_a_point_mass(method):
 @pytest.mark.parametrize("denoise_final", [False, True])
 def test_reported_nfe_counts_every_score_call(method, denoise_final, gaussian_vp):
     problem, x_T, _ = gaussian_vp
-    counter = CallCounter(problem.score)
+    counter = RecordingScore(problem.score)
     res = sf.sample_ode(counter, problem.sde, x_T, method=method, steps=7, denoise_final=denoise_final)
     assert res.nfe == counter.calls == NFE[method](7) + denoise_final
 
@@ -178,9 +172,9 @@ def test_bad_custom_grids_name_the_fix(gaussian_vp):
         run(grid.flip(0))
     with pytest.raises(ValueError, match="expected a 1-D floating tensor of >= 2 times, got tensor of shape \\(1, 5\\)"):
         run(grid[None])
-    with pytest.raises(ValueError, match="needs 'steps' .*got steps=4, step_size=0.1"):
+    with pytest.raises(ValueError, match="the method 'ddim' takes 'steps', not 'step_size'"):
         run(grid, step_size=0.1)
-    with pytest.raises(ValueError, match="applies to fixed-grid methods; the adaptive method 'dopri5'"):
+    with pytest.raises(ValueError, match="the adaptive method 'dopri5' chooses its own steps from rtol/atol; omit .*'schedule'"):
         sf.sample_ode(problem.score, problem.sde, x_T, method="dopri5", schedule=grid)
 
 
@@ -220,7 +214,7 @@ def test_torchdiffeq_fixed_methods_keep_their_order_in_every_time_variable(time,
 @pytest.mark.parametrize("method", ["dopri5", "bosh3"])
 def test_adaptive_methods_reach_the_exact_flow_in_every_time_variable(time, method, gaussian_vp):
     problem, x_T, exact = gaussian_vp
-    counter = CallCounter(problem.score)
+    counter = RecordingScore(problem.score)
     res = sf.sample_ode(counter, problem.sde, x_T, method=method, time=time, rtol=1e-6, atol=1e-6)
     assert rms_error(res.samples, exact) < 2e-4
     assert res.nfe == counter.calls
@@ -244,21 +238,25 @@ def test_non_finite_score_stops_a_native_solver_naming_the_time():
 def test_bad_arguments_name_the_fix(gaussian_vp):
     problem, x_T, _ = gaussian_vp
     run = lambda **kw: sf.sample_ode(problem.score, problem.sde, x_T, **kw)  # noqa: E731
-    with pytest.raises(ValueError, match="native method 'ddim' needs 'steps'"):
+    with pytest.raises(ValueError, match="the fixed-grid method 'ddim' needs exactly one of 'steps' \\(with an optional 'schedule'\\), a 'schedule' grid;"):
         run(method="ddim")
-    with pytest.raises(ValueError, match="native method 'ddim' needs 'steps'"):
+    with pytest.raises(ValueError, match="the method 'ddim' takes 'steps', not 'step_size'"):
         run(method="ddim", step_size=0.1)
     with pytest.raises(ValueError, match="integrates in its own variables; omit 'time'"):
         run(method="dpmpp_2m", steps=10, time="log_snr")
-    with pytest.raises(TypeError, match="unknown option\\(s\\) 'order'; accepted: 'lower_order_final'"):
+    with pytest.raises(TypeError, match="method 'dpmpp_2m' takes no option 'order'; its options: 'lower_order_final'"):
         run(method="dpmpp_2m", steps=10, options={"order": 3})
-    with pytest.raises(TypeError, match="unknown option\\(s\\) 'lower_order_final'; accepted: none"):
+    with pytest.raises(TypeError, match="method 'edm_heun' takes no option 'lower_order_final'; its options: none"):
         run(method="edm_heun", steps=10, options={"lower_order_final": True})
     with pytest.raises(ValueError, match="argument 'time' expected one of 't', 'sigma', 'log_snr'"):
         run(method="rk4", steps=10, time="lambda")
     with pytest.raises(ValueError, match="argument 'schedule' expected one of"):
         run(method="ddim", steps=10, schedule="cosine")
     with pytest.raises(ValueError, match="'schedule' places the grid .* needs 'steps'"):
+        run(method="rk4", schedule="karras")
+    with pytest.raises(ValueError, match="the adaptive method 'dopri5' chooses its own steps"):
         run(method="dopri5", schedule="karras")
+    with pytest.raises(TypeError, match="option 'lower_order_final' expected True or False, got str 'no'"):
+        run(method="dpmpp_2m", steps=10, options={"lower_order_final": "no"})
     with pytest.raises(ValueError, match="argument 'method' expected one of .*'dpmpp_3m'"):
         run(method="dpmpp_4m", steps=10)

@@ -85,7 +85,7 @@ def test_empirical_order_matches_the_declared_orders_of_scoreflow_fixed_grid_met
     for method in ("euler", "midpoint", "rk4"):
         sampler = lambda s, e, x, k, method=method: sf.sample_ode(s, e, x, method=method, steps=k).samples  # noqa: E731
         fit = empirical_order(sampler, law, sde, steps=(24, 48, 96), n=4, generator=generator)
-        assert abs(fit.order - sf.sampling.ODE_ORDERS[method]) < 0.3, (method, fit.table())
+        assert abs(fit.order - sf.get_method('ode', method).order) < 0.3, (method, fit.table())
 
 
 def test_order_against_a_user_reference_measures_strong_order_of_euler_maruyama(generator):

@@ -1,6 +1,7 @@
 """scoreflow: numerical solvers for score-based generative models."""
 
-from . import analytic, losses
+# Importing the solver layers registers their methods (scoreflow.methods); importing scoreflow registers them all.
+from . import analytic, dynamics, losses, solvers
 from .errors import NonFiniteError
 from .parameterizations import (
     denoiser_from_score,
@@ -14,7 +15,8 @@ from .parameterizations import (
 from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE, exact_divergence, hutchinson_divergence
 from .bits import bits_per_dim, dequantize
 from .likelihood import LikelihoodResult, log_likelihood
-from .sampling import SampleResult, brownian_motion, sample_ode, sample_sde, time_grid
+from .methods import Method, get_method, list_methods
+from .sampling import BrownianPath, SampleResult, brownian_motion, sample_ode, sample_sde, time_grid
 from .sampling import annealed_langevin, geometric_sigmas, langevin, sample_pc
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 from . import adapters, distributed
@@ -23,7 +25,7 @@ from .adapters import guided_score
 __version__ = "0.1.0"
 
 __all__ = [
-    "analytic", "adapters", "distributed", "guided_score",
+    "analytic", "adapters", "distributed", "dynamics", "solvers", "guided_score",
     "losses",
     "NonFiniteError",
     "ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE",
@@ -31,7 +33,8 @@ __all__ = [
     "eps_from_score", "denoiser_from_score", "velocity_from_score",
     "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
     "exact_divergence", "hutchinson_divergence",
-    "sample_ode", "sample_sde", "brownian_motion", "SampleResult", "time_grid",
+    "list_methods", "get_method", "Method",
+    "sample_ode", "sample_sde", "brownian_motion", "BrownianPath", "SampleResult", "time_grid",
     "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
 ]

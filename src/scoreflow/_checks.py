@@ -217,26 +217,6 @@ def check_per_sample(fn: str, what: str, value: Any, like: torch.Tensor) -> torc
     return value
 
 
-def check_brownian(fn: str, bm: Any, x_T: torch.Tensor, duration: float, *, levy_area: bool) -> None:
-    """Check a user-supplied torchsde Brownian path against the flattened state and time span it must cover."""
-    import torchsde
-
-    # Any torchsde Brownian object with a time span: a BrownianInterval, or scoreflow.distributed's per-item paths.
-    if not (isinstance(bm, torchsde.BaseBrownian) and hasattr(bm, "_start") and hasattr(bm, "_end")):
-        raise TypeError(f"{fn}: argument 'bm' expected a torchsde.BrownianInterval (see scoreflow.brownian_motion), got {_describe(bm)}.")
-    size = (x_T.shape[0], x_T[0].numel())
-    if tuple(bm.shape) != size or bm.dtype != x_T.dtype:
-        raise ValueError(
-            f"{fn}: argument 'bm' expected shape {size} and dtype {x_T.dtype} (the flattened x_T), "
-            f"got shape {tuple(bm.shape)} and dtype {bm.dtype}."
-        )
-    start, end = float(bm._start), float(bm._end)
-    if start > 0.0 or end < duration * (1 - 1e-6):
-        raise ValueError(f"{fn}: argument 'bm' must cover solver times [0, T - t_min] = [0, {duration:g}], got [{start:g}, {end:g}].")
-    if levy_area and bm.levy_area_approximation == "none":
-        raise ValueError(f"{fn}: method 'srk' needs a path with Levy area: brownian_motion(..., levy_area=True).")
-
-
 def check_like(fn: str, name: str, value: Any, x: torch.Tensor, *, what: str | None = None) -> torch.Tensor:
     """Check that ``value`` is a tensor with the shape, dtype and device of ``x``; return it.
 
@@ -319,13 +299,6 @@ def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch
             f"{fn}: log_prob is not finite at the initial states; start the chains where the density is positive."
         )
     return out
-
-
-def check_sde(fn: str, sde: Any) -> Any:
-    """Check that ``sde`` is a :class:`scoreflow.ForwardSDE`; return it."""
-    from .sde import ForwardSDE  # sde.py itself uses this module's checks
-
-    return check_instance(fn, "sde", sde, ForwardSDE, "scoreflow.VPSDE()")
 
 
 def resolve_t_min(fn: str, sde: Any, t_min: Any) -> float:

@@ -1,10 +1,14 @@
-"""Small tensor helpers shared by every layer (broadcasting of times and coefficients)."""
+"""Small tensor helpers and types shared by every layer (broadcasting of times and coefficients)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 TimeLike = float | torch.Tensor
+#: A score model ``score(x, t)``: ``x`` of shape ``(B, *D)``, ``t`` of shape ``(B,)``, returning a tensor like ``x``.
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def as_time(t: TimeLike, like: torch.Tensor | None = None) -> torch.Tensor:

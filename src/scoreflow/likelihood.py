@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torchdiffeq
 
 from ._checks import (
     check_batch,
@@ -21,24 +20,19 @@ from ._checks import (
     check_generator,
     check_int,
     check_per_sample,
-    check_positive,
-    check_score_output,
-    check_sde,
     resolve_t_min,
 )
-from ._tensor import batch_time
 from .bits import bits_per_dim
 from .dynamics.augmented import AugmentedProbabilityFlowODE
 from .dynamics.counting import CountedScore, ScoreFn
 from .dynamics.divergence import PROBES, draw_probes
-from .sampling.ode import ADAPTIVE_ODE_METHODS, FIXED_ODE_METHODS
-from .sde import ForwardSDE
+from .methods import get_method, resolve_stepping
+from .sde import ForwardSDE, check_sde
 
 __all__ = ["log_likelihood", "LikelihoodResult", "TRACES"]
 
 #: Ways to compute the divergence: exactly (D VJPs per step) or by Hutchinson's estimator (P VJPs).
 TRACES = ("exact", "hutchinson")
-_ALIASES = {"heun": "heun2"}
 
 
 @dataclass
@@ -84,9 +78,11 @@ def log_likelihood(
     probe: str = "rademacher",
     n_probes: int = 1,
     method: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     steps: int | None = None,
+    step_size: float | None = None,
+    schedule: str | torch.Tensor | None = None,
     t_min: float | None = None,
     prior_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
@@ -111,9 +107,13 @@ def log_likelihood(
         probe: Hutchinson probe distribution, ``"rademacher"`` or ``"gaussian"``; one set of probes
             is drawn per solve and held fixed through it.
         n_probes: Hutchinson probes per sample; with more than one, ``std_error`` is reported.
-        method: a torchdiffeq method, adaptive (``ADAPTIVE_ODE_METHODS``) or fixed-grid (needs ``steps``).
-        rtol, atol: tolerances of adaptive methods (for the state and the log-density integral alike).
-        steps: number of uniform steps for a fixed-grid method.
+        method: a ``"likelihood"`` method (``scoreflow.list_methods("likelihood")``): torchdiffeq's adaptive
+            methods (``rtol``/``atol``) or fixed-grid ones (``steps`` or ``step_size``).
+        rtol, atol: tolerances of adaptive methods, for the state and the log-density integral alike (default 1e-5).
+        steps: number of steps of a fixed-grid method (uniform in t unless ``schedule`` says otherwise).
+        step_size: instead of ``steps``, the step length of a fixed-grid method.
+        schedule: where the ``steps`` go (``"t"``, ``"log_snr"``, ``"karras"``, ``"log_snr_capped"``), or the grid
+            itself, an increasing 1-D tensor of times from ``t_min`` to T.
         t_min: the start time (default ``sde.t_min``).
         prior_log_prob: ``x_T -> (B,)`` log-density at T; default ``sde.prior_log_prob``.  Pass the
             exact :math:`\log p_T` of an analytic law to separate solver error from prior mismatch.
@@ -121,23 +121,26 @@ def log_likelihood(
         adjoint: use ``torchdiffeq.odeint_adjoint`` (memory constant in the number of steps).
         chunk_size: basis vectors per vmapped VJP of the exact trace (default bounds memory; see
             :func:`scoreflow.exact_divergence`).
-        options: extra torchdiffeq options (e.g. ``{"max_num_steps": 10_000}``).
+        options: the method's own options (e.g. ``{"max_num_steps": 10_000}`` for torchdiffeq's adaptive methods).
 
     Returns:
         A :class:`LikelihoodResult`.
 
     Raises:
-        ValueError: for an unknown trace, probe or method (the message lists the valid ones), a
-            malformed ``x``, ``t_min`` outside ``(0, T)``, missing/superfluous ``steps``, ``n_probes`` with
-            the exact trace, or a ``prior_log_prob`` that does not return shape ``(B,)``.
+        ValueError: for an unknown trace, probe or method (the message lists the valid ones; raised before
+            any score evaluation), a malformed ``x``, ``t_min`` outside ``(0, T)``, missing/superfluous
+            ``steps``/``step_size``/``rtol``/``atol``, ``n_probes`` with the exact trace, or a
+            ``prior_log_prob`` that does not return shape ``(B,)``.
         TypeError: if the score returns the wrong dtype, or an argument has the wrong type.
         NonFiniteError: if the score or the divergence becomes NaN/inf; the message names the time.
+        RuntimeError: if an adaptive method exceeds its ``max_num_steps``.
     """
     fn = "log_likelihood"
     check_sde(fn, sde)
     check_choice(fn, "trace", trace, TRACES)
     check_choice(fn, "probe", probe, PROBES)
-    check_choice(fn, "method", method, ADAPTIVE_ODE_METHODS + FIXED_ODE_METHODS)
+    spec = get_method("likelihood", method, caller=fn)
+    solver = spec.build(fn, options)
     check_int(fn, "n_probes", n_probes)
     if trace == "exact" and n_probes != 1:
         raise ValueError(f"{fn}: argument 'n_probes' applies to trace='hutchinson', got n_probes={n_probes} with trace='exact'.")
@@ -148,19 +151,14 @@ def log_likelihood(
         raise TypeError(f"{fn}: argument 'prior_log_prob' expected a callable x_T -> (B,) log-densities or None, got {type(prior_log_prob).__name__}.")
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x", x)
-    ts, solve, adjoint_options = _solver_setup(fn, method, rtol, atol, steps, options, t_min, sde.T, x)
-    check_score_output(fn, score, x, batch_time(t_min, x))
-    counted = CountedScore(score)
-    # the validation call counts, but cannot be reused as the first step: the trace needs the score's VJP at x
-    counted.nfe = 1
+    stepping = resolve_stepping(
+        fn, spec, sde, x, start=t_min, end=sde.T, steps=steps, step_size=step_size, schedule=schedule, rtol=rtol, atol=atol
+    )
 
     probes = draw_probes(x, n_probes, probe, generator) if trace == "hutchinson" else None
-    func = AugmentedProbabilityFlowODE(counted, sde, probes=probes, chunk_size=chunk_size)
+    func = AugmentedProbabilityFlowODE(CountedScore(score, caller=fn), sde, probes=probes, chunk_size=chunk_size)
     delta0 = x.new_zeros(1 if probes is None else n_probes, x.shape[0])
-    if adjoint:
-        xs, deltas = torchdiffeq.odeint_adjoint(func, (x, delta0), ts, adjoint_options=adjoint_options, **solve)
-    else:
-        xs, deltas = torchdiffeq.odeint(func, (x, delta0), ts, **solve)
+    xs, deltas = solver.integrate(func, (x, delta0), stepping.times, stepping, adjoint=adjoint)
 
     latent, delta = xs[-1], deltas[-1]
     prior = (sde.prior_log_prob if prior_log_prob is None else prior_log_prob)(latent)
@@ -177,29 +175,3 @@ def log_likelihood(
         latent=latent,
     )
 
-
-def _solver_setup(
-    fn: str, method: str, rtol: float, atol: float, steps: int | None, options: dict[str, Any] | None,
-    t_min: float, T: float, x: torch.Tensor,
-) -> tuple[torch.Tensor, dict[str, Any], dict[str, Any]]:
-    """Check the solver arguments; return the time grid, odeint's keyword arguments and the adjoint's options."""
-    opts = dict(options or {})
-    fixed = method in FIXED_ODE_METHODS
-    if fixed:
-        if steps is None:
-            raise ValueError(f"{fn}: the fixed-grid method {method!r} needs 'steps' (the number of uniform steps).")
-        check_int(fn, "steps", steps)
-    else:
-        if steps is not None:
-            raise ValueError(f"{fn}: 'steps' applies to fixed-grid methods {FIXED_ODE_METHODS}; the adaptive method {method!r} uses rtol/atol.")
-        check_positive(fn, "rtol", rtol)
-        check_positive(fn, "atol", atol)
-    ts = torch.linspace(t_min, T, steps + 1 if fixed else 2, dtype=x.dtype, device=x.device)
-    adjoint_opts = {k: v for k, v in opts.items() if k != "step_t"}
-    if not fixed:
-        # adaptive steps would otherwise pass the end time and interpolate back, evaluating the score
-        # beyond T (forward solve) or below t_min (the adjoint's backward solve)
-        opts.setdefault("step_t", ts[-1:])
-        adjoint_opts["step_t"] = ts[:1]
-    solve = {"rtol": rtol, "atol": atol, "method": _ALIASES.get(method, method), "options": opts or None}
-    return ts, solve, adjoint_opts

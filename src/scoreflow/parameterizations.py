@@ -18,9 +18,8 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import check_sde
 from ._tensor import TimeLike, batch_time, right_pad
-from .sde import ForwardSDE
+from .sde import ForwardSDE, check_sde
 
 __all__ = [
     "score_from_eps",

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 
-from ._checks import check_positive
+from ._checks import check_instance, check_positive
 from ._tensor import TimeLike, as_time, batch_time, flat_dim, right_pad
 
-__all__ = ["ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE"]
+__all__ = ["ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "check_sde"]
 
 
 class ForwardSDE(ABC):
@@ -271,3 +272,8 @@ class EDMSDE(ForwardSDE):
     @property
     def prior_std(self) -> float:
         return self.sigma_max
+
+
+def check_sde(fn: str, sde: Any) -> ForwardSDE:
+    """Check that ``sde`` is a :class:`ForwardSDE` (the argument of the public function ``fn``); return it."""
+    return check_instance(fn, "sde", sde, ForwardSDE, "scoreflow.VPSDE()")

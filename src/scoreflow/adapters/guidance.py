@@ -9,15 +9,14 @@ is the score of :math:`p_u^{1-w} p_c^{w}` at every t.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import torch
 
 from .._checks import check_real
+from .._tensor import ScoreFn
 
 __all__ = ["guided_score"]
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class GuidedScore(torch.nn.Module):

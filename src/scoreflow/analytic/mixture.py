@@ -9,17 +9,15 @@ not move with t, so densities, scores and samples at any (batched) time cost no 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from .._checks import check_generator, check_int
-from .._tensor import TimeLike, batch_time
+from .._tensor import ScoreFn, TimeLike, batch_time
 from ..sde import ForwardSDE
 
 __all__ = ["GaussianMixture"]
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _as_float_tensor(fn: str, name: str, value, ndim: int) -> torch.Tensor:

@@ -14,7 +14,6 @@ deterministically, so they share one draw of that noise and have nearly equal er
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 
@@ -132,23 +131,3 @@ def run_demo(*, sde: str = "vp", n: int = 5000, steps: int = 500, seed: int = 0,
         "x_T, so they share one draw of the Monte-Carlo noise."
     )
     return 0
-
-
-def check_demo_args(n: int, steps: int) -> str | None:
-    """The command-line error for bad ``--n``/``--steps``, or ``None`` when both are usable."""
-    if n < 2:
-        return f"scoreflow demo: argument --n expected at least 2 samples (a covariance needs two), got {n}."
-    if steps < 1:
-        return f"scoreflow demo: argument --steps expected a positive number of Euler-Maruyama steps, got {steps}."
-    return None
-
-
-def main_demo(sde: str, n: int, steps: int, seed: int) -> int:
-    """The ``demo`` command: check the options (one line on stderr and status 2 if bad), then run."""
-    problem = check_demo_args(n, steps)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    # 5000 points in 2-D: one thread is fastest, and several threads on a busy machine are many times slower
-    torch.set_num_threads(1)
-    return run_demo(sde=sde, n=n, steps=steps, seed=seed)

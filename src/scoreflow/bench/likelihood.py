@@ -14,18 +14,17 @@ from collections.abc import Sequence
 import torch
 
 from .._checks import check_choice
-from ..sampling import ADAPTIVE_ODE_METHODS, ODE_ORDERS
+from ..likelihood import TRACES, log_likelihood
+from ..methods import get_method
 from ..testing import Problem
 from .ode import step_grid, tolerance_grid
 from .study import Study, progress_bar
 from .verdict import order_record
 
-__all__ = ["run_likelihood_study", "LIKELIHOOD_METHODS", "TRACES"]
+__all__ = ["run_likelihood_study", "LIKELIHOOD_METHODS"]
 
 #: Solvers the likelihood study sweeps by default: one adaptive, one fixed-step.
 LIKELIHOOD_METHODS = ("dopri5", "rk4")
-TRACES = ("exact", "hutchinson")
-_NFE_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "heun3": 3, "rk4": 4}
 
 
 def run_likelihood_study(
@@ -44,7 +43,8 @@ def run_likelihood_study(
 
     Args:
         problem: a reference problem (:func:`scoreflow.testing.make_problem`).
-        methods: torchdiffeq methods (adaptive ones are swept over tolerances, fixed-step ones over steps).
+        methods: ``"likelihood"`` methods of the registry (adaptive ones are swept over tolerances, fixed-step
+            ones over steps).
         traces: ``"exact"`` and/or ``"hutchinson"`` (Rademacher, one probe).
         n: number of points.
         max_nfe: NFE budget of one solve.
@@ -60,10 +60,7 @@ def run_likelihood_study(
     Raises:
         ValueError: for an unknown method or trace (the message lists the valid ones).
     """
-    from .. import log_likelihood
-
-    for m in methods:
-        check_choice("run_likelihood_study", "methods", m, ADAPTIVE_ODE_METHODS + tuple(_NFE_PER_STEP))
+    specs = {m: get_method("likelihood", m, caller="run_likelihood_study", argument="methods") for m in methods}
     for tr in traces:
         check_choice("run_likelihood_study", "traces", tr, TRACES)
     law, sde = problem.law.to(dtype), problem.sde
@@ -73,8 +70,8 @@ def run_likelihood_study(
     score = law.score(sde)
     scale, eps = float(exact.abs().mean()), torch.finfo(dtype).eps
     grids = {
-        m: tolerance_grid(dtype)[:7] if m in ADAPTIVE_ODE_METHODS else step_grid(_NFE_PER_STEP[m], max_nfe, min_steps)
-        for m in methods
+        m: tolerance_grid(dtype)[:7] if spec.adaptive else step_grid(spec.nfe_per_step, max_nfe, min_steps)
+        for m, spec in specs.items()
     }
     study = Study(
         "likelihood",
@@ -85,7 +82,7 @@ def run_likelihood_study(
     bar = progress_bar(len(traces) * sum(map(len, grids.values())), f"likelihood {problem.name}", progress)
     for trace in traces:
         for method in methods:
-            adaptive = method in ADAPTIVE_ODE_METHODS
+            adaptive = specs[method].adaptive
             name = f"{method}/{trace}"
             for i, value in enumerate(grids[method]):
                 bar.set_postfix_str(f"{name} {'tol' if adaptive else 'steps'}={value:g}")
@@ -126,7 +123,7 @@ def run_likelihood_study(
             rows = [r for r in study.rows if r["method"] == name]
             kind = "adaptive" if adaptive else "fixed"
             record = order_record(
-                name, "error", kind, ODE_ORDERS[method] if trace == "exact" else None, rows, scale=scale, eps=eps
+                name, "error", kind, specs[method].order if trace == "exact" else None, rows, scale=scale, eps=eps
             )
             if trace == "hutchinson":
                 record["measured"] = None

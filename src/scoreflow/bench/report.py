@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from .files import write_atomically, write_text_atomically
+from .._files import atomic_write
 from .study import Study
 
 __all__ = ["write_report", "orders_table", "rows_table", "plot_study"]
@@ -49,7 +49,7 @@ def orders_table(study: Study) -> str:
         if declared is not None and o["kind"] == "adaptive":
             declared = f">= {declared - 1:g} (order {declared:g})"
         elif declared is not None and o["kind"] == "pathwise":
-            declared = f"{declared:g} ({'its strong order' if o['metric'] == 'weak_error' else 'strong'}, at least)"
+            declared = f"{declared:g} ({'weak' if o['metric'] == 'weak_error' else 'strong'}, at least)"
         verdict = _fmt(o["agrees"])
         if o.get("reason"):
             verdict = f"{verdict}: {o['reason']}"
@@ -125,7 +125,8 @@ def plot_study(study: Study, metric: str, path: Path) -> Path:
         fig.tight_layout(rect=(0, 0.04 * len(footnotes) + 0.02, 1, 1))
     else:
         fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -153,7 +154,8 @@ def write_report(
             "orders": study.orders,
             "rows": study.rows,
         }
-        write_text_atomically(path, json.dumps(payload, indent=1))
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(payload, indent=1))
         files[f"{study.name}_json"] = path
         md += [
             f"## {study.name.upper()} study: {study.problem}",
@@ -171,6 +173,7 @@ def write_report(
                     md += [f"![{study.name} {metric}]({png.name})", ""]
         md += ["<details><summary>All rows</summary>", "", rows_table(study), "", "</details>", ""]
     report = out / "report.md"
-    write_text_atomically(report, "\n".join(md))
+    with atomic_write(report) as tmp:
+        tmp.write_text("\n".join(md))
     files["report"] = report
     return files

@@ -30,7 +30,7 @@ class ProbabilityFlowODE(torch.nn.Module):
 
     def __init__(self, score: ScoreFn, sde: ForwardSDE) -> None:
         super().__init__()
-        self.score = score if isinstance(score, CountedScore) else CountedScore(score)
+        self.score = score if isinstance(score, CountedScore) else CountedScore(score, caller="ProbabilityFlowODE")
         self.sde = sde
 
     @property

@@ -56,7 +56,7 @@ class ScaledProbabilityFlowODE(torch.nn.Module):
         super().__init__()
         if time not in TIME_VARIABLES[1:]:
             raise ValueError(f"ScaledProbabilityFlowODE: argument 'time' expected 'sigma' or 'log_snr', got {time!r}.")
-        self.score = score if isinstance(score, CountedScore) else CountedScore(score)
+        self.score = score if isinstance(score, CountedScore) else CountedScore(score, caller="ScaledProbabilityFlowODE")
         self.sde = sde
         self.time = time
 

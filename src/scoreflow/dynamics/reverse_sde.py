@@ -42,10 +42,11 @@ class ReverseSDE(torch.nn.Module):
         self, score: ScoreFn, sde: ForwardSDE, data_shape: tuple[int, ...], *, sde_type: str = "ito"
     ) -> None:
         super().__init__()
-        self.score = score if isinstance(score, CountedScore) else CountedScore(score)
+        self.score = score if isinstance(score, CountedScore) else CountedScore(score, caller="ReverseSDE")
         self.sde = sde
         self.data_shape = tuple(data_shape)
         self.sde_type = sde_type
+        self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def nfe(self) -> int:
@@ -56,10 +57,20 @@ class ReverseSDE(torch.nn.Module):
         return self.sde.T - s
 
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._first is not None:
+            # torchsde evaluates the drift at the initial state twice (its contract check, then the first
+            # step): the first value is reused until a call at another state, so the NFE counts it once.
+            s0, y0, out0 = self._first
+            if torch.equal(s, s0) and torch.equal(y, y0):
+                return out0
+            self._first = None
         t = self.forward_time(s).to(y.dtype)
         x = y.reshape((y.shape[0], *self.data_shape))
         g2 = right_pad(self.sde.diffusion(t) ** 2, x)
-        return (g2 * self.score(x, t) - self.sde.drift(x, t)).reshape(y.shape)
+        out = (g2 * self.score(x, t) - self.sde.drift(x, t)).reshape(y.shape)
+        if self.score.nfe == 1:
+            self._first = (s, y, out)
+        return out
 
     def g(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t = self.forward_time(s).to(y.dtype)

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._checks import check_batch, check_choice, check_generator, check_noise_levels, check_positive, check_sde, resolve_t_min
+from .._checks import check_batch, check_choice, check_generator, check_noise_levels, check_positive, resolve_t_min
 from .._tensor import TimeLike, batch_time, right_pad, standard_normal
 from ..dynamics.counting import ScoreFn
-from ..sde import ForwardSDE
+from ..sde import ForwardSDE, check_sde
 from ._common import call_score, check_reduction, check_score, check_weights, reduce, sq_norm
 
 __all__ = ["dsm_loss", "multiscale_dsm_loss", "sde_dsm_loss", "MULTISCALE_WEIGHTINGS", "SDE_WEIGHTINGS"]

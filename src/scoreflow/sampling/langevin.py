@@ -16,17 +16,18 @@ import torch
 
 from .._checks import (
     check_batch,
+    check_callable,
     check_finite,
     check_generator,
     check_int,
     check_log_prob_output,
     check_positive,
-    check_score_output,
     check_sigmas,
 )
-from .._tensor import batch_time, standard_normal
+from .._tensor import standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..errors import NonFiniteError
+from ._common import grad_mode
 from .result import SampleResult
 
 __all__ = ["langevin", "annealed_langevin", "geometric_sigmas"]
@@ -49,15 +50,6 @@ class _TimeFree(torch.nn.Module):
         return self.score(x)
 
 
-def _start(fn: str, score: ScoreFn, x0: torch.Tensor, t0: float) -> CountedScore:
-    """Validate ``score`` by one call at ``(x0, t0)`` and return a counter primed with that call."""
-    t = batch_time(t0, x0)
-    out = check_score_output(fn, score, x0, t)
-    counted = CountedScore(score)
-    counted.prime(x0, t, out)
-    return counted
-
-
 def _sq_norm(v: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape[0], -1).pow(2).sum(dim=1)
 
@@ -67,9 +59,10 @@ def langevin(
     x0: torch.Tensor,
     *,
     step_size: float,
-    n_steps: int,
+    steps: int,
     generator: torch.Generator | None = None,
     log_prob: LogProb | None = None,
+    enable_grad: bool = False,
 ) -> SampleResult:
     r"""Run Langevin chains :math:`x \leftarrow x + \epsilon\,s(x) + \sqrt{2\epsilon}\,z` from ``x0``.
 
@@ -83,17 +76,18 @@ def langevin(
             for a time-dependent model use ``lambda x: score(x, t)``.
         x0: initial states, shape ``(B, *D)``; the B chains run independently.
         step_size: ε > 0.
-        n_steps: number of Langevin steps.
+        steps: number of Langevin steps.
         generator: seeds the noise (and MALA's uniforms); equal states give bit-identical runs.
         log_prob: ``log_prob(x)`` of shape ``(B,)``, up to a constant; turns on the MALA test.
+        enable_grad: keep the autograd graph; off by default.
 
     Returns:
-        A :class:`SampleResult`; ``nfe`` counts score calls (``n_steps`` for ULA, ``n_steps + 1``
+        A :class:`SampleResult`; ``nfe`` counts score calls (``steps`` for ULA, ``steps + 1``
         for MALA).  For MALA ``stats`` holds ``acceptance_rate`` (over all chains and steps),
         ``chain_acceptance_rate`` (per chain, shape ``(B,)``) and ``n_log_prob``.
 
     Raises:
-        ValueError: for a non-positive ``step_size``, ``n_steps < 1``, a malformed ``x0`` or a
+        ValueError: for a non-positive ``step_size``, ``steps < 1``, a malformed ``x0`` or a
             ``log_prob`` that is not one finite value per chain.
         TypeError: for arguments of the wrong type or a score returning the wrong dtype.
         NonFiniteError: if the score or the log-density becomes NaN; the message names the
@@ -102,24 +96,22 @@ def langevin(
     fn = "langevin"
     check_batch(fn, "x0", x0)
     eps = check_positive(fn, "step_size", step_size)
-    check_int(fn, "n_steps", n_steps)
+    check_int(fn, "steps", steps)
     check_generator(fn, generator)
-    if not callable(score):
-        raise TypeError(f"{fn}: argument 'score' expected a callable score(x), got {type(score).__name__}.")
-    counted = _start(fn, _TimeFree(score), x0, 0.0)
+    counted = CountedScore(_TimeFree(check_callable(fn, "score", score, "score(x)")), caller=fn)
     lp = None if log_prob is None else check_log_prob_output(fn, log_prob, x0)
     noise_scale = math.sqrt(2 * eps)
     x = x0
-    with torch.no_grad():
+    with grad_mode(enable_grad):
         if lp is None:
-            for k in range(n_steps):
+            for k in range(steps):
                 x = x + eps * counted(x, k * eps) + noise_scale * standard_normal(x, generator)
-            check_finite(x, n_steps * eps, what="Langevin state")
-            return SampleResult(samples=x, nfe=counted.nfe, stats={"step_size": eps, "n_steps": n_steps})
+            check_finite(x, steps * eps, what="Langevin state")
+            return SampleResult(samples=x, nfe=counted.nfe, stats={"step_size": eps, "steps": steps})
 
         s = counted(x, 0.0)
         accepted = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-        for k in range(n_steps):
+        for k in range(steps):
             z = standard_normal(x, generator)
             y = x + eps * s + noise_scale * z
             s_y = counted(y, (k + 1) * eps)
@@ -135,13 +127,13 @@ def langevin(
             keep = accept.reshape((-1,) + (1,) * (x.ndim - 1))
             x, s, lp = torch.where(keep, y, x), torch.where(keep, s_y, s), torch.where(accept, lp_y, lp)
             accepted += accept
-    rate = accepted.to(torch.float64) / n_steps
+    rate = accepted.to(torch.float64) / steps
     stats = {
         "step_size": eps,
-        "n_steps": n_steps,
+        "steps": steps,
         "acceptance_rate": float(rate.mean()),
         "chain_acceptance_rate": rate,
-        "n_log_prob": n_steps + 1,
+        "n_log_prob": steps + 1,
     }
     return SampleResult(samples=x, nfe=counted.nfe, stats=stats)
 
@@ -177,16 +169,17 @@ def annealed_langevin(
     x0: torch.Tensor,
     sigmas: torch.Tensor | Sequence[float],
     *,
-    steps_per_sigma: int = 100,
-    eps: float = 2e-5,
+    steps: int = 100,
+    step_size: float = 2e-5,
     generator: torch.Generator | None = None,
     denoise_final: bool = True,
+    enable_grad: bool = False,
 ) -> SampleResult:
     r"""Annealed Langevin dynamics (NCSN, Song & Ermon 2019, Algorithm 1) with a noise-conditional score.
 
-    For each level :math:`\sigma_i` (largest first) run ``steps_per_sigma`` steps
+    For each level :math:`\sigma_i` (largest first) run ``steps`` steps
     :math:`x \leftarrow x + \tfrac{\alpha_i}{2} s(x, \sigma_i) + \sqrt{\alpha_i}\,z` with
-    :math:`\alpha_i = \epsilon\,\sigma_i^2/\sigma_L^2`, i.e. :func:`langevin` steps of size
+    :math:`\alpha_i = \epsilon\,\sigma_i^2/\sigma_L^2` (:math:`\epsilon` = ``step_size``), i.e. :func:`langevin` steps of size
     :math:`\alpha_i/2` on :math:`p_{\sigma_i} = p * N(0, \sigma_i^2 I)`.
 
     Args:
@@ -194,37 +187,38 @@ def annealed_langevin(
             exact ``law.score(scoreflow.EDMSDE(sigma_min, sigma_max))`` (whose time is sigma).
         x0: initial states, shape ``(B, *D)``, e.g. ``sigmas[0] * torch.randn(...)``.
         sigmas: strictly decreasing positive noise levels (see :func:`geometric_sigmas`).
-        steps_per_sigma: Langevin steps per level (NCSN: 100).
-        eps: base step ε, the step at the smallest level being :math:`\alpha_L = \epsilon` (NCSN: 2e-5).
+        steps: Langevin steps at each level (NCSN: 100).
+        step_size: base step ε, the step at the smallest level being :math:`\alpha_L = \epsilon` (NCSN: 2e-5).
         generator: seeds the noise; equal states give bit-identical runs.
         denoise_final: finish with Tweedie's step :math:`x + \sigma_L^2 s(x, \sigma_L)` (one NFE),
             which removes the remaining noise of level :math:`\sigma_L`.
+        enable_grad: keep the autograd graph; off by default.
 
     Returns:
-        A :class:`SampleResult` with ``nfe = len(sigmas) * steps_per_sigma (+1)``; ``stats`` holds
+        A :class:`SampleResult` with ``nfe = len(sigmas) * steps (+1)``; ``stats`` holds
         the per-level ``step_sizes`` :math:`\alpha_i`.
 
     Raises:
-        ValueError: if ``sigmas`` is not strictly decreasing and positive, ``eps <= 0``,
-            ``steps_per_sigma < 1`` or ``x0`` is malformed.
+        ValueError: if ``sigmas`` is not strictly decreasing and positive, ``step_size <= 0``,
+            ``steps < 1`` or ``x0`` is malformed.
         TypeError: for arguments of the wrong type or a score returning the wrong dtype.
         NonFiniteError: if the score becomes NaN/inf; the message names the noise level as ``t``.
     """
     fn = "annealed_langevin"
     check_batch(fn, "x0", x0)
     levels = check_sigmas(fn, "sigmas", sigmas)
-    check_int(fn, "steps_per_sigma", steps_per_sigma)
-    eps = check_positive(fn, "eps", eps)
+    check_int(fn, "steps", steps)
+    eps = check_positive(fn, "step_size", step_size)
     check_generator(fn, generator)
     # Coefficients in float64 (exact for float32 runs too); the score sees sigma in x's dtype.
     alphas = (eps * levels**2 / levels[-1] ** 2).tolist()
     sigma_x = levels.to(dtype=x0.dtype, device=x0.device)
-    counted = _start(fn, score, x0, sigma_x[0])
+    counted = CountedScore(score, caller=fn)
     x = x0
-    with torch.no_grad():
+    with grad_mode(enable_grad):
         for sigma, alpha in zip(sigma_x, alphas):
             noise_scale = math.sqrt(alpha)
-            for _ in range(steps_per_sigma):
+            for _ in range(steps):
                 x = x + (0.5 * alpha) * counted(x, sigma) + noise_scale * standard_normal(x, generator)
         if denoise_final:
             x = x + float(levels[-1]) ** 2 * counted(x, sigma_x[-1])

@@ -2,7 +2,7 @@ r"""Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3).
 
 On a uniform grid :math:`T = t_0 > t_1 > \dots > t_N = t_{min}` each step moves the state from
 :math:`t_i` to :math:`t_{i+1}` with a predictor (a discretization of the reverse SDE, see
-:mod:`.predictors`) and then takes ``n_corrector_steps`` Langevin steps towards
+:mod:`.predictors`) and then takes ``corrector_steps`` Langevin steps towards
 :math:`p_{t_{i+1}}` with the signal-to-noise step rule
 
 .. math:: \epsilon = 2\alpha_i\,(r\,\overline{\|z\|}/\overline{\|s\|})^2,\qquad
@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_choice, check_finite, check_generator, check_int, check_positive, check_sde, resolve_t_min
+from .._checks import check_batch, check_finite, check_generator, check_int, check_positive, resolve_t_min
 from .._tensor import standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
-from ..sde import ForwardSDE
-from ._common import start_counted, tweedie_denoise
-from .predictors import CORRECTORS, PREDICTORS, ancestral_supports, corrector_alphas, predictor_coefficients
+from ..methods import Method, get_method, register
+from ..sde import ForwardSDE, check_sde
+from ._common import grad_mode, tweedie_denoise
+from .predictors import ancestral_supports, corrector_alphas, predictor_coefficients
 from .result import SampleResult
 
-__all__ = ["sample_pc", "PREDICTORS", "CORRECTORS"]
+__all__ = ["sample_pc"]
 
 
 def _mean_norm(v: torch.Tensor) -> torch.Tensor:
@@ -40,16 +41,20 @@ def _langevin_correct(
     *,
     alpha: float,
     snr: float,
-    n_steps: int,
+    steps: int,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """``n_steps`` Langevin steps at time ``t`` with the signal-to-noise step size."""
-    for _ in range(n_steps):
+    """``steps`` Langevin steps at time ``t`` with the signal-to-noise step size."""
+    for _ in range(steps):
         s = score(x, t)
         z = standard_normal(x, generator)
         step = 2 * alpha * (snr * _mean_norm(z) / _mean_norm(s)) ** 2
         x = x + step * s + torch.sqrt(2 * step) * z
     return x
+
+
+# score_sde's "ald" corrector is the same step with a different size rule.
+register(Method("langevin", ("corrector",), "native", _langevin_correct, "Langevin steps with the signal-to-noise step rule"))
 
 
 def sample_pc(
@@ -61,11 +66,12 @@ def sample_pc(
     predictor: str | None = "reverse_diffusion",
     corrector: str | None = "langevin",
     snr: float = 0.16,
-    n_corrector_steps: int = 1,
+    corrector_steps: int = 1,
     t_min: float | None = None,
     denoise_final: bool = False,
     generator: torch.Generator | None = None,
     return_trajectory: bool = False,
+    enable_grad: bool = False,
 ) -> SampleResult:
     r"""Sample by alternating a reverse-SDE predictor step and Langevin corrector steps, from T to ``t_min``.
 
@@ -78,41 +84,43 @@ def sample_pc(
             ``None`` (corrector only: the time moves down the grid, the state only by Langevin steps).
         corrector: ``"langevin"`` or ``None`` (predictor only).
         snr: the target signal-to-noise ratio r of the corrector step (score_sde: 0.16 for VE, 0.01-0.17 for VP).
-        n_corrector_steps: Langevin steps after each predictor step.
+        corrector_steps: Langevin steps after each predictor step.
         t_min: final time (default ``sde.t_min``).
         denoise_final: finish with Tweedie's step :math:`(x + \sigma^2 s)/\alpha` at ``t_min`` (one NFE).
         generator: seeds all noise; equal generator states give bit-identical samples.
         return_trajectory: also return the states at every grid time.
+        enable_grad: keep the autograd graph; off by default.
 
     Returns:
         A :class:`SampleResult` at ``t_min`` with ``nfe`` = predictor calls (N) + corrector calls
-        (N * n_corrector_steps) + the denoising call.
+        (N * corrector_steps) + the denoising call.
 
     Raises:
         ValueError: for an unknown predictor or corrector (the message lists the valid ones), both
             ``None``, ``"ancestral"`` with a sub-VP SDE, a non-positive ``snr``, ``steps`` or
-            ``n_corrector_steps`` below 1, ``t_min`` outside ``(0, T)`` or a malformed ``x_T``.
+            ``corrector_steps`` below 1, ``t_min`` outside ``(0, T)`` or a malformed ``x_T``.
         TypeError: for arguments of the wrong type or a score returning the wrong dtype.
         NonFiniteError: if the score or the state becomes NaN/inf; the message names the time.
     """
     fn = "sample_pc"
     check_sde(fn, sde)
     if predictor is not None:
-        check_choice(fn, "predictor", predictor, PREDICTORS)
+        get_method("predictor", predictor, caller=fn, argument="predictor")
         if predictor == "ancestral" and not ancestral_supports(sde):
             raise ValueError(
                 f"{fn}: predictor='ancestral' is defined for VPSDE (DDPM) and VESDE/EDMSDE (SMLD), got "
                 f"{type(sde).__name__}; use predictor='reverse_diffusion' or 'euler_maruyama'."
             )
     if corrector is not None:
-        check_choice(fn, "corrector", corrector, CORRECTORS)
+        correct = get_method("corrector", corrector, caller=fn, argument="corrector").solver
         check_positive(fn, "snr", snr)
-        check_int(fn, "n_corrector_steps", n_corrector_steps)
+        check_int(fn, "corrector_steps", corrector_steps)
     if predictor is None and corrector is None:
         raise ValueError(f"{fn}: predictor and corrector are both None; give at least one of them.")
     check_int(fn, "steps", steps)
     check_generator(fn, generator)
     t_min = resolve_t_min(fn, sde, t_min)
+    check_batch(fn, "x_T", x_T)
 
     # Coefficients in float64 on the exact grid; the score sees the grid in x's dtype.
     ts = torch.linspace(sde.T, t_min, steps + 1, dtype=torch.float64)
@@ -120,17 +128,17 @@ def sample_pc(
     if predictor is not None:
         c_x, c_s, c_z = (c.tolist() for c in predictor_coefficients(predictor, sde, ts))
     alphas = corrector_alphas(sde, ts).tolist() if corrector is not None else None
-    counted = start_counted(fn, score, sde, x_T, ts_x[0] if predictor is not None else ts_x[1])
+    counted = CountedScore(score, caller=fn)
 
     x = x_T
     trajectory = [x_T] if return_trajectory else None
-    with torch.no_grad():
+    with grad_mode(enable_grad):
         for i in range(steps):
             if predictor is not None:
                 x = c_x[i] * x + c_s[i] * counted(x, ts_x[i]) + c_z[i] * standard_normal(x, generator)
             if corrector is not None:
-                x = _langevin_correct(
-                    counted, x, ts_x[i + 1], alpha=alphas[i], snr=snr, n_steps=n_corrector_steps, generator=generator
+                x = correct(
+                    counted, x, ts_x[i + 1], alpha=alphas[i], snr=snr, steps=corrector_steps, generator=generator
                 )
             if trajectory is not None:
                 trajectory.append(x)
@@ -140,7 +148,7 @@ def sample_pc(
         "predictor": predictor,
         "corrector": corrector,
         "steps": steps,
-        "n_corrector_steps": n_corrector_steps if corrector is not None else 0,
+        "corrector_steps": corrector_steps if corrector is not None else 0,
     }
     return SampleResult(
         samples=samples,

@@ -22,14 +22,12 @@ from collections.abc import Callable
 
 import torch
 
+from ..methods import Method, get_method, register
 from ..sde import EDMSDE, VESDE, VPSDE, ForwardSDE
 
-__all__ = ["PREDICTORS", "CORRECTORS", "predictor_coefficients", "corrector_alphas", "ancestral_supports"]
+__all__ = ["predictor_coefficients", "corrector_alphas", "ancestral_supports"]
 
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-#: Langevin is the only corrector (score_sde's "ald" is the same step with a different size rule).
-CORRECTORS = ("langevin",)
 
 
 def _transition(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,17 +65,18 @@ def _ancestral(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> Coeff
     return torch.ones_like(gap), gap, (sigma_lo**2 * gap / sigma_hi**2).sqrt()
 
 
-#: Predictor name -> rule ``(sde, t_hi, t_lo) -> (c_x, c_s, c_z)`` over the grid's steps.
-PREDICTORS: dict[str, Callable[[ForwardSDE, torch.Tensor, torch.Tensor], Coefficients]] = {
-    "reverse_diffusion": _reverse_diffusion,
-    "euler_maruyama": _euler_maruyama,
-    "ancestral": _ancestral,
-}
+# Each predictor's record holds its rule ``(sde, t_hi, t_lo) -> (c_x, c_s, c_z)`` over the grid's steps.
+for _name, _rule, _summary in (
+    ("reverse_diffusion", _reverse_diffusion, "reverse of the forward discretization (DDPM's chain for VP, SMLD's for VE)"),
+    ("euler_maruyama", _euler_maruyama, "Euler-Maruyama step of the reverse SDE"),
+    ("ancestral", _ancestral, "ancestral sampling: DDPM for VP, SMLD for variance-exploding SDEs"),
+):
+    register(Method(_name, ("predictor",), "native", _rule, _summary))
 
 
 def predictor_coefficients(name: str, sde: ForwardSDE, ts: torch.Tensor) -> Coefficients:
     """Coefficients ``(c_x, c_s, c_z)``, each ``(N,)``, of predictor ``name`` on the decreasing grid ``ts`` (N+1)."""
-    return PREDICTORS[name](sde, ts[:-1], ts[1:])
+    return get_method("predictor", name, caller="predictor_coefficients").solver(sde, ts[:-1], ts[1:])
 
 
 def corrector_alphas(sde: ForwardSDE, ts: torch.Tensor) -> torch.Tensor:

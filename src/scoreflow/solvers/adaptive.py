@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_int, check_positive
+from ..dynamics.counting import CountedScore
+from ..methods import Method, Path, Tolerances, int_option, positive_option, register
+from ..sde import ForwardSDE
 from .base import ScorePredictions
 from .multistep import _polynomial_update
 
@@ -32,7 +34,7 @@ __all__ = ["AdaptiveExponentialPC"]
 class AdaptiveExponentialPC:
     """``dpmpp_4m_pc`` on a log-SNR grid chosen by an embedded error estimate (see the module docstring).
 
-    Args:
+    Args (checked by the method's record, see ``options``):
         h_init: first step in log-SNR (the data prediction of unit-scale data changes slowly at high noise).
         safety: factor on the optimal next step.
         max_factor: largest growth of the step from one step to the next (the smallest is 1/5).
@@ -40,7 +42,13 @@ class AdaptiveExponentialPC:
         max_steps: accepted plus rejected steps before giving up with a ``RuntimeError``.
     """
 
-    options = ("h_init", "safety", "max_factor", "reject_above", "max_steps")
+    options = {
+        "h_init": positive_option(1.0, "first step in log-SNR"),
+        "safety": positive_option(0.8, "factor on the optimal next step"),
+        "max_factor": positive_option(2.0, "largest growth of the step from one step to the next", above=1.0),
+        "reject_above": positive_option(2.0, "steps whose scaled error estimate exceeds this are redone"),
+        "max_steps": int_option(10_000, "accepted plus rejected steps before giving up with a RuntimeError"),
+    }
     points = 4
     min_factor = 0.2
 
@@ -53,14 +61,16 @@ class AdaptiveExponentialPC:
         reject_above: float = 2.0,
         max_steps: int = 10_000,
     ) -> None:
-        fn = "sample_ode"
-        self.h_init, self.safety, self.max_factor, self.reject_above = (
-            check_positive(fn, name, value, kind="option")
-            for name, value in (("h_init", h_init), ("safety", safety), ("max_factor", max_factor), ("reject_above", reject_above))
-        )
-        if self.max_factor <= 1:
-            raise ValueError(f"{fn}: option 'max_factor' expected a number > 1, got {max_factor!r}.")
-        self.max_steps = check_int(fn, "max_steps", max_steps, kind="option")
+        self.h_init, self.safety, self.max_factor, self.reject_above = h_init, safety, max_factor, reject_above
+        self.max_steps = max_steps
+
+    def sample(
+        self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Tolerances, *, trajectory: bool = False
+    ) -> Path:
+        """Integrate the probability-flow ODE from ``x_T`` between the ends ``stepping.times`` to its tolerances."""
+        start, end = stepping.times
+        times, states, rejected = self.solve(ScorePredictions(score, sde), start, end, x_T, stepping.rtol, stepping.atol)
+        return Path(torch.stack(times), states, {"steps": len(times) - 1, "rejected_steps": rejected})
 
     def solve(
         self, model: ScorePredictions, t_start: torch.Tensor, t_end: torch.Tensor, x: torch.Tensor, rtol: float, atol: float
@@ -104,6 +114,20 @@ class AdaptiveExponentialPC:
             if last:
                 return times, states, rejected
         raise RuntimeError(
-            f"sample_ode: 'dpmpp_4m_pc_adaptive' took max_steps={self.max_steps} steps (accepted and rejected) "
+            f"dpmpp_4m_pc_adaptive took max_steps={self.max_steps} steps (accepted and rejected) "
             f"and reached t={float(times[-1]):.6g} of t_min={float(t_end):.6g}; raise options={{'max_steps': ...}} or loosen rtol/atol."
         )
+
+
+register(
+    Method(
+        name="dpmpp_4m_pc_adaptive",
+        kinds=("ode",),
+        backend="native",
+        solver=AdaptiveExponentialPC,
+        summary="dpmpp_4m_pc on log-SNR steps chosen by its predictor-corrector difference",
+        nfe_per_step=1,
+        adaptive=True,
+        options=AdaptiveExponentialPC.options,
+    )
+)

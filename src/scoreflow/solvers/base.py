@@ -9,22 +9,29 @@ written with either of them, exactly in its linear part (Lu et al. 2022).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
 
-from .._tensor import right_pad
 from ..dynamics.counting import CountedScore
+from ..methods import Method, Option, Path, Stepping, register
+from ..parameterizations import denoiser_from_score, eps_from_score
 from ..sde import ForwardSDE
 
-__all__ = ["NativeSolver", "ScorePredictions"]
+__all__ = ["NativeSolver", "ScorePredictions", "register_native"]
 
 
 class ScorePredictions:
-    """Noise and data predictions of a counted score, and :math:`(\\alpha, \\sigma, \\lambda)` at scalar times."""
+    """Noise and data predictions of a counted score, and :math:`(\\alpha, \\sigma, \\lambda)` at scalar times.
+
+    The predictions are :func:`scoreflow.eps_from_score` and :func:`scoreflow.denoiser_from_score` of the score.
+    """
 
     def __init__(self, score: CountedScore, sde: ForwardSDE) -> None:
         self.score, self.sde = score, sde
+        self.noise = eps_from_score(score, sde)
+        self.data = denoiser_from_score(score, sde)
 
     def coefs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(alpha, sigma, lambda)`` at a 0-dim time ``t``."""
@@ -35,30 +42,45 @@ class ScorePredictions:
         """The time whose log-SNR is ``lam``."""
         return self.sde.t_from_log_snr(lam)
 
-    def noise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        r""":math:`\hat\varepsilon(x, t) = -\sigma(t)\, s(x, t)` (one NFE)."""
-        sigma = self.sde.marginal(t)[1]
-        return -right_pad(sigma, x) * self.score(x, t)
-
-    def data(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        r""":math:`\hat x_0(x, t) = (x + \sigma^2 s(x, t))/\alpha` (one NFE)."""
-        alpha, sigma = self.sde.marginal(t)
-        return (x + right_pad(sigma**2, x) * self.score(x, t)) / right_pad(alpha, x)
-
 
 class NativeSolver(ABC):
     """A fixed-grid probability-flow ODE solver written in scoreflow (one the libraries lack).
 
-    Class attributes:
+    Class attributes (read by :func:`register_native` into the method's registry record):
         order: global order of accuracy in the step size (checked by the order tests).
+        nfe_per_step: score evaluations per step.
         default_schedule: the step schedule it is designed for (see ``sampling.schedules``).
-        options: names of the keyword options its constructor accepts.
+        options: the keyword options its constructor accepts.
     """
 
     order: ClassVar[int]
+    nfe_per_step: ClassVar[int] = 1
     default_schedule: ClassVar[str] = "log_snr"
-    options: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[Mapping[str, Option]] = {}
+
+    def sample(
+        self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Stepping, *, trajectory: bool = False
+    ) -> Path:
+        """Integrate the probability-flow ODE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t)."""
+        return Path(stepping.times, self.solve(ScorePredictions(score, sde), stepping.times, x_T))
 
     @abstractmethod
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         """Integrate from ``x`` at ``ts[0]`` through the decreasing grid ``ts``; return the states at every ``ts[i]``."""
+
+
+def register_native(name: str, solver: type[NativeSolver], summary: str) -> Method:
+    """Register a native fixed-grid probability-flow ODE solver under ``name``, its capabilities read off the class."""
+    return register(
+        Method(
+            name=name,
+            kinds=("ode",),
+            backend="native",
+            solver=solver,
+            summary=summary,
+            order=solver.order,
+            nfe_per_step=solver.nfe_per_step,
+            default_schedule=solver.default_schedule,
+            options=solver.options,
+        )
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import NativeSolver, ScorePredictions
+from .base import NativeSolver, ScorePredictions, register_native
 
 __all__ = ["EDMHeun"]
 
@@ -17,6 +17,7 @@ class EDMHeun(NativeSolver):
     r"""Heun's method in :math:`\bar\sigma`: :math:`\tilde y = y + \Delta\bar\sigma\, d_s`, :math:`y_t = y + \tfrac{\Delta\bar\sigma}{2}(d_s + d(\tilde y))`; two NFE per step."""
 
     order = 2
+    nfe_per_step = 2
     default_schedule = "karras"
 
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
@@ -32,3 +33,6 @@ class EDMHeun(NativeSolver):
             x = alpha_t * (y + 0.5 * dsigma * (d_s + d_t))
             traj.append(x)
         return traj
+
+
+register_native("edm_heun", EDMHeun, "EDM's Heun sampler in sigma/alpha")

@@ -22,7 +22,8 @@ from typing import ClassVar
 
 import torch
 
-from .base import NativeSolver, ScorePredictions
+from ..methods import bool_option
+from .base import NativeSolver, ScorePredictions, register_native
 
 __all__ = ["DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC"]
 
@@ -59,8 +60,13 @@ def _differences(h, history):
     return d1, d2
 
 
+_LOWER_ORDER_FINAL = {
+    "lower_order_final": bool_option(True, f"lower the order of the last steps when there are fewer than {_LOWER_ORDER_FINAL_BELOW} steps"),
+}
+
+
 class _Multistep(NativeSolver):
-    options = ("lower_order_final",)
+    options = _LOWER_ORDER_FINAL
 
     def __init__(self, *, lower_order_final: bool = True) -> None:
         self.lower_order_final = bool(lower_order_final)
@@ -155,7 +161,7 @@ class _PredictorCorrector(NativeSolver):
     """Multistep predictor with ``predictor_points`` points, corrected with one more (the new one), as in UniPC."""
 
     predictor_points: ClassVar[int]
-    options = ("lower_order_final",)
+    options = _LOWER_ORDER_FINAL
 
     def __init__(self, *, lower_order_final: bool = True) -> None:
         self.lower_order_final = bool(lower_order_final)
@@ -221,3 +227,10 @@ class DPMSolverPP4MPC(_PredictorCorrector):
     order = 5
     default_schedule = "log_snr_capped"
     predictor_points = 4
+
+
+register_native("dpmpp_2m", DPMSolverPP2M, "DPM-Solver++(2M): second-order multistep, data prediction")
+register_native("dpmpp_3m", DPMSolverPP3M, "DPM-Solver++(3M): third-order multistep, data prediction")
+register_native("dpmpp_2m_pc", DPMSolverPP2MPC, "DPM-Solver++(2M) predictor with a UniPC-style corrector")
+register_native("dpmpp_3m_pc", DPMSolverPP3MPC, "DPM-Solver++(3M) predictor with a UniPC-style corrector")
+register_native("dpmpp_4m_pc", DPMSolverPP4MPC, "4-point exponential Adams predictor with a corrector")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import NativeSolver, ScorePredictions
+from .base import NativeSolver, ScorePredictions, register_native
 
 __all__ = ["DDIM", "DPMSolver2", "DPMSolver3"]
 
@@ -44,6 +44,7 @@ class DPMSolver2(NativeSolver):
     """
 
     order = 2
+    nfe_per_step = 2
 
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         traj = [x]
@@ -67,6 +68,7 @@ class DPMSolver3(NativeSolver):
     """
 
     order = 3
+    nfe_per_step = 3
     r1, r2 = 1.0 / 3.0, 2.0 / 3.0
 
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
@@ -88,3 +90,8 @@ class DPMSolver3(NativeSolver):
             x = (alpha_t / alpha_s) * x - sigma_t * torch.expm1(h) * eps_s - (sigma_t / r2) * phi * d2
             traj.append(x)
         return traj
+
+
+register_native("ddim", DDIM, "DDIM: first-order exponential integrator (deterministic, eta = 0)")
+register_native("dpm_solver_2", DPMSolver2, "DPM-Solver-2: single-step, log-SNR midpoint")
+register_native("dpm_solver_3", DPMSolver3, "DPM-Solver-3: single-step, third order")

@@ -12,14 +12,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._checks import check_callable, check_generator, check_instance, check_int, check_output, check_positive, check_sde
+from .._checks import check_callable, check_generator, check_instance, check_int, check_output, check_positive
 from ..analytic import GaussianMixture
-from ..sde import ForwardSDE
+from ..sde import ForwardSDE, check_sde
 from .reference import describe_reference, reference_flow_map
+from .._tensor import ScoreFn
 
 __all__ = ["assert_flow_map", "assert_log_likelihood", "assert_score_matches", "assert_schedule_consistent"]
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _LAW_EXAMPLE = "scoreflow.analytic.Gaussian(mean, cov)"
 
 

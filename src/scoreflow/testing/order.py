@@ -13,10 +13,10 @@ from ..metrics import fit_order, rms_error
 from ..sde import ForwardSDE
 from .assertions import check_law_sde
 from .reference import describe_reference, reference_flow_map
+from .._tensor import ScoreFn
 
 __all__ = ["OrderFit", "empirical_order", "assert_order"]
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepSampler = Callable[[ScoreFn, ForwardSDE, torch.Tensor, int], torch.Tensor]
 
 

@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from .._checks import check_choice, check_int, check_positive
-from ..sde import ForwardSDE
+from ._checks import check_choice, check_int, check_positive
+from .sde import ForwardSDE
 
 __all__ = ["SCHEDULES", "time_grid"]
 

@@ -1,0 +1,243 @@
+r"""torchsde's solvers behind scoreflow's registry: the only module that calls ``torchsde``.
+
+torchsde needs increasing time and a 2-D state, so the reverse SDE is integrated in
+:math:`s = T - t` on the flattened state (see :class:`.ReverseSDE`), driven by a
+:class:`BrownianPath` on :math:`[0, T - t_{min}]`.  The noise is additive (g depends on t only),
+so Itô and Stratonovich coincide and every method integrates the same SDE; the records declare
+torchsde's own orders, with the strong orders it states for additive noise.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+import torchsde
+
+from .._checks import check_generator, check_positive
+from ..methods import Grid, Method, Path, Stepping, Tolerances, register
+from ..sde import ForwardSDE
+from .counting import CountedScore
+from .reverse_sde import ReverseSDE
+
+__all__ = ["BrownianPath", "brownian_motion", "brownian_rows", "TorchsdeSolver"]
+
+
+class BrownianPath(torchsde.BaseBrownian):
+    """A Brownian motion :math:`W_s` on ``[0, duration]`` (solver time s = T - t) for a flattened ``(B, D)`` state.
+
+    Built on torchsde's ``BrownianInterval``: one for the whole batch, or one per block of rows
+    (e.g. one per item, as :mod:`scoreflow.distributed` uses), queried together.  A torchsde
+    interval fixes its path where it is first queried, so a fresh one queried on another grid is
+    another path; see :func:`brownian_motion` for sharing one path across step counts.
+
+    Args:
+        intervals: torchsde Brownian intervals on ``[0, duration]``, of shapes ``(B_k, D)`` stacked in order.
+        duration: the length of the time span.
+        levy_area: whether the intervals give space-time Lévy area (needed by ``srk``).
+
+    Attributes:
+        duration, levy_area: as given; ``shape``, ``dtype``, ``device`` of the stacked path.
+    """
+
+    def __init__(self, intervals: Sequence[torchsde.BrownianInterval], duration: float, *, levy_area: bool) -> None:
+        self.intervals = list(intervals)
+        self.duration = float(duration)
+        self.levy_area = bool(levy_area)
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: ANN001 - torchsde's signature
+        parts = [path(ta, tb, return_U=return_U, return_A=return_A) for path in self.intervals]
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(column) for column in zip(*parts))
+        return torch.cat(parts)
+
+    def __repr__(self) -> str:
+        return f"BrownianPath(shape={tuple(self.shape)}, duration={self.duration:g}, levy_area={self.levy_area})"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.intervals[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.intervals[0].device
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((sum(path.shape[0] for path in self.intervals), self.intervals[0].shape[1]))
+
+    @property
+    def levy_area_approximation(self) -> str:
+        return self.intervals[0].levy_area_approximation
+
+    def check(self, fn: str, x_T: torch.Tensor, duration: float, *, levy_area: bool) -> BrownianPath:
+        """Check that this path drives a solve of ``x_T`` over ``[0, duration]`` (with Lévy area if needed).
+
+        Raises:
+            ValueError: for another shape or dtype than the flattened ``x_T``, a shorter span, or no Lévy area.
+        """
+        size = (x_T.shape[0], x_T[0].numel())
+        if tuple(self.shape) != size or self.dtype != x_T.dtype:
+            raise ValueError(
+                f"{fn}: argument 'bm' expected shape {size} and dtype {x_T.dtype} (the flattened x_T), "
+                f"got shape {tuple(self.shape)} and dtype {self.dtype}."
+            )
+        if self.duration < duration * (1 - 1e-6):
+            raise ValueError(
+                f"{fn}: argument 'bm' must cover solver times [0, T - t_min] = [0, {duration:g}], got [0, {self.duration:g}]."
+            )
+        if levy_area and not self.levy_area:
+            raise ValueError(f"{fn}: the method needs a path with Levy area: brownian_motion(..., levy_area=True).")
+        return self
+
+
+def brownian_motion(
+    x_T: torch.Tensor,
+    duration: float,
+    *,
+    generator: torch.Generator | None = None,
+    levy_area: bool = False,
+    query_independent: bool = False,
+    step_size: float | None = None,
+) -> BrownianPath:
+    """A Brownian path on ``[0, duration]`` (solver time s = T - t) for the flattened state of ``x_T``.
+
+    The same generator state gives the same path for the same query times. A torchsde
+    ``BrownianInterval`` fixes its path where it is first queried, so a fresh one queried on
+    another grid is another path. To share one path across step counts (strong-order studies),
+    either query one object on the finest grid first and then reuse it on coarser nested grids,
+    or build it with ``query_independent=True`` (torchsde's dyadic ``halfway_tree``: the same path
+    however it is queried, 4-5x slower to query); pass it to :func:`scoreflow.sample_sde` as ``bm``.
+
+    ``step_size``, the typical step of the solves it will drive, lets torchsde build its dependency tree
+    up front; without it torchsde infers one from its first queries, which with thousands of steps nests
+    deeper than Python's recursion limit.
+
+    Raises:
+        TypeError: if ``generator`` is not a ``torch.Generator``.
+        ValueError: for a ``duration`` or ``step_size`` that is not a finite number > 0, or ``step_size``
+            with ``query_independent=True`` (the dyadic tree needs no hint).
+    """
+    fn = "brownian_motion"
+    check_generator(fn, generator)
+    duration = check_positive(fn, "duration", duration)
+    if step_size is not None:
+        step_size = check_positive(fn, "step_size", step_size)
+        if query_independent:
+            raise ValueError(f"{fn}: argument 'step_size' applies to query_independent=False (the dyadic tree needs no hint).")
+    entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else "cpu"))
+    extra = {"halfway_tree": True, "tol": duration * 2.0**-20} if query_independent else {"dt": step_size}
+    interval = torchsde.BrownianInterval(
+        t0=0.0,
+        t1=duration,
+        size=(x_T.shape[0], x_T[0].numel()),
+        dtype=x_T.dtype,
+        device=x_T.device,
+        entropy=entropy,
+        levy_area_approximation="space-time" if levy_area else "none",
+        **extra,
+    )
+    return BrownianPath([interval], duration, levy_area=levy_area)
+
+
+def brownian_rows(
+    entropies: Sequence[int],
+    dim: int,
+    duration: float,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    levy_area: bool = False,
+) -> BrownianPath:
+    """A Brownian path on ``[0, duration]`` of shape ``(len(entropies), dim)`` whose row ``i`` is its own path,
+    seeded by ``entropies[i]`` (an int in ``[0, 2**62)``): a row's noise does not depend on the other rows."""
+    intervals = [
+        torchsde.BrownianInterval(
+            t0=0.0, t1=duration, size=(1, dim), dtype=dtype, device=device, entropy=entropy,
+            levy_area_approximation="space-time" if levy_area else "none",
+        )
+        for entropy in entropies
+    ]
+    return BrownianPath(intervals, duration, levy_area=levy_area)
+
+
+class TorchsdeSolver:
+    """One of torchsde's methods on the reverse-time SDE.
+
+    Args:
+        library_name: torchsde's name of the method.
+        sde_type: ``"ito"`` or ``"stratonovich"``, as torchsde requires for the method (the same SDE here).
+    """
+
+    def __init__(self, library_name: str, *, sde_type: str) -> None:
+        self.library_name = library_name
+        self.sde_type = sde_type
+
+    def sample(
+        self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Stepping, bm: BrownianPath,
+        *, trajectory: bool = False,
+    ) -> Path:
+        """Integrate the reverse SDE from ``x_T`` at T through ``stepping.times`` (decreasing, in t) on the path ``bm``."""
+        ts = stepping.times
+        grid = sde.T - ts  # solver time s, increasing from 0
+        if isinstance(stepping, Grid) and stepping.step_size is None:
+            dt = float(grid[-1]) / (len(grid) - 1)  # exact for the uniform grid, free of the grid's round-off
+        else:
+            dt = stepping.first_step
+        if not trajectory:
+            grid, ts = grid[[0, -1]], ts[[0, -1]]
+        adaptive = isinstance(stepping, Tolerances)
+        tolerances = {"rtol": stepping.rtol, "atol": stepping.atol} if adaptive else {}
+        reverse = ReverseSDE(score, sde, tuple(x_T.shape[1:]), sde_type=self.sde_type)
+        with warnings.catch_warnings():
+            # torchsde warns about adaptive Euler-Maruyama with non-additive noise; this noise is
+            # additive (g depends on t only) even though declared diagonal.
+            warnings.filterwarnings("ignore", message="Numerical solution is not guaranteed")
+            # A step a hair longer than the grid's stops torchsde's float round-off from adding a
+            # vanishing extra step; its last step is clipped to land on the end exactly.
+            ys = torchsde.sdeint(
+                reverse, x_T.reshape(x_T.shape[0], -1), grid, bm=bm, method=self.library_name,
+                dt=dt * (1 + 1e-9), adaptive=adaptive, **tolerances,
+            )
+        return Path(ts, ys.reshape((ys.shape[0], *x_T.shape)))
+
+
+def _register(
+    name: str, sde_type: str, strong_order: float, weak_order: float, drift_order: float, nfe_per_step: int,
+    summary: str, **extra: Any,
+) -> None:
+    register(
+        Method(
+            name=name,
+            kinds=("sde",),
+            backend="torchsde",
+            solver=partial(TorchsdeSolver, name, sde_type=sde_type),
+            summary=summary,
+            strong_order=strong_order,
+            weak_order=weak_order,
+            drift_order=drift_order,
+            nfe_per_step=nfe_per_step,
+            tolerance=True,
+            step_size=True,
+            default_schedule="t",
+            **extra,
+        )
+    )
+
+
+# Strong orders for additive noise (Euler-Maruyama is order 1 here, not 1/2); weak orders as torchsde
+# declares them; drift orders measured with the noise switched off (g = 0, a nonlinear ODE; srk's
+# diagonal-noise scheme is third order there).  Score evaluations per step as counted on the flattened
+# diagonal-noise state (torchsde's srk then runs its diagonal-noise scheme, with 10 drift evaluations).
+_register("euler", "ito", 1.0, 1.0, 1.0, 1, "Euler-Maruyama")
+_register("milstein", "ito", 1.0, 1.0, 1.0, 1, "Milstein (equal to Euler-Maruyama for additive noise)")
+_register("srk", "ito", 1.5, 1.5, 3.0, 10, "stochastic Runge-Kutta of strong order 1.5 (needs Levy area)", levy_area=True)
+_register("heun", "stratonovich", 1.0, 1.0, 2.0, 2, "stochastic Heun (Stratonovich)")
+_register("midpoint", "stratonovich", 1.0, 1.0, 2.0, 2, "stochastic midpoint (Stratonovich)")
+_register("euler_heun", "stratonovich", 1.0, 1.0, 1.0, 1, "Euler-Heun (Stratonovich)")
+_register("reversible_heun", "stratonovich", 1.0, 1.0, 2.0, 1, "reversible Heun (algebraically reversible; small stability region)")

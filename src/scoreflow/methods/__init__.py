@@ -1,0 +1,20 @@
+"""The method registry and the stepping objects every solver takes (see :mod:`.registry`)."""
+
+from .registry import (
+    BACKENDS,
+    KINDS,
+    Method,
+    Option,
+    bool_option,
+    get_method,
+    int_option,
+    list_methods,
+    positive_option,
+    register,
+)
+from .stepping import DEFAULT_TOLERANCE, Grid, Path, Stepping, Tolerances, resolve_stepping
+
+__all__ = [
+    "KINDS", "BACKENDS", "Method", "Option", "register", "list_methods", "get_method",
+    "positive_option", "int_option", "bool_option", "Grid", "Tolerances", "Stepping", "Path", "resolve_stepping", "DEFAULT_TOLERANCE",
+]

@@ -1,0 +1,205 @@
+"""The method registry: one record per method, the single source of what scoreflow knows about it.
+
+A record says which front-ends accept the method (its *kinds*), which library runs it, its
+declared orders, its cost per step, whether it chooses its own steps, and the options it takes.
+The front-ends resolve a method name through :func:`get_method` once, validate the options
+through :meth:`Method.build` and hand the built solver the work; the benchmarks, both command
+lines, the documentation tables and the tests read the same records through :func:`list_methods`.
+
+Records are registered beside their implementation (``scoreflow.dynamics`` for torchdiffeq's and
+torchsde's methods, ``scoreflow.solvers`` for scoreflow's own), so adding a method is one record
+plus its solver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .._checks import check_choice, check_int, check_positive
+
+__all__ = [
+    "KINDS", "BACKENDS", "Option", "Method", "register", "list_methods", "get_method",
+    "positive_option", "int_option", "bool_option",
+]
+
+#: What a method is for: the front-end that accepts it by name.
+#:
+#: - ``"ode"``: :func:`scoreflow.sample_ode` (probability-flow ODE sampling);
+#: - ``"sde"``: :func:`scoreflow.sample_sde` (reverse-time SDE sampling);
+#: - ``"likelihood"``: :func:`scoreflow.log_likelihood` (the probability-flow ODE with its divergence);
+#: - ``"predictor"``, ``"corrector"``: the two halves of :func:`scoreflow.sample_pc`.
+KINDS = ("ode", "sde", "likelihood", "predictor", "corrector")
+#: Who integrates: torchdiffeq, torchsde, or scoreflow's own solvers.
+BACKENDS = ("torchdiffeq", "torchsde", "native")
+
+OptionCheck = Callable[[str, str, Any], Any]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A keyword option a method's solver accepts through a front-end's ``options=`` dict.
+
+    Attributes:
+        default: the value used when the option is not given.
+        check: ``check(fn, name, value) -> value``; raises ``TypeError``/``ValueError`` naming ``fn`` and ``name``.
+        doc: one line for the documentation.
+    """
+
+    default: Any
+    check: OptionCheck
+    doc: str
+
+
+def positive_option(default: float, doc: str, *, above: float = 0.0) -> Option:
+    """A real option > ``above`` (> 0 by default)."""
+
+    def check(fn: str, name: str, value: Any) -> float:
+        v = check_positive(fn, name, value, kind="option")
+        if not v > above:
+            raise ValueError(f"{fn}: option '{name}' expected a number > {above:g}, got {value!r}.")
+        return v
+
+    return Option(default, check, doc)
+
+
+def int_option(default: int, doc: str, *, minimum: int = 1) -> Option:
+    """An integer option >= ``minimum``."""
+    return Option(default, lambda fn, name, value: check_int(fn, name, value, minimum=minimum, kind="option"), doc)
+
+
+def bool_option(default: bool, doc: str) -> Option:
+    """A ``True``/``False`` option."""
+
+    def check(fn: str, name: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{fn}: option '{name}' expected True or False, got {type(value).__name__} {value!r}.")
+        return value
+
+    return Option(default, check, doc)
+
+
+@dataclass(frozen=True)
+class Method:
+    """Everything scoreflow declares about one method.
+
+    Attributes:
+        name: the name the front-ends accept (``method="dopri5"``).
+        kinds: the front-ends that accept it (see :data:`KINDS`).
+        backend: ``"torchdiffeq"``, ``"torchsde"`` or ``"native"`` (see :data:`BACKENDS`).
+        solver: ``solver(**options) -> object`` that does the work (the interface depends on the kind).
+        summary: one line for tables and ``--help``.
+        order: declared global order of accuracy of a deterministic method (``None`` if none is declared).
+        strong_order, weak_order: declared orders of a stochastic method, for the reverse SDE's additive noise.
+        drift_order: a stochastic method's order when the noise vanishes (the order of its drift's error
+            term), which its measured strong and weak orders may reach at practical step counts but not pass.
+        nfe_per_step: score evaluations per (accepted) step; adaptive methods: per attempted step.
+        adaptive: chooses its own steps from ``rtol``/``atol`` (otherwise it runs on a grid of ``steps``).
+        tolerance: a fixed-grid method that can also be run with error control (torchsde's ``adaptive=True``).
+        step_size: accepts a step length ``step_size`` in place of a step count.
+        time_variables: the variables a probability-flow ODE method can integrate in (``"t"``, ``"sigma"``,
+            ``"log_snr"``); empty for solvers that integrate in variables of their own.
+        default_schedule: the step schedule of a fixed-grid method that integrates in its own variables.
+        levy_area: the Brownian path must provide Lévy area (a stochastic method of strong order > 1).
+        options: option name -> :class:`Option`, the keyword options of ``options=``.
+    """
+
+    name: str
+    kinds: tuple[str, ...]
+    backend: str
+    solver: Callable[..., Any]
+    summary: str
+    order: float | None = None
+    strong_order: float | None = None
+    weak_order: float | None = None
+    drift_order: float | None = None
+    nfe_per_step: int = 1
+    adaptive: bool = False
+    tolerance: bool = False
+    step_size: bool = False
+    time_variables: tuple[str, ...] = ()
+    default_schedule: str | None = None
+    levy_area: bool = False
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind in self.kinds:
+            check_choice(f"Method({self.name!r})", "kinds", kind, KINDS)
+        check_choice(f"Method({self.name!r})", "backend", self.backend, BACKENDS)
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    def build(self, fn: str, options: Any) -> Any:
+        """Check ``options`` (``None`` or a dict of this method's options) and construct the solver.
+
+        Raises:
+            TypeError: if ``options`` is not a dict, names an option this method does not take (the
+                message lists the ones it takes), or an option has the wrong type.
+            ValueError: for an option value out of range.
+        """
+        if options is None:
+            options = {}
+        if not isinstance(options, Mapping):
+            raise TypeError(f"{fn}: argument 'options' expected a dict or None, got {type(options).__name__} {options!r}.")
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            accepted = ", ".join(repr(name) for name in self.options) or "none"
+            raise TypeError(
+                f"{fn}: method {self.name!r} takes no option {', '.join(map(repr, unknown))}; its options: {accepted}."
+            )
+        values = {name: spec.check(fn, name, options[name]) for name, spec in self.options.items() if name in options}
+        return self.solver(**values)
+
+
+_REGISTRY: dict[str, dict[str, Method]] = {kind: {} for kind in KINDS}
+
+
+def register(method: Method) -> Method:
+    """Add a method to the registry under each of its kinds; returns it.
+
+    Raises:
+        ValueError: if a method of the same name is already registered for one of its kinds.
+    """
+    for kind in method.kinds:
+        if method.name in _REGISTRY[kind]:
+            raise ValueError(f"register: a {kind!r} method named {method.name!r} is already registered.")
+    for kind in method.kinds:
+        _REGISTRY[kind][method.name] = method
+    return method
+
+
+def list_methods(kind: str | None = None) -> list[Method]:
+    """The registered methods of one kind (``"ode"``, ``"sde"``, ``"likelihood"``, ...), or of every kind.
+
+    Each :class:`Method` record carries its name, kinds, backend, declared orders, score evaluations per
+    step, whether it is adaptive and the options it accepts; a record of several kinds appears once (two
+    kinds may have different methods of the same name, e.g. a deterministic and a stochastic ``"ddim"``).
+
+    Raises:
+        ValueError: for an unknown kind (the message lists the valid ones).
+    """
+    if kind is not None:
+        return list(_REGISTRY[check_choice("list_methods", "kind", kind, KINDS)].values())
+    seen: dict[int, Method] = {}
+    for methods in _REGISTRY.values():
+        for method in methods.values():
+            seen.setdefault(id(method), method)
+    return list(seen.values())
+
+
+def get_method(kind: str, name: Any, *, caller: str = "get_method", argument: str = "method") -> Method:
+    """The record of method ``name`` of ``kind`` (e.g. ``get_method("ode", "dpmpp_2m").order``).
+
+    Args:
+        kind: one of :data:`KINDS`.
+        name: the method's name.
+        caller: the public function named in the error message (a front-end resolving its ``method``).
+        argument: the argument named in the error message.
+
+    Raises:
+        ValueError: for an unknown kind, or if ``name`` is not a registered method of ``kind`` (the message
+            lists those that are).
+    """
+    methods = _REGISTRY[check_choice(caller, "kind", kind, KINDS)]
+    return methods[check_choice(caller, argument, name, methods)]

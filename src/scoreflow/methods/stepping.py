@@ -1,0 +1,204 @@
+"""How a solve is stepped (a fixed grid or tolerances) and what a solver hands back (its path).
+
+The split follows diffrax's solver / step-size controller: a front-end turns its ``steps``,
+``step_size``, ``schedule``, ``time``, ``rtol`` and ``atol`` arguments into one of these, once,
+and every solver of the kind takes it as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .._checks import check_choice, check_int, check_positive, check_time_grid
+from ..schedules import SCHEDULES, time_grid
+from ..sde import ForwardSDE
+from .registry import Method
+
+__all__ = ["Grid", "Tolerances", "Stepping", "Path", "resolve_stepping", "DEFAULT_TOLERANCE"]
+
+#: rtol = atol of an adaptive solve when the caller gives none.
+DEFAULT_TOLERANCE = 1e-5
+# The schedule of a fixed grid when none is given, by integration variable: uniform in t, Karras'
+# in sigma/alpha, uniform in log-SNR.
+_DEFAULT_SCHEDULE = {"t": "t", "sigma": "karras", "log_snr": "log_snr"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Fixed steps through the given times.
+
+    Attributes:
+        times: 1-D tensor of times in t, from the start of the solve to its end (decreasing when
+            sampling from T to ``t_min``, increasing for likelihoods), in the state's dtype and device.
+        time: the variable the solver integrates in: ``"t"``, ``"sigma"`` (``sigma/alpha``) or
+            ``"log_snr"``; solvers with variables of their own ignore it.
+        step_size: a step length in ``time`` instead of a grid (``times`` then holds the two ends; the
+            last step is shortened to land on the end).
+    """
+
+    times: torch.Tensor
+    time: str = "t"
+    step_size: float | None = None
+
+    @property
+    def steps(self) -> int | None:
+        """The number of steps, or ``None`` when a step length is given instead."""
+        return None if self.step_size is not None else len(self.times) - 1
+
+    @property
+    def first_step(self) -> float:
+        """The length of the first step (a host read: for set-up, never inside a step loop)."""
+        return self.step_size if self.step_size is not None else abs(float(self.times[1] - self.times[0]))
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Steps chosen by the solver from an error estimate.
+
+    Attributes:
+        times: the two ends of the solve, in t.
+        rtol, atol: relative and absolute tolerances.
+        time: the variable the solver integrates in (as for :class:`Grid`).
+        first_step: the first step's length, where the solver needs one (torchsde's adaptive stepping).
+    """
+
+    times: torch.Tensor
+    rtol: float
+    atol: float
+    time: str = "t"
+    first_step: float | None = None
+
+
+Stepping = Grid | Tolerances
+
+
+@dataclass
+class Path:
+    """What a sampling solver returns.
+
+    Attributes:
+        times: the times of ``states`` in t (the grid, or the accepted steps of an adaptive solver
+            that reports them; at least the two ends).
+        states: the states at ``times``, a ``(K, B, *D)`` tensor or a sequence of ``(B, *D)`` tensors;
+            the last one is the sample.
+        stats: solver-specific counts (e.g. accepted and rejected steps).
+    """
+
+    times: torch.Tensor
+    states: torch.Tensor | Sequence[torch.Tensor]
+    stats: dict = field(default_factory=dict)
+
+
+def resolve_stepping(
+    fn: str,
+    method: Method,
+    sde: ForwardSDE,
+    like: torch.Tensor,
+    *,
+    start: float,
+    end: float,
+    steps: Any = None,
+    step_size: Any = None,
+    schedule: Any = None,
+    time: Any = None,
+    rtol: Any = None,
+    atol: Any = None,
+    adaptive: bool = False,
+) -> Stepping:
+    """Check how the front-end ``fn`` was asked to step ``method`` and return the :class:`Grid` or :class:`Tolerances`.
+
+    A method that chooses its own steps (``method.adaptive``) takes ``rtol``/``atol`` (default
+    :data:`DEFAULT_TOLERANCE`) and no grid.  A fixed-grid method takes ``steps`` (placed by ``schedule``,
+    a name from ``SCHEDULES``; default: uniform in its integration variable, or the schedule the method
+    was designed for), or a ``schedule`` that is the grid itself (a 1-D tensor of times from ``start`` to
+    ``end``), or, where the method allows it, a ``step_size``; with ``adaptive=True`` (methods that also run
+    with error control) that grid's first step starts the error-controlled solve.
+
+    Args:
+        fn: the front-end, named in messages.
+        method: the method's record.
+        sde: the forward process (for schedules).
+        like: a tensor whose dtype and device the times take.
+        start, end: the times the solve runs between (``start > end`` when sampling, ``<`` for likelihoods).
+        steps, step_size, schedule, time, rtol, atol: the front-end's arguments, unchecked.
+        adaptive: the caller asked for error control of a fixed-grid method.
+
+    Raises:
+        ValueError: for a missing or superfluous argument (the message says which go together), an unknown
+            schedule or time variable (listing the valid ones), or a malformed custom grid.
+        TypeError: for an argument of the wrong type.
+    """
+    name = method.name
+    if time is not None:
+        if not method.time_variables:
+            raise ValueError(f"{fn}: the native method {name!r} integrates in its own variables; omit 'time' (got {time!r}).")
+        check_choice(fn, "time", time, method.time_variables)
+    time = time or "t"
+    ends = torch.tensor([start, end], dtype=like.dtype, device=like.device)
+    if method.adaptive:
+        if steps is not None or step_size is not None or schedule is not None:
+            raise ValueError(
+                f"{fn}: the adaptive method {name!r} chooses its own steps from rtol/atol; omit 'steps', 'step_size' "
+                f"and 'schedule' (got steps={steps!r}, step_size={step_size!r}, schedule={_show(schedule)})."
+            )
+        return Tolerances(ends, *_tolerances(fn, rtol, atol), time=time)
+    if adaptive and not method.tolerance:
+        raise ValueError(f"{fn}: the method {name!r} has no error control; omit 'adaptive' or choose another method.")
+    if not adaptive and (rtol is not None or atol is not None):
+        raise ValueError(
+            f"{fn}: 'rtol'/'atol' apply to adaptive methods; the fixed-grid method {name!r} takes 'steps' "
+            f"(got rtol={rtol!r}, atol={atol!r})."
+        )
+    if step_size is not None and not method.step_size:
+        raise ValueError(f"{fn}: the method {name!r} takes 'steps', not 'step_size' (got step_size={step_size!r}).")
+    given = [arg for arg, value in (("steps", steps), ("step_size", step_size), ("schedule", schedule)) if value is not None]
+    if step_size is not None and len(given) > 1 or not given:
+        ways = "'steps' (with an optional 'schedule'), a 'schedule' grid" + (" or 'step_size'" if method.step_size else "")
+        raise ValueError(
+            f"{fn}: the fixed-grid method {name!r} needs exactly one of {ways}; got steps={steps!r}, "
+            f"step_size={step_size!r}, schedule={_show(schedule)}."
+        )
+    if step_size is not None:
+        length = check_positive(fn, "step_size", step_size)
+        grid = Grid(ends, time=time, step_size=length)
+    else:
+        grid = Grid(_grid(fn, method, sde, like, start, end, steps, schedule, time), time=time)
+    if not adaptive:
+        return grid
+    return Tolerances(ends, *_tolerances(fn, rtol, atol), time=time, first_step=grid.first_step)
+
+
+def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: float, end: float, steps: Any,
+          schedule: Any, time: str) -> torch.Tensor:
+    """The grid of times from ``start`` to ``end``: a checked custom ``schedule``, or ``steps`` steps of a named schedule."""
+    increasing = start < end
+    t_max, t_min = (end, start) if increasing else (start, end)
+    if torch.is_tensor(schedule):
+        ts = check_time_grid(fn, "schedule", schedule.flip(0) if increasing else schedule, t_max, t_min)
+        if steps not in (None, len(ts) - 1):
+            raise ValueError(f"{fn}: a grid of {len(ts)} times has {len(ts) - 1} steps, got steps={steps!r}; omit 'steps'.")
+    else:
+        if schedule is not None:
+            check_choice(fn, "schedule", schedule, SCHEDULES)
+            if steps is None:
+                raise ValueError(f"{fn}: 'schedule' places the grid of a fixed-grid method and needs 'steps', got steps=None.")
+        check_int(fn, "steps", steps)
+        default = _DEFAULT_SCHEDULE[time] if method.time_variables else method.default_schedule
+        ts = time_grid(sde, steps, schedule or default, t_min=t_min)
+    ts = ts.to(dtype=like.dtype, device=like.device)
+    return ts.flip(0) if increasing else ts
+
+
+def _tolerances(fn: str, rtol: Any, atol: Any) -> tuple[float, float]:
+    return (
+        DEFAULT_TOLERANCE if rtol is None else check_positive(fn, "rtol", rtol),
+        DEFAULT_TOLERANCE if atol is None else check_positive(fn, "atol", atol),
+    )
+
+
+def _show(schedule: Any) -> str:
+    return "a tensor" if torch.is_tensor(schedule) else repr(schedule)

@@ -1,0 +1,21 @@
+"""Helpers shared by the test modules."""
+
+from __future__ import annotations
+
+
+class RecordingScore:
+    """Wrap a score: count its calls and record the times asked for, independently of scoreflow's counter."""
+
+    def __init__(self, score):
+        self.score, self.calls, self.times = score, 0, []
+
+    def __call__(self, x, t):
+        assert t.shape == (x.shape[0],)
+        self.calls += 1
+        self.times.append(float(t.min()))
+        return self.score(x, t)
+
+    @property
+    def t_lowest(self) -> float:
+        """The smallest time the score was evaluated at."""
+        return min(self.times, default=float("inf"))
