@@ -86,7 +86,7 @@ def train_dsm(law, sde, *, iters: int, batch: int = 512, seed: int = 0) -> torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=3000, help="distillation iterations per teacher")
+    parser.add_argument("--iters", type=int, default=6000, help="distillation iterations per teacher")
     parser.add_argument("--dsm-iters", type=int, default=3000, help="DSM iterations of the score network")
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)

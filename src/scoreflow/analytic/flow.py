@@ -1,7 +1,8 @@
 r"""Exact probability-flow maps of analytic laws and the consistency function they define.
 
-The probability-flow ODE :math:`\dot x = f(t)x - \tfrac12 g(t)^2\nabla\log p_t(x)` carries
-:math:`p_s` to :math:`p_t`; its flow map :math:`\Phi_{s\to t}` is the closed form of
+The probability-flow ODE :math:`\dot x = f(t)x - \tfrac12 g(t)^2\nabla\log p_t(x)
+= \dot\alpha E[x_0|x_t] + \dot\sigma E[\varepsilon|x_t]` carries :math:`p_s` to :math:`p_t` (the second form is finite
+on flow paths at pure noise); its flow map :math:`\Phi_{s\to t}` is the closed form of
 :meth:`Gaussian.flow_map <scoreflow.analytic.Gaussian.flow_map>` for a Gaussian and, for a mixture, a
 float64 DOP853 solve (scipy, 8th order) at tight tolerances on the exact score: not a closed form,
 but a solve whose error is set by its tolerances and independent of scoreflow's solvers.
@@ -18,7 +19,7 @@ import numpy as np
 import scipy.integrate
 import torch
 
-from .._tensor import ScoreFn, TimeLike, batch_time, right_pad
+from .._tensor import TimeLike, batch_time, right_pad
 from ..sde import ForwardSDE
 
 __all__ = ["solve_flow_map", "ExactConsistencyFunction", "FLOW_RTOL", "FLOW_ATOL"]
@@ -28,13 +29,17 @@ FLOW_RTOL = 1e-10
 FLOW_ATOL = 1e-10
 
 FlowMap = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def solve_flow_map(
-    score: ScoreFn, sde: ForwardSDE, x: torch.Tensor, t_from: TimeLike, t_to: TimeLike,
+    velocity: Velocity, x: torch.Tensor, t_from: TimeLike, t_to: TimeLike,
     *, rtol: float = FLOW_RTOL, atol: float = FLOW_ATOL,
 ) -> torch.Tensor:
-    r"""Transport ``x`` (shape ``(B, *D)``) along the probability-flow ODE of ``score`` from ``t_from`` to ``t_to``.
+    r"""Transport ``x`` (shape ``(B, *D)``) along :math:`\dot x = v(x, t)` from ``t_from`` to ``t_to``.
+
+    ``velocity(x, t)`` is the probability-flow velocity with ``t`` of shape ``(B,)`` (an analytic law's
+    ``law.velocity(sde).predict``).
 
     ``t_from`` may differ per row (a ``(B,)`` tensor): row i runs on the clock
     :math:`t_i(u) = t_{from,i} + u\,(t_{to} - t_{from,i})`, :math:`u \in [0, 1]`, so one DOP853 solve of
@@ -55,7 +60,7 @@ def solve_flow_map(
         xt = torch.from_numpy(y).reshape(shape)
         t = start + u * span
         with torch.no_grad():
-            v = sde.drift(xt, t) - right_pad(0.5 * sde.diffusion(t) ** 2, xt) * score(xt, t)
+            v = velocity(xt, t)
         return (right_pad(span, xt) * v).reshape(-1).numpy()
 
     sol = scipy.integrate.solve_ivp(rhs, (0.0, 1.0), x64.reshape(-1).numpy(), method="DOP853", rtol=rtol, atol=atol)

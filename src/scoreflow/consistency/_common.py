@@ -16,3 +16,8 @@ def boundary_time(fn: str, f: object, sde: ForwardSDE, t_min: object, name: str 
             f"Fix: omit t_min or build {name} with the same t_min."
         )
     return t
+
+
+def default_schedule(sde: ForwardSDE) -> str:
+    """EDM's Karras grid, or, for a process that ends in pure noise (infinite sigma/alpha at T), the capped log-SNR grid."""
+    return "log_snr_capped" if sde.pure_noise_at_T else "karras"

@@ -11,8 +11,12 @@ data scale :math:`\sigma_d` and :math:`a(t) = \alpha(t_{min})/\alpha(t)`,
 
 i.e. :math:`f(x, t) = \alpha(t_{min})\,[c^{EDM}_{skip}(\bar\sigma)\,y + c^{EDM}_{out}(\bar\sigma)\,F]`: EDM's formulas in
 :math:`(y, \bar\sigma)`, mapped back to :math:`x` at :math:`t_{min}`.  For :class:`scoreflow.EDMSDE` (:math:`\alpha = 1`,
-:math:`\bar\sigma = t`) they are exactly Song et al.'s.  At :math:`t = t_{min}`, :math:`c_{skip} = 1` and
-:math:`c_{out} = 0` in floating point, so :math:`f(x, t_{min}) = x` exactly.
+:math:`\bar\sigma = t`) they are exactly Song et al.'s.  They are computed through
+:math:`\gamma = \sigma\,\alpha(t_{min}) - \alpha\,\sigma(t_{min}) = \alpha\,\alpha(t_{min})(\bar\sigma - \bar\sigma_{min})` as
+:math:`c_{skip} = \alpha(t_{min})^3\alpha\sigma_d^2/(\gamma^2 + \alpha^2\alpha(t_{min})^2\sigma_d^2)` and
+:math:`c_{out} = \sigma_d\gamma/\sqrt{\sigma^2 + \alpha^2\sigma_d^2}`, finite where :math:`\alpha = 0` (a flow path at pure
+noise: :math:`c_{skip} = 0`, :math:`c_{out} = \sigma_d\,\alpha(t_{min})`).  At :math:`t = t_{min}` they are set to 1 and 0, so
+:math:`f(x, t_{min}) = x` exactly.
 """
 
 from __future__ import annotations
@@ -51,11 +55,12 @@ class ConsistencyModel(torch.nn.Module):
         r"""``(c_skip(t), c_out(t))`` at times ``t`` (any shape), in ``t``'s dtype."""
         alpha, sigma = self.sde.marginal(t)
         alpha_min, sigma_min = self.sde.marginal(torch.full_like(t, self.t_min))
-        s, s_min, sd = sigma / alpha, sigma_min / alpha_min, self.sigma_data
-        gap = s - s_min
-        c_skip = (alpha_min / alpha) * sd**2 / (gap**2 + sd**2)
-        c_out = alpha_min * sd * gap / torch.sqrt(s**2 + sd**2)
-        return c_skip, c_out
+        sd = self.sigma_data
+        gap = sigma * alpha_min - alpha * sigma_min
+        c_skip = alpha_min**3 * alpha * sd**2 / (gap**2 + (alpha * alpha_min * sd) ** 2)
+        c_out = sd * gap / torch.sqrt(sigma**2 + (alpha * sd) ** 2)
+        boundary = t == self.t_min
+        return torch.where(boundary, 1.0, c_skip), torch.where(boundary, 0.0, c_out)
 
     def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         t = batch_time(t, x)

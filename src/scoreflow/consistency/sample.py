@@ -25,7 +25,7 @@ from ..sampling._common import grad_mode
 from ..sampling.result import SampleResult
 from ..schedules import SCHEDULES, time_grid
 from ..sde import ForwardSDE, check_sde
-from ._common import boundary_time
+from ._common import boundary_time, default_schedule
 
 __all__ = ["sample_consistency", "renoise_times"]
 
@@ -33,14 +33,19 @@ ConsistencyFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def renoise_times(
-    sde: ForwardSDE, steps: int, schedule: str = "karras", *, t_min: float | None = None
+    sde: ForwardSDE, steps: int, schedule: str | None = None, *, t_min: float | None = None
 ) -> torch.Tensor:
     """The ``steps - 1`` re-noising times of a ``steps``-step sampler: the inner points of ``time_grid(sde, steps, schedule)``.
+
+    ``schedule`` defaults to ``"karras"`` (``"log_snr_capped"`` for a process that ends in pure noise, where the
+    Karras grid is undefined).
 
     Returns:
         A decreasing float64 tensor of shape ``(steps - 1,)`` (empty for one step).
     """
-    return time_grid(sde, steps, schedule, t_min=t_min)[1:-1]
+    if steps == 1:
+        return torch.empty(0, dtype=torch.float64)
+    return time_grid(sde, steps, schedule or default_schedule(sde), t_min=t_min)[1:-1]
 
 
 def _check_times(fn: str, times: object, t_min: float, T: float) -> torch.Tensor:
@@ -66,7 +71,7 @@ def sample_consistency(
     *,
     steps: int | None = None,
     times: Sequence[float] | torch.Tensor | None = None,
-    schedule: str = "karras",
+    schedule: str | None = None,
     generator: torch.Generator | None = None,
     t_min: float | None = None,
     return_trajectory: bool = False,
@@ -82,7 +87,8 @@ def sample_consistency(
         steps: evaluations of f (default 1, or ``len(times) + 1``).
         times: the re-noising times :math:`\tau_1 > \dots > \tau_{N-1}` in ``(t_min, T)``; default the inner points
             of ``time_grid(sde, steps, schedule)`` (:func:`renoise_times`).
-        schedule: the named schedule of the default times (``"karras"``, ``"log_snr"``, ``"t"``, ``"log_snr_capped"``).
+        schedule: the named schedule of the default times (``scoreflow.sampling.SCHEDULES``; default ``"karras"``, or
+            ``"log_snr_capped"`` for a process that ends in pure noise).
         generator: seeds the re-noising; equal generator states give bit-identical samples.
         t_min: the boundary time of f (default ``f.t_min`` or ``sde.t_min``).
         return_trajectory: also return f's output after every step (``trajectory``) and the times it was
@@ -105,7 +111,8 @@ def sample_consistency(
     check_sde(fn, sde)
     check_batch(fn, "x_T", x_T)
     check_generator(fn, generator)
-    check_choice(fn, "schedule", schedule, SCHEDULES)
+    if schedule is not None:
+        check_choice(fn, "schedule", schedule, SCHEDULES)
     t_min = boundary_time(fn, f, sde, t_min)
     if times is None:
         steps = 1 if steps is None else check_int(fn, "steps", steps)

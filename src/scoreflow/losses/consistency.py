@@ -21,7 +21,7 @@ import torch
 
 from .._checks import check_batch, check_callable, check_choice, check_generator, check_int, check_like, check_positive, check_time_grid
 from .._tensor import right_pad, standard_normal
-from ..consistency._common import boundary_time
+from ..consistency._common import boundary_time, default_schedule
 from ..consistency.teacher import ODEStep
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..errors import NonFiniteError
@@ -73,8 +73,10 @@ class _Setup:
             if steps is not None and steps != len(ts) - 1:
                 raise ValueError(f"{fn}: a grid of {len(ts)} times has {len(ts) - 1} steps, got steps={steps!r}; omit 'steps'.")
             return ts
-        check_choice(fn, "schedule", schedule, SCHEDULES)
-        return time_grid(self.sde, check_int(fn, "steps", 18 if steps is None else steps), schedule, t_min=self.t_min)
+        if schedule is not None:
+            check_choice(fn, "schedule", schedule, SCHEDULES)
+        steps = check_int(fn, "steps", 18 if steps is None else steps)
+        return time_grid(self.sde, steps, schedule or default_schedule(self.sde), t_min=self.t_min)
 
     def draw(self, x0: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
         """Per sample: ``t_i``, ``t_{i+1}``, the noise z and :math:`x_{t_i} = \\alpha x_0 + \\sigma z`."""
@@ -116,7 +118,7 @@ def consistency_distillation_loss(
     *,
     solver: str = "heun",
     steps: int | None = None,
-    schedule: str | torch.Tensor = "karras",
+    schedule: str | torch.Tensor | None = None,
     distance: str = "l2",
     huber_c: float | None = None,
     weighting: Weighting = "uniform",
@@ -148,8 +150,8 @@ def consistency_distillation_loss(
         x0: data, shape ``(B, *D)``.
         solver: the teacher's ``"ode"`` method.
         steps: grid steps N (default 18); give this or a ``schedule`` tensor.
-        schedule: a named schedule (``"karras"``: EDM's, rho = 7, the paper's) or the grid itself, a decreasing
-            tensor of times from T to ``t_min``.
+        schedule: a named schedule (default ``"karras"``: EDM's, rho = 7, the paper's; ``"log_snr_capped"`` for a
+            process that ends in pure noise) or the grid itself, a decreasing tensor of times from T to ``t_min``.
         distance: ``"l2"`` (squared, summed over data dims) or ``"pseudo_huber"``.
         huber_c: c of the pseudo-Huber distance (default iCT's :math:`0.00054\sqrt D`, for data in [-1, 1]).
         weighting: ``"uniform"``, ``"inverse_step"`` or a callable ``weighting(t_i, t_{i+1}) -> (B,)`` of weights >= 0.
@@ -190,7 +192,7 @@ def consistency_training_loss(
     x0: torch.Tensor,
     *,
     steps: int | None = None,
-    schedule: str | torch.Tensor = "karras",
+    schedule: str | torch.Tensor | None = None,
     distance: str = "l2",
     huber_c: float | None = None,
     weighting: Weighting = "uniform",

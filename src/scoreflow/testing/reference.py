@@ -29,8 +29,9 @@ def reference_flow_map(
 ) -> torch.Tensor:
     r"""Transport ``x`` (shape ``(B, *D)``) along the exact probability-flow ODE of ``law`` from ``t_from`` to ``t_to``.
 
-    :math:`\dot x = f(t)x - \tfrac12 g(t)^2 \nabla\log p_t(x)`: ``law.flow_map`` in float64, closed-form for
-    Gaussians and a DOP853 solve with ``REFERENCE_RTOL``/``REFERENCE_ATOL`` for other mixtures.
+    :math:`\dot x = f(t)x - \tfrac12 g(t)^2 \nabla\log p_t(x)`, written as the exact flow velocity
+    :math:`\dot\alpha E[x_0|x_t] + \dot\sigma E[\varepsilon|x_t]` (finite on flow paths at pure noise): ``law.flow_map``
+    in float64, closed-form for Gaussians and a DOP853 solve with ``REFERENCE_RTOL``/``REFERENCE_ATOL`` for other mixtures.
 
     Returns:
         The transported states, shaped and typed like ``x``.
