@@ -42,8 +42,11 @@ def renoise_times(
 
     Returns:
         A decreasing float64 tensor of shape ``(steps - 1,)`` (empty for one step).
+
+    Raises:
+        ValueError, TypeError: for ``steps < 1``, an unknown schedule, or one undefined on ``sde``.
     """
-    if steps == 1:
+    if check_int("renoise_times", "steps", steps) == 1:
         return torch.empty(0, dtype=torch.float64)
     return time_grid(sde, steps, schedule or default_schedule(sde), t_min=t_min)[1:-1]
 
