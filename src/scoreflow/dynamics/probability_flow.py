@@ -20,6 +20,9 @@ __all__ = ["ProbabilityFlowODE"]
 class ProbabilityFlowODE(torch.nn.Module):
     """Vector field ``func(t, x)`` for ``torchdiffeq.odeint`` (any method, either time direction).
 
+    Non-finite scores are recorded, not raised, during a solve (no host read per evaluation): run the solve
+    inside ``field.score.guard()`` to have them raised (see :class:`~scoreflow.CountedScore`).
+
     Args:
         score: the score model ``score(x, t)``.
         sde: the forward SDE.
@@ -39,5 +42,6 @@ class ProbabilityFlowODE(torch.nn.Module):
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         t = t.to(x.dtype)
-        coef = right_pad(0.5 * self.sde.diffusion(t) ** 2, x)
-        return self.sde.drift(x, t) - coef * self.score(x, t)
+        # f(t) x - g(t)^2/2 s(x, t) with the coefficients at the (scalar) time, not broadcast over the batch
+        drift = right_pad(self.sde.drift_coef(t), x) * x
+        return torch.addcmul(drift, self.score(x, t), right_pad(-0.5 * self.sde.diffusion(t) ** 2, x))

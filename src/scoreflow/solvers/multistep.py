@@ -2,67 +2,99 @@ r"""Multistep exponential integrators in the log-SNR with data prediction: DPM-S
 
 For :math:`h = \lambda_t - \lambda_s` the probability-flow ODE has the exact solution (Lu et al. 2022b)
 
-.. math:: x_t = \frac{\sigma_t}{\sigma_s} x_s + \sigma_t \int_{\lambda_s}^{\lambda_t} e^{\lambda}\,\hat x_0(x_\lambda, \lambda)\,d\lambda .
+.. math:: x_t = \frac{\sigma_t}{\sigma_s} x_s + \alpha_t \int_0^h e^{\tau - h}\,\hat x_0(x_{\lambda_s + \tau}, \lambda_s + \tau)\,d\tau .
 
-Expanding :math:`\hat x_0` in :math:`\lambda` around :math:`\lambda_s` and integrating the powers exactly gives
-
-.. math:: x_t = \frac{\sigma_t}{\sigma_s} x_s - \alpha_t\varphi_1 \hat x_0 + \alpha_t\varphi_2\, h\hat x_0'
-          - \alpha_t\varphi_3\, h^2\hat x_0'',\quad \varphi_1 = e^{-h}-1,\ \varphi_2 = \tfrac{\varphi_1}{h}+1,\
-          \varphi_3 = \tfrac{\varphi_2}{h}-\tfrac12,
-
-with the derivatives replaced by divided differences of the previous steps' predictions: one NFE per step.
-The predictor-correctors (as in UniPC, Zhao et al. 2023) also interpolate the prediction at the new point,
-which the next step needs anyway, and so gain one order at no extra NFE.
+Replacing :math:`\hat x_0` by the polynomial through the predictions at earlier (and, for a corrector, later)
+log-SNRs and integrating it exactly gives :math:`x_t = \tfrac{\sigma_t}{\sigma_s} x_s + \sum_j w_j \hat x_0^{(j)}`:
+one NFE per step, and weights :math:`w_j` that depend on the grid only, so the plan computes them all before
+the first evaluation.  DPM-Solver++(2M) is the two-point case in its own second-order form, (3M) the
+three-point case; the predictor-correctors (as in UniPC, Zhao et al. 2023) also interpolate the prediction at
+the new point, which the next step needs anyway, and so gain one order at no extra NFE.
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 
-from ..methods import bool_option
-from .base import NativeSolver, ScorePredictions, register_native
+from ..methods import StepMonitor, bool_option
+from .base import NativeSolver, Nodes, ScorePredictions, combine, register_native
 
-__all__ = ["DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC"]
+__all__ = [
+    "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC",
+    "polynomial_weights", "exponential_weights",
+]
 
 # DPM-Solver's rule: with fewer than this many steps the last steps drop to lower order, which
 # avoids extrapolating the data prediction over the large final log-SNR steps.
 _LOWER_ORDER_FINAL_BELOW = 10
 
 
-def _update(x, sigma_ratio, alpha_t, h, m0, d1=None, d2=None):
-    r"""One exponential-integrator step from the prediction ``m0`` and the scaled differences ``d1`` :math:`\approx h\hat x_0'`, ``d2`` :math:`\approx h^2\hat x_0''`.
+def polynomial_weights(h: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    r"""Weights :math:`y_j` with :math:`\int_0^h e^{\tau-h} P(\tau)\,d\tau = \sum_j y_j m_j` for the polynomial P through
+    the values :math:`m_j` at :math:`\tau_j = h\,\text{nodes}_j`; ``nodes[:, 0]`` is the step's start (0).
 
-    Without ``d2`` this is DPM-Solver++'s second-order form :math:`-\alpha_t\varphi_1(\hat x_0 + d_1/2)`, which
-    differs from the Taylor form :math:`\varphi_2 d_1` only at third order.
+    Writing :math:`P = \sum_k c_k (\tau/h)^k`, the integral is :math:`\sum_k c_k\,k!\,h^{-k}\psi_k(h)` with
+    :math:`\psi_k = \int_0^h e^{\tau-h}\tau^k/k!\,d\tau = h^k/k! - \psi_{k-1}`, :math:`\psi_0 = 1 - e^{-h}`, so
+    :math:`y = V^{-\top} W` with the Vandermonde matrix V of the nodes.  Two points take DPM-Solver++'s
+    second-order form :math:`\psi_0 (m_0 + \tfrac{1}{2}(m_1 - m_0)/\text{nodes}_1)`, more accurate than the exact
+    linear integral on coarse grids (they differ at third order).
+
+    Args:
+        h: ``(M,)`` step lengths in log-SNR.
+        nodes: ``(M, k)`` positions of the k points in units of h.
+
+    Returns:
+        ``(M, k)`` weights.
     """
-    phi_1 = torch.expm1(-h)
-    if d2 is None:
-        return sigma_ratio * x - alpha_t * phi_1 * (m0 if d1 is None else m0 + 0.5 * d1)
-    phi_2 = phi_1 / h + 1.0
-    phi_3 = phi_2 / h - 0.5
-    return sigma_ratio * x - alpha_t * phi_1 * m0 + alpha_t * phi_2 * d1 - alpha_t * phi_3 * d2
+    k = nodes.shape[1]
+    psi = [-torch.expm1(-h)]
+    if k == 1:
+        return psi[0][:, None]
+    if k == 2:
+        half = 0.5 / nodes[:, 1]
+        return torch.stack([psi[0] * (1.0 - half), psi[0] * half], dim=1)
+    for j in range(1, k):
+        psi.append(h**j / math.factorial(j) - psi[-1])
+    w = torch.stack([psi[j] * (math.factorial(j) / h**j) for j in range(k)], dim=1)
+    vandermonde = nodes[:, :, None] ** torch.arange(k, dtype=nodes.dtype)
+    return torch.linalg.solve(vandermonde.transpose(1, 2), w)
 
 
-def _differences(h, history):
-    """Scaled divided differences from ``history`` = [(lambda, prediction), ...], newest first (2 or 3 entries)."""
-    (l0, m0), (l1, m1) = history[0], history[1]
-    d1_0 = (m0 - m1) * (h / (l0 - l1))
-    if len(history) == 2:
-        return d1_0, None
-    l2, m2 = history[2]
-    r0, r1 = (l0 - l1) / h, (l1 - l2) / h
-    d1_1 = (m1 - m2) / r1
-    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-    d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)
-    return d1, d2
+def exponential_weights(nodes: Nodes, s: Sequence[int], t: Sequence[int], points: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+    r"""Weights of the steps :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \sum_j w_j \hat x_0(\text{point}_j)`, zero-padded to ``width``.
+
+    Args:
+        nodes: the solve's nodes.
+        s, t: node indices of each step's start and end.
+        points: for each step, the node indices of the predictions it uses, the step's start first.
+        width: the number of columns (the most points of any step).
+
+    Returns:
+        ``(len(s), width)`` float64 weights, :math:`\alpha_t` times :func:`polynomial_weights`.
+    """
+    out = torch.zeros(len(s), width, dtype=torch.float64)
+    for k in sorted({len(p) for p in points}):
+        rows = [r for r, p in enumerate(points) if len(p) == k]
+        start, end = torch.tensor([s[r] for r in rows]), torch.tensor([t[r] for r in rows])
+        at = torch.tensor([points[r] for r in rows])
+        h = nodes.lam[end] - nodes.lam[start]
+        rel = (nodes.lam[at] - nodes.lam[start][:, None]) / h[:, None]
+        out[torch.tensor(rows), :k] = nodes.alpha[end][:, None] * polynomial_weights(h, rel)
+    return out
 
 
 _LOWER_ORDER_FINAL = {
     "lower_order_final": bool_option(True, f"lower the order of the last steps when there are fewer than {_LOWER_ORDER_FINAL_BELOW} steps"),
 }
+
+
+def _grid_ratio(nodes: Nodes, steps: int) -> torch.Tensor:
+    sigma = nodes.sigma[: steps + 1]
+    return sigma[1:] / sigma[:-1]
 
 
 class _Multistep(NativeSolver):
@@ -78,35 +110,43 @@ class _Multistep(NativeSolver):
             order = min(order, n - i)
         return order
 
-    def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        traj, history, n = [x], [], len(ts) - 1
-        for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
-            _, sigma_s, lam_s = model.coefs(s)
-            alpha_t, sigma_t, lam_t = model.coefs(t)
-            h = lam_t - lam_s
-            history.insert(0, (lam_s, model.data(x, s)))
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        # The history of prediction nodes, newest first, as the loop will keep it.  3M's first step (order >= 2
+        # at step 0) is a midpoint step: the midpoint's prediction alone advances the step and joins the history.
+        plan: dict[str, Any] = {"ratio": _grid_ratio(nodes, steps)}
+        history: list[int] = []
+        points = []
+        for i in range(steps):
+            history.insert(0, i)
             del history[self.order :]
-            order = self._step_order(i, n)
+            order = self._step_order(i, steps)
             if i == 0 and order >= 2:
-                x = self._midpoint_start(model, x, s, history, lam_s, sigma_s, h, alpha_t, sigma_t)
+                h = nodes.lam[1] - nodes.lam[0]
+                mid = int(nodes.extend((nodes.lam[0] + 0.5 * h).reshape(1))[0])
+                plan.update(mid=mid, mid_ratio=nodes.sigma[mid:] / nodes.sigma[:1],
+                            mid_w=exponential_weights(nodes, [0], [mid], [[0]], 1)[:, 0])
+                history.insert(0, mid)
+                points.append([mid])
             else:
-                d1, d2 = _differences(h, history[:order]) if order > 1 else (None, None)
-                x = _update(x, sigma_t / sigma_s, alpha_t, h, history[0][1], d1, d2)
-            traj.append(x)
-        return traj
+                points.append(history[:order])
+        plan["w"] = exponential_weights(nodes, range(steps), range(1, steps + 1), points, self.order)
+        plan["terms"] = [len(p) for p in points]
+        return plan
 
-    @staticmethod
-    def _midpoint_start(model, x, s, history, lam_s, sigma_s, h, alpha_t, sigma_t):
-        """A second-order single step (extra NFE at log-SNR midpoint) to start a third-order method at full order.
-
-        The midpoint's prediction joins the history, so the next step already has three points.
-        """
-        lam_m = lam_s + 0.5 * h
-        m = model.time_at(lam_m)
-        alpha_m, sigma_m, _ = model.coefs(m)
-        u = _update(x, sigma_m / sigma_s, alpha_m, 0.5 * h, history[0][1])
-        history.insert(0, (lam_m, model.data(u, m)))
-        return _update(x, sigma_t / sigma_s, alpha_t, h, history[0][1])
+    def solve(
+        self, model: ScorePredictions, columns: Mapping[str, Any], x: torch.Tensor, monitor: StepMonitor
+    ) -> torch.Tensor:
+        ratio, w, terms = columns["ratio"], columns["w"], columns["terms"]
+        history: list[torch.Tensor] = []
+        for i in range(len(ratio)):
+            history.insert(0, model.data(x, i))
+            del history[self.order :]
+            if i == 0 and "mid" in columns:
+                u = combine(x, columns["mid_ratio"][0], [(history[0], columns["mid_w"][0])])
+                history.insert(0, model.data(u, columns["mid"]))
+            x = combine(x, ratio[i], zip(history[: terms[i]], w[i]))
+            x = monitor.step(i, model.t[i + 1], x)
+        return x
 
 
 class DPMSolverPP2M(_Multistep):
@@ -129,34 +169,6 @@ class DPMSolverPP3M(_Multistep):
     order = 3
 
 
-def _polynomial_update(x, sigma_ratio, alpha_t, h, base, others):
-    r"""Exponential-integrator step with :math:`\hat x_0` replaced by the polynomial through ``base`` and ``others``.
-
-    ``base`` = (lambda_s, prediction at the step's start), ``others`` = [(lambda_j, prediction_j), ...] at other
-    log-SNRs (earlier or later).  With one other point this is DPM-Solver++'s second-order form (more accurate
-    than the Taylor form on coarse grids).  Otherwise, writing the polynomial as :math:`\sum_k c_k (\tau/h)^k`,
-    :math:`\tau = \lambda - \lambda_s`, the step is :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \alpha_t\sum_k c_k\,k!\,h^{-k}\psi_k(h)`
-    with :math:`\psi_k = \int_0^h e^{\tau-h}\tau^k/k!\,d\tau = h^k/k! - \psi_{k-1}`, :math:`\psi_0 = 1 - e^{-h}`.
-    """
-    lam_s, m_s = base
-    if len(others) <= 1:
-        d1 = [(m - m_s) * (h / (lam - lam_s)) for lam, m in others]
-        return _update(x, sigma_ratio, alpha_t, h, m_s, *d1)
-    points = [base] + list(others)
-    k, hh = len(points), float(h)
-    nodes = torch.tensor([(float(lam) - float(lam_s)) / hh for lam, _ in points], dtype=torch.float64)
-    inv = torch.linalg.inv(nodes[:, None] ** torch.arange(k, dtype=torch.float64))  # c = inv @ predictions
-    psi, weights = -math.expm1(-hh), []
-    for j in range(k):
-        if j > 0:
-            psi = hh**j / math.factorial(j) - psi
-        weights.append(psi * math.factorial(j) / hh**j)
-    out = sigma_ratio * x
-    for c, (_, m) in zip((torch.tensor(weights, dtype=torch.float64) @ inv).tolist(), points):
-        out = out + alpha_t * c * m
-    return out
-
-
 class _PredictorCorrector(NativeSolver):
     """Multistep predictor with ``predictor_points`` points, corrected with one more (the new one), as in UniPC."""
 
@@ -166,25 +178,44 @@ class _PredictorCorrector(NativeSolver):
     def __init__(self, *, lower_order_final: bool = True) -> None:
         self.lower_order_final = bool(lower_order_final)
 
-    def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        traj, n, history = [x], len(ts) - 1, []
-        m = model.data(x, ts[0])
-        for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
-            _, sigma_s, lam_s = model.coefs(s)
-            alpha_t, sigma_t, lam_t = model.coefs(t)
-            h, ratio = lam_t - lam_s, sigma_t / sigma_s
-            history.insert(0, (lam_s, m))
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        # Step i starts from the prediction at node i (at the corrected state's predictor point) and the earlier
+        # ones; its corrector adds the prediction at node i + 1.  The last step is not corrected.
+        predictor, corrector = [], []
+        for i in range(steps):
+            history = list(range(i, max(i - self.predictor_points, -1), -1))
+            lower = i == steps - 1 and self.lower_order_final and steps < _LOWER_ORDER_FINAL_BELOW
+            predictor.append(history[:1] if lower else history)
+            corrector.append([i, i + 1] + history[1:])
+        s, t = range(steps), range(1, steps + 1)
+        return {
+            "ratio": _grid_ratio(nodes, steps),
+            "wp": exponential_weights(nodes, s, t, predictor, self.predictor_points),
+            "wc": exponential_weights(nodes, s, t, corrector, self.predictor_points + 1),
+            "terms": [len(p) for p in predictor],
+        }
+
+    def solve(
+        self, model: ScorePredictions, columns: Mapping[str, Any], x: torch.Tensor, monitor: StepMonitor
+    ) -> torch.Tensor:
+        ratio, wp, wc, terms = columns["ratio"], columns["wp"], columns["wc"], columns["terms"]
+        n = len(ratio)
+        m, history = model.data(x, 0), []
+        for i in range(n):
+            history.insert(0, m)
             del history[self.predictor_points :]
-            last = i == n - 1
-            lower = last and self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW
-            x_pred = _polynomial_update(x, ratio, alpha_t, h, history[0], [] if lower else history[1:])
-            if last:
+            x_pred = combine(x, ratio[i], zip(history[: terms[i]], wp[i]))
+            if i == n - 1:
                 x = x_pred
             else:
-                m = model.data(x_pred, t)
-                x = _polynomial_update(x, ratio, alpha_t, h, history[0], [(lam_t, m)] + history[1:])
-            traj.append(x)
-        return traj
+                m = model.data(x_pred, i + 1)
+                x = combine(x, ratio[i], zip([history[0], m, *history[1:]], wc[i]))
+            reported = monitor.step(i, model.t[i + 1], x)
+            if reported is not x and i < n - 1:
+                # The next step starts from the state the callback returned, so from its prediction.
+                m = model.data(reported, i + 1)
+            x = reported
+        return x
 
 
 class DPMSolverPP2MPC(_PredictorCorrector):
