@@ -64,8 +64,8 @@ def sample_ode(
         return_trajectory: also return ``x_T`` and the state after every step (the grid times of a fixed-grid
             method, the accepted steps of an adaptive one) as ``times`` and ``trajectory``.
         save_at: adaptive methods only: a 1-D tensor of times between T and ``t_min`` (decreasing) at which to
-            return the state as ``times`` and ``trajectory`` (dense output: torchdiffeq interpolates,
-            ``dpmpp_4m_pc_adaptive`` steps onto them), instead of ``return_trajectory``.
+            return the state as ``times`` and ``trajectory`` (dense output: the solver steps onto each of them),
+            instead of ``return_trajectory``.
         denoise_final: finish with Tweedie's denoising step :math:`(x + \sigma^2 s)/\alpha` at ``t_min`` (one NFE).
         enable_grad: keep the autograd graph (for differentiating through the sampler); off by default.
         callback: ``callback(info)``, called after every accepted step with a mapping of ``"i"`` (step index),

@@ -62,7 +62,7 @@ class Nodes:
     def __len__(self) -> int:
         return len(self.t)
 
-    def extend(self, lam: torch.Tensor) -> torch.Tensor:
+    def extend(self, lam: torch.Tensor) -> range:
         """Add nodes at the log-SNRs ``lam``; return their indices."""
         start = len(self.t)
         t = self.sde.t_from_log_snr(lam)
@@ -70,7 +70,7 @@ class Nodes:
         self.t = torch.cat([self.t, t])
         self.alpha, self.sigma = torch.cat([self.alpha, alpha]), torch.cat([self.sigma, sigma])
         self.lam = torch.cat([self.lam, lam])
-        return torch.arange(start, len(self.t))
+        return range(start, len(self.t))
 
 
 class ScorePredictions:

@@ -122,7 +122,7 @@ class _Multistep(NativeSolver):
             order = self._step_order(i, steps)
             if i == 0 and order >= 2:
                 h = nodes.lam[1] - nodes.lam[0]
-                mid = int(nodes.extend((nodes.lam[0] + 0.5 * h).reshape(1))[0])
+                mid = nodes.extend((nodes.lam[0] + 0.5 * h).reshape(1))[0]
                 plan.update(mid=mid, mid_ratio=nodes.sigma[mid:] / nodes.sigma[:1],
                             mid_w=exponential_weights(nodes, [0], [mid], [[0]], 1)[:, 0])
                 history.insert(0, mid)
