@@ -242,11 +242,11 @@ def test_save_at_returns_the_state_at_given_times():
     exact = torch.stack([problem.law.flow_map(sde, x_T, sde.T, float(t)) for t in times])
     for method in ("dopri5", "bosh3", "dpmpp_4m_pc_adaptive"):
         for callback in (None, Recorder()):
-            res = sf.sample_ode(problem.score, sde, x_T, method=method, rtol=1e-7, atol=1e-7, save_at=times, callback=callback)
+            res = sf.sample_ode(problem.score, sde, x_T, method=method, rtol=1e-6, atol=1e-6, save_at=times, callback=callback)
             torch.testing.assert_close(res.times, times)
-            torch.testing.assert_close(res.trajectory, exact, rtol=0, atol=1e-5)
+            torch.testing.assert_close(res.trajectory, exact, rtol=0, atol=2e-5)
             torch.testing.assert_close(res.trajectory[-1], res.samples, rtol=0, atol=0)
-    res = sf.sample_sde(problem.score, sde, x_T, steps=20, adaptive=True, save_at=times[1:4],
+    res = sf.sample_sde(problem.score, sde, x_T, steps=20, adaptive=True, rtol=1e-2, atol=1e-2, save_at=times[1:4],
                         generator=torch.Generator().manual_seed(0))
     assert res.trajectory.shape == (3, 4, 2)
     torch.testing.assert_close(res.times, times[1:4])

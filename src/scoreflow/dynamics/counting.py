@@ -29,13 +29,19 @@ class FiniteWatch:
 
     def __init__(self) -> None:
         self._records: list[tuple[str, Any, torch.Tensor]] = []
+        self._zero: torch.Tensor | None = None
 
     def record(self, what: str, value: torch.Tensor, t: Any, *, nan_only: bool = False) -> None:
         """Record whether ``value`` (the ``what`` at time ``t``) is finite; ``nan_only`` lets infinities pass."""
-        value = value.detach()
+        if value.requires_grad:
+            value = value.detach()
         if nan_only:
             value = value.nan_to_num(nan=float("nan"), posinf=0.0, neginf=0.0)
-        self._records.append((what, t, value.mul(0).sum()))
+        zero = self._zero
+        if zero is None or zero.dtype != value.dtype or zero.device != value.device:
+            # a 0-dim tensor, not the number 0, which torch would wrap into a new tensor at every record
+            zero = self._zero = torch.zeros((), dtype=value.dtype, device=value.device)
+        self._records.append((what, t, value.mul(zero).sum()))
 
     def check(self, *, cause: BaseException | None = None) -> None:
         """Raise :class:`NonFiniteError` naming the time of the first non-finite record (one host read).
@@ -94,7 +100,9 @@ class CountedScore(torch.nn.Module):
         last = self._last
         if last is not None and last[0] is x and last[1] is t and last[2] == x._version:
             return last[3]
-        tb = batch_time(t, x)
+        # a solver's 0-dim time in x's dtype and device is broadcast by a view (the general path costs a dispatch more)
+        same = torch.is_tensor(t) and t.ndim == 0 and t.dtype == x.dtype and t.device == x.device
+        tb = t.expand(x.shape[0]) if same else batch_time(t, x)
         out = self.score(x, tb)
         self.nfe += 1
         if self.nfe == 1:

@@ -100,11 +100,9 @@ class _AdaptiveSolve:
 
     def update(self, x, ratio, alpha_t, h, points, preds):
         r"""``ratio * x + alpha_t * sum_j y_j preds_j`` with the :func:`polynomial_weights` ``y`` of ``points`` (log-SNR offsets / h)."""
-        nodes = torch.tensor([points], dtype=torch.float64)
-        weights = (alpha_t * polynomial_weights(torch.tensor([h], dtype=torch.float64), nodes)[0]).tolist()
         out = x * ratio
-        for w, m in zip(weights, preds):
-            out = out.add(m, alpha=w)
+        for w, m in zip(polynomial_weights(h, points), preds):
+            out = out.add(m, alpha=alpha_t * w)
         return out
 
     def run(self, x: torch.Tensor) -> Solution:

@@ -6,16 +6,17 @@ prediction :math:`\hat x_0 = (x + \sigma^2 s)/\alpha`; the solvers integrate the
 written with either of them, exactly in its linear part (Lu et al. 2022).
 
 A fixed-grid solve knows every time it will evaluate the score at before it starts, so a native solver
-first makes its *plan*: the coefficients of every step, computed in float64 on the CPU with tensor
-operations (no host read) and moved once to the state's device and dtype.  Its step loop then only
-combines states and predictions with those coefficients: it reads nothing on the host, and
+first makes its *plan*: it reads the grid once (one host read per solve), computes the coefficients of
+every step in float64 Python arithmetic (microseconds, where the same plan in small tensor operations
+costs a millisecond), and moves them once to the state's device and dtype as 0-dim tensors.  Its step
+loop then only combines states and scores with those coefficients: it reads nothing on the host, and
 ``torch.compile`` traces it into one graph.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -27,11 +28,11 @@ from ..sde import ForwardSDE
 __all__ = ["NativeSolver", "ScorePredictions", "Nodes", "register_native", "combine", "on_device"]
 
 
-def on_device(column: torch.Tensor, like: torch.Tensor) -> tuple:
-    """Per-step coefficients (a float64 ``(N,)`` or ``(N, K)`` CPU tensor) as 0-dim tensors in ``like``'s dtype
-    and device, indexed ``[i]`` or ``[i][j]`` (one copy to the device)."""
-    rows = column.to(dtype=like.dtype, device=like.device).unbind()
-    return rows if column.ndim == 1 else tuple(row.unbind() for row in rows)
+def on_device(column: Sequence, like: torch.Tensor) -> tuple:
+    """Per-step coefficients (a list of floats, or of equally long lists) as 0-dim tensors in ``like``'s dtype and
+    device, indexed ``[i]`` or ``[i][j]`` (one copy to the device)."""
+    rows = torch.tensor(column, dtype=like.dtype, device=like.device).unbind()
+    return rows if not column or not isinstance(column[0], Sequence) else tuple(row.unbind() for row in rows)
 
 
 def combine(x: torch.Tensor, scale: torch.Tensor, terms: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -43,38 +44,41 @@ def combine(x: torch.Tensor, scale: torch.Tensor, terms: Iterable[tuple[torch.Te
 
 
 class Nodes:
-    r"""The times a solve evaluates the score at, with :math:`\alpha, \sigma, \lambda` there, computed once.
+    r"""The times a solve evaluates the score at, with :math:`\alpha, \sigma, \lambda` there, as float64 Python lists.
 
     Args:
         sde: the forward SDE.
-        times: the nodes' times in float64 on the CPU (the grid, then any extra nodes such as midpoints).
+        times: the grid's times (any dtype and device; read once).
 
     Attributes:
-        t, alpha, sigma, lam: float64 CPU tensors of the nodes' times and coefficients, for plans.
+        t, alpha, sigma, lam: lists of the nodes' times and coefficients: the grid, then any extra nodes.
     """
 
     def __init__(self, sde: ForwardSDE, times: torch.Tensor) -> None:
         self.sde = sde
-        self.t = times
-        self.alpha, self.sigma = sde.marginal(times)
-        self.lam = torch.log(self.alpha) - torch.log(self.sigma)
+        self.t, self.alpha, self.sigma, self.lam = [], [], [], []
+        self._add(times.detach().to(device="cpu", dtype=torch.float64))
+
+    def _add(self, t: torch.Tensor, lam: torch.Tensor | None = None) -> range:
+        start = len(self.t)
+        alpha, sigma = self.sde.marginal(t)
+        if lam is None:
+            lam = torch.log(alpha) - torch.log(sigma)
+        for column, values in zip((self.t, self.alpha, self.sigma, self.lam), torch.stack([t, alpha, sigma, lam]).tolist()):
+            column.extend(values)
+        return range(start, len(self.t))
 
     def __len__(self) -> int:
         return len(self.t)
 
-    def extend(self, lam: torch.Tensor) -> range:
+    def extend(self, lam: Sequence[float]) -> range:
         """Add nodes at the log-SNRs ``lam``; return their indices."""
-        start = len(self.t)
-        t = self.sde.t_from_log_snr(lam)
-        alpha, sigma = self.sde.marginal(t)
-        self.t = torch.cat([self.t, t])
-        self.alpha, self.sigma = torch.cat([self.alpha, alpha]), torch.cat([self.sigma, sigma])
-        self.lam = torch.cat([self.lam, lam])
-        return range(start, len(self.t))
+        lam = torch.tensor(list(lam), dtype=torch.float64)
+        return self._add(self.sde.t_from_log_snr(lam), lam)
 
 
 class ScorePredictions:
-    r"""Noise and data predictions of a counted score at the nodes of a solve, by node index.
+    r"""A counted score and its data prediction at the nodes of a solve, by node index.
 
     ``t[k]`` is node k's time as a 0-dim tensor in the state's dtype and device; the score is called with that
     very object, so a prediction asked for again at the same state and node costs no evaluation (see
@@ -85,13 +89,13 @@ class ScorePredictions:
         self.score = score
         # The grid's own times (in the state's dtype) for the grid nodes, so the score sees the times asked for.
         self.t = grid.unbind() + on_device(nodes.t[len(grid):], like)
-        self._inv_alpha = on_device(1.0 / nodes.alpha, like)
-        self._var_over_alpha = on_device(nodes.sigma**2 / nodes.alpha, like)
-        self._neg_sigma = on_device(-nodes.sigma, like)
+        self._inv_alpha = on_device([1.0 / a for a in nodes.alpha], like)
+        self._var_over_alpha = on_device([s * s / a for a, s in zip(nodes.alpha, nodes.sigma)], like)
 
-    def noise(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        r""":math:`\hat\varepsilon = -\sigma s(x, t_k)`."""
-        return self.score(x, self.t[k]) * self._neg_sigma[k]
+    def at(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The score :math:`s(x, t_k)` itself (solvers that use the noise prediction fold its factor
+        :math:`-\\sigma_k` into their coefficients: one pass over the state fewer)."""
+        return self.score(x, self.t[k])
 
     def data(self, x: torch.Tensor, k: int) -> torch.Tensor:
         r""":math:`\hat x_0 = x/\alpha + (\sigma^2/\alpha)\, s(x, t_k)`."""
@@ -122,16 +126,18 @@ class NativeSolver(ABC):
     ) -> Solution:
         """Integrate the probability-flow ODE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t)."""
         grid = stepping.times
-        nodes = Nodes(sde, grid.detach().to(device="cpu", dtype=torch.float64))
+        nodes = Nodes(sde, grid)
         plan = self.plan(nodes, len(grid) - 1)
-        columns = {name: on_device(value, x_T) if torch.is_tensor(value) else value for name, value in plan.items()}
-        model = ScorePredictions(score, nodes, x_T, grid)
-        return Solution(self.solve(model, columns, x_T, monitor))
+        columns = {name: on_device(value, x_T) if name not in self.structure else value for name, value in plan.items()}
+        return Solution(self.solve(ScorePredictions(score, nodes, x_T, grid), columns, x_T, monitor))
+
+    #: Plan entries that describe the loop's structure (Python values) rather than coefficients.
+    structure: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
-        """The per-step coefficients of a solve on the first ``steps + 1`` nodes (the grid): float64 CPU tensors,
-        which :meth:`sample` moves to the state's device once, and any structure (Python ints) the loop needs.
+        """The per-step coefficients (lists of floats) of a solve on the first ``steps + 1`` nodes (the grid), which
+        :meth:`sample` moves to the state's device once, and the loop's structure (the entries named in ``structure``).
 
         A plan may add nodes (``nodes.extend``) for evaluations between grid times.
         """

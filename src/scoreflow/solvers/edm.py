@@ -27,20 +27,26 @@ class EDMHeun(NativeSolver):
     nfe_per_step = 2
     default_schedule = "karras"
 
-    def plan(self, nodes: Nodes, steps: int) -> dict[str, torch.Tensor]:
-        alpha, sigma = nodes.alpha[: steps + 1], nodes.sigma[: steps + 1]
-        scaled = sigma / alpha
-        euler = alpha[1:] * (scaled[1:] - scaled[:-1])
-        return {"ratio": alpha[1:] / alpha[:-1], "euler": euler, "half": 0.5 * euler}
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, list]:
+        # the noise predictions -sigma s enter through the scores, their factors folded into the coefficients
+        plan: dict[str, list] = {"ratio": [], "euler": [], "half_s": [], "half_t": []}
+        a, sg = nodes.alpha, nodes.sigma
+        for alpha_s, sigma_s, alpha_t, sigma_t in zip(a[:steps], sg[:steps], a[1 : steps + 1], sg[1 : steps + 1]):
+            euler = -alpha_t * (sigma_t / alpha_t - sigma_s / alpha_s)
+            plan["ratio"].append(alpha_t / alpha_s)
+            plan["euler"].append(euler * sigma_s)
+            plan["half_s"].append(0.5 * euler * sigma_s)
+            plan["half_t"].append(0.5 * euler * sigma_t)
+        return plan
 
     def solve(
         self, model: ScorePredictions, columns: Mapping[str, Sequence], x: torch.Tensor, monitor: StepMonitor
     ) -> torch.Tensor:
-        ratio, euler, half = columns["ratio"], columns["euler"], columns["half"]
+        ratio, euler, half_s, half_t = (columns[k] for k in ("ratio", "euler", "half_s", "half_t"))
         for i in range(len(ratio)):
-            d_s = model.noise(x, i)
-            d_t = model.noise(combine(x, ratio[i], [(d_s, euler[i])]), i + 1)
-            x = combine(x, ratio[i], [(d_s, half[i]), (d_t, half[i])])
+            s_s = model.at(x, i)
+            s_t = model.at(combine(x, ratio[i], [(s_s, euler[i])]), i + 1)
+            x = combine(x, ratio[i], [(s_s, half_s[i]), (s_t, half_t[i])])
             x = monitor.step(i, model.t[i + 1], x)
         return x
 

@@ -33,38 +33,39 @@ __all__ = [
 _LOWER_ORDER_FINAL_BELOW = 10
 
 
-def polynomial_weights(h: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+def polynomial_weights(h: float, nodes: Sequence[float]) -> list[float]:
     r"""Weights :math:`y_j` with :math:`\int_0^h e^{\tau-h} P(\tau)\,d\tau = \sum_j y_j m_j` for the polynomial P through
-    the values :math:`m_j` at :math:`\tau_j = h\,\text{nodes}_j`; ``nodes[:, 0]`` is the step's start (0).
+    the values :math:`m_j` at :math:`\tau_j = h\,\text{nodes}_j`; ``nodes[0]`` is the step's start (0).
 
-    Writing :math:`P = \sum_k c_k (\tau/h)^k`, the integral is :math:`\sum_k c_k\,k!\,h^{-k}\psi_k(h)` with
-    :math:`\psi_k = \int_0^h e^{\tau-h}\tau^k/k!\,d\tau = h^k/k! - \psi_{k-1}`, :math:`\psi_0 = 1 - e^{-h}`, so
-    :math:`y = V^{-\top} W` with the Vandermonde matrix V of the nodes.  Two points take DPM-Solver++'s
-    second-order form :math:`\psi_0 (m_0 + \tfrac{1}{2}(m_1 - m_0)/\text{nodes}_1)`, more accurate than the exact
-    linear integral on coarse grids (they differ at third order).
-
-    Args:
-        h: ``(M,)`` step lengths in log-SNR.
-        nodes: ``(M, k)`` positions of the k points in units of h.
-
-    Returns:
-        ``(M, k)`` weights.
+    With :math:`u = \tau/h`, :math:`P = \sum_j m_j L_j(u)` for the Lagrange polynomials :math:`L_j = \sum_p a_{jp}u^p`,
+    and :math:`\int_0^h e^{\tau-h} u^p\,d\tau = p!\,h^{-p}\psi_p(h)` with
+    :math:`\psi_p = \int_0^h e^{\tau-h}\tau^p/p!\,d\tau = h^p/p! - \psi_{p-1}`, :math:`\psi_0 = 1 - e^{-h}`, so
+    :math:`y_j = \sum_p a_{jp}\,p!\,h^{-p}\psi_p`.  Two points take DPM-Solver++'s second-order form
+    :math:`\psi_0 (m_0 + \tfrac{1}{2}(m_1 - m_0)/\text{nodes}_1)`, more accurate than the exact linear integral on coarse
+    grids (they differ at third order).  Plain float arithmetic: a plan computes these for every step in microseconds.
     """
-    k = nodes.shape[1]
-    psi = [-torch.expm1(-h)]
+    k = len(nodes)
+    psi = [-math.expm1(-h)]
     if k == 1:
-        return psi[0][:, None]
+        return psi
     if k == 2:
-        half = 0.5 / nodes[:, 1]
-        return torch.stack([psi[0] * (1.0 - half), psi[0] * half], dim=1)
-    for j in range(1, k):
-        psi.append(h**j / math.factorial(j) - psi[-1])
-    w = torch.stack([psi[j] * (math.factorial(j) / h**j) for j in range(k)], dim=1)
-    vandermonde = nodes[:, :, None] ** torch.arange(k, dtype=nodes.dtype)
-    return torch.linalg.solve(vandermonde.transpose(1, 2), w)
+        half = 0.5 / nodes[1]
+        return [psi[0] * (1.0 - half), psi[0] * half]
+    for p in range(1, k):
+        psi.append(h**p / math.factorial(p) - psi[-1])
+    moments = [psi[p] * math.factorial(p) / h**p for p in range(k)]
+    weights = []
+    for j, u_j in enumerate(nodes):
+        coef, denom = [1.0], 1.0  # L_j = prod_{m != j} (u - u_m) / (u_j - u_m), expanded in powers of u
+        for m, u_m in enumerate(nodes):
+            if m != j:
+                coef = [(coef[p - 1] if p else 0.0) - u_m * (coef[p] if p < len(coef) else 0.0) for p in range(len(coef) + 1)]
+                denom *= u_j - u_m
+        weights.append(sum(c * w for c, w in zip(coef, moments)) / denom)
+    return weights
 
 
-def exponential_weights(nodes: Nodes, s: Sequence[int], t: Sequence[int], points: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+def exponential_weights(nodes: Nodes, s: Sequence[int], t: Sequence[int], points: Sequence[Sequence[int]], width: int) -> list[list[float]]:
     r"""Weights of the steps :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \sum_j w_j \hat x_0(\text{point}_j)`, zero-padded to ``width``.
 
     Args:
@@ -74,17 +75,14 @@ def exponential_weights(nodes: Nodes, s: Sequence[int], t: Sequence[int], points
         width: the number of columns (the most points of any step).
 
     Returns:
-        ``(len(s), width)`` float64 weights, :math:`\alpha_t` times :func:`polynomial_weights`.
+        One row of ``width`` weights per step: :math:`\alpha_t` times :func:`polynomial_weights`.
     """
-    out = torch.zeros(len(s), width, dtype=torch.float64)
-    for k in sorted({len(p) for p in points}):
-        rows = [r for r, p in enumerate(points) if len(p) == k]
-        start, end = torch.tensor([s[r] for r in rows]), torch.tensor([t[r] for r in rows])
-        at = torch.tensor([points[r] for r in rows])
-        h = nodes.lam[end] - nodes.lam[start]
-        rel = (nodes.lam[at] - nodes.lam[start][:, None]) / h[:, None]
-        out[torch.tensor(rows), :k] = nodes.alpha[end][:, None] * polynomial_weights(h, rel)
-    return out
+    lam, rows = nodes.lam, []
+    for start, end, at in zip(s, t, points):
+        h = lam[end] - lam[start]
+        row = [nodes.alpha[end] * w for w in polynomial_weights(h, [(lam[p] - lam[start]) / h for p in at])]
+        rows.append(row + [0.0] * (width - len(row)))
+    return rows
 
 
 _LOWER_ORDER_FINAL = {
@@ -92,13 +90,14 @@ _LOWER_ORDER_FINAL = {
 }
 
 
-def _grid_ratio(nodes: Nodes, steps: int) -> torch.Tensor:
-    sigma = nodes.sigma[: steps + 1]
-    return sigma[1:] / sigma[:-1]
+def _grid_ratio(nodes: Nodes, steps: int) -> list[float]:
+    sigma = nodes.sigma
+    return [b / a for a, b in zip(sigma[:steps], sigma[1 : steps + 1])]
 
 
 class _Multistep(NativeSolver):
     options = _LOWER_ORDER_FINAL
+    structure = ("terms", "mid")
 
     def __init__(self, *, lower_order_final: bool = True) -> None:
         self.lower_order_final = bool(lower_order_final)
@@ -121,10 +120,9 @@ class _Multistep(NativeSolver):
             del history[self.order :]
             order = self._step_order(i, steps)
             if i == 0 and order >= 2:
-                h = nodes.lam[1] - nodes.lam[0]
-                mid = nodes.extend((nodes.lam[0] + 0.5 * h).reshape(1))[0]
-                plan.update(mid=mid, mid_ratio=nodes.sigma[mid:] / nodes.sigma[:1],
-                            mid_w=exponential_weights(nodes, [0], [mid], [[0]], 1)[:, 0])
+                mid = nodes.extend([0.5 * (nodes.lam[0] + nodes.lam[1])])[0]
+                plan.update(mid=mid, mid_ratio=[nodes.sigma[mid] / nodes.sigma[0]],
+                            mid_w=exponential_weights(nodes, [0], [mid], [[0]], 1)[0])
                 history.insert(0, mid)
                 points.append([mid])
             else:
@@ -174,6 +172,7 @@ class _PredictorCorrector(NativeSolver):
 
     predictor_points: ClassVar[int]
     options = _LOWER_ORDER_FINAL
+    structure = ("terms",)
 
     def __init__(self, *, lower_order_final: bool = True) -> None:
         self.lower_order_final = bool(lower_order_final)

@@ -11,6 +11,7 @@ evaluations inside the step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -21,10 +22,10 @@ from .base import NativeSolver, Nodes, ScorePredictions, combine, register_nativ
 __all__ = ["DDIM", "DPMSolver2", "DPMSolver3"]
 
 
-def _steps(nodes: Nodes, steps: int) -> tuple[torch.Tensor, ...]:
-    """``(alpha_s, sigma_s, alpha_t, sigma_t, h)`` of every grid step s -> t, float64 vectors."""
-    a, sg, lam = nodes.alpha[: steps + 1], nodes.sigma[: steps + 1], nodes.lam[: steps + 1]
-    return a[:-1], sg[:-1], a[1:], sg[1:], lam[1:] - lam[:-1]
+def _steps(nodes: Nodes, steps: int) -> zip:
+    """``(alpha_s, sigma_s, alpha_t, sigma_t, h)`` of every grid step s -> t."""
+    a, sg, lam = nodes.alpha, nodes.sigma, nodes.lam
+    return zip(a[:steps], sg[:steps], a[1 : steps + 1], sg[1 : steps + 1], (lt - ls for ls, lt in zip(lam[:steps], lam[1 : steps + 1])))
 
 
 class DDIM(NativeSolver):
@@ -35,16 +36,21 @@ class DDIM(NativeSolver):
 
     order = 1
 
-    def plan(self, nodes: Nodes, steps: int) -> dict[str, torch.Tensor]:
-        _, sigma_s, alpha_t, sigma_t, h = _steps(nodes, steps)
-        return {"ratio": sigma_t / sigma_s, "w": -alpha_t * torch.expm1(-h)}
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, list]:
+        # x_t = r x + w (x + sigma_s^2 s)/alpha_s, folded into c_x x + c_s s
+        c_x, c_s = [], []
+        for alpha_s, sigma_s, alpha_t, sigma_t, h in _steps(nodes, steps):
+            w = -alpha_t * math.expm1(-h) / alpha_s
+            c_x.append(sigma_t / sigma_s + w)
+            c_s.append(w * sigma_s**2)
+        return {"c_x": c_x, "c_s": c_s}
 
     def solve(
         self, model: ScorePredictions, columns: Mapping[str, Sequence], x: torch.Tensor, monitor: StepMonitor
     ) -> torch.Tensor:
-        ratio, w = columns["ratio"], columns["w"]
-        for i in range(len(ratio)):
-            x = combine(x, ratio[i], [(model.data(x, i), w[i])])
+        c_x, c_s = columns["c_x"], columns["c_s"]
+        for i in range(len(c_x)):
+            x = combine(x, c_x[i], [(model.at(x, i), c_s[i])])
             x = monitor.step(i, model.t[i + 1], x)
         return x
 
@@ -59,14 +65,18 @@ class DPMSolver2(NativeSolver):
     order = 2
     nfe_per_step = 2
 
-    def plan(self, nodes: Nodes, steps: int) -> dict[str, torch.Tensor]:
-        alpha_s, _, alpha_t, sigma_t, h = _steps(nodes, steps)
-        mid = nodes.extend(nodes.lam[:steps] + 0.5 * h)
-        alpha_m, sigma_m = nodes.alpha[mid], nodes.sigma[mid]
-        return {
-            "a1": alpha_m / alpha_s, "b1": -sigma_m * torch.expm1(0.5 * h),
-            "a2": alpha_t / alpha_s, "b2": -sigma_t * torch.expm1(h),
-        }
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, list]:
+        # noise predictions -sigma s, their factors folded into the coefficients of the scores
+        grid = list(_steps(nodes, steps))
+        mid = nodes.extend(lam + 0.5 * h for lam, (*_, h) in zip(nodes.lam, grid))
+        plan: dict[str, list] = {"a1": [], "b1": [], "a2": [], "b2": []}
+        for (alpha_s, sigma_s, alpha_t, sigma_t, h), m in zip(grid, mid):
+            alpha_m, sigma_m = nodes.alpha[m], nodes.sigma[m]
+            plan["a1"].append(alpha_m / alpha_s)
+            plan["b1"].append(sigma_m * math.expm1(0.5 * h) * sigma_s)
+            plan["a2"].append(alpha_t / alpha_s)
+            plan["b2"].append(sigma_t * math.expm1(h) * sigma_m)
+        return plan
 
     def solve(
         self, model: ScorePredictions, columns: Mapping[str, Sequence], x: torch.Tensor, monitor: StepMonitor
@@ -74,8 +84,8 @@ class DPMSolver2(NativeSolver):
         a1, b1, a2, b2 = (columns[k] for k in ("a1", "b1", "a2", "b2"))
         steps = len(a1)
         for i in range(steps):
-            u = combine(x, a1[i], [(model.noise(x, i), b1[i])])
-            x = combine(x, a2[i], [(model.noise(u, steps + 1 + i), b2[i])])
+            u = combine(x, a1[i], [(model.at(x, i), b1[i])])
+            x = combine(x, a2[i], [(model.at(u, steps + 1 + i), b2[i])])
             x = monitor.step(i, model.t[i + 1], x)
         return x
 
@@ -85,7 +95,7 @@ class DPMSolver3(NativeSolver):
 
     With :math:`\varphi_1(z) = (e^z - 1)/z`, :math:`D_k = \hat\varepsilon(u_k, s_k) - \hat\varepsilon(x_s, s)`:
     :math:`x_t = \tfrac{\alpha_t}{\alpha_s}x_s - \sigma_t(e^h - 1)\hat\varepsilon_s - \tfrac{\sigma_t}{r_2}(\varphi_1(h) - 1) D_2`,
-    the intermediate states likewise; the plan folds each into :math:`a\,x_s + c\,\hat\varepsilon_s + d\,\hat\varepsilon_k`.
+    the intermediate states likewise; the plan folds each into :math:`a\,x_s + c\,s_s + d\,s_k` of the scores.
     """
 
     order = 3
@@ -94,17 +104,22 @@ class DPMSolver3(NativeSolver):
 
     def plan(self, nodes: Nodes, steps: int) -> dict[str, torch.Tensor]:
         r1, r2 = self.r1, self.r2
-        alpha_s, _, alpha_t, sigma_t, h = _steps(nodes, steps)
-        lam_s = nodes.lam[:steps]
-        n1, n2 = nodes.extend(lam_s + r1 * h), nodes.extend(lam_s + r2 * h)
-        (alpha_1, sigma_1), (alpha_2, sigma_2) = (nodes.alpha[n1], nodes.sigma[n1]), (nodes.alpha[n2], nodes.sigma[n2])
-        k2 = sigma_2 * (r2 / r1) * (torch.expm1(r2 * h) / (r2 * h) - 1.0)
-        k3 = (sigma_t / r2) * (torch.expm1(h) / h - 1.0)
-        return {
-            "a1": alpha_1 / alpha_s, "b1": -sigma_1 * torch.expm1(r1 * h),
-            "a2": alpha_2 / alpha_s, "c2": -sigma_2 * torch.expm1(r2 * h) + k2, "d2": -k2,
-            "a3": alpha_t / alpha_s, "c3": -sigma_t * torch.expm1(h) + k3, "d3": -k3,
-        }
+        grid = list(_steps(nodes, steps))
+        n1 = nodes.extend(lam + r1 * h for lam, (*_, h) in zip(nodes.lam, grid))
+        n2 = nodes.extend(lam + r2 * h for lam, (*_, h) in zip(nodes.lam, grid))
+        plan: dict[str, list] = {key: [] for key in ("a1", "b1", "a2", "c2", "d2", "a3", "c3", "d3")}
+        for (alpha_s, sigma_s, alpha_t, sigma_t, h), i1, i2 in zip(grid, n1, n2):
+            (alpha_1, sigma_1), (alpha_2, sigma_2) = (nodes.alpha[i1], nodes.sigma[i1]), (nodes.alpha[i2], nodes.sigma[i2])
+            k2 = sigma_2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1.0)
+            k3 = (sigma_t / r2) * (math.expm1(h) / h - 1.0)
+            # noise predictions -sigma s, their factors folded into the coefficients of the scores
+            for key, value in (
+                ("a1", alpha_1 / alpha_s), ("b1", sigma_1 * math.expm1(r1 * h) * sigma_s),
+                ("a2", alpha_2 / alpha_s), ("c2", (sigma_2 * math.expm1(r2 * h) - k2) * sigma_s), ("d2", k2 * sigma_1),
+                ("a3", alpha_t / alpha_s), ("c3", (sigma_t * math.expm1(h) - k3) * sigma_s), ("d3", k3 * sigma_2),
+            ):
+                plan[key].append(value)
+        return plan
 
     def solve(
         self, model: ScorePredictions, columns: Mapping[str, Sequence], x: torch.Tensor, monitor: StepMonitor
@@ -112,10 +127,10 @@ class DPMSolver3(NativeSolver):
         a1, b1, a2, c2, d2, a3, c3, d3 = (columns[k] for k in ("a1", "b1", "a2", "c2", "d2", "a3", "c3", "d3"))
         steps = len(a1)
         for i in range(steps):
-            eps_s = model.noise(x, i)
-            u1 = combine(x, a1[i], [(eps_s, b1[i])])
-            u2 = combine(x, a2[i], [(eps_s, c2[i]), (model.noise(u1, steps + 1 + i), d2[i])])
-            x = combine(x, a3[i], [(eps_s, c3[i]), (model.noise(u2, 2 * steps + 1 + i), d3[i])])
+            s_s = model.at(x, i)
+            u1 = combine(x, a1[i], [(s_s, b1[i])])
+            u2 = combine(x, a2[i], [(s_s, c2[i]), (model.at(u1, steps + 1 + i), d2[i])])
+            x = combine(x, a3[i], [(s_s, c3[i]), (model.at(u2, 2 * steps + 1 + i), d3[i])])
             x = monitor.step(i, model.t[i + 1], x)
         return x
 
