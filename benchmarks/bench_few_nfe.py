@@ -76,9 +76,8 @@ class Counted:
         return self.fn(*args, **kwargs)
 
 
-def vp_denoiser(law, sde):
-    """k-diffusion's denoiser D(y, sigma_k) for ``law`` under the VP ``sde`` (see the module docstring)."""
-    score = law.score(sde)
+def vp_denoiser(score, sde):
+    """k-diffusion's denoiser D(y, sigma_k) of ``score`` under the VP ``sde`` (see the module docstring)."""
 
     def denoise(y, sigma_k):
         t = sde.t_from_log_snr(-torch.log(sigma_k))
@@ -127,7 +126,7 @@ def run_scoreflow(law, sde, x_T, budgets):
 
 
 def run_k_diffusion(kd, law, sde, x_T, budgets):
-    denoise = vp_denoiser(law, sde)
+    denoise = vp_denoiser(law.score(sde), sde)
     ends = torch.tensor([sde.T, sde.t_min], dtype=torch.float64)
     a_end = sde.marginal(ends)[0]
     y_T = x_T / a_end[0]

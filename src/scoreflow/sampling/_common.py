@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .._tensor import as_time, right_pad
-from ..dynamics.counting import CountedScore
+from ..dynamics.counting import CountedScore, ScoreFn
 from ..methods import Grid, Solution, StepCallback, StepMonitor, Stepping, Tolerances
 from ..sde import ForwardSDE
 from .result import SampleResult
@@ -64,6 +64,30 @@ def solving_stepping(
         return solving(score, monitor, stepping.times[0], x_T, enable_grad=enable_grad, steps=stepping.steps)
     span = abs(float(stepping.times[0]) - float(stepping.times[-1]))
     return solving(score, monitor, stepping.times[0], x_T, enable_grad=enable_grad, span=span)
+
+
+def sample_with(
+    fn: str,
+    score: ScoreFn,
+    sde: ForwardSDE,
+    x_T: torch.Tensor,
+    stepping: Stepping,
+    solve: Callable[[CountedScore, StepMonitor], Solution],
+    *,
+    t_min: float,
+    save_at: torch.Tensor | None,
+    return_trajectory: bool,
+    denoise_final: bool,
+    enable_grad: bool,
+    callback: StepCallback | None,
+    progress: bool,
+) -> SampleResult:
+    """Run ``solve(counted_score, monitor)`` with the front-end ``fn``'s hooks and turn its solution into the result."""
+    counted = CountedScore(score, caller=fn)
+    monitor = step_monitor(fn, counted, sde, callback=callback, progress=progress, return_trajectory=return_trajectory)
+    with solving_stepping(counted, monitor, stepping, x_T, enable_grad=enable_grad):
+        solution = solve(counted, monitor)
+        return solution_result(counted, sde, solution, stepping, monitor, t_min, save_at=save_at, denoise_final=denoise_final)
 
 
 def solution_result(

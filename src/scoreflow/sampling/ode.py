@@ -7,10 +7,10 @@ from typing import Any
 import torch
 
 from .._checks import check_batch, resolve_t_min
-from ..dynamics.counting import CountedScore, ScoreFn
+from ..dynamics.counting import ScoreFn
 from ..methods import StepCallback, get_method, resolve_stepping
 from ..sde import ForwardSDE, check_sde
-from ._common import check_save_at_alone, solution_result, solving_stepping, step_monitor
+from ._common import check_save_at_alone, sample_with
 from .result import SampleResult
 
 __all__ = ["sample_ode"]
@@ -104,8 +104,8 @@ def sample_ode(
         fn, spec, sde, x_T, start=sde.T, end=t_min,
         steps=steps, step_size=step_size, schedule=schedule, time=time, rtol=rtol, atol=atol, save_at=save_at,
     )
-    counted = CountedScore(score, caller=fn)
-    monitor = step_monitor(fn, counted, sde, callback=callback, progress=progress, return_trajectory=return_trajectory)
-    with solving_stepping(counted, monitor, stepping, x_T, enable_grad=enable_grad):
-        solution = solver.sample(counted, sde, x_T, stepping, monitor=monitor)
-        return solution_result(counted, sde, solution, stepping, monitor, t_min, save_at=save_at, denoise_final=denoise_final)
+    return sample_with(
+        fn, score, sde, x_T, stepping, lambda counted, monitor: solver.sample(counted, sde, x_T, stepping, monitor=monitor),
+        t_min=t_min, save_at=save_at, return_trajectory=return_trajectory, denoise_final=denoise_final,
+        enable_grad=enable_grad, callback=callback, progress=progress,
+    )
