@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from .errors import NonFiniteError
 
 
 def _describe(x: Any) -> str:
@@ -151,19 +150,6 @@ def check_save_at(fn: str, name: str, value: Any, t_start: float, t_end: float) 
             f"got {times}."
         )
     return [min(max(t, lo), hi) for t in times]
-
-
-def check_finite(value: torch.Tensor, t: Any, *, what: str) -> None:
-    """Raise :class:`NonFiniteError` naming the time if ``value`` has a NaN or infinity."""
-    finite = torch.isfinite(value)
-    if not bool(finite.all()):
-        n_bad = int((~finite).reshape(value.shape[0], -1).any(dim=1).sum()) if value.ndim > 0 else 1
-        t_val = float(t.reshape(-1)[0]) if torch.is_tensor(t) else float(t)
-        raise NonFiniteError(
-            f"{what} became non-finite (NaN or inf) at t={t_val:.6g} in {n_bad} of "
-            f"{value.shape[0] if value.ndim else 1} samples; check the score model at this time "
-            "(e.g. evaluated below the smallest time it was trained on) or use a larger t_min."
-        )
 
 
 def check_instance(fn: str, name: str, value: Any, cls: type, example: str) -> Any:
