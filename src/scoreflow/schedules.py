@@ -30,6 +30,7 @@ def time_grid(
     t_min: float | None = None,
     rho: float = 7.0,
     sigma_cap: float = 10.0,
+    sigma_floor: float = 0.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
@@ -52,13 +53,14 @@ def time_grid(
         rho: exponent of the Karras schedule (ignored by the others).
         sigma_cap: the noise level :math:`\bar\sigma_{cap} = \sigma/\alpha` of ``"log_snr_capped"``, about ten
             times the data's standard deviation (ignored by the others).
+        sigma_floor: the lower noise level :math:`\bar\sigma_f \ge 0` of ``"log_snr_capped"`` (default 0: none).
         dtype, device: of the returned tensor (computed in float64, then cast).
 
     Returns:
         A decreasing tensor of shape ``(steps + 1,)``.
 
     Raises:
-        ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0`` or ``t_min``
+        ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0``, ``sigma_floor < 0`` or ``t_min``
             outside ``(0, T)``.
     """
     fn = "time_grid"
@@ -66,6 +68,7 @@ def time_grid(
     check_int(fn, "steps", steps)
     check_positive(fn, "rho", rho)
     check_positive(fn, "sigma_cap", sigma_cap)
+    check_positive(fn, "sigma_floor", sigma_floor, allow_zero=True)
     t_min = sde.t_min if t_min is None else check_positive(fn, "t_min", t_min)
     if not t_min < sde.T:
         raise ValueError(f"{fn}: argument 't_min' expected a time in (0, T={sde.T:g}), got {t_min!r}.")
@@ -77,6 +80,12 @@ def time_grid(
         lam_max, lam_min = sde.log_snr(ends).unbind()
         if schedule == "log_snr":
             lam = lam_max + ramp * (lam_min - lam_max)
+        elif schedule == "log_snr_capped" and sigma_floor > 0:
+            # u = log((s + floor) / (1 + s/cap)) with s = e^-lambda is uniform; s = (e^u - floor) / (1 - e^u / cap).
+            s_ends = torch.exp(-torch.stack([lam_max, lam_min]))
+            u_ends = torch.log((s_ends + sigma_floor) / (1 + s_ends / sigma_cap))
+            e = torch.exp(u_ends[0] + ramp * (u_ends[1] - u_ends[0]))
+            lam = -torch.log((e - sigma_floor) / (1 - e / sigma_cap))
         elif schedule == "log_snr_capped":
             # v = log(e^lambda + kappa), kappa = 1/sigma_cap, is uniform; invert stably as v + log(1 - kappa e^-v).
             log_kappa = torch.tensor(-math.log(sigma_cap), dtype=torch.float64)

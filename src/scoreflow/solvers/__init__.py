@@ -14,9 +14,10 @@ from .multistep import (
     DPMSolverPP3MPC,
     DPMSolverPP4MPC,
 )
+from .per_sample import PerSampleExponentialPC
 from .singlestep import DDIM, DPMSolver2, DPMSolver3
 
 __all__ = [
-    "AdaptiveExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
+    "AdaptiveExponentialPC", "PerSampleExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
     "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun",
 ]
