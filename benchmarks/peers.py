@@ -140,7 +140,7 @@ def vp_denoiser(law, sde):
     return denoise
 
 
-def run_k_diffusion(kd, law, sde, x_T, budgets, *, schedules=KD_SCHEDULES, tolerances=()):
+def run_k_diffusion(kd, law, sde, x_T, budgets, *, schedules=KD_SCHEDULES, methods=tuple(KD_COST), tolerances=()):
     """k-diffusion's fixed-step samplers on each grid and budget (and ``dpm_adaptive`` over ``tolerances``).
 
     The grids are scoreflow's, converted to ``sigma/alpha`` and ending at ``t_min`` (no appended zero), the state
@@ -156,7 +156,8 @@ def run_k_diffusion(kd, law, sde, x_T, budgets, *, schedules=KD_SCHEDULES, toler
         "dpmpp_3m": lambda m, y, s, disable: kd.sample_dpmpp_3m_sde(m, y, s, eta=0.0, disable=disable),
     }
     rows = []
-    for method, per_step in KD_COST.items():
+    for method in methods:
+        per_step = KD_COST[method]
         for schedule in schedules:
             for budget in budgets:
                 steps = max(1, budget // per_step)
