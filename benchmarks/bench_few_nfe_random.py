@@ -5,25 +5,27 @@ mixture16d and gaussian2d): the same ``--n`` prior draws x_T of the VP SDE for e
 RMS of ``x_{t_min} - x_ref`` against scipy's DOP853 at 1e-10.  Samplers:
 
 - scoreflow: its user-choosable rule, ``dpmpp_3m_pc`` below 25 NFE and ``dpmpp_4m_pc`` from 25 on a grid from
-  ``sf.fit_schedule`` (fitted on ``--pilot`` separate prior draws; its cost is reported), the fixed-grid methods on the
-  ``log_snr_capped`` and ``log_snr`` grids, ``dpmpp_4m_pc_adaptive`` (one grid for the batch) and
+  ``sf.fit_schedule`` (fitted on ``--pilot`` separate prior draws; its cost is reported), the fixed-grid methods on
+  the ``log_snr_capped`` grid, ``dpmpp_4m_pc_adaptive`` (one grid for the batch) and
   ``dpmpp_4m_pc_adaptive_per_sample`` over a tolerance sweep;
 - diffusers: UniPC (bh1, bh2; orders 2, 3), DPM-Solver++ (2M, 3M), DEIS (2, 3), SA-Solver (tau = 0; p2c2, p3c4), on
-  a discrete schedule that coincides with the VP SDE, on diffusers' own grid ("linspace") and on the Karras,
-  log-SNR and capped log-SNR grids (``peers.run_diffusers``);
-- k-diffusion: lms, dpmpp_2m, dpmpp_3m (dpmpp_3m_sde with eta = 0) on the Karras, log-SNR and capped grids, and
+  a discrete schedule that coincides with the VP SDE, on diffusers' own grid ("linspace"), the Karras grid and
+  scoreflow's capped log-SNR grid (``peers.run_diffusers``);
+- k-diffusion: lms, dpmpp_2m, dpmpp_3m (dpmpp_3m_sde with eta = 0) on the Karras and the capped grid, and
   dpm_adaptive over the same tolerance sweep.
 
 The peers' best at a budget is the best of all their configurations and grids chosen per problem against the
 reference (an oracle); scoreflow's "rule" is one method and schedule rule, chosen before the held-out seeds.  The
-oracle-against-oracle view is reported too.  A convergence check runs every diffusers configuration with 500 and
-800 steps on the first problem (1000 inference steps would repeat training indices): on the float64 Karras and log-SNR grids each must land within 1e-4 of the reference
-at 800 steps (on diffusers' own float32 grid the error is reported, not checked: its third-order DEIS and SA-Solver
-stall near 2e-2 there).
+oracle-against-oracle view is reported too.  A convergence check runs every diffusers configuration with 500 steps
+on the first problem: on the float64 Karras and log-SNR grids each must land within 1e-4 of the reference (on
+diffusers' own float32 grid the error is reported, not checked: its third-order DEIS and SA-Solver stall there).
+``--ipndm`` runs the cheap supplement: iPNDM (``peers.sample_ipndm``) against scoreflow's fixed-grid methods on the
+log-SNR and capped grids.
 
     pip install --no-deps k-diffusion diffusers
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_few_nfe_random.py --out benchmarks/results/few_nfe_random
     python benchmarks/bench_few_nfe_random.py --random 2 --fixed --n 100      # quick look
+    python benchmarks/bench_few_nfe_random.py --random 20 --fixed --n 200 --ipndm   # iPNDM on scoreflow's grids
 """
 
 from __future__ import annotations
@@ -43,11 +45,11 @@ from scoreflow.testing import make_law
 
 from peers import (
     DIFFUSERS_CONFIGS, diffusers_sample, load_k_diffusion_sampling, make_scheduler, random_mixture, reference_solve,
-    run_diffusers, run_k_diffusion,
+    run_diffusers, run_ipndm, run_k_diffusion,
 )
 
 BUDGETS = (5, 10, 15, 20, 30)
-CURVE_BUDGETS = BUDGETS + (40, 60, 80)
+CURVE_BUDGETS = BUDGETS + (40, 60)
 TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 FIXED = ("ring2d_sharp", "mixture16d", "gaussian2d")
 # Seeds of the random problems: 1000 + i.  Seed 12345 was the one looked at while designing fit_schedule.
@@ -59,15 +61,16 @@ PEERS_OWN_GRIDS = ("linspace", "karras", "adaptive")
 
 def run_scoreflow(law, sde, x_T, x_pilot, budgets):
     score = law.score(sde)
-    rows = []
+    rows, reference = [], None
     for budget in budgets:
         for method in ("dpmpp_3m_pc" if budget < RULE_SWITCH else "dpmpp_4m_pc",):
-            fit = sf.fit_schedule(score, sde, x_pilot, budget, method=method)
+            fit = sf.fit_schedule(score, sde, x_pilot, budget, method=method, reference=reference)
+            reference = fit.reference
             res = sf.sample_ode(score, sde, x_T, method=method, schedule=fit.times)
             rows.append(dict(library="scoreflow", method=method, schedule="fitted", steps=budget, nfe=res.nfe, x=res.samples,
                              pilot_nfe=fit.nfe, pilot_rows=fit.rows, sigma_cap=fit.sigma_cap, sigma_floor=fit.sigma_floor))
         for method in ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_pc", "dpmpp_3m_pc", "dpmpp_4m_pc"):
-            for schedule in ("log_snr_capped", "log_snr"):
+            for schedule in ("log_snr_capped",):
                 steps = budget - 1 if method == "dpmpp_3m" else budget
                 res = sf.sample_ode(score, sde, x_T, method=method, steps=steps, schedule=schedule)
                 rows.append(dict(library="scoreflow", method=method, schedule=schedule, steps=steps, nfe=res.nfe, x=res.samples))
@@ -79,8 +82,8 @@ def run_scoreflow(law, sde, x_T, x_pilot, budgets):
     return rows
 
 
-def convergence_check(law, sde, n=50, steps=(500, 800)):
-    """Every diffusers configuration on its own and on the log-SNR grid at 500 and 800 steps, against the reference."""
+def convergence_check(law, sde, n=20, steps=(500,)):
+    """Every diffusers configuration on its own, the log-SNR and the Karras grid at 500 steps, against the reference."""
     x_T = sde.prior_sample((n, law.dim), generator=torch.Generator().manual_seed(123), dtype=torch.float64)
     ref, _ = reference_solve(law, sde, x_T)
     out = {}
@@ -148,7 +151,54 @@ def summarize(rows):
                           (("rule", is_rule), ("scoreflow_oracle", is_scoreflow), ("peer", is_peer), ("peer_own", is_peer_own),
                            ("adaptive_batch", lambda r: r["method"] == "dpmpp_4m_pc_adaptive"),
                            ("adaptive_per_sample", lambda r: r["method"] == "dpmpp_4m_pc_adaptive_per_sample"))}
+    mean_rows = [{**r, "nfe": r["nfe_mean"]} for r in rows if "nfe_mean" in r]
+    out["nfe_to_1e-3"]["adaptive_per_sample_mean"] = nfe_to(mean_rows, 1e-3, lambda r: True)
     return out
+
+
+FAMILIES = {
+    "UniPC (diffusers)": lambda r: r["library"] == "diffusers" and r["method"].startswith("unipc"),
+    "SA-Solver tau=0 (diffusers)": lambda r: r["library"] == "diffusers" and r["method"].startswith("sa_"),
+    "DEIS (diffusers)": lambda r: r["library"] == "diffusers" and r["method"].startswith("deis"),
+    "DPM-Solver++ (diffusers)": lambda r: r["library"] == "diffusers" and r["method"].startswith("dpmpp"),
+    "k-diffusion lms / dpmpp_2m / dpmpp_3m": lambda r: r["library"] == "k-diffusion",
+    "iPNDM (peers.sample_ipndm)": lambda r: r["library"] == "ipndm",
+}
+SF_FIXED = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_pc", "dpmpp_3m_pc", "dpmpp_4m_pc")
+
+
+def same_grid(results):
+    """Each peer family against scoreflow's fixed-grid methods on the same grid (log-SNR and capped), per budget.
+
+    Returns family -> list of (best family error / best scoreflow error) over problems, budgets and the two grids.
+    """
+    out = {name: [] for name in FAMILIES}
+    for _, rows, _ in results:
+        for grid in ("log_snr", "log_snr_capped"):
+            for b in BUDGETS:
+                sf_best = best_at(rows, b, lambda r: r["library"] == "scoreflow" and r["method"] in SF_FIXED and r["schedule"] == grid)
+                for name, keep in FAMILIES.items():
+                    fam = best_at(rows, b, lambda r: keep(r) and r["schedule"] == grid)
+                    if sf_best and fam:
+                        out[name].append(fam["path_rms"] / sf_best["path_rms"])
+    return out
+
+
+def evaluate_ipndm(name, law, info, n):
+    """The cheap supplement ``--ipndm``: iPNDM and scoreflow's fixed-grid methods on the same draws and grids."""
+    sde = sf.VPSDE()
+    score = law.score(sde)
+    x_T = sde.prior_sample((n, law.dim), generator=torch.Generator().manual_seed(info.get("seed", 0)), dtype=torch.float64)
+    ref, _ = reference_solve(law, sde, x_T)
+    rows = run_ipndm(law, sde, x_T, BUDGETS, schedules=("log_snr", "log_snr_capped"))
+    for b in BUDGETS:
+        for method in SF_FIXED:
+            for schedule in ("log_snr", "log_snr_capped"):
+                res = sf.sample_ode(score, sde, x_T, method=method, steps=b - (method == "dpmpp_3m"), schedule=schedule)
+                rows.append(dict(library="scoreflow", method=method, schedule=schedule, nfe=res.nfe, x=res.samples))
+    for r in rows:
+        r["path_rms"] = rms_error(r.pop("x"), ref)
+    return {**info, "problem": name}, rows
 
 
 def evaluate(name, law, info, n, kd):
@@ -160,8 +210,8 @@ def evaluate(name, law, info, n, kd):
     ref, ref_nfe = reference_solve(law, sde, x_T)
     with torch.no_grad():
         rows = run_scoreflow(law, sde, x_T, x_pilot, CURVE_BUDGETS)
-        rows += run_diffusers(law, sde, x_T, CURVE_BUDGETS, schedules=("linspace", "karras", "log_snr", "log_snr_capped"))
-        rows += run_k_diffusion(kd, law, sde, x_T, CURVE_BUDGETS, schedules=("karras", "log_snr", "log_snr_capped"),
+        rows += run_diffusers(law, sde, x_T, CURVE_BUDGETS, schedules=("linspace", "karras", "log_snr_capped"))
+        rows += run_k_diffusion(kd, law, sde, x_T, CURVE_BUDGETS, schedules=("karras", "log_snr_capped"),
                                 methods=("lms", "dpmpp_2m", "dpmpp_3m"), tolerances=TOLERANCES)
     for r in rows:
         r["path_rms"] = rms_error(r.pop("x"), ref)
@@ -207,7 +257,43 @@ def report(results):
         n = s["nfe_to_1e-3"]
         per_problem.append(f"| {info['problem']} | {info['dim']} | {info['components']} | " + " | ".join(cells)
                            + f" | {n['rule']:.1f} / {n['adaptive_batch']:.1f} / {n['peer']:.1f} |")
-    return lines, nfe_lines, per_problem, summary
+    cost = ["| NFE | median fit cost: score calls on the pilot | = NFE per sample of a batch of 1000 |", "|---|---|---|"]
+    for b in BUDGETS:
+        fits = [r for _, rows, _ in results for r in rows if is_rule(r) and r["steps"] == b]
+        if fits:
+            calls, rows_ = [r["pilot_nfe"] for r in fits], fits[0]["pilot_rows"]
+            cost.append(f"| {b} | {statistics.median(calls):.0f} on {rows_} draws | {statistics.median(calls) * rows_ / 1000:.1f} |")
+    fam = ["| peer family on scoreflow's grids | median error ratio to scoreflow's fixed-grid best | best (lowest) ratio | cells with ratio < 0.9 |",
+           "|---|---|---|---|"]
+    for name, vals in same_grid(results).items():
+        if vals:
+            fam.append(f"| {name} | {statistics.median(vals):.2f} | {min(vals):.2f} | {sum(v < 0.9 for v in vals)} of {len(vals)} |")
+    return lines, nfe_lines + [""] + cost + [""] + fam, per_problem, summary
+
+
+def plot_adaptive(results, path):
+    """Path error against NFE of the batch-wide and the per-sample adaptive solver (mean and largest NFE)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [res for res in results if not res[0].get("random")] + [res for res in results if res[0].get("random")][:3]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.6), squeeze=False)
+    for ax, (info, rows, _) in zip(axes[0], shown):
+        for method, key, style, label in (("dpmpp_4m_pc_adaptive", "nfe", "o-", "batch-wide"),
+                                          ("dpmpp_4m_pc_adaptive_per_sample", "nfe_mean", "s--", "per sample, mean NFE"),
+                                          ("dpmpp_4m_pc_adaptive_per_sample", "nfe", "^:", "per sample, largest NFE")):
+            pts = sorted((r[key], r["path_rms"]) for r in rows if r["method"] == method)
+            ax.loglog(*zip(*pts), style, ms=4, label=label)
+        ax.axhline(1e-3, color="grey", lw=0.8)
+        ax.set(title=f"{info['problem']} (d={info['dim']}, K={info['components']})", xlabel="NFE", ylim=(1e-6, 1))
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("RMS path error")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
 
 
 def main(argv=None):
@@ -219,8 +305,15 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=300, help="prior draws per problem")
     ap.add_argument("--pilot", type=int, default=64, help="pilot draws of fit_schedule")
     ap.add_argument("--out", default="benchmarks/results/few_nfe_random")
-    ap.add_argument("--no-check", action="store_true", help="skip the 500/1000-step convergence check of the diffusers peers")
+    ap.add_argument("--no-check", action="store_true", help="skip the 500-step convergence check of the diffusers peers")
+    ap.add_argument("--plot", default="docs/img/few_nfe_per_sample.png", help="NFE-to-error plot of the adaptive solvers")
+    ap.add_argument("--report", action="store_true", help="only rebuild the tables and the plot from OUT/results.json")
+    ap.add_argument("--ipndm", action="store_true", help="only iPNDM against scoreflow's fixed-grid methods on the same grids")
     ARGS = ap.parse_args(argv)
+    if ARGS.report:
+        saved = json.loads((Path(ARGS.out) / "results.json").read_text())
+        results = [(p["info"], p["rows"], summarize(p["rows"])) for p in saved["problems"]]
+        return finish(results, saved["check"], Path(ARGS.out))
     torch.set_num_threads(1)
     kd = load_k_diffusion_sampling()
     out = Path(ARGS.out)
@@ -229,12 +322,18 @@ def main(argv=None):
     problems = [(name, law, {**info, "random": True}) for name, law, info in problems]
     if ARGS.fixed:
         problems += [(name, make_law(name), {}) for name in FIXED]
+    if ARGS.ipndm:
+        ratios = same_grid([(None, evaluate_ipndm(name, law, info, ARGS.n)[1], None) for name, law, info in problems])
+        vals = ratios["iPNDM (peers.sample_ipndm)"]
+        print(f"iPNDM / scoreflow's fixed-grid best on the same grid: median {statistics.median(vals):.2f}, "
+              f"lowest {min(vals):.2f}, cells < 0.9: {sum(v < 0.9 for v in vals)} of {len(vals)}")
+        return
     check = {} if ARGS.no_check else convergence_check(problems[0][1], sf.VPSDE())
     if check:
         worst = max(v[-1] for k, v in check.items() if "linspace" not in k)
-        print(json.dumps({"convergence_check": check, "worst_at_800_steps_float64_grids": worst}), flush=True)
+        print(json.dumps({"convergence_check": check, "worst_at_500_steps_float64_grids": worst}), flush=True)
         if worst > 1e-4:
-            raise SystemExit(f"a diffusers peer does not converge to the reference (error {worst:.1e} at 800 steps)")
+            raise SystemExit(f"a diffusers peer does not converge to the reference (error {worst:.1e} at 500 steps)")
     results = []
     for name, law, info in problems:
         info, rows = evaluate(name, law, info, ARGS.n, kd)
@@ -245,12 +344,18 @@ def main(argv=None):
                          default=str), flush=True)
         (out / "results.json").write_text(json.dumps({"check": check, "problems": [
             {"info": i, "summary": {str(k): v for k, v in sm.items()}, "rows": r} for i, r, sm in results]}, default=float))
-    lines, nfe_lines, per_problem, summary = report(results)
+    finish(results, check, out)
+
+
+def finish(results, check, out):
+    lines, nfe_lines, per_problem, _ = report(results)
     text = "\n".join(lines + [""] + nfe_lines + [""] + per_problem)
     if check:
-        text += "\n\nConvergence check (RMS error at 500 / 800 steps): " + ", ".join(f"{k} {v[0]:.1e} / {v[1]:.1e}" for k, v in check.items())
+        text += "\n\nConvergence check (RMS error at 500 steps): " + ", ".join(f"{k} {v[0]:.1e}" for k, v in check.items())
     print(text)
     (out / "table.md").write_text(text + "\n")
+    if ARGS.plot:
+        plot_adaptive(results, ARGS.plot)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,9 @@ def test_fit_on_a_mixture_is_no_worse_than_its_candidates_and_counts_its_cost():
     reference_nfe = fit.nfe - 6 * len(fit.candidates)
     assert 10 < reference_nfe < 200
     assert math.isfinite(fit.pilot_error) and fit.sigma_floor >= 0
+    # The accurate pilot solve is reused for another budget on the same draws.
+    again = sf.fit_schedule(problem.score, problem.sde, pilot, 8, method="dpmpp_2m", reference=fit.reference)
+    assert again.nfe == 8 * 35 and torch.equal(again.reference, fit.reference)
 
 
 def test_bad_arguments():
@@ -66,3 +69,5 @@ def test_bad_arguments():
         sf.fit_schedule(problem.score, problem.sde, [1.0, 2.0], 5)
     with pytest.raises(ValueError, match=r"fit_schedule: argument 'reference_tol' expected a finite number > 0"):
         sf.fit_schedule(problem.score, problem.sde, x, 5, reference_tol=0.0)
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 'reference' expected a tensor shaped like x_pilot \(4, 2\), got shape \(3, 2\)"):
+        sf.fit_schedule(problem.score, problem.sde, x, 5, reference=torch.zeros(3, 2))

@@ -43,9 +43,10 @@ class FittedSchedule:
         sigma_cap, sigma_floor: the levels of the ``"log_snr_capped"`` grid (``time_grid(sde, steps,
             "log_snr_capped", sigma_cap=..., sigma_floor=...)`` rebuilds ``times``).
         pilot_error: RMS path error of ``method`` on ``times`` over the pilot draws, against their accurate solve.
-        nfe: score evaluations the fit used (the accurate solve and every candidate), each on ``rows`` draws.
+        nfe: score evaluations the fit used (the accurate solve, unless given, and every candidate), each on ``rows`` draws.
         rows: the number of pilot draws.
         candidates: ``(sigma_cap, sigma_floor, pilot_error)`` of every grid tried, in order.
+        reference: the accurate solution from the pilot draws (pass it to a fit for another budget on the same draws).
     """
 
     times: torch.Tensor
@@ -56,6 +57,7 @@ class FittedSchedule:
     nfe: int
     rows: int
     candidates: tuple[tuple[float, float, float], ...]
+    reference: torch.Tensor
 
     @property
     def steps(self) -> int:
@@ -71,6 +73,7 @@ def fit_schedule(
     *,
     method: str = "dpmpp_3m_pc",
     reference_tol: float = 1e-6,
+    reference: torch.Tensor | None = None,
     t_min: float | None = None,
     options: dict[str, Any] | None = None,
 ) -> FittedSchedule:
@@ -92,6 +95,8 @@ def fit_schedule(
         steps: the budget of steps the grid is fitted for.
         method: a fixed-grid ``"ode"`` method (default ``"dpmpp_3m_pc"``).
         reference_tol: tolerance of the accurate pilot solve.
+        reference: the accurate solution at ``t_min`` from ``x_pilot`` if already known (``FittedSchedule.reference`` of
+            an earlier fit on the same draws, e.g. for another budget); the accurate solve is then skipped.
         t_min: final time (default ``sde.t_min``).
         options: ``method``'s options, used in every candidate solve.
 
@@ -100,7 +105,7 @@ def fit_schedule(
 
     Raises:
         ValueError: for an adaptive or unknown ``method``, ``steps < 1``, a non-positive ``reference_tol``, a
-            malformed ``x_pilot`` or ``t_min`` outside ``(0, T)``.
+            malformed ``x_pilot``, a ``reference`` not shaped like it, or ``t_min`` outside ``(0, T)``.
         TypeError: for arguments of the wrong type.
     """
     fn = "fit_schedule"
@@ -112,8 +117,14 @@ def fit_schedule(
     check_batch(fn, "x_pilot", x_pilot)
     reference_tol = check_positive(fn, "reference_tol", reference_tol)
     t_min = resolve_t_min(fn, sde, t_min)
-    reference = sample_ode(score, sde, x_pilot, method="dpmpp_4m_pc_adaptive", rtol=reference_tol, atol=reference_tol, t_min=t_min)
-    nfe = reference.nfe
+    if reference is None:
+        solve = sample_ode(score, sde, x_pilot, method="dpmpp_4m_pc_adaptive", rtol=reference_tol, atol=reference_tol, t_min=t_min)
+        reference, nfe = solve.samples, solve.nfe
+    else:
+        if not torch.is_tensor(reference) or reference.shape != x_pilot.shape:
+            got = f"shape {tuple(reference.shape)}" if torch.is_tensor(reference) else type(reference).__name__
+            raise ValueError(f"{fn}: argument 'reference' expected a tensor shaped like x_pilot {tuple(x_pilot.shape)}, got {got}.")
+        nfe = 0
     s_min = math.exp(-float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64))))
     tried: dict[tuple[float, float], float] = {}
     for cap in _CAPS:
@@ -121,10 +132,10 @@ def fit_schedule(
             grid = time_grid(sde, steps, "log_snr_capped", t_min=t_min, sigma_cap=cap, sigma_floor=floor)
             res = sample_ode(score, sde, x_pilot, method=method, schedule=grid, t_min=t_min, options=options)
             nfe += res.nfe
-            tried[cap, floor] = float((res.samples - reference.samples).square().mean().sqrt())
+            tried[cap, floor] = float((res.samples - reference).square().mean().sqrt())
     cap, floor = min(tried, key=tried.get)
     times = time_grid(sde, steps, "log_snr_capped", t_min=t_min, sigma_cap=cap, sigma_floor=floor)
     return FittedSchedule(
         times=times, method=method, sigma_cap=cap, sigma_floor=floor, pilot_error=tried[cap, floor], nfe=nfe,
-        rows=x_pilot.shape[0], candidates=tuple((c, f, e) for (c, f), e in tried.items()),
+        rows=x_pilot.shape[0], candidates=tuple((c, f, e) for (c, f), e in tried.items()), reference=reference,
     )
