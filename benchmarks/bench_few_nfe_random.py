@@ -167,15 +167,15 @@ FAMILIES = {
 SF_FIXED = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_pc", "dpmpp_3m_pc", "dpmpp_4m_pc")
 
 
-def same_grid(results):
+def same_grid(results, grids=("log_snr", "log_snr_capped"), budgets=BUDGETS):
     """Each peer family against scoreflow's fixed-grid methods on the same grid (log-SNR and capped), per budget.
 
     Returns family -> list of (best family error / best scoreflow error) over problems, budgets and the two grids.
     """
     out = {name: [] for name in FAMILIES}
     for _, rows, _ in results:
-        for grid in ("log_snr", "log_snr_capped"):
-            for b in BUDGETS:
+        for grid in grids:
+            for b in budgets:
                 sf_best = best_at(rows, b, lambda r: r["library"] == "scoreflow" and r["method"] in SF_FIXED and r["schedule"] == grid)
                 for name, keep in FAMILIES.items():
                     fam = best_at(rows, b, lambda r: keep(r) and r["schedule"] == grid)
@@ -323,10 +323,12 @@ def main(argv=None):
     if ARGS.fixed:
         problems += [(name, make_law(name), {}) for name in FIXED]
     if ARGS.ipndm:
-        ratios = same_grid([(None, evaluate_ipndm(name, law, info, ARGS.n)[1], None) for name, law, info in problems])
-        vals = ratios["iPNDM (peers.sample_ipndm)"]
-        print(f"iPNDM / scoreflow's fixed-grid best on the same grid: median {statistics.median(vals):.2f}, "
-              f"lowest {min(vals):.2f}, cells < 0.9: {sum(v < 0.9 for v in vals)} of {len(vals)}")
+        evaluated = [(None, evaluate_ipndm(name, law, info, ARGS.n)[1], None) for name, law, info in problems]
+        print("| grid | NFE | iPNDM / scoreflow's fixed-grid best: median | lowest | cells < 0.9 |\n|---|---|---|---|---|")
+        for grid in ("log_snr", "log_snr_capped"):
+            for b in BUDGETS:
+                vals = same_grid([res for res in evaluated], grids=(grid,), budgets=(b,))["iPNDM (peers.sample_ipndm)"]
+                print(f"| {grid} | {b} | {statistics.median(vals):.2f} | {min(vals):.2f} | {sum(v < 0.9 for v in vals)} of {len(vals)} |")
         return
     check = {} if ARGS.no_check else convergence_check(problems[0][1], sf.VPSDE())
     if check:

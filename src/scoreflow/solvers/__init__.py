@@ -7,6 +7,7 @@ schedule, options) with :mod:`scoreflow.methods` where it is defined.
 from .adaptive import AdaptiveExponentialPC
 from .base import NativeSolver, ScorePredictions, register_native
 from .edm import EDMHeun
+from .ipndm import IPNDM
 from .multistep import (
     DPMSolverPP2M,
     DPMSolverPP2MPC,
@@ -19,5 +20,5 @@ from .singlestep import DDIM, DPMSolver2, DPMSolver3
 
 __all__ = [
     "AdaptiveExponentialPC", "PerSampleExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
-    "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun",
+    "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun", "IPNDM",
 ]
