@@ -24,16 +24,16 @@ import torch
 
 import scoreflow as sf
 from scoreflow.metrics import rms_error, sliced_wasserstein2
-from scoreflow.sampling import time_grid
 from scoreflow.testing import make_law
 
-from peers import Counted, load_k_diffusion_sampling, reference_solve, vp_denoiser
+import peers
+from peers import load_k_diffusion_sampling, reference_solve
 
 BUDGETS = (5, 10, 15, 20, 25, 30, 40, 50, 75, 100)
 SCHEDULES = ("log_snr_capped", "log_snr", "karras", "t")
 # Score evaluations per step (and extra per solve) of each fixed-step sampler.
 SF_COST = {"ddim": (1, 0), "dpm_solver_2": (2, 0), "dpm_solver_3": (3, 0), "dpmpp_2m": (1, 0), "dpmpp_3m": (1, 1), "dpmpp_2m_pc": (1, 0), "dpmpp_3m_pc": (1, 0), "dpmpp_4m_pc": (1, 0), "edm_heun": (2, 0)}
-KD_COST = {"euler": (1, 0), "heun": (2, 0), "dpm_2": (2, 0), "lms": (1, 0), "dpmpp_2m": (1, 0)}
+KD_METHODS = ("euler", "heun", "dpm_2", "lms", "dpmpp_2m")
 TOLERANCES = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 
 
@@ -57,27 +57,8 @@ def run_scoreflow(law, sde, x_T, budgets):
 
 
 def run_k_diffusion(kd, law, sde, x_T, budgets):
-    denoise = vp_denoiser(law, sde)
-    ends = torch.tensor([sde.T, sde.t_min], dtype=torch.float64)
-    a_end = sde.marginal(ends)[0]
-    y_T = x_T / a_end[0]
-    rows = []
-    samplers = {"euler": kd.sample_euler, "heun": kd.sample_heun, "dpm_2": kd.sample_dpm_2, "lms": kd.sample_lms, "dpmpp_2m": kd.sample_dpmpp_2m}
-    for method, (per_step, _) in KD_COST.items():
-        for schedule in SCHEDULES:
-            for budget in budgets:
-                steps = max(1, budget // per_step)
-                alpha, sigma = sde.marginal(time_grid(sde, steps, schedule))
-                # The grid ends at sigma_k(t_min) > 0 (no appended zero): every sampler stops at t_min.
-                model = Counted(denoise)
-                y = samplers[method](model, y_T.clone(), sigma / alpha, disable=True)
-                rows.append(dict(library="k-diffusion", method=method, schedule=schedule, steps=steps, nfe=model.calls, x=a_end[1] * y))
-    s_min, s_max = (torch.exp(-sde.log_snr(ends))).tolist()[::-1]
-    for tol in TOLERANCES:
-        model = Counted(denoise)
-        y = kd.sample_dpm_adaptive(model, y_T.clone(), s_min, s_max, rtol=tol, atol=tol, disable=True)
-        rows.append(dict(library="k-diffusion", method="dpm_adaptive", schedule="adaptive", tol=tol, nfe=model.calls, x=a_end[1] * y))
-    return rows
+    # The grids end at sigma_k(t_min) > 0 (no appended zero): every sampler stops at t_min.
+    return peers.run_k_diffusion(kd, law, sde, x_T, budgets, schedules=SCHEDULES, methods=KD_METHODS, tolerances=TOLERANCES)
 
 
 def best_within(rows, library, budget, schedules=None):
