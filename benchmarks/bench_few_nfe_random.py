@@ -99,11 +99,13 @@ def best_at(rows, budget, keep):
 
 
 def nfe_to(rows, target, keep):
-    """Fewest NFE at which one configuration (method, schedule) reaches ``target``, log-log interpolated; inf if none."""
+    """Fewest NFE at which one configuration (method, schedule; the rule as one) reaches ``target``, log-log
+    interpolated between its budgets; inf if none."""
     lines, best = {}, math.inf
     for r in rows:
         if keep(r):
-            lines.setdefault((r["library"], r["method"], r["schedule"]), []).append((r["nfe"], r["path_rms"]))
+            line = "rule" if is_rule(r) else (r["library"], r["method"], r["schedule"])
+            lines.setdefault(line, []).append((r["nfe"], r["path_rms"]))
     for pts in lines.values():
         pts.sort()
         prev = None
@@ -241,7 +243,7 @@ def report(results):
         goal = "<= 0.3 / <= 0.5" if b in (10, 20) else "-"
         lines.append(f"| {b} | " + " | ".join(cols) + f" | {goal} |")
     nfe_lines = ["| NFE to path error 1e-3 | median ratio to best peer (any grid) | worst | median ratio (own grids) | worst |", "|---|---|---|---|---|"]
-    for who in ("rule", "scoreflow_oracle", "adaptive_batch", "adaptive_per_sample"):
+    for who in ("rule", "scoreflow_oracle", "adaptive_batch", "adaptive_per_sample", "adaptive_per_sample_mean"):
         vals = [s["nfe_to_1e-3"][who] / s["nfe_to_1e-3"]["peer"] for s in random_only if math.isfinite(s["nfe_to_1e-3"]["peer"])]
         own = [s["nfe_to_1e-3"][who] / s["nfe_to_1e-3"]["peer_own"] for s in random_only if math.isfinite(s["nfe_to_1e-3"]["peer_own"])]
         summary[f"nfe_to_1e-3 {who}/peer"] = vals
