@@ -279,6 +279,7 @@ def plot_adaptive(results, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     shown = [res for res in results if not res[0].get("random")] + [res for res in results if res[0].get("random")][:3]
     fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.6), squeeze=False)
@@ -290,6 +291,8 @@ def plot_adaptive(results, path):
             ax.loglog(*zip(*pts), style, ms=4, label=label)
         ax.axhline(1e-3, color="grey", lw=0.8)
         ax.set(title=f"{info['problem']} (d={info['dim']}, K={info['components']})", xlabel="NFE", ylim=(1e-6, 1))
+        ax.set_xticks([5, 10, 20, 50, 100], ["5", "10", "20", "50", "100"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("RMS path error")
     axes[0][0].legend(fontsize=7)
