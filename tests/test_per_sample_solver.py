@@ -28,6 +28,17 @@ def test_a_sample_alone_equals_the_same_sample_in_a_batch_of_1000():
     assert torch.equal(x_T, problem.sde.prior_sample((1000, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64))
 
 
+def test_a_batch_of_one_takes_the_batch_wide_solvers_steps():
+    problem = make_problem("mixture16d", "vp")
+    x_T = problem.sde.prior_sample((3, 16), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for i in range(3):
+        one = _solve(problem.score, problem.sde, x_T[i : i + 1], 1e-4)
+        wide = sf.sample_ode(problem.score, problem.sde, x_T[i : i + 1], method="dpmpp_4m_pc_adaptive", rtol=1e-4, atol=1e-4)
+        # The step weights are solved differently (batched here, per step there): equal up to round-off.
+        assert torch.allclose(one.samples, wide.samples, rtol=0, atol=1e-10)
+        assert one.nfe == wide.nfe and int(one.stats["steps"][0]) == wide.stats["steps"]
+
+
 @pytest.mark.parametrize("sde", [sf.VPSDE(), sf.VESDE()], ids=["vp", "ve"])
 def test_tightening_the_tolerance_converges_to_the_closed_form_flow(sde):
     law = make_problem("gaussian2d", "vp").law

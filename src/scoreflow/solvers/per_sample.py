@@ -8,7 +8,8 @@ through the data predictions :math:`\hat x_0(\lambda_j)` at nodes :math:`r_j = (
           V^\top w = g,\ V_{ji} = r_j^i,\ g_i = i!\,h^{-i}\psi_i(h),
 
 a predictor through the step's start and up to three earlier nodes, one NFE at its end, and a corrector through
-that new node too.  Here every quantity is per sample: its step :math:`h`, its nodes, its error
+that new node too (two nodes take DPM-Solver++'s second-order form, as in :mod:`.adaptive`, so a batch of one
+sample takes the batch-wide solver's steps).  Here every quantity is per sample: its step :math:`h`, its nodes, its error
 :math:`e = \mathrm{RMS}\big((x_t - \tilde x_t)/(\mathrm{atol} + \mathrm{rtol}\max(|x_s|, |x_t|))\big)` over its own
 entries, its accept/reject decision and its next step :math:`h\,\mathrm{clip}(\mathrm{safety}\,e^{-1/(p+1)}, 1/5,
 \mathrm{max\_factor})`.  Nothing couples two samples, so a sample's result does not depend on the batch it is in
@@ -37,6 +38,9 @@ _HISTORY = 3  # earlier nodes kept beside the step's start: a 4-point predictor,
 def _lagrange_weights(nodes: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     r"""Weights :math:`w` of :math:`\alpha_t\sum_j w_j\hat x_0(\lambda_j)` for nodes ``(B, k)`` (scaled by ``h``) and steps ``h`` ``(B,)``."""
     k = nodes.shape[1]
+    if k == 2:  # DPM-Solver++'s second-order form, as the batch-wide solver uses (it differs at third order)
+        half = 0.5 / nodes[:, 1]
+        return -torch.expm1(-h)[:, None] * torch.stack([1.0 - half, half], 1)
     psi, g = -torch.expm1(-h), []
     for j in range(k):
         if j > 0:
