@@ -1,5 +1,6 @@
 """sample_ode(method="ipndm"): fourth order on steps equal in sigma/alpha (its design), second order on diffusion grids."""
 
+import pytest
 import torch
 
 import scoreflow as sf
@@ -36,3 +37,10 @@ def test_second_order_on_a_log_snr_grid():
     steps = [24, 48, 96]
     errors = _errors(lambda sde, n: sf.time_grid(sde, n, "log_snr"), steps)
     assert 1.7 < fit_order([1 / n for n in steps], errors) < 2.6, errors
+
+
+def test_refused_at_pure_noise():
+    flow = sf.RectifiedFlow()
+    model = make_problem("gaussian2d", "vp").law.velocity(flow)
+    with pytest.raises(ValueError, match=r"sample_ode: the native method IPNDM divides by alpha\(T\) = 0"):
+        sf.sample_ode(model, flow, torch.zeros(4, 2), method="ipndm", steps=4)

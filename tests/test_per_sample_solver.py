@@ -82,3 +82,6 @@ def test_non_finite_score_and_step_limit():
         _solve(problem.score, problem.sde, torch.zeros(4, 2, dtype=torch.float64), 1e-8, options={"max_steps": 3})
     with pytest.raises(ValueError, match=r"the adaptive method 'dpmpp_4m_pc_adaptive_per_sample' chooses its own steps"):
         sf.sample_ode(problem.score, problem.sde, torch.zeros(4, 2), method=METHOD, steps=10)
+    flow = sf.RectifiedFlow()
+    with pytest.raises(ValueError, match=r"sample_ode: the method 'dpmpp_4m_pc_adaptive_per_sample' cannot start at pure noise .* Fix: method='dpmpp_4m_pc_adaptive'"):
+        _solve(make_problem("gaussian2d", "vp").law.velocity(flow), flow, torch.zeros(4, 2), 1e-3)

@@ -29,6 +29,7 @@ class IPNDM(NativeSolver):
 
     order = 2
     default_schedule = "log_snr_capped"
+    from_pure_noise = False  # y = x / alpha
 
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         traj, history = [x], []

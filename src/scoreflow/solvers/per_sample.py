@@ -28,7 +28,7 @@ from ..dynamics.counting import CountedScore
 from ..methods import Method, Path, Tolerances, register
 from ..sde import ForwardSDE
 from .adaptive import AdaptiveExponentialPC
-from .base import ScorePredictions
+from .base import ScorePredictions, check_native_ends
 
 __all__ = ["PerSampleExponentialPC"]
 
@@ -71,7 +71,18 @@ class PerSampleExponentialPC(AdaptiveExponentialPC):
     def sample(
         self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Tolerances, *, trajectory: bool = False
     ) -> Path:
-        """Integrate the probability-flow ODE from ``x_T`` between the ends ``stepping.times``, each sample to the tolerances."""
+        """Integrate the probability-flow ODE from ``x_T`` between the ends ``stepping.times``, each sample to the tolerances.
+
+        Raises:
+            ValueError: on a process at pure noise at T (log-SNR -inf), or a solve to t = 0.
+        """
+        if sde.pure_noise_at_T:
+            raise ValueError(
+                f"sample_ode: the method 'dpmpp_4m_pc_adaptive_per_sample' cannot start at pure noise (log-SNR -inf at T) "
+                f"on {sde!r}. Fix: method='dpmpp_4m_pc_adaptive', whose first step starts there, or a path that ends "
+                "before pure noise."
+            )
+        check_native_ends(type(self).__name__, sde, stepping.times, True)
         start, end = stepping.times
         x, stats = self.solve_rows(ScorePredictions(score, sde), start, end, x_T, stepping.rtol, stepping.atol)
         return Path(stepping.times, [x_T, x], stats)
