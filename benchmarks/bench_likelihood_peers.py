@@ -1,7 +1,7 @@
 """Likelihood benchmark: scoreflow's Hutchinson estimate against score_sde's likelihood and flow_matching's, at equal accuracy.
 
-On 16-D Gaussian mixtures (the testing kit's ``mixture16d`` and random ones: 2-6 components, random means and
-covariances per seed), batch 1000, float64, VP, every method integrates the probability-flow ODE with its
+On 16-D Gaussian mixtures (the testing kit's ``mixture16d`` and random ones drawn by ``peers.random_mixture``: 2-6
+components, random weights, means and covariances per seed), batch 1000, float64, VP, every method integrates the probability-flow ODE with its
 divergence from t_min to T with one Rademacher probe per sample, the *same* probe for all (so the probe's own
 error, which dominates the error to the exact log p, is the same for all), and the exact p_T as prior:
 
@@ -41,23 +41,13 @@ import torch
 
 import scoreflow as sf
 from bench_likelihood import baseline_log_likelihood
+from peers import random_mixture
 from scoreflow.dynamics.divergence import draw_probes
 from scoreflow.testing import make_law
 
 TOLERANCES = (1e-3, 1e-4, 1e-5, 1e-6)
 TARGETS = (1e-3, 1e-4)
 BATCH = 1000
-
-
-def random_mixture16(seed: int) -> sf.analytic.GaussianMixture:
-    """A 16-D mixture with 2-6 components, means N(0, 2^2 I), random SPD covariances (eigenvalues 0.05-1)."""
-    g = torch.Generator().manual_seed(3000 + seed)
-    k, d = int(torch.randint(2, 7, (), generator=g)), 16
-    means = 2 * torch.randn(k, d, generator=g, dtype=torch.float64)
-    q, _ = torch.linalg.qr(torch.randn(k, d, d, generator=g, dtype=torch.float64))
-    eig = 0.05 + 0.95 * torch.rand(k, d, generator=g, dtype=torch.float64)
-    covs = q @ torch.diag_embed(eig) @ q.transpose(-1, -2)
-    return sf.analytic.GaussianMixture(0.3 + torch.rand(k, generator=g, dtype=torch.float64), means, covs)
 
 
 def score_sde_log_likelihood(score, sde, x, probe, *, rtol, atol, prior_log_prob):
@@ -176,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     problems = {"mixture16d": make_law("mixture16d")}
-    problems.update({f"random16d seed {s}": random_mixture16(s) for s in args.seeds})
+    problems.update({f"random16d seed {s}": random_mixture(3000 + s, dims=(16, 16), components=(2, 6))[0] for s in args.seeds})
     all_rows, info = [], {}
     for name, law in problems.items():
         rows, probe_error, k = run_problem(name, law, args.rounds)

@@ -12,7 +12,7 @@ Times are CPU time of the process (one thread, so equal to wall time on an idle 
 processes on a shared one) and wall time.  Scores, on batches of 10 000 in float32:
 
 - ``mixture``: scoreflow's exact score of a random 2-D Gaussian mixture (``law.score(sde)``; 3-10 components,
-  random means and covariances per seed), the cheap score;
+  random weights, means and covariances per seed, drawn by ``peers.random_mixture``), the cheap score;
 - ``lean mixture``: the same law's score written as one chain of tensor operations (no host read), cheaper still;
 - ``mlp``: a random MLP of width 512 on (x, t) (two hidden layers, SiLU), the costly score.
 
@@ -39,29 +39,17 @@ import random
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 import scoreflow as sf
-from bench_few_nfe import Counted, load_k_diffusion_sampling, vp_denoiser
+from peers import Counted, load_k_diffusion_sampling, random_mixture, vp_denoiser
 
 BATCH = 10_000
 STEPS = 10
 KD_SAMPLERS = ("euler", "heun", "dpm_2", "lms", "dpmpp_2m")
 SCORES = ("mixture", "lean mixture", "mlp")
-
-
-def random_mixture(seed: int, dtype: torch.dtype) -> sf.analytic.GaussianMixture:
-    """A 2-D mixture with 3-10 components, means in [-3, 3]^2 and random SPD covariances (eigenvalues 0.02-0.5)."""
-    g = torch.Generator().manual_seed(1000 + seed)
-    k = int(torch.randint(3, 11, (), generator=g))
-    means = 6 * torch.rand(k, 2, generator=g, dtype=torch.float64) - 3
-    angle = 2 * torch.pi * torch.rand(k, generator=g, dtype=torch.float64)
-    rot = torch.stack([torch.stack([angle.cos(), -angle.sin()], -1), torch.stack([angle.sin(), angle.cos()], -1)], -2)
-    eig = 0.02 + 0.48 * torch.rand(k, 2, generator=g, dtype=torch.float64)
-    covs = rot @ torch.diag_embed(eig) @ rot.transpose(-1, -2)
-    weights = 0.2 + torch.rand(k, generator=g, dtype=torch.float64)
-    return sf.analytic.GaussianMixture(weights, means, covs).to(dtype)
 
 
 class LeanMixtureScore:
@@ -97,7 +85,7 @@ class MLPScore(torch.nn.Module):
 
 def make_scores(seed: int, which: list[str], sde: sf.ForwardSDE) -> tuple[dict, int]:
     """The scores named in ``which`` for ``seed``, and the mixture's number of components."""
-    law = random_mixture(seed, torch.float32)
+    law, _ = random_mixture(1000 + seed, dims=(2, 2), components=(3, 10), dtype=torch.float32)
     scores = {"mixture": law.score(sde), "lean mixture": LeanMixtureScore(law, sde), "mlp": MLPScore(seed)}
     return {name: scores[name] for name in which}, law.n_components
 
@@ -117,7 +105,7 @@ def solvers(sde, x_T, kd):
         sigmas = kd.get_sigmas_karras(STEPS + 1, s_min, s_max, rho=7.0).to(x_T.dtype)[:-1]
         for name in KD_SAMPLERS:
             def run(score, sampler=getattr(kd, f"sample_{name}")):
-                model = Counted(vp_denoiser(score, sde))
+                model = Counted(vp_denoiser(SimpleNamespace(score=lambda _: score), sde))
                 sampler(model, x_T / alpha_T, sigmas, disable=True)
                 return model.calls
 

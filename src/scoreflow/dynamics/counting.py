@@ -15,6 +15,7 @@ import torch
 from .._checks import check_callable, check_like
 from .._tensor import ScoreFn, batch_time
 from ..errors import NonFiniteError
+from ..parameterizations import prediction_of
 
 __all__ = ["ScoreFn", "CountedScore", "FiniteWatch"]
 
@@ -71,10 +72,12 @@ class CountedScore(torch.nn.Module):
     its output must be a tensor with the shape, dtype and device of ``x`` (the message names ``caller``;
     the check reads no tensor values).  Non-finite outputs are recorded in ``finite`` (a
     :class:`FiniteWatch`) without a host read; run the solve inside :meth:`guard` to have them raised.
+    A model that carries a native prediction (:mod:`scoreflow.parameterizations`) keeps it:
+    ``prediction`` names it and ``predict`` evaluates it, counted and checked alike.
 
-    A call at the very tensor ``x`` (unmodified) and time object ``t`` of the previous call returns the
-    previous output without evaluating again: a step callback asking for the prediction at the state the
-    next step starts from then costs no evaluation.
+    A call at the very tensor ``x`` (unmodified) and time object ``t`` of the previous call of the same
+    kind returns the previous output without evaluating again: a step callback asking for the prediction
+    at the state the next step starts from then costs no evaluation.
 
     Args:
         score: the score model.
@@ -82,6 +85,7 @@ class CountedScore(torch.nn.Module):
 
     Attributes:
         nfe: score evaluations so far.
+        prediction: the model's native prediction (``"score"`` for a plain callable).
         finite: the record of non-finite values.
 
     Raises:
@@ -92,23 +96,31 @@ class CountedScore(torch.nn.Module):
         super().__init__()
         self.score = check_callable(caller, "score", score, "score(x, t)")
         self.caller = caller
+        self.prediction = prediction_of(score)
         self.nfe = 0
         self.finite = FiniteWatch()
-        self._last: tuple[torch.Tensor, Any, int, torch.Tensor] | None = None
+        self._last: tuple[bool, torch.Tensor, Any, int, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+        return self._call(False, x, t)
+
+    def predict(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+        """The model's native prediction (the score for a plain score callable), counted and checked."""
+        return self._call(self.prediction != "score", x, t)
+
+    def _call(self, native: bool, x: torch.Tensor, t: Any) -> torch.Tensor:
         last = self._last
-        if last is not None and last[0] is x and last[1] is t and last[2] == x._version:
-            return last[3]
+        if last is not None and last[0] == native and last[1] is x and last[2] is t and last[3] == x._version:
+            return last[4]
         # a solver's 0-dim time in x's dtype and device is broadcast by a view (the general path costs a dispatch more)
         same = torch.is_tensor(t) and t.ndim == 0 and t.dtype == x.dtype and t.device == x.device
         tb = t.expand(x.shape[0]) if same else batch_time(t, x)
-        out = self.score(x, tb)
+        out = (self.score.predict if native else self.score)(x, tb)
         self.nfe += 1
         if self.nfe == 1:
             check_like(self.caller, "score", out, x, what="the score")
         self.finite.record("score", out, tb)
-        self._last = (x, t, x._version, out)
+        self._last = (native, x, t, x._version, out)
         return out
 
     @contextlib.contextmanager

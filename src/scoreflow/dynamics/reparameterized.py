@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .._tensor import right_pad
+from ..parameterizations import convert
 from ..schedules import TIME_VARIABLES, from_time_variable, to_time_variable
 from ..sde import ForwardSDE
 from .counting import CountedScore, ScoreFn
@@ -57,9 +58,13 @@ class ScaledProbabilityFlowODE(torch.nn.Module):
         return x / right_pad(self.sde.marginal(t)[0], x)
 
     def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # dy/dsigma-bar = eps-hat;  dy/dlambda = -e^{-lambda} eps-hat
         u = u.to(y.dtype)
         t = from_time_variable(self.sde, self.time, u)
         alpha, sigma = self.sde.marginal(t)
-        # dy/dsigma-bar = eps-hat = -sigma s;  dy/dlambda = -e^{-lambda} eps-hat
-        coef = -sigma if self.time == "sigma" else sigma * torch.exp(-u)
-        return self.score(right_pad(alpha, y) * y, t) * right_pad(coef, y)
+        x = right_pad(alpha, y) * y
+        native = self.score.predict(x, t)
+        if self.score.prediction == "score":  # eps-hat = -sigma s: one coefficient, one pass over the state
+            return native * right_pad(-sigma if self.time == "sigma" else sigma * torch.exp(-u), y)
+        eps = convert(native, self.score.prediction, "eps", x, t, self.sde)
+        return eps if self.time == "sigma" else -right_pad(torch.exp(-u), y) * eps

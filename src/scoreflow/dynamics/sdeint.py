@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torchsde
 
-from .._checks import check_generator
+from .._checks import check_generator, check_positive
 from ..methods import Method, Solution, StepMonitor, Stepping, Tolerances, register
 from ..sde import ForwardSDE
 from .counting import CountedScore
@@ -103,6 +103,7 @@ def brownian_motion(
     generator: torch.Generator | None = None,
     levy_area: bool = False,
     query_independent: bool = False,
+    step_size: float | None = None,
 ) -> BrownianPath:
     """A Brownian path on ``[0, duration]`` (solver time s = T - t) for the flattened state of ``x_T``.
 
@@ -113,12 +114,24 @@ def brownian_motion(
     or build it with ``query_independent=True`` (torchsde's dyadic ``halfway_tree``: the same path
     however it is queried, 4-5x slower to query); pass it to :func:`scoreflow.sample_sde` as ``bm``.
 
+    ``step_size``, the typical step of the solves it will drive, lets torchsde build its dependency tree
+    up front; without it torchsde infers one from its first queries, which with thousands of steps nests
+    deeper than Python's recursion limit.
+
     Raises:
         TypeError: if ``generator`` is not a ``torch.Generator``.
+        ValueError: for a ``duration`` or ``step_size`` that is not a finite number > 0, or ``step_size``
+            with ``query_independent=True`` (the dyadic tree needs no hint).
     """
-    check_generator("brownian_motion", generator)
+    fn = "brownian_motion"
+    check_generator(fn, generator)
+    duration = check_positive(fn, "duration", duration)
+    if step_size is not None:
+        step_size = check_positive(fn, "step_size", step_size)
+        if query_independent:
+            raise ValueError(f"{fn}: argument 'step_size' applies to query_independent=False (the dyadic tree needs no hint).")
     entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else "cpu"))
-    extra = {"halfway_tree": True, "tol": duration * 2.0**-20} if query_independent else {}
+    extra = {"halfway_tree": True, "tol": duration * 2.0**-20} if query_independent else {"dt": step_size}
     interval = torchsde.BrownianInterval(
         t0=0.0,
         t1=duration,
@@ -225,7 +238,8 @@ class TorchsdeSolver:
 
 
 def _register(
-    name: str, sde_type: str, strong_order: float, weak_order: float, nfe_per_step: int, summary: str, **extra: Any
+    name: str, sde_type: str, strong_order: float, weak_order: float, drift_order: float, nfe_per_step: int,
+    summary: str, **extra: Any,
 ) -> None:
     register(
         Method(
@@ -236,6 +250,7 @@ def _register(
             summary=summary,
             strong_order=strong_order,
             weak_order=weak_order,
+            drift_order=drift_order,
             nfe_per_step=nfe_per_step,
             tolerance=True,
             step_size=True,
@@ -246,12 +261,13 @@ def _register(
 
 
 # Strong orders for additive noise (Euler-Maruyama is order 1 here, not 1/2); weak orders as torchsde
-# declares them.  Score evaluations per step as counted on the flattened diagonal-noise state
-# (torchsde's srk then runs its diagonal-noise scheme, with 10 drift evaluations).
-_register("euler", "ito", 1.0, 1.0, 1, "Euler-Maruyama")
-_register("milstein", "ito", 1.0, 1.0, 1, "Milstein (equal to Euler-Maruyama for additive noise)")
-_register("srk", "ito", 1.5, 1.5, 10, "stochastic Runge-Kutta of strong order 1.5 (needs Levy area)", levy_area=True)
-_register("heun", "stratonovich", 1.0, 1.0, 2, "stochastic Heun (Stratonovich)")
-_register("midpoint", "stratonovich", 1.0, 1.0, 2, "stochastic midpoint (Stratonovich)")
-_register("euler_heun", "stratonovich", 1.0, 1.0, 1, "Euler-Heun (Stratonovich)")
-_register("reversible_heun", "stratonovich", 1.0, 1.0, 1, "reversible Heun (algebraically reversible; small stability region)")
+# declares them; drift orders measured with the noise switched off (g = 0, a nonlinear ODE; srk's
+# diagonal-noise scheme is third order there).  Score evaluations per step as counted on the flattened
+# diagonal-noise state (torchsde's srk then runs its diagonal-noise scheme, with 10 drift evaluations).
+_register("euler", "ito", 1.0, 1.0, 1.0, 1, "Euler-Maruyama")
+_register("milstein", "ito", 1.0, 1.0, 1.0, 1, "Milstein (equal to Euler-Maruyama for additive noise)")
+_register("srk", "ito", 1.5, 1.5, 3.0, 10, "stochastic Runge-Kutta of strong order 1.5 (needs Levy area)", levy_area=True)
+_register("heun", "stratonovich", 1.0, 1.0, 2.0, 2, "stochastic Heun (Stratonovich)")
+_register("midpoint", "stratonovich", 1.0, 1.0, 2.0, 2, "stochastic midpoint (Stratonovich)")
+_register("euler_heun", "stratonovich", 1.0, 1.0, 1.0, 1, "Euler-Heun (Stratonovich)")
+_register("reversible_heun", "stratonovich", 1.0, 1.0, 2.0, 1, "reversible Heun (algebraically reversible; small stability region)")

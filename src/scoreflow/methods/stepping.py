@@ -24,6 +24,9 @@ DEFAULT_TOLERANCE = 1e-5
 # The schedule of a fixed grid when none is given, by integration variable: uniform in t, Karras'
 # in sigma/alpha, uniform in log-SNR.
 _DEFAULT_SCHEDULE = {"t": "t", "sigma": "karras", "log_snr": "log_snr"}
+# Schedules undefined where a flow path reaches pure noise (log-SNR -inf at T); the native methods then
+# default to "log_snr_capped", which is finite there.
+_INFINITE_AT_PURE_NOISE = ("log_snr", "karras")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class Grid:
     def steps(self) -> int:
         """The number of steps."""
         return len(self.times) - 1
+
+    @property
+    def first_step(self) -> float:
+        """The length of the first step (a host read: for set-up, never inside a step loop)."""
+        return self.step_size if self.step_size is not None else abs(float(self.times[1] - self.times[0]))
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,8 @@ def resolve_stepping(
     A method that chooses its own steps (``method.adaptive``) takes ``rtol``/``atol`` (default
     :data:`DEFAULT_TOLERANCE`) and no grid.  A fixed-grid method takes ``steps`` (placed by ``schedule``,
     a name from ``SCHEDULES``; default: uniform in its integration variable, or the schedule the method
-    was designed for), or a ``schedule`` that is the grid itself (a 1-D tensor of times from ``start`` to
+    was designed for; ``"log_snr_capped"`` for a log-SNR one on a path that reaches pure noise), or a
+    ``schedule`` that is the grid itself (a 1-D tensor of times from ``start`` to
     ``end``), or, where the method allows it, a ``step_size``; with ``adaptive=True`` (methods that also run
     with error control) that grid's first step starts the error-controlled solve.  ``save_at`` (error-controlled
     solves only) adds times between the ends at which the solver returns the state.
@@ -136,6 +145,11 @@ def resolve_stepping(
         if not method.time_variables:
             raise ValueError(f"{fn}: the native method {name!r} integrates in its own variables; omit 'time' (got {time!r}).")
         check_choice(fn, "time", time, method.time_variables)
+        if time != "t" and sde.pure_noise_at_T:
+            raise ValueError(
+                f"{fn}: time={time!r} is infinite at T={sde.T:g} on {sde!r}, where alpha(T) = 0 (pure "
+                "noise). Fix: time='t' (the default), or a native exponential integrator."
+            )
     time = time or "t"
     if save_at is not None and not (method.adaptive or adaptive):
         raise ValueError(
@@ -174,9 +188,8 @@ def resolve_stepping(
         grid = Grid(_grid(fn, method, sde, like, start, end, steps, schedule, time), time=time)
     if not adaptive:
         return grid
-    first_step = grid.step_size if grid.step_size is not None else abs(float(grid.times[1] - grid.times[0]))
     times, save_index = _output_times(fn, save_at, start, end, like)
-    return Tolerances(times, *_tolerances(fn, rtol, atol), time=time, first_step=first_step, save_index=save_index)
+    return Tolerances(times, *_tolerances(fn, rtol, atol), time=time, first_step=grid.first_step, save_index=save_index)
 
 
 def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: float, end: float, steps: Any,
@@ -195,6 +208,8 @@ def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: f
                 raise ValueError(f"{fn}: 'schedule' places the grid of a fixed-grid method and needs 'steps', got steps=None.")
         check_int(fn, "steps", steps)
         default = _DEFAULT_SCHEDULE[time] if method.time_variables else method.default_schedule
+        if default in _INFINITE_AT_PURE_NOISE and sde.pure_noise_at_T:
+            default = "log_snr_capped"
         ts = time_grid(sde, steps, schedule or default, t_min=t_min)
     ts = ts.to(dtype=like.dtype, device=like.device)
     return ts.flip(0) if increasing else ts

@@ -11,18 +11,23 @@ import torch
 from .._tensor import as_time, right_pad
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..methods import Grid, Solution, StepCallback, StepMonitor, Stepping, Tolerances
+from ..parameterizations import convert
 from ..sde import ForwardSDE
 from .result import SampleResult
 
 
 def tweedie(score: CountedScore, sde: ForwardSDE, x: torch.Tensor, t: Any) -> torch.Tensor:
-    r"""The data prediction :math:`\hat x_0 = E[x_0 \mid x_t] = (x + \sigma^2 s(x,t))/\alpha` (one NFE).
+    r"""The data prediction :math:`\hat x_0 = E[x_0 \mid x_t] = (x + \sigma^2 s(x,t))/\alpha` (one NFE), from the model's
+    native prediction (finite at pure noise for a flow velocity, data or v prediction).
 
-    ``t`` is handed to the score as it is, so a solver that evaluates the score at the same state and time
-    object next reuses this evaluation (see :class:`~scoreflow.CountedScore`).
+    ``t`` is handed to the model as it is, so a solver that evaluates it at the same state and time object
+    next reuses this evaluation (see :class:`~scoreflow.CountedScore`).
     """
+    native = score.predict(x, t)
+    if score.prediction != "score":
+        return convert(native, score.prediction, "x0", x, t, sde)
     alpha, sigma = sde.marginal(as_time(t, x))
-    return (x + right_pad(sigma**2, x) * score(x, t)) / right_pad(alpha, x)
+    return (x + right_pad(sigma**2, x) * native) / right_pad(alpha, x)
 
 
 def step_monitor(

@@ -10,7 +10,7 @@ from .._checks import check_batch, check_generator, resolve_t_min
 from ..dynamics.counting import ScoreFn
 from ..dynamics.sdeint import BrownianPath, brownian_motion
 from ..methods import StepCallback, get_method, resolve_stepping
-from ..sde import ForwardSDE, check_sde
+from ..sde import ForwardSDE, check_diffusion_finite_at_T
 from ._common import check_save_at_alone, sample_with
 from .result import SampleResult
 
@@ -74,6 +74,8 @@ def sample_sde(
         A :class:`SampleResult` with ``samples`` at ``t_min`` and ``nfe``.
 
     Raises:
+        ValueError: for a process that reaches pure noise at T (a flow path such as ``RectifiedFlow()``, whose
+            reverse SDE has infinite diffusion there; truncate it, ``RectifiedFlow(T=0.999)``).
         ValueError: for an unknown method (listing the valid ones), a missing ``steps``/``step_size``,
             ``t_min`` outside ``(0, T)``, a malformed ``x_T``, both ``bm`` and ``generator``, or a
             ``bm`` of the wrong size or span, or without the Lévy area the method needs, or ``save_at`` without
@@ -84,7 +86,7 @@ def sample_sde(
         NonFiniteError: if the score becomes NaN/inf; the message names the time (found when the solve ends).
     """
     fn = "sample_sde"
-    check_sde(fn, sde)
+    check_diffusion_finite_at_T(fn, sde)
     spec = get_method("sde", method, caller=fn)
     solver = spec.build(fn, options)
     check_generator(fn, generator)
@@ -100,7 +102,10 @@ def sample_sde(
     duration = sde.T - t_min
     if bm is None:
         # The path must cover the solve's last time as rounded in x_T's dtype.
-        bm = brownian_motion(x_T, float(sde.T - stepping.times[-1]), generator=generator, levy_area=spec.levy_area)
+        bm = brownian_motion(
+            x_T, float(sde.T - stepping.times[-1]), generator=generator, levy_area=spec.levy_area,
+            step_size=stepping.first_step,
+        )
     elif not isinstance(bm, BrownianPath):
         raise TypeError(
             f"{fn}: argument 'bm' expected a scoreflow BrownianPath (see scoreflow.brownian_motion), got {type(bm).__name__}."

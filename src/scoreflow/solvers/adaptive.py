@@ -15,19 +15,24 @@ for a predictor through :math:`p` points (local error :math:`O(h^{p+1})`).  A re
 The last step, which lands exactly on :math:`\lambda(t_{min})`, is corrected too (its prediction is not
 needed afterwards, but an uncorrected long final step was the largest error on the mixtures of the
 few-NFE benchmark).  Steps concentrate where the data prediction changes fast in :math:`\lambda`, e.g.
-where trajectories choose between the modes of a mixture.  Times asked for between the ends (dense output)
+where trajectories choose between the modes of a mixture.  From pure noise (a flow path at T,
+:math:`\lambda = -\infty`) the first step is taken in :math:`r = e^\lambda` (see :func:`.pure_noise_weights`) and
+its end point moves by :math:`\log` of the same factor.  Times asked for between the ends (dense output)
 are landed on exactly, like the last one.  The step control reads its error norm on the host every step
 (as torchdiffeq's does); the coefficients of a step are computed on the CPU in float64 from the log-SNRs.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..dynamics.counting import CountedScore
 from ..methods import Method, Solution, StepMonitor, Tolerances, int_option, positive_option, register
 from ..sde import ForwardSDE
-from .multistep import polynomial_weights
+from .base import Nodes, check_native_ends
+from .multistep import polynomial_weights, pure_noise_weights
 
 __all__ = ["AdaptiveExponentialPC"]
 
@@ -72,6 +77,9 @@ class AdaptiveExponentialPC:
 
         Returns the final state, the states at every time of ``stepping.times`` (``saved``) and the counts of
         accepted and rejected steps.
+
+        Raises:
+            ValueError: for a solve to t = 0 (log-SNR +inf).
         """
         return _AdaptiveSolve(self, score, sde, stepping, monitor).run(x_T)
 
@@ -84,59 +92,81 @@ class _AdaptiveSolve:
         self.method, self.score, self.sde, self.monitor = method, score, sde, monitor
         self.rtol, self.atol = stepping.rtol, stepping.atol
         self.targets = stepping.times.unbind()
-        self.targets_lam = self.sde.log_snr(stepping.times.detach().to("cpu", torch.float64)).tolist()
+        self.targets_lam = Nodes(sde, stepping.times, score.prediction).lam
+        check_native_ends(type(method).__name__, sde, float(stepping.times[-1]), True)
 
-    def coefs(self, lam: float, t: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        """The time (in ``like``'s dtype and device) and ``(alpha, sigma)`` at log-SNR ``lam`` (the given ``t`` if any)."""
-        lam64 = torch.tensor(lam, dtype=torch.float64)
-        t64 = self.sde.t_from_log_snr(lam64) if t is None else t.detach().to("cpu", torch.float64)
-        alpha, sigma = self.sde.marginal(t64)
+    def coefs(self, lam: float, t: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, float, float, float, float]:
+        """The time (in ``like``'s dtype and device), ``(alpha, sigma)`` and the data prediction's affine map ``(a, b)``
+        (:math:`\hat x_0 = a x + b p`) at log-SNR ``lam`` (at the given ``t`` if any)."""
+        t64 = self.sde.t_from_log_snr(torch.tensor([lam], dtype=torch.float64)) if t is None else t.reshape(1)
+        node = Nodes(self.sde, t64, self.score.prediction)
+        (a,), (b,) = node.affine("x0")
         if t is None:
-            t = t64.to(dtype=like.dtype, device=like.device)
-        return t, float(alpha), float(sigma)
+            t = t64[0].to(dtype=like.dtype, device=like.device)
+        return t, node.alpha[0], node.sigma[0], a, b
 
-    def data(self, x: torch.Tensor, t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-        return (x / alpha).add(self.score(x, t), alpha=sigma**2 / alpha)
+    def data(self, x: torch.Tensor, t: torch.Tensor, a: float, b: float) -> torch.Tensor:
+        return (x * a).add(self.score.predict(x, t), alpha=b)
 
-    def update(self, x, ratio, alpha_t, h, points, preds):
-        r"""``ratio * x + alpha_t * sum_j y_j preds_j`` with the :func:`polynomial_weights` ``y`` of ``points`` (log-SNR offsets / h)."""
+    def update(self, x, ratio, alpha_t, h, points, preds, *, from_noise=False):
+        r"""``ratio * x + alpha_t * sum_j y_j preds_j`` with the weights ``y`` of ``points`` (log-SNR offsets / h, or from
+        pure noise the nodes in :math:`\rho = r/r_t`)."""
+        weights = pure_noise_weights(points) if from_noise else polynomial_weights(h, points)
         out = x * ratio
-        for w, m in zip(polynomial_weights(h, points), preds):
+        for w, m in zip(weights, preds):
             out = out.add(m, alpha=alpha_t * w)
         return out
 
     def run(self, x: torch.Tensor) -> Solution:
         method, monitor = self.method, self.monitor
-        t_s, alpha_s, sigma_s = self.coefs(self.targets_lam[0], self.targets[0], x)
+        t_s, _, sigma_s, a, b = self.coefs(self.targets_lam[0], self.targets[0], x)
         lam_s = self.targets_lam[0]
-        m = self.data(x, t_s, alpha_s, sigma_s)
+        m = self.data(x, t_s, a, b)
         saved, history, target = [x], [], 1  # history: (lambda, prediction), newest first
         h, accepted, rejected = method.h_init, 0, 0  # a first step beyond the target becomes the last step below
+        # From pure noise (lambda = -inf) the first step is sized in r = e^lambda: it ends at lambda = lam_first,
+        # which a rejection moves by log(factor) (the step's error scales as r_t^(p+1), as an ordinary step's as h^(p+1)).
+        from_noise, lam_first = not math.isfinite(lam_s), -method.h_init
         for _ in range(method.max_steps):
-            remaining = self.targets_lam[target] - lam_s
-            land = h >= 0.999 * remaining
-            if land:
-                h = remaining
-            elif h > 0.7 * remaining:
-                h = 0.5 * remaining  # two similar steps rather than a sliver before the target
-            lam_t = self.targets_lam[target] if land else lam_s + h
-            t, alpha_t, sigma_t = self.coefs(lam_t, self.targets[target] if land else None, x)
+            if from_noise:
+                land = lam_first >= self.targets_lam[target]
+                lam_t = self.targets_lam[target] if land else lam_first
+            else:
+                remaining = self.targets_lam[target] - lam_s
+                land = h >= 0.999 * remaining
+                if land:
+                    h = remaining
+                elif h > 0.7 * remaining:
+                    h = 0.5 * remaining  # two similar steps rather than a sliver before the target
+                lam_t = self.targets_lam[target] if land else lam_s + h
+            t, alpha_t, sigma_t, a, b = self.coefs(lam_t, self.targets[target] if land else None, x)
             step, ratio = lam_t - lam_s, sigma_t / sigma_s
             others = history[: method.points - 1]
-            offsets = [(lam - lam_s) / step for lam, _ in others]
-            x_pred = self.update(x, ratio, alpha_t, step, [0.0, *offsets], [m, *(p for _, p in others)])
-            m_t = self.data(x_pred, t, alpha_t, sigma_t)
-            x_t = self.update(x, ratio, alpha_t, step, [0.0, 1.0, *offsets], [m, m_t, *(p for _, p in others)])
+            if from_noise:  # the start at r = 0, the end at rho = 1 (no history yet)
+                x_pred = self.update(x, ratio, alpha_t, step, [0.0], [m], from_noise=True)
+            else:
+                offsets = [(lam - lam_s) / step for lam, _ in others]
+                x_pred = self.update(x, ratio, alpha_t, step, [0.0, *offsets], [m, *(p for _, p in others)])
+            m_t = self.data(x_pred, t, a, b)
+            if from_noise:
+                x_t = self.update(x, ratio, alpha_t, step, [0.0, 1.0], [m, m_t], from_noise=True)
+            else:
+                x_t = self.update(x, ratio, alpha_t, step, [0.0, 1.0, *offsets], [m, m_t, *(p for _, p in others)])
             scale = self.atol + self.rtol * torch.maximum(x.abs(), x_t.abs())
             err = float(((x_t - x_pred) / scale).square().mean().sqrt())
-            factor = method.safety * max(err, 1e-10) ** (-1.0 / (len(others) + 2))
-            h = step * min(method.max_factor, max(method.min_factor, factor))
+            factor = min(method.max_factor, max(method.min_factor, method.safety * max(err, 1e-10) ** (-1.0 / (len(others) + 2))))
+            if from_noise:
+                lam_first, h = lam_t + math.log(factor), method.h_init * factor
+            else:
+                h = step * factor
             if err > method.reject_above:
                 rejected += 1
                 continue
-            history.insert(0, (lam_s, m))
+            if not from_noise:  # a prediction at lambda = -inf drops out of later polynomials (see multistep)
+                history.insert(0, (lam_s, m))
+            from_noise = False
             reported = monitor.step(accepted, t, x_t)
-            m = m_t if reported is x_t else self.data(reported, t, alpha_t, sigma_t)
+            m = m_t if reported is x_t else self.data(reported, t, a, b)
             x, lam_s, sigma_s, accepted = reported, lam_t, sigma_t, accepted + 1
             if land:
                 saved.append(x)

@@ -1,16 +1,17 @@
-r"""What every native solver shares: the nodes of a solve, their coefficients, and the predictions of a score there.
+r"""What every native solver shares: the nodes of a solve, their coefficients, and the predictions of a model there.
 
-With :math:`x_t = \alpha x_0 + \sigma\varepsilon` and :math:`\lambda = \log(\alpha/\sigma)`, a score
-:math:`s(x, t)` gives the noise prediction :math:`\hat\varepsilon = -\sigma s` and the data (Tweedie)
-prediction :math:`\hat x_0 = (x + \sigma^2 s)/\alpha`; the solvers integrate the probability-flow ODE
-written with either of them, exactly in its linear part (Lu et al. 2022).
+With :math:`x_t = \alpha x_0 + \sigma\varepsilon` and :math:`\lambda = \log(\alpha/\sigma)`, a model gives the noise
+prediction :math:`\hat\varepsilon` and the data (Tweedie) prediction :math:`\hat x_0` as affine functions of the
+state and of its native prediction (for a score, :math:`\hat\varepsilon = -\sigma s` and
+:math:`\hat x_0 = (x + \sigma^2 s)/\alpha`; see :mod:`scoreflow.parameterizations`); the solvers integrate the
+probability-flow ODE written with either of them, exactly in its linear part (Lu et al. 2022).
 
-A fixed-grid solve knows every time it will evaluate the score at before it starts, so a native solver
+A fixed-grid solve knows every time it will evaluate the model at before it starts, so a native solver
 first makes its *plan*: it reads the grid once (one host read per solve), computes the coefficients of
 every step in float64 Python arithmetic (microseconds, where the same plan in small tensor operations
-costs a millisecond), and moves them once to the state's device and dtype as 0-dim tensors.  Its step
-loop then only combines states and scores with those coefficients: it reads nothing on the host, and
-``torch.compile`` traces it into one graph.
+costs a millisecond), folds into them the affine maps from the native prediction, and moves them once to
+the state's device and dtype as 0-dim tensors.  Its step loop then only combines states and predictions with
+those coefficients: it reads nothing on the host, and ``torch.compile`` traces it into one graph.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import torch
 
 from ..dynamics.counting import CountedScore
 from ..methods import Method, Option, Solution, StepMonitor, Stepping, register
+from ..parameterizations import convert
 from ..sde import ForwardSDE
 
-__all__ = ["NativeSolver", "ScorePredictions", "Nodes", "register_native", "combine", "on_device"]
+__all__ = ["NativeSolver", "ScorePredictions", "Nodes", "register_native", "combine", "on_device", "check_native_ends"]
 
 
 def on_device(column: Sequence, like: torch.Tensor) -> tuple:
@@ -44,18 +46,20 @@ def combine(x: torch.Tensor, scale: torch.Tensor, terms: Iterable[tuple[torch.Te
 
 
 class Nodes:
-    r"""The times a solve evaluates the score at, with :math:`\alpha, \sigma, \lambda` there, as float64 Python lists.
+    r"""The times a solve evaluates the model at, with :math:`\alpha, \sigma, \lambda` there, as float64 Python lists.
 
     Args:
-        sde: the forward SDE.
+        sde: the forward process.
         times: the grid's times (any dtype and device; read once).
+        prediction: the model's native prediction (``"score"``, ``"flow_velocity"``, ...).
 
     Attributes:
-        t, alpha, sigma, lam: lists of the nodes' times and coefficients: the grid, then any extra nodes.
+        t, alpha, sigma, lam: lists of the nodes' times and coefficients: the grid, then any extra nodes
+            (:math:`\lambda = -\infty` where :math:`\alpha = 0`, pure noise).
     """
 
-    def __init__(self, sde: ForwardSDE, times: torch.Tensor) -> None:
-        self.sde = sde
+    def __init__(self, sde: ForwardSDE, times: torch.Tensor, prediction: str = "score") -> None:
+        self.sde, self.prediction = sde, prediction
         self.t, self.alpha, self.sigma, self.lam = [], [], [], []
         self._add(times.detach().to(device="cpu", dtype=torch.float64))
 
@@ -76,30 +80,48 @@ class Nodes:
         lam = torch.tensor(list(lam), dtype=torch.float64)
         return self._add(self.sde.t_from_log_snr(lam), lam)
 
+    def affine(self, target: str) -> tuple[list[float], list[float]]:
+        r"""``(a, b)`` per node with ``target`` :math:`= a\,x + b\,p` for the native prediction p (``"x0"`` or ``"eps"``)."""
+        if self.prediction == "score":  # the classic forms, in plain arithmetic
+            if target == "x0":
+                return [1.0 / a for a in self.alpha], [s * s / a for a, s in zip(self.alpha, self.sigma)]
+            return [0.0] * len(self.t), [-s for s in self.sigma]
+        t = torch.tensor(self.t, dtype=torch.float64)
+        ones, zeros = torch.ones(len(t), 1, dtype=torch.float64), torch.zeros(len(t), 1, dtype=torch.float64)
+        a = convert(zeros, self.prediction, target, ones, t, self.sde)
+        b = convert(ones, self.prediction, target, zeros, t, self.sde)
+        return a[:, 0].tolist(), b[:, 0].tolist()
+
 
 class ScorePredictions:
-    r"""A counted score and its data prediction at the nodes of a solve, by node index.
+    r"""A counted model and its data prediction at the nodes of a solve, by node index.
 
-    ``t[k]`` is node k's time as a 0-dim tensor in the state's dtype and device; the score is called with that
+    ``t[k]`` is node k's time as a 0-dim tensor in the state's dtype and device; the model is called with that
     very object, so a prediction asked for again at the same state and node costs no evaluation (see
     :class:`~scoreflow.CountedScore`).
     """
 
-    def __init__(self, score: CountedScore, nodes: Nodes, like: torch.Tensor, grid: torch.Tensor) -> None:
+    def __init__(self, score: CountedScore, nodes: Nodes, like: torch.Tensor, grid: torch.Tensor, *, uses: str) -> None:
         self.score = score
-        # The grid's own times (in the state's dtype) for the grid nodes, so the score sees the times asked for.
+        # The grid's own times (in the state's dtype) for the grid nodes, so the model sees the times asked for.
         self.t = grid.unbind() + on_device(nodes.t[len(grid):], like)
-        self._inv_alpha = on_device([1.0 / a for a in nodes.alpha], like)
-        self._var_over_alpha = on_device([s * s / a for a, s in zip(nodes.alpha, nodes.sigma)], like)
+        if uses != "native":
+            a, b = nodes.affine(uses)
+            self._through_x = any(v != 0.0 for v in a)
+            self._a, self._b = on_device(a, like), on_device(b, like)
 
     def at(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """The score :math:`s(x, t_k)` itself (solvers that use the noise prediction fold its factor
-        :math:`-\\sigma_k` into their coefficients: one pass over the state fewer)."""
-        return self.score(x, self.t[k])
+        """The model's native prediction at ``(x, t_k)`` (for a solver that folds its affine maps into the plan)."""
+        return self.score.predict(x, self.t[k])
 
     def data(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        r""":math:`\hat x_0 = x/\alpha + (\sigma^2/\alpha)\, s(x, t_k)`."""
-        return torch.addcmul(x * self._inv_alpha[k], self.score(x, self.t[k]), self._var_over_alpha[k])
+        r""":math:`\hat x_0 = a_k x + b_k p` from the native prediction p (:math:`x/\alpha + (\sigma^2/\alpha) s` for a score)."""
+        return torch.addcmul(x * self._a[k], self.score.predict(x, self.t[k]), self._b[k])
+
+    def noise(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        r""":math:`\hat\varepsilon = a_k x + b_k p` from the native prediction p (:math:`-\sigma s` for a score: one pass)."""
+        p = self.score.predict(x, self.t[k])
+        return torch.addcmul(x * self._a[k], p, self._b[k]) if self._through_x else p * self._b[k]
 
 
 class NativeSolver(ABC):
@@ -114,25 +136,37 @@ class NativeSolver(ABC):
         nfe_per_step: score evaluations per step.
         default_schedule: the step schedule it is designed for (see ``sampling.schedules``).
         options: the keyword options its constructor accepts.
+        from_pure_noise: whether it can start where :math:`\\alpha = 0` (a flow path at T); the noise-prediction
+            forms divide by :math:`\\alpha_s` there.
+        uses: the prediction its loop takes: ``"x0"`` (``ScorePredictions.data``), ``"eps"``
+            (``ScorePredictions.noise``) or ``"native"`` (``ScorePredictions.at``, maps folded into the plan).
+        structure: plan entries that describe the loop's structure (Python values) rather than coefficients.
     """
 
     order: ClassVar[int]
     nfe_per_step: ClassVar[int] = 1
     default_schedule: ClassVar[str] = "log_snr"
     options: ClassVar[Mapping[str, Option]] = {}
+    from_pure_noise: ClassVar[bool] = True
+    uses: ClassVar[str] = "x0"
+    structure: ClassVar[tuple[str, ...]] = ()
 
     def sample(
         self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Stepping, *, monitor: StepMonitor
     ) -> Solution:
-        """Integrate the probability-flow ODE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t)."""
+        """Integrate the probability-flow ODE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t).
+
+        Raises:
+            ValueError: on a process that reaches pure noise at T, for a solver that cannot start there, or
+                for a grid that ends at t = 0 (log-SNR +inf).
+        """
         grid = stepping.times
-        nodes = Nodes(sde, grid)
+        nodes = Nodes(sde, grid, score.prediction)
+        check_native_ends(type(self).__name__, sde, nodes.t[-1], self.from_pure_noise)
         plan = self.plan(nodes, len(grid) - 1)
         columns = {name: on_device(value, x_T) if name not in self.structure else value for name, value in plan.items()}
-        return Solution(self.solve(ScorePredictions(score, nodes, x_T, grid), columns, x_T, monitor))
-
-    #: Plan entries that describe the loop's structure (Python values) rather than coefficients.
-    structure: ClassVar[tuple[str, ...]] = ()
+        model = ScorePredictions(score, nodes, x_T, grid, uses=self.uses)
+        return Solution(self.solve(model, columns, x_T, monitor))
 
     @abstractmethod
     def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
@@ -147,6 +181,20 @@ class NativeSolver(ABC):
         self, model: ScorePredictions, columns: Mapping[str, Any], x: torch.Tensor, monitor: StepMonitor
     ) -> torch.Tensor:
         """Integrate from ``x`` at node 0 through the grid nodes with the planned coefficients; return the last state."""
+
+
+def check_native_ends(name: str, sde: ForwardSDE, t_end: float, from_pure_noise: bool) -> None:
+    """Refuse a solve the exponential integrators cannot do: from pure noise without ``from_pure_noise``, or to t = 0."""
+    if sde.pure_noise_at_T and not from_pure_noise:
+        raise ValueError(
+            f"sample_ode: the native method {name} divides by alpha(T) = 0 on {sde!r} (pure noise at T). Fix: use a "
+            "data-prediction exponential integrator (ddim, dpmpp_2m, dpmpp_3m, dpmpp_*_pc, dpmpp_4m_pc_adaptive) or torchdiffeq's methods in t."
+        )
+    if t_end == 0.0:
+        raise ValueError(
+            f"sample_ode: the native method {name} steps in log-SNR, which is +inf at t_min=0. Fix: t_min > 0 "
+            f"(default {sde.t_min:g}), or torchdiffeq's methods in t to reach t = 0."
+        )
 
 
 def register_native(name: str, solver: type[NativeSolver], summary: str) -> Method:
@@ -164,3 +212,4 @@ def register_native(name: str, solver: type[NativeSolver], summary: str) -> Meth
             options=solver.options,
         )
     )
+

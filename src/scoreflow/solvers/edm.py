@@ -23,30 +23,30 @@ class EDMHeun(NativeSolver):
     both stages are :math:`\tfrac{\alpha_t}{\alpha_s}x_s + c\,\hat\varepsilon`, with :math:`c = \alpha_t\Delta\bar\sigma` and half of it.
     """
 
+    from_pure_noise = False
     order = 2
     nfe_per_step = 2
     default_schedule = "karras"
+    uses = "eps"
 
     def plan(self, nodes: Nodes, steps: int) -> dict[str, list]:
-        # the noise predictions -sigma s enter through the scores, their factors folded into the coefficients
-        plan: dict[str, list] = {"ratio": [], "euler": [], "half_s": [], "half_t": []}
+        plan: dict[str, list] = {"ratio": [], "euler": [], "half": []}
         a, sg = nodes.alpha, nodes.sigma
         for alpha_s, sigma_s, alpha_t, sigma_t in zip(a[:steps], sg[:steps], a[1 : steps + 1], sg[1 : steps + 1]):
-            euler = -alpha_t * (sigma_t / alpha_t - sigma_s / alpha_s)
+            euler = alpha_t * (sigma_t / alpha_t - sigma_s / alpha_s)
             plan["ratio"].append(alpha_t / alpha_s)
-            plan["euler"].append(euler * sigma_s)
-            plan["half_s"].append(0.5 * euler * sigma_s)
-            plan["half_t"].append(0.5 * euler * sigma_t)
+            plan["euler"].append(euler)
+            plan["half"].append(0.5 * euler)
         return plan
 
     def solve(
         self, model: ScorePredictions, columns: Mapping[str, Sequence], x: torch.Tensor, monitor: StepMonitor
     ) -> torch.Tensor:
-        ratio, euler, half_s, half_t = (columns[k] for k in ("ratio", "euler", "half_s", "half_t"))
+        ratio, euler, half = columns["ratio"], columns["euler"], columns["half"]
         for i in range(len(ratio)):
-            s_s = model.at(x, i)
-            s_t = model.at(combine(x, ratio[i], [(s_s, euler[i])]), i + 1)
-            x = combine(x, ratio[i], [(s_s, half_s[i]), (s_t, half_t[i])])
+            d_s = model.noise(x, i)
+            d_t = model.noise(combine(x, ratio[i], [(d_s, euler[i])]), i + 1)
+            x = combine(x, ratio[i], [(d_s, half[i]), (d_t, half[i])])
             x = monitor.step(i, model.t[i + 1], x)
         return x
 

@@ -10,6 +10,11 @@ one NFE per step, and weights :math:`w_j` that depend on the grid only, so the p
 the first evaluation.  DPM-Solver++(2M) is the two-point case in its own second-order form, (3M) the
 three-point case; the predictor-correctors (as in UniPC, Zhao et al. 2023) also interpolate the prediction at
 the new point, which the next step needs anyway, and so gain one order at no extra NFE.
+
+From pure noise (a flow path at T, :math:`\alpha = 0`, :math:`\lambda = -\infty`) the first step is the exact DDIM
+limit (:math:`h = \infty`, weight :math:`\alpha_t`), and a prediction there is the limit of a node infinitely far
+away: it drops out of later polynomials.  The predictor-correctors' first step is then taken in
+:math:`r = e^\lambda` (:func:`pure_noise_weights`) and that prediction stays out of their history.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from .base import NativeSolver, Nodes, ScorePredictions, combine, register_nativ
 
 __all__ = [
     "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC",
-    "polynomial_weights", "exponential_weights",
+    "polynomial_weights", "pure_noise_weights", "exponential_weights",
 ]
 
 # DPM-Solver's rule: with fewer than this many steps the last steps drop to lower order, which
@@ -33,27 +38,8 @@ __all__ = [
 _LOWER_ORDER_FINAL_BELOW = 10
 
 
-def polynomial_weights(h: float, nodes: Sequence[float]) -> list[float]:
-    r"""Weights :math:`y_j` with :math:`\int_0^h e^{\tau-h} P(\tau)\,d\tau = \sum_j y_j m_j` for the polynomial P through
-    the values :math:`m_j` at :math:`\tau_j = h\,\text{nodes}_j`; ``nodes[0]`` is the step's start (0).
-
-    With :math:`u = \tau/h`, :math:`P = \sum_j m_j L_j(u)` for the Lagrange polynomials :math:`L_j = \sum_p a_{jp}u^p`,
-    and :math:`\int_0^h e^{\tau-h} u^p\,d\tau = p!\,h^{-p}\psi_p(h)` with
-    :math:`\psi_p = \int_0^h e^{\tau-h}\tau^p/p!\,d\tau = h^p/p! - \psi_{p-1}`, :math:`\psi_0 = 1 - e^{-h}`, so
-    :math:`y_j = \sum_p a_{jp}\,p!\,h^{-p}\psi_p`.  Two points take DPM-Solver++'s second-order form
-    :math:`\psi_0 (m_0 + \tfrac{1}{2}(m_1 - m_0)/\text{nodes}_1)`, more accurate than the exact linear integral on coarse
-    grids (they differ at third order).  Plain float arithmetic: a plan computes these for every step in microseconds.
-    """
-    k = len(nodes)
-    psi = [-math.expm1(-h)]
-    if k == 1:
-        return psi
-    if k == 2:
-        half = 0.5 / nodes[1]
-        return [psi[0] * (1.0 - half), psi[0] * half]
-    for p in range(1, k):
-        psi.append(h**p / math.factorial(p) - psi[-1])
-    moments = [psi[p] * math.factorial(p) / h**p for p in range(k)]
+def _lagrange(nodes: Sequence[float], moments: Sequence[float]) -> list[float]:
+    r""":math:`\sum_p a_{jp} M_p` for each Lagrange polynomial :math:`L_j = \sum_p a_{jp} u^p` through ``nodes``."""
     weights = []
     for j, u_j in enumerate(nodes):
         coef, denom = [1.0], 1.0  # L_j = prod_{m != j} (u - u_m) / (u_j - u_m), expanded in powers of u
@@ -65,8 +51,45 @@ def polynomial_weights(h: float, nodes: Sequence[float]) -> list[float]:
     return weights
 
 
+def polynomial_weights(h: float, nodes: Sequence[float], *, dpm_form: bool = True) -> list[float]:
+    r"""Weights :math:`y_j` with :math:`\int_0^h e^{\tau-h} P(\tau)\,d\tau = \sum_j y_j m_j` for the polynomial P through
+    the values :math:`m_j` at :math:`\tau_j = h\,\text{nodes}_j`; ``nodes[0]`` is the step's start (0).
+
+    With :math:`u = \tau/h`, :math:`\int_0^h e^{\tau-h} u^p\,d\tau = p!\,h^{-p}\psi_p(h)`,
+    :math:`\psi_p = \int_0^h e^{\tau-h}\tau^p/p!\,d\tau = h^p/p! - \psi_{p-1}`, :math:`\psi_0 = 1 - e^{-h}`, and
+    :math:`y_j` is that functional of the Lagrange polynomial :math:`L_j`.  Two points take DPM-Solver++'s
+    second-order form :math:`\psi_0 (m_0 + \tfrac{1}{2}(m_1 - m_0)/\text{nodes}_1)`, more accurate than the exact
+    linear integral on coarse grids (they differ at third order), unless ``dpm_form=False``.  Plain float
+    arithmetic: a plan computes these for every step in microseconds.
+    """
+    k = len(nodes)
+    psi = [-math.expm1(-h)]
+    if k == 1:
+        return psi
+    if k == 2 and dpm_form:
+        half = 0.5 / nodes[1]
+        return [psi[0] * (1.0 - half), psi[0] * half]
+    for p in range(1, k):
+        psi.append(h**p / math.factorial(p) - psi[-1])
+    return _lagrange(nodes, [psi[p] * math.factorial(p) / h**p for p in range(k)])
+
+
+def pure_noise_weights(nodes: Sequence[float]) -> list[float]:
+    r"""Weights of a step from pure noise (:math:`\alpha_s = 0`, :math:`\lambda_s = -\infty`), in :math:`\rho = r/r_t`.
+
+    In :math:`r = e^\lambda = \alpha/\sigma` the exact step is :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \sigma_t\int_0^{r_t}\hat x_0\,dr`,
+    and :math:`\hat x_0` is smooth in r at r = 0 (where it is the data mean), so the polynomial through the
+    predictions at ``nodes`` :math:`\rho_j \in [0, 1]` (0 for the start) is integrated over [0, 1]: alone, the DDIM step
+    (weight 1, times :math:`\alpha_t`); with the end point, the trapezoidal rule.
+    """
+    return _lagrange(nodes, [1.0 / (p + 1) for p in range(len(nodes))])
+
+
 def exponential_weights(nodes: Nodes, s: Sequence[int], t: Sequence[int], points: Sequence[Sequence[int]], width: int) -> list[list[float]]:
     r"""Weights of the steps :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \sum_j w_j \hat x_0(\text{point}_j)`, zero-padded to ``width``.
+
+    A point at pure noise (:math:`\lambda = -\infty`) in a step's polynomial gets weight 0, the limit of a node
+    infinitely far away; the others then take the exact polynomial integral (the limit of the full one).
 
     Args:
         nodes: the solve's nodes.
@@ -80,8 +103,10 @@ def exponential_weights(nodes: Nodes, s: Sequence[int], t: Sequence[int], points
     lam, rows = nodes.lam, []
     for start, end, at in zip(s, t, points):
         h = lam[end] - lam[start]
-        row = [nodes.alpha[end] * w for w in polynomial_weights(h, [(lam[p] - lam[start]) / h for p in at])]
-        rows.append(row + [0.0] * (width - len(row)))
+        near = [p for p in at if math.isfinite(lam[p])] if math.isfinite(lam[start]) else [at[0]]
+        offsets = [0.0] + [(lam[p] - lam[start]) / h for p in near[1:]]
+        weights = dict(zip(near, polynomial_weights(h, offsets, dpm_form=len(near) == len(at))))
+        rows.append([nodes.alpha[end] * weights.get(p, 0.0) for p in at] + [0.0] * (width - len(at)))
     return rows
 
 
@@ -112,13 +137,15 @@ class _Multistep(NativeSolver):
     def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
         # The history of prediction nodes, newest first, as the loop will keep it.  3M's first step (order >= 2
         # at step 0) is a midpoint step: the midpoint's prediction alone advances the step and joins the history.
+        # From pure noise the first step is DDIM's limit (order 1), without the midpoint.
         plan: dict[str, Any] = {"ratio": _grid_ratio(nodes, steps)}
         history: list[int] = []
         points = []
+        from_noise = not math.isfinite(nodes.lam[0])
         for i in range(steps):
             history.insert(0, i)
             del history[self.order :]
-            order = self._step_order(i, steps)
+            order = 1 if i == 0 and from_noise else self._step_order(i, steps)
             if i == 0 and order >= 2:
                 mid = nodes.extend([0.5 * (nodes.lam[0] + nodes.lam[1])])[0]
                 plan.update(mid=mid, mid_ratio=[nodes.sigma[mid] / nodes.sigma[0]],
@@ -160,7 +187,8 @@ class DPMSolverPP2M(_Multistep):
 class DPMSolverPP3M(_Multistep):
     r"""DPM-Solver++(3M): third-order multistep with data prediction, one NFE per step (plus one to start).
 
-    The first step is a log-SNR midpoint step (2 NFE), so the method keeps third order; ``lower_order_final``
+    The first step is a log-SNR midpoint step (2 NFE), so the method keeps third order (from pure noise,
+    :math:`\lambda = -\infty`, it is a DDIM step: its order drops by one); ``lower_order_final``
     (default True) lowers the last two steps to orders 2 and 1 when there are fewer than 10 steps.
     """
 
@@ -179,20 +207,26 @@ class _PredictorCorrector(NativeSolver):
 
     def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
         # Step i starts from the prediction at node i (at the corrected state's predictor point) and the earlier
-        # ones; its corrector adds the prediction at node i + 1.  The last step is not corrected.
+        # ones; its corrector adds the prediction at node i + 1.  The last step is not corrected.  From pure
+        # noise the first step is taken in r = e^lambda, and the prediction at node 0 stays out of the history.
+        from_noise = not math.isfinite(nodes.lam[0])
+        plan: dict[str, Any] = {"ratio": _grid_ratio(nodes, steps)}
         predictor, corrector = [], []
         for i in range(steps):
-            history = list(range(i, max(i - self.predictor_points, -1), -1))
+            oldest = 1 if from_noise and i > 0 else 0
+            history = list(range(i, max(i - self.predictor_points, oldest - 1), -1))
             lower = i == steps - 1 and self.lower_order_final and steps < _LOWER_ORDER_FINAL_BELOW
             predictor.append(history[:1] if lower else history)
             corrector.append([i, i + 1] + history[1:])
         s, t = range(steps), range(1, steps + 1)
-        return {
-            "ratio": _grid_ratio(nodes, steps),
-            "wp": exponential_weights(nodes, s, t, predictor, self.predictor_points),
-            "wc": exponential_weights(nodes, s, t, corrector, self.predictor_points + 1),
-            "terms": [len(p) for p in predictor],
-        }
+        wp = exponential_weights(nodes, s, t, predictor, self.predictor_points)
+        wc = exponential_weights(nodes, s, t, corrector, self.predictor_points + 1)
+        if from_noise:
+            alpha = nodes.alpha[1]
+            wp[0] = [alpha * w for w in pure_noise_weights([0.0])] + [0.0] * (self.predictor_points - 1)
+            wc[0] = [alpha * w for w in pure_noise_weights([0.0, 1.0])] + [0.0] * (self.predictor_points - 1)
+        plan.update(wp=wp, wc=wc, terms=[len(p) for p in predictor])
+        return plan
 
     def solve(
         self, model: ScorePredictions, columns: Mapping[str, Any], x: torch.Tensor, monitor: StepMonitor
@@ -206,9 +240,9 @@ class _PredictorCorrector(NativeSolver):
             x_pred = combine(x, ratio[i], zip(history[: terms[i]], wp[i]))
             if i == n - 1:
                 x = x_pred
-            else:
+            else:  # (a prediction at pure noise, the oldest, is past the step's terms: it drops out)
                 m = model.data(x_pred, i + 1)
-                x = combine(x, ratio[i], zip([history[0], m, *history[1:]], wc[i]))
+                x = combine(x, ratio[i], zip([history[0], m, *history[1 : terms[i]]], wc[i]))
             reported = monitor.step(i, model.t[i + 1], x)
             if reported is not x and i < n - 1:
                 # The next step starts from the state the callback returned, so from its prediction.

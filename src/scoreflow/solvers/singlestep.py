@@ -35,22 +35,24 @@ class DDIM(NativeSolver):
     """
 
     order = 1
+    uses = "native"
 
     def plan(self, nodes: Nodes, steps: int) -> dict[str, list]:
-        # x_t = r x + w (x + sigma_s^2 s)/alpha_s, folded into c_x x + c_s s
-        c_x, c_s = [], []
-        for alpha_s, sigma_s, alpha_t, sigma_t, h in _steps(nodes, steps):
-            w = -alpha_t * math.expm1(-h) / alpha_s
-            c_x.append(sigma_t / sigma_s + w)
-            c_s.append(w * sigma_s**2)
-        return {"c_x": c_x, "c_s": c_s}
+        # x_t = r x + w x0_hat with x0_hat = a x + b p (p the native prediction), folded into c_x x + c_p p
+        a, b = nodes.affine("x0")
+        c_x, c_p = [], []
+        for k, (_, sigma_s, alpha_t, sigma_t, h) in enumerate(_steps(nodes, steps)):
+            w = -alpha_t * math.expm1(-h)  # alpha_t at pure noise: h = inf
+            c_x.append(sigma_t / sigma_s + w * a[k])
+            c_p.append(w * b[k])
+        return {"c_x": c_x, "c_p": c_p}
 
     def solve(
         self, model: ScorePredictions, columns: Mapping[str, Sequence], x: torch.Tensor, monitor: StepMonitor
     ) -> torch.Tensor:
-        c_x, c_s = columns["c_x"], columns["c_s"]
+        c_x, c_p = columns["c_x"], columns["c_p"]
         for i in range(len(c_x)):
-            x = combine(x, c_x[i], [(model.at(x, i), c_s[i])])
+            x = combine(x, c_x[i], [(model.at(x, i), c_p[i])])
             x = monitor.step(i, model.t[i + 1], x)
         return x
 
@@ -62,20 +64,20 @@ class DPMSolver2(NativeSolver):
     :math:`x_t = \tfrac{\alpha_t}{\alpha_s}x_s - \sigma_t(e^{h}-1)\hat\varepsilon(u, m)` with :math:`\lambda_m = \lambda_s + h/2`.
     """
 
+    from_pure_noise = False
     order = 2
     nfe_per_step = 2
+    uses = "eps"
 
     def plan(self, nodes: Nodes, steps: int) -> dict[str, list]:
-        # noise predictions -sigma s, their factors folded into the coefficients of the scores
         grid = list(_steps(nodes, steps))
         mid = nodes.extend(lam + 0.5 * h for lam, (*_, h) in zip(nodes.lam, grid))
         plan: dict[str, list] = {"a1": [], "b1": [], "a2": [], "b2": []}
-        for (alpha_s, sigma_s, alpha_t, sigma_t, h), m in zip(grid, mid):
-            alpha_m, sigma_m = nodes.alpha[m], nodes.sigma[m]
-            plan["a1"].append(alpha_m / alpha_s)
-            plan["b1"].append(sigma_m * math.expm1(0.5 * h) * sigma_s)
+        for (alpha_s, _, alpha_t, sigma_t, h), m in zip(grid, mid):
+            plan["a1"].append(nodes.alpha[m] / alpha_s)
+            plan["b1"].append(-nodes.sigma[m] * math.expm1(0.5 * h))
             plan["a2"].append(alpha_t / alpha_s)
-            plan["b2"].append(sigma_t * math.expm1(h) * sigma_m)
+            plan["b2"].append(-sigma_t * math.expm1(h))
         return plan
 
     def solve(
@@ -84,8 +86,8 @@ class DPMSolver2(NativeSolver):
         a1, b1, a2, b2 = (columns[k] for k in ("a1", "b1", "a2", "b2"))
         steps = len(a1)
         for i in range(steps):
-            u = combine(x, a1[i], [(model.at(x, i), b1[i])])
-            x = combine(x, a2[i], [(model.at(u, steps + 1 + i), b2[i])])
+            u = combine(x, a1[i], [(model.noise(x, i), b1[i])])
+            x = combine(x, a2[i], [(model.noise(u, steps + 1 + i), b2[i])])
             x = monitor.step(i, model.t[i + 1], x)
         return x
 
@@ -95,28 +97,29 @@ class DPMSolver3(NativeSolver):
 
     With :math:`\varphi_1(z) = (e^z - 1)/z`, :math:`D_k = \hat\varepsilon(u_k, s_k) - \hat\varepsilon(x_s, s)`:
     :math:`x_t = \tfrac{\alpha_t}{\alpha_s}x_s - \sigma_t(e^h - 1)\hat\varepsilon_s - \tfrac{\sigma_t}{r_2}(\varphi_1(h) - 1) D_2`,
-    the intermediate states likewise; the plan folds each into :math:`a\,x_s + c\,s_s + d\,s_k` of the scores.
+    the intermediate states likewise; the plan folds each into :math:`a\,x_s + c\,\hat\varepsilon_s + d\,\hat\varepsilon_k`.
     """
 
+    from_pure_noise = False
     order = 3
     nfe_per_step = 3
+    uses = "eps"
     r1, r2 = 1.0 / 3.0, 2.0 / 3.0
 
-    def plan(self, nodes: Nodes, steps: int) -> dict[str, torch.Tensor]:
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, list]:
         r1, r2 = self.r1, self.r2
         grid = list(_steps(nodes, steps))
         n1 = nodes.extend(lam + r1 * h for lam, (*_, h) in zip(nodes.lam, grid))
         n2 = nodes.extend(lam + r2 * h for lam, (*_, h) in zip(nodes.lam, grid))
         plan: dict[str, list] = {key: [] for key in ("a1", "b1", "a2", "c2", "d2", "a3", "c3", "d3")}
-        for (alpha_s, sigma_s, alpha_t, sigma_t, h), i1, i2 in zip(grid, n1, n2):
+        for (alpha_s, _, alpha_t, sigma_t, h), i1, i2 in zip(grid, n1, n2):
             (alpha_1, sigma_1), (alpha_2, sigma_2) = (nodes.alpha[i1], nodes.sigma[i1]), (nodes.alpha[i2], nodes.sigma[i2])
             k2 = sigma_2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1.0)
             k3 = (sigma_t / r2) * (math.expm1(h) / h - 1.0)
-            # noise predictions -sigma s, their factors folded into the coefficients of the scores
             for key, value in (
-                ("a1", alpha_1 / alpha_s), ("b1", sigma_1 * math.expm1(r1 * h) * sigma_s),
-                ("a2", alpha_2 / alpha_s), ("c2", (sigma_2 * math.expm1(r2 * h) - k2) * sigma_s), ("d2", k2 * sigma_1),
-                ("a3", alpha_t / alpha_s), ("c3", (sigma_t * math.expm1(h) - k3) * sigma_s), ("d3", k3 * sigma_2),
+                ("a1", alpha_1 / alpha_s), ("b1", -sigma_1 * math.expm1(r1 * h)),
+                ("a2", alpha_2 / alpha_s), ("c2", -sigma_2 * math.expm1(r2 * h) + k2), ("d2", -k2),
+                ("a3", alpha_t / alpha_s), ("c3", -sigma_t * math.expm1(h) + k3), ("d3", -k3),
             ):
                 plan[key].append(value)
         return plan
@@ -127,10 +130,10 @@ class DPMSolver3(NativeSolver):
         a1, b1, a2, c2, d2, a3, c3, d3 = (columns[k] for k in ("a1", "b1", "a2", "c2", "d2", "a3", "c3", "d3"))
         steps = len(a1)
         for i in range(steps):
-            s_s = model.at(x, i)
-            u1 = combine(x, a1[i], [(s_s, b1[i])])
-            u2 = combine(x, a2[i], [(s_s, c2[i]), (model.at(u1, steps + 1 + i), d2[i])])
-            x = combine(x, a3[i], [(s_s, c3[i]), (model.at(u2, 2 * steps + 1 + i), d3[i])])
+            eps_s = model.noise(x, i)
+            u1 = combine(x, a1[i], [(eps_s, b1[i])])
+            u2 = combine(x, a2[i], [(eps_s, c2[i]), (model.noise(u1, steps + 1 + i), d2[i])])
+            x = combine(x, a3[i], [(eps_s, c3[i]), (model.noise(u2, 2 * steps + 1 + i), d3[i])])
             x = monitor.step(i, model.t[i + 1], x)
         return x
 
