@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .._tensor import right_pad
 from ..parameterizations import convert
 from ..sde import ForwardSDE
 from .counting import CountedScore, ScoreFn

@@ -96,7 +96,7 @@ class _AdaptiveSolve:
         check_native_ends(type(method).__name__, sde, float(stepping.times[-1]), True)
 
     def coefs(self, lam: float, t: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, float, float, float, float]:
-        """The time (in ``like``'s dtype and device), ``(alpha, sigma)`` and the data prediction's affine map ``(a, b)``
+        r"""The time (in ``like``'s dtype and device), ``(alpha, sigma)`` and the data prediction's affine map ``(a, b)``
         (:math:`\hat x_0 = a x + b p`) at log-SNR ``lam`` (at the given ``t`` if any)."""
         t64 = self.sde.t_from_log_snr(torch.tensor([lam], dtype=torch.float64)) if t is None else t.reshape(1)
         node = Nodes(self.sde, t64, self.score.prediction)

@@ -62,7 +62,7 @@ def _combine(nodes: torch.Tensor, valid: torch.Tensor, h: torch.Tensor, preds: t
 
 
 class _Predictions:
-    """The data prediction of a counted model and :math:`(\alpha, \sigma, \lambda)` at per-sample times (tensors)."""
+    r"""The data prediction of a counted model and :math:`(\alpha, \sigma, \lambda)` at per-sample times (tensors)."""
 
     def __init__(self, score: CountedScore, sde: ForwardSDE) -> None:
         self.score, self.sde = score, sde
