@@ -79,7 +79,7 @@ def test_adaptive_steps_lie_on_the_exact_flow():
             torch.testing.assert_close(x, problem.law.flow_map(sde, x_T, sde.T, float(t)), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["ddim", "dpmpp_3m", "dpmpp_3m_pc", "dpm_solver_2", "edm_heun", "rk4", "dopri5", "dpmpp_4m_pc_adaptive"])
+@pytest.mark.parametrize("method", ["ddim", "dpmpp_3m", "dpmpp_3m_pc", "dpm_solver_2", "edm_heun", "ipndm", "rk4", "dopri5", "dpmpp_4m_pc_adaptive"])
 def test_denoised_is_the_posterior_mean_and_costs_what_is_documented(method):
     law, sde, x_T = _ring()
     setting = dict(_setting(method), **({"time": "sigma"} if method == "rk4" else {}))

@@ -15,20 +15,17 @@ beats the exponential multistep methods on the same grid (``benchmarks/bench_few
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-import torch
-
-from ..methods import StepMonitor
-from .base import NativeSolver, Nodes, ScorePredictions, combine, register_native
+from .base import Nodes, register_native
+from .multistep import LinearMultistep
 
 __all__ = ["IPNDM"]
 
 _COEFFICIENTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 
 
-class IPNDM(NativeSolver):
+class IPNDM(LinearMultistep):
     r"""iPNDM: fourth-order Adams-Bashforth coefficients in :math:`\bar\sigma = \sigma/\alpha` on the noise prediction (see the module docstring).
 
     In the unscaled state a step is :math:`x_{i+1} = \tfrac{\alpha_{i+1}}{\alpha_i}x_i + \alpha_{i+1}\Delta\bar\sigma\sum_j c_j\hat\varepsilon_{i-j}`.
@@ -38,7 +35,7 @@ class IPNDM(NativeSolver):
     default_schedule = "log_snr_capped"
     from_pure_noise = False  # y = x / alpha
     uses = "eps"
-    structure = ("terms",)
+    depth = len(_COEFFICIENTS)
 
     def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
         a, sg, width = nodes.alpha, nodes.sigma, len(_COEFFICIENTS)
@@ -50,18 +47,6 @@ class IPNDM(NativeSolver):
             plan["w"].append([step * c_j for c_j in c] + [0.0] * (width - len(c)))
             plan["terms"].append(len(c))
         return plan
-
-    def solve(
-        self, model: ScorePredictions, columns: Mapping[str, Any], x: torch.Tensor, monitor: StepMonitor
-    ) -> torch.Tensor:
-        ratio, w, terms = columns["ratio"], columns["w"], columns["terms"]
-        history: list[torch.Tensor] = []
-        for i in range(len(ratio)):
-            history.insert(0, model.noise(x, i))
-            del history[len(_COEFFICIENTS) :]
-            x = combine(x, ratio[i], zip(history[: terms[i]], w[i]))
-            x = monitor.step(i, model.t[i + 1], x)
-        return x
 
 
 register_native("ipndm", IPNDM, "iPNDM: Adams-Bashforth in sigma/alpha on the noise prediction")

@@ -29,7 +29,7 @@ from ..methods import StepMonitor, bool_option
 from .base import NativeSolver, Nodes, ScorePredictions, combine, register_native
 
 __all__ = [
-    "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC",
+    "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "LinearMultistep",
     "polynomial_weights", "pure_noise_weights", "exponential_weights",
 ]
 
@@ -120,9 +120,37 @@ def _grid_ratio(nodes: Nodes, steps: int) -> list[float]:
     return [b / a for a, b in zip(sigma[:steps], sigma[1 : steps + 1])]
 
 
-class _Multistep(NativeSolver):
-    options = _LOWER_ORDER_FINAL
+class LinearMultistep(NativeSolver):
+    r"""The loop of a linear multistep method: :math:`x_{i+1} = r_i x_i + \sum_j w_{ij} p_{i-j}` over the last ``depth``
+    predictions p (data or noise, as ``uses`` says), newest first; its plan gives ``ratio``, ``w`` and ``terms``
+    (how many predictions each step takes), and optionally a midpoint start (``mid``, ``mid_ratio``, ``mid_w``)."""
+
     structure = ("terms", "mid")
+    depth: ClassVar[int]
+
+    def solve(
+        self, model: ScorePredictions, columns: Mapping[str, Any], x: torch.Tensor, monitor: StepMonitor
+    ) -> torch.Tensor:
+        ratio, w, terms = columns["ratio"], columns["w"], columns["terms"]
+        predict = model.data if self.uses == "x0" else model.noise
+        history: list[torch.Tensor] = []
+        for i in range(len(ratio)):
+            history.insert(0, predict(x, i))
+            del history[self.depth :]
+            if i == 0 and "mid" in columns:
+                u = combine(x, columns["mid_ratio"][0], [(history[0], columns["mid_w"][0])])
+                history.insert(0, predict(u, columns["mid"]))
+            x = combine(x, ratio[i], zip(history[: terms[i]], w[i]))
+            x = monitor.step(i, model.t[i + 1], x)
+        return x
+
+
+class _Multistep(LinearMultistep):
+    options = _LOWER_ORDER_FINAL
+
+    @property
+    def depth(self) -> int:
+        return self.order
 
     def __init__(self, *, lower_order_final: bool = True) -> None:
         self.lower_order_final = bool(lower_order_final)
@@ -157,21 +185,6 @@ class _Multistep(NativeSolver):
         plan["w"] = exponential_weights(nodes, range(steps), range(1, steps + 1), points, self.order)
         plan["terms"] = [len(p) for p in points]
         return plan
-
-    def solve(
-        self, model: ScorePredictions, columns: Mapping[str, Any], x: torch.Tensor, monitor: StepMonitor
-    ) -> torch.Tensor:
-        ratio, w, terms = columns["ratio"], columns["w"], columns["terms"]
-        history: list[torch.Tensor] = []
-        for i in range(len(ratio)):
-            history.insert(0, model.data(x, i))
-            del history[self.order :]
-            if i == 0 and "mid" in columns:
-                u = combine(x, columns["mid_ratio"][0], [(history[0], columns["mid_w"][0])])
-                history.insert(0, model.data(u, columns["mid"]))
-            x = combine(x, ratio[i], zip(history[: terms[i]], w[i]))
-            x = monitor.step(i, model.t[i + 1], x)
-        return x
 
 
 class DPMSolverPP2M(_Multistep):
