@@ -17,11 +17,42 @@ import torch
 from ._checks import check_choice, check_int, check_positive, resolve_t_min
 from .sde import ForwardSDE
 
-__all__ = ["SCHEDULES", "time_grid"]
+__all__ = ["SCHEDULES", "TIME_VARIABLES", "time_grid", "to_time_variable", "from_time_variable", "step_size_grid"]
 
 #: Step schedules: uniform in t, uniform in log-SNR, Karras et al. (2022) with exponent rho, uniform in the
 #: log of the capped noise level, and uniform in t after SD3's time shift.
 SCHEDULES = ("t", "log_snr", "karras", "log_snr_capped", "shift")
+#: Independent variables of the probability-flow ODE: time t, scaled noise level sigma/alpha, log-SNR.
+TIME_VARIABLES = ("t", "sigma", "log_snr")
+
+
+def to_time_variable(sde: ForwardSDE, time: str, t: torch.Tensor) -> torch.Tensor:
+    r"""Map times t to the variable ``time``: t itself, :math:`\bar\sigma = \sigma/\alpha` or :math:`\lambda = \log(\alpha/\sigma)`."""
+    if time == "t":
+        return t
+    lam = sde.log_snr(t)
+    return torch.exp(-lam) if time == "sigma" else lam
+
+
+def from_time_variable(sde: ForwardSDE, time: str, u: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_time_variable` (through ``sde.t_from_log_snr``)."""
+    if time == "t":
+        return u
+    return sde.t_from_log_snr(-torch.log(u) if time == "sigma" else u)
+
+
+def step_size_grid(sde: ForwardSDE, start: float, end: float, step_size: float, time: str = "t") -> torch.Tensor:
+    """The float64 times in t of steps of length ``step_size`` in the variable ``time`` from ``start`` towards ``end``,
+    the last step shortened to land on ``end`` (torchdiffeq's grid for a step size, without a sliver of a last step
+    from round-off)."""
+    ends = to_time_variable(sde, time, torch.tensor([start, end], dtype=torch.float64))
+    span = abs(float(ends[1] - ends[0]))
+    steps = max(1, math.ceil(span / step_size * (1 - 1e-12)))
+    u = ends[0] + torch.sign(ends[1] - ends[0]) * step_size * torch.arange(steps + 1, dtype=torch.float64)
+    u[-1] = ends[1]
+    ts = from_time_variable(sde, time, u)
+    ts[0], ts[-1] = start, end
+    return ts
 
 
 def time_grid(

@@ -15,33 +15,38 @@ beats the exponential multistep methods on the same grid (``benchmarks/bench_few
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
-from .base import NativeSolver, ScorePredictions, register_native
+from .base import Nodes, register_native
+from .multistep import LinearMultistep
 
 __all__ = ["IPNDM"]
 
 _COEFFICIENTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 
 
-class IPNDM(NativeSolver):
-    r"""iPNDM: fourth-order Adams-Bashforth coefficients in :math:`\bar\sigma = \sigma/\alpha` on the noise prediction (see the module docstring)."""
+class IPNDM(LinearMultistep):
+    r"""iPNDM: fourth-order Adams-Bashforth coefficients in :math:`\bar\sigma = \sigma/\alpha` on the noise prediction (see the module docstring).
+
+    In the unscaled state a step is :math:`x_{i+1} = \tfrac{\alpha_{i+1}}{\alpha_i}x_i + \alpha_{i+1}\Delta\bar\sigma\sum_j c_j\hat\varepsilon_{i-j}`.
+    """
 
     order = 2
     default_schedule = "log_snr_capped"
     from_pure_noise = False  # y = x / alpha
+    uses = "eps"
+    depth = len(_COEFFICIENTS)
 
-    def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        traj, history = [x], []
-        for s, t in zip(ts[:-1], ts[1:]):
-            alpha_s, sigma_s, _ = model.coefs(s)
-            alpha_t, sigma_t, _ = model.coefs(t)
-            history.insert(0, model.noise(x, s))
-            del history[len(_COEFFICIENTS) :]
-            slope = sum(c * eps for c, eps in zip(_COEFFICIENTS[len(history) - 1], history))
-            x = alpha_t * (x / alpha_s + (sigma_t / alpha_t - sigma_s / alpha_s) * slope)
-            traj.append(x)
-        return traj
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        a, sg, width = nodes.alpha, nodes.sigma, len(_COEFFICIENTS)
+        plan: dict[str, Any] = {"ratio": [], "w": [], "terms": []}
+        for i, (alpha_s, sigma_s, alpha_t, sigma_t) in enumerate(zip(a[:steps], sg[:steps], a[1 : steps + 1], sg[1 : steps + 1])):
+            c = _COEFFICIENTS[min(i, width - 1)]
+            step = alpha_t * (sigma_t / alpha_t - sigma_s / alpha_s)
+            plan["ratio"].append(alpha_t / alpha_s)
+            plan["w"].append([step * c_j for c_j in c] + [0.0] * (width - len(c)))
+            plan["terms"].append(len(c))
+        return plan
 
 
 register_native("ipndm", IPNDM, "iPNDM: Adams-Bashforth in sigma/alpha on the noise prediction")

@@ -25,10 +25,11 @@ import math
 import torch
 
 from ..dynamics.counting import CountedScore
-from ..methods import Method, Path, Tolerances, register
+from ..methods import Method, Solution, StepMonitor, Tolerances, register
+from ..parameterizations import convert
 from ..sde import ForwardSDE
 from .adaptive import AdaptiveExponentialPC
-from .base import ScorePredictions, check_native_ends
+from .base import check_native_ends
 
 __all__ = ["PerSampleExponentialPC"]
 
@@ -60,35 +61,60 @@ def _combine(nodes: torch.Tensor, valid: torch.Tensor, h: torch.Tensor, preds: t
     return out
 
 
+class _Predictions:
+    r"""The data prediction of a counted model and :math:`(\alpha, \sigma, \lambda)` at per-sample times (tensors)."""
+
+    def __init__(self, score: CountedScore, sde: ForwardSDE) -> None:
+        self.score, self.sde = score, sde
+
+    def coefs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        alpha, sigma = self.sde.marginal(t)
+        return alpha, sigma, torch.log(alpha) - torch.log(sigma)
+
+    def data(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return convert(self.score.predict(x, t), self.score.prediction, "x0", x, t, self.sde)
+
+    def time_at(self, lam: torch.Tensor) -> torch.Tensor:
+        return self.sde.t_from_log_snr(lam)
+
+
 class PerSampleExponentialPC(AdaptiveExponentialPC):
     """``dpmpp_4m_pc_adaptive`` with per-sample steps and decisions; same options (see the module docstring).
 
-    ``Path.stats`` holds ``nfe_per_sample`` (a ``(B,)`` tensor), ``nfe_mean``, ``nfe_max``, and the per-sample
-    accepted and rejected steps (``steps``, ``rejected_steps``, ``(B,)`` tensors).  The trajectory holds the two ends
-    only (the samples' times differ).
+    ``Solution.stats`` holds ``nfe_per_sample`` (a ``(B,)`` tensor), ``nfe_mean``, ``nfe_max``, and the per-sample
+    accepted and rejected steps (``steps``, ``rejected_steps``, ``(B,)`` tensors).  The samples' times differ, so the
+    monitor sees one step, the whole solve (a callback is called once, at ``t_min``; the trajectory holds the two
+    ends), and no times between the ends can be asked for.
     """
 
     def sample(
-        self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Tolerances, *, trajectory: bool = False
-    ) -> Path:
+        self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Tolerances, *, monitor: StepMonitor
+    ) -> Solution:
         """Integrate the probability-flow ODE from ``x_T`` between the ends ``stepping.times``, each sample to the tolerances.
 
         Raises:
-            ValueError: on a process at pure noise at T (log-SNR -inf), or a solve to t = 0.
+            ValueError: on a process at pure noise at T (log-SNR -inf), a solve to t = 0, or times between the ends
+                (``save_at``).
         """
+        if len(stepping.times) > 2:
+            raise ValueError(
+                "sample_ode: the method 'dpmpp_4m_pc_adaptive_per_sample' steps every sample at its own times, so it "
+                "cannot return the state at 'save_at' times. Fix: method='dpmpp_4m_pc_adaptive'."
+            )
         if sde.pure_noise_at_T:
             raise ValueError(
                 f"sample_ode: the method 'dpmpp_4m_pc_adaptive_per_sample' cannot start at pure noise (log-SNR -inf at T) "
                 f"on {sde!r}. Fix: method='dpmpp_4m_pc_adaptive', whose first step starts there, or a path that ends "
                 "before pure noise."
             )
-        check_native_ends(type(self).__name__, sde, stepping.times, True)
         start, end = stepping.times
-        x, stats = self.solve_rows(ScorePredictions(score, sde), start, end, x_T, stepping.rtol, stepping.atol)
-        return Path(stepping.times, [x_T, x], stats)
+        check_native_ends(type(self).__name__, sde, float(end), True)
+        x, stats = self.solve_rows(_Predictions(score, sde), start, end, x_T, stepping.rtol, stepping.atol)
+        x = monitor.step(0, end, x)
+        return Solution(x, torch.stack([x_T, x]), stats)
 
     def solve_rows(
-        self, model: ScorePredictions, t_start: torch.Tensor, t_end: torch.Tensor, x0: torch.Tensor, rtol: float, atol: float
+        self, model: _Predictions, t_start: torch.Tensor, t_end: torch.Tensor, x0: torch.Tensor, rtol: float, atol: float
     ) -> tuple[torch.Tensor, dict]:
         """Integrate every row of ``x0`` from ``t_start`` down to ``t_end`` on its own steps; returns the states and the stats."""
         shape, b = x0.shape, x0.shape[0]
