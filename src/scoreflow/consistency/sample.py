@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .._checks import check_batch, check_callable, check_choice, check_generator, check_int, check_like
-from .._tensor import batch_time, standard_normal
+from .._tensor import standard_normal
 from ..errors import NonFiniteError
+from ..methods import StepCallback, StepMonitor
 from ..sampling._common import grad_mode
 from ..sampling.result import SampleResult
 from ..schedules import SCHEDULES, time_grid
@@ -79,6 +80,8 @@ def sample_consistency(
     t_min: float | None = None,
     return_trajectory: bool = False,
     enable_grad: bool = False,
+    callback: StepCallback | None = None,
+    progress: bool = False,
 ) -> SampleResult:
     r"""Sample with a consistency function ``f(x, t)`` in one step or, re-noising in between, in a few.
 
@@ -97,6 +100,12 @@ def sample_consistency(
         return_trajectory: also return f's output after every step (``trajectory``) and the times it was
             evaluated at (``times``).
         enable_grad: keep the autograd graph; off by default.
+        callback: ``callback(info)`` after every evaluation of f, as in :func:`scoreflow.sample_ode`: ``"i"`` the
+            step, ``"t"`` the time reached (``t_min``: every step maps to it; f's evaluation time is
+            ``stats["times"][i]``), ``"x"`` f's output and ``"denoised"`` the same tensor (f predicts the clean
+            sample itself; reading it costs nothing).  A returned state is what the next step re-noises (and,
+            after the last step, the sample).
+        progress: show a tqdm progress bar in steps (``pip install 'scoreflow[progress]'``).
 
     Returns:
         A :class:`scoreflow.SampleResult` with ``samples`` at ``t_min``, ``nfe`` (evaluations of f, = steps) and
@@ -106,8 +115,10 @@ def sample_consistency(
         ValueError: for ``steps < 1``, ``steps`` disagreeing with ``times``, times outside ``(t_min, T)`` or not
             decreasing, an unknown schedule, a ``t_min`` other than f's, a malformed ``x_T`` or an output of f
             not shaped like ``x_T``.
-        TypeError: for a non-callable f or a wrong ``sde``, ``generator`` or output dtype.
-        NonFiniteError: if f returns NaN/inf; the message names the time.
+        TypeError: for a non-callable f or a wrong ``sde``, ``generator``, output dtype, callback or
+            callback output.
+        ImportError: for ``progress=True`` without tqdm.
+        NonFiniteError: if f returns NaN/inf (found once the sampler ends); the message names the time.
     """
     fn = "sample_consistency"
     check_callable(fn, "f", f, "f(x, t)")
@@ -126,34 +137,43 @@ def sample_consistency(
             raise ValueError(
                 f"{fn}: {inner.numel()} re-noising times make {inner.numel() + 1} steps, got steps={steps!r}; omit 'steps'."
             )
-    # Every coefficient before the loop: re-noising from t_min to each tau by the exact forward transition.
+    if not isinstance(return_trajectory, bool):
+        raise TypeError(f"{fn}: argument 'return_trajectory' expected True or False, got {type(return_trajectory).__name__}.")
+    monitor = StepMonitor(fn, callback=callback, progress=progress)
+    # Every coefficient and time before the loop: re-noising from t_min to each tau by the exact forward transition.
     eval_times = torch.cat([torch.tensor([float(sde.T)], dtype=torch.float64), inner]).to(dtype=x_T.dtype, device=x_T.device)
     alpha, sigma = sde.marginal(eval_times)
     alpha_min, sigma_min = sde.marginal(torch.full_like(eval_times[:1], t_min))
-    a = alpha / alpha_min
-    noise = torch.sqrt((sigma**2 - (a * sigma_min) ** 2).clamp(min=0.0))
-    with grad_mode(enable_grad):
-        x = check_like(fn, "f", f(x_T, batch_time(eval_times[0], x_T)), x_T, what="f")
-        outputs = [x]
-        for i in range(1, eval_times.numel()):
-            x_tau = a[i] * x + noise[i] * standard_normal(x, generator)
-            x = f(x_tau, batch_time(eval_times[i], x_T))
-            outputs.append(x)
-    _check_outputs(outputs, eval_times)
-    trajectory = torch.stack(outputs) if return_trajectory else None
+    a = (alpha / alpha_min).unbind()
+    noise = torch.sqrt((sigma**2 - (alpha / alpha_min * sigma_min) ** 2).clamp(min=0.0)).unbind()
+    t_eval = [t.expand(x_T.shape[0]) for t in eval_times.unbind()]
+    t_end = torch.tensor(t_min, dtype=x_T.dtype, device=x_T.device)
+    finite, outputs = [], []
+    x = x_T
+    with grad_mode(enable_grad), monitor:
+        monitor.start(eval_times[0], x_T, steps=len(t_eval))
+        for i, t in enumerate(t_eval):
+            x_tau = x_T if i == 0 else a[i] * x + noise[i] * standard_normal(x, generator)
+            x = f(x_tau, t)
+            if i == 0:
+                check_like(fn, "f", x, x_T, what="f")
+            finite.append(torch.isfinite(x.detach()).all())  # on the device; read once, after the loop
+            x = monitor.step(i, t_end, x, x)
+            if return_trajectory:
+                outputs.append(x)
+    _check_finite(finite, eval_times)
     return SampleResult(
-        samples=x, nfe=len(outputs), times=eval_times if return_trajectory else None, trajectory=trajectory,
-        stats={"times": eval_times},
+        samples=x, nfe=len(t_eval), times=eval_times if return_trajectory else None,
+        trajectory=torch.stack(outputs) if return_trajectory else None, stats={"times": eval_times},
     )
 
 
-def _check_outputs(outputs: list[torch.Tensor], times: torch.Tensor) -> None:
-    """Raise :class:`NonFiniteError` at the first evaluation time whose output has a NaN or infinity (one host read)."""
-    finite = torch.stack([torch.isfinite(x).all() for x in outputs])
-    if not bool(finite.all()):
-        i = int((~finite).nonzero()[0])
+def _check_finite(finite: list[torch.Tensor], times: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteError` at the first evaluation time whose output had a NaN or infinity (one host read)."""
+    ok = torch.stack(finite)
+    if not bool(ok.all()):
+        i = int((~ok).nonzero()[0])
         raise NonFiniteError(
             f"sample_consistency: f returned non-finite values (NaN or inf) at t={float(times[i]):.6g} (step {i + 1} of "
-            f"{len(outputs)}); check the consistency model at this time."
+            f"{len(finite)}); check the consistency model at this time."
         )
-

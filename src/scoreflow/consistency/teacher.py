@@ -2,8 +2,9 @@ r"""One step of any registry ``"ode"`` method between two times, per sample: the
 
 A fixed-grid method takes exactly one step on the grid :math:`(t_{from}, t_{to})` (a multistep method's first step,
 which has no history: ``dpmpp_2m``'s is DDIM's); an adaptive method solves from :math:`t_{from}` to :math:`t_{to}` to its
-tolerances.  The solver is the registry's, called through its interface (``solver.sample(score, sde, x, stepping)``),
-so the step is exactly the method's and every score evaluation is counted.  Samples that share their pair of
+tolerances.  The solver is the registry's, called through its interface (``solver.sample(score, sde, x, stepping,
+monitor=...)``, with a monitor that watches nothing), so the step is exactly the method's and every score evaluation
+is counted.  Samples that share their pair of
 times are stepped together, one solver call per distinct pair.
 """
 
@@ -17,7 +18,7 @@ import torch
 from .._checks import check_batch
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..dynamics.reparameterized import to_time_variable
-from ..methods import Stepping, get_method, resolve_stepping
+from ..methods import StepMonitor, Stepping, get_method, resolve_stepping
 from ..sde import ForwardSDE, check_sde
 
 __all__ = ["ODEStep", "teacher_step"]
@@ -54,9 +55,14 @@ class ODEStep:
             fn, self.spec, sde, like, start=sde.T, end=sde.t_min, steps=None if self.spec.adaptive else 1,
             time=time, rtol=rtol, atol=atol,
         )
+        # A teacher step is internal to a loss: nobody watches it, so the monitor returns every state at once.
+        self.monitor = StepMonitor(fn)
 
     def __call__(self, score: CountedScore, x: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
-        """Step row i of ``x`` from ``t_from[i]`` to ``t_to[i]`` (``(B,)`` tensors of times in x's dtype)."""
+        """Step row i of ``x`` from ``t_from[i]`` to ``t_to[i]`` (``(B,)`` tensors of times in x's dtype).
+
+        Non-finite scores are recorded in ``score.finite``: call it inside ``score.guard()`` to have them raised.
+        """
         pairs, group = torch.unique(torch.stack([t_from, t_to], dim=1), dim=0, return_inverse=True)
         out = torch.empty_like(x)
         for k in range(pairs.shape[0]):
@@ -66,8 +72,7 @@ class ODEStep:
             if self.first_step:
                 span = to_time_variable(self.sde, stepping.time, pairs[k]).diff().abs()
                 solver = self.spec.build(self.fn, {**self.options, "first_step": float(span)})
-            path = solver.sample(score, self.sde, x[rows], stepping)
-            out[rows] = path.states[-1]
+            out[rows] = solver.sample(score, self.sde, x[rows], stepping, monitor=self.monitor).state
         return out
 
 
@@ -121,6 +126,6 @@ def teacher_step(
     if lo < sde.t_min * (1 - 1e-6) or hi > sde.T * (1 + 1e-6):
         raise ValueError(f"{fn}: arguments 't_from', 't_to' expected times in [t_min={sde.t_min:g}, T={sde.T:g}], got [{lo:g}, {hi:g}].")
     counted = CountedScore(score, caller=fn)
-    with torch.no_grad():
+    with torch.no_grad(), counted.guard():
         out = step(counted, x, *ends)
     return out, counted.nfe

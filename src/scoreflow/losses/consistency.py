@@ -180,8 +180,9 @@ def consistency_distillation_loss(
     )
     teacher = ODEStep(fn, solver, sde, x0, time=time, rtol=rtol, atol=atol, options=options)
     t_hi, t_lo, _, x_hi = setup.draw(x0, generator)
-    with torch.no_grad():
-        x_lo = teacher(CountedScore(score, caller=fn), x_hi, t_hi, t_lo)
+    counted = CountedScore(score, caller=fn)
+    with torch.no_grad(), counted.guard():
+        x_lo = teacher(counted, x_hi, t_hi, t_lo)
     return setup.loss(f, f_target, x_hi, t_hi, x_lo, t_lo, reduction)
 
 
