@@ -1,4 +1,4 @@
-"""Distilled consistency models against the teacher's deterministic samplers, on problems with an exact answer.
+r"""Distilled consistency models against the teacher's deterministic samplers, on problems with an exact answer.
 
 For each problem (the 2-D ring under VP, where the recipe of ``examples/consistency_ring.py`` was chosen, and
 Gaussian mixtures drawn at random: dimension 2-4, 3-8 components, random means, weights and anisotropic
@@ -14,9 +14,17 @@ Heun step of the teacher on an 18-step Karras grid, EMA target, shared steps).  
 
 Every SW2 compares n samples with 4n exact ones over the same 256 directions.
 
-    python benchmarks/bench_consistency.py                             # ring + 4 random problems (about 1 h on a loaded 2-core machine)
+    python benchmarks/bench_consistency.py                             # ring + 4 random problems, 12000 iterations each
     python benchmarks/bench_consistency.py --problems ring2d --iters 1000     # a quick look
     python benchmarks/bench_consistency.py --refine --iters 4000              # CD as its grid is refined
+    python benchmarks/bench_consistency.py --refine --iters 0                 # its minimiser only (seconds)
+
+The table in docs/consistency.md (2000 iterations, 10000 samples, the ring and four random problems, one
+process each, in parallel):
+
+    for p in ring2d 0 1 2 3; do python benchmarks/bench_consistency.py --problems $p --iters 2000 --n 10000 \
+        --out /tmp/cm/$p --plot '' & done; wait
+    python benchmarks/bench_consistency.py --combine /tmp/cm/ring2d /tmp/cm/0 /tmp/cm/1 /tmp/cm/2 /tmp/cm/3
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import numpy as np
 import torch
 
 import scoreflow as sf
-from scoreflow.metrics import sliced_wasserstein2
+from scoreflow.metrics import _quantiles, sliced_wasserstein2
 from scoreflow.testing import make_law
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -60,6 +68,23 @@ def random_problem(seed: int) -> tuple[str, sf.analytic.GaussianMixture, sf.Forw
     return name, sf.analytic.GaussianMixture(weights, means, covs), sde
 
 
+class SlicedW2:
+    """``sliced_wasserstein2(x, reference, n_projections=256, generator=seed 7)`` with the reference's projections
+    sorted once: the same number, for the few hundred sample sets compared with one reference."""
+
+    def __init__(self, reference: torch.Tensor) -> None:
+        g = torch.Generator().manual_seed(7)
+        theta = torch.randn(reference.shape[1], 256, generator=g, dtype=torch.float64)
+        self.theta = theta / theta.norm(dim=0, keepdim=True)
+        self.reference = reference
+        self.sorted = torch.sort((reference.double() @ self.theta).T, dim=1).values
+
+    def __call__(self, x: torch.Tensor) -> float:
+        px = torch.sort((x.double() @ self.theta).T, dim=1).values
+        n = max(px.shape[1], self.sorted.shape[1])
+        return math.sqrt(float((_quantiles(px, n) - _quantiles(self.sorted, n)).pow(2).mean()))
+
+
 def evaluate(name, law64, sde, f, *, n: int, seed: int) -> dict:
     """Every SW2 of the benchmark and the distance of f to the exact function along trajectories."""
     g = torch.Generator().manual_seed(seed)
@@ -67,10 +92,11 @@ def evaluate(name, law64, sde, f, *, n: int, seed: int) -> dict:
     exact = law64.marginal(sde, sde.t_min)
     reference = exact.sample(4 * n, generator=g)
 
-    def sw2(x: torch.Tensor) -> float:
-        return sliced_wasserstein2(x, reference, n_projections=256, generator=torch.Generator().manual_seed(7))
+    sw2 = SlicedW2(reference)
 
     floor = [sw2(exact.sample(n, generator=g)) for _ in range(5)]
+    check = exact.sample(n, generator=torch.Generator().manual_seed(seed + 2))
+    assert math.isclose(sw2(check), sliced_wasserstein2(check, reference, n_projections=256, generator=torch.Generator().manual_seed(7)), rel_tol=1e-9)
     out = {"problem": name, "n": n, "floor": floor, "consistency": {}, "deterministic": []}
     with torch.no_grad():
         for steps in CONSISTENCY_STEPS:
@@ -112,7 +138,7 @@ def refinement(*, iters: int, seeds: tuple[int, ...], grids: tuple[int, ...] = (
     for steps in grids:
         solve = sf.sample_ode(law64.score(sde), sde, x_T, method="heun", schedule=sf.time_grid(sde, steps, "karras"))
         trained = []
-        for seed in seeds:
+        for seed in seeds if iters > 0 else ():  # --iters 0: the minimiser alone
             f = distil(law64.to(torch.float32).score(sde), law64.to(torch.float32), sde, iters=iters, steps=steps, seed=seed)
             with torch.no_grad():
                 trained.append(float((f(x_T.float(), sde.T).double() - end).pow(2).mean().sqrt()))
@@ -194,6 +220,8 @@ def main(argv=None) -> None:
     ap.add_argument("--plot", default="docs/img/consistency.png")
     ap.add_argument("--refine", action="store_true", help="instead: CD as its grid is refined (gaussian2d, VP)")
     ap.add_argument("--replot", action="store_true", help="only redraw the plot and table from OUT/results.json")
+    ap.add_argument("--combine", nargs="+", metavar="DIR", help="only join DIR/results.json of runs made in parallel "
+                    "into OUT/results.json, then redraw")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.refine:
@@ -201,13 +229,17 @@ def main(argv=None) -> None:
         rows = refinement(iters=args.iters, seeds=(args.seed, args.seed + 1))
         lines = ["| grid steps N | RMS error at T of the CD minimiser (Heun's solve through the grid) | of the distilled model (2 seeds) |",
                  "| --- | --- | --- |"]
-        lines += [f"| {r['steps']} | {r['minimiser']:.2e} | {', '.join(f'{e:.2e}' for e in r['trained'])} |" for r in rows]
+        lines += [f"| {r['steps']} | {r['minimiser']:.2e} | {', '.join(f'{e:.2e}' for e in r['trained']) or 'not run'} |" for r in rows]
         print("\n".join(lines))
         out.mkdir(parents=True, exist_ok=True)
         (out / "refinement.json").write_text(json.dumps(rows, indent=1))
         (out / "refinement.md").write_text("\n".join(lines) + "\n")
         return
-    if args.replot:
+    if args.combine:
+        out.mkdir(parents=True, exist_ok=True)
+        joined = [r for d in args.combine for r in json.loads((Path(d) / "results.json").read_text())]
+        (out / "results.json").write_text(json.dumps(joined, indent=1, default=float))
+    if args.replot or args.combine:
         results = json.loads((out / "results.json").read_text())
         for r in results:
             r["consistency"] = {int(k): v for k, v in r["consistency"].items()}
