@@ -86,6 +86,11 @@ def test_a_solve_refuses_a_malformed_state_naming_it(fn, bad, error, what):
         SOLVES[fn](SCORE, bad())
 
 
+def test_a_bfloat16_state_is_refused_before_an_adaptive_solver_divides_by_its_underflowed_error():
+    with pytest.raises(TypeError, match=r"sample_ode: argument 'x_T' expected a float32 or float64 .* Fix: pass x_T.float\(\)"):
+        sf.sample_ode(SCORE, SDE, _x(3, 2).bfloat16(), method="dpmpp_4m_pc_adaptive")
+
+
 @pytest.mark.parametrize("fn", SOLVES)
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),

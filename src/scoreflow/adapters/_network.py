@@ -79,7 +79,9 @@ class NetworkCall(torch.nn.Module):
             raw = self.net(x.to(dtype), time, **condition)
         out = self.output(raw, x)
         if not torch.is_tensor(out):
-            raise TypeError(f"{self.fn}: the network returned {type(raw).__name__}; expected a tensor shaped like x {tuple(x.shape)}.")
+            raise TypeError(
+                f"{self.fn}: the network returned {type(raw).__name__}; expected a tensor shaped like x {tuple(x.shape)}."
+            )
         out = out.to(x.dtype)
         if not self._checked:
             self._checked = check_network_output(self.fn, "the network", out, x, t)

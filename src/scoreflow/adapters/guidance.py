@@ -47,7 +47,10 @@ class GuidedScore(torch.nn.Module):
     def _guide(self, p_u: torch.Tensor, p_c: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not self._checked:
             # once: a (B, 1) output of either model would broadcast into a valid-looking guided score
-            checked = [check_network_output("guided_score", f"the {name} model", p, x, t) for name, p in (("uncond", p_u), ("cond", p_c))]
+            checked = [
+                check_network_output("guided_score", f"the {name} model", p, x, t)
+                for name, p in (("uncond", p_u), ("cond", p_c))
+            ]
             self._checked = all(checked)
         return p_u + self.w * (p_c - p_u)
 
