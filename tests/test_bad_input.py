@@ -309,7 +309,9 @@ def test_esm_loss_refuses_a_non_finite_target_score():
         (lambda: sf.time_grid(None, 10), TypeError, r"time_grid: argument 'sde' expected a ForwardSDE"),
         (lambda: sf.time_grid(SDE, 5, dtype=torch.int64), TypeError, r"time_grid: argument 'dtype' expected a floating"),
         (lambda: sf.time_grid(SDE, 0), ValueError, r"time_grid: argument 'steps' expected an int >= 1"),
-        (lambda: sf.time_grid(sf.VPSDE(beta_max=1e4), 10, "log_snr"), ValueError, r"time_grid: schedule 'log_snr' needs a finite log-SNR"),
+        (lambda: sf.VPSDE(beta_max=1e4), ValueError, r"VPSDE: beta_min=0.1, beta_max=10000.0 give log alpha\(T\) = -2500"),
+        (lambda: sf.SubVPSDE(beta_max=1e4), ValueError, r"SubVPSDE: .*alpha\(T\)\^2 underflows float64"),
+        (lambda: sf.time_grid(sf.RectifiedFlow(), 10, "log_snr"), ValueError, r"time_grid: schedule 'log_snr' needs a finite log-SNR"),
         (lambda: sf.geometric_sigmas(0.01, 1.0, 5, dtype=torch.int64), TypeError, r"geometric_sigmas: argument 'dtype'"),
         (lambda: sf.geometric_sigmas(1.0, 0.01, 5), ValueError, r"geometric_sigmas: expected sigma_min < sigma_max"),
         (lambda: sf.brownian_motion(_x(2, 2), -1.0), ValueError, r"brownian_motion: argument 'duration'"),
@@ -327,9 +329,14 @@ def test_grids_noise_and_bits_refuse_bad_input_naming_the_argument(call, error, 
         call()
 
 
-def test_the_vp_log_snr_grid_of_an_extreme_process_is_finite_where_it_is_offered():
-    ts = sf.time_grid(sf.VPSDE(beta_max=1e4), 10, "log_snr_capped")
-    assert torch.isfinite(ts).all() and (ts[1:] < ts[:-1]).all()
+def test_the_log_snr_grid_and_a_solve_of_an_extreme_but_representable_vp_process_are_finite():
+    sde = sf.VPSDE(beta_max=1000.0)  # log alpha(T) = -250: SNR(T) = e^-500, still a float64
+    for schedule in ("log_snr", "log_snr_capped", "karras"):
+        ts = sf.time_grid(sde, 10, schedule)
+        assert torch.isfinite(ts).all() and (ts[1:] < ts[:-1]).all()
+    law = sf.analytic.Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    res = sf.sample_ode(law.score(sde), sde, _x(4, 2, dtype=torch.float64), method="dpmpp_2m", steps=10)
+    assert res.samples.shape == (4, 2) and torch.isfinite(res.samples).all()
 
 
 def test_dequantize_accepts_an_8_bit_image_in_half_precision():
