@@ -218,6 +218,10 @@ def test_a_wrapper_stops_on_a_non_finite_first_network_output_naming_the_time(fn
 def test_a_wrapper_called_at_t_0_where_sigma_is_0_stops_instead_of_returning_inf(fn):
     with pytest.raises(NonFiniteError, match=rf"{fn}: the score converted from .* at t=0\. .*sigma\(t\) = 0"):
         WRAPPERS[fn](lambda x, t: 0.5 * x)(_x(3, 2), torch.zeros(3))
+    model = WRAPPERS[fn](lambda x, t: 0.5 * x)
+    model(_x(3, 2), 0.5)  # checked once; a number t is still checked at every call, at no cost
+    with pytest.raises(ValueError, match=rf"{fn}: argument 't' expected a time > 0 .* got 0"):
+        model(_x(3, 2), 0)
 
 
 @pytest.mark.parametrize("fn", WRAPPERS)

@@ -148,6 +148,12 @@ class _Parameterized(torch.nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        if isinstance(t, (int, float)) and t <= 0:
+            # a number is read for free: sigma(0) = 0, where the score of every conversion is infinite
+            raise ValueError(
+                f"{self.fn}: argument 't' expected a time > 0 (sigma(0) = 0 makes the score infinite), got {t!r}. "
+                "Fix: evaluate at t >= sde.t_min, or use model.predict(x, t) for the network's own prediction."
+            )
         t = batch_time(t, x)
         first = not self._checked
         score = convert(self.predict(x, t), self.prediction, "score", x, t, self.sde)
