@@ -218,11 +218,11 @@ def test_conditioning_errors_name_the_argument():
     v = torch.zeros(2)
     with pytest.raises(TypeError, match=r"GaussianMixture.condition: argument 'mask' expected a boolean tensor of shape \(2,\), got tensor"):
         law.condition(torch.tensor([1, 0]), v)
-    with pytest.raises(ValueError, match=r"GaussianMixture.condition: argument 'mask' expected shape \(2,\) .*got \(3,\)"):
+    with pytest.raises(ValueError, match=r"GaussianMixture.condition: argument 'mask' expected shape \(2,\), got \(3,\)"):
         law.condition(torch.tensor([True, False, True]), v)
     with pytest.raises(ValueError, match=r"argument 'mask' expected at least one observed \(True\) and one unobserved \(False\) coordinate, got 2 of 2"):
         law.condition(torch.tensor([True, True]), v)
-    with pytest.raises(ValueError, match=r"argument 'values' expected shape \(2,\) or \(B, \*\(2,\)\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"argument 'values' expected shape \(2,\) or \(B, 2\), got \(3,\)"):
         law.condition(torch.tensor([True, False]), torch.zeros(3))
     with pytest.raises(ValueError, match=r"argument 'values' contains NaN"):
         law.condition(torch.tensor([True, False]), torch.tensor([math.nan, 0.0]))
@@ -230,12 +230,16 @@ def test_conditioning_errors_name_the_argument():
         law.marginal(sf.VPSDE(), torch.tensor([0.1, 0.2, 0.3])).condition(torch.tensor([True, False]), v)
     with pytest.raises(ValueError, match=r"GaussianMixture.condition_linear: argument 'A' expected a matrix of shape \(M, 2\)"):
         law.condition_linear(torch.ones(2), torch.ones(1), 0.1)
-    with pytest.raises(ValueError, match=r"argument 'y' expected shape \(1,\) or \(B, \*\(1,\)\), got \(2,\)"):
+    with pytest.raises(ValueError, match=r"argument 'y' expected shape \(1,\) or \(B, 1\), got \(2,\)"):
         law.condition_linear(torch.ones(1, 2), torch.ones(2), 0.1)
     with pytest.raises(ValueError, match=r"argument 'noise_std' expected finite values > 0, got 0.0. Use condition\(\) for exact"):
         law.condition_linear(torch.ones(1, 2), torch.ones(1), 0.0)
     with pytest.raises(TypeError, match=r"argument 'noise_std' expected a number or a tensor of shape \(1,\), got str"):
         law.condition_linear(torch.ones(1, 2), torch.ones(1), "0.1")
+    with pytest.raises(ValueError, match=r"argument 'noise_std' expected shape \(\) or \(1,\), got \(2,\)"):
+        law.condition_linear(torch.ones(1, 2), torch.ones(1), torch.ones(2))
+    with pytest.raises(TypeError, match=r"argument 'values' expected a tensor of shape \(2,\), got str"):
+        law.condition(torch.tensor([True, False]), "abc")
     with pytest.raises(ValueError, match=r"observation_log_likelihood: give either 'mask' and 'values' .* or 'A', 'y' and 'noise_std'"):
         observation_log_likelihood(law, sf.VPSDE(), mask=torch.tensor([True, False]), y=torch.ones(1))
     with pytest.raises(TypeError, match=r"inpainting_score: argument 'sde' expected a ForwardSDE"):

@@ -21,6 +21,7 @@ from .sampling import annealed_langevin, geometric_sigmas, langevin, sample_pc
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 from . import adapters, distributed
 from .adapters import guided_score
+from .conditional import classifier_guided_score, dps_score, inpaint
 
 __version__ = "0.1.0"
 
@@ -37,4 +38,5 @@ __all__ = [
     "sample_ode", "sample_sde", "brownian_motion", "BrownianPath", "SampleResult", "time_grid",
     "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
+    "inpaint", "classifier_guided_score", "dps_score",
 ]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .._checks import _describe
+from .._checks import check_shaped
 from .._tensor import TimeLike, batch_time, right_pad
 from ..sde import ForwardSDE, check_sde
 
@@ -55,18 +55,14 @@ def _check_unbatched(fn: str, law: GaussianMixture) -> None:
 
 
 def _as_data(fn: str, name: str, value, law: GaussianMixture, trailing: tuple[int, ...]) -> torch.Tensor:
-    """``value`` as a float tensor in the law's dtype and device of shape ``trailing`` or ``(B, *trailing)``."""
+    """``value`` (a tensor or nested sequence of numbers) as a finite tensor in the law's dtype and device, of
+    shape ``trailing`` or ``(B, *trailing)``."""
     if not torch.is_tensor(value):
         try:
-            value = torch.as_tensor(value)
+            value = torch.as_tensor(value, dtype=law.means.dtype)
         except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{fn}: argument '{name}' expected a tensor of shape {trailing} or (B, *{trailing}), got {_describe(value)}.") from None
-    if value.is_complex() or value.dtype == torch.bool:
-        raise TypeError(f"{fn}: argument '{name}' expected real numbers, got dtype {value.dtype}.")
-    n = len(trailing)
-    if tuple(value.shape[value.ndim - n :]) != trailing or value.ndim not in (n, n + 1):
-        raise ValueError(f"{fn}: argument '{name}' expected shape {trailing} or (B, *{trailing}), got {tuple(value.shape)}.")
-    value = value.to(dtype=law.means.dtype, device=law.means.device)
+            raise TypeError(f"{fn}: argument '{name}' expected a tensor of shape {trailing}, got {type(value).__name__}.") from None
+    value = check_shaped(fn, name, value, [trailing, (-1, *trailing)]).to(dtype=law.means.dtype, device=law.means.device)
     if not bool(torch.isfinite(value).all()):
         raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite values.")
     return value
@@ -74,11 +70,7 @@ def _as_data(fn: str, name: str, value, law: GaussianMixture, trailing: tuple[in
 
 def _check_mask(fn: str, mask, law: GaussianMixture) -> torch.Tensor:
     """The boolean ``mask`` of the law's event shape, flattened to ``(D,)``."""
-    if not torch.is_tensor(mask) or mask.dtype != torch.bool:
-        raise TypeError(f"{fn}: argument 'mask' expected a boolean tensor of shape {law.event_shape}, got {_describe(mask)}.")
-    if tuple(mask.shape) != law.event_shape:
-        raise ValueError(f"{fn}: argument 'mask' expected shape {law.event_shape} (the law's event shape), got {tuple(mask.shape)}.")
-    flat = mask.reshape(-1).to(law.means.device)
+    flat = check_shaped(fn, "mask", mask, [law.event_shape], boolean=True).reshape(-1).to(law.means.device)
     if bool(flat.all()) or not bool(flat.any()):
         raise ValueError(
             f"{fn}: argument 'mask' expected at least one observed (True) and one unobserved (False) coordinate, "
@@ -153,10 +145,11 @@ def condition(law: GaussianMixture, mask: torch.Tensor, values) -> GaussianMixtu
 
 def _noise_std(fn: str, noise_std, m: int, law: GaussianMixture) -> torch.Tensor:
     """The noise standard deviations ``(M,)`` from a number or an ``(M,)`` tensor, all finite and > 0."""
-    std = torch.as_tensor(noise_std) if isinstance(noise_std, (int, float)) and not isinstance(noise_std, bool) else noise_std
-    if not torch.is_tensor(std) or std.shape not in ((), (m,)) or not (std.is_floating_point() or std.dtype == torch.long):
-        raise TypeError(f"{fn}: argument 'noise_std' expected a number or a tensor of shape ({m},), got {_describe(noise_std)}.")
-    std = std.to(dtype=law.means.dtype, device=law.means.device)
+    if isinstance(noise_std, (int, float)) and not isinstance(noise_std, bool):
+        noise_std = torch.tensor(float(noise_std))
+    elif not torch.is_tensor(noise_std):
+        raise TypeError(f"{fn}: argument 'noise_std' expected a number or a tensor of shape ({m},), got {type(noise_std).__name__}.")
+    std = check_shaped(fn, "noise_std", noise_std, [(), (m,)]).to(dtype=law.means.dtype, device=law.means.device)
     if not bool((torch.isfinite(std) & (std > 0)).all()):
         raise ValueError(f"{fn}: argument 'noise_std' expected finite values > 0, got {std.tolist()}. Use condition() for exact observations.")
     return std.expand(m)
