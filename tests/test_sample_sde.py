@@ -96,3 +96,12 @@ def test_trajectory_and_any_data_shape_float32():
     assert torch.equal(res.trajectory[0], x_T)
     assert torch.allclose(res.times[[0, -1]], torch.tensor([sde.T, sde.t_min]))
     assert res.nfe == 11
+
+
+def test_thousands_of_steps_do_not_exhaust_the_recursion_limit():
+    # torchsde's Brownian interval, built without a step hint, nested its dependency tree past Python's
+    # recursion limit at 20 000 steps; sample_sde now hands it the step size.
+    problem = make_problem("gaussian2d", "vp")
+    x_T = problem.sde.prior_sample((2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    res = sf.sample_sde(problem.score, problem.sde, x_T, steps=20_000, generator=torch.Generator().manual_seed(1))
+    assert res.nfe == 20_000 and torch.isfinite(res.samples).all()

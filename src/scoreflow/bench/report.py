@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._files import atomic_write
 from .study import Study
 
 __all__ = ["write_report", "orders_table", "rows_table", "plot_study"]
@@ -93,7 +94,8 @@ def plot_study(study: Study, metric: str, path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -121,7 +123,8 @@ def write_report(
             "orders": study.orders,
             "rows": study.rows,
         }
-        path.write_text(json.dumps(payload, indent=1))
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(payload, indent=1))
         files[f"{study.name}_json"] = path
         md += [
             f"## {study.name.upper()} study: {study.problem}",
@@ -138,6 +141,7 @@ def write_report(
                     md += [f"![{study.name} {metric}]({png.name})", ""]
         md += ["<details><summary>All rows</summary>", "", rows_table(study), "", "</details>", ""]
     report = out / "report.md"
-    report.write_text("\n".join(md))
+    with atomic_write(report) as tmp:
+        tmp.write_text("\n".join(md))
     files["report"] = report
     return files

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torchsde
 
-from .._checks import check_generator
+from .._checks import check_generator, check_positive
 from ..methods import Grid, Method, Path, Stepping, Tolerances, register
 from ..sde import ForwardSDE
 from .counting import CountedScore
@@ -103,6 +103,7 @@ def brownian_motion(
     generator: torch.Generator | None = None,
     levy_area: bool = False,
     query_independent: bool = False,
+    step_size: float | None = None,
 ) -> BrownianPath:
     """A Brownian path on ``[0, duration]`` (solver time s = T - t) for the flattened state of ``x_T``.
 
@@ -113,12 +114,24 @@ def brownian_motion(
     or build it with ``query_independent=True`` (torchsde's dyadic ``halfway_tree``: the same path
     however it is queried, 4-5x slower to query); pass it to :func:`scoreflow.sample_sde` as ``bm``.
 
+    ``step_size``, the typical step of the solves it will drive, lets torchsde build its dependency tree
+    up front; without it torchsde infers one from its first queries, which with thousands of steps nests
+    deeper than Python's recursion limit.
+
     Raises:
         TypeError: if ``generator`` is not a ``torch.Generator``.
+        ValueError: for a ``duration`` or ``step_size`` that is not a finite number > 0, or ``step_size``
+            with ``query_independent=True`` (the dyadic tree needs no hint).
     """
-    check_generator("brownian_motion", generator)
+    fn = "brownian_motion"
+    check_generator(fn, generator)
+    duration = check_positive(fn, "duration", duration)
+    if step_size is not None:
+        step_size = check_positive(fn, "step_size", step_size)
+        if query_independent:
+            raise ValueError(f"{fn}: argument 'step_size' applies to query_independent=False (the dyadic tree needs no hint).")
     entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else "cpu"))
-    extra = {"halfway_tree": True, "tol": duration * 2.0**-20} if query_independent else {}
+    extra = {"halfway_tree": True, "tol": duration * 2.0**-20} if query_independent else {"dt": step_size}
     interval = torchsde.BrownianInterval(
         t0=0.0,
         t1=duration,
@@ -173,9 +186,9 @@ class TorchsdeSolver:
         ts = stepping.times
         grid = sde.T - ts  # solver time s, increasing from 0
         if isinstance(stepping, Grid) and stepping.step_size is None:
-            dt = float(grid[-1]) / (len(grid) - 1)
+            dt = float(grid[-1]) / (len(grid) - 1)  # exact for the uniform grid, free of the grid's round-off
         else:
-            dt = stepping.step_size if isinstance(stepping, Grid) else stepping.first_step
+            dt = stepping.first_step
         if not trajectory:
             grid, ts = grid[[0, -1]], ts[[0, -1]]
         adaptive = isinstance(stepping, Tolerances)

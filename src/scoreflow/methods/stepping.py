@@ -49,6 +49,11 @@ class Grid:
         """The number of steps, or ``None`` when a step length is given instead."""
         return None if self.step_size is not None else len(self.times) - 1
 
+    @property
+    def first_step(self) -> float:
+        """The length of the first step (a host read: for set-up, never inside a step loop)."""
+        return self.step_size if self.step_size is not None else abs(float(self.times[1] - self.times[0]))
+
 
 @dataclass(frozen=True)
 class Tolerances:
@@ -164,8 +169,7 @@ def resolve_stepping(
         grid = Grid(_grid(fn, method, sde, like, start, end, steps, schedule, time), time=time)
     if not adaptive:
         return grid
-    first_step = grid.step_size if grid.step_size is not None else abs(float(grid.times[1] - grid.times[0]))
-    return Tolerances(ends, *_tolerances(fn, rtol, atol), time=time, first_step=first_step)
+    return Tolerances(ends, *_tolerances(fn, rtol, atol), time=time, first_step=grid.first_step)
 
 
 def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: float, end: float, steps: Any,

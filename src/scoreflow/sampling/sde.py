@@ -85,7 +85,10 @@ def sample_sde(
     duration = sde.T - t_min
     if bm is None:
         # The path must cover the solve's last time as rounded in x_T's dtype.
-        bm = brownian_motion(x_T, float(sde.T - stepping.times[-1]), generator=generator, levy_area=spec.levy_area)
+        bm = brownian_motion(
+            x_T, float(sde.T - stepping.times[-1]), generator=generator, levy_area=spec.levy_area,
+            step_size=stepping.first_step,
+        )
     elif not isinstance(bm, BrownianPath):
         raise TypeError(
             f"{fn}: argument 'bm' expected a scoreflow BrownianPath (see scoreflow.brownian_motion), got {type(bm).__name__}."
