@@ -257,6 +257,11 @@ def plot(results, path):
         ax.set(title=f"{info['problem']} (VP, n={info['n']})", xlabel="NFE", ylabel="RMS path error vs DOP853",
                xlim=(3, 200), ylim=(1e-6, 10))
         ax.grid(True, which="both", alpha=0.3)
+    save_figure(fig, axes, path)
+
+
+def save_figure(fig, axes, path):
+    """Legend beside the last panel, tight layout, and the PNG at ``path`` (its folder made if needed)."""
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -156,3 +156,11 @@ def test_a_registered_method_joins_the_study(gaussian_vp, monkeypatch):
     study = run_ode_study(gaussian_vp, methods=("my_midpoint",), n=8, max_nfe=128)
     assert [r["nfe"] for r in study.rows] == [8, 16, 32, 64, 128]
     assert study.order_of("my_midpoint") == pytest.approx(2.0, abs=0.4)
+
+
+def test_studies_on_rectified_flow_run_from_pure_noise_and_truncate_the_sde():
+    problem = make_problem("gaussian2d", "rf")
+    ode = run_ode_study(problem, methods=("rk4",), n=16, max_nfe=64)
+    assert ode.order_of("rk4") == pytest.approx(4.0, abs=0.6)
+    sde = run_sde_study(problem, methods=("euler",), n=16, max_nfe=16, min_steps=4, n_exact=256)
+    assert sde.config["T"] == 0.95 and all(math.isfinite(r["strong_error"]) for r in sde.rows)

@@ -142,6 +142,8 @@ def test_inpaint_errors_name_the_argument():
         sf.inpaint(counter, sde, x_T, predictor="ddim", **kw)
     with pytest.raises(ValueError, match=r"inpaint: predictor='ancestral' is defined for VPSDE and VESDE/EDMSDE, got SubVPSDE"):
         sf.inpaint(counter, sf.SubVPSDE(), x_T, predictor="ancestral", **kw)
+    with pytest.raises(ValueError, match=r"inpaint: the reverse SDE of RectifiedFlow.* has infinite drift and diffusion at t=T"):
+        sf.inpaint(counter, sf.RectifiedFlow(), x_T, **kw)
     kw.pop("mask")
     with pytest.raises(TypeError, match=r"inpaint: argument 'mask' expected a boolean tensor of shape \(2,\) or \(64, 2\), got tensor"):
         sf.inpaint(counter, sde, x_T, mask=torch.tensor([1.0, 0.0]), **kw)

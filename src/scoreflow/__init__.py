@@ -6,9 +6,11 @@ from .errors import NonFiniteError
 from .parameterizations import (
     denoiser_from_score,
     eps_from_score,
+    flow_velocity_from_score,
     score_from_denoiser,
     score_from_energy,
     score_from_eps,
+    score_from_flow_velocity,
     score_from_velocity,
     velocity_from_score,
 )
@@ -19,6 +21,7 @@ from .methods import Method, get_method, list_methods
 from .sampling import BrownianPath, SampleResult, brownian_motion, sample_ode, sample_sde, time_grid
 from .sampling import annealed_langevin, geometric_sigmas, langevin, sample_pc
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
+from .paths import AffinePath, RectifiedFlow
 from . import adapters, distributed
 from .adapters import guided_score
 from .conditional import classifier_guided_score, dps_score, inpaint
@@ -29,9 +32,9 @@ __all__ = [
     "analytic", "adapters", "distributed", "dynamics", "solvers", "guided_score",
     "losses",
     "NonFiniteError",
-    "ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE",
-    "score_from_eps", "score_from_denoiser", "score_from_velocity", "score_from_energy",
-    "eps_from_score", "denoiser_from_score", "velocity_from_score",
+    "ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "AffinePath", "RectifiedFlow",
+    "score_from_eps", "score_from_denoiser", "score_from_velocity", "score_from_flow_velocity", "score_from_energy",
+    "eps_from_score", "denoiser_from_score", "velocity_from_score", "flow_velocity_from_score",
     "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
     "exact_divergence", "hutchinson_divergence",
     "list_methods", "get_method", "Method",

@@ -302,12 +302,15 @@ def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch
 
 
 def resolve_t_min(fn: str, sde: Any, t_min: Any) -> float:
-    """The truncation time: ``sde.t_min`` by default, else a value in ``(0, T)``."""
+    """The truncation time: ``sde.t_min`` by default, else a value in ``(0, T)`` (``[0, T)`` for a process whose
+    ``reaches_data`` is true: a flow path, whose velocity models are finite at t = 0)."""
     if t_min is None:
         return sde.t_min
     t = check_real(fn, "t_min", t_min)
-    if not 0.0 < t < sde.T:
-        raise ValueError(f"{fn}: argument 't_min' expected a time in (0, T={sde.T:g}), got {t!r}.")
+    lowest = 0.0 if getattr(sde, "reaches_data", False) else math.nextafter(0.0, 1.0)
+    if not lowest <= t < sde.T:
+        interval = "[0" if lowest == 0.0 else "(0"
+        raise ValueError(f"{fn}: argument 't_min' expected a time in {interval}, T={sde.T:g}), got {t!r}.")
     return t
 
 

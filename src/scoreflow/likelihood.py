@@ -27,6 +27,7 @@ from .dynamics.augmented import AugmentedProbabilityFlowODE
 from .dynamics.counting import CountedScore, ScoreFn
 from .dynamics.divergence import PROBES, draw_probes
 from .methods import get_method, resolve_stepping
+from .parameterizations import check_native_at_pure_noise
 from .sde import ForwardSDE, check_sde
 
 __all__ = ["log_likelihood", "LikelihoodResult", "TRACES"]
@@ -114,7 +115,7 @@ def log_likelihood(
         step_size: instead of ``steps``, the step length of a fixed-grid method.
         schedule: where the ``steps`` go (``"t"``, ``"log_snr"``, ``"karras"``, ``"log_snr_capped"``), or the grid
             itself, an increasing 1-D tensor of times from ``t_min`` to T.
-        t_min: the start time (default ``sde.t_min``).
+        t_min: the start time (default ``sde.t_min``; 0 on a flow path with a velocity model).
         prior_log_prob: ``x_T -> (B,)`` log-density at T; default ``sde.prior_log_prob``.  Pass the
             exact :math:`\log p_T` of an analytic law to separate solver error from prior mismatch.
         generator: seeds the Hutchinson probes.
@@ -127,7 +128,8 @@ def log_likelihood(
         A :class:`LikelihoodResult`.
 
     Raises:
-        ValueError: for an unknown trace, probe or method (the message lists the valid ones; raised before
+        ValueError: for a score or noise model on a process that reaches pure noise at T (see
+            :func:`scoreflow.sample_ode`), an unknown trace, probe or method (the message lists the valid ones; raised before
             any score evaluation), a malformed ``x``, ``t_min`` outside ``(0, T)``, missing/superfluous
             ``steps``/``step_size``/``rtol``/``atol``, ``n_probes`` with the exact trace, or a
             ``prior_log_prob`` that does not return shape ``(B,)``.
@@ -137,6 +139,7 @@ def log_likelihood(
     """
     fn = "log_likelihood"
     check_sde(fn, sde)
+    check_native_at_pure_noise(fn, score, sde)
     check_choice(fn, "trace", trace, TRACES)
     check_choice(fn, "probe", probe, PROBES)
     spec = get_method("likelihood", method, caller=fn)

@@ -2,9 +2,9 @@
 
 from .conditioning import condition, condition_linear, inpainting_score, observation_log_likelihood
 from .gaussian import Gaussian
-from .mixture import AnalyticScore, GaussianMixture
+from .mixture import AnalyticScore, AnalyticVelocity, GaussianMixture
 
 __all__ = [
-    "Gaussian", "GaussianMixture", "AnalyticScore",
+    "Gaussian", "GaussianMixture", "AnalyticScore", "AnalyticVelocity",
     "condition", "condition_linear", "inpainting_score", "observation_log_likelihood",
 ]

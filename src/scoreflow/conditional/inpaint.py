@@ -26,7 +26,7 @@ from ..methods import Method, get_method, int_option, list_methods, register
 from ..sampling._common import grad_mode, tweedie_denoise
 from ..sampling.predictors import ancestral_supports, corrector_alphas, forward_transition, predictor_coefficients
 from ..sampling.result import SampleResult
-from ..sde import ForwardSDE, check_sde
+from ..sde import ForwardSDE, check_diffusion_finite_at_T
 
 __all__ = ["inpaint", "repaint_schedule"]
 
@@ -141,7 +141,8 @@ def inpaint(
         of reverse steps and jumps.
 
     Raises:
-        ValueError: for an unknown method, predictor or corrector (listing the valid ones), ``resample`` with
+        ValueError: for a process that reaches pure noise at T (a flow path: truncate it, as for
+            :func:`scoreflow.sample_pc`), an unknown method, predictor or corrector (listing the valid ones), ``resample`` with
             ``method="replacement"``, a ``jump`` of ``steps`` or more, shapes of ``known``/``mask`` that do not
             match ``x_T``, non-finite known values, ``t_min`` outside ``(0, T)``.
         TypeError: for arguments of the wrong type, an option the method does not take, or a score returning
@@ -149,7 +150,7 @@ def inpaint(
         NonFiniteError: if the score or the state becomes NaN/inf; the message names the time.
     """
     fn = "inpaint"
-    check_sde(fn, sde)
+    check_diffusion_finite_at_T(fn, sde)
     check_choice(fn, "method", method, [m.name for m in list_methods("conditional") if m.front_end.startswith(f"{fn}(")])
     plan = get_method("conditional", method).build(fn, options)
     if resample is not None and not plan.resampling:

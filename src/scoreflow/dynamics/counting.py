@@ -6,6 +6,7 @@ import torch
 
 from .._checks import check_callable, check_finite, check_like
 from .._tensor import ScoreFn, batch_time
+from ..parameterizations import prediction_of
 
 __all__ = ["ScoreFn", "CountedScore"]
 
@@ -17,6 +18,8 @@ class CountedScore(torch.nn.Module):
     every evaluation (rejected adaptive steps included) and a NaN stops the solve with the
     time at which it appeared.  The first call is the front-end's check of the model: its output
     must be a tensor with the shape, dtype and device of ``x`` (the message names ``caller``).
+    A model that carries a native prediction (:mod:`scoreflow.parameterizations`) keeps it:
+    ``prediction`` names it and ``predict`` evaluates it, counted and checked alike.
 
     Args:
         score: the score model.
@@ -30,11 +33,20 @@ class CountedScore(torch.nn.Module):
         super().__init__()
         self.score = check_callable(caller, "score", score, "score(x, t)")
         self.caller = caller
+        self.prediction = prediction_of(score)
         self.nfe = 0
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = batch_time(t, x)
-        out = self.score(x, t)
+        return self._checked(self.score(x, t), x, t)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model's native prediction (the score for a plain score callable), counted and checked."""
+        t = batch_time(t, x)
+        native = self.score.predict if self.prediction != "score" else self.score
+        return self._checked(native(x, t), x, t)
+
+    def _checked(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         if self.nfe == 1:
             check_like(self.caller, "score", out, x, what="the score")

@@ -47,6 +47,11 @@ class TorchdiffeqSolver:
         is part of the solver interface only).
         """
         ts = stepping.times
+        if stepping.time != "t" and sde.pure_noise_at_T:
+            raise ValueError(
+                f"sample_ode: time={stepping.time!r} is infinite at T={sde.T:g} on {sde!r}, where alpha(T) = 0 (pure "
+                "noise). Fix: time='t' (the default), or a native exponential integrator."
+            )
         if stepping.time == "t":
             us, y_T, func = ts, x_T, ProbabilityFlowODE(score, sde)
         else:

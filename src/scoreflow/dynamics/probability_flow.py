@@ -4,13 +4,16 @@ r"""The probability-flow ODE as a torchdiffeq vector field.
 
 shares its marginals with the forward SDE, so integrating it from :math:`x_T \sim p_T`
 down to :math:`t_{min}` samples :math:`p_{t_{min}}`, and from data up to T gives likelihoods.
+The right-hand side is the flow velocity :math:`\dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon`, taken from
+the model's native prediction (:func:`scoreflow.parameterizations.convert`): a flow-velocity model is
+integrated as itself, a score model through the drift above.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._tensor import right_pad
+from ..parameterizations import convert
 from ..sde import ForwardSDE
 from .counting import CountedScore, ScoreFn
 
@@ -39,5 +42,4 @@ class ProbabilityFlowODE(torch.nn.Module):
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         t = t.to(x.dtype)
-        coef = right_pad(0.5 * self.sde.diffusion(t) ** 2, x)
-        return self.sde.drift(x, t) - coef * self.score(x, t)
+        return convert(self.score.predict(x, t), self.score.prediction, "flow_velocity", x, t, self.sde)

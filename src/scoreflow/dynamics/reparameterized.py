@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .._tensor import right_pad
+from ..parameterizations import convert
 from ..sde import ForwardSDE
 from .counting import CountedScore, ScoreFn
 
@@ -71,7 +72,7 @@ class ScaledProbabilityFlowODE(torch.nn.Module):
 
     def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t, x = self.state(u, y)
-        eps = -right_pad(self.sde.marginal(t)[1], y) * self.score(x, t)
+        eps = convert(self.score.predict(x, t), self.score.prediction, "eps", x, t, self.sde)
         if self.time == "sigma":
             return eps
         return -right_pad(torch.exp(-u.to(y.dtype)), y) * eps

@@ -9,6 +9,7 @@ import torch
 from .._checks import check_batch, resolve_t_min
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..methods import get_method, resolve_stepping
+from ..parameterizations import check_native_at_pure_noise
 from ..sde import ForwardSDE, check_sde
 from ._common import grad_mode, path_result
 from .result import SampleResult
@@ -57,7 +58,7 @@ def sample_ode(
             (e.g. :func:`scoreflow.time_grid` with its options); ``steps`` may then be omitted.
         time: torchdiffeq's integration variable, ``"t"`` (default), ``"sigma"`` or ``"log_snr"``.
         rtol, atol: tolerances of an adaptive method (default 1e-5 each).
-        t_min: final time (default ``sde.t_min``).
+        t_min: final time (default ``sde.t_min``; on a flow path it may be 0 for torchdiffeq's methods in t).
         return_trajectory: also return the states at every grid time (fixed-grid), at every accepted step
             (``dpmpp_4m_pc_adaptive``) or at ``T`` and ``t_min`` (torchdiffeq's adaptive methods).
         denoise_final: finish with Tweedie's denoising step :math:`(x + \sigma^2 s)/\alpha` at ``t_min`` (one NFE).
@@ -71,7 +72,9 @@ def sample_ode(
         the solver's ``stats`` (``dpmpp_4m_pc_adaptive``: accepted and rejected steps).
 
     Raises:
-        ValueError: for an unknown method, time variable or schedule (the message lists the valid ones), a
+        ValueError: for a score or noise model on a process that reaches pure noise at T (a flow path: wrap
+            the network's own prediction, e.g. :func:`scoreflow.score_from_flow_velocity`), a method or time
+            variable that divides by :math:`\alpha(T) = 0` there, an unknown method, time variable or schedule (the message lists the valid ones), a
             missing or superfluous ``steps``/``step_size``/``schedule``/``time``/``rtol``/``atol``, ``t_min``
             outside ``(0, T)``, a malformed ``x_T``, or a score returning the wrong shape.
         TypeError: if the score returns the wrong dtype, an argument has the wrong type, or the method is given
@@ -81,6 +84,7 @@ def sample_ode(
     """
     fn = "sample_ode"
     check_sde(fn, sde)
+    check_native_at_pure_noise(fn, score, sde)
     spec = get_method("ode", method, caller=fn)
     solver = spec.build(fn, options)
     t_min = resolve_t_min(fn, sde, t_min)

@@ -22,7 +22,7 @@ from .._checks import check_batch, check_finite, check_generator, check_int, che
 from .._tensor import standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..methods import Method, get_method, register
-from ..sde import ForwardSDE, check_sde
+from ..sde import ForwardSDE, check_diffusion_finite_at_T
 from ._common import grad_mode, tweedie_denoise
 from .predictors import ancestral_supports, corrector_alphas, predictor_coefficients
 from .result import SampleResult
@@ -96,6 +96,8 @@ def sample_pc(
         (N * corrector_steps) + the denoising call.
 
     Raises:
+        ValueError: for a process that reaches pure noise at T (a flow path such as ``RectifiedFlow()``, whose
+            reverse SDE has infinite diffusion there; truncate it, ``RectifiedFlow(T=0.999)``).
         ValueError: for an unknown predictor or corrector (the message lists the valid ones), both
             ``None``, ``"ancestral"`` with a sub-VP SDE, a non-positive ``snr``, ``steps`` or
             ``corrector_steps`` below 1, ``t_min`` outside ``(0, T)`` or a malformed ``x_T``.
@@ -103,7 +105,7 @@ def sample_pc(
         NonFiniteError: if the score or the state becomes NaN/inf; the message names the time.
     """
     fn = "sample_pc"
-    check_sde(fn, sde)
+    check_diffusion_finite_at_T(fn, sde)
     if predictor is not None:
         get_method("predictor", predictor, caller=fn, argument="predictor")
         if predictor == "ancestral" and not ancestral_supports(sde):

@@ -10,7 +10,7 @@ from .._checks import check_batch, check_generator, resolve_t_min
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..dynamics.sdeint import BrownianPath, brownian_motion
 from ..methods import get_method, resolve_stepping
-from ..sde import ForwardSDE, check_sde
+from ..sde import ForwardSDE, check_diffusion_finite_at_T
 from ._common import grad_mode, path_result
 from .result import SampleResult
 
@@ -63,6 +63,8 @@ def sample_sde(
         A :class:`SampleResult` with ``samples`` at ``t_min`` and ``nfe``.
 
     Raises:
+        ValueError: for a process that reaches pure noise at T (a flow path such as ``RectifiedFlow()``, whose
+            reverse SDE has infinite diffusion there; truncate it, ``RectifiedFlow(T=0.999)``).
         ValueError: for an unknown method (listing the valid ones), a missing ``steps``/``step_size``,
             ``t_min`` outside ``(0, T)``, a malformed ``x_T``, both ``bm`` and ``generator``, or a
             ``bm`` of the wrong size or span, or without the Lévy area the method needs.
@@ -70,7 +72,7 @@ def sample_sde(
         NonFiniteError: if the score becomes NaN/inf; the message names the time.
     """
     fn = "sample_sde"
-    check_sde(fn, sde)
+    check_diffusion_finite_at_T(fn, sde)
     spec = get_method("sde", method, caller=fn)
     solver = spec.build(fn, options)
     check_generator(fn, generator)

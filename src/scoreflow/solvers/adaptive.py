@@ -15,18 +15,22 @@ for a predictor through :math:`p` points (local error :math:`O(h^{p+1})`).  A re
 The last step, which lands exactly on :math:`\lambda(t_{min})`, is corrected too (its prediction is not
 needed afterwards, but an uncorrected long final step was the largest error on the mixtures of the
 few-NFE benchmark).  Steps concentrate where the data prediction changes fast in :math:`\lambda`, e.g.
-where trajectories choose between the modes of a mixture.
+where trajectories choose between the modes of a mixture.  From pure noise (a flow path at T,
+:math:`\lambda = -\infty`) the first step is taken in :math:`r = e^\lambda` (see :func:`._update_from_pure_noise`) and
+its end point moves by :math:`\log` of the same factor.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from ..dynamics.counting import CountedScore
 from ..methods import Method, Path, Tolerances, int_option, positive_option, register
 from ..sde import ForwardSDE
-from .base import ScorePredictions
-from .multistep import _polynomial_update
+from .base import ScorePredictions, check_native_ends
+from .multistep import _polynomial_update, _update_from_pure_noise
 
 __all__ = ["AdaptiveExponentialPC"]
 
@@ -69,6 +73,7 @@ class AdaptiveExponentialPC:
     ) -> Path:
         """Integrate the probability-flow ODE from ``x_T`` between the ends ``stepping.times`` to its tolerances."""
         start, end = stepping.times
+        check_native_ends("AdaptiveExponentialPC", sde, stepping.times, True)
         times, states, rejected = self.solve(ScorePredictions(score, sde), start, end, x_T, stepping.rtol, stepping.atol)
         return Path(torch.stack(times), states, {"steps": len(times) - 1, "rejected_steps": rejected})
 
@@ -86,28 +91,47 @@ class AdaptiveExponentialPC:
         m = model.data(x, t_start)
         times, states, history = [t_start], [x], []
         h, rejected = self.h_init, 0  # a first step beyond t_end becomes the last step below
+        # From pure noise (lambda = -inf) the first step is sized in r = e^lambda: it ends at lambda = lam_first,
+        # which a rejection moves by log(factor) (the step's error scales as r_t^(p+1), as an ordinary step's does as h^(p+1)).
+        lam_first, from_noise = -self.h_init, model.from_pure_noise(t_start)
         for _ in range(self.max_steps):
-            remaining = float(lam_end - lam_s)
-            last = h >= 0.999 * remaining
-            if last:
-                h = remaining
-            elif h > 0.7 * remaining:
-                h = 0.5 * remaining  # two similar steps rather than a sliver at the end
-            t = t_end if last else model.time_at(lam_s + h)
+            if from_noise:
+                last = lam_first >= float(lam_end)
+                t = t_end if last else model.time_at(lam_s.new_tensor(lam_first))
+            else:
+                remaining = float(lam_end - lam_s)
+                last = h >= 0.999 * remaining
+                if last:
+                    h = remaining
+                elif h > 0.7 * remaining:
+                    h = 0.5 * remaining  # two similar steps rather than a sliver at the end
+                t = t_end if last else model.time_at(lam_s + h)
             alpha_t, sigma_t, lam_t = model.coefs(t)
             step, ratio, base = lam_t - lam_s, sigma_t / sigma_s, (lam_s, m)
             others = history[: self.points - 1]
-            x_pred = _polynomial_update(x, ratio, alpha_t, step, base, others)
+
+            def update(points):
+                if from_noise:
+                    return _update_from_pure_noise(x, ratio, alpha_t, m, points)
+                return _polynomial_update(x, ratio, alpha_t, step, base, points)
+
+            x_pred = update(others)
             m_t = model.data(x_pred, t)
-            x_t = _polynomial_update(x, ratio, alpha_t, step, base, [(lam_t, m_t)] + others)
+            x_t = update([(lam_t, m_t)] + others)
             scale = atol + rtol * torch.maximum(x.abs(), x_t.abs())
             err = float(((x_t - x_pred) / scale).square().mean().sqrt())
-            factor = self.safety * max(err, 1e-10) ** (-1.0 / (len(others) + 2))
-            h = float(step) * min(self.max_factor, max(self.min_factor, factor))
+            factor = min(self.max_factor, max(self.min_factor, self.safety * max(err, 1e-10) ** (-1.0 / (len(others) + 2))))
+            if from_noise:
+                lam_first = float(lam_t) + math.log(factor)
+                h = self.h_init * factor
+            else:
+                h = float(step) * factor
             if err > self.reject_above:
                 rejected += 1
                 continue
-            history.insert(0, base)
+            if not from_noise:  # a prediction at lambda = -inf drops out of later polynomials (see multistep)
+                history.insert(0, base)
+            from_noise = False
             x, m, lam_s, sigma_s = x_t, m_t, lam_t, sigma_t
             times.append(t)
             states.append(x)

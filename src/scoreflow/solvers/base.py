@@ -38,6 +38,10 @@ class ScorePredictions:
         alpha, sigma = self.sde.marginal(t)
         return alpha, sigma, torch.log(alpha) - torch.log(sigma)
 
+    def from_pure_noise(self, t: torch.Tensor) -> bool:
+        r"""Whether a solve starting at ``t`` starts where :math:`\alpha = 0` (log-SNR :math:`-\infty`); read once per solve."""
+        return bool(self.sde.marginal(t)[0] == 0)
+
     def time_at(self, lam: torch.Tensor) -> torch.Tensor:
         """The time whose log-SNR is ``lam``."""
         return self.sde.t_from_log_snr(lam)
@@ -51,22 +55,45 @@ class NativeSolver(ABC):
         nfe_per_step: score evaluations per step.
         default_schedule: the step schedule it is designed for (see ``sampling.schedules``).
         options: the keyword options its constructor accepts.
+        from_pure_noise: whether it can start where :math:`\\alpha = 0` (a flow path at T); the noise-prediction
+            forms divide by :math:`\\alpha_s` there.
     """
 
     order: ClassVar[int]
     nfe_per_step: ClassVar[int] = 1
     default_schedule: ClassVar[str] = "log_snr"
     options: ClassVar[Mapping[str, Option]] = {}
+    from_pure_noise: ClassVar[bool] = True
 
     def sample(
         self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Stepping, *, trajectory: bool = False
     ) -> Path:
-        """Integrate the probability-flow ODE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t)."""
+        """Integrate the probability-flow ODE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t).
+
+        Raises:
+            ValueError: on a process that reaches pure noise at T, for a solver that cannot start there, or
+                for a grid that ends at t = 0 (log-SNR +inf).
+        """
+        check_native_ends(type(self).__name__, sde, stepping.times, self.from_pure_noise)
         return Path(stepping.times, self.solve(ScorePredictions(score, sde), stepping.times, x_T))
 
     @abstractmethod
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         """Integrate from ``x`` at ``ts[0]`` through the decreasing grid ``ts``; return the states at every ``ts[i]``."""
+
+
+def check_native_ends(name: str, sde: ForwardSDE, times: torch.Tensor, from_pure_noise: bool) -> None:
+    """Refuse a solve the exponential integrators cannot do: from pure noise without ``from_pure_noise``, or to t = 0."""
+    if sde.pure_noise_at_T and not from_pure_noise:
+        raise ValueError(
+            f"sample_ode: the native method {name} divides by alpha(T) = 0 on {sde!r} (pure noise at T). Fix: use a "
+            "data-prediction exponential integrator (ddim, dpmpp_2m, dpmpp_3m, dpmpp_*_pc, dpmpp_4m_pc_adaptive) or torchdiffeq's methods in t."
+        )
+    if float(times[-1]) == 0.0:
+        raise ValueError(
+            f"sample_ode: the native method {name} steps in log-SNR, which is +inf at t_min=0. Fix: t_min > 0 "
+            f"(default {sde.t_min:g}), or torchdiffeq's methods in t to reach t = 0."
+        )
 
 
 def register_native(name: str, solver: type[NativeSolver], summary: str) -> Method:

@@ -16,6 +16,7 @@ __all__ = ["EDMHeun"]
 class EDMHeun(NativeSolver):
     r"""Heun's method in :math:`\bar\sigma`: :math:`\tilde y = y + \Delta\bar\sigma\, d_s`, :math:`y_t = y + \tfrac{\Delta\bar\sigma}{2}(d_s + d(\tilde y))`; two NFE per step."""
 
+    from_pure_noise = False
     order = 2
     nfe_per_step = 2
     default_schedule = "karras"

@@ -80,6 +80,7 @@ class _Multistep(NativeSolver):
 
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         traj, history, n = [x], [], len(ts) - 1
+        from_noise = model.from_pure_noise(ts[0])
         for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
             _, sigma_s, lam_s = model.coefs(s)
             alpha_t, sigma_t, lam_t = model.coefs(t)
@@ -87,7 +88,11 @@ class _Multistep(NativeSolver):
             history.insert(0, (lam_s, model.data(x, s)))
             del history[self.order :]
             order = self._step_order(i, n)
-            if i == 0 and order >= 2:
+            if i == 0 and from_noise:
+                # h = inf: the exact DDIM limit; the prediction at lambda = -inf then enters the divided
+                # differences with weight h / inf = 0, the limit of a node infinitely far away.
+                x = _update(x, sigma_t / sigma_s, alpha_t, h, history[0][1])
+            elif i == 0 and order >= 2:
                 x = self._midpoint_start(model, x, s, history, lam_s, sigma_s, h, alpha_t, sigma_t)
             else:
                 d1, d2 = _differences(h, history[:order]) if order > 1 else (None, None)
@@ -122,7 +127,8 @@ class DPMSolverPP2M(_Multistep):
 class DPMSolverPP3M(_Multistep):
     r"""DPM-Solver++(3M): third-order multistep with data prediction, one NFE per step (plus one to start).
 
-    The first step is a log-SNR midpoint step (2 NFE), so the method keeps third order; ``lower_order_final``
+    The first step is a log-SNR midpoint step (2 NFE), so the method keeps third order (from pure noise,
+    :math:`\lambda = -\infty`, it is a DDIM step: its order drops by one); ``lower_order_final``
     (default True) lowers the last two steps to orders 2 and 1 when there are fewer than 10 steps.
     """
 
@@ -137,6 +143,8 @@ def _polynomial_update(x, sigma_ratio, alpha_t, h, base, others):
     than the Taylor form on coarse grids).  Otherwise, writing the polynomial as :math:`\sum_k c_k (\tau/h)^k`,
     :math:`\tau = \lambda - \lambda_s`, the step is :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \alpha_t\sum_k c_k\,k!\,h^{-k}\psi_k(h)`
     with :math:`\psi_k = \int_0^h e^{\tau-h}\tau^k/k!\,d\tau = h^k/k! - \psi_{k-1}`, :math:`\psi_0 = 1 - e^{-h}`.
+    A step from pure noise (:math:`\lambda_s = -\infty`) is :func:`_update_from_pure_noise`; a prediction there is
+    the limit of a node infinitely far away and is left out of later steps' polynomials.
     """
     lam_s, m_s = base
     if len(others) <= 1:
@@ -151,8 +159,32 @@ def _polynomial_update(x, sigma_ratio, alpha_t, h, base, others):
         if j > 0:
             psi = hh**j / math.factorial(j) - psi
         weights.append(psi * math.factorial(j) / hh**j)
-    out = sigma_ratio * x
-    for c, (_, m) in zip((torch.tensor(weights, dtype=torch.float64) @ inv).tolist(), points):
+    return _combine(sigma_ratio * x, alpha_t, (torch.tensor(weights, dtype=torch.float64) @ inv).tolist(), points)
+
+
+def _update_from_pure_noise(x, sigma_ratio, alpha_t, m_s, others):
+    r"""The step from pure noise (:math:`\alpha_s = 0`, :math:`\lambda_s = -\infty`) to :math:`\lambda_t` through ``others``.
+
+    In :math:`r = e^\lambda = \alpha/\sigma` the exact step is :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \sigma_t\int_0^{r_t}\hat x_0\,dr`,
+    and :math:`\hat x_0` is smooth in r at r = 0 (where it is the data mean), so the polynomial through the
+    predictions at :math:`\rho_j = r_j/r_t` (0 for the start) is integrated over [0, 1]: alone, the DDIM step
+    :math:`\tfrac{\sigma_t}{\sigma_s}x_s + \alpha_t\hat x_0`; with the end point, the trapezoidal rule (the limit
+    of DPM-Solver++'s second-order form).
+    """
+    if not others:
+        return sigma_ratio * x + alpha_t * m_s
+    lam_t = max(float(lam) for lam, _ in others)
+    rho = torch.tensor([0.0] + [math.exp(float(lam) - lam_t) for lam, _ in others], dtype=torch.float64)
+    k = len(rho)
+    moments = 1.0 / torch.arange(1, k + 1, dtype=torch.float64)  # integrals of rho^j over [0, 1]
+    vander = rho[:, None] ** torch.arange(k, dtype=torch.float64)
+    weights = torch.linalg.solve(vander.T, moments).tolist()
+    return _combine(sigma_ratio * x, alpha_t, weights, [(None, m_s)] + list(others))
+
+
+def _combine(out, alpha_t, weights, points):
+    """``out + alpha_t * sum_j weights_j * prediction_j``."""
+    for c, (_, m) in zip(weights, points):
         out = out + alpha_t * c * m
     return out
 
@@ -169,20 +201,28 @@ class _PredictorCorrector(NativeSolver):
     def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         traj, n, history = [x], len(ts) - 1, []
         m = model.data(x, ts[0])
+        from_noise = model.from_pure_noise(ts[0])
         for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
             _, sigma_s, lam_s = model.coefs(s)
             alpha_t, sigma_t, lam_t = model.coefs(t)
             h, ratio = lam_t - lam_s, sigma_t / sigma_s
-            history.insert(0, (lam_s, m))
-            del history[self.predictor_points :]
             last = i == n - 1
+            if i == 0 and from_noise:
+                # The prediction at lambda = -inf stays out of the history: later polynomials drop it in the limit.
+                update = lambda others, m_s=m: _update_from_pure_noise(x, ratio, alpha_t, m_s, others)  # noqa: E731
+                others = []
+            else:
+                history.insert(0, (lam_s, m))
+                del history[self.predictor_points :]
+                update = lambda others: _polynomial_update(x, ratio, alpha_t, h, history[0], others)  # noqa: E731
+                others = history[1:]
             lower = last and self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW
-            x_pred = _polynomial_update(x, ratio, alpha_t, h, history[0], [] if lower else history[1:])
+            x_pred = update([] if lower else others)
             if last:
                 x = x_pred
             else:
                 m = model.data(x_pred, t)
-                x = _polynomial_update(x, ratio, alpha_t, h, history[0], [(lam_t, m)] + history[1:])
+                x = update([(lam_t, m)] + others)
             traj.append(x)
         return traj
 

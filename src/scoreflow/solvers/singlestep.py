@@ -43,6 +43,7 @@ class DPMSolver2(NativeSolver):
     :math:`x_t = \tfrac{\alpha_t}{\alpha_s}x_s - \sigma_t(e^{h}-1)\hat\varepsilon(u, m)` with :math:`\lambda_m = \lambda_s + h/2`.
     """
 
+    from_pure_noise = False
     order = 2
     nfe_per_step = 2
 
@@ -67,6 +68,7 @@ class DPMSolver3(NativeSolver):
     :math:`x_t = \tfrac{\alpha_t}{\alpha_s}x_s - \sigma_t(e^h - 1)\hat\varepsilon_s - \tfrac{\sigma_t}{r_2}(\varphi_1(h) - 1) D_2`.
     """
 
+    from_pure_noise = False
     order = 3
     nfe_per_step = 3
     r1, r2 = 1.0 / 3.0, 2.0 / 3.0
