@@ -80,6 +80,18 @@ def test_dps_score_on_a_gaussian_is_its_closed_form():
     torch.testing.assert_close(dps(x, torch.full((4,), 0.35, dtype=torch.float64)), expected, rtol=1e-9, atol=1e-9)
 
 
+def test_dps_with_one_measurement_per_sample():
+    law, sde = make_law("mixture16d"), sf.VPSDE()
+    g = torch.Generator().manual_seed(6)
+    A = torch.randn(3, 16, generator=g, dtype=torch.float64)
+    x, y = law.marginal(sde, 0.4).sample(4, generator=g), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    t = torch.full((4,), 0.4, dtype=torch.float64)
+    batched = sf.dps_score(law.score(sde), sde, lambda z: z @ A.T, y, noise_std=0.3)(x, t)
+    for i in range(4):
+        single = sf.dps_score(law.score(sde), sde, lambda z: z @ A.T, y[i], noise_std=0.3)(x[i : i + 1], t[i : i + 1])
+        torch.testing.assert_close(batched[i : i + 1], single)
+
+
 def test_dps_on_a_nonlinear_operator_against_finite_differences():
     law, sde = make_law("ring2d"), sf.VESDE()
     g = torch.Generator().manual_seed(3)
