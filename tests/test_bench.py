@@ -45,7 +45,10 @@ def test_order_agrees_rules():
     assert order_agrees(1, 1.2) and not order_agrees(1, 1.4) and not order_agrees(1, 0.6)
     assert order_agrees(4, 3.5) and not order_agrees(4, 3.3) and not order_agrees(4, 4.7)
     assert order_agrees(5, 4.1, kind="adaptive") and not order_agrees(5, 3.9, kind="adaptive")
-    assert order_agrees(1.5, 1.9, kind="pathwise") and not order_agrees(1.5, 1.1, kind="pathwise")
+    # A strong order is a lower bound, up to the order of the method's drift term (srk: 3, reversible Heun: 2).
+    assert order_agrees(1.5, 1.9, kind="pathwise", upper=3) and not order_agrees(1.5, 1.1, kind="pathwise", upper=3)
+    assert order_agrees(1, 2.3, kind="pathwise", upper=2) and not order_agrees(1, 2.9, kind="pathwise", upper=2)
+    assert not order_agrees(1.5, 1.9, kind="pathwise")  # without a drift order, the strong order bounds it
     assert order_agrees(None, 1.0) is None and order_agrees(1, None) is None
 
 

@@ -33,7 +33,7 @@ def assert_one_line_error(err: str, command: str, pattern: str) -> None:
 @pytest.mark.parametrize(
     "argv, pattern",
     [
-        (["demo", "--num-samples", "-5"], r"argument --num-samples: expected an int >= 1, got -5$"),
+        (["demo", "--num-samples", "-5"], r"argument --num-samples: expected an int >= 2, got -5$"),
         (["bench", "--max-nfe", "-1", "--out", "{tmp}/report"], r"argument --max-nfe: expected an int >= 8, got -1$"),
         (["sample", "--sampler", "sde", "--method", "dopri5"],
          r"argument --method: expected one of euler, .* with --sampler sde, got 'dopri5'$"),

@@ -91,7 +91,7 @@ class ForwardSDE(ABC):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """Draw ``x_T`` of the given shape ``(B, *D)`` from the prior :math:`N(0, \\text{prior\\_std}^2 I)`."""
+        """Draw ``x_T`` of the given shape ``(B, *D)`` from the prior :math:`N(0, s^2 I)`, s = ``prior_std``."""
         if device is None and generator is not None:
             device = generator.device
         eps = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)

@@ -208,7 +208,8 @@ class TorchsdeSolver:
 
 
 def _register(
-    name: str, sde_type: str, strong_order: float, weak_order: float, nfe_per_step: int, summary: str, **extra: Any
+    name: str, sde_type: str, strong_order: float, weak_order: float, drift_order: float, nfe_per_step: int,
+    summary: str, **extra: Any,
 ) -> None:
     register(
         Method(
@@ -219,6 +220,7 @@ def _register(
             summary=summary,
             strong_order=strong_order,
             weak_order=weak_order,
+            drift_order=drift_order,
             nfe_per_step=nfe_per_step,
             tolerance=True,
             step_size=True,
@@ -229,12 +231,13 @@ def _register(
 
 
 # Strong orders for additive noise (Euler-Maruyama is order 1 here, not 1/2); weak orders as torchsde
-# declares them.  Score evaluations per step as counted on the flattened diagonal-noise state
-# (torchsde's srk then runs its diagonal-noise scheme, with 10 drift evaluations).
-_register("euler", "ito", 1.0, 1.0, 1, "Euler-Maruyama")
-_register("milstein", "ito", 1.0, 1.0, 1, "Milstein (equal to Euler-Maruyama for additive noise)")
-_register("srk", "ito", 1.5, 1.5, 10, "stochastic Runge-Kutta of strong order 1.5 (needs Levy area)", levy_area=True)
-_register("heun", "stratonovich", 1.0, 1.0, 2, "stochastic Heun (Stratonovich)")
-_register("midpoint", "stratonovich", 1.0, 1.0, 2, "stochastic midpoint (Stratonovich)")
-_register("euler_heun", "stratonovich", 1.0, 1.0, 1, "Euler-Heun (Stratonovich)")
-_register("reversible_heun", "stratonovich", 1.0, 1.0, 1, "reversible Heun (algebraically reversible; small stability region)")
+# declares them; drift orders measured with the noise switched off (g = 0, a nonlinear ODE; srk's
+# diagonal-noise scheme is third order there).  Score evaluations per step as counted on the flattened
+# diagonal-noise state (torchsde's srk then runs its diagonal-noise scheme, with 10 drift evaluations).
+_register("euler", "ito", 1.0, 1.0, 1.0, 1, "Euler-Maruyama")
+_register("milstein", "ito", 1.0, 1.0, 1.0, 1, "Milstein (equal to Euler-Maruyama for additive noise)")
+_register("srk", "ito", 1.5, 1.5, 3.0, 10, "stochastic Runge-Kutta of strong order 1.5 (needs Levy area)", levy_area=True)
+_register("heun", "stratonovich", 1.0, 1.0, 2.0, 2, "stochastic Heun (Stratonovich)")
+_register("midpoint", "stratonovich", 1.0, 1.0, 2.0, 2, "stochastic midpoint (Stratonovich)")
+_register("euler_heun", "stratonovich", 1.0, 1.0, 1.0, 1, "Euler-Heun (Stratonovich)")
+_register("reversible_heun", "stratonovich", 1.0, 1.0, 2.0, 1, "reversible Heun (algebraically reversible; small stability region)")
