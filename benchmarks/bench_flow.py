@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 import torch
-from bench_few_nfe import Counted, save_figure  # benchmarks/ is on the path when this script runs
+from bench_few_nfe import save_figure  # benchmarks/ is on the path when this script runs
+from peers import Counted
 
 import scoreflow as sf
 from scoreflow.analytic import Gaussian, GaussianMixture

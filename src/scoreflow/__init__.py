@@ -18,7 +18,7 @@ from .dynamics import CountedScore, ProbabilityFlowODE, ReverseSDE, exact_diverg
 from .bits import bits_per_dim, dequantize
 from .likelihood import LikelihoodResult, log_likelihood
 from .methods import Method, get_method, list_methods
-from .sampling import BrownianPath, SampleResult, brownian_motion, sample_ode, sample_sde, time_grid
+from .sampling import BrownianPath, FittedSchedule, SampleResult, fit_schedule, brownian_motion, sample_ode, sample_sde, time_grid
 from .sampling import annealed_langevin, geometric_sigmas, langevin, sample_pc
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 from .paths import AffinePath, RectifiedFlow
@@ -38,7 +38,7 @@ __all__ = [
     "CountedScore", "ProbabilityFlowODE", "ReverseSDE",
     "exact_divergence", "hutchinson_divergence",
     "list_methods", "get_method", "Method",
-    "sample_ode", "sample_sde", "brownian_motion", "BrownianPath", "SampleResult", "time_grid",
+    "sample_ode", "sample_sde", "fit_schedule", "FittedSchedule", "brownian_motion", "BrownianPath", "SampleResult", "time_grid",
     "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
     "inpaint", "classifier_guided_score", "dps_score",

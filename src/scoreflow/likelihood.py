@@ -134,7 +134,8 @@ def log_likelihood(
             ``steps``/``step_size``/``rtol``/``atol``, ``n_probes`` with the exact trace, or a
             ``prior_log_prob`` that does not return shape ``(B,)``.
         TypeError: if the score returns the wrong dtype, or an argument has the wrong type.
-        NonFiniteError: if the score or the divergence becomes NaN/inf; the message names the time.
+        NonFiniteError: if the score or the divergence becomes NaN/inf in the solve; the message names the time
+            (found when the solve ends; an adjoint's backward pass is not watched).
         RuntimeError: if an adaptive method exceeds its ``max_num_steps``.
     """
     fn = "log_likelihood"
@@ -159,9 +160,11 @@ def log_likelihood(
     )
 
     probes = draw_probes(x, n_probes, probe, generator) if trace == "hutchinson" else None
-    func = AugmentedProbabilityFlowODE(CountedScore(score, caller=fn), sde, probes=probes, chunk_size=chunk_size)
+    counted = CountedScore(score, caller=fn)
+    func = AugmentedProbabilityFlowODE(counted, sde, probes=probes, chunk_size=chunk_size)
     delta0 = x.new_zeros(1 if probes is None else n_probes, x.shape[0])
-    xs, deltas = solver.integrate(func, (x, delta0), stepping.times, stepping, adjoint=adjoint)
+    with counted.guard():
+        xs, deltas = solver.integrate(func, (x, delta0), stepping.times, stepping, adjoint=adjoint)
 
     latent, delta = xs[-1], deltas[-1]
     prior = (sde.prior_log_prob if prior_log_prob is None else prior_log_prob)(latent)

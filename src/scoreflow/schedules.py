@@ -17,11 +17,42 @@ import torch
 from ._checks import check_choice, check_int, check_positive, resolve_t_min
 from .sde import ForwardSDE
 
-__all__ = ["SCHEDULES", "time_grid"]
+__all__ = ["SCHEDULES", "TIME_VARIABLES", "time_grid", "to_time_variable", "from_time_variable", "step_size_grid"]
 
 #: Step schedules: uniform in t, uniform in log-SNR, Karras et al. (2022) with exponent rho, uniform in the
 #: log of the capped noise level, and uniform in t after SD3's time shift.
 SCHEDULES = ("t", "log_snr", "karras", "log_snr_capped", "shift")
+#: Independent variables of the probability-flow ODE: time t, scaled noise level sigma/alpha, log-SNR.
+TIME_VARIABLES = ("t", "sigma", "log_snr")
+
+
+def to_time_variable(sde: ForwardSDE, time: str, t: torch.Tensor) -> torch.Tensor:
+    r"""Map times t to the variable ``time``: t itself, :math:`\bar\sigma = \sigma/\alpha` or :math:`\lambda = \log(\alpha/\sigma)`."""
+    if time == "t":
+        return t
+    lam = sde.log_snr(t)
+    return torch.exp(-lam) if time == "sigma" else lam
+
+
+def from_time_variable(sde: ForwardSDE, time: str, u: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_time_variable` (through ``sde.t_from_log_snr``)."""
+    if time == "t":
+        return u
+    return sde.t_from_log_snr(-torch.log(u) if time == "sigma" else u)
+
+
+def step_size_grid(sde: ForwardSDE, start: float, end: float, step_size: float, time: str = "t") -> torch.Tensor:
+    """The float64 times in t of steps of length ``step_size`` in the variable ``time`` from ``start`` towards ``end``,
+    the last step shortened to land on ``end`` (torchdiffeq's grid for a step size, without a sliver of a last step
+    from round-off)."""
+    ends = to_time_variable(sde, time, torch.tensor([start, end], dtype=torch.float64))
+    span = abs(float(ends[1] - ends[0]))
+    steps = max(1, math.ceil(span / step_size * (1 - 1e-12)))
+    u = ends[0] + torch.sign(ends[1] - ends[0]) * step_size * torch.arange(steps + 1, dtype=torch.float64)
+    u[-1] = ends[1]
+    ts = from_time_variable(sde, time, u)
+    ts[0], ts[-1] = start, end
+    return ts
 
 
 def time_grid(
@@ -32,6 +63,7 @@ def time_grid(
     t_min: float | None = None,
     rho: float = 7.0,
     sigma_cap: float = 10.0,
+    sigma_floor: float = 0.0,
     shift: float = 3.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
@@ -59,6 +91,7 @@ def time_grid(
         rho: exponent of the Karras schedule (ignored by the others).
         sigma_cap: the noise level :math:`\bar\sigma_{cap} = \sigma/\alpha` of ``"log_snr_capped"``, about ten
             times the data's standard deviation (ignored by the others).
+        sigma_floor: the lower noise level :math:`\bar\sigma_f \ge 0` of ``"log_snr_capped"`` (default 0: none).
         shift: the time shift s > 0 of ``"shift"`` (ignored by the others).
         dtype, device: of the returned tensor (computed in float64, then cast).
 
@@ -66,15 +99,16 @@ def time_grid(
         A decreasing tensor of shape ``(steps + 1,)``.
 
     Raises:
-        ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0``, ``shift <= 0``,
-            ``t_min`` outside ``[0, T)`` (0 only for processes that allow it), or a log-SNR schedule with an
-            infinite log-SNR at an end it needs.
+        ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0``, ``sigma_floor < 0``,
+            ``shift <= 0``, ``t_min`` outside ``[0, T)`` (0 only for processes that allow it), or a log-SNR schedule
+            with an infinite log-SNR at an end it needs.
     """
     fn = "time_grid"
     check_choice(fn, "schedule", schedule, SCHEDULES)
     check_int(fn, "steps", steps)
     check_positive(fn, "rho", rho)
     check_positive(fn, "sigma_cap", sigma_cap)
+    check_positive(fn, "sigma_floor", sigma_floor, allow_zero=True)
     check_positive(fn, "shift", shift)
     t_min = resolve_t_min(fn, sde, t_min)
     ends = torch.tensor([sde.T, t_min], dtype=torch.float64)
@@ -97,6 +131,13 @@ def time_grid(
             )
         if schedule == "log_snr":
             lam = lam_max + ramp * (lam_min - lam_max)
+        elif schedule == "log_snr_capped" and sigma_floor > 0:
+            # u = log((s + floor) / (1 + s/cap)) = log1p(floor e^lambda) - log(e^lambda + 1/cap) with s = e^-lambda
+            # (finite at pure noise, lambda = -inf) is uniform; s = (e^u - floor) / (1 - e^u / cap).
+            e_ends = torch.exp(torch.stack([lam_max, lam_min]))
+            u_ends = torch.log1p(sigma_floor * e_ends) - torch.log(e_ends + 1 / sigma_cap)
+            e = torch.exp(u_ends[0] + ramp * (u_ends[1] - u_ends[0]))
+            lam = -torch.log((e - sigma_floor) / (1 - e / sigma_cap))
         elif schedule == "log_snr_capped":
             # v = log(e^lambda + kappa), kappa = 1/sigma_cap, is uniform; invert stably as v + log(1 - kappa e^-v).
             log_kappa = torch.tensor(-math.log(sigma_cap), dtype=torch.float64)

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 
 from .._checks import (
-    check_batch, check_choice, check_finite, check_generator, check_int, check_positive, check_shaped, resolve_t_min,
+    check_batch, check_choice, check_generator, check_int, check_positive, check_shaped, resolve_t_min,
 )
 from .._tensor import standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
-from ..methods import Method, get_method, int_option, list_methods, register
-from ..sampling._common import grad_mode, tweedie_denoise
+from ..methods import Method, StepCallback, get_method, int_option, list_methods, register
+from ..sampling._common import solving, step_monitor, tweedie
 from ..sampling.predictors import ancestral_supports, corrector_alphas, forward_transition, predictor_coefficients
 from ..sampling.result import SampleResult
 from ..sde import ForwardSDE, check_diffusion_finite_at_T
@@ -107,6 +107,8 @@ def inpaint(
     denoise_final: bool = False,
     enable_grad: bool = False,
     options: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    progress: bool = False,
 ) -> SampleResult:
     r"""Sample the unknown coordinates given ``known`` values where ``mask`` is True, from T down to ``t_min``.
 
@@ -134,6 +136,12 @@ def inpaint(
         denoise_final: finish with Tweedie's step :math:`(x + \sigma^2 s)/\alpha` at ``t_min`` (one NFE).
         enable_grad: keep the autograd graph; off by default.
         options: the method's options, e.g. ``{"jump": 10}`` for RePaint's jump length.
+        callback: ``callback(info)`` after every move on the grid, as in :func:`scoreflow.sample_pc`: each reverse
+            step (predictor, corrector and the replacement of the known coordinates) and each of RePaint's jumps
+            back up, whose ``info["t"]`` is the later time it noises to.  ``info["x"]`` has the known coordinates
+            replaced; ``info["denoised"]`` is the unconditional model's prediction at it (free when the next
+            reverse step evaluates the score there).  The next move starts from the state it returns.
+        progress: show a tqdm progress bar over the moves (``pip install 'scoreflow[progress]'``).
 
     Returns:
         A :class:`SampleResult` with ``samples`` (equal to ``known`` on the mask), ``nfe`` = reverse steps x
@@ -145,9 +153,11 @@ def inpaint(
             :func:`scoreflow.sample_pc`), an unknown method, predictor or corrector (listing the valid ones), ``resample`` with
             ``method="replacement"``, a ``jump`` of ``steps`` or more, shapes of ``known``/``mask`` that do not
             match ``x_T``, non-finite known values, ``t_min`` outside ``(0, T)``.
-        TypeError: for arguments of the wrong type, an option the method does not take, or a score returning
-            the wrong dtype.
-        NonFiniteError: if the score or the state becomes NaN/inf; the message names the time.
+        TypeError: for arguments of the wrong type, an option the method does not take, a score returning
+            the wrong dtype, or a callback returning something other than ``None`` or a state.
+        ImportError: for ``progress=True`` without tqdm.
+        NonFiniteError: if the score or the state becomes NaN/inf; the message names the time (found when the
+            solve ends).
     """
     fn = "inpaint"
     check_diffusion_finite_at_T(fn, sde)
@@ -173,9 +183,12 @@ def inpaint(
     check_batch(fn, "x_T", x_T)
     known, mask = _check_known(fn, known, mask, x_T)
 
-    # Everything the loop needs, on the host before it starts (float64 coefficients, as sample_pc).
+    # Everything the loop needs, on the host before it starts (float64 coefficients, as sample_pc); the score
+    # and the monitor see the grid in x's dtype, one time object per grid point (so a prediction read by the
+    # callback is the evaluation the next reverse step reuses).
     ts = torch.linspace(sde.T, t_min, steps + 1, dtype=torch.float64)
     ts_x = ts.to(dtype=x_T.dtype, device=x_T.device)
+    times = ts_x.unbind()
     c_x, c_s, c_z = (c.tolist() for c in predictor_coefficients(predictor, sde, ts))
     alphas = corrector_alphas(sde, ts).tolist()
     alpha, sigma = (c.tolist() for c in sde.marginal(ts))
@@ -183,34 +196,28 @@ def inpaint(
     moves = list(zip(visited[:-1], visited[1:]))
     jumps = {(a, b): [c.item() for c in forward_transition(sde, ts[b], ts[a])] for a, b in moves if b < a}
     counted = CountedScore(score, caller=fn)
+    monitor = step_monitor(fn, counted, sde, callback=callback, progress=progress, return_trajectory=return_trajectory)
 
     def replace(x: torch.Tensor, k: int) -> torch.Tensor:
         return torch.where(mask, alpha[k] * known + sigma[k] * standard_normal(x, generator), x)
 
     x = replace(x_T, 0)
-    trajectory = [x] if return_trajectory else None
-    with grad_mode(enable_grad):
-        for a, b in moves:
+    with solving(counted, monitor, times[0], x, enable_grad=enable_grad, steps=len(moves)):
+        for i, (a, b) in enumerate(moves):
             if b == a + 1:
-                x = c_x[a] * x + c_s[a] * counted(x, ts_x[a]) + c_z[a] * standard_normal(x, generator)
+                x = c_x[a] * x + c_s[a] * counted(x, times[a]) + c_z[a] * standard_normal(x, generator)
                 if correct is not None:
                     x = replace(x, b)
-                    x = correct(counted, x, ts_x[b], alpha=alphas[a], snr=snr, steps=corrector_steps, generator=generator)
+                    x = correct(counted, x, times[b], alpha=alphas[a], snr=snr, steps=corrector_steps, generator=generator)
                 x = replace(x, b)
             else:  # RePaint: back up the grid by the exact forward transition
                 scale, var = jumps[(a, b)]
                 x = scale * x + var**0.5 * standard_normal(x, generator)
-            if trajectory is not None:
-                trajectory.append(x)
-        check_finite(x, t_min, what="state")
+            x = monitor.step(i, times[b], x)
+        counted.finite.record("state", x, t_min)
         if denoise_final:
-            x = tweedie_denoise(counted, sde, x, t_min)
+            x = tweedie(counted, sde, x, times[-1])
         samples = torch.where(mask, known, x)
     stats = {"reverse_steps": sum(b > a for a, b in moves), "jumps": sum(b < a for a, b in moves), "resample": resample, "jump": jump}
-    return SampleResult(
-        samples=samples,
-        nfe=counted.nfe,
-        times=ts_x[visited] if return_trajectory else None,
-        trajectory=torch.stack(trajectory) if trajectory is not None else None,
-        stats=stats,
-    )
+    trajectory = monitor.trajectory() if return_trajectory else (None, None)
+    return SampleResult(samples=samples, nfe=counted.nfe, times=trajectory[0], trajectory=trajectory[1], stats=stats)

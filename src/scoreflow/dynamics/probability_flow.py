@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .._tensor import right_pad
 from ..parameterizations import convert
 from ..sde import ForwardSDE
 from .counting import CountedScore, ScoreFn
@@ -22,6 +23,9 @@ __all__ = ["ProbabilityFlowODE"]
 
 class ProbabilityFlowODE(torch.nn.Module):
     """Vector field ``func(t, x)`` for ``torchdiffeq.odeint`` (any method, either time direction).
+
+    Non-finite scores are recorded, not raised, during a solve (no host read per evaluation): run the solve
+    inside ``field.score.guard()`` to have them raised (see :class:`~scoreflow.CountedScore`).
 
     Args:
         score: the score model ``score(x, t)``.
@@ -42,4 +46,9 @@ class ProbabilityFlowODE(torch.nn.Module):
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         t = t.to(x.dtype)
-        return convert(self.score.predict(x, t), self.score.prediction, "flow_velocity", x, t, self.sde)
+        native = self.score.predict(x, t)
+        if self.score.prediction != "score":
+            return convert(native, self.score.prediction, "flow_velocity", x, t, self.sde)
+        # f(t) x - g(t)^2/2 s(x, t) with the coefficients at the (scalar) time, not broadcast over the batch
+        drift = right_pad(self.sde.drift_coef(t), x) * x
+        return torch.addcmul(drift, native, right_pad(-0.5 * self.sde.diffusion(t) ** 2, x))

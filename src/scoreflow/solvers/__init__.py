@@ -7,6 +7,7 @@ schedule, options) with :mod:`scoreflow.methods` where it is defined.
 from .adaptive import AdaptiveExponentialPC
 from .base import NativeSolver, ScorePredictions, register_native
 from .edm import EDMHeun
+from .ipndm import IPNDM
 from .multistep import (
     DPMSolverPP2M,
     DPMSolverPP2MPC,
@@ -14,9 +15,10 @@ from .multistep import (
     DPMSolverPP3MPC,
     DPMSolverPP4MPC,
 )
+from .per_sample import PerSampleExponentialPC
 from .singlestep import DDIM, DPMSolver2, DPMSolver3
 
 __all__ = [
-    "AdaptiveExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
-    "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun",
+    "AdaptiveExponentialPC", "PerSampleExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
+    "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun", "IPNDM",
 ]
