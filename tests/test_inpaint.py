@@ -8,6 +8,7 @@ import scoreflow as sf
 from _helpers import RecordingScore
 from scoreflow.analytic import Gaussian
 from scoreflow.conditional import repaint_schedule
+from scoreflow.sampling.predictors import predictor_coefficients
 from scoreflow.testing import assert_samples_follow, make_law
 
 
@@ -155,3 +156,56 @@ def test_inpaint_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"inpaint: argument 'known' contains NaN or infinite values where 'mask' is True"):
         sf.inpaint(counter, sde, x_T, mask=torch.tensor([True, False]), known=torch.tensor([float("nan"), 0.0]), **kw)
     assert counter.calls == 0
+
+
+def test_inpaint_calls_back_after_every_move_with_the_models_prediction():
+    from test_hooks import posterior_mean
+
+    law, sde = make_law("ring2d").to(torch.float64), sf.VPSDE()
+    x_T = sde.prior_sample((6, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask, known = torch.tensor([True, False]), torch.tensor([1.2, 0.0], dtype=torch.float64)
+    for method, resample in (("replacement", None), ("repaint", 3)):
+        seen = []
+
+        def watch(info):
+            seen.append((info["i"], float(info["t"]), info["x"], info["denoised"]))
+
+        def run(**kw):
+            return sf.inpaint(law.score(sde), sde, x_T, known=known, mask=mask, method=method, steps=5, resample=resample,
+                              generator=torch.Generator().manual_seed(1), return_trajectory=True, **kw)
+
+        res, base = run(callback=watch), run()
+        visited = repaint_schedule(5, resample or 1)
+        grid = torch.linspace(sde.T, sde.t_min, 6, dtype=torch.float64)
+        assert [i for i, *_ in seen] == list(range(len(visited) - 1))
+        assert [t for _, t, *_ in seen] == pytest.approx(grid[visited[1:]].tolist(), rel=1e-12)
+        for _, t, x, denoised in seen:
+            torch.testing.assert_close(denoised, posterior_mean(law, sde, x, t), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(torch.stack([x for *_, x, _ in seen]), base.trajectory[1:], rtol=0, atol=0)
+        # watching changes nothing; the prediction at a state the next reverse step evaluates is shared, so only
+        # the states a jump leaves and the last one cost an evaluation
+        torch.testing.assert_close(res.samples, base.samples, rtol=0, atol=0)
+        states_left_by_a_jump = sum(c < b for b, c in zip(visited[1:], visited[2:]))
+        assert res.nfe - base.nfe == 1 + states_left_by_a_jump
+
+
+def test_inpaint_continues_from_the_state_a_callback_returns_and_shows_progress(capsys):
+    law, sde = make_law("ring2d").to(torch.float64), sf.VPSDE()
+    x_T = sde.prior_sample((6, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask, known = torch.tensor([True, False]), torch.tensor([1.2, 0.0], dtype=torch.float64)
+
+    def run(**kw):
+        return sf.inpaint(law.score(sde), sde, x_T, known=known, mask=mask, steps=4, generator=torch.Generator().manual_seed(1), **kw)
+
+    base = run(return_trajectory=True)
+    # zero the state after the third step: the last step starts from 0 with the noise it would have drawn
+    moved = run(callback=lambda info: torch.zeros_like(info["x"]) if info["i"] == 2 else None, progress=True)
+    assert "inpaint" in capsys.readouterr().err
+    (c_x, c_s, c_z) = (c[-1] for c in predictor_coefficients("reverse_diffusion", sde, torch.linspace(sde.T, sde.t_min, 5, dtype=torch.float64)))
+    t3 = torch.tensor(sde.T + 0.75 * (sde.t_min - sde.T), dtype=torch.float64)
+    noise = (base.trajectory[-1] - c_x * base.trajectory[-2] - c_s * law.score(sde)(base.trajectory[-2], t3)) / c_z
+    expected = c_s * law.score(sde)(torch.zeros_like(x_T), t3) + c_z * noise
+    torch.testing.assert_close(moved.samples[:, 1], expected[:, 1], rtol=1e-9, atol=1e-9)
+    assert torch.equal(moved.samples[:, 0], known[0].expand(6))
+    with pytest.raises(TypeError, match=r"inpaint: argument 'callback' expected a callable"):
+        run(callback=3)

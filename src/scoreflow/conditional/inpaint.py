@@ -194,7 +194,9 @@ def inpaint(
     alpha, sigma = (c.tolist() for c in sde.marginal(ts))
     visited = repaint_schedule(steps, resample, jump)
     moves = list(zip(visited[:-1], visited[1:]))
-    jumps = {(a, b): [c.item() for c in forward_transition(sde, ts[b], ts[a])] for a, b in moves if b < a}
+    back = [(a, b) for a, b in moves if b < a]
+    scales, variances = (c.tolist() for c in forward_transition(sde, ts[[b for _, b in back]], ts[[a for a, _ in back]]))
+    jumps = dict(zip(back, zip(scales, variances)))
     counted = CountedScore(score, caller=fn)
     monitor = step_monitor(fn, counted, sde, callback=callback, progress=progress, return_trajectory=return_trajectory)
 
