@@ -25,6 +25,7 @@ the data's coordinate standard deviation (the DPS paper's 0.05 on [-1, 1] images
     python benchmarks/bench_conditional.py                                  # seeds 0-5: JSON, markdown, plot
     python benchmarks/bench_conditional.py --seeds 0 --n 1000 --budgets 20 100   # quick look
     python benchmarks/bench_conditional.py --from-json                      # tables and plot from the saved run
+    python benchmarks/bench_conditional.py --only "dps + x̂0 clipping, ancestral"   # rerun one method into the saved run
 """
 
 from __future__ import annotations
@@ -154,6 +155,13 @@ def _dps(task):
     return sf.dps_score(task.law.score(task.sde), task.sde, task.operator, task.y, noise_std=task.noise_std)
 
 
+def _dps_clipped(task):
+    """DPS with x̂0 clipped inside the score (DPM-Solver's correcting_x0_fn) at a bound set a priori from the data
+    law: the largest |mean| + 3 std over the coordinates."""
+    bound = float((task.law.mean.abs() + 3 * task.law.covariance.diagonal().sqrt()).max())
+    return sf.x0_correction(task.sde, "clipping", max_value=bound).wrap(_dps(task))
+
+
 def _guided(task, scale):
     return sf.classifier_guided_score(task.law.score(task.sde), task.log_likelihood, scale=scale)
 
@@ -166,6 +174,7 @@ METHODS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "repaint R=10 jump=10, ancestral": (("inpaint",), _inpaint("repaint", 10, 10)),
     "dps, ancestral": (("inpaint", "linear"), lambda t, b, x, g: _ancestral(_dps(t), t, b, x, g)),
     "dps, dpmpp_2m": (("inpaint", "linear"), lambda t, b, x, g: _ode(_dps(t), t, b, x, "dpmpp_2m")),
+    "dps + x̂0 clipping, ancestral": (("inpaint", "linear"), lambda t, b, x, g: _ancestral(_dps_clipped(t), t, b, x, g)),
     "guidance w=2, dpmpp_3m_pc": (("inpaint", "linear"), lambda t, b, x, g: _ode(_guided(t, 2.0), t, b, x)),
 }
 
@@ -182,7 +191,7 @@ def metrics(task: Task, x: torch.Tensor, reference: torch.Tensor, exact_shares: 
     }
 
 
-def run(seeds, budgets, n: int, n_reference: int, log=print) -> list[dict]:
+def run(seeds, budgets, n: int, n_reference: int, methods=tuple(METHODS), floor: bool = True, log=print) -> list[dict]:
     rows = []
     for law_name, draw in LAWS.items():
         for seed in seeds:
@@ -194,12 +203,12 @@ def run(seeds, budgets, n: int, n_reference: int, log=print) -> list[dict]:
                 exact_shares = mode_weights(task.target, reference)
                 base = {"law": law_name, "seed": seed, "task": kind, "components": law.n_components,
                         "noise_std": task.noise_std, "posterior_weights": task.target.weights.tolist()}
-                for replicate in range(FLOOR_REPLICATES):
+                for replicate in range(FLOOR_REPLICATES if floor else 0):
                     floor = metrics(task, _embed(task, task.target.sample(n, generator=g_ref)), reference, exact_shares, seed)
                     rows.append({**base, "method": "exact samples (floor)", "replicate": replicate, "nfe": 0, **floor})
                 x_T = task.sde.prior_sample((n, law.dim), generator=torch.Generator().manual_seed(5000 + seed), dtype=DTYPE)
                 for name, (kinds, runner) in METHODS.items():
-                    if kind not in kinds:
+                    if kind not in kinds or name not in methods:
                         continue
                     for budget in budgets:
                         start = time.perf_counter()
@@ -323,6 +332,8 @@ def main() -> None:
     parser.add_argument("--n-reference", type=int, default=20000)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/conditional"))
     parser.add_argument("--from-json", action="store_true", help="only rebuild the tables and the plot from OUT/conditional.json")
+    parser.add_argument("--only", nargs="+", choices=list(METHODS), metavar="METHOD",
+                        help="run only these methods and replace their rows in OUT/conditional.json (same seeds and budgets)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -331,8 +342,16 @@ def main() -> None:
         rows = json.loads((args.out / "conditional.json").read_text())["rows"]
         args.budgets = sorted({r["budget"] for r in rows if "budget" in r})
     else:
-        rows = run(args.seeds, args.budgets, args.n, args.n_reference, log=lambda msg: print(msg, flush=True))
-        (args.out / "conditional.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+        log = lambda msg: print(msg, flush=True)  # noqa: E731
+        runs = {k: str(v) for k, v in vars(args).items()}
+        if args.only:  # the saved run's arguments stay; each rerun of some methods is listed after them
+            saved = json.loads((args.out / "conditional.json").read_text())
+            rows = [r for r in saved["rows"] if r["method"] not in args.only]
+            rows += run(args.seeds, args.budgets, args.n, args.n_reference, methods=args.only, floor=False, log=log)
+            runs = {**saved["args"], "reruns": [*saved["args"].get("reruns", []), runs]}
+        else:
+            rows = run(args.seeds, args.budgets, args.n, args.n_reference, log=log)
+        (args.out / "conditional.json").write_text(json.dumps({"args": runs, "rows": rows}, indent=1))
     text = f"### Every method at {max(args.budgets)} NFE (medians over the problems)\n\n{bias_table(rows, max(args.budgets))}\n\n"
     text += tables(rows, args.budgets)
     (args.out / "conditional.md").write_text(text)

@@ -166,6 +166,8 @@ def test_guided_score_errors_name_the_argument():
 
 def test_the_conditional_methods_are_registered_with_their_front_ends():
     records = {m.name: m for m in sf.list_methods("conditional")}
-    assert set(records) == {"replacement", "repaint", "classifier_guidance", "dps"}
+    assert set(records) == {"replacement", "repaint", "classifier_guidance", "dps", "clipping", "dynamic_thresholding"}
     assert records["repaint"].front_end.startswith("inpaint(") and set(records["repaint"].options) == {"jump"}
     assert records["dps"].solver is sf.dps_score and records["classifier_guidance"].solver is sf.classifier_guided_score
+    assert all(records[name].front_end.startswith("callback=x0_correction(") for name in ("clipping", "dynamic_thresholding"))
+    assert set(records["dynamic_thresholding"].options) == {"quantile"} and not records["clipping"].options
