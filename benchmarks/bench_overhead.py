@@ -33,7 +33,6 @@ Prints markdown tables and writes ``benchmarks/results/bench_overhead.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import statistics
@@ -44,7 +43,7 @@ from types import SimpleNamespace
 import torch
 
 import scoreflow as sf
-from peers import Counted, load_k_diffusion_sampling, random_mixture, vp_denoiser
+from peers import Counted, load_k_diffusion_sampling, random_mixture, vp_denoiser, write_json
 
 BATCH = 10_000
 STEPS = 10
@@ -253,10 +252,7 @@ def main() -> None:
             results.setdefault("compile", {})[name] = compile_speedups(scores[name], sde, x_T, args.compile_methods, args.rounds)
             print(f"compiled with the {name} score", flush=True)
     report(results)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, results, indent=2)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ the exact forward transition is :math:`x_t = a\,x_{t'} + G\,z`:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from ..methods import Method, get_method, register
