@@ -45,6 +45,8 @@ import scoreflow as sf
 from scoreflow.analytic import GaussianMixture, inpainting_score, observation_log_likelihood
 from scoreflow.metrics import mode_weights, sliced_wasserstein2
 
+from peers import write_json
+
 BUDGETS = (10, 20, 50, 100, 200, 500, 1000)
 DTYPE = torch.float64
 FLOOR_REPLICATES = 5  # exact samples per problem: SW2 of bimodal posteriors is dominated by mode-share noise
@@ -351,7 +353,7 @@ def main() -> None:
             runs = {**saved["args"], "reruns": [*saved["args"].get("reruns", []), runs]}
         else:
             rows = run(args.seeds, args.budgets, args.n, args.n_reference, log=log)
-        (args.out / "conditional.json").write_text(json.dumps({"args": runs, "rows": rows}, indent=1))
+        write_json(args.out / "conditional.json", {"args": runs, "rows": rows})
     text = f"### Every method at {max(args.budgets)} NFE (medians over the problems)\n\n{bias_table(rows, max(args.budgets))}\n\n"
     text += tables(rows, args.budgets)
     (args.out / "conditional.md").write_text(text)
