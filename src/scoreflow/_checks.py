@@ -389,3 +389,16 @@ def resolve_t_min(fn: str, sde: Any, t_min: Any) -> float:
         interval = "[0" if lowest == 0.0 else "(0"
         raise ValueError(f"{fn}: argument 't_min' expected a time in {interval}, T={sde.T:g}), got {t!r}.")
     return t
+
+
+def check_shaped(fn: str, name: str, value: Any, shapes: Iterable[tuple[int, ...]], *, boolean: bool = False) -> torch.Tensor:
+    """Check that ``value`` is a floating-point (or, with ``boolean``, a boolean) tensor of one of ``shapes``
+    (``-1`` matches any size, e.g. a batch); return it."""
+    shapes = [tuple(s) for s in shapes]
+    shown = " or ".join("(" + ", ".join("B" if n == -1 else str(n) for n in s) + ("," if len(s) == 1 else "") + ")" for s in shapes)
+    kind = "a boolean" if boolean else "a floating-point"
+    if not torch.is_tensor(value) or (value.dtype == torch.bool) != boolean or not (boolean or value.is_floating_point()):
+        raise TypeError(f"{fn}: argument '{name}' expected {kind} tensor of shape {shown}, got {_describe(value)}.")
+    if not any(len(s) == value.ndim and all(n in (-1, m) for n, m in zip(s, value.shape)) for s in shapes):
+        raise ValueError(f"{fn}: argument '{name}' expected shape {shown}, got {tuple(value.shape)}.")
+    return value
