@@ -195,13 +195,16 @@ WRAPPERS = {
     "from_kdiffusion": lambda net: from_kdiffusion(lambda x, sigma: net(x, sigma))[0],
     "from_diffusers": lambda net: from_diffusers(_unet(lambda x: net(x, None)), _fake_scheduler())[0],
     "guided_score": lambda net: guided_score(net, SCORE, 2.0),
+    "classifier_guided_score": lambda net: sf.classifier_guided_score(net, lambda x, t: -(x**2).sum(1)),
+    "dps_score": lambda net: sf.dps_score(net, SDE, lambda x0: x0[:, :1], torch.zeros(1, 1), noise_std=0.1),
+    "X0Correction.wrap": lambda net: sf.x0_correction(SDE, "clipping", max_value=3.0).wrap(net),
 }
 
 
 @pytest.mark.parametrize("fn", WRAPPERS)
 def test_a_wrapper_refuses_a_network_output_that_would_broadcast(fn):
     model = WRAPPERS[fn](_narrow)
-    with pytest.raises(ValueError, match=rf"{fn}: the (network|cond model) expected shape \(3, 2\).*got shape \(3, 1\)"):
+    with pytest.raises(ValueError, match=rf"{fn}: the (network|cond model|score) expected shape \(3, 2\).*got shape \(3, 1\)"):
         model(_x(3, 2), torch.full((3,), 0.5))
     # and through a solve, where the wrapper's own check speaks before the solver's
     with pytest.raises(ValueError, match=rf"{fn}: .*got shape \(3, 1\)"):
@@ -242,6 +245,12 @@ def test_a_wrapper_of_a_good_network_is_finite_with_the_shape_and_dtype_of_x(fn)
     for dtype in (torch.float32, torch.float64):
         out = WRAPPERS[fn](lambda x, t: 0.5 * x)(_x(1, 2, dtype=dtype), 0.5)
         assert out.shape == (1, 2) and out.dtype == dtype and torch.isfinite(out).all()
+
+
+def test_dps_refuses_a_measurement_y_of_another_shape_or_batch():
+    model = sf.dps_score(SCORE, SDE, lambda x0: x0[:, :1], torch.zeros(2, 1), noise_std=0.1)
+    with pytest.raises(ValueError, match=r"dps_score: argument 'y' expected the shape of operator\(x0\), \(3, 1\), .* got shape \(2, 1\)"):
+        model(_x(3, 2), torch.full((3,), 0.5))
 
 
 def test_an_energy_of_the_wrong_shape_is_refused():
