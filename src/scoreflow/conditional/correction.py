@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .._checks import check_callable, check_choice, check_positive
-from .._tensor import as_time, right_pad
+from .._checks import check_callable, check_choice, check_network_output, check_positive
+from .._tensor import as_time, batch_time, right_pad
 from ..dynamics.counting import ScoreFn
 from ..methods import Method, Option, get_method, list_methods, register
 from ..sde import ForwardSDE, check_sde
@@ -71,10 +71,14 @@ class CorrectedScore(torch.nn.Module):
     def __init__(self, score: ScoreFn, correction: X0Correction) -> None:
         super().__init__()
         self.score, self.correction = score, correction
+        self._checked = False
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        alpha, sigma = (right_pad(c, x) for c in self.correction.sde.marginal(as_time(t, x)))
+        t = batch_time(t, x)
+        alpha, sigma = (right_pad(c, x) for c in self.correction.sde.marginal(t))
         s = self.score(x, t)
+        if not self._checked:  # once: a (B, 1) score would broadcast into the data prediction
+            self._checked = check_network_output("X0Correction.wrap", "the score", s, x, t)
         x0 = (x + sigma**2 * s) / alpha
         return s + alpha * (self.correction.correct(x0) - x0) / sigma**2
 

@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from .._checks import check_callable, check_per_sample, check_positive, check_real
-from .._tensor import right_pad
+from .._checks import check_callable, check_network_output, check_per_sample, check_positive, check_real
+from .._tensor import batch_time, right_pad
 from ..dynamics.counting import ScoreFn
 from ..methods import Method, register
 from ..sde import ForwardSDE, check_sde
@@ -49,10 +49,15 @@ class ClassifierGuidedScore(torch.nn.Module):
     def __init__(self, score: ScoreFn, log_likelihood: LogLikelihood, scale: float) -> None:
         super().__init__()
         self.score, self.log_likelihood, self.scale = score, log_likelihood, scale
+        self._checked = False
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = batch_time(t, x)
         _, grad = _grad_in_x("classifier_guided_score", lambda xg: self.log_likelihood(xg, t), x)
-        return self.score(x, t) + self.scale * grad.to(x.dtype)
+        s = self.score(x, t)
+        if not self._checked:  # once: a (B, 1) score would broadcast against the gradient
+            self._checked = check_network_output("classifier_guided_score", "the score", s, x, t)
+        return s + self.scale * grad.to(x.dtype)
 
 
 def classifier_guided_score(score: ScoreFn, log_likelihood: LogLikelihood, *, scale: float = 1.0) -> ClassifierGuidedScore:
@@ -88,16 +93,28 @@ class DPSScore(torch.nn.Module):
         super().__init__()
         self.score, self.sde, self.operator, self.y = score, sde, operator, y
         self.noise_std, self.scale = noise_std, scale
+        self._checked = False
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = batch_time(t, x)
         alpha, sigma = (right_pad(c, x) for c in self.sde.marginal(t))
         s = None
 
         def log_likelihood(xg: torch.Tensor) -> torch.Tensor:
             nonlocal s
             s = self.score(xg, t)
+            if not self._checked:  # once: a (B, 1) score would broadcast into the data prediction
+                self._checked = check_network_output("dps_score", "the score", s, x, t)
             x0 = (xg + sigma**2 * s) / alpha
-            resid = (self.y.to(x.dtype) - self.operator(x0)) / self.noise_std
+            measured = self.operator(x0)
+            shape, m = tuple(self.y.shape), tuple(measured.shape)
+            if shape not in (m, m[1:], (1, *m[1:])):
+                # a shape test: a y of another batch or shape would broadcast into a wrong residual
+                raise ValueError(
+                    f"dps_score: argument 'y' expected the shape of operator(x0), {m}, or one measurement for all, "
+                    f"{m[1:]}, got shape {shape}."
+                )
+            resid = (self.y.to(x.dtype) - measured) / self.noise_std
             return -0.5 * resid.reshape(x.shape[0], -1).pow(2).sum(1)
 
         _, grad = _grad_in_x("dps_score", log_likelihood, x)
