@@ -53,6 +53,16 @@ def test_demo_judges_every_sampler_of_the_exact_score(capsys):
     assert len(largest) == len(ERRORS) and all(v > 0 for v in largest)
 
 
+def test_demo_on_a_flow_path_samples_from_pure_noise_and_names_the_row_it_skips(capsys):
+    # Rectified flow ends in pure noise: the ODE rows start there through the exact velocity; the reverse SDE
+    # is infinite at T, so its row says why it was skipped instead of failing the demo.
+    assert run_demo(sde="rf", n=400, steps=100, seed=0, replicates=50) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("ode ", "sde "))]
+    assert [row.endswith("yes") for row in rows] == [True, True, True, False]
+    assert "skipped" in rows[-1] and "pure noise" in rows[-1]
+
+
 @pytest.mark.parametrize(("argv", "message"), [(["--num-samples", "1"], "--num-samples"), (["--steps", "0"], "--steps")])
 def test_demo_rejects_unusable_options_in_one_line(argv, message, capsys):
     assert main(["demo", *argv]) == 2

@@ -25,6 +25,7 @@ from .paths import AffinePath, RectifiedFlow
 from . import adapters, consistency, distributed
 from .consistency import sample_consistency
 from .adapters import guided_score
+from .conditional import classifier_guided_score, dps_score, inpaint, x0_correction
 
 __version__ = "0.1.0"
 
@@ -41,4 +42,5 @@ __all__ = [
     "sample_ode", "sample_sde", "fit_schedule", "FittedSchedule", "brownian_motion", "BrownianPath", "SampleResult", "time_grid",
     "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc", "sample_consistency",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
+    "inpaint", "classifier_guided_score", "dps_score", "x0_correction",
 ]

@@ -50,14 +50,24 @@ def sample_errors(law, exact, x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _ticking(score: Callable, bar) -> Callable:
-    """The score, advancing ``bar`` by one at every evaluation (the solvers' progress, whatever their kind)."""
+class _Ticking:
+    """The model, advancing ``bar`` by one at every evaluation (the solvers' progress, whatever their kind).
 
-    def ticked(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        bar.update()
-        return score(x, t)
+    A model that carries a native prediction (``prediction``, ``predict``: e.g. a flow velocity, which is what
+    lets a solver start at pure noise) keeps it, and its ``predict`` calls tick too.
+    """
 
-    return ticked
+    def __init__(self, model: Callable, bar) -> None:
+        self.model, self.bar = model, bar
+        self.prediction = getattr(model, "prediction", "score")
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.bar.update()
+        return self.model(x, t)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.bar.update()
+        return self.model.predict(x, t)
 
 
 def _exact_spread(law, exact, n: int, replicates: int, generator: torch.Generator, bar) -> torch.Tensor:
@@ -93,6 +103,7 @@ def run_demo(*, sde: str = "vp", n: int = 5000, steps: int = 500, seed: int = 0,
     exact = law.marginal(process, process.t_min)
     g = torch.Generator().manual_seed(seed)
     x_T = process.prior_sample((n, 2), generator=g, dtype=torch.float64)
+    sde_row = f"sde euler ({steps} steps)"
     runs: dict[str, tuple[Callable, int | None]] = {
         "ode dopri5 (rtol=atol=1e-5)": (lambda s: sample_ode(s, process, x_T, method="dopri5"), None),
         "ode dpmpp_3m_pc (20 steps)": (lambda s: sample_ode(s, process, x_T, method="dpmpp_3m_pc", steps=20), 20),
@@ -100,11 +111,13 @@ def run_demo(*, sde: str = "vp", n: int = 5000, steps: int = 500, seed: int = 0,
             lambda s: sample_ode(s, process, x_T, method="dpmpp_4m_pc_adaptive", rtol=1e-3, atol=1e-3),
             None,
         ),
-        f"sde euler ({steps} steps)": (
+        sde_row: (
             lambda s: sample_sde(s, process, x_T, method="euler", steps=steps, generator=g),
             steps,
         ),
     }
+    if process.pure_noise_at_T:  # Euler-Maruyama's reverse SDE has infinite drift and diffusion at pure noise
+        del runs[sde_row]
     print(f"problem: {problem.name}  (8-component ring mixture, {n} samples, exact law at t_min={process.t_min:g})")
     bar = progress_bar(replicates, f"{replicates} exact samples of {n}", True, unit="sample", leave=False)
     start = time.perf_counter()
@@ -116,12 +129,14 @@ def run_demo(*, sde: str = "vp", n: int = 5000, steps: int = 500, seed: int = 0,
     for name, (run, expected_nfe) in runs.items():
         bar = progress_bar(expected_nfe, name, True, unit="NFE", leave=False)
         start = time.perf_counter()
-        res = run(_ticking(problem.score, bar))
+        res = run(_Ticking(problem.score, bar))
         seconds = time.perf_counter() - start
         bar.close()
         errors = sample_errors(law, exact, res.samples[None])[0]
         cells = "".join(f"{float(e):>11.4f}" for e in errors)
         print(f"{name:<34}{res.nfe:>6}{cells}{seconds:>9.2f}  {_verdict(errors, largest)}", flush=True)
+    if process.pure_noise_at_T:
+        print(f"{sde_row:<34}  skipped: the reverse SDE of {process!r} has infinite drift and diffusion at T (pure noise)")
     for label, values in (("exact samples: median", spread.median(dim=0).values), ("exact samples: largest", largest)):
         cells = "".join(f"{float(e):>11.4f}" for e in values)
         print(f"{label:<34}{'':>6}{cells}{spread_seconds:>9.2f}")
