@@ -45,6 +45,7 @@ from scoreflow.testing import make_law
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from consistency_ring import distil  # noqa: E402  (the example's recipe is what is measured)
+from peers import write_json  # noqa: E402
 
 METHODS = {"ddim": 1, "dpmpp_2m": 1, "dpmpp_2m_pc": 1, "dpmpp_3m_pc": 1, "dpm_solver_2": 2, "edm_heun": 2, "heun": 2, "euler": 1}
 GRIDS = ("log_snr_capped", "log_snr", "karras", "t")
@@ -232,13 +233,13 @@ def main(argv=None) -> None:
         lines += [f"| {r['steps']} | {r['minimiser']:.2e} | {', '.join(f'{e:.2e}' for e in r['trained']) or 'not run'} |" for r in rows]
         print("\n".join(lines))
         out.mkdir(parents=True, exist_ok=True)
-        (out / "refinement.json").write_text(json.dumps(rows, indent=1))
+        write_json(out / "refinement.json", rows)
         (out / "refinement.md").write_text("\n".join(lines) + "\n")
         return
     if args.combine:
         out.mkdir(parents=True, exist_ok=True)
         joined = [r for d in args.combine for r in json.loads((Path(d) / "results.json").read_text())]
-        (out / "results.json").write_text(json.dumps(joined, indent=1, default=float))
+        write_json(out / "results.json", joined, default=float)
     if args.replot or args.combine:
         results = json.loads((out / "results.json").read_text())
         for r in results:
@@ -257,7 +258,7 @@ def main(argv=None) -> None:
             results.append(result)
             print(json.dumps({k: result[k] for k in ("problem", "consistency", "train")}, default=float), flush=True)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+        write_json(out / "results.json", results, default=float)
     lines = table(results)
     print("\n".join(lines))
     (out / "table.md").write_text("\n".join(lines) + "\n")
