@@ -106,7 +106,7 @@ class _Setup:
         if not bool(finite.all()):
             t_bad = float(t_hi[~finite][0])
             raise NonFiniteError(f"{self.fn}: the loss became non-finite (NaN or inf) at t={t_bad:.6g}; check f and the teacher there.")
-        return reduce(per, reduction)
+        return reduce(self.fn, per, reduction)
 
 
 def consistency_distillation_loss(
