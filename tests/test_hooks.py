@@ -268,3 +268,40 @@ def test_save_at_errors_name_the_fix():
         sf.sample_ode(problem.score, sde, x_T, save_at=times, return_trajectory=True)
     with pytest.raises(ValueError, match=r"sample_sde: 'save_at' picks the times .* the fixed-grid method 'euler'"):
         sf.sample_sde(problem.score, sde, x_T, steps=4, save_at=times)
+
+
+def test_sample_consistency_calls_back_after_every_evaluation_of_f():
+    law, sde, x_T = _ring()
+    f = law.consistency_function(sde)
+    run = lambda **kw: sf.sample_consistency(f, sde, x_T, steps=3, generator=torch.Generator().manual_seed(0), **kw)  # noqa: E731
+    rec = Recorder(read_denoised=True)
+    res, base = run(callback=rec, return_trajectory=True), run()
+    assert [i for i, *_ in rec.steps] == [0, 1, 2] and res.nfe == 3
+    assert rec.times == [pytest.approx(sde.t_min)] * 3  # every step maps to t_min
+    for k, (_, _, x, denoised) in enumerate(rec.steps):  # x is f's output, its own prediction of the clean sample
+        assert denoised is x and torch.equal(x, res.trajectory[k])
+    torch.testing.assert_close(res.samples, base.samples, rtol=0, atol=0)
+    # A returned state is what the next step re-noises: replacing after step 1 = a one-step run from it.
+    hit = run(callback=lambda info: torch.zeros_like(info["x"]) if info["i"] == 1 else None, return_trajectory=True)
+    tau = hit.stats["times"][2:]
+    g = torch.Generator().manual_seed(0)
+    torch.randn(x_T.shape, generator=g, dtype=F64)  # the first re-noising's draw
+    alpha, sigma = sde.marginal(tau)
+    alpha0, sigma0 = sde.marginal(torch.tensor(sde.t_min, dtype=F64))
+    noisy = torch.sqrt(sigma**2 - (alpha / alpha0 * sigma0) ** 2) * torch.randn(x_T.shape, generator=g, dtype=F64)
+    torch.testing.assert_close(hit.samples, f(noisy, tau.expand(6)), rtol=1e-12, atol=1e-12)
+    assert torch.equal(hit.trajectory[1], torch.zeros_like(x_T))
+
+
+def test_sample_consistency_progress_and_bad_callbacks(capsys):
+    law, sde, x_T = _ring()
+    f = law.consistency_function(sde)
+    sf.sample_consistency(f, sde, x_T, steps=4, progress=True, generator=torch.Generator().manual_seed(0))
+    shown = capsys.readouterr().err
+    assert "sample_consistency" in shown and "4/4" in shown
+    with pytest.raises(TypeError, match=r"sample_consistency: argument 'callback' expected a callable"):
+        sf.sample_consistency(f, sde, x_T, callback="print")
+    with pytest.raises(ValueError, match=r"sample_consistency: the state the callback returned expected shape \(6, 2\)"):
+        sf.sample_consistency(f, sde, x_T, callback=lambda info: info["x"][:1])
+    with pytest.raises(TypeError, match=r"sample_consistency: argument 'progress' expected True or False"):
+        sf.sample_consistency(f, sde, x_T, progress=1)

@@ -63,7 +63,7 @@ def test_a_native_solve_reads_the_host_the_same_few_times_for_10_and_100_steps(m
     assert reads[0] == reads[1] <= 12
 
 
-def test_pc_and_langevin_loops_read_nothing_per_step():
+def test_pc_langevin_and_consistency_loops_read_nothing_per_step():
     sde = sf.VPSDE()
     score, x_T = _gaussian_score(sde), torch.randn(8, 2, dtype=torch.float64)
     for run in (
@@ -74,6 +74,7 @@ def test_pc_and_langevin_loops_read_nothing_per_step():
         lambda n: sf.inpaint(score, sde, x_T, known=torch.zeros(2, dtype=torch.float64), mask=torch.tensor([True, False]),
                              method="repaint", resample=2, steps=n, generator=torch.Generator().manual_seed(0)),
         lambda n: sf.sample_pc(score, sde, x_T, steps=n, callback=sf.x0_correction(sde), generator=torch.Generator().manual_seed(0)),
+        lambda n: sf.sample_consistency(lambda x, t: x / 2, sde, x_T, steps=n, generator=torch.Generator().manual_seed(0)),
     ):
         assert _reads(lambda: run(10)) == _reads(lambda: run(100))
 

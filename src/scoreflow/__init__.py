@@ -22,14 +22,15 @@ from .sampling import BrownianPath, FittedSchedule, SampleResult, fit_schedule, 
 from .sampling import annealed_langevin, geometric_sigmas, langevin, sample_pc
 from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 from .paths import AffinePath, RectifiedFlow
-from . import adapters, distributed
+from . import adapters, consistency, distributed
+from .consistency import sample_consistency
 from .adapters import guided_score
 from .conditional import classifier_guided_score, dps_score, inpaint, x0_correction
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "analytic", "adapters", "distributed", "dynamics", "solvers", "guided_score",
+    "analytic", "adapters", "consistency", "distributed", "dynamics", "solvers", "guided_score",
     "losses",
     "NonFiniteError",
     "ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "AffinePath", "RectifiedFlow",
@@ -39,7 +40,7 @@ __all__ = [
     "exact_divergence", "hutchinson_divergence",
     "list_methods", "get_method", "Method",
     "sample_ode", "sample_sde", "fit_schedule", "FittedSchedule", "brownian_motion", "BrownianPath", "SampleResult", "time_grid",
-    "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc",
+    "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc", "sample_consistency",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
     "inpaint", "classifier_guided_score", "dps_score", "x0_correction",
 ]

@@ -26,19 +26,27 @@ class Gaussian(GaussianMixture):
         dtype = mean.dtype if mean.is_floating_point() else torch.get_default_dtype()
         super().__init__(torch.ones(1, dtype=dtype), mean[None], cov[None], event_shape=event_shape)
 
-    def flow_map(self, sde: ForwardSDE, x: torch.Tensor, t_from: TimeLike, t_to: TimeLike) -> torch.Tensor:
-        r"""Exact solution of the probability-flow ODE of this law from ``t_from`` to ``t_to``.
+    def flow_map(
+        self, sde: ForwardSDE, x: torch.Tensor, t_from: TimeLike, t_to: TimeLike,
+        *, rtol: float | None = None, atol: float | None = None,
+    ) -> torch.Tensor:
+        r"""Exact solution of the probability-flow ODE of this law from ``t_from`` to ``t_to`` (scalars or ``(B,)``).
 
         For Gaussian data the flow is linear: in each eigendirection of C,
         :math:`(x_t - \alpha_t\mu)/\sqrt{\alpha_t^2\lambda + \sigma_t^2}` is constant in t, because
-        :math:`v = \alpha^2\lambda + \sigma^2` obeys :math:`\dot v = 2 f v + g^2`.
+        :math:`v = \alpha^2\lambda + \sigma^2` obeys :math:`\dot v = 2 f v + g^2`.  ``rtol``/``atol`` are
+        accepted for the mixture's signature and unused: the map is closed-form.
         """
         dtype = self.means.dtype
-        a0, s0 = sde.marginal(torch.as_tensor(t_from, dtype=dtype))
-        a1, s1 = sde.marginal(torch.as_tensor(t_to, dtype=dtype))
+        a0, s0 = (c.reshape(-1, 1) for c in sde.marginal(torch.as_tensor(t_from, dtype=dtype)))
+        a1, s1 = (c.reshape(-1, 1) for c in sde.marginal(torch.as_tensor(t_to, dtype=dtype)))
         lam, mu, u = self.eigvals[0], self.means[0], self.eigvecs[0]
         scale = torch.sqrt((a1**2 * lam + s1**2) / (a0**2 * lam + s0**2))
         xf = self._flat(x).to(dtype)
         z = (xf - a0 * mu) @ u
         out = a1 * mu + (scale * z) @ u.T
         return out.to(x.dtype).reshape(x.shape)
+
+    def flow_description(self, rtol: float | None = None, atol: float | None = None) -> str:
+        """How :meth:`flow_map` is computed: in closed form."""
+        return "closed-form Gaussian.flow_map (linear in each eigendirection of the covariance)"

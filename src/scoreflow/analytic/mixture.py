@@ -12,10 +12,11 @@ import math
 
 import torch
 
-from .._checks import check_generator, check_int
+from .._checks import check_generator, check_int, check_positive, resolve_t_min
 from .._tensor import ScoreFn, TimeLike, batch_time, right_pad
-from ..sde import ForwardSDE
+from ..sde import ForwardSDE, check_sde
 from . import conditioning
+from .flow import FLOW_ATOL, FLOW_RTOL, ExactConsistencyFunction, solve_flow_map
 
 __all__ = ["GaussianMixture", "AnalyticScore", "AnalyticVelocity"]
 
@@ -227,6 +228,48 @@ class GaussianMixture:
         as :func:`scoreflow.score_from_flow_velocity` models do.
         """
         return AnalyticVelocity(self, sde)
+
+    def flow_map(
+        self, sde: ForwardSDE, x: torch.Tensor, t_from: TimeLike, t_to: TimeLike,
+        *, rtol: float = FLOW_RTOL, atol: float = FLOW_ATOL,
+    ) -> torch.Tensor:
+        """The probability-flow map of this law from ``t_from`` (scalar or ``(B,)``) to ``t_to``: a float64 DOP853
+        solve of the exact flow velocity (:meth:`velocity`) at ``rtol``/``atol`` (:func:`scoreflow.analytic.flow.solve_flow_map`)."""
+        return solve_flow_map(self.to(torch.float64).velocity(sde).predict, x, t_from, t_to, rtol=rtol, atol=atol)
+
+    def flow_description(self, rtol: float = FLOW_RTOL, atol: float = FLOW_ATOL) -> str:
+        """How :meth:`flow_map` is computed: a solve, with its tolerances."""
+        return f"scipy DOP853 solve of the probability-flow ODE with the exact velocity, rtol={rtol:g}, atol={atol:g}"
+
+    def consistency_function(
+        self, sde: ForwardSDE, *, t_min: float | None = None, rtol: float = FLOW_RTOL, atol: float = FLOW_ATOL
+    ) -> ExactConsistencyFunction:
+        r"""The exact consistency function :math:`f^*(x, t) = \Phi_{t\to t_{min}}(x)` of this law under ``sde``.
+
+        It sends every point of a probability-flow trajectory to the trajectory's end at ``t_min``
+        (:math:`f^*(x, t_{min}) = x`): closed-form for a :class:`Gaussian`, a tight DOP853 solve for a
+        mixture (see :meth:`flow_map`; ``rtol``/``atol`` are its tolerances).
+
+        Args:
+            sde: the forward SDE.
+            t_min: the end of every trajectory (default ``sde.t_min``).
+            rtol, atol: tolerances of a mixture's solve.
+
+        Returns:
+            A callable ``f(x, t)`` with ``t`` a scalar or ``(B,)`` tensor of times in ``[t_min, T]``.
+
+        Raises:
+            TypeError, ValueError: for a wrong ``sde``, ``t_min`` outside ``(0, T)`` or tolerances that are not > 0.
+        """
+        fn = "consistency_function"
+        check_sde(fn, sde)
+        t_min = resolve_t_min(fn, sde, t_min)
+        rtol, atol = check_positive(fn, "rtol", rtol), check_positive(fn, "atol", atol)
+
+        def flow(x: torch.Tensor, t: torch.Tensor, t_to: float) -> torch.Tensor:
+            return self.flow_map(sde, x, t, t_to, rtol=rtol, atol=atol)
+
+        return ExactConsistencyFunction(flow, sde, t_min, self.flow_description(rtol, atol))
 
     # ------------------------------------------------------------------ conditioning
     def condition(self, mask: torch.Tensor, values) -> GaussianMixture:

@@ -1,5 +1,12 @@
-"""Score-matching losses (explicit, implicit, sliced, denoising: single, multi-scale, continuous-time) and conditional flow matching."""
+"""Score-matching losses (explicit, implicit, sliced, denoising: single, multi-scale, continuous-time), conditional flow
+matching and the consistency losses (distillation and training)."""
 
+from .consistency import (
+    CONSISTENCY_DISTANCES,
+    CONSISTENCY_WEIGHTINGS,
+    consistency_distillation_loss,
+    consistency_training_loss,
+)
 from .denoising import MULTISCALE_WEIGHTINGS, SDE_WEIGHTINGS, dsm_loss, multiscale_dsm_loss, sde_dsm_loss
 from .explicit import esm_loss
 from .flow import COUPLINGS, cfm_loss
@@ -10,4 +17,5 @@ __all__ = [
     "esm_loss", "ism_loss", "ssm_loss", "ssm_vr_loss",
     "dsm_loss", "multiscale_dsm_loss", "sde_dsm_loss",
     "MULTISCALE_WEIGHTINGS", "SDE_WEIGHTINGS", "cfm_loss", "COUPLINGS",
+    "consistency_distillation_loss", "consistency_training_loss", "CONSISTENCY_DISTANCES", "CONSISTENCY_WEIGHTINGS",
 ]

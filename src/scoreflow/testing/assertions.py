@@ -167,11 +167,13 @@ def assert_log_likelihood(
     return worst
 
 
-def _log_snr_times(sde: ForwardSDE, k: int) -> torch.Tensor:
-    """``k`` times from ``t_min`` to ``T`` evenly spaced in log-SNR (every noise level gets a time)."""
-    lam = sde.log_snr(torch.tensor([sde.t_min, sde.T], dtype=torch.float64))
+def log_snr_times(sde: ForwardSDE, k: int, t_min: float | None = None) -> torch.Tensor:
+    """``k`` times from ``t_min`` (default ``sde.t_min``) to ``T`` evenly spaced in log-SNR (every noise level gets a time)."""
+    t_min = sde.t_min if t_min is None else t_min
+    lam = sde.log_snr(torch.tensor([t_min, sde.T], dtype=torch.float64))
     t = sde.t_from_log_snr(torch.linspace(float(lam[0]), float(lam[1]), k, dtype=torch.float64))
-    return t.clamp(sde.t_min, sde.T)
+    t[0], t[-1] = t_min, sde.T
+    return t
 
 
 def assert_score_matches(
@@ -212,7 +214,7 @@ def assert_score_matches(
     rtol = check_positive(fn, "rtol", rtol)
     check_generator(fn, generator)
     dtype = law.means.dtype
-    t = _log_snr_times(sde, 9) if times is None else torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+    t = log_snr_times(sde, 9) if times is None else torch.as_tensor(times, dtype=torch.float64).reshape(-1)
     if t.numel() == 0 or bool(((t < 0) | (t > sde.T)).any()):
         raise ValueError(f"{fn}: argument 'times' expected a non-empty list of times in [0, T={sde.T:g}], got {t.tolist()}.")
     t_all = t.repeat_interleave(n).to(dtype)

@@ -7,12 +7,9 @@ tolerances on the exact score, independently of torchdiffeq and of scoreflow's s
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.integrate
 import torch
 
-from .._tensor import batch_time
-from ..analytic import Gaussian, GaussianMixture
+from ..analytic import GaussianMixture
 from ..sde import ForwardSDE
 
 __all__ = ["reference_flow_map", "describe_reference"]
@@ -24,9 +21,7 @@ REFERENCE_ATOL = 1e-10
 
 def describe_reference(law: GaussianMixture) -> str:
     """One line saying how :func:`reference_flow_map` computes the map of ``law``."""
-    if isinstance(law, Gaussian):
-        return "closed-form Gaussian.flow_map (linear in each eigendirection of the covariance)"
-    return f"scipy DOP853 solve of the exact-score probability-flow ODE, rtol={REFERENCE_RTOL:g}, atol={REFERENCE_ATOL:g}"
+    return law.flow_description(REFERENCE_RTOL, REFERENCE_ATOL)
 
 
 def reference_flow_map(
@@ -35,8 +30,8 @@ def reference_flow_map(
     r"""Transport ``x`` (shape ``(B, *D)``) along the exact probability-flow ODE of ``law`` from ``t_from`` to ``t_to``.
 
     :math:`\dot x = f(t)x - \tfrac12 g(t)^2 \nabla\log p_t(x)`, written as the exact flow velocity
-    :math:`\dot\alpha E[x_0|x_t] + \dot\sigma E[\varepsilon|x_t]` (finite on flow paths at pure noise). Gaussians use the closed form;
-    other mixtures a float64 DOP853 solve with ``REFERENCE_RTOL``/``REFERENCE_ATOL``.
+    :math:`\dot\alpha E[x_0|x_t] + \dot\sigma E[\varepsilon|x_t]` (finite on flow paths at pure noise): ``law.flow_map``
+    in float64, closed-form for Gaussians and a DOP853 solve with ``REFERENCE_RTOL``/``REFERENCE_ATOL`` for other mixtures.
 
     Returns:
         The transported states, shaped and typed like ``x``.
@@ -46,19 +41,5 @@ def reference_flow_map(
     """
     law64 = law.to(torch.float64)
     x64 = x.detach().to(torch.float64).cpu()
-    if isinstance(law, Gaussian):
-        return law64.flow_map(sde, x64, t_from, t_to).to(dtype=x.dtype, device=x.device)
-    velocity = law64.velocity(sde)
-    shape = x64.shape
-
-    def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        xt = torch.from_numpy(y).reshape(shape)
-        return velocity.predict(xt, batch_time(torch.tensor(t, dtype=torch.float64), xt)).reshape(-1).numpy()
-
-    sol = scipy.integrate.solve_ivp(
-        rhs, (float(t_from), float(t_to)), x64.reshape(-1).numpy(), method="DOP853",
-        rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL,
-    )
-    if not sol.success:
-        raise RuntimeError(f"reference_flow_map: the DOP853 reference solve failed: {sol.message}")
-    return torch.from_numpy(sol.y[:, -1]).reshape(shape).to(dtype=x.dtype, device=x.device)
+    out = law64.flow_map(sde, x64, t_from, t_to, rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL)
+    return out.to(dtype=x.dtype, device=x.device)

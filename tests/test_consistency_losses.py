@@ -1,0 +1,234 @@
+"""Consistency distillation and training losses against the exact consistency function of analytic laws."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import scoreflow as sf
+from scoreflow.consistency import teacher_step
+from scoreflow.losses import consistency_distillation_loss as cd_loss
+from scoreflow.losses import consistency_training_loss as ct_loss
+from scoreflow.testing import make_law
+
+SDES = [sf.VPSDE(), sf.VESDE(), sf.EDMSDE()]
+IDS = ["vp", "ve", "edm"]
+
+
+def seeded(seed=1):
+    return torch.Generator().manual_seed(seed)
+
+
+def perturbed(f, sde, size=0.01):
+    """The exact function plus a smooth bump that vanishes at t_min (a consistency model slightly off)."""
+
+    def g(x, t):
+        alpha, sigma = sde.marginal(t)
+        return f(x, t) + size * torch.sin(3 * x) * (sigma / alpha - float(sde.marginal(torch.tensor(sde.t_min))[1]))[:, None]
+
+    return g
+
+
+def local_error(law, sde, solver, steps, n, seed):
+    """E ||f*(Phi x) - f*(teacher x)||^2 over the loss's own draws: the loss at f* computed independently."""
+    grid = sf.time_grid(sde, steps, "karras", dtype=torch.float64)
+    g = seeded(seed)
+    x0 = law.sample(n, generator=g)
+    g = seeded(seed + 1)
+    i = torch.randint(steps, (n,), generator=g)
+    z = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    t_hi, t_lo = grid[i], grid[i + 1]
+    alpha, sigma = sde.marginal(t_hi)
+    x_hi = alpha[:, None] * x0 + sigma[:, None] * z
+    x_lo, _ = teacher_step(law.score(sde), sde, x_hi, t_hi, t_lo, method=solver)
+    f = law.consistency_function(sde)
+    exact = f(x_hi, t_hi)  # = f*(Phi_{t_hi -> t_lo} x_hi, t_lo)
+    return (exact - f(x_lo, t_lo)).pow(2).sum(1).mean(), x0
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+@pytest.mark.parametrize("solver", ["euler", "heun", "edm_heun"])
+def test_cd_at_the_exact_function_is_the_teacher_steps_error(solver, sde):
+    # At f = f* the loss is E||f*(Phi x) - f*(teacher x)||^2, the teacher step's local error seen through f*.
+    law = make_law("gaussian2d")
+    expected, x0 = local_error(law, sde, solver, 18, 512, 0)
+    f = law.consistency_function(sde)
+    loss = cd_loss(f, f, law.score(sde), sde, x0, solver=solver, steps=18, generator=seeded(1))
+    assert torch.allclose(loss, expected, rtol=1e-10)
+    off = perturbed(f, sde)
+    # Euler in t has a large step error under VE (x moves like sigma(t), exponential in t): only 5x below the bump's.
+    factor = 3 if solver == "euler" else 30
+    assert cd_loss(off, off, law.score(sde), sde, x0, solver=solver, steps=18, generator=seeded(1)) > factor * loss
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_cd_with_an_exact_teacher_vanishes_only_at_the_exact_function(sde):
+    law = make_law("gaussian2d")
+    x0 = law.sample(256, generator=seeded(0))
+    f = law.consistency_function(sde)
+    exact = cd_loss(f, f, law.score(sde), sde, x0, solver="dopri5", rtol=1e-10, atol=1e-10, generator=seeded(1))
+    off = perturbed(f, sde)
+    wrong = cd_loss(off, off, law.score(sde), sde, x0, solver="dopri5", rtol=1e-10, atol=1e-10, generator=seeded(1))
+    assert exact < 1e-15 and wrong > 1e-5
+
+
+def test_cd_at_the_exact_function_falls_as_the_heun_steps_local_error_squared():
+    # Heun's local error is O(h^3), so the loss at f* falls like N^-6 on the Karras grid.
+    law, sde = make_law("gaussian2d"), sf.EDMSDE()
+    f = law.consistency_function(sde)
+    steps = [16, 32, 64]
+    losses = []
+    for n_steps in steps:
+        x0 = law.sample(2048, generator=seeded(0))
+        losses.append(float(cd_loss(f, f, law.score(sde), sde, x0, solver="heun", steps=n_steps, generator=seeded(1))))
+    slope = -np.polyfit(np.log(steps), np.log(losses), 1)[0]
+    assert 5.0 < slope < 7.0, (losses, slope)
+
+
+def teacher_consistency_function(law, sde, grid, solver):
+    """The discrete consistency function of a one-step teacher: its solve from a grid time down to t_min."""
+
+    def f(x, t):
+        x, t = x.clone(), t.clone()
+        for k in range(len(grid) - 1):
+            rows = t == grid[k]
+            if rows.any():
+                x[rows], _ = teacher_step(law.score(sde), sde, x[rows], grid[k], grid[k + 1], method=solver)
+                t[rows] = grid[k + 1]
+        return x
+
+    f.t_min = float(grid[-1])
+    return f
+
+
+@pytest.mark.parametrize("solver", ["heun", "edm_heun"])
+def test_the_cd_minimiser_is_the_teachers_solve_and_converges_to_the_exact_function(solver):
+    # CD with a one-step teacher is zero at f_N (the teacher's solve through the grid); f_N(x, T) converges to
+    # f*(x, T) at the teacher's order as the schedule is refined.
+    law, sde = make_law("gaussian2d"), sf.VPSDE()
+    x0 = law.sample(64, generator=seeded(0))
+    x_T = sde.prior_sample((64, 2), generator=seeded(2), dtype=torch.float64)
+    exact = law.consistency_function(sde)(x_T, sde.T)
+    errors = []
+    for steps in (8, 16, 32, 64):
+        grid = sf.time_grid(sde, steps, "karras")
+        f_n = teacher_consistency_function(law, sde, grid, solver)
+        assert cd_loss(f_n, f_n, law.score(sde), sde, x0, solver=solver, schedule=grid, generator=seeded(1)) < 1e-25
+        errors.append(float((f_n(x_T, torch.full((64,), sde.T, dtype=torch.float64)) - exact).pow(2).mean().sqrt()))
+    slope = -np.polyfit(np.log([8, 16, 32, 64]), np.log(errors), 1)[0]
+    assert 1.7 < slope < 2.5, (errors, slope)
+
+
+def identity(x, t):
+    return x
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_ct_compares_the_same_noise_at_two_levels(sde):
+    # With f = f- = identity the loss is E||x_hi - x_lo||^2 = (a_hi - a_lo)^2 E||x0||^2 + (s_hi - s_lo)^2 D when both
+    # levels share z; independent noise would give (s_hi^2 + s_lo^2) D instead.
+    law = make_law("gaussian2d")
+    x0 = law.sample(40000, generator=seeded(0))
+    per = ct_loss(identity, identity, sde, x0, steps=8, generator=seeded(1), reduction="none")
+    grid = sf.time_grid(sde, 8, "karras")
+    (a_hi, s_hi), (a_lo, s_lo) = sde.marginal(grid[:-1]), sde.marginal(grid[1:])
+    m2 = float(law.covariance.trace() + law.mean.pow(2).sum())
+    expected = ((a_hi - a_lo) ** 2 * m2 + (s_hi - s_lo) ** 2 * 2).mean()
+    se = per.std() / math.sqrt(per.numel())
+    assert abs(per.mean() - expected) < 4 * se + 1e-3 * expected
+
+
+def test_distances_weightings_and_shared_steps():
+    law, sde = make_law("gaussian2d"), sf.VPSDE()
+    x0 = law.sample(32, generator=seeded(0))
+    f = law.consistency_function(sde)
+    off = perturbed(f, sde, 0.1)
+    kw = dict(steps=10, generator=None, reduction="none")
+    l2 = ct_loss(off, f, sde, x0, **{**kw, "generator": seeded(1)})
+    ph = ct_loss(off, f, sde, x0, distance="pseudo_huber", huber_c=0.03, **{**kw, "generator": seeded(1)})
+    assert torch.allclose(ph, torch.sqrt(l2 + 0.03**2) - 0.03, rtol=1e-12)
+    weighted = ct_loss(off, f, sde, x0, weighting="inverse_step", **{**kw, "generator": seeded(1)})
+    by_hand = ct_loss(off, f, sde, x0, weighting=lambda t_hi, t_lo: 1 / (sde.marginal(t_hi)[1] / sde.marginal(t_hi)[0]
+                      - sde.marginal(t_lo)[1] / sde.marginal(t_lo)[0]), **{**kw, "generator": seeded(1)})
+    assert torch.allclose(weighted, by_hand, rtol=1e-12) and not torch.allclose(weighted, l2)
+    shared = cd_loss(off, f, law.score(sde), sde, x0, shared_step=True, **{**kw, "generator": seeded(1)})
+    assert shared.shape == (32,)
+    _, nfe = teacher_step(law.score(sde), sde, x0, 0.5, 0.4)  # the shared step is one call for the whole batch
+    assert nfe == 2
+
+
+class TimeConv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x, t):
+        return self.conv(x) / (1 + t[:, None, None, None])
+
+
+def test_float32_images_gradients_and_seeds():
+    sde = sf.EDMSDE()
+    net = TimeConv()
+    f = sf.consistency.parameterize(net, sde, 0.5)
+    score = lambda x, t: -x / (1 + t[:, None, None, None] ** 2)  # the exact score of N(0, I) data  # noqa: E731
+    x0 = torch.randn(4, 2, 5, 5, generator=seeded(0))
+    runs = [cd_loss(f, f, score, sde, x0, solver="edm_heun", generator=seeded(3)) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1]) and runs[0].dtype == torch.float32
+    runs[0].backward()
+    assert net.conv.weight.grad is not None and torch.isfinite(net.conv.weight.grad).all()
+    assert ct_loss(f, f, sde, x0, distance="pseudo_huber", generator=seeded(3)).ndim == 0
+
+
+def test_curricula():
+    steps = [sf.consistency.discretization_steps(k, 1000) for k in range(0, 1001, 50)]
+    assert steps[0] == 1 and steps[-1] == 150 and steps == sorted(steps)
+    ict = [sf.consistency.discretization_steps(k, 800, kind="ict") for k in range(0, 801, 100)]
+    assert ict == [10, 20, 40, 80, 160, 320, 640, 1280, 1280]
+    assert math.isclose(sf.consistency.target_ema_decay(1, mu0=0.9), math.exp(2 * math.log(0.9) / 2))
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = a.weight.detach().clone()
+    sf.consistency.ema_update(a, b, 0.9)
+    assert torch.allclose(a.weight, 0.9 * before + 0.1 * b.weight)
+    sf.consistency.ema_update(a, b, 0.0)
+    assert torch.equal(a.weight, b.weight)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"solver": "rk5"}, ValueError, r"consistency_distillation_loss: argument 'method' expected one of .*'heun'"),
+        ({"distance": "lpips"}, ValueError, r"argument 'distance' expected one of 'l2', 'pseudo_huber', got 'lpips'"),
+        ({"weighting": "snr"}, ValueError, r"argument 'weighting' expected one of 'uniform', 'inverse_step'"),
+        ({"schedule": "cosine"}, ValueError, r"argument 'schedule' expected one of 't', 'log_snr', 'karras'"),
+        ({"steps": 0}, ValueError, r"argument 'steps' expected an int >= 1, got 0"),
+        ({"schedule": torch.tensor([1.0, 0.5, 0.01])}, ValueError, r"expected a grid that starts at T=1 and ends at t_min=0\.001"),
+        ({"schedule": torch.tensor([1.0, 0.001]), "steps": 3}, ValueError, r"a grid of 2 times has 1 steps, got steps=3"),
+        ({"t_min": 0.01}, ValueError, r"argument 't_min' expected the boundary time of f, f\.t_min=0\.001, got 0\.01"),
+        ({"huber_c": -1.0}, ValueError, r"argument 'huber_c' expected a finite number > 0"),
+        ({"shared_step": 1}, TypeError, r"argument 'shared_step' expected True or False"),
+        ({"reduction": "sum"}, ValueError, r"argument 'reduction' expected one of 'mean', 'none'"),
+        ({"generator": 1}, TypeError, r"argument 'generator' expected a torch\.Generator"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, error, match):
+    sde = sf.VPSDE()
+    f = sf.consistency.parameterize(lambda x, t: x, sde)
+    with pytest.raises(error, match=match):
+        cd_loss(f, f, lambda x, t: -x, sde, torch.zeros(4, 2), **kwargs)
+
+
+def test_bad_callables_and_outputs_are_named():
+    sde = sf.VPSDE()
+    f = sf.consistency.parameterize(lambda x, t: x, sde)
+    x0 = torch.zeros(4, 2)
+    with pytest.raises(TypeError, match=r"consistency_training_loss: argument 'f_target' expected a callable"):
+        ct_loss(f, None, sde, x0)
+    with pytest.raises(TypeError, match=r"consistency_distillation_loss: argument 'score' expected a callable"):
+        cd_loss(f, f, None, sde, x0)
+    with pytest.raises(ValueError, match=r"consistency_training_loss: f expected shape \(4, 2\)"):
+        ct_loss(lambda x, t: x[:, :1], f, sde, x0)
+    with pytest.raises(sf.NonFiniteError, match=r"consistency_training_loss: the loss became non-finite .* at t="):
+        ct_loss(lambda x, t: x * float("nan"), f, sde, x0)
+    with pytest.raises(sf.NonFiniteError, match=r"score became non-finite"):
+        cd_loss(f, f, lambda x, t: x * float("inf"), sde, x0)
