@@ -8,6 +8,7 @@ from .registry import (
     bool_option,
     get_method,
     int_option,
+    interval_option,
     list_methods,
     positive_option,
     register,
@@ -16,5 +17,5 @@ from .stepping import DEFAULT_TOLERANCE, Grid, Path, Stepping, Tolerances, resol
 
 __all__ = [
     "KINDS", "BACKENDS", "Method", "Option", "register", "list_methods", "get_method",
-    "positive_option", "int_option", "bool_option", "Grid", "Tolerances", "Stepping", "Path", "resolve_stepping", "DEFAULT_TOLERANCE",
+    "positive_option", "int_option", "bool_option", "interval_option", "Grid", "Tolerances", "Stepping", "Path", "resolve_stepping", "DEFAULT_TOLERANCE",
 ]

@@ -1,0 +1,152 @@
+r"""Multistep exponential integrators of the reverse SDE with data prediction: SDE-DPM-Solver++(2M), (3M) and
+stochastic predictor-correctors.
+
+The reverse SDEs :math:`dx = [f x - \tfrac{1+\eta}{2} g^2 s]\,dt + \sqrt{\eta}\,g\,d\bar W` (:math:`\eta\in[0,1]`) share
+the marginals of the forward process; :math:`\eta = 1` is Anderson's reverse SDE, :math:`\eta = 0` the
+probability-flow ODE.  With :math:`h = \lambda_t - \lambda_s` their exact solution (Lu et al. 2022b) is
+
+.. math:: x_t = \frac{\sigma_t}{\sigma_s}e^{-\eta h} x_s + \alpha_t\int_0^h (1+\eta)\,e^{-(1+\eta)(h-\tau)}\,
+          \hat x_0(x_{\lambda_s+\tau})\,d\tau + \sigma_t\sqrt{1 - e^{-2\eta h}}\;z .
+
+The noise term is exact (see :mod:`.stochastic` for how z comes from the Brownian path).  The integral is
+taken exactly for the polynomial in :math:`\lambda` through the data predictions of the previous steps
+(:func:`.stochastic.exponential_weights`); the predictor-correctors also put the prediction at the new point
+(evaluated at the predicted state, with the same z, as SA-Solver does) through the polynomial and redo the
+step with it; that prediction is the next step's, so every method costs one NFE per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import ClassVar
+
+import torch
+
+from ..methods import bool_option
+from .base import ScorePredictions
+from .stochastic import ETA, SDEGrid, StepNoise, StochasticSolver, exponential_weights, register_stochastic
+
+__all__ = ["DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC"]
+
+# As for the ODE multistep methods: with fewer steps the last steps use fewer points.
+_LOWER_ORDER_FINAL_BELOW = 10
+
+
+def _combine(base: torch.Tensor, weights: Sequence[float], values: Sequence[torch.Tensor]) -> torch.Tensor:
+    for w, v in zip(weights, values):
+        base = base + w * v
+    return base
+
+
+class _ExponentialSDE(StochasticSolver):
+    """The multistep family of the module docstring; subclasses set the number of points and the corrector."""
+
+    predictor_points: ClassVar[int]
+    corrected: ClassVar[bool] = False
+    # DPM-Solver++'s second-order form (k-diffusion's "midpoint" solver type) for a two-point predictor.
+    midpoint_form: ClassVar[bool] = False
+    options = {
+        "eta": ETA,
+        "lower_order_final": bool_option(True, f"use fewer points in the last steps when there are fewer than {_LOWER_ORDER_FINAL_BELOW} steps"),
+    }
+
+    def __init__(self, *, eta: float = 1.0, lower_order_final: bool = True) -> None:
+        self.eta, self.lower_order_final = eta, lower_order_final
+
+    def _points(self, i: int, n: int) -> int:
+        """Points of step ``i``'s predictor: as many as there are predictions, fewer in the last steps of short grids."""
+        points = min(i + 1, self.predictor_points)
+        if not (self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW):
+            return points
+        if self.corrected:  # only the last step, which is not corrected, drops to first order
+            return 1 if i == n - 1 else points
+        return min(points, n - i)
+
+    def plan(self, grid: SDEGrid) -> list[tuple[float, float, list[float], list[float] | None]]:
+        r"""Per step ``(c_x, c_z, predictor weights, corrector weights)``: :math:`x_t = c_x x_s + c_z z + \sum_j w_j m_j`
+        over the predictions newest first (the corrector's start with the new point's); no corrector on the last step."""
+        n, eta, lam = grid.steps, self.eta, grid.lam
+        out = []
+        for i in range(n):
+            h = lam[i + 1] - lam[i]
+            H = (1.0 + eta) * h
+            nodes = [(lam[i - j] - lam[i]) / h for j in range(self._points(i, n))]
+            if self.midpoint_form and len(nodes) == 2:
+                mu0, half = -math.expm1(-H), -0.5 / nodes[1]
+                predictor = [mu0 * (1.0 + half), -mu0 * half]
+            else:
+                predictor = exponential_weights(nodes, H)
+            corrector = exponential_weights([1.0] + nodes, H) if self.corrected and i < n - 1 else None
+            alpha_t = grid.alpha[i + 1]
+            out.append((
+                grid.sigma[i + 1] / grid.sigma[i] * math.exp(-eta * h),
+                grid.sigma[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)),
+                [alpha_t * w for w in predictor],
+                None if corrector is None else [alpha_t * w for w in corrector],
+            ))
+        return out
+
+    def solve(self, model: ScorePredictions, grid: SDEGrid, noise: StepNoise, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        plan, n = self.plan(grid), grid.steps
+        history: list[torch.Tensor] = []
+        m = model.data(x, grid.times[0])
+        for i, (c_x, c_z, predictor, corrector) in enumerate(plan):
+            history.insert(0, m)
+            del history[self.predictor_points :]
+            base = c_x * x
+            if c_z:
+                base = base + c_z * noise(grid.u[i], grid.u[i + 1])
+            x = _combine(base, predictor, history)
+            if i < n - 1:
+                m = model.data(x, grid.times[i + 1])
+                if corrector is not None:
+                    x = _combine(base, corrector, [m] + history)
+            yield x
+
+
+class DPMSolverPP2MSDE(_ExponentialSDE):
+    r"""SDE-DPM-Solver++(2M) (k-diffusion's ``sample_dpmpp_2m_sde``, midpoint form): one NFE per step.
+
+    :math:`x_t = \tfrac{\sigma_t}{\sigma_s}e^{-\eta h}x_s + \alpha_t(1 - e^{-(1+\eta)h})\big(\hat x_0^{(i)} +
+    \tfrac{1}{2r}(\hat x_0^{(i)} - \hat x_0^{(i-1)})\big) + \sigma_t\sqrt{1-e^{-2\eta h}}\,z`, :math:`r = h_{i-1}/h_i`.
+    """
+
+    predictor_points = 2
+    midpoint_form = True
+
+
+class DPMSolverPP3MSDE(_ExponentialSDE):
+    """SDE-DPM-Solver++(3M): the quadratic through the last three predictions, integrated exactly; one NFE per step.
+
+    The first two steps use one and two points (as k-diffusion's ``sample_dpmpp_3m_sde``, whose quadratic term
+    is half the exact one: this one reduces to a third-order ODE solver at ``eta = 0``).
+    """
+
+    predictor_points = 3
+
+
+class DPMSolverPP2MSDEPC(_ExponentialSDE):
+    """``dpmpp_2m_sde`` predictor with a quadratic exponential Adams-Moulton corrector (stochastic ``dpmpp_2m_pc``).
+
+    The prediction at the predicted state closes the step: the quadratic through it and the two previous
+    predictions is integrated against the SDE's weight and the step is redone with the same noise (as in
+    SA-Solver, Xue et al. 2023).  One NFE per step; the last step is not corrected.
+    """
+
+    predictor_points = 2
+    midpoint_form = True
+    corrected = True
+
+
+class DPMSolverPP3MSDEPC(_ExponentialSDE):
+    """``dpmpp_3m_sde`` predictor with a cubic exponential Adams-Moulton corrector (stochastic ``dpmpp_3m_pc``): one NFE per step."""
+
+    predictor_points = 3
+    corrected = True
+
+
+register_stochastic("dpmpp_2m_sde", DPMSolverPP2MSDE, "SDE-DPM-Solver++(2M), as k-diffusion's dpmpp_2m_sde")
+register_stochastic("dpmpp_3m_sde", DPMSolverPP3MSDE, "SDE-DPM-Solver++(3M) with the exact quadratic term")
+register_stochastic("dpmpp_2m_sde_pc", DPMSolverPP2MSDEPC, "dpmpp_2m_sde predictor with a stochastic Adams-Moulton corrector")
+register_stochastic("dpmpp_3m_sde_pc", DPMSolverPP3MSDEPC, "dpmpp_3m_sde predictor with a stochastic Adams-Moulton corrector")
