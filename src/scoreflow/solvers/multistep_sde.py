@@ -8,11 +8,20 @@ probability-flow ODE.  With :math:`h = \lambda_t - \lambda_s` their exact soluti
 .. math:: x_t = \frac{\sigma_t}{\sigma_s}e^{-\eta h} x_s + \alpha_t\int_0^h (1+\eta)\,e^{-(1+\eta)(h-\tau)}\,
           \hat x_0(x_{\lambda_s+\tau})\,d\tau + \sigma_t\sqrt{1 - e^{-2\eta h}}\;z .
 
-The noise term is exact (see :mod:`.stochastic` for how z comes from the Brownian path).  The integral is
-taken exactly for the polynomial in :math:`\lambda` through the data predictions of the previous steps
-(:func:`.stochastic.exponential_weights`); the predictor-correctors also put the prediction at the new point
-(evaluated at the predicted state, with the same z, as SA-Solver does) through the polynomial and redo the
-step with it; that prediction is the next step's, so every method costs one NFE per step.
+The noise term is exact (see :mod:`.stochastic` for how z comes from the Brownian path).  The multistep
+methods take the integral exactly for the polynomial in :math:`\lambda` through the data predictions of the
+previous steps (:func:`.stochastic.exponential_weights`).
+
+The predictor-correctors evaluate the prediction :math:`\hat x_0(\tilde x_t, t)` at the predicted state (noise
+included, as SA-Solver does) and redo the step with the same z and the trapezoidal rule
+:math:`\tfrac12(\hat x_0(x_s) + \hat x_0(\tilde x_t))` in place of the polynomial.  At :math:`\eta = 1`, in the
+signal-to-noise clock :math:`v = e^{2\lambda}` and the state :math:`y = x\alpha/\sigma^2`, the reverse SDE is
+:math:`dy = \hat x_0\,dv + dB_v` and the step is the trapezoidal rule in v, the stochastic Heun scheme for additive
+noise: :math:`\hat x_0(\tilde x_t) - \hat x_0(x_s)` carries :math:`\partial\hat x_0/\partial y` times the step's noise, and
+half of it gives the covariance of the step with its noise that the exact solution has (where that Jacobian is
+constant over the step).  Polynomial correctors put almost all the weight on the new point once
+:math:`(1+\eta)h` is large, and were worse at 10-20 NFE (``benchmarks/bench_stochastic.py``).  The new prediction
+is the next step's, so every method costs one NFE per step; the last step is not corrected.
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ class _ExponentialSDE(StochasticSolver):
 
     def plan(self, grid: SDEGrid) -> list[tuple[float, float, list[float], list[float] | None]]:
         r"""Per step ``(c_x, c_z, predictor weights, corrector weights)``: :math:`x_t = c_x x_s + c_z z + \sum_j w_j m_j`
-        over the predictions newest first (the corrector's start with the new point's); no corrector on the last step."""
+        over the predictions newest first (the corrector's: the new point's and the step start's); none on the last step."""
         n, eta, lam = grid.steps, self.eta, grid.lam
         out = []
         for i in range(n):
@@ -77,7 +86,8 @@ class _ExponentialSDE(StochasticSolver):
                 predictor = [mu0 * (1.0 + half), -mu0 * half]
             else:
                 predictor = exponential_weights(nodes, H)
-            corrector = exponential_weights([1.0] + nodes, H) if self.corrected and i < n - 1 else None
+            # the trapezoidal rule through the new point and the step's start (module docstring)
+            corrector = [-0.5 * math.expm1(-H)] * 2 if self.corrected and i < n - 1 else None
             alpha_t = grid.alpha[i + 1]
             out.append((
                 grid.sigma[i + 1] / grid.sigma[i] * math.exp(-eta * h),
@@ -101,7 +111,7 @@ class _ExponentialSDE(StochasticSolver):
             if i < n - 1:
                 m = model.data(x, grid.times[i + 1])
                 if corrector is not None:
-                    x = _combine(base, corrector, [m] + history)
+                    x = _combine(base, corrector, [m, history[0]])
             yield x
 
 
@@ -127,12 +137,7 @@ class DPMSolverPP3MSDE(_ExponentialSDE):
 
 
 class DPMSolverPP2MSDEPC(_ExponentialSDE):
-    """``dpmpp_2m_sde`` predictor with a quadratic exponential Adams-Moulton corrector (stochastic ``dpmpp_2m_pc``).
-
-    The prediction at the predicted state closes the step: the quadratic through it and the two previous
-    predictions is integrated against the SDE's weight and the step is redone with the same noise (as in
-    SA-Solver, Xue et al. 2023).  One NFE per step; the last step is not corrected.
-    """
+    """``dpmpp_2m_sde`` predictor with the trapezoidal stochastic corrector of the module docstring: one NFE per step."""
 
     predictor_points = 2
     midpoint_form = True
@@ -140,7 +145,7 @@ class DPMSolverPP2MSDEPC(_ExponentialSDE):
 
 
 class DPMSolverPP3MSDEPC(_ExponentialSDE):
-    """``dpmpp_3m_sde`` predictor with a cubic exponential Adams-Moulton corrector (stochastic ``dpmpp_3m_pc``): one NFE per step."""
+    """``dpmpp_3m_sde`` predictor with the trapezoidal stochastic corrector of the module docstring: one NFE per step."""
 
     predictor_points = 3
     corrected = True
@@ -148,5 +153,5 @@ class DPMSolverPP3MSDEPC(_ExponentialSDE):
 
 register_stochastic("dpmpp_2m_sde", DPMSolverPP2MSDE, "SDE-DPM-Solver++(2M), as k-diffusion's dpmpp_2m_sde")
 register_stochastic("dpmpp_3m_sde", DPMSolverPP3MSDE, "SDE-DPM-Solver++(3M) with the exact quadratic term")
-register_stochastic("dpmpp_2m_sde_pc", DPMSolverPP2MSDEPC, "dpmpp_2m_sde predictor with a stochastic Adams-Moulton corrector")
-register_stochastic("dpmpp_3m_sde_pc", DPMSolverPP3MSDEPC, "dpmpp_3m_sde predictor with a stochastic Adams-Moulton corrector")
+register_stochastic("dpmpp_2m_sde_pc", DPMSolverPP2MSDEPC, "dpmpp_2m_sde predictor, trapezoidal corrector through the new prediction")
+register_stochastic("dpmpp_3m_sde_pc", DPMSolverPP3MSDEPC, "dpmpp_3m_sde predictor, trapezoidal corrector through the new prediction")
