@@ -15,96 +15,26 @@ k-diffusion is an optional benchmark dependency: ``pip install --no-deps k-diffu
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import sys
 import time
-import types
 from pathlib import Path
 
 import torch
-from scipy.integrate import solve_ivp
 
 import scoreflow as sf
 from scoreflow.metrics import rms_error, sliced_wasserstein2
-from scoreflow.sampling import time_grid
 from scoreflow.testing import make_law
+
+import peers
+from peers import load_k_diffusion_sampling, reference_solve
 
 BUDGETS = (5, 10, 15, 20, 25, 30, 40, 50, 75, 100)
 SCHEDULES = ("log_snr_capped", "log_snr", "karras", "t")
 # Score evaluations per step (and extra per solve) of each fixed-step sampler.
 SF_COST = {"ddim": (1, 0), "dpm_solver_2": (2, 0), "dpm_solver_3": (3, 0), "dpmpp_2m": (1, 0), "dpmpp_3m": (1, 1), "dpmpp_2m_pc": (1, 0), "dpmpp_3m_pc": (1, 0), "dpmpp_4m_pc": (1, 0), "edm_heun": (2, 0)}
-KD_COST = {"euler": (1, 0), "heun": (2, 0), "dpm_2": (2, 0), "lms": (1, 0), "dpmpp_2m": (1, 0)}
+KD_METHODS = ("euler", "heun", "dpm_2", "lms", "dpmpp_2m")
 TOLERANCES = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
-
-
-def load_k_diffusion_sampling():
-    """Import ``k_diffusion.sampling`` without the package ``__init__`` (which pulls in a training stack).
-
-    ``sampling.py`` needs only ``utils.append_dims`` from its package; if ``k_diffusion.utils`` cannot be
-    imported (PIL, safetensors, torchvision missing), a stand-in module provides that one function.
-    """
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("k-diffusion is not installed: pip install --no-deps k-diffusion")
-    root = Path(list(spec.submodule_search_locations)[0])
-    pkg = types.ModuleType("k_diffusion")
-    pkg.__path__ = [str(root)]
-    sys.modules["k_diffusion"] = pkg
-    try:
-        import k_diffusion.utils  # noqa: F401
-    except ImportError:
-        utils = types.ModuleType("k_diffusion.utils")
-        utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-        sys.modules["k_diffusion.utils"] = pkg.utils = utils
-    mod_spec = importlib.util.spec_from_file_location("k_diffusion.sampling", root / "sampling.py")
-    sampling = importlib.util.module_from_spec(mod_spec)
-    sys.modules["k_diffusion.sampling"] = sampling
-    mod_spec.loader.exec_module(sampling)
-    return sampling
-
-
-class Counted:
-    """Counts calls of a function (the NFE of k-diffusion's samplers)."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.fn(*args, **kwargs)
-
-
-def vp_denoiser(law, sde):
-    """k-diffusion's denoiser D(y, sigma_k) for ``law`` under the VP ``sde`` (see the module docstring)."""
-    score = law.score(sde)
-
-    def denoise(y, sigma_k):
-        t = sde.t_from_log_snr(-torch.log(sigma_k))
-        alpha, sigma = sde.marginal(t)
-        a, s = alpha[:, None], sigma[:, None]
-        x = a * y
-        return (x + s**2 * score(x, t)) / a
-
-    return denoise
-
-
-def reference_solve(law, sde, x_T):
-    """x_{t_min} of the probability-flow ODE from x_T by scipy's DOP853 in float64 (rtol = atol = 1e-10)."""
-    score = law.score(sde)
-    shape = x_T.shape
-
-    def rhs(t, x):
-        xt = torch.from_numpy(x).reshape(shape)
-        tt = torch.tensor(t, dtype=torch.float64)
-        v = sde.drift(xt, tt) - 0.5 * sde.diffusion(tt) ** 2 * score(xt, tt)
-        return v.reshape(-1).numpy()
-
-    sol = solve_ivp(rhs, (sde.T, sde.t_min), x_T.reshape(-1).numpy(), method="DOP853", rtol=1e-10, atol=1e-10)
-    if not sol.success:
-        raise RuntimeError(f"reference solve failed: {sol.message}")
-    return torch.from_numpy(sol.y[:, -1]).reshape(shape), int(sol.nfev)
 
 
 def run_scoreflow(law, sde, x_T, budgets):
@@ -127,27 +57,8 @@ def run_scoreflow(law, sde, x_T, budgets):
 
 
 def run_k_diffusion(kd, law, sde, x_T, budgets):
-    denoise = vp_denoiser(law, sde)
-    ends = torch.tensor([sde.T, sde.t_min], dtype=torch.float64)
-    a_end = sde.marginal(ends)[0]
-    y_T = x_T / a_end[0]
-    rows = []
-    samplers = {"euler": kd.sample_euler, "heun": kd.sample_heun, "dpm_2": kd.sample_dpm_2, "lms": kd.sample_lms, "dpmpp_2m": kd.sample_dpmpp_2m}
-    for method, (per_step, _) in KD_COST.items():
-        for schedule in SCHEDULES:
-            for budget in budgets:
-                steps = max(1, budget // per_step)
-                alpha, sigma = sde.marginal(time_grid(sde, steps, schedule))
-                # The grid ends at sigma_k(t_min) > 0 (no appended zero): every sampler stops at t_min.
-                model = Counted(denoise)
-                y = samplers[method](model, y_T.clone(), sigma / alpha, disable=True)
-                rows.append(dict(library="k-diffusion", method=method, schedule=schedule, steps=steps, nfe=model.calls, x=a_end[1] * y))
-    s_min, s_max = (torch.exp(-sde.log_snr(ends))).tolist()[::-1]
-    for tol in TOLERANCES:
-        model = Counted(denoise)
-        y = kd.sample_dpm_adaptive(model, y_T.clone(), s_min, s_max, rtol=tol, atol=tol, disable=True)
-        rows.append(dict(library="k-diffusion", method="dpm_adaptive", schedule="adaptive", tol=tol, nfe=model.calls, x=a_end[1] * y))
-    return rows
+    # The grids end at sigma_k(t_min) > 0 (no appended zero): every sampler stops at t_min.
+    return peers.run_k_diffusion(kd, law, sde, x_T, budgets, schedules=SCHEDULES, methods=KD_METHODS, tolerances=TOLERANCES)
 
 
 def best_within(rows, library, budget, schedules=None):
@@ -257,6 +168,11 @@ def plot(results, path):
         ax.set(title=f"{info['problem']} (VP, n={info['n']})", xlabel="NFE", ylabel="RMS path error vs DOP853",
                xlim=(3, 200), ylim=(1e-6, 10))
         ax.grid(True, which="both", alpha=0.3)
+    save_figure(fig, axes, path)
+
+
+def save_figure(fig, axes, path):
+    """Legend beside the last panel, tight layout, and the PNG at ``path`` (its folder made if needed)."""
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

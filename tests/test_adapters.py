@@ -282,3 +282,29 @@ def test_unet_log_likelihood_runs_in_float64(unet, trace, generator):
     assert ll.log_prob.shape == (2,) and ll.log_prob.dtype == torch.float64
     assert torch.isfinite(ll.log_prob).all()
     torch.testing.assert_close(ll.log_prob, ll.prior_log_prob + ll.delta_log_prob)
+
+
+def test_flow_matching_scheduler_becomes_rectified_flow_and_reproduces_its_euler_sampler(unet, generator):
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=N_TRAIN, shift=3.0)
+    model, path = from_diffusers(unet, scheduler)
+    assert isinstance(path, sf.RectifiedFlow) and model.prediction == "flow_velocity"
+    steps = 6
+    scheduler.set_timesteps(steps)
+    # its shifted sigmas are the "shift" schedule (the last one, 0, is appended by diffusers)
+    grid = sf.time_grid(path, steps - 1, "shift", shift=3.0, t_min=float(scheduler.sigmas[-2]))
+    torch.testing.assert_close(grid, scheduler.sigmas[:-1].double(), rtol=1e-6, atol=1e-6)
+    x = torch.randn(2, 1, 8, 8, generator=generator)
+    y = x.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            y = scheduler.step(unet(y, t.expand(2)).sample, t, y).prev_sample
+        res = sf.sample_ode(model, path, x.double(), method="euler", schedule=scheduler.sigmas.double(), t_min=0.0)
+    assert res.nfe == steps
+    torch.testing.assert_close(res.samples, y.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_flow_matching_scheduler_options_are_checked(unet):
+    with pytest.raises(ValueError, match="from_diffusers: argument 'prediction_type' expected one of"):
+        from_diffusers(unet, diffusers.FlowMatchEulerDiscreteScheduler(), prediction_type="velocity")
+    with pytest.raises(ValueError, match="sde_from_scheduler: a flow-matching scheduler with invert_sigmas=True"):
+        sde_from_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(invert_sigmas=True))

@@ -45,7 +45,10 @@ def test_order_agrees_rules():
     assert order_agrees(1, 1.2) and not order_agrees(1, 1.4) and not order_agrees(1, 0.6)
     assert order_agrees(4, 3.5) and not order_agrees(4, 3.3) and not order_agrees(4, 4.7)
     assert order_agrees(5, 4.1, kind="adaptive") and not order_agrees(5, 3.9, kind="adaptive")
-    assert order_agrees(1.5, 1.9, kind="pathwise") and not order_agrees(1.5, 1.1, kind="pathwise")
+    # A strong order is a lower bound, up to the order of the method's drift term (srk: 3, reversible Heun: 2).
+    assert order_agrees(1.5, 1.9, kind="pathwise", upper=3) and not order_agrees(1.5, 1.1, kind="pathwise", upper=3)
+    assert order_agrees(1, 2.3, kind="pathwise", upper=2) and not order_agrees(1, 2.9, kind="pathwise", upper=2)
+    assert not order_agrees(1.5, 1.9, kind="pathwise")  # without a drift order, the strong order bounds it
     assert order_agrees(None, 1.0) is None and order_agrees(1, None) is None
 
 
@@ -156,3 +159,11 @@ def test_a_registered_method_joins_the_study(gaussian_vp, monkeypatch):
     study = run_ode_study(gaussian_vp, methods=("my_midpoint",), n=8, max_nfe=128)
     assert [r["nfe"] for r in study.rows] == [8, 16, 32, 64, 128]
     assert study.order_of("my_midpoint") == pytest.approx(2.0, abs=0.4)
+
+
+def test_studies_on_rectified_flow_run_from_pure_noise_and_truncate_the_sde():
+    problem = make_problem("gaussian2d", "rf")
+    ode = run_ode_study(problem, methods=("rk4",), n=16, max_nfe=64)
+    assert ode.order_of("rk4") == pytest.approx(4.0, abs=0.6)
+    sde = run_sde_study(problem, methods=("euler",), n=16, max_nfe=16, min_steps=4, n_exact=256)
+    assert sde.config["T"] == 0.95 and all(math.isfinite(r["strong_error"]) for r in sde.rows)

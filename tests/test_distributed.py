@@ -13,6 +13,7 @@ import torch
 
 import scoreflow as sf
 from scoreflow import distributed as D
+from scoreflow.distributed import group, results
 from scoreflow.analytic import Gaussian
 from scoreflow.testing import make_problem
 
@@ -25,10 +26,10 @@ def run_as_ranks(monkeypatch, world_size: int, fn, *args, **kwargs) -> D.ShardRe
     """Run ``fn`` once per rank in this process (``world()`` patched), merging as ``gather`` would."""
     parts = []
     for rank in range(world_size):
-        monkeypatch.setattr(D, "world", lambda rank=rank: (rank, world_size))
+        monkeypatch.setattr(group, "world", lambda rank=rank: (rank, world_size))
         parts.append(fn(*args, **kwargs))
     monkeypatch.undo()
-    return D._concat(parts)
+    return results.concat(parts)
 
 
 @pytest.mark.parametrize("n, batch_size", [(1, 4), (10, 3), (12, 4), (100, 7)])
@@ -105,8 +106,16 @@ def test_sharded_errors():
         D.sample_sharded(problem.score, problem.sde, 4, (2,), generator=torch.Generator())
     with pytest.raises(ValueError, match="'batch_size' expected an int >= 1"):
         D.log_likelihood_sharded(problem.score, problem.sde, torch.zeros(3, 2), batch_size=0)
+    with pytest.raises(ValueError, match=r"'data_shape' expected a non-empty tuple of ints >= 1 .* got \(2, 'abc'\)"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2, "abc"))
+    with pytest.raises(ValueError, match="'seed' expected an int >= 0, got -1"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), seed=-1)
+    with pytest.raises(TypeError, match="'dtype' expected a floating torch.dtype .* got torch.int64"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), dtype=torch.int64)
+    with pytest.raises(ValueError, match="'seed' expected an int >= 0, got -3"):
+        D.log_likelihood_sharded(problem.score, problem.sde, torch.zeros(3, 2), seed=-3)
     with pytest.raises(ValueError, match="path suffix.*'.pt', '.npz'"):
-        D.save_result(D._empty((0, 2), torch.float32), "out.csv")
+        D.save_result(results.empty((0, 2), torch.float32), "out.csv")
 
 
 def _free_loopback_port() -> int:
@@ -190,3 +199,12 @@ def test_per_item_score_conditions_each_item(monkeypatch):
     exact = torch.cat([law(i).flow_map(sde, x_T[i : i + 1], sde.T, sde.t_min) for i in range(6)])
     # The prior N(0, I) stands in for p_T, so samples follow the flow map from x_T exactly.
     torch.testing.assert_close(many.values, exact, rtol=1e-5, atol=1e-5)
+
+
+def test_progress_without_tqdm_is_a_line_per_batch_done(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails, as without the bench extra
+    problem = make_problem("gaussian2d", "vp")
+    D.sample_sharded(problem.score, problem.sde, 10, (2,), method="euler", steps=2, batch_size=4, progress=True)
+    assert capsys.readouterr().err.splitlines() == [
+        f"sample_sharded rank 0/1: batch {k}/3 done (items {a}..{b})" for k, (a, b) in enumerate([(0, 3), (4, 7), (8, 9)], 1)
+    ]

@@ -1,6 +1,7 @@
 """Every ```python block of every docs page and of the README runs as written.
 
-The blocks of one page share a namespace, in order, as a reader would run them.
+The blocks of one docs page share a namespace, in order, as a reader would run them; each README
+block runs on its own, as a reader copying one of them would.
 """
 
 import re
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+PAGES = sorted((ROOT / "docs").glob("*.md"))
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -49,3 +50,14 @@ def test_the_readme_lists_exactly_the_registered_methods(front_end, kinds):
                if line.startswith(f"| `{front_end}` |"))
     names = set(re.findall(r"`([a-z0-9_]+)`", row)) & {m.name for m in sf.list_methods()}
     assert names == {m.name for kind in kinds for m in sf.list_methods(kind)}, row
+
+
+README_BLOCKS = python_blocks(ROOT / "README.md")
+
+
+@pytest.mark.parametrize("index", range(len(README_BLOCKS)), ids=lambda i: f"README block {i + 1}")
+def test_each_readme_block_runs_on_its_own(index, tmp_path, monkeypatch, capsys):
+    """A reader copies one block, not the page: every README block runs in a fresh namespace and prints something."""
+    monkeypatch.chdir(tmp_path)
+    exec(compile(README_BLOCKS[index], f"README.md (python block {index + 1}, alone)", "exec"), {"__name__": "readme_block"})
+    assert capsys.readouterr().out.strip(), f"README python block {index + 1} prints nothing"

@@ -24,6 +24,7 @@ NFE = {
     "dpmpp_2m_pc": lambda n: n,
     "dpmpp_3m_pc": lambda n: n,
     "dpmpp_4m_pc": lambda n: n,
+    "ipndm": lambda n: n,
 }
 
 # dpmpp_3m_pc's error on these Gaussians changes sign between ~24 and ~48 uniform log-SNR steps, so its

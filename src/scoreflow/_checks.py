@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from .errors import NonFiniteError
 
 
 def _describe(x: Any) -> str:
@@ -132,27 +131,25 @@ def check_time_grid(fn: str, name: str, value: Any, t_start: float, t_end: float
     return ts
 
 
-def check_score_output(fn: str, score: Callable, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Call ``score(x, t)`` once and check it returns a finite tensor shaped, typed and placed like ``x``."""
-    if not callable(score):
-        raise TypeError(f"{fn}: argument 'score' expected a callable score(x, t), got {_describe(score)}.")
-    out = score(x, t)  # in the caller's grad mode: solvers reuse this value as their first evaluation
-    check_like(fn, "score", out, x, what="the score")
-    check_finite(out, t, what="score")
-    return out
-
-
-def check_finite(value: torch.Tensor, t: Any, *, what: str) -> None:
-    """Raise :class:`NonFiniteError` naming the time if ``value`` has a NaN or infinity."""
-    finite = torch.isfinite(value)
-    if not bool(finite.all()):
-        n_bad = int((~finite).reshape(value.shape[0], -1).any(dim=1).sum()) if value.ndim > 0 else 1
-        t_val = float(t.reshape(-1)[0]) if torch.is_tensor(t) else float(t)
-        raise NonFiniteError(
-            f"{what} became non-finite (NaN or inf) at t={t_val:.6g} in {n_bad} of "
-            f"{value.shape[0] if value.ndim else 1} samples; check the score model at this time "
-            "(e.g. evaluated below the smallest time it was trained on) or use a larger t_min."
+def check_save_at(fn: str, name: str, value: Any, t_start: float, t_end: float) -> list[float]:
+    """Check output times of a solve from ``t_start`` to ``t_end``: a 1-D floating tensor of finite times, strictly
+    monotone in the direction of the solve and between its ends (within 1e-9 relative, then snapped to them); return
+    them as Python floats."""
+    lo, hi = min(t_start, t_end), max(t_start, t_end)
+    order = "decreasing" if t_start > t_end else "increasing"
+    if not torch.is_tensor(value) or value.dim() != 1 or value.numel() < 1 or not value.is_floating_point():
+        raise TypeError(f"{fn}: argument '{name}' expected a 1-D floating tensor of times, got {_describe(value)}.")
+    times = value.detach().to(device="cpu", dtype=torch.float64).tolist()
+    steps = [b - a for a, b in zip(times, times[1:])]
+    slack = 1e-9 * max(abs(lo), abs(hi))
+    if not all(math.isfinite(t) and lo - slack <= t <= hi + slack for t in times) or not all(
+        d < 0 if order == "decreasing" else d > 0 for d in steps
+    ):
+        raise ValueError(
+            f"{fn}: argument '{name}' expected finite, strictly {order} times between {t_start:g} and {t_end:g}, "
+            f"got {times}."
         )
+    return [min(max(t, lo), hi) for t in times]
 
 
 def check_instance(fn: str, name: str, value: Any, cls: type, example: str) -> Any:
@@ -302,10 +299,13 @@ def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch
 
 
 def resolve_t_min(fn: str, sde: Any, t_min: Any) -> float:
-    """The truncation time: ``sde.t_min`` by default, else a value in ``(0, T)``."""
+    """The truncation time: ``sde.t_min`` by default, else a value in ``(0, T)`` (``[0, T)`` for a process whose
+    ``reaches_data`` is true: a flow path, whose velocity models are finite at t = 0)."""
     if t_min is None:
         return sde.t_min
     t = check_real(fn, "t_min", t_min)
-    if not 0.0 < t < sde.T:
-        raise ValueError(f"{fn}: argument 't_min' expected a time in (0, T={sde.T:g}), got {t!r}.")
+    lowest = 0.0 if getattr(sde, "reaches_data", False) else math.nextafter(0.0, 1.0)
+    if not lowest <= t < sde.T:
+        interval = "[0" if lowest == 0.0 else "(0"
+        raise ValueError(f"{fn}: argument 't_min' expected a time in {interval}, T={sde.T:g}), got {t!r}.")
     return t

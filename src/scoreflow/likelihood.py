@@ -27,6 +27,7 @@ from .dynamics.augmented import AugmentedProbabilityFlowODE
 from .dynamics.counting import CountedScore, ScoreFn
 from .dynamics.divergence import PROBES, draw_probes
 from .methods import get_method, resolve_stepping
+from .parameterizations import check_native_at_pure_noise
 from .sde import ForwardSDE, check_sde
 
 __all__ = ["log_likelihood", "LikelihoodResult", "TRACES"]
@@ -114,7 +115,7 @@ def log_likelihood(
         step_size: instead of ``steps``, the step length of a fixed-grid method.
         schedule: where the ``steps`` go (``"t"``, ``"log_snr"``, ``"karras"``, ``"log_snr_capped"``), or the grid
             itself, an increasing 1-D tensor of times from ``t_min`` to T.
-        t_min: the start time (default ``sde.t_min``).
+        t_min: the start time (default ``sde.t_min``; 0 on a flow path with a velocity model).
         prior_log_prob: ``x_T -> (B,)`` log-density at T; default ``sde.prior_log_prob``.  Pass the
             exact :math:`\log p_T` of an analytic law to separate solver error from prior mismatch.
         generator: seeds the Hutchinson probes.
@@ -127,16 +128,19 @@ def log_likelihood(
         A :class:`LikelihoodResult`.
 
     Raises:
-        ValueError: for an unknown trace, probe or method (the message lists the valid ones; raised before
+        ValueError: for a score or noise model on a process that reaches pure noise at T (see
+            :func:`scoreflow.sample_ode`), an unknown trace, probe or method (the message lists the valid ones; raised before
             any score evaluation), a malformed ``x``, ``t_min`` outside ``(0, T)``, missing/superfluous
             ``steps``/``step_size``/``rtol``/``atol``, ``n_probes`` with the exact trace, or a
             ``prior_log_prob`` that does not return shape ``(B,)``.
         TypeError: if the score returns the wrong dtype, or an argument has the wrong type.
-        NonFiniteError: if the score or the divergence becomes NaN/inf; the message names the time.
+        NonFiniteError: if the score or the divergence becomes NaN/inf in the solve; the message names the time
+            (found when the solve ends; an adjoint's backward pass is not watched).
         RuntimeError: if an adaptive method exceeds its ``max_num_steps``.
     """
     fn = "log_likelihood"
     check_sde(fn, sde)
+    check_native_at_pure_noise(fn, score, sde)
     check_choice(fn, "trace", trace, TRACES)
     check_choice(fn, "probe", probe, PROBES)
     spec = get_method("likelihood", method, caller=fn)
@@ -156,9 +160,11 @@ def log_likelihood(
     )
 
     probes = draw_probes(x, n_probes, probe, generator) if trace == "hutchinson" else None
-    func = AugmentedProbabilityFlowODE(CountedScore(score, caller=fn), sde, probes=probes, chunk_size=chunk_size)
+    counted = CountedScore(score, caller=fn)
+    func = AugmentedProbabilityFlowODE(counted, sde, probes=probes, chunk_size=chunk_size)
     delta0 = x.new_zeros(1 if probes is None else n_probes, x.shape[0])
-    xs, deltas = solver.integrate(func, (x, delta0), stepping.times, stepping, adjoint=adjoint)
+    with counted.guard():
+        xs, deltas = solver.integrate(func, (x, delta0), stepping.times, stepping, adjoint=adjoint)
 
     latent, delta = xs[-1], deltas[-1]
     prior = (sde.prior_log_prob if prior_log_prob is None else prior_log_prob)(latent)

@@ -1,15 +1,23 @@
-r"""Turn a network's prediction into a score :math:`s(x, t) \approx \nabla_x \log p_t(x)`.
+r"""A network's prediction turned into a score :math:`s(x, t) \approx \nabla_x \log p_t(x)`, and back: one conversion table.
 
-With :math:`x_t = \alpha x_0 + \sigma\varepsilon` the common targets are related by
+With :math:`x_t = \alpha x_0 + \sigma\varepsilon`, the posterior means :math:`\hat x_0 = E[x_0|x_t]`,
+:math:`\hat\varepsilon = E[\varepsilon|x_t]` satisfy :math:`x = \alpha\hat x_0 + \sigma\hat\varepsilon`, and every
+prediction is an affine function of the pair:
 
-- noise:     :math:`s = -\hat\varepsilon / \sigma`
-- data (x0): :math:`s = (\alpha\hat x_0 - x) / \sigma^2`
-- velocity:  :math:`v = \alpha\varepsilon - \sigma x_0`, so
-  :math:`\hat\varepsilon = (\sigma x + \alpha\hat v)/(\alpha^2+\sigma^2)`
-- energy:    :math:`s = -\nabla_x E(x, t)`
+- ``"score"``:         :math:`s = -\hat\varepsilon/\sigma`
+- ``"eps"``:           :math:`\hat\varepsilon`
+- ``"x0"``:            :math:`\hat x_0`
+- ``"v"`` (diffusion v-prediction): :math:`v = \alpha\hat\varepsilon - \sigma\hat x_0`
+- ``"flow_velocity"``: :math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon = dx/dt` along the probability-flow ODE
+  (:math:`E[\varepsilon - x_0|x_t]` under :class:`scoreflow.RectifiedFlow`).
 
-The wrappers are ``torch.nn.Module`` s, so a wrapped network's parameters stay visible
-(to optimizers and to ``odeint_adjoint``).  Each also converts back (``eps``/``denoise``).
+Given u, :math:`\hat x_0 = (\dot\sigma x - \sigma u)/\Delta`, :math:`\hat\varepsilon = (\alpha u - \dot\alpha x)/\Delta`
+with :math:`\Delta = \alpha\dot\sigma - \sigma\dot\alpha > 0`, finite where :math:`\alpha = 0` (pure noise).
+
+A model built here is a ``torch.nn.Module`` that returns the score when called and carries its native
+prediction (``model.prediction``, ``model.predict(x, t)``): solvers ask :func:`convert` for what they need
+from it, so a flow velocity is integrated as itself (the route score -> drift cancels catastrophically
+where :math:`\alpha \to 0`).  An energy model :math:`E(x, t)` gives :math:`s = -\nabla_x E`.
 """
 
 from __future__ import annotations
@@ -18,55 +26,141 @@ from collections.abc import Callable
 
 import torch
 
+from ._checks import check_choice
 from ._tensor import TimeLike, batch_time, right_pad
 from .sde import ForwardSDE, check_sde
 
 __all__ = [
+    "PREDICTIONS",
+    "convert",
+    "prediction_of",
     "score_from_eps",
     "score_from_denoiser",
     "score_from_velocity",
+    "score_from_flow_velocity",
     "score_from_energy",
     "eps_from_score",
     "denoiser_from_score",
     "velocity_from_score",
+    "flow_velocity_from_score",
+    "check_native_at_pure_noise",
 ]
 
 Net = Callable[..., torch.Tensor]
 
+#: What a model may predict natively (see the module docstring).
+PREDICTIONS = ("score", "eps", "x0", "v", "flow_velocity")
+
+
+def prediction_of(model: object) -> str:
+    """The native prediction a model carries (``model.prediction``), ``"score"`` for a plain callable."""
+    kind = getattr(model, "prediction", "score")
+    return check_choice(type(model).__name__, "prediction", kind, PREDICTIONS)
+
+
+def _pair(kind: str, value: torch.Tensor, x: torch.Tensor, t: torch.Tensor, sde: ForwardSDE):
+    """:math:`(\\hat x_0, \\hat\\varepsilon)` from a prediction of ``kind``."""
+    alpha, sigma = (right_pad(c, x) for c in sde.marginal(t))
+    if kind == "flow_velocity":
+        d_alpha, d_sigma = (right_pad(c, x) for c in sde.marginal_derivatives(t))
+        det = alpha * d_sigma - sigma * d_alpha
+        return (d_sigma * x - sigma * value) / det, (alpha * value - d_alpha * x) / det
+    if kind == "v":
+        norm = alpha**2 + sigma**2
+        return (alpha * x - sigma * value) / norm, (sigma * x + alpha * value) / norm
+    if kind == "x0":
+        return value, (x - alpha * value) / sigma
+    eps = value if kind == "eps" else -sigma * value
+    return (x - sigma * eps) / alpha, eps
+
+
+def convert(
+    value: torch.Tensor, source: str, target: str, x: torch.Tensor, t: TimeLike, sde: ForwardSDE
+) -> torch.Tensor:
+    """Convert the prediction ``value`` of kind ``source`` at ``(x, t)`` into the prediction of kind ``target``.
+
+    Both kinds are from :data:`PREDICTIONS`; ``t`` is a scalar or ``(B,)``.  The score's own routes keep their
+    classic forms (:math:`\\hat\\varepsilon = -\\sigma s`, Tweedie's :math:`\\hat x_0 = (x + \\sigma^2 s)/\\alpha`,
+    the probability-flow drift :math:`f x - \\tfrac12 g^2 s`); every other route goes through
+    :math:`(\\hat x_0, \\hat\\varepsilon)`.
+    """
+    if source == target:
+        return value
+    t = batch_time(t, x)
+    if source == "score" and target == "flow_velocity":
+        return sde.drift(x, t) - right_pad(0.5 * sde.diffusion(t) ** 2, x) * value
+    if target == "score" and source in ("eps", "x0"):
+        alpha, sigma = (right_pad(c, x) for c in sde.marginal(t))
+        return -value / sigma if source == "eps" else (alpha * value - x) / sigma**2
+    x0, eps = _pair(source, value, x, t, sde)
+    if target == "x0":
+        return x0
+    if target == "eps":
+        return eps
+    alpha, sigma = (right_pad(c, x) for c in sde.marginal(t))
+    if target == "score":
+        return -eps / sigma
+    if target == "v":
+        return alpha * eps - sigma * x0
+    d_alpha, d_sigma = (right_pad(c, x) for c in sde.marginal_derivatives(t))
+    return d_alpha * x0 + d_sigma * eps
+
+
+def check_native_at_pure_noise(fn: str, model: object, sde: ForwardSDE) -> None:
+    r"""Refuse, for the front-end ``fn``, a model that cannot give the flow at T where the process is pure noise.
+
+    At :math:`\alpha(T) = 0` a score or noise prediction carries no information on :math:`x_0`
+    (:math:`s = -x/\sigma^2` for every law) and :math:`f, g` are infinite; a flow velocity, data or v prediction
+    gives the flow there.
+
+    Raises:
+        ValueError: if ``sde.pure_noise_at_T`` and the model predicts a score or noise.
+    """
+    kind = prediction_of(model)
+    if kind in ("score", "eps") and sde.pure_noise_at_T:
+        raise ValueError(
+            f"{fn}: a model predicting {kind!r} cannot be integrated from t=T={sde.T:g} under {sde!r}, where alpha(T) = 0: there "
+            "the score of every law is -x/sigma^2 and the drift is infinite. Fix: wrap the network's own prediction, "
+            "e.g. scoreflow.score_from_flow_velocity(net, path) or score_from_denoiser, or use law.velocity(path) "
+            "for an analytic law."
+        )
+
 
 class _Parameterized(torch.nn.Module):
-    """A score built from a net that predicts something else, under a forward SDE."""
+    """A score built from a net that predicts ``prediction`` under a forward process; ``predict`` is the net."""
 
-    def __init__(self, net: Net, sde: ForwardSDE) -> None:
+    prediction: str
+
+    def __init__(self, net: Net, sde: ForwardSDE, fn: str) -> None:
         super().__init__()
         if not callable(net):
-            raise TypeError(f"{type(self).__name__}: argument 'net' expected a callable net(x, t), got {type(net).__name__}.")
-        check_sde(type(self).__name__, sde)
+            raise TypeError(f"{fn}: argument 'net' expected a callable net(x, t), got {type(net).__name__}.")
+        check_sde(fn, sde)
         self.net, self.sde = net, sde
 
-    def _coefs(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def predict(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        """The network's own prediction at ``(x, t)``."""
+        return self.net(x, batch_time(t, x))
+
+    def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         t = batch_time(t, x)
-        alpha, sigma = self.sde.marginal(t)
-        return t, right_pad(alpha, x), right_pad(sigma, x)
+        return convert(self.net(x, t), self.prediction, "score", x, t, self.sde)
 
 
 class _EpsScore(_Parameterized):
-    def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        t, _, sigma = self._coefs(x, t)
-        return -self.net(x, t) / sigma
+    prediction = "eps"
 
 
 class _DenoiserScore(_Parameterized):
-    def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        t, alpha, sigma = self._coefs(x, t)
-        return (alpha * self.net(x, t) - x) / sigma**2
+    prediction = "x0"
 
 
 class _VelocityScore(_Parameterized):
-    def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        t, alpha, sigma = self._coefs(x, t)
-        eps = (sigma * x + alpha * self.net(x, t)) / (alpha**2 + sigma**2)
-        return -eps / sigma
+    prediction = "v"
+
+
+class _FlowVelocityScore(_Parameterized):
+    prediction = "flow_velocity"
 
 
 class _EnergyScore(torch.nn.Module):
@@ -86,18 +180,40 @@ class _EnergyScore(torch.nn.Module):
 
 def score_from_eps(net: Net, sde: ForwardSDE) -> torch.nn.Module:
     r"""Score of a noise-prediction net :math:`\hat\varepsilon(x, t)`: :math:`s = -\hat\varepsilon/\sigma(t)`."""
-    return _EpsScore(net, sde)
+    return _EpsScore(net, sde, "score_from_eps")
 
 
 def score_from_denoiser(net: Net, sde: ForwardSDE) -> torch.nn.Module:
     r"""Score of a data-prediction (x0) net :math:`\hat x_0(x, t)`: :math:`s = (\alpha\hat x_0 - x)/\sigma^2`."""
-    return _DenoiserScore(net, sde)
+    return _DenoiserScore(net, sde, "score_from_denoiser")
 
 
 def score_from_velocity(net: Net, sde: ForwardSDE) -> torch.nn.Module:
-    r"""Score of a v-prediction net, :math:`v = \alpha\varepsilon - \sigma x_0`:
-    :math:`s = -(\sigma x + \alpha\hat v) / ((\alpha^2+\sigma^2)\sigma)`."""
-    return _VelocityScore(net, sde)
+    r"""Score of a diffusion v-prediction net, :math:`v = \alpha\varepsilon - \sigma x_0`:
+    :math:`s = -(\sigma x + \alpha\hat v) / ((\alpha^2+\sigma^2)\sigma)`.  (A flow-matching velocity
+    :math:`dx/dt` is :func:`score_from_flow_velocity`.)"""
+    return _VelocityScore(net, sde, "score_from_velocity")
+
+
+def score_from_flow_velocity(net: Net, path: ForwardSDE) -> torch.nn.Module:
+    r"""A model from a flow-matching velocity net :math:`u(x, t) \approx E[\dot\alpha x_0 + \dot\sigma\varepsilon \mid x_t = x]`.
+
+    Under :class:`scoreflow.RectifiedFlow`, :math:`u = E[\varepsilon - x_0 | x_t]`.  Called, the model returns the
+    score :math:`s = -(\alpha u - \dot\alpha x)/(\sigma\Delta)`, :math:`\Delta = \alpha\dot\sigma - \sigma\dot\alpha`;
+    the probability-flow samplers and likelihoods integrate u itself (``model.predict``), so sampling starts
+    at t = T exactly even where :math:`\alpha(T) = 0`.
+
+    Args:
+        net: ``net(x, t)`` with x of shape ``(B, *D)`` and t of shape ``(B,)``, returning the velocity shaped like x.
+        path: the path the net was trained on (any forward process; e.g. ``scoreflow.RectifiedFlow()``).
+
+    Returns:
+        An ``nn.Module`` score with ``prediction == "flow_velocity"``.
+
+    Raises:
+        TypeError: if ``net`` is not callable or ``path`` is not a forward process.
+    """
+    return _FlowVelocityScore(net, path, "score_from_flow_velocity")
 
 
 def score_from_energy(energy: Net) -> torch.nn.Module:
@@ -109,37 +225,34 @@ def score_from_energy(energy: Net) -> torch.nn.Module:
     return _EnergyScore(energy)
 
 
-def eps_from_score(score: Net, sde: ForwardSDE) -> Net:
-    r"""Noise prediction :math:`\hat\varepsilon = -\sigma s` of a score."""
+def _from_model(model: Net, sde: ForwardSDE, target: str) -> Net:
+    """``target`` prediction of a model, through its native prediction."""
+    source = prediction_of(model)
+    native = model.predict if source != "score" else model
 
-    def eps(x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+    def predict(x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         t = batch_time(t, x)
-        return -right_pad(sde.marginal(t)[1], x) * score(x, t)
+        return convert(native(x, t), source, target, x, t, sde)
 
-    return eps
+    return predict
+
+
+def eps_from_score(score: Net, sde: ForwardSDE) -> Net:
+    r"""Noise prediction :math:`\hat\varepsilon = -\sigma s` of a score (of a model: from its native prediction)."""
+    return _from_model(score, sde, "eps")
 
 
 def denoiser_from_score(score: Net, sde: ForwardSDE) -> Net:
-    r"""Data prediction (Tweedie) :math:`\hat x_0 = (x + \sigma^2 s)/\alpha` of a score."""
-
-    def denoise(x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        t = batch_time(t, x)
-        alpha, sigma = sde.marginal(t)
-        return (x + right_pad(sigma**2, x) * score(x, t)) / right_pad(alpha, x)
-
-    return denoise
+    r"""Data prediction (Tweedie) :math:`\hat x_0 = (x + \sigma^2 s)/\alpha` of a score (of a model: from its native prediction)."""
+    return _from_model(score, sde, "x0")
 
 
 def velocity_from_score(score: Net, sde: ForwardSDE) -> Net:
-    r"""Velocity :math:`\hat v = \alpha\hat\varepsilon - \sigma\hat x_0` of a score."""
+    r"""Diffusion v-prediction :math:`\hat v = \alpha\hat\varepsilon - \sigma\hat x_0` of a score (of a model: from its native prediction)."""
+    return _from_model(score, sde, "v")
 
-    def velocity(x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        t = batch_time(t, x)
-        alpha, sigma = sde.marginal(t)
-        a, s = right_pad(alpha, x), right_pad(sigma, x)
-        sc = score(x, t)
-        eps = -s * sc
-        x0 = (x + s**2 * sc) / a
-        return a * eps - s * x0
 
-    return velocity
+def flow_velocity_from_score(score: Net, sde: ForwardSDE) -> Net:
+    r"""Flow velocity :math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon = f x - \tfrac12 g^2 s` of a score
+    (of a model: from its native prediction), the right-hand side of the probability-flow ODE."""
+    return _from_model(score, sde, "flow_velocity")

@@ -1,9 +1,11 @@
-r"""Time grids for fixed-step solvers: uniform in t, in log-SNR (plain or with the noise level capped), or Karras et al.'s.
+r"""Time grids for fixed-step solvers: uniform in t, in log-SNR (plain or with the noise level capped), Karras et al.'s, or SD3's time shift.
 
 Each grid decreases from :math:`T` to :math:`t_{min}` and its first and last entries are exactly
 ``T`` and ``t_min`` (the last step lands on ``t_min``; nothing is evaluated beyond it).  Grids in
 log-SNR :math:`\lambda = \log(\alpha/\sigma)` and in the scaled noise level
-:math:`\bar\sigma = \sigma/\alpha = e^{-\lambda}` are mapped back to t with ``sde.t_from_log_snr``.
+:math:`\bar\sigma = \sigma/\alpha = e^{-\lambda}` are mapped back to t with ``sde.t_from_log_snr``; they need a
+finite log-SNR at both ends, except ``"log_snr_capped"``, which is finite where a flow path reaches pure noise
+(:math:`\lambda(T) = -\infty`).
 """
 
 from __future__ import annotations
@@ -12,14 +14,45 @@ import math
 
 import torch
 
-from ._checks import check_choice, check_int, check_positive
+from ._checks import check_choice, check_int, check_positive, resolve_t_min
 from .sde import ForwardSDE
 
-__all__ = ["SCHEDULES", "time_grid"]
+__all__ = ["SCHEDULES", "TIME_VARIABLES", "time_grid", "to_time_variable", "from_time_variable", "step_size_grid"]
 
 #: Step schedules: uniform in t, uniform in log-SNR, Karras et al. (2022) with exponent rho, uniform in the
-#: log of the capped noise level.
-SCHEDULES = ("t", "log_snr", "karras", "log_snr_capped")
+#: log of the capped noise level, and uniform in t after SD3's time shift.
+SCHEDULES = ("t", "log_snr", "karras", "log_snr_capped", "shift")
+#: Independent variables of the probability-flow ODE: time t, scaled noise level sigma/alpha, log-SNR.
+TIME_VARIABLES = ("t", "sigma", "log_snr")
+
+
+def to_time_variable(sde: ForwardSDE, time: str, t: torch.Tensor) -> torch.Tensor:
+    r"""Map times t to the variable ``time``: t itself, :math:`\bar\sigma = \sigma/\alpha` or :math:`\lambda = \log(\alpha/\sigma)`."""
+    if time == "t":
+        return t
+    lam = sde.log_snr(t)
+    return torch.exp(-lam) if time == "sigma" else lam
+
+
+def from_time_variable(sde: ForwardSDE, time: str, u: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_time_variable` (through ``sde.t_from_log_snr``)."""
+    if time == "t":
+        return u
+    return sde.t_from_log_snr(-torch.log(u) if time == "sigma" else u)
+
+
+def step_size_grid(sde: ForwardSDE, start: float, end: float, step_size: float, time: str = "t") -> torch.Tensor:
+    """The float64 times in t of steps of length ``step_size`` in the variable ``time`` from ``start`` towards ``end``,
+    the last step shortened to land on ``end`` (torchdiffeq's grid for a step size, without a sliver of a last step
+    from round-off)."""
+    ends = to_time_variable(sde, time, torch.tensor([start, end], dtype=torch.float64))
+    span = abs(float(ends[1] - ends[0]))
+    steps = max(1, math.ceil(span / step_size * (1 - 1e-12)))
+    u = ends[0] + torch.sign(ends[1] - ends[0]) * step_size * torch.arange(steps + 1, dtype=torch.float64)
+    u[-1] = ends[1]
+    ts = from_time_variable(sde, time, u)
+    ts[0], ts[-1] = start, end
+    return ts
 
 
 def time_grid(
@@ -30,6 +63,8 @@ def time_grid(
     t_min: float | None = None,
     rho: float = 7.0,
     sigma_cap: float = 10.0,
+    sigma_floor: float = 0.0,
+    shift: float = 3.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
@@ -43,6 +78,10 @@ def time_grid(
       = -\log(e^{\lambda} + 1/\bar\sigma_{cap})`: log-SNR steps while :math:`\bar\sigma \ll \bar\sigma_{cap}`,
       geometrically longer ones above it, where the data prediction of data of scale
       :math:`\ll \bar\sigma_{cap}` hardly changes.  The default cap 10 suits data scaled to unit variance.
+    - ``"shift"``: Stable Diffusion 3's time shift of a uniform grid, :math:`t_i/T = m(u_i)` with
+      :math:`m(u) = su/(1 + (s - 1)u)` and :math:`u_i` uniform between :math:`m^{-1}(1) = 1` and
+      :math:`m^{-1}(t_{min}/T)`: steps concentrate at high noise for ``shift`` s > 1 (3 in SD3; diffusers'
+      ``FlowMatchEulerDiscreteScheduler(shift=s)`` places its sigmas so).
 
     Args:
         sde: the forward SDE (gives :math:`\alpha, \sigma` and the inverse of the log-SNR).
@@ -52,31 +91,53 @@ def time_grid(
         rho: exponent of the Karras schedule (ignored by the others).
         sigma_cap: the noise level :math:`\bar\sigma_{cap} = \sigma/\alpha` of ``"log_snr_capped"``, about ten
             times the data's standard deviation (ignored by the others).
+        sigma_floor: the lower noise level :math:`\bar\sigma_f \ge 0` of ``"log_snr_capped"`` (default 0: none).
+        shift: the time shift s > 0 of ``"shift"`` (ignored by the others).
         dtype, device: of the returned tensor (computed in float64, then cast).
 
     Returns:
         A decreasing tensor of shape ``(steps + 1,)``.
 
     Raises:
-        ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0`` or ``t_min``
-            outside ``(0, T)``.
+        ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0``, ``sigma_floor < 0``,
+            ``shift <= 0``, ``t_min`` outside ``[0, T)`` (0 only for processes that allow it), or a log-SNR schedule
+            with an infinite log-SNR at an end it needs.
     """
     fn = "time_grid"
     check_choice(fn, "schedule", schedule, SCHEDULES)
     check_int(fn, "steps", steps)
     check_positive(fn, "rho", rho)
     check_positive(fn, "sigma_cap", sigma_cap)
-    t_min = sde.t_min if t_min is None else check_positive(fn, "t_min", t_min)
-    if not t_min < sde.T:
-        raise ValueError(f"{fn}: argument 't_min' expected a time in (0, T={sde.T:g}), got {t_min!r}.")
+    check_positive(fn, "sigma_floor", sigma_floor, allow_zero=True)
+    check_positive(fn, "shift", shift)
+    t_min = resolve_t_min(fn, sde, t_min)
     ends = torch.tensor([sde.T, t_min], dtype=torch.float64)
     ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     if schedule == "t":
         ts = ends[0] + ramp * (ends[1] - ends[0])
+    elif schedule == "shift":
+        # m(u) = s u / (1 + (s - 1) u) and its inverse m^-1(v) = v / (s - (s - 1) v).
+        v_min = t_min / sde.T
+        u = 1.0 + ramp * (v_min / (shift - (shift - 1) * v_min) - 1.0)
+        ts = sde.T * shift * u / (1 + (shift - 1) * u)
     else:
         lam_max, lam_min = sde.log_snr(ends).unbind()
+        finite_needed = (lam_min,) if schedule == "log_snr_capped" else (lam_max, lam_min)
+        if not all(bool(torch.isfinite(lam)) for lam in finite_needed):
+            raise ValueError(
+                f"{fn}: schedule {schedule!r} needs a finite log-SNR at its ends, but {type(sde).__name__} has "
+                f"log-SNR {float(lam_max):g} at T={sde.T:g} and {float(lam_min):g} at t_min={t_min:g}. Fix: use "
+                "schedule='log_snr_capped' (finite at pure noise), 'shift' or 't', or a t_min > 0."
+            )
         if schedule == "log_snr":
             lam = lam_max + ramp * (lam_min - lam_max)
+        elif schedule == "log_snr_capped" and sigma_floor > 0:
+            # u = log((s + floor) / (1 + s/cap)) = log1p(floor e^lambda) - log(e^lambda + 1/cap) with s = e^-lambda
+            # (finite at pure noise, lambda = -inf) is uniform; s = (e^u - floor) / (1 - e^u / cap).
+            e_ends = torch.exp(torch.stack([lam_max, lam_min]))
+            u_ends = torch.log1p(sigma_floor * e_ends) - torch.log(e_ends + 1 / sigma_cap)
+            e = torch.exp(u_ends[0] + ramp * (u_ends[1] - u_ends[0]))
+            lam = -torch.log((e - sigma_floor) / (1 - e / sigma_cap))
         elif schedule == "log_snr_capped":
             # v = log(e^lambda + kappa), kappa = 1/sigma_cap, is uniform; invert stably as v + log(1 - kappa e^-v).
             log_kappa = torch.tensor(-math.log(sigma_cap), dtype=torch.float64)

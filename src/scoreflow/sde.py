@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ._checks import check_instance, check_positive
 from ._tensor import TimeLike, as_time, batch_time, flat_dim, right_pad
 
-__all__ = ["ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "check_sde"]
+__all__ = ["ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "check_sde", "check_diffusion_finite_at_T"]
 
 
 class ForwardSDE(ABC):
@@ -29,7 +29,10 @@ class ForwardSDE(ABC):
     Attributes:
         T: the final time (noise end).
         t_min: the default truncation time at which sampling stops and likelihoods start.
+        reaches_data: whether a solve may end at t = 0 exactly (flow paths: their velocity is finite there).
     """
+
+    reaches_data: ClassVar[bool] = False
 
     def __init__(self, *, T: float, t_min: float) -> None:
         name = type(self).__name__
@@ -59,6 +62,18 @@ class ForwardSDE(ABC):
     def prior_std(self) -> float:
         """Standard deviation of the isotropic Gaussian prior used in place of :math:`p_T`."""
 
+    def marginal_derivatives(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Return :math:`(\dot\alpha(t), \dot\sigma(t))`: :math:`\dot\alpha = f\alpha`, :math:`\dot\sigma = (g^2 + 2f\sigma^2)/(2\sigma)`."""
+        alpha, sigma = self.marginal(t)
+        f, g = self.drift_coef(t), self.diffusion(t)
+        return f * alpha, (g**2 + 2 * f * sigma**2) / (2 * sigma)
+
+    @property
+    def pure_noise_at_T(self) -> bool:
+        r"""Whether :math:`\alpha(T) = 0`: then :math:`x_T` is exactly the prior, :math:`\lambda(T) = -\infty`, and
+        :math:`f` and :math:`g` are infinite at T (flow paths such as :class:`scoreflow.RectifiedFlow`)."""
+        return bool(self.marginal(torch.tensor(self.T, dtype=torch.float64))[0] == 0)
+
     def drift(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """Forward drift :math:`f(t)\\,x` for ``x`` of shape ``(B, *D)`` and scalar or ``(B,)`` time."""
         return right_pad(self.drift_coef(batch_time(t, x)), x) * x
@@ -76,7 +91,7 @@ class ForwardSDE(ABC):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """Draw ``x_T`` of the given shape ``(B, *D)`` from the prior :math:`N(0, \\text{prior\\_std}^2 I)`."""
+        """Draw ``x_T`` of the given shape ``(B, *D)`` from the prior :math:`N(0, s^2 I)`, s = ``prior_std``."""
         if device is None and generator is not None:
             device = generator.device
         eps = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
@@ -277,3 +292,21 @@ class EDMSDE(ForwardSDE):
 def check_sde(fn: str, sde: Any) -> ForwardSDE:
     """Check that ``sde`` is a :class:`ForwardSDE` (the argument of the public function ``fn``); return it."""
     return check_instance(fn, "sde", sde, ForwardSDE, "scoreflow.VPSDE()")
+
+
+def check_diffusion_finite_at_T(fn: str, sde: ForwardSDE) -> ForwardSDE:
+    r"""Check ``sde`` for the stochastic front-end ``fn``: a :class:`ForwardSDE` whose diffusion is finite at T.
+
+    Where :math:`\alpha(T) = 0` the reverse SDE forgets its start at once (:math:`g(T) = \infty`): it cannot be
+    started there.  A path truncated before pure noise (e.g. ``RectifiedFlow(T=0.999)``) has a finite one.
+    Raises:
+        TypeError: if ``sde`` is not a :class:`ForwardSDE`.
+        ValueError: if it reaches pure noise at T.
+    """
+    if check_sde(fn, sde).pure_noise_at_T:
+        raise ValueError(
+            f"{fn}: the reverse SDE of {sde!r} has infinite drift and diffusion at t=T={sde.T:g}, where alpha(T) = 0 "
+            "(pure noise). Fix: sample it by the probability-flow ODE (sample_ode), or truncate the path before "
+            "pure noise, e.g. scoreflow.RectifiedFlow(T=0.999), whose prior N(0, T^2 I) is then approximate."
+        )
+    return sde

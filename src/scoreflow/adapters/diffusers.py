@@ -10,9 +10,16 @@ A scheduler with :math:`N` training steps, betas :math:`\beta_1..\beta_N` and
   with index ``i`` at :math:`t = (i+1)/N` (so :math:`\alpha(t)^2 = \bar\alpha_i` exactly); the UNet
   is called with :math:`tN - 1`.
 
+A flow-matching scheduler (``FlowMatchEulerDiscreteScheduler``, or any with ``use_flow_sigmas``) becomes
+:class:`~scoreflow.RectifiedFlow`, :math:`x_t = (1 - t)x_0 + t\varepsilon` with t the scheduler's sigma, and the
+network is called with the timestep :math:`tN`; its shift only places the sampling steps, which
+``scoreflow.time_grid(path, steps, "shift", shift=scheduler.config.shift)`` reproduces.
+
 The UNet's prediction is converted by the scheduler's ``prediction_type``:
 ``epsilon`` :math:`s = -\hat\varepsilon/\sigma`, ``sample`` :math:`s = (\alpha\hat x_0 - x)/\sigma^2`,
-``v_prediction`` :math:`s = -(\sigma x + \alpha\hat v)/\sigma` (here :math:`\alpha^2+\sigma^2 = 1`).
+``v_prediction`` :math:`s = -(\sigma x + \alpha\hat v)/\sigma` (here :math:`\alpha^2+\sigma^2 = 1`), and
+``flow_prediction`` (the velocity :math:`\varepsilon - x_0`) is integrated as itself
+(:func:`scoreflow.score_from_flow_velocity`).
 diffusers is only needed to build the model; this module never imports it.
 """
 
@@ -23,16 +30,36 @@ from typing import Any
 import torch
 
 from .._checks import check_autocast, check_choice
-from ..parameterizations import score_from_denoiser, score_from_eps, score_from_velocity
+from ..parameterizations import score_from_denoiser, score_from_eps, score_from_flow_velocity, score_from_velocity
+from ..paths import RectifiedFlow
 from ..sde import VPSDE, ForwardSDE
 from ._network import NetworkCall
 from .discrete_vp import DiscreteVPSDE
 
 __all__ = ["from_diffusers", "sde_from_scheduler", "PREDICTION_TYPES", "SCHEDULES"]
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 SCHEDULES = ("auto", "linear", "discrete")
-_CONVERSIONS = {"epsilon": score_from_eps, "sample": score_from_denoiser, "v_prediction": score_from_velocity}
+_CONVERSIONS = {
+    "epsilon": score_from_eps, "sample": score_from_denoiser, "v_prediction": score_from_velocity,
+    "flow_prediction": score_from_flow_velocity,
+}
+
+
+def _is_flow_matching(scheduler: Any) -> bool:
+    """A flow-matching scheduler: diffusers' FlowMatch* schedulers (a ``shift`` and no DDPM schedule), or ``use_flow_sigmas``."""
+    config = getattr(scheduler, "config", None)
+    if getattr(config, "use_flow_sigmas", False):
+        return True
+    return getattr(config, "shift", None) is not None and getattr(scheduler, "alphas_cumprod", None) is None
+
+
+def _flow_path(fn: str, scheduler: Any, t_min: float | None) -> tuple[ForwardSDE, float, float]:
+    config = scheduler.config
+    if getattr(config, "invert_sigmas", False):
+        raise ValueError(f"{fn}: a flow-matching scheduler with invert_sigmas=True (data at sigma = 1) is not supported.")
+    kwargs = {} if t_min is None else {"t_min": t_min}
+    return RectifiedFlow(**kwargs), float(config.num_train_timesteps), 0.0
 
 
 def _schedule_arrays(fn: str, scheduler: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,10 +83,13 @@ def _is_linear(betas: torch.Tensor) -> bool:
 def sde_from_scheduler(
     scheduler: Any, *, schedule: str = "auto", t_min: float | None = None
 ) -> tuple[ForwardSDE, float, float]:
-    r"""The continuous VP SDE of a discrete DDPM schedule and the map from ``t`` to the UNet's timestep.
+    r"""The continuous process of a diffusers scheduler and the map from ``t`` to the UNet's timestep.
+
+    A DDPM schedule becomes a VP SDE (below); a flow-matching scheduler becomes :class:`~scoreflow.RectifiedFlow`
+    with the timestep :math:`tN` (``num_train_timesteps`` N), whatever its shift (which places sampling steps only).
 
     Args:
-        scheduler: a diffusers scheduler with ``betas`` and ``alphas_cumprod``.
+        scheduler: a diffusers scheduler with ``betas`` and ``alphas_cumprod``, or a flow-matching one.
         schedule: ``"linear"`` (score_sde's :class:`~scoreflow.VPSDE`; linear betas only),
             ``"discrete"`` (:class:`DiscreteVPSDE`, any betas) or ``"auto"`` (linear when the betas are).
         t_min: truncation time (default: ``VPSDE``'s ``1e-3``, or ``1/N`` for ``"discrete"``).
@@ -68,11 +98,14 @@ def sde_from_scheduler(
         ``(sde, scale, shift)``: the UNet's timestep at time ``t`` is ``scale * t + shift``.
 
     Raises:
-        TypeError: if the scheduler has no discrete schedule.
-        ValueError: for an unknown ``schedule``, ``"linear"`` with non-linear betas, or a zero terminal SNR.
+        TypeError: if the scheduler has no discrete schedule and is not a flow-matching one.
+        ValueError: for an unknown ``schedule``, ``"linear"`` with non-linear betas, a zero terminal SNR, or a
+            flow-matching scheduler with ``invert_sigmas``.
     """
     fn = "sde_from_scheduler"
     check_choice(fn, "schedule", schedule, SCHEDULES)
+    if _is_flow_matching(scheduler):
+        return _flow_path(fn, scheduler, t_min)
     betas, alphas_cumprod = _schedule_arrays(fn, scheduler)
     n = betas.numel()
     linear = _is_linear(betas)
@@ -111,8 +144,10 @@ def from_diffusers(
     Args:
         unet: the network (also a ``torch.compile`` d one), called as
             ``unet(x, timestep, **condition, return_dict=False)``.
-        scheduler: its discrete-time scheduler (e.g. ``DDPMScheduler``); see :func:`sde_from_scheduler`.
-        prediction_type: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``; default the scheduler's.
+        scheduler: its scheduler (e.g. ``DDPMScheduler``, or ``FlowMatchEulerDiscreteScheduler`` for a flow model);
+            see :func:`sde_from_scheduler`.
+        prediction_type: ``"epsilon"``, ``"sample"``, ``"v_prediction"`` or ``"flow_prediction"``; default the
+            scheduler's (``"flow_prediction"`` for a flow-matching scheduler).
         schedule, t_min: how the discrete schedule becomes continuous; see :func:`sde_from_scheduler`.
         autocast: run the UNet alone under ``torch.autocast`` in this dtype; the solver keeps its own.
         **condition: passed to every UNet call, e.g. ``class_labels=y`` or ``encoder_hidden_states=emb``.
@@ -129,7 +164,8 @@ def from_diffusers(
     if not callable(unet):
         raise TypeError(f"{fn}: argument 'unet' expected a diffusers UNet, got {type(unet).__name__}.")
     if prediction_type is None:
-        prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", "epsilon")
+        default = "flow_prediction" if _is_flow_matching(scheduler) else "epsilon"
+        prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", default)
     check_choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     check_autocast(fn, autocast)
     if getattr(getattr(unet, "config", None), "time_embedding_type", None) == "learned":

@@ -14,21 +14,36 @@ import torch
 
 from .._checks import check_real
 from .._tensor import ScoreFn
+from ..parameterizations import prediction_of
 
 __all__ = ["guided_score"]
 
 
 
 class GuidedScore(torch.nn.Module):
-    """``uncond + w * (cond - uncond)``; both scores are evaluated on every call (two network passes)."""
+    """``uncond + w * (cond - uncond)``; both scores are evaluated on every call (two network passes).
+
+    When both models carry the same native prediction (e.g. two flow velocities), so does this one: every
+    conversion is affine in the prediction with the same coefficients, so guiding the predictions is guiding
+    the scores, and a flow model stays integrable from pure noise.
+    """
 
     def __init__(self, cond: ScoreFn, uncond: ScoreFn, w: float) -> None:
         super().__init__()
         self.cond, self.uncond, self.w = cond, uncond, w
+        kinds = {prediction_of(cond), prediction_of(uncond)}
+        self.prediction = kinds.pop() if len(kinds) == 1 else "score"
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s_u = self.uncond(x, t)
         return s_u + self.w * (self.cond(x, t) - s_u)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The guided native prediction ``uncond + w * (cond - uncond)``."""
+        if self.prediction == "score":
+            return self(x, t)
+        p_u = self.uncond.predict(x, t)
+        return p_u + self.w * (self.cond.predict(x, t) - p_u)
 
 
 def guided_score(cond: ScoreFn, uncond: ScoreFn, w: float) -> torch.nn.Module:

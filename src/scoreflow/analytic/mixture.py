@@ -13,10 +13,10 @@ import math
 import torch
 
 from .._checks import check_generator, check_int
-from .._tensor import ScoreFn, TimeLike, batch_time
+from .._tensor import ScoreFn, TimeLike, batch_time, right_pad
 from ..sde import ForwardSDE
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "AnalyticScore", "AnalyticVelocity"]
 
 
 
@@ -190,9 +190,39 @@ class GaussianMixture:
         s = sigma.reshape(sigma.shape + (1, 1))
         return self._from_eig(self.weights, a * self.means, self.eigvecs, a**2 * self.eigvals + s**2, self.event_shape)
 
+    def posterior(self, sde: ForwardSDE, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Exact :math:`(E[x_0 \mid x_t = x],\ \nabla_x\log p_t(x))` at a scalar or ``(B,)`` time, both shaped like ``x``.
+
+        Per component, :math:`E[x_0|x, k] = \mu_k + C_k\alpha(\alpha^2 C_k + \sigma^2 I)^{-1}(x - \alpha\mu_k)`, averaged
+        with the posterior responsibilities: finite at :math:`\alpha = 0` (the mean) and at :math:`\sigma = 0` (x).
+        """
+        t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device)
+        law = self.marginal(sde, t)
+        log_comp, white = law._component_terms(x)  # white: C_t^{-1}(x - alpha mu) in each eigenbasis
+        resp = torch.softmax(log_comp, dim=-1).unsqueeze(-1)  # (B, K, 1)
+        alpha = sde.marginal(t)[0].reshape(t.shape + (1, 1))
+        eigvecs_t = self.eigvecs.transpose(1, 2)
+        pull = (white * (alpha * self.eigvals)).transpose(0, 1) @ eigvecs_t  # (K, B, D)
+        x0 = (resp * (self.means + pull.transpose(0, 1))).sum(dim=1)
+        score = -(resp * (white.transpose(0, 1) @ eigvecs_t).transpose(0, 1)).sum(dim=1)
+        return x0.to(x.dtype).reshape(x.shape), score.to(x.dtype).reshape(x.shape)
+
     def score(self, sde: ForwardSDE) -> ScoreFn:
-        """Exact score :math:`s(x, t) = \\nabla_x \\log p_t(x)` of this law diffused by ``sde``, as a callable."""
-        return AnalyticScore(self, sde)
+        r"""Exact score :math:`s(x, t) = \nabla_x \log p_t(x)` of this law diffused by ``sde``, as a callable.
+
+        Under a process that ends in pure noise (:attr:`~scoreflow.ForwardSDE.pure_noise_at_T`, e.g. a flow path)
+        this is :meth:`velocity`'s model, which also carries the exact flow velocity, so it can be integrated from T.
+        """
+        return AnalyticVelocity(self, sde) if sde.pure_noise_at_T else AnalyticScore(self, sde)
+
+    def velocity(self, sde: ForwardSDE) -> AnalyticVelocity:
+        r"""The exact flow velocity :math:`u(x, t) = \dot\alpha E[x_0|x_t] + \dot\sigma E[\varepsilon|x_t]` as a model.
+
+        Under :class:`scoreflow.RectifiedFlow` this is :math:`E[\varepsilon - x_0 \mid x_t = x]`.  The model returns
+        the exact score when called and the velocity from ``predict(x, t)`` (``prediction == "flow_velocity"``),
+        as :func:`scoreflow.score_from_flow_velocity` models do.
+        """
+        return AnalyticVelocity(self, sde)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(K={self.n_components}, D={self.dim}, batch_shape={self.batch_shape}, dtype={self.means.dtype})"
@@ -209,7 +239,28 @@ class AnalyticScore:
         self.law, self.sde = law, sde
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        return self.law.marginal(self.sde, self._time(x, t)).grad_log_prob(x)
+
+    @staticmethod
+    def _time(x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        """One shared time as a scalar (one marginal), per-sample times as ``(B,)`` (a batched law)."""
         t = batch_time(t, x)
-        if bool((t == t[0]).all()):
-            return self.law.marginal(self.sde, t[0]).grad_log_prob(x)
-        return self.law.marginal(self.sde, t).grad_log_prob(x)
+        return t[0] if bool((t == t[0]).all()) else t
+
+
+class AnalyticVelocity(AnalyticScore):
+    """The exact score of a law under a process (when called) and its exact flow velocity (``predict``)."""
+
+    prediction = "flow_velocity"
+
+    def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        return self.law.posterior(self.sde, x, self._time(x, t))[1]
+
+    def predict(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        r""":math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon` with :math:`\hat\varepsilon = -\sigma s`."""
+        t = self._time(x, t)
+        x0, score = self.law.posterior(self.sde, x, t)
+        tb = batch_time(t, x)
+        sigma = right_pad(self.sde.marginal(tb)[1], x)
+        d_alpha, d_sigma = (right_pad(c, x) for c in self.sde.marginal_derivatives(tb))
+        return d_alpha * x0 - d_sigma * sigma * score

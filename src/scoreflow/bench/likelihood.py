@@ -18,7 +18,8 @@ from ..likelihood import TRACES, log_likelihood
 from ..methods import get_method
 from ..testing import Problem
 from .ode import step_grid, tolerance_grid
-from .study import Study, measured_order, order_agrees, progress_bar
+from .study import Study, progress_bar
+from .verdict import order_record
 
 __all__ = ["run_likelihood_study", "LIKELIHOOD_METHODS"]
 
@@ -67,7 +68,7 @@ def run_likelihood_study(
     exact = problem.law.marginal(sde, sde.t_min).log_prob(x.double())
     prior = law.marginal(sde, sde.T).log_prob
     score = law.score(sde)
-    floor = 100 * torch.finfo(dtype).eps * max(1.0, float(exact.abs().mean()))
+    scale, eps = float(exact.abs().mean()), torch.finfo(dtype).eps
     grids = {
         m: tolerance_grid(dtype)[:7] if spec.adaptive else step_grid(spec.nfe_per_step, max_nfe, min_steps)
         for m, spec in specs.items()
@@ -120,23 +121,16 @@ def run_likelihood_study(
                     bar.update(len(grids[method]) - i - 1)
                     break
             rows = [r for r in study.rows if r["method"] == name]
-            declared = specs[method].order if trace == "exact" else None
-            measured = (
-                measured_order([r["nfe"] for r in rows], [r["error"] for r in rows], floor=floor)
-                if trace == "exact"
-                else None
+            kind = "adaptive" if adaptive else "fixed"
+            record = order_record(
+                name, "error", kind, specs[method].order if trace == "exact" else None, rows, scale=scale, eps=eps
             )
-            study.orders.append(
-                {
-                    "method": name,
-                    "metric": "error",
-                    "kind": "adaptive" if adaptive else "fixed",
-                    "declared": declared,
-                    "measured": measured,
-                    "agrees": order_agrees(declared, measured, kind="adaptive" if adaptive else "fixed"),
-                    "min_error": min(r["error"] for r in rows),
-                    "max_nfe": max(r["nfe"] for r in rows),
-                }
-            )
+            if trace == "hutchinson":
+                record["measured"] = None
+                record["reason"] = (
+                    "one probe per point: the error is the probe's noise, which no number of steps removes "
+                    "(average probes with n_probes, or points, to reduce it)"
+                )
+            study.orders.append(record)
     bar.close()
     return study

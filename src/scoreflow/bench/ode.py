@@ -20,7 +20,8 @@ from ..dynamics import ProbabilityFlowODE
 from ..metrics import rms_error
 from ..testing import Problem
 from .registry import DEFAULT_ODE_METHODS, ODE_METHODS, ODEMethod
-from .study import Study, measured_order, order_agrees, progress_bar
+from .study import Study, progress_bar
+from .verdict import order_record
 
 __all__ = ["run_ode_study", "reference_flow", "step_grid", "tolerance_grid"]
 
@@ -96,7 +97,7 @@ def run_ode_study(
     x_T = law.marginal(sde, sde.T).sample(n, generator=torch.Generator().manual_seed(seed))
     reference = reference_flow(problem, x_T)
     score = law.score(sde)
-    floor = 100 * torch.finfo(dtype).eps * max(1.0, float(reference.pow(2).mean().sqrt()))
+    scale, eps = float(reference.pow(2).mean().sqrt()), torch.finfo(dtype).eps
     grids = {
         s.name: tolerance_grid(dtype) if s.adaptive else step_grid(s.nfe_per_step, max_nfe, min_steps) for s in specs
     }
@@ -109,7 +110,6 @@ def run_ode_study(
             "max_nfe": max_nfe,
             "dtype": str(dtype).removeprefix("torch."),
             "seed": seed,
-            "error_floor": floor,
         },
     )
     bar = progress_bar(sum(map(len, grids.values())), f"ODE {problem.name}", progress)
@@ -136,19 +136,8 @@ def run_ode_study(
                 bar.update(len(grids[spec.name]) - i - 1)
                 break
         rows = [r for r in study.rows if r["method"] == spec.name]
-        measured = measured_order([r["nfe"] for r in rows], [r["error"] for r in rows], floor=floor)
-        study.orders.append(
-            {
-                "method": spec.name,
-                "metric": "error",
-                "kind": "adaptive" if spec.adaptive else "fixed",
-                "declared": spec.order,
-                "measured": measured,
-                "agrees": order_agrees(spec.order, measured, kind="adaptive" if spec.adaptive else "fixed"),
-                "min_error": min(r["error"] for r in rows),
-                "max_nfe": max(r["nfe"] for r in rows),
-            }
-        )
+        kind = "adaptive" if spec.adaptive else "fixed"
+        study.orders.append(order_record(spec.name, "error", kind, spec.order, rows, scale=scale, eps=eps))
     bar.close()
     return study
 

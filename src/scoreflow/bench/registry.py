@@ -67,6 +67,8 @@ class SDEMethod:
         nfe_per_step: score evaluations per step (sizes the step grid to the NFE budget).
         levy_area: the Brownian path must carry Lévy area.
         weak_order: declared weak order, or ``None``.
+        drift_order: the method's order when the noise vanishes (its drift's error term), which a
+            measured strong or weak order may reach but not pass; ``None``: the declared orders.
     """
 
     name: str
@@ -76,6 +78,7 @@ class SDEMethod:
     nfe_per_step: int = 1
     levy_area: bool = False
     weak_order: float | None = None
+    drift_order: float | None = None
 
 
 ODE_METHODS: dict[str, ODEMethod] = {}
@@ -116,7 +119,10 @@ for _m in list_methods("ode"):
     )
 for _m in list_methods("sde"):
     register_sde_method(
-        SDEMethod(_m.name, _m.strong_order, True, _pathwise(_m.name), _m.nfe_per_step, _m.levy_area, _m.weak_order)
+        SDEMethod(
+            _m.name, _m.strong_order, True, _pathwise(_m.name), _m.nfe_per_step, _m.levy_area, _m.weak_order,
+            _m.drift_order,
+        )
     )
 # The predictor-corrector sampler draws its own noise: one predictor and one corrector evaluation per step.
 register_sde_method(SDEMethod("pc", None, False, _pc, 2))

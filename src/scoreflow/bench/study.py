@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..metrics import fit_order
 
-__all__ = ["Study", "measured_order", "order_agrees", "progress_bar"]
+__all__ = ["Study", "measured_order", "order_agrees", "slack", "progress_bar"]
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Study:
         rows: one dict per method x setting (``method``, ``setting``, ``value``, ``nfe``, errors, ``seconds``).
         orders: one dict per method (and metric): declared and measured order and whether they agree.
         config: the study's parameters, for the report.
+        notes: sentences the report prints under the study's table (e.g. methods that coincide).
     """
 
     name: str
@@ -31,6 +33,7 @@ class Study:
     rows: list[dict] = field(default_factory=list)
     orders: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def order_of(self, method: str, metric: str | None = None) -> float | None:
         """The measured order of ``method`` for ``metric`` (default: the headline metric)."""
@@ -56,24 +59,35 @@ def measured_order(nfe, errors, *, floor: float = 0.0, n_points: int = 4) -> flo
     return -fit_order(n, e)
 
 
-def order_agrees(declared: float | None, measured: float | None, *, kind: str = "fixed") -> bool | None:
-    """Whether a measured order matches the declared one, by the kind of method.
+def slack(order: float) -> float:
+    """The tolerance ``0.2 + 0.1 * order`` on a measured order."""
+    return 0.2 + 0.1 * order
 
-    - ``"fixed"`` (fixed-step ODE methods): within ``0.2 + 0.1 * declared`` of it;
-    - ``"pathwise"`` (strong orders of SDE methods): at least ``declared - (0.2 + 0.1 * declared)``,
-      since a strong order is a lower bound and a higher-order error term (e.g. the drift's) may
-      dominate at practical step counts;
+
+def order_agrees(
+    declared: float | None, measured: float | None, *, kind: str = "fixed", upper: float | None = None
+) -> bool | None:
+    """Whether a measured order lies in the range the declared one allows, by the kind of method.
+
+    With ``slack(p) = 0.2 + 0.1 p``:
+
+    - ``"fixed"`` (fixed-step ODE methods): within ``slack(declared)`` of it;
+    - ``"pathwise"`` (strong orders of SDE methods): from ``declared - slack(declared)`` up to
+      ``upper + slack(upper)``, where ``upper`` (default ``declared``) is the largest order among the
+      method's error terms: a strong order is a lower bound, and the drift's error term (of the
+      method's deterministic order) may dominate at practical step counts, but nothing converges
+      faster than all its terms;
     - ``"adaptive"``: at least ``declared - 1``, since the error-vs-NFE slope of an adaptive
       method mixes its order with its step-size control.
     """
     if declared is None or measured is None:
         return None
-    slack = 0.2 + 0.1 * declared
     if kind == "adaptive":
         return measured >= declared - 1
     if kind == "pathwise":
-        return measured >= declared - slack
-    return abs(measured - declared) <= slack
+        top = max(declared, declared if upper is None else upper)
+        return declared - slack(declared) <= measured <= top + slack(top)
+    return abs(measured - declared) <= slack(declared)
 
 
 class _NoBar:
@@ -87,10 +101,27 @@ class _NoBar:
         pass
 
 
-def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm progress bar on stderr, or a silent stand-in when ``enabled`` is false."""
+class _LineBar(_NoBar):
+    """Without tqdm: one line on stderr when the work starts and the count when it ends."""
+
+    def __init__(self, desc: str, unit: str) -> None:
+        self.desc, self.unit, self.count = desc, unit, 0
+        print(f"{desc} ...", file=sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+
+    def close(self) -> None:
+        print(f"{self.desc}: done ({self.count} {self.unit})", file=sys.stderr, flush=True)
+
+
+def progress_bar(total: int | None, desc: str, enabled: bool, *, unit: str = "solve", leave: bool = True):
+    """A tqdm progress bar on stderr (``total=None``: a counter), a plain line on stderr when tqdm is not
+    installed, or a silent stand-in when ``enabled`` is false."""
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="solve", leave=True, dynamic_ncols=True)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _LineBar(desc, unit)
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)

@@ -1,26 +1,92 @@
-"""Counting score evaluations (NFE), checking the model's first output, and stopping on non-finite values."""
+"""Counting score evaluations (NFE), checking the model's first output, and watching for non-finite values.
+
+Nothing here reads a tensor on the host during a solve: finiteness is recorded on the device at every
+evaluation and read once, when the solve ends (:meth:`CountedScore.guard`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 
-from .._checks import check_callable, check_finite, check_like
+from .._checks import check_callable, check_like
 from .._tensor import ScoreFn, batch_time
+from ..errors import NonFiniteError
+from ..parameterizations import prediction_of
 
-__all__ = ["ScoreFn", "CountedScore"]
+__all__ = ["ScoreFn", "CountedScore", "FiniteWatch"]
+
+
+class FiniteWatch:
+    r"""Non-finite values seen during a solve: recorded on the device, read once when the solve ends.
+
+    Each :meth:`record` keeps :math:`\sum_i 0\cdot v_i`, which is 0 when every entry of ``v`` is finite and NaN
+    otherwise (and, unlike :math:`\sum_i v_i`, cannot overflow), together with the time of the value.  Two kernels
+    and no host read per record; :meth:`check` stacks the records and reads them once.
+    """
+
+    def __init__(self) -> None:
+        self._records: list[tuple[str, Any, torch.Tensor]] = []
+        self._zero: torch.Tensor | None = None
+
+    def record(self, what: str, value: torch.Tensor, t: Any, *, nan_only: bool = False) -> None:
+        """Record whether ``value`` (the ``what`` at time ``t``) is finite; ``nan_only`` lets infinities pass."""
+        if value.requires_grad:
+            value = value.detach()
+        if nan_only:
+            value = value.nan_to_num(nan=float("nan"), posinf=0.0, neginf=0.0)
+        zero = self._zero
+        if zero is None or zero.dtype != value.dtype or zero.device != value.device:
+            # a 0-dim tensor, not the number 0, which torch would wrap into a new tensor at every record
+            zero = self._zero = torch.zeros((), dtype=value.dtype, device=value.device)
+        self._records.append((what, t, value.mul(zero).sum()))
+
+    def check(self, *, cause: BaseException | None = None) -> None:
+        """Raise :class:`NonFiniteError` naming the time of the first non-finite record (one host read).
+
+        Args:
+            cause: an error the solve stopped with; the non-finite value is raised from it.
+        """
+        if not self._records:
+            return
+        bad = torch.isnan(torch.stack([flag for _, _, flag in self._records]))
+        if not bool(bad.any()):
+            return
+        what, t, _ = self._records[int(bad.nonzero()[0, 0])]
+        t = float(t.reshape(-1)[0]) if torch.is_tensor(t) else float(t)
+        raise NonFiniteError(
+            f"{what} became non-finite (NaN or inf) at t={t:.6g} (its first non-finite value in this solve); "
+            "check the score model at this time (e.g. evaluated below the smallest time it was trained on) "
+            "or use a larger t_min."
+        ) from cause
 
 
 class CountedScore(torch.nn.Module):
-    """Wrap a score ``s(x, t)``: broadcast ``t`` to ``(B,)``, count calls in ``nfe``, reject bad output.
+    """Wrap a score ``s(x, t)``: broadcast ``t`` to ``(B,)``, count calls in ``nfe``, watch for non-finite output.
 
-    Every solver in scoreflow calls the user's score through one of these, so ``nfe`` counts
-    every evaluation (rejected adaptive steps included) and a NaN stops the solve with the
-    time at which it appeared.  The first call is the front-end's check of the model: its output
-    must be a tensor with the shape, dtype and device of ``x`` (the message names ``caller``).
+    Every solver in scoreflow calls the user's score through one of these, so ``nfe`` counts every
+    evaluation (rejected adaptive steps included).  The first call is the front-end's check of the model:
+    its output must be a tensor with the shape, dtype and device of ``x`` (the message names ``caller``;
+    the check reads no tensor values).  Non-finite outputs are recorded in ``finite`` (a
+    :class:`FiniteWatch`) without a host read; run the solve inside :meth:`guard` to have them raised.
+    A model that carries a native prediction (:mod:`scoreflow.parameterizations`) keeps it:
+    ``prediction`` names it and ``predict`` evaluates it, counted and checked alike.
+
+    A call at the very tensor ``x`` (unmodified) and time object ``t`` of the previous call of the same
+    kind returns the previous output without evaluating again: a step callback asking for the prediction
+    at the state the next step starts from then costs no evaluation.
 
     Args:
         score: the score model.
         caller: the public function the score was given to, named in error messages.
+
+    Attributes:
+        nfe: score evaluations so far.
+        prediction: the model's native prediction (``"score"`` for a plain callable).
+        finite: the record of non-finite values.
 
     Raises:
         TypeError: if ``score`` is not callable.
@@ -30,13 +96,43 @@ class CountedScore(torch.nn.Module):
         super().__init__()
         self.score = check_callable(caller, "score", score, "score(x, t)")
         self.caller = caller
+        self.prediction = prediction_of(score)
         self.nfe = 0
+        self.finite = FiniteWatch()
+        self._last: tuple[bool, torch.Tensor, Any, int, torch.Tensor] | None = None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = batch_time(t, x)
-        out = self.score(x, t)
+    def forward(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+        return self._call(False, x, t)
+
+    def predict(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+        """The model's native prediction (the score for a plain score callable), counted and checked."""
+        return self._call(self.prediction != "score", x, t)
+
+    def _call(self, native: bool, x: torch.Tensor, t: Any) -> torch.Tensor:
+        last = self._last
+        if last is not None and last[0] == native and last[1] is x and last[2] is t and last[3] == x._version:
+            return last[4]
+        # a solver's 0-dim time in x's dtype and device is broadcast by a view (the general path costs a dispatch more)
+        same = torch.is_tensor(t) and t.ndim == 0 and t.dtype == x.dtype and t.device == x.device
+        tb = t.expand(x.shape[0]) if same else batch_time(t, x)
+        out = (self.score.predict if native else self.score)(x, tb)
         self.nfe += 1
         if self.nfe == 1:
             check_like(self.caller, "score", out, x, what="the score")
-        check_finite(out, t, what="score")
+        self.finite.record("score", out, tb)
+        self._last = (native, x, t, x._version, out)
         return out
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[CountedScore]:
+        """Run a solve, then raise :class:`NonFiniteError` if any recorded value was non-finite.
+
+        If the solve stops with an error after a non-finite value (torchdiffeq's step control fails on NaN
+        with an assertion of its own), the :class:`NonFiniteError` naming the first bad time is raised from it.
+        """
+        try:
+            yield self
+        except Exception as err:
+            self.finite.check(cause=err)
+            raise
+        self.finite.check()

@@ -16,29 +16,12 @@ from __future__ import annotations
 import torch
 
 from .._tensor import right_pad
+from ..parameterizations import convert
+from ..schedules import TIME_VARIABLES, from_time_variable, to_time_variable
 from ..sde import ForwardSDE
 from .counting import CountedScore, ScoreFn
 
 __all__ = ["TIME_VARIABLES", "ScaledProbabilityFlowODE", "to_time_variable", "from_time_variable"]
-
-#: Independent variables of the probability-flow ODE: time t, scaled noise level sigma/alpha, log-SNR.
-TIME_VARIABLES = ("t", "sigma", "log_snr")
-
-
-def to_time_variable(sde: ForwardSDE, time: str, t: torch.Tensor) -> torch.Tensor:
-    r"""Map times t to the variable ``time``: t itself, :math:`\bar\sigma = \sigma/\alpha` or :math:`\lambda = \log(\alpha/\sigma)`."""
-    if time == "t":
-        return t
-    lam = sde.log_snr(t)
-    return torch.exp(-lam) if time == "sigma" else lam
-
-
-def from_time_variable(sde: ForwardSDE, time: str, u: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`to_time_variable` (through ``sde.t_from_log_snr``)."""
-    if time == "t":
-        return u
-    return sde.t_from_log_snr(-torch.log(u) if time == "sigma" else u)
-
 
 class ScaledProbabilityFlowODE(torch.nn.Module):
     r"""Vector field ``func(u, y)`` of :math:`y = x/\alpha` against ``u`` = :math:`\bar\sigma` or :math:`\lambda`.
@@ -69,9 +52,19 @@ class ScaledProbabilityFlowODE(torch.nn.Module):
         t = from_time_variable(self.sde, self.time, u.to(y.dtype))
         return t, right_pad(self.sde.marginal(t)[0], y) * y
 
+    def scaled(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The scaled state ``y = x / alpha(t)`` of ``x`` at solver variable ``u``."""
+        t = from_time_variable(self.sde, self.time, u.to(x.dtype))
+        return x / right_pad(self.sde.marginal(t)[0], x)
+
     def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        t, x = self.state(u, y)
-        eps = -right_pad(self.sde.marginal(t)[1], y) * self.score(x, t)
-        if self.time == "sigma":
-            return eps
-        return -right_pad(torch.exp(-u.to(y.dtype)), y) * eps
+        # dy/dsigma-bar = eps-hat;  dy/dlambda = -e^{-lambda} eps-hat
+        u = u.to(y.dtype)
+        t = from_time_variable(self.sde, self.time, u)
+        alpha, sigma = self.sde.marginal(t)
+        x = right_pad(alpha, y) * y
+        native = self.score.predict(x, t)
+        if self.score.prediction == "score":  # eps-hat = -sigma s: one coefficient, one pass over the state
+            return native * right_pad(-sigma if self.time == "sigma" else sigma * torch.exp(-u), y)
+        eps = convert(native, self.score.prediction, "eps", x, t, self.sde)
+        return eps if self.time == "sigma" else -right_pad(torch.exp(-u), y) * eps

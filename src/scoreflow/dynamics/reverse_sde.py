@@ -46,7 +46,7 @@ class ReverseSDE(torch.nn.Module):
         self.sde = sde
         self.data_shape = tuple(data_shape)
         self.sde_type = sde_type
-        self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._contract: torch.Tensor | None = None
 
     @property
     def nfe(self) -> int:
@@ -56,21 +56,22 @@ class ReverseSDE(torch.nn.Module):
         """Map solver time ``s`` to the SDE's time ``t = T - s``."""
         return self.sde.T - s
 
+    def expect_contract_check(self, y0: torch.Tensor) -> None:
+        """The next drift evaluation at ``y0`` is ``torchsde.sdeint``'s contract check, which reads only the shape
+        of the drift: it gets a placeholder and costs no score evaluation (one ``sdeint`` call per grid step then
+        costs exactly the method's evaluations)."""
+        self._contract = y0
+
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self._first is not None:
-            # torchsde evaluates the drift at the initial state twice (its contract check, then the first
-            # step): the first value is reused until a call at another state, so the NFE counts it once.
-            s0, y0, out0 = self._first
-            if torch.equal(s, s0) and torch.equal(y, y0):
-                return out0
-            self._first = None
+        if self._contract is not None:
+            y0, self._contract = self._contract, None
+            if y is y0:
+                return torch.zeros_like(y)
         t = self.forward_time(s).to(y.dtype)
         x = y.reshape((y.shape[0], *self.data_shape))
-        g2 = right_pad(self.sde.diffusion(t) ** 2, x)
-        out = (g2 * self.score(x, t) - self.sde.drift(x, t)).reshape(y.shape)
-        if self.score.nfe == 1:
-            self._first = (s, y, out)
-        return out
+        # g(t)^2 s(x, t) - f(t) x, with the coefficients at the (scalar) time
+        drift = right_pad(self.sde.drift_coef(t), x) * x
+        return torch.addcmul(-drift, self.score(x, t), right_pad(self.sde.diffusion(t) ** 2, x)).reshape(y.shape)
 
     def g(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t = self.forward_time(s).to(y.dtype)

@@ -18,7 +18,7 @@ import torch
 import torchsde
 
 from .._checks import check_generator, check_positive
-from ..methods import Grid, Method, Path, Stepping, Tolerances, register
+from ..methods import Method, Solution, StepMonitor, Stepping, Tolerances, register
 from ..sde import ForwardSDE
 from .counting import CountedScore
 from .reverse_sde import ReverseSDE
@@ -180,35 +180,66 @@ class TorchsdeSolver:
 
     def sample(
         self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Stepping, bm: BrownianPath,
-        *, trajectory: bool = False,
-    ) -> Path:
-        """Integrate the reverse SDE from ``x_T`` at T through ``stepping.times`` (decreasing, in t) on the path ``bm``."""
+        *, monitor: StepMonitor,
+    ) -> Solution:
+        """Integrate the reverse SDE from ``x_T`` at T through ``stepping.times`` (decreasing, in t) on the path ``bm``.
+
+        torchsde has no step callback: when the monitor must see the steps as they happen (a callback or a
+        progress bar), the solve runs interval by interval on the same Brownian path, one ``sdeint`` call per
+        grid step (for ``adaptive=True``, per interval between the output times ``stepping.times``), and the
+        next interval starts from the state the callback returns.  Returns the final state and, for an adaptive
+        solve, the states at every time of ``stepping.times``.
+        """
         ts = stepping.times
-        grid = sde.T - ts  # solver time s, increasing from 0
-        if isinstance(stepping, Grid) and stepping.step_size is None:
-            dt = float(grid[-1]) / (len(grid) - 1)  # exact for the uniform grid, free of the grid's round-off
-        else:
-            dt = stepping.first_step
-        if not trajectory:
-            grid, ts = grid[[0, -1]], ts[[0, -1]]
         adaptive = isinstance(stepping, Tolerances)
-        tolerances = {"rtol": stepping.rtol, "atol": stepping.atol} if adaptive else {}
         reverse = ReverseSDE(score, sde, tuple(x_T.shape[1:]), sde_type=self.sde_type)
+        y = x_T.reshape(x_T.shape[0], -1)
+        if not monitor.live:
+            out = ts if adaptive or monitor.keeps else ts[[0, -1]]
+            dt = stepping.first_step if adaptive else stepping.step_size or (sde.T - float(ts[-1])) / (len(ts) - 1)
+            ys = self._sdeint(reverse, y, sde.T - out, bm, stepping, dt)[0].reshape((len(out), *x_T.shape))
+            if monitor.keeps:
+                for i in range(1, len(out)):
+                    monitor.step(i - 1, out[i], ys[i])
+            return Solution(ys[-1], ys if adaptive else None)
+        states, times, extra = [x_T], ts.unbind(), None
+        for i in range(1, len(times)):
+            grid = sde.T - ts[i - 1 : i + 1]
+            dt = stepping.first_step if adaptive else float(grid[1] - grid[0])
+            ys, extra = self._sdeint(reverse, y, grid, bm, stepping, dt, extra_solver_state=extra)
+            x = ys[-1].reshape(x_T.shape)
+            reported = monitor.step(i - 1, times[i], x)
+            if reported is x:
+                y = ys[-1]
+            else:  # a method's own state (reversible_heun's) restarts from the returned state
+                y, extra = reported.reshape(y.shape), None
+            states.append(reported)
+        return Solution(states[-1], torch.stack(states) if adaptive else None)
+
+    def _sdeint(
+        self, reverse: ReverseSDE, y: torch.Tensor, grid: torch.Tensor, bm: BrownianPath, stepping: Stepping, dt: float,
+        *, extra_solver_state: Any = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """``torchsde.sdeint`` from ``y`` through the solver times ``grid`` (increasing, s = T - t), steps of ``dt``;
+        returns the states and the method's own state at the end (to continue from)."""
+        adaptive = isinstance(stepping, Tolerances)
+        reverse.expect_contract_check(y)
+        tolerances = {"rtol": stepping.rtol, "atol": stepping.atol} if adaptive else {}
         with warnings.catch_warnings():
             # torchsde warns about adaptive Euler-Maruyama with non-additive noise; this noise is
             # additive (g depends on t only) even though declared diagonal.
             warnings.filterwarnings("ignore", message="Numerical solution is not guaranteed")
             # A step a hair longer than the grid's stops torchsde's float round-off from adding a
             # vanishing extra step; its last step is clipped to land on the end exactly.
-            ys = torchsde.sdeint(
-                reverse, x_T.reshape(x_T.shape[0], -1), grid, bm=bm, method=self.library_name,
-                dt=dt * (1 + 1e-9), adaptive=adaptive, **tolerances,
+            return torchsde.sdeint(
+                reverse, y, grid, bm=bm, method=self.library_name, dt=dt * (1 + 1e-9), adaptive=adaptive,
+                extra=True, extra_solver_state=extra_solver_state, **tolerances,
             )
-        return Path(ts, ys.reshape((ys.shape[0], *x_T.shape)))
 
 
 def _register(
-    name: str, sde_type: str, strong_order: float, weak_order: float, nfe_per_step: int, summary: str, **extra: Any
+    name: str, sde_type: str, strong_order: float, weak_order: float, drift_order: float, nfe_per_step: int,
+    summary: str, **extra: Any,
 ) -> None:
     register(
         Method(
@@ -219,6 +250,7 @@ def _register(
             summary=summary,
             strong_order=strong_order,
             weak_order=weak_order,
+            drift_order=drift_order,
             nfe_per_step=nfe_per_step,
             tolerance=True,
             step_size=True,
@@ -229,12 +261,13 @@ def _register(
 
 
 # Strong orders for additive noise (Euler-Maruyama is order 1 here, not 1/2); weak orders as torchsde
-# declares them.  Score evaluations per step as counted on the flattened diagonal-noise state
-# (torchsde's srk then runs its diagonal-noise scheme, with 10 drift evaluations).
-_register("euler", "ito", 1.0, 1.0, 1, "Euler-Maruyama")
-_register("milstein", "ito", 1.0, 1.0, 1, "Milstein (equal to Euler-Maruyama for additive noise)")
-_register("srk", "ito", 1.5, 1.5, 10, "stochastic Runge-Kutta of strong order 1.5 (needs Levy area)", levy_area=True)
-_register("heun", "stratonovich", 1.0, 1.0, 2, "stochastic Heun (Stratonovich)")
-_register("midpoint", "stratonovich", 1.0, 1.0, 2, "stochastic midpoint (Stratonovich)")
-_register("euler_heun", "stratonovich", 1.0, 1.0, 1, "Euler-Heun (Stratonovich)")
-_register("reversible_heun", "stratonovich", 1.0, 1.0, 1, "reversible Heun (algebraically reversible; small stability region)")
+# declares them; drift orders measured with the noise switched off (g = 0, a nonlinear ODE; srk's
+# diagonal-noise scheme is third order there).  Score evaluations per step as counted on the flattened
+# diagonal-noise state (torchsde's srk then runs its diagonal-noise scheme, with 10 drift evaluations).
+_register("euler", "ito", 1.0, 1.0, 1.0, 1, "Euler-Maruyama")
+_register("milstein", "ito", 1.0, 1.0, 1.0, 1, "Milstein (equal to Euler-Maruyama for additive noise)")
+_register("srk", "ito", 1.5, 1.5, 3.0, 10, "stochastic Runge-Kutta of strong order 1.5 (needs Levy area)", levy_area=True)
+_register("heun", "stratonovich", 1.0, 1.0, 2.0, 2, "stochastic Heun (Stratonovich)")
+_register("midpoint", "stratonovich", 1.0, 1.0, 2.0, 2, "stochastic midpoint (Stratonovich)")
+_register("euler_heun", "stratonovich", 1.0, 1.0, 1.0, 1, "Euler-Heun (Stratonovich)")
+_register("reversible_heun", "stratonovich", 1.0, 1.0, 2.0, 1, "reversible Heun (algebraically reversible; small stability region)")

@@ -13,9 +13,11 @@ from .registry import (
     positive_option,
     register,
 )
-from .stepping import DEFAULT_TOLERANCE, Grid, Path, Stepping, Tolerances, resolve_stepping
+from .monitor import StepCallback, StepInfo, StepMonitor
+from .stepping import DEFAULT_TOLERANCE, Grid, Solution, Stepping, Tolerances, resolve_stepping
 
 __all__ = [
     "KINDS", "BACKENDS", "Method", "Option", "register", "list_methods", "get_method",
-    "positive_option", "int_option", "bool_option", "interval_option", "Grid", "Tolerances", "Stepping", "Path", "resolve_stepping", "DEFAULT_TOLERANCE",
+    "positive_option", "int_option", "bool_option", "interval_option", "Grid", "Tolerances", "Stepping", "Solution", "resolve_stepping", "DEFAULT_TOLERANCE",
+    "StepMonitor", "StepInfo", "StepCallback",
 ]

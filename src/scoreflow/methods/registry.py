@@ -108,6 +108,8 @@ class Method:
         summary: one line for tables and ``--help``.
         order: declared global order of accuracy of a deterministic method (``None`` if none is declared).
         strong_order, weak_order: declared orders of a stochastic method, for the reverse SDE's additive noise.
+        drift_order: a stochastic method's order when the noise vanishes (the order of its drift's error
+            term), which its measured strong and weak orders may reach at practical step counts but not pass.
         nfe_per_step: score evaluations per (accepted) step; adaptive methods: per attempted step.
         adaptive: chooses its own steps from ``rtol``/``atol`` (otherwise it runs on a grid of ``steps``).
         tolerance: a fixed-grid method that can also be run with error control (torchsde's ``adaptive=True``).
@@ -127,6 +129,7 @@ class Method:
     order: float | None = None
     strong_order: float | None = None
     weak_order: float | None = None
+    drift_order: float | None = None
     nfe_per_step: int = 1
     adaptive: bool = False
     tolerance: bool = False

@@ -1,4 +1,4 @@
-"""How a solve is stepped (a fixed grid or tolerances) and what a solver hands back (its path).
+"""How a solve is stepped (a fixed grid or tolerances) and what a solver hands back (its solution).
 
 The split follows diffrax's solver / step-size controller: a front-end turns its ``steps``,
 ``step_size``, ``schedule``, ``time``, ``rtol`` and ``atol`` arguments into one of these, once,
@@ -7,24 +7,26 @@ and every solver of the kind takes it as it is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .._checks import check_choice, check_int, check_positive, check_time_grid
-from ..schedules import SCHEDULES, time_grid
+from .._checks import check_choice, check_int, check_positive, check_save_at, check_time_grid
+from ..schedules import SCHEDULES, step_size_grid, time_grid
 from ..sde import ForwardSDE
 from .registry import Method
 
-__all__ = ["Grid", "Tolerances", "Stepping", "Path", "resolve_stepping", "DEFAULT_TOLERANCE"]
+__all__ = ["Grid", "Tolerances", "Stepping", "Solution", "resolve_stepping", "DEFAULT_TOLERANCE"]
 
 #: rtol = atol of an adaptive solve when the caller gives none.
 DEFAULT_TOLERANCE = 1e-5
 # The schedule of a fixed grid when none is given, by integration variable: uniform in t, Karras'
 # in sigma/alpha, uniform in log-SNR.
 _DEFAULT_SCHEDULE = {"t": "t", "sigma": "karras", "log_snr": "log_snr"}
+# Schedules undefined where a flow path reaches pure noise (log-SNR -inf at T); the native methods then
+# default to "log_snr_capped", which is finite there.
+_INFINITE_AT_PURE_NOISE = ("log_snr", "karras")
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,8 @@ class Grid:
             sampling from T to ``t_min``, increasing for likelihoods), in the state's dtype and device.
         time: the variable the solver integrates in: ``"t"``, ``"sigma"`` (``sigma/alpha``) or
             ``"log_snr"``; solvers with variables of their own ignore it.
-        step_size: a step length in ``time`` instead of a grid (``times`` then holds the two ends; the
-            last step is shortened to land on the end).
+        step_size: the step length in ``time`` the grid was built from, when the caller gave one instead of a
+            grid (the last step is then shortened to land on the end), else ``None``.
     """
 
     times: torch.Tensor
@@ -45,9 +47,9 @@ class Grid:
     step_size: float | None = None
 
     @property
-    def steps(self) -> int | None:
-        """The number of steps, or ``None`` when a step length is given instead."""
-        return None if self.step_size is not None else len(self.times) - 1
+    def steps(self) -> int:
+        """The number of steps."""
+        return len(self.times) - 1
 
     @property
     def first_step(self) -> float:
@@ -60,10 +62,12 @@ class Tolerances:
     """Steps chosen by the solver from an error estimate.
 
     Attributes:
-        times: the two ends of the solve, in t.
+        times: the times in t at which the solver returns the state: the two ends of the solve, with the
+            ``save_at`` times between them when some were asked for.
         rtol, atol: relative and absolute tolerances.
         time: the variable the solver integrates in (as for :class:`Grid`).
         first_step: the first step's length, where the solver needs one (torchsde's adaptive stepping).
+        save_index: where each requested ``save_at`` time is in ``times`` (``None`` when none were asked for).
     """
 
     times: torch.Tensor
@@ -71,25 +75,25 @@ class Tolerances:
     atol: float
     time: str = "t"
     first_step: float | None = None
+    save_index: tuple[int, ...] | None = None
 
 
 Stepping = Grid | Tolerances
 
 
 @dataclass
-class Path:
+class Solution:
     """What a sampling solver returns.
 
     Attributes:
-        times: the times of ``states`` in t (the grid, or the accepted steps of an adaptive solver
-            that reports them; at least the two ends).
-        states: the states at ``times``, a ``(K, B, *D)`` tensor or a sequence of ``(B, *D)`` tensors;
-            the last one is the sample.
+        state: the final state, at the last time of the stepping, shape ``(B, *D)``.
+        saved: for a :class:`Tolerances` solve, the states at every time of ``stepping.times``, shape
+            ``(len(times), B, *D)`` (dense output); ``None`` for a fixed grid.
         stats: solver-specific counts (e.g. accepted and rejected steps).
     """
 
-    times: torch.Tensor
-    states: torch.Tensor | Sequence[torch.Tensor]
+    state: torch.Tensor
+    saved: torch.Tensor | None = None
     stats: dict = field(default_factory=dict)
 
 
@@ -108,15 +112,18 @@ def resolve_stepping(
     rtol: Any = None,
     atol: Any = None,
     adaptive: bool = False,
+    save_at: Any = None,
 ) -> Stepping:
     """Check how the front-end ``fn`` was asked to step ``method`` and return the :class:`Grid` or :class:`Tolerances`.
 
     A method that chooses its own steps (``method.adaptive``) takes ``rtol``/``atol`` (default
     :data:`DEFAULT_TOLERANCE`) and no grid.  A fixed-grid method takes ``steps`` (placed by ``schedule``,
     a name from ``SCHEDULES``; default: uniform in its integration variable, or the schedule the method
-    was designed for), or a ``schedule`` that is the grid itself (a 1-D tensor of times from ``start`` to
+    was designed for; ``"log_snr_capped"`` for a log-SNR one on a path that reaches pure noise), or a
+    ``schedule`` that is the grid itself (a 1-D tensor of times from ``start`` to
     ``end``), or, where the method allows it, a ``step_size``; with ``adaptive=True`` (methods that also run
-    with error control) that grid's first step starts the error-controlled solve.
+    with error control) that grid's first step starts the error-controlled solve.  ``save_at`` (error-controlled
+    solves only) adds times between the ends at which the solver returns the state.
 
     Args:
         fn: the front-end, named in messages.
@@ -124,12 +131,13 @@ def resolve_stepping(
         sde: the forward process (for schedules).
         like: a tensor whose dtype and device the times take.
         start, end: the times the solve runs between (``start > end`` when sampling, ``<`` for likelihoods).
-        steps, step_size, schedule, time, rtol, atol: the front-end's arguments, unchecked.
+        steps, step_size, schedule, time, rtol, atol, save_at: the front-end's arguments, unchecked.
         adaptive: the caller asked for error control of a fixed-grid method.
 
     Raises:
         ValueError: for a missing or superfluous argument (the message says which go together), an unknown
-            schedule or time variable (listing the valid ones), or a malformed custom grid.
+            schedule or time variable (listing the valid ones), a malformed custom grid, or ``save_at`` for a
+            fixed grid or with times outside the solve.
         TypeError: for an argument of the wrong type.
     """
     name = method.name
@@ -137,15 +145,26 @@ def resolve_stepping(
         if not method.time_variables:
             raise ValueError(f"{fn}: the native method {name!r} integrates in its own variables; omit 'time' (got {time!r}).")
         check_choice(fn, "time", time, method.time_variables)
+        if time != "t" and sde.pure_noise_at_T:
+            raise ValueError(
+                f"{fn}: time={time!r} is infinite at T={sde.T:g} on {sde!r}, where alpha(T) = 0 (pure "
+                "noise). Fix: time='t' (the default), or a native exponential integrator."
+            )
     time = time or "t"
-    ends = torch.tensor([start, end], dtype=like.dtype, device=like.device)
+    if save_at is not None and not (method.adaptive or adaptive):
+        raise ValueError(
+            f"{fn}: 'save_at' picks the times at which an error-controlled solve returns the state; the fixed-grid "
+            f"method {name!r} returns the state at its grid times: give them as the grid (schedule=a tensor of times) "
+            "with return_trajectory=True."
+        )
     if method.adaptive:
         if steps is not None or step_size is not None or schedule is not None:
             raise ValueError(
                 f"{fn}: the adaptive method {name!r} chooses its own steps from rtol/atol; omit 'steps', 'step_size' "
                 f"and 'schedule' (got steps={steps!r}, step_size={step_size!r}, schedule={_show(schedule)})."
             )
-        return Tolerances(ends, *_tolerances(fn, rtol, atol), time=time)
+        times, save_index = _output_times(fn, save_at, start, end, like)
+        return Tolerances(times, *_tolerances(fn, rtol, atol), time=time, save_index=save_index)
     if adaptive and not method.tolerance:
         raise ValueError(f"{fn}: the method {name!r} has no error control; omit 'adaptive' or choose another method.")
     if not adaptive and (rtol is not None or atol is not None):
@@ -164,12 +183,13 @@ def resolve_stepping(
         )
     if step_size is not None:
         length = check_positive(fn, "step_size", step_size)
-        grid = Grid(ends, time=time, step_size=length)
+        grid = Grid(step_size_grid(sde, start, end, length, time).to(like), time=time, step_size=length)
     else:
         grid = Grid(_grid(fn, method, sde, like, start, end, steps, schedule, time), time=time)
     if not adaptive:
         return grid
-    return Tolerances(ends, *_tolerances(fn, rtol, atol), time=time, first_step=grid.first_step)
+    times, save_index = _output_times(fn, save_at, start, end, like)
+    return Tolerances(times, *_tolerances(fn, rtol, atol), time=time, first_step=grid.first_step, save_index=save_index)
 
 
 def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: float, end: float, steps: Any,
@@ -188,9 +208,21 @@ def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: f
                 raise ValueError(f"{fn}: 'schedule' places the grid of a fixed-grid method and needs 'steps', got steps=None.")
         check_int(fn, "steps", steps)
         default = _DEFAULT_SCHEDULE[time] if method.time_variables else method.default_schedule
+        if default in _INFINITE_AT_PURE_NOISE and sde.pure_noise_at_T:
+            default = "log_snr_capped"
         ts = time_grid(sde, steps, schedule or default, t_min=t_min)
     ts = ts.to(dtype=like.dtype, device=like.device)
     return ts.flip(0) if increasing else ts
+
+
+def _output_times(fn: str, save_at: Any, start: float, end: float, like: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+    """The ends of the solve with the ``save_at`` times between them, and where each ``save_at`` time is."""
+    if save_at is None:
+        return torch.tensor([start, end], dtype=like.dtype, device=like.device), None
+    wanted = check_save_at(fn, "save_at", save_at, start, end)
+    times = [start] + [t for t in wanted if t not in (start, end)] + [end]
+    index = tuple(times.index(t) for t in wanted)
+    return torch.tensor(times, dtype=like.dtype, device=like.device), index
 
 
 def _tolerances(fn: str, rtol: Any, atol: Any) -> tuple[float, float]:

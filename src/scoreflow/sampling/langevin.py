@@ -17,7 +17,6 @@ import torch
 from .._checks import (
     check_batch,
     check_callable,
-    check_finite,
     check_generator,
     check_int,
     check_log_prob_output,
@@ -26,8 +25,8 @@ from .._checks import (
 )
 from .._tensor import standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
-from ..errors import NonFiniteError
-from ._common import grad_mode
+from ..methods import StepCallback
+from ._common import solving, step_monitor
 from .result import SampleResult
 
 __all__ = ["langevin", "annealed_langevin", "geometric_sigmas"]
@@ -63,6 +62,8 @@ def langevin(
     generator: torch.Generator | None = None,
     log_prob: LogProb | None = None,
     enable_grad: bool = False,
+    callback: StepCallback | None = None,
+    progress: bool = False,
 ) -> SampleResult:
     r"""Run Langevin chains :math:`x \leftarrow x + \epsilon\,s(x) + \sqrt{2\epsilon}\,z` from ``x0``.
 
@@ -80,6 +81,11 @@ def langevin(
         generator: seeds the noise (and MALA's uniforms); equal states give bit-identical runs.
         log_prob: ``log_prob(x)`` of shape ``(B,)``, up to a constant; turns on the MALA test.
         enable_grad: keep the autograd graph; off by default.
+        callback: ``callback(info)`` after every step (MALA: after its accept/reject), as in
+            :func:`scoreflow.sample_ode`, with ``"t"`` the Langevin time ``k * step_size`` and ``"denoised"`` the
+            state itself (the chain targets p, which has no noise to remove); the next step starts from the
+            state it returns.
+        progress: show a tqdm progress bar (``pip install 'scoreflow[progress]'``).
 
     Returns:
         A :class:`SampleResult`; ``nfe`` counts score calls (``steps`` for ULA, ``steps + 1``
@@ -89,9 +95,11 @@ def langevin(
     Raises:
         ValueError: for a non-positive ``step_size``, ``steps < 1``, a malformed ``x0`` or a
             ``log_prob`` that is not one finite value per chain.
-        TypeError: for arguments of the wrong type or a score returning the wrong dtype.
+        TypeError: for arguments of the wrong type, a score returning the wrong dtype, or a callback
+            returning something other than ``None`` or a state.
+        ImportError: for ``progress=True`` without tqdm.
         NonFiniteError: if the score or the log-density becomes NaN; the message names the
-            Langevin time ``k * step_size``.
+            Langevin time ``k * step_size`` (found when the chain ends).
     """
     fn = "langevin"
     check_batch(fn, "x0", x0)
@@ -101,32 +109,37 @@ def langevin(
     counted = CountedScore(_TimeFree(check_callable(fn, "score", score, "score(x)")), caller=fn)
     lp = None if log_prob is None else check_log_prob_output(fn, log_prob, x0)
     noise_scale = math.sqrt(2 * eps)
+    # The Langevin times k * eps, made once: the loop hands the score tensors and reads nothing.
+    times = (torch.arange(steps + 1, dtype=torch.float64) * eps).to(dtype=x0.dtype, device=x0.device).unbind()
+    monitor = step_monitor(fn, counted, None, callback=callback, progress=progress, return_trajectory=False,
+                           denoise=lambda x, t: x)
     x = x0
-    with grad_mode(enable_grad):
+    with solving(counted, monitor, times[0], x0, enable_grad=enable_grad, steps=steps):
         if lp is None:
             for k in range(steps):
-                x = x + eps * counted(x, k * eps) + noise_scale * standard_normal(x, generator)
-            check_finite(x, steps * eps, what="Langevin state")
+                x = x + eps * counted(x, times[k]) + noise_scale * standard_normal(x, generator)
+                x = monitor.step(k, times[k + 1], x)
+            counted.finite.record("Langevin state", x, times[-1])
             return SampleResult(samples=x, nfe=counted.nfe, stats={"step_size": eps, "steps": steps})
 
-        s = counted(x, 0.0)
+        s = counted(x, times[0])
         accepted = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         for k in range(steps):
             z = standard_normal(x, generator)
             y = x + eps * s + noise_scale * z
-            s_y = counted(y, (k + 1) * eps)
+            s_y = counted(y, times[k + 1])
             lp_y = log_prob(y)
             # log q(y|x) = -|z|^2/2 and log q(x|y) = -|x - y - eps s(y)|^2 / (4 eps), up to one constant.
             log_ratio = lp_y - lp + 0.5 * _sq_norm(z) - _sq_norm(x - y - eps * s_y) / (4 * eps)
-            if torch.isnan(log_ratio).any():
-                raise NonFiniteError(
-                    f"log_prob became NaN at Langevin time t={(k + 1) * eps:.6g}; check log_prob at the proposals."
-                )
+            counted.finite.record("log_prob (at a proposal)", log_ratio, times[k + 1], nan_only=True)
             u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
             accept = torch.log(u) < log_ratio
             keep = accept.reshape((-1,) + (1,) * (x.ndim - 1))
             x, s, lp = torch.where(keep, y, x), torch.where(keep, s_y, s), torch.where(accept, lp_y, lp)
             accepted += accept
+            reported = monitor.step(k, times[k + 1], x)
+            if reported is not x:  # the next proposal starts from the returned state: its score and log-density
+                x, s, lp = reported, counted(reported, times[k + 1]), log_prob(reported)
     rate = accepted.to(torch.float64) / steps
     stats = {
         "step_size": eps,
@@ -174,6 +187,8 @@ def annealed_langevin(
     generator: torch.Generator | None = None,
     denoise_final: bool = True,
     enable_grad: bool = False,
+    callback: StepCallback | None = None,
+    progress: bool = False,
 ) -> SampleResult:
     r"""Annealed Langevin dynamics (NCSN, Song & Ermon 2019, Algorithm 1) with a noise-conditional score.
 
@@ -193,6 +208,10 @@ def annealed_langevin(
         denoise_final: finish with Tweedie's step :math:`x + \sigma_L^2 s(x, \sigma_L)` (one NFE),
             which removes the remaining noise of level :math:`\sigma_L`.
         enable_grad: keep the autograd graph; off by default.
+        callback: ``callback(info)`` after every Langevin step (``i`` counts them over all levels), as in
+            :func:`scoreflow.sample_ode`, with ``"t"`` the level :math:`\sigma_i` and ``"denoised"`` Tweedie's
+            :math:`x + \sigma_i^2 s(x, \sigma_i)`; the next step starts from the state it returns.
+        progress: show a tqdm progress bar (``pip install 'scoreflow[progress]'``).
 
     Returns:
         A :class:`SampleResult` with ``nfe = len(sigmas) * steps (+1)``; ``stats`` holds
@@ -201,8 +220,11 @@ def annealed_langevin(
     Raises:
         ValueError: if ``sigmas`` is not strictly decreasing and positive, ``step_size <= 0``,
             ``steps < 1`` or ``x0`` is malformed.
-        TypeError: for arguments of the wrong type or a score returning the wrong dtype.
-        NonFiniteError: if the score becomes NaN/inf; the message names the noise level as ``t``.
+        TypeError: for arguments of the wrong type, a score returning the wrong dtype, or a callback
+            returning something other than ``None`` or a state.
+        ImportError: for ``progress=True`` without tqdm.
+        NonFiniteError: if the score becomes NaN/inf; the message names the noise level as ``t`` (found when
+            the chain ends).
     """
     fn = "annealed_langevin"
     check_batch(fn, "x0", x0)
@@ -214,13 +236,20 @@ def annealed_langevin(
     alphas = (eps * levels**2 / levels[-1] ** 2).tolist()
     sigma_x = levels.to(dtype=x0.dtype, device=x0.device)
     counted = CountedScore(score, caller=fn)
+
+    def tweedie_ve(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x + sigma**2 * counted(x, sigma)
+
+    monitor = step_monitor(fn, counted, None, callback=callback, progress=progress, return_trajectory=False,
+                           denoise=tweedie_ve)
     x = x0
-    with grad_mode(enable_grad):
-        for sigma, alpha in zip(sigma_x, alphas):
+    with solving(counted, monitor, sigma_x[0], x0, enable_grad=enable_grad, steps=len(alphas) * steps):
+        for level, (sigma, alpha) in enumerate(zip(sigma_x.unbind(), alphas)):
             noise_scale = math.sqrt(alpha)
-            for _ in range(steps):
+            for k in range(steps):
                 x = x + (0.5 * alpha) * counted(x, sigma) + noise_scale * standard_normal(x, generator)
+                x = monitor.step(level * steps + k, sigma, x)
         if denoise_final:
-            x = x + float(levels[-1]) ** 2 * counted(x, sigma_x[-1])
-    check_finite(x, float(levels[-1]), what="Langevin state")
+            x = tweedie_ve(x, sigma)
+        counted.finite.record("Langevin state", x, sigma)
     return SampleResult(samples=x, nfe=counted.nfe, stats={"step_sizes": alphas, "sigmas": levels.tolist()})

@@ -7,10 +7,11 @@ from typing import Any
 import torch
 
 from .._checks import check_batch, resolve_t_min
-from ..dynamics.counting import CountedScore, ScoreFn
-from ..methods import get_method, resolve_stepping
+from ..dynamics.counting import ScoreFn
+from ..methods import StepCallback, get_method, resolve_stepping
+from ..parameterizations import check_native_at_pure_noise
 from ..sde import ForwardSDE, check_sde
-from ._common import grad_mode, path_result
+from ._common import check_save_at_alone, sample_with
 from .result import SampleResult
 
 __all__ = ["sample_ode"]
@@ -30,8 +31,11 @@ def sample_ode(
     atol: float | None = None,
     t_min: float | None = None,
     return_trajectory: bool = False,
+    save_at: torch.Tensor | None = None,
     denoise_final: bool = False,
     enable_grad: bool = False,
+    callback: StepCallback | None = None,
+    progress: bool = False,
     options: dict[str, Any] | None = None,
 ) -> SampleResult:
     r"""Integrate the probability-flow ODE :math:`\dot x = f x - \tfrac12 g^2 s(x,t)` from T down to ``t_min``.
@@ -57,11 +61,19 @@ def sample_ode(
             (e.g. :func:`scoreflow.time_grid` with its options); ``steps`` may then be omitted.
         time: torchdiffeq's integration variable, ``"t"`` (default), ``"sigma"`` or ``"log_snr"``.
         rtol, atol: tolerances of an adaptive method (default 1e-5 each).
-        t_min: final time (default ``sde.t_min``).
-        return_trajectory: also return the states at every grid time (fixed-grid), at every accepted step
-            (``dpmpp_4m_pc_adaptive``) or at ``T`` and ``t_min`` (torchdiffeq's adaptive methods).
+        t_min: final time (default ``sde.t_min``; on a flow path it may be 0 for torchdiffeq's methods in t).
+        return_trajectory: also return ``x_T`` and the state after every step (the grid times of a fixed-grid
+            method, the accepted steps of an adaptive one) as ``times`` and ``trajectory``.
+        save_at: adaptive methods only: a 1-D tensor of times between T and ``t_min`` (decreasing) at which to
+            return the state as ``times`` and ``trajectory`` (dense output: the solver steps onto each of them),
+            instead of ``return_trajectory``.
         denoise_final: finish with Tweedie's denoising step :math:`(x + \sigma^2 s)/\alpha` at ``t_min`` (one NFE).
         enable_grad: keep the autograd graph (for differentiating through the sampler); off by default.
+        callback: ``callback(info)``, called after every accepted step with a mapping of ``"i"`` (step index),
+            ``"t"`` (time reached, a 0-dim tensor), ``"x"`` (the state) and ``"denoised"`` (:math:`\hat x_0` at that
+            state; evaluated only if read, one NFE unless the next step evaluates the score there anyway); it may
+            return a replacement state, which the next step starts from (see the hooks guide).
+        progress: show a tqdm progress bar (``pip install 'scoreflow[progress]'``).
         options: the method's own options (``scoreflow.list_methods("ode")`` lists them per method), e.g.
             ``{"max_num_steps": 10_000}`` for torchdiffeq's adaptive methods, ``{"lower_order_final": False}``
             for the multistep methods, ``{"h_init": 0.5}`` for ``dpmpp_4m_pc_adaptive``.
@@ -71,25 +83,33 @@ def sample_ode(
         the solver's ``stats`` (``dpmpp_4m_pc_adaptive``: accepted and rejected steps).
 
     Raises:
-        ValueError: for an unknown method, time variable or schedule (the message lists the valid ones), a
+        ValueError: for a score or noise model on a process that reaches pure noise at T (a flow path: wrap
+            the network's own prediction, e.g. :func:`scoreflow.score_from_flow_velocity`), a method or time
+            variable that divides by :math:`\alpha(T) = 0` there, an unknown method, time variable or schedule (the message lists the valid ones), a
             missing or superfluous ``steps``/``step_size``/``schedule``/``time``/``rtol``/``atol``, ``t_min``
-            outside ``(0, T)``, a malformed ``x_T``, or a score returning the wrong shape.
-        TypeError: if the score returns the wrong dtype, an argument has the wrong type, or the method is given
-            an option it does not take.
-        NonFiniteError: if the score becomes NaN/inf; the message names the time.
+            outside ``(0, T)``, a malformed ``x_T``, a score returning the wrong shape, ``save_at`` with a fixed-grid
+            method, with times outside ``[t_min, T]`` or together with ``return_trajectory``.
+        TypeError: if the score returns the wrong dtype, an argument has the wrong type, the method is given
+            an option it does not take, or the callback returns something other than ``None`` or a state.
+        ImportError: for ``progress=True`` without tqdm.
+        NonFiniteError: if the score becomes NaN/inf; the message names the time (found when the solve ends: the
+            solve reads no value on the host per evaluation).
         RuntimeError: if an adaptive method exceeds its step limit (``max_num_steps`` / ``max_steps``).
     """
     fn = "sample_ode"
     check_sde(fn, sde)
+    check_native_at_pure_noise(fn, score, sde)
     spec = get_method("ode", method, caller=fn)
     solver = spec.build(fn, options)
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x_T", x_T)
+    check_save_at_alone(fn, save_at, return_trajectory)
     stepping = resolve_stepping(
         fn, spec, sde, x_T, start=sde.T, end=t_min,
-        steps=steps, step_size=step_size, schedule=schedule, time=time, rtol=rtol, atol=atol,
+        steps=steps, step_size=step_size, schedule=schedule, time=time, rtol=rtol, atol=atol, save_at=save_at,
     )
-    counted = CountedScore(score, caller=fn)
-    with grad_mode(enable_grad):
-        path = solver.sample(counted, sde, x_T, stepping, trajectory=return_trajectory)
-        return path_result(counted, sde, path, t_min, return_trajectory=return_trajectory, denoise_final=denoise_final)
+    return sample_with(
+        fn, score, sde, x_T, stepping, lambda counted, monitor: solver.sample(counted, sde, x_T, stepping, monitor=monitor),
+        t_min=t_min, save_at=save_at, return_trajectory=return_trajectory, denoise_final=denoise_final,
+        enable_grad=enable_grad, callback=callback, progress=progress,
+    )

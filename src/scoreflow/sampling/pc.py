@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_batch, check_finite, check_generator, check_int, check_positive, resolve_t_min
+from .._checks import check_batch, check_generator, check_int, check_positive, resolve_t_min
 from .._tensor import standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
-from ..methods import Method, get_method, register
-from ..sde import ForwardSDE, check_sde
-from ._common import grad_mode, tweedie_denoise
+from ..methods import Method, StepCallback, get_method, register
+from ..sde import ForwardSDE, check_diffusion_finite_at_T
+from ._common import solving, step_monitor, tweedie
 from .predictors import ancestral_supports, corrector_alphas, predictor_coefficients
 from .result import SampleResult
 
@@ -72,6 +72,8 @@ def sample_pc(
     generator: torch.Generator | None = None,
     return_trajectory: bool = False,
     enable_grad: bool = False,
+    callback: StepCallback | None = None,
+    progress: bool = False,
 ) -> SampleResult:
     r"""Sample by alternating a reverse-SDE predictor step and Langevin corrector steps, from T to ``t_min``.
 
@@ -90,20 +92,29 @@ def sample_pc(
         generator: seeds all noise; equal generator states give bit-identical samples.
         return_trajectory: also return the states at every grid time.
         enable_grad: keep the autograd graph; off by default.
+        callback: ``callback(info)`` after every grid step (predictor and correctors), as in
+            :func:`scoreflow.sample_ode`; the next step starts from the state it returns.  Reading
+            ``info["denoised"]`` costs no evaluation when the next predictor evaluates the score there.
+        progress: show a tqdm progress bar (``pip install 'scoreflow[progress]'``).
 
     Returns:
         A :class:`SampleResult` at ``t_min`` with ``nfe`` = predictor calls (N) + corrector calls
         (N * corrector_steps) + the denoising call.
 
     Raises:
+        ValueError: for a process that reaches pure noise at T (a flow path such as ``RectifiedFlow()``, whose
+            reverse SDE has infinite diffusion there; truncate it, ``RectifiedFlow(T=0.999)``).
         ValueError: for an unknown predictor or corrector (the message lists the valid ones), both
             ``None``, ``"ancestral"`` with a sub-VP SDE, a non-positive ``snr``, ``steps`` or
             ``corrector_steps`` below 1, ``t_min`` outside ``(0, T)`` or a malformed ``x_T``.
-        TypeError: for arguments of the wrong type or a score returning the wrong dtype.
-        NonFiniteError: if the score or the state becomes NaN/inf; the message names the time.
+        TypeError: for arguments of the wrong type, a score returning the wrong dtype, or a callback returning
+            something other than ``None`` or a state.
+        ImportError: for ``progress=True`` without tqdm.
+        NonFiniteError: if the score or the state becomes NaN/inf; the message names the time (found when the
+            solve ends).
     """
     fn = "sample_pc"
-    check_sde(fn, sde)
+    check_diffusion_finite_at_T(fn, sde)
     if predictor is not None:
         get_method("predictor", predictor, caller=fn, argument="predictor")
         if predictor == "ancestral" and not ancestral_supports(sde):
@@ -122,38 +133,32 @@ def sample_pc(
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x_T", x_T)
 
-    # Coefficients in float64 on the exact grid; the score sees the grid in x's dtype.
+    # Coefficients in float64 on the exact grid, read once before the loop; the score sees the grid in x's dtype.
     ts = torch.linspace(sde.T, t_min, steps + 1, dtype=torch.float64)
-    ts_x = ts.to(dtype=x_T.dtype, device=x_T.device)
+    times = ts.to(dtype=x_T.dtype, device=x_T.device).unbind()
     if predictor is not None:
         c_x, c_s, c_z = (c.tolist() for c in predictor_coefficients(predictor, sde, ts))
     alphas = corrector_alphas(sde, ts).tolist() if corrector is not None else None
     counted = CountedScore(score, caller=fn)
+    monitor = step_monitor(fn, counted, sde, callback=callback, progress=progress, return_trajectory=return_trajectory)
 
     x = x_T
-    trajectory = [x_T] if return_trajectory else None
-    with grad_mode(enable_grad):
+    with solving(counted, monitor, times[0], x_T, enable_grad=enable_grad, steps=steps):
         for i in range(steps):
             if predictor is not None:
-                x = c_x[i] * x + c_s[i] * counted(x, ts_x[i]) + c_z[i] * standard_normal(x, generator)
+                x = c_x[i] * x + c_s[i] * counted(x, times[i]) + c_z[i] * standard_normal(x, generator)
             if corrector is not None:
                 x = correct(
-                    counted, x, ts_x[i + 1], alpha=alphas[i], snr=snr, steps=corrector_steps, generator=generator
+                    counted, x, times[i + 1], alpha=alphas[i], snr=snr, steps=corrector_steps, generator=generator
                 )
-            if trajectory is not None:
-                trajectory.append(x)
-        check_finite(x, t_min, what="state")
-        samples = tweedie_denoise(counted, sde, x, t_min) if denoise_final else x
+            x = monitor.step(i, times[i + 1], x)
+        counted.finite.record("state", x, t_min)
+        samples = tweedie(counted, sde, x, times[-1]) if denoise_final else x
     stats = {
         "predictor": predictor,
         "corrector": corrector,
         "steps": steps,
         "corrector_steps": corrector_steps if corrector is not None else 0,
     }
-    return SampleResult(
-        samples=samples,
-        nfe=counted.nfe,
-        times=ts_x if return_trajectory else None,
-        trajectory=torch.stack(trajectory) if trajectory is not None else None,
-        stats=stats,
-    )
+    trajectory = monitor.trajectory() if return_trajectory else (None, None)
+    return SampleResult(samples=samples, nfe=counted.nfe, times=trajectory[0], trajectory=trajectory[1], stats=stats)

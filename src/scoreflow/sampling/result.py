@@ -15,7 +15,8 @@ class SampleResult:
         samples: the final states, shape ``(B, *D)``.
         nfe: number of score evaluations used (rejected adaptive steps and a final
             denoising step included).
-        times: the times of ``trajectory`` (decreasing from T), or ``None``.
+        times: the times of ``trajectory`` (decreasing from T): ``T`` and every accepted step with
+            ``return_trajectory=True``, the requested times with ``save_at=``; else ``None``.
         trajectory: states at ``times``, shape ``(len(times), B, *D)``, when requested.
         stats: method-specific extras (e.g. step counts, acceptance rates).
     """

@@ -7,11 +7,11 @@ from typing import Any
 import torch
 
 from .._checks import check_batch, check_generator, resolve_t_min
-from ..dynamics.counting import CountedScore, ScoreFn
+from ..dynamics.counting import ScoreFn
 from ..dynamics.sdeint import BrownianPath, brownian_motion
-from ..methods import get_method, list_methods, resolve_stepping
-from ..sde import ForwardSDE, check_sde
-from ._common import grad_mode, path_result
+from ..methods import StepCallback, get_method, list_methods, resolve_stepping
+from ..sde import ForwardSDE, check_diffusion_finite_at_T
+from ._common import check_save_at_alone, sample_with
 from .result import SampleResult
 
 __all__ = ["sample_sde"]
@@ -33,8 +33,11 @@ def sample_sde(
     bm: BrownianPath | None = None,
     t_min: float | None = None,
     return_trajectory: bool = False,
+    save_at: torch.Tensor | None = None,
     denoise_final: bool = False,
     enable_grad: bool = False,
+    callback: StepCallback | None = None,
+    progress: bool = False,
     options: dict[str, Any] | None = None,
 ) -> SampleResult:
     r"""Integrate the reverse-time SDE :math:`dx = [f x - g^2 s]\,dt + g\,d\bar W` from T down to ``t_min``.
@@ -42,8 +45,8 @@ def sample_sde(
     The methods are the registry's ``"sde"`` kind (``scoreflow.list_methods("sde")``): torchsde's run in
     :math:`s = T - t` on the flattened state (see :class:`scoreflow.ReverseSDE`) on a grid uniform in t;
     scoreflow's own (``ddim`` with ``eta``, ``dpmpp_sde``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``, their
-    predictor-correctors, ``edm_stochastic``) on any grid of ``schedule``, reading the same Brownian path in
-    :math:`s` (each step's noise is the path's increment over the step, normalized).
+    predictor-correctors, ``edm_stochastic``) on any grid of ``schedule``, reading the
+    same Brownian path in :math:`s` (each step's noise is the path's increment over the step, normalized).
 
     Args:
         score: score model ``score(x, t)``.
@@ -61,24 +64,37 @@ def sample_sde(
         bm: a Brownian path on ``[0, T - t_min]`` for the flattened state (e.g. from
             :func:`scoreflow.brownian_motion`) used instead of a fresh one; give this or ``generator``.
         t_min: final time (default ``sde.t_min``).
-        return_trajectory: also return the states on the grid (``steps`` or ``schedule`` given).
+        return_trajectory: also return ``x_T`` and the states on the step grid as ``times`` and ``trajectory``
+            (for ``adaptive=True``: at the output times, ``t_min`` and any ``save_at``).
+        save_at: with ``adaptive=True`` only: a decreasing 1-D tensor of times between T and ``t_min`` at which to
+            return the state (the solver steps onto them) as ``times`` and ``trajectory``.
         denoise_final: finish with Tweedie's denoising step at ``t_min`` (one NFE).
         enable_grad: keep the autograd graph; off by default.
+        callback: ``callback(info)`` after every step, as in :func:`scoreflow.sample_ode`. torchsde has no step
+            hook, so with a callback or a progress bar the solve runs one ``sdeint`` call per grid step on the same
+            Brownian path (``adaptive=True``: per interval between output times) and the next step starts from the
+            state the callback returns.
+        progress: show a tqdm progress bar (``pip install 'scoreflow[progress]'``).
         options: the method's own options (``scoreflow.list_methods("sde")`` lists them; torchsde's take none).
 
     Returns:
         A :class:`SampleResult` with ``samples`` at ``t_min`` and ``nfe``.
 
     Raises:
+        ValueError: for a process that reaches pure noise at T (a flow path such as ``RectifiedFlow()``, whose
+            reverse SDE has infinite diffusion there; truncate it, ``RectifiedFlow(T=0.999)``).
         ValueError: for an unknown method (listing the valid ones), a missing ``steps``/``step_size``, a
             ``schedule`` for a torchsde method or a malformed one,
             ``t_min`` outside ``(0, T)``, a malformed ``x_T``, both ``bm`` and ``generator``, or a
-            ``bm`` of the wrong size or span, or without the Lévy area the method needs.
-        TypeError: for an argument of the wrong type or a score returning the wrong dtype.
-        NonFiniteError: if the score becomes NaN/inf; the message names the time.
+            ``bm`` of the wrong size or span, or without the Lévy area the method needs, or ``save_at`` without
+            ``adaptive=True``, outside ``[t_min, T]`` or together with ``return_trajectory``.
+        TypeError: for an argument of the wrong type, a score returning the wrong dtype, or a callback returning
+            something other than ``None`` or a state.
+        ImportError: for ``progress=True`` without tqdm.
+        NonFiniteError: if the score becomes NaN/inf; the message names the time (found when the solve ends).
     """
     fn = "sample_sde"
-    check_sde(fn, sde)
+    check_diffusion_finite_at_T(fn, sde)
     spec = get_method("sde", method, caller=fn)
     solver = spec.build(fn, options)
     check_generator(fn, generator)
@@ -86,6 +102,7 @@ def sample_sde(
         raise ValueError(f"{fn}: give 'generator' (a fresh Brownian path) or 'bm' (a given one), not both.")
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x_T", x_T)
+    check_save_at_alone(fn, save_at, return_trajectory)
     if schedule is not None and spec.backend == "torchsde":
         raise ValueError(
             f"{fn}: torchsde's method {method!r} steps uniformly in t and takes no 'schedule' (got "
@@ -94,7 +111,7 @@ def sample_sde(
         )
     stepping = resolve_stepping(
         fn, spec, sde, x_T, start=sde.T, end=t_min, steps=steps, step_size=step_size, schedule=schedule,
-        rtol=rtol, atol=atol, adaptive=adaptive,
+        rtol=rtol, atol=atol, adaptive=adaptive, save_at=save_at,
     )
     duration = sde.T - t_min
     if bm is None:
@@ -109,7 +126,8 @@ def sample_sde(
         )
     else:
         bm.check(fn, x_T, duration, levy_area=spec.levy_area)
-    counted = CountedScore(score, caller=fn)
-    with grad_mode(enable_grad):
-        path = solver.sample(counted, sde, x_T, stepping, bm, trajectory=return_trajectory)
-        return path_result(counted, sde, path, t_min, return_trajectory=return_trajectory, denoise_final=denoise_final)
+    return sample_with(
+        fn, score, sde, x_T, stepping, lambda counted, monitor: solver.sample(counted, sde, x_T, stepping, bm, monitor=monitor),
+        t_min=t_min, save_at=save_at, return_trajectory=return_trajectory, denoise_final=denoise_final,
+        enable_grad=enable_grad, callback=callback, progress=progress,
+    )

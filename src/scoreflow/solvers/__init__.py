@@ -10,6 +10,7 @@ from .ancestral import AncestralDDIM, DPMSolverPPSDE
 from .base import NativeSolver, ScorePredictions, register_native
 from .edm import EDMHeun
 from .edm_stochastic import EDMStochastic
+from .ipndm import IPNDM
 from .multistep import (
     DPMSolverPP2M,
     DPMSolverPP2MPC,
@@ -18,12 +19,13 @@ from .multistep import (
     DPMSolverPP4MPC,
 )
 from .multistep_sde import DPMSolverPP2MSDE, DPMSolverPP2MSDEPC, DPMSolverPP3MSDE, DPMSolverPP3MSDEPC
+from .per_sample import PerSampleExponentialPC
 from .singlestep import DDIM, DPMSolver2, DPMSolver3
 from .stochastic import StochasticSolver, register_stochastic
 
 __all__ = [
-    "AdaptiveExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
-    "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun",
+    "AdaptiveExponentialPC", "PerSampleExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
+    "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun", "IPNDM",
     "StochasticSolver", "register_stochastic", "AncestralDDIM", "DPMSolverPPSDE", "DPMSolverPP2MSDE", "DPMSolverPP3MSDE",
     "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC", "EDMStochastic",
 ]

@@ -15,18 +15,24 @@ for a predictor through :math:`p` points (local error :math:`O(h^{p+1})`).  A re
 The last step, which lands exactly on :math:`\lambda(t_{min})`, is corrected too (its prediction is not
 needed afterwards, but an uncorrected long final step was the largest error on the mixtures of the
 few-NFE benchmark).  Steps concentrate where the data prediction changes fast in :math:`\lambda`, e.g.
-where trajectories choose between the modes of a mixture.
+where trajectories choose between the modes of a mixture.  From pure noise (a flow path at T,
+:math:`\lambda = -\infty`) the first step is taken in :math:`r = e^\lambda` (see :func:`.pure_noise_weights`) and
+its end point moves by :math:`\log` of the same factor.  Times asked for between the ends (dense output)
+are landed on exactly, like the last one.  The step control reads its error norm on the host every step
+(as torchdiffeq's does); the coefficients of a step are computed on the CPU in float64 from the log-SNRs.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..dynamics.counting import CountedScore
-from ..methods import Method, Path, Tolerances, int_option, positive_option, register
+from ..methods import Method, Solution, StepMonitor, Tolerances, int_option, positive_option, register
 from ..sde import ForwardSDE
-from .base import ScorePredictions
-from .multistep import _polynomial_update
+from .base import Nodes, check_native_ends
+from .multistep import polynomial_weights, pure_noise_weights
 
 __all__ = ["AdaptiveExponentialPC"]
 
@@ -65,57 +71,113 @@ class AdaptiveExponentialPC:
         self.max_steps = max_steps
 
     def sample(
-        self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Tolerances, *, trajectory: bool = False
-    ) -> Path:
-        """Integrate the probability-flow ODE from ``x_T`` between the ends ``stepping.times`` to its tolerances."""
-        start, end = stepping.times
-        times, states, rejected = self.solve(ScorePredictions(score, sde), start, end, x_T, stepping.rtol, stepping.atol)
-        return Path(torch.stack(times), states, {"steps": len(times) - 1, "rejected_steps": rejected})
+        self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Tolerances, *, monitor: StepMonitor
+    ) -> Solution:
+        """Integrate the probability-flow ODE from ``x_T`` through the times ``stepping.times`` to its tolerances.
 
-    def solve(
-        self, model: ScorePredictions, t_start: torch.Tensor, t_end: torch.Tensor, x: torch.Tensor, rtol: float, atol: float
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
-        """Integrate from ``x`` at ``t_start`` down to ``t_end`` (0-dim tensors in ``x``'s dtype).
+        Returns the final state, the states at every time of ``stepping.times`` (``saved``) and the counts of
+        accepted and rejected steps.
 
-        Returns:
-            ``(times, states, rejected)``: the accepted times (from ``t_start`` to exactly ``t_end``), the
-            states there, and the number of rejected steps.
+        Raises:
+            ValueError: for a solve to t = 0 (log-SNR +inf).
         """
-        _, sigma_s, lam_s = model.coefs(t_start)
-        lam_end = model.coefs(t_end)[2]
-        m = model.data(x, t_start)
-        times, states, history = [t_start], [x], []
-        h, rejected = self.h_init, 0  # a first step beyond t_end becomes the last step below
-        for _ in range(self.max_steps):
-            remaining = float(lam_end - lam_s)
-            last = h >= 0.999 * remaining
-            if last:
-                h = remaining
-            elif h > 0.7 * remaining:
-                h = 0.5 * remaining  # two similar steps rather than a sliver at the end
-            t = t_end if last else model.time_at(lam_s + h)
-            alpha_t, sigma_t, lam_t = model.coefs(t)
-            step, ratio, base = lam_t - lam_s, sigma_t / sigma_s, (lam_s, m)
-            others = history[: self.points - 1]
-            x_pred = _polynomial_update(x, ratio, alpha_t, step, base, others)
-            m_t = model.data(x_pred, t)
-            x_t = _polynomial_update(x, ratio, alpha_t, step, base, [(lam_t, m_t)] + others)
-            scale = atol + rtol * torch.maximum(x.abs(), x_t.abs())
+        return _AdaptiveSolve(self, score, sde, stepping, monitor).run(x_T)
+
+
+class _AdaptiveSolve:
+    """One solve of :class:`AdaptiveExponentialPC`: the log-SNR bookkeeping (Python floats) and the step loop."""
+
+    def __init__(self, method: AdaptiveExponentialPC, score: CountedScore, sde: ForwardSDE, stepping: Tolerances,
+                 monitor: StepMonitor) -> None:
+        self.method, self.score, self.sde, self.monitor = method, score, sde, monitor
+        self.rtol, self.atol = stepping.rtol, stepping.atol
+        self.targets = stepping.times.unbind()
+        self.targets_lam = Nodes(sde, stepping.times, score.prediction).lam
+        check_native_ends(type(method).__name__, sde, float(stepping.times[-1]), True)
+
+    def coefs(self, lam: float, t: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, float, float, float, float]:
+        r"""The time (in ``like``'s dtype and device), ``(alpha, sigma)`` and the data prediction's affine map ``(a, b)``
+        (:math:`\hat x_0 = a x + b p`) at log-SNR ``lam`` (at the given ``t`` if any)."""
+        t64 = self.sde.t_from_log_snr(torch.tensor([lam], dtype=torch.float64)) if t is None else t.reshape(1)
+        node = Nodes(self.sde, t64, self.score.prediction)
+        (a,), (b,) = node.affine("x0")
+        if t is None:
+            t = t64[0].to(dtype=like.dtype, device=like.device)
+        return t, node.alpha[0], node.sigma[0], a, b
+
+    def data(self, x: torch.Tensor, t: torch.Tensor, a: float, b: float) -> torch.Tensor:
+        return (x * a).add(self.score.predict(x, t), alpha=b)
+
+    def update(self, x, ratio, alpha_t, h, points, preds, *, from_noise=False):
+        r"""``ratio * x + alpha_t * sum_j y_j preds_j`` with the weights ``y`` of ``points`` (log-SNR offsets / h, or from
+        pure noise the nodes in :math:`\rho = r/r_t`)."""
+        weights = pure_noise_weights(points) if from_noise else polynomial_weights(h, points)
+        out = x * ratio
+        for w, m in zip(weights, preds):
+            out = out.add(m, alpha=alpha_t * w)
+        return out
+
+    def run(self, x: torch.Tensor) -> Solution:
+        method, monitor = self.method, self.monitor
+        t_s, _, sigma_s, a, b = self.coefs(self.targets_lam[0], self.targets[0], x)
+        lam_s = self.targets_lam[0]
+        m = self.data(x, t_s, a, b)
+        saved, history, target = [x], [], 1  # history: (lambda, prediction), newest first
+        h, accepted, rejected = method.h_init, 0, 0  # a first step beyond the target becomes the last step below
+        # From pure noise (lambda = -inf) the first step is sized in r = e^lambda: it ends at lambda = lam_first,
+        # which a rejection moves by log(factor) (the step's error scales as r_t^(p+1), as an ordinary step's as h^(p+1)).
+        from_noise, lam_first = not math.isfinite(lam_s), -method.h_init
+        for _ in range(method.max_steps):
+            if from_noise:
+                land = lam_first >= self.targets_lam[target]
+                lam_t = self.targets_lam[target] if land else lam_first
+            else:
+                remaining = self.targets_lam[target] - lam_s
+                land = h >= 0.999 * remaining
+                if land:
+                    h = remaining
+                elif h > 0.7 * remaining:
+                    h = 0.5 * remaining  # two similar steps rather than a sliver before the target
+                lam_t = self.targets_lam[target] if land else lam_s + h
+            t, alpha_t, sigma_t, a, b = self.coefs(lam_t, self.targets[target] if land else None, x)
+            step, ratio = lam_t - lam_s, sigma_t / sigma_s
+            others = history[: method.points - 1]
+            if from_noise:  # the start at r = 0, the end at rho = 1 (no history yet)
+                x_pred = self.update(x, ratio, alpha_t, step, [0.0], [m], from_noise=True)
+            else:
+                offsets = [(lam - lam_s) / step for lam, _ in others]
+                x_pred = self.update(x, ratio, alpha_t, step, [0.0, *offsets], [m, *(p for _, p in others)])
+            m_t = self.data(x_pred, t, a, b)
+            if from_noise:
+                x_t = self.update(x, ratio, alpha_t, step, [0.0, 1.0], [m, m_t], from_noise=True)
+            else:
+                x_t = self.update(x, ratio, alpha_t, step, [0.0, 1.0, *offsets], [m, m_t, *(p for _, p in others)])
+            scale = self.atol + self.rtol * torch.maximum(x.abs(), x_t.abs())
             err = float(((x_t - x_pred) / scale).square().mean().sqrt())
-            factor = self.safety * max(err, 1e-10) ** (-1.0 / (len(others) + 2))
-            h = float(step) * min(self.max_factor, max(self.min_factor, factor))
-            if err > self.reject_above:
+            factor = min(method.max_factor, max(method.min_factor, method.safety * max(err, 1e-10) ** (-1.0 / (len(others) + 2))))
+            if from_noise:
+                lam_first, h = lam_t + math.log(factor), method.h_init * factor
+            else:
+                h = step * factor
+            if err > method.reject_above:
                 rejected += 1
                 continue
-            history.insert(0, base)
-            x, m, lam_s, sigma_s = x_t, m_t, lam_t, sigma_t
-            times.append(t)
-            states.append(x)
-            if last:
-                return times, states, rejected
+            if not from_noise:  # a prediction at lambda = -inf drops out of later polynomials (see multistep)
+                history.insert(0, (lam_s, m))
+            from_noise = False
+            reported = monitor.step(accepted, t, x_t)
+            m = m_t if reported is x_t else self.data(reported, t, a, b)
+            x, lam_s, sigma_s, accepted = reported, lam_t, sigma_t, accepted + 1
+            if land:
+                saved.append(x)
+                target += 1
+                if target == len(self.targets):
+                    return Solution(x, torch.stack(saved), {"steps": accepted, "rejected_steps": rejected})
+        reached = float(self.sde.t_from_log_snr(torch.tensor(lam_s, dtype=torch.float64)))
         raise RuntimeError(
-            f"dpmpp_4m_pc_adaptive took max_steps={self.max_steps} steps (accepted and rejected) "
-            f"and reached t={float(times[-1]):.6g} of t_min={float(t_end):.6g}; raise options={{'max_steps': ...}} or loosen rtol/atol."
+            f"dpmpp_4m_pc_adaptive took max_steps={method.max_steps} steps (accepted and rejected) "
+            f"and reached t={reached:.6g} of t_min={float(self.targets[-1]):.6g}; raise options={{'max_steps': ...}} "
+            "or loosen rtol/atol."
         )
 
 

@@ -16,12 +16,14 @@ scaled variables :math:`x/\alpha`, :math:`\sigma/\alpha` this is k-diffusion's `
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from .base import ScorePredictions
-from .stochastic import Point, SDEGrid, StepNoise, StochasticSolver, eta_option, register_stochastic
+from ..methods import StepMonitor
+from .base import Nodes, ScorePredictions, combine
+from .stochastic import StepNoise, StochasticSolver, eta_option, register_stochastic
 
 __all__ = ["AncestralDDIM", "DPMSolverPPSDE"]
 
@@ -29,19 +31,23 @@ __all__ = ["AncestralDDIM", "DPMSolverPPSDE"]
 DDIM_ETA = eta_option("0: DDIM (the ODE), 1: DDPM's ancestral step; the noise standard deviation as a fraction of DDPM's posterior one (DDIM's and k-diffusion's ancestral eta)")
 
 
-def ancestral_coefficients(start: Point, end: Point, eta: float) -> tuple[float, float, float]:
-    r"""``(c_x, c_m, c_z)`` of the ancestral step :math:`x_t = c_x x_s + c_m\hat x_0 + c_z z` between two grid points.
+def ancestral_coefficients(nodes: Nodes, s: int, t: int, eta: float) -> tuple[float, float, float]:
+    r"""``(c_x, c_m, c_z)`` of the ancestral step :math:`x_t = c_x x_s + c_m\hat x_0 + c_z z` from node ``s`` to node ``t``.
 
     :math:`c_x = \tfrac{\sigma_t}{\sigma_s}\sqrt{1 - \eta^2 a}`, :math:`a = 1 - e^{-2h}`, and
     :math:`c_m = \alpha_t - c_x\alpha_s = \alpha_t\big(1 - e^{-h} + e^{-h}\,\eta^2 a/(1 + \sqrt{1-\eta^2 a})\big)`, free of
     cancellation on short steps.
     """
-    h = end.lam - start.lam
+    h = nodes.lam[t] - nodes.lam[s]
     a = -math.expm1(-2.0 * h)
     root = math.sqrt(1.0 - eta**2 * a)
-    c_x = end.sigma / start.sigma * root
-    c_m = end.alpha * (-math.expm1(-h) + math.exp(-h) * eta**2 * a / (1.0 + root))
-    return c_x, c_m, eta * end.sigma * math.sqrt(a)
+    c_x = nodes.sigma[t] / nodes.sigma[s] * root
+    c_m = nodes.alpha[t] * (-math.expm1(-h) + math.exp(-h) * eta**2 * a / (1.0 + root))
+    return c_x, c_m, eta * nodes.sigma[t] * math.sqrt(a)
+
+
+def _columns(coefficients: list[tuple[float, float, float]], prefix: str) -> dict[str, list[float]]:
+    return {prefix + name: list(column) for name, column in zip(("x", "m", "z"), zip(*coefficients))}
 
 
 class AncestralDDIM(StochasticSolver):
@@ -55,13 +61,20 @@ class AncestralDDIM(StochasticSolver):
     def __init__(self, *, eta: float = 1.0) -> None:
         self.eta = eta
 
-    def solve(self, model: ScorePredictions, grid: SDEGrid, noise: StepNoise, x: torch.Tensor) -> Iterator[torch.Tensor]:
-        coefs = [ancestral_coefficients(grid.point(i), grid.point(i + 1), self.eta) for i in range(grid.steps)]
-        for i, (c_x, c_m, c_z) in enumerate(coefs):
-            x = c_x * x + c_m * model.data(x, grid.times[i])
-            if c_z:
-                x = x + c_z * noise(grid.u[i], grid.u[i + 1])
-            yield x
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        return _columns([ancestral_coefficients(nodes, i, i + 1, self.eta) for i in range(steps)], "c_")
+
+    def solve(
+        self, model: ScorePredictions, columns: Mapping[str, Sequence], noise: StepNoise, x: torch.Tensor,
+        monitor: StepMonitor,
+    ) -> torch.Tensor:
+        c_x, c_m, c_z = columns["c_x"], columns["c_m"], columns["c_z"]
+        for i in range(len(c_x)):
+            terms = [(model.data(x, i), c_m[i])]
+            if self.eta:
+                terms.append((noise(i, i + 1), c_z[i]))
+            x = monitor.step(i, model.t[i + 1], combine(x, c_x[i], terms))
+        return x
 
 
 class DPMSolverPPSDE(StochasticSolver):
@@ -74,25 +87,32 @@ class DPMSolverPPSDE(StochasticSolver):
 
     nfe_per_step = 2
     options = {"eta": DDIM_ETA}
+    structure = ("mid",)
 
     def __init__(self, *, eta: float = 1.0) -> None:
         self.eta = eta
 
-    def solve(self, model: ScorePredictions, grid: SDEGrid, noise: StepNoise, x: torch.Tensor) -> Iterator[torch.Tensor]:
-        n = grid.steps
-        mid = grid.stage(model.sde, [0.5 * (grid.lam[i] + grid.lam[i + 1]) for i in range(n)], grid.u[-1])
-        half = [ancestral_coefficients(grid.point(i), mid.point(i), self.eta) for i in range(n)]
-        full = [ancestral_coefficients(grid.point(i), grid.point(i + 1), self.eta) for i in range(n)]
-        for i in range(n):
-            m = model.data(x, grid.times[i])
-            (a_x, a_m, a_z), (c_x, c_m, c_z) = half[i], full[i]
-            u = a_x * x + a_m * m
-            if a_z:
-                u = u + a_z * noise(grid.u[i], mid.u[i])
-            x = c_x * x + c_m * model.data(u, mid.times[i])
-            if c_z:
-                x = x + c_z * noise(grid.u[i], grid.u[i + 1])
-            yield x
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        mid = nodes.extend([0.5 * (nodes.lam[i] + nodes.lam[i + 1]) for i in range(steps)])
+        half = [ancestral_coefficients(nodes, i, k, self.eta) for i, k in enumerate(mid)]
+        full = [ancestral_coefficients(nodes, i, i + 1, self.eta) for i in range(steps)]
+        return {"mid": list(mid), **_columns(half, "a_"), **_columns(full, "c_")}
+
+    def solve(
+        self, model: ScorePredictions, columns: Mapping[str, Sequence], noise: StepNoise, x: torch.Tensor,
+        monitor: StepMonitor,
+    ) -> torch.Tensor:
+        mid, a_x, a_m, a_z = columns["mid"], columns["a_x"], columns["a_m"], columns["a_z"]
+        c_x, c_m, c_z = columns["c_x"], columns["c_m"], columns["c_z"]
+        for i, k in enumerate(mid):
+            terms = [(model.data(x, i), a_m[i])]
+            if self.eta:
+                terms.append((noise(i, k), a_z[i]))
+            terms = [(model.data(combine(x, a_x[i], terms), k), c_m[i])]
+            if self.eta:
+                terms.append((noise(i, i + 1), c_z[i]))
+            x = monitor.step(i, model.t[i + 1], combine(x, c_x[i], terms))
+        return x
 
 
 register_stochastic("ddim", AncestralDDIM, "DDIM with eta > 0; eta = 1 is DDPM's ancestral sampling")

@@ -1,72 +1,200 @@
-r"""What every native solver shares: the grid coefficients and the noise / data predictions of a score.
+r"""What every native solver shares: the nodes of a solve, their coefficients, and the predictions of a model there.
 
-With :math:`x_t = \alpha x_0 + \sigma\varepsilon` and :math:`\lambda = \log(\alpha/\sigma)`, a score
-:math:`s(x, t)` gives the noise prediction :math:`\hat\varepsilon = -\sigma s` and the data (Tweedie)
-prediction :math:`\hat x_0 = (x + \sigma^2 s)/\alpha`; the solvers integrate the probability-flow ODE
-written with either of them, exactly in its linear part (Lu et al. 2022).
+With :math:`x_t = \alpha x_0 + \sigma\varepsilon` and :math:`\lambda = \log(\alpha/\sigma)`, a model gives the noise
+prediction :math:`\hat\varepsilon` and the data (Tweedie) prediction :math:`\hat x_0` as affine functions of the
+state and of its native prediction (for a score, :math:`\hat\varepsilon = -\sigma s` and
+:math:`\hat x_0 = (x + \sigma^2 s)/\alpha`; see :mod:`scoreflow.parameterizations`); the solvers integrate the
+probability-flow ODE written with either of them, exactly in its linear part (Lu et al. 2022).
+
+A fixed-grid solve knows every time it will evaluate the model at before it starts, so a native solver
+first makes its *plan*: it reads the grid once (one host read per solve), computes the coefficients of
+every step in float64 Python arithmetic (microseconds, where the same plan in small tensor operations
+costs a millisecond), folds into them the affine maps from the native prediction, and moves them once to
+the state's device and dtype as 0-dim tensors.  Its step loop then only combines states and predictions with
+those coefficients: it reads nothing on the host, and ``torch.compile`` traces it into one graph.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 
 from ..dynamics.counting import CountedScore
-from ..methods import Method, Option, Path, Stepping, register
-from ..parameterizations import denoiser_from_score, eps_from_score
+from ..methods import Method, Option, Solution, StepMonitor, Stepping, register
+from ..parameterizations import convert
 from ..sde import ForwardSDE
 
-__all__ = ["NativeSolver", "ScorePredictions", "register_native"]
+__all__ = ["NativeSolver", "ScorePredictions", "Nodes", "register_native", "combine", "on_device", "check_native_ends"]
+
+
+def on_device(column: Sequence, like: torch.Tensor) -> tuple:
+    """Per-step coefficients (a list of floats, or of equally long lists) as 0-dim tensors in ``like``'s dtype and
+    device, indexed ``[i]`` or ``[i][j]`` (one copy to the device)."""
+    rows = torch.tensor(column, dtype=like.dtype, device=like.device).unbind()
+    return rows if not column or not isinstance(column[0], Sequence) else tuple(row.unbind() for row in rows)
+
+
+def combine(x: torch.Tensor, scale: torch.Tensor, terms: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    r""":math:`\text{scale}\cdot x + \sum_j w_j v_j` for ``terms`` = [(v_j, w_j), ...] with 0-dim coefficients."""
+    out = x * scale
+    for value, weight in terms:
+        out = torch.addcmul(out, value, weight)
+    return out
+
+
+class Nodes:
+    r"""The times a solve evaluates the model at, with :math:`\alpha, \sigma, \lambda` there, as float64 Python lists.
+
+    Args:
+        sde: the forward process.
+        times: the grid's times (any dtype and device; read once).
+        prediction: the model's native prediction (``"score"``, ``"flow_velocity"``, ...).
+
+    Attributes:
+        t, alpha, sigma, lam: lists of the nodes' times and coefficients: the grid, then any extra nodes
+            (:math:`\lambda = -\infty` where :math:`\alpha = 0`, pure noise).
+    """
+
+    def __init__(self, sde: ForwardSDE, times: torch.Tensor, prediction: str = "score") -> None:
+        self.sde, self.prediction = sde, prediction
+        self.t, self.alpha, self.sigma, self.lam = [], [], [], []
+        self._add(times.detach().to(device="cpu", dtype=torch.float64))
+
+    def _add(self, t: torch.Tensor, lam: torch.Tensor | None = None) -> range:
+        start = len(self.t)
+        alpha, sigma = self.sde.marginal(t)
+        if lam is None:
+            lam = torch.log(alpha) - torch.log(sigma)
+        for column, values in zip((self.t, self.alpha, self.sigma, self.lam), torch.stack([t, alpha, sigma, lam]).tolist()):
+            column.extend(values)
+        return range(start, len(self.t))
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def extend(self, lam: Sequence[float]) -> range:
+        """Add nodes at the log-SNRs ``lam``; return their indices."""
+        lam = torch.tensor(list(lam), dtype=torch.float64)
+        return self._add(self.sde.t_from_log_snr(lam), lam)
+
+    def affine(self, target: str) -> tuple[list[float], list[float]]:
+        r"""``(a, b)`` per node with ``target`` :math:`= a\,x + b\,p` for the native prediction p (``"x0"`` or ``"eps"``)."""
+        if self.prediction == "score":  # the classic forms, in plain arithmetic
+            if target == "x0":
+                return [1.0 / a for a in self.alpha], [s * s / a for a, s in zip(self.alpha, self.sigma)]
+            return [0.0] * len(self.t), [-s for s in self.sigma]
+        t = torch.tensor(self.t, dtype=torch.float64)
+        ones, zeros = torch.ones(len(t), 1, dtype=torch.float64), torch.zeros(len(t), 1, dtype=torch.float64)
+        a = convert(zeros, self.prediction, target, ones, t, self.sde)
+        b = convert(ones, self.prediction, target, zeros, t, self.sde)
+        return a[:, 0].tolist(), b[:, 0].tolist()
 
 
 class ScorePredictions:
-    """Noise and data predictions of a counted score, and :math:`(\\alpha, \\sigma, \\lambda)` at scalar times.
+    r"""A counted model and its data prediction at the nodes of a solve, by node index.
 
-    The predictions are :func:`scoreflow.eps_from_score` and :func:`scoreflow.denoiser_from_score` of the score.
+    ``t[k]`` is node k's time as a 0-dim tensor in the state's dtype and device; the model is called with that
+    very object, so a prediction asked for again at the same state and node costs no evaluation (see
+    :class:`~scoreflow.CountedScore`).
     """
 
-    def __init__(self, score: CountedScore, sde: ForwardSDE) -> None:
-        self.score, self.sde = score, sde
-        self.noise = eps_from_score(score, sde)
-        self.data = denoiser_from_score(score, sde)
+    def __init__(self, score: CountedScore, nodes: Nodes, like: torch.Tensor, grid: torch.Tensor, *, uses: str) -> None:
+        self.score = score
+        # The grid's own times (in the state's dtype) for the grid nodes, so the model sees the times asked for.
+        self.t = grid.unbind() + on_device(nodes.t[len(grid):], like)
+        if uses != "native":
+            a, b = nodes.affine(uses)
+            self._through_x = any(v != 0.0 for v in a)
+            self._a, self._b = on_device(a, like), on_device(b, like)
 
-    def coefs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(alpha, sigma, lambda)`` at a 0-dim time ``t``."""
-        alpha, sigma = self.sde.marginal(t)
-        return alpha, sigma, torch.log(alpha) - torch.log(sigma)
+    def at(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The model's native prediction at ``(x, t_k)`` (for a solver that folds its affine maps into the plan)."""
+        return self.score.predict(x, self.t[k])
 
-    def time_at(self, lam: torch.Tensor) -> torch.Tensor:
-        """The time whose log-SNR is ``lam``."""
-        return self.sde.t_from_log_snr(lam)
+    def data(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        r""":math:`\hat x_0 = a_k x + b_k p` from the native prediction p (:math:`x/\alpha + (\sigma^2/\alpha) s` for a score)."""
+        return torch.addcmul(x * self._a[k], self.score.predict(x, self.t[k]), self._b[k])
+
+    def noise(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        r""":math:`\hat\varepsilon = a_k x + b_k p` from the native prediction p (:math:`-\sigma s` for a score: one pass)."""
+        p = self.score.predict(x, self.t[k])
+        return torch.addcmul(x * self._a[k], p, self._b[k]) if self._through_x else p * self._b[k]
 
 
 class NativeSolver(ABC):
     """A fixed-grid probability-flow ODE solver written in scoreflow (one the libraries lack).
+
+    A subclass gives :meth:`plan` (its per-step coefficients from the nodes, before any evaluation) and
+    :meth:`solve` (the step loop, which calls ``monitor.step`` after every step and continues from the
+    state it returns).
 
     Class attributes (read by :func:`register_native` into the method's registry record):
         order: global order of accuracy in the step size (checked by the order tests).
         nfe_per_step: score evaluations per step.
         default_schedule: the step schedule it is designed for (see ``sampling.schedules``).
         options: the keyword options its constructor accepts.
+        from_pure_noise: whether it can start where :math:`\\alpha = 0` (a flow path at T); the noise-prediction
+            forms divide by :math:`\\alpha_s` there.
+        uses: the prediction its loop takes: ``"x0"`` (``ScorePredictions.data``), ``"eps"``
+            (``ScorePredictions.noise``) or ``"native"`` (``ScorePredictions.at``, maps folded into the plan).
+        structure: plan entries that describe the loop's structure (Python values) rather than coefficients.
     """
 
     order: ClassVar[int]
     nfe_per_step: ClassVar[int] = 1
     default_schedule: ClassVar[str] = "log_snr"
     options: ClassVar[Mapping[str, Option]] = {}
+    from_pure_noise: ClassVar[bool] = True
+    uses: ClassVar[str] = "x0"
+    structure: ClassVar[tuple[str, ...]] = ()
 
     def sample(
-        self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Stepping, *, trajectory: bool = False
-    ) -> Path:
-        """Integrate the probability-flow ODE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t)."""
-        return Path(stepping.times, self.solve(ScorePredictions(score, sde), stepping.times, x_T))
+        self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Stepping, *, monitor: StepMonitor
+    ) -> Solution:
+        """Integrate the probability-flow ODE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t).
+
+        Raises:
+            ValueError: on a process that reaches pure noise at T, for a solver that cannot start there, or
+                for a grid that ends at t = 0 (log-SNR +inf).
+        """
+        grid = stepping.times
+        nodes = Nodes(sde, grid, score.prediction)
+        check_native_ends(type(self).__name__, sde, nodes.t[-1], self.from_pure_noise)
+        plan = self.plan(nodes, len(grid) - 1)
+        columns = {name: on_device(value, x_T) if name not in self.structure else value for name, value in plan.items()}
+        model = ScorePredictions(score, nodes, x_T, grid, uses=self.uses)
+        return Solution(self.solve(model, columns, x_T, monitor))
 
     @abstractmethod
-    def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        """Integrate from ``x`` at ``ts[0]`` through the decreasing grid ``ts``; return the states at every ``ts[i]``."""
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        """The per-step coefficients (lists of floats) of a solve on the first ``steps + 1`` nodes (the grid), which
+        :meth:`sample` moves to the state's device once, and the loop's structure (the entries named in ``structure``).
+
+        A plan may add nodes (``nodes.extend``) for evaluations between grid times.
+        """
+
+    @abstractmethod
+    def solve(
+        self, model: ScorePredictions, columns: Mapping[str, Any], x: torch.Tensor, monitor: StepMonitor
+    ) -> torch.Tensor:
+        """Integrate from ``x`` at node 0 through the grid nodes with the planned coefficients; return the last state."""
+
+
+def check_native_ends(name: str, sde: ForwardSDE, t_end: float, from_pure_noise: bool) -> None:
+    """Refuse a solve the exponential integrators cannot do: from pure noise without ``from_pure_noise``, or to t = 0."""
+    if sde.pure_noise_at_T and not from_pure_noise:
+        raise ValueError(
+            f"sample_ode: the native method {name} divides by alpha(T) = 0 on {sde!r} (pure noise at T). Fix: use a "
+            "data-prediction exponential integrator (ddim, dpmpp_2m, dpmpp_3m, dpmpp_*_pc, dpmpp_4m_pc_adaptive) or torchdiffeq's methods in t."
+        )
+    if t_end == 0.0:
+        raise ValueError(
+            f"sample_ode: the native method {name} steps in log-SNR, which is +inf at t_min=0. Fix: t_min > 0 "
+            f"(default {sde.t_min:g}), or torchdiffeq's methods in t to reach t = 0."
+        )
 
 
 def register_native(name: str, solver: type[NativeSolver], summary: str) -> Method:
@@ -84,3 +212,4 @@ def register_native(name: str, solver: type[NativeSolver], summary: str) -> Meth
             options=solver.options,
         )
     )
+

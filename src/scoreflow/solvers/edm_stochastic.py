@@ -15,13 +15,14 @@ converges to one SDE of EDM's family (their eq. 6) for the given schedule.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from ..methods import interval_option
-from .base import ScorePredictions
-from .stochastic import SDEGrid, StepNoise, StochasticSolver, register_stochastic
+from ..methods import StepMonitor, interval_option
+from .base import Nodes, ScorePredictions, combine
+from .stochastic import StepNoise, StochasticSolver, register_stochastic
 
 __all__ = ["EDMStochastic"]
 
@@ -40,6 +41,8 @@ class EDMStochastic(StochasticSolver):
 
     nfe_per_step = 2
     default_schedule = "karras"
+    uses = "eps"
+    structure = ("at", "churn")
     options = {
         "s_churn": interval_option(40.0, "total churn S_churn; each step raises sigma/alpha by a factor 1 + min(S_churn/N, sqrt(2) - 1)"),
         "s_tmin": interval_option(0.0, "churn only where sigma/alpha >= s_tmin"),
@@ -55,27 +58,44 @@ class EDMStochastic(StochasticSolver):
             )
         self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = s_churn, s_tmin, s_tmax, s_noise
 
-    def solve(self, model: ScorePredictions, grid: SDEGrid, noise: StepNoise, x: torch.Tensor) -> Iterator[torch.Tensor]:
-        n = grid.steps
-        level = [s / a for a, s in zip(grid.alpha, grid.sigma)]
-        gamma = [min(self.s_churn / n, _MAX_GAMMA) if self.s_tmin <= level[i] <= self.s_tmax else 0.0 for i in range(n)]
-        raised = grid.stage(model.sde, [-math.log(level[i] * (1.0 + gamma[i])) for i in range(n)], grid.u[-1])
-        for i in range(n):
-            alpha_t = grid.alpha[i + 1]
-            if gamma[i] > 0.0:
-                hat = level[i] * (1.0 + gamma[i])
-                y = x / grid.alpha[i] + self.s_noise * math.sqrt(hat**2 - level[i] ** 2) * noise(grid.u[i], grid.u[i + 1])
-                alpha_hat, t_hat = raised.alpha[i], raised.times[i]
-                d = model.noise(alpha_hat * y, t_hat)
-            else:
-                # Keep the state unscaled so that, without churn, the first evaluation is at x itself (as edm_heun).
-                hat, t_hat = level[i], grid.times[i]
-                d = model.noise(x, t_hat)
-                y = x / grid.alpha[i]
-            step = level[i + 1] - hat
-            d_t = model.noise(alpha_t * (y + step * d), grid.times[i + 1])
-            x = alpha_t * (y + 0.5 * step * (d + d_t))
-            yield x
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        r"""Per step: the node of the first evaluation (the raised time :math:`\hat t_i`, or :math:`t_i` without churn)
+        and, in the unscaled state, :math:`\hat x = r\,x + c\,z`, :math:`\tilde x = q\hat x + e\,\hat\varepsilon`,
+        :math:`x_t = q\hat x + \tfrac{e}{2}(\hat\varepsilon + \hat\varepsilon(\tilde x, t))` with
+        :math:`q = \alpha_t/\hat\alpha`, :math:`e = \alpha_t(\bar\sigma_{i+1} - \hat\sigma_i)`."""
+        level = [s / a for a, s in zip(nodes.alpha, nodes.sigma)]
+        gamma = [min(self.s_churn / steps, _MAX_GAMMA) if self.s_tmin <= level[i] <= self.s_tmax else 0.0 for i in range(steps)]
+        churned = [i for i in range(steps) if gamma[i] > 0.0]
+        raised = dict(zip(churned, nodes.extend([-math.log(level[i] * (1.0 + gamma[i])) for i in churned])))
+        plan: dict[str, list] = {"at": [], "churn": [], "r": [], "c": [], "q": [], "euler": [], "half": []}
+        for i in range(steps):
+            k = raised.get(i, i)
+            hat, alpha_hat, alpha_t = level[i] * (1.0 + gamma[i]), nodes.alpha[k], nodes.alpha[i + 1]
+            if k == i:  # keep the state unscaled, so without churn the first evaluation is at x itself (as edm_heun)
+                hat = level[i]
+            euler = alpha_t * (level[i + 1] - hat)
+            plan["at"].append(k)
+            plan["churn"].append(k != i)
+            plan["r"].append(alpha_hat / nodes.alpha[i])
+            plan["c"].append(alpha_hat * self.s_noise * math.sqrt(max(hat**2 - level[i] ** 2, 0.0)))
+            plan["q"].append(alpha_t / alpha_hat)
+            plan["euler"].append(euler)
+            plan["half"].append(0.5 * euler)
+        return plan
+
+    def solve(
+        self, model: ScorePredictions, columns: Mapping[str, Sequence], noise: StepNoise, x: torch.Tensor,
+        monitor: StepMonitor,
+    ) -> torch.Tensor:
+        at, churn, r, c, q = columns["at"], columns["churn"], columns["r"], columns["c"], columns["q"]
+        euler, half = columns["euler"], columns["half"]
+        for i, k in enumerate(at):
+            if churn[i]:
+                x = combine(x, r[i], [(noise(i, i + 1), c[i])])
+            d = model.noise(x, k)
+            d_t = model.noise(combine(x, q[i], [(d, euler[i])]), i + 1)
+            x = monitor.step(i, model.t[i + 1], combine(x, q[i], [(d, half[i]), (d_t, half[i])]))
+        return x
 
 
 register_stochastic("edm_stochastic", EDMStochastic, "EDM's stochastic sampler: Heun in sigma/alpha with churn")

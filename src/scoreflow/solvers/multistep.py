@@ -2,62 +2,112 @@ r"""Multistep exponential integrators in the log-SNR with data prediction: DPM-S
 
 For :math:`h = \lambda_t - \lambda_s` the probability-flow ODE has the exact solution (Lu et al. 2022b)
 
-.. math:: x_t = \frac{\sigma_t}{\sigma_s} x_s + \sigma_t \int_{\lambda_s}^{\lambda_t} e^{\lambda}\,\hat x_0(x_\lambda, \lambda)\,d\lambda .
+.. math:: x_t = \frac{\sigma_t}{\sigma_s} x_s + \alpha_t \int_0^h e^{\tau - h}\,\hat x_0(x_{\lambda_s + \tau}, \lambda_s + \tau)\,d\tau .
 
-Expanding :math:`\hat x_0` in :math:`\lambda` around :math:`\lambda_s` and integrating the powers exactly gives
+Replacing :math:`\hat x_0` by the polynomial through the predictions at earlier (and, for a corrector, later)
+log-SNRs and integrating it exactly gives :math:`x_t = \tfrac{\sigma_t}{\sigma_s} x_s + \sum_j w_j \hat x_0^{(j)}`:
+one NFE per step, and weights :math:`w_j` that depend on the grid only, so the plan computes them all before
+the first evaluation.  DPM-Solver++(2M) is the two-point case in its own second-order form, (3M) the
+three-point case; the predictor-correctors (as in UniPC, Zhao et al. 2023) also interpolate the prediction at
+the new point, which the next step needs anyway, and so gain one order at no extra NFE.
 
-.. math:: x_t = \frac{\sigma_t}{\sigma_s} x_s - \alpha_t\varphi_1 \hat x_0 + \alpha_t\varphi_2\, h\hat x_0'
-          - \alpha_t\varphi_3\, h^2\hat x_0'',\quad \varphi_1 = e^{-h}-1,\ \varphi_2 = \tfrac{\varphi_1}{h}+1,\
-          \varphi_3 = \tfrac{\varphi_2}{h}-\tfrac12,
-
-with the derivatives replaced by divided differences of the previous steps' predictions: one NFE per step.
-The predictor-correctors (as in UniPC, Zhao et al. 2023) also interpolate the prediction at the new point,
-which the next step needs anyway, and so gain one order at no extra NFE.
+From pure noise (a flow path at T, :math:`\alpha = 0`, :math:`\lambda = -\infty`) the first step is the exact DDIM
+limit (:math:`h = \infty`, weight :math:`\alpha_t`), and a prediction there is the limit of a node infinitely far
+away: it drops out of later polynomials.  The predictor-correctors' first step is then taken in
+:math:`r = e^\lambda` (:func:`pure_noise_weights`) and that prediction stays out of their history.
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 
-from ..methods import bool_option
-from .base import NativeSolver, ScorePredictions, register_native
+from ..methods import StepMonitor, bool_option
+from .base import NativeSolver, Nodes, ScorePredictions, combine, register_native
 
-__all__ = ["DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC"]
+__all__ = [
+    "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "LinearMultistep",
+    "polynomial_weights", "pure_noise_weights", "exponential_weights",
+]
 
 # DPM-Solver's rule: with fewer than this many steps the last steps drop to lower order, which
 # avoids extrapolating the data prediction over the large final log-SNR steps.
 _LOWER_ORDER_FINAL_BELOW = 10
 
 
-def _update(x, sigma_ratio, alpha_t, h, m0, d1=None, d2=None):
-    r"""One exponential-integrator step from the prediction ``m0`` and the scaled differences ``d1`` :math:`\approx h\hat x_0'`, ``d2`` :math:`\approx h^2\hat x_0''`.
+def _lagrange(nodes: Sequence[float], moments: Sequence[float]) -> list[float]:
+    r""":math:`\sum_p a_{jp} M_p` for each Lagrange polynomial :math:`L_j = \sum_p a_{jp} u^p` through ``nodes``."""
+    weights = []
+    for j, u_j in enumerate(nodes):
+        coef, denom = [1.0], 1.0  # L_j = prod_{m != j} (u - u_m) / (u_j - u_m), expanded in powers of u
+        for m, u_m in enumerate(nodes):
+            if m != j:
+                coef = [(coef[p - 1] if p else 0.0) - u_m * (coef[p] if p < len(coef) else 0.0) for p in range(len(coef) + 1)]
+                denom *= u_j - u_m
+        weights.append(sum(c * w for c, w in zip(coef, moments)) / denom)
+    return weights
 
-    Without ``d2`` this is DPM-Solver++'s second-order form :math:`-\alpha_t\varphi_1(\hat x_0 + d_1/2)`, which
-    differs from the Taylor form :math:`\varphi_2 d_1` only at third order.
+
+def polynomial_weights(h: float, nodes: Sequence[float], *, dpm_form: bool = True) -> list[float]:
+    r"""Weights :math:`y_j` with :math:`\int_0^h e^{\tau-h} P(\tau)\,d\tau = \sum_j y_j m_j` for the polynomial P through
+    the values :math:`m_j` at :math:`\tau_j = h\,\text{nodes}_j`; ``nodes[0]`` is the step's start (0).
+
+    With :math:`u = \tau/h`, :math:`\int_0^h e^{\tau-h} u^p\,d\tau = p!\,h^{-p}\psi_p(h)`,
+    :math:`\psi_p = \int_0^h e^{\tau-h}\tau^p/p!\,d\tau = h^p/p! - \psi_{p-1}`, :math:`\psi_0 = 1 - e^{-h}`, and
+    :math:`y_j` is that functional of the Lagrange polynomial :math:`L_j`.  Two points take DPM-Solver++'s
+    second-order form :math:`\psi_0 (m_0 + \tfrac{1}{2}(m_1 - m_0)/\text{nodes}_1)`, more accurate than the exact
+    linear integral on coarse grids (they differ at third order), unless ``dpm_form=False``.  Plain float
+    arithmetic: a plan computes these for every step in microseconds.
     """
-    phi_1 = torch.expm1(-h)
-    if d2 is None:
-        return sigma_ratio * x - alpha_t * phi_1 * (m0 if d1 is None else m0 + 0.5 * d1)
-    phi_2 = phi_1 / h + 1.0
-    phi_3 = phi_2 / h - 0.5
-    return sigma_ratio * x - alpha_t * phi_1 * m0 + alpha_t * phi_2 * d1 - alpha_t * phi_3 * d2
+    k = len(nodes)
+    psi = [-math.expm1(-h)]
+    if k == 1:
+        return psi
+    if k == 2 and dpm_form:
+        half = 0.5 / nodes[1]
+        return [psi[0] * (1.0 - half), psi[0] * half]
+    for p in range(1, k):
+        psi.append(h**p / math.factorial(p) - psi[-1])
+    return _lagrange(nodes, [psi[p] * math.factorial(p) / h**p for p in range(k)])
 
 
-def _differences(h, history):
-    """Scaled divided differences from ``history`` = [(lambda, prediction), ...], newest first (2 or 3 entries)."""
-    (l0, m0), (l1, m1) = history[0], history[1]
-    d1_0 = (m0 - m1) * (h / (l0 - l1))
-    if len(history) == 2:
-        return d1_0, None
-    l2, m2 = history[2]
-    r0, r1 = (l0 - l1) / h, (l1 - l2) / h
-    d1_1 = (m1 - m2) / r1
-    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-    d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)
-    return d1, d2
+def pure_noise_weights(nodes: Sequence[float]) -> list[float]:
+    r"""Weights of a step from pure noise (:math:`\alpha_s = 0`, :math:`\lambda_s = -\infty`), in :math:`\rho = r/r_t`.
+
+    In :math:`r = e^\lambda = \alpha/\sigma` the exact step is :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \sigma_t\int_0^{r_t}\hat x_0\,dr`,
+    and :math:`\hat x_0` is smooth in r at r = 0 (where it is the data mean), so the polynomial through the
+    predictions at ``nodes`` :math:`\rho_j \in [0, 1]` (0 for the start) is integrated over [0, 1]: alone, the DDIM step
+    (weight 1, times :math:`\alpha_t`); with the end point, the trapezoidal rule.
+    """
+    return _lagrange(nodes, [1.0 / (p + 1) for p in range(len(nodes))])
+
+
+def exponential_weights(nodes: Nodes, s: Sequence[int], t: Sequence[int], points: Sequence[Sequence[int]], width: int) -> list[list[float]]:
+    r"""Weights of the steps :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \sum_j w_j \hat x_0(\text{point}_j)`, zero-padded to ``width``.
+
+    A point at pure noise (:math:`\lambda = -\infty`) in a step's polynomial gets weight 0, the limit of a node
+    infinitely far away; the others then take the exact polynomial integral (the limit of the full one).
+
+    Args:
+        nodes: the solve's nodes.
+        s, t: node indices of each step's start and end.
+        points: for each step, the node indices of the predictions it uses, the step's start first.
+        width: the number of columns (the most points of any step).
+
+    Returns:
+        One row of ``width`` weights per step: :math:`\alpha_t` times :func:`polynomial_weights`.
+    """
+    lam, rows = nodes.lam, []
+    for start, end, at in zip(s, t, points):
+        h = lam[end] - lam[start]
+        near = [p for p in at if math.isfinite(lam[p])] if math.isfinite(lam[start]) else [at[0]]
+        offsets = [0.0] + [(lam[p] - lam[start]) / h for p in near[1:]]
+        weights = dict(zip(near, polynomial_weights(h, offsets, dpm_form=len(near) == len(at))))
+        rows.append([nodes.alpha[end] * weights.get(p, 0.0) for p in at] + [0.0] * (width - len(at)))
+    return rows
 
 
 _LOWER_ORDER_FINAL = {
@@ -65,8 +115,42 @@ _LOWER_ORDER_FINAL = {
 }
 
 
-class _Multistep(NativeSolver):
+def _grid_ratio(nodes: Nodes, steps: int) -> list[float]:
+    sigma = nodes.sigma
+    return [b / a for a, b in zip(sigma[:steps], sigma[1 : steps + 1])]
+
+
+class LinearMultistep(NativeSolver):
+    r"""The loop of a linear multistep method: :math:`x_{i+1} = r_i x_i + \sum_j w_{ij} p_{i-j}` over the last ``depth``
+    predictions p (data or noise, as ``uses`` says), newest first; its plan gives ``ratio``, ``w`` and ``terms``
+    (how many predictions each step takes), and optionally a midpoint start (``mid``, ``mid_ratio``, ``mid_w``)."""
+
+    structure = ("terms", "mid")
+    depth: ClassVar[int]
+
+    def solve(
+        self, model: ScorePredictions, columns: Mapping[str, Any], x: torch.Tensor, monitor: StepMonitor
+    ) -> torch.Tensor:
+        ratio, w, terms = columns["ratio"], columns["w"], columns["terms"]
+        predict = model.data if self.uses == "x0" else model.noise
+        history: list[torch.Tensor] = []
+        for i in range(len(ratio)):
+            history.insert(0, predict(x, i))
+            del history[self.depth :]
+            if i == 0 and "mid" in columns:
+                u = combine(x, columns["mid_ratio"][0], [(history[0], columns["mid_w"][0])])
+                history.insert(0, predict(u, columns["mid"]))
+            x = combine(x, ratio[i], zip(history[: terms[i]], w[i]))
+            x = monitor.step(i, model.t[i + 1], x)
+        return x
+
+
+class _Multistep(LinearMultistep):
     options = _LOWER_ORDER_FINAL
+
+    @property
+    def depth(self) -> int:
+        return self.order
 
     def __init__(self, *, lower_order_final: bool = True) -> None:
         self.lower_order_final = bool(lower_order_final)
@@ -78,35 +162,29 @@ class _Multistep(NativeSolver):
             order = min(order, n - i)
         return order
 
-    def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        traj, history, n = [x], [], len(ts) - 1
-        for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
-            _, sigma_s, lam_s = model.coefs(s)
-            alpha_t, sigma_t, lam_t = model.coefs(t)
-            h = lam_t - lam_s
-            history.insert(0, (lam_s, model.data(x, s)))
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        # The history of prediction nodes, newest first, as the loop will keep it.  3M's first step (order >= 2
+        # at step 0) is a midpoint step: the midpoint's prediction alone advances the step and joins the history.
+        # From pure noise the first step is DDIM's limit (order 1), without the midpoint.
+        plan: dict[str, Any] = {"ratio": _grid_ratio(nodes, steps)}
+        history: list[int] = []
+        points = []
+        from_noise = not math.isfinite(nodes.lam[0])
+        for i in range(steps):
+            history.insert(0, i)
             del history[self.order :]
-            order = self._step_order(i, n)
+            order = 1 if i == 0 and from_noise else self._step_order(i, steps)
             if i == 0 and order >= 2:
-                x = self._midpoint_start(model, x, s, history, lam_s, sigma_s, h, alpha_t, sigma_t)
+                mid = nodes.extend([0.5 * (nodes.lam[0] + nodes.lam[1])])[0]
+                plan.update(mid=mid, mid_ratio=[nodes.sigma[mid] / nodes.sigma[0]],
+                            mid_w=exponential_weights(nodes, [0], [mid], [[0]], 1)[0])
+                history.insert(0, mid)
+                points.append([mid])
             else:
-                d1, d2 = _differences(h, history[:order]) if order > 1 else (None, None)
-                x = _update(x, sigma_t / sigma_s, alpha_t, h, history[0][1], d1, d2)
-            traj.append(x)
-        return traj
-
-    @staticmethod
-    def _midpoint_start(model, x, s, history, lam_s, sigma_s, h, alpha_t, sigma_t):
-        """A second-order single step (extra NFE at log-SNR midpoint) to start a third-order method at full order.
-
-        The midpoint's prediction joins the history, so the next step already has three points.
-        """
-        lam_m = lam_s + 0.5 * h
-        m = model.time_at(lam_m)
-        alpha_m, sigma_m, _ = model.coefs(m)
-        u = _update(x, sigma_m / sigma_s, alpha_m, 0.5 * h, history[0][1])
-        history.insert(0, (lam_m, model.data(u, m)))
-        return _update(x, sigma_t / sigma_s, alpha_t, h, history[0][1])
+                points.append(history[:order])
+        plan["w"] = exponential_weights(nodes, range(steps), range(1, steps + 1), points, self.order)
+        plan["terms"] = [len(p) for p in points]
+        return plan
 
 
 class DPMSolverPP2M(_Multistep):
@@ -122,39 +200,12 @@ class DPMSolverPP2M(_Multistep):
 class DPMSolverPP3M(_Multistep):
     r"""DPM-Solver++(3M): third-order multistep with data prediction, one NFE per step (plus one to start).
 
-    The first step is a log-SNR midpoint step (2 NFE), so the method keeps third order; ``lower_order_final``
+    The first step is a log-SNR midpoint step (2 NFE), so the method keeps third order (from pure noise,
+    :math:`\lambda = -\infty`, it is a DDIM step: its order drops by one); ``lower_order_final``
     (default True) lowers the last two steps to orders 2 and 1 when there are fewer than 10 steps.
     """
 
     order = 3
-
-
-def _polynomial_update(x, sigma_ratio, alpha_t, h, base, others):
-    r"""Exponential-integrator step with :math:`\hat x_0` replaced by the polynomial through ``base`` and ``others``.
-
-    ``base`` = (lambda_s, prediction at the step's start), ``others`` = [(lambda_j, prediction_j), ...] at other
-    log-SNRs (earlier or later).  With one other point this is DPM-Solver++'s second-order form (more accurate
-    than the Taylor form on coarse grids).  Otherwise, writing the polynomial as :math:`\sum_k c_k (\tau/h)^k`,
-    :math:`\tau = \lambda - \lambda_s`, the step is :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \alpha_t\sum_k c_k\,k!\,h^{-k}\psi_k(h)`
-    with :math:`\psi_k = \int_0^h e^{\tau-h}\tau^k/k!\,d\tau = h^k/k! - \psi_{k-1}`, :math:`\psi_0 = 1 - e^{-h}`.
-    """
-    lam_s, m_s = base
-    if len(others) <= 1:
-        d1 = [(m - m_s) * (h / (lam - lam_s)) for lam, m in others]
-        return _update(x, sigma_ratio, alpha_t, h, m_s, *d1)
-    points = [base] + list(others)
-    k, hh = len(points), float(h)
-    nodes = torch.tensor([(float(lam) - float(lam_s)) / hh for lam, _ in points], dtype=torch.float64)
-    inv = torch.linalg.inv(nodes[:, None] ** torch.arange(k, dtype=torch.float64))  # c = inv @ predictions
-    psi, weights = -math.expm1(-hh), []
-    for j in range(k):
-        if j > 0:
-            psi = hh**j / math.factorial(j) - psi
-        weights.append(psi * math.factorial(j) / hh**j)
-    out = sigma_ratio * x
-    for c, (_, m) in zip((torch.tensor(weights, dtype=torch.float64) @ inv).tolist(), points):
-        out = out + alpha_t * c * m
-    return out
 
 
 class _PredictorCorrector(NativeSolver):
@@ -162,29 +213,55 @@ class _PredictorCorrector(NativeSolver):
 
     predictor_points: ClassVar[int]
     options = _LOWER_ORDER_FINAL
+    structure = ("terms",)
 
     def __init__(self, *, lower_order_final: bool = True) -> None:
         self.lower_order_final = bool(lower_order_final)
 
-    def solve(self, model: ScorePredictions, ts: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        traj, n, history = [x], len(ts) - 1, []
-        m = model.data(x, ts[0])
-        for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
-            _, sigma_s, lam_s = model.coefs(s)
-            alpha_t, sigma_t, lam_t = model.coefs(t)
-            h, ratio = lam_t - lam_s, sigma_t / sigma_s
-            history.insert(0, (lam_s, m))
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        # Step i starts from the prediction at node i (at the corrected state's predictor point) and the earlier
+        # ones; its corrector adds the prediction at node i + 1.  The last step is not corrected.  From pure
+        # noise the first step is taken in r = e^lambda, and the prediction at node 0 stays out of the history.
+        from_noise = not math.isfinite(nodes.lam[0])
+        plan: dict[str, Any] = {"ratio": _grid_ratio(nodes, steps)}
+        predictor, corrector = [], []
+        for i in range(steps):
+            oldest = 1 if from_noise and i > 0 else 0
+            history = list(range(i, max(i - self.predictor_points, oldest - 1), -1))
+            lower = i == steps - 1 and self.lower_order_final and steps < _LOWER_ORDER_FINAL_BELOW
+            predictor.append(history[:1] if lower else history)
+            corrector.append([i, i + 1] + history[1:])
+        s, t = range(steps), range(1, steps + 1)
+        wp = exponential_weights(nodes, s, t, predictor, self.predictor_points)
+        wc = exponential_weights(nodes, s, t, corrector, self.predictor_points + 1)
+        if from_noise:
+            alpha = nodes.alpha[1]
+            wp[0] = [alpha * w for w in pure_noise_weights([0.0])] + [0.0] * (self.predictor_points - 1)
+            wc[0] = [alpha * w for w in pure_noise_weights([0.0, 1.0])] + [0.0] * (self.predictor_points - 1)
+        plan.update(wp=wp, wc=wc, terms=[len(p) for p in predictor])
+        return plan
+
+    def solve(
+        self, model: ScorePredictions, columns: Mapping[str, Any], x: torch.Tensor, monitor: StepMonitor
+    ) -> torch.Tensor:
+        ratio, wp, wc, terms = columns["ratio"], columns["wp"], columns["wc"], columns["terms"]
+        n = len(ratio)
+        m, history = model.data(x, 0), []
+        for i in range(n):
+            history.insert(0, m)
             del history[self.predictor_points :]
-            last = i == n - 1
-            lower = last and self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW
-            x_pred = _polynomial_update(x, ratio, alpha_t, h, history[0], [] if lower else history[1:])
-            if last:
+            x_pred = combine(x, ratio[i], zip(history[: terms[i]], wp[i]))
+            if i == n - 1:
                 x = x_pred
-            else:
-                m = model.data(x_pred, t)
-                x = _polynomial_update(x, ratio, alpha_t, h, history[0], [(lam_t, m)] + history[1:])
-            traj.append(x)
-        return traj
+            else:  # (a prediction at pure noise, the oldest, is past the step's terms: it drops out)
+                m = model.data(x_pred, i + 1)
+                x = combine(x, ratio[i], zip([history[0], m, *history[1 : terms[i]]], wc[i]))
+            reported = monitor.step(i, model.t[i + 1], x)
+            if reported is not x and i < n - 1:
+                # The next step starts from the state the callback returned, so from its prediction.
+                m = model.data(reported, i + 1)
+            x = reported
+        return x
 
 
 class DPMSolverPP2MPC(_PredictorCorrector):

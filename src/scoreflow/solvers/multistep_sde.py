@@ -27,25 +27,19 @@ is the next step's, so every method costs one NFE per step; the last step is not
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 
-from ..methods import bool_option
-from .base import ScorePredictions
-from .stochastic import ETA, SDEGrid, StepNoise, StochasticSolver, exponential_weights, register_stochastic
+from ..methods import StepMonitor, bool_option
+from .base import Nodes, ScorePredictions, combine
+from .stochastic import ETA, StepNoise, StochasticSolver, exponential_weights, register_stochastic
 
 __all__ = ["DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC"]
 
 # As for the ODE multistep methods: with fewer steps the last steps use fewer points.
 _LOWER_ORDER_FINAL_BELOW = 10
-
-
-def _combine(base: torch.Tensor, weights: Sequence[float], values: Sequence[torch.Tensor]) -> torch.Tensor:
-    for w, v in zip(weights, values):
-        base = base + w * v
-    return base
 
 
 class _ExponentialSDE(StochasticSolver):
@@ -59,6 +53,7 @@ class _ExponentialSDE(StochasticSolver):
         "eta": ETA,
         "lower_order_final": bool_option(True, f"use fewer points in the last steps when there are fewer than {_LOWER_ORDER_FINAL_BELOW} steps"),
     }
+    structure = ("terms",)
 
     def __init__(self, *, eta: float = 1.0, lower_order_final: bool = True) -> None:
         self.eta, self.lower_order_final = eta, lower_order_final
@@ -72,47 +67,52 @@ class _ExponentialSDE(StochasticSolver):
             return 1 if i == n - 1 else points
         return min(points, n - i)
 
-    def plan(self, grid: SDEGrid) -> list[tuple[float, float, list[float], list[float] | None]]:
-        r"""Per step ``(c_x, c_z, predictor weights, corrector weights)``: :math:`x_t = c_x x_s + c_z z + \sum_j w_j m_j`
-        over the predictions newest first (the corrector's: the new point's and the step start's); none on the last step."""
-        n, eta, lam = grid.steps, self.eta, grid.lam
-        out = []
-        for i in range(n):
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        r"""Per step :math:`x_t = c_x x_s + c_z z + \sum_j w_j m_j` over the predictions newest first (``terms`` of them),
+        and the corrector's two weights (the new point's and the step start's; zero on the last step)."""
+        eta, lam = self.eta, nodes.lam
+        plan: dict[str, list] = {"c_x": [], "c_z": [], "w": [], "terms": [], "wc": []}
+        for i in range(steps):
             h = lam[i + 1] - lam[i]
             H = (1.0 + eta) * h
-            nodes = [(lam[i - j] - lam[i]) / h for j in range(self._points(i, n))]
-            if self.midpoint_form and len(nodes) == 2:
-                mu0, half = -math.expm1(-H), -0.5 / nodes[1]
+            nodes_r = [(lam[i - j] - lam[i]) / h for j in range(self._points(i, steps))]
+            if self.midpoint_form and len(nodes_r) == 2:
+                mu0, half = -math.expm1(-H), -0.5 / nodes_r[1]
                 predictor = [mu0 * (1.0 + half), -mu0 * half]
             else:
-                predictor = exponential_weights(nodes, H)
+                predictor = exponential_weights(nodes_r, H)
             # the trapezoidal rule through the new point and the step's start (module docstring)
-            corrector = [-0.5 * math.expm1(-H)] * 2 if self.corrected and i < n - 1 else None
-            alpha_t = grid.alpha[i + 1]
-            out.append((
-                grid.sigma[i + 1] / grid.sigma[i] * math.exp(-eta * h),
-                grid.sigma[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)),
-                [alpha_t * w for w in predictor],
-                None if corrector is None else [alpha_t * w for w in corrector],
-            ))
-        return out
+            corrector = [-0.5 * math.expm1(-H)] * 2 if self.corrected and i < steps - 1 else [0.0, 0.0]
+            alpha_t = nodes.alpha[i + 1]
+            plan["c_x"].append(nodes.sigma[i + 1] / nodes.sigma[i] * math.exp(-eta * h))
+            plan["c_z"].append(nodes.sigma[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)))
+            plan["terms"].append(len(predictor))
+            plan["w"].append([alpha_t * w for w in predictor] + [0.0] * (self.predictor_points - len(predictor)))
+            plan["wc"].append([alpha_t * w for w in corrector])
+        return plan
 
-    def solve(self, model: ScorePredictions, grid: SDEGrid, noise: StepNoise, x: torch.Tensor) -> Iterator[torch.Tensor]:
-        plan, n = self.plan(grid), grid.steps
-        history: list[torch.Tensor] = []
-        m = model.data(x, grid.times[0])
-        for i, (c_x, c_z, predictor, corrector) in enumerate(plan):
+    def solve(
+        self, model: ScorePredictions, columns: Mapping[str, Sequence], noise: StepNoise, x: torch.Tensor,
+        monitor: StepMonitor,
+    ) -> torch.Tensor:
+        c_x, c_z, w, terms, wc = columns["c_x"], columns["c_z"], columns["w"], columns["terms"], columns["wc"]
+        n = len(c_x)
+        m, history = model.data(x, 0), []
+        for i in range(n):
             history.insert(0, m)
             del history[self.predictor_points :]
-            base = c_x * x
-            if c_z:
-                base = base + c_z * noise(grid.u[i], grid.u[i + 1])
-            x = _combine(base, predictor, history)
+            base = combine(x, c_x[i], [(noise(i, i + 1), c_z[i])] if self.eta else [])
+            x = combine(base, 1.0, zip(history[: terms[i]], w[i]))
             if i < n - 1:
-                m = model.data(x, grid.times[i + 1])
-                if corrector is not None:
-                    x = _combine(base, corrector, [m, history[0]])
-            yield x
+                m = model.data(x, i + 1)
+                if self.corrected:
+                    x = combine(base, 1.0, [(m, wc[i][0]), (history[0], wc[i][1])])
+            reported = monitor.step(i, model.t[i + 1], x)
+            if reported is not x and i < n - 1:
+                # The next step starts from the state the callback returned, so from its prediction.
+                m = model.data(reported, i + 1)
+            x = reported
+        return x
 
 
 class DPMSolverPP2MSDE(_ExponentialSDE):

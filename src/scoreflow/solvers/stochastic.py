@@ -19,27 +19,27 @@ whatever the clock, only which coarse solve is paired with which fine one differ
 :math:`\eta = 1` would even be exact pathwise; solver time is used so that native and torchsde methods
 share one path.)
 
-The coefficients of every step are computed once, in float64 on the host, before the loop; the loop
-only combines tensors with those numbers.
+As for the ODE solvers (:mod:`.base`), a solve first makes its plan: the coefficients of every step, in
+float64 on the host, moved once to the state's device; the step loop only combines states, predictions
+and path increments with them, and reads nothing on the host.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 
 from ..dynamics.counting import CountedScore
 from ..dynamics.sdeint import BrownianPath
-from ..methods import Method, Option, Path, Stepping, interval_option, register
+from ..methods import Method, Option, Solution, StepMonitor, Stepping, interval_option, register
 from ..sde import ForwardSDE
-from .base import ScorePredictions
+from .base import Nodes, ScorePredictions, on_device
 
-__all__ = ["StochasticSolver", "SDEGrid", "Point", "StepNoise", "exponential_weights", "register_stochastic", "ETA"]
+__all__ = ["StochasticSolver", "StepNoise", "exponential_weights", "register_stochastic", "ETA", "eta_option"]
 
 
 def eta_option(doc: str) -> Option:
@@ -51,64 +51,21 @@ def eta_option(doc: str) -> Option:
 ETA = eta_option("0: probability-flow ODE, 1: reverse SDE; the fraction of the SDE's noise variance rate, as in k-diffusion's dpmpp_2m_sde")
 
 
-class Point(NamedTuple):
-    r""":math:`(\alpha, \sigma, \lambda)` at one time."""
+class StepNoise:
+    r"""Standard normals :math:`z = (W(u_b) - W(u_a))/\sqrt{u_b - u_a}` between two nodes of a solve, shaped like the state.
 
-    alpha: float
-    sigma: float
-    lam: float
-
-
-@dataclass(frozen=True)
-class SDEGrid:
-    r"""The times of a solve and their coefficients, in float64 on the host.
-
-    Attributes:
-        times: the grid in t (decreasing), in the state's dtype and device: the times the score sees.
-        t, alpha, sigma, lam, u: per grid point, :math:`t`, :math:`\alpha(t)`, :math:`\sigma(t)`,
-            :math:`\lambda = \log(\alpha/\sigma)` and the solver time :math:`u = T - t` at which the
-            Brownian path is read (clipped to the path's span).
+    The solver times :math:`u = T - t` of the nodes (clipped to the path's span) and the normalizations are
+    Python floats fixed before the loop.
     """
 
-    times: torch.Tensor
-    t: list[float]
-    alpha: list[float]
-    sigma: list[float]
-    lam: list[float]
-    u: list[float]
-
-    @property
-    def steps(self) -> int:
-        return len(self.t) - 1
-
-    def point(self, i: int) -> Point:
-        r""":math:`(\alpha, \sigma, \lambda)` at grid point ``i``."""
-        return Point(self.alpha[i], self.sigma[i], self.lam[i])
-
-    @classmethod
-    def at(cls, sde: ForwardSDE, t: Sequence[float], duration: float, like: torch.Tensor) -> SDEGrid:
-        """The coefficients at the times ``t`` (floats), for a path on ``[0, duration]`` and states like ``like``."""
-        t64 = torch.tensor(list(t), dtype=torch.float64)
-        alpha, sigma = sde.marginal(t64)
-        lam = torch.log(alpha) - torch.log(sigma)
-        u = (sde.T - t64).clamp(0.0, duration)
-        times = t64.to(dtype=like.dtype, device=like.device)
-        return cls(times, t64.tolist(), alpha.tolist(), sigma.tolist(), lam.tolist(), u.tolist())
-
-    def stage(self, sde: ForwardSDE, lam: Sequence[float], duration: float) -> SDEGrid:
-        """The coefficients at the times whose log-SNR is ``lam`` (stages inside the steps)."""
-        t = sde.t_from_log_snr(torch.tensor(list(lam), dtype=torch.float64))
-        return SDEGrid.at(sde, t.tolist(), duration, self.times)
-
-
-class StepNoise:
-    r"""Standard normals :math:`z = (W(u_b) - W(u_a))/\sqrt{u_b - u_a}` from a Brownian path, shaped like the state."""
-
-    def __init__(self, bm: BrownianPath, shape: torch.Size) -> None:
+    def __init__(self, bm: BrownianPath, nodes: Nodes, sde: ForwardSDE, shape: torch.Size) -> None:
         self.bm, self.shape = bm, shape
+        self.u = [min(max(sde.T - t, 0.0), bm.duration) for t in nodes.t]
 
-    def __call__(self, u_a: float, u_b: float) -> torch.Tensor:
-        return (self.bm(u_a, u_b) / math.sqrt(u_b - u_a)).reshape(self.shape)
+    def __call__(self, a: int, b: int) -> torch.Tensor:
+        """z over the path from node ``a`` to node ``b`` (later in solver time)."""
+        u_a, u_b = self.u[a], self.u[b]
+        return (self.bm(u_a, u_b) * (1.0 / math.sqrt(u_b - u_a))).reshape(self.shape)
 
 
 def _moments(k: int, H: float) -> list[float]:
@@ -139,20 +96,34 @@ def exponential_weights(nodes: Sequence[float], H: float) -> list[float]:
     of degree below ``len(nodes)``: the exact integral, against the exponential integrator's weight, of the
     polynomial through values at the nodes :math:`r_j` (positions in units of the step, 0 at its start).
     """
-    k = len(nodes)
-    vandermonde = torch.tensor([[r**j for r in nodes] for j in range(k)], dtype=torch.float64)
-    mu = torch.tensor(_moments(k, H), dtype=torch.float64)
-    return torch.linalg.solve(vandermonde, mu).tolist()
+    mu = _moments(len(nodes), H)
+    weights = []
+    for j, r_j in enumerate(nodes):
+        # the coefficients of the Lagrange polynomial of node j, in plain float arithmetic (part of a plan)
+        coef = [1.0]
+        for m, r_m in enumerate(nodes):
+            if m != j:
+                scale = 1.0 / (r_j - r_m)
+                coef = [(lo - r_m * hi) * scale for lo, hi in zip([0.0] + coef, coef + [0.0])]
+        weights.append(sum(c * m_k for c, m_k in zip(coef, mu)))
+    return weights
 
 
 class StochasticSolver(ABC):
     """A fixed-grid reverse-SDE solver written in scoreflow, driven by a :class:`~scoreflow.BrownianPath`.
+
+    As :class:`~scoreflow.solvers.NativeSolver`: :meth:`plan` gives the per-step coefficients from the nodes
+    (and may add nodes between grid times), :meth:`solve` is the step loop, which draws each step's noise
+    from the path, calls ``monitor.step`` after every step and continues from the state it returns.
 
     Class attributes (read by :func:`register_stochastic` into the method's registry record):
         strong_order, weak_order: declared orders for the reverse SDE's additive noise (``None``: none declared).
         nfe_per_step: score evaluations per step.
         default_schedule: the step schedule used with ``steps=N`` when no ``schedule`` is given.
         options: the keyword options its constructor accepts.
+        uses: the prediction its loop takes, ``"x0"`` or ``"eps"`` (see :class:`~scoreflow.solvers.base.ScorePredictions`).
+        structure: plan entries that describe the loop's structure (Python values, e.g. node indices) rather than
+            coefficients.
     """
 
     strong_order: ClassVar[float | None] = 1.0
@@ -160,24 +131,31 @@ class StochasticSolver(ABC):
     nfe_per_step: ClassVar[int] = 1
     default_schedule: ClassVar[str] = "log_snr"
     options: ClassVar[Mapping[str, Option]] = {}
+    uses: ClassVar[str] = "x0"
+    structure: ClassVar[tuple[str, ...]] = ()
 
     def sample(
         self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Stepping, bm: BrownianPath,
-        *, trajectory: bool = False,
-    ) -> Path:
+        *, monitor: StepMonitor,
+    ) -> Solution:
         """Integrate the reverse SDE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t) on the path ``bm``."""
-        grid = SDEGrid.at(sde, stepping.times.double().cpu().tolist(), bm.duration, x_T)
-        states = [x_T]
-        for x in self.solve(ScorePredictions(score, sde), grid, StepNoise(bm, x_T.shape), x_T):
-            if trajectory:
-                states.append(x)
-        if not trajectory:
-            return Path(stepping.times[[0, -1]], [x_T, x])
-        return Path(stepping.times, states)
+        grid = stepping.times
+        nodes = Nodes(sde, grid, score.prediction)
+        plan = self.plan(nodes, len(grid) - 1)
+        columns = {name: value if name in self.structure else on_device(value, x_T) for name, value in plan.items()}
+        model = ScorePredictions(score, nodes, x_T, grid, uses=self.uses)
+        return Solution(self.solve(model, columns, StepNoise(bm, nodes, sde, x_T.shape), x_T, monitor))
 
     @abstractmethod
-    def solve(self, model: ScorePredictions, grid: SDEGrid, noise: StepNoise, x: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Step from ``x`` at ``grid.times[0]`` through the grid, yielding the state after every step."""
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        """The per-step coefficients (lists of floats) of a solve on the first ``steps + 1`` nodes; may add nodes."""
+
+    @abstractmethod
+    def solve(
+        self, model: ScorePredictions, columns: Mapping[str, Sequence], noise: StepNoise, x: torch.Tensor,
+        monitor: StepMonitor,
+    ) -> torch.Tensor:
+        """Step from ``x`` at node 0 through the grid nodes with the planned coefficients; return the last state."""
 
 
 def register_stochastic(name: str, solver: type[StochasticSolver], summary: str) -> Method:

@@ -14,17 +14,19 @@ import torch
 
 from .._checks import check_choice
 from ..analytic import Gaussian, GaussianMixture
+from ..paths import RectifiedFlow
 from ..sde import VESDE, VPSDE, ForwardSDE, SubVPSDE
 
 __all__ = ["Problem", "make_sde", "make_law", "make_problem", "LAWS", "SDES"]
 
-SDES = ("vp", "subvp", "ve")
+SDES = ("vp", "subvp", "ve", "rf")
 LAWS = ("gaussian2d", "gaussian16d", "ring2d", "ring2d_sharp", "mixture16d")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """A data law and a forward SDE; ``score`` is the exact score of the diffused law."""
+    """A data law and a forward SDE; ``score`` is the exact score of the diffused law (on a flow path it also
+    carries the exact flow velocity, see :meth:`~scoreflow.analytic.GaussianMixture.score`)."""
 
     name: str
     law: GaussianMixture
@@ -40,9 +42,10 @@ class Problem:
 
 
 def make_sde(name: str) -> ForwardSDE:
-    """The default SDE of each family: ``"vp"``, ``"subvp"`` (beta 0.1..20) or ``"ve"`` (sigma 0.01..50)."""
+    """The default process of each family: ``"vp"``, ``"subvp"`` (beta 0.1..20), ``"ve"`` (sigma 0.01..50) or ``"rf"``
+    (:class:`~scoreflow.RectifiedFlow`, pure noise at T = 1)."""
     check_choice("make_sde", "name", name, SDES)
-    return {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}[name]()
+    return {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "rf": RectifiedFlow}[name]()
 
 
 def _anisotropic_cov(d: int, condition: float, seed: int, dtype: torch.dtype) -> torch.Tensor:

@@ -1,0 +1,305 @@
+"""``scoreflow dist sample|likelihood``: sharded solves over the processes ``torchrun`` starts.
+
+::
+
+    torchrun --nproc-per-node 2 -m scoreflow dist sample --problem ring2d --sde vp --num-samples 10000 \\
+        --method rk4 --steps 100 --out runs/samples.pt
+
+Every rank writes its shard (``samples.rank0-of-2.pt`` ...) and rank 0 writes the merged file.  Run
+without ``torchrun`` it is one process (world size 1) and gives the same merged file.  Every rank
+checks the options, the model, the data and ``--out`` before any solve, and all ranks stop together
+if one of them finds a problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+
+from .. import distributed as D
+from ..sde import ForwardSDE
+from .options import (
+    CLIError,
+    add_dtype,
+    add_num_samples,
+    add_problem,
+    add_progress,
+    add_run_options,
+    add_solver_options,
+    add_trace_options,
+    int_at_least,
+    resolve_dtype,
+    resolve_t_min,
+    solver_options,
+    trace_options,
+)
+from .outputs import add_out_file, check_out_file, write_errors
+from .sources import data_file, data_shape, load_data, load_model, model_spec
+
+__all__ = ["add_parser"]
+
+
+def _device(text: str) -> str:
+    if text != "auto":
+        try:
+            torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(
+                f"expected 'auto' or a torch device such as cpu, cuda, cuda:1, got {text!r}"
+            ) from None
+    return text
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``dist`` command with its ``sample`` and ``likelihood`` commands."""
+    dist = sub.add_parser(
+        "dist",
+        help="sharded sampling or likelihood over torchrun processes (see docs/adapters.md)",
+        description="Run under torchrun: torchrun --nproc-per-node N -m scoreflow dist sample|likelihood ... "
+        "Each rank solves its global batches; rank 0 writes the merged file. "
+        "'scoreflow dist sample --help' lists the options.",
+    )
+    commands = dist.add_subparsers(dest="dist_command", required=True, metavar="COMMAND")
+    sample = commands.add_parser("sample", help="draw --num-samples samples by probability-flow ODE or reverse SDE")
+    _add_common(sample, "samples")
+    sample.add_argument(
+        "--data-shape", type=data_shape, default=None, help="with --model: the shape of one sample, e.g. 3,32,32"
+    )
+    sample.add_argument(
+        "--sampler", choices=("ode", "sde"), default="ode", help="probability-flow ODE or reverse SDE (default: ode)"
+    )
+    add_solver_options(sample, {"ode": "with --sampler ode", "sde": "with --sampler sde"})
+    sample.add_argument(
+        "--brownian",
+        choices=("per-item", "per-batch"),
+        default="per-item",
+        help="--sampler sde: a Brownian path per item (independent of --batch-size) or per global "
+        "batch (independent of the world size only, much faster per step) (default: per-item)",
+    )
+    sample.set_defaults(run=_sample)
+
+    lik = commands.add_parser(
+        "likelihood", help="log-likelihood of every point of --data (or of --num-samples points of --problem)"
+    )
+    _add_common(lik, "points drawn from --problem without --data")
+    lik.add_argument("--data", type=data_file, default=None, help="a .pt tensor or .npy array of shape (N, *D)")
+    add_trace_options(lik)
+    add_solver_options(lik, {"likelihood": "one of"})
+    lik.add_argument(
+        "--exact-prior",
+        action="store_true",
+        help="with --problem: end in the exact p_T instead of the SDE's prior, leaving only solver error",
+    )
+    lik.set_defaults(run=_likelihood)
+
+
+def _add_common(p: argparse.ArgumentParser, what: str) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    add_problem(p, None, group=source)
+    source.add_argument(
+        "--model",
+        type=model_spec,
+        metavar="MODULE:FACTORY",
+        help="'package.module:factory' with factory(device) -> (score, sde)",
+    )
+    add_out_file(p, required=True, help="merged output file (.pt or .npz); the shards are written beside it")
+    add_num_samples(p, 1000, what)
+    p.add_argument("--batch-size", type=int_at_least(1), default=256, help="items per global batch (default: 256)")
+    add_dtype(p, "float64 with --problem, float32 with --model")
+    p.add_argument(
+        "--backend",
+        choices=("gloo", "nccl"),
+        default=None,
+        help="process group backend (default: nccl with CUDA, else gloo)",
+    )
+    p.add_argument(
+        "--device", type=_device, default="auto", help="'auto' (cuda:LOCAL_RANK with nccl, else cpu) or a torch device"
+    )
+    add_progress(p)
+    add_run_options(p, threads=None)
+
+
+@dataclass
+class _Job:
+    """What every rank checked before solving: the model, the data, where to solve, and where to write."""
+
+    score: Callable
+    sde: ForwardSDE
+    law: Any  # the analytic law of --problem, or None for --model
+    data: torch.Tensor | None  # the points of a likelihood
+    device: torch.device
+    dtype: torch.dtype
+    out: Path
+    stale: list[Path]
+
+
+#: ``solve(job, options, progress) -> this rank's result``.
+Solve = Callable[[_Job, dict[str, Any], bool], D.ShardResult]
+#: ``describe(job, merged) -> (what was computed, what it gave)``, the two halves of the summary line.
+Describe = Callable[[_Job, D.ShardResult], tuple[str, str]]
+
+
+def _check_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """Combinations of options that every rank checks the same way, before joining the process group."""
+    if args.model and args.sde:
+        raise CLIError("argument --sde: applies to --problem; a --model factory returns its own SDE")
+    cuda = torch.cuda.is_available()
+    if args.backend == "nccl" and not cuda:
+        raise CLIError("argument --backend: nccl needs CUDA, which this machine does not have; use --backend gloo")
+    if args.device != "auto":
+        device = torch.device(args.device)
+        if device.type == "cuda" and not (cuda and (device.index or 0) < torch.cuda.device_count()):
+            found = f"{torch.cuda.device_count()} CUDA device(s)" if cuda else "no CUDA"
+            raise CLIError(
+                f"argument --device: {args.device} is not available ({found} on this machine); use --device cpu or auto"
+            )
+        if args.backend == "nccl" and device.type != "cuda":
+            raise CLIError(
+                f"argument --device: --backend nccl needs a CUDA device, got {args.device}; "
+                "use --device auto or --backend gloo"
+            )
+    return solver_options(args, kind)
+
+
+def _prepare(args: argparse.Namespace, world_size: int) -> _Job:
+    """Check ``--out`` and its shards, resolve the device, load the model or problem and the data: this rank's part."""
+    out = check_out_file(args.out, overwrite=args.overwrite, suffixes=D.files.SUFFIXES)
+    shards = D.shard_files(out)
+    if shards and not args.overwrite:
+        more = f" and {len(shards) - 1} more" if len(shards) > 1 else ""
+        raise CLIError(
+            f"argument --out: shard {shards[0].name}{more} of {out.name} exists from an earlier run; "
+            "pass --overwrite to replace them, or choose another name"
+        )
+    mine = {D.shard_path(out, r, world_size) for r in range(world_size)}
+    if args.device == "auto":
+        cuda = torch.cuda.is_available() and args.backend != "gloo"
+        device = torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
+    else:
+        device = torch.device(args.device)
+    dtype = resolve_dtype(args, analytic=args.problem is not None)
+    law = None
+    if args.problem:
+        from ..testing import make_problem
+
+        problem = make_problem(args.problem, args.sde or "vp")
+        law, sde = problem.law.to(dtype), problem.sde
+        score = law.score(sde)
+    else:
+        score, sde = load_model(args.model, device)
+    data = None
+    if getattr(args, "data", None):
+        data = load_data(args.data, dtype)
+    elif args.dist_command == "likelihood":
+        data = law.sample(args.num_samples, generator=torch.Generator().manual_seed(args.seed))
+    return _Job(score, sde, law, data, device, dtype, out, [p for p in shards if p not in mine])
+
+
+def _agree(error: CLIError | None, rank: int, world_size: int) -> CLIError | None:
+    """The first rank's error, on every rank (one collective), so that all ranks stop together or none does."""
+    if world_size == 1:
+        return error
+    errors: list[tuple[str, int] | None] = [None] * world_size
+    torch_dist.all_gather_object(errors, None if error is None else (str(error), error.status))
+    first = next(((r, e) for r, e in enumerate(errors) if e is not None), None)
+    if first is None:
+        return None
+    (r, (message, status)) = first
+    return CLIError(message if r == rank else f"on rank {r}: {message}", status=status)
+
+
+def _run(args: argparse.Namespace, kind: str, solve: Solve, describe: Describe, meta: dict[str, Any]) -> int:
+    """Check, join the process group, check on every rank, solve this rank's batches, write shard and merged file."""
+    options = _check_options(args, kind)
+    joined_here = not torch_dist.is_initialized()
+    rank, world_size = D.init_distributed(args.backend)
+    try:
+        try:
+            job, error = _prepare(args, world_size), None
+            options["t_min"] = resolve_t_min(args, job.sde)
+        except CLIError as e:
+            job, error = None, e
+        error = _agree(error, rank, world_size)
+        if error is not None:
+            raise error
+        if rank == 0:
+            for path in job.stale:  # shards of the same name from a run with another world size
+                path.unlink(missing_ok=True)
+        start = time.perf_counter()
+        local = solve(job, options, rank == 0 and not args.no_progress)
+        seconds = time.perf_counter() - start
+        meta = {"seed": args.seed, "batch_size": args.batch_size, **meta}
+        shard = D.shard_path(job.out, rank, world_size)
+        with write_errors(shard):
+            D.save_result(local, shard, rank=rank, world_size=world_size, **meta)
+        merged = D.gather(local)
+        if merged is not None:
+            with write_errors(job.out):
+                D.save_result(merged, job.out, world_size=world_size, **meta)
+            what, result = describe(job, merged)
+            print(
+                f"{args.dist_command}: {what} on {world_size} rank(s), NFE {merged.nfe}, {seconds:.2f} s on rank 0"
+                f"{result} -> {job.out}"
+            )
+        return 0
+    finally:
+        # Leave a group the caller created (several commands may share one launch).
+        if joined_here and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def _sample(args: argparse.Namespace) -> int:
+    if args.model and args.data_shape is None:
+        raise CLIError("argument --data-shape: required with --model (the shape of one sample, e.g. 3,32,32)")
+    if args.problem and args.data_shape is not None:
+        raise CLIError("argument --data-shape: applies to --model; a --problem has its own shape")
+
+    def shape(job: _Job) -> tuple[int, ...]:
+        return args.data_shape or tuple(job.law.event_shape)
+
+    def solve(job: _Job, options: dict[str, Any], progress: bool) -> D.ShardResult:
+        if args.sampler == "sde":
+            options["per_item_brownian"] = args.brownian == "per-item"
+        return D.sample_sharded(
+            job.score, job.sde, args.num_samples, shape(job), sampler=args.sampler, seed=args.seed,
+            batch_size=args.batch_size, dtype=job.dtype, device=job.device, progress=progress, **options,
+        )
+
+    def describe(job: _Job, merged: D.ShardResult) -> tuple[str, str]:
+        return f"{args.num_samples} samples of shape {shape(job)}", ""
+
+    return _run(args, args.sampler, solve, describe, {})
+
+
+def _likelihood(args: argparse.Namespace) -> int:
+    if args.model and args.data is None:
+        raise CLIError("argument --data: required with --model (a .pt tensor or .npy array of shape (N, *D))")
+    if args.exact_prior and args.model:
+        raise CLIError("argument --exact-prior: needs --problem (an analytic law with a known p_T)")
+    trace = trace_options(args)
+
+    def solve(job: _Job, options: dict[str, Any], progress: bool) -> D.ShardResult:
+        if args.exact_prior:
+            options["prior_log_prob"] = job.law.marginal(job.sde, job.sde.T).log_prob
+        return D.log_likelihood_sharded(
+            job.score, job.sde, job.data, seed=args.seed, batch_size=args.batch_size, device=job.device,
+            progress=progress, **trace, **options,
+        )
+
+    def describe(job: _Job, merged: D.ShardResult) -> tuple[str, str]:
+        result = f", mean log p = {merged.values.mean():.6f} nats"
+        if job.law is not None:
+            # Without --exact-prior the solve ends in the N(0, prior_std^2) prior, so this error includes its
+            # mismatch with p_T.
+            exact = job.law.marginal(job.sde, args.t_min or job.sde.t_min).log_prob(job.data)
+            result += f", mean |log p - exact log p_t_min| = {(merged.values - exact).abs().mean():.2e}"
+        return f"{job.data.shape[0]} points", result
+
+    return _run(args, "likelihood", solve, describe, {"trace": args.trace})

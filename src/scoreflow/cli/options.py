@@ -1,0 +1,274 @@
+"""The options every command shares, built and checked in one place.
+
+One vocabulary across the commands and the Python API: ``--num-samples``, ``--problem LAW --sde SDE``,
+``--method`` (the names of :func:`scoreflow.list_methods`), ``--steps`` (a count), ``--step-size``
+(a length), ``--rtol``/``--atol`` (adaptive methods), ``--t-min``, ``--dtype``, ``--seed``,
+``--threads``, ``--out``/``--overwrite``, ``--debug``.  Each value is checked when it is parsed,
+and combinations right after, before any computation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..likelihood import log_likelihood
+from ..methods import DEFAULT_TOLERANCE, Method, list_methods
+from ..sampling import sample_ode, sample_sde
+from ..sde import ForwardSDE
+from ..testing import LAWS, SDES
+
+__all__ = [
+    "CLIError", "Parser", "DTYPES", "DEFAULT_STEPS", "int_at_least", "positive_float", "name_list",
+    "add_run_options", "add_problem", "add_dtype", "add_num_samples", "add_solver_options", "add_trace_options",
+    "add_progress", "trace_options", "default_method", "resolve_method", "solver_options", "stepping_options",
+    "resolve_t_min", "resolve_dtype",
+]
+
+#: ``--dtype`` names.
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: Steps of a fixed-grid method when neither ``--steps`` nor ``--step-size`` is given.
+DEFAULT_STEPS = 500
+# The front-end each method kind is run by; their defaults are the commands' defaults.
+_FRONT_ENDS: dict[str, Callable] = {"ode": sample_ode, "sde": sample_sde, "likelihood": log_likelihood}
+
+
+class CLIError(Exception):
+    """A user error, printed as the one line ``<prog>: error: <message>``; the command exits with ``status``.
+
+    Args:
+        message: names the option, what was expected, what was received and the fix.
+        prog: the command (``"scoreflow sample"``); filled in by :func:`scoreflow.cli.main` when ``None``.
+        status: 2 for rejected options (argparse's convention), 1 for a failure after the options were accepted.
+    """
+
+    def __init__(self, message: str, *, prog: str | None = None, status: int = 2) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.status = status
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that an error raises :class:`CLIError` (one line, no usage block) instead of exiting."""
+
+    def error(self, message: str):  # noqa: ANN201 - argparse's signature
+        raise CLIError(message, prog=self.prog)
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def name_list(valid: Callable[[], list[str]], what: str) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: comma-separated names, each among ``valid()`` (e.g. ``euler,rk4``)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        allowed = valid()
+        unknown = [name for name in names if name not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what} from {', '.join(allowed)}, got {text!r}"
+                + (f" ({', '.join(map(repr, unknown))} unknown)" if unknown else "")
+            )
+        return names
+
+    return parse
+
+
+def add_run_options(p: argparse.ArgumentParser, *, threads: int | None = 1) -> None:
+    """``--seed``, ``--threads`` (default ``threads``; ``None`` leaves torch's) and ``--debug``."""
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed, an int >= 0 (default: 0)")
+    p.add_argument(
+        "--threads",
+        type=int_at_least(1),
+        default=threads,
+        help="torch threads (default: "
+        + ("1; the problems are small, so one is fastest)" if threads == 1 else "torch's, e.g. OMP_NUM_THREADS)"),
+    )
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+
+
+def add_problem(
+    p: argparse.ArgumentParser, law: str | None, *, group: argparse._ActionsContainer | None = None
+) -> None:
+    """``--problem LAW`` (default ``law``; ``None``: no default) and ``--sde SDE``: an analytic reference problem.
+
+    ``group`` takes ``--problem`` instead of ``p`` (a group of sources, e.g. ``--problem`` or ``--model``).
+    """
+    (group or p).add_argument(
+        "--problem",
+        choices=LAWS,
+        default=law,
+        help="data law with exact answers" + (f" (default: {law})" if law else ""),
+    )
+    p.add_argument(
+        "--sde", choices=SDES, default=None if law is None else "vp", help="forward SDE of --problem (default: vp)"
+    )
+
+
+def add_dtype(p: argparse.ArgumentParser, default_text: str = "float64") -> None:
+    """``--dtype`` (resolved by :func:`resolve_dtype`)."""
+    p.add_argument(
+        "--dtype", choices=tuple(DTYPES), default=None, help=f"precision of the solve (default: {default_text})"
+    )
+
+
+def add_num_samples(p: argparse.ArgumentParser, default: int | None, what: str) -> None:
+    """``--num-samples``."""
+    shown = f"default: {default}" if default is not None else "default: 512 ODE, 256 SDE, 64 likelihood"
+    p.add_argument("--num-samples", type=int_at_least(1), default=default, help=f"number of {what} ({shown})")
+
+
+def _method_names(kind: str) -> str:
+    return ", ".join(m.name for m in list_methods(kind))
+
+
+def add_solver_options(p: argparse.ArgumentParser, kinds: dict[str, str]) -> None:
+    """``--method``, ``--steps`` | ``--step-size``, ``--rtol``, ``--atol`` and ``--t-min``.
+
+    Args:
+        kinds: method kind -> when it applies (``{"ode": "--sampler ode", "sde": "--sampler sde"}``), for the help.
+    """
+    lists = "; ".join(
+        f"{when}: {_method_names(kind)} (default: {default_method(kind)})" for kind, when in kinds.items()
+    )
+    p.add_argument("--method", default=None, metavar="METHOD", help=f"the solver; {lists}")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument(
+        "--steps",
+        type=int_at_least(1),
+        default=None,
+        help=f"number of steps of a fixed-grid method (default: {DEFAULT_STEPS} unless --step-size is given)",
+    )
+    grid.add_argument(
+        "--step-size", type=positive_float, default=None, help="step length of a fixed-grid method, instead of --steps"
+    )
+    for name in ("--rtol", "--atol"):
+        p.add_argument(
+            name,
+            type=positive_float,
+            default=None,
+            help=f"tolerance of an adaptive method (default: {DEFAULT_TOLERANCE:g})",
+        )
+    p.add_argument("--t-min", type=positive_float, default=None, help="truncation time (default: the SDE's t_min)")
+
+
+def add_trace_options(p: argparse.ArgumentParser) -> None:
+    """``--trace``, ``--probe`` and ``--n-probes`` of a likelihood."""
+    p.add_argument(
+        "--trace", choices=("exact", "hutchinson"), default="exact", help="divergence estimator (default: exact)"
+    )
+    p.add_argument(
+        "--probe",
+        choices=("rademacher", "gaussian"),
+        default="rademacher",
+        help="Hutchinson probe (default: rademacher)",
+    )
+    p.add_argument("--n-probes", type=int_at_least(1), default=1, help="Hutchinson probes per point (default: 1)")
+
+
+def trace_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The likelihood keywords of ``--trace``, ``--probe`` and ``--n-probes`` (the last two for Hutchinson only)."""
+    if args.trace == "hutchinson":
+        return {"trace": "hutchinson", "probe": args.probe, "n_probes": args.n_probes}
+    return {"trace": args.trace}
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    """``--no-progress``."""
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def default_method(kind: str) -> str:
+    """The method a command uses without ``--method``: the default of the front-end that runs the kind."""
+    return inspect.signature(_FRONT_ENDS[kind]).parameters["method"].default
+
+
+def resolve_method(args: argparse.Namespace, kind: str) -> Method:
+    """The record of ``--method`` (or the kind's default) among the methods of ``kind``."""
+    name = args.method or default_method(kind)
+    methods = {m.name: m for m in list_methods(kind)}
+    if name not in methods:
+        when = f" with --sampler {args.sampler}" if getattr(args, "sampler", None) else ""
+        raise CLIError(f"argument --method: expected one of {', '.join(methods)}{when}, got {name!r}")
+    return methods[name]
+
+
+def solver_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """The front-end's ``method`` and the keywords of its stepping (see :func:`stepping_options`), checked together."""
+    method = resolve_method(args, kind)
+    return {"method": method.name, **stepping_options(args, method, kind)}
+
+
+def stepping_options(args: argparse.Namespace, method: Method, kind: str) -> dict[str, float | int]:
+    """The front-end's ``steps``/``step_size``/``rtol``/``atol`` from the options, for ``method`` of ``kind``.
+
+    An adaptive method takes ``--rtol``/``--atol`` only; a fixed-grid method takes ``--steps`` or
+    ``--step-size`` (where its record allows it), :data:`DEFAULT_STEPS` steps without either.
+    """
+    adaptive = [m.name for m in list_methods(kind) if m.adaptive]
+    if method.adaptive:
+        given = "--steps" if args.steps is not None else "--step-size" if args.step_size is not None else None
+        if given:
+            raise CLIError(
+                f"argument {given}: the adaptive method {method.name!r} chooses its own steps from --rtol/--atol; "
+                f"omit {given}, or choose a fixed-grid method"
+            )
+        return {k: v for k, v in (("rtol", args.rtol), ("atol", args.atol)) if v is not None}
+    given = "--rtol" if args.rtol is not None else "--atol" if args.atol is not None else None
+    if given:
+        raise CLIError(
+            f"argument {given}: the fixed-grid method {method.name!r} takes --steps or --step-size; "
+            f"--rtol/--atol apply to the adaptive methods ({', '.join(adaptive) or 'none here'})"
+        )
+    if args.step_size is not None:
+        if not method.step_size:
+            raise CLIError(
+                f"argument --step-size: the method {method.name!r} takes --steps only, got --step-size {args.step_size:g}"
+            )
+        return {"step_size": args.step_size}
+    return {"steps": DEFAULT_STEPS if args.steps is None else args.steps}
+
+
+def resolve_t_min(args: argparse.Namespace, sde: ForwardSDE) -> float:
+    """``--t-min``, by default the SDE's ``t_min``; it must lie below the SDE's end time T."""
+    if args.t_min is None:
+        return sde.t_min
+    if not args.t_min < sde.T:
+        raise CLIError(f"argument --t-min: expected a time in (0, T={sde.T:g}) of the forward SDE, got {args.t_min:g}")
+    return args.t_min
+
+
+def resolve_dtype(args: argparse.Namespace, *, analytic: bool = True) -> torch.dtype:
+    """``--dtype``; by default float64 for an analytic ``--problem`` (exact references), float32 for a ``--model``."""
+    if args.dtype is not None:
+        return DTYPES[args.dtype]
+    return torch.float64 if analytic else torch.float32

@@ -1,0 +1,68 @@
+"""Result files: one per rank's shard beside the merged one, ``.pt`` or ``.npz``, each written whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._checks import check_choice
+from .._files import atomic_write
+from .results import ShardResult
+
+__all__ = ["shard_path", "shard_files", "save_result", "load_result", "SUFFIXES"]
+
+#: The file formats of :func:`save_result`.
+SUFFIXES = (".pt", ".npz")
+
+
+def shard_path(out: str | os.PathLike, rank: int, world_size: int) -> Path:
+    """The file of one rank's shard next to the merged file: ``samples.pt`` -> ``samples.rank0-of-2.pt``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.rank{rank}-of-{world_size}{out.suffix}")
+
+
+def shard_files(out: str | os.PathLike) -> list[Path]:
+    """The shard files of the merged file ``out`` that exist, of any world size (e.g. left by an earlier run)."""
+    out = Path(out)
+    pattern = re.compile(rf"{re.escape(out.stem)}\.rank\d+-of-\d+{re.escape(out.suffix)}")
+    if not out.parent.is_dir():
+        return []
+    return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def save_result(result: ShardResult, path: str | os.PathLike, **meta: Any) -> Path:
+    """Write a result as ``.pt`` (``torch.save`` of a dict) or ``.npz`` (numpy arrays); return the path.
+
+    The file is written under a temporary name and moved into place, so ``path`` is complete or absent.
+
+    Raises:
+        ValueError: for any other suffix.
+    """
+    path = Path(path)
+    check_choice("save_result", "path suffix", path.suffix, SUFFIXES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"indices": result.indices, "values": result.values, "nfe": torch.tensor(result.nfe), **result.extras}
+    with atomic_write(path) as tmp:
+        if path.suffix == ".pt":
+            torch.save({**arrays, "meta": meta}, tmp)
+        else:
+            np.savez(tmp, **{k: v.numpy() for k, v in arrays.items()}, **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
+    return path
+
+
+def load_result(path: str | os.PathLike) -> ShardResult:
+    """Read a file written by :func:`save_result` (``.pt`` or ``.npz``)."""
+    path = Path(path)
+    check_choice("load_result", "path suffix", path.suffix, SUFFIXES)
+    if path.suffix == ".pt":
+        d = torch.load(path, weights_only=True)
+    else:
+        with np.load(path) as f:
+            d = {k: torch.from_numpy(f[k]) for k in f.files if not k.startswith("meta_")}
+    extras = {k: v for k, v in d.items() if k not in ("indices", "values", "nfe", "meta")}
+    return ShardResult(d["indices"], d["values"], int(d["nfe"]), extras)

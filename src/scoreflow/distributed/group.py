@@ -1,0 +1,52 @@
+"""The process group ``torchrun`` describes, the split of the work into global batches, and per-item seeds."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["init_distributed", "world", "global_batches", "item_seed"]
+
+
+def init_distributed(backend: str | None = None, *, timeout_s: float = 1800.0) -> tuple[int, int]:
+    """Join the process group ``torchrun`` describes in the environment; return ``(rank, world_size)``.
+
+    Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) nothing is initialised and
+    ``(0, 1)`` is returned, so the same script runs as one process.
+
+    Args:
+        backend: ``"gloo"`` (CPU) or ``"nccl"`` (GPU); default nccl when CUDA is available, else gloo.
+        timeout_s: how long the final gather waits for the slowest rank.
+    """
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the current process group, or ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def global_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[range]:
+    """The item ranges of the global batches that ``rank`` solves: batch ``k`` goes to rank ``k % world_size``."""
+    starts = range(rank * batch_size, n, world_size * batch_size)
+    return [range(s, min(s + batch_size, n)) for s in starts]
+
+
+def item_seed(seed: int, index: int, stream: int) -> int:
+    """A 64-bit seed for one random ``stream`` of item ``index`` (numpy's SeedSequence mixing)."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1, np.uint64)[0])

@@ -1,0 +1,101 @@
+r"""Conditional flow matching (Lipman et al. 2023; Liu et al. 2023; Tong et al. 2024).
+
+On a path :math:`x_t = \alpha(t)x_0 + \sigma(t)\varepsilon` the conditional velocity is
+:math:`\dot\alpha x_0 + \dot\sigma\varepsilon`, and
+
+.. math:: E\,\|u(x_t, t) - (\dot\alpha x_0 + \dot\sigma\varepsilon)\|^2
+          = E\,\|u(x_t, t) - u^*(x_t, t)\|^2 + C,\qquad u^* = E[\dot\alpha x_0 + \dot\sigma\varepsilon \mid x_t],
+
+so the minimiser is the flow velocity of the path (:math:`E[\varepsilon - x_0|x_t]` under rectified flow).  With
+the minibatch optimal-transport coupling the pairs :math:`(x_0, \varepsilon)` of a batch are matched to minimise
+:math:`\sum\|x_0 - \varepsilon\|^2` first, which straightens the learned flow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from .._checks import check_batch, check_callable, check_choice, check_generator, check_instance, check_like, resolve_t_min
+from .._tensor import right_pad, standard_normal
+from ..parameterizations import convert, prediction_of
+from ..sde import ForwardSDE
+from ._common import check_reduction, reduce, sq_norm
+
+__all__ = ["cfm_loss", "COUPLINGS", "ot_pairing"]
+
+#: How data and noise are paired: independently, or by a minibatch optimal-transport assignment.
+COUPLINGS = ("independent", "ot")
+
+
+def ot_pairing(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    r"""The permutation :math:`\pi` minimising :math:`\sum_i \|x_{0,i} - \varepsilon_{\pi(i)}\|^2` (scipy's assignment solver).
+
+    Returns:
+        A ``(B,)`` long tensor on ``noise``'s device: ``noise[perm]`` is the noise paired with each ``x0``.
+    """
+    a = x0.detach().reshape(x0.shape[0], -1).to("cpu", torch.float64)
+    b = noise.detach().reshape(noise.shape[0], -1).to("cpu", torch.float64)
+    _, cols = linear_sum_assignment(torch.cdist(a, b).square().numpy())
+    return torch.from_numpy(np.asarray(cols)).to(noise.device)
+
+
+def cfm_loss(
+    velocity: object,
+    path: ForwardSDE,
+    x0: torch.Tensor,
+    *,
+    coupling: str = "independent",
+    t_min: float | None = None,
+    generator: torch.Generator | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Conditional flow matching :math:`E_{t, x_0, \varepsilon}\|u(x_t, t) - (\dot\alpha(t)x_0 + \dot\sigma(t)\varepsilon)\|^2`.
+
+    :math:`t \sim U[t_{min}, T]`, :math:`x_t = \alpha(t)x_0 + \sigma(t)\varepsilon`; under
+    :class:`scoreflow.RectifiedFlow` the target is :math:`\varepsilon - x_0`.  Minimised by the exact flow
+    velocity of the path (for the independent coupling; the OT coupling changes the joint law of the pairs).
+
+    Args:
+        velocity: the velocity net ``u(x, t)``, or a model carrying a native prediction (e.g. built by
+            :func:`scoreflow.score_from_flow_velocity`, or ``law.velocity(path)``), whose prediction is converted
+            to the flow velocity.  A plain callable is taken to return the velocity, not a score.
+        path: the forward process (e.g. ``scoreflow.RectifiedFlow()``).
+        x0: clean data of shape ``(B, *D)``.
+        coupling: ``"independent"`` or ``"ot"`` (minibatch optimal transport, ``scipy.optimize.linear_sum_assignment``
+            on squared distances, computed on the CPU).
+        t_min: smallest training time; default 0 on a flow path (``path.reaches_data``), else ``path.t_min``.
+        generator: draws the noise, then the times.
+        reduction: ``"mean"`` over the batch or ``"none"`` (shape ``(B,)``).
+
+    Returns:
+        The loss, summed over data dimensions.
+
+    Raises:
+        ValueError: for an unknown coupling or reduction, ``t_min`` outside the process's range, a malformed
+            ``x0``, or a velocity not shaped like ``x0``.
+        TypeError: for a non-callable velocity, a wrong path or generator, or mismatched dtypes.
+    """
+    fn = "cfm_loss"
+    check_callable(fn, "velocity", velocity, "u(x, t)")
+    check_instance(fn, "path", path, ForwardSDE, "scoreflow.RectifiedFlow()")
+    check_batch(fn, "x0", x0)
+    check_choice(fn, "coupling", coupling, COUPLINGS)
+    t_lo = resolve_t_min(fn, path, 0.0 if t_min is None and path.reaches_data else t_min)
+    check_generator(fn, generator)
+    check_reduction(fn, reduction)
+    noise = standard_normal(x0, generator)
+    if coupling == "ot":
+        noise = noise[ot_pairing(x0, noise)]
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    t = t_lo + (path.T - t_lo) * u
+    alpha, sigma = (right_pad(c, x0) for c in path.marginal(t))
+    d_alpha, d_sigma = (right_pad(c, x0) for c in path.marginal_derivatives(t))
+    xt = alpha * x0 + sigma * noise
+    kind = prediction_of(velocity)
+    native = velocity.predict if kind != "score" else velocity
+    pred = check_like(fn, "velocity", native(xt, t), xt, what="the velocity")
+    if kind not in ("score", "flow_velocity"):
+        pred = convert(pred, kind, "flow_velocity", xt, t, path)
+    return reduce(sq_norm(pred - (d_alpha * x0 + d_sigma * noise)), reduction)

@@ -1,0 +1,178 @@
+r"""Affine Gaussian probability paths (flow matching, rectified flow) as forward processes.
+
+A path :math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\varepsilon` is the marginal law of the linear SDE with
+:math:`f = \dot\alpha/\alpha` and :math:`g^2 = \tfrac{d\sigma^2}{dt} - 2f\sigma^2 = -2\sigma^2\dot\lambda`,
+:math:`\lambda = \log(\alpha/\sigma)`, so every front-end that takes a forward SDE takes a path.  Flow paths
+usually end in pure noise, :math:`\alpha(T) = 0`: there :math:`\lambda = -\infty` and :math:`f, g` are infinite,
+so a model is integrated from T through its own prediction (a flow velocity, a data or v prediction;
+see :func:`scoreflow.score_from_flow_velocity`), never through a score turned into a drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ._checks import check_callable, check_positive
+from ._tensor import TimeLike, as_time
+from .sde import ForwardSDE
+
+__all__ = ["AffinePath", "RectifiedFlow"]
+
+Schedule = Callable[[torch.Tensor], torch.Tensor]
+#: Bisection steps of the generic inverse log-SNR (2^-80 of T: below float64 resolution).
+_BISECTION_STEPS = 80
+#: Times at which a path's coefficients are checked when it is built.
+_CHECK_POINTS = 257
+
+
+def _derivative(fn: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """Elementwise derivative of a schedule by forward-mode autograd (works under ``torch.no_grad``)."""
+    t = t.contiguous()  # an expanded (B,) time would alias one element in the tangent computation
+    return torch.func.jvp(fn, (t,), (torch.ones_like(t),))[1]
+
+
+class AffinePath(ForwardSDE):
+    r"""The Gaussian path :math:`x_t = \alpha(t)x_0 + \sigma(t)\varepsilon` on :math:`t \in [0, T]` as a forward process.
+
+    Args:
+        alpha, sigma: the schedules, elementwise functions of a time tensor (torch operations, so that they
+            can be differentiated), with :math:`\alpha \ge 0`, :math:`\sigma > 0` on :math:`(0, T]` and a strictly
+            decreasing log-SNR :math:`\log(\alpha/\sigma)`.
+        d_alpha, d_sigma: their time derivatives; by default computed by autograd (``torch.func.jvp``).
+        T: the noise end; the prior is :math:`N(0, \sigma(T)^2 I)` (exact when :math:`\alpha(T) = 0`).
+        t_min: the default time at which sampling stops and likelihoods start.
+
+    Raises:
+        TypeError: if a schedule is not callable.
+        ValueError: if a schedule does not return a finite tensor shaped like t, :math:`\sigma \le 0` or
+            :math:`\alpha < 0` somewhere in ``(0, T]``, or the log-SNR is not strictly decreasing there.
+    """
+
+    reaches_data = True
+
+    def __init__(
+        self,
+        alpha: Schedule,
+        sigma: Schedule,
+        *,
+        d_alpha: Schedule | None = None,
+        d_sigma: Schedule | None = None,
+        T: float = 1.0,
+        t_min: float = 1e-3,
+    ) -> None:
+        name = type(self).__name__
+        self._alpha = check_callable(name, "alpha", alpha, "alpha(t)")
+        self._sigma = check_callable(name, "sigma", sigma, "sigma(t)")
+        self._d_alpha = None if d_alpha is None else check_callable(name, "d_alpha", d_alpha, "d_alpha(t)")
+        self._d_sigma = None if d_sigma is None else check_callable(name, "d_sigma", d_sigma, "d_sigma(t)")
+        super().__init__(T=T, t_min=t_min)
+        self._check_schedules(name)
+
+    def _check_schedules(self, name: str) -> None:
+        t = torch.linspace(0.0, self.T, _CHECK_POINTS, dtype=torch.float64)[1:]
+        values = {}
+        for key, fn in (("alpha", self._alpha), ("sigma", self._sigma)):
+            out = fn(t)
+            if not torch.is_tensor(out) or out.shape != t.shape:
+                got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else type(out).__name__
+                raise ValueError(f"{name}: argument '{key}' must map a (N,) time tensor to a (N,) tensor, got {got}.")
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError(f"{name}: argument '{key}' returned non-finite values on (0, T={self.T:g}].")
+            values[key] = out
+        alpha, sigma = values["alpha"], values["sigma"]
+        if bool((sigma <= 0).any()) or bool((alpha < 0).any()):
+            raise ValueError(
+                f"{name}: expected alpha(t) >= 0 and sigma(t) > 0 on (0, T={self.T:g}], got alpha down to "
+                f"{float(alpha.min()):.3g} and sigma down to {float(sigma.min()):.3g}."
+            )
+        lam = torch.log(alpha) - torch.log(sigma)
+        if bool((lam[1:] >= lam[:-1]).any()):
+            raise ValueError(
+                f"{name}: expected a strictly decreasing log-SNR log(alpha/sigma) on (0, T={self.T:g}] (noise must "
+                "grow relative to signal), got one that does not decrease."
+            )
+
+    def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        t = as_time(t)
+        return self._alpha(t), self._sigma(t)
+
+    def marginal_derivatives(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        t = as_time(t)
+        d_alpha = _derivative(self._alpha, t) if self._d_alpha is None else self._d_alpha(t)
+        d_sigma = _derivative(self._sigma, t) if self._d_sigma is None else self._d_sigma(t)
+        return d_alpha, d_sigma
+
+    def drift_coef(self, t: TimeLike) -> torch.Tensor:
+        r""":math:`f = \dot\alpha/\alpha` (:math:`-\infty` where :math:`\alpha = 0`)."""
+        alpha, _ = self.marginal(t)
+        return self.marginal_derivatives(t)[0] / alpha
+
+    def diffusion(self, t: TimeLike) -> torch.Tensor:
+        r""":math:`g = \sqrt{2\sigma(\alpha\dot\sigma - \sigma\dot\alpha)/\alpha}` (infinite where :math:`\alpha = 0`)."""
+        alpha, sigma = self.marginal(t)
+        d_alpha, d_sigma = self.marginal_derivatives(t)
+        return torch.sqrt(2 * sigma * (alpha * d_sigma - sigma * d_alpha) / alpha)
+
+    def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
+        """Invert the (strictly decreasing) log-SNR by bisection on ``[0, T]``."""
+        lam = as_time(log_snr)
+        lo, hi = torch.zeros_like(lam), torch.full_like(lam, self.T)
+        for _ in range(_BISECTION_STEPS):
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid) > lam
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
+    @property
+    def prior_std(self) -> float:
+        return float(self.marginal(torch.tensor(self.T, dtype=torch.float64))[1])
+
+    def truncated(self, T: float) -> AffinePath:
+        """The same path on ``[0, T]``, ``T`` below this one's (e.g. to stop short of pure noise for the reverse SDE)."""
+        if not check_positive(type(self).__name__ + ".truncated", "T", T) <= self.T:
+            raise ValueError(f"{type(self).__name__}.truncated: argument 'T' expected a time in (t_min, {self.T:g}], got {T!r}.")
+        return self._on(T)
+
+    def _on(self, T: float) -> AffinePath:
+        return AffinePath(self._alpha, self._sigma, d_alpha=self._d_alpha, d_sigma=self._d_sigma, T=T, t_min=self.t_min)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(T={self.T:g}, t_min={self.t_min:g})"
+
+
+def _one_minus(t: torch.Tensor) -> torch.Tensor:
+    return 1 - t
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t.clone()
+
+
+class RectifiedFlow(AffinePath):
+    r"""Rectified flow / flow matching's linear path :math:`x_t = (1 - t)\,x_0 + t\,\varepsilon`, prior :math:`N(0, I)` at t = 1.
+
+    Its flow velocity is :math:`u(x, t) = E[\varepsilon - x_0 \mid x_t = x]`; :math:`\lambda = \log((1-t)/t)`,
+    :math:`f = -1/(1-t)`, :math:`g^2 = 2t/(1-t)`.  ``T < 1`` truncates the path before pure noise, which the
+    reverse SDE needs (its diffusion is infinite at t = 1); the prior :math:`N(0, T^2 I)` is then approximate,
+    as VP's is.
+
+    Args:
+        T: the noise end, in ``(0, 1]``.
+        t_min: the default time at which sampling stops and likelihoods start.
+
+    Raises:
+        ValueError: unless ``0 < t_min < T <= 1``.
+    """
+
+    def __init__(self, *, T: float = 1.0, t_min: float = 1e-3) -> None:
+        if not check_positive("RectifiedFlow", "T", T) <= 1.0:
+            raise ValueError(f"RectifiedFlow: argument 'T' expected a time in (0, 1], got {T!r}.")
+        super().__init__(_one_minus, _identity, d_alpha=lambda t: -torch.ones_like(t), d_sigma=torch.ones_like, T=T, t_min=t_min)
+
+    def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
+        return torch.sigmoid(-as_time(log_snr))
+
+    def _on(self, T: float) -> RectifiedFlow:
+        return RectifiedFlow(T=T, t_min=self.t_min)

@@ -1,0 +1,141 @@
+r"""Step schedules fitted to a model: a pilot solve on a few dozen draws chooses where a budget of steps goes.
+
+The grids are the two-level family of :func:`scoreflow.time_grid` (``"log_snr_capped"`` with a cap and a floor),
+uniform in :math:`u(\bar\sigma) = \log\big((\bar\sigma + \bar\sigma_f)/(1 + \bar\sigma/\bar\sigma_{cap})\big)`,
+:math:`\bar\sigma = \sigma/\alpha`: log-SNR steps between the two levels, longer steps above the cap (where the data
+prediction has not yet started to move) and below the floor (where it has settled).  Where these levels lie depends
+on the data's scale and its finest structure, so they are fitted: the pilot draws are solved once accurately (the
+error-controlled ``dpmpp_4m_pc_adaptive``), then with the chosen method on candidate grids, and the grid with the
+smallest RMS path error on the pilot wins.  Two numbers fitted on dozens of draws generalize to the rest of the
+batch (a free grid of ``steps - 1`` times fitted the same way over-fits the pilot).  The fitted grid is a plain
+tensor of times, so the full batch runs on it with every sample treated alike, and it can be kept for later calls.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._checks import check_batch, check_int, check_positive, resolve_t_min
+from ..dynamics.counting import ScoreFn
+from ..methods import get_method
+from ..schedules import time_grid
+from ..sde import ForwardSDE, check_sde
+from .ode import sample_ode
+
+__all__ = ["FittedSchedule", "fit_schedule"]
+
+# Candidate levels: caps in sigma/alpha (absolute: the data's scale), floors in units of sigma/alpha at t_min.
+_CAPS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0)
+_FLOORS = (0.0, 0.3, 1.0, 3.0, 10.0)
+
+
+@dataclass(frozen=True)
+class FittedSchedule:
+    """A grid fitted to a model by :func:`fit_schedule`; pass ``times`` as ``schedule=`` to :func:`scoreflow.sample_ode`.
+
+    Attributes:
+        times: the ``steps + 1`` decreasing times from T to ``t_min`` (float64).
+        method: the ``"ode"`` method it was fitted for.
+        sigma_cap, sigma_floor: the levels of the ``"log_snr_capped"`` grid (``time_grid(sde, steps,
+            "log_snr_capped", sigma_cap=..., sigma_floor=...)`` rebuilds ``times``).
+        pilot_error: RMS path error of ``method`` on ``times`` over the pilot draws, against their accurate solve.
+        nfe: score evaluations the fit used (the accurate solve, unless given, and every candidate), each on ``rows`` draws.
+        rows: the number of pilot draws.
+        candidates: ``(sigma_cap, sigma_floor, pilot_error)`` of every grid tried, in order.
+        reference: the accurate solution from the pilot draws (pass it to a fit for another budget on the same draws).
+    """
+
+    times: torch.Tensor
+    method: str
+    sigma_cap: float
+    sigma_floor: float
+    pilot_error: float
+    nfe: int
+    rows: int
+    candidates: tuple[tuple[float, float, float], ...]
+    reference: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        """The number of steps of the grid."""
+        return len(self.times) - 1
+
+
+def fit_schedule(
+    score: ScoreFn,
+    sde: ForwardSDE,
+    x_pilot: torch.Tensor,
+    steps: int,
+    *,
+    method: str = "dpmpp_3m_pc",
+    reference_tol: float = 1e-6,
+    reference: torch.Tensor | None = None,
+    t_min: float | None = None,
+    options: dict[str, Any] | None = None,
+) -> FittedSchedule:
+    r"""Fit the step grid of ``method`` with ``steps`` steps to ``score`` on the pilot draws ``x_pilot``.
+
+    The pilot is solved accurately by ``dpmpp_4m_pc_adaptive`` at ``rtol = atol = reference_tol``; then ``method``
+    runs on the 35 candidate ``"log_snr_capped"`` grids with caps :math:`\bar\sigma_{cap}` in
+    {0.5, 1, 2, 4, 8, 16, 64} and floors :math:`\bar\sigma_f` in {0, 0.3, 1, 3, 10} :math:`\times\,\bar\sigma(t_{min})`;
+    the grid with the least RMS error :math:`\sqrt{\mathrm{mean}(x - x_{ref})^2}` over the pilot wins.  Costs the
+    accurate solve (about 100 NFE) plus 35 solves of ``steps`` NFE, all on ``len(x_pilot)`` draws (a few dozen
+    suffice; ``FittedSchedule.nfe`` counts them).  (A staged search, caps first and then floors, took 13 solves and
+    chose worse grids on the problems it was designed on; named grids ``"t"``, ``"karras"``, ``"log_snr"`` never won.)
+
+    Args:
+        score: the score model ``score(x, t)``.
+        sde: the forward SDE.
+        x_pilot: pilot draws from the prior, shape ``(m, *D)`` (e.g. ``sde.prior_sample((64, *D), generator=g)``);
+            the fit depends on them only, not on the batch later sampled on the grid.
+        steps: the budget of steps the grid is fitted for.
+        method: a fixed-grid ``"ode"`` method (default ``"dpmpp_3m_pc"``).
+        reference_tol: tolerance of the accurate pilot solve.
+        reference: the accurate solution at ``t_min`` from ``x_pilot`` if already known (``FittedSchedule.reference`` of
+            an earlier fit on the same draws, e.g. for another budget); the accurate solve is then skipped.
+        t_min: final time (default ``sde.t_min``).
+        options: ``method``'s options, used in every candidate solve.
+
+    Returns:
+        A :class:`FittedSchedule`.
+
+    Raises:
+        ValueError: for an adaptive or unknown ``method``, ``steps < 1``, a non-positive ``reference_tol``, a
+            malformed ``x_pilot``, a ``reference`` not shaped like it, or ``t_min`` outside ``(0, T)``.
+        TypeError: for arguments of the wrong type.
+    """
+    fn = "fit_schedule"
+    check_sde(fn, sde)
+    spec = get_method("ode", method, caller=fn)
+    if spec.adaptive:
+        raise ValueError(f"{fn}: argument 'method' expected a fixed-grid method, got the adaptive {method!r}.")
+    check_int(fn, "steps", steps)
+    check_batch(fn, "x_pilot", x_pilot)
+    reference_tol = check_positive(fn, "reference_tol", reference_tol)
+    t_min = resolve_t_min(fn, sde, t_min)
+    if reference is None:
+        solve = sample_ode(score, sde, x_pilot, method="dpmpp_4m_pc_adaptive", rtol=reference_tol, atol=reference_tol, t_min=t_min)
+        reference, nfe = solve.samples, solve.nfe
+    else:
+        if not torch.is_tensor(reference) or reference.shape != x_pilot.shape:
+            got = f"shape {tuple(reference.shape)}" if torch.is_tensor(reference) else type(reference).__name__
+            raise ValueError(f"{fn}: argument 'reference' expected a tensor shaped like x_pilot {tuple(x_pilot.shape)}, got {got}.")
+        nfe = 0
+    s_min = math.exp(-float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64))))
+    tried: dict[tuple[float, float], float] = {}
+    for cap in _CAPS:
+        for floor in (f * s_min for f in _FLOORS):
+            grid = time_grid(sde, steps, "log_snr_capped", t_min=t_min, sigma_cap=cap, sigma_floor=floor)
+            res = sample_ode(score, sde, x_pilot, method=method, schedule=grid, t_min=t_min, options=options)
+            nfe += res.nfe
+            tried[cap, floor] = float((res.samples - reference).square().mean().sqrt())
+    cap, floor = min(tried, key=tried.get)
+    times = time_grid(sde, steps, "log_snr_capped", t_min=t_min, sigma_cap=cap, sigma_floor=floor)
+    return FittedSchedule(
+        times=times, method=method, sigma_cap=cap, sigma_floor=floor, pilot_error=tried[cap, floor], nfe=nfe,
+        rows=x_pilot.shape[0], candidates=tuple((c, f, e) for (c, f), e in tried.items()), reference=reference,
+    )

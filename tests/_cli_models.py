@@ -1,0 +1,24 @@
+"""Model factories for ``--model tests_module:factory`` in the CLI tests: ``factory(device) -> (score, sde)``."""
+
+import torch
+
+from scoreflow.testing import make_problem
+
+
+def gaussian(device):
+    """The exact score of the 2-D Gaussian problem in float32, as a user's float32 model would be."""
+    problem = make_problem("gaussian2d", "vp", dtype=torch.float32)
+    return problem.score, problem.sde
+
+
+def flat_score(device):
+    """A network that returns one value per sample, shape (B, 1): the score's shape check must catch it."""
+    return (lambda x, t: x[:, :1]), make_problem("gaussian2d", "vp").sde
+
+
+def not_a_pair(device):
+    return "score"
+
+
+def missing_checkpoint(device):
+    raise FileNotFoundError("no checkpoint at weights/ema.pt")

@@ -1,0 +1,77 @@
+"""Conditional flow matching: minimised by the exact velocity, optimal-transport pairing, argument errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import scoreflow as sf
+from scoreflow.losses.flow import ot_pairing
+from scoreflow.testing import make_law
+
+RF = sf.RectifiedFlow()
+
+
+def per_sample_slope(velocity, direction, x0, theta: float) -> torch.Tensor:
+    """d/dtheta of each sample's loss at u + theta * direction (exact: the loss is quadratic in theta)."""
+    eps = 1e-3
+    losses = [
+        sf.losses.cfm_loss(lambda x, t, th=th: velocity.predict(x, t) + th * direction(x, t), RF, x0,
+                           generator=torch.Generator().manual_seed(1), reduction="none")
+        for th in (theta - eps, theta + eps)
+    ]
+    return (losses[1] - losses[0]) / (2 * eps)
+
+
+def test_cfm_loss_gradient_vanishes_at_the_exact_velocity():
+    law = make_law("ring2d")
+    x0 = law.sample(20_000, generator=torch.Generator().manual_seed(0))
+    direction = lambda x, t: torch.sin(x) * t[:, None] + 0.3  # noqa: E731 - any smooth perturbation
+    at_exact = per_sample_slope(law.velocity(RF), direction, x0, 0.0)
+    se = float(at_exact.std() / len(at_exact) ** 0.5)
+    assert abs(float(at_exact.mean())) < 4 * se
+    away = per_sample_slope(law.velocity(RF), direction, x0, 0.2)  # slope 2 theta E|h|^2 > 0 away from it
+    assert float(away.mean()) > 10 * se
+
+
+def test_cfm_loss_accepts_a_model_carrying_its_own_prediction():
+    law = make_law("ring2d")
+    x0 = law.sample(64, generator=torch.Generator().manual_seed(0))
+    exact = law.velocity(RF)
+    plain = sf.losses.cfm_loss(exact.predict, RF, x0, generator=torch.Generator().manual_seed(3))
+    wrapped = sf.losses.cfm_loss(sf.score_from_flow_velocity(exact.predict, RF), RF, x0, generator=torch.Generator().manual_seed(3))
+    as_model = sf.losses.cfm_loss(exact, RF, x0, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(plain, wrapped)
+    torch.testing.assert_close(plain, as_model)
+    # a data-prediction model is converted to the velocity
+    denoiser = sf.score_from_denoiser(lambda x, t: law.posterior(RF, x, t)[0], RF)
+    torch.testing.assert_close(sf.losses.cfm_loss(denoiser, RF, x0, generator=torch.Generator().manual_seed(3)), plain)
+
+
+def test_ot_pairing_is_the_optimal_permutation():
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    perm = ot_pairing(x0, noise)
+    cost = lambda p: float((x0 - noise[list(p)]).square().sum())  # noqa: E731
+    assert cost(perm.tolist()) == pytest.approx(min(cost(p) for p in itertools.permutations(range(6))))
+    law = make_law("ring2d")
+    x = law.sample(256, generator=g)
+    ot = sf.losses.cfm_loss(law.velocity(RF), RF, x, coupling="ot", generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(ot) and ot.ndim == 0
+
+
+def test_cfm_loss_argument_errors():
+    x0 = torch.randn(4, 2)
+    net = lambda x, t: x  # noqa: E731
+    with pytest.raises(ValueError, match="cfm_loss: argument 'coupling' expected one of 'independent', 'ot'"):
+        sf.losses.cfm_loss(net, RF, x0, coupling="sinkhorn")
+    with pytest.raises(ValueError, match=r"cfm_loss: the velocity expected shape \(4, 2\)"):
+        sf.losses.cfm_loss(lambda x, t: x[:, :1], RF, x0)
+    with pytest.raises(TypeError, match="cfm_loss: argument 'velocity' expected a callable"):
+        sf.losses.cfm_loss(None, RF, x0)
+    with pytest.raises(TypeError, match="cfm_loss: argument 'path' expected a ForwardSDE"):
+        sf.losses.cfm_loss(net, "rf", x0)
+    with pytest.raises(ValueError, match=r"cfm_loss: argument 't_min' expected a time in \[0, T=1\)"):
+        sf.losses.cfm_loss(net, RF, x0, t_min=1.0)

@@ -1,0 +1,73 @@
+"""sf.fit_schedule and the floor of time_grid's capped log-SNR grid."""
+
+import math
+
+import pytest
+import torch
+
+import scoreflow as sf
+from _helpers import RecordingScore
+from scoreflow.analytic import Gaussian
+from scoreflow.metrics import rms_error
+from scoreflow.testing import make_problem
+
+
+def test_floor_zero_is_the_capped_grid_and_a_floor_is_uniform_in_u():
+    sde = sf.VPSDE()
+    assert torch.equal(sf.time_grid(sde, 12, "log_snr_capped", sigma_cap=3.0),
+                       sf.time_grid(sde, 12, "log_snr_capped", sigma_cap=3.0, sigma_floor=0.0))
+    ts = sf.time_grid(sde, 12, "log_snr_capped", sigma_cap=3.0, sigma_floor=0.05)
+    assert ts[0] == sde.T and ts[-1] == sde.t_min and bool((ts.diff() < 0).all())
+    s = torch.exp(-sde.log_snr(ts))
+    u = torch.log((s + 0.05) / (1 + s / 3.0))
+    assert torch.allclose(u.diff(), u.diff().mean().expand(12), rtol=1e-9)
+    with pytest.raises(ValueError, match=r"time_grid: argument 'sigma_floor' expected a finite number >= 0, got -1"):
+        sf.time_grid(sde, 12, "log_snr_capped", sigma_floor=-1.0)
+
+
+def test_fitted_grid_beats_the_default_grid_on_held_out_draws_of_narrow_data():
+    # Data of scale 0.05: the default cap (10, for unit-scale data) wastes steps at high noise.
+    sde = sf.VPSDE()
+    law = Gaussian(torch.tensor([0.1, -0.05], dtype=torch.float64), torch.diag(torch.tensor([0.05, 0.002], dtype=torch.float64)))
+    score = RecordingScore(law.score(sde))
+    pilot = sde.prior_sample((32, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fit = sf.fit_schedule(score, sde, pilot, 8)
+    assert fit.nfe == score.calls and fit.rows == 32 and fit.steps == 8 and fit.method == "dpmpp_3m_pc"
+    assert torch.equal(fit.times, sf.time_grid(sde, 8, "log_snr_capped", sigma_cap=fit.sigma_cap, sigma_floor=fit.sigma_floor))
+    assert fit.pilot_error == min(e for _, _, e in fit.candidates)
+    x_T = sde.prior_sample((256, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact = law.flow_map(sde, x_T, sde.T, sde.t_min)
+    fitted = sf.sample_ode(law.score(sde), sde, x_T, method="dpmpp_3m_pc", schedule=fit.times)
+    default = sf.sample_ode(law.score(sde), sde, x_T, method="dpmpp_3m_pc", steps=8)
+    assert fitted.nfe == default.nfe == 8
+    assert rms_error(fitted.samples, exact) < 0.5 * rms_error(default.samples, exact)
+
+
+def test_fit_on_a_mixture_is_no_worse_than_its_candidates_and_counts_its_cost():
+    problem = make_problem("ring2d", "vp")
+    pilot = problem.sde.prior_sample((24, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fit = sf.fit_schedule(problem.score, problem.sde, pilot, 6, method="dpmpp_2m")
+    assert len(fit.candidates) == 35
+    reference_nfe = fit.nfe - 6 * len(fit.candidates)
+    assert 10 < reference_nfe < 200
+    assert math.isfinite(fit.pilot_error) and fit.sigma_floor >= 0
+    # The accurate pilot solve is reused for another budget on the same draws.
+    again = sf.fit_schedule(problem.score, problem.sde, pilot, 8, method="dpmpp_2m", reference=fit.reference)
+    assert again.nfe == 8 * 35 and torch.equal(again.reference, fit.reference)
+
+
+def test_bad_arguments():
+    problem = make_problem("gaussian2d", "vp")
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 'method' expected a fixed-grid method, got the adaptive 'dopri5'"):
+        sf.fit_schedule(problem.score, problem.sde, x, 5, method="dopri5")
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 'method' expected one of"):
+        sf.fit_schedule(problem.score, problem.sde, x, 5, method="nope")
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 'steps' expected an int >= 1, got 0"):
+        sf.fit_schedule(problem.score, problem.sde, x, 0)
+    with pytest.raises(TypeError, match=r"fit_schedule: argument 'x_pilot' expected a torch.Tensor"):
+        sf.fit_schedule(problem.score, problem.sde, [1.0, 2.0], 5)
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 'reference_tol' expected a finite number > 0"):
+        sf.fit_schedule(problem.score, problem.sde, x, 5, reference_tol=0.0)
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 'reference' expected a tensor shaped like x_pilot \(4, 2\), got shape \(3, 2\)"):
+        sf.fit_schedule(problem.score, problem.sde, x, 5, reference=torch.zeros(3, 2))

@@ -1,0 +1,130 @@
+"""Flow paths as forward processes, the prediction conversions, and the analytic laws' exact velocities."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import scoreflow as sf
+from scoreflow.parameterizations import PREDICTIONS, convert
+from scoreflow.testing import make_law
+
+F64 = torch.float64
+PATHS = {
+    "rf": sf.RectifiedFlow(),
+    "cosine": sf.AffinePath(lambda t: torch.cos(0.5 * torch.pi * t), lambda t: torch.sin(0.5 * torch.pi * t)),
+    "vp": sf.VPSDE(),
+}
+
+
+def finite_difference(fn, t: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
+    return (fn(t + h) - fn(t - h)) / (2 * h)
+
+
+@pytest.mark.parametrize("name", ["rf", "cosine", "vp", "subvp", "ve"])
+def test_marginal_derivatives_and_sde_coefficients_match_finite_differences(name):
+    sde = PATHS.get(name) or {"subvp": sf.SubVPSDE(), "ve": sf.VESDE()}[name]
+    t = torch.tensor([0.05, 0.3, 0.6, 0.9], dtype=F64)
+    d_alpha, d_sigma = sde.marginal_derivatives(t)
+    torch.testing.assert_close(d_alpha, finite_difference(lambda s: sde.marginal(s)[0], t), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(d_sigma, finite_difference(lambda s: sde.marginal(s)[1], t), rtol=1e-6, atol=1e-8)
+    alpha, sigma = sde.marginal(t)
+    # f = d log(alpha)/dt and g^2 = d sigma^2/dt - 2 f sigma^2, the SDE with these marginals
+    torch.testing.assert_close(sde.drift_coef(t), d_alpha / alpha, rtol=1e-6, atol=1e-10)
+    g2 = finite_difference(lambda s: sde.marginal(s)[1] ** 2, t) - 2 * d_alpha / alpha * sigma**2
+    torch.testing.assert_close(sde.diffusion(t) ** 2, g2, rtol=1e-5, atol=1e-8)
+
+
+def test_rectified_flow_is_the_linear_path_and_its_generic_form_agrees():
+    rf = PATHS["rf"]
+    generic = sf.AffinePath(lambda t: 1 - t, lambda t: t.clone())  # derivatives by autograd, inverse by bisection
+    t = torch.tensor([0.01, 0.25, 0.5, 0.99], dtype=F64)
+    torch.testing.assert_close(torch.stack(rf.marginal(t)), torch.stack([1 - t, t]))
+    torch.testing.assert_close(torch.stack(generic.marginal_derivatives(t)), torch.stack(rf.marginal_derivatives(t)))
+    torch.testing.assert_close(rf.diffusion(t) ** 2, 2 * t / (1 - t))
+    lam = rf.log_snr(t)
+    torch.testing.assert_close(rf.t_from_log_snr(lam), t)
+    torch.testing.assert_close(generic.t_from_log_snr(lam), t, rtol=1e-12, atol=1e-12)
+    assert rf.pure_noise_at_T and generic.pure_noise_at_T and not sf.VPSDE().pure_noise_at_T
+    assert rf.log_snr(torch.tensor(1.0, dtype=F64)) == -torch.inf and rf.prior_std == 1.0
+    assert not rf.truncated(0.99).pure_noise_at_T and rf.truncated(0.99).prior_std == pytest.approx(0.99)
+
+
+def test_path_arguments_are_checked():
+    with pytest.raises(TypeError, match=r"AffinePath: argument 'alpha' expected a callable alpha\(t\)"):
+        sf.AffinePath(1.0, lambda t: t)
+    with pytest.raises(ValueError, match="AffinePath: expected alpha.* sigma\\(t\\) > 0"):
+        sf.AffinePath(lambda t: 1 - t, lambda t: t - 0.5)
+    with pytest.raises(ValueError, match="strictly decreasing log-SNR"):
+        sf.AffinePath(lambda t: 1 + t, lambda t: 0.5 + 0 * t)
+    with pytest.raises(ValueError, match=r"argument 'sigma' must map a \(N,\) time tensor"):
+        sf.AffinePath(lambda t: 1 - t, lambda t: t.sum())
+    with pytest.raises(ValueError, match=r"RectifiedFlow: argument 'T' expected a time in \(0, 1\]"):
+        sf.RectifiedFlow(T=1.5)
+    with pytest.raises(ValueError, match="RectifiedFlow.truncated: argument 'T'"):
+        sf.RectifiedFlow(T=0.5).truncated(0.9)
+
+
+@pytest.mark.parametrize("path", ["rf", "cosine", "vp"])
+def test_conversions_round_trip_and_agree_with_the_exact_posterior(path):
+    sde, law = PATHS[path], make_law("ring2d")
+    x = law.marginal(sde, 0.4).sample(16, generator=torch.Generator().manual_seed(0))
+    t = torch.full((16,), 0.4, dtype=F64)
+    x0, score = law.posterior(sde, x, t)
+    sigma = sde.marginal(t)[1][:, None]
+    d_alpha, d_sigma = (c[:, None] for c in sde.marginal_derivatives(t))
+    exact = {"x0": x0, "score": score, "eps": -sigma * score, "flow_velocity": d_alpha * x0 - d_sigma * sigma * score}
+    exact["v"] = sde.marginal(t)[0][:, None] * exact["eps"] - sigma * x0
+    for source, target in itertools.product(PREDICTIONS, PREDICTIONS):
+        torch.testing.assert_close(convert(exact[source], source, target, x, t, sde), exact[target], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(law.velocity(sde).predict(x, t), exact["flow_velocity"])
+
+
+def test_exact_velocity_is_the_time_derivative_of_the_gaussian_flow_map():
+    rf, law = PATHS["rf"], make_law("gaussian2d")
+    x1 = rf.prior_sample((8, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    for t in (0.2, 0.7):
+        xt = law.flow_map(rf, x1, 1.0, t)
+        dx = (law.flow_map(rf, x1, 1.0, t + 1e-6) - law.flow_map(rf, x1, 1.0, t - 1e-6)) / 2e-6
+        torch.testing.assert_close(law.velocity(rf).predict(xt, t), dx, rtol=1e-6, atol=1e-7)
+    # at pure noise x_1 = eps, so u = E[eps - x0 | x_1] = x_1 - E[x0]
+    torch.testing.assert_close(law.velocity(rf).predict(x1, 1.0), x1 - law.mean)
+
+
+def test_flow_velocity_model_converts_through_its_own_prediction():
+    rf, law = PATHS["rf"], make_law("mixture16d")
+    exact = law.velocity(rf)
+    model = sf.score_from_flow_velocity(lambda x, t: exact.predict(x, t), rf)
+    x = rf.prior_sample((4, 16), generator=torch.Generator().manual_seed(1), dtype=F64)
+    t = torch.tensor([1.0, 0.8, 0.3, 0.01], dtype=F64)
+    assert model.prediction == "flow_velocity"
+    torch.testing.assert_close(model(x[1:], t[1:]), law.marginal(rf, t[1:]).grad_log_prob(x[1:]))
+    x0 = sf.denoiser_from_score(model, rf)(x, t)  # through the velocity: finite at t = 1, where it is E[x0]
+    torch.testing.assert_close(x0[0], law.mean)
+    torch.testing.assert_close(sf.flow_velocity_from_score(model, rf)(x, t), exact.predict(x, t))
+    with pytest.raises(TypeError, match="score_from_flow_velocity: argument 'net' expected a callable"):
+        sf.score_from_flow_velocity(3, rf)
+
+
+@pytest.mark.parametrize("shift", [0.5, 1.0, 3.0])
+def test_shift_schedule_is_sd3s_time_shift_of_a_uniform_grid(shift):
+    rf = PATHS["rf"]
+    ts = sf.time_grid(rf, 8, "shift", shift=shift, t_min=0.0)
+    u = torch.linspace(1, 0, 9, dtype=F64)
+    torch.testing.assert_close(ts, shift * u / (1 + (shift - 1) * u))
+    ends = sf.time_grid(rf, 5, "shift", shift=shift)
+    assert (ends[0], ends[-1]) == (1.0, rf.t_min) and bool((ends[1:] < ends[:-1]).all())
+
+
+def test_log_snr_schedules_need_finite_ends():
+    rf = PATHS["rf"]
+    with pytest.raises(ValueError, match="time_grid: schedule 'log_snr' needs a finite log-SNR.*log_snr_capped"):
+        sf.time_grid(rf, 4, "log_snr")
+    with pytest.raises(ValueError, match="time_grid: schedule 'log_snr_capped' needs a finite log-SNR"):
+        sf.time_grid(rf, 4, "log_snr_capped", t_min=0.0)
+    capped = sf.time_grid(rf, 4, "log_snr_capped")
+    assert capped[0] == 1.0 and bool(torch.isfinite(capped).all())
+    with pytest.raises(ValueError, match=r"time_grid: argument 't_min' expected a time in \(0, T=1\)"):
+        sf.time_grid(sf.VPSDE(), 4, t_min=0.0)
