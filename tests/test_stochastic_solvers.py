@@ -99,18 +99,21 @@ def test_edm_stochastic_without_churn_is_edm_heun(gaussian_vp):
     assert torch.equal(sde.samples, ode) and sde.nfe == 18
 
 
-@pytest.mark.parametrize("method, order", [("dpmpp_3m_sde", 3), ("dpmpp_3m_sde_pc", 2)])
-def test_eta_zero_multistep_converges_at_its_deterministic_order(method, order, gaussian_vp):
+@pytest.mark.parametrize("method", sorted(NATIVE))
+def test_without_noise_each_method_converges_at_its_declared_drift_order(method, gaussian_vp):
+    # eta = 0 (no churn for edm_stochastic) leaves the probability-flow solver, of the declared drift order:
     # dpmpp_3m_sde integrates the quadratic term exactly (k-diffusion's dpmpp_3m_sde, with half of it, is second
-    # order); the predictor-corrector's trapezoidal corrector is second order (its step is built for eta = 1)
+    # order); the predictor-correctors' trapezoidal corrector is second order (its step is built for eta = 1)
     problem, x_T = gaussian_vp
-    sde = problem.sde
+    sde, order = problem.sde, NATIVE[method].drift_order
     exact = problem.law.flow_map(sde, x_T, sde.T, sde.t_min)
-    steps = (24, 48, 96)
+    options = {"s_churn": 0.0} if method == "edm_stochastic" else {"eta": 0.0}
+    steps = (96, 192, 384)  # (dpmpp_2m_sde_pc's error is still pre-asymptotic below ~100 steps)
     errors = [rms_error(sf.sample_sde(problem.score, sde, x_T, method=method, steps=n, generator=torch.Generator(),
-                                      options={"eta": 0.0}).samples, exact) for n in steps]
+                                      options=options).samples, exact) for n in steps]
     slope = -math.log(errors[-1] / errors[0]) / math.log(steps[-1] / steps[0])
-    assert order - 0.3 < slope < order + 1.2, (errors, slope)
+    # (above the order: dpmpp_3m_sde's leading error term nearly cancels on this grid, slope ~4.4)
+    assert order - 0.3 < slope < order + 1.5, (errors, slope)
 
 
 @pytest.mark.parametrize("method", REVERSE_SDE_METHODS)

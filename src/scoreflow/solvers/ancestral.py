@@ -86,6 +86,7 @@ class DPMSolverPPSDE(StochasticSolver):
     """
 
     nfe_per_step = 2
+    drift_order = 2.0
     options = {"eta": DDIM_ETA}
     structure = ("mid",)
 

@@ -40,6 +40,7 @@ class EDMStochastic(StochasticSolver):
     """
 
     nfe_per_step = 2
+    drift_order = 2.0
     default_schedule = "karras"
     uses = "eps"
     structure = ("at", "churn")

@@ -124,6 +124,7 @@ class DPMSolverPP2MSDE(_ExponentialSDE):
 
     predictor_points = 2
     midpoint_form = True
+    drift_order = 2.0
 
 
 class DPMSolverPP3MSDE(_ExponentialSDE):
@@ -134,6 +135,7 @@ class DPMSolverPP3MSDE(_ExponentialSDE):
     """
 
     predictor_points = 3
+    drift_order = 3.0
 
 
 class DPMSolverPP2MSDEPC(_ExponentialSDE):
@@ -141,6 +143,7 @@ class DPMSolverPP2MSDEPC(_ExponentialSDE):
 
     predictor_points = 2
     midpoint_form = True
+    drift_order = 2.0
     corrected = True
 
 
@@ -148,6 +151,7 @@ class DPMSolverPP3MSDEPC(_ExponentialSDE):
     """``dpmpp_3m_sde`` predictor with the trapezoidal stochastic corrector of the module docstring: one NFE per step."""
 
     predictor_points = 3
+    drift_order = 2.0  # the trapezoidal corrector's (tests: eta = 0 converges at second order)
     corrected = True
 
 

@@ -118,6 +118,8 @@ class StochasticSolver(ABC):
 
     Class attributes (read by :func:`register_stochastic` into the method's registry record):
         strong_order, weak_order: declared orders for the reverse SDE's additive noise (``None``: none declared).
+        drift_order: the order when the noise vanishes (``eta = 0``: the probability-flow solver it becomes), up to
+            which measured orders may rise before the asymptotic regime.
         nfe_per_step: score evaluations per step.
         default_schedule: the step schedule used with ``steps=N`` when no ``schedule`` is given.
         options: the keyword options its constructor accepts.
@@ -128,6 +130,7 @@ class StochasticSolver(ABC):
 
     strong_order: ClassVar[float | None] = 1.0
     weak_order: ClassVar[float | None] = 1.0
+    drift_order: ClassVar[float | None] = 1.0
     nfe_per_step: ClassVar[int] = 1
     default_schedule: ClassVar[str] = "log_snr"
     options: ClassVar[Mapping[str, Option]] = {}
@@ -169,6 +172,7 @@ def register_stochastic(name: str, solver: type[StochasticSolver], summary: str)
             summary=summary,
             strong_order=solver.strong_order,
             weak_order=solver.weak_order,
+            drift_order=solver.drift_order,
             nfe_per_step=solver.nfe_per_step,
             default_schedule=solver.default_schedule,
             options=solver.options,
