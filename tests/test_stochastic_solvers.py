@@ -220,3 +220,16 @@ def test_bad_options_and_arguments_name_the_fix(gaussian_vp):
     with pytest.raises(ValueError, match=r"argument 'schedule' expected a grid that starts at T=1"):
         run("ddim", schedule=torch.linspace(0.9, 1e-3, 5))
     assert counter.calls == 0
+
+
+@pytest.mark.parametrize("method", ["dpmpp_2m_sde", "dpmpp_3m_sde"])
+def test_a_truncated_flow_path_with_a_velocity_model(method):
+    # RectifiedFlow(T < 1) has a finite reverse SDE; the exact model predicts the flow velocity, which the
+    # solvers turn into data predictions.  50 steps reach the exact law at t_min (mean, covariance) within 0.05
+    # (the Monte-Carlo error of 8000 draws is about 0.02).
+    law, sde = make_law("gaussian2d"), sf.RectifiedFlow(T=0.999)
+    x_T = law.marginal(sde, sde.T).sample(8000, generator=torch.Generator().manual_seed(0))
+    res = sf.sample_sde(law.score(sde), sde, x_T, method=method, steps=50, generator=torch.Generator().manual_seed(1))
+    exact = law.marginal(sde, sde.t_min)
+    assert float((res.samples.mean(0) - exact.mean).norm()) < 0.05
+    assert float((torch.cov(res.samples.T) - exact.covariance).norm()) < 0.05
