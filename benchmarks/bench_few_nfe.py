@@ -136,7 +136,7 @@ def summarize(info, rows, report_budgets=(5, 10, 20, 50, 100)):
             sfb, kdb = best_within(rows, "scoreflow", b), best_within(rows, "k-diffusion", b, scheds)
             claims[f"ratio_nfe<={b}_vs_kd_{label}"] = sfb["path_rms"] / kdb["path_rms"] if sfb and kdb else None
         n_sf, n_kd = nfe_to_reach(rows, "scoreflow", 1e-3), nfe_to_reach(rows, "k-diffusion", 1e-3, scheds)
-        claims[f"nfe_to_1e-3_scoreflow"] = n_sf
+        claims["nfe_to_1e-3_scoreflow"] = n_sf
         claims[f"nfe_to_1e-3_kd_{label}"] = n_kd
     return lines, claims
 
@@ -206,7 +206,7 @@ def main(argv=None):
     print("\n".join(table))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps([{"info": i, "claims": c, "rows": r} for i, r, c in results], indent=1, default=float))
+    peers.write_json(out / "results.json", [{"info": i, "claims": c, "rows": r} for i, r, c in results], default=float)
     (out / "table.md").write_text("\n".join(table) + "\n")
     if args.plot:
         plot(results, args.plot)

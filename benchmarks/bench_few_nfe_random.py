@@ -45,7 +45,7 @@ from scoreflow.testing import make_law
 
 from peers import (
     DIFFUSERS_CONFIGS, diffusers_sample, load_k_diffusion_sampling, make_scheduler, random_mixture, reference_solve,
-    run_diffusers, run_ipndm, run_k_diffusion,
+    run_diffusers, run_ipndm, run_k_diffusion, write_json,
 )
 
 BUDGETS = (5, 10, 15, 20, 30)
@@ -349,8 +349,8 @@ def main(argv=None):
         print(json.dumps({"problem": name, "dim": info["dim"], "K": info["components"], "seconds": round(info["seconds"]),
                           **{f"{b}": {k: v for k, v in s[b].items()} for b in (10, 20)}, "nfe_to_1e-3": s["nfe_to_1e-3"]},
                          default=str), flush=True)
-        (out / "results.json").write_text(json.dumps({"check": check, "problems": [
-            {"info": i, "summary": {str(k): v for k, v in sm.items()}, "rows": r} for i, r, sm in results]}, default=float))
+        write_json(out / "results.json", {"check": check, "problems": [
+            {"info": i, "summary": {str(k): v for k, v in sm.items()}, "rows": r} for i, r, sm in results]}, default=float, indent=None)
     finish(results, check, out)
 
 

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 from bench_few_nfe import save_figure  # benchmarks/ is on the path when this script runs
-from peers import Counted
+from peers import Counted, write_json
 
 import scoreflow as sf
-from scoreflow.analytic import Gaussian, GaussianMixture
+from scoreflow.analytic import GaussianMixture
 from scoreflow.metrics import rms_error
 from scoreflow.testing import make_law, reference_flow_map
 
@@ -389,7 +389,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     payload = {"sampling": [{"info": i, "verdicts": v, "rows": r} for i, r, v in results], "random_spread": spread,
                "likelihood_image_shaped": image, "likelihood_hutchinson": hutch, "hutchinson_equal_error": equal}
-    (out / "results.json").write_text(json.dumps(payload, indent=1, default=float))
+    write_json(out / "results.json", payload, default=float)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     if args.plot:
         plot(results, args.plot)

@@ -17,7 +17,6 @@ Prints a table and writes ``benchmarks/results/bench_likelihood.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ from scipy.integrate import solve_ivp
 import scoreflow as sf
 from scoreflow.dynamics.divergence import draw_probes
 from scoreflow.testing import make_problem
+
+from peers import write_json
 
 
 def baseline_log_likelihood(score, sde, x, probe, *, rtol, atol, prior_log_prob, as_written=False):
@@ -168,14 +169,11 @@ def main() -> None:
     print(f"prior mismatch |log N(0, prior_std^2) - log p_T| at x_T: {prior_gap:.3g} nats "
           f"({prior_gap / (d * math.log(2)):.3g} bits/dim), excluded above")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": vars(args), "rows": rows, "wall_ratio_baseline_over_hutchinson": ratio,
+    write_json(args.out, {"config": vars(args), "rows": rows, "wall_ratio_baseline_over_hutchinson": ratio,
                                "cpu_ratio_baseline_over_hutchinson": cpu_ratio,
                                "wall_ratio_lean_baseline_over_hutchinson": lean_ratio,
                                "prior_mismatch_nats": prior_gap,
-                               "round_trip_s_per_eval": trip}, indent=2))
-    print(f"wrote {out}")
+                               "round_trip_s_per_eval": trip}, indent=2)
 
 
 if __name__ == "__main__":

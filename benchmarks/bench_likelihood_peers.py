@@ -30,7 +30,6 @@ Prints tables and writes ``benchmarks/results/bench_likelihood_peers.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -41,7 +40,7 @@ import torch
 
 import scoreflow as sf
 from bench_likelihood import baseline_log_likelihood
-from peers import random_mixture
+from peers import random_mixture, write_json
 from scoreflow.dynamics.divergence import draw_probes
 from scoreflow.testing import make_law
 
@@ -189,12 +188,9 @@ def main() -> None:
             cells = [" / ".join(f"{e[t][m]['ratio_to_scoreflow']:.2f}" for t in TARGETS)
                      for m in ("score_sde as written", "flow_matching compute_likelihood")]
             print(f"| {e['problem']} | " + " | ".join(cells) + " |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": vars(args), "problems": info, "rows": all_rows,
+    write_json(args.out, {"config": vars(args), "problems": info, "rows": all_rows,
                                "equal_accuracy": {c: [{k if isinstance(k, str) else f"{k:g}": v for k, v in e.items()}
-                                                      for e in entries] for c, entries in summary.items()}}, indent=2))
-    print(f"wrote {out}")
+                                                      for e in entries] for c, entries in summary.items()}}, indent=2)
 
 
 if __name__ == "__main__":

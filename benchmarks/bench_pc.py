@@ -17,16 +17,16 @@ Prints tables and writes ``benchmarks/results/bench_pc.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
-from pathlib import Path
 
 import torch
 
 import scoreflow as sf
 from scoreflow.metrics import mode_weights, sliced_wasserstein2
 from scoreflow.testing import make_problem
+
+from peers import write_json
 
 F64 = torch.float64
 
@@ -118,10 +118,8 @@ def main() -> None:
         print(f"{row['method']:42} {row['nfe']:5d} {m:9.4f} +- {se:.4f} {row['worst']:7.4f}", flush=True)
         results["langevin"].append(row)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {out}")
+    print()
+    write_json(args.out, results, indent=2)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Prints a table and writes ``benchmarks/results/bench_testing.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import torch
 
 from scoreflow.testing import LAWS, make_law
 from scoreflow.testing.distribution import _mode_check, _moment_check, _sw2_check
+
+from peers import write_json
 
 CHECKS = ("moments", "sw2", "modes")
 
@@ -85,9 +86,7 @@ def main() -> None:
                 f"{fmt(row['rate_modes']):>8}{fmt(row['rate_any']):>8}{row['seconds_per_run']:>8.2f}",
                 flush=True,
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, rows, indent=2)
 
 
 if __name__ == "__main__":

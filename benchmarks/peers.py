@@ -5,6 +5,7 @@
 - :func:`reference_solve`: ``x_{t_min}`` of the probability-flow ODE by scipy's DOP853 in float64.
 - :func:`run_k_diffusion`: k-diffusion's samplers on the exact denoiser in its variables (and :func:`run_ipndm`,
   iPNDM written here in the same variables, as neither k-diffusion nor diffusers runs it on a given grid).
+- :func:`write_json`: a benchmark's result file, complete or absent.
 - :func:`run_diffusers`: diffusers' multistep schedulers on a discrete 1000-step schedule that coincides with the
   continuous VP SDE (:func:`discrete_vp_betas`), the model evaluated at the noise level of the scheduler's state.
 
@@ -16,6 +17,7 @@ pure-Python requirements, e.g. ``huggingface_hub``, ``safetensors``, ``regex``, 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 import types
@@ -24,14 +26,28 @@ from pathlib import Path
 import torch
 from scipy.integrate import solve_ivp
 
-import scoreflow as sf
+from scoreflow._files import atomic_write
 from scoreflow.analytic import GaussianMixture
 from scoreflow.sampling import time_grid
 
 __all__ = [
     "random_mixture", "reference_solve", "Counted", "load_k_diffusion_sampling", "vp_denoiser", "run_k_diffusion",
     "discrete_vp_betas", "DIFFUSERS_CONFIGS", "DIFFUSERS_SCHEDULES", "make_scheduler", "diffusers_sample", "run_diffusers", "KD_COST", "KD_SCHEDULES", "sample_ipndm", "run_ipndm",
+    "write_json",
 ]
+
+
+def write_json(path: str | Path, payload, **dumps) -> Path:
+    """Write ``payload`` as JSON to ``path`` (its folder created), complete or absent: written beside, then moved.
+
+    ``dumps`` goes to :func:`json.dumps` (``indent`` defaults to 1). Prints and returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(payload, **{"indent": 1, **dumps}))
+    print(f"wrote {path}", flush=True)
+    return path
 
 
 def random_mixture(seed: int, *, dims=(2, 32), components=(2, 16), dtype=torch.float64) -> tuple[GaussianMixture, dict]:

@@ -118,6 +118,8 @@ def test_help_describes_each_command_with_the_shared_options(command, capsys):
     assert all(option in text for option in ("--seed", "--threads", "--debug", "--num-samples"))
     assert ("--dtype" in text) == (command != "demo")
     assert ("--out" in text and "--overwrite" in text) == (command not in ("demo", "likelihood"))
+    # the long solves show a bar
+    assert ("--no-progress" in text) == (command in ("bench", "sample", "dist sample", "dist likelihood"))
 
 
 @pytest.mark.parametrize("command, kinds", [("sample", ("ode", "sde")), ("likelihood", ("likelihood",)), ("dist sample", ("ode", "sde"))])

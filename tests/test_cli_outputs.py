@@ -17,7 +17,7 @@ from scoreflow._files import atomic_write
 from scoreflow.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-SAMPLE = ["sample", "--problem", "gaussian2d", "--method", "rk4", "--steps", "4", "--num-samples", "16"]
+SAMPLE = ["sample", "--no-progress", "--problem", "gaussian2d", "--method", "rk4", "--steps", "4", "--num-samples", "16"]
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):

@@ -82,7 +82,7 @@ def test_score_and_noise_models_are_refused_at_pure_noise():
 def test_methods_that_divide_by_alpha_at_pure_noise_are_refused():
     model, x1 = make_law("ring2d").velocity(RF), prior(4, 2)
     for method in ("dpm_solver_2", "dpm_solver_3", "edm_heun"):
-        with pytest.raises(ValueError, match=f"sample_ode: the native method .* divides by alpha\\(T\\) = 0"):
+        with pytest.raises(ValueError, match="sample_ode: the native method .* divides by alpha\\(T\\) = 0"):
             sf.sample_ode(model, RF, x1, method=method, steps=4)
     with pytest.raises(ValueError, match="sample_ode: time='sigma' is infinite at T=1"):
         sf.sample_ode(model, RF, x1, method="euler", steps=4, time="sigma")

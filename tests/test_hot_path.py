@@ -71,6 +71,9 @@ def test_pc_and_langevin_loops_read_nothing_per_step():
         lambda n: sf.langevin(lambda x: -x, x_T, step_size=0.1, steps=n),
         lambda n: sf.langevin(lambda x: -x, x_T, step_size=0.1, steps=n, log_prob=lambda x: -0.5 * x.pow(2).sum(1)),
         lambda n: sf.annealed_langevin(score, x_T, [1.0, 0.5], steps=n, step_size=1e-3),
+        lambda n: sf.inpaint(score, sde, x_T, known=torch.zeros(2, dtype=torch.float64), mask=torch.tensor([True, False]),
+                             method="repaint", resample=2, steps=n, generator=torch.Generator().manual_seed(0)),
+        lambda n: sf.sample_pc(score, sde, x_T, steps=n, callback=sf.x0_correction(sde), generator=torch.Generator().manual_seed(0)),
     ):
         assert _reads(lambda: run(10)) == _reads(lambda: run(100))
 

@@ -24,6 +24,7 @@ from .sde import EDMSDE, VESDE, VPSDE, ForwardSDE, SubVPSDE
 from .paths import AffinePath, RectifiedFlow
 from . import adapters, distributed
 from .adapters import guided_score
+from .conditional import classifier_guided_score, dps_score, inpaint, x0_correction
 
 __version__ = "0.1.0"
 
@@ -40,4 +41,5 @@ __all__ = [
     "sample_ode", "sample_sde", "fit_schedule", "FittedSchedule", "brownian_motion", "BrownianPath", "SampleResult", "time_grid",
     "langevin", "annealed_langevin", "geometric_sigmas", "sample_pc",
     "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize",
+    "inpaint", "classifier_guided_score", "dps_score", "x0_correction",
 ]

@@ -13,6 +13,10 @@ from typing import Any
 
 import torch
 
+from .errors import NonFiniteError
+
+#: The dtypes a solver state may have (see :func:`check_state_dtype`).
+STATE_DTYPES = (torch.float32, torch.float64)
 
 
 def _describe(x: Any) -> str:
@@ -69,8 +73,11 @@ def check_int(fn: str, name: str, value: Any, *, minimum: int = 1, kind: str = "
     return value
 
 
-def check_batch(fn: str, name: str, x: Any) -> torch.Tensor:
-    """Check that ``x`` is a floating-point tensor of shape ``(B, *D)`` with B >= 1 and at least one data dim."""
+def check_batch(fn: str, name: str, x: Any, *, state: bool = False) -> torch.Tensor:
+    """Check that ``x`` is a floating-point tensor of shape ``(B, *D)`` with B >= 1 and at least one data dim.
+
+    ``state=True`` for the initial state of a solve: float32 or float64 only (:func:`check_state_dtype`).
+    """
     if not torch.is_tensor(x):
         raise TypeError(f"{fn}: argument '{name}' expected a torch.Tensor of shape (B, *D), got {_describe(x)}.")
     if x.ndim < 2:
@@ -85,9 +92,82 @@ def check_batch(fn: str, name: str, x: Any) -> torch.Tensor:
             f"{fn}: argument '{name}' expected a floating-point tensor (float32 or float64), got dtype {x.dtype}. "
             f"Fix: {name}.to(torch.float32) or .double()."
         )
+    if state:
+        check_state_dtype(fn, name, x)
     if not torch.isfinite(x).all():
         raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite values.")
     return x
+
+
+def check_state_dtype(fn: str, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Check that a solver state ``x`` is float32 or float64.
+
+    Half precision belongs to the network, not to the state: a float16/bfloat16 state loses the small
+    increments of a solve (and an adaptive solver's error estimate underflows), so scoreflow refuses it and
+    says how to run the network in half while the state stays in float32.
+    """
+    if x.dtype not in STATE_DTYPES:
+        raise TypeError(
+            f"{fn}: argument '{name}' expected a float32 or float64 tensor (the solver state), got dtype {x.dtype}. "
+            f"Fix: pass {name}.float(); the network may still run in half precision (scoreflow.adapters' "
+            "autocast=torch.float16/bfloat16, or a half network wrapped by from_diffusers/from_kdiffusion, which "
+            "casts the state to the network's dtype and its output back)."
+        )
+    return x
+
+
+def check_float_dtype(fn: str, name: str, dtype: Any) -> torch.dtype:
+    """Check that ``dtype`` is a floating-point ``torch.dtype``; return it."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(
+            f"{fn}: argument '{name}' expected a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}. "
+            "Times and noise levels are not integers."
+        )
+    return dtype
+
+
+def check_time(fn: str, name: str, t: Any, x: torch.Tensor) -> Any:
+    """Check that a time is a finite real number or a finite tensor of one element or of shape ``(B,)`` for the batch ``x``."""
+    if torch.is_tensor(t):
+        if t.numel() != 1 and tuple(t.shape) != (x.shape[0],):
+            raise ValueError(
+                f"{fn}: argument '{name}' expected a scalar or a tensor of shape ({x.shape[0]},) (one time per "
+                f"sample of x, shape {tuple(x.shape)}), got shape {tuple(t.shape)}."
+            )
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"{fn}: argument '{name}' expected a real time, got {_describe(t)}.")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite times.")
+        return t
+    return check_real(fn, name, t)
+
+
+def check_network_output(fn: str, what: str, out: Any, x: torch.Tensor, t: Any) -> bool:
+    """A wrapper's first-call check of the network output ``out`` at ``(x, t)``: the shape, dtype and device of
+    ``x`` (:func:`check_like`, the check :class:`scoreflow.CountedScore` makes on a solve's first call) and finite.
+
+    One host read, on the first call only; inside a ``torch.func`` transform (``vmap`` cannot read values) the
+    finiteness is left to the next plain call's caller.
+
+    Raises:
+        ValueError, TypeError: as :func:`check_like`.
+        NonFiniteError: if ``out`` has a NaN or infinite entry; the message names the times of the batch.
+
+    Returns:
+        Whether the values were checked (False inside a ``torch.func`` transform: check again at the next call).
+    """
+    check_like(fn, what, out, x, what=what)
+    if torch._C._functorch.is_functorch_wrapped_tensor(out):
+        return False
+    if not bool(torch.isfinite(out).all()):
+        ts = t.detach().reshape(-1).double() if torch.is_tensor(t) else torch.tensor([float(t)])
+        at = f"t={ts.min().item():.6g}" if ts.min() == ts.max() else f"times t in [{ts.min().item():.6g}, {ts.max().item():.6g}]"
+        raise NonFiniteError(
+            f"{fn}: {what} is not finite (NaN or inf) at {at}. "
+            "Fix: check the network at these times; a conversion that divides by sigma(t) is infinite where "
+            "sigma(t) = 0 (t = 0), so evaluate at t >= sde.t_min."
+        )
+    return True
 
 
 def check_options(fn: str, options: Any, valid: Iterable[str]) -> dict[str, Any]:
@@ -309,3 +389,16 @@ def resolve_t_min(fn: str, sde: Any, t_min: Any) -> float:
         interval = "[0" if lowest == 0.0 else "(0"
         raise ValueError(f"{fn}: argument 't_min' expected a time in {interval}, T={sde.T:g}), got {t!r}.")
     return t
+
+
+def check_shaped(fn: str, name: str, value: Any, shapes: Iterable[tuple[int, ...]], *, boolean: bool = False) -> torch.Tensor:
+    """Check that ``value`` is a floating-point (or, with ``boolean``, a boolean) tensor of one of ``shapes``
+    (``-1`` matches any size, e.g. a batch); return it."""
+    shapes = [tuple(s) for s in shapes]
+    shown = " or ".join("(" + ", ".join("B" if n == -1 else str(n) for n in s) + ("," if len(s) == 1 else "") + ")" for s in shapes)
+    kind = "a boolean" if boolean else "a floating-point"
+    if not torch.is_tensor(value) or (value.dtype == torch.bool) != boolean or not (boolean or value.is_floating_point()):
+        raise TypeError(f"{fn}: argument '{name}' expected {kind} tensor of shape {shown}, got {_describe(value)}.")
+    if not any(len(s) == value.ndim and all(n in (-1, m) for n, m in zip(s, value.shape)) for s in shapes):
+        raise ValueError(f"{fn}: argument '{name}' expected shape {shown}, got {tuple(value.shape)}.")
+    return value

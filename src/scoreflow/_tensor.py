@@ -23,7 +23,14 @@ def batch_time(t: TimeLike, x: torch.Tensor) -> torch.Tensor:
     t = as_time(t, x)
     if t.ndim == 0:
         return t.expand(x.shape[0])
-    return t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
+    if t.numel() == 1:
+        return t.reshape(-1).expand(x.shape[0])
+    if t.shape != x.shape[:1]:
+        # a shape test, no value read: a wrong batch of times stops here, not inside the user's network
+        raise ValueError(
+            f"time t expected a scalar or shape ({x.shape[0]},) for x of shape {tuple(x.shape)}, got shape {tuple(t.shape)}."
+        )
+    return t
 
 
 def right_pad(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,11 @@ def bits_per_dim(
     fn = "bits_per_dim"
     if not torch.is_tensor(log_prob):
         raise TypeError(f"{fn}: argument 'log_prob' expected a tensor of log-densities, got {type(log_prob).__name__}.")
+    if not isinstance(x_shape, (int, tuple, list, torch.Size)):
+        raise TypeError(
+            f"{fn}: argument 'x_shape' expected the shape of one data point (an int or a tuple of ints, e.g. "
+            f"x.shape[1:]), got {type(x_shape).__name__} {x_shape!r}."
+        )
     dims = (x_shape,) if isinstance(x_shape, int) else tuple(x_shape)
     if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
         raise ValueError(
@@ -85,13 +90,14 @@ def dequantize(
         generator: seeds the uniform noise.
 
     Returns:
-        Dequantized data shaped like ``x``; floating input keeps its dtype, integer input becomes the
-        default float dtype.
+        Dequantized data shaped like ``x``; float32/float64 input keeps its dtype, float16 input (an 8-bit image
+        in half precision) becomes float32, and integer input the default float dtype.
 
     Raises:
         ValueError: if ``x`` is off the grid of ``n_bins`` levels in ``data_range`` (a mismatched scaling)
             or ``n_bins < 2``.
-        TypeError: if ``x`` is not a tensor or ``generator`` is not a ``torch.Generator``.
+        TypeError: if ``x`` is not a tensor, ``generator`` is not a ``torch.Generator``, or ``x``'s floating dtype
+            cannot hold ``n_bins`` levels (bfloat16 for 8-bit data).
     """
     fn = "dequantize"
     if not torch.is_tensor(x):
@@ -99,14 +105,24 @@ def dequantize(
     check_int(fn, "n_bins", n_bins, minimum=2)
     lo, hi = check_data_range(fn, data_range)
     check_generator(fn, generator)
+    tol = 1e-3
     if x.is_floating_point():
-        dtype = x.dtype
+        # a level k/(n_bins - 1) stored in x's dtype is off by up to half its spacing: eps/2 relative, eps*(n_bins-1)/2 levels
+        tol = max(tol, torch.finfo(x.dtype).eps * (n_bins - 1))
+        if tol >= 0.5:
+            raise TypeError(
+                f"{fn}: argument 'x' of dtype {x.dtype} cannot hold {n_bins} distinct levels in data_range "
+                f"(its spacing near the top is {torch.finfo(x.dtype).eps:g} of the range). Fix: pass the integer levels "
+                "(e.g. the uint8 image) or float16/float32 data."
+            )
+        # half precision cannot resolve the uniform noise inside a bin: the result is float32 then
+        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         level = (x.double() - lo) / (hi - lo) * (n_bins - 1)
     else:
         dtype = torch.get_default_dtype()
         level = x.double()
     k = level.round()
-    if not bool(((level - k).abs() <= 1e-3).all() & (k >= 0).all() & (k <= n_bins - 1).all()):
+    if not bool(((level - k).abs() <= tol).all() & (k >= 0).all() & (k <= n_bins - 1).all()):
         raise ValueError(
             f"{fn}: argument 'x' is not on the grid of {n_bins} levels spanning data_range=({lo:g}, {hi:g}) "
             f"(got values in [{float(x.min()):g}, {float(x.max()):g}]). Fix: pass the n_bins and data_range the "

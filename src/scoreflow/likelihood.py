@@ -154,7 +154,7 @@ def log_likelihood(
     if prior_log_prob is not None and not callable(prior_log_prob):
         raise TypeError(f"{fn}: argument 'prior_log_prob' expected a callable x_T -> (B,) log-densities or None, got {type(prior_log_prob).__name__}.")
     t_min = resolve_t_min(fn, sde, t_min)
-    check_batch(fn, "x", x)
+    check_batch(fn, "x", x, state=True)
     stepping = resolve_stepping(
         fn, spec, sde, x, start=t_min, end=sde.T, steps=steps, step_size=step_size, schedule=schedule, rtol=rtol, atol=atol
     )
@@ -165,10 +165,11 @@ def log_likelihood(
     delta0 = x.new_zeros(1 if probes is None else n_probes, x.shape[0])
     with counted.guard():
         xs, deltas = solver.integrate(func, (x, delta0), stepping.times, stepping, adjoint=adjoint)
-
-    latent, delta = xs[-1], deltas[-1]
-    prior = (sde.prior_log_prob if prior_log_prob is None else prior_log_prob)(latent)
-    check_per_sample(fn, "prior_log_prob", prior, x)
+        latent, delta = xs[-1], deltas[-1]
+        prior = (sde.prior_log_prob if prior_log_prob is None else prior_log_prob)(latent)
+        check_per_sample(fn, "prior_log_prob", prior, x)
+        # read with the solve's own records: a NaN prior would otherwise make every log-likelihood NaN
+        counted.finite.record("prior_log_prob", prior, sde.T)
     std_error = delta.std(dim=0) / n_probes**0.5 if n_probes > 1 else None
     delta_mean = delta.mean(dim=0)
     return LikelihoodResult(

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import check_choice
+from ._checks import check_choice, check_network_output
 from ._tensor import TimeLike, batch_time, right_pad
 from .sde import ForwardSDE, check_sde
 
@@ -136,15 +136,31 @@ class _Parameterized(torch.nn.Module):
         if not callable(net):
             raise TypeError(f"{fn}: argument 'net' expected a callable net(x, t), got {type(net).__name__}.")
         check_sde(fn, sde)
-        self.net, self.sde = net, sde
+        self.net, self.sde, self.fn = net, sde, fn
+        self._checked = False
 
     def predict(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """The network's own prediction at ``(x, t)``."""
-        return self.net(x, batch_time(t, x))
+        t = batch_time(t, x)
+        out = self.net(x, t)
+        if not self._checked:
+            self._checked = check_network_output(self.fn, "the network", out, x, t)
+        return out
 
     def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        if isinstance(t, (int, float)) and t <= 0:
+            # a number is read for free: sigma(0) = 0, where the score of every conversion is infinite
+            raise ValueError(
+                f"{self.fn}: argument 't' expected a time > 0 (sigma(0) = 0 makes the score infinite), got {t!r}. "
+                "Fix: evaluate at t >= sde.t_min, or use model.predict(x, t) for the network's own prediction."
+            )
         t = batch_time(t, x)
-        return convert(self.net(x, t), self.prediction, "score", x, t, self.sde)
+        first = not self._checked
+        score = convert(self.predict(x, t), self.prediction, "score", x, t, self.sde)
+        if first:
+            # once: the network was finite, but the conversion divides by sigma(t), which is 0 at t = 0
+            check_network_output(self.fn, f"the score converted from the {self.prediction!r} prediction", score, x, t)
+        return score
 
 
 class _EpsScore(_Parameterized):
@@ -175,7 +191,15 @@ class _EnergyScore(torch.nn.Module):
         # torch.func.grad is a function transform: it differentiates even under torch.no_grad()
         # (sampling code), composes with vmap/jvp/vjp (exact traces), and its output stays
         # differentiable in the energy's parameters (losses need second derivatives).
-        return -torch.func.grad(lambda y: self.energy(y, t).sum())(x)
+        return -torch.func.grad(lambda y: self._energy(y, t).sum())(x)
+
+    def _energy(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        energy = self.energy(x, t)
+        # a shape test (no value read): a (B, D) "energy" would be summed into a wrong gradient without a word
+        if not torch.is_tensor(energy) or energy.shape != x.shape[:1]:
+            got = f"shape {tuple(energy.shape)}" if torch.is_tensor(energy) else type(energy).__name__
+            raise ValueError(f"score_from_energy: the energy expected one value per sample, shape ({x.shape[0]},), got {got}.")
+        return energy
 
 
 def score_from_eps(net: Net, sde: ForwardSDE) -> torch.nn.Module:

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from ._checks import check_choice, check_int, check_positive, resolve_t_min
-from .sde import ForwardSDE
+from ._checks import check_choice, check_float_dtype, check_int, check_positive, resolve_t_min
+from .sde import ForwardSDE, check_sde
 
 __all__ = ["SCHEDULES", "TIME_VARIABLES", "time_grid", "to_time_variable", "from_time_variable", "step_size_grid"]
 
@@ -102,8 +102,11 @@ def time_grid(
         ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0``, ``sigma_floor < 0``,
             ``shift <= 0``, ``t_min`` outside ``[0, T)`` (0 only for processes that allow it), or a log-SNR schedule
             with an infinite log-SNR at an end it needs.
+        TypeError: if ``sde`` is not a forward process or ``dtype`` is not a floating-point dtype.
     """
     fn = "time_grid"
+    check_sde(fn, sde)
+    check_float_dtype(fn, "dtype", dtype)
     check_choice(fn, "schedule", schedule, SCHEDULES)
     check_int(fn, "steps", steps)
     check_positive(fn, "rho", rho)

@@ -115,13 +115,23 @@ class _LinearBetaMixin:
     beta_min: float
     beta_max: float
 
-    def _check_betas(self, beta_min: float, beta_max: float) -> None:
+    def _check_betas(self, beta_min: float, beta_max: float, T: float) -> None:
         name = type(self).__name__
         self.beta_min = check_positive(name, "beta_min", beta_min, allow_zero=True)
         self.beta_max = check_positive(name, "beta_max", beta_max)
         if self.beta_min > self.beta_max:
             raise ValueError(
                 f"{name}: expected beta_min <= beta_max, got beta_min={beta_min!r} > beta_max={beta_max!r}."
+            )
+        T = check_positive(name, "T", T)
+        # alpha(T)^2 = e^{2 log alpha(T)} must not underflow float64 (e^-708): past it the process is pure noise
+        # in floating point long before T, its log-SNR is -inf and every conversion through alpha divides 0 by 0
+        log_alpha_T = -0.25 * T**2 * (self.beta_max - self.beta_min) - 0.5 * T * self.beta_min
+        if 2 * log_alpha_T < math.log(torch.finfo(torch.float64).tiny):
+            raise ValueError(
+                f"{name}: beta_min={beta_min!r}, beta_max={beta_max!r} give log alpha(T) = {log_alpha_T:.6g}, so "
+                f"alpha(T)^2 underflows float64 and the log-SNR is -inf well before T={T:g}; expected "
+                "T^2 (beta_max - beta_min)/4 + T beta_min/2 < 354. Fix: a smaller beta_max (score_sde uses 20) or T."
             )
 
     def beta(self, t: TimeLike) -> torch.Tensor:
@@ -150,11 +160,12 @@ class VPSDE(_LinearBetaMixin, ForwardSDE):
     :math:`\sigma(t)^2 = 1 - \alpha(t)^2`; prior :math:`N(0, I)`.
 
     Raises:
-        ValueError: if ``beta_min < 0``, ``beta_max <= 0``, ``beta_min > beta_max`` or the time range is empty.
+        ValueError: if ``beta_min < 0``, ``beta_max <= 0``, ``beta_min > beta_max``, the time range is empty, or
+            :math:`\alpha(T)^2` underflows float64 (:math:`T^2(\beta_{max}-\beta_{min})/4 + T\beta_{min}/2 \ge 354`).
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, T: float = 1.0, t_min: float = 1e-3) -> None:
-        self._check_betas(beta_min, beta_max)
+        self._check_betas(beta_min, beta_max, T)
         super().__init__(T=T, t_min=t_min)
 
     def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,11 +190,12 @@ class SubVPSDE(_LinearBetaMixin, ForwardSDE):
     Same :math:`\alpha(t)` as :class:`VPSDE`, :math:`\sigma(t) = 1 - \alpha(t)^2`; prior :math:`N(0, I)`.
 
     Raises:
-        ValueError: if ``beta_min < 0``, ``beta_max <= 0``, ``beta_min > beta_max`` or the time range is empty.
+        ValueError: if ``beta_min < 0``, ``beta_max <= 0``, ``beta_min > beta_max``, the time range is empty, or
+            :math:`\alpha(T)^2` underflows float64 (:math:`T^2(\beta_{max}-\beta_{min})/4 + T\beta_{min}/2 \ge 354`).
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, T: float = 1.0, t_min: float = 1e-3) -> None:
-        self._check_betas(beta_min, beta_max)
+        self._check_betas(beta_min, beta_max, T)
         super().__init__(T=T, t_min=t_min)
 
     def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .._checks import check_network_output
+
 Output = Callable[[Any, torch.Tensor], torch.Tensor]
 
 
@@ -42,6 +44,7 @@ class NetworkCall(torch.nn.Module):
         output: extracts the prediction tensor from the network's return value.
         autocast: if given, a reduced dtype (``torch.bfloat16``/``torch.float16``) under which
             the network alone runs via ``torch.autocast``.
+        fn: the adapter that built this call, named in the first call's check of the output.
     """
 
     def __init__(
@@ -51,8 +54,11 @@ class NetworkCall(torch.nn.Module):
         condition: Mapping[str, Any],
         output: Output,
         autocast: torch.dtype | None,
+        fn: str,
     ) -> None:
         super().__init__()
+        self.fn = fn
+        self._checked = False
         self.net = net
         self.time_input = time_input
         self.condition = dict(condition)
@@ -71,4 +77,12 @@ class NetworkCall(torch.nn.Module):
             # Time goes in at least float32: a timestep near 999 does not survive bfloat16.
             time = self.time_input(t).to(torch.promote_types(dtype, torch.float32))
             raw = self.net(x.to(dtype), time, **condition)
-        return self.output(raw, x).to(x.dtype)
+        out = self.output(raw, x)
+        if not torch.is_tensor(out):
+            raise TypeError(
+                f"{self.fn}: the network returned {type(raw).__name__}; expected a tensor shaped like x {tuple(x.shape)}."
+            )
+        out = out.to(x.dtype)
+        if not self._checked:
+            self._checked = check_network_output(self.fn, "the network", out, x, t)
+        return out

@@ -180,5 +180,6 @@ def from_diffusers(
         condition={**condition, "return_dict": False},
         output=_first_output,
         autocast=autocast,
+        fn=fn,
     )
     return _CONVERSIONS[prediction_type](net, sde), sde

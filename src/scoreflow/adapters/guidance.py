@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_real
+from .._checks import check_network_output, check_real
 from .._tensor import ScoreFn
 from ..parameterizations import prediction_of
 
@@ -31,19 +31,28 @@ class GuidedScore(torch.nn.Module):
     def __init__(self, cond: ScoreFn, uncond: ScoreFn, w: float) -> None:
         super().__init__()
         self.cond, self.uncond, self.w = cond, uncond, w
+        self._checked = False
         kinds = {prediction_of(cond), prediction_of(uncond)}
         self.prediction = kinds.pop() if len(kinds) == 1 else "score"
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        s_u = self.uncond(x, t)
-        return s_u + self.w * (self.cond(x, t) - s_u)
+        return self._guide(self.uncond(x, t), self.cond(x, t), x, t)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The guided native prediction ``uncond + w * (cond - uncond)``."""
         if self.prediction == "score":
             return self(x, t)
-        p_u = self.uncond.predict(x, t)
-        return p_u + self.w * (self.cond.predict(x, t) - p_u)
+        return self._guide(self.uncond.predict(x, t), self.cond.predict(x, t), x, t)
+
+    def _guide(self, p_u: torch.Tensor, p_c: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not self._checked:
+            # once: a (B, 1) output of either model would broadcast into a valid-looking guided score
+            checked = [
+                check_network_output("guided_score", f"the {name} model", p, x, t)
+                for name, p in (("uncond", p_u), ("cond", p_c))
+            ]
+            self._checked = all(checked)
+        return p_u + self.w * (p_c - p_u)
 
 
 def guided_score(cond: ScoreFn, uncond: ScoreFn, w: float) -> torch.nn.Module:

@@ -15,6 +15,7 @@ import torch
 from .._checks import check_generator, check_int
 from .._tensor import ScoreFn, TimeLike, batch_time, right_pad
 from ..sde import ForwardSDE
+from . import conditioning
 
 __all__ = ["GaussianMixture", "AnalyticScore", "AnalyticVelocity"]
 
@@ -68,7 +69,7 @@ class GaussianMixture:
         self._init(weights / weights.sum(), means, eigvecs, eigvals, event_shape or (d,))
 
     def _init(self, weights, means, eigvecs, eigvals, event_shape) -> None:
-        self.weights = weights  # (K,)
+        self.weights = weights  # (K,), or (*b, K) for a posterior batched over observations
         self.means = means  # (*b, K, D)
         self.eigvecs = eigvecs  # (K, D, D), columns are eigenvectors
         self.eigvals = eigvals  # (*b, K, D)
@@ -89,7 +90,7 @@ class GaussianMixture:
 
     @property
     def n_components(self) -> int:
-        return self.weights.shape[0]
+        return self.weights.shape[-1]
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -104,15 +105,15 @@ class GaussianMixture:
     @property
     def mean(self) -> torch.Tensor:
         """Mean of the mixture, shape ``(*b, D)``."""
-        return torch.einsum("k,...kd->...d", self.weights, self.means)
+        return torch.einsum("...k,...kd->...d", self.weights, self.means)
 
     @property
     def covariance(self) -> torch.Tensor:
         """Covariance of the mixture (law of total covariance), shape ``(*b, D, D)``."""
         m = self.mean
         dev = self.means - m.unsqueeze(-2)
-        within = torch.einsum("k,...kde->...de", self.weights, self.covs)
-        between = torch.einsum("k,...kd,...ke->...de", self.weights, dev, dev)
+        within = torch.einsum("...k,...kde->...de", self.weights, self.covs)
+        between = torch.einsum("...k,...kd,...ke->...de", self.weights, dev, dev)
         return within + between
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> GaussianMixture:
@@ -169,7 +170,10 @@ class GaussianMixture:
         if self.batch_shape and self.batch_shape != (n,):
             raise ValueError(f"{type(self).__name__}.sample: a law batched over {self.batch_shape} draws n={self.batch_shape[0]} samples, got n={n}.")
         device = self.means.device
-        k = torch.multinomial(self.weights.float(), n, replacement=True, generator=generator).to(device)
+        if self.weights.ndim == 1:
+            k = torch.multinomial(self.weights.float(), n, replacement=True, generator=generator).to(device)
+        else:  # one draw per row of a law batched over observations
+            k = torch.multinomial(self.weights.float(), 1, generator=generator).reshape(n).to(device)
         eps = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype, device=device)
         idx = torch.arange(n, device=device)
         means = self.means[idx, k] if self.batch_shape else self.means[k]
@@ -223,6 +227,15 @@ class GaussianMixture:
         as :func:`scoreflow.score_from_flow_velocity` models do.
         """
         return AnalyticVelocity(self, sde)
+
+    # ------------------------------------------------------------------ conditioning
+    def condition(self, mask: torch.Tensor, values) -> GaussianMixture:
+        """The exact law of the unobserved coordinates given ``values`` where ``mask`` is True (see :func:`scoreflow.analytic.condition`)."""
+        return conditioning.condition(self, mask, values)
+
+    def condition_linear(self, A, y, noise_std) -> GaussianMixture:
+        """The exact posterior given :math:`y = A x + n` on flattened x (see :func:`scoreflow.analytic.condition_linear`)."""
+        return conditioning.condition_linear(self, A, y, noise_std)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(K={self.n_components}, D={self.dim}, batch_shape={self.batch_shape}, dtype={self.means.dtype})"

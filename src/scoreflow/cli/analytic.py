@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from .options import (
     add_dtype,
     add_num_samples,
     add_problem,
+    add_progress,
     add_run_options,
     add_solver_options,
     add_trace_options,
@@ -39,6 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_num_samples(sample, 2000, "samples")
     add_dtype(sample)
     add_out_file(sample, required=False, help="save the samples with torch.save to this file")
+    add_progress(sample)
     add_run_options(sample)
     sample.set_defaults(run=_sample)
 
@@ -81,6 +84,8 @@ def _sample(args: argparse.Namespace) -> int:
     x_T = sde.prior_sample((args.num_samples, *law.event_shape), generator=g, dtype=law.means.dtype)
     how = f"{args.sampler} {options['method']} ({_describe(options)})"
     print(f"{problem.name}: sampling {args.num_samples} points by {how} ...", flush=True)
+    # A bar over the solver's steps when tqdm is installed (the 'progress' or 'bench' extra), as dist shows one.
+    options["progress"] = not args.no_progress and importlib.util.find_spec("tqdm") is not None
     start = time.perf_counter()
     if args.sampler == "ode":
         res = sample_ode(law.score(sde), sde, x_T, t_min=t_min, **options)

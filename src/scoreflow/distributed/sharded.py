@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import check_batch, check_choice, check_int, resolve_t_min
+from .._checks import STATE_DTYPES, check_batch, check_choice, check_int, resolve_t_min
 from .._tensor import ScoreFn
 from ..dynamics.sdeint import brownian_motion
 from ..likelihood import log_likelihood
@@ -82,8 +82,11 @@ def _check_shape(fn: str, data_shape: Any) -> tuple[int, ...]:
 
 
 def _check_dtype(fn: str, dtype: Any) -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"{fn}: argument 'dtype' expected a floating torch.dtype (torch.float32 or torch.float64), got {dtype!r}.")
+    if dtype not in STATE_DTYPES:
+        raise TypeError(
+            f"{fn}: argument 'dtype' expected a floating torch.dtype for the solver state, torch.float32 or torch.float64 (a half-precision "
+            f"network runs in its own dtype through scoreflow.adapters), got {dtype!r}."
+        )
     return dtype
 
 
@@ -127,7 +130,7 @@ def sample_sharded(
     Raises:
         ValueError: for an unknown sampler, a non-positive ``n`` or ``batch_size``, a negative ``seed``, a
             malformed ``data_shape``, or ``generator``/``bm`` among the options (the noise is per item).
-        TypeError: for a non-integer ``n``, ``batch_size`` or ``seed``, or a non-floating ``dtype``.
+        TypeError: for a non-integer ``n``, ``batch_size`` or ``seed``, or a ``dtype`` other than float32/float64.
     """
     fn = "sample_sharded"
     check_sde(fn, sde)

@@ -24,8 +24,7 @@ from typing import Any
 import torch
 import torchdiffeq
 
-from .._tensor import right_pad
-from ..methods import Grid, Method, Solution, StepMonitor, Stepping, Tolerances, int_option, positive_option, register
+from ..methods import Method, Solution, StepMonitor, Stepping, Tolerances, int_option, positive_option, register
 from ..sde import ForwardSDE
 from .counting import CountedScore
 from .probability_flow import ProbabilityFlowODE

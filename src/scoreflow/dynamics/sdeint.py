@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torchsde
 
-from .._checks import check_generator, check_positive
+from .._checks import check_batch, check_generator, check_positive
 from ..methods import Method, Solution, StepMonitor, Stepping, Tolerances, register
 from ..sde import ForwardSDE
 from .counting import CountedScore
@@ -124,6 +124,7 @@ def brownian_motion(
             with ``query_independent=True`` (the dyadic tree needs no hint).
     """
     fn = "brownian_motion"
+    check_batch(fn, "x_T", x_T)
     check_generator(fn, generator)
     duration = check_positive(fn, "duration", duration)
     if step_size is not None:

@@ -7,6 +7,7 @@ import torch
 from .._checks import check_callable, check_choice, check_like
 from .._tensor import TimeLike, batch_time
 from ..dynamics.counting import ScoreFn
+from ..errors import NonFiniteError
 
 REDUCTIONS = ("mean", "none")
 
@@ -34,8 +35,24 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).reshape(a.shape[0], -1).sum(dim=1)
 
 
-def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Average the ``(B,)`` per-sample losses (``"mean"``) or return them (``"none"``)."""
+def reduce(fn: str, per_sample: torch.Tensor, reduction: str, **parts: torch.Tensor) -> torch.Tensor:
+    """Average the ``(B,)`` per-sample losses (``"mean"``) or return them (``"none"``), after one finiteness check.
+
+    Args:
+        parts: the model outputs the loss was built from, by name (e.g. ``score=s``); a non-finite loss names
+            the first non-finite one, or else reports an overflow in the loss's dtype.
+
+    Raises:
+        NonFiniteError: if a per-sample loss is NaN or infinite (one host read per loss call).
+    """
+    if not bool(torch.isfinite(per_sample.detach()).all()):
+        bad = [name for name, part in parts.items() if not bool(torch.isfinite(part.detach()).all())]
+        cause = (
+            f"the {bad[0].replace('_', ' ')} has NaN or infinite entries"
+            if bad
+            else f"the loss overflowed in {per_sample.dtype} (finite inputs of huge magnitude); rescale the data or use float64"
+        )
+        raise NonFiniteError(f"{fn}: the loss is not finite: {cause}.")
     return per_sample.mean() if reduction == "mean" else per_sample
 
 

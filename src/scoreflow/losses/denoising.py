@@ -17,7 +17,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._checks import check_batch, check_choice, check_generator, check_noise_levels, check_positive, resolve_t_min
+from .._checks import (
+    check_batch, check_choice, check_generator, check_noise_levels, check_positive, check_time, resolve_t_min,
+)
 from .._tensor import TimeLike, batch_time, right_pad, standard_normal
 from ..dynamics.counting import ScoreFn
 from ..sde import ForwardSDE, check_sde
@@ -35,11 +37,12 @@ SDE_WEIGHTINGS = ("sigma2", "likelihood")
 def _denoising_terms(
     fn: str, score: ScoreFn, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
     cond: torch.Tensor, eps: torch.Tensor,
-) -> torch.Tensor:
-    r"""Per-sample :math:`\tfrac12\|\sigma s(\alpha x + \sigma\varepsilon, c) + \varepsilon\|^2` for ``(B,)`` alpha, sigma, c."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-sample :math:`\tfrac12\|\sigma s(\alpha x + \sigma\varepsilon, c) + \varepsilon\|^2` for ``(B,)`` alpha, sigma, c,
+    and the score's output."""
     a, s = right_pad(alpha, x), right_pad(sigma, x)
     out = call_score(fn, score, a * x + s * eps, cond)
-    return 0.5 * sq_norm(s * out + eps)
+    return 0.5 * sq_norm(s * out + eps), out
 
 
 def dsm_loss(
@@ -79,8 +82,9 @@ def dsm_loss(
     check_reduction(fn, reduction)
     sig = batch_time(sigma, x)
     eps = standard_normal(x, generator)
-    per = _denoising_terms(fn, score, x, torch.ones_like(sig), sig, sig if t is None else batch_time(t, x), eps)
-    return reduce(per / sigma**2, reduction)
+    cond = sig if t is None else batch_time(check_time(fn, "t", t, x), x)
+    per, out = _denoising_terms(fn, score, x, torch.ones_like(sig), sig, cond, eps)
+    return reduce(fn, per / sigma**2, reduction, score=out)
 
 
 def multiscale_dsm_loss(
@@ -125,12 +129,12 @@ def multiscale_dsm_loss(
     index = torch.randint(levels.numel(), (x.shape[0],), generator=generator, device=x.device)
     sig = levels[index]
     eps = standard_normal(x, generator)
-    per = _denoising_terms(fn, score, x, torch.ones_like(sig), sig, sig, eps)
+    per, out = _denoising_terms(fn, score, x, torch.ones_like(sig), sig, sig, eps)
     if callable(weighting):
         per = per * check_weights(fn, weighting(sig), x.shape[0], x) / sig**2
     elif weighting == "none":
         per = per / sig**2
-    return reduce(per, reduction)
+    return reduce(fn, per, reduction, score=out)
 
 
 def sde_dsm_loss(
@@ -180,9 +184,9 @@ def sde_dsm_loss(
     t = t_min + (sde.T - t_min) * u
     alpha, sigma = sde.marginal(t)
     eps = standard_normal(x, generator)
-    per = _denoising_terms(fn, score, x, alpha, sigma, t, eps)
+    per, out = _denoising_terms(fn, score, x, alpha, sigma, t, eps)
     if callable(weighting):
         per = per * check_weights(fn, weighting(t), x.shape[0], x) / sigma**2
     elif weighting == "likelihood":
         per = per * sde.diffusion(t) ** 2 / sigma**2
-    return reduce(per, reduction)
+    return reduce(fn, per, reduction, score=out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_batch, check_like
+from .._checks import check_batch, check_like, check_time
 from .._tensor import TimeLike
 from ..dynamics.counting import ScoreFn
 from ._common import call_score, check_reduction, check_score, reduce, sq_norm
@@ -41,6 +41,9 @@ def esm_loss(
     check_score(fn, score)
     check_batch(fn, "x", x)
     check_like(fn, "target_score", target_score, x)
+    if not bool(torch.isfinite(target_score).all()):
+        raise ValueError(f"{fn}: argument 'target_score' contains NaN or infinite values.")
+    check_time(fn, "t", t, x)
     check_reduction(fn, reduction)
     s = call_score(fn, score, x, t)
-    return reduce(0.5 * sq_norm(s - target_score), reduction)
+    return reduce(fn, 0.5 * sq_norm(s - target_score), reduction, score=s)

@@ -98,4 +98,4 @@ def cfm_loss(
     pred = check_like(fn, "velocity", native(xt, t), xt, what="the velocity")
     if kind not in ("score", "flow_velocity"):
         pred = convert(pred, kind, "flow_velocity", xt, t, path)
-    return reduce(sq_norm(pred - (d_alpha * x0 + d_sigma * noise)), reduction)
+    return reduce(fn, sq_norm(pred - (d_alpha * x0 + d_sigma * noise)), reduction, velocity=pred)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_batch, check_choice, check_generator, check_int
+from .._checks import check_batch, check_choice, check_generator, check_int, check_time
 from .._tensor import TimeLike, batch_time
 from ..dynamics.counting import ScoreFn
 from ..dynamics.divergence import PROBES, draw_probes, value_and_hutchinson_divergence
@@ -32,7 +32,7 @@ def _projections(
     check_generator(fn, generator)
     check_reduction(fn, reduction)
     probes = draw_probes(x, n_projections, probe, generator)
-    tb = batch_time(t, x)
+    tb = batch_time(check_time(fn, "t", t, x), x)
     s, vjv = value_and_hutchinson_divergence(lambda y: call_score(fn, score, y, tb), x, probes)
     return probes, s, vjv
 
@@ -67,7 +67,7 @@ def ssm_loss(
     """
     probes, s, vjv = _projections("ssm_loss", score, x, t, n_projections, probe, generator, reduction)
     proj = torch.stack([dot(v, s) for v in probes])
-    return reduce((vjv + 0.5 * proj**2).mean(dim=0), reduction)
+    return reduce("ssm_loss", (vjv + 0.5 * proj**2).mean(dim=0), reduction, score=s, score_jacobian_products=vjv)
 
 
 def ssm_vr_loss(
@@ -87,4 +87,4 @@ def ssm_vr_loss(
     Arguments, returns and errors as :func:`ssm_loss`.
     """
     _, s, vjv = _projections("ssm_vr_loss", score, x, t, n_projections, probe, generator, reduction)
-    return reduce(vjv.mean(dim=0) + 0.5 * sq_norm(s), reduction)
+    return reduce("ssm_vr_loss", vjv.mean(dim=0) + 0.5 * sq_norm(s), reduction, score=s, score_jacobian_products=vjv)

@@ -31,8 +31,10 @@ __all__ = [
 #: - ``"ode"``: :func:`scoreflow.sample_ode` (probability-flow ODE sampling);
 #: - ``"sde"``: :func:`scoreflow.sample_sde` (reverse-time SDE sampling);
 #: - ``"likelihood"``: :func:`scoreflow.log_likelihood` (the probability-flow ODE with its divergence);
-#: - ``"predictor"``, ``"corrector"``: the two halves of :func:`scoreflow.sample_pc`.
-KINDS = ("ode", "sde", "likelihood", "predictor", "corrector")
+#: - ``"predictor"``, ``"corrector"``: the two halves of :func:`scoreflow.sample_pc`;
+#: - ``"conditional"``: conditional sampling, by :func:`scoreflow.inpaint` (``method=``) or by a conditional
+#:   score that turns any sampler into a posterior sampler (the record's ``front_end`` names which).
+KINDS = ("ode", "sde", "likelihood", "predictor", "corrector", "conditional")
 #: Who integrates: torchdiffeq, torchsde, or scoreflow's own solvers.
 BACKENDS = ("torchdiffeq", "torchsde", "native")
 
@@ -119,6 +121,7 @@ class Method:
         default_schedule: the step schedule of a fixed-grid method that integrates in its own variables.
         levy_area: the Brownian path must provide Lévy area (a stochastic method of strong order > 1).
         options: option name -> :class:`Option`, the keyword options of ``options=``.
+        front_end: how the method is called, where its kind has more than one front-end (``"conditional"``).
     """
 
     name: str
@@ -138,6 +141,7 @@ class Method:
     default_schedule: str | None = None
     levy_area: bool = False
     options: Mapping[str, Option] = field(default_factory=dict)
+    front_end: str | None = None
 
     def __post_init__(self) -> None:
         for kind in self.kinds:

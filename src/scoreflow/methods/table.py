@@ -17,6 +17,7 @@ _TITLES = {
     "likelihood": "Likelihood: `log_likelihood(..., method=...)`",
     "predictor": "Predictors of `sample_pc(..., predictor=...)`",
     "corrector": "Correctors of `sample_pc(..., corrector=...)`",
+    "conditional": "Conditional sampling: `inpaint(..., method=...)` and the conditional scores",
 }
 
 
@@ -61,6 +62,7 @@ _COLUMNS: dict[str, list[Column]] = {
     "likelihood": [_NAME, _BACKEND, ("order", lambda m: _number(m.order)), _NFE, _STEPPING, _OPTIONS, _SUMMARY],
     "predictor": [("name", _NAME[1]), _SUMMARY],
     "corrector": [("name", _NAME[1]), _SUMMARY],
+    "conditional": [_NAME, ("used as", lambda m: f"`{m.front_end}`"), _NFE, _OPTIONS, _SUMMARY],
 }
 
 

@@ -10,7 +10,7 @@ import torch
 
 from .._tensor import as_time, right_pad
 from ..dynamics.counting import CountedScore, ScoreFn
-from ..methods import Grid, Solution, StepCallback, StepMonitor, Stepping, Tolerances
+from ..methods import Grid, Solution, StepCallback, StepMonitor, Stepping
 from ..parameterizations import convert
 from ..sde import ForwardSDE
 from .result import SampleResult

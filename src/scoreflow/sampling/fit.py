@@ -114,7 +114,7 @@ def fit_schedule(
     if spec.adaptive:
         raise ValueError(f"{fn}: argument 'method' expected a fixed-grid method, got the adaptive {method!r}.")
     check_int(fn, "steps", steps)
-    check_batch(fn, "x_pilot", x_pilot)
+    check_batch(fn, "x_pilot", x_pilot, state=True)
     reference_tol = check_positive(fn, "reference_tol", reference_tol)
     t_min = resolve_t_min(fn, sde, t_min)
     if reference is None:

@@ -17,6 +17,7 @@ import torch
 from .._checks import (
     check_batch,
     check_callable,
+    check_float_dtype,
     check_generator,
     check_int,
     check_log_prob_output,
@@ -102,7 +103,7 @@ def langevin(
             Langevin time ``k * step_size`` (found when the chain ends).
     """
     fn = "langevin"
-    check_batch(fn, "x0", x0)
+    check_batch(fn, "x0", x0, state=True)
     eps = check_positive(fn, "step_size", step_size)
     check_int(fn, "steps", steps)
     check_generator(fn, generator)
@@ -166,11 +167,13 @@ def geometric_sigmas(
 
     Raises:
         ValueError: unless ``0 < sigma_min < sigma_max`` and ``n >= 2``.
+        TypeError: if ``dtype`` is not a floating-point dtype.
     """
     fn = "geometric_sigmas"
     lo = check_positive(fn, "sigma_min", sigma_min)
     hi = check_positive(fn, "sigma_max", sigma_max)
     check_int(fn, "n", n, minimum=2)
+    check_float_dtype(fn, "dtype", dtype)
     if not lo < hi:
         raise ValueError(f"{fn}: expected sigma_min < sigma_max, got sigma_min={lo!r}, sigma_max={hi!r}.")
     log_sigmas = torch.linspace(math.log(hi), math.log(lo), n, dtype=torch.float64)
@@ -227,7 +230,7 @@ def annealed_langevin(
             the chain ends).
     """
     fn = "annealed_langevin"
-    check_batch(fn, "x0", x0)
+    check_batch(fn, "x0", x0, state=True)
     levels = check_sigmas(fn, "sigmas", sigmas)
     check_int(fn, "steps", steps)
     eps = check_positive(fn, "step_size", step_size)

@@ -102,7 +102,7 @@ def sample_ode(
     spec = get_method("ode", method, caller=fn)
     solver = spec.build(fn, options)
     t_min = resolve_t_min(fn, sde, t_min)
-    check_batch(fn, "x_T", x_T)
+    check_batch(fn, "x_T", x_T, state=True)
     check_save_at_alone(fn, save_at, return_trajectory)
     stepping = resolve_stepping(
         fn, spec, sde, x_T, start=sde.T, end=t_min,

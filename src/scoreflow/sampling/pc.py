@@ -44,11 +44,13 @@ def _langevin_correct(
     steps: int,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """``steps`` Langevin steps at time ``t`` with the signal-to-noise step size."""
+    """``steps`` Langevin steps at time ``t`` with the signal-to-noise step size (none where the score is 0)."""
     for _ in range(steps):
         s = score(x, t)
         z = standard_normal(x, generator)
-        step = 2 * alpha * (snr * _mean_norm(z) / _mean_norm(s)) ** 2
+        s_norm = _mean_norm(s)
+        # a score of norm 0 (e.g. a freshly initialised network) gives the rule no step size: skip the step, on the device
+        step = torch.where(s_norm > 0, 2 * alpha * (snr * _mean_norm(z) / s_norm) ** 2, 0.0)
         x = x + step * s + torch.sqrt(2 * step) * z
     return x
 
@@ -131,7 +133,7 @@ def sample_pc(
     check_int(fn, "steps", steps)
     check_generator(fn, generator)
     t_min = resolve_t_min(fn, sde, t_min)
-    check_batch(fn, "x_T", x_T)
+    check_batch(fn, "x_T", x_T, state=True)
 
     # Coefficients in float64 on the exact grid, read once before the loop; the score sees the grid in x's dtype.
     ts = torch.linspace(sde.T, t_min, steps + 1, dtype=torch.float64)

@@ -18,19 +18,17 @@ the exact forward transition is :math:`x_t = a\,x_{t'} + G\,z`:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from ..methods import Method, get_method, register
 from ..sde import EDMSDE, VESDE, VPSDE, ForwardSDE
 
-__all__ = ["predictor_coefficients", "corrector_alphas", "ancestral_supports"]
+__all__ = ["predictor_coefficients", "corrector_alphas", "ancestral_supports", "forward_transition"]
 
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _transition(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_transition(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(a, G^2)`` of the exact forward transition :math:`x_{t_{hi}} = a\\,x_{t_{lo}} + G z`."""
     alpha_hi, sigma_hi = sde.marginal(t_hi)
     alpha_lo, sigma_lo = sde.marginal(t_lo)
@@ -45,7 +43,7 @@ def _euler_maruyama(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> 
 
 
 def _reverse_diffusion(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> Coefficients:
-    a, g2 = _transition(sde, t_hi, t_lo)
+    a, g2 = forward_transition(sde, t_hi, t_lo)
     return 2.0 - a, g2, g2.sqrt()
 
 
@@ -56,7 +54,7 @@ def ancestral_supports(sde: ForwardSDE) -> bool:
 
 def _ancestral(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> Coefficients:
     if isinstance(sde, VPSDE):
-        a, _ = _transition(sde, t_hi, t_lo)
+        a, _ = forward_transition(sde, t_hi, t_lo)
         beta = -torch.expm1(2 * torch.log(a))
         return 1.0 / a, beta / a, beta.sqrt()
     _, sigma_hi = sde.marginal(t_hi)
@@ -84,5 +82,5 @@ def corrector_alphas(sde: ForwardSDE, ts: torch.Tensor) -> torch.Tensor:
 
     It is :math:`1 - \beta_i` of the step into ``ts[i+1]`` for VP and sub-VP and 1 for VE.
     """
-    a, _ = _transition(sde, ts[:-1], ts[1:])
+    a, _ = forward_transition(sde, ts[:-1], ts[1:])
     return a**2

@@ -101,7 +101,7 @@ def sample_sde(
     if bm is not None and generator is not None:
         raise ValueError(f"{fn}: give 'generator' (a fresh Brownian path) or 'bm' (a given one), not both.")
     t_min = resolve_t_min(fn, sde, t_min)
-    check_batch(fn, "x_T", x_T)
+    check_batch(fn, "x_T", x_T, state=True)
     check_save_at_alone(fn, save_at, return_trajectory)
     if schedule is not None and spec.backend == "torchsde":
         raise ValueError(

@@ -92,7 +92,7 @@ def _mode_check(x: torch.Tensor, law: GaussianMixture, ref: torch.Tensor, alpha:
     pooled = (n * p_x + n_ref * p_ref) / (n + n_ref)
     se = (pooled * (1 - pooled) * (1 / n + 1 / n_ref)).sqrt()
     # A component nobody visits has se = 0: any difference there is infinitely significant.
-    z = torch.where(se > 0, (p_x - p_ref) / se.clamp_min(1e-300), (p_x != p_ref).double() * math.inf)
+    z = torch.where(se > 0, (p_x - p_ref) / se.clamp_min(1e-300), torch.where(p_x != p_ref, math.inf, 0.0))
     z_crit = float(scipy.stats.norm.isf(alpha / (2 * k)))
     j = int(z.abs().argmax())
     stats = {"mode_z_max": float(z.abs().max()), "mode_z_bound": z_crit}

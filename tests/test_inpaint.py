@@ -1,0 +1,211 @@
+"""inpaint: the known coordinates are kept, the schedules are RePaint's, and the samples are checked
+against the exact posteriors where replacement is exact (independent blocks) and where it is not."""
+
+import pytest
+import torch
+
+import scoreflow as sf
+from _helpers import RecordingScore
+from scoreflow.analytic import Gaussian
+from scoreflow.conditional import repaint_schedule
+from scoreflow.sampling.predictors import predictor_coefficients
+from scoreflow.testing import assert_samples_follow, make_law
+
+
+def _reference_jump_schedule(t_T: int, jump_length: int, jump_n_sample: int) -> list[int]:
+    """RePaint's published jump schedule in its own time index (t counts down to -1, the data), as the paper's
+    code states it: after landing on a multiple of ``jump_length`` below ``t_T - jump_length``, go back up
+    one step at a time ``jump_length`` steps, ``jump_n_sample - 1`` times."""
+    jumps = {j: jump_n_sample - 1 for j in range(0, t_T - jump_length, jump_length)}
+    t, ts = t_T, []
+    while t >= 1:
+        t -= 1
+        ts.append(t)
+        if jumps.get(t, 0) > 0:
+            jumps[t] -= 1
+            for _ in range(jump_length):
+                t += 1
+                ts.append(t)
+    return ts + [-1]
+
+
+@pytest.mark.parametrize("steps, resample, jump", [(6, 3, 2), (10, 1, 1), (10, 4, 1), (25, 10, 10), (7, 2, 3)])
+def test_repaint_schedule_is_repaints_jump_schedule(steps, resample, jump):
+    visited = repaint_schedule(steps, resample, jump)
+    reference = _reference_jump_schedule(steps, jump, resample)
+    # grid index k is RePaint's state index steps - 1 - k (-1 is the output); the reference goes back up one
+    # step at a time, ours in one exact transition
+    ours = [steps - 1 - k for k in visited]
+    theirs = [t for i, t in enumerate(reference) if i in (0, len(reference) - 1) or not reference[i - 1] < t < reference[i + 1]]
+    assert ours == theirs
+    assert visited[0] == 0 and visited[-1] == steps
+
+
+def _problem():
+    law, sde = make_law("ring2d"), sf.VPSDE()
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return law, sde, x_T
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_known_coordinates_are_kept_on_any_data_shape(dtype):
+    # a law on 2x3 "images", a mask per sample and known values per sample
+    base = make_law("mixture16d")
+    law = sf.analytic.GaussianMixture(base.weights, base.means[:, :6], base.covs[:, :6, :6], event_shape=(2, 3)).to(dtype)
+    sde = sf.VPSDE()
+    g = torch.Generator().manual_seed(1)
+    x_T = sde.prior_sample((5, 2, 3), generator=g, dtype=dtype)
+    known = law.sample(5, generator=g)
+    mask = torch.rand(5, 2, 3, generator=g) < 0.5
+    for method, kw in (("replacement", {}), ("repaint", {"resample": 2})):
+        res = sf.inpaint(law.score(sde), sde, x_T, known=known, mask=mask, method=method, steps=8, generator=g, **kw)
+        assert res.samples.shape == x_T.shape and res.samples.dtype == dtype
+        assert torch.equal(res.samples[mask], known[mask])
+        assert torch.isfinite(res.samples).all() and not torch.equal(res.samples[~mask], known[~mask])
+
+
+def test_nfe_and_times_follow_the_schedule():
+    law, sde, x_T = _problem()
+    mask = torch.tensor([True, False])
+    known = torch.tensor([0.5, float("nan")], dtype=torch.float64)  # unknown entries are ignored, NaN included
+    counter = RecordingScore(law.score(sde))
+    res = sf.inpaint(counter, sde, x_T, known=known, mask=mask, steps=20, generator=torch.Generator().manual_seed(0))
+    assert res.nfe == counter.calls == 20 and res.samples[:, 0].eq(0.5).all()
+    counter = RecordingScore(law.score(sde))
+    res = sf.inpaint(counter, sde, x_T, known=known, mask=mask, method="repaint", steps=20, resample=3,
+                     options={"jump": 5}, return_trajectory=True, generator=torch.Generator().manual_seed(0))
+    # jump points 1, 6, 11 steps before the end, each re-descended twice by 5 steps
+    assert res.nfe == counter.calls == 20 + 3 * 2 * 5 == res.stats["reverse_steps"] and res.stats["jumps"] == 6
+    visited = repaint_schedule(20, 3, 5)
+    grid = torch.linspace(sde.T, sde.t_min, 21, dtype=torch.float64)
+    torch.testing.assert_close(res.times, grid[visited])
+    # the score is evaluated at the start of every reverse step
+    starts = [grid[a].item() for a, b in zip(visited[:-1], visited[1:]) if b == a + 1]
+    assert counter.times == pytest.approx(starts)
+    assert res.trajectory.shape == (len(visited), 64, 2)
+    counter = RecordingScore(law.score(sde))
+    res = sf.inpaint(counter, sde, x_T, known=known, mask=mask, steps=10, corrector="langevin", corrector_steps=2,
+                     denoise_final=True, generator=torch.Generator().manual_seed(0))
+    assert res.nfe == counter.calls == 10 * 3 + 1
+
+
+def test_seeded_generators_reproduce_bit_for_bit():
+    law, sde, x_T = _problem()
+    kw = dict(known=torch.zeros(2, dtype=torch.float64), mask=torch.tensor([False, True]), method="repaint", steps=10, resample=2)
+    a = sf.inpaint(law.score(sde), sde, x_T, generator=torch.Generator().manual_seed(3), **kw).samples
+    b = sf.inpaint(law.score(sde), sde, x_T, generator=torch.Generator().manual_seed(3), **kw).samples
+    c = sf.inpaint(law.score(sde), sde, x_T, generator=torch.Generator().manual_seed(4), **kw).samples
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_replacement_is_exact_when_the_blocks_are_independent():
+    # x_u independent of x_o: the score of x_u does not see the noisy x_o, so replacement samples p(x_u | x_o)
+    cov = torch.tensor([[1.0, 0.6, 0.0], [0.6, 1.0, 0.0], [0.0, 0.0, 0.3]], dtype=torch.float64)
+    law, sde = Gaussian(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), cov), sf.VPSDE()
+    mask, known = torch.tensor([False, False, True]), torch.tensor([0.0, 0.0, 1.7], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x_T = sde.prior_sample((4000, 3), generator=g, dtype=torch.float64)
+    res = sf.inpaint(law.score(sde), sde, x_T, known=known, mask=mask, steps=200, predictor="ancestral", generator=g)
+    assert_samples_follow(res.samples[:, :2], law.condition(mask, known).marginal(sde, sde.t_min), generator=g)
+
+
+def test_replacement_is_biased_on_correlated_blocks_and_repaint_reduces_the_bias():
+    # correlation 0.9, x_o = 1.5: the exact posterior of x_u is N(1.35, 0.19); replacement pulls its mean towards
+    # the prior's because every step sees a freshly noised x_o (the known effect the benchmark measures)
+    law = Gaussian(torch.zeros(2, dtype=torch.float64), torch.tensor([[1.0, 0.9], [0.9, 1.0]], dtype=torch.float64))
+    sde, mask, known = sf.VPSDE(), torch.tensor([True, False]), torch.tensor([1.5, 0.0], dtype=torch.float64)
+    exact = float(law.condition(mask, known).marginal(sde, sde.t_min).mean)
+    g = torch.Generator().manual_seed(0)
+    x_T = sde.prior_sample((4000, 2), generator=g, dtype=torch.float64)
+    kw = dict(known=known, mask=mask, steps=100, predictor="ancestral", generator=g)
+    replaced = sf.inpaint(law.score(sde), sde, x_T, **kw).samples[:, 1]
+    repainted = sf.inpaint(law.score(sde), sde, x_T, method="repaint", resample=10, **kw).samples[:, 1]
+    standard_error = 0.45 / 4000**0.5
+    assert float(replaced.mean()) - exact < -60 * standard_error  # about 0.42 low
+    assert abs(float(repainted.mean()) - exact) < 0.2 * abs(float(replaced.mean()) - exact)
+
+
+def test_inpaint_errors_name_the_argument():
+    law, sde, x_T = _problem()
+    counter = RecordingScore(law.score(sde))
+    kw = dict(known=torch.zeros(2, dtype=torch.float64), mask=torch.tensor([True, False]), steps=10)
+    with pytest.raises(ValueError, match=r"inpaint: argument 'method' expected one of 'replacement', 'repaint', got 'dps'"):
+        sf.inpaint(counter, sde, x_T, method="dps", **kw)
+    with pytest.raises(ValueError, match=r"inpaint: argument 'resample' applies to method='repaint', got resample=3 with method='replacement'"):
+        sf.inpaint(counter, sde, x_T, resample=3, **kw)
+    with pytest.raises(TypeError, match=r"inpaint: method 'replacement' takes no option 'jump'; its options: none"):
+        sf.inpaint(counter, sde, x_T, options={"jump": 2}, **kw)
+    with pytest.raises(ValueError, match=r"inpaint: option 'jump' expected fewer grid steps than steps=10, got jump=10"):
+        sf.inpaint(counter, sde, x_T, method="repaint", resample=2, options={"jump": 10}, **kw)
+    with pytest.raises(ValueError, match=r"inpaint: argument 'resample' expected an int >= 1, got 0"):
+        sf.inpaint(counter, sde, x_T, method="repaint", resample=0, **kw)
+    with pytest.raises(ValueError, match=r"inpaint: argument 'predictor' expected one of .*got 'ddim'"):
+        sf.inpaint(counter, sde, x_T, predictor="ddim", **kw)
+    with pytest.raises(ValueError, match=r"inpaint: predictor='ancestral' is defined for VPSDE and VESDE/EDMSDE, got SubVPSDE"):
+        sf.inpaint(counter, sf.SubVPSDE(), x_T, predictor="ancestral", **kw)
+    with pytest.raises(ValueError, match=r"inpaint: the reverse SDE of RectifiedFlow.* has infinite drift and diffusion at t=T"):
+        sf.inpaint(counter, sf.RectifiedFlow(), x_T, **kw)
+    kw.pop("mask")
+    with pytest.raises(TypeError, match=r"inpaint: argument 'mask' expected a boolean tensor of shape \(2,\) or \(64, 2\), got tensor"):
+        sf.inpaint(counter, sde, x_T, mask=torch.tensor([1.0, 0.0]), **kw)
+    with pytest.raises(ValueError, match=r"inpaint: argument 'mask' expected shape \(2,\) or \(64, 2\), got \(3,\)"):
+        sf.inpaint(counter, sde, x_T, mask=torch.tensor([True, False, True]), **kw)
+    kw.pop("known")
+    with pytest.raises(ValueError, match=r"inpaint: argument 'known' expected shape \(2,\) or \(64, 2\), got \(63, 2\)"):
+        sf.inpaint(counter, sde, x_T, mask=torch.tensor([True, False]), known=torch.zeros(63, 2), **kw)
+    with pytest.raises(ValueError, match=r"inpaint: argument 'known' contains NaN or infinite values where 'mask' is True"):
+        sf.inpaint(counter, sde, x_T, mask=torch.tensor([True, False]), known=torch.tensor([float("nan"), 0.0]), **kw)
+    assert counter.calls == 0
+
+
+def test_inpaint_calls_back_after_every_move_with_the_models_prediction():
+    from test_hooks import posterior_mean
+
+    law, sde = make_law("ring2d").to(torch.float64), sf.VPSDE()
+    x_T = sde.prior_sample((6, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask, known = torch.tensor([True, False]), torch.tensor([1.2, 0.0], dtype=torch.float64)
+    for method, resample in (("replacement", None), ("repaint", 3)):
+        seen = []
+
+        def watch(info):
+            seen.append((info["i"], float(info["t"]), info["x"], info["denoised"]))
+
+        def run(**kw):
+            return sf.inpaint(law.score(sde), sde, x_T, known=known, mask=mask, method=method, steps=5, resample=resample,
+                              generator=torch.Generator().manual_seed(1), return_trajectory=True, **kw)
+
+        res, base = run(callback=watch), run()
+        visited = repaint_schedule(5, resample or 1)
+        grid = torch.linspace(sde.T, sde.t_min, 6, dtype=torch.float64)
+        assert [i for i, *_ in seen] == list(range(len(visited) - 1))
+        assert [t for _, t, *_ in seen] == pytest.approx(grid[visited[1:]].tolist(), rel=1e-12)
+        for _, t, x, denoised in seen:
+            torch.testing.assert_close(denoised, posterior_mean(law, sde, x, t), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(torch.stack([x for *_, x, _ in seen]), base.trajectory[1:], rtol=0, atol=0)
+        # watching changes nothing; the prediction at a state the next reverse step evaluates is shared, so only
+        # the states a jump leaves and the last one cost an evaluation
+        torch.testing.assert_close(res.samples, base.samples, rtol=0, atol=0)
+        states_left_by_a_jump = sum(c < b for b, c in zip(visited[1:], visited[2:]))
+        assert res.nfe - base.nfe == 1 + states_left_by_a_jump
+
+
+def test_inpaint_continues_from_the_state_a_callback_returns_and_shows_progress(capsys):
+    law, sde = make_law("ring2d").to(torch.float64), sf.VPSDE()
+    x_T = sde.prior_sample((6, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask, known = torch.tensor([True, False]), torch.tensor([1.2, 0.0], dtype=torch.float64)
+
+    def run(**kw):
+        return sf.inpaint(law.score(sde), sde, x_T, known=known, mask=mask, steps=4, generator=torch.Generator().manual_seed(1), **kw)
+
+    base = run(return_trajectory=True)
+    # zero the state after the third step: the last step starts from 0 with the noise it would have drawn
+    moved = run(callback=lambda info: torch.zeros_like(info["x"]) if info["i"] == 2 else None, progress=True)
+    assert "inpaint" in capsys.readouterr().err
+    (c_x, c_s, c_z) = (c[-1] for c in predictor_coefficients("reverse_diffusion", sde, torch.linspace(sde.T, sde.t_min, 5, dtype=torch.float64)))
+    t3 = torch.tensor(sde.T + 0.75 * (sde.t_min - sde.T), dtype=torch.float64)
+    noise = (base.trajectory[-1] - c_x * base.trajectory[-2] - c_s * law.score(sde)(base.trajectory[-2], t3)) / c_z
+    expected = c_s * law.score(sde)(torch.zeros_like(x_T), t3) + c_z * noise
+    torch.testing.assert_close(moved.samples[:, 1], expected[:, 1], rtol=1e-9, atol=1e-9)
+    assert torch.equal(moved.samples[:, 0], known[0].expand(6))
+    with pytest.raises(TypeError, match=r"inpaint: argument 'callback' expected a callable"):
+        run(callback=3)
