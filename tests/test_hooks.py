@@ -305,3 +305,34 @@ def test_sample_consistency_progress_and_bad_callbacks(capsys):
         sf.sample_consistency(f, sde, x_T, callback=lambda info: info["x"][:1])
     with pytest.raises(TypeError, match=r"sample_consistency: argument 'progress' expected True or False"):
         sf.sample_consistency(f, sde, x_T, progress=1)
+
+
+@pytest.mark.parametrize("method", ["ddim", "dpmpp_sde", "edm_stochastic"])
+def test_a_returned_state_starts_the_next_native_sde_step(method):
+    law, sde, x_T = _ring()
+    score, k = law.score(sde), 1
+    spec = sf.get_method("sde", method)
+    grid = sf.time_grid(sde, 6, spec.default_schedule, dtype=F64)
+    bm = sf.brownian_motion(x_T, sde.T - sde.t_min, generator=torch.Generator().manual_seed(3))
+    hit = sf.sample_sde(score, sde, x_T, method=method, schedule=grid, bm=bm, callback=_replace_at(k, lambda x: 0.5 * x))
+    first = sf.sample_sde(score, sde, x_T, method=method, schedule=grid[: k + 2], t_min=float(grid[k + 1]), bm=bm)
+    # the rest of the grid from the returned state, on the same path (edm_stochastic's churn is at its cap on both grids)
+    rest = resolve_stepping("test", spec, sde, x_T, start=float(grid[k + 1]), end=sde.t_min, schedule=grid[k + 1 :])
+    second = spec.build("test", None).sample(sf.CountedScore(score, caller="test"), sde, 0.5 * first.samples, rest, bm,
+                                               monitor=StepMonitor("test"))
+    torch.testing.assert_close(hit.samples, second.state, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["dpmpp_2m_sde", "dpmpp_3m_sde_pc"])
+def test_a_native_multistep_sde_solver_predicts_again_at_a_returned_state(method):
+    law, sde, x_T = _ring()
+    score = law.score(sde)
+    run = lambda **kw: sf.sample_sde(score, sde, x_T, method=method, steps=6,  # noqa: E731
+                                     generator=torch.Generator().manual_seed(3), **kw)
+    base, copied = run(), run(callback=lambda info: info["x"].clone())
+    # a returned copy is a new state: its prediction is evaluated again (one NFE after each step but the last)
+    assert copied.nfe == base.nfe + 5
+    if method == "dpmpp_2m_sde":
+        # equal in value to the state the step reached, whose prediction the next step would have used
+        torch.testing.assert_close(copied.samples, base.samples, rtol=0, atol=0)
+    # (the predictor-corrector's next step otherwise uses the prediction at the predicted, not the corrected, state)

@@ -161,3 +161,16 @@ def test_hutchinson_probes_share_one_forward_pass():
     assert len(calls) == res.nfe == 6 and res.nfe_vjp == 24
     # the Gaussian's score is linear, so every probe gives the exact trace
     torch.testing.assert_close(res.log_prob, exact.log_prob)
+
+
+NATIVE_SDE = [m.name for m in sf.list_methods("sde") if m.backend == "native"]
+
+
+@pytest.mark.parametrize("method", NATIVE_SDE)
+def test_a_native_reverse_sde_solve_reads_the_host_the_same_few_times_for_10_and_100_steps(method):
+    sde = sf.VPSDE()
+    score, x_T = _gaussian_score(sde), torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # the Brownian path's increments are read at Python-float times planned before the loop
+    reads = [_reads(lambda: sf.sample_sde(score, sde, x_T, method=method, steps=steps, generator=torch.Generator().manual_seed(1)))
+             for steps in (10, 100)]
+    assert reads[0] == reads[1] <= 12

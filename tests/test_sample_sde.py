@@ -50,7 +50,8 @@ def test_euler_maruyama_has_strong_order_one_for_additive_noise(shared_path):
                  generator=torch.Generator().manual_seed(1), reference=fine_solution)
 
 
-@pytest.mark.parametrize("method", sorted(m.name for m in sf.list_methods("sde")))
+# edm_stochastic's churn makes it another SDE of EDM's family (its own path test is in test_stochastic_solvers.py)
+@pytest.mark.parametrize("method", sorted(m.name for m in sf.list_methods("sde") if m.name != "edm_stochastic"))
 def test_every_torchsde_method_converges_to_the_same_path(shared_path, method):
     """Each method, on the same Brownian path, lands near the fine Euler-Maruyama solution."""
     problem, x_T, bm, reference = shared_path

@@ -8,6 +8,7 @@ from .registry import (
     bool_option,
     get_method,
     int_option,
+    interval_option,
     list_methods,
     positive_option,
     register,
@@ -17,6 +18,6 @@ from .stepping import DEFAULT_TOLERANCE, Grid, Solution, Stepping, Tolerances, r
 
 __all__ = [
     "KINDS", "BACKENDS", "Method", "Option", "register", "list_methods", "get_method",
-    "positive_option", "int_option", "bool_option", "Grid", "Tolerances", "Stepping", "Solution", "resolve_stepping", "DEFAULT_TOLERANCE",
+    "positive_option", "int_option", "bool_option", "interval_option", "Grid", "Tolerances", "Stepping", "Solution", "resolve_stepping", "DEFAULT_TOLERANCE",
     "StepMonitor", "StepInfo", "StepCallback",
 ]

@@ -13,6 +13,7 @@ plus its solver.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,7 +23,7 @@ from .._checks import check_choice, check_int, check_positive
 
 __all__ = [
     "KINDS", "BACKENDS", "Option", "Method", "register", "list_methods", "get_method",
-    "positive_option", "int_option", "bool_option",
+    "positive_option", "int_option", "bool_option", "interval_option",
 ]
 
 #: What a method is for: the front-end that accepts it by name.
@@ -79,6 +80,20 @@ def bool_option(default: bool, doc: str) -> Option:
         if not isinstance(value, bool):
             raise TypeError(f"{fn}: option '{name}' expected True or False, got {type(value).__name__} {value!r}.")
         return value
+
+    return Option(default, check, doc)
+
+
+def interval_option(default: float, doc: str, *, low: float = 0.0, high: float = math.inf) -> Option:
+    """A real option in the closed interval ``[low, high]``; with ``high = inf`` infinity itself is accepted."""
+
+    def check(fn: str, name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{fn}: option '{name}' expected a real number, got {type(value).__name__} {value!r}.")
+        v = float(value)
+        if not low <= v <= high:
+            raise ValueError(f"{fn}: option '{name}' expected a number in [{low:g}, {high:g}], got {value!r}.")
+        return v
 
     return Option(default, check, doc)
 

@@ -9,7 +9,7 @@ import torch
 from .._checks import check_batch, check_generator, resolve_t_min
 from ..dynamics.counting import ScoreFn
 from ..dynamics.sdeint import BrownianPath, brownian_motion
-from ..methods import StepCallback, get_method, resolve_stepping
+from ..methods import StepCallback, get_method, list_methods, resolve_stepping
 from ..sde import ForwardSDE, check_diffusion_finite_at_T
 from ._common import check_save_at_alone, sample_with
 from .result import SampleResult
@@ -25,6 +25,7 @@ def sample_sde(
     method: str = "euler",
     steps: int | None = None,
     step_size: float | None = None,
+    schedule: str | torch.Tensor | None = None,
     adaptive: bool = False,
     rtol: float | None = None,
     atol: float | None = None,
@@ -41,16 +42,22 @@ def sample_sde(
 ) -> SampleResult:
     r"""Integrate the reverse-time SDE :math:`dx = [f x - g^2 s]\,dt + g\,d\bar W` from T down to ``t_min``.
 
-    The methods are the registry's ``"sde"`` kind (``scoreflow.list_methods("sde")``); torchsde's run in
-    :math:`s = T - t` on the flattened state (see :class:`scoreflow.ReverseSDE`).
+    The methods are the registry's ``"sde"`` kind (``scoreflow.list_methods("sde")``): torchsde's run in
+    :math:`s = T - t` on the flattened state (see :class:`scoreflow.ReverseSDE`) on a grid uniform in t;
+    scoreflow's own (``ddim`` with ``eta``, ``dpmpp_sde``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``, their
+    predictor-correctors, ``edm_stochastic``) on any grid of ``schedule``, reading the
+    same Brownian path in :math:`s` (each step's noise is the path's increment over the step, normalized).
 
     Args:
         score: score model ``score(x, t)``.
         sde: the forward SDE.
         x_T: initial states at time T, shape ``(B, *D)``.
         method: an ``"sde"`` method (torchsde's names: ``"euler"`` is Euler-Maruyama).
-        steps: number of uniform steps (give this or ``step_size``; with ``adaptive=True`` it sets the first step).
-        step_size: step length (the last step is shortened to land on ``t_min``).
+        steps: number of steps (give this, ``step_size`` or a ``schedule`` grid; with ``adaptive=True`` it sets the
+            first step): uniform in t for torchsde's methods, the method's ``default_schedule`` for native ones.
+        step_size: step length of torchsde's methods (the last step is shortened to land on ``t_min``).
+        schedule: native methods only: a schedule name of :func:`scoreflow.time_grid` for ``steps`` steps, or the
+            grid itself (a decreasing 1-D tensor of times from T to ``t_min``).
         adaptive: error-controlled stepping (torchsde's step doubling) with ``rtol``/``atol`` (default 1e-5 each).
         rtol, atol: tolerances of ``adaptive=True``.
         generator: seeds the Brownian path; equal generator states give bit-identical samples.
@@ -76,7 +83,8 @@ def sample_sde(
     Raises:
         ValueError: for a process that reaches pure noise at T (a flow path such as ``RectifiedFlow()``, whose
             reverse SDE has infinite diffusion there; truncate it, ``RectifiedFlow(T=0.999)``).
-        ValueError: for an unknown method (listing the valid ones), a missing ``steps``/``step_size``,
+        ValueError: for an unknown method (listing the valid ones), a missing ``steps``/``step_size``, a
+            ``schedule`` for a torchsde method or a malformed one,
             ``t_min`` outside ``(0, T)``, a malformed ``x_T``, both ``bm`` and ``generator``, or a
             ``bm`` of the wrong size or span, or without the Lévy area the method needs, or ``save_at`` without
             ``adaptive=True``, outside ``[t_min, T]`` or together with ``return_trajectory``.
@@ -95,9 +103,15 @@ def sample_sde(
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x_T", x_T, state=True)
     check_save_at_alone(fn, save_at, return_trajectory)
+    if schedule is not None and spec.backend == "torchsde":
+        raise ValueError(
+            f"{fn}: torchsde's method {method!r} steps uniformly in t and takes no 'schedule' (got "
+            f"{'a tensor' if torch.is_tensor(schedule) else repr(schedule)}); scoreflow's native methods take one: "
+            f"{', '.join(repr(m.name) for m in list_methods('sde') if m.backend == 'native')}."
+        )
     stepping = resolve_stepping(
-        fn, spec, sde, x_T, start=sde.T, end=t_min, steps=steps, step_size=step_size, rtol=rtol, atol=atol,
-        adaptive=adaptive, save_at=save_at,
+        fn, spec, sde, x_T, start=sde.T, end=t_min, steps=steps, step_size=step_size, schedule=schedule,
+        rtol=rtol, atol=atol, adaptive=adaptive, save_at=save_at,
     )
     duration = sde.T - t_min
     if bm is None:

@@ -1,12 +1,15 @@
-"""Probability-flow ODE solvers that torchdiffeq lacks: exponential integrators and EDM's Heun sampler.
+"""Solvers that torchdiffeq and torchsde lack: exponential integrators of the probability-flow ODE and of the
+reverse SDE, EDM's deterministic and stochastic samplers.
 
 Each solver registers its method record (declared order, score evaluations per step, default
 schedule, options) with :mod:`scoreflow.methods` where it is defined.
 """
 
 from .adaptive import AdaptiveExponentialPC
+from .ancestral import AncestralDDIM, DPMSolverPPSDE
 from .base import NativeSolver, ScorePredictions, register_native
 from .edm import EDMHeun
+from .edm_stochastic import EDMStochastic
 from .ipndm import IPNDM
 from .multistep import (
     DPMSolverPP2M,
@@ -15,10 +18,14 @@ from .multistep import (
     DPMSolverPP3MPC,
     DPMSolverPP4MPC,
 )
+from .multistep_sde import DPMSolverPP2MSDE, DPMSolverPP2MSDEPC, DPMSolverPP3MSDE, DPMSolverPP3MSDEPC
 from .per_sample import PerSampleExponentialPC
 from .singlestep import DDIM, DPMSolver2, DPMSolver3
+from .stochastic import StochasticSolver, register_stochastic
 
 __all__ = [
     "AdaptiveExponentialPC", "PerSampleExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
     "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun", "IPNDM",
+    "StochasticSolver", "register_stochastic", "AncestralDDIM", "DPMSolverPPSDE", "DPMSolverPP2MSDE", "DPMSolverPP3MSDE",
+    "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC", "EDMStochastic",
 ]
