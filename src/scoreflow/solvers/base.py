@@ -118,6 +118,19 @@ class ScorePredictions:
         r""":math:`\hat x_0 = a_k x + b_k p` from the native prediction p (:math:`x/\alpha + (\sigma^2/\alpha) s` for a score)."""
         return torch.addcmul(x * self._a[k], self.score.predict(x, self.t[k]), self._b[k])
 
+    def report(
+        self, monitor: StepMonitor, i: int, x: torch.Tensor, m: torch.Tensor, *, last: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Report step ``i`` (which reached node ``i + 1`` at ``x``, with the prediction ``m`` for the next step).
+
+        Returns the state to continue from and its prediction: a state the callback returned is where the next
+        step starts, so its prediction is evaluated there (one NFE), except after the ``last`` step.
+        """
+        reported = monitor.step(i, self.t[i + 1], x)
+        if reported is not x and not last:
+            m = self.data(reported, i + 1)
+        return reported, m
+
     def noise(self, x: torch.Tensor, k: int) -> torch.Tensor:
         r""":math:`\hat\varepsilon = a_k x + b_k p` from the native prediction p (:math:`-\sigma s` for a score: one pass)."""
         p = self.score.predict(x, self.t[k])

@@ -256,11 +256,7 @@ class _PredictorCorrector(NativeSolver):
             else:  # (a prediction at pure noise, the oldest, is past the step's terms: it drops out)
                 m = model.data(x_pred, i + 1)
                 x = combine(x, ratio[i], zip([history[0], m, *history[1 : terms[i]]], wc[i]))
-            reported = monitor.step(i, model.t[i + 1], x)
-            if reported is not x and i < n - 1:
-                # The next step starts from the state the callback returned, so from its prediction.
-                m = model.data(reported, i + 1)
-            x = reported
+            x, m = model.report(monitor, i, x, m, last=i == n - 1)
         return x
 
 

@@ -107,11 +107,7 @@ class _ExponentialSDE(StochasticSolver):
                 m = model.data(x, i + 1)
                 if self.corrected:
                     x = combine(base, 1.0, [(m, wc[i][0]), (history[0], wc[i][1])])
-            reported = monitor.step(i, model.t[i + 1], x)
-            if reported is not x and i < n - 1:
-                # The next step starts from the state the callback returned, so from its prediction.
-                m = model.data(reported, i + 1)
-            x = reported
+            x, m = model.report(monitor, i, x, m, last=i == n - 1)
         return x
 
 
