@@ -6,9 +6,9 @@
 Two teachers: the exact score of the ring (``law.score(sde)``) and a score network trained here with
 ``scoreflow.losses.sde_dsm_loss``.  From each, a small MLP consistency model
 (``scoreflow.consistency.parameterize``) is distilled with ``scoreflow.losses.consistency_distillation_loss``
-(one Heun step of the teacher between neighbouring times of an 18-step Karras grid, an EMA target).  The
-samples of ``scoreflow.sample_consistency`` in 1, 2 and 4 steps are compared by sliced W2 with exact samples of
-the ring, beside the teacher's own DPM-Solver++(2M) at the same NFE and the distance between two exact samples
+(one RK4 step of the teacher between neighbouring times of an 8-step Karras grid, every grid step in every batch,
+an EMA target).  The samples of ``scoreflow.sample_consistency`` in 1, 2 and 4 steps (re-noised to low noise,
+``multistep_times``) are compared by sliced W2 with exact samples of the ring, beside the teacher's own DPM-Solver++(2M) at the same NFE and the distance between two exact samples
 (the floor).  Saves a scatter plot.  Needs the ``bench`` extra (matplotlib).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import time
 
 import torch
@@ -43,9 +44,14 @@ class ConsistencyMLP(torch.nn.Module):
         return self.net(torch.cat([x / scale[:, None], (torch.log(sigma / alpha) / 4)[:, None]], dim=1))
 
 
-def distil(score, law, sde, *, iters: int, batch: int = 512, steps: int = 18, solver: str = "heun",
-           ema: float = 0.95, lr: float = 1e-3, seed: int = 0, log_every: int = 0) -> sf.consistency.ConsistencyModel:
-    """Consistency distillation of ``score`` into a fresh :class:`ConsistencyMLP` consistency model; returns it."""
+def distil(score, law, sde, *, iters: int, batch: int = 512, steps: int = 8, solver: str = "rk4", ema: float = 0.95,
+           lr: float = 1e-3, shared_step: bool = False, seed: int = 0, log_every: int = 0) -> sf.consistency.ConsistencyModel:
+    """Consistency distillation of ``score`` into a fresh :class:`ConsistencyMLP` consistency model; returns it.
+
+    Every batch covers every step of the grid (``shared_step=False``: one teacher call per step), and the grid is
+    short (8 Karras steps: fewer links for the target to propagate through) with an accurate teacher step (RK4,
+    4 score calls): the changes that cut the error most on the ring (``benchmarks/consistency_ablation.py``).
+    """
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
     sigma_data = float(law.covariance.diagonal().mean().sqrt())
@@ -55,7 +61,7 @@ def distil(score, law, sde, *, iters: int, batch: int = 512, steps: int = 18, so
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
     for k in range(iters):
         loss = sf.losses.consistency_distillation_loss(
-            f, f_target, score, sde, law.sample(batch, generator=g), solver=solver, steps=steps, shared_step=True, generator=g
+            f, f_target, score, sde, law.sample(batch, generator=g), solver=solver, steps=steps, shared_step=shared_step, generator=g
         )
         opt.zero_grad()
         loss.backward()
@@ -65,6 +71,22 @@ def distil(score, law, sde, *, iters: int, batch: int = 512, steps: int = 18, so
         if log_every and k % log_every == 0:
             print(f"  iteration {k:6d}  CD loss {loss.item():.2e}", flush=True)
     return f.eval().requires_grad_(False)
+
+
+def multistep_times(sde: sf.ForwardSDE, steps: int, sigma_data: float) -> list[float]:
+    r"""Re-noising times of a ``steps``-step sampler: :math:`\sigma/\alpha` log-spaced from :math:`0.15\sigma_d` to
+    :math:`0.03\sigma_d` (their geometric mean for two steps).
+
+    Low noise, where the distilled f is most accurate: each step then corrects the previous estimate locally instead
+    of drawing it afresh (chosen on the ring, seed 0; ``benchmarks/bench_consistency.py`` reports it elsewhere).
+    """
+    if steps == 1:
+        return []
+    alpha, sigma = sde.marginal(torch.tensor(sde.t_min, dtype=torch.float64))
+    floor = math.log(2 * float(sigma / alpha))  # strictly above t_min, for data of a tiny scale
+    hi, lo = max(math.log(0.15 * sigma_data), floor + 1), max(math.log(0.03 * sigma_data), floor)
+    levels = [0.5 * (hi + lo)] if steps == 2 else [hi + (lo - hi) * k / (steps - 2) for k in range(steps - 1)]
+    return [float(sde.t_from_log_snr(torch.tensor(-v, dtype=torch.float64))) for v in levels]
 
 
 def train_dsm(law, sde, *, iters: int, batch: int = 512, seed: int = 0) -> torch.nn.Module:
@@ -118,7 +140,8 @@ def main() -> None:
     shown = {}
     for name, f in models.items():
         for steps in (1, 2, 4):
-            res = sf.sample_consistency(f, sde, x_T, steps=steps, generator=torch.Generator().manual_seed(args.seed + 11))
+            times = multistep_times(sde, steps, f.sigma_data)
+            res = sf.sample_consistency(f, sde, x_T, times=times or None, generator=torch.Generator().manual_seed(args.seed + 11))
             shown[(name, steps)] = res.samples
             print(f"{'consistency model from the ' + name:<44} {res.nfe:>4} {sw2(res.samples):>8.4f}")
     for name, score in teachers.items():
