@@ -15,6 +15,7 @@ parameterisation and this optimiser reach in the budget: CD above it is CD's own
 
     python benchmarks/consistency_ablation.py --variant baseline                 # one variant (see VARIANTS)
     python benchmarks/consistency_ablation.py --variant supervised --iters 2000
+    python benchmarks/consistency_ablation.py --variant heun8 --renoise          # and multistep re-noising levels
     python benchmarks/consistency_ablation.py --table OUT                        # the table of OUT/*.json
 
 The table in docs/consistency.md (2000 iterations, ring2d, seed 0, variants two at a time on a loaded 2-core machine):
@@ -126,6 +127,28 @@ def measure(law64, sde, f, *, n: int = 5000) -> dict:
     return {"sw2": cm, "floor": floor, "f_error": [(e["sigma_over_alpha"], e["rms"]) for e in err]}
 
 
+#: Re-noising levels tried by ``--renoise``, as multiples of sigma_d of sigma/alpha (one list per sampler).
+RENOISE_LEVELS = ([0.05], [0.1], [0.15], [0.25], [0.1, 0.03], [0.15, 0.05], [0.3, 0.1], [0.5, 0.15, 0.05], [0.3, 0.1, 0.03],
+                  [0.15, 0.07, 0.03], [1, 0.3, 0.1])
+
+
+def renoise_study(law64, sde, f, *, n: int = 5000) -> list[dict]:
+    """SW2 of multistep samples re-noised to ``sigma/alpha = c sigma_d`` for each list of c in RENOISE_LEVELS
+    (two re-noising seeds each), from the prior draws of :func:`measure`."""
+    g = torch.Generator().manual_seed(100)
+    x_T = sde.prior_sample((n, law64.dim), generator=g, dtype=torch.float64)
+    sw2 = SlicedW2(law64.marginal(sde, sde.t_min).sample(4 * n, generator=g))
+    rows = []
+    with torch.no_grad():
+        for levels in RENOISE_LEVELS:
+            times = [float(sde.t_from_log_snr(-torch.log(torch.tensor(c * f.sigma_data, dtype=torch.float64)))) for c in levels]
+            runs = [sw2(sf.sample_consistency(f, sde, x_T.float(), times=times, generator=torch.Generator().manual_seed(s)).samples)
+                    for s in (101, 102)]
+            rows.append({"levels": levels, "sw2": runs})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def minimiser_error(law64, sde, recipe: dict, *, n: int = 1000) -> float | None:
     """RMS per coordinate at T of the CD minimiser against the exact f: the teacher's own solve through the grid
     (a one-step teacher); None for the supervised fit and an adaptive teacher (whose minimiser is f* to its tolerance)."""
@@ -156,6 +179,7 @@ def main(argv=None) -> None:
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/consistency_ablation")
+    ap.add_argument("--renoise", action="store_true", help="also try the re-noising levels RENOISE_LEVELS")
     ap.add_argument("--table", metavar="DIR", help="only print the table of DIR/*.json")
     args = ap.parse_args(argv)
     if args.table:
@@ -173,6 +197,8 @@ def main(argv=None) -> None:
     f = train(law64, sde, recipe, iters=args.iters, seed=args.seed)
     row = {"variant": args.variant, "recipe": recipe, "problem": args.problem, "iters": args.iters, "seed": args.seed,
            "train_wall_s": time.perf_counter() - wall, **measure(law64, sde, f), "minimiser": minimiser_error(law64, sde, recipe)}
+    if args.renoise:
+        row["renoise"] = renoise_study(law64, sde, f)
     print(json.dumps(row), flush=True)
     write_json(Path(args.out) / f"{args.variant}_{args.problem}_{args.iters}_{args.seed}.json", row)
 

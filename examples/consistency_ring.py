@@ -7,8 +7,7 @@ Two teachers: the exact score of the ring (``law.score(sde)``) and a score netwo
 ``scoreflow.losses.sde_dsm_loss``.  From each, a small MLP consistency model
 (``scoreflow.consistency.parameterize``) is distilled with ``scoreflow.losses.consistency_distillation_loss``
 (one RK4 step of the teacher between neighbouring times of an 8-step Karras grid, every grid step in every batch,
-an EMA target).  The samples of ``scoreflow.sample_consistency`` in 1, 2 and 4 steps (re-noised to low noise,
-``multistep_times``) are compared by sliced W2 with exact samples of the ring, beside the teacher's own DPM-Solver++(2M) at the same NFE and the distance between two exact samples
+an EMA target).  The samples of ``scoreflow.sample_consistency`` in 1, 2 and 4 steps are compared by sliced W2 with exact samples of the ring, beside the teacher's own DPM-Solver++(2M) at the same NFE and the distance between two exact samples
 (the floor).  Saves a scatter plot.  Needs the ``bench`` extra (matplotlib).
 """
 
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 
 import torch
@@ -73,22 +71,6 @@ def distil(score, law, sde, *, iters: int, batch: int = 512, steps: int = 8, sol
     return f.eval().requires_grad_(False)
 
 
-def multistep_times(sde: sf.ForwardSDE, steps: int, sigma_data: float) -> list[float]:
-    r"""Re-noising times of a ``steps``-step sampler: :math:`\sigma/\alpha` log-spaced from :math:`0.15\sigma_d` to
-    :math:`0.03\sigma_d` (their geometric mean for two steps).
-
-    Low noise, where the distilled f is most accurate: each step then corrects the previous estimate locally instead
-    of drawing it afresh (chosen on the ring, seed 0; ``benchmarks/bench_consistency.py`` reports it elsewhere).
-    """
-    if steps == 1:
-        return []
-    alpha, sigma = sde.marginal(torch.tensor(sde.t_min, dtype=torch.float64))
-    floor = math.log(2 * float(sigma / alpha))  # strictly above t_min, for data of a tiny scale
-    hi, lo = max(math.log(0.15 * sigma_data), floor + 1), max(math.log(0.03 * sigma_data), floor)
-    levels = [0.5 * (hi + lo)] if steps == 2 else [hi + (lo - hi) * k / (steps - 2) for k in range(steps - 1)]
-    return [float(sde.t_from_log_snr(torch.tensor(-v, dtype=torch.float64))) for v in levels]
-
-
 def train_dsm(law, sde, *, iters: int, batch: int = 512, seed: int = 0) -> torch.nn.Module:
     """A score network ``score_from_eps(EpsMLP)`` trained by continuous-time DSM."""
     torch.manual_seed(seed)
@@ -140,8 +122,7 @@ def main() -> None:
     shown = {}
     for name, f in models.items():
         for steps in (1, 2, 4):
-            times = multistep_times(sde, steps, f.sigma_data)
-            res = sf.sample_consistency(f, sde, x_T, times=times or None, generator=torch.Generator().manual_seed(args.seed + 11))
+            res = sf.sample_consistency(f, sde, x_T, steps=steps, generator=torch.Generator().manual_seed(args.seed + 11))
             shown[(name, steps)] = res.samples
             print(f"{'consistency model from the ' + name:<44} {res.nfe:>4} {sw2(res.samples):>8.4f}")
     for name, score in teachers.items():
