@@ -374,8 +374,9 @@ def plot(results, path):
                 pts = min(by_grid.values(), key=lambda rs: sum(math.log(r["path_rms"]) for r in rs if r["nfe"] <= 50))
                 pts = sorted((r for r in pts if r["nfe"] <= 60), key=lambda r: r["nfe"])
                 label = f"{lib} {method}" + (f" [{pts[0]['grid']}]" if pts[0]["grid"] not in ("adaptive", "its own") else "")
+                rule = method == "rule"  # scoreflow's rule, drawn in black
                 ax.loglog([r["nfe"] for r in pts], [r["path_rms"] for r in pts], ls, marker="o", ms=3, fillstyle=fill,
-                          color=colors[k % 20], label=label)
+                          color="black" if rule else colors[k % 20], lw=2.5 if rule else 1.5, zorder=3 if rule else 2, label=label)
                 k += 1
         ax.set(title=f"{info['problem']} (rectified flow, n={info['n']})", xlabel="NFE",
                ylabel="RMS path error vs float64 reference", xlim=(3, 70))
