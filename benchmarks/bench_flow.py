@@ -30,6 +30,7 @@ run on (it indexes the second axis as if it were the flattened dimension); (b) H
 The optional peers: ``pip install --no-deps flow-matching diffusers`` (diffusers is also a test dependency).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_flow.py                 # everything: JSON, table, plot
+    OMP_NUM_THREADS=1 python benchmarks/bench_flow.py --random 20     # the run in docs/flow-matching.md (20 random mixtures)
     OMP_NUM_THREADS=1 python benchmarks/bench_flow.py --quick         # a smoke run (few samples, 2 random problems)
 """
 
