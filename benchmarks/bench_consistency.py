@@ -265,7 +265,9 @@ def main(argv=None) -> None:
     if args.replot or args.combine:
         results = json.loads((out / "results.json").read_text())
         for r in results:
-            r["consistency"] = {int(k): v for k, v in r["consistency"].items()}
+            for key in ("consistency", "consistency_low_noise"):
+                r[key] = {int(k): v for k, v in r.get(key, {}).items()}
+            r["verdicts"] = verdicts(r)  # derived: recomputed from the numbers
     else:
         torch.set_num_threads(1)
         results = []
