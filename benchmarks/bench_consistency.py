@@ -162,7 +162,7 @@ def refinement(*, iters: int, seeds: tuple[int, ...], grids: tuple[int, ...] = (
         solve = sf.sample_ode(law64.score(sde), sde, x_T, method="heun", schedule=sf.time_grid(sde, steps, "karras"))
         trained = []
         for seed in seeds if iters > 0 else ():  # --iters 0: the minimiser alone
-            f = distil(law64.to(torch.float32).score(sde), law64.to(torch.float32), sde, iters=iters, steps=steps, seed=seed)
+            f = distil(law64.to(torch.float32).score(sde), law64.to(torch.float32), sde, iters=iters, steps=steps, solver="heun", seed=seed)
             with torch.no_grad():
                 trained.append(float((f(x_T.float(), sde.T).double() - end).pow(2).mean().sqrt()))
         rows.append({"steps": steps, "minimiser": float((solve.samples - end).pow(2).mean().sqrt()), "trained": trained})

@@ -29,7 +29,6 @@ The table in docs/consistency.md (2000 iterations, ring2d, seed 0, variants two 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -44,7 +43,7 @@ from scoreflow.testing import make_law
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from bench_consistency import SlicedW2, random_problem, trajectory_error  # noqa: E402
-from consistency_ring import ConsistencyMLP  # noqa: E402
+from consistency_ring import fresh_model  # noqa: E402
 from peers import write_json  # noqa: E402
 
 #: Each variant changes the CD recipe of the example before this change (Heun teacher on an 18-step Karras grid,
@@ -84,13 +83,7 @@ def trajectories(law64, sde, n: int, times: torch.Tensor, seed: int) -> torch.Te
 def train(law64, sde, recipe: dict, *, iters: int, seed: int, batch: int = 512, lr: float = 1e-3) -> sf.consistency.ConsistencyModel:
     """Train the example's MLP consistency model by ``recipe`` (CD, or supervised on the exact function)."""
     law = law64.to(torch.float32)
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    sigma_data = float(law.covariance.diagonal().mean().sqrt())
-    f = sf.consistency.parameterize(ConsistencyMLP(sde, law.dim, sigma_data), sde, sigma_data)
-    f_target = copy.deepcopy(f).requires_grad_(False)
-    opt = torch.optim.Adam(f.parameters(), lr=lr)
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
+    f, f_target, opt, decay, g = fresh_model(law, sde, iters=iters, lr=lr, seed=seed)
     grid = sf.time_grid(sde, recipe["steps"], "karras")
     if recipe.get("supervised"):
         states = trajectories(law64, sde, 20000, grid, 1234 + seed).float()

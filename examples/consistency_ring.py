@@ -42,6 +42,18 @@ class ConsistencyMLP(torch.nn.Module):
         return self.net(torch.cat([x / scale[:, None], (torch.log(sigma / alpha) / 4)[:, None]], dim=1))
 
 
+def fresh_model(law, sde, *, iters: int, lr: float, seed: int):
+    """A seeded :class:`ConsistencyMLP` consistency model with ``sigma_d`` from the law, its EMA target, Adam with a
+    cosine decay over ``iters``, and the generator of the training draws: ``(f, f_target, opt, decay, generator)``."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    sigma_data = float(law.covariance.diagonal().mean().sqrt())
+    f = sf.consistency.parameterize(ConsistencyMLP(sde, law.dim, sigma_data), sde, sigma_data)
+    f_target = copy.deepcopy(f).requires_grad_(False)
+    opt = torch.optim.Adam(f.parameters(), lr=lr)
+    return f, f_target, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters), g
+
+
 def distil(score, law, sde, *, iters: int, batch: int = 512, steps: int = 8, solver: str = "rk4", ema: float = 0.95,
            lr: float = 1e-3, shared_step: bool = False, seed: int = 0, log_every: int = 0) -> sf.consistency.ConsistencyModel:
     """Consistency distillation of ``score`` into a fresh :class:`ConsistencyMLP` consistency model; returns it.
@@ -50,13 +62,7 @@ def distil(score, law, sde, *, iters: int, batch: int = 512, steps: int = 8, sol
     short (8 Karras steps: fewer links for the target to propagate through) with an accurate teacher step (RK4,
     4 score calls): the changes that cut the error most on the ring (``benchmarks/consistency_ablation.py``).
     """
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    sigma_data = float(law.covariance.diagonal().mean().sqrt())
-    f = sf.consistency.parameterize(ConsistencyMLP(sde, law.dim, sigma_data), sde, sigma_data)
-    f_target = copy.deepcopy(f).requires_grad_(False)
-    opt = torch.optim.Adam(f.parameters(), lr=lr)
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
+    f, f_target, opt, decay, g = fresh_model(law, sde, iters=iters, lr=lr, seed=seed)
     for k in range(iters):
         loss = sf.losses.consistency_distillation_loss(
             f, f_target, score, sde, law.sample(batch, generator=g), solver=solver, steps=steps, shared_step=shared_step, generator=g
