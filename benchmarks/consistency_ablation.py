@@ -63,6 +63,7 @@ VARIANTS = {
     "dpm3_4": {"shared_step": False, "steps": 4, "solver": "dpm_solver_3"},
     "exact4_shared": {"steps": 4, "solver": "dopri5"},
     "exact4": {"shared_step": False, "steps": 4, "solver": "dopri5"},
+    "rk4_8": {"shared_step": False, "steps": 8, "solver": "rk4"},  # the example's recipe (not in the docs' table)
 }
 
 
