@@ -290,7 +290,7 @@ class AdaptiveLikelihoodPC:
             scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
             err_x = ((x_new - x_pred) / scale).square().mean()
             err_d = ((d_new - d_pred) / (atol + rtol * d_new.abs())).square().mean()
-            err = math.sqrt(float(torch.maximum(err_x, err_d)))
+            err = math.sqrt(float(torch.maximum(err_x, err_d).detach()))  # the step control is not differentiated
             factor = min(self.max_factor, max(self.min_factor, self.safety * max(err, 1e-10) ** (-1.0 / (len(points) + 1))))
             done = _variable(lam[s], noise) - _variable(lam[k], noise)
             step = (noise, abs(done) * factor)
