@@ -22,7 +22,7 @@ evaluations the state needs.  Where the data is sharp (:math:`\lambda > 0`) the 
 :math:`\bar\sigma` at the data); towards noise (:math:`\lambda \le 0`) in r with the data prediction, smooth
 down to pure noise (:math:`r = 0`, where :math:`\hat x_0` is the data mean), which a flow path reaches at T.
 Polynomials in :math:`\lambda` itself (DPM-Solver++'s weights) fit neither end: in the likelihood direction their
-weights grow like :math:`e^{|h|}` and, measured on the 16-D mixtures, they needed 20-40 % more evaluations.
+weights grow like :math:`e^{|h|}` and, measured on the 16-D mixture, they needed about 20 % more evaluations.
 
 The predictor interpolates the predictions at the step's start and the three nodes before it (four points), the
 corrector adds the prediction at the predicted end point, which the next step needs anyway; the divergence integral
