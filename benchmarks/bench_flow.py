@@ -226,8 +226,9 @@ def likelihood_image_shaped(n):
 def likelihood_hutchinson(n, repeats, t_min=T_MIN):
     """Hutchinson log-likelihoods of flat 16-D mixture data at ``t_min``: error against exact and wall time per config.
 
-    Every solve runs from ``t_min`` (flow_matching's time s = 1 - t from 1 - t_min to 0), where scoreflow's native
-    ``expint_pc_adaptive`` starts (its log-SNR is +inf at t = 0); scoreflow's configs include it.
+    Every solve runs from ``t_min``, where scoreflow's native ``expint_pc_adaptive`` starts (its log-SNR is +inf at
+    t = 0); scoreflow's configs include it.  flow_matching's grid must run over its s from 1 (data) to 0, so its
+    velocity is given in s with t = 1 - (1 - t_min) s: v(x, s) = -(1 - t_min) u(x, t).
     """
     from flow_matching.solver import ODESolver
 
@@ -237,7 +238,8 @@ def likelihood_hutchinson(n, repeats, t_min=T_MIN):
     x64 = at_t_min.sample(n, generator=torch.Generator().manual_seed(11))
     exact, x = at_t_min.log_prob(x64), x64.float()
     velocity = law.to(torch.float32).velocity(RF)
-    solver = ODESolver(velocity_model=lambda x, t: -velocity.predict(x, (1 - t).to(x.dtype).expand(x.shape[0])))
+    span = 1.0 - t_min
+    solver = ODESolver(velocity_model=lambda x, t: -span * velocity.predict(x, (1 - span * t).to(x.dtype).expand(x.shape[0])))
     configs = []
     for steps in (2, 4, 8, 16, 32):
         for method, per in (("euler", 1), ("midpoint", 2), ("rk4", 4)):
@@ -257,7 +259,7 @@ def likelihood_hutchinson(n, repeats, t_min=T_MIN):
             with torch.no_grad():
                 return sf.log_likelihood(velocity, RF, x, trace="hutchinson", t_min=t_min,
                                          generator=torch.Generator().manual_seed(seed), **kw).log_prob
-        grid = torch.linspace(1.0 - t_min, 0.0, kw.get("steps", 1) + 1)
+        grid = torch.linspace(1.0, 0.0, kw.get("steps", 1) + 1)
         extra = {k: kw[k] for k in ("rtol", "atol") if k in kw}
         return solver.compute_likelihood(x_1=x, log_p0=RF.prior_log_prob, step_size=None, method=kw["method"],
                                          time_grid=grid, exact_divergence=False, **extra)[1]
