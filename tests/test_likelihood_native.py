@@ -22,6 +22,17 @@ def _exact(problem, x):
     return problem.law.marginal(problem.sde, problem.sde.t_min).log_prob(x.double())
 
 
+def _recording(problem):
+    """The problem's score and the list it appends to on every call."""
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return problem.score(x, t)
+
+    return score, calls
+
+
 @pytest.mark.parametrize("sde", ["vp", "ve"])
 def test_fixed_grid_converges_to_the_exact_log_density_with_its_declared_order(sde):
     problem = make_problem("gaussian2d", sde)
@@ -100,12 +111,7 @@ def test_image_shaped_data_and_float32():
 
 def test_evaluations_and_vjps_are_counted():
     problem = make_problem("gaussian16d", "vp")
-    calls = []
-
-    def score(x, t):
-        calls.append(1)
-        return problem.score(x, t)
-
+    score, calls = _recording(problem)
     x = _data(problem, 3)
     with torch.no_grad():
         res = sf.log_likelihood(score, problem.sde, x, method="expint_pc", steps=12, trace="hutchinson", n_probes=3,
@@ -161,12 +167,7 @@ def test_a_nan_stops_the_solve_naming_its_time():
 
 def test_bad_arguments_are_refused_before_any_evaluation():
     problem = make_problem("gaussian2d", "vp")
-    calls = []
-
-    def score(x, t):
-        calls.append(1)
-        return problem.score(x, t)
-
+    score, calls = _recording(problem)
     x = _data(problem, 2)
     cases = [
         (ValueError, r"log_likelihood: argument 'adjoint' applies to torchdiffeq's methods, got adjoint=True",

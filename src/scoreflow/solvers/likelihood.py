@@ -40,8 +40,9 @@ import torch
 
 from ..dynamics.counting import CountedScore
 from ..dynamics.divergence import value_and_exact_divergence, value_and_hutchinson_divergence
-from ..methods import Method, Stepping, Tolerances, int_option, interval_option, positive_option, register
+from ..methods import Method, Stepping, Tolerances, interval_option, register
 from ..sde import ForwardSDE
+from .adaptive import step_control_options
 from .base import Nodes, on_device
 from .multistep import pure_noise_weights
 
@@ -229,14 +230,7 @@ class AdaptiveLikelihoodPC:
     ``reject_above``, ``max_steps``, ``switch`` (see :class:`LikelihoodPC`).
     """
 
-    options = {
-        "h_init": positive_option(0.5, "first step in log-SNR"),
-        "safety": positive_option(0.8, "factor on the optimal next step"),
-        "max_factor": positive_option(2.0, "largest growth of the step from one step to the next", above=1.0),
-        "reject_above": positive_option(2.0, "steps whose scaled error estimate exceeds this are redone"),
-        "max_steps": int_option(10_000, "accepted plus rejected steps before giving up with a RuntimeError"),
-        **LikelihoodPC.options,
-    }
+    options = {**step_control_options(h_init=0.5), **LikelihoodPC.options}
     min_factor = 0.2
 
     def __init__(self, *, h_init: float = 0.5, safety: float = 0.8, max_factor: float = 2.0, reject_above: float = 2.0,
