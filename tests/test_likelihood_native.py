@@ -183,6 +183,8 @@ def test_bad_arguments_are_refused_before_any_evaluation():
         (ValueError, r"option 'safety' expected a finite number > 0, got -1.0", {"method": "expint_pc_adaptive", "options": {"safety": -1.0}}),
         (TypeError, r"option 'switch' expected a real number, got str", {"method": "expint_pc", "steps": 8,
                                                                           "options": {"switch": "high"}}),
+        (ValueError, r"option 'switch' expected a number in \[-20, 20\], got inf", {"method": "expint_pc_adaptive",
+                                                                                   "options": {"switch": math.inf}}),
         (ValueError, r"argument 'method' expected one of .*expint_pc", {"method": "expint"}),
     ]
     for error, message, kwargs in cases:

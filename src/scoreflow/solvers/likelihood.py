@@ -148,7 +148,7 @@ class LikelihoodPC:
             with the data prediction).
     """
 
-    options = {"switch": interval_option(0.0, "log-SNR above which steps use the noise prediction in sigma/alpha", low=-math.inf)}
+    options = {"switch": interval_option(0.0, "log-SNR above which steps use the noise prediction in sigma/alpha", low=-20.0, high=20.0)}
 
     def __init__(self, *, switch: float = 0.0) -> None:
         self.switch = switch
