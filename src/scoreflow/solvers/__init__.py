@@ -10,6 +10,7 @@ from .ancestral import AncestralDDIM, DPMSolverPPSDE
 from .base import NativeSolver, ScorePredictions, register_native
 from .edm import EDMHeun
 from .edm_stochastic import EDMStochastic
+from .extended_sde import ERSDESolver, SASolver
 from .ipndm import IPNDM
 from .multistep import (
     DPMSolverPP2M,
@@ -27,5 +28,5 @@ __all__ = [
     "AdaptiveExponentialPC", "PerSampleExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
     "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun", "IPNDM",
     "StochasticSolver", "register_stochastic", "AncestralDDIM", "DPMSolverPPSDE", "DPMSolverPP2MSDE", "DPMSolverPP3MSDE",
-    "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC", "EDMStochastic",
+    "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC", "EDMStochastic", "ERSDESolver", "SASolver",
 ]
