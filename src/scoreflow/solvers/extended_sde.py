@@ -94,10 +94,15 @@ class _Extended(_ExponentialSDE):
 
     variable: ClassVar[str] = "lambda"
     corrector_points: ClassVar[int] = 0
+    structure = ("terms", "noise_span")
 
     def scale(self, nodes: Nodes) -> tuple[Callable[[float], float], tuple[float, ...]]:
         """:math:`\\log\\varphi` as a function of :math:`\\lambda` on this solve's process, and its kinks."""
         raise NotImplementedError
+
+    def noise_window(self, nodes: Nodes, steps: int) -> Callable[[int], tuple[int, int]]:
+        """The nodes between which step i draws its noise: the whole step, unless the noise scale is noise-free on part of it."""
+        return lambda i: (i, i + 1)
 
     def _positions(self, nodes: Nodes, i: int, points: Sequence[int]) -> list[float]:
         v = nodes.lam if self.variable == "lambda" else [math.exp(-lam) for lam in nodes.lam]
@@ -108,8 +113,10 @@ class _Extended(_ExponentialSDE):
         corrector's weights (the new prediction's first; zero on the last step)."""
         log_phi, kinks = self.scale(nodes)
         width = max(self.corrector_points, 1)
-        plan: dict[str, list] = {"c_x": [], "c_z": [], "w": [], "terms": [], "wc": []}
+        plan: dict[str, list] = {"c_x": [], "c_z": [], "w": [], "terms": [], "wc": [], "noise_span": []}
+        window = self.noise_window(nodes, steps)
         for i in range(steps):
+            plan["noise_span"].append(window(i))
             lam_s, lam_t = nodes.lam[i], nodes.lam[i + 1]
             history = list(range(i, i - self._points(i, steps), -1))
             corrector = [i + 1] + list(range(i, max(i - self.corrector_points + 1, -1), -1))
@@ -218,6 +225,23 @@ class SASolver(_Extended):
         ends = torch.tensor([f * sde.T for f in self.window], dtype=torch.float64).clamp(min=sde.t_min)
         lam_hi, lam_lo = sde.log_snr(ends).tolist()  # log-SNR falls with t
         return (lambda lam: -lam - eta * (min(max(lam, lam_lo), lam_hi) - lam_lo)), (lam_lo, lam_hi)
+
+    def noise_window(self, nodes: Nodes, steps: int) -> Callable[[int], tuple[int, int]]:
+        """A step across an edge of the window draws its noise from the path over the part inside the window only
+        (new nodes at the edges), where all of the step's noise comes from: pathwise right, so the strong order holds."""
+        _, (lo, hi) = self.scale(nodes)
+        lam = nodes.lam
+        crossing = [i for i in range(steps) if lam[i] < lo < lam[i + 1] or lam[i] < hi < lam[i + 1]]
+        if not crossing:
+            return lambda i: (i, i + 1)
+        edge_lo, edge_hi = nodes.extend([lo, hi])
+
+        def span(i: int) -> tuple[int, int]:
+            if lam[i + 1] <= lo or lam[i] >= hi:  # no noise on this step
+                return (i, i + 1)
+            return (edge_lo if lam[i] < lo else i, edge_hi if lam[i + 1] > hi else i + 1)
+
+        return span
 
 
 register_stochastic("er_sde", ERSDESolver, "ER-SDE-Solver: multistep on the extended reverse SDE with noise scale phi (default: the paper's er5)")

@@ -97,11 +97,12 @@ class _ExponentialSDE(StochasticSolver):
     ) -> torch.Tensor:
         c_x, c_z, w, terms, wc = columns["c_x"], columns["c_z"], columns["w"], columns["terms"], columns["wc"]
         n, depth = len(c_x), max(self.predictor_points, len(wc[0]) - 1 if wc else 0)
+        spans = columns.get("noise_span") or [(i, i + 1) for i in range(n)]  # the nodes between which a step's noise is drawn
         m, history = model.data(x, 0), []
         for i in range(n):
             history.insert(0, m)
             del history[depth:]
-            base = combine(x, c_x[i], [(noise(i, i + 1), c_z[i])] if self.noisy else [])
+            base = combine(x, c_x[i], [(noise(*spans[i]), c_z[i])] if self.noisy else [])
             x = combine(base, 1.0, zip(history[: terms[i]], w[i]))
             if i < n - 1:
                 m = model.data(x, i + 1)
