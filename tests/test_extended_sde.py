@@ -22,7 +22,7 @@ def gaussian_vp():
     return problem, x_T, bm
 
 
-def _midpoint_moments(log_phi, lam_s, lam_t, k, variable, n=200_000):
+def _midpoint_moments(log_phi, lam_s, lam_t, k, variable, n=20_000):
     """mu_j = int_0^1 r^j dK(r) by the midpoint rule on dK = K(r + dr/2) - K(r - dr/2): an independent quadrature."""
     r = torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64)
     if variable == "lambda":
@@ -80,22 +80,22 @@ def test_on_a_shared_path_each_method_converges_strongly_to_its_own_sde(method, 
     # declared strong order 1: refined on one path, the error against a fine solve of the same SDE falls ~4x per 4x steps
     problem, x_T, bm = gaussian_vp
     run = lambda n: sf.sample_sde(problem.score, problem.sde, x_T, method=method, steps=n, bm=bm, options=options).samples  # noqa: E731
-    fine = run(2048)
-    errors = [rms_error(run(n), fine) for n in (32, 128)]
+    fine = run(1024)
+    errors = [rms_error(run(n), fine) for n in (24, 96)]
     assert errors[1] < 0.4 * errors[0] and errors[1] < 0.02, errors
 
 
-@pytest.mark.parametrize("method, options, order", [
-    ("er_sde", {"noise_scale": "ode", "variable": "sigma"}, 3.0),
-    ("er_sde", {"noise_scale": "ode", "order": 2}, 2.0),
-    ("sa_solver", {"tau": 0.0, "predictor_order": 2, "corrector_order": 2}, 2.0),
-    ("sa_solver", {"tau": 0.0}, 3.0),
+@pytest.mark.parametrize("method, options, order, steps", [
+    ("er_sde", {"noise_scale": "ode", "variable": "sigma"}, 3.0, (96, 192, 384)),
+    ("er_sde", {"noise_scale": "ode", "order": 2}, 2.0, (96, 192, 384)),
+    # (local slopes 1.2, 1.2, 1.7, 1.9, 1.94 from 48 to 1536 steps: second order once the steps are short)
+    ("sa_solver", {"tau": 0.0, "predictor_order": 2, "corrector_order": 2}, 2.0, (384, 768, 1536)),
+    ("sa_solver", {"tau": 0.0}, 3.0, (96, 192, 384)),
 ])
-def test_without_noise_the_option_orders_hold(method, options, order, gaussian_vp):
+def test_without_noise_the_option_orders_hold(method, options, order, steps, gaussian_vp):
     problem, x_T, _ = gaussian_vp
     sde = problem.sde
     exact = problem.law.flow_map(sde, x_T, sde.T, sde.t_min)
-    steps = (96, 192, 384)
     errors = [rms_error(sf.sample_sde(problem.score, sde, x_T, method=method, steps=n, generator=torch.Generator(),
                                       options=options).samples, exact) for n in steps]
     slope = -math.log(errors[-1] / errors[0]) / math.log(steps[-1] / steps[0])
@@ -134,7 +134,7 @@ def test_bad_options_name_the_fix(gaussian_vp):
         run("er_sde", noise_scale="er9")
     with pytest.raises(ValueError, match=r"sample_sde: option 'order' expected an integer in \[1, 3\], got 4"):
         run("er_sde", order=4)
-    with pytest.raises(ValueError, match=r"sample_sde: option 'order' expected an integer >= 1"):
+    with pytest.raises(ValueError, match=r"sample_sde: option 'order' expected an int >= 1, got 0"):
         run("er_sde", order=0)
     with pytest.raises(ValueError, match=r"sample_sde: option 'variable' expected one of 'lambda', 'sigma', got 't'"):
         run("er_sde", variable="t")
