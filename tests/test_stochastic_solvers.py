@@ -226,7 +226,7 @@ def test_bad_options_and_arguments_name_the_fix(gaussian_vp):
     assert counter.calls == 0
 
 
-@pytest.mark.parametrize("method", ["dpmpp_2m_sde", "dpmpp_3m_sde"])
+@pytest.mark.parametrize("method", ["dpmpp_2m_sde", "dpmpp_3m_sde", "er_sde", "sa_solver"])
 def test_a_truncated_flow_path_with_a_velocity_model(method):
     # RectifiedFlow(T < 1) has a finite reverse SDE; the exact model predicts the flow velocity, which the
     # solvers turn into data predictions.  50 steps reach the exact law at t_min (mean, covariance) within 0.05
