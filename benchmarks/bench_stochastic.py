@@ -325,8 +325,13 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/stochastic")
     ap.add_argument("--no-k-diffusion", action="store_true")
     ap.add_argument("--no-diffusers", action="store_true")
-    ap.add_argument("--only", nargs="*", default=None, help="only samplers whose label starts with one of these")
+    ap.add_argument("--only", nargs="*", default=None, help="only scoreflow samplers whose label starts with one of these")
+    ap.add_argument("--merge", nargs="+", default=None,
+                    help="compute nothing: merge the rows of these results.json files by (problem, SDE, seed) and summarize")
     args = ap.parse_args(argv)
+    if args.merge:
+        print("\n".join(write(merge_cases(args.merge), args, Path(args.out))))
+        return
     torch.set_num_threads(1)
     kd = None if args.no_k_diffusion else load_k_diffusion_sampling()
     problems = args.problems + [f"random{args.random_start + i}" for i in range(args.random)]
@@ -350,6 +355,20 @@ def main(argv=None):
                 print(f"{problem}-{sde_name} seed {seed}: {len(rows)} runs, {info['seconds']:.0f} s", file=sys.stderr, flush=True)
                 lines = write(cases, args, out)
     print("\n".join(lines))
+
+
+def merge_cases(paths):
+    """The cases of several runs (same problems, SDEs, seeds, hence the same x_T, path and references), rows joined;
+    only the cases present in every file are kept."""
+    merged, counts = {}, {}
+    for path in paths:
+        for case in json.loads(Path(path).read_text())["cases"]:
+            info = case["info"]
+            key = (info["problem"], info["sde"], info["seed"])
+            rows = [r for r in case["rows"] if r["library"] != "reference" or key not in merged]
+            merged.setdefault(key, (info, []))[1].extend(rows)
+            counts[key] = counts.get(key, 0) + 1
+    return [merged[k] for k in merged if counts[k] == len(paths)]
 
 
 def write(cases, args, out):

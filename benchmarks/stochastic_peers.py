@@ -44,11 +44,13 @@ def _eta_label(v):
 
 
 def scoreflow_samplers(reduced: list[float]) -> list[Sampler]:
-    """scoreflow's native stochastic multistep methods on the reverse SDE, at each reduced variance fraction, and the
-    new methods on their own noise.  (``ddim`` and ``dpmpp_sde`` are k-diffusion's ``euler_ancestral`` and
-    ``dpmpp_sde`` step for step, and ``er_sde`` with ``noise_scale="sde"`` is ``dpmpp_3m_sde``: not repeated.)"""
+    """scoreflow's native stochastic methods on the reverse SDE, at each reduced variance fraction, and the new methods
+    on their own noise.  (``er_sde`` with ``noise_scale="sde"`` is ``dpmpp_3m_sde``: not repeated.)"""
     out = []
     for v in [1.0, *reduced]:
+        for name in ("ddim", "dpmpp_sde"):  # (their eta is the standard deviation fraction)
+            out.append(Sampler("scoreflow", f"{name} eta={math.sqrt(v):.3g}", name, sf.get_method("sde", name).nfe_per_step,
+                               {"eta": math.sqrt(v)}, ("eta", v), _eta_label(v)))
         names = ("dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_2m_sde_pc", "dpmpp_3m_sde_pc") if v == 1.0 else ("dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_3m_sde_pc")
         for name in names:
             out.append(Sampler("scoreflow", f"{name} eta={v:g}", name, 1, {"eta": v}, ("eta", v), _eta_label(v)))
