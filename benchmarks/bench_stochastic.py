@@ -358,17 +358,21 @@ def main(argv=None):
 
 
 def merge_cases(paths):
-    """The cases of several runs (same problems, SDEs, seeds, hence the same x_T, path and references), rows joined;
-    only the cases present in every file are kept."""
-    merged, counts = {}, {}
+    """The cases of several runs, rows joined by (problem, SDE, seed): runs of the same cases (hence the same x_T, path and
+    references) with different samplers, and runs of other problems.  A case is kept if every run that has its
+    problem has it (an interrupted run's missing cases are dropped from the others too)."""
+    merged, seen = {}, []
     for path in paths:
+        keys = set()
         for case in json.loads(Path(path).read_text())["cases"]:
             info = case["info"]
             key = (info["problem"], info["sde"], info["seed"])
             rows = [r for r in case["rows"] if r["library"] != "reference" or key not in merged]
             merged.setdefault(key, (info, []))[1].extend(rows)
-            counts[key] = counts.get(key, 0) + 1
-    return [merged[k] for k in merged if counts[k] == len(paths)]
+            keys.add(key)
+        seen.append(keys)
+    return [case for key, case in merged.items()
+            if all(key in keys for keys in seen if any(k[0] == key[0] for k in keys))]
 
 
 def write(cases, args, out):
