@@ -100,7 +100,7 @@ class _Extended(_ExponentialSDE):
         """:math:`\\log\\varphi` as a function of :math:`\\lambda` on this solve's process, and its kinks."""
         raise NotImplementedError
 
-    def noise_window(self, nodes: Nodes, steps: int) -> Callable[[int], tuple[int, int]]:
+    def noise_window(self, nodes: Nodes, steps: int, kinks: tuple[float, ...]) -> Callable[[int], tuple[int, int]]:
         """The nodes between which step i draws its noise: the whole step, unless the noise scale is noise-free on part of it."""
         return lambda i: (i, i + 1)
 
@@ -114,7 +114,7 @@ class _Extended(_ExponentialSDE):
         log_phi, kinks = self.scale(nodes)
         width = max(self.corrector_points, 1)
         plan: dict[str, list] = {"c_x": [], "c_z": [], "w": [], "terms": [], "wc": [], "noise_span": []}
-        window = self.noise_window(nodes, steps)
+        window = self.noise_window(nodes, steps, kinks)
         for i in range(steps):
             plan["noise_span"].append(window(i))
             lam_s, lam_t = nodes.lam[i], nodes.lam[i + 1]
@@ -233,10 +233,10 @@ class SASolver(_Extended):
         lam_hi, lam_lo = sde.log_snr(ends).tolist()  # log-SNR falls with t
         return (lambda lam: -lam - eta * (min(max(lam, lam_lo), lam_hi) - lam_lo)), (lam_lo, lam_hi)
 
-    def noise_window(self, nodes: Nodes, steps: int) -> Callable[[int], tuple[int, int]]:
+    def noise_window(self, nodes: Nodes, steps: int, kinks: tuple[float, ...]) -> Callable[[int], tuple[int, int]]:
         """A step across an edge of the window draws its noise from the path over the part inside the window only
         (new nodes at the edges), where all of the step's noise comes from: pathwise right, so the strong order holds."""
-        _, (lo, hi) = self.scale(nodes)
+        lo, hi = kinks
         lam = nodes.lam
         crossing = [i for i in range(steps) if lam[i] < lo < lam[i + 1] or lam[i] < hi < lam[i + 1]]
         if not crossing:
