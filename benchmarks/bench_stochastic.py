@@ -1,34 +1,33 @@
-"""Few-NFE stochastic sampling: scoreflow's reverse-SDE solvers against k-diffusion's on the same analytic denoisers.
+"""Few-NFE stochastic sampling: scoreflow's reverse-SDE solvers against k-diffusion's and diffusers' on the same analytic denoisers.
 
-Every sampler of both libraries starts from the same draws x_T of the exact law at T and reads the same Brownian
-path (scoreflow's, in solver time s = T - t; k-diffusion's samplers get it through their ``noise_sampler``
-argument, converted from their sigma), on the same grids ending at t_min.  k-diffusion sees the exact denoiser in
-its variables, D(y, sigma_k) = E[x_0 | x_t = alpha(t) y] at the time t with sigma(t)/alpha(t) = sigma_k.
+Every sampler of every library starts from the same draws x_T of the exact law at T and reads the same Brownian path
+(scoreflow's, in solver time s = T - t; k-diffusion's samplers through their ``noise_sampler``, diffusers' schedulers
+through ``variance_noise`` or ``randn_tensor``), on the same grids ending at t_min (see ``stochastic_peers.py``: the
+samplers, the noise each is given, and the reverse SDE each converges to).
 
 Metrics, per sampler, budget and grid (n samples at t_min, P fixed directions shared by every sampler):
 
-- ``excess``: the sliced W2 to the exact law (against the quantiles of a 10x larger exact sample) with its
-  Monte-Carlo floor removed, ``sqrt(SW2^2 - floor^2)`` (signed), the floor being the mean SW2^2 of K independent
-  exact samples of size n (squared distances of independent errors add).  Below ~the floor's spread it is noise.
-- ``paired``: the sliced W2 between the sampler's n samples and those of a fine reference solve (``--ref-steps``
-  steps of ``dpmpp_3m_sde_pc``) from the same x_T on the same Brownian path.  Both converge to the strong solution of the
-  reverse SDE on that path, so the floor cancels: this is the distributional error of the sampler alone, with a
-  noise far below the unpaired one (the reference's own error is shown by the same solve with half the steps).
-- mean and covariance errors against the exact law, the largest error of a mixture's mode weights (samples
-  assigned by responsibility), and the RMS distance to the reference (strong error).
+- ``paired``: the sliced W2 between the sampler's samples and a fine solve (``--ref-steps`` steps) of the SDE that
+  sampler converges to, from the same x_T on the same path: the Monte-Carlo floor cancels, so this is the sampler's
+  distributional error with a noise far below the unpaired one (the reference's own error is shown by the reverse
+  SDE's fine solve with half the steps).
+- ``excess``: the sliced W2 to the exact law (against the quantiles of a 10x larger exact sample) with its Monte-Carlo
+  floor removed, ``sqrt(SW2^2 - floor^2)`` (signed), the floor being the mean SW2^2 of K independent exact samples of
+  size n.  Below ~the floor's spread it is noise.
+- mean and covariance errors against the exact law, the largest error of a mixture's mode weights, and the RMS
+  distance to the reference (strong error).
 
-"Best" at a budget is a library's (method, grid) cell with the lowest mean paired^2 over the seeds (chosen once
-per problem, so its noise does not favour either side); the ratio scoreflow / k-diffusion of those two cells is
-reported as the ratio of root-mean-squares over seeds and per seed (paired: same x_T, path, projections), and the
-same ratio of the unpaired excess for the same cells.
+"Best" at a budget is a library's (sampler, grid) cell with the lowest mean paired^2 over the seeds, among the
+samplers given the same noise (``eta=1``, ``eta=v``) or any (``any``); the ratio scoreflow / peer of those cells is
+reported per case and over the cases (median, range, count <= 0.5).
 
-k-diffusion is an optional benchmark dependency: ``pip install --no-deps k-diffusion`` (it uses torchsde).
+k-diffusion and diffusers are optional benchmark dependencies: ``pip install --no-deps k-diffusion diffusers``.
 
-    python benchmarks/bench_stochastic.py                                # the full study (hours on a loaded machine)
-    # what docs/choosing-a-sampler.md reports (NFE <= 5, 10, 20; the named problems, then random mixtures):
-    python benchmarks/bench_stochastic.py --budgets 5 10 20 --grids log_snr karras --ref-steps 400
-    python benchmarks/bench_stochastic.py --problems --random 4 --seeds 0 1 --budgets 5 10 20 --grids log_snr karras \
-        --ref-steps 400 --out benchmarks/results/stochastic_random
+    # what docs/choosing-a-sampler.md reports (one seed per problem, 5000 samples, for time):
+    python benchmarks/bench_stochastic.py --n 5000 --seeds 0 --ref-steps 256
+    python benchmarks/bench_stochastic.py --problems --random 4 --random-start 20 --seeds 0 --n 5000 --ref-steps 256 \
+        --budgets 5 10 20 50 --out benchmarks/results/stochastic_random
+    python benchmarks/bench_stochastic.py --merge benchmarks/results/stochastic{,_random}/results.json --out benchmarks/results/stochastic_all
     python benchmarks/bench_stochastic.py --problems ring2d_sharp --sdes vp --seeds 0 --n 2000   # a quick look
 """
 
