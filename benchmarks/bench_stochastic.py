@@ -396,10 +396,14 @@ def plot(table, path):
     except ImportError:
         return
     panels = sorted({(r["problem"], r["sde"]) for r in table})
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
+    cols = min(5, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     styles = {("scoreflow", "eta=1"): "o-", ("k-diffusion", "eta=1"): "s--", ("scoreflow", "any"): "o:", ("k-diffusion", "any"): "s:",
               ("diffusers", "eta=1"): "^--"}
-    for ax, (problem, sde) in zip(axes[0], panels):
+    for ax, (problem, sde) in zip(axes.flat, panels):
         for (lib, group), style in styles.items():
             rows = sorted((r for r in table if (r["problem"], r["sde"], r["library"], r["group"]) == (problem, sde, lib, group)),
                           key=lambda r: r["budget"])
@@ -411,7 +415,11 @@ def plot(table, path):
         ax.set_title(f"{problem} ({sde})", fontsize=9)
         ax.set_xlabel("NFE")
     axes[0][0].set_ylabel("paired sliced W2 of the best sampler")
-    axes[0][0].legend(fontsize=6)
+    handles = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
