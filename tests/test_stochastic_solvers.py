@@ -36,8 +36,12 @@ def shared_path(gaussian_vp):
     return bm, reference
 
 
+# Each method's options without noise (the probability-flow solver it becomes).
+NO_NOISE = {"edm_stochastic": {"s_churn": 0.0}, "er_sde": {"noise_scale": "ode"}, "sa_solver": {"tau": 0.0}}
+
+
 def test_the_native_methods_are_registered_with_their_capabilities():
-    assert set(NATIVE) == {*REVERSE_SDE_METHODS, "edm_stochastic"}
+    assert set(NATIVE) == {*REVERSE_SDE_METHODS, "edm_stochastic", "er_sde", "sa_solver"}
     for name, method in NATIVE.items():
         assert method.kinds == ("sde",) and method.strong_order == 1.0 and method.weak_order == 1.0
         assert method.nfe_per_step == (2 if name in ("dpmpp_sde", "edm_stochastic") else 1)
@@ -107,7 +111,7 @@ def test_without_noise_each_method_converges_at_its_declared_drift_order(method,
     problem, x_T = gaussian_vp
     sde, order = problem.sde, NATIVE[method].drift_order
     exact = problem.law.flow_map(sde, x_T, sde.T, sde.t_min)
-    options = {"s_churn": 0.0} if method == "edm_stochastic" else {"eta": 0.0}
+    options = NO_NOISE.get(method, {"eta": 0.0})
     steps = (96, 192, 384)  # (dpmpp_2m_sde_pc's error is still pre-asymptotic below ~100 steps)
     errors = [rms_error(sf.sample_sde(problem.score, sde, x_T, method=method, steps=n, generator=torch.Generator(),
                                       options=options).samples, exact) for n in steps]
@@ -222,7 +226,7 @@ def test_bad_options_and_arguments_name_the_fix(gaussian_vp):
     assert counter.calls == 0
 
 
-@pytest.mark.parametrize("method", ["dpmpp_2m_sde", "dpmpp_3m_sde"])
+@pytest.mark.parametrize("method", ["dpmpp_2m_sde", "dpmpp_3m_sde", "er_sde", "sa_solver"])
 def test_a_truncated_flow_path_with_a_velocity_model(method):
     # RectifiedFlow(T < 1) has a finite reverse SDE; the exact model predicts the flow velocity, which the
     # solvers turn into data predictions.  50 steps reach the exact law at t_min (mean, covariance) within 0.05

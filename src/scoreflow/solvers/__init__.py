@@ -10,6 +10,7 @@ from .ancestral import AncestralDDIM, DPMSolverPPSDE
 from .base import NativeSolver, ScorePredictions, register_native
 from .edm import EDMHeun
 from .edm_stochastic import EDMStochastic
+from .extended_sde import ERSDESolver, SASolver
 from .ipndm import IPNDM
 from .likelihood import AdaptiveLikelihoodPC, LikelihoodPC
 from .multistep import (
@@ -29,5 +30,5 @@ __all__ = [
     "AdaptiveExponentialPC", "PerSampleExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
     "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun", "IPNDM",
     "StochasticSolver", "register_stochastic", "LikelihoodPC", "AdaptiveLikelihoodPC", "AncestralDDIM", "DPMSolverPPSDE",
-    "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC", "EDMStochastic", "Velocity2MPC", "Velocity3MPC",
+    "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC", "EDMStochastic", "ERSDESolver", "SASolver", "Velocity2MPC", "Velocity3MPC",
 ]

@@ -96,19 +96,25 @@ class _ExponentialSDE(StochasticSolver):
         monitor: StepMonitor,
     ) -> torch.Tensor:
         c_x, c_z, w, terms, wc = columns["c_x"], columns["c_z"], columns["w"], columns["terms"], columns["wc"]
-        n = len(c_x)
+        n, depth = len(c_x), max(self.predictor_points, len(wc[0]) - 1 if wc else 0)
+        spans = columns.get("noise_span") or [(i, i + 1) for i in range(n)]  # the nodes between which a step's noise is drawn
         m, history = model.data(x, 0), []
         for i in range(n):
             history.insert(0, m)
-            del history[self.predictor_points :]
-            base = combine(x, c_x[i], [(noise(i, i + 1), c_z[i])] if self.eta else [])
+            del history[depth:]
+            base = combine(x, c_x[i], [(noise(*spans[i]), c_z[i])] if self.noisy else [])
             x = combine(base, 1.0, zip(history[: terms[i]], w[i]))
             if i < n - 1:
                 m = model.data(x, i + 1)
-                if self.corrected:
-                    x = combine(base, 1.0, [(m, wc[i][0]), (history[0], wc[i][1])])
+                if self.corrected:  # the corrector's points: the new prediction, then the history, newest first
+                    x = combine(base, 1.0, zip([m, *history], wc[i]))
             x, m = model.report(monitor, i, x, m, last=i == n - 1)
         return x
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the steps add noise (the loop draws none on a noise-free solve)."""
+        return self.eta > 0.0
 
 
 class DPMSolverPP2MSDE(_ExponentialSDE):
