@@ -56,6 +56,25 @@ def test_fit_on_a_mixture_is_no_worse_than_its_candidates_and_counts_its_cost():
     assert again.nfe == 8 * 35 and torch.equal(again.reference, fit.reference)
 
 
+def test_on_a_flow_path_it_chooses_the_method_and_the_time_shift_on_the_pilot():
+    rf = sf.RectifiedFlow()
+    law = make_problem("ring2d_sharp", "vp").law
+    calls = []
+    score = sf.score_from_flow_velocity(lambda x, t: calls.append(1) or law.velocity(rf).predict(x, t), rf)
+    pilot = rf.prior_sample((24, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fit = sf.fit_schedule(score, rf, pilot, 6, method=("velocity_2m_pc", "velocity_3m_pc", "dpmpp_2m_pc"))
+    assert fit.nfe == len(calls)
+    assert [m for m, _, _ in fit.candidates] == ["velocity_2m_pc"] * 7 + ["velocity_3m_pc"] * 7 + ["dpmpp_2m_pc"] * 35
+    assert {tuple(o) for _, o, _ in fit.candidates[:14]} == {("shift",)}
+    assert (fit.method, fit.schedule_options, fit.pilot_error) == min(fit.candidates, key=lambda c: c[2])
+    assert torch.equal(fit.times, sf.time_grid(rf, 6, fit.schedule, **fit.schedule_options))
+    assert (fit.shift is None) == (fit.schedule == "log_snr_capped") == (fit.sigma_cap is not None)
+    # each candidate's pilot error is the RMS error of that solve against the accurate pilot solve
+    method, options, error = fit.candidates[3]
+    again = sf.sample_ode(law.velocity(rf), rf, pilot, method=method, schedule=sf.time_grid(rf, 6, "shift", **options))
+    assert rms_error(again.samples, fit.reference) == pytest.approx(error, rel=1e-12)
+
+
 def test_bad_arguments():
     problem = make_problem("gaussian2d", "vp")
     x = torch.zeros(4, 2, dtype=torch.float64)
@@ -63,6 +82,10 @@ def test_bad_arguments():
         sf.fit_schedule(problem.score, problem.sde, x, 5, method="dopri5")
     with pytest.raises(ValueError, match=r"fit_schedule: argument 'method' expected one of"):
         sf.fit_schedule(problem.score, problem.sde, x, 5, method="nope")
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 'family' expected one of"):
+        sf.fit_schedule(problem.score, problem.sde, x, 5, family="karras")
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 'method' expected a method name or a non-empty sequence"):
+        sf.fit_schedule(problem.score, problem.sde, x, 5, method=[])
     with pytest.raises(ValueError, match=r"fit_schedule: argument 'steps' expected an int >= 1, got 0"):
         sf.fit_schedule(problem.score, problem.sde, x, 0)
     with pytest.raises(TypeError, match=r"fit_schedule: argument 'x_pilot' expected a torch.Tensor"):

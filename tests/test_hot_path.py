@@ -90,8 +90,9 @@ def test_the_step_loop_of_a_native_solve_traces_into_one_graph(method):
     plan = solver.plan(nodes, 3)
     columns = {k: v if k in solver.structure else on_device(v, x_T) for k, v in plan.items()}
 
-    def loop(x):
-        model = ScorePredictions(sf.CountedScore(score, caller="test"), nodes, x_T, stepping.times, uses=solver.uses)
+    model = ScorePredictions(sf.CountedScore(score, caller="test"), nodes, x_T, stepping.times, uses=solver.uses)
+
+    def loop(x):  # (the predictions' coefficients are set up once per solve, before the loop)
         return solver.solve(model, columns, x, StepMonitor("test"))
 
     explained = torch._dynamo.explain(loop)(x_T)

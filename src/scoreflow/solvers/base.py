@@ -81,8 +81,9 @@ class Nodes:
         return self._add(self.sde.t_from_log_snr(lam), lam)
 
     def affine(self, target: str) -> tuple[list[float], list[float]]:
-        r"""``(a, b)`` per node with ``target`` :math:`= a\,x + b\,p` for the native prediction p (``"x0"`` or ``"eps"``)."""
-        if self.prediction == "score":  # the classic forms, in plain arithmetic
+        r"""``(a, b)`` per node with ``target`` :math:`= a\,x + b\,p` for the native prediction p (``"x0"``, ``"eps"`` or
+        ``"flow_velocity"``, the probability-flow drift :math:`\dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon`)."""
+        if self.prediction == "score" and target in ("x0", "eps"):  # the classic forms, in plain arithmetic
             if target == "x0":
                 return [1.0 / a for a in self.alpha], [s * s / a for a, s in zip(self.alpha, self.sigma)]
             return [0.0] * len(self.t), [-s for s in self.sigma]
@@ -115,7 +116,9 @@ class ScorePredictions:
         return self.score.predict(x, self.t[k])
 
     def data(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        r""":math:`\hat x_0 = a_k x + b_k p` from the native prediction p (:math:`x/\alpha + (\sigma^2/\alpha) s` for a score)."""
+        r"""The solver's prediction ``uses`` at ``(x, t_k)``, :math:`a_k x + b_k p` from the native prediction p: the data
+        prediction :math:`\hat x_0` (:math:`x/\alpha + (\sigma^2/\alpha) s` for a score) or, for ``uses="flow_velocity"``,
+        the velocity."""
         return torch.addcmul(x * self._a[k], self.score.predict(x, self.t[k]), self._b[k])
 
     def report(
@@ -151,7 +154,8 @@ class NativeSolver(ABC):
         options: the keyword options its constructor accepts.
         from_pure_noise: whether it can start where :math:`\\alpha = 0` (a flow path at T); the noise-prediction
             forms divide by :math:`\\alpha_s` there.
-        uses: the prediction its loop takes: ``"x0"`` (``ScorePredictions.data``), ``"eps"``
+        to_data: whether it can end at t = 0 (where the front-end allows it: a flow path); methods in log-SNR cannot.
+        uses: the prediction its loop takes: ``"x0"`` or ``"flow_velocity"`` (``ScorePredictions.data``), ``"eps"``
             (``ScorePredictions.noise``) or ``"native"`` (``ScorePredictions.at``, maps folded into the plan).
         structure: plan entries that describe the loop's structure (Python values) rather than coefficients.
     """
@@ -161,6 +165,7 @@ class NativeSolver(ABC):
     default_schedule: ClassVar[str] = "log_snr"
     options: ClassVar[Mapping[str, Option]] = {}
     from_pure_noise: ClassVar[bool] = True
+    to_data: ClassVar[bool] = False
     uses: ClassVar[str] = "x0"
     structure: ClassVar[tuple[str, ...]] = ()
 
@@ -171,11 +176,11 @@ class NativeSolver(ABC):
 
         Raises:
             ValueError: on a process that reaches pure noise at T, for a solver that cannot start there, or
-                for a grid that ends at t = 0 (log-SNR +inf).
+                for a grid that ends at t = 0 (log-SNR +inf) unless ``to_data``.
         """
         grid = stepping.times
         nodes = Nodes(sde, grid, score.prediction)
-        check_native_ends(type(self).__name__, sde, nodes.t[-1], self.from_pure_noise)
+        check_native_ends(type(self).__name__, sde, nodes.t[-1], self.from_pure_noise, to_data=self.to_data)
         plan = self.plan(nodes, len(grid) - 1)
         columns = {name: on_device(value, x_T) if name not in self.structure else value for name, value in plan.items()}
         model = ScorePredictions(score, nodes, x_T, grid, uses=self.uses)
@@ -196,14 +201,15 @@ class NativeSolver(ABC):
         """Integrate from ``x`` at node 0 through the grid nodes with the planned coefficients; return the last state."""
 
 
-def check_native_ends(name: str, sde: ForwardSDE, t_end: float, from_pure_noise: bool) -> None:
-    """Refuse a solve the exponential integrators cannot do: from pure noise without ``from_pure_noise``, or to t = 0."""
+def check_native_ends(name: str, sde: ForwardSDE, t_end: float, from_pure_noise: bool, *, to_data: bool = False) -> None:
+    """Refuse a solve the exponential integrators cannot do: from pure noise without ``from_pure_noise``, or to t = 0
+    without ``to_data``."""
     if sde.pure_noise_at_T and not from_pure_noise:
         raise ValueError(
             f"sample_ode: the native method {name} divides by alpha(T) = 0 on {sde!r} (pure noise at T). Fix: use a "
             "data-prediction exponential integrator (ddim, dpmpp_2m, dpmpp_3m, dpmpp_*_pc, dpmpp_4m_pc_adaptive) or torchdiffeq's methods in t."
         )
-    if t_end == 0.0:
+    if t_end == 0.0 and not to_data:
         raise ValueError(
             f"sample_ode: the native method {name} steps in log-SNR, which is +inf at t_min=0. Fix: t_min > 0 "
             f"(default {sde.t_min:g}), or torchdiffeq's methods in t to reach t = 0."

@@ -30,7 +30,8 @@ from .base import NativeSolver, Nodes, ScorePredictions, combine, register_nativ
 
 __all__ = [
     "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "LinearMultistep",
-    "polynomial_weights", "pure_noise_weights", "exponential_weights",
+    "PredictorCorrector", "predictor_corrector_points", "polynomial_weights", "adams_weights", "pure_noise_weights",
+    "exponential_weights",
 ]
 
 # DPM-Solver's rule: with fewer than this many steps the last steps drop to lower order, which
@@ -74,6 +75,12 @@ def polynomial_weights(h: float, nodes: Sequence[float], *, dpm_form: bool = Tru
     return _lagrange(nodes, [psi[p] * math.factorial(p) / h**p for p in range(k)])
 
 
+def adams_weights(h: float, nodes: Sequence[float]) -> list[float]:
+    r"""Weights :math:`y_j` with :math:`\int_0^h P(\tau)\,d\tau = \sum_j y_j m_j` for the polynomial P through the values
+    :math:`m_j` at :math:`\tau_j = h\,\text{nodes}_j` (Adams' quadrature: :math:`\int_0^h u^p\,d\tau = h/(p + 1)`, :math:`u = \tau/h`)."""
+    return [h * w for w in _lagrange(nodes, [1.0 / (p + 1) for p in range(len(nodes))])]
+
+
 def pure_noise_weights(nodes: Sequence[float]) -> list[float]:
     r"""Weights of a step from pure noise (:math:`\alpha_s = 0`, :math:`\lambda_s = -\infty`), in :math:`\rho = r/r_t`.
 
@@ -82,7 +89,7 @@ def pure_noise_weights(nodes: Sequence[float]) -> list[float]:
     predictions at ``nodes`` :math:`\rho_j \in [0, 1]` (0 for the start) is integrated over [0, 1]: alone, the DDIM step
     (weight 1, times :math:`\alpha_t`); with the end point, the trapezoidal rule.
     """
-    return _lagrange(nodes, [1.0 / (p + 1) for p in range(len(nodes))])
+    return adams_weights(1.0, nodes)
 
 
 def exponential_weights(nodes: Nodes, s: Sequence[int], t: Sequence[int], points: Sequence[Sequence[int]], width: int) -> list[list[float]]:
@@ -208,38 +215,30 @@ class DPMSolverPP3M(_Multistep):
     order = 3
 
 
-class _PredictorCorrector(NativeSolver):
-    """Multistep predictor with ``predictor_points`` points, corrected with one more (the new one), as in UniPC."""
+def predictor_corrector_points(steps: int, points: int, *, oldest: int = 0, lower_final: bool = False) -> tuple[list, list]:
+    """Node indices of the predictions each step of a predictor-corrector combines, newest first.
+
+    Step i's predictor takes the predictions at nodes i, i - 1, ... (``points`` of them, none before ``oldest``
+    after the first step; only node i in a lowered final step); its corrector adds node i + 1 after node i.
+    """
+    predictor, corrector = [], []
+    for i in range(steps):
+        first = oldest if i > 0 else 0
+        history = list(range(i, max(i - points, first - 1), -1))
+        predictor.append(history[:1] if lower_final and i == steps - 1 else history)
+        corrector.append([i, i + 1] + history[1:])
+    return predictor, corrector
+
+
+class PredictorCorrector(NativeSolver):
+    r"""The loop of a linear predictor-corrector with one NFE per step (as in UniPC): with the predictions p (``uses``)
+    at the last ``predictor_points`` nodes, :math:`\tilde x_{i+1} = r_i x_i + \sum_j w^P_{ij} p_{i-j}`; the prediction at
+    :math:`\tilde x_{i+1}`, which the next step needs anyway, then corrects it,
+    :math:`x_{i+1} = r_i x_i + w^C_{i0} p_i + w^C_{i1} p_{i+1} + \sum_{j \ge 1} w^C_{i,j+1} p_{i-j}`.  The last step is not
+    corrected.  Its plan gives ``ratio``, ``wp``, ``wc`` and ``terms`` (the predictor's number of points per step)."""
 
     predictor_points: ClassVar[int]
-    options = _LOWER_ORDER_FINAL
     structure = ("terms",)
-
-    def __init__(self, *, lower_order_final: bool = True) -> None:
-        self.lower_order_final = bool(lower_order_final)
-
-    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
-        # Step i starts from the prediction at node i (at the corrected state's predictor point) and the earlier
-        # ones; its corrector adds the prediction at node i + 1.  The last step is not corrected.  From pure
-        # noise the first step is taken in r = e^lambda, and the prediction at node 0 stays out of the history.
-        from_noise = not math.isfinite(nodes.lam[0])
-        plan: dict[str, Any] = {"ratio": _grid_ratio(nodes, steps)}
-        predictor, corrector = [], []
-        for i in range(steps):
-            oldest = 1 if from_noise and i > 0 else 0
-            history = list(range(i, max(i - self.predictor_points, oldest - 1), -1))
-            lower = i == steps - 1 and self.lower_order_final and steps < _LOWER_ORDER_FINAL_BELOW
-            predictor.append(history[:1] if lower else history)
-            corrector.append([i, i + 1] + history[1:])
-        s, t = range(steps), range(1, steps + 1)
-        wp = exponential_weights(nodes, s, t, predictor, self.predictor_points)
-        wc = exponential_weights(nodes, s, t, corrector, self.predictor_points + 1)
-        if from_noise:
-            alpha = nodes.alpha[1]
-            wp[0] = [alpha * w for w in pure_noise_weights([0.0])] + [0.0] * (self.predictor_points - 1)
-            wc[0] = [alpha * w for w in pure_noise_weights([0.0, 1.0])] + [0.0] * (self.predictor_points - 1)
-        plan.update(wp=wp, wc=wc, terms=[len(p) for p in predictor])
-        return plan
 
     def solve(
         self, model: ScorePredictions, columns: Mapping[str, Any], x: torch.Tensor, monitor: StepMonitor
@@ -258,6 +257,31 @@ class _PredictorCorrector(NativeSolver):
                 x = combine(x, ratio[i], zip([history[0], m, *history[1 : terms[i]]], wc[i]))
             x, m = model.report(monitor, i, x, m, last=i == n - 1)
         return x
+
+
+class _PredictorCorrector(PredictorCorrector):
+    """Multistep exponential predictor with ``predictor_points`` points, corrected with one more (the new one), as in UniPC."""
+
+    options = _LOWER_ORDER_FINAL
+
+    def __init__(self, *, lower_order_final: bool = True) -> None:
+        self.lower_order_final = bool(lower_order_final)
+
+    def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
+        # Step i starts from the prediction at node i (at the corrected state's predictor point) and the earlier
+        # ones; its corrector adds the prediction at node i + 1.  From pure noise the first step is taken in
+        # r = e^lambda, and the prediction at node 0 stays out of the history.
+        from_noise = not math.isfinite(nodes.lam[0])
+        lower = self.lower_order_final and steps < _LOWER_ORDER_FINAL_BELOW
+        predictor, corrector = predictor_corrector_points(steps, self.predictor_points, oldest=int(from_noise), lower_final=lower)
+        s, t = range(steps), range(1, steps + 1)
+        wp = exponential_weights(nodes, s, t, predictor, self.predictor_points)
+        wc = exponential_weights(nodes, s, t, corrector, self.predictor_points + 1)
+        if from_noise:
+            alpha = nodes.alpha[1]
+            wp[0] = [alpha * w for w in pure_noise_weights([0.0])] + [0.0] * (self.predictor_points - 1)
+            wc[0] = [alpha * w for w in pure_noise_weights([0.0, 1.0])] + [0.0] * (self.predictor_points - 1)
+        return {"ratio": _grid_ratio(nodes, steps), "wp": wp, "wc": wc, "terms": [len(p) for p in predictor]}
 
 
 class DPMSolverPP2MPC(_PredictorCorrector):
