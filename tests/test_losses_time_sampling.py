@@ -126,3 +126,17 @@ def test_unknown_time_sampling_is_refused():
     law, sde = make_law("gaussian2d"), sf.VPSDE()
     with pytest.raises(ValueError, match=r"sde_dsm_loss: argument 'time_sampling' expected one of 'uniform', 'log_snr', got 'snr'"):
         sf.losses.sde_dsm_loss(law.score(sde), sde, law.sample(4), time_sampling="snr")
+
+
+def test_log_snr_sampling_keeps_float32_and_any_data_shape():
+    seen = []
+
+    def spy(y, t):
+        seen.append(t)
+        return -y
+
+    x = torch.randn(64, 3, 2, generator=torch.Generator().manual_seed(0))
+    per = sf.losses.sde_dsm_loss(spy, sf.VPSDE(), x, weighting="likelihood", time_sampling="log_snr",
+                                 generator=torch.Generator().manual_seed(1), reduction="none")
+    assert per.shape == (64,) and per.dtype == torch.float32 and bool(torch.isfinite(per).all())
+    assert seen[-1].dtype == torch.float32 and bool((seen[-1] >= sf.VPSDE().t_min).all())
