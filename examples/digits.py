@@ -158,10 +158,10 @@ class ResidualEps(torch.nn.Module):
         return self.gaussian_eps(x, t) + self.bound * torch.tanh(self.out(h) / self.bound)
 
 
-def train_score(fit: torch.Tensor, val_y: torch.Tensor, gaussian, sde, steps: int, seed: int, *, checks: int = 5,
+def train_score(fit: torch.Tensor, val_y: torch.Tensor, gaussian, sde, steps: int, seed: int, *, checks: int = 4,
                 dropout: float = 0.1, weighting: str = "likelihood", time_sampling: str = "log_snr",
                 ema: float | None = None) -> tuple[torch.nn.Module, float, dict]:
-    """Train the residual network with ``sde_dsm_loss``; returns the score, the wall time and a summary.
+    r"""Train the residual network with ``sde_dsm_loss``; returns the score, the wall time and a summary.
 
     The defaults are the recipe chosen on the validation split (examples/digits_validation.py): likelihood
     weighting :math:`\lambda = g^2` with t importance-sampled uniformly in the log-SNR, dropout 0.1 and an
