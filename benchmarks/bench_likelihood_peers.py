@@ -5,8 +5,11 @@ components, random weights, means and covariances per seed), batch 1000, float64
 divergence from t_min to T with one Rademacher probe per sample, the *same* probe for all (so the probe's own
 error, which dominates the error to the exact log p, is the same for all), and the exact p_T as prior:
 
-- scoreflow: ``log_likelihood(trace="hutchinson")`` (torchdiffeq's dopri5, one forward pass and one VJP of the
-  score per evaluation);
+- scoreflow dopri5: ``log_likelihood(trace="hutchinson")`` (torchdiffeq's dopri5, one forward pass and one VJP of
+  the score per evaluation);
+- scoreflow expint_pc_adaptive: ``log_likelihood(trace="hutchinson", method="expint_pc_adaptive")``, scoreflow's
+  native exponential predictor-corrector with the divergence quadrature on its nodes (the same work per evaluation,
+  fewer evaluations);
 - score_sde as written: scipy ``solve_ivp`` (RK45) on a flattened numpy state with a numpy -> torch -> numpy round
   trip per evaluation, the drift from one model call and the divergence from a second (its ``ode_func``), as
   re-implemented call for call in ``bench_likelihood.py``;
@@ -15,13 +18,15 @@ error, which dominates the error to the exact log p, is the same for all), and t
   inside with ``torch.randn_like``, which the benchmark makes return the shared probe (and it builds the probe and
   the log-density state in the default dtype, which is set to float64 for its calls).
 
-Each method runs at rtol = atol in {1e-3, 1e-4, 1e-5, 1e-6}; its *solver error* is the mean |difference| from the
+Each method runs at rtol = atol in {1e-3, 1e-4, 1e-5, 1e-6} (the native solver, whose error at a given tolerance is
+smaller, at {1e-2, 1e-3, 1e-4, 1e-5}); its *solver error* is the mean |difference| from the
 same estimator solved at 1e-10 (same probe), its total error the mean |difference| from the exact log p.  Equal
 accuracy: the wall time each method needs to reach a solver error (1e-3 and 1e-4 nats, well below the probe's own
 error), interpolated log-log along its tolerance sweep.  Times are medians over interleaved rounds, CPU time of the
-process (one thread) and wall time.
+process (one thread) and wall time.  Random mixtures: seeds 0-2 (used while developing the native solver), 3-4 and
+10-12 (not looked at before the run that produced the docs' table).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_likelihood_peers.py                 # mixture16d + seeds 0-2
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_likelihood_peers.py                 # mixture16d + 8 seeds
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_likelihood_peers.py --seeds --rounds 1   # mixture16d only
 
 Prints tables and writes ``benchmarks/results/bench_likelihood_peers.json``.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -45,8 +51,11 @@ from scoreflow.dynamics.divergence import draw_probes
 from scoreflow.testing import make_law
 
 TOLERANCES = (1e-3, 1e-4, 1e-5, 1e-6)
+NATIVE_TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
 TARGETS = (1e-3, 1e-4)
 BATCH = 1000
+OURS = ("scoreflow hutchinson", "scoreflow expint_pc_adaptive")
+PEERS = ("score_sde as written", "flow_matching compute_likelihood")
 
 
 def score_sde_log_likelihood(score, sde, x, probe, *, rtol, atol, prior_log_prob):
@@ -86,14 +95,20 @@ def flow_matching_log_likelihood(score, sde, x, probe, *, rtol, atol, prior_log_
     return log_p, calls[0]
 
 
-def scoreflow_log_likelihood(score, sde, x, probe, *, rtol, atol, prior_log_prob, probe_seed):
-    res = sf.log_likelihood(score, sde, x, trace="hutchinson", rtol=rtol, atol=atol, prior_log_prob=prior_log_prob,
-                            generator=torch.Generator().manual_seed(probe_seed))
+def scoreflow_log_likelihood(score, sde, x, probe, *, rtol, atol, prior_log_prob, probe_seed, method="dopri5"):
+    """scoreflow's Hutchinson estimate; its probe, drawn from ``probe_seed``, is the shared one."""
+    res = sf.log_likelihood(score, sde, x, trace="hutchinson", method=method, rtol=rtol, atol=atol,
+                            prior_log_prob=prior_log_prob, generator=torch.Generator().manual_seed(probe_seed))
     return res.log_prob, res.nfe
+
+
+def native_log_likelihood(score, sde, x, probe, **kwargs):
+    return scoreflow_log_likelihood(score, sde, x, probe, method="expint_pc_adaptive", **kwargs)
 
 
 METHODS = {
     "scoreflow hutchinson": scoreflow_log_likelihood,
+    "scoreflow expint_pc_adaptive": native_log_likelihood,
     "score_sde as written": score_sde_log_likelihood,
     "flow_matching compute_likelihood": flow_matching_log_likelihood,
 }
@@ -117,11 +132,12 @@ def run_problem(name, law, rounds, probe_seed=1):
     exact = law.marginal(sde, sde.t_min).log_prob(x)
     p_T = law.marginal(sde, sde.T).log_prob
     probe = draw_probes(x, 1, "rademacher", torch.Generator().manual_seed(probe_seed))[0]
-    kwargs = {"scoreflow hutchinson": {"probe_seed": probe_seed}}
+    kwargs = {m: {"probe_seed": probe_seed} for m in OURS}
     with torch.no_grad():
         reference, _ = scoreflow_log_likelihood(score, sde, x, probe, rtol=1e-10, atol=1e-10, prior_log_prob=p_T,
                                                 probe_seed=probe_seed)
-    runs = {(m, tol): {"wall": [], "cpu": []} for m in METHODS for tol in TOLERANCES}
+    sweeps = {m: NATIVE_TOLERANCES if "expint" in m else TOLERANCES for m in METHODS}
+    runs = {(m, tol): {"wall": [], "cpu": []} for m in METHODS for tol in sweeps[m]}
     results = {}
     for _ in range(rounds):
         for (method, tol), times in runs.items():
@@ -144,22 +160,29 @@ def run_problem(name, law, rounds, probe_seed=1):
 
 
 def summarize(all_rows, clock):
-    """Per problem: time at each target solver error, and the ratios of the peers' times to scoreflow's."""
+    """Per problem: time at each target solver error, and the ratios of every method's time to each of scoreflow's."""
     out = []
     for problem in dict.fromkeys(r["problem"] for r in all_rows):
         rows = [r for r in all_rows if r["problem"] == problem]
         entry = {"problem": problem}
         for target in TARGETS:
             times = {m: time_at([(r["solver_error"], r[clock]) for r in rows if r["method"] == m], target) for m in METHODS}
-            ours = times["scoreflow hutchinson"]
-            entry[target] = {m: {"time_s": t, "ratio_to_scoreflow": t / ours} for m, t in times.items()}
+            entry[target] = {m: {"time_s": t, **{f"ratio_to_{ours}": t / times[ours] for ours in OURS}}
+                             for m, t in times.items()}
         out.append(entry)
     return out
 
 
+def spread(entries, method, ours, target):
+    """min, median and max over the problems of ``method``'s time / ``ours``'s at ``target``."""
+    values = sorted(e[target][method][f"ratio_to_{ours}"] for e in entries)
+    return values[0], statistics.median(values), values[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="random 16-D mixtures (besides mixture16d)")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4, 10, 11, 12],
+                        help="random 16-D mixtures (besides mixture16d)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_likelihood_peers.json"))
     args = parser.parse_args()
@@ -167,13 +190,16 @@ def main() -> None:
     problems = {"mixture16d": make_law("mixture16d")}
     problems.update({f"random16d seed {s}": random_mixture(3000 + s, dims=(16, 16), components=(2, 6))[0] for s in args.seeds})
     all_rows, info = [], {}
+    load = {"start": os.getloadavg()}
     for name, law in problems.items():
         rows, probe_error, k = run_problem(name, law, args.rounds)
         all_rows += rows
         info[name] = {"components": k, "probe_error_nats": probe_error}
         print(f"{name}: {k} components, error of the one-probe estimate itself {probe_error:.3f} nats", flush=True)
 
-    print(f"\nBatch {BATCH}, float64, VP, one shared Rademacher probe, exact p_T; medians of {args.rounds} interleaved rounds")
+    load["end"] = os.getloadavg()
+    print(f"\nBatch {BATCH}, float64, VP, one shared Rademacher probe, exact p_T; medians of {args.rounds} interleaved rounds; "
+          f"load average (1, 5, 15 min) at start {load['start']}, at end {load['end']} on {os.cpu_count()} cores")
     print("| problem | method | rtol=atol | NFE | CPU s | wall s | solver error | error to exact log p |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in all_rows:
@@ -181,14 +207,17 @@ def main() -> None:
               f"{r['solver_error']:.2e} | {r['error_to_exact']:.3f} |")
     summary = {clock: summarize(all_rows, clock) for clock in ("cpu_s", "wall_s")}
     for clock, entries in summary.items():
-        print(f"\nEqual accuracy ({clock[:-2]} time): peer's time / scoreflow's time to reach a solver error of 1e-3 | 1e-4 nats")
-        print("| problem | score_sde as written | flow_matching |")
-        print("|---|---:|---:|")
-        for e in entries:
-            cells = [" / ".join(f"{e[t][m]['ratio_to_scoreflow']:.2f}" for t in TARGETS)
-                     for m in ("score_sde as written", "flow_matching compute_likelihood")]
-            print(f"| {e['problem']} | " + " | ".join(cells) + " |")
-    write_json(args.out, {"config": vars(args), "problems": info, "rows": all_rows,
+        for ours in OURS:
+            print(f"\nEqual accuracy ({clock[:-2]} time): time / {ours}'s time to reach a solver error of 1e-3 | 1e-4 nats")
+            others = [m for m in METHODS if m != ours]
+            print("| problem | " + " | ".join(others) + " |")
+            print("|---|" + "---:|" * len(others))
+            for e in entries:
+                cells = [" / ".join(f"{e[t][m][f'ratio_to_{ours}']:.2f}" for t in TARGETS) for m in others]
+                print(f"| {e['problem']} | " + " | ".join(cells) + " |")
+            print("| min / median / max | " + " | ".join(
+                " ; ".join("/".join(f"{v:.2f}" for v in spread(entries, m, ours, t)) for t in TARGETS) for m in others) + " |")
+    write_json(args.out, {"config": vars(args), "load_average": load, "problems": info, "rows": all_rows,
                                "equal_accuracy": {c: [{k if isinstance(k, str) else f"{k:g}": v for k, v in e.items()}
                                                       for e in entries] for c, entries in summary.items()}}, indent=2)
 

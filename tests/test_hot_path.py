@@ -175,3 +175,21 @@ def test_a_native_reverse_sde_solve_reads_the_host_the_same_few_times_for_10_and
     reads = [_reads(lambda: sf.sample_sde(score, sde, x_T, method=method, steps=steps, generator=torch.Generator().manual_seed(1)))
              for steps in (10, 100)]
     assert reads[0] == reads[1] <= 12
+
+
+NATIVE_LIKELIHOOD_FIXED = [m.name for m in sf.list_methods("likelihood") if m.backend == "native" and not m.adaptive]
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+@pytest.mark.parametrize("method", NATIVE_LIKELIHOOD_FIXED)
+def test_a_native_likelihood_solve_reads_the_host_the_same_few_times_for_10_and_100_steps(method, trace):
+    sde = sf.VPSDE()
+    score, x = _gaussian_score(sde), torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def solve(steps):
+        with torch.no_grad():
+            sf.log_likelihood(score, sde, x, method=method, steps=steps, trace=trace, generator=torch.Generator().manual_seed(1))
+
+    reads = [_reads(lambda: solve(steps)) for steps in (10, 100)]
+    # set-up reads (input checks, the plan's read of the grid) and the non-finite check at the end; nothing per step
+    assert NATIVE_LIKELIHOOD_FIXED and reads[0] == reads[1] <= 10

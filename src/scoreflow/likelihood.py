@@ -159,13 +159,23 @@ def log_likelihood(
         fn, spec, sde, x, start=t_min, end=sde.T, steps=steps, step_size=step_size, schedule=schedule, rtol=rtol, atol=atol
     )
 
+    native = spec.backend == "native"
+    if native and adjoint:
+        raise ValueError(
+            f"{fn}: argument 'adjoint' applies to torchdiffeq's methods, got adjoint=True with the native method "
+            f"{method!r}. Fix: adjoint=False (gradients flow through its steps), or method='dopri5'."
+        )
+
     probes = draw_probes(x, n_probes, probe, generator) if trace == "hutchinson" else None
     counted = CountedScore(score, caller=fn)
-    func = AugmentedProbabilityFlowODE(counted, sde, probes=probes, chunk_size=chunk_size)
-    delta0 = x.new_zeros(1 if probes is None else n_probes, x.shape[0])
     with counted.guard():
-        xs, deltas = solver.integrate(func, (x, delta0), stepping.times, stepping, adjoint=adjoint)
-        latent, delta = xs[-1], deltas[-1]
+        if native:
+            latent, delta, nfe_vjp = solver.likelihood(counted, sde, x, probes, stepping, chunk_size=chunk_size)
+        else:
+            func = AugmentedProbabilityFlowODE(counted, sde, probes=probes, chunk_size=chunk_size)
+            delta0 = x.new_zeros(1 if probes is None else n_probes, x.shape[0])
+            xs, deltas = solver.integrate(func, (x, delta0), stepping.times, stepping, adjoint=adjoint)
+            latent, delta, nfe_vjp = xs[-1], deltas[-1], func.nfe_vjp
         prior = (sde.prior_log_prob if prior_log_prob is None else prior_log_prob)(latent)
         check_per_sample(fn, "prior_log_prob", prior, x)
         # read with the solve's own records: a NaN prior would otherwise make every log-likelihood NaN
@@ -176,8 +186,8 @@ def log_likelihood(
         log_prob=prior + delta_mean,
         prior_log_prob=prior,
         delta_log_prob=delta_mean,
-        nfe=func.nfe,
-        nfe_vjp=func.nfe_vjp,
+        nfe=counted.nfe,
+        nfe_vjp=nfe_vjp,
         std_error=std_error,
         latent=latent,
     )

@@ -7,10 +7,14 @@ Along a solution of :math:`\dot x = F(x, t) = f(t)x - \tfrac12 g(t)^2 s(x, t)`,
 
 The drift is linear, so :math:`\nabla\cdot F = D f(t) - \tfrac12 g(t)^2\,\nabla\cdot s`: each evaluation
 is one forward pass of the score and the vector-Jacobian products of the score alone (all probes in
-one batched backward pass), never of the drift.
+one batched backward pass), never of the drift.  A model with another native prediction (a flow velocity) is
+integrated through its velocity, finite where f and g are not (at pure noise), and the divergence is the
+velocity's own.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -64,19 +68,25 @@ class AugmentedProbabilityFlowODE(torch.nn.Module):
         x = state[0]
         t = t.to(x.dtype)
         score, sde = self.flow.score, self.flow.sde
+        if score.prediction != "score":
+            # A model of another prediction is integrated through its velocity (finite where f and g are not, at
+            # pure noise), so the divergence is the velocity's own.
+            dx, div = self._value_and_divergence(lambda y: self.flow(t, y), x)
+            score.finite.record("divergence", div, t)
+            return dx, div
 
-        def score_at(y: torch.Tensor) -> torch.Tensor:
-            return score(y, t)
-
-        if self.probes is None:
-            s, div_s = value_and_exact_divergence(score_at, x, chunk_size=self.chunk_size)
-            div_s = div_s[None]
-            self.nfe_vjp += x[0].numel()
-        else:
-            s, div_s = value_and_hutchinson_divergence(score_at, x, self.probes)
-            self.nfe_vjp += self.probes.shape[0]
+        s, div_s = self._value_and_divergence(lambda y: score(y, t), x)
         f, half_g2 = sde.drift_coef(t), 0.5 * sde.diffusion(t) ** 2
         dx = torch.addcmul(right_pad(f, x) * x, s, right_pad(-half_g2, x))
         div = x[0].numel() * f - half_g2 * div_s
         score.finite.record("divergence", div, t)
         return dx, div
+
+    def _value_and_divergence(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fn(x)`` and its divergence, exact or per probe, shape ``(P, B)``; counts the VJPs."""
+        if self.probes is None:
+            value, div = value_and_exact_divergence(fn, x, chunk_size=self.chunk_size)
+            self.nfe_vjp += x[0].numel()
+            return value, div[None]
+        self.nfe_vjp += self.probes.shape[0]
+        return value_and_hutchinson_divergence(fn, x, self.probes)

@@ -1,5 +1,5 @@
 """Solvers that torchdiffeq and torchsde lack: exponential integrators of the probability-flow ODE and of the
-reverse SDE, EDM's deterministic and stochastic samplers.
+reverse SDE, EDM's deterministic and stochastic samplers, and exponential predictor-correctors for likelihoods.
 
 Each solver registers its method record (declared order, score evaluations per step, default
 schedule, options) with :mod:`scoreflow.methods` where it is defined.
@@ -11,6 +11,7 @@ from .base import NativeSolver, ScorePredictions, register_native
 from .edm import EDMHeun
 from .edm_stochastic import EDMStochastic
 from .ipndm import IPNDM
+from .likelihood import AdaptiveLikelihoodPC, LikelihoodPC
 from .multistep import (
     DPMSolverPP2M,
     DPMSolverPP2MPC,
@@ -27,6 +28,6 @@ from .velocity import Velocity2MPC, Velocity3MPC
 __all__ = [
     "AdaptiveExponentialPC", "PerSampleExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
     "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun", "IPNDM",
-    "StochasticSolver", "register_stochastic", "AncestralDDIM", "DPMSolverPPSDE", "DPMSolverPP2MSDE", "DPMSolverPP3MSDE",
-    "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC", "EDMStochastic", "Velocity2MPC", "Velocity3MPC",
+    "StochasticSolver", "register_stochastic", "LikelihoodPC", "AdaptiveLikelihoodPC", "AncestralDDIM", "DPMSolverPPSDE",
+    "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC", "EDMStochastic", "Velocity2MPC", "Velocity3MPC",
 ]

@@ -29,12 +29,23 @@ import math
 import torch
 
 from ..dynamics.counting import CountedScore
-from ..methods import Method, Solution, StepMonitor, Tolerances, int_option, positive_option, register
+from ..methods import Method, Option, Solution, StepMonitor, Tolerances, int_option, positive_option, register
 from ..sde import ForwardSDE
 from .base import Nodes, check_native_ends
 from .multistep import polynomial_weights, pure_noise_weights
 
-__all__ = ["AdaptiveExponentialPC"]
+__all__ = ["AdaptiveExponentialPC", "step_control_options"]
+
+
+def step_control_options(*, h_init: float) -> dict[str, Option]:
+    """The options of an error-controlled predictor-corrector in the log-SNR (the first step ``h_init`` by default)."""
+    return {
+        "h_init": positive_option(h_init, "first step in log-SNR"),
+        "safety": positive_option(0.8, "factor on the optimal next step"),
+        "max_factor": positive_option(2.0, "largest growth of the step from one step to the next", above=1.0),
+        "reject_above": positive_option(2.0, "steps whose scaled error estimate exceeds this are redone"),
+        "max_steps": int_option(10_000, "accepted plus rejected steps before giving up with a RuntimeError"),
+    }
 
 
 class AdaptiveExponentialPC:
@@ -48,13 +59,7 @@ class AdaptiveExponentialPC:
         max_steps: accepted plus rejected steps before giving up with a ``RuntimeError``.
     """
 
-    options = {
-        "h_init": positive_option(1.0, "first step in log-SNR"),
-        "safety": positive_option(0.8, "factor on the optimal next step"),
-        "max_factor": positive_option(2.0, "largest growth of the step from one step to the next", above=1.0),
-        "reject_above": positive_option(2.0, "steps whose scaled error estimate exceeds this are redone"),
-        "max_steps": int_option(10_000, "accepted plus rejected steps before giving up with a RuntimeError"),
-    }
+    options = step_control_options(h_init=1.0)
     points = 4
     min_factor = 0.2
 
