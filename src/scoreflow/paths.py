@@ -10,6 +10,7 @@ see :func:`scoreflow.score_from_flow_velocity`), never through a score turned in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -30,7 +31,10 @@ _CHECK_POINTS = 257
 def _derivative(fn: Schedule, t: torch.Tensor) -> torch.Tensor:
     """Elementwise derivative of a schedule by forward-mode autograd (works under ``torch.no_grad``)."""
     t = t.contiguous()  # an expanded (B,) time would alias one element in the tangent computation
-    return torch.func.jvp(fn, (t,), (torch.ones_like(t),))[1]
+    with warnings.catch_warnings():
+        # torch's first forward-mode call scripts its own decompositions; its deprecation warning is not ours to act on
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+        return torch.func.jvp(fn, (t,), (torch.ones_like(t),))[1]
 
 
 class AffinePath(ForwardSDE):

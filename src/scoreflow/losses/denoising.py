@@ -25,13 +25,17 @@ from ..dynamics.counting import ScoreFn
 from ..sde import ForwardSDE, check_sde
 from ._common import call_score, check_reduction, check_score, check_weights, reduce, sq_norm
 
-__all__ = ["dsm_loss", "multiscale_dsm_loss", "sde_dsm_loss", "MULTISCALE_WEIGHTINGS", "SDE_WEIGHTINGS"]
+__all__ = [
+    "dsm_loss", "multiscale_dsm_loss", "sde_dsm_loss", "MULTISCALE_WEIGHTINGS", "SDE_WEIGHTINGS", "TIME_SAMPLINGS",
+]
 
 Weighting = str | Callable[[torch.Tensor], torch.Tensor]
 #: Named weightings of :func:`multiscale_dsm_loss`: lambda(sigma) = sigma^2 (NCSN) or 1.
 MULTISCALE_WEIGHTINGS = ("sigma2", "none")
 #: Named weightings of :func:`sde_dsm_loss`: lambda(t) = sigma(t)^2 or g(t)^2.
 SDE_WEIGHTINGS = ("sigma2", "likelihood")
+#: How :func:`sde_dsm_loss` draws t: uniformly in time, or uniformly in the log-SNR (importance sampling).
+TIME_SAMPLINGS = ("uniform", "log_snr")
 
 
 def _denoising_terms(
@@ -144,6 +148,7 @@ def sde_dsm_loss(
     *,
     weighting: Weighting = "sigma2",
     t_min: float | None = None,
+    time_sampling: str = "uniform",
     generator: torch.Generator | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
@@ -154,12 +159,18 @@ def sde_dsm_loss(
     ``(T - t_min)`` times the loss is Song et al.'s (2021) :math:`J_{DSM}(\theta; g^2)`, which bounds
     the negative log-likelihood of the SDE model up to a constant.
 
+    ``time_sampling="log_snr"`` draws t with density :math:`p(t) \propto g^2/\sigma^2 = -\tfrac{d}{dt}\log\mathrm{SNR}`
+    (uniform in the log-SNR, Song et al. 2021; Kingma et al. 2021) and weights each sample by
+    :math:`\lambda(t)/((T - t_{min})\,p(t))`: the same expectation, and for ``"likelihood"`` a constant weight,
+    which removes the variance that the :math:`g^2/\sigma^2` spike near ``t_min`` gives uniform times.
+
     Args:
         score: score model ``score(x, t)``.
         sde: the forward SDE giving :math:`\alpha(t), \sigma(t), g(t)`.
         x: clean data of shape ``(B, *D)``.
         weighting: ``"sigma2"``, ``"likelihood"`` or a callable ``weighting(t) -> (B,)`` of weights >= 0.
         t_min: smallest training time, in ``(0, T)``; default ``sde.t_min``.
+        time_sampling: ``"uniform"`` in ``[t_min, T]`` or ``"log_snr"`` (importance sampling, see above).
         generator: draws the times, then the noise.
         reduction: ``"mean"`` over the batch or ``"none"`` (shape ``(B,)``).
 
@@ -167,8 +178,8 @@ def sde_dsm_loss(
         The loss, summed over data dimensions.
 
     Raises:
-        ValueError: for ``t_min`` outside ``(0, T)``, an unknown weighting, weights of the wrong shape
-            or sign, or a malformed ``x``.
+        ValueError: for ``t_min`` outside ``(0, T)``, an unknown weighting or time sampling, weights of the
+            wrong shape or sign, or a malformed ``x``.
         TypeError: for a non-callable score, a wrong sde or generator, or mismatched dtypes.
     """
     fn = "sde_dsm_loss"
@@ -178,10 +189,14 @@ def sde_dsm_loss(
     t_min = resolve_t_min(fn, sde, t_min)
     if not callable(weighting):
         check_choice(fn, "weighting", weighting, SDE_WEIGHTINGS)
+    check_choice(fn, "time_sampling", time_sampling, TIME_SAMPLINGS)
     check_generator(fn, generator)
     check_reduction(fn, reduction)
     u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
-    t = t_min + (sde.T - t_min) * u
+    if time_sampling == "uniform":
+        t = t_min + (sde.T - t_min) * u
+    else:
+        t, span = _log_snr_times(sde, t_min, u)
     alpha, sigma = sde.marginal(t)
     eps = standard_normal(x, generator)
     per, out = _denoising_terms(fn, score, x, alpha, sigma, t, eps)
@@ -189,4 +204,15 @@ def sde_dsm_loss(
         per = per * check_weights(fn, weighting(t), x.shape[0], x) / sigma**2
     elif weighting == "likelihood":
         per = per * sde.diffusion(t) ** 2 / sigma**2
+    if time_sampling == "log_snr":  # divide by (T - t_min) p(t), p(t) = (g^2/sigma^2) / span
+        per = per * (sigma**2 / sde.diffusion(t) ** 2) * (span / (sde.T - t_min))
     return reduce(fn, per, reduction, score=out)
+
+
+def _log_snr_times(sde: ForwardSDE, t_min: float, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Times whose half log-SNR :math:`\lambda = \log(\alpha/\sigma)` is uniform between its values at T and ``t_min``
+    (``u ~ U[0, 1)``), and the span :math:`2(\lambda(t_{min}) - \lambda(T)) = \int_{t_{min}}^T g^2/\sigma^2\,dt`."""
+    ends = sde.log_snr(torch.tensor([t_min, sde.T], dtype=torch.float64, device=u.device))
+    lam = ends[1] + (ends[0] - ends[1]) * u.to(torch.float64)
+    times = sde.t_from_log_snr(lam).clamp(t_min, sde.T).to(u.dtype)
+    return times, (2 * (ends[0] - ends[1])).to(u.dtype)
