@@ -21,13 +21,13 @@ Every SW2 compares n samples with 4n exact ones over the same 256 directions.
     python benchmarks/bench_consistency.py --refine --iters 4000              # CD as its grid is refined
     python benchmarks/bench_consistency.py --refine --iters 0                 # its minimiser only (seconds)
 
-The table in docs/consistency.md (4000 iterations, 10000 samples, the ring and random problems 0-2, two processes
-at a time on a 2-core machine loaded by other jobs; problems 3 and 4 were not reached):
+The table in docs/consistency.md (4000 iterations, 10000 samples; the ring and random problems 0-2 two processes
+at a time on a 2-core machine loaded by other jobs, then problems 3 and 4 on the quiet machine):
 
-    for pair in "ring2d 0" "1 2"; do for p in $pair; do
+    for pair in "ring2d 0" "1 2" "3 4"; do for p in $pair; do
         OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py --problems $p --iters 4000 --n 10000 --out /tmp/cm/$p --plot '' &
     done; wait; done
-    python benchmarks/bench_consistency.py --combine /tmp/cm/ring2d /tmp/cm/0 /tmp/cm/1 /tmp/cm/2
+    python benchmarks/bench_consistency.py --combine /tmp/cm/ring2d /tmp/cm/0 /tmp/cm/1 /tmp/cm/2 /tmp/cm/3 /tmp/cm/4
 """
 
 from __future__ import annotations
