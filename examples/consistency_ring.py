@@ -8,7 +8,7 @@ Two teachers: the exact score of the ring (``law.score(sde)``) and a score netwo
 (``scoreflow.consistency.parameterize``) is distilled with ``scoreflow.losses.consistency_distillation_loss``
 (one RK4 step of the teacher between neighbouring times of an 8-step Karras grid, every grid step in every batch,
 an EMA target).  The samples of ``scoreflow.sample_consistency`` in 1, 2 and 4 steps are compared by sliced W2 with exact samples of the ring, beside the teacher's own DPM-Solver++(2M) at the same NFE and the distance between two exact samples
-(the floor).  Saves a scatter plot.  Needs the ``bench`` extra (matplotlib).
+(the floor).  Saves a scatter plot (by default to ``runs/``, which git ignores).  Needs the ``bench`` extra (matplotlib).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from pathlib import Path
 
 import torch
 
 import scoreflow as sf
+from scoreflow._files import atomic_write
 from scoreflow.metrics import sliced_wasserstein2
 from scoreflow.testing import make_law
 from train_mixture import EpsMLP  # the noise-prediction MLP of examples/train_mixture.py
@@ -101,7 +103,7 @@ def main() -> None:
     parser.add_argument("--dsm-iters", type=int, default=3000, help="DSM iterations of the score network")
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="consistency_ring.png", help="where to save the scatter plot ('' for none)")
+    parser.add_argument("--out", default="runs/consistency_ring.png", help="where to save the scatter plot ('' for none; default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -153,7 +155,9 @@ def main() -> None:
                 ax.set_aspect("equal")
             axes[row][0].set_ylabel(f"from the {name}")
         fig.tight_layout()
-        fig.savefig(args.out, dpi=100)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(args.out) as tmp:
+            fig.savefig(tmp, dpi=100)
         print(f"saved {args.out}")
 
 
