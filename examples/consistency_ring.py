@@ -1,6 +1,6 @@
 """Distil a consistency model of the 2-D ring mixture on CPU, then sample it in 1, 2 and 4 steps.
 
-    python examples/consistency_ring.py                      # about five minutes on one CPU core
+    python examples/consistency_ring.py                      # about six minutes on one CPU core
     python examples/consistency_ring.py --iters 1000 --dsm-iters 500    # a quick look
 
 Two teachers: the exact score of the ring (``law.score(sde)``) and a score network trained here with
