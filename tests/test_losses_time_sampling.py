@@ -62,7 +62,7 @@ def test_log_snr_sampling_has_the_uniform_expectation(sde_name, weighting, gener
 
 def _entropy_bound(law, sde, loss_mean: float, t_min: float) -> float:
     """The right-hand side of the identity in the module docstring (exact prior p_T)."""
-    (a0, s0, _), (a1, s1, _) = _at(sde, t_min), _at(sde, sde.T)
+    (a0, _, _), (a1, s1, _) = _at(sde, t_min), _at(sde, sde.T)
     span = 2 * float(sde.log_snr(torch.tensor(t_min, dtype=F64)) - sde.log_snr(torch.tensor(sde.T, dtype=F64)))
     d = law.dim
     return _entropy(law, a1, s1) - d * math.log(a1 / a0) - 0.5 * d * span + (sde.T - t_min) * loss_mean
