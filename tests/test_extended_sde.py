@@ -9,7 +9,8 @@ import torch
 import scoreflow as sf
 from scoreflow.metrics import rms_error
 from scoreflow.solvers.extended_sde import NOISE_SCALES, noise_scale_moments
-from scoreflow.solvers.stochastic import exponential_weights, lagrange_weights
+from scoreflow.solvers.base import lagrange_weights
+from scoreflow.solvers.stochastic import exponential_weights
 from scoreflow.testing import make_law, make_problem
 
 

@@ -31,7 +31,7 @@ import torch
 from ..dynamics.counting import CountedScore
 from ..methods import Method, Option, Solution, StepMonitor, Tolerances, int_option, positive_option, register
 from ..sde import ForwardSDE
-from .base import Nodes, check_native_ends
+from .base import Nodes, check_native_ends, combine
 from .multistep import polynomial_weights, pure_noise_weights
 
 __all__ = ["AdaptiveExponentialPC", "step_control_options"]
@@ -117,10 +117,7 @@ class _AdaptiveSolve:
         r"""``ratio * x + alpha_t * sum_j y_j preds_j`` with the weights ``y`` of ``points`` (log-SNR offsets / h, or from
         pure noise the nodes in :math:`\rho = r/r_t`)."""
         weights = pure_noise_weights(points) if from_noise else polynomial_weights(h, points)
-        out = x * ratio
-        for w, m in zip(weights, preds):
-            out = out.add(m, alpha=alpha_t * w)
-        return out
+        return combine(x, ratio, [(m, alpha_t * w) for w, m in zip(weights, preds)])
 
     def run(self, x: torch.Tensor) -> Solution:
         method, monitor = self.method, self.monitor

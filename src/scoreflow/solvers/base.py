@@ -27,7 +27,27 @@ from ..methods import Method, Option, Solution, StepMonitor, Stepping, register
 from ..parameterizations import convert
 from ..sde import ForwardSDE
 
-__all__ = ["NativeSolver", "ScorePredictions", "Nodes", "register_native", "combine", "on_device", "check_native_ends"]
+__all__ = [
+    "NativeSolver", "ScorePredictions", "Nodes", "register_native", "combine", "on_device", "check_native_ends",
+    "lagrange_weights",
+]
+
+
+def lagrange_weights(nodes: Sequence[float], moments: Sequence[float]) -> list[float]:
+    r"""Weights :math:`w_j = \sum_p a_{jp}\mu_p` of the Lagrange polynomials :math:`L_j(u) = \sum_p a_{jp} u^p` through
+    ``nodes``: the quadrature :math:`\int P\,dK = \sum_j w_j P(u_j)`, exact for polynomials P of degree below
+    ``len(nodes)``, of a measure dK with moments :math:`\mu_p = \int u^p\,dK(u)`.  Plain float arithmetic (part of
+    a plan); every solver's polynomial weights come from here.
+    """
+    weights = []
+    for j, u_j in enumerate(nodes):
+        coef, denom = [1.0], 1.0  # L_j = prod_{m != j} (u - u_m) / (u_j - u_m), expanded in powers of u
+        for m, u_m in enumerate(nodes):
+            if m != j:
+                coef = [(coef[p - 1] if p else 0.0) - u_m * (coef[p] if p < len(coef) else 0.0) for p in range(len(coef) + 1)]
+                denom *= u_j - u_m
+        weights.append(sum(c * w for c, w in zip(coef, moments)) / denom)
+    return weights
 
 
 def on_device(column: Sequence, like: torch.Tensor) -> tuple:
@@ -37,11 +57,12 @@ def on_device(column: Sequence, like: torch.Tensor) -> tuple:
     return rows if not column or not isinstance(column[0], Sequence) else tuple(row.unbind() for row in rows)
 
 
-def combine(x: torch.Tensor, scale: torch.Tensor, terms: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    r""":math:`\text{scale}\cdot x + \sum_j w_j v_j` for ``terms`` = [(v_j, w_j), ...] with 0-dim coefficients."""
+def combine(x: torch.Tensor, scale: torch.Tensor | float, terms: Iterable[tuple[torch.Tensor, torch.Tensor | float]]) -> torch.Tensor:
+    r""":math:`\text{scale}\cdot x + \sum_j w_j v_j` for ``terms`` = [(v_j, w_j), ...], the coefficients 0-dim tensors
+    (a planned loop) or Python floats (a step sized on the fly)."""
     out = x * scale
     for value, weight in terms:
-        out = torch.addcmul(out, value, weight)
+        out = torch.addcmul(out, value, weight) if torch.is_tensor(weight) else out.add(value, alpha=weight)
     return out
 
 

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from ..methods import Option, int_option, interval_option
-from .base import Nodes
+from .base import Nodes, lagrange_weights
 from .multistep_sde import _ExponentialSDE
-from .stochastic import lagrange_weights, register_stochastic
+from .stochastic import register_stochastic
 
 __all__ = ["NOISE_SCALES", "ERSDESolver", "SASolver", "noise_scale_moments"]
 

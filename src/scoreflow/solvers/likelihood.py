@@ -43,8 +43,8 @@ from ..dynamics.divergence import value_and_exact_divergence, value_and_hutchins
 from ..methods import Method, Stepping, Tolerances, interval_option, register
 from ..sde import ForwardSDE
 from .adaptive import step_control_options
-from .base import Nodes, on_device
-from .multistep import pure_noise_weights
+from .base import Nodes, combine, on_device
+from .multistep import adams_weights
 
 __all__ = ["LikelihoodPC", "AdaptiveLikelihoodPC", "step_weights"]
 
@@ -75,7 +75,7 @@ def step_weights(lam: Sequence[float], alpha: Sequence[float], sigma: Sequence[f
     sign = -1.0 if noise else 1.0
     v = [math.exp(sign * lam[j]) if math.isfinite(lam[j]) else 0.0 for j in (*points, end)]
     span = v[-1] - v[0]
-    quad = pure_noise_weights([(vj - v[0]) / span for vj in v[:-1]])  # int_0^1 of each Lagrange polynomial
+    quad = adams_weights(1.0, [(vj - v[0]) / span for vj in v[:-1]])  # int_0^1 of each Lagrange polynomial
     if noise:
         r = [math.exp(lam[j]) for j in points]
         ratio = alpha[end] / alpha[s]
@@ -130,14 +130,6 @@ def _check_ends(name: str, lam: Sequence[float]) -> None:
             f"log_likelihood: the native method {name!r} steps in the log-SNR, which is +inf at t_min=0. Fix: t_min > 0, "
             "or torchdiffeq's methods in t (method='dopri5') to start at t = 0."
         )
-
-
-def _combine(x: torch.Tensor, ratio: Any, terms: Sequence[tuple[torch.Tensor, Any]]) -> torch.Tensor:
-    r""":math:`\text{ratio}\cdot x + \sum_j w_j v_j`, the coefficients 0-dim tensors (a planned loop) or floats."""
-    out = x * ratio
-    for value, weight in terms:
-        out = out.add(value, alpha=weight) if isinstance(weight, float) else torch.addcmul(out, value, weight)
-    return out
 
 
 class LikelihoodPC:
@@ -201,11 +193,11 @@ class LikelihoodPC:
             history.insert(0, (x0, eps, d))
             del history[POINTS:]
             pick = 1 if noise else 0
-            x_pred = _combine(x, ratio[i], [(h[pick], w) for h, w in zip(history[:terms], wp[i])])
+            x_pred = combine(x, ratio[i], [(h[pick], w) for h, w in zip(history[:terms], wp[i])])
             new = evaluate(x_pred, times[i + 1], coefs[i + 1])
             points = [history[0], new, *history[1:terms]]
-            x = _combine(x, ratio[i], [(h[pick], w) for h, w in zip(points, wc[i])])
-            delta = _combine(delta, 1.0, [(h[2], w) for h, w in zip(points, q[i])])
+            x = combine(x, ratio[i], [(h[pick], w) for h, w in zip(points, wc[i])])
+            delta = combine(delta, 1.0, [(h[2], w) for h, w in zip(points, q[i])])
             x0, eps, d = new
         return x, delta, evaluate.nfe_vjp
 
@@ -273,14 +265,14 @@ class AdaptiveLikelihoodPC:
             points = [h[0] for h in history[:POINTS]]
             noise, ratio, wp, qp, cp = step_weights(lam, alpha, sigma, points, k, self.switch)
             pick = 2 if noise else 1
-            x_pred = _combine(x, ratio, [(h[pick], w) for h, w in zip(history, wp)])
+            x_pred = combine(x, ratio, [(h[pick], w) for h, w in zip(history, wp)])
             t_dev = t_end if land else t[0].to(dtype=x.dtype, device=x.device)
             value = evaluate(x_pred, t_dev, coefs[k])
             corrector = [history[0], (k, *value), *history[1:POINTS]]
             _, _, wc, q, c = step_weights(lam, alpha, sigma, [h[0] for h in corrector], k, self.switch)
-            x_new = _combine(x, ratio, [(h[pick], w) for h, w in zip(corrector, wc)])
-            d_pred = _combine(delta, 1.0, [(h[3], w) for h, w in zip(history, qp)]) + dim * cp
-            d_new = _combine(delta, 1.0, [(h[3], w) for h, w in zip(corrector, q)]) + dim * c
+            x_new = combine(x, ratio, [(h[pick], w) for h, w in zip(corrector, wc)])
+            d_pred = combine(delta, 1.0, [(h[3], w) for h, w in zip(history, qp)]) + dim * cp
+            d_new = combine(delta, 1.0, [(h[3], w) for h, w in zip(corrector, q)]) + dim * c
             scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
             err_x = ((x_new - x_pred) / scale).square().mean()
             err_d = ((d_new - d_pred) / (atol + rtol * d_new.abs())).square().mean()

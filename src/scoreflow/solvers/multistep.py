@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..methods import StepMonitor, bool_option
-from .base import NativeSolver, Nodes, ScorePredictions, combine, register_native
+from .base import NativeSolver, Nodes, ScorePredictions, combine, lagrange_weights, register_native
 
 __all__ = [
     "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "LinearMultistep",
@@ -37,19 +37,6 @@ __all__ = [
 # DPM-Solver's rule: with fewer than this many steps the last steps drop to lower order, which
 # avoids extrapolating the data prediction over the large final log-SNR steps.
 _LOWER_ORDER_FINAL_BELOW = 10
-
-
-def _lagrange(nodes: Sequence[float], moments: Sequence[float]) -> list[float]:
-    r""":math:`\sum_p a_{jp} M_p` for each Lagrange polynomial :math:`L_j = \sum_p a_{jp} u^p` through ``nodes``."""
-    weights = []
-    for j, u_j in enumerate(nodes):
-        coef, denom = [1.0], 1.0  # L_j = prod_{m != j} (u - u_m) / (u_j - u_m), expanded in powers of u
-        for m, u_m in enumerate(nodes):
-            if m != j:
-                coef = [(coef[p - 1] if p else 0.0) - u_m * (coef[p] if p < len(coef) else 0.0) for p in range(len(coef) + 1)]
-                denom *= u_j - u_m
-        weights.append(sum(c * w for c, w in zip(coef, moments)) / denom)
-    return weights
 
 
 def polynomial_weights(h: float, nodes: Sequence[float], *, dpm_form: bool = True) -> list[float]:
@@ -72,13 +59,13 @@ def polynomial_weights(h: float, nodes: Sequence[float], *, dpm_form: bool = Tru
         return [psi[0] * (1.0 - half), psi[0] * half]
     for p in range(1, k):
         psi.append(h**p / math.factorial(p) - psi[-1])
-    return _lagrange(nodes, [psi[p] * math.factorial(p) / h**p for p in range(k)])
+    return lagrange_weights(nodes, [psi[p] * math.factorial(p) / h**p for p in range(k)])
 
 
 def adams_weights(h: float, nodes: Sequence[float]) -> list[float]:
     r"""Weights :math:`y_j` with :math:`\int_0^h P(\tau)\,d\tau = \sum_j y_j m_j` for the polynomial P through the values
     :math:`m_j` at :math:`\tau_j = h\,\text{nodes}_j` (Adams' quadrature: :math:`\int_0^h u^p\,d\tau = h/(p + 1)`, :math:`u = \tau/h`)."""
-    return [h * w for w in _lagrange(nodes, [1.0 / (p + 1) for p in range(len(nodes))])]
+    return [h * w for w in lagrange_weights(nodes, [1.0 / (p + 1) for p in range(len(nodes))])]
 
 
 def pure_noise_weights(nodes: Sequence[float]) -> list[float]:

@@ -37,9 +37,9 @@ from ..dynamics.counting import CountedScore
 from ..dynamics.sdeint import BrownianPath
 from ..methods import Method, Option, Solution, StepMonitor, Stepping, interval_option, register
 from ..sde import ForwardSDE
-from .base import Nodes, ScorePredictions, on_device
+from .base import Nodes, ScorePredictions, lagrange_weights, on_device
 
-__all__ = ["StochasticSolver", "StepNoise", "exponential_weights", "lagrange_weights", "register_stochastic", "ETA", "eta_option"]
+__all__ = ["StochasticSolver", "StepNoise", "exponential_weights", "register_stochastic", "ETA", "eta_option"]
 
 
 def eta_option(doc: str) -> Option:
@@ -97,23 +97,6 @@ def exponential_weights(nodes: Sequence[float], H: float) -> list[float]:
     polynomial through values at the nodes :math:`r_j` (positions in units of the step, 0 at its start).
     """
     return lagrange_weights(nodes, _moments(len(nodes), H))
-
-
-def lagrange_weights(nodes: Sequence[float], moments: Sequence[float]) -> list[float]:
-    r"""Weights :math:`w_j = \sum_k a_{jk}\mu_k` of the Lagrange polynomials :math:`L_j(r) = \sum_k a_{jk} r^k` through
-    ``nodes``: the quadrature :math:`\int P\,dK = \sum_j w_j P(r_j)`, exact for polynomials P of degree below
-    ``len(nodes)``, of a measure dK with moments :math:`\mu_k = \int r^k\,dK(r)`.
-    """
-    weights = []
-    for j, r_j in enumerate(nodes):
-        # the coefficients of the Lagrange polynomial of node j, in plain float arithmetic (part of a plan)
-        coef = [1.0]
-        for m, r_m in enumerate(nodes):
-            if m != j:
-                scale = 1.0 / (r_j - r_m)
-                coef = [(lo - r_m * hi) * scale for lo, hi in zip([0.0] + coef, coef + [0.0])]
-        weights.append(sum(c * m_k for c, m_k in zip(coef, moments)))
-    return weights
 
 
 class StochasticSolver(ABC):
