@@ -25,12 +25,12 @@ def _describe(x: Any) -> str:
     return f"{type(x).__name__} {x!r}"
 
 
-def check_choice(fn: str, name: str, value: Any, valid: Iterable[str]) -> str:
-    """Check that ``value`` is one of ``valid`` (strings); return it."""
+def check_choice(fn: str, name: str, value: Any, valid: Iterable[str], *, kind: str = "argument") -> str:
+    """Check that ``value`` is one of ``valid`` (strings); return it (``kind`` as in :func:`check_positive`)."""
     valid = list(valid)
     if not isinstance(value, str) or value not in valid:
         raise ValueError(
-            f"{fn}: argument '{name}' expected one of {', '.join(repr(v) for v in valid)}, got {value!r}."
+            f"{fn}: {kind} '{name}' expected one of {', '.join(repr(v) for v in valid)}, got {value!r}."
         )
     return value
 

@@ -6,6 +6,7 @@ from .registry import (
     Method,
     Option,
     bool_option,
+    choice_option,
     get_method,
     int_option,
     interval_option,
@@ -18,6 +19,6 @@ from .stepping import DEFAULT_TOLERANCE, Grid, Solution, Stepping, Tolerances, r
 
 __all__ = [
     "KINDS", "BACKENDS", "Method", "Option", "register", "list_methods", "get_method",
-    "positive_option", "int_option", "bool_option", "interval_option", "Grid", "Tolerances", "Stepping", "Solution", "resolve_stepping", "DEFAULT_TOLERANCE",
+    "positive_option", "int_option", "bool_option", "choice_option", "interval_option", "Grid", "Tolerances", "Stepping", "Solution", "resolve_stepping", "DEFAULT_TOLERANCE",
     "StepMonitor", "StepInfo", "StepCallback",
 ]

@@ -14,7 +14,7 @@ plus its solver.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -68,9 +68,21 @@ def positive_option(default: float, doc: str, *, above: float = 0.0) -> Option:
     return Option(default, check, doc)
 
 
-def int_option(default: int, doc: str, *, minimum: int = 1) -> Option:
-    """An integer option >= ``minimum``."""
-    return Option(default, lambda fn, name, value: check_int(fn, name, value, minimum=minimum, kind="option"), doc)
+def int_option(default: int, doc: str, *, minimum: int = 1, maximum: int | None = None) -> Option:
+    """An integer option >= ``minimum`` (and <= ``maximum`` if given)."""
+
+    def check(fn: str, name: str, value: Any) -> int:
+        v = check_int(fn, name, value, minimum=minimum, kind="option")
+        if maximum is not None and v > maximum:
+            raise ValueError(f"{fn}: option '{name}' expected an integer in [{minimum}, {maximum}], got {value!r}.")
+        return v
+
+    return Option(default, check, doc)
+
+
+def choice_option(default: str, valid: Sequence[str], doc: str) -> Option:
+    """An option that is one of the strings ``valid``."""
+    return Option(default, lambda fn, name, value: check_choice(fn, name, value, valid, kind="option"), doc)
 
 
 def bool_option(default: bool, doc: str) -> Option:

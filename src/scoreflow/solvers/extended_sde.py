@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..methods import Option, int_option, interval_option
+from ..methods import choice_option, int_option, interval_option
 from .base import Nodes, lagrange_weights
 from .multistep_sde import _ExponentialSDE
 from .stochastic import register_stochastic
@@ -135,27 +135,6 @@ class _Extended(_ExponentialSDE):
         return plan
 
 
-def _choice_option(default: str, valid: Sequence[str], doc: str) -> Option:
-    def check(fn: str, name: str, value: Any) -> str:
-        if not isinstance(value, str) or value not in valid:
-            raise ValueError(f"{fn}: option '{name}' expected one of {', '.join(map(repr, valid))}, got {value!r}.")
-        return value
-
-    return Option(default, check, doc)
-
-
-def _order_option(default: int, high: int, doc: str) -> Option:
-    """An integer option in [1, ``high``]: a number of interpolation points."""
-
-    def check(fn: str, name: str, value: Any) -> int:
-        order = int_option(default, doc).check(fn, name, value)
-        if order > high:
-            raise ValueError(f"{fn}: option '{name}' expected an integer in [1, {high}], got {value!r}.")
-        return order
-
-    return Option(default, check, doc)
-
-
 class ERSDESolver(_Extended):
     r"""ER-SDE-Solver (Cui et al. 2023): the multistep solver of the extended reverse SDE with noise scale
     :math:`\varphi` (module docstring); one NFE per step.
@@ -167,9 +146,9 @@ class ERSDESolver(_Extended):
 
     drift_order = 3.0  # the default order's
     options = {
-        "noise_scale": _choice_option("er5", tuple(NOISE_SCALES), "the noise scale function phi(sigma/alpha) (ER-SDE's; 'ode' sigma, 'sde' sigma^2)"),
-        "order": _order_option(3, 3, "points of the data-prediction polynomial, 1-3"),
-        "variable": _choice_option("lambda", ("lambda", "sigma"), "the polynomial's variable: the log-SNR or sigma/alpha (the paper's)"),
+        "noise_scale": choice_option("er5", tuple(NOISE_SCALES), "the noise scale function phi(sigma/alpha) (ER-SDE's; 'ode' sigma, 'sde' sigma^2)"),
+        "order": int_option(3, "points of the data-prediction polynomial, 1-3", maximum=3),
+        "variable": choice_option("lambda", ("lambda", "sigma"), "the polynomial's variable: the log-SNR or sigma/alpha (the paper's)"),
         "lower_order_final": _ExponentialSDE.options["lower_order_final"],
     }
 
@@ -184,7 +163,6 @@ class ERSDESolver(_Extended):
     def scale(self, nodes: Nodes) -> tuple[Callable[[float], float], tuple[float, ...]]:
         log_phi = NOISE_SCALES[self.noise_scale]
         return (lambda lam: log_phi(math.exp(-lam))), ()
-
 
 
 
@@ -207,8 +185,8 @@ class SASolver(_Extended):
         "tau": interval_option(1.0, "the noise strength tau in the window (eta = tau^2; 1: the reverse SDE there)"),
         "tau_tmin": interval_option(0.2, "the window's start, as a fraction of T", high=1.0),
         "tau_tmax": interval_option(0.8, "the window's end, as a fraction of T", high=1.0),
-        "predictor_order": _order_option(3, 4, "points of the predictor's polynomial, 1-4"),
-        "corrector_order": _order_option(3, 4, "points of the corrector's polynomial (the new one included), 1-4"),
+        "predictor_order": int_option(3, "points of the predictor's polynomial, 1-4", maximum=4),
+        "corrector_order": int_option(3, "points of the corrector's polynomial (the new one included), 1-4", maximum=4),
         "lower_order_final": _ExponentialSDE.options["lower_order_final"],
     }
 
