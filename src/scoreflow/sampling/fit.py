@@ -17,8 +17,8 @@ tensor of times, so the full batch runs on it with every sample treated alike, a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
