@@ -16,12 +16,14 @@ those coefficients: it reads nothing on the host, and ``torch.compile`` traces i
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 
+from .._cache import LRU, parameters_key
 from ..dynamics.counting import CountedScore
 from ..methods import Method, Option, Solution, StepMonitor, Stepping, register
 from ..parameterizations import convert
@@ -29,9 +31,11 @@ from ..sde import ForwardSDE
 
 __all__ = [
     "NativeSolver", "ScorePredictions", "Nodes", "register_native", "combine", "on_device", "columns_on_device",
-    "check_native_ends",
-    "lagrange_weights",
+    "check_native_ends", "lagrange_weights",
 ]
+
+# Plans by solver, options, process, prediction and grid (see scoreflow._cache).
+_PLANS = LRU(32)
 
 
 def lagrange_weights(nodes: Sequence[float], moments: Sequence[float]) -> list[float]:
@@ -169,6 +173,12 @@ class ScorePredictions:
         self.t = grid.unbind() + columns["t"]
         self._a, self._b = columns.get("a"), columns.get("b")
 
+    def with_score(self, score: CountedScore | None) -> ScorePredictions:
+        """The same nodes and coefficients for another model (a cached plan's, ``None`` to keep none)."""
+        other = copy.copy(self)
+        other.score = score
+        return other
+
     def at(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """The model's native prediction at ``(x, t_k)`` (for a solver that folds its affine maps into the plan)."""
         return self.score.predict(x, self.t[k])
@@ -237,13 +247,24 @@ class NativeSolver(ABC):
                 for a grid that ends at t = 0 (log-SNR +inf) unless ``to_data``.
         """
         grid = stepping.times
-        nodes = Nodes(sde, grid, score.prediction)
-        check_native_ends(type(self).__name__, sde, nodes.t[-1], self.from_pure_noise, to_data=self.to_data)
-        plan = self.plan(nodes, len(grid) - 1)
-        columns = columns_on_device({name: value for name, value in plan.items() if name not in self.structure}, x_T)
-        columns.update((name, plan[name]) for name in self.structure if name in plan)
-        model = ScorePredictions(score, nodes, x_T, grid, uses=self.uses)
-        return Solution(self.solve(model, columns, x_T, monitor))
+
+        def make() -> tuple:
+            nodes = Nodes(sde, grid, score.prediction)
+            check_native_ends(type(self).__name__, sde, nodes.t[-1], self.from_pure_noise, to_data=self.to_data)
+            plan = self.plan(nodes, len(grid) - 1)
+            columns = columns_on_device({name: value for name, value in plan.items() if name not in self.structure}, x_T)
+            columns.update((name, plan[name]) for name in self.structure if name in plan)
+            return grid, grid._version, columns, ScorePredictions(None, nodes, x_T, grid, uses=self.uses)
+
+        # A plan depends on the solver and its options, the process, the model's prediction and the grid (the same
+        # object from one call to the next for the same arguments, see resolve_stepping): cached on them.
+        process, options = parameters_key(sde), parameters_key(self)
+        if process is None or options is None:
+            entry = make()
+        else:
+            key = (options, process, score.prediction, id(grid), x_T.dtype, x_T.device)
+            entry = _PLANS.get(key, make, valid=lambda e: e[0] is grid and e[1] == grid._version)
+        return Solution(self.solve(entry[3].with_score(score), entry[2], x_T, monitor))
 
     @abstractmethod
     def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
