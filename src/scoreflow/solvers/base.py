@@ -187,7 +187,7 @@ class ScorePredictions:
         r"""The solver's prediction ``uses`` at ``(x, t_k)``, :math:`a_k x + b_k p` from the native prediction p: the data
         prediction :math:`\hat x_0` (:math:`x/\alpha + (\sigma^2/\alpha) s` for a score) or, for ``uses="flow_velocity"``,
         the velocity."""
-        return torch.addcmul(x * self._a[k], self.score.predict(x, self.t[k]), self._b[k])
+        return (x * self._a[k]).addcmul_(self.score.predict(x, self.t[k]), self._b[k])
 
     def report(
         self, monitor: StepMonitor, i: int, x: torch.Tensor, m: torch.Tensor, *, last: bool
@@ -205,7 +205,7 @@ class ScorePredictions:
     def noise(self, x: torch.Tensor, k: int) -> torch.Tensor:
         r""":math:`\hat\varepsilon = a_k x + b_k p` from the native prediction p (:math:`-\sigma s` for a score: one pass)."""
         p = self.score.predict(x, self.t[k])
-        return torch.addcmul(x * self._a[k], p, self._b[k]) if self._through_x else p * self._b[k]
+        return (x * self._a[k]).addcmul_(p, self._b[k]) if self._through_x else p * self._b[k]
 
 
 class NativeSolver(ABC):
