@@ -173,3 +173,17 @@ def test_counted_score_keeps_a_module_score_registered_and_counts_through_its_at
     counted.nfe = 0  # a reset through the attribute is seen by the next count
     counted(x - 1, t)
     assert counted.nfe == 1
+
+
+def test_a_plan_cached_in_inference_mode_does_not_reach_a_differentiated_solve():
+    sde = sf.VPSDE()
+    score = _gaussian_score(sde)
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():  # (a solve in inference mode works, and gives what one without grad gives)
+        inferred = sf.sample_ode(score, sde, x_T, method="dpmpp_2m", steps=5).samples
+    assert torch.equal(inferred, sf.sample_ode(score, sde, x_T, method="dpmpp_2m", steps=5).samples)
+    start = x_T.clone().requires_grad_(True)
+    out = sf.sample_ode(score, sde, start, method="dpmpp_2m", steps=5, enable_grad=True).samples
+    (grad,) = torch.autograd.grad(out.sum(), start)
+    # the Gaussian's flow map is linear: its gradient is the same for every sample and finite
+    assert torch.isfinite(grad).all() and torch.allclose(grad, grad[:1].expand_as(grad))

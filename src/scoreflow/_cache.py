@@ -3,7 +3,8 @@
 Sampling batch after batch with one method, process and grid recomputes the same grid and the same plan each
 time; on a cheap model that set-up (a few dozen small tensor operations and the plan's float arithmetic) is a
 few percent of the solve.  Entries are keyed on what determines them, including the parameters of the forward
-process, and a process whose parameters are not plain numbers (callables, tensors) is not cached at all.
+process, and a process whose parameters are not plain numbers (callables, tensors) is not cached at all; entries
+made from a tensor are checked against its version counter (so an in-place change of the grid makes a new plan).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["LRU", "parameters_key", "clear_caches"]
+import torch
+
+__all__ = ["LRU", "parameters_key", "clear_caches", "version"]
 
 _PLAIN = (int, float, bool, str, type(None))
 _ALL: list[LRU] = []
@@ -29,6 +32,12 @@ def parameters_key(obj: object) -> tuple | None:
     equal parameters), else ``None`` (not cacheable)."""
     items = tuple(vars(obj).items())
     return (type(obj), items) if all(type(v) in _PLAIN for _, v in items) else None
+
+
+def version(tensor: torch.Tensor) -> int | None:
+    """The tensor's version counter (it counts in-place changes), ``None`` for an inference tensor, which has none:
+    an entry made from one is never found valid again (in inference mode the set-up is made at every call)."""
+    return None if tensor.is_inference() else tensor._version
 
 
 class LRU:

@@ -81,7 +81,8 @@ class CountedScore(torch.nn.Module):
 
     A call at the very tensor ``x`` (unmodified) and time object ``t`` of the previous call of the same
     kind returns the previous output without evaluating again: a step callback asking for the prediction
-    at the state the next step starts from then costs no evaluation.
+    at the state the next step starts from then costs no evaluation (not under ``torch.inference_mode()``,
+    whose tensors do not count their in-place changes).
 
     Args:
         score: the score model.
@@ -104,6 +105,9 @@ class CountedScore(torch.nn.Module):
         self.nfe = 0
         self.finite = FiniteWatch()
         self._last: tuple[bool, torch.Tensor, Any, int, torch.Tensor] | None = None
+        # Under torch.inference_mode() the states are inference tensors, which have no version counter to tell an
+        # in-place change: evaluations are then never reused.
+        self.__dict__["_versioned"] = not torch.is_inference_mode_enabled()
         # the model's two entry points, called by index (``native``) without Module.__getattr__'s lookup
         self.__dict__["_evaluate"] = (self.score, getattr(self.score, "predict", None))
 
@@ -119,7 +123,8 @@ class CountedScore(torch.nn.Module):
         # parameters and submodules on every write), the finiteness record inlined.
         state = self.__dict__
         last = state["_last"]
-        if last is not None and last[1] is x and last[2] is t and last[0] == native and last[3] == x._version:
+        seen = x._version if state["_versioned"] else None
+        if last is not None and last[1] is x and last[2] is t and last[0] == native and seen is not None and last[3] == seen:
             return last[4]
         # a solver's 0-dim time in x's dtype and device is broadcast by a view (the general path costs a dispatch more)
         same = torch.is_tensor(t) and t.ndim == 0 and t.dtype == x.dtype and t.device == x.device
@@ -131,7 +136,7 @@ class CountedScore(torch.nn.Module):
         watch = state["finite"]
         value = out.detach() if out.requires_grad else out
         watch._records.append(("score", tb, value.mul(watch.zero(value)).sum()))
-        state["_last"] = (native, x, t, x._version, out)
+        state["_last"] = (native, x, t, seen, out)
         return out
 
     @contextlib.contextmanager

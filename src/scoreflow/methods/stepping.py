@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .._cache import LRU, parameters_key
+from .._cache import LRU, parameters_key, version
 from .._checks import check_choice, check_int, check_positive, check_save_at, check_time_grid
 from ..schedules import SCHEDULES, step_size_grid, time_grid
 from ..sde import ForwardSDE
@@ -215,14 +215,14 @@ def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: f
         def make() -> tuple[torch.Tensor, int]:
             name = schedule or ("log_snr_capped" if default in _INFINITE_AT_PURE_NOISE and sde.pure_noise_at_T else default)
             grid = _placed(time_grid(sde, steps, name, t_min=t_min), like, increasing)
-            return grid, grid._version
+            return grid, version(grid)
 
         # The same grid object for the same arguments (a native solver's plan is cached on it), unless modified.
         process = parameters_key(sde)
         if process is None:
             return make()[0]
         key = (process, steps, schedule, default, t_min, like.dtype, like.device, increasing)
-        return _GRIDS.get(key, make, valid=lambda entry: entry[0]._version == entry[1])[0]
+        return _GRIDS.get(key, make, valid=lambda entry: entry[1] is not None and version(entry[0]) == entry[1])[0]
     return _placed(ts, like, increasing)
 
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._cache import LRU, parameters_key
+from .._cache import LRU, parameters_key, version
 from ..dynamics.counting import CountedScore
 from ..methods import Method, Option, Solution, StepMonitor, Stepping, register
 from ..parameterizations import convert
@@ -254,7 +254,7 @@ class NativeSolver(ABC):
             plan = self.plan(nodes, len(grid) - 1)
             columns = columns_on_device({name: value for name, value in plan.items() if name not in self.structure}, x_T)
             columns.update((name, plan[name]) for name in self.structure if name in plan)
-            return grid, grid._version, columns, ScorePredictions(None, nodes, x_T, grid, uses=self.uses)
+            return grid, version(grid), columns, ScorePredictions(None, nodes, x_T, grid, uses=self.uses)
 
         # A plan depends on the solver and its options, the process, the model's prediction and the grid (the same
         # object from one call to the next for the same arguments, see resolve_stepping): cached on them.
@@ -262,8 +262,9 @@ class NativeSolver(ABC):
         if process is None or options is None:
             entry = make()
         else:
-            key = (options, process, score.prediction, id(grid), x_T.dtype, x_T.device)
-            entry = _PLANS.get(key, make, valid=lambda e: e[0] is grid and e[1] == grid._version)
+            # (made in inference mode, its coefficients could not be saved for a backward pass later: kept apart)
+            key = (options, process, score.prediction, id(grid), x_T.dtype, x_T.device, torch.is_inference_mode_enabled())
+            entry = _PLANS.get(key, make, valid=lambda e: e[0] is grid and e[1] is not None and version(grid) == e[1])
         return Solution(self.solve(entry[3].with_score(score), entry[2], x_T, monitor))
 
     @abstractmethod
