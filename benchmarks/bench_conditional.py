@@ -45,7 +45,7 @@ import scoreflow as sf
 from scoreflow.analytic import GaussianMixture, inpainting_score, observation_log_likelihood
 from scoreflow.metrics import mode_weights, sliced_wasserstein2
 
-from peers import write_json
+from peers import save_figure, write_json, write_text
 
 BUDGETS = (10, 20, 50, 100, 200, 500, 1000)
 DTYPE = torch.float64
@@ -323,7 +323,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
     fig.suptitle("median and range over the random problems; grey: exact samples of the same size", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:
@@ -356,7 +356,7 @@ def main() -> None:
         write_json(args.out / "conditional.json", {"args": runs, "rows": rows})
     text = f"### Every method at {max(args.budgets)} NFE (medians over the problems)\n\n{bias_table(rows, max(args.budgets))}\n\n"
     text += tables(rows, args.budgets)
-    (args.out / "conditional.md").write_text(text)
+    write_text(args.out / "conditional.md", text)
     plot(rows, args.out / "conditional.png")
     print(text)
 

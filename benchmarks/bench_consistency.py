@@ -48,7 +48,7 @@ from scoreflow.testing import make_law
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from consistency_ring import distil  # noqa: E402  (the example's recipe is what is measured)
-from peers import write_json  # noqa: E402
+from peers import save_figure, write_json, write_text  # noqa: E402
 
 METHODS = {"ddim": 1, "dpmpp_2m": 1, "dpmpp_2m_pc": 1, "dpmpp_3m_pc": 1, "dpm_solver_2": 2, "edm_heun": 2, "heun": 2, "euler": 1}
 GRIDS = ("log_snr_capped", "log_snr", "karras", "t")
@@ -228,8 +228,7 @@ def plot(results: list[dict], path: str) -> None:
         for a in axes[:, j]:
             a.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def main(argv=None) -> None:
@@ -256,7 +255,7 @@ def main(argv=None) -> None:
         print("\n".join(lines))
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "refinement.json", rows)
-        (out / "refinement.md").write_text("\n".join(lines) + "\n")
+        write_text(out / "refinement.md", "\n".join(lines) + "\n")
         return
     if args.combine:
         out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +284,7 @@ def main(argv=None) -> None:
         write_json(out / "results.json", results, default=float)
     lines = table(results)
     print("\n".join(lines))
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "table.md", "\n".join(lines) + "\n")
     if args.plot:
         plot(results, args.plot)
 

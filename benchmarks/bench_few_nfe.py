@@ -175,8 +175,7 @@ def save_figure(fig, axes, path):
     """Legend beside the last panel, tight layout, and the PNG at ``path`` (its folder made if needed)."""
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    peers.save_figure(fig, path, dpi=100)
 
 
 def main(argv=None):
@@ -207,7 +206,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     peers.write_json(out / "results.json", [{"info": i, "claims": c, "rows": r} for i, r, c in results], default=float)
-    (out / "table.md").write_text("\n".join(table) + "\n")
+    peers.write_text(out / "table.md", "\n".join(table) + "\n")
     if args.plot:
         plot(results, args.plot)
 

@@ -45,7 +45,7 @@ from scoreflow.testing import make_law
 
 from peers import (
     DIFFUSERS_CONFIGS, diffusers_sample, load_k_diffusion_sampling, make_scheduler, random_mixture, reference_solve,
-    run_diffusers, run_ipndm, run_k_diffusion, write_json,
+    run_diffusers, run_ipndm, run_k_diffusion, save_figure, write_json, write_text,
 )
 
 BUDGETS = (5, 10, 15, 20, 30)
@@ -297,8 +297,7 @@ def plot_adaptive(results, path):
     axes[0][0].set_ylabel("RMS path error")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
 
 
 def main(argv=None):
@@ -360,7 +359,7 @@ def finish(results, check, out):
     if check:
         text += "\n\nConvergence check (RMS error at 500 steps): " + ", ".join(f"{k} {v[0]:.1e}" for k, v in check.items())
     print(text)
-    (out / "table.md").write_text(text + "\n")
+    write_text(out / "table.md", text + "\n")
     if ARGS.plot:
         plot_adaptive(results, ARGS.plot)
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 from bench_few_nfe import save_figure  # benchmarks/ is on the path when this script runs
-from peers import Counted, write_json
+from peers import Counted, write_json, write_text
 
 import scoreflow as sf
 from scoreflow.analytic import GaussianMixture
@@ -433,7 +433,7 @@ def main(argv=None):
     sampling = {"sampling": [{"info": i, "verdicts": v, "rows": r} for i, r, v in results], "random_spread": spread}
     # the sampling results are complete here: written before the likelihood studies run
     write_json(out / "sampling.json", sampling, default=float)
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "table.md", "\n".join(lines) + "\n")
     if args.plot:
         plot(results, args.plot)
     image = likelihood_image_shaped(min(args.n, 32))

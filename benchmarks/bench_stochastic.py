@@ -47,7 +47,7 @@ from scoreflow.metrics import mode_weights, rms_error
 from scoreflow.testing import make_law, make_sde
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import load_k_diffusion_sampling, random_mixture, write_json  # noqa: E402
+from peers import load_k_diffusion_sampling, random_mixture, save_figure, write_json, write_text  # noqa: E402
 from stochastic_peers import (  # noqa: E402
     PathNoise, Sampler, diffusers_samplers, kd_samplers, reference_sampler, run_diffusers, run_k_diffusion, scoreflow_samplers,
 )
@@ -381,7 +381,7 @@ def write(cases, args, out):
     payload = {"cases": [{"info": i, "rows": r} for i, r in cases], "table": table, "verdicts": verdicts,
                "aggregate": aggregate(verdicts), "args": vars(args)}
     write_json(out / "results.json", payload)
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "table.md", "\n".join(lines) + "\n")
     plot(table, out / "stochastic.png")
     return lines
 
@@ -421,7 +421,7 @@ def plot(table, path):
             handles.setdefault(label, h)
     axes[0][0].legend(handles.values(), handles.keys(), fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from bench_consistency import SlicedW2, random_problem, trajectory_error  # noqa: E402
 from consistency_ring import fresh_model  # noqa: E402
-from peers import write_json  # noqa: E402
+from peers import write_json, write_text  # noqa: E402
 
 #: Each variant changes the CD recipe of the example before this change (Heun teacher on an 18-step Karras grid,
 #: EMA target 0.95, squared L2, uniform weighting, one grid step per batch) in the fields it names.
@@ -182,7 +182,7 @@ def main(argv=None) -> None:
         rows.sort(key=lambda r: (order.index(r["variant"]), r["iters"]))
         lines = table(rows)
         print("\n".join(lines))
-        (Path(args.table) / "table.md").write_text("\n".join(lines) + "\n")
+        write_text(Path(args.table) / "table.md", "\n".join(lines) + "\n")
         return
     torch.set_num_threads(1)
     law64, sde = (make_law("ring2d"), sf.VPSDE()) if args.problem == "ring2d" else random_problem(int(args.problem))[1:]

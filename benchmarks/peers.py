@@ -33,20 +33,35 @@ from scoreflow.sampling import time_grid
 __all__ = [
     "random_mixture", "reference_solve", "Counted", "load_k_diffusion_sampling", "vp_denoiser", "run_k_diffusion",
     "discrete_vp_betas", "DIFFUSERS_CONFIGS", "DIFFUSERS_SCHEDULES", "make_scheduler", "diffusers_sample", "run_diffusers", "KD_COST", "KD_SCHEDULES", "sample_ipndm", "run_ipndm",
-    "write_json",
+    "write_json", "write_text", "save_figure",
 ]
 
 
-def write_json(path: str | Path, payload, **dumps) -> Path:
-    """Write ``payload`` as JSON to ``path`` (its folder created), complete or absent: written beside, then moved.
-
-    ``dumps`` goes to :func:`json.dumps` (``indent`` defaults to 1). Prints and returns the path.
-    """
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` (its folder created), complete or absent: written beside, then moved."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(payload, **{"indent": 1, **dumps}))
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_json(path: str | Path, payload, **dumps) -> Path:
+    """Write ``payload`` as JSON to ``path`` with :func:`write_text`; prints and returns the path.
+
+    ``dumps`` goes to :func:`json.dumps` (``indent`` defaults to 1).
+    """
+    path = write_text(path, json.dumps(payload, **{"indent": 1, **dumps}))
     print(f"wrote {path}", flush=True)
+    return path
+
+
+def save_figure(fig, path: str | Path, **savefig) -> Path:
+    """Save a matplotlib figure to ``path`` (its folder created), complete or absent; ``savefig`` goes to ``Figure.savefig``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, **savefig)
     return path
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import scoreflow as sf
+from scoreflow._files import atomic_write
 from digits import bpd, dequantized, fit_gaussian, load_split, train_score
 
 #: name -> keyword arguments of ``train_score``; the first is the reference of the paired differences.
@@ -58,8 +59,9 @@ def main() -> None:
               for name, r in rows.items()]
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "validation.json").write_text(json.dumps({"steps": args.steps, "seed": args.seed, "time": time.ctime(),
-                                                          "variants": rows}, indent=1), encoding="utf-8")
+    payload = {"steps": args.steps, "seed": args.seed, "time": time.ctime(), "variants": rows}
+    with atomic_write(args.out / "validation.json") as tmp:  # complete or absent
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":
