@@ -46,7 +46,11 @@ def _node(sde: ForwardSDE, prediction: str, *, t: torch.Tensor | None = None, la
         t = t.detach().to(device="cpu", dtype=torch.float64)
     alpha, sigma = sde.marginal(t)
     log_snr = torch.log(alpha) - torch.log(sigma) if lam is None else torch.tensor(lam, dtype=torch.float64)
-    return torch.cat([torch.stack([t, alpha, sigma, log_snr]), affine_maps(prediction, t, sde)]).tolist()
+    if prediction != "score":
+        return torch.cat([torch.stack([t, alpha, sigma, log_snr]), affine_maps(prediction, t, sde)]).tolist()
+    # a score's classic forms, x0 = (x + sigma^2 s) / alpha and eps = -sigma s, in plain arithmetic (as Nodes.affine)
+    t, alpha, sigma, log_snr = torch.stack([t, alpha, sigma, log_snr]).tolist()
+    return [t, alpha, sigma, log_snr, 1.0 / alpha, sigma * sigma / alpha, 0.0, -sigma]
 
 
 class _Point:
