@@ -102,8 +102,7 @@ class AdaptiveLikelihoodPC:
         """Integrate from ``x`` at ``stepping.times[0]`` (``t_min``) to ``stepping.times[-1]`` (T) to the tolerances.
 
         Returns:
-            the end state :math:`x_T`, the log-density change :math:`\\Delta` of shape ``(P, B)`` (P = 1 for the exact
-            trace), and the number of vector-Jacobian products taken.
+            as :meth:`~scoreflow.solvers.likelihood.LikelihoodPC.likelihood`.
 
         Raises:
             ValueError: for a solve from t = 0.
