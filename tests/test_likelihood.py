@@ -152,7 +152,7 @@ def test_log_likelihood_validates_its_inputs():
     problem = make_problem("ring2d", "vp")
     x = _data(problem, 2)
     score, sde = problem.score, problem.sde
-    with pytest.raises(ValueError, match="argument 'trace' expected one of 'exact', 'hutchinson', got 'hutch'"):
+    with pytest.raises(ValueError, match="argument 'trace' expected one of 'exact', 'hutchinson', 'hutchinson_fd', got 'hutch'"):
         sf.log_likelihood(score, sde, x, trace="hutch")
     with pytest.raises(ValueError, match="argument 'probe' expected one of 'rademacher', 'gaussian'"):
         sf.log_likelihood(score, sde, x, trace="hutchinson", probe="normal")
