@@ -39,7 +39,12 @@ from typing import Any
 import torch
 
 from ..dynamics.counting import CountedScore
-from ..dynamics.divergence import value_and_exact_divergence, value_and_hutchinson_divergence
+from ..dynamics.divergence import (
+    difference_scale,
+    value_and_difference_hutchinson,
+    value_and_exact_divergence,
+    value_and_hutchinson_divergence,
+)
 from ..methods import Method, Stepping, interval_option, register
 from ..sde import ForwardSDE
 from .base import Nodes, combine, on_device
@@ -92,14 +97,20 @@ def step_weights(lam: Sequence[float], alpha: Sequence[float], sigma: Sequence[f
 class _Evaluator:
     r"""One model evaluation at a node: the native prediction p and its divergence :math:`\nabla\cdot p` (exact, or per
     Hutchinson probe, shape ``(P, B)``; recorded for finiteness).  With the node's affine maps
-    :math:`\hat x_0 = a x + b p` the divergence of the data prediction is :math:`a D + b\,\nabla\cdot p`."""
+    :math:`\hat x_0 = a x + b p` the divergence of the data prediction is :math:`a D + b\,\nabla\cdot p`.
 
-    def __init__(self, score: CountedScore, probes: torch.Tensor | None, chunk_size: int | None, like: torch.Tensor) -> None:
+    ``difference``: Hutchinson's :math:`v^\top J v` by central differences with the step
+    :math:`\delta = c\,\sigma(t)` (``c`` from :func:`~scoreflow.dynamics.divergence.difference_scale`), the node's noise
+    level being the length over which a diffused law's prediction varies."""
+
+    def __init__(self, score: CountedScore, probes: torch.Tensor | None, chunk_size: int | None, like: torch.Tensor,
+                 *, difference: bool = False) -> None:
         self.score, self.probes, self.chunk_size = score, probes, chunk_size
         self.dim = like[0].numel()
         self.nfe_vjp = 0
+        self.step_scale = difference_scale(like.dtype) if difference else None
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         def native(y: torch.Tensor) -> torch.Tensor:
             return self.score.predict(y, t)
 
@@ -107,17 +118,21 @@ class _Evaluator:
             p, div = value_and_exact_divergence(native, x, chunk_size=self.chunk_size)
             div = div[None]
             self.nfe_vjp += self.dim
+        elif self.step_scale is not None:
+            p, div = value_and_difference_hutchinson(native, x, self.probes, self.step_scale * sigma)
+            self.score.nfe += 2 * self.probes.shape[0] - 1  # one call evaluated every sample 2P times
         else:
             p, div = value_and_hutchinson_divergence(native, x, self.probes)
             self.nfe_vjp += self.probes.shape[0]
         self.score.finite.record("divergence", div, t)
         return p, div
 
-    def predictions(self, x: torch.Tensor, t: torch.Tensor, coefs: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        r""":math:`\hat x_0`, :math:`\hat\varepsilon` and :math:`\nabla\cdot\hat x_0` at ``(x, t)`` (``coefs``: the node's
-        ``[a_x0, b_x0, a_eps, b_eps]`` as 0-dim tensors, a planned solve)."""
+    def predictions(self, x: torch.Tensor, t: torch.Tensor, sigma: float,
+                    coefs: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r""":math:`\hat x_0`, :math:`\hat\varepsilon` and :math:`\nabla\cdot\hat x_0` at ``(x, t)`` (``sigma``: the node's
+        noise level; ``coefs``: its ``[a_x0, b_x0, a_eps, b_eps]`` as 0-dim tensors, a planned solve)."""
         a0, b0, ae, be = coefs
-        p, div = self(x, t)
+        p, div = self(x, t, sigma)
         return torch.addcmul(x * a0, p, b0), torch.addcmul(x * ae, p, be), div * b0 + a0 * self.dim
 
 
@@ -171,8 +186,12 @@ class LikelihoodPC:
         return plan
 
     def likelihood(self, score: CountedScore, sde: ForwardSDE, x: torch.Tensor, probes: torch.Tensor | None,
-                   stepping: Stepping, *, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+                   stepping: Stepping, *, chunk_size: int | None = None,
+                   difference: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Integrate from ``x`` at ``stepping.times[0]`` (``t_min``) through the grid to T.
+
+        ``difference``: with ``probes``, Hutchinson's estimates by central differences (two forward passes per probe,
+        no VJP) instead of VJPs.
 
         Returns:
             the end state :math:`x_T`, the log-density change :math:`\\Delta` of shape ``(P, B)`` (P = 1 for the exact
@@ -187,9 +206,9 @@ class LikelihoodPC:
         plan = self.plan(nodes, x[0].numel())
         coefs = on_device(_affine(nodes), x)
         ratio, wp, wc, q = (on_device(plan[k], x) for k in ("ratio", "wp", "wc", "q"))
-        evaluate = _Evaluator(score, probes, chunk_size, x)
+        evaluate = _Evaluator(score, probes, chunk_size, x, difference=difference)
         times = grid.unbind()
-        x0, eps, d = evaluate.predictions(x, times[0], coefs[0])
+        x0, eps, d = evaluate.predictions(x, times[0], nodes.sigma[0], coefs[0])
         history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         delta = torch.full_like(d, plan["constant"])
         for i, (noise, terms) in enumerate(zip(plan["noise"], plan["terms"])):
@@ -197,7 +216,7 @@ class LikelihoodPC:
             del history[POINTS:]
             pick = 1 if noise else 0
             x_pred = combine(x, ratio[i], [(h[pick], w) for h, w in zip(history[:terms], wp[i])])
-            new = evaluate.predictions(x_pred, times[i + 1], coefs[i + 1])
+            new = evaluate.predictions(x_pred, times[i + 1], nodes.sigma[i + 1], coefs[i + 1])
             points = [history[0], new, *history[1:terms]]
             x = combine(x, ratio[i], [(h[pick], w) for h, w in zip(points, wc[i])])
             delta = combine(delta, 1.0, [(h[2], w) for h, w in zip(points, q[i])])

@@ -98,7 +98,8 @@ class AdaptiveLikelihoodPC:
         self.max_steps, self.switch = max_steps, switch
 
     def likelihood(self, score: CountedScore, sde: ForwardSDE, x: torch.Tensor, probes: torch.Tensor | None,
-                   stepping: Tolerances, *, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+                   stepping: Tolerances, *, chunk_size: int | None = None,
+                   difference: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Integrate from ``x`` at ``stepping.times[0]`` (``t_min``) to ``stepping.times[-1]`` (T) to the tolerances.
 
         Returns:
@@ -116,8 +117,8 @@ class AdaptiveLikelihoodPC:
         nodes = [first]  # per node: t, alpha, sigma, lambda and the affine maps (see _node)
         lam, alpha, sigma = [first[3]], [first[1]], [first[2]]
         t_end = stepping.times[-1]
-        evaluate = _Evaluator(score, probes, chunk_size, x)
-        history = [_Point(0, x, *evaluate(x, stepping.times[0]))]  # newest first
+        evaluate = _Evaluator(score, probes, chunk_size, x, difference=difference)
+        history = [_Point(0, x, *evaluate(x, stepping.times[0], first[2]))]  # newest first
         # the log-density change is delta + offset: the divergence's affine part D * a_x0 is summed in floats
         delta, offset = torch.zeros_like(history[0].div), 0.0
         size_x, size_d = math.sqrt(x.numel()), math.sqrt(delta.numel())
@@ -136,7 +137,7 @@ class AdaptiveLikelihoodPC:
             noise, ratio, wp, qp, cp = step_weights(lam, alpha, sigma, [h.k for h in predictor], k, self.switch)
             x_pred = combine(x, ratio, [(h.prediction(noise, nodes[h.k]), w) for h, w in zip(predictor, wp)])
             t_dev = t_end if land else torch.tensor(node[0], dtype=x.dtype, device=x.device)
-            new = _Point(k, x_pred, *evaluate(x_pred, t_dev))
+            new = _Point(k, x_pred, *evaluate(x_pred, t_dev, node[2]))
             corrector = [history[0], new, *history[1:POINTS]]
             _, _, wc, q, c = step_weights(lam, alpha, sigma, [h.k for h in corrector], k, self.switch)
             x_new = combine(x, ratio, [(h.prediction(noise, nodes[h.k]), w) for h, w in zip(corrector, wc)])
