@@ -152,13 +152,13 @@ def test_log_likelihood_validates_its_inputs():
     problem = make_problem("ring2d", "vp")
     x = _data(problem, 2)
     score, sde = problem.score, problem.sde
-    with pytest.raises(ValueError, match="argument 'trace' expected one of 'exact', 'hutchinson', got 'hutch'"):
+    with pytest.raises(ValueError, match="argument 'trace' expected one of 'exact', 'hutchinson', 'hutchinson_fd', got 'hutch'"):
         sf.log_likelihood(score, sde, x, trace="hutch")
     with pytest.raises(ValueError, match="argument 'probe' expected one of 'rademacher', 'gaussian'"):
         sf.log_likelihood(score, sde, x, trace="hutchinson", probe="normal")
     with pytest.raises(ValueError, match="argument 'method' expected one of .*'dopri5'.*got 'rk45'"):
         sf.log_likelihood(score, sde, x, method="rk45")
-    with pytest.raises(ValueError, match="argument 'n_probes' applies to trace='hutchinson'"):
+    with pytest.raises(ValueError, match="argument 'n_probes' applies to the Hutchinson traces"):
         sf.log_likelihood(score, sde, x, n_probes=4)
     with pytest.raises(ValueError, match="fixed-grid method 'rk4' needs exactly one of 'steps'"):
         sf.log_likelihood(score, sde, x, method="rk4")

@@ -1,5 +1,6 @@
 """The native likelihood solvers (expint_pc, expint_pc_adaptive) against closed forms, dopri5 and bad input."""
 
+import collections
 import math
 
 import pytest
@@ -211,3 +212,73 @@ def test_step_weights_integrate_polynomials_exactly():
             scale = alpha[end] if noise else sigma[end]
             assert sum(wj * vj**p for wj, vj in zip(w, v)) == pytest.approx(scale * exact, rel=1e-9)
         assert ratio == pytest.approx(alpha[end] / alpha[start] if noise else sigma[end] / sigma[start])
+
+
+@pytest.mark.parametrize("kind", ["eps", "x0", "v"])
+def test_the_adaptive_solver_gives_the_same_density_for_every_native_prediction(kind):
+    # the solver forms x0 and eps from each prediction by the node's affine maps; the density must not depend on them
+    problem = make_problem("mixture16d", "vp")
+    x = _data(problem, 8)
+    to_net = {"eps": sf.eps_from_score, "x0": sf.denoiser_from_score, "v": sf.velocity_from_score}[kind]
+    from_net = {"eps": sf.score_from_eps, "x0": sf.score_from_denoiser, "v": sf.score_from_velocity}[kind]
+    model = from_net(to_net(problem.score, problem.sde), problem.sde)
+    assert model.prediction == kind
+    with torch.no_grad():
+        ref, res = (sf.log_likelihood(m, problem.sde, x, trace="hutchinson", method="expint_pc_adaptive", rtol=1e-6,
+                                      atol=1e-6, generator=torch.Generator().manual_seed(2)) for m in (problem.score, model))
+    torch.testing.assert_close(res.log_prob, ref.log_prob, rtol=0, atol=1e-7)
+
+
+def test_the_adaptive_solver_stops_at_the_first_non_finite_step():
+    problem = make_problem("gaussian2d", "vp")
+    times = []
+
+    def score(x, t):
+        times.append(float(t[0]))
+        return torch.where(t[:, None] > 0.5, torch.inf, problem.score(x, t))
+
+    with torch.no_grad(), pytest.raises(sf.NonFiniteError, match=r"score became non-finite .* at t=0\.5"):
+        sf.log_likelihood(score, problem.sde, _data(problem, 4), method="expint_pc_adaptive", rtol=1e-6, atol=1e-6)
+    # the error norm read every step sees the infinity at once: no step is taken past it
+    assert sum(t > 0.5 for t in times) == 1 and times[-1] > 0.5
+
+
+def test_the_adaptive_solver_reads_the_state_once_per_step():
+    """One read of a tensor of the state's dtype per step (the error norm); the node's coefficients are float64 host
+    arithmetic (one read of a CPU tensor per step, none at the step that lands on T)."""
+    sde = sf.VPSDE()
+
+    def score(x, t):  # N(0, c I) data with c in [0.05, 1] by coordinate, written without a host read
+        alpha, sigma = sde.marginal(t)
+        return -x / (alpha[:, None] ** 2 * torch.linspace(0.05, 1.0, 16) + sigma[:, None] ** 2)
+
+    x = torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
+    names = ("__bool__", "item", "tolist", "__float__", "__int__", "__index__")
+    originals = {name: getattr(torch.Tensor, name) for name in names}
+
+    def solve(tol):
+        reads = collections.Counter()
+
+        def counted(name):
+            def read(self, *args, **kwargs):
+                reads[self.dtype] += 1
+                return originals[name](self, *args, **kwargs)
+
+            return read
+
+        for name in names:
+            setattr(torch.Tensor, name, counted(name))
+        try:
+            with torch.no_grad():
+                res = sf.log_likelihood(score, sde, x, trace="hutchinson", method="expint_pc_adaptive", rtol=tol,
+                                        atol=tol, generator=torch.Generator().manual_seed(0))
+        finally:
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, original)
+        return res.nfe - 1, reads  # steps (accepted and rejected): one evaluation each after the first
+
+    (few, loose), (many, tight) = solve(1e-2), solve(1e-4)
+    assert many > few + 10
+    assert tight[torch.float32] - many == loose[torch.float32] - few <= 6
+    assert tight[torch.float64] - loose[torch.float64] == many - few
+    assert sum(tight.values()) - tight[torch.float32] - tight[torch.float64] == sum(loose.values()) - loose[torch.float32] - loose[torch.float64]

@@ -121,3 +121,15 @@ def test_wrappers_reject_non_callables():
         sf.score_from_eps(lambda x, t: x, "vp")
     with pytest.raises(TypeError, match="'energy' expected a callable"):
         sf.score_from_energy(None)
+
+
+@pytest.mark.parametrize("sde", SDES + [sf.RectifiedFlow()], ids=repr)
+@pytest.mark.parametrize("kind", sf.parameterizations.PREDICTIONS)
+def test_affine_maps_give_the_data_and_noise_predictions_of_convert(setup, sde, kind):
+    """[a_x0, b_x0, a_eps, b_eps] at t reproduce convert's x0 and eps of any prediction value p at any x."""
+    _, x = setup
+    p = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = torch.tensor(0.37 * sde.T, dtype=torch.float64)
+    a0, b0, ae, be = sf.parameterizations.affine_maps(kind, t, sde).tolist()
+    torch.testing.assert_close(a0 * x + b0 * p, sf.parameterizations.convert(p, kind, "x0", x, t, sde), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ae * x + be * p, sf.parameterizations.convert(p, kind, "eps", x, t, sde), rtol=1e-12, atol=1e-12)

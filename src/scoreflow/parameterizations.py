@@ -33,6 +33,7 @@ from .sde import ForwardSDE, check_sde
 __all__ = [
     "PREDICTIONS",
     "convert",
+    "affine_maps",
     "prediction_of",
     "score_from_eps",
     "score_from_denoiser",
@@ -72,6 +73,14 @@ def _pair(kind: str, value: torch.Tensor, x: torch.Tensor, t: torch.Tensor, sde:
         return value, (x - alpha * value) / sigma
     eps = value if kind == "eps" else -sigma * value
     return (x - sigma * eps) / alpha, eps
+
+
+def affine_maps(kind: str, t: torch.Tensor, sde: ForwardSDE) -> torch.Tensor:
+    r"""``[a_x0, b_x0, a_eps, b_eps]`` at a 0-dim time t: :math:`\hat x_0 = a_{x_0} x + b_{x_0} p` and
+    :math:`\hat\varepsilon = a_\varepsilon x + b_\varepsilon p` for a prediction p of ``kind``, both maps from one
+    evaluation of the conversion table (on the basis x = (1, 0), p = (0, 1))."""
+    basis = torch.eye(2, dtype=t.dtype, device=t.device)
+    return torch.cat(_pair(kind, basis[1], basis[0], t, sde))
 
 
 def convert(

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from ..likelihood import log_likelihood
+from ..dynamics.divergence import PROBES
+from ..likelihood import TRACES, log_likelihood
 from ..methods import DEFAULT_TOLERANCE, Method, list_methods
 from ..sampling import sample_ode, sample_sde
 from ..sde import ForwardSDE
@@ -184,11 +185,12 @@ def add_solver_options(p: argparse.ArgumentParser, kinds: dict[str, str]) -> Non
 def add_trace_options(p: argparse.ArgumentParser) -> None:
     """``--trace``, ``--probe`` and ``--n-probes`` of a likelihood."""
     p.add_argument(
-        "--trace", choices=("exact", "hutchinson"), default="exact", help="divergence estimator (default: exact)"
+        "--trace", choices=TRACES, default="exact",
+        help="divergence estimator (default: exact; hutchinson_fd: Hutchinson by central differences, no VJP)",
     )
     p.add_argument(
         "--probe",
-        choices=("rademacher", "gaussian"),
+        choices=PROBES,
         default="rademacher",
         help="Hutchinson probe (default: rademacher)",
     )
@@ -197,8 +199,8 @@ def add_trace_options(p: argparse.ArgumentParser) -> None:
 
 def trace_options(args: argparse.Namespace) -> dict[str, Any]:
     """The likelihood keywords of ``--trace``, ``--probe`` and ``--n-probes`` (the last two for Hutchinson only)."""
-    if args.trace == "hutchinson":
-        return {"trace": "hutchinson", "probe": args.probe, "n_probes": args.n_probes}
+    if args.trace != "exact":
+        return {"trace": args.trace, "probe": args.probe, "n_probes": args.n_probes}
     return {"trace": args.trace}
 
 

@@ -21,7 +21,12 @@ import torch
 from .._tensor import right_pad
 from ..sde import ForwardSDE
 from .counting import ScoreFn
-from .divergence import value_and_exact_divergence, value_and_hutchinson_divergence
+from .divergence import (
+    difference_scale,
+    value_and_difference_hutchinson,
+    value_and_exact_divergence,
+    value_and_hutchinson_divergence,
+)
 from .probability_flow import ProbabilityFlowODE
 
 __all__ = ["AugmentedProbabilityFlowODE"]
@@ -41,6 +46,8 @@ class AugmentedProbabilityFlowODE(torch.nn.Module):
         sde: the forward SDE.
         probes: ``(P, B, *D)`` Hutchinson probes, or ``None`` for the exact trace.
         chunk_size: basis vectors per vmapped VJP of the exact trace (see :func:`exact_divergence`).
+        difference: Hutchinson's estimates by central differences with the step :math:`\delta = c\,\sigma(t)` (see
+            :func:`value_and_difference_hutchinson`) instead of VJPs.
 
     Attributes:
         nfe: score evaluations so far; ``nfe_vjp``: vector-Jacobian products through the score so far.
@@ -53,11 +60,13 @@ class AugmentedProbabilityFlowODE(torch.nn.Module):
         *,
         probes: torch.Tensor | None = None,
         chunk_size: int | None = None,
+        difference: bool = False,
     ) -> None:
         super().__init__()
         self.flow = ProbabilityFlowODE(score, sde)
         self.probes = probes
         self.chunk_size = chunk_size
+        self.step_scale = difference_scale(probes.dtype) if difference and probes is not None else None
         self.nfe_vjp = 0
 
     @property
@@ -71,22 +80,28 @@ class AugmentedProbabilityFlowODE(torch.nn.Module):
         if score.prediction != "score":
             # A model of another prediction is integrated through its velocity (finite where f and g are not, at
             # pure noise), so the divergence is the velocity's own.
-            dx, div = self._value_and_divergence(lambda y: self.flow(t, y), x)
+            dx, div = self._value_and_divergence(lambda y: self.flow(t, y), x, t)
             score.finite.record("divergence", div, t)
             return dx, div
 
-        s, div_s = self._value_and_divergence(lambda y: score(y, t), x)
+        s, div_s = self._value_and_divergence(lambda y: score(y, t), x, t)
         f, half_g2 = sde.drift_coef(t), 0.5 * sde.diffusion(t) ** 2
         dx = torch.addcmul(right_pad(f, x) * x, s, right_pad(-half_g2, x))
         div = x[0].numel() * f - half_g2 * div_s
         score.finite.record("divergence", div, t)
         return dx, div
 
-    def _value_and_divergence(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _value_and_divergence(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                              t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``fn(x)`` and its divergence, exact or per probe, shape ``(P, B)``; counts the VJPs."""
         if self.probes is None:
             value, div = value_and_exact_divergence(fn, x, chunk_size=self.chunk_size)
             self.nfe_vjp += x[0].numel()
             return value, div[None]
+        if self.step_scale is not None:
+            step = self.step_scale * self.flow.sde.marginal(t)[1]
+            value, div = value_and_difference_hutchinson(fn, x, self.probes, step)
+            self.flow.score.nfe += 2 * self.probes.shape[0] - 1  # one call evaluated every sample 2P times
+            return value, div
         self.nfe_vjp += self.probes.shape[0]
         return value_and_hutchinson_divergence(fn, x, self.probes)

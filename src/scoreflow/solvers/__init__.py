@@ -12,7 +12,8 @@ from .edm import EDMHeun
 from .edm_stochastic import EDMStochastic
 from .extended_sde import ERSDESolver, SASolver
 from .ipndm import IPNDM
-from .likelihood import AdaptiveLikelihoodPC, LikelihoodPC
+from .likelihood import LikelihoodPC
+from .likelihood_adaptive import AdaptiveLikelihoodPC
 from .multistep import (
     DPMSolverPP2M,
     DPMSolverPP2MPC,

@@ -1,0 +1,121 @@
+"""Hutchinson's estimator by central differences: against the VJP estimator (its O(delta^2) bias), in every solver."""
+
+import math
+
+import pytest
+import torch
+
+import scoreflow as sf
+from scoreflow.dynamics.divergence import (
+    difference_scale,
+    draw_probes,
+    value_and_difference_hutchinson,
+    value_and_hutchinson_divergence,
+)
+from scoreflow.testing import make_law, make_problem
+
+
+def _field(d, seed=0):
+    """A per-sample smooth nonlinear field with third derivatives of order one."""
+    g = torch.Generator().manual_seed(seed)
+    w1, w2 = torch.randn(d, 8, generator=g, dtype=torch.float64), torch.randn(8, d, generator=g, dtype=torch.float64)
+
+    def field(x):
+        flat = x.reshape(x.shape[0], -1)
+        return (torch.tanh(flat @ w1) @ w2 + flat**3 / 3).reshape(x.shape)
+
+    return field
+
+
+@pytest.mark.parametrize("n_probes", [1, 3])
+@pytest.mark.parametrize("data_shape", [(5,), (2, 3)])
+def test_central_differences_converge_to_the_vjp_estimates_at_second_order(n_probes, data_shape, generator):
+    d = math.prod(data_shape)
+    fn = _field(d)
+    x = torch.randn(4, *data_shape, generator=generator, dtype=torch.float64)
+    probes = draw_probes(x, n_probes, generator=generator)
+    value, exact = value_and_hutchinson_divergence(fn, x, probes)
+    errors = []
+    for step in (1e-2, 5e-3):
+        mean, est = value_and_difference_hutchinson(fn, x, probes, step)
+        assert est.shape == exact.shape and mean.shape == x.shape
+        errors.append(((est - exact).abs().max().item(), (mean - value).abs().max().item()))
+    for k in range(2):  # halving the step divides both errors by about four (O(delta^2), not O(delta))
+        assert 3.0 < errors[0][k] / errors[1][k] < 5.0, errors
+    # a per-sample step, and the step the front-end takes in float64: round-off and bias both far below 1e-8
+    mean, est = value_and_difference_hutchinson(fn, x, probes, torch.full((4,), difference_scale(torch.float64)))
+    torch.testing.assert_close(est, exact, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(mean, value, rtol=1e-8, atol=1e-8)
+
+
+def test_central_differences_are_exact_for_a_linear_field(generator):
+    """A Gaussian's score is affine: its differences have no truncation error at any step."""
+    problem = make_problem("gaussian16d", "vp")
+    x = torch.randn(8, 16, generator=generator, dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    probes = draw_probes(x, 2, generator=generator)
+    fn = lambda y: problem.score(y, t.expand(y.shape[0]))  # noqa: E731
+    value, exact = value_and_hutchinson_divergence(fn, x, probes)
+    mean, est = value_and_difference_hutchinson(fn, x, probes, 0.5)
+    torch.testing.assert_close(est, exact, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(mean, value, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("sde_name, method, kw", [
+    ("vp", "expint_pc_adaptive", {"rtol": 1e-7, "atol": 1e-7}),
+    ("vp", "expint_pc", {"steps": 12}),
+    ("ve", "dopri5", {"rtol": 1e-7, "atol": 1e-7}),
+    ("rf", "expint_pc_adaptive", {"rtol": 1e-7, "atol": 1e-7}),
+    ("rf", "dopri5", {"rtol": 1e-7, "atol": 1e-7}),
+])
+def test_log_likelihood_by_differences_equals_the_vjp_estimate(sde_name, method, kw):
+    sde = {"vp": sf.VPSDE(), "ve": sf.VESDE(), "rf": sf.RectifiedFlow()}[sde_name]
+    law = make_law("mixture16d").to(torch.float64)
+    model = law.velocity(sde) if sde_name == "rf" else law.score(sde)
+    x = law.marginal(sde, 1e-3).sample(16, generator=torch.Generator().manual_seed(2))
+    runs = {}
+    for trace in ("hutchinson", "hutchinson_fd"):
+        with torch.no_grad():
+            runs[trace] = sf.log_likelihood(model, sde, x, trace=trace, n_probes=2, method=method, t_min=1e-3,
+                                            generator=torch.Generator().manual_seed(5), **kw)
+    vjp, fd = runs["hutchinson"], runs["hutchinson_fd"]
+    torch.testing.assert_close(fd.log_prob, vjp.log_prob, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fd.std_error, vjp.std_error, rtol=0, atol=1e-6)
+    # (the adaptive methods' steps agree up to their tolerance) every evaluation of the differences is 2 x n_probes model evaluations, none a VJP
+    assert fd.nfe_vjp == 0 and vjp.nfe_vjp > 0
+    if "steps" in kw:
+        assert fd.nfe == 4 * vjp.nfe
+    else:
+        assert fd.nfe % 4 == 0 and fd.nfe == pytest.approx(4 * vjp.nfe, rel=0.1)
+
+
+def test_differences_stop_at_a_non_finite_score_naming_its_time():
+    problem = make_problem("gaussian2d", "vp")
+    times = []
+
+    def score(x, t):
+        times.append(float(t[0]))
+        return torch.where(t[:, None] > 0.5, torch.nan, problem.score(x, t))
+
+    x = problem.law.marginal(problem.sde, 1e-3).sample(4, generator=torch.Generator().manual_seed(0))
+    for method, kw in (("expint_pc_adaptive", {"rtol": 1e-4, "atol": 1e-4}), ("dopri5", {"rtol": 1e-4, "atol": 1e-4})):
+        times.clear()
+        with torch.no_grad(), pytest.raises(sf.NonFiniteError, match=r"non-finite") as info:
+            sf.log_likelihood(score, problem.sde, x, trace="hutchinson_fd", method=method, **kw)
+        first = next(t for t in times if t > 0.5)
+        assert f"at t={first:.6g}" in str(info.value), (str(info.value), first)
+
+
+def test_differences_refuse_an_adjoint_and_a_start_without_noise():
+    problem = make_problem("gaussian2d", "vp")
+    x = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"log_likelihood: argument 'adjoint' applies to the differentiable traces"):
+        sf.log_likelihood(problem.score, problem.sde, x, trace="hutchinson_fd", adjoint=True)
+    rf = sf.RectifiedFlow()
+    velocity = make_law("gaussian2d").to(torch.float64).velocity(rf)
+    with pytest.raises(ValueError, match=r"trace='hutchinson_fd' takes steps proportional to sigma\(t\), which is 0 at t_min=0"):
+        sf.log_likelihood(velocity, rf, x, trace="hutchinson_fd", t_min=0.0)
+    with pytest.raises(ValueError, match=r"difference_hutchinson: argument 'probes' expected shape \(P, 2, 2\)"):
+        value_and_difference_hutchinson(lambda y: y, x, torch.ones(2, 2), 1e-3)
+    with pytest.raises(ValueError, match=r"argument 'trace' .*hutchinson_fd"):
+        sf.log_likelihood(problem.score, problem.sde, x, trace="fd")
