@@ -16,8 +16,10 @@ processes on a shared one) and wall time.  Scores, on batches of 10 000 in float
 - ``lean mixture``: the same law's score written as one chain of tensor operations (no host read), cheaper still;
 - ``mlp``: a random MLP of width 512 on (x, t) (two hidden layers, SiLU), the costly score.
 
-Each round runs every solver once and its replay (the two in a random order), the solvers in a shuffled order; a method's overhead is the median over
-rounds.  Methods run 10 steps (NFE = 10 x the method's evaluations per step; dopri5 at rtol = atol = 1e-5).
+Each round runs every solver once, its replay, and the solver again with its set-up made from scratch (the three in
+a random order), the solvers in a shuffled order; a method's overhead is the median over rounds.  scoreflow caches a
+solve's grid and plan for the next call with the same arguments (``scoreflow._cache``), so the plain solve measures
+the repeated call (sampling batch after batch) and *set-up from scratch* the first call of a setting.  Methods run 10 steps (NFE = 10 x the method's evaluations per step; dopri5 at rtol = atol = 1e-5).
 k-diffusion's samplers (``pip install --no-deps k-diffusion``) see the same score as a VP denoiser in their
 variables, on Karras' grid of 10 steps.
 
@@ -43,6 +45,7 @@ from types import SimpleNamespace
 import torch
 
 import scoreflow as sf
+from scoreflow._cache import clear_caches
 from peers import Counted, load_k_diffusion_sampling, random_mixture, vp_denoiser, write_json
 
 BATCH = 10_000
@@ -90,20 +93,27 @@ def make_scores(seed: int, which: list[str], sde: sf.ForwardSDE) -> tuple[dict, 
 
 
 def solvers(sde, x_T, kd):
-    """name -> run(score) returning the NFE, for every fixed-grid ODE method, dopri5 and k-diffusion's samplers."""
+    """name -> run(score, cold=False) returning the NFE, for every fixed-grid ODE method, dopri5 and k-diffusion's
+    samplers; ``cold=True`` empties scoreflow's caches first (the solve's grid and plan made from scratch)."""
     runs = {}
     for m in sf.list_methods("ode"):
         if m.adaptive and m.name != "dopri5":
             continue
         setting = {"rtol": 1e-5, "atol": 1e-5} if m.adaptive else {"steps": STEPS}
-        runs[f"{m.backend} {m.name}"] = lambda score, m=m, setting=setting: sf.sample_ode(score, sde, x_T, method=m.name, **setting).nfe
+
+        def run(score, cold=False, m=m, setting=setting):
+            if cold:
+                clear_caches()
+            return sf.sample_ode(score, sde, x_T, method=m.name, **setting).nfe
+
+        runs[f"{m.backend} {m.name}"] = run
     if kd is not None:
         alpha_T = float(sde.marginal(torch.tensor(sde.T, dtype=torch.float64))[0])
         s_min, s_max = torch.exp(-sde.log_snr(torch.tensor([sde.t_min, sde.T], dtype=torch.float64))).tolist()
         # STEPS + 1 sigmas ending at sigma(t_min) (k-diffusion appends a zero, dropped: every sampler stops at t_min)
         sigmas = kd.get_sigmas_karras(STEPS + 1, s_min, s_max, rho=7.0).to(x_T.dtype)[:-1]
         for name in KD_SAMPLERS:
-            def run(score, sampler=getattr(kd, f"sample_{name}")):
+            def run(score, cold=False, sampler=getattr(kd, f"sample_{name}")):  # (no set-up to redo)
                 model = Counted(vp_denoiser(SimpleNamespace(score=lambda _: score), sde))
                 sampler(model, x_T / alpha_T, sigmas, disable=True)
                 return model.calls
@@ -145,7 +155,7 @@ def overhead_rounds(score, sde, x_T, kd, rounds, seed):
         run(recorded)
         inputs[name] = recorded.inputs
     t_mid = torch.full((x_T.shape[0],), 0.5, dtype=x_T.dtype)
-    ratios = {name: {k: [] for k in ("replay_cpu", "replay_wall", "naive_cpu", "naive_wall")} for name in runs}
+    ratios = {name: {k: [] for k in ("replay_cpu", "replay_wall", "naive_cpu", "naive_wall", "cold_cpu")} for name in runs}
     nfe, bare = {}, []
     order = list(runs)
     shuffle = random.Random(seed)
@@ -155,14 +165,19 @@ def overhead_rounds(score, sde, x_T, kd, rounds, seed):
         bare.append(one_wall)
         shuffle.shuffle(order)
         for name in order:
-            # solve and replay in a random order: whichever runs second finds the allocator and caches warm
-            if shuffle.random() < 0.5:
-                nfe[name], wall, cpu = timed(lambda: runs[name](score))
-                _, bare_wall, bare_cpu = timed(lambda: replay(score, inputs[name]))
-            else:
-                _, bare_wall, bare_cpu = timed(lambda: replay(score, inputs[name]))
-                nfe[name], wall, cpu = timed(lambda: runs[name](score))
+            # solve, replay and the solve with its set-up from scratch in a random order: whichever runs later finds
+            # the allocator and caches warm
+            jobs = ["solve", "replay", "cold"]
+            shuffle.shuffle(jobs)
+            for job in jobs:
+                if job == "solve":
+                    nfe[name], wall, cpu = timed(lambda: runs[name](score))
+                elif job == "replay":
+                    _, bare_wall, bare_cpu = timed(lambda: replay(score, inputs[name]))
+                else:
+                    _, _, cold_cpu = timed(lambda: runs[name](score, cold=True))
             r = ratios[name]
+            r["cold_cpu"].append(cold_cpu / bare_cpu)
             r["replay_cpu"].append(cpu / bare_cpu)
             r["replay_wall"].append(wall / bare_wall)
             r["naive_cpu"].append(cpu / (nfe[name] * one_cpu))
@@ -202,7 +217,8 @@ def report(results) -> None:
     runs = results["runs"]
     scores = list(dict.fromkeys(r["score"] for r in runs))
     methods = list(dict.fromkeys(m for r in runs for m in r["methods"]))
-    columns = (("replay_cpu", "replayed, CPU"), ("replay_wall", "replayed, wall"), ("naive_cpu", "NFE x call, CPU"))
+    columns = (("replay_cpu", "replayed, CPU"), ("cold_cpu", "replayed, CPU, set-up from scratch"),
+               ("replay_wall", "replayed, wall"), ("naive_cpu", "NFE x call, CPU"))
     print(f"\nPer-NFE overhead, batch {results['batch']}, {results['steps']} steps (dopri5: rtol = atol = 1e-5), "
           f"{results['threads']} thread; median over rounds, then median [min-max] over seeds {results['config']['seeds']}")
     print("| method | NFE | " + " | ".join(f"{s}: {label}" for s in scores for _, label in columns) + " |")

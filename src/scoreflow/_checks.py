@@ -94,9 +94,15 @@ def check_batch(fn: str, name: str, x: Any, *, state: bool = False) -> torch.Ten
         )
     if state:
         check_state_dtype(fn, name, x)
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite values.")
     return x
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    r"""Whether every entry of ``x`` is finite: :math:`\sum_i 0\cdot x_i` is 0 then and NaN otherwise (two passes and
+    no overflow; ``isfinite(x).all()`` takes four, a measurable part of a short solve's set-up).  One host read."""
+    return not bool(torch.isnan(x.detach().mul(0.0).sum()))
 
 
 def check_state_dtype(fn: str, name: str, x: torch.Tensor) -> torch.Tensor:

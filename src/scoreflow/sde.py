@@ -17,10 +17,14 @@ from typing import Any, ClassVar
 
 import torch
 
+from ._cache import LRU, parameters_key
 from ._checks import check_instance, check_positive
 from ._tensor import TimeLike, as_time, batch_time, flat_dim, right_pad
 
 __all__ = ["ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "check_sde", "check_diffusion_finite_at_T"]
+
+# ForwardSDE.pure_noise_at_T by process parameters.
+_PURE_NOISE = LRU(64)
 
 
 class ForwardSDE(ABC):
@@ -72,6 +76,13 @@ class ForwardSDE(ABC):
     def pure_noise_at_T(self) -> bool:
         r"""Whether :math:`\alpha(T) = 0`: then :math:`x_T` is exactly the prior, :math:`\lambda(T) = -\infty`, and
         :math:`f` and :math:`g` are infinite at T (flow paths such as :class:`scoreflow.RectifiedFlow`)."""
+        # asked by every front-end's checks: computed once per set of parameters (see scoreflow._cache)
+        key = parameters_key(self)
+        if key is None:
+            return self._alpha_T_is_zero()
+        return _PURE_NOISE.get(key, self._alpha_T_is_zero)
+
+    def _alpha_T_is_zero(self) -> bool:
         return bool(self.marginal(torch.tensor(self.T, dtype=torch.float64))[0] == 0)
 
     def drift(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:

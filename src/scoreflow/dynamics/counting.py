@@ -38,11 +38,15 @@ class FiniteWatch:
             value = value.detach()
         if nan_only:
             value = value.nan_to_num(nan=float("nan"), posinf=0.0, neginf=0.0)
+        self._records.append((what, t, value.mul(self.zero(value)).sum()))
+
+    def zero(self, like: torch.Tensor) -> torch.Tensor:
+        """A 0-dim zero in ``like``'s dtype and device, made once (the number 0 would be wrapped into a new
+        tensor at every record)."""
         zero = self._zero
-        if zero is None or zero.dtype != value.dtype or zero.device != value.device:
-            # a 0-dim tensor, not the number 0, which torch would wrap into a new tensor at every record
-            zero = self._zero = torch.zeros((), dtype=value.dtype, device=value.device)
-        self._records.append((what, t, value.mul(zero).sum()))
+        if zero is None or zero.dtype != like.dtype or zero.device != like.device:
+            zero = self._zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        return zero
 
     def check(self, *, cause: BaseException | None = None) -> None:
         """Raise :class:`NonFiniteError` naming the time of the first non-finite record (one host read).
@@ -77,7 +81,8 @@ class CountedScore(torch.nn.Module):
 
     A call at the very tensor ``x`` (unmodified) and time object ``t`` of the previous call of the same
     kind returns the previous output without evaluating again: a step callback asking for the prediction
-    at the state the next step starts from then costs no evaluation.
+    at the state the next step starts from then costs no evaluation (not under ``torch.inference_mode()``,
+    whose tensors do not count their in-place changes).
 
     Args:
         score: the score model.
@@ -100,6 +105,11 @@ class CountedScore(torch.nn.Module):
         self.nfe = 0
         self.finite = FiniteWatch()
         self._last: tuple[bool, torch.Tensor, Any, int, torch.Tensor] | None = None
+        # Under torch.inference_mode() the states are inference tensors, which have no version counter to tell an
+        # in-place change: evaluations are then never reused.
+        self.__dict__["_versioned"] = not torch.is_inference_mode_enabled()
+        # the model's two entry points, called by index (``native``) without Module.__getattr__'s lookup
+        self.__dict__["_evaluate"] = (self.score, getattr(self.score, "predict", None))
 
     def forward(self, x: torch.Tensor, t: Any) -> torch.Tensor:
         return self._call(False, x, t)
@@ -109,18 +119,24 @@ class CountedScore(torch.nn.Module):
         return self._call(self.prediction != "score", x, t)
 
     def _call(self, native: bool, x: torch.Tensor, t: Any) -> torch.Tensor:
-        last = self._last
-        if last is not None and last[0] == native and last[1] is x and last[2] is t and last[3] == x._version:
+        # The hot path of every solve: plain attribute writes through __dict__ (nn.Module.__setattr__ checks for
+        # parameters and submodules on every write), the finiteness record inlined.
+        state = self.__dict__
+        last = state["_last"]
+        seen = x._version if state["_versioned"] else None
+        if last is not None and last[1] is x and last[2] is t and last[0] == native and seen is not None and last[3] == seen:
             return last[4]
         # a solver's 0-dim time in x's dtype and device is broadcast by a view (the general path costs a dispatch more)
         same = torch.is_tensor(t) and t.ndim == 0 and t.dtype == x.dtype and t.device == x.device
         tb = t.expand(x.shape[0]) if same else batch_time(t, x)
-        out = (self.score.predict if native else self.score)(x, tb)
-        self.nfe += 1
-        if self.nfe == 1:
+        out = state["_evaluate"][native](x, tb)
+        nfe = state["nfe"] = state["nfe"] + 1
+        if nfe == 1:
             check_like(self.caller, "score", out, x, what="the score")
-        self.finite.record("score", out, tb)
-        self._last = (native, x, t, x._version, out)
+        watch = state["finite"]
+        value = out.detach() if out.requires_grad else out
+        watch._records.append(("score", tb, value.mul(watch.zero(value)).sum()))
+        state["_last"] = (native, x, t, seen, out)
         return out
 
     @contextlib.contextmanager

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .._cache import LRU, parameters_key, version
 from .._checks import check_choice, check_int, check_positive, check_save_at, check_time_grid
 from ..schedules import SCHEDULES, step_size_grid, time_grid
 from ..sde import ForwardSDE
@@ -27,6 +28,8 @@ _DEFAULT_SCHEDULE = {"t": "t", "sigma": "karras", "log_snr": "log_snr"}
 # Schedules undefined where a flow path reaches pure noise (log-SNR -inf at T); the native methods then
 # default to "log_snr_capped", which is finite there.
 _INFINITE_AT_PURE_NOISE = ("log_snr", "karras")
+# Named-schedule grids by their arguments (see scoreflow._cache).
+_GRIDS = LRU(32)
 
 
 @dataclass(frozen=True)
@@ -208,9 +211,22 @@ def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: f
                 raise ValueError(f"{fn}: 'schedule' places the grid of a fixed-grid method and needs 'steps', got steps=None.")
         check_int(fn, "steps", steps)
         default = _DEFAULT_SCHEDULE[time] if method.time_variables else method.default_schedule
-        if default in _INFINITE_AT_PURE_NOISE and sde.pure_noise_at_T:
-            default = "log_snr_capped"
-        ts = time_grid(sde, steps, schedule or default, t_min=t_min)
+
+        def make() -> tuple[torch.Tensor, int]:
+            name = schedule or ("log_snr_capped" if default in _INFINITE_AT_PURE_NOISE and sde.pure_noise_at_T else default)
+            grid = _placed(time_grid(sde, steps, name, t_min=t_min), like, increasing)
+            return grid, version(grid)
+
+        # The same grid object for the same arguments (a native solver's plan is cached on it), unless modified.
+        process = parameters_key(sde)
+        if process is None:
+            return make()[0]
+        key = (process, steps, schedule, default, t_min, like.dtype, like.device, increasing)
+        return _GRIDS.get(key, make, valid=lambda entry: entry[1] is not None and version(entry[0]) == entry[1])[0]
+    return _placed(ts, like, increasing)
+
+
+def _placed(ts: torch.Tensor, like: torch.Tensor, increasing: bool) -> torch.Tensor:
     ts = ts.to(dtype=like.dtype, device=like.device)
     return ts.flip(0) if increasing else ts
 

@@ -16,21 +16,26 @@ those coefficients: it reads nothing on the host, and ``torch.compile`` traces i
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 
+from .._cache import LRU, parameters_key, version
 from ..dynamics.counting import CountedScore
 from ..methods import Method, Option, Solution, StepMonitor, Stepping, register
 from ..parameterizations import convert
 from ..sde import ForwardSDE
 
 __all__ = [
-    "NativeSolver", "ScorePredictions", "Nodes", "register_native", "combine", "on_device", "check_native_ends",
-    "lagrange_weights",
+    "NativeSolver", "ScorePredictions", "Nodes", "register_native", "combine", "on_device", "columns_on_device",
+    "check_native_ends", "lagrange_weights",
 ]
+
+# Plans by solver, options, process, prediction and grid (see scoreflow._cache).
+_PLANS = LRU(32)
 
 
 def lagrange_weights(nodes: Sequence[float], moments: Sequence[float]) -> list[float]:
@@ -39,14 +44,25 @@ def lagrange_weights(nodes: Sequence[float], moments: Sequence[float]) -> list[f
     ``len(nodes)``, of a measure dK with moments :math:`\mu_p = \int u^p\,dK(u)`.  Plain float arithmetic (part of
     a plan); every solver's polynomial weights come from here.
     """
+    # Q(u) = prod_m (u - u_m) in ascending powers, once; L_j = (Q(u) / (u - u_j)) / prod_{m != j} (u_j - u_m), the
+    # quotient's coefficients by synthetic division (from the top) summed against the moments as they come:
+    # O(k^2) for all k weights in plain loops (a plan makes a call or two per step).
+    k = len(nodes)
+    q = [1.0] + [0.0] * k
+    for n, u_m in enumerate(nodes, 1):
+        for p in range(n, 0, -1):
+            q[p] = q[p - 1] - u_m * q[p]
+        q[0] = -u_m * q[0]
     weights = []
     for j, u_j in enumerate(nodes):
-        coef, denom = [1.0], 1.0  # L_j = prod_{m != j} (u - u_m) / (u_j - u_m), expanded in powers of u
+        carry, total, denom = 0.0, 0.0, 1.0
+        for p in range(k, 0, -1):
+            carry = q[p] + u_j * carry
+            total += carry * moments[p - 1]
         for m, u_m in enumerate(nodes):
             if m != j:
-                coef = [(coef[p - 1] if p else 0.0) - u_m * (coef[p] if p < len(coef) else 0.0) for p in range(len(coef) + 1)]
                 denom *= u_j - u_m
-        weights.append(sum(c * w for c, w in zip(coef, moments)) / denom)
+        weights.append(total / denom)
     return weights
 
 
@@ -57,12 +73,35 @@ def on_device(column: Sequence, like: torch.Tensor) -> tuple:
     return rows if not column or not isinstance(column[0], Sequence) else tuple(row.unbind() for row in rows)
 
 
+def columns_on_device(columns: Mapping[str, Sequence], like: torch.Tensor) -> dict[str, tuple]:
+    """:func:`on_device` for several columns at once: one tensor for all of them (one copy to the device and one
+    ``unbind``, where a column at a time costs a tensor and an ``unbind`` each)."""
+    flat: list[float] = []
+    shapes = {}
+    for name, column in columns.items():
+        width = len(column[0]) if column and isinstance(column[0], Sequence) else None
+        flat.extend(column if width is None else (v for row in column for v in row))
+        shapes[name] = (len(column), width)
+    values = torch.tensor(flat, dtype=like.dtype, device=like.device).unbind()
+    out, start = {}, 0
+    for name, (rows, width) in shapes.items():
+        if width is None:
+            out[name] = values[start : start + rows]
+        else:
+            out[name] = tuple(values[start + i * width : start + (i + 1) * width] for i in range(rows))
+        start += rows * (width or 1)
+    return out
+
+
 def combine(x: torch.Tensor, scale: torch.Tensor | float, terms: Iterable[tuple[torch.Tensor, torch.Tensor | float]]) -> torch.Tensor:
     r""":math:`\text{scale}\cdot x + \sum_j w_j v_j` for ``terms`` = [(v_j, w_j), ...], the coefficients 0-dim tensors
     (a planned loop) or Python floats (a step sized on the fly)."""
     out = x * scale
-    for value, weight in terms:
-        out = torch.addcmul(out, value, weight) if torch.is_tensor(weight) else out.add(value, alpha=weight)
+    for value, weight in terms:  # in place: ``out`` is this function's own (and no backward needs its old values)
+        if torch.is_tensor(weight):
+            out.addcmul_(value, weight)
+        else:
+            out.add_(value, alpha=weight)
     return out
 
 
@@ -126,11 +165,19 @@ class ScorePredictions:
     def __init__(self, score: CountedScore, nodes: Nodes, like: torch.Tensor, grid: torch.Tensor, *, uses: str) -> None:
         self.score = score
         # The grid's own times (in the state's dtype) for the grid nodes, so the model sees the times asked for.
-        self.t = grid.unbind() + on_device(nodes.t[len(grid):], like)
+        columns = {"t": nodes.t[len(grid):]}
         if uses != "native":
-            a, b = nodes.affine(uses)
-            self._through_x = any(v != 0.0 for v in a)
-            self._a, self._b = on_device(a, like), on_device(b, like)
+            columns["a"], columns["b"] = nodes.affine(uses)
+            self._through_x = any(v != 0.0 for v in columns["a"])
+        columns = columns_on_device(columns, like)
+        self.t = grid.unbind() + columns["t"]
+        self._a, self._b = columns.get("a"), columns.get("b")
+
+    def with_score(self, score: CountedScore | None) -> ScorePredictions:
+        """The same nodes and coefficients for another model (a cached plan's, ``None`` to keep none)."""
+        other = copy.copy(self)
+        other.score = score
+        return other
 
     def at(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """The model's native prediction at ``(x, t_k)`` (for a solver that folds its affine maps into the plan)."""
@@ -140,7 +187,7 @@ class ScorePredictions:
         r"""The solver's prediction ``uses`` at ``(x, t_k)``, :math:`a_k x + b_k p` from the native prediction p: the data
         prediction :math:`\hat x_0` (:math:`x/\alpha + (\sigma^2/\alpha) s` for a score) or, for ``uses="flow_velocity"``,
         the velocity."""
-        return torch.addcmul(x * self._a[k], self.score.predict(x, self.t[k]), self._b[k])
+        return (x * self._a[k]).addcmul_(self.score.predict(x, self.t[k]), self._b[k])
 
     def report(
         self, monitor: StepMonitor, i: int, x: torch.Tensor, m: torch.Tensor, *, last: bool
@@ -158,7 +205,7 @@ class ScorePredictions:
     def noise(self, x: torch.Tensor, k: int) -> torch.Tensor:
         r""":math:`\hat\varepsilon = a_k x + b_k p` from the native prediction p (:math:`-\sigma s` for a score: one pass)."""
         p = self.score.predict(x, self.t[k])
-        return torch.addcmul(x * self._a[k], p, self._b[k]) if self._through_x else p * self._b[k]
+        return (x * self._a[k]).addcmul_(p, self._b[k]) if self._through_x else p * self._b[k]
 
 
 class NativeSolver(ABC):
@@ -200,12 +247,25 @@ class NativeSolver(ABC):
                 for a grid that ends at t = 0 (log-SNR +inf) unless ``to_data``.
         """
         grid = stepping.times
-        nodes = Nodes(sde, grid, score.prediction)
-        check_native_ends(type(self).__name__, sde, nodes.t[-1], self.from_pure_noise, to_data=self.to_data)
-        plan = self.plan(nodes, len(grid) - 1)
-        columns = {name: on_device(value, x_T) if name not in self.structure else value for name, value in plan.items()}
-        model = ScorePredictions(score, nodes, x_T, grid, uses=self.uses)
-        return Solution(self.solve(model, columns, x_T, monitor))
+
+        def make() -> tuple:
+            nodes = Nodes(sde, grid, score.prediction)
+            check_native_ends(type(self).__name__, sde, nodes.t[-1], self.from_pure_noise, to_data=self.to_data)
+            plan = self.plan(nodes, len(grid) - 1)
+            columns = columns_on_device({name: value for name, value in plan.items() if name not in self.structure}, x_T)
+            columns.update((name, plan[name]) for name in self.structure if name in plan)
+            return grid, version(grid), columns, ScorePredictions(None, nodes, x_T, grid, uses=self.uses)
+
+        # A plan depends on the solver and its options, the process, the model's prediction and the grid (the same
+        # object from one call to the next for the same arguments, see resolve_stepping): cached on them.
+        process, options = parameters_key(sde), parameters_key(self)
+        if process is None or options is None:
+            entry = make()
+        else:
+            # (made in inference mode, its coefficients could not be saved for a backward pass later: kept apart)
+            key = (options, process, score.prediction, id(grid), x_T.dtype, x_T.device, torch.is_inference_mode_enabled())
+            entry = _PLANS.get(key, make, valid=lambda e: e[0] is grid and e[1] is not None and version(grid) == e[1])
+        return Solution(self.solve(entry[3].with_score(score), entry[2], x_T, monitor))
 
     @abstractmethod
     def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
@@ -225,7 +285,7 @@ class NativeSolver(ABC):
 def check_native_ends(name: str, sde: ForwardSDE, t_end: float, from_pure_noise: bool, *, to_data: bool = False) -> None:
     """Refuse a solve the exponential integrators cannot do: from pure noise without ``from_pure_noise``, or to t = 0
     without ``to_data``."""
-    if sde.pure_noise_at_T and not from_pure_noise:
+    if not from_pure_noise and sde.pure_noise_at_T:
         raise ValueError(
             f"sample_ode: the native method {name} divides by alpha(T) = 0 on {sde!r} (pure noise at T). Fix: use a "
             "data-prediction exponential integrator (ddim, dpmpp_2m, dpmpp_3m, dpmpp_*_pc, dpmpp_4m_pc_adaptive) or torchdiffeq's methods in t."
