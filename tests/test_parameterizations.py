@@ -133,3 +133,13 @@ def test_affine_maps_give_the_data_and_noise_predictions_of_convert(setup, sde, 
     a0, b0, ae, be = sf.parameterizations.affine_maps(kind, t, sde).tolist()
     torch.testing.assert_close(a0 * x + b0 * p, sf.parameterizations.convert(p, kind, "x0", x, t, sde), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ae * x + be * p, sf.parameterizations.convert(p, kind, "eps", x, t, sde), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sde", SDES + [sf.RectifiedFlow()], ids=repr)
+@pytest.mark.parametrize("kind", sf.parameterizations.PREDICTIONS)
+def test_affine_map_values_in_floats_equal_the_tensor_maps(sde, kind):
+    t = torch.tensor(0.37 * sde.T, dtype=torch.float64)
+    (alpha, sigma), (d_alpha, d_sigma) = sde.marginal(t), sde.marginal_derivatives(t)
+    floats = sf.parameterizations.affine_map_values(kind, float(alpha), float(sigma), float(d_alpha), float(d_sigma))
+    torch.testing.assert_close(torch.tensor(floats, dtype=torch.float64), sf.parameterizations.affine_maps(kind, t, sde),
+                               rtol=1e-13, atol=1e-13)

@@ -22,6 +22,7 @@ where :math:`\alpha \to 0`).  An energy model :math:`E(x, t)` gives :math:`s = -
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -34,6 +35,7 @@ __all__ = [
     "PREDICTIONS",
     "convert",
     "affine_maps",
+    "affine_map_values",
     "prediction_of",
     "score_from_eps",
     "score_from_denoiser",
@@ -62,8 +64,15 @@ def prediction_of(model: object) -> str:
 def _pair(kind: str, value: torch.Tensor, x: torch.Tensor, t: torch.Tensor, sde: ForwardSDE):
     """:math:`(\\hat x_0, \\hat\\varepsilon)` from a prediction of ``kind``."""
     alpha, sigma = (right_pad(c, x) for c in sde.marginal(t))
+    derivatives = (lambda: tuple(right_pad(c, x) for c in sde.marginal_derivatives(t))) if kind == "flow_velocity" else None
+    return _pair_at(kind, value, x, alpha, sigma, derivatives)
+
+
+def _pair_at(kind: str, value, x, alpha, sigma, derivatives: Callable[[], tuple] | None):
+    """:math:`(\\hat x_0, \\hat\\varepsilon)` from a prediction of ``kind`` given the coefficients (tensors or floats);
+    ``derivatives()`` gives :math:`(\\dot\\alpha, \\dot\\sigma)`, asked for a flow velocity only."""
     if kind == "flow_velocity":
-        d_alpha, d_sigma = (right_pad(c, x) for c in sde.marginal_derivatives(t))
+        d_alpha, d_sigma = derivatives()
         det = alpha * d_sigma - sigma * d_alpha
         return (d_sigma * x - sigma * value) / det, (alpha * value - d_alpha * x) / det
     if kind == "v":
@@ -81,6 +90,16 @@ def affine_maps(kind: str, t: torch.Tensor, sde: ForwardSDE) -> torch.Tensor:
     evaluation of the conversion table (on the basis x = (1, 0), p = (0, 1))."""
     basis = torch.eye(2, dtype=t.dtype, device=t.device)
     return torch.cat(_pair(kind, basis[1], basis[0], t, sde))
+
+
+def affine_map_values(kind: str, alpha: float, sigma: float, d_alpha: float = math.nan,
+                      d_sigma: float = math.nan) -> list[float]:
+    r""":func:`affine_maps` in plain float arithmetic from the coefficients (the derivatives are read for a flow velocity
+    only): the same conversion table, evaluated at x = 1, p = 0 and at x = 0, p = 1."""
+    derivatives = lambda: (d_alpha, d_sigma)  # noqa: E731
+    a_x0, a_eps = _pair_at(kind, 0.0, 1.0, alpha, sigma, derivatives)
+    b_x0, b_eps = _pair_at(kind, 1.0, 0.0, alpha, sigma, derivatives)
+    return [a_x0, b_x0, a_eps, b_eps]
 
 
 def convert(

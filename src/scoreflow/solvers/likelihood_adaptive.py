@@ -28,7 +28,7 @@ import torch
 from ..dynamics.counting import CountedScore
 from ..errors import NonFiniteError
 from ..methods import Tolerances
-from ..parameterizations import affine_maps
+from ..parameterizations import affine_map_values
 from ..sde import ForwardSDE
 from .adaptive import step_control_options
 from .base import combine
@@ -39,18 +39,20 @@ __all__ = ["AdaptiveLikelihoodPC"]
 
 def _node(sde: ForwardSDE, prediction: str, *, t: torch.Tensor | None = None, lam: float | None = None) -> list[float]:
     r"""``[t, alpha, sigma, lambda, a_x0, b_x0, a_eps, b_eps]`` of the node at time ``t`` or log-SNR ``lam``, as floats
-    computed in float64 on the CPU (one read of a host tensor)."""
+    computed in float64 on the CPU (one read of a host tensor; the affine maps in plain arithmetic)."""
     if t is None:
         t = sde.t_from_log_snr(torch.tensor(lam, dtype=torch.float64))
     else:
         t = t.detach().to(device="cpu", dtype=torch.float64)
-    alpha, sigma = sde.marginal(t)
-    log_snr = torch.log(alpha) - torch.log(sigma) if lam is None else torch.tensor(lam, dtype=torch.float64)
-    if prediction != "score":
-        return torch.cat([torch.stack([t, alpha, sigma, log_snr]), affine_maps(prediction, t, sde)]).tolist()
-    # a score's classic forms, x0 = (x + sigma^2 s) / alpha and eps = -sigma s, in plain arithmetic (as Nodes.affine)
-    t, alpha, sigma, log_snr = torch.stack([t, alpha, sigma, log_snr]).tolist()
-    return [t, alpha, sigma, log_snr, 1.0 / alpha, sigma * sigma / alpha, 0.0, -sigma]
+    columns = [t, *sde.marginal(t)]
+    if prediction == "flow_velocity":
+        columns += sde.marginal_derivatives(t)
+    t, alpha, sigma, *derivatives = torch.stack(columns).tolist()
+    if lam is None:  # +inf at the data end (sigma = 0), -inf at pure noise (alpha = 0)
+        lam = math.inf if sigma == 0 else -math.inf if alpha == 0 else math.log(alpha) - math.log(sigma)
+    if prediction == "score":  # the classic forms x0 = (x + sigma^2 s) / alpha, eps = -sigma s (as Nodes.affine)
+        return [t, alpha, sigma, lam, 1.0 / alpha, sigma * sigma / alpha, 0.0, -sigma]
+    return [t, alpha, sigma, lam, *affine_map_values(prediction, alpha, sigma, *derivatives)]
 
 
 class _Point:
