@@ -38,15 +38,11 @@ class FiniteWatch:
             value = value.detach()
         if nan_only:
             value = value.nan_to_num(nan=float("nan"), posinf=0.0, neginf=0.0)
-        self._records.append((what, t, value.mul(self.zero(value)).sum()))
-
-    def zero(self, like: torch.Tensor) -> torch.Tensor:
-        """A 0-dim zero in ``like``'s dtype and device, made once (the number 0 would be wrapped into a new
-        tensor at every record)."""
         zero = self._zero
-        if zero is None or zero.dtype != like.dtype or zero.device != like.device:
-            zero = self._zero = torch.zeros((), dtype=like.dtype, device=like.device)
-        return zero
+        if zero is None or zero.dtype != value.dtype or zero.device != value.device:
+            # a 0-dim tensor, not the number 0, which torch would wrap into a new tensor at every record
+            zero = self._zero = torch.zeros((), dtype=value.dtype, device=value.device)
+        self._records.append((what, t, value.mul(zero).sum()))
 
     def check(self, *, cause: BaseException | None = None) -> None:
         """Raise :class:`NonFiniteError` naming the time of the first non-finite record (one host read).
@@ -120,7 +116,7 @@ class CountedScore(torch.nn.Module):
 
     def _call(self, native: bool, x: torch.Tensor, t: Any) -> torch.Tensor:
         # The hot path of every solve: plain attribute writes through __dict__ (nn.Module.__setattr__ checks for
-        # parameters and submodules on every write), the finiteness record inlined.
+        # parameters and submodules on every write).
         state = self.__dict__
         last = state["_last"]
         seen = x._version if state["_versioned"] else None
@@ -133,9 +129,7 @@ class CountedScore(torch.nn.Module):
         nfe = state["nfe"] = state["nfe"] + 1
         if nfe == 1:
             check_like(self.caller, "score", out, x, what="the score")
-        watch = state["finite"]
-        value = out.detach() if out.requires_grad else out
-        watch._records.append(("score", tb, value.mul(watch.zero(value)).sum()))
+        state["finite"].record("score", out, tb)
         state["_last"] = (native, x, t, seen, out)
         return out
 
