@@ -20,7 +20,7 @@ import torch
 
 from .._tensor import right_pad
 from ..sde import ForwardSDE
-from .counting import ScoreFn
+from .counting import CountedScore, ScoreFn
 from .divergence import (
     difference_scale,
     value_and_difference_hutchinson,
@@ -29,7 +29,17 @@ from .divergence import (
 )
 from .probability_flow import ProbabilityFlowODE
 
-__all__ = ["AugmentedProbabilityFlowODE"]
+__all__ = ["AugmentedProbabilityFlowODE", "counted_difference_hutchinson"]
+
+
+def counted_difference_hutchinson(score: CountedScore, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                                  probes: torch.Tensor, sigma: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":func:`value_and_difference_hutchinson` of ``fn`` (a call of the counted ``score``) at the step
+    :math:`\delta = c\,\sigma(t)`, ``c`` = :func:`difference_scale` of x's dtype (a diffused law varies over lengths of
+    at least :math:`\sigma(t)`); the one stacked call evaluated every sample 2P times, so ``score.nfe`` counts 2P."""
+    value, div = value_and_difference_hutchinson(fn, x, probes, difference_scale(x.dtype) * sigma)
+    score.nfe += 2 * probes.shape[0] - 1
+    return value, div
 
 
 class AugmentedProbabilityFlowODE(torch.nn.Module):
@@ -66,7 +76,7 @@ class AugmentedProbabilityFlowODE(torch.nn.Module):
         self.flow = ProbabilityFlowODE(score, sde)
         self.probes = probes
         self.chunk_size = chunk_size
-        self.step_scale = difference_scale(probes.dtype) if difference and probes is not None else None
+        self.difference = difference
         self.nfe_vjp = 0
 
     @property
@@ -98,10 +108,7 @@ class AugmentedProbabilityFlowODE(torch.nn.Module):
             value, div = value_and_exact_divergence(fn, x, chunk_size=self.chunk_size)
             self.nfe_vjp += x[0].numel()
             return value, div[None]
-        if self.step_scale is not None:
-            step = self.step_scale * self.flow.sde.marginal(t)[1]
-            value, div = value_and_difference_hutchinson(fn, x, self.probes, step)
-            self.flow.score.nfe += 2 * self.probes.shape[0] - 1  # one call evaluated every sample 2P times
-            return value, div
+        if self.difference:
+            return counted_difference_hutchinson(self.flow.score, fn, x, self.probes, self.flow.sde.marginal(t)[1])
         self.nfe_vjp += self.probes.shape[0]
         return value_and_hutchinson_divergence(fn, x, self.probes)

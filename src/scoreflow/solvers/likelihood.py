@@ -39,12 +39,8 @@ from typing import Any
 import torch
 
 from ..dynamics.counting import CountedScore
-from ..dynamics.divergence import (
-    difference_scale,
-    value_and_difference_hutchinson,
-    value_and_exact_divergence,
-    value_and_hutchinson_divergence,
-)
+from ..dynamics.augmented import counted_difference_hutchinson
+from ..dynamics.divergence import value_and_exact_divergence, value_and_hutchinson_divergence
 from ..methods import Method, Stepping, interval_option, register
 from ..sde import ForwardSDE
 from .base import Nodes, combine, on_device
@@ -99,16 +95,15 @@ class _Evaluator:
     Hutchinson probe, shape ``(P, B)``; recorded for finiteness).  With the node's affine maps
     :math:`\hat x_0 = a x + b p` the divergence of the data prediction is :math:`a D + b\,\nabla\cdot p`.
 
-    ``difference``: Hutchinson's :math:`v^\top J v` by central differences with the step
-    :math:`\delta = c\,\sigma(t)` (``c`` from :func:`~scoreflow.dynamics.divergence.difference_scale`), the node's noise
-    level being the length over which a diffused law's prediction varies."""
+    ``difference``: Hutchinson's :math:`v^\top J v` by central differences at the node's noise level
+    (:func:`~scoreflow.dynamics.augmented.counted_difference_hutchinson`)."""
 
     def __init__(self, score: CountedScore, probes: torch.Tensor | None, chunk_size: int | None, like: torch.Tensor,
                  *, difference: bool = False) -> None:
         self.score, self.probes, self.chunk_size = score, probes, chunk_size
         self.dim = like[0].numel()
         self.nfe_vjp = 0
-        self.step_scale = difference_scale(like.dtype) if difference else None
+        self.difference = difference
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         def native(y: torch.Tensor) -> torch.Tensor:
@@ -118,9 +113,8 @@ class _Evaluator:
             p, div = value_and_exact_divergence(native, x, chunk_size=self.chunk_size)
             div = div[None]
             self.nfe_vjp += self.dim
-        elif self.step_scale is not None:
-            p, div = value_and_difference_hutchinson(native, x, self.probes, self.step_scale * sigma)
-            self.score.nfe += 2 * self.probes.shape[0] - 1  # one call evaluated every sample 2P times
+        elif self.difference:
+            p, div = counted_difference_hutchinson(self.score, native, x, self.probes, sigma)
         else:
             p, div = value_and_hutchinson_divergence(native, x, self.probes)
             self.nfe_vjp += self.probes.shape[0]
