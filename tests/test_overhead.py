@@ -187,3 +187,41 @@ def test_a_plan_cached_in_inference_mode_does_not_reach_a_differentiated_solve()
     (grad,) = torch.autograd.grad(out.sum(), start)
     # the Gaussian's flow map is linear: its gradient is the same for every sample and finite
     assert torch.isfinite(grad).all() and torch.allclose(grad, grad[:1].expand_as(grad))
+
+
+@pytest.mark.parametrize("trace", ["hutchinson", "hutchinson_fd"])
+def test_the_adaptive_likelihood_runs_the_same_few_operators_per_step_whatever_its_length(trace):
+    # every step combines the ring of its last five evaluations by matrix products: the operators per step (views
+    # included) do not grow with the number of steps
+    sde = sf.VPSDE()
+    exact, mode = _gaussian_score(sde), None
+
+    def score(x, t):
+        mode.on = False
+        try:
+            return exact(x, t)
+        finally:
+            mode.on = True
+
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    per_step = []
+    for tol in (1e-3, 1e-7):
+        mode = _CountOps()
+        with torch.no_grad(), mode:
+            res = sf.log_likelihood(score, sde, x, method="expint_pc_adaptive", rtol=tol, atol=tol, trace=trace,
+                                    generator=torch.Generator().manual_seed(1))
+        steps = res.nfe // (2 if trace == "hutchinson_fd" else 1) - 1
+        per_step.append(sum(mode.counts.values()) / steps)
+    assert abs(per_step[0] - per_step[1]) <= 0.1 * per_step[1] and max(per_step) <= 80
+
+
+def test_a_paused_finite_watch_records_nothing_and_resumes():
+    from scoreflow.dynamics.counting import FiniteWatch
+
+    watch = FiniteWatch()
+    with watch.paused():
+        watch.record("score", torch.tensor([float("nan")]), 0.25)
+    watch.check()  # nothing was recorded inside
+    watch.record("score", torch.tensor([1.0, float("inf")]), 0.5)
+    with pytest.raises(sf.NonFiniteError, match=r"score became non-finite .* at t=0\.5 "):
+        watch.check()

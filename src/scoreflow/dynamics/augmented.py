@@ -22,8 +22,8 @@ from .._tensor import right_pad
 from ..sde import ForwardSDE
 from .counting import CountedScore, ScoreFn
 from .divergence import (
+    CentralDifferences,
     difference_scale,
-    value_and_difference_hutchinson,
     value_and_exact_divergence,
     value_and_hutchinson_divergence,
 )
@@ -33,12 +33,14 @@ __all__ = ["AugmentedProbabilityFlowODE", "counted_difference_hutchinson"]
 
 
 def counted_difference_hutchinson(score: CountedScore, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                                  probes: torch.Tensor, sigma: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r""":func:`value_and_difference_hutchinson` of ``fn`` (a call of the counted ``score``) at the step
-    :math:`\delta = c\,\sigma(t)`, ``c`` = :func:`difference_scale` of x's dtype (a diffused law varies over lengths of
-    at least :math:`\sigma(t)`); the one stacked call evaluated every sample 2P times, so ``score.nfe`` counts 2P."""
-    value, div = value_and_difference_hutchinson(fn, x, probes, difference_scale(x.dtype) * sigma)
-    score.nfe += 2 * probes.shape[0] - 1
+                                  differences: CentralDifferences,
+                                  sigma: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The central ``differences`` (:class:`~scoreflow.dynamics.divergence.CentralDifferences`) of ``fn`` (a call of
+    the counted ``score``) at the step :math:`\delta = c\,\sigma(t)`, ``c`` = :func:`difference_scale` of x's dtype (a
+    diffused law varies over lengths of at least :math:`\sigma(t)`); the one stacked call evaluated every sample 2P
+    times, so ``score.nfe`` counts 2P."""
+    value, div = differences(fn, x, difference_scale(x.dtype) * sigma)
+    score.nfe += 2 * differences.n - 1
     return value, div
 
 
@@ -76,7 +78,7 @@ class AugmentedProbabilityFlowODE(torch.nn.Module):
         self.flow = ProbabilityFlowODE(score, sde)
         self.probes = probes
         self.chunk_size = chunk_size
-        self.difference = difference
+        self.difference = CentralDifferences(probes, probes[0]) if difference else None
         self.nfe_vjp = 0
 
     @property
@@ -108,7 +110,7 @@ class AugmentedProbabilityFlowODE(torch.nn.Module):
             value, div = value_and_exact_divergence(fn, x, chunk_size=self.chunk_size)
             self.nfe_vjp += x[0].numel()
             return value, div[None]
-        if self.difference:
-            return counted_difference_hutchinson(self.flow.score, fn, x, self.probes, self.flow.sde.marginal(t)[1])
+        if self.difference is not None:
+            return counted_difference_hutchinson(self.flow.score, fn, x, self.difference, self.flow.sde.marginal(t)[1])
         self.nfe_vjp += self.probes.shape[0]
         return value_and_hutchinson_divergence(fn, x, self.probes)

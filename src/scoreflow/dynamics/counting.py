@@ -31,9 +31,22 @@ class FiniteWatch:
     def __init__(self) -> None:
         self._records: list[tuple[str, Any, torch.Tensor]] = []
         self._zero: torch.Tensor | None = None
+        self._paused = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Record nothing inside: for a solver that reduces every value it computes to a norm it reads at every step
+        (a NaN or inf anywhere makes the norm NaN) and names the step's time itself."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def record(self, what: str, value: torch.Tensor, t: Any, *, nan_only: bool = False) -> None:
         """Record whether ``value`` (the ``what`` at time ``t``) is finite; ``nan_only`` lets infinities pass."""
+        if self._paused:
+            return
         if value.requires_grad:
             value = value.detach()
         if nan_only:

@@ -33,6 +33,7 @@ __all__ = [
     "value_and_exact_divergence",
     "value_and_hutchinson_divergence",
     "value_and_difference_hutchinson",
+    "CentralDifferences",
     "difference_scale",
     "PROBES",
 ]
@@ -178,6 +179,43 @@ def difference_scale(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps ** (1.0 / 3.0)
 
 
+class CentralDifferences:
+    r"""Hutchinson's estimates by central differences along probes fixed for a solve (see
+    :func:`value_and_difference_hutchinson`): the signed stack :math:`[v; -v]` is formed and checked once, so a call
+    is one broadcast add for the 2P points, the model call, and three reductions.
+
+    Args:
+        probes: ``(P, B, *D)`` probe vectors (see :func:`draw_probes`).
+        like: a tensor shaped like the points ``(B, *D)``.
+
+    Raises:
+        ValueError: if ``probes`` is not shaped ``(P, *like.shape)``.
+    """
+
+    def __init__(self, probes: torch.Tensor, like: torch.Tensor) -> None:
+        _check_probes("difference_hutchinson", probes, like)
+        self.n = probes.shape[0]
+        self.signed = torch.cat([probes, -probes])  # (2P, B, *D): the P upward, then the P downward moves
+
+    def __call__(self, fn: VectorField, x: torch.Tensor, step: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The symmetric mean of ``fn`` over the 2P points and the ``(P, B)`` estimates at ``x`` with step ``step``."""
+        signed = self.signed if self.signed.dtype == x.dtype else self.signed.to(x.dtype)
+        batch, shape = x.shape[0], x.shape[1:]
+        with torch.no_grad():
+            if torch.is_tensor(step):
+                step = step.reshape(-1, *([1] * (x.ndim - 1))) if step.ndim == 1 else step
+                points = torch.addcmul(x, signed, step)
+                half_inverse = 0.5 / step.reshape(-1)
+            else:
+                points = torch.add(x, signed, alpha=step)
+                half_inverse = 0.5 / step
+            flat = points.view(-1, *shape)
+            values = _checked_output("difference_hutchinson", fn(flat), flat).view(signed.shape)
+            # sum_i v_i (up_i - down_i): the signed stack carries the minus sign of the downward half
+            est = (values * signed).view(2, self.n, batch, -1).sum(dim=(0, 3))
+            return values.mean(dim=0), est.mul_(half_inverse)
+
+
 def value_and_difference_hutchinson(
     fn: VectorField, x: torch.Tensor, probes: torch.Tensor, step: float | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +230,8 @@ def value_and_difference_hutchinson(
     a forward pass is cheaper to trace this way.  The bias is :math:`O(\delta^2)` times the third derivatives of
     ``fn``: choose :math:`\delta` as a small fraction (:func:`difference_scale`) of the length over which ``fn`` varies
     (for a diffused law, :math:`\sigma(t)`; the likelihood front-end does so).  Not differentiable in ``fn``'s
-    parameters (use :func:`value_and_hutchinson_divergence` to train).
+    parameters (use :func:`value_and_hutchinson_divergence` to train).  A solve with fixed probes builds a
+    :class:`CentralDifferences` once instead.
 
     Args:
         fn: per-sample vector field ``(B, *D) -> (B, *D)``, also callable on a stack of 2PB points.
@@ -206,20 +245,7 @@ def value_and_difference_hutchinson(
     Raises:
         ValueError: if ``probes`` is not shaped ``(P, *x.shape)`` or ``fn`` does not return a tensor shaped like its input.
     """
-    _check_probes("difference_hutchinson", probes, x)
-    n = probes.shape[0]
-    probes = probes.to(x.dtype)
-    if torch.is_tensor(step) and step.ndim == 1:
-        step = step.reshape(-1, *([1] * (x.ndim - 1)))
-    with torch.no_grad():
-        moves = probes * step  # (P, B, *D)
-        points = torch.cat([x + moves, x - moves])  # (2P, B, *D): the P upward, then the P downward points
-        values = _checked_output("difference_hutchinson", fn(points.reshape(2 * n * x.shape[0], *x.shape[1:])),
-                                 points.reshape(-1, *x.shape[1:]))
-        up, down = values.reshape(2, n, *x.shape).unbind(0)
-        diff = ((up - down) * probes).reshape(n, x.shape[0], -1).sum(dim=2)
-        scale = step.reshape(-1) if torch.is_tensor(step) and step.ndim > 0 else step
-        return (up + down).mean(dim=0) * 0.5, diff / (2 * scale)
+    return CentralDifferences(probes, x)(fn, x, step)
 
 
 def hutchinson_divergence(fn: VectorField, x: torch.Tensor, probes: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ import torch
 
 from ..dynamics.counting import CountedScore
 from ..dynamics.augmented import counted_difference_hutchinson
-from ..dynamics.divergence import value_and_exact_divergence, value_and_hutchinson_divergence
+from ..dynamics.divergence import CentralDifferences, value_and_exact_divergence, value_and_hutchinson_divergence
 from ..methods import Method, Stepping, interval_option, register
 from ..sde import ForwardSDE
 from .base import Nodes, combine, on_device
@@ -103,7 +103,7 @@ class _Evaluator:
         self.score, self.probes, self.chunk_size = score, probes, chunk_size
         self.dim = like[0].numel()
         self.nfe_vjp = 0
-        self.difference = difference
+        self.differences = CentralDifferences(probes, like) if difference else None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         def native(y: torch.Tensor) -> torch.Tensor:
@@ -113,8 +113,8 @@ class _Evaluator:
             p, div = value_and_exact_divergence(native, x, chunk_size=self.chunk_size)
             div = div[None]
             self.nfe_vjp += self.dim
-        elif self.difference:
-            p, div = counted_difference_hutchinson(self.score, native, x, self.probes, sigma)
+        elif self.differences is not None:
+            p, div = counted_difference_hutchinson(self.score, native, x, self.differences, sigma)
         else:
             p, div = value_and_hutchinson_divergence(native, x, self.probes)
             self.nfe_vjp += self.probes.shape[0]

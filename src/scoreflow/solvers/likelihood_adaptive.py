@@ -12,10 +12,13 @@ over the whole batch (as torchdiffeq's norm of the augmented state).
 Per step the loop does the least work around the model: a node's coefficients (its time, :math:`\alpha`,
 :math:`\sigma` and the affine maps from the native prediction to :math:`\hat x_0`, :math:`\hat\varepsilon`) are
 computed in float64 on the host from the log-SNR the controller chose (one read of a CPU tensor, no device
-synchronisation), the weights are Python floats, only the prediction of the side the step is taken on is formed,
-and the affine part of the divergence (:math:`\nabla\cdot\hat x_0 = aD + b\,\nabla\cdot p`) is folded into the
-quadrature's weights and a running constant.  The one read of the state's device per step is the error norm, which
-also stops the solve at the first non-finite value (a NaN or inf anywhere makes the norm NaN).
+synchronisation); the weights are Python floats, laid out over a ring of the last five evaluations (states,
+native predictions and divergences as rows of two matrices) and sent to the device in one copy with the node's
+time, so that the predictor, the corrector, their difference and the two quadratures are a matrix product each;
+the affine parts (:math:`\hat x_0 = a x + b p`, :math:`\nabla\cdot\hat x_0 = aD + b\,\nabla\cdot p`) are folded into
+those weights and a running constant.  The one read of the state's device per step is the error norm, which also
+stops the solve at the first non-finite value (a NaN or inf anywhere makes the norm NaN; the model's outputs are
+therefore not recorded one by one, see :meth:`~scoreflow.dynamics.counting.FiniteWatch.paused`).
 """
 
 from __future__ import annotations
@@ -25,13 +28,12 @@ from collections.abc import Sequence
 
 import torch
 
-from ..dynamics.counting import CountedScore
+from ..dynamics.counting import CountedScore, FiniteWatch
 from ..errors import NonFiniteError
 from ..methods import Tolerances
 from ..parameterizations import affine_map_values
 from ..sde import ForwardSDE
 from .adaptive import step_control_options
-from .base import combine
 from .likelihood import POINTS, LikelihoodPC, _check_ends, _Evaluator, register_likelihood, step_weights
 
 __all__ = ["AdaptiveLikelihoodPC"]
@@ -55,23 +57,32 @@ def _node(sde: ForwardSDE, prediction: str, *, t: torch.Tensor | None = None, la
     return [t, alpha, sigma, lam, *affine_map_values(prediction, alpha, sigma, *derivatives)]
 
 
-class _Point:
-    """An evaluation: node index, the state it was taken at, the native prediction and its divergence ``(P, B)``;
-    the predictions formed from them, by side, on first use."""
+class _Ring:
+    r"""The solver's last ``size`` evaluations in fixed slots: the states :math:`x_j` the model was evaluated at and its
+    native predictions :math:`p_j` as the rows of one ``(2 size, N)`` matrix ``z``, the divergences
+    :math:`\nabla\cdot p_j` as the columns of ``(PB, size)``.  A combination of predictions
+    :math:`\sum_j w_j(a_j x_j + b_j p_j)` is then one matrix product with a row of weights (zero at the slots not
+    used), however many points a step takes.
 
-    __slots__ = ("k", "x", "p", "div", "_pred")
+    The slots are written in place unless a value carries a graph (a log-likelihood being differentiated): then each
+    write copies the matrix, so that the products recorded for the backward pass keep their operands.
+    """
 
-    def __init__(self, k: int, x: torch.Tensor, p: torch.Tensor, div: torch.Tensor) -> None:
-        self.k, self.x, self.p, self.div, self._pred = k, x, p, div, {}
+    __slots__ = ("size", "z", "div")
 
-    def prediction(self, noise: bool, coefs: Sequence[float]) -> torch.Tensor:
-        r""":math:`\hat\varepsilon` (``noise``) or :math:`\hat x_0`, :math:`a x + b p` with the node's maps ``coefs``."""
-        pred = self._pred.get(noise)
-        if pred is None:
-            a, b = coefs[6:8] if noise else coefs[4:6]
-            pred = self.p * b if a == 0.0 else torch.add(self.x * a, self.p, alpha=b)
-            self._pred[noise] = pred
-        return pred
+    def __init__(self, size: int, x: torch.Tensor, div: torch.Tensor) -> None:
+        self.size = size
+        self.z = x.new_zeros(2 * size, x.numel())
+        self.div = div.new_zeros(div.numel(), size)
+
+    def store(self, slot: int, x: torch.Tensor, p: torch.Tensor, div: torch.Tensor) -> None:
+        """Write the evaluation ``(x, p, div)`` into ``slot``."""
+        z, d = self.z, self.div
+        if x.requires_grad or p.requires_grad or div.requires_grad or z.requires_grad or d.requires_grad:
+            z, d = self.z, self.div = z.clone(), d.clone()
+        z[slot] = x.reshape(-1)
+        z[self.size + slot] = p.reshape(-1)
+        d[:, slot] = div.reshape(-1)
 
 
 def _rms_ratio(diff: torch.Tensor, magnitude: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
@@ -113,21 +124,33 @@ class AdaptiveLikelihoodPC:
                 non-finite value.
             RuntimeError: after ``max_steps`` accepted and rejected steps.
         """
-        rtol, atol, dim = stepping.rtol, stepping.atol, x[0].numel()
         first, end = (_node(sde, score.prediction, t=stepping.times[i]) for i in (0, -1))
         _check_ends("expint_pc_adaptive", [first[3], end[3]])
+        evaluate = _Evaluator(score, probes, chunk_size, x, difference=difference)
+        start = evaluate(x, stepping.times[0], first[2])  # recorded: a non-finite value here is named at t_min
+        with score.finite.paused():  # every later value enters the error norm read at each step
+            return self._solve(score, sde, x, evaluate, stepping, first, end, start)
+
+    def _solve(self, score: CountedScore, sde: ForwardSDE, x: torch.Tensor, evaluate: _Evaluator, stepping: Tolerances,
+               first: list[float], end: list[float],
+               start: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        rtol, atol, dim = stepping.rtol, stepping.atol, x[0].numel()
         nodes = [first]  # per node: t, alpha, sigma, lambda and the affine maps (see _node)
         lam, alpha, sigma = [first[3]], [first[1]], [first[2]]
-        t_end = stepping.times[-1]
-        evaluate = _Evaluator(score, probes, chunk_size, x, difference=difference)
-        history = [_Point(0, x, *evaluate(x, stepping.times[0], first[2]))]  # newest first
+        slots = POINTS + 1
+        p, div = start
+        ring = _Ring(slots, x, div)
+        ring.store(0, x, p, div)
+        history = [(0, 0)]  # (node, slot) of the last POINTS evaluations, newest first
         # the log-density change is delta + offset: the divergence's affine part D * a_x0 is summed in floats
-        delta, offset = torch.zeros_like(history[0].div), 0.0
+        delta, offset = torch.zeros_like(div).reshape(-1), 0.0
         size_x, size_d = math.sqrt(x.numel()), math.sqrt(delta.numel())
-        x_abs = None
+        t_end, shape = stepping.times[-1], x.shape
+        x_row = x.reshape(1, -1)
+        x_abs = x_row.abs()
         step = None  # the next step's length in the variable of the last step (None: h_init in log-SNR)
         for _ in range(self.max_steps):
-            s = history[0].k
+            s = history[0][0]
             lam_t, land = self._next_log_snr(lam[s], end[3], step)
             node = end if land else _node(sde, score.prediction, lam=lam_t)
             nodes.append(node)
@@ -135,37 +158,32 @@ class AdaptiveLikelihoodPC:
             alpha.append(node[1])
             sigma.append(node[2])
             k = len(nodes) - 1
-            predictor = history[:POINTS]
-            noise, ratio, wp, qp, cp = step_weights(lam, alpha, sigma, [h.k for h in predictor], k, self.switch)
-            x_pred = combine(x, ratio, [(h.prediction(noise, nodes[h.k]), w) for h, w in zip(predictor, wp)])
-            t_dev = t_end if land else torch.tensor(node[0], dtype=x.dtype, device=x.device)
-            new = _Point(k, x_pred, *evaluate(x_pred, t_dev, node[2]))
-            corrector = [history[0], new, *history[1:POINTS]]
-            _, _, wc, q, c = step_weights(lam, alpha, sigma, [h.k for h in corrector], k, self.switch)
-            x_new = combine(x, ratio, [(h.prediction(noise, nodes[h.k]), w) for h, w in zip(corrector, wc)])
+            used = {slot for _, slot in history}
+            new = (k, next(j for j in range(slots) if j not in used))
+            predictor, corrector = history[:POINTS], [history[0], new, *history[1:POINTS]]
+            noise, ratio, wp, qp, cp = step_weights(lam, alpha, sigma, [j for j, _ in predictor], k, self.switch)
+            _, _, wc, q, c = step_weights(lam, alpha, sigma, [j for j, _ in corrector], k, self.switch)
+            # one host-to-device copy per step: the rows of weights over the ring's slots, and the node's time
+            rows, constants = self._rows(nodes, predictor, corrector, noise, wp, qp, wc, q, slots)
+            table = torch.tensor([*rows, node[0]], dtype=x.dtype, device=x.device)
+            weights = table[:-1].view(4, 2 * slots)
+            x_pred = torch.addmm(x_row, weights[0:1], ring.z, beta=ratio)
+            p, div = evaluate(x_pred.view(shape), t_end if land else table[-1], node[2])
+            ring.store(new[1], x_pred, p, div)
+            x_new = torch.addmm(x_row, weights[1:2], ring.z, beta=ratio)
             # sum_j q_j div x0_j = D sum_j q_j a_j + sum_j q_j b_j div p_j (a_j, b_j: node j's maps to x0)
-            d_new = delta
-            for h, w in zip(corrector, q):
-                d_new = d_new.add(h.div, alpha=w * nodes[h.k][5])
-            offset_new = offset + dim * (c + sum(w * nodes[h.k][4] for h, w in zip(corrector, q)))
-            # predictor minus corrector: the predictor's weights on its own points, the corrector's on its five
-            gap = {h.k: -w for h, w in zip(predictor, qp)}
-            for h, w in zip(corrector, q):
-                gap[h.k] = gap.get(h.k, 0.0) + w
-            with torch.no_grad():  # the step control is not differentiated
-                d_gap = None
-                for h in corrector:
-                    w = gap[h.k] * nodes[h.k][5]
-                    d_gap = h.div * w if d_gap is None else d_gap.add(h.div, alpha=w)
-                d_gap = d_gap.add(dim * (c - cp + sum(gap[h.k] * nodes[h.k][4] for h in corrector)))
+            d_new = torch.addmv(delta, ring.div, weights[3, :slots])
+            offset_new = offset + dim * (c + constants[0])
+            with torch.no_grad():  # the step control is not differentiated: predictor minus corrector
                 new_abs = x_new.abs()
-                x_abs = x.abs() if x_abs is None else x_abs
-                err_x = _rms_ratio(x_new - x_pred, torch.maximum(x_abs, new_abs), rtol, atol)
-                err_d = _rms_ratio(d_gap, (d_new + offset_new).abs(), rtol, atol)
+                gap_x = torch.mm(weights[2:3], ring.z)
+                gap_d = torch.mv(ring.div, weights[3, slots:]).add_(dim * (c - cp + constants[1]))
+                err_x = _rms_ratio(gap_x, torch.maximum(x_abs, new_abs), rtol, atol)
+                err_d = _rms_ratio(gap_d, (d_new + offset_new).abs_(), rtol, atol)
                 norms = torch.stack([err_x, err_d]).tolist()
             err = max(norms[0] / size_x, norms[1] / size_d)
             if not math.isfinite(err):
-                self._stop(score, node[0])
+                self._stop(score, node[0], p, div)
             factor = min(self.max_factor, max(self.min_factor, self.safety * max(err, 1e-10) ** (-1.0 / (len(predictor) + 1))))
             done = _variable(lam[s], noise) - _variable(lam[k], noise)
             step = (noise, abs(done) * factor)
@@ -175,19 +193,52 @@ class AdaptiveLikelihoodPC:
                 continue
             history.insert(0, new)
             del history[POINTS:]
-            x, delta, offset, x_abs = x_new, d_new, offset_new, new_abs
+            x_row, delta, offset, x_abs = x_new, d_new, offset_new, new_abs
             if land:
-                return x, delta + offset, evaluate.nfe_vjp
-        reached = float(sde.t_from_log_snr(torch.tensor(lam[history[0].k], dtype=torch.float64)))
+                return x_row.view(shape), (delta + offset).view(div.shape), evaluate.nfe_vjp
+        reached = float(sde.t_from_log_snr(torch.tensor(lam[history[0][0]], dtype=torch.float64)))
         raise RuntimeError(
             f"log_likelihood: expint_pc_adaptive took max_steps={self.max_steps} steps (accepted and rejected) and "
             f"reached t={reached:.6g} of T={float(t_end):.6g}; raise options={{'max_steps': ...}} or loosen rtol/atol."
         )
 
     @staticmethod
-    def _stop(score: CountedScore, t: float) -> None:
-        """Raise at a non-finite error norm: the recorded first non-finite value if any (it names its time), else here."""
+    def _rows(nodes: Sequence[Sequence[float]], predictor: Sequence[tuple[int, int]],
+              corrector: Sequence[tuple[int, int]], noise: bool, wp: Sequence[float], qp: Sequence[float],
+              wc: Sequence[float], q: Sequence[float], slots: int) -> tuple[list[float], tuple[float, float]]:
+        r"""A step's weights over the ring's slots, flat: the predictor's and the corrector's combinations of
+        :math:`(x_j, p_j)`, their difference, and the divergence quadrature's weights on :math:`\nabla\cdot p_j` for
+        the corrector and for the corrector minus the predictor; with the two sums
+        :math:`\sum_j q_j a_j` (the quadrature's affine part, times D) for those two.
+        """
+        width = 2 * slots
+        rows = [0.0] * (4 * width)
+        side = 6 if noise else 4  # a node's maps to the side's prediction: coefs[side], coefs[side + 1]
+        for (j, slot), w in zip(predictor, wp):
+            rows[slot], rows[slots + slot] = w * nodes[j][side], w * nodes[j][side + 1]
+        for (j, slot), w in zip(corrector, wc):
+            rows[width + slot], rows[width + slots + slot] = w * nodes[j][side], w * nodes[j][side + 1]
+        for i in range(width):
+            rows[2 * width + i] = rows[width + i] - rows[i]
+        gap = {j: -w for (j, _), w in zip(predictor, qp)}  # the predictor's quadrature on its own points
+        affine = gap_affine = 0.0
+        for (j, slot), w in zip(corrector, q):
+            g = gap.get(j, 0.0) + w
+            rows[3 * width + slot], rows[3 * width + slots + slot] = w * nodes[j][5], g * nodes[j][5]
+            affine += w * nodes[j][4]
+            gap_affine += g * nodes[j][4]
+        return rows, (affine, gap_affine)
+
+    @staticmethod
+    def _stop(score: CountedScore, t: float, p: torch.Tensor, div: torch.Tensor) -> None:
+        """Raise at a non-finite error norm: the first evaluation's record if it was non-finite (at t_min), else what
+        was non-finite at the step's new node ``t`` (the norm is read every step, so that node is the first): the
+        model's output ``p``, its divergence ``div``, else the state."""
         score.finite.check()
+        watch = FiniteWatch()
+        watch.record("score", p, t)
+        watch.record("divergence", div, t)
+        watch.check()
         raise NonFiniteError(f"the likelihood's state or log-density change became non-finite (NaN or inf) at t={t:.6g}.")
 
     def _next_log_snr(self, lam_s: float, lam_end: float, step: tuple[bool, float] | None) -> tuple[float, bool]:
