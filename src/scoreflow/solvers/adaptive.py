@@ -37,12 +37,13 @@ from .multistep import polynomial_weights, pure_noise_weights
 __all__ = ["AdaptiveExponentialPC", "step_control_options"]
 
 
-def step_control_options(*, h_init: float) -> dict[str, Option]:
-    """The options of an error-controlled predictor-corrector in the log-SNR (the first step ``h_init`` by default)."""
+def step_control_options(*, h_init: float, max_factor: float = 2.0) -> dict[str, Option]:
+    """The options of an error-controlled predictor-corrector in the log-SNR (the first step ``h_init`` and the
+    largest growth ``max_factor`` by default)."""
     return {
         "h_init": positive_option(h_init, "first step in log-SNR"),
         "safety": positive_option(0.8, "factor on the optimal next step"),
-        "max_factor": positive_option(2.0, "largest growth of the step from one step to the next", above=1.0),
+        "max_factor": positive_option(max_factor, "largest growth of the step from one step to the next", above=1.0),
         "reject_above": positive_option(2.0, "steps whose scaled error estimate exceeds this are redone"),
         "max_steps": int_option(10_000, "accepted plus rejected steps before giving up with a RuntimeError"),
     }

@@ -98,14 +98,16 @@ class AdaptiveLikelihoodPC:
     Steps are measured in the variable they are taken in (:math:`\bar\sigma` or r), so the last one lands on
     pure noise (r = 0) where a flow path reaches it.
 
-    Args (checked by the method's record): ``h_init`` (first step in log-SNR), ``safety``, ``max_factor``,
-    ``reject_above``, ``max_steps``, ``switch`` (see :class:`~scoreflow.solvers.likelihood.LikelihoodPC`).
+    Args (checked by the method's record): ``h_init`` (first step in log-SNR), ``safety``, ``max_factor`` (5: on
+    16-D mixtures, VP and rectified flow, it reached 1e-3 nats with 1-19 % fewer evaluations than 2, and within 4 %
+    of 2's at 1e-2), ``reject_above``, ``max_steps``, ``switch`` (see
+    :class:`~scoreflow.solvers.likelihood.LikelihoodPC`).
     """
 
-    options = {**step_control_options(h_init=0.5), **LikelihoodPC.options}
+    options = {**step_control_options(h_init=0.5, max_factor=5.0), **LikelihoodPC.options}
     min_factor = 0.2
 
-    def __init__(self, *, h_init: float = 0.5, safety: float = 0.8, max_factor: float = 2.0, reject_above: float = 2.0,
+    def __init__(self, *, h_init: float = 0.5, safety: float = 0.8, max_factor: float = 5.0, reject_above: float = 2.0,
                  max_steps: int = 10_000, switch: float = 0.0) -> None:
         self.h_init, self.safety, self.max_factor, self.reject_above = h_init, safety, max_factor, reject_above
         self.max_steps, self.switch = max_steps, switch
