@@ -36,9 +36,11 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _ops(method, steps, *, cold):
+def _counted(solve):
+    """``solve(score, sde)`` with a Gaussian's score under VP, without gradients: its result and the number of aten
+    operators it ran outside the score."""
     sde = sf.VPSDE()
-    exact, mode = _gaussian_score(sde), None
+    exact, mode = _gaussian_score(sde), _CountOps()
 
     def score(x, t):
         mode.on = False
@@ -47,13 +49,16 @@ def _ops(method, steps, *, cold):
         finally:
             mode.on = True
 
+    with torch.no_grad(), mode:
+        result = solve(score, sde)
+    return result, sum(mode.counts.values())
+
+
+def _ops(method, steps, *, cold):
     x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
     if cold:
         clear_caches()
-    mode = _CountOps()
-    with torch.no_grad(), mode:
-        sf.sample_ode(score, sde, x_T, method=method, steps=steps)
-    return sum(mode.counts.values())
+    return _counted(lambda score, sde: sf.sample_ode(score, sde, x_T, method=method, steps=steps))[1]
 
 
 @pytest.mark.parametrize("method", NATIVE_FIXED)
@@ -193,25 +198,14 @@ def test_a_plan_cached_in_inference_mode_does_not_reach_a_differentiated_solve()
 def test_the_adaptive_likelihood_runs_the_same_few_operators_per_step_whatever_its_length(trace):
     # every step combines the ring of its last five evaluations by matrix products: the operators per step (views
     # included) do not grow with the number of steps
-    sde = sf.VPSDE()
-    exact, mode = _gaussian_score(sde), None
-
-    def score(x, t):
-        mode.on = False
-        try:
-            return exact(x, t)
-        finally:
-            mode.on = True
-
     x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     per_step = []
     for tol in (1e-3, 1e-7):
-        mode = _CountOps()
-        with torch.no_grad(), mode:
-            res = sf.log_likelihood(score, sde, x, method="expint_pc_adaptive", rtol=tol, atol=tol, trace=trace,
-                                    generator=torch.Generator().manual_seed(1))
+        res, ops = _counted(lambda score, sde: sf.log_likelihood(
+            score, sde, x, method="expint_pc_adaptive", rtol=tol, atol=tol, trace=trace,
+            generator=torch.Generator().manual_seed(1)))
         steps = res.nfe // (2 if trace == "hutchinson_fd" else 1) - 1
-        per_step.append(sum(mode.counts.values()) / steps)
+        per_step.append(ops / steps)
     assert abs(per_step[0] - per_step[1]) <= 0.1 * per_step[1] and max(per_step) <= 80
 
 
