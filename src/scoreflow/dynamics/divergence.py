@@ -197,7 +197,8 @@ class CentralDifferences:
         self.n = probes.shape[0]
         self.signed = torch.cat([probes, -probes])  # (2P, B, *D): the P upward, then the P downward moves
 
-    def __call__(self, fn: VectorField, x: torch.Tensor, step: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, fn: VectorField, x: torch.Tensor,
+                 step: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The symmetric mean of ``fn`` over the 2P points and the ``(P, B)`` estimates at ``x`` with step ``step``."""
         signed = self.signed if self.signed.dtype == x.dtype else self.signed.to(x.dtype)
         batch, shape = x.shape[0], x.shape[1:]

@@ -100,8 +100,8 @@ class AdaptiveLikelihoodPC:
 
     Args (checked by the method's record): ``h_init`` (first step in log-SNR), ``safety``, ``max_factor`` (5: over
     fourteen 16-D mixtures, thirteen under VP and one under rectified flow, it needed 5 % fewer evaluations than 2
-    to reach 1e-3 and 1e-4 nats in total, per problem from 14 % more to 19 % fewer), ``reject_above``, ``max_steps``, ``switch`` (see
-    :class:`~scoreflow.solvers.likelihood.LikelihoodPC`).
+    to reach 1e-3 and 1e-4 nats in total, per problem from 14 % more to 19 % fewer), ``reject_above``,
+    ``max_steps``, ``switch`` (see :class:`~scoreflow.solvers.likelihood.LikelihoodPC`).
     """
 
     options = {**step_control_options(h_init=0.5, max_factor=5.0), **LikelihoodPC.options}
