@@ -53,6 +53,12 @@ def _reads(run):
     return sum(counts.values())
 
 
+def _cold_reads(run):
+    """:func:`_reads` of a first call: the set-up caches emptied, whatever ran before in this process."""
+    clear_caches()
+    return _reads(run)
+
+
 @pytest.mark.parametrize("method", NATIVE_FIXED)
 def test_a_native_solve_reads_the_host_the_same_few_times_for_10_and_100_steps(method):
     sde = sf.VPSDE()
@@ -60,8 +66,7 @@ def test_a_native_solve_reads_the_host_the_same_few_times_for_10_and_100_steps(m
     solve = lambda steps: sf.sample_ode(score, sde, x_T, method=method, steps=steps)  # noqa: E731
     cold, warm = [], []
     for steps in (10, 100):
-        clear_caches()
-        cold.append(_reads(lambda: solve(steps)))
+        cold.append(_cold_reads(lambda: solve(steps)))
         warm.append(_reads(lambda: solve(steps)))
     # Set-up reads, once per solve: the input check of x_T, the process's pure-noise test and the schedule's
     # finiteness checks (CPU scalars), the plan's read of the grid (and of any extra nodes, computed on the
@@ -84,7 +89,7 @@ def test_pc_langevin_and_consistency_loops_read_nothing_per_step():
         lambda n: sf.sample_pc(score, sde, x_T, steps=n, callback=sf.x0_correction(sde), generator=torch.Generator().manual_seed(0)),
         lambda n: sf.sample_consistency(lambda x, t: x / 2, sde, x_T, steps=n, generator=torch.Generator().manual_seed(0)),
     ):
-        assert _reads(lambda: run(10)) == _reads(lambda: run(100))
+        assert _cold_reads(lambda: run(10)) == _cold_reads(lambda: run(100))
 
 
 @pytest.mark.parametrize("method", NATIVE_FIXED)
@@ -181,11 +186,9 @@ def test_a_native_reverse_sde_solve_reads_the_host_the_same_few_times_for_10_and
     score, x_T = _gaussian_score(sde), torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     # the Brownian path's increments are read at Python-float times planned before the loop (sa_solver's plan also
     # reads the log-SNRs of its noise window's ends, once)
-    reads = []
-    for steps in (10, 100):
-        clear_caches()  # both solves cold, whatever ran before in this process
-        reads.append(_reads(lambda: sf.sample_sde(score, sde, x_T, method=method, steps=steps,
-                                                  generator=torch.Generator().manual_seed(1))))
+    reads = [_cold_reads(lambda: sf.sample_sde(score, sde, x_T, method=method, steps=steps,
+                                               generator=torch.Generator().manual_seed(1)))
+             for steps in (10, 100)]
     assert reads[0] == reads[1] <= (13 if method == "sa_solver" else 12)
 
 
@@ -202,6 +205,6 @@ def test_a_native_likelihood_solve_reads_the_host_the_same_few_times_for_10_and_
         with torch.no_grad():
             sf.log_likelihood(score, sde, x, method=method, steps=steps, trace=trace, generator=torch.Generator().manual_seed(1))
 
-    reads = [_reads(lambda: solve(steps)) for steps in (10, 100)]
+    reads = [_cold_reads(lambda: solve(steps)) for steps in (10, 100)]
     # set-up reads (input checks, the plan's read of the grid) and the non-finite check at the end; nothing per step
     assert NATIVE_LIKELIHOOD_FIXED and reads[0] == reads[1] <= 10
