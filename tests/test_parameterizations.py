@@ -125,21 +125,12 @@ def test_wrappers_reject_non_callables():
 
 @pytest.mark.parametrize("sde", SDES + [sf.RectifiedFlow()], ids=repr)
 @pytest.mark.parametrize("kind", sf.parameterizations.PREDICTIONS)
-def test_affine_maps_give_the_data_and_noise_predictions_of_convert(setup, sde, kind):
-    """[a_x0, b_x0, a_eps, b_eps] at t reproduce convert's x0 and eps of any prediction value p at any x."""
+def test_affine_map_values_give_the_data_and_noise_predictions_of_convert(setup, sde, kind):
+    """[a_x0, b_x0, a_eps, b_eps] in floats at t reproduce convert's x0 and eps of any prediction value p at any x."""
     _, x = setup
     p = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     t = torch.tensor(0.37 * sde.T, dtype=torch.float64)
-    a0, b0, ae, be = sf.parameterizations.affine_maps(kind, t, sde).tolist()
+    (alpha, sigma), (d_alpha, d_sigma) = sde.marginal(t), sde.marginal_derivatives(t)
+    a0, b0, ae, be = sf.parameterizations.affine_map_values(kind, float(alpha), float(sigma), float(d_alpha), float(d_sigma))
     torch.testing.assert_close(a0 * x + b0 * p, sf.parameterizations.convert(p, kind, "x0", x, t, sde), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ae * x + be * p, sf.parameterizations.convert(p, kind, "eps", x, t, sde), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("sde", SDES + [sf.RectifiedFlow()], ids=repr)
-@pytest.mark.parametrize("kind", sf.parameterizations.PREDICTIONS)
-def test_affine_map_values_in_floats_equal_the_tensor_maps(sde, kind):
-    t = torch.tensor(0.37 * sde.T, dtype=torch.float64)
-    (alpha, sigma), (d_alpha, d_sigma) = sde.marginal(t), sde.marginal_derivatives(t)
-    floats = sf.parameterizations.affine_map_values(kind, float(alpha), float(sigma), float(d_alpha), float(d_sigma))
-    torch.testing.assert_close(torch.tensor(floats, dtype=torch.float64), sf.parameterizations.affine_maps(kind, t, sde),
-                               rtol=1e-13, atol=1e-13)

@@ -34,7 +34,6 @@ from .sde import ForwardSDE, check_sde
 __all__ = [
     "PREDICTIONS",
     "convert",
-    "affine_maps",
     "affine_map_values",
     "prediction_of",
     "score_from_eps",
@@ -84,18 +83,12 @@ def _pair_at(kind: str, value, x, alpha, sigma, derivatives: Callable[[], tuple]
     return (x - sigma * eps) / alpha, eps
 
 
-def affine_maps(kind: str, t: torch.Tensor, sde: ForwardSDE) -> torch.Tensor:
-    r"""``[a_x0, b_x0, a_eps, b_eps]`` at a 0-dim time t: :math:`\hat x_0 = a_{x_0} x + b_{x_0} p` and
-    :math:`\hat\varepsilon = a_\varepsilon x + b_\varepsilon p` for a prediction p of ``kind``, both maps from one
-    evaluation of the conversion table (on the basis x = (1, 0), p = (0, 1))."""
-    basis = torch.eye(2, dtype=t.dtype, device=t.device)
-    return torch.cat(_pair(kind, basis[1], basis[0], t, sde))
-
-
 def affine_map_values(kind: str, alpha: float, sigma: float, d_alpha: float = math.nan,
                       d_sigma: float = math.nan) -> list[float]:
-    r""":func:`affine_maps` in plain float arithmetic from the coefficients (the derivatives are read for a flow velocity
-    only): the same conversion table, evaluated at x = 1, p = 0 and at x = 0, p = 1."""
+    r"""``[a_x0, b_x0, a_eps, b_eps]`` with :math:`\hat x_0 = a_{x_0} x + b_{x_0} p` and
+    :math:`\hat\varepsilon = a_\varepsilon x + b_\varepsilon p` for a prediction p of ``kind``, in plain float
+    arithmetic from the coefficients at one time (the derivatives are read for a flow velocity only): the conversion
+    table of :func:`convert`, evaluated at x = 1, p = 0 and at x = 0, p = 1."""
     derivatives = lambda: (d_alpha, d_sigma)  # noqa: E731
     a_x0, a_eps = _pair_at(kind, 0.0, 1.0, alpha, sigma, derivatives)
     b_x0, b_eps = _pair_at(kind, 1.0, 0.0, alpha, sigma, derivatives)
