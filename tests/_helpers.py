@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 
 class RecordingScore:
     """Wrap a score: count its calls and record the times asked for, independently of scoreflow's counter."""
@@ -19,3 +21,9 @@ class RecordingScore:
     def t_lowest(self) -> float:
         """The smallest time the score was evaluated at."""
         return min(self.times, default=float("inf"))
+
+
+def non_finite_after(score, t_break: float, value: float = float("nan")) -> RecordingScore:
+    """``score`` turned ``value`` (NaN or an infinity) at every time above ``t_break``, its calls recorded (for the
+    tests that a non-finite model stops a solve at the time where it appeared)."""
+    return RecordingScore(lambda x, t: torch.where(t[:, None] > t_break, value, score(x, t)))

@@ -9,6 +9,8 @@ import scoreflow as sf
 from scoreflow.analytic import GaussianMixture
 from scoreflow.testing import make_problem
 
+from _helpers import non_finite_after
+
 
 def _data(problem, n, seed=0):
     """Points drawn from the exact law at t_min (where log_likelihood evaluates the density)."""
@@ -182,10 +184,7 @@ def test_log_likelihood_validates_its_inputs():
 
 def test_a_non_finite_score_stops_the_solve_naming_the_time():
     problem = make_problem("ring2d", "vp")
-
-    def score(x, t):
-        return torch.where(t[:, None] > 0.5, torch.nan, problem.score(x, t))
-
+    score = non_finite_after(problem.score, 0.5)
     with pytest.raises(sf.NonFiniteError, match=r"score became non-finite .* at t=0\.[5-9]"):
         with torch.no_grad():
             sf.log_likelihood(score, problem.sde, _data(problem, 2))

@@ -14,6 +14,8 @@ from scoreflow.dynamics.divergence import (
 )
 from scoreflow.testing import make_law, make_problem
 
+from _helpers import non_finite_after
+
 
 def _field(d, seed=0):
     """A per-sample smooth nonlinear field with third derivatives of order one."""
@@ -91,18 +93,13 @@ def test_log_likelihood_by_differences_equals_the_vjp_estimate(sde_name, method,
 
 def test_differences_stop_at_a_non_finite_score_naming_its_time():
     problem = make_problem("gaussian2d", "vp")
-    times = []
-
-    def score(x, t):
-        times.append(float(t[0]))
-        return torch.where(t[:, None] > 0.5, torch.nan, problem.score(x, t))
-
+    score = non_finite_after(problem.score, 0.5)
     x = problem.law.marginal(problem.sde, 1e-3).sample(4, generator=torch.Generator().manual_seed(0))
     for method, kw in (("expint_pc_adaptive", {"rtol": 1e-4, "atol": 1e-4}), ("dopri5", {"rtol": 1e-4, "atol": 1e-4})):
-        times.clear()
+        score.times.clear()
         with torch.no_grad(), pytest.raises(sf.NonFiniteError, match=r"non-finite") as info:
             sf.log_likelihood(score, problem.sde, x, trace="hutchinson_fd", method=method, **kw)
-        first = next(t for t in times if t > 0.5)
+        first = next(t for t in score.times if t > 0.5)
         assert f"at t={first:.6g}" in str(info.value), (str(info.value), first)
 
 

@@ -12,6 +12,8 @@ from scoreflow.analytic import GaussianMixture
 from scoreflow.solvers.likelihood import step_weights
 from scoreflow.testing import make_problem
 
+from _helpers import non_finite_after
+
 SDES = ["vp", "subvp", "ve"]
 
 
@@ -154,10 +156,7 @@ def test_log_prob_is_differentiable_through_the_native_steps():
 
 def test_a_nan_stops_the_solve_naming_its_time():
     problem = make_problem("gaussian2d", "vp")
-
-    def score(x, t):
-        return torch.where(t[:, None] > 0.5, torch.nan, problem.score(x, t))
-
+    score = non_finite_after(problem.score, 0.5)
     x = _data(problem, 4)
     grid = torch.linspace(problem.sde.t_min, problem.sde.T, 9, dtype=torch.float64)
     first = float(grid[grid > 0.5][0])
@@ -232,16 +231,11 @@ def test_the_adaptive_solver_gives_the_same_density_for_every_native_prediction(
 
 def test_the_adaptive_solver_stops_at_the_first_non_finite_step():
     problem = make_problem("gaussian2d", "vp")
-    times = []
-
-    def score(x, t):
-        times.append(float(t[0]))
-        return torch.where(t[:, None] > 0.5, torch.inf, problem.score(x, t))
-
+    score = non_finite_after(problem.score, 0.5, torch.inf)
     with torch.no_grad(), pytest.raises(sf.NonFiniteError, match=r"score became non-finite .* at t=0\.5"):
         sf.log_likelihood(score, problem.sde, _data(problem, 4), method="expint_pc_adaptive", rtol=1e-6, atol=1e-6)
     # the error norm read every step sees the infinity at once: no step is taken past it
-    assert sum(t > 0.5 for t in times) == 1 and times[-1] > 0.5
+    assert sum(t > 0.5 for t in score.times) == 1 and score.times[-1] > 0.5
 
 
 def test_the_adaptive_solver_reads_the_state_once_per_step():
