@@ -31,12 +31,30 @@ from .base import NativeSolver, Nodes, ScorePredictions, combine, lagrange_weigh
 __all__ = [
     "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "LinearMultistep",
     "PredictorCorrector", "predictor_corrector_points", "polynomial_weights", "adams_weights", "pure_noise_weights",
-    "exponential_weights",
+    "exponential_weights", "final_points", "LOWER_ORDER_FINAL_BELOW",
 ]
 
-# DPM-Solver's rule: with fewer than this many steps the last steps drop to lower order, which
-# avoids extrapolating the data prediction over the large final log-SNR steps.
-_LOWER_ORDER_FINAL_BELOW = 10
+#: DPM-Solver's ``lower_order_final``: on grids of fewer steps than this the last steps of a multistep method use fewer
+#: points, which avoids extrapolating the data prediction over the long final log-SNR steps.  The ODE and SDE solvers
+#: share it; diffusers' 15 and rules without a step count were measured against it (docs/choosing-a-sampler.md).
+LOWER_ORDER_FINAL_BELOW = 10
+
+#: The ``lower_order_final`` option of every multistep method (ODE and SDE).
+LOWER_ORDER_FINAL = bool_option(True, f"use fewer points in the last steps when there are fewer than {LOWER_ORDER_FINAL_BELOW} steps")
+
+
+def final_points(points: int, i: int, steps: int, *, corrected: bool = False) -> int:
+    """The points of step ``i``'s predictor polynomial on a grid of ``steps`` steps under ``lower_order_final``.
+
+    ``points`` from :data:`LOWER_ORDER_FINAL_BELOW` steps on.  Below, at most ``steps - i``: the last step takes one
+    point (its order drops to 1), the one before at most two, and so on; a predictor-corrector (``corrected``), whose
+    steps but the last are corrected through the new point, drops only its last, uncorrected, step to one point.
+    """
+    if steps >= LOWER_ORDER_FINAL_BELOW:
+        return points
+    if corrected:
+        return 1 if i == steps - 1 else points
+    return min(points, steps - i)
 
 
 def polynomial_weights(h: float, nodes: Sequence[float], *, dpm_form: bool = True) -> list[float]:
@@ -104,9 +122,7 @@ def exponential_weights(nodes: Nodes, s: Sequence[int], t: Sequence[int], points
     return rows
 
 
-_LOWER_ORDER_FINAL = {
-    "lower_order_final": bool_option(True, f"lower the order of the last steps when there are fewer than {_LOWER_ORDER_FINAL_BELOW} steps"),
-}
+_LOWER_ORDER_FINAL = {"lower_order_final": LOWER_ORDER_FINAL}
 
 
 def _grid_ratio(nodes: Nodes, steps: int) -> list[float]:
@@ -152,9 +168,7 @@ class _Multistep(LinearMultistep):
     def _step_order(self, i: int, n: int) -> int:
         # A 2M step needs one earlier prediction; 3M starts with a midpoint step whose prediction fills its history.
         order = self.order if self.order >= 3 else min(self.order, i + 1)
-        if self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW:
-            order = min(order, n - i)
-        return order
+        return final_points(order, i, n) if self.lower_order_final else order
 
     def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
         # The history of prediction nodes, newest first, as the loop will keep it.  3M's first step (order >= 2
@@ -206,13 +220,14 @@ def predictor_corrector_points(steps: int, points: int, *, oldest: int = 0, lowe
     """Node indices of the predictions each step of a predictor-corrector combines, newest first.
 
     Step i's predictor takes the predictions at nodes i, i - 1, ... (``points`` of them, none before ``oldest``
-    after the first step; only node i in a lowered final step); its corrector adds node i + 1 after node i.
+    after the first step; with ``lower_final``, as few as :func:`final_points` gives a corrected method); its corrector
+    adds node i + 1 after node i.
     """
     predictor, corrector = [], []
     for i in range(steps):
         first = oldest if i > 0 else 0
         history = list(range(i, max(i - points, first - 1), -1))
-        predictor.append(history[:1] if lower_final and i == steps - 1 else history)
+        predictor.append(history[: final_points(len(history), i, steps, corrected=True)] if lower_final else history)
         corrector.append([i, i + 1] + history[1:])
     return predictor, corrector
 
@@ -259,8 +274,8 @@ class _PredictorCorrector(PredictorCorrector):
         # ones; its corrector adds the prediction at node i + 1.  From pure noise the first step is taken in
         # r = e^lambda, and the prediction at node 0 stays out of the history.
         from_noise = not math.isfinite(nodes.lam[0])
-        lower = self.lower_order_final and steps < _LOWER_ORDER_FINAL_BELOW
-        predictor, corrector = predictor_corrector_points(steps, self.predictor_points, oldest=int(from_noise), lower_final=lower)
+        predictor, corrector = predictor_corrector_points(steps, self.predictor_points, oldest=int(from_noise),
+                                                          lower_final=self.lower_order_final)
         s, t = range(steps), range(1, steps + 1)
         wp = exponential_weights(nodes, s, t, predictor, self.predictor_points)
         wc = exponential_weights(nodes, s, t, corrector, self.predictor_points + 1)

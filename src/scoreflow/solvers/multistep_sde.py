@@ -32,14 +32,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..methods import StepMonitor, bool_option
+from ..methods import StepMonitor
 from .base import Nodes, ScorePredictions, combine
+from .multistep import LOWER_ORDER_FINAL, final_points
 from .stochastic import ETA, StepNoise, StochasticSolver, exponential_weights, register_stochastic
 
 __all__ = ["DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC"]
-
-# As for the ODE multistep methods: with fewer steps the last steps use fewer points.
-_LOWER_ORDER_FINAL_BELOW = 10
 
 
 class _ExponentialSDE(StochasticSolver):
@@ -51,7 +49,7 @@ class _ExponentialSDE(StochasticSolver):
     midpoint_form: ClassVar[bool] = False
     options = {
         "eta": ETA,
-        "lower_order_final": bool_option(True, f"use fewer points in the last steps when there are fewer than {_LOWER_ORDER_FINAL_BELOW} steps"),
+        "lower_order_final": LOWER_ORDER_FINAL,
     }
     structure = ("terms",)
 
@@ -61,11 +59,7 @@ class _ExponentialSDE(StochasticSolver):
     def _points(self, i: int, n: int) -> int:
         """Points of step ``i``'s predictor: as many as there are predictions, fewer in the last steps of short grids."""
         points = min(i + 1, self.predictor_points)
-        if not (self.lower_order_final and n < _LOWER_ORDER_FINAL_BELOW):
-            return points
-        if self.corrected:  # only the last step, which is not corrected, drops to first order
-            return 1 if i == n - 1 else points
-        return min(points, n - i)
+        return final_points(points, i, n, corrected=self.corrected) if self.lower_order_final else points
 
     def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
         r"""Per step :math:`x_t = c_x x_s + c_z z + \sum_j w_j m_j` over the predictions newest first (``terms`` of them),
