@@ -29,6 +29,9 @@ k-diffusion and diffusers are optional benchmark dependencies: ``pip install --n
         --budgets 5 10 20 50 --out benchmarks/results/stochastic_random
     python benchmarks/bench_stochastic.py --merge benchmarks/results/stochastic{,_random}/results.json --out benchmarks/results/stochastic_all
     python benchmarks/bench_stochastic.py --problems ring2d_sharp --sdes vp --seeds 0 --n 2000   # a quick look
+    # the 16-D Gaussian under VE at 5 NFE, scoreflow's last step lowered (the default) and not:
+    python benchmarks/bench_stochastic.py --problems gaussian16d --sdes ve --seeds 0 --n 5000 --ref-steps 256 --budgets 5 \
+        --only dpmpp_2m_sde --no-diffusers --out /tmp/g16ve_lof [--no-lower-order-final]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -325,6 +329,8 @@ def main(argv=None):
     ap.add_argument("--no-k-diffusion", action="store_true")
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--only", nargs="*", default=None, help="only scoreflow samplers whose label starts with one of these")
+    ap.add_argument("--no-lower-order-final", action="store_true",
+                    help="scoreflow's multistep samplers with lower_order_final=False (their last steps keep all their points)")
     ap.add_argument("--merge", nargs="+", default=None,
                     help="compute nothing: merge the rows of these results.json files by (problem, SDE, seed) and summarize")
     args = ap.parse_args(argv)
@@ -346,6 +352,10 @@ def main(argv=None):
                     samplers += diffusers_samplers(make_sde(sde_name))
                 if args.only is not None:
                     samplers = [s for s in samplers if s.library != "scoreflow" or s.label.startswith(tuple(args.only))]
+                if args.no_lower_order_final:
+                    samplers = [replace(s, options={**s.options, "lower_order_final": False})
+                                if s.library == "scoreflow" and "lower_order_final" in sf.get_method("sde", s.method).options else s
+                                for s in samplers]
                 t0 = time.perf_counter()
                 info, rows = run_case(kd, problem, sde_name, seed, args.n, args.n_floor, args.projections, args.budgets,
                                       args.grids, samplers, args.ref_steps, args.long_grids)

@@ -10,6 +10,7 @@ from _helpers import RecordingScore
 from scoreflow.metrics import rms_error
 from scoreflow.solvers.ancestral import ancestral_coefficients
 from scoreflow.solvers.base import Nodes
+from scoreflow.solvers.multistep import LOWER_ORDER_FINAL_BELOW
 from scoreflow.solvers.stochastic import exponential_weights
 from scoreflow.testing import make_law, make_problem
 
@@ -101,6 +102,56 @@ def test_edm_stochastic_without_churn_is_edm_heun(gaussian_vp):
     ode = sf.sample_ode(problem.score, problem.sde, x_T, method="edm_heun", steps=9).samples
     sde = sf.sample_sde(problem.score, problem.sde, x_T, method="edm_stochastic", steps=9, generator=torch.Generator(), options={"s_churn": 0.0})
     assert torch.equal(sde.samples, ode) and sde.nfe == 18
+
+
+# The points of each step's predictor polynomial on 9 log-SNR steps under lower_order_final: the plain multistep methods
+# take 1, 2, ... points at the end (the last step first order), the predictor-correctors drop their last, uncorrected
+# step to one point.  (dpmpp_3m's first entry is its midpoint step, which advances with the midpoint's prediction alone.)
+LOWERED_ON_9_STEPS = {
+    ("sde", "dpmpp_2m_sde"): [1, 2, 2, 2, 2, 2, 2, 2, 1],
+    ("sde", "dpmpp_3m_sde"): [1, 2, 3, 3, 3, 3, 3, 2, 1],
+    ("sde", "er_sde"): [1, 2, 3, 3, 3, 3, 3, 2, 1],
+    ("sde", "dpmpp_2m_sde_pc"): [1, 2, 2, 2, 2, 2, 2, 2, 1],
+    ("sde", "dpmpp_3m_sde_pc"): [1, 2, 3, 3, 3, 3, 3, 3, 1],
+    ("sde", "sa_solver"): [1, 2, 3, 3, 3, 3, 3, 3, 1],
+    ("ode", "dpmpp_2m"): [1, 2, 2, 2, 2, 2, 2, 2, 1],
+    ("ode", "dpmpp_3m"): [1, 3, 3, 3, 3, 3, 3, 2, 1],
+    ("ode", "dpmpp_2m_pc"): [1, 2, 2, 2, 2, 2, 2, 2, 1],
+    ("ode", "dpmpp_3m_pc"): [1, 2, 3, 3, 3, 3, 3, 3, 1],
+    ("ode", "dpmpp_4m_pc"): [1, 2, 3, 4, 4, 4, 4, 4, 1],
+}
+
+
+@pytest.mark.parametrize("kind, method", sorted(LOWERED_ON_9_STEPS))
+@pytest.mark.parametrize("schedule", ["log_snr", "karras"])
+def test_lower_order_final_lowers_only_the_last_steps_of_grids_below_10_steps(kind, method, schedule):
+    # The ODE and SDE multistep methods share the rule (measured against diffusers' 15 and rules without a step count
+    # in docs/choosing-a-sampler.md); it depends on the step count only, not on the grid or the process.
+    assert LOWER_ORDER_FINAL_BELOW == 10
+    solver = sf.get_method(kind, method).solver
+    sde = sf.VESDE() if kind == "sde" else sf.VPSDE()
+
+    def points(steps, lower):
+        return solver(lower_order_final=lower).plan(Nodes(sde, sf.time_grid(sde, steps, schedule)), steps)["terms"]
+
+    lowered, full = LOWERED_ON_9_STEPS[kind, method], points(9, False)
+    assert points(9, True) == lowered
+    # without the rule every step after the start-up takes all its points; only the lowered steps differ
+    assert full[-1] == max(lowered) and [i for i, (a, b) in enumerate(zip(full, lowered)) if a != b] == (
+        [7, 8] if lowered[-2] < max(lowered) else [8])
+    for steps in (10, 16):
+        assert points(steps, True) == points(steps, False) and points(steps, True)[-1] == max(lowered)
+
+
+@pytest.mark.parametrize("method", ["dpmpp_2m_sde_pc", "dpmpp_3m_sde", "sa_solver"])
+def test_lower_order_final_changes_only_short_sde_runs(method, gaussian_vp):
+    problem, x_T = gaussian_vp
+    run = lambda n, lof: sf.sample_sde(  # noqa: E731
+        problem.score, problem.sde, x_T, method=method, steps=n, generator=torch.Generator().manual_seed(3),
+        options={"lower_order_final": lof},
+    ).samples
+    assert not torch.allclose(run(9, True), run(9, False))
+    assert torch.equal(run(10, True), run(10, False))
 
 
 @pytest.mark.parametrize("method", sorted(NATIVE))
