@@ -4,10 +4,14 @@ last one's error estimate.
 The predictor and the corrector differ by about the predictor's local error (Milne's device), in the state and in the
 log-density change alike (the predictor's quadrature takes its own four points), so the estimate costs no evaluation:
 
-.. math:: e = \max\Big(\big\|\tfrac{x_t - \tilde x_t}{\mathrm{atol} + \mathrm{rtol}\max(|x_s|, |x_t|)}\big\|_{rms},\;
-          \big\|\tfrac{\Delta_t - \tilde\Delta_t}{\mathrm{atol} + \mathrm{rtol}|\Delta_t|}\big\|_{rms}\Big)
+.. math:: e = \max\Big(\frac{\|x_t - \tilde x_t\|_{rms}}{\mathrm{atol} + \mathrm{rtol}\,\|x_t\|_{rms}},\;
+          \frac{\|\Delta_t - \tilde\Delta_t\|_{rms}}{\mathrm{atol} + \mathrm{rtol}\,\|\Delta_t\|_{rms}}\Big)
 
-over the whole batch (as torchdiffeq's norm of the augmented state).
+over the whole batch: the relative tolerance is taken of each part's size as a whole, not element by element as
+torchdiffeq's norm does, so a step costs four reductions and no elementwise scale.  With it, and the second step's
+growth bounded by the first's error alone, the evaluations to reach a solver error (interpolated over a tolerance
+sweep; 1e-2, 1e-3, 1e-4 nats on thirteen 16-D mixtures under VP, 3e-2 to 1e-3 on ``mixture16d`` under rectified
+flow) were 1 % fewer in total than with the elementwise norm, per problem and error from 12 % fewer to 4 % more.
 
 Per step the loop does the least work around the model: a node's coefficients (its time, :math:`\alpha`,
 :math:`\sigma` and the affine maps from the native prediction to :math:`\hat x_0`, :math:`\hat\varepsilon`) are
@@ -85,11 +89,6 @@ class _Ring:
         d[:, slot] = div.reshape(-1)
 
 
-def _rms_ratio(diff: torch.Tensor, magnitude: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
-    """``||diff / (atol + rtol * magnitude)||_2`` (0-dim; the caller divides by sqrt(numel)); ``magnitude`` is consumed."""
-    return torch.linalg.vector_norm(diff / magnitude.mul_(rtol).add_(atol))
-
-
 class AdaptiveLikelihoodPC:
     r"""The error-controlled solver (see the module docstring).
 
@@ -106,6 +105,7 @@ class AdaptiveLikelihoodPC:
 
     options = {**step_control_options(h_init=0.5, max_factor=5.0), **LikelihoodPC.options}
     min_factor = 0.2
+    first_max_factor = 100.0
 
     def __init__(self, *, h_init: float = 0.5, safety: float = 0.8, max_factor: float = 5.0, reject_above: float = 2.0,
                  max_steps: int = 10_000, switch: float = 0.0) -> None:
@@ -146,10 +146,9 @@ class AdaptiveLikelihoodPC:
         history = [(0, 0)]  # (node, slot) of the last POINTS evaluations, newest first
         # the log-density change is delta + offset: the divergence's affine part D * a_x0 is summed in floats
         delta, offset = torch.zeros_like(div).reshape(-1), 0.0
-        size_x, size_d = math.sqrt(x.numel()), math.sqrt(delta.numel())
+        floor_x, floor_d = atol * math.sqrt(x.numel()), atol * math.sqrt(delta.numel())  # atol in the 2-norm
         t_end, shape = stepping.times[-1], x.shape
         x_row = x.reshape(1, -1)
-        x_abs = x_row.abs()
         step = None  # the next step's length in the variable of the last step (None: h_init in log-SNR)
         for _ in range(self.max_steps):
             s = history[0][0]
@@ -177,16 +176,16 @@ class AdaptiveLikelihoodPC:
             d_new = torch.addmv(delta, ring.div, weights[3, :slots])
             offset_new = offset + dim * (c + constants[0])
             with torch.no_grad():  # the step control is not differentiated: predictor minus corrector
-                new_abs = x_new.abs()
                 gap_x = torch.mm(weights[2:3], ring.z)
                 gap_d = torch.mv(ring.div, weights[3, slots:]).add_(dim * (c - cp + constants[1]))
-                err_x = _rms_ratio(gap_x, torch.maximum(x_abs, new_abs), rtol, atol)
-                err_d = _rms_ratio(gap_d, (d_new + offset_new).abs_(), rtol, atol)
-                norms = torch.stack([err_x, err_d]).tolist()
-            err = max(norms[0] / size_x, norms[1] / size_d)
-            if not math.isfinite(err):
+                norm = torch.linalg.vector_norm
+                norms = torch.stack([norm(gap_x), norm(x_new), norm(gap_d), norm(d_new + offset_new)]).tolist()
+            err = max(norms[0] / (floor_x + rtol * norms[1]), norms[2] / (floor_d + rtol * norms[3]))
+            if not math.isfinite(err + norms[1] + norms[3]):  # (an infinite size would make its ratio 0)
                 self._stop(score, node[0], p, div)
-            factor = min(self.max_factor, max(self.min_factor, self.safety * max(err, 1e-10) ** (-1.0 / (len(predictor) + 1))))
+            # the first step's length is a guess: only its error bounds how much the second may grow (as CVODE does)
+            growth = self.first_max_factor if len(history) == 1 else self.max_factor
+            factor = min(growth, max(self.min_factor, self.safety * max(err, 1e-10) ** (-1.0 / (len(predictor) + 1))))
             done = _variable(lam[s], noise) - _variable(lam[k], noise)
             step = (noise, abs(done) * factor)
             if err > self.reject_above:
@@ -195,7 +194,7 @@ class AdaptiveLikelihoodPC:
                 continue
             history.insert(0, new)
             del history[POINTS:]
-            x_row, delta, offset, x_abs = x_new, d_new, offset_new, new_abs
+            x_row, delta, offset = x_new, d_new, offset_new
             if land:
                 return x_row.view(shape), (delta + offset).view(div.shape), evaluate.nfe_vjp
         reached = float(sde.t_from_log_snr(torch.tensor(lam[history[0][0]], dtype=torch.float64)))
