@@ -18,7 +18,8 @@ Stochastic samplers (``--kind sde``): bench_stochastic.py's cases, metric and re
 ``dpmpp_4m_pc``; the RMS path error against scipy's DOP853 at 1e-10 from the same prior draws (float64).  Solves whose
 plans coincide under two rules are run once.  The table: per method and step count, the median and the largest ratio
 rule / ``t10`` over (case, grid); then the best over methods and grids per case (each library's "best" in
-bench_stochastic.py), median and largest ratio over the cases.
+bench_stochastic.py), median and largest ratio over the cases; in between the same pooled over the two-point methods
+and over the others.
 
     # choosing (random20-23), then held out (random60-63 and the named problems), as docs/choosing-a-sampler.md reports:
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/lower_order_final_ablation.py --kind sde --random 4 --random-start 20 \
@@ -83,6 +84,7 @@ SDE_SAMPLERS = [("dpmpp_2m_sde", {"eta": 1.0}), ("dpmpp_3m_sde", {"eta": 1.0}), 
                 ("dpmpp_3m_sde_pc", {"eta": 0.1}), ("er_sde", {}), ("sa_solver", {"tau_tmin": 0.0, "tau_tmax": 1.0})]
 ODE_METHODS = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_pc", "dpmpp_3m_pc", "dpmpp_4m_pc")
 LIMITS = {"er_sde": ("er_sde", "er5")}
+TWO_POINT = {"dpmpp_2m_sde", "dpmpp_2m_sde_pc", "dpmpp_2m", "dpmpp_2m_pc"}
 
 
 @contextmanager
@@ -167,6 +169,16 @@ def table(rows, base_rule="t10"):
             for rule in rules:
                 rs = [val[(p, sd, label, g, s, rule)] / val[(p, sd, label, g, s, base_rule)] for p, sd in cases for g in grids
                       if (p, sd, label, g, s, rule) in val]
+                cells.append(f"{statistics.median(rs):.2f} [{max(rs):.2f}]" if rs else "")
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    for title, family in (("two-point methods", TWO_POINT), ("methods of three or more points", None)):
+        labels = [lb for lb in {k[2] for k in val} if (lb.split()[0] in TWO_POINT) == (family is not None)]
+        lines += ["", f"**{title}** (pooled: {', '.join(sorted(labels))})", "", head, sep]
+        for s in steps_all:
+            cells = []
+            for rule in rules:
+                rs = [val[(p, sd, lb, g, s, rule)] / val[(p, sd, lb, g, s, base_rule)] for p, sd in cases for g in grids
+                      for lb in labels if (p, sd, lb, g, s, rule) in val]
                 cells.append(f"{statistics.median(rs):.2f} [{max(rs):.2f}]" if rs else "")
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines += ["", f"best over methods and grids per case, ratio rule / {base_rule}: median [largest] over {len(cases)} cases", "", head, sep]
