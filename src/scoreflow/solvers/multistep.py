@@ -46,9 +46,19 @@ LOWER_ORDER_FINAL = bool_option(True, f"use fewer points in the last steps when 
 def final_points(points: int, i: int, steps: int, *, corrected: bool = False) -> int:
     """The points of step ``i``'s predictor polynomial on a grid of ``steps`` steps under ``lower_order_final``.
 
-    ``points`` from :data:`LOWER_ORDER_FINAL_BELOW` steps on.  Below, at most ``steps - i``: the last step takes one
-    point (its order drops to 1), the one before at most two, and so on; a predictor-corrector (``corrected``), whose
-    steps but the last are corrected through the new point, drops only its last, uncorrected, step to one point.
+    ``points`` from :data:`LOWER_ORDER_FINAL_BELOW` steps on, so every method keeps its order.  Below, at most
+    ``steps - i``: the last step takes one point (its order drops to 1), the one before at most two, and so on; a
+    predictor-corrector (``corrected``), whose steps but the last are corrected through the new point, drops only its
+    last, uncorrected, step to one point.  Every multistep solver, ODE and SDE, takes its points from here.
+
+    Args:
+        points: the points step ``i`` would take without the rule (its history, at most the method's).
+        i: the step, from 0.
+        steps: the grid's number of steps.
+        corrected: whether the method corrects its steps (the last one excepted).
+
+    Returns:
+        The number of points, between 1 and ``points``.
     """
     if steps >= LOWER_ORDER_FINAL_BELOW:
         return points
