@@ -93,7 +93,8 @@ class AdaptiveLikelihoodPC:
     r"""The error-controlled solver (see the module docstring).
 
     A step with :math:`e \le` ``reject_above`` is accepted; either way the next step is the step times
-    :math:`\mathrm{clip}(\mathrm{safety}\,e^{-1/(p+1)}, \tfrac15, \mathrm{max\_factor})` for a predictor through p points.
+    :math:`\mathrm{clip}(\mathrm{safety}\,e^{-1/(p+1)}, \tfrac15, \mathrm{max\_factor})` for a predictor through p points
+    (``first_max_factor`` = 100 in place of ``max_factor`` after the first step, whose length ``h_init`` is a guess).
     Steps are measured in the variable they are taken in (:math:`\bar\sigma` or r), so the last one lands on
     pure noise (r = 0) where a flow path reaches it.
 
