@@ -282,7 +282,7 @@ def likelihood_hutchinson(n, repeats, t_min=T_MIN):
     # fastest configuration within an error" is not decided by where a library's sweep happens to land, and wide
     # enough at both ends (from 2 steps; from tolerance 0.1, where the native solver's error is ~3e-2 nats)
     for steps in (2, 3, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32):
-        for method, per in (("euler", 1), ("midpoint", 2), ("rk4", 4)):
+        for method in ("euler", "midpoint", "rk4"):
             configs.append(("scoreflow", f"{method} {steps} steps, t grid", {"method": method, "steps": steps}))
             configs.append(("scoreflow", f"{method} {steps} steps, shift0.5 grid",
                             {"method": method, "schedule": sf.time_grid(RF, steps, "shift", shift=0.5, t_min=t_min, dtype=torch.float32).flip(0)}))
