@@ -7,6 +7,7 @@ import torch
 
 import scoreflow as sf
 from scoreflow.dynamics.divergence import (
+    CentralDifferences,
     difference_scale,
     draw_probes,
     value_and_difference_hutchinson,
@@ -49,6 +50,21 @@ def test_central_differences_converge_to_the_vjp_estimates_at_second_order(n_pro
     torch.testing.assert_close(est, exact, rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(mean, value, rtol=1e-8, atol=1e-8)
 
+
+def test_central_differences_built_once_serve_every_point_and_step_of_a_solve(generator):
+    """One probe stack for a whole solve: at each point and step (a float or per sample) the VJP estimate to O(delta^2)."""
+    fn = _field(6)
+    x = torch.randn(4, 6, generator=generator, dtype=torch.float64)
+    probes = draw_probes(x, 2, generator=generator)
+    differences = CentralDifferences(probes, x)
+    step = difference_scale(torch.float64)
+    for y, delta in ((x, step), (x + 0.5, torch.full((4,), step)), (2 * x, torch.tensor(step, dtype=torch.float64))):
+        value, exact = value_and_hutchinson_divergence(fn, y, probes)
+        mean, est = differences(fn, y, delta)
+        torch.testing.assert_close(est, exact, rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(mean, value, rtol=1e-8, atol=1e-8)
+    with pytest.raises(ValueError, match=r"difference_hutchinson: argument 'probes' expected shape \(P, 4, 6\)"):
+        CentralDifferences(probes[:, :3], x)
 
 def test_central_differences_are_exact_for_a_linear_field(generator):
     """A Gaussian's score is affine: its differences have no truncation error at any step."""
