@@ -107,3 +107,24 @@ def test_thousands_of_steps_do_not_exhaust_the_recursion_limit():
     x_T = problem.sde.prior_sample((2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     res = sf.sample_sde(problem.score, problem.sde, x_T, steps=20_000, generator=torch.Generator().manual_seed(1))
     assert res.nfe == 20_000 and torch.isfinite(res.samples).all()
+
+
+@pytest.mark.parametrize("sde", [sf.VPSDE(), sf.SubVPSDE(), sf.VESDE(), sf.EDMSDE(), sf.RectifiedFlow(T=0.999)], ids=repr)
+def test_float32_torchsde_solves_step_on_the_uniform_grid(sde):
+    """torchsde advances its time in the grid's dtype: a float32 grid summed in float32 fell short of the end by an ulp
+    and took one more, vanishing step (one more NFE than ``steps``)."""
+    law = sf.analytic.Gaussian(torch.zeros(2), torch.eye(2))
+    x_T = sde.prior_sample((3, 2), generator=torch.Generator().manual_seed(0))
+    for steps in (6, 7, 17, 100):
+        seen = []
+
+        def score(x, t):
+            seen.append(t[0].item())
+            return law.score(sde)(x, t)
+
+        res = sf.sample_sde(score, sde, x_T, steps=steps, generator=torch.Generator().manual_seed(1))
+        assert res.nfe == steps and res.samples.dtype == torch.float32
+        grid = torch.linspace(sde.T, sde.t_min, steps + 1, dtype=torch.float64)[:-1]
+        assert torch.allclose(torch.tensor(seen, dtype=torch.float64), grid, rtol=0, atol=1e-6 * sde.T)
+        res = sf.sample_sde(score, sde, x_T, method="heun", steps=steps, generator=torch.Generator().manual_seed(1))
+        assert res.nfe == 2 * steps

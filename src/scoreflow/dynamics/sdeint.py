@@ -192,20 +192,24 @@ class TorchsdeSolver:
         solve, the states at every time of ``stepping.times``.
         """
         ts = stepping.times
+        # torchsde advances its time in the dtype of the grid it is given: in float32 the sum of the steps falls
+        # short of the end by an ulp and it takes one more, vanishing step (one more NFE); float64 lands on it.
+        # (The solver times themselves stay those of the state's dtype, which the Brownian path covers.)
+        solver_ts = (sde.T - ts).to(torch.float64)
         adaptive = isinstance(stepping, Tolerances)
         reverse = ReverseSDE(score, sde, tuple(x_T.shape[1:]), sde_type=self.sde_type)
         y = x_T.reshape(x_T.shape[0], -1)
         if not monitor.live:
-            out = ts if adaptive or monitor.keeps else ts[[0, -1]]
-            dt = stepping.first_step if adaptive else stepping.step_size or (sde.T - float(ts[-1])) / (len(ts) - 1)
-            ys = self._sdeint(reverse, y, sde.T - out, bm, stepping, dt)[0].reshape((len(out), *x_T.shape))
+            out = slice(None) if adaptive or monitor.keeps else [0, -1]
+            dt = stepping.first_step if adaptive else stepping.step_size or float(solver_ts[-1]) / (len(ts) - 1)
+            ys = self._sdeint(reverse, y, solver_ts[out], bm, stepping, dt)[0].reshape((-1, *x_T.shape))
             if monitor.keeps:
-                for i in range(1, len(out)):
-                    monitor.step(i - 1, out[i], ys[i])
+                for i in range(1, len(ys)):
+                    monitor.step(i - 1, ts[i], ys[i])
             return Solution(ys[-1], ys if adaptive else None)
         states, times, extra = [x_T], ts.unbind(), None
         for i in range(1, len(times)):
-            grid = sde.T - ts[i - 1 : i + 1]
+            grid = solver_ts[i - 1 : i + 1]
             dt = stepping.first_step if adaptive else float(grid[1] - grid[0])
             ys, extra = self._sdeint(reverse, y, grid, bm, stepping, dt, extra_solver_state=extra)
             x = ys[-1].reshape(x_T.shape)
