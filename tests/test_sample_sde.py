@@ -128,3 +128,19 @@ def test_float32_torchsde_solves_step_on_the_uniform_grid(sde):
         assert torch.allclose(torch.tensor(seen, dtype=torch.float64), grid, rtol=0, atol=1e-6 * sde.T)
         res = sf.sample_sde(score, sde, x_T, method="heun", steps=steps, generator=torch.Generator().manual_seed(1))
         assert res.nfe == 2 * steps
+
+
+def test_a_query_independent_path_resolves_the_short_steps_of_a_log_snr_grid():
+    """torchsde's halfway tree rounds its points to the decimal digits of its tolerance; with 2**-20 of the span two
+    query times within one rounding cell (the steps near t_min of a log-SNR grid) recursed without end."""
+    sde = sf.EDMSDE()
+    law = sf.analytic.Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    x_T = law.marginal(sde, sde.T).sample(4, generator=torch.Generator().manual_seed(0))
+    bm = sf.brownian_motion(x_T, sde.T - sde.t_min, generator=torch.Generator().manual_seed(1), query_independent=True)
+    # two query times 1e-7 of the span apart, then a fresh path with the same seed queried only there: the same increment
+    a = 0.7 * bm.duration
+    first = bm(a, a + 1e-7 * bm.duration)
+    fresh = sf.brownian_motion(x_T, sde.T - sde.t_min, generator=torch.Generator().manual_seed(1), query_independent=True)
+    assert torch.equal(fresh(a, a + 1e-7 * bm.duration), first)
+    res = sf.sample_sde(law.score(sde), sde, x_T, method="ddim", steps=400, bm=bm)
+    assert res.nfe == 400 and torch.isfinite(res.samples).all()

@@ -132,7 +132,11 @@ def brownian_motion(
         if query_independent:
             raise ValueError(f"{fn}: argument 'step_size' applies to query_independent=False (the dyadic tree needs no hint).")
     entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else "cpu"))
-    extra = {"halfway_tree": True, "tol": duration * 2.0**-20} if query_independent else {"dt": step_size}
+    # The halfway tree rounds its dyadic points to 10**-ndigits (ndigits = -int(log10(tol))): two query times in one
+    # such cell recurse without end (a RecursionError), so the cells must be finer than any step a solve takes
+    # (2**-20 of the span failed on 400 log-SNR steps under EDM; 2**-30 resolves steps of 1e-8 of it, and 2**-40
+    # made every query 3x slower).
+    extra = {"halfway_tree": True, "tol": duration * 2.0**-30} if query_independent else {"dt": step_size}
     interval = torchsde.BrownianInterval(
         t0=0.0,
         t1=duration,
