@@ -144,3 +144,16 @@ def test_a_query_independent_path_resolves_the_short_steps_of_a_log_snr_grid():
     assert torch.equal(fresh(a, a + 1e-7 * bm.duration), first)
     res = sf.sample_sde(law.score(sde), sde, x_T, method="ddim", steps=400, bm=bm)
     assert res.nfe == 400 and torch.isfinite(res.samples).all()
+
+
+def test_flags_must_be_true_or_false():
+    """A string flag such as denoise_final="no" read as true and was applied silently."""
+    law = sf.analytic.Gaussian(torch.zeros(2), torch.eye(2))
+    sde = sf.VPSDE()
+    x_T = torch.zeros(3, 2)
+    with pytest.raises(TypeError, match=r"sample_sde: argument 'adaptive' expected True or False, got str 'yes'"):
+        sf.sample_sde(law.score(sde), sde, x_T, steps=5, adaptive="yes")
+    with pytest.raises(TypeError, match=r"sample_sde: argument 'denoise_final' expected True or False, got str 'no'"):
+        sf.sample_sde(law.score(sde), sde, x_T, steps=5, denoise_final="no")
+    with pytest.raises(TypeError, match=r"sample_pc: argument 'denoise_final' expected True or False, got int 1"):
+        sf.sample_pc(law.score(sde), sde, x_T, steps=5, denoise_final=1)
