@@ -70,6 +70,15 @@ def test_score_at_user_times_and_bad_times(generator):
         assert_score_matches(law.score(sde), law, sde, times=[2.0])
 
 
+def test_default_times_on_a_path_that_ends_in_pure_noise(generator):
+    # Rectified flow has log-SNR -inf at T: the 9 default times must still run from t_min to T, all finite,
+    # so the exact score passes and a wrong one fails on the measured error, not on NaN times.
+    law, path = make_law("gaussian2d"), sf.RectifiedFlow()
+    assert assert_score_matches(law.score(path), law, path, n=8, generator=generator) < 1e-12
+    with pytest.raises(AssertionError, match=r"(?s)measured: max over times .*t=1 "):
+        assert_score_matches(lambda x, t: -x, law, path, n=8, generator=generator)
+
+
 def reference_log_likelihood(score, sde, x, *, with_divergence=True):
     """A user's likelihood for the Gaussian law N(m, C): closed-form flow to T plus log|det Jacobian|.
 

@@ -14,6 +14,7 @@ import torch
 
 from .._checks import check_callable, check_generator, check_instance, check_int, check_output, check_positive
 from ..analytic import GaussianMixture
+from ..schedules import time_grid
 from ..sde import ForwardSDE, check_sde
 from .reference import describe_reference, reference_flow_map
 from .._tensor import ScoreFn
@@ -168,8 +169,14 @@ def assert_log_likelihood(
 
 
 def log_snr_times(sde: ForwardSDE, k: int, t_min: float | None = None) -> torch.Tensor:
-    """``k`` times from ``t_min`` (default ``sde.t_min``) to ``T`` evenly spaced in log-SNR (every noise level gets a time)."""
+    """``k`` times from ``t_min`` (default ``sde.t_min``) to ``T`` evenly spaced in log-SNR (every noise level gets a time).
+
+    A process that ends in pure noise has log-SNR -inf at T: there they are evenly spaced in the capped log-SNR
+    (``time_grid``'s ``"log_snr_capped"``), which is finite at T.
+    """
     t_min = sde.t_min if t_min is None else t_min
+    if sde.pure_noise_at_T:
+        return time_grid(sde, k - 1, "log_snr_capped", t_min=t_min).flip(0)
     lam = sde.log_snr(torch.tensor([t_min, sde.T], dtype=torch.float64))
     t = sde.t_from_log_snr(torch.linspace(float(lam[0]), float(lam[1]), k, dtype=torch.float64))
     t[0], t[-1] = t_min, sde.T
@@ -195,7 +202,7 @@ def assert_score_matches(
     Args:
         score: the score callable under test.
         law, sde: the data law and forward SDE.
-        times: the times to check; default 9 times from ``t_min`` to ``T`` evenly spaced in log-SNR.
+        times: the times to check; default 9 times from ``t_min`` to ``T`` evenly spaced in log-SNR (in the capped log-SNR for a path that ends in pure noise).
         n: points per time.
         rtol: bound on the relative RMS error at each time.
         generator: seeds the points.

@@ -52,7 +52,8 @@ def assert_consistency_function(
     Args:
         f: the consistency function under test, ``f(x, t) -> x_{t_min}``.
         law, sde: the data law and forward SDE.
-        times: the times to check, in ``[t_min, T]``; default 9 times from ``t_min`` to T evenly spaced in log-SNR.
+        times: the times to check, in ``[t_min, T]``; default 9 times from ``t_min`` to T evenly spaced in log-SNR
+            (in the capped log-SNR for a path that ends in pure noise).
         n: draws per time.
         atol, rtol: the tolerance, per coordinate.
         t_min: the boundary time of f (default ``sde.t_min``).
