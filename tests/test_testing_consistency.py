@@ -68,6 +68,12 @@ def test_score_at_user_times_and_bad_times(generator):
     assert assert_score_matches(law.score(sde), law, sde, times=[0.01, 0.5, 1.0], n=8, generator=generator) == 0.0
     with pytest.raises(ValueError, match=r"argument 'times' expected a non-empty list of times in \[0, T=1\]"):
         assert_score_matches(law.score(sde), law, sde, times=[2.0])
+    with pytest.raises(ValueError, match=r"assert_score_matches: argument 'times' expected finite times, got \[0.5, nan\]"):
+        assert_score_matches(law.score(sde), law, sde, times=[0.5, float("nan")])
+    with pytest.raises(TypeError, match=r"assert_score_matches: argument 'times' expected a list of times, got str"):
+        assert_score_matches(law.score(sde), law, sde, times="0.5")
+    with pytest.raises(TypeError, match=r"assert_schedule_consistent: argument 'times' expected a list of times, got str"):
+        assert_schedule_consistent(sde, times="0.5")
 
 
 def test_default_times_on_a_path_that_ends_in_pure_noise(generator):

@@ -80,6 +80,8 @@ def test_bad_arguments():
         assert_consistency_function(None, law, sde)
     with pytest.raises(ValueError, match=r"argument 'times' expected a non-empty list of times in \[t_min=0\.001, T=1\]"):
         assert_consistency_function(lambda x, t: x, law, sde, times=[0.0])
+    with pytest.raises(ValueError, match=r"argument 'times' expected finite times, got \[nan\]"):
+        assert_consistency_function(lambda x, t: x, law, sde, times=[float("nan")])
     with pytest.raises(ValueError, match=r"f returned shape \(4, 1\)"):
         assert_consistency_function(lambda x, t: x[:, :1], law, sde, n=4, times=[0.5])
     with pytest.raises(TypeError, match=r"argument 'law' expected a GaussianMixture"):

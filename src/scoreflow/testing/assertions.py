@@ -40,6 +40,17 @@ def check_law_sde(fn: str, law: object, sde: object) -> tuple[GaussianMixture, F
     return check_law(fn, law), check_sde(fn, sde)
 
 
+def as_times(fn: str, times: object) -> torch.Tensor:
+    """The user's ``times`` (a number or a sequence of numbers) as a flat float64 tensor of finite times."""
+    try:
+        t = torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{fn}: argument 'times' expected a list of times, got {type(times).__name__} {times!r}.") from None
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{fn}: argument 'times' expected finite times, got {t.tolist()}.")
+    return t
+
+
 def _where(err: torch.Tensor) -> str:
     """Locate the largest entry of a ``(B, *D)`` error as 'sample i, coordinate j'."""
     flat = err.reshape(err.shape[0], -1)
@@ -221,7 +232,7 @@ def assert_score_matches(
     rtol = check_positive(fn, "rtol", rtol)
     check_generator(fn, generator)
     dtype = law.means.dtype
-    t = log_snr_times(sde, 9) if times is None else torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+    t = log_snr_times(sde, 9) if times is None else as_times(fn, times)
     if t.numel() == 0 or bool(((t < 0) | (t > sde.T)).any()):
         raise ValueError(f"{fn}: argument 'times' expected a non-empty list of times in [0, T={sde.T:g}], got {t.tolist()}.")
     t_all = t.repeat_interleave(n).to(dtype)
@@ -279,7 +290,7 @@ def assert_schedule_consistent(
             raise TypeError(f"{fn}: argument 'sde' expected a ForwardSDE-like object with {attr!r}, got {type(sde).__name__}.")
     rtol = check_positive(fn, "rtol", rtol)
     T = float(sde.T)
-    t = torch.linspace(float(sde.t_min), T, 33, dtype=torch.float64) if times is None else torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+    t = torch.linspace(float(sde.t_min), T, 33, dtype=torch.float64) if times is None else as_times(fn, times)
     if t.numel() == 0 or bool((t <= 0).any()):
         raise ValueError(f"{fn}: argument 'times' expected a non-empty list of times > 0, got {t.tolist()}.")
     # Steps stay below t/4 so that t - h never crosses 0, where sigma may be undefined.
