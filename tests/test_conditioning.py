@@ -115,6 +115,19 @@ def test_mask_order_and_data_shape():
     torch.testing.assert_close(diff, diff[:1].expand(5))
 
 
+def test_values_off_the_mask_are_ignored_even_when_nan():
+    # The docstring's promise, and sf.inpaint's: an image whose unknown pixels are NaN conditions as any other.
+    law, sde = _random_mixture(4, 3, 5), sf.VPSDE()
+    mask = torch.tensor([True, False, True, False])
+    v = torch.tensor([0.3, 0.0, -1.2, 0.0], dtype=torch.float64)
+    v_nan = torch.where(mask, v, math.nan)
+    x_u, x = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(law.condition(mask, v_nan).log_prob(x_u), law.condition(mask, v).log_prob(x_u), rtol=0, atol=0)
+    torch.testing.assert_close(inpainting_score(law, sde, mask, v_nan)(x, 0.3), inpainting_score(law, sde, mask, v)(x, 0.3), rtol=0, atol=0)
+    nan_ll = observation_log_likelihood(law, sde, mask=mask, values=v_nan)(x, 0.3)
+    torch.testing.assert_close(nan_ll, observation_log_likelihood(law, sde, mask=mask, values=v)(x, 0.3), rtol=0, atol=0)
+
+
 def test_batched_observations_are_the_stacked_posteriors():
     law = make_law("mixture16d")
     g = torch.Generator().manual_seed(0)
@@ -224,7 +237,7 @@ def test_conditioning_errors_name_the_argument():
         law.condition(torch.tensor([True, True]), v)
     with pytest.raises(ValueError, match=r"argument 'values' expected shape \(2,\) or \(B, 2\), got \(3,\)"):
         law.condition(torch.tensor([True, False]), torch.zeros(3))
-    with pytest.raises(ValueError, match=r"argument 'values' contains NaN"):
+    with pytest.raises(ValueError, match=r"argument 'values' contains NaN or infinite values where 'mask' is True"):
         law.condition(torch.tensor([True, False]), torch.tensor([math.nan, 0.0]))
     with pytest.raises(ValueError, match=r"GaussianMixture.condition: conditions a data law, got a law batched over \(3,\)"):
         law.marginal(sf.VPSDE(), torch.tensor([0.1, 0.2, 0.3])).condition(torch.tensor([True, False]), v)

@@ -54,16 +54,16 @@ def _check_unbatched(fn: str, law: GaussianMixture) -> None:
         )
 
 
-def _as_data(fn: str, name: str, value, law: GaussianMixture, trailing: tuple[int, ...]) -> torch.Tensor:
-    """``value`` (a tensor or nested sequence of numbers) as a finite tensor in the law's dtype and device, of
-    shape ``trailing`` or ``(B, *trailing)``."""
+def _as_data(fn: str, name: str, value, law: GaussianMixture, trailing: tuple[int, ...], *, finite: bool = True) -> torch.Tensor:
+    """``value`` (a tensor or nested sequence of numbers) as a tensor in the law's dtype and device, of shape
+    ``trailing`` or ``(B, *trailing)``, finite unless ``finite=False`` (the caller checks the entries it reads)."""
     if not torch.is_tensor(value):
         try:
             value = torch.as_tensor(value, dtype=law.means.dtype)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"{fn}: argument '{name}' expected a tensor of shape {trailing}, got {type(value).__name__}.") from None
     value = check_shaped(fn, name, value, [trailing, (-1, *trailing)]).to(dtype=law.means.dtype, device=law.means.device)
-    if not bool(torch.isfinite(value).all()):
+    if finite and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite values.")
     return value
 
@@ -104,8 +104,10 @@ def _masked_posterior(fn: str, law: GaussianMixture, mask, values) -> tuple[_Pos
     """The posterior of the unobserved block, with the flattened mask and the observed values ``(*b, O)``."""
     _check_unbatched(fn, law)
     flat = _check_mask(fn, mask, law)
-    values = _as_data(fn, "values", values, law, law.event_shape)
+    values = _as_data(fn, "values", values, law, law.event_shape, finite=False)
     v_o = values.reshape(values.shape[: values.ndim - len(law.event_shape)] + (-1,))[..., flat]
+    if not bool(torch.isfinite(v_o).all()):  # the entries off the mask are ignored, NaN included
+        raise ValueError(f"{fn}: argument 'values' contains NaN or infinite values where 'mask' is True.")
     obs, unobs = flat.nonzero().squeeze(-1), (~flat).nonzero().squeeze(-1)
     covs = law.covs  # (K, D, D)
     c_oo = covs[:, obs][:, :, obs]
@@ -128,7 +130,8 @@ def condition(law: GaussianMixture, mask: torch.Tensor, values) -> GaussianMixtu
         mask: boolean tensor of the law's event shape, True where a coordinate is observed (at least one
             True and one False).
         values: the data point(s) whose masked entries are observed, shape ``event_shape`` (one observation)
-            or ``(B, *event_shape)`` (one observation per row; the entries where ``mask`` is False are ignored).
+            or ``(B, *event_shape)`` (one observation per row; the entries where ``mask`` is False are ignored and
+            may be NaN).
 
     Returns:
         A mixture on vectors of the unobserved coordinates, flattened in the mask's (row-major) order:
