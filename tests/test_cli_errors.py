@@ -68,7 +68,10 @@ CASES: dict[str, tuple[list[str], str, dict[str, str]]] = {
     "negative step size": (["sample", "--method", "rk4", "--step-size", "-0.1"],
                            r"argument --step-size: expected a finite number > 0, got -0.1$", {}),
     "negative num-samples": (["likelihood", "--num-samples", "-1"], r"argument --num-samples: expected an int >= 1, got -1$", {}),
-    "zero num-samples": (["bench", "--num-samples", "0"], r"argument --num-samples: expected an int >= 1, got 0$", {}),
+    "zero num-samples": (["bench", "--num-samples", "0"], r"argument --num-samples: expected an int >= 2, got 0$", {}),
+    # the covariance errors of one sample are NaN (and torch warns)
+    "one sample": (["sample", "--num-samples", "1"], r"argument --num-samples: expected an int >= 2, got 1$", {}),
+    "one trajectory": (["bench", "--num-samples", "1"], r"argument --num-samples: expected an int >= 2, got 1$", {}),
     "negative rtol": (["likelihood", "--rtol", "-1"], r"argument --rtol: expected a finite number > 0, got -1$", {}),
     "nan atol": (["sample", "--atol", "nan"], r"argument --atol: expected a finite number > 0, got nan$", {}),
     "negative seed": (["sample", "--seed", "-1"], r"argument --seed: expected an int >= 0, got -1$", {}),

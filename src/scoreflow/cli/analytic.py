@@ -38,7 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--sampler", choices=("ode", "sde"), default="ode", help="probability-flow ODE or reverse SDE (default: ode)"
     )
     add_solver_options(sample, {"ode": "with --sampler ode", "sde": "with --sampler sde"})
-    add_num_samples(sample, 2000, "samples")
+    add_num_samples(sample, 2000, "samples", minimum=2)  # the errors include the samples' covariance
     add_dtype(sample)
     add_out_file(sample, required=False, help="save the samples with torch.save to this file")
     add_progress(sample)

@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=128,
         help="NFE budget of one SDE solve, at least 8 (default: 128)",
     )
-    add_num_samples(bench, None, "trajectories (or points) per solve")
+    add_num_samples(bench, None, "trajectories (or points) per solve", minimum=2)  # the SDE study's weak error is a covariance
     add_dtype(bench)
     add_out_folder(bench, default="scoreflow-report", help="folder of report.md, the JSON files and the plots")
     bench.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

@@ -142,10 +142,11 @@ def add_dtype(p: argparse.ArgumentParser, default_text: str = "float64") -> None
     )
 
 
-def add_num_samples(p: argparse.ArgumentParser, default: int | None, what: str) -> None:
-    """``--num-samples``."""
+def add_num_samples(p: argparse.ArgumentParser, default: int | None, what: str, *, minimum: int = 1) -> None:
+    """``--num-samples``, at least ``minimum`` (2 where a covariance of the samples is measured)."""
     shown = f"default: {default}" if default is not None else "default: 512 ODE, 256 SDE, 64 likelihood"
-    p.add_argument("--num-samples", type=int_at_least(1), default=default, help=f"number of {what} ({shown})")
+    least = f", >= {minimum}" if minimum > 1 else ""
+    p.add_argument("--num-samples", type=int_at_least(minimum), default=default, help=f"number of {what}{least} ({shown})")
 
 
 def _method_names(kind: str) -> str:
