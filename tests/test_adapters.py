@@ -265,6 +265,8 @@ def test_adapter_errors():
         from_kdiffusion("model")
     with pytest.raises(ValueError, match="zero terminal SNR"):
         DiscreteVPSDE(torch.tensor([0.9, 0.5, 0.0]))
+    with pytest.raises(TypeError, match=r"DiscreteVPSDE: argument 'alphas_cumprod' expected a 1-D tensor of noise levels .*got str 'cosine'"):
+        DiscreteVPSDE("cosine")
     with pytest.raises(ValueError, match="'w' expected a finite number"):
         guided_score(unet, unet, math.nan)
     with pytest.raises(TypeError, match="'uncond' expected a callable"):
