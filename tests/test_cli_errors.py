@@ -124,6 +124,7 @@ CASES: dict[str, tuple[list[str], str, dict[str, str]]] = {
                                 r"argument --model: _cli_models:not_a_pair\(device\) returned str; expected a pair \(score, sde\)", {}),
     # --out
     "out is a folder": (["sample", "--out", "{tmp}"], r"argument --out: '.*' is a folder; expected a file name such as '.*result.pt'$", {}),
+    "out names a new folder": (["sample", "--out", "{tmp}/runs/"], r"argument --out: '.*runs/' is a folder; expected a file name such as '.*runs/result.pt'$", {}),
     "dist out is a folder": (["dist", "sample", *PROBLEM, "--out", "{tmp}/runs.pt"], r"argument --out: '.*runs.pt' is a folder", {"runs.pt": "folder"}),
     "out inside a file": (["sample", "--out", "{tmp}/notes.txt/x.pt"], r"argument --out: cannot write in the folder '.*notes.txt'", {"notes.txt": "file"}),
     "out exists": (["sample", "--out", "{tmp}/x.pt"], r"argument --out: '.*x.pt' exists; pass --overwrite to replace it", {"x.pt": "file"}),
