@@ -102,6 +102,10 @@ CASES: dict[str, tuple[list[str], str, dict[str, str]]] = {
                                      r"argument --rtol: the fixed-grid method 'rk4' takes --steps or --step-size; .*\(dopri5, ", {}),
     "step size for a steps-only method": (["sample", "--method", "dpmpp_2m", "--step-size", "0.1"],
                                           r"argument --step-size: the method 'dpmpp_2m' takes --steps only", {}),
+    "probe with the exact trace": (["likelihood", "--probe", "gaussian"],
+                                   r"argument --probe: applies to a Hutchinson trace; --trace exact computes the divergence", {}),
+    "n-probes with the exact trace": (["dist", "likelihood", *PROBLEM, "--n-probes", "4", "--out", "{tmp}/ll.pt"],
+                                      r"argument --n-probes: applies to a Hutchinson trace", {}),
     "steps and step size": (["sample", "--method", "rk4", "--steps", "3", "--step-size", "0.1"],
                             r"argument --step-size: not allowed with argument --steps$", {}),
     # sources and their options

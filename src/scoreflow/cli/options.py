@@ -189,19 +189,28 @@ def add_trace_options(p: argparse.ArgumentParser) -> None:
         "--trace", choices=TRACES, default="exact",
         help="divergence estimator (default: exact; hutchinson_fd: Hutchinson by central differences, no VJP)",
     )
+    # No argparse defaults: trace_options tells a probe option given with --trace exact from one left out.
     p.add_argument(
         "--probe",
         choices=PROBES,
-        default="rademacher",
+        default=None,
         help="Hutchinson probe (default: rademacher)",
     )
-    p.add_argument("--n-probes", type=int_at_least(1), default=1, help="Hutchinson probes per point (default: 1)")
+    p.add_argument("--n-probes", type=int_at_least(1), default=None, help="Hutchinson probes per point (default: 1)")
 
 
 def trace_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The likelihood keywords of ``--trace``, ``--probe`` and ``--n-probes`` (the last two for Hutchinson only)."""
+    """The likelihood keywords of ``--trace``, ``--probe`` and ``--n-probes`` (the last two for Hutchinson only).
+
+    Raises:
+        CLIError: for ``--probe`` or ``--n-probes`` with ``--trace exact``, which has no probe.
+    """
     if args.trace != "exact":
-        return {"trace": args.trace, "probe": args.probe, "n_probes": args.n_probes}
+        n_probes = 1 if args.n_probes is None else args.n_probes
+        return {"trace": args.trace, "probe": args.probe or "rademacher", "n_probes": n_probes}
+    given = "--probe" if args.probe is not None else "--n-probes" if args.n_probes is not None else None
+    if given:
+        raise CLIError(f"argument {given}: applies to a Hutchinson trace; --trace exact computes the divergence without probes")
     return {"trace": args.trace}
 
 
