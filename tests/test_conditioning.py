@@ -243,6 +243,10 @@ def test_conditioning_errors_name_the_argument():
         law.marginal(sf.VPSDE(), torch.tensor([0.1, 0.2, 0.3])).condition(torch.tensor([True, False]), v)
     with pytest.raises(ValueError, match=r"GaussianMixture.condition_linear: argument 'A' expected a matrix of shape \(M, 2\)"):
         law.condition_linear(torch.ones(2), torch.ones(1), 0.1)
+    with pytest.raises(ValueError, match=r"GaussianMixture.condition_linear: argument 'A' expected a matrix of shape \(M, 2\) acting on flattened x, got \(1, 3\)"):
+        law.condition_linear(torch.ones(1, 3), torch.ones(1), 0.1)
+    with pytest.raises(ValueError, match=r"observation_log_likelihood: argument 'A' expected a matrix of shape \(M, 2\) acting on flattened x, got \(2, 1, 2\)"):
+        observation_log_likelihood(law, sf.VPSDE(), A=torch.ones(2, 1, 2), y=torch.ones(2), noise_std=0.1)
     with pytest.raises(ValueError, match=r"argument 'y' expected shape \(1,\) or \(B, 1\), got \(2,\)"):
         law.condition_linear(torch.ones(1, 2), torch.ones(2), 0.1)
     with pytest.raises(ValueError, match=r"argument 'noise_std' expected finite values > 0, got 0.0. Use condition\(\) for exact"):

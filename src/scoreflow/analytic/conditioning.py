@@ -158,11 +158,17 @@ def _noise_std(fn: str, noise_std, m: int, law: GaussianMixture) -> torch.Tensor
     return std.expand(m)
 
 
+def _check_matrix(fn: str, A: torch.Tensor, dim: int) -> torch.Tensor:
+    if A.ndim != 2 or A.shape[1] != dim:
+        raise ValueError(f"{fn}: argument 'A' expected a matrix of shape (M, {dim}) acting on flattened x, got {tuple(A.shape)}.")
+    return A
+
+
 def _linear_posterior(fn: str, law: GaussianMixture, A, y, noise_std) -> _Posterior:
     _check_unbatched(fn, law)
-    A = _as_data(fn, "A", A, law, (law.dim,))
-    if A.ndim != 2:
-        raise ValueError(f"{fn}: argument 'A' expected a matrix of shape (M, {law.dim}) acting on flattened x, got {tuple(A.shape)}.")
+    if torch.is_tensor(A):  # before _as_data, whose message would call the rows of A a batch
+        _check_matrix(fn, A, law.dim)
+    A = _check_matrix(fn, _as_data(fn, "A", A, law, (law.dim,)), law.dim)
     m = A.shape[0]
     y = _as_data(fn, "y", y, law, (m,))
     noise_cov = torch.diag_embed(_noise_std(fn, noise_std, m, law) ** 2)
