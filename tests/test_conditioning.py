@@ -148,6 +148,23 @@ def test_batched_observations_are_the_stacked_posteriors():
     torch.testing.assert_close(lin.score(sf.VPSDE())(x, 0.3)[2:], law.condition_linear(A, y[2], 0.2).score(sf.VPSDE())(x[2:], 0.3))
 
 
+def test_a_batch_of_states_that_is_not_one_per_observation_is_named():
+    # batched values or y: row i of x belongs to observation i, so another batch size is a user error (was torch's
+    # bare broadcasting error)
+    law, sde = _random_mixture(4, 2, 7), sf.VPSDE()
+    mask, x = torch.tensor([True, False, True, False]), torch.randn(2, 4, dtype=torch.float64)
+    values, y = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
+    A = torch.ones(1, 4, dtype=torch.float64)
+    for fn, f in [
+        ("inpainting_score", inpainting_score(law, sde, mask, values)),
+        ("observation_log_likelihood", observation_log_likelihood(law, sde, mask=mask, values=values)),
+        ("observation_log_likelihood", observation_log_likelihood(law, sde, A=A, y=y, noise_std=0.5)),
+    ]:
+        with pytest.raises(ValueError, match=rf"{fn}: x expected one row per observation, batch 3 .*got shape \(2, 4\)"):
+            f(x, 0.5)
+        assert f(torch.randn(3, 4, dtype=torch.float64), 0.5).shape[0] == 3
+
+
 def test_batched_posterior_samples_each_row_from_its_own_observation():
     law = make_law("ring2d")
     mask = torch.tensor([True, False])

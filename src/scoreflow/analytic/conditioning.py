@@ -204,6 +204,15 @@ def condition_linear(law: GaussianMixture, A, y, noise_std) -> GaussianMixture:
     return _linear_posterior(f"{type(law).__name__}.condition_linear", law, A, y, noise_std).law
 
 
+def _check_observations(fn: str, post: GaussianMixture, x: torch.Tensor) -> None:
+    """One row of ``x`` per observation when the observations are batched (a shape test, no tensor read)."""
+    if post.batch_shape and x.shape[0] != post.batch_shape[0]:
+        raise ValueError(
+            f"{fn}: x expected one row per observation, batch {post.batch_shape[0]} (the batched values or y it was "
+            f"built with), got shape {tuple(x.shape)}."
+        )
+
+
 class InpaintingScore:
     r"""The exact score of :math:`p_t(x_t \mid x_{0,o} = v)` on the full state, callable as ``score(x, t)``.
 
@@ -212,10 +221,11 @@ class InpaintingScore:
     """
 
     def __init__(self, posterior: GaussianMixture, sde: ForwardSDE, mask: torch.Tensor, observed: torch.Tensor, event_shape) -> None:
-        self.posterior_score = posterior.score(sde)
+        self.posterior, self.posterior_score = posterior, posterior.score(sde)
         self.sde, self.mask, self.observed, self.event_shape = sde, mask, observed, event_shape
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        _check_observations("inpainting_score", self.posterior, x)
         t = batch_time(t, x)
         xf = x.reshape(x.shape[0], -1)
         alpha, sigma = self.sde.marginal(t)
@@ -241,7 +251,8 @@ def inpainting_score(law: GaussianMixture, sde: ForwardSDE, mask: torch.Tensor, 
         A callable ``score(x, t)`` on ``x`` of shape ``(B, *event_shape)``.
 
     Raises:
-        TypeError, ValueError: as :func:`condition`, or if ``sde`` is not a ForwardSDE.
+        TypeError, ValueError: as :func:`condition`, or if ``sde`` is not a ForwardSDE; when called, ValueError for
+            an ``x`` whose batch is not that of batched ``values``.
     """
     fn = "inpainting_score"
     check_sde(fn, sde)
@@ -257,6 +268,7 @@ class ObservationLogLikelihood:
         self.law, self.sde, self.post, self.mask, self.observed = law, sde, post, mask, observed
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        _check_observations("observation_log_likelihood", self.post.law, x)
         t = batch_time(t, x).to(self.law.means.dtype)
         xf = x.reshape(x.shape[0], -1)
         if self.mask is None:
@@ -293,7 +305,7 @@ def observation_log_likelihood(
 
     Raises:
         ValueError: unless exactly one kind of observation is given; otherwise as :func:`condition` or
-            :func:`condition_linear`.
+            :func:`condition_linear`; when called, for an ``x`` whose batch is not that of batched observations.
     """
     fn = "observation_log_likelihood"
     check_sde(fn, sde)
