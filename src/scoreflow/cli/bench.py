@@ -70,6 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     """Run the convergence studies, print the order tables and write the report."""
+    twice = sorted({s for s in args.study if args.study.count(s) > 1})
+    if twice:  # each study writes <study>.json: a repeat would run again and replace it
+        raise CLIError(f"argument --study: expected each study once, got {' '.join(args.study)} ({', '.join(map(repr, twice))} repeated)")
     needed = (("tqdm", not args.no_progress), ("matplotlib", not args.no_plots))
     missing = [m for m, need in needed if need and importlib.util.find_spec(m) is None]
     if missing:

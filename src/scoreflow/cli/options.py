@@ -99,6 +99,9 @@ def name_list(valid: Callable[[], list[str]], what: str) -> Callable[[str], tupl
                 f"expected comma-separated {what} from {', '.join(allowed)}, got {text!r}"
                 + (f" ({', '.join(map(repr, unknown))} unknown)" if unknown else "")
             )
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:  # a study keys its results by name: a repeat would be run again and reported as another row
+            raise argparse.ArgumentTypeError(f"expected each of the {what} once, got {text!r} ({', '.join(map(repr, twice))} repeated)")
         return names
 
     return parse
