@@ -185,6 +185,17 @@ def test_guidance_by_a_log_likelihood_without_a_graph_from_x_is_an_error(log_lik
         guided(torch.zeros(4, 2, dtype=torch.float64), torch.full((4,), 0.5, dtype=torch.float64))
 
 
+def test_guidance_under_inference_mode_says_so():
+    # inference mode records no graph whatever the log-likelihood: the message must not blame it
+    law, sde = make_law("ring2d"), sf.VPSDE()
+    guided = sf.classifier_guided_score(law.score(sde), lambda x, t: -(x**2).sum(1))
+    x_T = sde.prior_sample((4, 2), dtype=torch.float64)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"classifier_guided_score: guidance differentiates .* torch.inference_mode\(\) forbids"):
+        sf.sample_ode(guided, sde, x_T, method="euler", steps=3)
+    with torch.no_grad():
+        assert sf.sample_ode(guided, sde, x_T, method="euler", steps=3).nfe == 3
+
+
 
 def test_the_conditional_methods_are_registered_with_their_front_ends():
     records = {m.name: m for m in sf.list_methods("conditional")}

@@ -41,9 +41,14 @@ def _grad_in_x(fn: str, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
         value = check_per_sample(fn, "the log-likelihood", f(xg), x)
         (grad,) = torch.autograd.grad(value.sum(), xg, create_graph=keep, allow_unused=True) if value.requires_grad else (None,)
     if grad is None:  # a detached or constant value: guiding by a zero gradient would be silently unguided
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{fn}: guidance differentiates the log-likelihood in x, which torch.inference_mode() forbids. "
+                "Fix: sample under torch.no_grad() instead (the samplers' default)."
+            )
         raise ValueError(
             f"{fn}: the log-likelihood has no autograd graph from x, so it cannot guide. Fix: compute it from x "
-            "with torch operations, not from x.detach(), under torch.no_grad() or with NumPy."
+            "with torch operations (not from x.detach(), inside torch.no_grad() or with NumPy)."
         )
     return value, grad
 
@@ -85,6 +90,7 @@ def classifier_guided_score(score: ScoreFn, log_likelihood: LogLikelihood, *, sc
         TypeError: if ``score`` or ``log_likelihood`` is not callable or ``scale`` is not a number.
         ValueError: if ``scale`` is not finite; when called, if ``log_likelihood`` does not return ``(B,)`` or
             returns a value without an autograd graph from x (detached, constant, NumPy).
+        RuntimeError: when called under ``torch.inference_mode()``, which forbids the gradient.
     """
     fn = "classifier_guided_score"
     check_callable(fn, "score", score, "score(x, t)")
