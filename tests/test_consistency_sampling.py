@@ -118,6 +118,7 @@ def test_a_non_finite_output_names_the_time():
         ({"times": []}, ValueError, r"argument 'times' expected a non-empty 1-D sequence"),
         ({"times": [0.5], "steps": 3}, ValueError, r"1 re-noising times make 2 steps, got steps=3"),
         ({"schedule": "cosine"}, ValueError, r"argument 'schedule' expected one of 't', 'log_snr', 'karras'"),
+        ({"times": [0.5], "schedule": "t"}, ValueError, r"argument 'schedule' places the default re-noising times; with 'times' given"),
         ({"t_min": 0.01}, ValueError, r"argument 't_min' expected the boundary time of f, f\.t_min=0\.001, got 0\.01"),
         ({"generator": 3}, TypeError, r"argument 'generator' expected a torch\.Generator"),
     ],
