@@ -65,9 +65,10 @@ class ODEStep:
         """
         pairs, group = torch.unique(torch.stack([t_from, t_to], dim=1), dim=0, return_inverse=True)
         out = torch.empty_like(x)
+        still = (pairs[:, 0] == pairs[:, 1]).tolist()  # one host read for all pairs
         for k in range(pairs.shape[0]):
             rows = (group == k).nonzero().squeeze(1)
-            if pairs[k, 0] == pairs[k, 1]:  # a step of length zero is the identity (the solvers need an interval)
+            if still[k]:  # a step of length zero is the identity (the solvers need an interval)
                 out[rows] = x[rows]
                 continue
             stepping = dataclasses.replace(self.template, times=pairs[k])
