@@ -187,4 +187,5 @@ def _candidates(sde: ForwardSDE, family: str, t_min: float) -> list[dict[str, fl
     if family == "shift":
         return [{"shift": s} for s in _SHIFTS]
     s_min = math.exp(-float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64))))
-    return [{"sigma_cap": cap, "sigma_floor": f * s_min} for cap in _CAPS for f in _FLOORS]
+    # (a floor must lie below its cap: with a late t_min some of the larger floors do not)
+    return [{"sigma_cap": cap, "sigma_floor": f * s_min} for cap in _CAPS for f in _FLOORS if f * s_min < cap]
