@@ -29,6 +29,20 @@ def test_tightening_the_tolerance_converges_to_the_closed_form_flow(sde):
     assert nfes[0] < nfes[1] < nfes[2], nfes
 
 
+
+@pytest.mark.parametrize("sde", [sf.VPSDE(), sf.VESDE()], ids=["vp", "ve"])
+def test_float32_at_tolerances_near_its_resolution_reaches_t_min(sde):
+    """At rtol = atol = 1e-7 in float32 the batch-wide solver's error estimate x_t - x_pred carried the round-off of x
+    (~1e-7 |x|), stayed near the tolerance whatever the step, and shrank the step until it underflowed
+    (ZeroDivisionError); estimated from the difference of the two polynomials it ends at float32's accuracy."""
+    law = make_problem("gaussian2d", "vp").law
+    x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+    exact = law.flow_map(sde, x_T.double(), sde.T, sde.t_min)
+    res = _solve(law.score(sde), sde, x_T, 1e-7)
+    loose = _solve(law.score(sde), sde, x_T, 1e-5)
+    assert res.samples.dtype == torch.float32
+    assert rms_error(res.samples.double(), exact) < 1e-5 * sde.prior_std and res.nfe < 3 * loose.nfe, (rms_error(res.samples.double(), exact), res.nfe, loose.nfe)
+
 def test_agrees_with_dopri5_on_a_mixture():
     problem = make_problem("ring2d_sharp", "vp")
     sde = problem.sde

@@ -23,6 +23,21 @@ def test_floor_zero_is_the_capped_grid_and_a_floor_is_uniform_in_u():
     assert torch.allclose(u.diff(), u.diff().mean().expand(12), rtol=1e-9)
     with pytest.raises(ValueError, match=r"time_grid: argument 'sigma_floor' expected a finite number >= 0, got -1"):
         sf.time_grid(sde, 12, "log_snr_capped", sigma_floor=-1.0)
+    # a floor at the cap made u(sigma) constant: the grid was NaN between its ends
+    with pytest.raises(ValueError, match=r"time_grid: argument 'sigma_floor' expected a noise level below sigma_cap=2 .*, got 2.0"):
+        sf.time_grid(sde, 12, "log_snr_capped", sigma_cap=2.0, sigma_floor=2.0)
+
+
+def test_late_t_min_keeps_floors_below_caps_and_a_non_finite_reference_is_refused():
+    sde = sf.VPSDE()
+    # with a late t_min (sigma/alpha = 3.5 there) the larger floors reach the smaller caps: fit_schedule skips them
+    law = Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    pilot = sde.prior_sample((8, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fit = sf.fit_schedule(law.score(sde), sde, pilot, 3, t_min=0.5)
+    assert fit.candidates and all(c["sigma_floor"] < c["sigma_cap"] for _, c, _ in fit.candidates)
+    # a non-finite reference made every candidate's error NaN, and the first candidate was returned as the fit
+    with pytest.raises(ValueError, match="fit_schedule: argument 'reference' contains NaN or infinite values"):
+        sf.fit_schedule(law.score(sde), sde, pilot, 3, reference=torch.full_like(pilot, torch.nan))
 
 
 def test_fitted_grid_beats_the_default_grid_on_held_out_draws_of_narrow_data():

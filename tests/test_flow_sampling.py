@@ -39,6 +39,30 @@ def test_a_general_affine_path_samples_its_own_flow_map():
     assert (res.samples - law.flow_map(cosine, x_T, cosine.T, cosine.t_min)).abs().max() < 1e-6
 
 
+
+def test_a_path_whose_alpha_misses_zero_at_T_by_round_off_reaches_pure_noise():
+    """cos(pi/2) = 6e-17 in float64: the cosine path at T = 1 is pure noise there, not a process with log-SNR -37."""
+    cosine = sf.AffinePath(lambda t: torch.cos(0.5 * torch.pi * t), lambda t: torch.sin(0.5 * torch.pi * t))
+    one = torch.tensor(1.0, dtype=F64)
+    assert cosine.pure_noise_at_T and cosine.marginal(one)[0] == 0 and cosine.log_snr(one) == -torch.inf
+    law = make_law("gaussian2d")
+    x1 = prior(16, 2)
+    # methods that divide by alpha(T) are refused (they returned |x| ~ 1e9), as are a score model and infinite grids
+    with pytest.raises(ValueError, match="EDMHeun divides by alpha"):
+        sf.sample_ode(law.velocity(cosine), cosine, x1, method="edm_heun", steps=10)
+    with pytest.raises(ValueError, match="a model predicting 'score' cannot be integrated"):
+        sf.sample_ode(lambda x, t: -x, cosine, x1, method="dopri5")
+    with pytest.raises(ValueError, match="schedule 'karras' needs a finite log-SNR"):
+        sf.time_grid(cosine, 10, "karras")
+    exact = law.flow_map(cosine, x1, 1.0, cosine.t_min)
+    for method in ("dpmpp_3m_pc", "dpmpp_2m"):
+        errors = [float((sf.sample_ode(law.velocity(cosine), cosine, x1, method=method, steps=n).samples - exact).abs().max())
+                  for n in (16, 64)]
+        assert errors[1] < errors[0] / 8 and errors[1] < 2e-3, (method, errors)
+    # away from T the schedule is untouched
+    t = torch.tensor([0.5, 1 - 1e-9], dtype=F64)
+    torch.testing.assert_close(cosine.marginal(t)[0], torch.cos(0.5 * torch.pi * t), rtol=0, atol=0)
+
 NATIVE = ["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_pc", "dpmpp_3m_pc", "dpmpp_4m_pc"]
 #: Orders measured from pure noise on the Gaussian (log_snr_capped grids): the first step,
 #: from lambda = -inf, is a DDIM step (or a trapezoidal one for the predictor-correctors), which bounds the

@@ -110,3 +110,11 @@ def test_sampling_is_not_differentiable_unless_asked():
     out = sf.sample_ode(problem.score, problem.sde, x_T, method="euler", steps=5, enable_grad=True).samples
     (grad,) = torch.autograd.grad(out.sum(), x_T)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("flag", ["denoise_final", "enable_grad"])
+def test_a_flag_of_the_wrong_type_is_refused(flag):
+    """enable_grad="no" is truthy: it kept the autograd graph of the whole solve without a word."""
+    problem, x_T, _ = _gaussian_case("vp", n=4)
+    with pytest.raises(TypeError, match=rf"sample_ode: argument '{flag}' expected True or False, got str 'no'"):
+        sf.sample_ode(problem.score, problem.sde, x_T, method="euler", steps=2, **{flag: "no"})

@@ -45,7 +45,9 @@ class AffinePath(ForwardSDE):
             can be differentiated), with :math:`\alpha \ge 0`, :math:`\sigma > 0` on :math:`(0, T]` and a strictly
             decreasing log-SNR :math:`\log(\alpha/\sigma)`.
         d_alpha, d_sigma: their time derivatives; by default computed by autograd (``torch.func.jvp``).
-        T: the noise end; the prior is :math:`N(0, \sigma(T)^2 I)` (exact when :math:`\alpha(T) = 0`).
+        T: the noise end; the prior is :math:`N(0, \sigma(T)^2 I)` (exact when :math:`\alpha(T) = 0`).  An
+            :math:`\alpha(T)` that is 0 up to the rounding of T (:math:`|\alpha(T)| \le \epsilon T|\dot\alpha(T)|`, as
+            ``cos(pi/2) = 6e-17``) is taken as 0: the path reaches pure noise.
         t_min: the default time at which sampling stops and likelihoods start.
 
     Raises:
@@ -73,6 +75,11 @@ class AffinePath(ForwardSDE):
         self._d_sigma = None if d_sigma is None else check_callable(name, "d_sigma", d_sigma, "d_sigma(t)")
         super().__init__(T=T, t_min=t_min)
         self._check_schedules(name)
+        # A schedule that is 0 at T may miss it by round-off (cos(pi/2) = 6e-17): alpha(T) within one rounding of T
+        # along the slope is taken as the 0 it is, so the path reaches pure noise (and lambda(T) = -inf) as it should.
+        T64 = torch.tensor(self.T, dtype=torch.float64)
+        alpha_T = float(self._alpha(T64))
+        self._zero_at_T = 0.0 < alpha_T <= torch.finfo(torch.float64).eps * self.T * abs(float(self.marginal_derivatives(T64)[0]))
 
     def _check_schedules(self, name: str) -> None:
         t = torch.linspace(0.0, self.T, _CHECK_POINTS, dtype=torch.float64)[1:]
@@ -100,7 +107,10 @@ class AffinePath(ForwardSDE):
 
     def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         t = as_time(t)
-        return self._alpha(t), self._sigma(t)
+        alpha = self._alpha(t)
+        if self._zero_at_T:
+            alpha = torch.where(t == self.T, torch.zeros_like(alpha), alpha)
+        return alpha, self._sigma(t)
 
     def marginal_derivatives(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         t = as_time(t)

@@ -99,7 +99,8 @@ def time_grid(
         A decreasing tensor of shape ``(steps + 1,)``.
 
     Raises:
-        ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0``, ``sigma_floor < 0``,
+        ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0``, ``sigma_floor < 0`` (or, for
+            ``"log_snr_capped"``, not below ``sigma_cap``),
             ``shift <= 0``, ``t_min`` outside ``[0, T)`` (0 only for processes that allow it), or a log-SNR schedule
             with an infinite log-SNR at an end it needs.
         TypeError: if ``sde`` is not a forward process or ``dtype`` is not a floating-point dtype.
@@ -112,6 +113,12 @@ def time_grid(
     check_positive(fn, "rho", rho)
     check_positive(fn, "sigma_cap", sigma_cap)
     check_positive(fn, "sigma_floor", sigma_floor, allow_zero=True)
+    if schedule == "log_snr_capped" and not sigma_floor < sigma_cap:
+        # u(s) = log((s + floor)/(1 + s/cap)) is constant in s when floor = cap: the grid was NaN
+        raise ValueError(
+            f"{fn}: argument 'sigma_floor' expected a noise level below sigma_cap={sigma_cap:g} (the floor is the lower of "
+            f"the two levels of 'log_snr_capped'), got {sigma_floor!r}."
+        )
     check_positive(fn, "shift", shift)
     t_min = resolve_t_min(fn, sde, t_min)
     ends = torch.tensor([sde.T, t_min], dtype=torch.float64)

@@ -137,8 +137,8 @@ def fit_schedule(
 
     Raises:
         ValueError: for an adaptive or unknown ``method``, no method, an unknown ``family``, ``steps < 1``, a
-            non-positive ``reference_tol``, a malformed ``x_pilot``, a ``reference`` not shaped like it, or ``t_min``
-            outside ``(0, T)``.
+            non-positive ``reference_tol``, a malformed ``x_pilot``, a ``reference`` not shaped like it or not finite,
+            or ``t_min`` outside ``(0, T)``.
         TypeError: for arguments of the wrong type.
     """
     fn = "fit_schedule"
@@ -166,6 +166,7 @@ def fit_schedule(
         if not torch.is_tensor(reference) or reference.shape != x_pilot.shape:
             got = f"shape {tuple(reference.shape)}" if torch.is_tensor(reference) else type(reference).__name__
             raise ValueError(f"{fn}: argument 'reference' expected a tensor shaped like x_pilot {tuple(x_pilot.shape)}, got {got}.")
+        check_batch(fn, "reference", reference)  # finite: a NaN made every candidate's error NaN and the first one "win"
         nfe = 0
     tried: list[tuple[str, dict[str, float], float]] = []
     for name in methods:
@@ -187,4 +188,5 @@ def _candidates(sde: ForwardSDE, family: str, t_min: float) -> list[dict[str, fl
     if family == "shift":
         return [{"shift": s} for s in _SHIFTS]
     s_min = math.exp(-float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64))))
-    return [{"sigma_cap": cap, "sigma_floor": f * s_min} for cap in _CAPS for f in _FLOORS]
+    # (a floor must lie below its cap: with a late t_min some of the larger floors do not)
+    return [{"sigma_cap": cap, "sigma_floor": f * s_min} for cap in _CAPS for f in _FLOORS if f * s_min < cap]

@@ -104,6 +104,9 @@ def sample_ode(
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x_T", x_T, state=True)
     check_save_at_alone(fn, save_at, return_trajectory)
+    for name, flag in (("denoise_final", denoise_final), ("enable_grad", enable_grad)):
+        if not isinstance(flag, bool):  # enable_grad="no" kept the graph of the whole solve
+            raise TypeError(f"{fn}: argument '{name}' expected True or False, got {type(flag).__name__} {flag!r}.")
     stepping = resolve_stepping(
         fn, spec, sde, x_T, start=sde.T, end=t_min,
         steps=steps, step_size=step_size, schedule=schedule, time=time, rtol=rtol, atol=atol, save_at=save_at,

@@ -114,11 +114,11 @@ class _AdaptiveSolve:
     def data(self, x: torch.Tensor, t: torch.Tensor, a: float, b: float) -> torch.Tensor:
         return (x * a).add(self.score.predict(x, t), alpha=b)
 
-    def update(self, x, ratio, alpha_t, h, points, preds, *, from_noise=False):
-        r"""``ratio * x + alpha_t * sum_j y_j preds_j`` with the weights ``y`` of ``points`` (log-SNR offsets / h, or from
-        pure noise the nodes in :math:`\rho = r/r_t`)."""
+    def weights(self, alpha_t: float, h: float, points: list[float], *, from_noise: bool) -> list[float]:
+        r"""``alpha_t`` times the weights of the predictions at ``points`` (log-SNR offsets / h, or from pure noise the
+        nodes in :math:`\rho = r/r_t`) in a step :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \sum_j w_j \hat x_0^{(j)}`."""
         weights = pure_noise_weights(points) if from_noise else polynomial_weights(h, points)
-        return combine(x, ratio, [(m, alpha_t * w) for w, m in zip(weights, preds)])
+        return [alpha_t * w for w in weights]
 
     def run(self, x: torch.Tensor) -> Solution:
         method, monitor = self.method, self.monitor
@@ -145,18 +145,20 @@ class _AdaptiveSolve:
             t, alpha_t, sigma_t, a, b = self.coefs(lam_t, self.targets[target] if land else None, x)
             step, ratio = lam_t - lam_s, sigma_t / sigma_s
             others = history[: method.points - 1]
-            if from_noise:  # the start at r = 0, the end at rho = 1 (no history yet)
-                x_pred = self.update(x, ratio, alpha_t, step, [0.0], [m], from_noise=True)
-            else:
-                offsets = [(lam - lam_s) / step for lam, _ in others]
-                x_pred = self.update(x, ratio, alpha_t, step, [0.0, *offsets], [m, *(p for _, p in others)])
+            # from pure noise the start is at r = 0 and the end at rho = 1, with no history yet
+            offsets = [] if from_noise else [(lam - lam_s) / step for lam, _ in others]
+            earlier = [] if from_noise else [p for _, p in others]
+            wp = self.weights(alpha_t, step, [0.0, *offsets], from_noise=from_noise)
+            wc = self.weights(alpha_t, step, [0.0, 1.0, *offsets], from_noise=from_noise)
+            x_pred = combine(x, ratio, zip([m, *earlier], wp))
             m_t = self.data(x_pred, t, a, b)
-            if from_noise:
-                x_t = self.update(x, ratio, alpha_t, step, [0.0, 1.0], [m, m_t], from_noise=True)
-            else:
-                x_t = self.update(x, ratio, alpha_t, step, [0.0, 1.0, *offsets], [m, m_t, *(p for _, p in others)])
+            # The corrector's change to the predictor from the difference of their weights (as a Runge-Kutta pair
+            # estimates its error): x_t - x_pred taken apart would carry the round-off of x itself, which in float32
+            # kept the estimate above tolerances near its resolution until the step underflowed.
+            delta = combine(m, wc[0] - wp[0], zip([m_t, *earlier], [wc[1], *(c - p for c, p in zip(wc[2:], wp[1:]))]))
+            x_t = x_pred + delta
             scale = self.atol + self.rtol * torch.maximum(x.abs(), x_t.abs())
-            err = float(((x_t - x_pred) / scale).square().mean().sqrt())
+            err = float((delta / scale).square().mean().sqrt())
             factor = min(method.max_factor, max(method.min_factor, method.safety * max(err, 1e-10) ** (-1.0 / (len(others) + 2))))
             if from_noise:
                 lam_first, h = lam_t + math.log(factor), method.h_init * factor
