@@ -96,6 +96,23 @@ def test_a_flow_path_ends_at_pure_noise_and_reaches_the_exact_density():
         sf.log_likelihood(law.velocity(rf), rf, x, method="expint_pc_adaptive", t_min=0.0)
 
 
+def test_native_methods_refuse_t_min_0_for_every_prediction():
+    # the same message whatever the model predicts and for the fixed grid too (a data prediction divided by
+    # sigma(0) = 0 in float arithmetic, and the fixed grid's schedule failed first, naming time_grid)
+    rf = sf.RectifiedFlow()
+    law = make_problem("gaussian2d", "vp").law
+    velocity = law.velocity(rf).predict
+
+    def denoiser(y, t):  # E[x0 | x_t] = x_t - t u(x_t, t) on rectified flow, finite on [0, 1]
+        return y - t[:, None] * velocity(y, t)
+
+    x = law.sample(3, generator=torch.Generator().manual_seed(0))
+    for model in (law.velocity(rf), sf.score_from_denoiser(denoiser, rf)):
+        for method, kwargs in (("expint_pc_adaptive", {}), ("expint_pc", {"steps": 8})):
+            with pytest.raises(ValueError, match=rf"^log_likelihood: the native method '{method}' steps in the log-SNR, which is \+inf at t_min=0"):
+                sf.log_likelihood(model, rf, x, method=method, t_min=0.0, **kwargs)
+
+
 def test_image_shaped_data_and_float32():
     problem = make_problem("gaussian16d", "vp")
     law = problem.law

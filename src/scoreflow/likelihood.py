@@ -29,6 +29,7 @@ from .dynamics.divergence import PROBES, draw_probes
 from .methods import get_method, resolve_stepping
 from .parameterizations import check_native_at_pure_noise
 from .sde import ForwardSDE, check_sde
+from .solvers.likelihood import _check_ends
 
 __all__ = ["log_likelihood", "LikelihoodResult", "TRACES"]
 
@@ -165,11 +166,13 @@ def log_likelihood(
     if difference:
         _check_difference(fn, sde, t_min, adjoint)
     check_batch(fn, "x", x, state=True)
+    native = spec.backend == "native"
+    if native:  # before the grid: a log-SNR grid cannot start at +inf either
+        _check_ends(method, [float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64)))])
     stepping = resolve_stepping(
         fn, spec, sde, x, start=t_min, end=sde.T, steps=steps, step_size=step_size, schedule=schedule, rtol=rtol, atol=atol
     )
 
-    native = spec.backend == "native"
     if native and adjoint:
         raise ValueError(
             f"{fn}: argument 'adjoint' applies to torchdiffeq's methods, got adjoint=True with the native method "
