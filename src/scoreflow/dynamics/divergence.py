@@ -225,9 +225,10 @@ class CentralDifferences:
                 points = torch.add(x, signed, alpha=step)
                 half_inverse = 0.5 / step
             flat = points.view(-1, *shape)
-            values = _checked_output("difference_hutchinson", fn(flat), flat).view(signed.shape)
+            # reshape, not view: a model may return another memory layout (channels_last)
+            values = _checked_output("difference_hutchinson", fn(flat), flat).reshape(signed.shape)
             # sum_i v_i (up_i - down_i): the signed stack carries the minus sign of the downward half
-            est = (values * signed).view(2, self.n, batch, -1).sum(dim=(0, 3))
+            est = (values * signed).reshape(2, self.n, batch, -1).sum(dim=(0, 3))
             return values.mean(dim=0), est.mul_(half_inverse)
 
 
