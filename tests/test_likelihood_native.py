@@ -84,6 +84,19 @@ def test_adaptive_agrees_with_dopri5_on_the_same_hutchinson_probe():
     torch.testing.assert_close(ours.std_error, theirs.std_error, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("options", [{"reject_above": 0.5}, {"reject_above": 0.1}, {"safety": 1.5}])
+def test_a_stricter_step_control_retries_rejected_steps_shorter(options):
+    # with reject_above below safety^(p+1) (or safety > 1) a rejected step's factor safety * e^(-1/(p+1)) exceeded 1:
+    # it was retried longer, rejected again, until max_steps
+    problem = make_problem("mixture16d", "vp")
+    x = _data(problem, 6)
+    p_T = problem.law.marginal(problem.sde, problem.sde.T).log_prob
+    with torch.no_grad():
+        res = sf.log_likelihood(problem.score, problem.sde, x, method="expint_pc_adaptive", rtol=1e-6, atol=1e-6,
+                                prior_log_prob=p_T, options={**options, "max_steps": 2000})
+    assert float((res.log_prob - _exact(problem, x)).abs().max()) < 1e-4 and res.nfe < 2000
+
+
 def test_a_flow_path_ends_at_pure_noise_and_reaches_the_exact_density():
     rf = sf.RectifiedFlow()
     law = make_problem("mixture16d", "vp").law
