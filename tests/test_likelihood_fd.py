@@ -150,3 +150,15 @@ def test_differences_refuse_an_adjoint_and_a_start_without_noise():
         value_and_difference_hutchinson(lambda y: y, x, torch.ones(2, 2), 1e-3)
     with pytest.raises(ValueError, match=r"argument 'trace' .*hutchinson_fd"):
         sf.log_likelihood(problem.score, problem.sde, x, trace="fd")
+
+
+def test_differences_refuse_to_be_differentiated_in_x():
+    # the differences carry no graph, so a gradient in x came only through the state's identity part of each step:
+    # about 1/200 of the true score here, silently
+    problem = make_problem("gaussian2d", "vp")
+    x = problem.law.marginal(problem.sde, 1e-3).sample(3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    with pytest.raises(ValueError, match=r"log_likelihood: argument 'x' requires grad, but trace='hutchinson_fd' is not differentiable"):
+        sf.log_likelihood(problem.score, problem.sde, x, trace="hutchinson_fd")
+    with torch.no_grad():  # values only: fine
+        res = sf.log_likelihood(problem.score, problem.sde, x, trace="hutchinson_fd")
+    assert not res.log_prob.requires_grad
