@@ -212,12 +212,13 @@ def check_time_grid(fn: str, name: str, value: Any, t_start: float, t_end: float
     if not torch.isfinite(ts).all() or (ts[1:] >= ts[:-1]).any():
         order = "increasing" if increasing else "decreasing"
         raise ValueError(f"{fn}: argument '{name}' expected finite, strictly {order} times, got {given.tolist()}. {fix}")
-    ends = (("start", ts[0].item(), t_start), ("end", ts[-1].item(), t_end))
-    for which, got, want in reversed(ends) if increasing else ends:
+    (first, first_name), (last, last_name) = ((t_end, "t_min"), (t_start, "T")) if increasing else ((t_start, "T"), (t_end, "t_min"))
+    for which, got, want in (("start", given[0].item(), first), ("end", given[-1].item(), last)):
         if abs(got - want) > 1e-6 * want:
-            expected = f"t_min={t_end:g} and ends at T={t_start:g}" if increasing else f"T={t_start:g} and ends at t_min={t_end:g}"
-            which = {"start": "end", "end": "start"}[which] if increasing else which
-            raise ValueError(f"{fn}: argument '{name}' expected a grid that starts at {expected}, got {which} {got!r}. {fix}")
+            raise ValueError(
+                f"{fn}: argument '{name}' expected a grid that starts at {first_name}={first:g} and ends at "
+                f"{last_name}={last:g}, got {which} {got!r}. {fix}"
+            )
     ts[0], ts[-1] = t_start, t_end
     return ts
 
