@@ -177,6 +177,23 @@ def test_guided_score_with_class_labels_on_a_unet(generator):
     assert res.nfe == 3 and torch.isfinite(res.samples).all()
 
 
+def test_a_per_sample_condition_on_a_subset_of_rows_is_named(generator):
+    # Solvers that evaluate subsets of the batch cannot pair rows with per-sample labels: a clear error, not the
+    # UNet's broadcasting error (or, for one row, an output broadcast to the whole batch).
+    unet = tiny_unet(num_class_embeds=3)
+    score, sde = from_diffusers(unet, diffusers.DDPMScheduler(), class_labels=torch.tensor([0, 1, 2, 0]))
+    x = torch.randn(4, 1, 8, 8, generator=generator)
+    match = r"from_diffusers: condition 'class_labels' holds 4 rows, but the network is called on 2"
+    with torch.no_grad(), pytest.raises(ValueError, match=match):
+        sf.consistency.teacher_step(score, sde, x, torch.tensor([0.5, 0.5, 0.6, 0.6]), 0.3)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"from_kdiffusion: condition 'cond' holds 4 rows, but the network is called on 1"):
+        from_kdiffusion(lambda x, sigma, cond: x, cond=torch.zeros(4, 3))[0](x[:1], torch.tensor([1.0]))
+    shared, _ = from_diffusers(unet, diffusers.DDPMScheduler(), class_labels=torch.tensor([1]))
+    with torch.no_grad():
+        out, nfe = sf.consistency.teacher_step(shared, sde, x, torch.tensor([0.5, 0.5, 0.6, 0.6]), 0.3)
+    assert out.shape == x.shape and nfe == 2 * 2  # two pairs of times, two evaluations each (heun)
+
+
 def mixture_denoiser(law: GaussianMixture):
     """E[x0 | x0 + sigma eps = x] = sum_k r_k(x) (m_k + C_k (C_k + sigma^2 I)^-1 (x - m_k)), written out directly."""
     means, covs, log_w = law.means, law.covs, torch.log(law.weights)
@@ -265,6 +282,8 @@ def test_adapter_errors():
         from_kdiffusion("model")
     with pytest.raises(ValueError, match="zero terminal SNR"):
         DiscreteVPSDE(torch.tensor([0.9, 0.5, 0.0]))
+    with pytest.raises(TypeError, match=r"DiscreteVPSDE: argument 'alphas_cumprod' expected a 1-D tensor of noise levels .*got str 'cosine'"):
+        DiscreteVPSDE("cosine")
     with pytest.raises(ValueError, match="'w' expected a finite number"):
         guided_score(unet, unet, math.nan)
     with pytest.raises(TypeError, match="'uncond' expected a callable"):

@@ -115,6 +115,19 @@ def test_mask_order_and_data_shape():
     torch.testing.assert_close(diff, diff[:1].expand(5))
 
 
+def test_values_off_the_mask_are_ignored_even_when_nan():
+    # The docstring's promise, and sf.inpaint's: an image whose unknown pixels are NaN conditions as any other.
+    law, sde = _random_mixture(4, 3, 5), sf.VPSDE()
+    mask = torch.tensor([True, False, True, False])
+    v = torch.tensor([0.3, 0.0, -1.2, 0.0], dtype=torch.float64)
+    v_nan = torch.where(mask, v, math.nan)
+    x_u, x = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(law.condition(mask, v_nan).log_prob(x_u), law.condition(mask, v).log_prob(x_u), rtol=0, atol=0)
+    torch.testing.assert_close(inpainting_score(law, sde, mask, v_nan)(x, 0.3), inpainting_score(law, sde, mask, v)(x, 0.3), rtol=0, atol=0)
+    nan_ll = observation_log_likelihood(law, sde, mask=mask, values=v_nan)(x, 0.3)
+    torch.testing.assert_close(nan_ll, observation_log_likelihood(law, sde, mask=mask, values=v)(x, 0.3), rtol=0, atol=0)
+
+
 def test_batched_observations_are_the_stacked_posteriors():
     law = make_law("mixture16d")
     g = torch.Generator().manual_seed(0)
@@ -133,6 +146,23 @@ def test_batched_observations_are_the_stacked_posteriors():
     single = torch.stack([law.condition_linear(A, y[i], 0.2).log_prob(x[i : i + 1])[0] for i in range(3)])
     torch.testing.assert_close(lin.log_prob(x), single)
     torch.testing.assert_close(lin.score(sf.VPSDE())(x, 0.3)[2:], law.condition_linear(A, y[2], 0.2).score(sf.VPSDE())(x[2:], 0.3))
+
+
+def test_a_batch_of_states_that_is_not_one_per_observation_is_named():
+    # batched values or y: row i of x belongs to observation i, so another batch size is a user error (was torch's
+    # bare broadcasting error)
+    law, sde = _random_mixture(4, 2, 7), sf.VPSDE()
+    mask, x = torch.tensor([True, False, True, False]), torch.randn(2, 4, dtype=torch.float64)
+    values, y = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
+    A = torch.ones(1, 4, dtype=torch.float64)
+    for fn, f in [
+        ("inpainting_score", inpainting_score(law, sde, mask, values)),
+        ("observation_log_likelihood", observation_log_likelihood(law, sde, mask=mask, values=values)),
+        ("observation_log_likelihood", observation_log_likelihood(law, sde, A=A, y=y, noise_std=0.5)),
+    ]:
+        with pytest.raises(ValueError, match=rf"{fn}: x expected one row per observation, batch 3 .*got shape \(2, 4\)"):
+            f(x, 0.5)
+        assert f(torch.randn(3, 4, dtype=torch.float64), 0.5).shape[0] == 3
 
 
 def test_batched_posterior_samples_each_row_from_its_own_observation():
@@ -224,12 +254,16 @@ def test_conditioning_errors_name_the_argument():
         law.condition(torch.tensor([True, True]), v)
     with pytest.raises(ValueError, match=r"argument 'values' expected shape \(2,\) or \(B, 2\), got \(3,\)"):
         law.condition(torch.tensor([True, False]), torch.zeros(3))
-    with pytest.raises(ValueError, match=r"argument 'values' contains NaN"):
+    with pytest.raises(ValueError, match=r"argument 'values' contains NaN or infinite values where 'mask' is True"):
         law.condition(torch.tensor([True, False]), torch.tensor([math.nan, 0.0]))
     with pytest.raises(ValueError, match=r"GaussianMixture.condition: conditions a data law, got a law batched over \(3,\)"):
         law.marginal(sf.VPSDE(), torch.tensor([0.1, 0.2, 0.3])).condition(torch.tensor([True, False]), v)
     with pytest.raises(ValueError, match=r"GaussianMixture.condition_linear: argument 'A' expected a matrix of shape \(M, 2\)"):
         law.condition_linear(torch.ones(2), torch.ones(1), 0.1)
+    with pytest.raises(ValueError, match=r"GaussianMixture.condition_linear: argument 'A' expected a matrix of shape \(M, 2\) acting on flattened x, got \(1, 3\)"):
+        law.condition_linear(torch.ones(1, 3), torch.ones(1), 0.1)
+    with pytest.raises(ValueError, match=r"observation_log_likelihood: argument 'A' expected a matrix of shape \(M, 2\) acting on flattened x, got \(2, 1, 2\)"):
+        observation_log_likelihood(law, sf.VPSDE(), A=torch.ones(2, 1, 2), y=torch.ones(2), noise_std=0.1)
     with pytest.raises(ValueError, match=r"argument 'y' expected shape \(1,\) or \(B, 1\), got \(2,\)"):
         law.condition_linear(torch.ones(1, 2), torch.ones(2), 0.1)
     with pytest.raises(ValueError, match=r"argument 'noise_std' expected finite values > 0, got 0.0. Use condition\(\) for exact"):

@@ -73,6 +73,22 @@ def test_seeded_runs_are_bit_identical_and_times_set_the_steps():
     assert torch.allclose(sf.consistency.renoise_times(sde, 3), sf.time_grid(sde, 3, "karras")[1:-1])
 
 
+def test_a_function_with_its_own_boundary_time_sets_the_default_t_min(generator):
+    # f.t_min = 0.01 != sde.t_min: without t_min the sampler ends at f's boundary (the docstring's default), exactly
+    # the flow map to 0.01 in one step, and re-noises from 0.01 in more.
+    law, sde = make_law("gaussian2d"), sf.VPSDE()
+    f = law.consistency_function(sde, t_min=0.01)
+    x_T = sde.prior_sample((8, 2), generator=generator, dtype=torch.float64)
+    res = sf.sample_consistency(f, sde, x_T)
+    torch.testing.assert_close(res.samples, law.flow_map(sde, x_T, sde.T, 0.01), rtol=1e-12, atol=1e-12)
+    res = sf.sample_consistency(f, sde, x_T, steps=3, generator=torch.Generator().manual_seed(1))
+    same = sf.sample_consistency(f, sde, x_T, steps=3, t_min=0.01, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(res.samples, same.samples)
+    assert torch.allclose(res.stats["times"][1:], sf.consistency.renoise_times(sde, 3, t_min=0.01))
+    model = sf.consistency.parameterize(lambda x, t: x, sde, t_min=0.01)
+    assert sf.sample_consistency(model, sde, x_T, steps=2, generator=generator).nfe == 2
+
+
 def test_any_data_shape():
     sde = sf.EDMSDE()
     f = sf.consistency.parameterize(lambda x, t: torch.tanh(x), sde)
@@ -102,6 +118,7 @@ def test_a_non_finite_output_names_the_time():
         ({"times": []}, ValueError, r"argument 'times' expected a non-empty 1-D sequence"),
         ({"times": [0.5], "steps": 3}, ValueError, r"1 re-noising times make 2 steps, got steps=3"),
         ({"schedule": "cosine"}, ValueError, r"argument 'schedule' expected one of 't', 'log_snr', 'karras'"),
+        ({"times": [0.5], "schedule": "t"}, ValueError, r"argument 'schedule' places the default re-noising times; with 'times' given"),
         ({"t_min": 0.01}, ValueError, r"argument 't_min' expected the boundary time of f, f\.t_min=0\.001, got 0\.01"),
         ({"generator": 3}, TypeError, r"argument 'generator' expected a torch\.Generator"),
     ],

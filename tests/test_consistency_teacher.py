@@ -37,6 +37,19 @@ def test_rows_with_their_own_times_are_stepped_as_if_alone(generator):
     assert nfe == 4 * 2  # four distinct pairs of times, two evaluations each
 
 
+@pytest.mark.parametrize("method", ["heun", "ddim", "dpmpp_2m", "dopri5"])
+def test_a_row_whose_times_are_equal_is_returned_as_it_is(method, generator):
+    # A step of length zero is the identity; the other rows are stepped as if alone.
+    law, sde = make_law("gaussian2d"), sf.VPSDE()
+    x = torch.randn(3, 2, generator=generator, dtype=torch.float64)
+    t_from = torch.tensor([0.5, 0.5, 0.7], dtype=torch.float64)
+    t_to = torch.tensor([0.5, 0.4, 0.7], dtype=torch.float64)
+    out, nfe = teacher_step(law.score(sde), sde, x, t_from, t_to, method=method)
+    assert torch.equal(out[[0, 2]], x[[0, 2]])
+    alone, alone_nfe = teacher_step(law.score(sde), sde, x[1:2], 0.5, 0.4, method=method)
+    assert torch.allclose(out[1:2], alone, rtol=1e-12, atol=1e-12) and nfe == alone_nfe
+
+
 @pytest.mark.parametrize("sde", [sf.VPSDE(), sf.VESDE(), sf.EDMSDE()], ids=["vp", "ve", "edm"])
 def test_an_adaptive_method_solves_the_step_to_its_tolerance(sde, generator):
     # Short steps near t_min: torchdiffeq's first-step heuristic would probe below t = 0 (undefined under VE).
@@ -56,6 +69,8 @@ def test_errors_are_named():
         teacher_step(law.score(sde), sde, x, 0.5, 0.4, method="heun2")
     with pytest.raises(ValueError, match=r"teacher_step: arguments 't_from', 't_to' expected times in \[t_min=0\.001, T=1\]"):
         teacher_step(law.score(sde), sde, x, 1.5, 0.4)
+    with pytest.raises(ValueError, match=r"teacher_step: arguments 't_from', 't_to' expected times in \[t_min=0\.001, T=1\], got \[nan"):
+        teacher_step(law.score(sde), sde, x, torch.tensor([0.5, float("nan"), 0.5], dtype=torch.float64), 0.4)
     with pytest.raises(ValueError, match=r"teacher_step: argument 't_to' expected a scalar or a \(3,\) tensor"):
         teacher_step(law.score(sde), sde, x, 0.5, torch.tensor([0.1, 0.2]))
     with pytest.raises(ValueError, match=r"'rtol'/'atol' apply to adaptive methods"):

@@ -162,6 +162,39 @@ def test_guided_score_errors_name_the_argument():
         sf.dps_score(law.score(sde), sde, "A", torch.zeros(2), noise_std=0.1)
     with pytest.raises(TypeError, match=r"dps_score: argument 'sde' expected a ForwardSDE"):
         sf.dps_score(law.score(sde), None, lambda x: x, torch.zeros(2), noise_std=0.1)
+    with pytest.raises(TypeError, match=r"dps_score: argument 'y' expected a floating-point tensor \(the measurement\), got dtype torch.int64"):
+        sf.dps_score(law.score(sde), sde, lambda x: x, torch.zeros(2, dtype=torch.int64), noise_std=0.1)
+    x, t = torch.zeros(4, 2, dtype=torch.float64), torch.full((4,), 0.5, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"dps_score: argument 'operator' expected operator\(x0\) -> tensor \(B, \*M\), got float"):
+        sf.dps_score(law.score(sde), sde, lambda x: 1.0, torch.zeros(2), noise_std=0.1)(x, t)
+
+
+WEIGHT = torch.ones(2, dtype=torch.float64, requires_grad=True)  # a classifier parameter
+
+
+@pytest.mark.parametrize(
+    "log_likelihood",
+    [lambda x, t: x.detach().sum(1), lambda x, t: torch.zeros(x.shape[0]), lambda x, t: (x.detach() * WEIGHT).sum(1)],
+    ids=["detached", "constant", "detached-with-parameters"],
+)
+def test_guidance_by_a_log_likelihood_without_a_graph_from_x_is_an_error(log_likelihood):
+    # Its gradient in x does not exist: guiding by zero would sample the unconditional law without a word.
+    law, sde = make_law("ring2d"), sf.VPSDE()
+    guided = sf.classifier_guided_score(law.score(sde), log_likelihood)
+    with pytest.raises(ValueError, match=r"classifier_guided_score: the log-likelihood has no autograd graph from x, so it cannot guide"):
+        guided(torch.zeros(4, 2, dtype=torch.float64), torch.full((4,), 0.5, dtype=torch.float64))
+
+
+def test_guidance_under_inference_mode_says_so():
+    # inference mode records no graph whatever the log-likelihood: the message must not blame it
+    law, sde = make_law("ring2d"), sf.VPSDE()
+    guided = sf.classifier_guided_score(law.score(sde), lambda x, t: -(x**2).sum(1))
+    x_T = sde.prior_sample((4, 2), dtype=torch.float64)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"classifier_guided_score: guidance differentiates .* torch.inference_mode\(\) forbids"):
+        sf.sample_ode(guided, sde, x_T, method="euler", steps=3)
+    with torch.no_grad():
+        assert sf.sample_ode(guided, sde, x_T, method="euler", steps=3).nfe == 3
+
 
 
 def test_the_conditional_methods_are_registered_with_their_front_ends():

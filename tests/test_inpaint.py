@@ -41,6 +41,23 @@ def test_repaint_schedule_is_repaints_jump_schedule(steps, resample, jump):
     assert visited[0] == 0 and visited[-1] == steps
 
 
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((0,), ValueError, r"argument 'steps' expected an int >= 1, got 0"),
+        ((5, 0), ValueError, r"argument 'resample' expected an int >= 1, got 0"),
+        ((5, 2, 0), ValueError, r"argument 'jump' expected an int >= 1, got 0"),
+        ((5, 2, -1), ValueError, r"argument 'jump' expected an int >= 1, got -1"),
+        ((5, 2, 5), ValueError, r"argument 'jump' expected fewer grid steps than steps=5, got jump=5"),
+        ((2.5,), TypeError, r"argument 'steps' expected an int, got float"),
+    ],
+)
+def test_repaint_schedule_rejects_bad_arguments(args, error, match):
+    # a jump of 0 was a bare range() error; a negative one, or one past the grid, silently resampled nothing
+    with pytest.raises(error, match=rf"repaint_schedule: {match}"):
+        repaint_schedule(*args)
+
+
 def _problem():
     law, sde = make_law("ring2d"), sf.VPSDE()
     x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)

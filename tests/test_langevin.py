@@ -177,6 +177,8 @@ def test_errors():
         sf.annealed_langevin(score, x0, [1.0, 0.1], steps=2, step_size=-1e-3)
     with pytest.raises(ValueError, match=r"annealed_langevin: argument 'steps' expected an int >= 1"):
         sf.annealed_langevin(score, x0, [1.0, 0.1], steps=0, step_size=1e-3)
+    with pytest.raises(TypeError, match=r"annealed_langevin: argument 'denoise_final' expected True or False, got str 'no'"):
+        sf.annealed_langevin(score, x0, [1.0, 0.1], steps=2, step_size=1e-3, denoise_final="no")
     with pytest.raises(ValueError, match=r"geometric_sigmas: expected sigma_min < sigma_max"):
         sf.geometric_sigmas(1.0, 0.1, 5)
     with pytest.raises(ValueError, match=r"geometric_sigmas: argument 'n' expected an int >= 2"):

@@ -107,3 +107,53 @@ def test_thousands_of_steps_do_not_exhaust_the_recursion_limit():
     x_T = problem.sde.prior_sample((2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     res = sf.sample_sde(problem.score, problem.sde, x_T, steps=20_000, generator=torch.Generator().manual_seed(1))
     assert res.nfe == 20_000 and torch.isfinite(res.samples).all()
+
+
+@pytest.mark.parametrize("sde", [sf.VPSDE(), sf.SubVPSDE(), sf.VESDE(), sf.EDMSDE(), sf.RectifiedFlow(T=0.999)], ids=repr)
+def test_float32_torchsde_solves_step_on_the_uniform_grid(sde):
+    """torchsde advances its time in the grid's dtype: a float32 grid summed in float32 fell short of the end by an ulp
+    and took one more, vanishing step (one more NFE than ``steps``)."""
+    law = sf.analytic.Gaussian(torch.zeros(2), torch.eye(2))
+    x_T = sde.prior_sample((3, 2), generator=torch.Generator().manual_seed(0))
+    for steps in (6, 7, 17, 100):
+        seen = []
+
+        def score(x, t):
+            seen.append(t[0].item())
+            return law.score(sde)(x, t)
+
+        res = sf.sample_sde(score, sde, x_T, steps=steps, generator=torch.Generator().manual_seed(1))
+        assert res.nfe == steps and res.samples.dtype == torch.float32
+        grid = torch.linspace(sde.T, sde.t_min, steps + 1, dtype=torch.float64)[:-1]
+        assert torch.allclose(torch.tensor(seen, dtype=torch.float64), grid, rtol=0, atol=1e-6 * sde.T)
+        res = sf.sample_sde(score, sde, x_T, method="heun", steps=steps, generator=torch.Generator().manual_seed(1))
+        assert res.nfe == 2 * steps
+
+
+def test_a_query_independent_path_resolves_the_short_steps_of_a_log_snr_grid():
+    """torchsde's halfway tree rounds its points to the decimal digits of its tolerance; with 2**-20 of the span two
+    query times within one rounding cell (the steps near t_min of a log-SNR grid) recursed without end."""
+    sde = sf.EDMSDE()
+    law = sf.analytic.Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    x_T = law.marginal(sde, sde.T).sample(4, generator=torch.Generator().manual_seed(0))
+    bm = sf.brownian_motion(x_T, sde.T - sde.t_min, generator=torch.Generator().manual_seed(1), query_independent=True)
+    # two query times 1e-7 of the span apart, then a fresh path with the same seed queried only there: the same increment
+    a = 0.7 * bm.duration
+    first = bm(a, a + 1e-7 * bm.duration)
+    fresh = sf.brownian_motion(x_T, sde.T - sde.t_min, generator=torch.Generator().manual_seed(1), query_independent=True)
+    assert torch.equal(fresh(a, a + 1e-7 * bm.duration), first)
+    res = sf.sample_sde(law.score(sde), sde, x_T, method="ddim", steps=400, bm=bm)
+    assert res.nfe == 400 and torch.isfinite(res.samples).all()
+
+
+def test_flags_must_be_true_or_false():
+    """A string flag such as denoise_final="no" read as true and was applied silently."""
+    law = sf.analytic.Gaussian(torch.zeros(2), torch.eye(2))
+    sde = sf.VPSDE()
+    x_T = torch.zeros(3, 2)
+    with pytest.raises(TypeError, match=r"sample_sde: argument 'adaptive' expected True or False, got str 'yes'"):
+        sf.sample_sde(law.score(sde), sde, x_T, steps=5, adaptive="yes")
+    with pytest.raises(TypeError, match=r"sample_sde: argument 'denoise_final' expected True or False, got str 'no'"):
+        sf.sample_sde(law.score(sde), sde, x_T, steps=5, denoise_final="no")
+    with pytest.raises(TypeError, match=r"sample_pc: argument 'denoise_final' expected True or False, got int 1"):
+        sf.sample_pc(law.score(sde), sde, x_T, steps=5, denoise_final=1)

@@ -68,6 +68,21 @@ def test_score_at_user_times_and_bad_times(generator):
     assert assert_score_matches(law.score(sde), law, sde, times=[0.01, 0.5, 1.0], n=8, generator=generator) == 0.0
     with pytest.raises(ValueError, match=r"argument 'times' expected a non-empty list of times in \[0, T=1\]"):
         assert_score_matches(law.score(sde), law, sde, times=[2.0])
+    with pytest.raises(ValueError, match=r"assert_score_matches: argument 'times' expected finite times, got \[0.5, nan\]"):
+        assert_score_matches(law.score(sde), law, sde, times=[0.5, float("nan")])
+    with pytest.raises(TypeError, match=r"assert_score_matches: argument 'times' expected a list of times, got str"):
+        assert_score_matches(law.score(sde), law, sde, times="0.5")
+    with pytest.raises(TypeError, match=r"assert_schedule_consistent: argument 'times' expected a list of times, got str"):
+        assert_schedule_consistent(sde, times="0.5")
+
+
+def test_default_times_on_a_path_that_ends_in_pure_noise(generator):
+    # Rectified flow has log-SNR -inf at T: the 9 default times must still run from t_min to T, all finite,
+    # so the exact score passes and a wrong one fails on the measured error, not on NaN times.
+    law, path = make_law("gaussian2d"), sf.RectifiedFlow()
+    assert assert_score_matches(law.score(path), law, path, n=8, generator=generator) < 1e-12
+    with pytest.raises(AssertionError, match=r"(?s)measured: max over times .*t=1 "):
+        assert_score_matches(lambda x, t: -x, law, path, n=8, generator=generator)
 
 
 def reference_log_likelihood(score, sde, x, *, with_divergence=True):

@@ -59,6 +59,15 @@ def test_a_function_that_misses_at_large_times_fails_with_the_bound_and_its_deri
     assert exceeds and all(float(line.split("t=")[1].split()[0]) > 0.5 for line in exceeds)
 
 
+def test_default_times_on_a_path_that_ends_in_pure_noise(generator):
+    # Rectified flow has log-SNR -inf at T: the default times must be finite, from t_min to T, increasing.
+    law, path = make_law("gaussian2d"), sf.RectifiedFlow()
+    stats = assert_consistency_function(law.consistency_function(path), law, path, n=8, atol=1e-9, rtol=0.0, generator=generator)
+    times = torch.tensor(stats["times"])
+    assert len(times) == 9 and times[0] == path.t_min and times[-1] == path.T and bool((times.diff() > 0).all())
+    assert max(stats["rms_error"]) < 1e-9 and stats["w2_bound_one_step"] < 1e-8
+
+
 def test_mixture_bound_includes_the_reference_solve(generator):
     law, sde = make_law("ring2d"), sf.EDMSDE()
     with pytest.raises(AssertionError, match=r"1e-10 \+ 1e-10\*RMS\(f\*\) \(the solve\)"):
@@ -71,6 +80,8 @@ def test_bad_arguments():
         assert_consistency_function(None, law, sde)
     with pytest.raises(ValueError, match=r"argument 'times' expected a non-empty list of times in \[t_min=0\.001, T=1\]"):
         assert_consistency_function(lambda x, t: x, law, sde, times=[0.0])
+    with pytest.raises(ValueError, match=r"argument 'times' expected finite times, got \[nan\]"):
+        assert_consistency_function(lambda x, t: x, law, sde, times=[float("nan")])
     with pytest.raises(ValueError, match=r"f returned shape \(4, 1\)"):
         assert_consistency_function(lambda x, t: x[:, :1], law, sde, n=4, times=[0.5])
     with pytest.raises(TypeError, match=r"argument 'law' expected a GaussianMixture"):

@@ -116,6 +116,8 @@ def test_order_rejects_bad_ladders_and_round_off(generator):
     exact = lambda s, e, x, k: law.flow_map(e, x, e.T, e.t_min) + 1e-15 / k  # noqa: E731
     with pytest.raises(ValueError, match=r"below the round-off floor"):
         assert_order(exact, law, sde, 1, steps=(8, 16), generator=generator)
+    with pytest.raises(ValueError, match=r"assert_order: argument 'tol' expected a number or a pair \(below, above\), got \(0.1, 0.2, 0.3\)"):
+        assert_order(heun_sampler, law, sde, 2, tol=(0.1, 0.2, 0.3))
 
 
 def test_helpers_run_in_float32(generator):

@@ -89,5 +89,7 @@ def test_samples_follow_rejects_bad_arguments(generator):
         assert_samples_follow(x, law, alpha=1.5)
     with pytest.raises(ValueError, match=r"argument 'n_replicates' expected an int >= 3"):
         assert_samples_follow(x, law, n_replicates=2)
+    with pytest.raises(TypeError, match=r"assert_samples_follow: argument 'trim' expected a real number, got str"):
+        assert_samples_follow(x, law, trim="0.01")
     with pytest.raises(ValueError, match=r"expected an unbatched law"):
         assert_samples_follow(x, law.marginal(sf.VPSDE(), torch.full((100,), 0.5, dtype=torch.float64)))

@@ -73,6 +73,13 @@ def check_int(fn: str, name: str, value: Any, *, minimum: int = 1, kind: str = "
     return value
 
 
+def check_bool(fn: str, name: str, value: Any) -> bool:
+    """Check that ``value`` is ``True`` or ``False`` (a string such as ``"no"`` would read as true); return it."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: argument '{name}' expected True or False, got {_describe(value)}.")
+    return value
+
+
 def check_batch(fn: str, name: str, x: Any, *, state: bool = False) -> torch.Tensor:
     """Check that ``x`` is a floating-point tensor of shape ``(B, *D)`` with B >= 1 and at least one data dim.
 

@@ -68,6 +68,15 @@ class NetworkCall(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         dtype = _network_dtype(self.net) or x.dtype
         condition = {k: _expand_condition(v, x.shape[0]) for k, v in self.condition.items()}
+        for k, v in condition.items():  # shapes only (no tensor read)
+            if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"{self.fn}: condition '{k}' holds {v.shape[0]} rows, but the network is called on {x.shape[0]}: a "
+                    "per-sample condition needs the batch's rows as they are in every call, and this solver evaluates "
+                    "others (subsets for per-sample adaptive steps and teacher_step's rows grouped by their times, "
+                    "stacked copies for trace='hutchinson_fd'). Fix: give one condition for all (leading dimension 1) "
+                    "or solve each condition's samples in a call of their own."
+                )
         ctx = (
             torch.autocast(device_type=x.device.type, dtype=self.autocast)
             if self.autocast is not None

@@ -34,12 +34,19 @@ class DiscreteVPSDE(ForwardSDE):
         t_min: truncation time; default ``1/N``, the time of the first discrete step.
 
     Raises:
+        TypeError: if ``alphas_cumprod`` is not a tensor or sequence of numbers.
         ValueError: unless ``alphas_cumprod`` is a 1-D, strictly decreasing sequence in ``(0, 1)``
             (a zero terminal SNR, :math:`\bar\alpha_{N-1} = 0`, has no finite log-SNR at T).
     """
 
     def __init__(self, alphas_cumprod: torch.Tensor, *, t_min: float | None = None) -> None:
-        ac = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
+        try:
+            ac = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"DiscreteVPSDE: argument 'alphas_cumprod' expected a 1-D tensor of noise levels (a diffusers scheduler's "
+                f"alphas_cumprod), got {type(alphas_cumprod).__name__} {alphas_cumprod!r:.60}."
+            ) from None
         if ac.ndim != 1 or ac.numel() < 2:
             raise ValueError(
                 f"DiscreteVPSDE: argument 'alphas_cumprod' expected a 1-D tensor of at least 2 noise levels, "

@@ -54,16 +54,16 @@ def _check_unbatched(fn: str, law: GaussianMixture) -> None:
         )
 
 
-def _as_data(fn: str, name: str, value, law: GaussianMixture, trailing: tuple[int, ...]) -> torch.Tensor:
-    """``value`` (a tensor or nested sequence of numbers) as a finite tensor in the law's dtype and device, of
-    shape ``trailing`` or ``(B, *trailing)``."""
+def _as_data(fn: str, name: str, value, law: GaussianMixture, trailing: tuple[int, ...], *, finite: bool = True) -> torch.Tensor:
+    """``value`` (a tensor or nested sequence of numbers) as a tensor in the law's dtype and device, of shape
+    ``trailing`` or ``(B, *trailing)``, finite unless ``finite=False`` (the caller checks the entries it reads)."""
     if not torch.is_tensor(value):
         try:
             value = torch.as_tensor(value, dtype=law.means.dtype)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"{fn}: argument '{name}' expected a tensor of shape {trailing}, got {type(value).__name__}.") from None
     value = check_shaped(fn, name, value, [trailing, (-1, *trailing)]).to(dtype=law.means.dtype, device=law.means.device)
-    if not bool(torch.isfinite(value).all()):
+    if finite and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite values.")
     return value
 
@@ -104,8 +104,10 @@ def _masked_posterior(fn: str, law: GaussianMixture, mask, values) -> tuple[_Pos
     """The posterior of the unobserved block, with the flattened mask and the observed values ``(*b, O)``."""
     _check_unbatched(fn, law)
     flat = _check_mask(fn, mask, law)
-    values = _as_data(fn, "values", values, law, law.event_shape)
+    values = _as_data(fn, "values", values, law, law.event_shape, finite=False)
     v_o = values.reshape(values.shape[: values.ndim - len(law.event_shape)] + (-1,))[..., flat]
+    if not bool(torch.isfinite(v_o).all()):  # the entries off the mask are ignored, NaN included
+        raise ValueError(f"{fn}: argument 'values' contains NaN or infinite values where 'mask' is True.")
     obs, unobs = flat.nonzero().squeeze(-1), (~flat).nonzero().squeeze(-1)
     covs = law.covs  # (K, D, D)
     c_oo = covs[:, obs][:, :, obs]
@@ -128,7 +130,8 @@ def condition(law: GaussianMixture, mask: torch.Tensor, values) -> GaussianMixtu
         mask: boolean tensor of the law's event shape, True where a coordinate is observed (at least one
             True and one False).
         values: the data point(s) whose masked entries are observed, shape ``event_shape`` (one observation)
-            or ``(B, *event_shape)`` (one observation per row; the entries where ``mask`` is False are ignored).
+            or ``(B, *event_shape)`` (one observation per row; the entries where ``mask`` is False are ignored and
+            may be NaN).
 
     Returns:
         A mixture on vectors of the unobserved coordinates, flattened in the mask's (row-major) order:
@@ -155,11 +158,17 @@ def _noise_std(fn: str, noise_std, m: int, law: GaussianMixture) -> torch.Tensor
     return std.expand(m)
 
 
+def _check_matrix(fn: str, A: torch.Tensor, dim: int) -> torch.Tensor:
+    if A.ndim != 2 or A.shape[1] != dim:
+        raise ValueError(f"{fn}: argument 'A' expected a matrix of shape (M, {dim}) acting on flattened x, got {tuple(A.shape)}.")
+    return A
+
+
 def _linear_posterior(fn: str, law: GaussianMixture, A, y, noise_std) -> _Posterior:
     _check_unbatched(fn, law)
-    A = _as_data(fn, "A", A, law, (law.dim,))
-    if A.ndim != 2:
-        raise ValueError(f"{fn}: argument 'A' expected a matrix of shape (M, {law.dim}) acting on flattened x, got {tuple(A.shape)}.")
+    if torch.is_tensor(A):  # before _as_data, whose message would call the rows of A a batch
+        _check_matrix(fn, A, law.dim)
+    A = _check_matrix(fn, _as_data(fn, "A", A, law, (law.dim,)), law.dim)
     m = A.shape[0]
     y = _as_data(fn, "y", y, law, (m,))
     noise_cov = torch.diag_embed(_noise_std(fn, noise_std, m, law) ** 2)
@@ -195,6 +204,15 @@ def condition_linear(law: GaussianMixture, A, y, noise_std) -> GaussianMixture:
     return _linear_posterior(f"{type(law).__name__}.condition_linear", law, A, y, noise_std).law
 
 
+def _check_observations(fn: str, post: GaussianMixture, x: torch.Tensor) -> None:
+    """One row of ``x`` per observation when the observations are batched (a shape test, no tensor read)."""
+    if post.batch_shape and x.shape[0] != post.batch_shape[0]:
+        raise ValueError(
+            f"{fn}: x expected one row per observation, batch {post.batch_shape[0]} (the batched values or y it was "
+            f"built with), got shape {tuple(x.shape)}."
+        )
+
+
 class InpaintingScore:
     r"""The exact score of :math:`p_t(x_t \mid x_{0,o} = v)` on the full state, callable as ``score(x, t)``.
 
@@ -203,10 +221,11 @@ class InpaintingScore:
     """
 
     def __init__(self, posterior: GaussianMixture, sde: ForwardSDE, mask: torch.Tensor, observed: torch.Tensor, event_shape) -> None:
-        self.posterior_score = posterior.score(sde)
+        self.posterior, self.posterior_score = posterior, posterior.score(sde)
         self.sde, self.mask, self.observed, self.event_shape = sde, mask, observed, event_shape
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        _check_observations("inpainting_score", self.posterior, x)
         t = batch_time(t, x)
         xf = x.reshape(x.shape[0], -1)
         alpha, sigma = self.sde.marginal(t)
@@ -232,7 +251,8 @@ def inpainting_score(law: GaussianMixture, sde: ForwardSDE, mask: torch.Tensor, 
         A callable ``score(x, t)`` on ``x`` of shape ``(B, *event_shape)``.
 
     Raises:
-        TypeError, ValueError: as :func:`condition`, or if ``sde`` is not a ForwardSDE.
+        TypeError, ValueError: as :func:`condition`, or if ``sde`` is not a ForwardSDE; when called, ValueError for
+            an ``x`` whose batch is not that of batched ``values``.
     """
     fn = "inpainting_score"
     check_sde(fn, sde)
@@ -248,6 +268,7 @@ class ObservationLogLikelihood:
         self.law, self.sde, self.post, self.mask, self.observed = law, sde, post, mask, observed
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        _check_observations("observation_log_likelihood", self.post.law, x)
         t = batch_time(t, x).to(self.law.means.dtype)
         xf = x.reshape(x.shape[0], -1)
         if self.mask is None:
@@ -284,7 +305,7 @@ def observation_log_likelihood(
 
     Raises:
         ValueError: unless exactly one kind of observation is given; otherwise as :func:`condition` or
-            :func:`condition_linear`.
+            :func:`condition_linear`; when called, for an ``x`` whose batch is not that of batched observations.
     """
     fn = "observation_log_likelihood"
     check_sde(fn, sde)

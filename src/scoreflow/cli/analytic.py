@@ -38,7 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--sampler", choices=("ode", "sde"), default="ode", help="probability-flow ODE or reverse SDE (default: ode)"
     )
     add_solver_options(sample, {"ode": "with --sampler ode", "sde": "with --sampler sde"})
-    add_num_samples(sample, 2000, "samples")
+    add_num_samples(sample, 2000, "samples", minimum=2)  # the errors include the samples' covariance
     add_dtype(sample)
     add_out_file(sample, required=False, help="save the samples with torch.save to this file")
     add_progress(sample)
@@ -113,12 +113,11 @@ def _likelihood(args: argparse.Namespace) -> int:
     """Log-likelihood of exact samples of an analytic problem, compared with the exact log-density."""
     from .. import log_likelihood
 
-    options = solver_options(args, "likelihood")
+    options, trace = solver_options(args, "likelihood"), trace_options(args)
     problem, law, sde, g = _problem(args)
     t_min = resolve_t_min(args, sde)
     x = law.marginal(sde, t_min).sample(args.num_samples, generator=g)
     prior = law.marginal(sde, sde.T).log_prob if args.exact_prior else None
-    trace = trace_options(args)
     print(
         f"{problem.name}: log-likelihood of {args.num_samples} points, {args.trace} trace, "
         f"{options['method']} ({_describe(options)}), "

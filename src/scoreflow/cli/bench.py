@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=128,
         help="NFE budget of one SDE solve, at least 8 (default: 128)",
     )
-    add_num_samples(bench, None, "trajectories (or points) per solve")
+    add_num_samples(bench, None, "trajectories (or points) per solve", minimum=2)  # the SDE study's weak error is a covariance
     add_dtype(bench)
     add_out_folder(bench, default="scoreflow-report", help="folder of report.md, the JSON files and the plots")
     bench.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -70,6 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     """Run the convergence studies, print the order tables and write the report."""
+    twice = sorted({s for s in args.study if args.study.count(s) > 1})
+    if twice:  # each study writes <study>.json: a repeat would run again and replace it
+        raise CLIError(f"argument --study: expected each study once, got {' '.join(args.study)} ({', '.join(map(repr, twice))} repeated)")
     needed = (("tqdm", not args.no_progress), ("matplotlib", not args.no_plots))
     missing = [m for m, need in needed if need and importlib.util.find_spec(m) is None]
     if missing:

@@ -99,6 +99,9 @@ def name_list(valid: Callable[[], list[str]], what: str) -> Callable[[str], tupl
                 f"expected comma-separated {what} from {', '.join(allowed)}, got {text!r}"
                 + (f" ({', '.join(map(repr, unknown))} unknown)" if unknown else "")
             )
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:  # a study keys its results by name: a repeat would be run again and reported as another row
+            raise argparse.ArgumentTypeError(f"expected each of the {what} once, got {text!r} ({', '.join(map(repr, twice))} repeated)")
         return names
 
     return parse
@@ -142,10 +145,11 @@ def add_dtype(p: argparse.ArgumentParser, default_text: str = "float64") -> None
     )
 
 
-def add_num_samples(p: argparse.ArgumentParser, default: int | None, what: str) -> None:
-    """``--num-samples``."""
+def add_num_samples(p: argparse.ArgumentParser, default: int | None, what: str, *, minimum: int = 1) -> None:
+    """``--num-samples``, at least ``minimum`` (2 where a covariance of the samples is measured)."""
     shown = f"default: {default}" if default is not None else "default: 512 ODE, 256 SDE, 64 likelihood"
-    p.add_argument("--num-samples", type=int_at_least(1), default=default, help=f"number of {what} ({shown})")
+    least = f", >= {minimum}" if minimum > 1 else ""
+    p.add_argument("--num-samples", type=int_at_least(minimum), default=default, help=f"number of {what}{least} ({shown})")
 
 
 def _method_names(kind: str) -> str:
@@ -188,19 +192,28 @@ def add_trace_options(p: argparse.ArgumentParser) -> None:
         "--trace", choices=TRACES, default="exact",
         help="divergence estimator (default: exact; hutchinson_fd: Hutchinson by central differences, no VJP)",
     )
+    # No argparse defaults: trace_options tells a probe option given with --trace exact from one left out.
     p.add_argument(
         "--probe",
         choices=PROBES,
-        default="rademacher",
+        default=None,
         help="Hutchinson probe (default: rademacher)",
     )
-    p.add_argument("--n-probes", type=int_at_least(1), default=1, help="Hutchinson probes per point (default: 1)")
+    p.add_argument("--n-probes", type=int_at_least(1), default=None, help="Hutchinson probes per point (default: 1)")
 
 
 def trace_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The likelihood keywords of ``--trace``, ``--probe`` and ``--n-probes`` (the last two for Hutchinson only)."""
+    """The likelihood keywords of ``--trace``, ``--probe`` and ``--n-probes`` (the last two for Hutchinson only).
+
+    Raises:
+        CLIError: for ``--probe`` or ``--n-probes`` with ``--trace exact``, which has no probe.
+    """
     if args.trace != "exact":
-        return {"trace": args.trace, "probe": args.probe, "n_probes": args.n_probes}
+        n_probes = 1 if args.n_probes is None else args.n_probes
+        return {"trace": args.trace, "probe": args.probe or "rademacher", "n_probes": n_probes}
+    given = "--probe" if args.probe is not None else "--n-probes" if args.n_probes is not None else None
+    if given:
+        raise CLIError(f"argument {given}: applies to a Hutchinson trace; --trace exact computes the divergence without probes")
     return {"trace": args.trace}
 
 

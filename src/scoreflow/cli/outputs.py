@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +38,7 @@ def check_out_file(path: str, *, overwrite: bool, suffixes: tuple[str, ...] = ()
     out = Path(path)
     if suffixes and out.suffix not in suffixes:
         raise CLIError(f"argument --out: expected a file name ending in {' or '.join(suffixes)}, got {path!r}")
-    if out.is_dir():
+    if out.is_dir() or path.endswith(("/", os.sep)):  # 'runs/' names a folder even before it exists
         example = out / f"result{suffixes[0] if suffixes else '.pt'}"
         raise CLIError(f"argument --out: {path!r} is a folder; expected a file name such as {str(example)!r}")
     if out.exists() and not overwrite:

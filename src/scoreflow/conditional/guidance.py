@@ -39,7 +39,17 @@ def _grad_in_x(fn: str, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     with torch.enable_grad():
         xg = x if x.requires_grad else x.detach().requires_grad_(True)
         value = check_per_sample(fn, "the log-likelihood", f(xg), x)
-        (grad,) = torch.autograd.grad(value.sum(), xg, create_graph=keep)
+        (grad,) = torch.autograd.grad(value.sum(), xg, create_graph=keep, allow_unused=True) if value.requires_grad else (None,)
+    if grad is None:  # a detached or constant value: guiding by a zero gradient would be silently unguided
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{fn}: guidance differentiates the log-likelihood in x, which torch.inference_mode() forbids. "
+                "Fix: sample under torch.no_grad() instead (the samplers' default)."
+            )
+        raise ValueError(
+            f"{fn}: the log-likelihood has no autograd graph from x, so it cannot guide. Fix: compute it from x "
+            "with torch operations (not from x.detach(), inside torch.no_grad() or with NumPy)."
+        )
     return value, grad
 
 
@@ -78,7 +88,9 @@ def classifier_guided_score(score: ScoreFn, log_likelihood: LogLikelihood, *, sc
 
     Raises:
         TypeError: if ``score`` or ``log_likelihood`` is not callable or ``scale`` is not a number.
-        ValueError: if ``scale`` is not finite; when called, if ``log_likelihood`` does not return ``(B,)``.
+        ValueError: if ``scale`` is not finite; when called, if ``log_likelihood`` does not return ``(B,)`` or
+            returns a value without an autograd graph from x (detached, constant, NumPy).
+        RuntimeError: when called under ``torch.inference_mode()``, which forbids the gradient.
     """
     fn = "classifier_guided_score"
     check_callable(fn, "score", score, "score(x, t)")
@@ -107,6 +119,8 @@ class DPSScore(torch.nn.Module):
                 self._checked = check_network_output("dps_score", "the score", s, x, t)
             x0 = (xg + sigma**2 * s) / alpha
             measured = self.operator(x0)
+            if not torch.is_tensor(measured):
+                raise TypeError(f"dps_score: argument 'operator' expected operator(x0) -> tensor (B, *M), got {type(measured).__name__}.")
             shape, m = tuple(self.y.shape), tuple(measured.shape)
             if shape not in (m, m[1:], (1, *m[1:])):
                 # a shape test: a y of another batch or shape would broadcast into a wrong residual
@@ -144,13 +158,16 @@ def dps_score(
         TypeError: if ``score`` or ``operator`` is not callable, ``y`` is not a floating tensor, or ``noise_std``
             or ``scale`` is not a number.
         ValueError: for a non-finite ``y`` or ``scale`` or a ``noise_std`` that is not > 0.
+        TypeError, ValueError: when called, for an ``operator`` that does not return a tensor, or a ``y`` whose shape
+            is not that of ``operator(x0)`` (or of one measurement).
     """
     fn = "dps_score"
     check_callable(fn, "score", score, "score(x, t)")
     check_sde(fn, sde)
     check_callable(fn, "operator", operator, "operator(x) -> (B, *M)")
     if not torch.is_tensor(y) or not y.is_floating_point():
-        raise TypeError(f"{fn}: argument 'y' expected a floating-point tensor (the measurement), got {type(y).__name__}.")
+        got = f"dtype {y.dtype}" if torch.is_tensor(y) else type(y).__name__
+        raise TypeError(f"{fn}: argument 'y' expected a floating-point tensor (the measurement), got {got}.")
     if not bool(torch.isfinite(y).all()):
         raise ValueError(f"{fn}: argument 'y' contains NaN or infinite values.")
     return DPSScore(score, sde, operator, y, check_positive(fn, "noise_std", noise_std), check_real(fn, "scale", scale))

@@ -39,7 +39,17 @@ def repaint_schedule(steps: int, resample: int = 1, jump: int = 1) -> list[int]:
     with ``m - 1`` a multiple of ``jump`` below ``steps - jump`` (so the last jump starts one step before
     the end, and the first block is not resampled), the state jumps back ``jump`` steps, ``resample - 1``
     times per landing point.
+
+    Raises:
+        TypeError, ValueError: unless ``steps``, ``resample`` and ``jump`` are ints >= 1, with ``jump < steps``
+            when ``resample > 1``.
     """
+    fn = "repaint_schedule"
+    check_int(fn, "steps", steps)
+    check_int(fn, "resample", resample)
+    check_int(fn, "jump", jump)
+    if resample > 1 and jump >= steps:
+        raise ValueError(f"{fn}: argument 'jump' expected fewer grid steps than steps={steps}, got jump={jump}.")
     remaining = {m + 1: resample - 1 for m in range(0, steps - jump, jump)}
     visited, k = [0], 0
     while k < steps:

@@ -7,10 +7,9 @@ from ..sde import ForwardSDE
 
 
 def boundary_time(fn: str, f: object, sde: ForwardSDE, t_min: object, name: str = "f") -> float:
-    """``t_min`` (default ``f.t_min``, else ``sde.t_min``), which must agree with ``f.t_min`` when the consistency
-    function declares one."""
+    """``t_min`` (default ``f.t_min``, else ``sde.t_min``), which must agree with ``f.t_min`` when f declares one."""
     own = getattr(f, "t_min", None)
-    t = resolve_t_min(fn, sde, own if t_min is None else t_min)
+    t = resolve_t_min(fn, sde, float(own) if t_min is None and own is not None else t_min)
     if own is not None and abs(float(own) - t) > 1e-9 * t:
         raise ValueError(
             f"{fn}: argument 't_min' expected the boundary time of {name}, {name}.t_min={float(own):g}, got {t:g}. "

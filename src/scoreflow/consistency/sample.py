@@ -113,7 +113,7 @@ def sample_consistency(
 
     Raises:
         ValueError: for ``steps < 1``, ``steps`` disagreeing with ``times``, times outside ``(t_min, T)`` or not
-            decreasing, an unknown schedule, a ``t_min`` other than f's, a malformed ``x_T`` or an output of f
+            decreasing, an unknown schedule or a schedule with ``times``, a ``t_min`` other than f's, a malformed ``x_T`` or an output of f
             not shaped like ``x_T``.
         TypeError: for a non-callable f or a wrong ``sde``, ``generator``, output dtype, callback or
             callback output.
@@ -132,6 +132,11 @@ def sample_consistency(
         steps = 1 if steps is None else check_int(fn, "steps", steps)
         inner = renoise_times(sde, steps, schedule, t_min=t_min)
     else:
+        if schedule is not None:
+            raise ValueError(
+                f"{fn}: argument 'schedule' places the default re-noising times; with 'times' given it has no effect, "
+                f"got schedule={schedule!r}. Fix: omit one."
+            )
         inner = _check_times(fn, times, t_min, sde.T)
         if steps is not None and check_int(fn, "steps", steps) != inner.numel() + 1:
             raise ValueError(

@@ -65,8 +65,12 @@ class ODEStep:
         """
         pairs, group = torch.unique(torch.stack([t_from, t_to], dim=1), dim=0, return_inverse=True)
         out = torch.empty_like(x)
+        still = (pairs[:, 0] == pairs[:, 1]).tolist()  # one host read for all pairs
         for k in range(pairs.shape[0]):
             rows = (group == k).nonzero().squeeze(1)
+            if still[k]:  # a step of length zero is the identity (the solvers need an interval)
+                out[rows] = x[rows]
+                continue
             stepping = dataclasses.replace(self.template, times=pairs[k])
             solver = self.solver
             if self.first_step:
@@ -96,7 +100,7 @@ def teacher_step(
         sde: the forward SDE.
         x: states at ``t_from``, shape ``(B, *D)``.
         t_from, t_to: scalars or ``(B,)`` times in ``[sde.t_min, T]`` (``t_from > t_to`` to sample); rows sharing a
-            pair are stepped in one solver call.
+            pair are stepped in one solver call, rows with ``t_from == t_to`` are returned as they are.
         method: any ``"ode"`` method: ``"euler"``, ``"heun"`` (in ``time``), ``"edm_heun"`` (Heun in
             :math:`\sigma/\alpha`, the consistency-models paper's teacher), ``"ddim"``, ``"dpm_solver_2"``, ...; an adaptive
             method (``"dopri5"``) solves to ``rtol``/``atol`` instead.
@@ -123,7 +127,7 @@ def teacher_step(
             raise ValueError(f"{fn}: argument '{name}' expected a scalar or a ({x.shape[0]},) tensor of times, got shape {tuple(t.shape)}.")
         ends.append(t)
     lo, hi = float(torch.minimum(*ends).min()), float(torch.maximum(*ends).max())
-    if lo < sde.t_min * (1 - 1e-6) or hi > sde.T * (1 + 1e-6):
+    if not (lo >= sde.t_min * (1 - 1e-6) and hi <= sde.T * (1 + 1e-6)):  # also NaN
         raise ValueError(f"{fn}: arguments 't_from', 't_to' expected times in [t_min={sde.t_min:g}, T={sde.T:g}], got [{lo:g}, {hi:g}].")
     counted = CountedScore(score, caller=fn)
     with torch.no_grad(), counted.guard():

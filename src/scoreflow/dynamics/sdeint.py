@@ -132,7 +132,11 @@ def brownian_motion(
         if query_independent:
             raise ValueError(f"{fn}: argument 'step_size' applies to query_independent=False (the dyadic tree needs no hint).")
     entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else "cpu"))
-    extra = {"halfway_tree": True, "tol": duration * 2.0**-20} if query_independent else {"dt": step_size}
+    # The halfway tree rounds its dyadic points to 10**-ndigits (ndigits = -int(log10(tol))): two query times in one
+    # such cell recurse without end (a RecursionError), so the cells must be finer than any step a solve takes
+    # (2**-20 of the span failed on 400 log-SNR steps under EDM; 2**-30 resolves steps of 1e-8 of it, and 2**-40
+    # made every query 3x slower).
+    extra = {"halfway_tree": True, "tol": duration * 2.0**-30} if query_independent else {"dt": step_size}
     interval = torchsde.BrownianInterval(
         t0=0.0,
         t1=duration,
@@ -192,20 +196,24 @@ class TorchsdeSolver:
         solve, the states at every time of ``stepping.times``.
         """
         ts = stepping.times
+        # torchsde advances its time in the dtype of the grid it is given: in float32 the sum of the steps falls
+        # short of the end by an ulp and it takes one more, vanishing step (one more NFE); float64 lands on it.
+        # (The solver times themselves stay those of the state's dtype, which the Brownian path covers.)
+        solver_ts = (sde.T - ts).to(torch.float64)
         adaptive = isinstance(stepping, Tolerances)
         reverse = ReverseSDE(score, sde, tuple(x_T.shape[1:]), sde_type=self.sde_type)
         y = x_T.reshape(x_T.shape[0], -1)
         if not monitor.live:
-            out = ts if adaptive or monitor.keeps else ts[[0, -1]]
-            dt = stepping.first_step if adaptive else stepping.step_size or (sde.T - float(ts[-1])) / (len(ts) - 1)
-            ys = self._sdeint(reverse, y, sde.T - out, bm, stepping, dt)[0].reshape((len(out), *x_T.shape))
+            out = slice(None) if adaptive or monitor.keeps else [0, -1]
+            dt = stepping.first_step if adaptive else stepping.step_size or float(solver_ts[-1]) / (len(ts) - 1)
+            ys = self._sdeint(reverse, y, solver_ts[out], bm, stepping, dt)[0].reshape((-1, *x_T.shape))
             if monitor.keeps:
-                for i in range(1, len(out)):
-                    monitor.step(i - 1, out[i], ys[i])
+                for i in range(1, len(ys)):
+                    monitor.step(i - 1, ts[i], ys[i])
             return Solution(ys[-1], ys if adaptive else None)
         states, times, extra = [x_T], ts.unbind(), None
         for i in range(1, len(times)):
-            grid = sde.T - ts[i - 1 : i + 1]
+            grid = solver_ts[i - 1 : i + 1]
             dt = stepping.first_step if adaptive else float(grid[1] - grid[0])
             ys, extra = self._sdeint(reverse, y, grid, bm, stepping, dt, extra_solver_state=extra)
             x = ys[-1].reshape(x_T.shape)

@@ -16,6 +16,7 @@ import torch
 
 from .._checks import (
     check_batch,
+    check_bool,
     check_callable,
     check_float_dtype,
     check_generator,
@@ -235,6 +236,7 @@ def annealed_langevin(
     check_int(fn, "steps", steps)
     eps = check_positive(fn, "step_size", step_size)
     check_generator(fn, generator)
+    check_bool(fn, "denoise_final", denoise_final)
     # Coefficients in float64 (exact for float32 runs too); the score sees sigma in x's dtype.
     alphas = (eps * levels**2 / levels[-1] ** 2).tolist()
     sigma_x = levels.to(dtype=x0.dtype, device=x0.device)

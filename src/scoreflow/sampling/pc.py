@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_batch, check_generator, check_int, check_positive, resolve_t_min
+from .._checks import check_batch, check_bool, check_generator, check_int, check_positive, resolve_t_min
 from .._tensor import standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..methods import Method, StepCallback, get_method, register
@@ -132,6 +132,7 @@ def sample_pc(
         raise ValueError(f"{fn}: predictor and corrector are both None; give at least one of them.")
     check_int(fn, "steps", steps)
     check_generator(fn, generator)
+    check_bool(fn, "denoise_final", denoise_final)
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x_T", x_T, state=True)
 

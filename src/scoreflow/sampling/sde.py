@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_batch, check_generator, resolve_t_min
+from .._checks import check_batch, check_bool, check_generator, resolve_t_min
 from ..dynamics.counting import ScoreFn
 from ..dynamics.sdeint import BrownianPath, brownian_motion
 from ..methods import StepCallback, get_method, list_methods, resolve_stepping
@@ -98,6 +98,8 @@ def sample_sde(
     spec = get_method("sde", method, caller=fn)
     solver = spec.build(fn, options)
     check_generator(fn, generator)
+    check_bool(fn, "adaptive", adaptive)
+    check_bool(fn, "denoise_final", denoise_final)
     if bm is not None and generator is not None:
         raise ValueError(f"{fn}: give 'generator' (a fresh Brownian path) or 'bm' (a given one), not both.")
     t_min = resolve_t_min(fn, sde, t_min)

@@ -14,6 +14,7 @@ import torch
 
 from .._checks import check_callable, check_generator, check_instance, check_int, check_output, check_positive
 from ..analytic import GaussianMixture
+from ..schedules import time_grid
 from ..sde import ForwardSDE, check_sde
 from .reference import describe_reference, reference_flow_map
 from .._tensor import ScoreFn
@@ -37,6 +38,17 @@ def check_law(fn: str, law: object) -> GaussianMixture:
 def check_law_sde(fn: str, law: object, sde: object) -> tuple[GaussianMixture, ForwardSDE]:
     """Check the (law, sde) pair every helper takes: an unbatched analytic law and a forward SDE."""
     return check_law(fn, law), check_sde(fn, sde)
+
+
+def as_times(fn: str, times: object) -> torch.Tensor:
+    """The user's ``times`` (a number or a sequence of numbers) as a flat float64 tensor of finite times."""
+    try:
+        t = torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{fn}: argument 'times' expected a list of times, got {type(times).__name__} {times!r}.") from None
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{fn}: argument 'times' expected finite times, got {t.tolist()}.")
+    return t
 
 
 def _where(err: torch.Tensor) -> str:
@@ -168,8 +180,14 @@ def assert_log_likelihood(
 
 
 def log_snr_times(sde: ForwardSDE, k: int, t_min: float | None = None) -> torch.Tensor:
-    """``k`` times from ``t_min`` (default ``sde.t_min``) to ``T`` evenly spaced in log-SNR (every noise level gets a time)."""
+    """``k`` times from ``t_min`` (default ``sde.t_min``) to ``T`` evenly spaced in log-SNR (every noise level gets a time).
+
+    A process that ends in pure noise has log-SNR -inf at T: there they are evenly spaced in the capped log-SNR
+    (``time_grid``'s ``"log_snr_capped"``), which is finite at T.
+    """
     t_min = sde.t_min if t_min is None else t_min
+    if sde.pure_noise_at_T:
+        return time_grid(sde, k - 1, "log_snr_capped", t_min=t_min).flip(0)
     lam = sde.log_snr(torch.tensor([t_min, sde.T], dtype=torch.float64))
     t = sde.t_from_log_snr(torch.linspace(float(lam[0]), float(lam[1]), k, dtype=torch.float64))
     t[0], t[-1] = t_min, sde.T
@@ -195,7 +213,7 @@ def assert_score_matches(
     Args:
         score: the score callable under test.
         law, sde: the data law and forward SDE.
-        times: the times to check; default 9 times from ``t_min`` to ``T`` evenly spaced in log-SNR.
+        times: the times to check; default 9 times from ``t_min`` to ``T`` evenly spaced in log-SNR (in the capped log-SNR for a path that ends in pure noise).
         n: points per time.
         rtol: bound on the relative RMS error at each time.
         generator: seeds the points.
@@ -214,7 +232,7 @@ def assert_score_matches(
     rtol = check_positive(fn, "rtol", rtol)
     check_generator(fn, generator)
     dtype = law.means.dtype
-    t = log_snr_times(sde, 9) if times is None else torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+    t = log_snr_times(sde, 9) if times is None else as_times(fn, times)
     if t.numel() == 0 or bool(((t < 0) | (t > sde.T)).any()):
         raise ValueError(f"{fn}: argument 'times' expected a non-empty list of times in [0, T={sde.T:g}], got {t.tolist()}.")
     t_all = t.repeat_interleave(n).to(dtype)
@@ -272,7 +290,7 @@ def assert_schedule_consistent(
             raise TypeError(f"{fn}: argument 'sde' expected a ForwardSDE-like object with {attr!r}, got {type(sde).__name__}.")
     rtol = check_positive(fn, "rtol", rtol)
     T = float(sde.T)
-    t = torch.linspace(float(sde.t_min), T, 33, dtype=torch.float64) if times is None else torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+    t = torch.linspace(float(sde.t_min), T, 33, dtype=torch.float64) if times is None else as_times(fn, times)
     if t.numel() == 0 or bool((t <= 0).any()):
         raise ValueError(f"{fn}: argument 'times' expected a non-empty list of times > 0, got {t.tolist()}.")
     # Steps stay below t/4 so that t - h never crosses 0, where sigma may be undefined.

@@ -19,7 +19,7 @@ from .._checks import check_callable, check_generator, check_int, check_output, 
 from ..analytic import GaussianMixture
 from ..analytic.flow import FLOW_ATOL, FLOW_RTOL
 from ..sde import ForwardSDE
-from .assertions import check_law_sde, log_snr_times
+from .assertions import as_times, check_law_sde, log_snr_times
 
 __all__ = ["assert_consistency_function"]
 
@@ -52,7 +52,8 @@ def assert_consistency_function(
     Args:
         f: the consistency function under test, ``f(x, t) -> x_{t_min}``.
         law, sde: the data law and forward SDE.
-        times: the times to check, in ``[t_min, T]``; default 9 times from ``t_min`` to T evenly spaced in log-SNR.
+        times: the times to check, in ``[t_min, T]``; default 9 times from ``t_min`` to T evenly spaced in log-SNR
+            (in the capped log-SNR for a path that ends in pure noise).
         n: draws per time.
         atol, rtol: the tolerance, per coordinate.
         t_min: the boundary time of f (default ``sde.t_min``).
@@ -74,7 +75,7 @@ def assert_consistency_function(
     atol, rtol = check_positive(fn, "atol", atol, allow_zero=True), check_positive(fn, "rtol", rtol, allow_zero=True)
     t_min = resolve_t_min(fn, sde, t_min)
     check_generator(fn, generator)
-    t = log_snr_times(sde, 9, t_min) if times is None else torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+    t = log_snr_times(sde, 9, t_min) if times is None else as_times(fn, times)
     if t.numel() == 0 or bool(((t < t_min) | (t > sde.T)).any()):
         raise ValueError(f"{fn}: argument 'times' expected a non-empty list of times in [t_min={t_min:g}, T={sde.T:g}], got {t.tolist()}.")
     dtype = law.means.dtype

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from .._checks import check_batch, check_generator, check_int, check_probability
+from .._checks import check_batch, check_generator, check_int, check_probability, check_real
 from ..analytic import GaussianMixture
 from ..metrics import mode_weights, moment_standard_errors, sliced_wasserstein2
 from .assertions import check_law
@@ -154,6 +154,7 @@ def assert_samples_follow(
     n_ref = 20000 if n_reference is None else check_int(fn, "n_reference", n_reference, minimum=2)
     check_int(fn, "n_replicates", n_replicates, minimum=3)
     check_int(fn, "n_projections", n_projections)
+    trim = check_real(fn, "trim", trim)
     if not 0 <= trim < 0.5:
         raise ValueError(f"{fn}: argument 'trim' expected a fraction in [0, 0.5), got {trim!r}.")
     check_generator(fn, generator)

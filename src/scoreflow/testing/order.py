@@ -132,6 +132,8 @@ def assert_order(
     """
     fn = "assert_order"
     order = check_positive(fn, "order", order)
+    if isinstance(tol, (tuple, list)) and len(tol) != 2:
+        raise ValueError(f"{fn}: argument 'tol' expected a number or a pair (below, above), got {tol!r}.")
     below, above = (tol, tol) if not isinstance(tol, (tuple, list)) else tuple(tol)
     below, above = check_positive(fn, "tol", below, allow_zero=True), check_positive(fn, "tol", above, allow_zero=True)
     fit = empirical_order(sampler, law, sde, steps=steps, n=n, generator=generator, reference=reference)
