@@ -232,3 +232,20 @@ def test_bad_callables_and_outputs_are_named():
         ct_loss(lambda x, t: x * float("nan"), f, sde, x0)
     with pytest.raises(sf.NonFiniteError, match=r"score became non-finite"):
         cd_loss(f, f, lambda x, t: x * float("inf"), sde, x0)
+
+
+def test_t_min_defaults_to_the_boundary_time_of_f():
+    # documented default: f.t_min, else sde.t_min; a model built at t_min = 0.01 trains on a grid ending there
+    sde = sf.VPSDE()
+    seen = []
+
+    def net(x, t):
+        seen.append(t.detach().clone())
+        return x
+
+    f = sf.consistency.parameterize(net, sde, t_min=0.01)
+    x0 = torch.randn(64, 2, generator=seeded(0))
+    loss = ct_loss(f, f, sde, x0, steps=4, generator=seeded(1), reduction="none")
+    grid = sf.time_grid(sde, 4, "karras", t_min=0.01)
+    assert loss.shape == (64,) and float(torch.cat(seen).min()) == pytest.approx(float(grid[-1]))
+    assert torch.equal(loss, ct_loss(f, f, sde, x0, steps=4, t_min=0.01, generator=seeded(1), reduction="none"))

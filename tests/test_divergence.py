@@ -186,3 +186,13 @@ def test_divergence_errors_name_the_argument_and_the_fix():
         hutchinson_divergence(lambda y: y, x, torch.zeros(2, 3))
     with pytest.raises(ValueError, match="argument 'chunk_size' expected an int >= 1"):
         exact_divergence(lambda y: y, x, chunk_size=0)
+
+
+def test_divergence_points_must_be_a_floating_point_tensor():
+    levels = torch.ones(2, 3, dtype=torch.long)
+    with pytest.raises(TypeError, match=r"exact_divergence: argument 'x' expected a floating-point tensor .* got dtype torch\.int64"):
+        exact_divergence(lambda y: y, levels)
+    with pytest.raises(TypeError, match=r"hutchinson_divergence: argument 'x' expected a floating-point tensor .* got dtype torch\.int64"):
+        hutchinson_divergence(lambda y: y, levels, torch.ones(1, 2, 3))
+    with pytest.raises(TypeError, match=r"exact_divergence: argument 'x' expected a floating-point tensor .* got list"):
+        exact_divergence(lambda y: y, [[0.0, 1.0]])

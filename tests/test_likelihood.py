@@ -182,6 +182,21 @@ def test_log_likelihood_validates_its_inputs():
         sf.log_likelihood(score, "vp", x)
 
 
+def test_a_bad_likelihood_grid_is_described_in_the_likelihood_direction():
+    # the grid runs from t_min up to T; the messages and their fix must say so (they described it flipped)
+    problem = make_problem("ring2d", "vp")
+    x, sde = _data(problem, 2), problem.sde
+    grid = sf.time_grid(sde, 8, "log_snr")  # a sampling grid, from T down to t_min
+    with pytest.raises(ValueError, match=r"argument 'schedule' expected finite, strictly increasing times, got \[1\.0, .*time_grid\(.*\)\.flip\(0\)"):
+        sf.log_likelihood(problem.score, sde, x, method="rk4", schedule=grid)
+    with pytest.raises(ValueError, match=r"argument 'schedule' expected a grid that starts at t_min=0\.001 and ends at T=1, got start 0\.0\."):
+        sf.log_likelihood(problem.score, sde, x, method="rk4", schedule=torch.linspace(0.0, 1.0, 9, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"got end 0\.5\."):
+        sf.log_likelihood(problem.score, sde, x, method="expint_pc", schedule=torch.linspace(1e-3, 0.5, 9, dtype=torch.float64))
+    res = sf.log_likelihood(problem.score, sde, x, method="rk4", schedule=grid.flip(0))  # the fix the message gives
+    assert res.log_prob.shape == (2,)
+
+
 def test_a_non_finite_score_stops_the_solve_naming_the_time():
     problem = make_problem("ring2d", "vp")
     score = non_finite_after(problem.score, 0.5)

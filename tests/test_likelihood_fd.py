@@ -107,6 +107,24 @@ def test_log_likelihood_by_differences_equals_the_vjp_estimate(sde_name, method,
         assert fd.nfe % 4 == 0 and fd.nfe == pytest.approx(4 * vjp.nfe, rel=0.1)
 
 
+@pytest.mark.parametrize("method, kw", [("expint_pc_adaptive", {"rtol": 1e-6, "atol": 1e-6}), ("rk4", {"steps": 8})])
+def test_differences_accept_a_channels_last_model(method, kw):
+    # a network in channels_last memory format returns non-contiguous (N, C, H, W) tensors
+    sde = sf.VPSDE()
+    law = sf.analytic.Gaussian(torch.zeros(12, dtype=torch.float64), torch.eye(12, dtype=torch.float64) * 0.3,
+                               event_shape=(3, 2, 2))
+    exact = law.score(sde)
+
+    def channels_last(y, t):
+        return exact(y, t).contiguous(memory_format=torch.channels_last)
+
+    x = law.marginal(sde, sde.t_min).sample(3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        runs = [sf.log_likelihood(model, sde, x, trace="hutchinson_fd", method=method, n_probes=2,
+                                  generator=torch.Generator().manual_seed(1), **kw) for model in (exact, channels_last)]
+    torch.testing.assert_close(runs[1].log_prob, runs[0].log_prob, rtol=0, atol=1e-12)
+
+
 def test_differences_stop_at_a_non_finite_score_naming_its_time():
     problem = make_problem("gaussian2d", "vp")
     score = non_finite_after(problem.score, 0.5)
@@ -132,3 +150,15 @@ def test_differences_refuse_an_adjoint_and_a_start_without_noise():
         value_and_difference_hutchinson(lambda y: y, x, torch.ones(2, 2), 1e-3)
     with pytest.raises(ValueError, match=r"argument 'trace' .*hutchinson_fd"):
         sf.log_likelihood(problem.score, problem.sde, x, trace="fd")
+
+
+def test_differences_refuse_to_be_differentiated_in_x():
+    # the differences carry no graph, so a gradient in x came only through the state's identity part of each step:
+    # about 1/200 of the true score here, silently
+    problem = make_problem("gaussian2d", "vp")
+    x = problem.law.marginal(problem.sde, 1e-3).sample(3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    with pytest.raises(ValueError, match=r"log_likelihood: argument 'x' requires grad, but trace='hutchinson_fd' is not differentiable"):
+        sf.log_likelihood(problem.score, problem.sde, x, trace="hutchinson_fd")
+    with torch.no_grad():  # values only: fine
+        res = sf.log_likelihood(problem.score, problem.sde, x, trace="hutchinson_fd")
+    assert not res.log_prob.requires_grad

@@ -84,6 +84,19 @@ def test_adaptive_agrees_with_dopri5_on_the_same_hutchinson_probe():
     torch.testing.assert_close(ours.std_error, theirs.std_error, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("options", [{"reject_above": 0.5}, {"reject_above": 0.1}, {"safety": 1.5}])
+def test_a_stricter_step_control_retries_rejected_steps_shorter(options):
+    # with reject_above below safety^(p+1) (or safety > 1) a rejected step's factor safety * e^(-1/(p+1)) exceeded 1:
+    # it was retried longer, rejected again, until max_steps
+    problem = make_problem("mixture16d", "vp")
+    x = _data(problem, 6)
+    p_T = problem.law.marginal(problem.sde, problem.sde.T).log_prob
+    with torch.no_grad():
+        res = sf.log_likelihood(problem.score, problem.sde, x, method="expint_pc_adaptive", rtol=1e-6, atol=1e-6,
+                                prior_log_prob=p_T, options={**options, "max_steps": 2000})
+    assert float((res.log_prob - _exact(problem, x)).abs().max()) < 1e-4 and res.nfe < 2000
+
+
 def test_a_flow_path_ends_at_pure_noise_and_reaches_the_exact_density():
     rf = sf.RectifiedFlow()
     law = make_problem("mixture16d", "vp").law
@@ -94,6 +107,23 @@ def test_a_flow_path_ends_at_pure_noise_and_reaches_the_exact_density():
             assert float((res.log_prob - law.marginal(rf, rf.t_min).log_prob(x)).abs().max()) < 1e-4, method
     with pytest.raises(ValueError, match=r"log_likelihood: the native method 'expint_pc_adaptive' .* t_min=0"):
         sf.log_likelihood(law.velocity(rf), rf, x, method="expint_pc_adaptive", t_min=0.0)
+
+
+def test_native_methods_refuse_t_min_0_for_every_prediction():
+    # the same message whatever the model predicts and for the fixed grid too (a data prediction divided by
+    # sigma(0) = 0 in float arithmetic, and the fixed grid's schedule failed first, naming time_grid)
+    rf = sf.RectifiedFlow()
+    law = make_problem("gaussian2d", "vp").law
+    velocity = law.velocity(rf).predict
+
+    def denoiser(y, t):  # E[x0 | x_t] = x_t - t u(x_t, t) on rectified flow, finite on [0, 1]
+        return y - t[:, None] * velocity(y, t)
+
+    x = law.sample(3, generator=torch.Generator().manual_seed(0))
+    for model in (law.velocity(rf), sf.score_from_denoiser(denoiser, rf)):
+        for method, kwargs in (("expint_pc_adaptive", {}), ("expint_pc", {"steps": 8})):
+            with pytest.raises(ValueError, match=rf"^log_likelihood: the native method '{method}' steps in the log-SNR, which is \+inf at t_min=0"):
+                sf.log_likelihood(model, rf, x, method=method, t_min=0.0, **kwargs)
 
 
 def test_image_shaped_data_and_float32():

@@ -106,3 +106,10 @@ def test_bad_t_min_sde_projections_and_generator(x):
         L.ssm_vr_loss(score, x, n_projections=0)
     with pytest.raises(TypeError, match=r"dsm_loss: argument 'generator' expected a torch.Generator"):
         L.dsm_loss(score, x, 0.1, generator=0)
+
+
+def test_ism_chunk_size_errors_name_ism_loss(x):
+    with pytest.raises(ValueError, match=r"^ism_loss: argument 'chunk_size' expected an int >= 1, got 0"):
+        L.ism_loss(score, x, chunk_size=0)
+    with pytest.raises(TypeError, match=r"^ism_loss: argument 'chunk_size' expected an int, got float 1.5"):
+        L.ism_loss(score, x, chunk_size=1.5)

@@ -140,3 +140,17 @@ def test_log_snr_sampling_keeps_float32_and_any_data_shape():
                                  generator=torch.Generator().manual_seed(1), reduction="none")
     assert per.shape == (64,) and per.dtype == torch.float32 and bool(torch.isfinite(per).all())
     assert seen[-1].dtype == torch.float32 and bool((seen[-1] >= sf.VPSDE().t_min).all())
+
+
+def test_log_snr_sampling_needs_a_finite_log_snr_range():
+    # rectified flow reaches pure noise at T (log-SNR -inf) and the data at t_min = 0 (+inf): no uniform law there
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for sde, t_min, end in ((sf.RectifiedFlow(), None, "-inf at T=1"), (sf.RectifiedFlow(T=0.999), 0.0, "inf at t_min=0")):
+        with pytest.raises(ValueError, match=rf"sde_dsm_loss: argument 'time_sampling' 'log_snr' .*log-SNR is {end}"):
+            sf.losses.sde_dsm_loss(lambda y, t: -y, sde, x, t_min=t_min, time_sampling="log_snr")
+    # a truncated path has a finite range, and the importance weights keep the uniform loss's expectation
+    sde = sf.RectifiedFlow(T=0.999)
+    law = make_law("gaussian2d")
+    x = law.sample(20000, generator=torch.Generator().manual_seed(1))
+    (m_u, se_u), (m_l, se_l) = (_mean_se(_loss(law.score(sde), sde, x, s, weighting="sigma2")) for s in ("uniform", "log_snr"))
+    assert abs(m_u - m_l) < 4 * math.hypot(se_u, se_l), (m_u, se_u, m_l, se_l)

@@ -203,22 +203,28 @@ def check_generator(fn: str, generator: Any) -> torch.Generator | None:
     return generator
 
 
-def check_time_grid(fn: str, name: str, value: Any, t_start: float, t_end: float) -> torch.Tensor:
+def check_time_grid(fn: str, name: str, value: Any, t_start: float, t_end: float, *, increasing: bool = False) -> torch.Tensor:
     """Check a custom step grid: a 1-D floating tensor of >= 2 finite, strictly decreasing times from ``t_start``
-    to ``t_end`` (ends within 1e-6 relative); return a float64 copy whose ends are exactly ``t_start`` and ``t_end``."""
-    fix = f"Fix: pass e.g. scoreflow.time_grid(sde, steps, 'log_snr_capped', sigma_cap=3.0, t_min={t_end:g})."
+    to ``t_end`` (ends within 1e-6 relative); return a float64 copy whose ends are exactly ``t_start`` and ``t_end``.
+    ``increasing``: a likelihood's grid, from ``t_end`` up to ``t_start``, checked and described in that direction
+    (the copy returned is still decreasing)."""
+    flip = ".flip(0)" if increasing else ""
+    fix = f"Fix: pass e.g. scoreflow.time_grid(sde, steps, 'log_snr_capped', sigma_cap=3.0, t_min={t_end:g}){flip}."
     if not torch.is_tensor(value):
         raise TypeError(f"{fn}: argument '{name}' expected a schedule name or a 1-D tensor of times, got {_describe(value)}. {fix}")
     if value.dim() != 1 or value.numel() < 2 or not value.is_floating_point():
         raise ValueError(f"{fn}: argument '{name}' expected a 1-D floating tensor of >= 2 times, got {_describe(value)}. {fix}")
-    ts = value.detach().to(device="cpu", dtype=torch.float64).clone()
+    given = value.detach().to(device="cpu", dtype=torch.float64).clone()
+    ts = given.flip(0) if increasing else given
     if not torch.isfinite(ts).all() or (ts[1:] >= ts[:-1]).any():
-        raise ValueError(f"{fn}: argument '{name}' expected finite, strictly decreasing times, got {ts.tolist()}. {fix}")
-    for which, got, want in (("start", ts[0].item(), t_start), ("end", ts[-1].item(), t_end)):
+        order = "increasing" if increasing else "decreasing"
+        raise ValueError(f"{fn}: argument '{name}' expected finite, strictly {order} times, got {given.tolist()}. {fix}")
+    (first, first_name), (last, last_name) = ((t_end, "t_min"), (t_start, "T")) if increasing else ((t_start, "T"), (t_end, "t_min"))
+    for which, got, want in (("start", given[0].item(), first), ("end", given[-1].item(), last)):
         if abs(got - want) > 1e-6 * want:
             raise ValueError(
-                f"{fn}: argument '{name}' expected a grid that starts at T={t_start:g} and ends at t_min={t_end:g}, "
-                f"got {which} {got!r}. {fix}"
+                f"{fn}: argument '{name}' expected a grid that starts at {first_name}={first:g} and ends at "
+                f"{last_name}={last:g}, got {which} {got!r}. {fix}"
             )
     ts[0], ts[-1] = t_start, t_end
     return ts

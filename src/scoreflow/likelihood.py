@@ -29,6 +29,7 @@ from .dynamics.divergence import PROBES, draw_probes
 from .methods import get_method, resolve_stepping
 from .parameterizations import check_native_at_pure_noise
 from .sde import ForwardSDE, check_sde
+from .solvers.likelihood import _check_ends
 
 __all__ = ["log_likelihood", "LikelihoodResult", "TRACES"]
 
@@ -138,7 +139,8 @@ def log_likelihood(
         ValueError: for a score or noise model on a process that reaches pure noise at T (see
             :func:`scoreflow.sample_ode`), an unknown trace, probe or method (the message lists the valid ones; raised before
             any score evaluation), a malformed ``x``, ``t_min`` outside ``(0, T)``, missing/superfluous
-            ``steps``/``step_size``/``rtol``/``atol``, ``n_probes`` with the exact trace, or a
+            ``steps``/``step_size``/``rtol``/``atol``, ``n_probes`` with the exact trace, ``trace="hutchinson_fd"``
+            with ``adjoint=True`` or an ``x`` that requires grad (outside ``torch.no_grad()``), or a
             ``prior_log_prob`` that does not return shape ``(B,)``.
         TypeError: if the score returns the wrong dtype, or an argument has the wrong type.
         NonFiniteError: if the score or the divergence becomes NaN/inf in the solve; the message names the time
@@ -162,14 +164,16 @@ def log_likelihood(
         raise TypeError(f"{fn}: argument 'prior_log_prob' expected a callable x_T -> (B,) log-densities or None, got {type(prior_log_prob).__name__}.")
     t_min = resolve_t_min(fn, sde, t_min)
     difference = trace == "hutchinson_fd"
-    if difference:
-        _check_difference(fn, sde, t_min, adjoint)
     check_batch(fn, "x", x, state=True)
+    if difference:
+        _check_difference(fn, sde, t_min, adjoint, x)
+    native = spec.backend == "native"
+    if native:  # before the grid: a log-SNR grid cannot start at +inf either
+        _check_ends(method, [float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64)))])
     stepping = resolve_stepping(
         fn, spec, sde, x, start=t_min, end=sde.T, steps=steps, step_size=step_size, schedule=schedule, rtol=rtol, atol=atol
     )
 
-    native = spec.backend == "native"
     if native and adjoint:
         raise ValueError(
             f"{fn}: argument 'adjoint' applies to torchdiffeq's methods, got adjoint=True with the native method "
@@ -204,8 +208,14 @@ def log_likelihood(
     )
 
 
-def _check_difference(fn: str, sde: ForwardSDE, t_min: float, adjoint: bool) -> None:
-    """``trace="hutchinson_fd"`` needs a noise level at ``t_min`` (its step is proportional to it) and no adjoint."""
+def _check_difference(fn: str, sde: ForwardSDE, t_min: float, adjoint: bool, x: torch.Tensor) -> None:
+    """``trace="hutchinson_fd"`` needs a noise level at ``t_min`` (its step is proportional to it), no adjoint and no
+    gradient in x (its differences carry no graph: one in x would come from the steps' identity part only)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            f"{fn}: argument 'x' requires grad, but trace='hutchinson_fd' is not differentiable (its central differences "
+            "carry no graph). Fix: trace='hutchinson' to differentiate, or run under torch.no_grad() for values."
+        )
     if adjoint:
         raise ValueError(
             f"{fn}: argument 'adjoint' applies to the differentiable traces, got adjoint=True with trace='hutchinson_fd' "

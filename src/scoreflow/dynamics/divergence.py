@@ -72,6 +72,16 @@ def _checked_output(fn_name: str, out: object, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _check_points(fn_name: str, x: object) -> None:
+    """The points must be a floating-point tensor (a dtype check, no read of the values: this runs every evaluation)."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        got = f"dtype {x.dtype}" if torch.is_tensor(x) else type(x).__name__
+        raise TypeError(
+            f"{fn_name}: argument 'x' expected a floating-point tensor of shape (B, *D), got {got}. Fix: x.to(torch.float32) "
+            "or .double()."
+        )
+
+
 def _check_probes(fn_name: str, probes: object, x: torch.Tensor) -> None:
     if not torch.is_tensor(probes) or probes.ndim != x.ndim + 1 or probes.shape[1:] != x.shape:
         got = tuple(probes.shape) if torch.is_tensor(probes) else type(probes).__name__
@@ -101,8 +111,10 @@ def value_and_exact_divergence(
 
     Raises:
         ValueError: if ``fn`` does not return a tensor shaped like ``x``.
+        TypeError: if ``x`` is not a floating-point tensor.
         TypeError / ValueError: if ``chunk_size`` is not an int >= 1.
     """
+    _check_points("exact_divergence", x)
     batch, dim = x.shape[0], x[0].numel()
     if chunk_size is None:
         chunk_size = _default_chunk(x)
@@ -149,7 +161,9 @@ def value_and_hutchinson_divergence(
 
     Raises:
         ValueError: if ``probes`` is not shaped ``(P, *x.shape)`` or ``fn`` does not return a tensor shaped like ``x``.
+        TypeError: if ``x`` is not a floating-point tensor.
     """
+    _check_points("hutchinson_divergence", x)
     _check_probes("hutchinson_divergence", probes, x)
     # Plain autograd (not torch.func's transforms) has the least overhead per call for a few VJPs; all probes go
     # through one backward pass (is_grads_batched vmaps it over the probes).
@@ -211,9 +225,10 @@ class CentralDifferences:
                 points = torch.add(x, signed, alpha=step)
                 half_inverse = 0.5 / step
             flat = points.view(-1, *shape)
-            values = _checked_output("difference_hutchinson", fn(flat), flat).view(signed.shape)
+            # reshape, not view: a model may return another memory layout (channels_last)
+            values = _checked_output("difference_hutchinson", fn(flat), flat).reshape(signed.shape)
             # sum_i v_i (up_i - down_i): the signed stack carries the minus sign of the downward half
-            est = (values * signed).view(2, self.n, batch, -1).sum(dim=(0, 3))
+            est = (values * signed).reshape(2, self.n, batch, -1).sum(dim=(0, 3))
             return values.mean(dim=0), est.mul_(half_inverse)
 
 

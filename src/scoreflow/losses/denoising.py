@@ -13,6 +13,7 @@ the form computed here (no division of the noise by a small :math:`\sigma`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -178,8 +179,9 @@ def sde_dsm_loss(
         The loss, summed over data dimensions.
 
     Raises:
-        ValueError: for ``t_min`` outside ``(0, T)``, an unknown weighting or time sampling, weights of the
-            wrong shape or sign, or a malformed ``x``.
+        ValueError: for ``t_min`` outside ``(0, T)``, an unknown weighting or time sampling, ``"log_snr"`` times
+            where the log-SNR is infinite at ``t_min`` or T (a path reaching pure noise), weights of the wrong shape
+            or sign, or a malformed ``x``.
         TypeError: for a non-callable score, a wrong sde or generator, or mismatched dtypes.
     """
     fn = "sde_dsm_loss"
@@ -192,6 +194,8 @@ def sde_dsm_loss(
     check_choice(fn, "time_sampling", time_sampling, TIME_SAMPLINGS)
     check_generator(fn, generator)
     check_reduction(fn, reduction)
+    if time_sampling == "log_snr":
+        _check_log_snr_range(fn, sde, t_min)
     u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
     if time_sampling == "uniform":
         t = t_min + (sde.T - t_min) * u
@@ -207,6 +211,18 @@ def sde_dsm_loss(
     if time_sampling == "log_snr":  # divide by (T - t_min) p(t), p(t) = (g^2/sigma^2) / span
         per = per * (sigma**2 / sde.diffusion(t) ** 2) * (span / (sde.T - t_min))
     return reduce(fn, per, reduction, score=out)
+
+
+def _check_log_snr_range(fn: str, sde: ForwardSDE, t_min: float) -> None:
+    """Uniform log-SNR times need finite ends: not at pure noise (alpha(T) = 0) nor at the data (sigma(t_min) = 0)."""
+    ends = sde.log_snr(torch.tensor([t_min, sde.T], dtype=torch.float64)).tolist()
+    for lam, where in zip(ends, (f"t_min={t_min:g}", f"T={sde.T:g}")):
+        if not math.isfinite(lam):
+            raise ValueError(
+                f"{fn}: argument 'time_sampling' 'log_snr' draws t uniformly in the log-SNR, but on {sde!r} the log-SNR "
+                f"is {lam:g} at {where}. Fix: time_sampling='uniform', or a finite range (t_min > 0, and a path "
+                "truncated before pure noise, e.g. scoreflow.RectifiedFlow(T=0.999))."
+            )
 
 
 def _log_snr_times(sde: ForwardSDE, t_min: float, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

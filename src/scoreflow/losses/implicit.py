@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_batch, check_time
+from .._checks import check_batch, check_int, check_time
 from .._tensor import TimeLike, batch_time
 from ..dynamics.counting import ScoreFn
 from ..dynamics.divergence import value_and_exact_divergence
@@ -53,6 +53,8 @@ def ism_loss(
     check_score(fn, score)
     check_batch(fn, "x", x)
     check_reduction(fn, reduction)
+    if chunk_size is not None:
+        check_int(fn, "chunk_size", chunk_size)
     tb = batch_time(check_time(fn, "t", t, x), x)
     s, div = value_and_exact_divergence(lambda y: call_score(fn, score, y, tb), x, chunk_size=chunk_size)
     return reduce(fn, 0.5 * sq_norm(s) + div, reduction, score=s, score_divergence=div)

@@ -201,7 +201,7 @@ def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: f
     increasing = start < end
     t_max, t_min = (end, start) if increasing else (start, end)
     if torch.is_tensor(schedule):
-        ts = check_time_grid(fn, "schedule", schedule.flip(0) if increasing else schedule, t_max, t_min)
+        ts = check_time_grid(fn, "schedule", schedule, t_max, t_min, increasing=increasing)
         if steps not in (None, len(ts) - 1):
             raise ValueError(f"{fn}: a grid of {len(ts)} times has {len(ts) - 1} steps, got steps={steps!r}; omit 'steps'.")
     else:

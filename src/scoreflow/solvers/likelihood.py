@@ -137,6 +137,7 @@ def _affine(nodes: Nodes) -> list[list[float]]:
 
 
 def _check_ends(name: str, lam: Sequence[float]) -> None:
+    """The native methods step in the log-SNR: ``lam[0]``, the log-SNR at the start (``t_min``), must be below +inf."""
     if lam[0] == math.inf:
         raise ValueError(
             f"log_likelihood: the native method {name!r} steps in the log-SNR, which is +inf at t_min=0. Fix: t_min > 0, "
