@@ -30,6 +30,18 @@ def test_tightening_the_tolerance_converges_to_the_closed_form_flow(sde):
 
 
 
+@pytest.mark.parametrize("method", [METHOD, "dpmpp_4m_pc_adaptive_per_sample"])
+@pytest.mark.parametrize("options", [{"reject_above": 0.5}, {"reject_above": 0.1}, {"safety": 1.5}])
+def test_a_stricter_step_control_retries_rejected_steps_shorter(method, options):
+    """With reject_above below safety^(p+1) (or safety > 1) a rejected step's factor safety e^(-1/(p+1)) exceeded 1:
+    the retry was longer, rejected again, until max_steps.  Retried shorter, the solve reaches the flow map."""
+    law, sde = make_problem("gaussian2d", "vp").law, sf.VPSDE()
+    x_T = sde.prior_sample((8, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    res = sf.sample_ode(law.score(sde), sde, x_T, method=method, rtol=1e-6, atol=1e-6,
+                        options={**options, "max_steps": 2000})
+    assert rms_error(res.samples, law.flow_map(sde, x_T, sde.T, sde.t_min)) < 1e-4 and res.nfe < 2000 * 8
+
+
 @pytest.mark.parametrize("sde", [sf.VPSDE(), sf.VESDE()], ids=["vp", "ve"])
 def test_float32_at_tolerances_near_its_resolution_reaches_t_min(sde):
     """At rtol = atol = 1e-7 in float32 the batch-wide solver's error estimate x_t - x_pred carried the round-off of x

@@ -11,6 +11,7 @@ well.  The two differ by about the predictor's local error (Milne's device), whi
 over every entry of the batch (one grid for the whole batch, as torchdiffeq's and k-diffusion's adaptive
 solvers use).  A step with :math:`e \le` ``reject_above`` is accepted (keeping the corrected state);
 either way the next step is :math:`h \cdot \mathrm{clip}(\mathrm{safety}\, e^{-1/(p+1)}, \tfrac15, \mathrm{max\_factor})`
+(at most :data:`MAX_RETRY_FACTOR` after a rejection)
 for a predictor through :math:`p` points (local error :math:`O(h^{p+1})`).  A rejected step costs its NFE.
 The last step, which lands exactly on :math:`\lambda(t_{min})`, is corrected too (its prediction is not
 needed afterwards, but an uncorrected long final step was the largest error on the mixtures of the
@@ -34,7 +35,12 @@ from ..sde import ForwardSDE
 from .base import Nodes, check_native_ends, combine
 from .multistep import polynomial_weights, pure_noise_weights
 
-__all__ = ["AdaptiveExponentialPC", "step_control_options"]
+__all__ = ["AdaptiveExponentialPC", "MAX_RETRY_FACTOR", "step_control_options"]
+
+#: The longest retry of a rejected step, as a fraction of it, whatever the options: with ``reject_above`` below
+#: safety^(p+1) or ``safety`` > 1 the factor safety e^(-1/(p+1)) of a rejected step exceeds 1, and the longer retry
+#: fails again until ``max_steps``.  It never binds with the default options (e > 2 gives at most 0.70).
+MAX_RETRY_FACTOR = 0.8
 
 
 def step_control_options(*, h_init: float, max_factor: float = 2.0) -> dict[str, Option]:
@@ -160,6 +166,8 @@ class _AdaptiveSolve:
             scale = self.atol + self.rtol * torch.maximum(x.abs(), x_t.abs())
             err = float((delta / scale).square().mean().sqrt())
             factor = min(method.max_factor, max(method.min_factor, method.safety * max(err, 1e-10) ** (-1.0 / (len(others) + 2))))
+            if err > method.reject_above:  # retried shorter, whatever the options
+                factor = min(factor, MAX_RETRY_FACTOR)
             if from_noise:
                 lam_first, h = lam_t + math.log(factor), method.h_init * factor
             else:

@@ -37,7 +37,7 @@ from ..errors import NonFiniteError
 from ..methods import Tolerances
 from ..parameterizations import affine_map_values
 from ..sde import ForwardSDE
-from .adaptive import step_control_options
+from .adaptive import MAX_RETRY_FACTOR, step_control_options
 from .likelihood import POINTS, LikelihoodPC, _check_ends, _Evaluator, register_likelihood, step_weights
 
 __all__ = ["AdaptiveLikelihoodPC"]
@@ -95,7 +95,7 @@ class AdaptiveLikelihoodPC:
     A step with :math:`e \le` ``reject_above`` is accepted; either way the next step is the step times
     :math:`\mathrm{clip}(\mathrm{safety}\,e^{-1/(p+1)}, \tfrac15, \mathrm{max\_factor})` for a predictor through p points
     (``first_max_factor`` = 100 in place of ``max_factor`` after the first step, whose length ``h_init`` is a guess),
-    at most ``max_retry_factor`` = 0.8 after a rejection.
+    at most :data:`~scoreflow.solvers.adaptive.MAX_RETRY_FACTOR` after a rejection.
     Steps are measured in the variable they are taken in (:math:`\bar\sigma` or r), so the last one lands on
     pure noise (r = 0) where a flow path reaches it.
 
@@ -108,8 +108,6 @@ class AdaptiveLikelihoodPC:
     options = {**step_control_options(h_init=0.5, max_factor=5.0), **LikelihoodPC.options}
     min_factor = 0.2
     first_max_factor = 100.0
-    #: the longest retry of a rejected step; never reached with the default options (e > 2 gives at most 0.70)
-    max_retry_factor = 0.8
 
     def __init__(self, *, h_init: float = 0.5, safety: float = 0.8, max_factor: float = 5.0, reject_above: float = 2.0,
                  max_steps: int = 10_000, switch: float = 0.0) -> None:
@@ -191,7 +189,7 @@ class AdaptiveLikelihoodPC:
             growth = self.first_max_factor if len(history) == 1 else self.max_factor
             factor = min(growth, max(self.min_factor, self.safety * max(err, 1e-10) ** (-1.0 / (len(predictor) + 1))))
             if err > self.reject_above:  # retried shorter, whatever the options (a longer retry fails again)
-                factor = min(factor, self.max_retry_factor)
+                factor = min(factor, MAX_RETRY_FACTOR)
             done = _variable(lam[s], noise) - _variable(lam[k], noise)
             step = (noise, abs(done) * factor)
             if err > self.reject_above:

@@ -28,7 +28,7 @@ from ..dynamics.counting import CountedScore
 from ..methods import Method, Solution, StepMonitor, Tolerances, register
 from ..parameterizations import convert
 from ..sde import ForwardSDE
-from .adaptive import AdaptiveExponentialPC
+from .adaptive import MAX_RETRY_FACTOR, AdaptiveExponentialPC
 from .base import check_native_ends
 
 __all__ = ["PerSampleExponentialPC"]
@@ -154,8 +154,10 @@ class PerSampleExponentialPC(AdaptiveExponentialPC):
             scale = atol + rtol * torch.maximum(xi.abs(), x_t.abs())
             err = ((x_t - x_pred) / scale).square().mean(1).sqrt().to(torch.float64)
             factor = self.safety * err.clamp_min(1e-10) ** (-1.0 / (k + 1))
-            h[i] = step * factor.clamp(self.min_factor, self.max_factor)
             ok = err <= self.reject_above
+            # a rejected step is retried shorter, whatever the options (see MAX_RETRY_FACTOR)
+            h[i] = step * torch.where(ok, factor.clamp(self.min_factor, self.max_factor),
+                                      factor.clamp(self.min_factor, MAX_RETRY_FACTOR))
             nfe[i] += 1
             accepted[i] += ok.long()
             rejected[i] += (~ok).long()
