@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_batch, resolve_t_min
+from .._checks import check_batch, check_bool, resolve_t_min
 from ..dynamics.counting import ScoreFn
 from ..methods import StepCallback, get_method, resolve_stepping
 from ..parameterizations import check_native_at_pure_noise
@@ -104,9 +104,8 @@ def sample_ode(
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x_T", x_T, state=True)
     check_save_at_alone(fn, save_at, return_trajectory)
-    for name, flag in (("denoise_final", denoise_final), ("enable_grad", enable_grad)):
-        if not isinstance(flag, bool):  # enable_grad="no" kept the graph of the whole solve
-            raise TypeError(f"{fn}: argument '{name}' expected True or False, got {type(flag).__name__} {flag!r}.")
+    check_bool(fn, "denoise_final", denoise_final)
+    check_bool(fn, "enable_grad", enable_grad)  # enable_grad="no" would keep the graph of the whole solve
     stepping = resolve_stepping(
         fn, spec, sde, x_T, start=sde.T, end=t_min,
         steps=steps, step_size=step_size, schedule=schedule, time=time, rtol=rtol, atol=atol, save_at=save_at,
