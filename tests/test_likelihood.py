@@ -180,6 +180,8 @@ def test_log_likelihood_validates_its_inputs():
         sf.log_likelihood(score, sde, x, prior_log_prob=1.0)
     with pytest.raises(TypeError, match="argument 'sde' expected a ForwardSDE"):
         sf.log_likelihood(score, "vp", x)
+    with pytest.raises(TypeError, match=r"log_likelihood: argument 'adjoint' expected True or False, got str 'no'"):
+        sf.log_likelihood(score, sde, x, adjoint="no")  # a string reads as true: it would have run the adjoint
 
 
 def test_a_bad_likelihood_grid_is_described_in_the_likelihood_direction():

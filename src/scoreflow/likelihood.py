@@ -16,6 +16,7 @@ import torch
 
 from ._checks import (
     check_batch,
+    check_bool,
     check_choice,
     check_generator,
     check_int,
@@ -158,6 +159,7 @@ def log_likelihood(
     if trace == "exact" and n_probes != 1:
         raise ValueError(f"{fn}: argument 'n_probes' applies to the Hutchinson traces, got n_probes={n_probes} with trace='exact'.")
     check_generator(fn, generator)
+    check_bool(fn, "adjoint", adjoint)  # adjoint="no" would read as true
     if chunk_size is not None:
         check_int(fn, "chunk_size", chunk_size)
     if prior_log_prob is not None and not callable(prior_log_prob):
