@@ -109,3 +109,20 @@ def test_bad_arguments():
         sf.fit_schedule(problem.score, problem.sde, x, 5, reference_tol=0.0)
     with pytest.raises(ValueError, match=r"fit_schedule: argument 'reference' expected a tensor shaped like x_pilot \(4, 2\), got shape \(3, 2\)"):
         sf.fit_schedule(problem.score, problem.sde, x, 5, reference=torch.zeros(3, 2))
+
+
+def test_options_are_checked_as_fit_schedules_before_any_solve():
+    """A bad option named sample_ode (the function fit_schedule calls), and only after the ~110-NFE pilot solve."""
+    problem = make_problem("gaussian2d", "vp")
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    calls = []
+
+    def score(y, t):
+        calls.append(1)
+        return problem.score(y, t)
+
+    with pytest.raises(TypeError, match=r"fit_schedule: method 'ipndm' takes no option 'lower_order_final'"):
+        sf.fit_schedule(score, problem.sde, x, 5, method=["dpmpp_3m_pc", "ipndm"], options={"lower_order_final": False})
+    with pytest.raises(TypeError, match=r"fit_schedule: option 'lower_order_final' expected True or False"):
+        sf.fit_schedule(score, problem.sde, x, 5, method="dpmpp_3m_pc", options={"lower_order_final": "no"})
+    assert not calls

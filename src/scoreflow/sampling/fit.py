@@ -153,6 +153,7 @@ def fit_schedule(
         spec = get_method("ode", name, caller=fn)
         if spec.adaptive:
             raise ValueError(f"{fn}: argument 'method' expected a fixed-grid method, got the adaptive {name!r}.")
+        spec.build(fn, options)  # every candidate's options checked before the pilot solve, named as fit_schedule's
         in_t = bool(spec.time_variables) or spec.default_schedule == "t"
         families[name] = family if family is not None else ("shift" if in_t else "log_snr_capped")
     check_int(fn, "steps", steps)
