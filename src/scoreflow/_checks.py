@@ -324,7 +324,7 @@ def check_like(fn: str, name: str, value: Any, x: torch.Tensor, *, what: str | N
     if value.shape != x.shape:
         raise ValueError(
             f"{fn}: {who} expected shape {tuple(x.shape)} (the shape of x), got shape {tuple(value.shape)}. "
-            "Fix: a score s(x, t) must return a tensor shaped like x."
+            + ("Fix: pass a tensor shaped like x." if what is None else f"Fix: {what} must come out shaped like x, (B, *D).")
         )
     if value.dtype != x.dtype:
         raise TypeError(
