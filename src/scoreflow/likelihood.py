@@ -8,6 +8,7 @@ solved for the augmented state :math:`(x_t, \int \nabla\cdot F)` with torchdiffe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,6 @@ from .dynamics.divergence import PROBES, draw_probes
 from .methods import get_method, resolve_stepping
 from .parameterizations import check_native_at_pure_noise
 from .sde import ForwardSDE, check_sde
-from .solvers.likelihood import _check_ends
 
 __all__ = ["log_likelihood", "LikelihoodResult", "TRACES"]
 
@@ -171,7 +171,7 @@ def log_likelihood(
         _check_difference(fn, sde, t_min, adjoint, x)
     native = spec.backend == "native"
     if native:  # before the grid: a log-SNR grid cannot start at +inf either
-        _check_ends(method, [float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64)))])
+        _check_native_start(method, sde, t_min)
     stepping = resolve_stepping(
         fn, spec, sde, x, start=t_min, end=sde.T, steps=steps, step_size=step_size, schedule=schedule, rtol=rtol, atol=atol
     )
@@ -208,6 +208,15 @@ def log_likelihood(
         std_error=std_error,
         latent=latent,
     )
+
+
+def _check_native_start(method: str, sde: ForwardSDE, t_min: float) -> None:
+    """The native methods step in the log-SNR, which must be finite at the start ``t_min``."""
+    if float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64))) == math.inf:
+        raise ValueError(
+            f"log_likelihood: the native method {method!r} steps in the log-SNR, which is +inf at t_min=0. Fix: t_min > 0, "
+            "or torchdiffeq's methods in t (method='dopri5') to start at t = 0."
+        )
 
 
 def _check_difference(fn: str, sde: ForwardSDE, t_min: float, adjoint: bool, x: torch.Tensor) -> None:

@@ -136,15 +136,6 @@ def _affine(nodes: Nodes) -> list[list[float]]:
     return [list(row) for row in zip(a0, b0, ae, be)]
 
 
-def _check_ends(name: str, lam: Sequence[float]) -> None:
-    """The native methods step in the log-SNR: ``lam[0]``, the log-SNR at the start (``t_min``), must be below +inf."""
-    if lam[0] == math.inf:
-        raise ValueError(
-            f"log_likelihood: the native method {name!r} steps in the log-SNR, which is +inf at t_min=0. Fix: t_min > 0, "
-            "or torchdiffeq's methods in t (method='dopri5') to start at t = 0."
-        )
-
-
 class LikelihoodPC:
     """The fixed-grid solver (see the module docstring): steps on the grid's nodes, weights planned before the loop.
 
@@ -183,7 +174,8 @@ class LikelihoodPC:
     def likelihood(self, score: CountedScore, sde: ForwardSDE, x: torch.Tensor, probes: torch.Tensor | None,
                    stepping: Stepping, *, chunk_size: int | None = None,
                    difference: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Integrate from ``x`` at ``stepping.times[0]`` (``t_min``) through the grid to T.
+        """Integrate from ``x`` at ``stepping.times[0]`` (``t_min``) through the grid to T (a grid from t = 0, log-SNR
+        +inf, is refused by the front-end, before the grid is built).
 
         ``difference``: with ``probes``, Hutchinson's estimates by central differences (two forward passes per probe,
         no VJP) instead of VJPs.
@@ -191,13 +183,9 @@ class LikelihoodPC:
         Returns:
             the end state :math:`x_T`, the log-density change :math:`\\Delta` of shape ``(P, B)`` (P = 1 for the exact
             trace), and the number of vector-Jacobian products taken.
-
-        Raises:
-            ValueError: for a grid that starts at t = 0 (log-SNR +inf).
         """
         grid = stepping.times
         nodes = Nodes(sde, grid, score.prediction)
-        _check_ends("expint_pc", nodes.lam)
         plan = self.plan(nodes, x[0].numel())
         coefs = on_device(_affine(nodes), x)
         ratio, wp, wc, q = (on_device(plan[k], x) for k in ("ratio", "wp", "wc", "q"))

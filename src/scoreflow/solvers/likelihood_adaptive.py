@@ -38,7 +38,7 @@ from ..methods import Tolerances
 from ..parameterizations import affine_map_values
 from ..sde import ForwardSDE
 from .adaptive import MAX_RETRY_FACTOR, step_control_options
-from .likelihood import POINTS, LikelihoodPC, _check_ends, _Evaluator, register_likelihood, step_weights
+from .likelihood import POINTS, LikelihoodPC, _Evaluator, register_likelihood, step_weights
 
 __all__ = ["AdaptiveLikelihoodPC"]
 
@@ -118,18 +118,17 @@ class AdaptiveLikelihoodPC:
                    stepping: Tolerances, *, chunk_size: int | None = None,
                    difference: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Integrate from ``x`` at ``stepping.times[0]`` (``t_min``) to ``stepping.times[-1]`` (T) to the tolerances.
+        A solve from t = 0 (log-SNR +inf) is refused by the front-end.
 
         Returns:
             as :meth:`~scoreflow.solvers.likelihood.LikelihoodPC.likelihood`.
 
         Raises:
-            ValueError: for a solve from t = 0.
             NonFiniteError: at the first step whose error norm is not finite, naming the time of the first
                 non-finite value.
             RuntimeError: after ``max_steps`` accepted and rejected steps.
         """
         first, end = (_node(sde, score.prediction, t=stepping.times[i]) for i in (0, -1))
-        _check_ends("expint_pc_adaptive", [first[3], end[3]])
         evaluate = _Evaluator(score, probes, chunk_size, x, difference=difference)
         start = evaluate(x, stepping.times[0], first[2])  # recorded: a non-finite value here is named at t_min
         with score.finite.paused():  # every later value enters the error norm read at each step
