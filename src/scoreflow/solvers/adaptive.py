@@ -35,12 +35,22 @@ from ..sde import ForwardSDE
 from .base import Nodes, check_native_ends, combine
 from .multistep import polynomial_weights, pure_noise_weights
 
-__all__ = ["AdaptiveExponentialPC", "MAX_RETRY_FACTOR", "step_control_options"]
+__all__ = ["AdaptiveExponentialPC", "MAX_RETRY_FACTOR", "step_control_options", "step_factor"]
 
 #: The longest retry of a rejected step, as a fraction of it, whatever the options: with ``reject_above`` below
 #: safety^(p+1) or ``safety`` > 1 the factor safety e^(-1/(p+1)) of a rejected step exceeds 1, and the longer retry
 #: fails again until ``max_steps``.  It never binds with the default options (e > 2 gives at most 0.70).
 MAX_RETRY_FACTOR = 0.8
+
+
+def step_factor(err: float, order: int, *, safety: float, min_factor: float, max_factor: float,
+                reject_above: float) -> float:
+    r"""The next step's length over this one's, from its scaled error estimate ``err`` and the order of that estimate
+    (``order`` = p + 1 for a predictor through p points): :math:`\mathrm{clip}(\mathrm{safety}\,e^{-1/(p+1)},
+    \mathrm{min\_factor}, \mathrm{max\_factor})`, at most :data:`MAX_RETRY_FACTOR` when the step is rejected
+    (``err > reject_above``)."""
+    factor = min(max_factor, max(min_factor, safety * max(err, 1e-10) ** (-1.0 / order)))
+    return min(factor, MAX_RETRY_FACTOR) if err > reject_above else factor
 
 
 def step_control_options(*, h_init: float, max_factor: float = 2.0) -> dict[str, Option]:
@@ -165,9 +175,8 @@ class _AdaptiveSolve:
             x_t = x_pred + delta
             scale = self.atol + self.rtol * torch.maximum(x.abs(), x_t.abs())
             err = float((delta / scale).square().mean().sqrt())
-            factor = min(method.max_factor, max(method.min_factor, method.safety * max(err, 1e-10) ** (-1.0 / (len(others) + 2))))
-            if err > method.reject_above:  # retried shorter, whatever the options
-                factor = min(factor, MAX_RETRY_FACTOR)
+            factor = step_factor(err, len(others) + 2, safety=method.safety, min_factor=method.min_factor,
+                                 max_factor=method.max_factor, reject_above=method.reject_above)
             if from_noise:
                 lam_first, h = lam_t + math.log(factor), method.h_init * factor
             else:

@@ -37,7 +37,7 @@ from ..errors import NonFiniteError
 from ..methods import Tolerances
 from ..parameterizations import affine_map_values
 from ..sde import ForwardSDE
-from .adaptive import MAX_RETRY_FACTOR, step_control_options
+from .adaptive import step_control_options, step_factor
 from .likelihood import POINTS, LikelihoodPC, _Evaluator, register_likelihood, step_weights
 
 __all__ = ["AdaptiveLikelihoodPC"]
@@ -186,9 +186,8 @@ class AdaptiveLikelihoodPC:
                 self._stop(score, node[0], p, div)
             # the first step's length is a guess: only its error bounds how much the second may grow (as CVODE does)
             growth = self.first_max_factor if len(history) == 1 else self.max_factor
-            factor = min(growth, max(self.min_factor, self.safety * max(err, 1e-10) ** (-1.0 / (len(predictor) + 1))))
-            if err > self.reject_above:  # retried shorter, whatever the options (a longer retry fails again)
-                factor = min(factor, MAX_RETRY_FACTOR)
+            factor = step_factor(err, len(predictor) + 1, safety=self.safety, min_factor=self.min_factor,
+                                 max_factor=growth, reject_above=self.reject_above)
             done = _variable(lam[s], noise) - _variable(lam[k], noise)
             step = (noise, abs(done) * factor)
             if err > self.reject_above:
