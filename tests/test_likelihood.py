@@ -162,6 +162,9 @@ def test_log_likelihood_validates_its_inputs():
         sf.log_likelihood(score, sde, x, method="rk45")
     with pytest.raises(ValueError, match="argument 'n_probes' applies to the Hutchinson traces"):
         sf.log_likelihood(score, sde, x, n_probes=4)
+    for trace in ("hutchinson", "hutchinson_fd"):  # nothing to chunk there: refused rather than ignored
+        with pytest.raises(ValueError, match=f"argument 'chunk_size' applies to the exact trace, got chunk_size=2 with trace='{trace}'"):
+            sf.log_likelihood(score, sde, x, trace=trace, chunk_size=2)
     with pytest.raises(ValueError, match="fixed-grid method 'rk4' needs exactly one of 'steps'"):
         sf.log_likelihood(score, sde, x, method="rk4")
     with pytest.raises(ValueError, match="the adaptive method 'dopri5' chooses its own steps from rtol/atol; omit 'steps'"):

@@ -140,7 +140,8 @@ def log_likelihood(
         ValueError: for a score or noise model on a process that reaches pure noise at T (see
             :func:`scoreflow.sample_ode`), an unknown trace, probe or method (the message lists the valid ones; raised before
             any score evaluation), a malformed ``x``, ``t_min`` outside ``(0, T)``, missing/superfluous
-            ``steps``/``step_size``/``rtol``/``atol``, ``n_probes`` with the exact trace, ``trace="hutchinson_fd"``
+            ``steps``/``step_size``/``rtol``/``atol``, ``n_probes`` with the exact trace, ``chunk_size`` with a
+            Hutchinson trace, ``trace="hutchinson_fd"``
             with ``adjoint=True`` or an ``x`` that requires grad (outside ``torch.no_grad()``), or a
             ``prior_log_prob`` that does not return shape ``(B,)``.
         TypeError: if the score returns the wrong dtype, or an argument has the wrong type.
@@ -162,6 +163,9 @@ def log_likelihood(
     check_bool(fn, "adjoint", adjoint)  # adjoint="no" would read as true
     if chunk_size is not None:
         check_int(fn, "chunk_size", chunk_size)
+        if trace != "exact":  # the Hutchinson traces take one VJP or one difference per probe: nothing to chunk
+            raise ValueError(f"{fn}: argument 'chunk_size' applies to the exact trace, got chunk_size={chunk_size} "
+                             f"with trace={trace!r}. Fix: omit chunk_size, or trace='exact'.")
     if prior_log_prob is not None and not callable(prior_log_prob):
         raise TypeError(f"{fn}: argument 'prior_log_prob' expected a callable x_T -> (B,) log-densities or None, got {type(prior_log_prob).__name__}.")
     t_min = resolve_t_min(fn, sde, t_min)
