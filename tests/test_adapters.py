@@ -107,6 +107,31 @@ def test_discrete_vp_sde_drift_and_diffusion_transport_its_marginals(beta_schedu
     assert (sde.beta(t) > 0).all()
 
 
+@pytest.mark.parametrize("beta_schedule", ["squaredcos_cap_v2", "linear"])
+def test_ancestral_pc_on_a_discrete_schedule_is_diffusers_ddpm_with_the_same_model_and_noise(beta_schedule):
+    # DDPMScheduler's step with sigma_t^2 = beta_t (variance_type="fixed_large", score_sde's ancestral predictor) and no
+    # clipping, on the same exact model and the same seeded noise: sample_pc's ancestral predictor over the knots,
+    # then Tweedie's step at t_min (diffusers' last step, to alpha_bar = 1, is the posterior mean given x0_hat).
+    # diffusers keeps alphas_cumprod in float32 (its chain then drifts ~1e-3 over 1000 steps); set in float64 here.
+    scheduler = diffusers.DDPMScheduler(
+        num_train_timesteps=N_TRAIN, beta_schedule=beta_schedule, variance_type="fixed_large", clip_sample=False
+    )
+    sde = DiscreteVPSDE(scheduler.alphas_cumprod)
+    law = Gaussian(torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64))
+    score = law.score(sde)
+    x_T = sde.prior_sample((4, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    res = sf.sample_pc(score, sde, x_T, steps=N_TRAIN - 1, predictor="ancestral", corrector=None, denoise_final=True,
+                       generator=torch.Generator().manual_seed(5))
+    scheduler.set_timesteps(N_TRAIN)
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+    x, g = x_T, torch.Generator().manual_seed(5)
+    for k in scheduler.timesteps:
+        t = torch.full((4,), (int(k) + 1) / N_TRAIN, dtype=torch.float64)  # timestep k sits at t = (k + 1)/N
+        eps = -sde.marginal(t)[1][:, None] * score(x, t)
+        x = scheduler.step(eps, k, x, generator=g).prev_sample
+    torch.testing.assert_close(res.samples, x, rtol=1e-9, atol=1e-9)
+
+
 def test_unet_runs_through_ode_and_sde_samplers_in_the_requested_dtype(unet, generator):
     for beta_schedule in ("linear", "squaredcos_cap_v2"):
         score, sde = from_diffusers(unet, diffusers.DDPMScheduler(beta_schedule=beta_schedule))

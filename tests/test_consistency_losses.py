@@ -158,6 +158,36 @@ def test_distances_weightings_and_shared_steps():
     assert nfe == 2
 
 
+def test_inverse_step_weighting_is_refused_where_sigma_over_alpha_is_infinite_at_T():
+    # On rectified flow sigma/alpha = t/(1 - t) is infinite at T = 1: iCT's 1/(s_i - s_{i+1}) gave the step from T
+    # weight 0, silently dropping a quarter of the draws at steps=4 (the only ones that train f at T).
+    law, rf = make_law("gaussian2d"), sf.RectifiedFlow()
+    x0 = law.sample(8, generator=seeded(0))
+    f = law.consistency_function(rf)
+    match = r"argument 'weighting' 'inverse_step' .* gives the step from T=1 weight 0 on RectifiedFlow\(T=1"
+    with pytest.raises(ValueError, match=match):
+        ct_loss(f, f, rf, x0, steps=4, weighting="inverse_step")
+    with pytest.raises(ValueError, match=match):
+        cd_loss(f, f, law.velocity(rf), rf, x0, steps=4, weighting="inverse_step")
+
+
+def test_inverse_step_weighting_on_a_path_stopped_short_of_pure_noise_matches_a_hand_computation():
+    # RectifiedFlow on [0, 0.999]: s = t/(1 - t) is finite at T (999), so every step, the first included, keeps a
+    # positive weight 1/(s_i - s_{i+1}).
+    law, rf = make_law("gaussian2d"), sf.RectifiedFlow().truncated(0.999)
+    x0 = law.sample(400, generator=seeded(0))
+    f = law.consistency_function(rf)
+    off = perturbed(f, rf, 0.1)
+    grid = sf.time_grid(rf, 4, "karras")
+    i = torch.randint(4, (400,), generator=seeded(1))
+    t_hi, t_lo = grid[i], grid[i + 1]
+    weight = 1 / (t_hi / (1 - t_hi) - t_lo / (1 - t_lo))
+    uniform = ct_loss(off, f, rf, x0, schedule=grid, generator=seeded(1), reduction="none")
+    weighted = ct_loss(off, f, rf, x0, schedule=grid, weighting="inverse_step", generator=seeded(1), reduction="none")
+    assert bool((i == 0).any()) and bool((weighted[i == 0] > 0).all())
+    torch.testing.assert_close(weighted, uniform * weight, rtol=1e-10, atol=0)
+
+
 class TimeConv(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -179,7 +179,7 @@ def inpaint(
     jump = plan.jump
     get_method("predictor", predictor, caller=fn, argument="predictor")
     if predictor == "ancestral" and not ancestral_supports(sde):
-        raise ValueError(f"{fn}: predictor='ancestral' is defined for VPSDE and VESDE/EDMSDE, got {type(sde).__name__}; use 'reverse_diffusion'.")
+        raise ValueError(f"{fn}: predictor='ancestral' is defined for VPSDE, DiscreteVPSDE and VESDE/EDMSDE, got {type(sde).__name__}; use 'reverse_diffusion'.")
     correct = None
     if corrector is not None:
         correct = get_method("corrector", corrector, caller=fn, argument="corrector").solver

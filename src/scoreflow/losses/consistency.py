@@ -62,6 +62,16 @@ class _Setup:
         self.huber_c = 0.00054 * math.sqrt(dim) if huber_c is None else check_positive(fn, "huber_c", huber_c)
         if not callable(weighting):
             check_choice(fn, "weighting", weighting, CONSISTENCY_WEIGHTINGS)
+        if weighting == "inverse_step" and sde.pure_noise_at_T:
+            # sigma/alpha is infinite at T: iCT's weight of the step from T is 1/inf = 0, which would drop the only
+            # step that trains f at T (where sampling starts) without a word.
+            raise ValueError(
+                f"{fn}: argument 'weighting' 'inverse_step' (iCT's 1/(sigma_i - sigma_{{i+1}}) with sigma = sigma/alpha) "
+                f"gives the step from T={sde.T:g} weight 0 on {sde!r}, where alpha(T) = 0 and sigma/alpha is infinite: "
+                "that step, the only one that trains f at T, would be dropped. Fix: weighting='uniform', a callable "
+                "weighting(t_i, t_{i+1}) that is positive there, or a path that stops short of pure noise "
+                f"(sde.truncated(T) with T < {sde.T:g})."
+            )
         self.weighting = weighting
         check_generator(fn, generator)
         check_reduction(fn, reduction)
@@ -155,6 +165,8 @@ def consistency_distillation_loss(
         distance: ``"l2"`` (squared, summed over data dims) or ``"pseudo_huber"``.
         huber_c: c of the pseudo-Huber distance (default iCT's :math:`0.00054\sqrt D`, for data in [-1, 1]).
         weighting: ``"uniform"``, ``"inverse_step"`` or a callable ``weighting(t_i, t_{i+1}) -> (B,)`` of weights >= 0.
+            ``"inverse_step"`` needs a finite :math:`\sigma/\alpha` at T: on a path that ends in pure noise its
+            weight of the step from T is 0, so it is refused there.
         shared_step: draw one grid step i for the whole batch instead of one per sample: one teacher call per
             loss (samples sharing a step are stepped together), the cheapest for small models, at the price of a
             gradient that sees one time per call.
@@ -168,7 +180,8 @@ def consistency_distillation_loss(
 
     Raises:
         ValueError: for an unknown solver, schedule, distance or weighting (listing the valid ones), a malformed
-            grid or ``x0``, a ``t_min`` other than f's, or outputs not shaped like ``x0``.
+            grid or ``x0``, a ``t_min`` other than f's, ``weighting="inverse_step"`` on a path that ends in pure noise,
+            or outputs not shaped like ``x0``.
         TypeError: for a non-callable f, f_target or score, or a wrong sde, generator, option or dtype.
         NonFiniteError: if the teacher's score or the loss becomes NaN/inf; the message names the time.
     """

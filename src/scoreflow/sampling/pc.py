@@ -84,7 +84,8 @@ def sample_pc(
         sde: the forward SDE (VP, sub-VP, VE, EDM).
         x_T: initial states at time T, shape ``(B, *D)`` (e.g. ``sde.prior_sample``).
         steps: number N of grid steps from T to ``t_min``.
-        predictor: ``"reverse_diffusion"``, ``"euler_maruyama"``, ``"ancestral"`` (VP and VE only) or
+        predictor: ``"reverse_diffusion"``, ``"euler_maruyama"``, ``"ancestral"`` (VP, discrete VP and VE only;
+            on a :class:`~scoreflow.adapters.DiscreteVPSDE` with ``steps = sde.n_steps - 1`` it is DDPM's chain) or
             ``None`` (corrector only: the time moves down the grid, the state only by Langevin steps).
         corrector: ``"langevin"`` or ``None`` (predictor only).
         snr: the target signal-to-noise ratio r of the corrector step (score_sde: 0.16 for VE, 0.01-0.17 for VP).
@@ -121,7 +122,7 @@ def sample_pc(
         get_method("predictor", predictor, caller=fn, argument="predictor")
         if predictor == "ancestral" and not ancestral_supports(sde):
             raise ValueError(
-                f"{fn}: predictor='ancestral' is defined for VPSDE (DDPM) and VESDE/EDMSDE (SMLD), got "
+                f"{fn}: predictor='ancestral' is defined for VPSDE and DiscreteVPSDE (DDPM) and VESDE/EDMSDE (SMLD), got "
                 f"{type(sde).__name__}; use predictor='reverse_diffusion' or 'euler_maruyama'."
             )
     if corrector is not None:

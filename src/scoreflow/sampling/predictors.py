@@ -14,12 +14,18 @@ the exact forward transition is :math:`x_t = a\,x_{t'} + G\,z`:
 - ``ancestral``: DDPM for VP, :math:`x' = (x + \beta s)/\sqrt{1-\beta} + \sqrt\beta z` with
   :math:`\beta = 1 - a^2`; SMLD for variance-exploding SDEs,
   :math:`x' = x + (\sigma^2 - \sigma'^2)s + \sqrt{\sigma'^2(\sigma^2 - \sigma'^2)/\sigma^2}\,z`.
+  The VP step's mean is that of DDPM's posterior :math:`q(x_{t'} | x_t, \hat x_0)`, its variance DDPM's
+  :math:`\sigma_t^2 = \beta_t` (diffusers' ``variance_type="fixed_large"``, score_sde's ancestral predictor).  On a
+  :class:`~scoreflow.adapters.DiscreteVPSDE` over its knots (``steps = n_steps - 1`` from T to the default
+  ``t_min``) :math:`a^2 = \bar\alpha_i/\bar\alpha_{i-1}`, so :math:`\beta` is the schedule's own
+  :math:`\beta_i`: the step is DDPM's on the discrete schedule.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..adapters.discrete_vp import DiscreteVPSDE
 from ..methods import Method, get_method, register
 from ..sde import EDMSDE, VESDE, VPSDE, ForwardSDE
 
@@ -47,13 +53,18 @@ def _reverse_diffusion(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) 
     return 2.0 - a, g2, g2.sqrt()
 
 
+# The processes of the VP (DDPM) step, which needs alpha^2 + sigma^2 = 1, and of the SMLD step, which needs alpha = 1.
+_VARIANCE_PRESERVING = (VPSDE, DiscreteVPSDE)
+_VARIANCE_EXPLODING = (VESDE, EDMSDE)
+
+
 def ancestral_supports(sde: ForwardSDE) -> bool:
-    """Whether ancestral sampling is defined for ``sde``: VP (DDPM) or variance-exploding (SMLD)."""
-    return isinstance(sde, (VPSDE, VESDE, EDMSDE))
+    """Whether ancestral sampling is defined for ``sde``: VP, continuous or discrete (DDPM), or variance-exploding (SMLD)."""
+    return isinstance(sde, _VARIANCE_PRESERVING + _VARIANCE_EXPLODING)
 
 
 def _ancestral(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> Coefficients:
-    if isinstance(sde, VPSDE):
+    if isinstance(sde, _VARIANCE_PRESERVING):
         a, _ = forward_transition(sde, t_hi, t_lo)
         beta = -torch.expm1(2 * torch.log(a))
         return 1.0 / a, beta / a, beta.sqrt()
