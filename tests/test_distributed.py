@@ -153,11 +153,15 @@ def _wait(proc: subprocess.Popen) -> str:
 
 def test_two_rank_launch_equals_one_rank_results(tmp_path):
     """torchrun, 2 CPU ranks on gloo, running the CLI's sample and likelihood commands (see _distributed_worker.py):
-    SDE samples equal the 1-rank result bit for bit, Hutchinson likelihoods within the solver tolerance."""
+    SDE samples equal the 1-rank result bit for bit, Hutchinson likelihoods within the solver tolerance; a solve
+    that fails on one rank stops both with its message."""
     if "lo" not in {name for _, name in socket.if_nameindex()}:
         pytest.skip("no loopback interface named 'lo' for gloo")
     log = _wait(_torchrun(tmp_path))
     assert log.count("on 2 rank(s)") == 2, log
+    # A solve that fails on rank 1 only is reported once, by rank 0, and leaves no merged file.
+    assert "scoreflow dist sample: error: on rank 1: score became non-finite" in log, log
+    assert "Traceback" not in log and not (tmp_path / "failed.pt").exists()
     problem = make_problem("gaussian2d", "vp")
 
     reference = D.sample_sharded(

@@ -8,7 +8,7 @@
 Every rank writes its shard (``samples.rank0-of-2.pt`` ...) and rank 0 writes the merged file.  Run
 without ``torchrun`` it is one process (world size 1) and gives the same merged file.  Every rank
 checks the options, the model, the data and ``--out`` before any solve, and all ranks stop together
-if one of them finds a problem.
+if one of them finds a problem, before the solve or in it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 import torch.distributed as torch_dist
 
 from .. import distributed as D
+from ..errors import NonFiniteError
 from ..sde import ForwardSDE
 from .options import (
     CLIError,
@@ -233,7 +234,21 @@ def _run(args: argparse.Namespace, kind: str, solve: Solve, describe: Describe, 
             for path in job.stale:  # shards of the same name from a run with another world size
                 path.unlink(missing_ok=True)
         start = time.perf_counter()
-        local = solve(job, options, rank == 0 and not args.no_progress)
+        try:
+            local, failure = solve(job, options, rank == 0 and not args.no_progress), None
+        except (ValueError, TypeError, NonFiniteError) as e:
+            # Only this rank may have failed (its batches alone met the problem): the others must hear of it
+            # before they wait for its result, and rank 0, which speaks for all, must say what it was.
+            local, failure = None, e
+        error = _agree(
+            None if failure is None else CLIError(str(failure), status=1 if isinstance(failure, NonFiniteError) else 2),
+            rank,
+            world_size,
+        )
+        if failure is not None:
+            raise failure  # with its traceback, for main to judge
+        if error is not None:
+            raise error
         seconds = time.perf_counter() - start
         meta = {"seed": args.seed, "batch_size": args.batch_size, **meta}
         shard = D.shard_path(job.out, rank, world_size)
