@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,6 +97,17 @@ def test_results_round_trip_through_pt_and_npz(tmp_path):
         assert torch.equal(back.indices, result.indices) and torch.equal(back.values, result.values)
         assert back.nfe == 17 and torch.equal(back.extras["prior_log_prob"], result.extras["prior_log_prob"])
     assert D.shard_path(tmp_path / "s.npz", 1, 4).name == "s.rank1-of-4.npz"
+
+
+@pytest.mark.parametrize("value", [np.float64(0.5), Path("runs")])
+def test_save_result_refuses_meta_that_load_result_could_not_read(tmp_path, value):
+    """torch.load(weights_only=True) refuses numpy scalars and paths: such a .pt file was written but unreadable."""
+    result = D.ShardResult(torch.arange(2), torch.zeros(2, 2), 1)
+    with pytest.raises(TypeError, match="save_result: meta 'where' expected a str, int, float, bool or None"):
+        D.save_result(result, tmp_path / "out.pt", where=value)
+    assert list(tmp_path.iterdir()) == []
+    D.save_result(result, tmp_path / "out.pt", where=str(value), t=(1, 2.5, None))
+    assert torch.equal(D.load_result(tmp_path / "out.pt").values, result.values)
 
 
 def test_sharded_errors():

@@ -39,12 +39,22 @@ def save_result(result: ShardResult, path: str | os.PathLike, **meta: Any) -> Pa
     """Write a result as ``.pt`` (``torch.save`` of a dict) or ``.npz`` (numpy arrays); return the path.
 
     The file is written under a temporary name and moved into place, so ``path`` is complete or absent.
+    ``meta`` values are Python scalars (str, int, float, bool, None) or tuples/lists of them, which both
+    formats read back safely.
 
     Raises:
         ValueError: for any other suffix.
+        TypeError: for another ``meta`` value (a numpy scalar or a ``Path`` would make the ``.pt`` file
+            unreadable by :func:`load_result`).
     """
     path = Path(path)
     check_choice("save_result", "path suffix", path.suffix, SUFFIXES)
+    for key, value in meta.items():
+        if not _plain(value):
+            raise TypeError(
+                f"save_result: meta {key!r} expected a str, int, float, bool or None (or a tuple/list of them), got "
+                f"{type(value).__name__} {value!r}. Fix: convert it, e.g. str(value) or value.item()."
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"indices": result.indices, "values": result.values, "nfe": torch.tensor(result.nfe), **result.extras}
     with atomic_write(path) as tmp:
@@ -53,6 +63,12 @@ def save_result(result: ShardResult, path: str | os.PathLike, **meta: Any) -> Pa
         else:
             np.savez(tmp, **{k: v.numpy() for k, v in arrays.items()}, **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
     return path
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return type(value) in (str, int, float, bool, type(None))
 
 
 def load_result(path: str | os.PathLike) -> ShardResult:
