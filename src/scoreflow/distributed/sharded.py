@@ -175,7 +175,8 @@ def log_likelihood_sharded(
     """This rank's share of :func:`~scoreflow.log_likelihood` over ``data`` (the full set, on every rank).
 
     Hutchinson probes are drawn per global batch from a generator seeded by ``(seed, first item)``,
-    so every point meets the same probes whatever the world size.
+    so every point meets the same probes whatever the world size, but not whatever ``batch_size``:
+    another split draws other probes, and a Hutchinson estimate changes by its own noise.
 
     Args:
         score: the score model, on ``device``, or a :class:`PerItemScore` for per-item conditioning.
