@@ -46,6 +46,9 @@ from .sources import data_file, data_shape, load_data, load_model, model_spec
 
 __all__ = ["add_parser"]
 
+#: ``--num-samples`` unless given: samples drawn, or points of ``--problem`` whose likelihood is computed.
+DEFAULT_NUM_SAMPLES = 1000
+
 
 def _device(text: str) -> str:
     if text != "auto":
@@ -80,7 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sample.add_argument(
         "--brownian",
         choices=("per-item", "per-batch"),
-        default="per-item",
+        default=None,
         help="--sampler sde: a Brownian path per item (independent of --batch-size) or per global "
         "batch (independent of the world size only, much faster per step) (default: per-item)",
     )
@@ -90,6 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "likelihood", help="log-likelihood of every point of --data (or of --num-samples points of --problem)"
     )
     _add_common(lik, "points drawn from --problem without --data")
+    lik.set_defaults(num_samples=None)  # DEFAULT_NUM_SAMPLES unless given, so that a --num-samples beside --data is seen
     lik.add_argument("--data", type=data_file, default=None, help="a .pt tensor or .npy array of shape (N, *D)")
     add_trace_options(lik)
     add_solver_options(lik, {"likelihood": "one of"})
@@ -111,7 +115,7 @@ def _add_common(p: argparse.ArgumentParser, what: str) -> None:
         help="'package.module:factory' with factory(device) -> (score, sde)",
     )
     add_out_file(p, required=True, help="merged output file (.pt or .npz); the shards are written beside it")
-    add_num_samples(p, 1000, what)
+    add_num_samples(p, DEFAULT_NUM_SAMPLES, what)
     p.add_argument("--batch-size", type=int_at_least(1), default=256, help="items per global batch (default: 256)")
     add_dtype(p, "float64 with --problem, float32 with --model")
     p.add_argument(
@@ -198,8 +202,14 @@ def _prepare(args: argparse.Namespace, world_size: int) -> _Job:
     data = None
     if getattr(args, "data", None):
         data = load_data(args.data, dtype)
+        if law is not None and data.ndim >= 2 and tuple(data.shape[1:]) != tuple(law.event_shape):
+            raise CLIError(
+                f"argument --data: {args.data!r} holds points of shape {tuple(data.shape[1:])}; --problem {args.problem} "
+                f"has points of shape {tuple(law.event_shape)}"
+            )
     elif args.dist_command == "likelihood":
-        data = law.sample(args.num_samples, generator=torch.Generator().manual_seed(args.seed))
+        n = DEFAULT_NUM_SAMPLES if args.num_samples is None else args.num_samples
+        data = law.sample(n, generator=torch.Generator().manual_seed(args.seed))
     return _Job(score, sde, law, data, device, dtype, out, [p for p in shards if p not in mine])
 
 
@@ -275,13 +285,15 @@ def _sample(args: argparse.Namespace) -> int:
         raise CLIError("argument --data-shape: required with --model (the shape of one sample, e.g. 3,32,32)")
     if args.problem and args.data_shape is not None:
         raise CLIError("argument --data-shape: applies to --model; a --problem has its own shape")
+    if args.brownian is not None and args.sampler != "sde":
+        raise CLIError("argument --brownian: applies to --sampler sde; the probability-flow ODE draws no Brownian path")
 
     def shape(job: _Job) -> tuple[int, ...]:
         return args.data_shape or tuple(job.law.event_shape)
 
     def solve(job: _Job, options: dict[str, Any], progress: bool) -> D.ShardResult:
         if args.sampler == "sde":
-            options["per_item_brownian"] = args.brownian == "per-item"
+            options["per_item_brownian"] = args.brownian != "per-batch"
         return D.sample_sharded(
             job.score, job.sde, args.num_samples, shape(job), sampler=args.sampler, seed=args.seed,
             batch_size=args.batch_size, dtype=job.dtype, device=job.device, progress=progress, **options,
@@ -298,6 +310,8 @@ def _likelihood(args: argparse.Namespace) -> int:
         raise CLIError("argument --data: required with --model (a .pt tensor or .npy array of shape (N, *D))")
     if args.exact_prior and args.model:
         raise CLIError("argument --exact-prior: needs --problem (an analytic law with a known p_T)")
+    if args.data is not None and args.num_samples is not None:
+        raise CLIError("argument --num-samples: applies to --problem without --data; every point of --data is used")
     trace = trace_options(args)
 
     def solve(job: _Job, options: dict[str, Any], progress: bool) -> D.ShardResult:
