@@ -141,6 +141,13 @@ def test_sharded_errors():
         D.log_likelihood_sharded(problem.score, problem.sde, torch.zeros(3, 2), seed=-3)
     with pytest.raises(ValueError, match="path suffix.*'.pt', '.npz'"):
         D.save_result(results.empty((0, 2), torch.float32), "out.csv")
+    # flags that were ignored: a per-batch Brownian path for the ODE, and a string read as true
+    with pytest.raises(ValueError, match="'per_item_brownian' applies to sampler='sde'"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), sampler="ode", per_item_brownian=False)
+    with pytest.raises(TypeError, match="'per_item_brownian' expected True or False, got str 'no'"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), sampler="sde", per_item_brownian="no")
+    with pytest.raises(TypeError, match="log_likelihood_sharded: argument 'progress' expected True or False"):
+        D.log_likelihood_sharded(problem.score, problem.sde, torch.zeros(3, 2), progress="yes")
 
 
 def _free_loopback_port() -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import STATE_DTYPES, check_batch, check_choice, check_int, resolve_t_min
+from .._checks import STATE_DTYPES, check_batch, check_bool, check_choice, check_int, resolve_t_min
 from .._tensor import ScoreFn
 from ..dynamics.sdeint import brownian_motion
 from ..likelihood import log_likelihood
@@ -129,8 +129,10 @@ def sample_sharded(
 
     Raises:
         ValueError: for an unknown sampler, a non-positive ``n`` or ``batch_size``, a negative ``seed``, a
-            malformed ``data_shape``, or ``generator``/``bm`` among the options (the noise is per item).
-        TypeError: for a non-integer ``n``, ``batch_size`` or ``seed``, or a ``dtype`` other than float32/float64.
+            malformed ``data_shape``, ``generator``/``bm`` among the options (the noise is per item), or
+            ``per_item_brownian=False`` with ``sampler="ode"`` (which draws no Brownian path).
+        TypeError: for a non-integer ``n``, ``batch_size`` or ``seed``, a ``dtype`` other than float32/float64, or
+            flags other than True/False.
     """
     fn = "sample_sharded"
     check_sde(fn, sde)
@@ -140,6 +142,13 @@ def sample_sharded(
     check_int(fn, "batch_size", batch_size)
     data_shape = _check_shape(fn, data_shape)
     _check_dtype(fn, dtype)
+    check_bool(fn, "per_item_brownian", per_item_brownian)
+    check_bool(fn, "progress", progress)
+    if sampler == "ode" and not per_item_brownian:
+        raise ValueError(
+            f"{fn}: argument 'per_item_brownian' applies to sampler='sde'; the probability-flow ODE draws no Brownian "
+            "path (got per_item_brownian=False with sampler='ode')."
+        )
     for name in ("generator", "bm"):
         if name in solver_options:
             raise ValueError(f"{fn}: argument {name!r} is not accepted: every item's noise is seeded by (seed, index).")
@@ -201,6 +210,7 @@ def log_likelihood_sharded(
     check_batch(fn, "data", data)
     check_int(fn, "seed", seed, minimum=0)
     check_int(fn, "batch_size", batch_size)
+    check_bool(fn, "progress", progress)
     if "generator" in likelihood_options:
         raise ValueError(f"{fn}: argument 'generator' is not accepted: the probes are seeded by (seed, batch).")
     device = data.device if device is None else device
