@@ -1,6 +1,7 @@
 """Run by torchrun from test_distributed.py: both CLI commands in one 2-rank gloo group (one start-up)."""
 
 import sys
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -21,4 +22,8 @@ if __name__ == "__main__":
     failing = ["--model", "_cli_models:nan_for_single_items", "--data-shape", "2", "--num-samples", "3", "--batch-size", "2",
                "--method", "euler", "--steps", "2", "--backend", "gloo", "--no-progress", "--out", f"{out}/failed.pt"]
     assert main(["dist", "sample", *failing]) == 1
+    # Only rank 1 cannot write its shard (a folder holds its name): both ranks stop with status 1.
+    (Path(out) / "blocked.rank1-of-2.pt").mkdir(exist_ok=True)
+    blocked = ["--method", "euler", "--steps", "2", "--no-progress", "--overwrite", "--out", f"{out}/blocked.pt"]
+    assert main(["dist", "sample", *COMMON, *blocked]) == 1
     dist.destroy_process_group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -194,6 +195,8 @@ def test_two_rank_launch_equals_one_rank_results(tmp_path):
     # A solve that fails on rank 1 only is reported once, by rank 0, and leaves no merged file.
     assert "scoreflow dist sample: error: on rank 1: score became non-finite" in log, log
     assert "Traceback" not in log and not (tmp_path / "failed.pt").exists()
+    assert re.search(r"scoreflow dist sample: error: on rank 1: writing '.*blocked.rank1-of-2.pt' failed", log), log
+    assert not (tmp_path / "blocked.pt").exists()
     problem = make_problem("gaussian2d", "vp")
 
     reference = D.sample_sharded(

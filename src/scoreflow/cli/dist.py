@@ -226,6 +226,13 @@ def _agree(error: CLIError | None, rank: int, world_size: int) -> CLIError | Non
     return CLIError(message if r == rank else f"on rank {r}: {message}", status=status)
 
 
+def _as_cli_error(e: Exception) -> CLIError:
+    """The one-line error ``main`` would report for ``e`` (status 1 for a non-finite solve, else 2), for the other ranks."""
+    if isinstance(e, CLIError):
+        return e
+    return CLIError(str(e), status=1 if isinstance(e, NonFiniteError) else 2)
+
+
 def _run(args: argparse.Namespace, kind: str, solve: Solve, describe: Describe, meta: dict[str, Any]) -> int:
     """Check, join the process group, check on every rank, solve this rank's batches, write shard and merged file."""
     options = _check_options(args, kind)
@@ -243,27 +250,24 @@ def _run(args: argparse.Namespace, kind: str, solve: Solve, describe: Describe, 
         if rank == 0:
             for path in job.stale:  # shards of the same name from a run with another world size
                 path.unlink(missing_ok=True)
+        meta = {"seed": args.seed, "batch_size": args.batch_size, **meta}
+        shard = D.shard_path(job.out, rank, world_size)
         start = time.perf_counter()
         try:
-            local, failure = solve(job, options, rank == 0 and not args.no_progress), None
-        except (ValueError, TypeError, NonFiniteError) as e:
-            # Only this rank may have failed (its batches alone met the problem): the others must hear of it
-            # before they wait for its result, and rank 0, which speaks for all, must say what it was.
-            local, failure = None, e
-        error = _agree(
-            None if failure is None else CLIError(str(failure), status=1 if isinstance(failure, NonFiniteError) else 2),
-            rank,
-            world_size,
-        )
+            local = solve(job, options, rank == 0 and not args.no_progress)
+            seconds = time.perf_counter() - start
+            with write_errors(shard):
+                D.save_result(local, shard, rank=rank, world_size=world_size, **meta)
+            failure = None
+        except (CLIError, ValueError, TypeError, NonFiniteError) as e:
+            # Only this rank may have failed (its batches alone met the problem, or its disk is full): the others
+            # must hear of it before they wait for its result, and rank 0, which speaks for all, must say what it was.
+            failure = e
+        error = _agree(None if failure is None else _as_cli_error(failure), rank, world_size)
         if failure is not None:
             raise failure  # with its traceback, for main to judge
         if error is not None:
             raise error
-        seconds = time.perf_counter() - start
-        meta = {"seed": args.seed, "batch_size": args.batch_size, **meta}
-        shard = D.shard_path(job.out, rank, world_size)
-        with write_errors(shard):
-            D.save_result(local, shard, rank=rank, world_size=world_size, **meta)
         merged = D.gather(local)
         if merged is not None:
             with write_errors(job.out):
