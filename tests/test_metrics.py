@@ -81,3 +81,5 @@ def test_metrics_refuse_input_they_would_misread():
         gaussian_w2(torch.tensor([float("nan"), 0.0]), torch.eye(2), torch.zeros(2), torch.eye(2))
     with pytest.raises(ValueError, match=r"sliced_wasserstein2: argument 'x' expected a non-empty batch .* got shape \(0, 2\)"):
         sliced_wasserstein2(torch.zeros(0, 2), torch.zeros(3, 2))
+    with pytest.raises(TypeError, match="sliced_wasserstein2: argument 'generator'"):  # was torch.randn's argument list
+        sliced_wasserstein2(torch.zeros(3, 2), torch.zeros(3, 2), generator=7)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-from ._checks import check_batch, check_int, check_positive
+from ._checks import check_batch, check_generator, check_int, check_positive
 
 __all__ = [
     "sliced_wasserstein2",
@@ -55,6 +55,7 @@ def sliced_wasserstein2(
     error is not dominated by the few most extreme points).
     """
     check_int("sliced_wasserstein2", "n_projections", n_projections)
+    check_generator("sliced_wasserstein2", generator)
     check_positive("sliced_wasserstein2", "trim", trim, allow_zero=True)
     if not trim < 0.5:
         raise ValueError(f"sliced_wasserstein2: argument 'trim' expected a fraction in [0, 0.5), got {trim!r}.")
