@@ -111,6 +111,13 @@ def test_results_round_trip_through_pt_and_npz(tmp_path):
         assert torch.equal(back.indices, result.indices) and torch.equal(back.values, result.values)
         assert back.nfe == 17 and torch.equal(back.extras["prior_log_prob"], result.extras["prior_log_prob"])
     assert D.shard_path(tmp_path / "s.npz", 1, 4).name == "s.rank1-of-4.npz"
+    # files of something else: a tensor and an array archive (were AttributeError 'items' and KeyError 'indices')
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    np.savez(tmp_path / "other.npz", a=np.zeros(2))
+    with pytest.raises(ValueError, match=r"load_result: '.*tensor.pt' is not a result .* holds a Tensor, without indices, values, nfe"):
+        D.load_result(tmp_path / "tensor.pt")
+    with pytest.raises(ValueError, match=r"load_result: '.*other.npz' is not a result .* holds a dict with keys \['a'\]"):
+        D.load_result(tmp_path / "other.npz")
 
 
 @pytest.mark.parametrize("value", [np.float64(0.5), Path("runs")])

@@ -72,7 +72,11 @@ def _plain(value: Any) -> bool:
 
 
 def load_result(path: str | os.PathLike) -> ShardResult:
-    """Read a file written by :func:`save_result` (``.pt`` or ``.npz``)."""
+    """Read a file written by :func:`save_result` (``.pt`` or ``.npz``).
+
+    Raises:
+        ValueError: for another suffix, or a file that holds no ``indices``, ``values`` and ``nfe``.
+    """
     path = Path(path)
     check_choice("load_result", "path suffix", path.suffix, SUFFIXES)
     if path.suffix == ".pt":
@@ -80,5 +84,12 @@ def load_result(path: str | os.PathLike) -> ShardResult:
     else:
         with np.load(path) as f:
             d = {k: torch.from_numpy(f[k]) for k in f.files if not k.startswith("meta_")}
+    missing = [k for k in ("indices", "values", "nfe") if not isinstance(d, dict) or k not in d]
+    if missing:
+        found = f"a dict with keys {sorted(d)}" if isinstance(d, dict) else f"a {type(d).__name__}"
+        raise ValueError(
+            f"load_result: {str(path)!r} is not a result written by save_result: it holds {found}, without "
+            f"{', '.join(missing)}."
+        )
     extras = {k: v for k, v in d.items() if k not in ("indices", "values", "nfe", "meta")}
     return ShardResult(d["indices"], d["values"], int(d["nfe"]), extras)
