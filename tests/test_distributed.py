@@ -149,7 +149,12 @@ def test_sharded_errors():
         D.log_likelihood_sharded(problem.score, problem.sde, torch.zeros(3, 2), seed=-3)
     with pytest.raises(ValueError, match="path suffix.*'.pt', '.npz'"):
         D.save_result(results.empty((0, 2), torch.float32), "out.csv")
-    # flags that were ignored: a per-batch Brownian path for the ODE, and a string read as true
+    # options that were ignored: a trajectory (computed, then dropped), a per-batch Brownian path for the ODE,
+    # and a string read as true
+    with pytest.raises(ValueError, match="'return_trajectory' is not accepted: a ShardResult holds the final samples only"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), method="rk4", steps=2, return_trajectory=True)
+    with pytest.raises(ValueError, match="'save_at' is not accepted"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), sampler="sde", method="euler", steps=2, save_at=[0.5])
     with pytest.raises(ValueError, match="'per_item_brownian' applies to sampler='sde'"):
         D.sample_sharded(problem.score, problem.sde, 4, (2,), sampler="ode", per_item_brownian=False)
     with pytest.raises(TypeError, match="'per_item_brownian' expected True or False, got str 'no'"):

@@ -129,8 +129,9 @@ def sample_sharded(
 
     Raises:
         ValueError: for an unknown sampler, a non-positive ``n`` or ``batch_size``, a negative ``seed``, a
-            malformed ``data_shape``, ``generator``/``bm`` among the options (the noise is per item), or
-            ``per_item_brownian=False`` with ``sampler="ode"`` (which draws no Brownian path).
+            malformed ``data_shape``, ``generator``/``bm`` among the options (the noise is per item),
+            ``return_trajectory``/``save_at`` (only the final samples are kept), or ``per_item_brownian=False``
+            with ``sampler="ode"`` (which draws no Brownian path).
         TypeError: for a non-integer ``n``, ``batch_size`` or ``seed``, a ``dtype`` other than float32/float64, or
             flags other than True/False.
     """
@@ -152,6 +153,12 @@ def sample_sharded(
     for name in ("generator", "bm"):
         if name in solver_options:
             raise ValueError(f"{fn}: argument {name!r} is not accepted: every item's noise is seeded by (seed, index).")
+    for name, unset in (("return_trajectory", False), ("save_at", None)):
+        if solver_options.get(name, unset) is not unset:
+            raise ValueError(
+                f"{fn}: argument {name!r} is not accepted: a ShardResult holds the final samples only, got "
+                f"{name}={solver_options[name]!r}. Fix: call sample_ode/sample_sde on a batch for its trajectory."
+            )
     dim = int(np.prod(data_shape))
     duration = float(torch.tensor(sde.T - resolve_t_min(fn, sde, solver_options.get("t_min")), dtype=dtype))
     levy = sampler == "sde" and get_method("sde", solver_options.get("method", "euler"), caller=fn).levy_area
