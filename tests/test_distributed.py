@@ -16,6 +16,7 @@ import torch
 import scoreflow as sf
 from scoreflow import distributed as D
 from scoreflow.distributed import group, results
+from scoreflow.distributed.noise import PROBES, batch_generator
 from scoreflow.analytic import Gaussian
 from scoreflow.testing import make_problem
 
@@ -101,6 +102,21 @@ def test_sharded_likelihood_under_another_batch_split(generator):
 
     torch.testing.assert_close(solve("exact", 3), solve("exact", 8), rtol=1e-12, atol=1e-12)
     assert (solve("hutchinson", 3) - solve("hutchinson", 8)).abs().max() > 1e-3
+
+
+def test_sharded_hutchinson_keeps_the_standard_error_of_several_probes(monkeypatch, generator):
+    """With n_probes > 1 each batch's std_error is kept (it was dropped), the same as one solve of the batch
+    with its generator; a rank without items has the same extras, so the ranks' results merge."""
+    problem = make_problem("ring2d", "vp")
+    data = problem.law.sample(5, generator=generator)
+    options = dict(trace="hutchinson", probe="gaussian", n_probes=3, method="rk4", steps=4)
+    sharded = run_as_ranks(monkeypatch, 3, D.log_likelihood_sharded, problem.score, problem.sde, data, batch_size=3, **options)
+    assert torch.equal(sharded.indices, torch.arange(5))
+    for items in (range(0, 3), range(3, 5)):
+        g = batch_generator(0, items, PROBES)
+        whole = sf.log_likelihood(problem.score, problem.sde, data[items.start : items.stop], generator=g, **options)
+        torch.testing.assert_close(sharded.extras["std_error"][items.start : items.stop], whole.std_error, rtol=0, atol=0)
+        assert bool((whole.std_error > 0).all())
 
 
 def test_results_round_trip_through_pt_and_npz(tmp_path):

@@ -206,7 +206,8 @@ def log_likelihood_sharded(
 
     Returns:
         This rank's :class:`ShardResult` with ``values`` the log-densities in nats and
-        ``extras["prior_log_prob"]``, ``extras["delta_log_prob"]``.
+        ``extras["prior_log_prob"]``, ``extras["delta_log_prob"]``, and with ``n_probes > 1``
+        ``extras["std_error"]`` (the standard error of each Hutchinson estimate across its probes).
 
     Raises:
         ValueError: for a malformed ``data``, a non-positive ``batch_size``, a negative ``seed`` or a
@@ -221,11 +222,14 @@ def log_likelihood_sharded(
     if "generator" in likelihood_options:
         raise ValueError(f"{fn}: argument 'generator' is not accepted: the probes are seeded by (seed, batch).")
     device = data.device if device is None else device
+    # The same extras on every rank, also on one without items, for gather to merge them.
+    n_probes = likelihood_options.get("n_probes", 1)
+    names = ("prior_log_prob", "delta_log_prob", *(("std_error",) if isinstance(n_probes, int) and n_probes > 1 else ()))
     parts = []
     for items in _my_batches(fn, data.shape[0], batch_size, progress):
         x = data[items.start : items.stop].to(device)
         g = batch_generator(seed, items, PROBES, device)
         res = log_likelihood(_score_for(score, items), sde, x, generator=g, **likelihood_options)
-        extras = {"prior_log_prob": res.prior_log_prob.detach().cpu(), "delta_log_prob": res.delta_log_prob.detach().cpu()}
+        extras = {name: getattr(res, name).detach().cpu() for name in names}
         parts.append(ShardResult(torch.tensor(list(items), dtype=torch.int64), res.log_prob.detach().cpu(), res.nfe, extras))
-    return concat(parts) if parts else empty((0,), data.dtype, ("prior_log_prob", "delta_log_prob"))
+    return concat(parts) if parts else empty((0,), data.dtype, names)
