@@ -98,3 +98,8 @@ def test_bits_errors_name_the_argument_and_the_fix():
         sf.bits_per_dim([0.0], (2,))
     with pytest.raises(ValueError, match="data_range"):
         sf.bits_per_dim(torch.zeros(1), (2,), data_range="01")
+    # with n_bins=None a range other than (0, 1) was ignored without a word
+    with pytest.raises(ValueError, match=r"bits_per_dim: argument 'data_range' applies to discrete data .* got data_range=\(-1.0, 1.0\)"):
+        sf.bits_per_dim(torch.zeros(1), (2,), n_bins=None, data_range=(-1.0, 1.0))
+    lp = torch.tensor([-3.0, -10.0], dtype=torch.float64)
+    torch.testing.assert_close(sf.bits_per_dim(lp, (2,), n_bins=None, data_range=(0, 1)), -lp / (2 * math.log(2)))

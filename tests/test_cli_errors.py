@@ -150,6 +150,15 @@ CASES: dict[str, tuple[list[str], str, dict[str, str]]] = {
                                 r"log_likelihood_sharded: argument 'data' expected a tensor of shape \(B, \*D\)", {"flat.pt": "flat tensor"}),
     "model of the wrong shape": (["dist", "sample", "--model", "_cli_models:flat_score", "--data-shape", "2", "--out", "{tmp}/x.pt"],
                                  r"sample_ode: the score expected shape \(256, 2\)", {}),
+    # options that were silently ignored, and data the problem's law cannot take
+    "num-samples with data": (["dist", "likelihood", *PROBLEM, "--data", "{tmp}/p3.pt", "--num-samples", "3", "--out", "{tmp}/ll.pt"],
+                              r"argument --num-samples: applies to --problem without --data; every point of --data is used$",
+                              {"p3.pt": "points of dimension 3"}),
+    "brownian with the ode": (["dist", "sample", *PROBLEM, "--brownian", "per-batch", "--out", "{tmp}/x.pt"],
+                              r"argument --brownian: applies to --sampler sde", {}),
+    "data of another dimension": (["dist", "likelihood", *PROBLEM, "--data", "{tmp}/p3.pt", "--out", "{tmp}/ll.pt"],
+                                  r"argument --data: '.*p3.pt' holds points of shape \(3,\); --problem gaussian2d has points of shape \(2,\)$",
+                                  {"p3.pt": "points of dimension 3"}),
 }
 
 
@@ -158,6 +167,8 @@ def _make(path: Path, kind: str) -> None:
         path.mkdir()
     elif kind == "flat tensor":
         torch.save(torch.zeros(5), path)  # five numbers, not five points of shape (N, *D)
+    elif kind == "points of dimension 3":
+        torch.save(torch.zeros(5, 3), path)
     else:
         path.write_text("an earlier result")
 

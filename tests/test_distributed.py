@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import scoreflow as sf
 from scoreflow import distributed as D
 from scoreflow.distributed import group, results
+from scoreflow.distributed.noise import PROBES, batch_generator
 from scoreflow.analytic import Gaussian
 from scoreflow.testing import make_problem
 
@@ -88,6 +91,34 @@ def test_sharded_exact_likelihood_matches_one_unsharded_solve(monkeypatch, gener
     torch.testing.assert_close(sharded.extras["prior_log_prob"] + sharded.extras["delta_log_prob"], sharded.values)
 
 
+def test_sharded_likelihood_under_another_batch_split(generator):
+    """As documented: a fixed-step exact-trace likelihood changes by round-off only; Hutchinson probes belong to the
+    batch, so its estimate moves by the estimator's noise."""
+    problem = make_problem("ring2d", "vp")
+    data = problem.law.sample(8, generator=generator)
+
+    def solve(trace, batch_size):
+        return D.log_likelihood_sharded(problem.score, problem.sde, data, trace=trace, method="rk4", steps=10, batch_size=batch_size).values
+
+    torch.testing.assert_close(solve("exact", 3), solve("exact", 8), rtol=1e-12, atol=1e-12)
+    assert (solve("hutchinson", 3) - solve("hutchinson", 8)).abs().max() > 1e-3
+
+
+def test_sharded_hutchinson_keeps_the_standard_error_of_several_probes(monkeypatch, generator):
+    """With n_probes > 1 each batch's std_error is kept (it was dropped), the same as one solve of the batch
+    with its generator; a rank without items has the same extras, so the ranks' results merge."""
+    problem = make_problem("ring2d", "vp")
+    data = problem.law.sample(5, generator=generator)
+    options = dict(trace="hutchinson", probe="gaussian", n_probes=3, method="rk4", steps=4)
+    sharded = run_as_ranks(monkeypatch, 3, D.log_likelihood_sharded, problem.score, problem.sde, data, batch_size=3, **options)
+    assert torch.equal(sharded.indices, torch.arange(5))
+    for items in (range(0, 3), range(3, 5)):
+        g = batch_generator(0, items, PROBES)
+        whole = sf.log_likelihood(problem.score, problem.sde, data[items.start : items.stop], generator=g, **options)
+        torch.testing.assert_close(sharded.extras["std_error"][items.start : items.stop], whole.std_error, rtol=0, atol=0)
+        assert bool((whole.std_error > 0).all())
+
+
 def test_results_round_trip_through_pt_and_npz(tmp_path):
     result = D.ShardResult(torch.arange(4), torch.randn(4, 2, dtype=torch.float64), 17, {"prior_log_prob": torch.randn(4)})
     for suffix in (".pt", ".npz"):
@@ -96,6 +127,24 @@ def test_results_round_trip_through_pt_and_npz(tmp_path):
         assert torch.equal(back.indices, result.indices) and torch.equal(back.values, result.values)
         assert back.nfe == 17 and torch.equal(back.extras["prior_log_prob"], result.extras["prior_log_prob"])
     assert D.shard_path(tmp_path / "s.npz", 1, 4).name == "s.rank1-of-4.npz"
+    # files of something else: a tensor and an array archive (were AttributeError 'items' and KeyError 'indices')
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    np.savez(tmp_path / "other.npz", a=np.zeros(2))
+    with pytest.raises(ValueError, match=r"load_result: '.*tensor.pt' is not a result .* holds a Tensor, without indices, values, nfe"):
+        D.load_result(tmp_path / "tensor.pt")
+    with pytest.raises(ValueError, match=r"load_result: '.*other.npz' is not a result .* holds a dict with keys \['a'\]"):
+        D.load_result(tmp_path / "other.npz")
+
+
+@pytest.mark.parametrize("value", [np.float64(0.5), Path("runs")])
+def test_save_result_refuses_meta_that_load_result_could_not_read(tmp_path, value):
+    """torch.load(weights_only=True) refuses numpy scalars and paths: such a .pt file was written but unreadable."""
+    result = D.ShardResult(torch.arange(2), torch.zeros(2, 2), 1)
+    with pytest.raises(TypeError, match="save_result: meta 'where' expected a str, int, float, bool or None"):
+        D.save_result(result, tmp_path / "out.pt", where=value)
+    assert list(tmp_path.iterdir()) == []
+    D.save_result(result, tmp_path / "out.pt", where=str(value), t=(1, 2.5, None))
+    assert torch.equal(D.load_result(tmp_path / "out.pt").values, result.values)
 
 
 def test_sharded_errors():
@@ -116,6 +165,18 @@ def test_sharded_errors():
         D.log_likelihood_sharded(problem.score, problem.sde, torch.zeros(3, 2), seed=-3)
     with pytest.raises(ValueError, match="path suffix.*'.pt', '.npz'"):
         D.save_result(results.empty((0, 2), torch.float32), "out.csv")
+    # options that were ignored: a trajectory (computed, then dropped), a per-batch Brownian path for the ODE,
+    # and a string read as true
+    with pytest.raises(ValueError, match="'return_trajectory' is not accepted: a ShardResult holds the final samples only"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), method="rk4", steps=2, return_trajectory=True)
+    with pytest.raises(ValueError, match="'save_at' is not accepted"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), sampler="sde", method="euler", steps=2, save_at=[0.5])
+    with pytest.raises(ValueError, match="'per_item_brownian' applies to sampler='sde'"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), sampler="ode", per_item_brownian=False)
+    with pytest.raises(TypeError, match="'per_item_brownian' expected True or False, got str 'no'"):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), sampler="sde", per_item_brownian="no")
+    with pytest.raises(TypeError, match="log_likelihood_sharded: argument 'progress' expected True or False"):
+        D.log_likelihood_sharded(problem.score, problem.sde, torch.zeros(3, 2), progress="yes")
 
 
 def _free_loopback_port() -> int:
@@ -153,11 +214,17 @@ def _wait(proc: subprocess.Popen) -> str:
 
 def test_two_rank_launch_equals_one_rank_results(tmp_path):
     """torchrun, 2 CPU ranks on gloo, running the CLI's sample and likelihood commands (see _distributed_worker.py):
-    SDE samples equal the 1-rank result bit for bit, Hutchinson likelihoods within the solver tolerance."""
+    SDE samples equal the 1-rank result bit for bit, Hutchinson likelihoods within the solver tolerance; a solve
+    that fails on one rank stops both with its message."""
     if "lo" not in {name for _, name in socket.if_nameindex()}:
         pytest.skip("no loopback interface named 'lo' for gloo")
     log = _wait(_torchrun(tmp_path))
     assert log.count("on 2 rank(s)") == 2, log
+    # A solve that fails on rank 1 only is reported once, by rank 0, and leaves no merged file.
+    assert "scoreflow dist sample: error: on rank 1: score became non-finite" in log, log
+    assert "Traceback" not in log and not (tmp_path / "failed.pt").exists()
+    assert re.search(r"scoreflow dist sample: error: on rank 1: writing '.*blocked.rank1-of-2.pt' failed", log), log
+    assert not (tmp_path / "blocked.pt").exists()
     problem = make_problem("gaussian2d", "vp")
 
     reference = D.sample_sharded(

@@ -34,7 +34,8 @@ def bits_per_dim(
     r"""Convert log-densities (nats) of dequantized data to bits per dimension.
 
     :math:`\mathrm{bpd} = -\log p(y)/(D\ln 2) + \log_2 n_{bins} - \log_2(hi - lo)`; with ``n_bins=None``
-    the data is continuous and only :math:`-\log p(y)/(D\ln 2)` is returned.
+    the data is continuous and only :math:`-\log p(y)/(D\ln 2)` is returned (``data_range`` is then left at its
+    default: the continuous value has no offset).
 
     Args:
         log_prob: log-densities of the dequantized points in the scaling of ``data_range``, any shape.
@@ -47,7 +48,8 @@ def bits_per_dim(
 
     Raises:
         TypeError: if ``log_prob`` is not a tensor or ``x_shape``/``n_bins`` are not integers.
-        ValueError: if ``n_bins < 2``, ``x_shape`` has a non-positive entry or ``data_range`` is not ``lo < hi``.
+        ValueError: if ``n_bins < 2``, ``x_shape`` has a non-positive entry, ``data_range`` is not ``lo < hi``, or
+            ``data_range`` is not ``(0, 1)`` with ``n_bins=None`` (it would be ignored).
     """
     fn = "bits_per_dim"
     if not torch.is_tensor(log_prob):
@@ -65,10 +67,16 @@ def bits_per_dim(
         )
     d = math.prod(dims)
     bpd = -log_prob / (d * math.log(2))
+    lo, hi = check_data_range(fn, data_range)
     if n_bins is None:
+        if (lo, hi) != (0.0, 1.0):
+            raise ValueError(
+                f"{fn}: argument 'data_range' applies to discrete data (an int n_bins); with n_bins=None the continuous "
+                f"-log p/(D ln 2) has no offset, got data_range={data_range!r}. Fix: pass the n_bins the data was "
+                "quantized with, or omit data_range."
+            )
         return bpd
     check_int(fn, "n_bins", n_bins, minimum=2)
-    lo, hi = check_data_range(fn, data_range)
     return bpd + math.log2(n_bins) - math.log2(hi - lo)
 
 

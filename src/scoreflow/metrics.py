@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-from ._checks import check_int, check_positive
+from ._checks import check_batch, check_generator, check_int, check_positive
 
 __all__ = [
     "sliced_wasserstein2",
@@ -55,9 +55,15 @@ def sliced_wasserstein2(
     error is not dominated by the few most extreme points).
     """
     check_int("sliced_wasserstein2", "n_projections", n_projections)
+    check_generator("sliced_wasserstein2", generator)
     check_positive("sliced_wasserstein2", "trim", trim, allow_zero=True)
     if not trim < 0.5:
         raise ValueError(f"sliced_wasserstein2: argument 'trim' expected a fraction in [0, 0.5), got {trim!r}.")
+    for name, v in (("x", x), ("y", y)):
+        if not torch.is_tensor(v):
+            raise TypeError(f"sliced_wasserstein2: argument {name!r} expected a tensor of samples (B, *D), got {type(v).__name__}.")
+        if v.ndim < 1 or v.numel() == 0:
+            raise ValueError(f"sliced_wasserstein2: argument {name!r} expected a non-empty batch of samples (B, *D), got shape {tuple(v.shape)}.")
     xf, yf = _flat(x).double(), _flat(y).double()
     if xf.shape[1] != yf.shape[1]:
         raise ValueError(f"sliced_wasserstein2: x has {xf.shape[1]} dims per sample, y has {yf.shape[1]}.")
@@ -79,8 +85,15 @@ def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
 def gaussian_w2(mean1, cov1, mean2, cov2) -> float:
     r"""Wasserstein-2 distance between Gaussians:
     :math:`\|m_1-m_2\|^2 + \mathrm{tr}(C_1 + C_2 - 2(C_2^{1/2} C_1 C_2^{1/2})^{1/2})`, square-rooted."""
-    m1, m2 = (np.asarray(torch.as_tensor(m).double().cpu()) for m in (mean1, mean2))
+    m1, m2 = (np.asarray(torch.as_tensor(m).double().cpu()).ravel() for m in (mean1, mean2))
     c1, c2 = (np.asarray(torch.as_tensor(c).double().cpu()) for c in (cov1, cov2))
+    d = m1.size
+    for name, value, shape in (("mean2", m2, (d,)), ("cov1", c1, (d, d)), ("cov2", c2, (d, d))):
+        if value.shape != shape:
+            raise ValueError(f"gaussian_w2: argument {name!r} expected shape {shape} (mean1 has {d} entries), got {value.shape}.")
+    for name, value in (("mean1", m1), ("mean2", m2), ("cov1", c1), ("cov2", c2)):
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"gaussian_w2: argument {name!r} contains NaN or infinite values.")
     s2 = _sqrtm_psd(c2)
     cross = _sqrtm_psd(s2 @ c1 @ s2)
     w2sq = float(np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * cross))
@@ -88,23 +101,40 @@ def gaussian_w2(mean1, cov1, mean2, cov2) -> float:
 
 
 def mode_weights(law, x: torch.Tensor) -> torch.Tensor:
-    """Fraction of samples assigned to each component of a mixture ``law`` by maximum responsibility."""
+    """Fraction of samples assigned to each component of a mixture ``law`` by maximum responsibility.
+
+    Raises:
+        ValueError: if ``x`` is empty or holds NaN or infinite values (they have no component).
+    """
+    check_batch("mode_weights", "x", x)
     k = law.responsibilities(x).argmax(dim=1)
     return torch.bincount(k, minlength=law.n_components).to(torch.float64) / x.shape[0]
 
 
 def rms_error(x: torch.Tensor, y: torch.Tensor) -> float:
-    r"""Root-mean-square difference :math:`\sqrt{\tfrac{1}{BD}\sum (x - y)^2}` of two equally shaped batches."""
+    r"""Root-mean-square difference :math:`\sqrt{\tfrac{1}{BD}\sum (x - y)^2}` of two equally shaped batches.
+
+    Raises:
+        ValueError: if the shapes differ (a broadcast would average something else).
+    """
+    if x.shape != y.shape:
+        raise ValueError(
+            f"rms_error: arguments 'x' and 'y' expected the same shape, got {tuple(x.shape)} and {tuple(y.shape)}."
+        )
     return float((x.double() - y.double()).pow(2).mean().sqrt())
 
 
 def fit_order(step_sizes, errors) -> float:
     r"""Least-squares slope of :math:`\log(\text{error})` against :math:`\log(h)`: the empirical order."""
-    h = np.log(np.asarray(step_sizes, dtype=float))
-    e = np.log(np.asarray(errors, dtype=float))
-    if h.size < 2 or not np.all(np.isfinite(e)):
+    h = np.asarray(step_sizes, dtype=float).ravel()
+    e = np.asarray(errors, dtype=float).ravel()
+    if h.size != e.size:
+        raise ValueError(f"fit_order: expected one error per step size, got {h.size} step sizes and {e.size} errors.")
+    if not np.all(np.isfinite(h) & (h > 0)) or np.unique(h).size < 2:
+        raise ValueError(f"fit_order: argument 'step_sizes' expected >= 2 distinct positive finite step sizes, got {h.tolist()}.")
+    if not np.all(np.isfinite(e) & (e > 0)):
         raise ValueError(f"fit_order: need >= 2 positive finite errors, got {list(errors)}.")
-    return float(np.polyfit(h, e, 1)[0])
+    return float(np.polyfit(np.log(h), np.log(e), 1)[0])
 
 
 def moment_standard_errors(reference: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +142,15 @@ def moment_standard_errors(reference: torch.Tensor, n: int) -> tuple[torch.Tenso
 
     Estimated from a (large) exact ``reference`` sample: :math:`\mathrm{sd}(x_i)/\sqrt n` and
     :math:`\mathrm{sd}((x_i-\mu_i)(x_j-\mu_j))/\sqrt n`.  Returns ``(se_mean (D,), se_cov (D, D))``.
+
+    Raises:
+        ValueError: if ``n < 1`` or ``reference`` has fewer than 2 draws (no standard deviation) or non-finite values.
     """
+    fn = "moment_standard_errors"
+    check_batch(fn, "reference", reference)
+    check_int(fn, "n", n)
+    if reference.shape[0] < 2:
+        raise ValueError(f"{fn}: argument 'reference' expected >= 2 draws to estimate a standard deviation, got shape {tuple(reference.shape)}.")
     r = _flat(reference).double()
     c = r - r.mean(0)
     prods = c.unsqueeze(2) * c.unsqueeze(1)

@@ -8,7 +8,7 @@
 Every rank writes its shard (``samples.rank0-of-2.pt`` ...) and rank 0 writes the merged file.  Run
 without ``torchrun`` it is one process (world size 1) and gives the same merged file.  Every rank
 checks the options, the model, the data and ``--out`` before any solve, and all ranks stop together
-if one of them finds a problem.
+if one of them finds a problem, before the solve or in it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 import torch.distributed as torch_dist
 
 from .. import distributed as D
+from ..errors import NonFiniteError
 from ..sde import ForwardSDE
 from .options import (
     CLIError,
@@ -44,6 +45,9 @@ from .outputs import add_out_file, check_out_file, write_errors
 from .sources import data_file, data_shape, load_data, load_model, model_spec
 
 __all__ = ["add_parser"]
+
+#: ``--num-samples`` unless given: samples drawn, or points of ``--problem`` whose likelihood is computed.
+DEFAULT_NUM_SAMPLES = 1000
 
 
 def _device(text: str) -> str:
@@ -79,7 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sample.add_argument(
         "--brownian",
         choices=("per-item", "per-batch"),
-        default="per-item",
+        default=None,
         help="--sampler sde: a Brownian path per item (independent of --batch-size) or per global "
         "batch (independent of the world size only, much faster per step) (default: per-item)",
     )
@@ -89,6 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "likelihood", help="log-likelihood of every point of --data (or of --num-samples points of --problem)"
     )
     _add_common(lik, "points drawn from --problem without --data")
+    lik.set_defaults(num_samples=None)  # DEFAULT_NUM_SAMPLES unless given, so that a --num-samples beside --data is seen
     lik.add_argument("--data", type=data_file, default=None, help="a .pt tensor or .npy array of shape (N, *D)")
     add_trace_options(lik)
     add_solver_options(lik, {"likelihood": "one of"})
@@ -110,7 +115,7 @@ def _add_common(p: argparse.ArgumentParser, what: str) -> None:
         help="'package.module:factory' with factory(device) -> (score, sde)",
     )
     add_out_file(p, required=True, help="merged output file (.pt or .npz); the shards are written beside it")
-    add_num_samples(p, 1000, what)
+    add_num_samples(p, DEFAULT_NUM_SAMPLES, what)
     p.add_argument("--batch-size", type=int_at_least(1), default=256, help="items per global batch (default: 256)")
     add_dtype(p, "float64 with --problem, float32 with --model")
     p.add_argument(
@@ -197,8 +202,14 @@ def _prepare(args: argparse.Namespace, world_size: int) -> _Job:
     data = None
     if getattr(args, "data", None):
         data = load_data(args.data, dtype)
+        if law is not None and data.ndim >= 2 and tuple(data.shape[1:]) != tuple(law.event_shape):
+            raise CLIError(
+                f"argument --data: {args.data!r} holds points of shape {tuple(data.shape[1:])}; --problem {args.problem} "
+                f"has points of shape {tuple(law.event_shape)}"
+            )
     elif args.dist_command == "likelihood":
-        data = law.sample(args.num_samples, generator=torch.Generator().manual_seed(args.seed))
+        n = DEFAULT_NUM_SAMPLES if args.num_samples is None else args.num_samples
+        data = law.sample(n, generator=torch.Generator().manual_seed(args.seed))
     return _Job(score, sde, law, data, device, dtype, out, [p for p in shards if p not in mine])
 
 
@@ -213,6 +224,13 @@ def _agree(error: CLIError | None, rank: int, world_size: int) -> CLIError | Non
         return None
     (r, (message, status)) = first
     return CLIError(message if r == rank else f"on rank {r}: {message}", status=status)
+
+
+def _as_cli_error(e: Exception) -> CLIError:
+    """The one-line error ``main`` would report for ``e`` (status 1 for a non-finite solve, else 2), for the other ranks."""
+    if isinstance(e, CLIError):
+        return e
+    return CLIError(str(e), status=1 if isinstance(e, NonFiniteError) else 2)
 
 
 def _run(args: argparse.Namespace, kind: str, solve: Solve, describe: Describe, meta: dict[str, Any]) -> int:
@@ -232,13 +250,24 @@ def _run(args: argparse.Namespace, kind: str, solve: Solve, describe: Describe, 
         if rank == 0:
             for path in job.stale:  # shards of the same name from a run with another world size
                 path.unlink(missing_ok=True)
-        start = time.perf_counter()
-        local = solve(job, options, rank == 0 and not args.no_progress)
-        seconds = time.perf_counter() - start
         meta = {"seed": args.seed, "batch_size": args.batch_size, **meta}
         shard = D.shard_path(job.out, rank, world_size)
-        with write_errors(shard):
-            D.save_result(local, shard, rank=rank, world_size=world_size, **meta)
+        start = time.perf_counter()
+        try:
+            local = solve(job, options, rank == 0 and not args.no_progress)
+            seconds = time.perf_counter() - start
+            with write_errors(shard):
+                D.save_result(local, shard, rank=rank, world_size=world_size, **meta)
+            failure = None
+        except (CLIError, ValueError, TypeError, NonFiniteError) as e:
+            # Only this rank may have failed (its batches alone met the problem, or its disk is full): the others
+            # must hear of it before they wait for its result, and rank 0, which speaks for all, must say what it was.
+            failure = e
+        error = _agree(None if failure is None else _as_cli_error(failure), rank, world_size)
+        if failure is not None:
+            raise failure  # with its traceback, for main to judge
+        if error is not None:
+            raise error
         merged = D.gather(local)
         if merged is not None:
             with write_errors(job.out):
@@ -260,13 +289,15 @@ def _sample(args: argparse.Namespace) -> int:
         raise CLIError("argument --data-shape: required with --model (the shape of one sample, e.g. 3,32,32)")
     if args.problem and args.data_shape is not None:
         raise CLIError("argument --data-shape: applies to --model; a --problem has its own shape")
+    if args.brownian is not None and args.sampler != "sde":
+        raise CLIError("argument --brownian: applies to --sampler sde; the probability-flow ODE draws no Brownian path")
 
     def shape(job: _Job) -> tuple[int, ...]:
         return args.data_shape or tuple(job.law.event_shape)
 
     def solve(job: _Job, options: dict[str, Any], progress: bool) -> D.ShardResult:
         if args.sampler == "sde":
-            options["per_item_brownian"] = args.brownian == "per-item"
+            options["per_item_brownian"] = args.brownian != "per-batch"
         return D.sample_sharded(
             job.score, job.sde, args.num_samples, shape(job), sampler=args.sampler, seed=args.seed,
             batch_size=args.batch_size, dtype=job.dtype, device=job.device, progress=progress, **options,
@@ -283,6 +314,8 @@ def _likelihood(args: argparse.Namespace) -> int:
         raise CLIError("argument --data: required with --model (a .pt tensor or .npy array of shape (N, *D))")
     if args.exact_prior and args.model:
         raise CLIError("argument --exact-prior: needs --problem (an analytic law with a known p_T)")
+    if args.data is not None and args.num_samples is not None:
+        raise CLIError("argument --num-samples: applies to --problem without --data; every point of --data is used")
     trace = trace_options(args)
 
     def solve(job: _Job, options: dict[str, Any], progress: bool) -> D.ShardResult:

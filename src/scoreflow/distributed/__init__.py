@@ -7,7 +7,8 @@ draw belongs to one item and is seeded by ``(seed, item index)`` — the prior s
 probes of a likelihood solve.  A global batch is therefore computed identically on any number
 of ranks, so the union of the results is bit-identical for every world size.  Another
 ``batch_size`` leaves every item's noise in place: fixed-step results then change by round-off
-only, adaptive ones (whose steps a batch shares) within the solver tolerance.
+only, adaptive ones (whose steps a batch shares) within the solver tolerance.  It does draw new
+Hutchinson probes, which belong to the batch: those likelihoods change by the estimator's noise.
 
 Each rank solves its batches without talking to the others: an adaptive solver takes as many
 steps as its own batch needs, and no collective runs inside a solve, so ranks that take

@@ -39,12 +39,22 @@ def save_result(result: ShardResult, path: str | os.PathLike, **meta: Any) -> Pa
     """Write a result as ``.pt`` (``torch.save`` of a dict) or ``.npz`` (numpy arrays); return the path.
 
     The file is written under a temporary name and moved into place, so ``path`` is complete or absent.
+    ``meta`` values are Python scalars (str, int, float, bool, None) or tuples/lists of them, which both
+    formats read back safely.
 
     Raises:
         ValueError: for any other suffix.
+        TypeError: for another ``meta`` value (a numpy scalar or a ``Path`` would make the ``.pt`` file
+            unreadable by :func:`load_result`).
     """
     path = Path(path)
     check_choice("save_result", "path suffix", path.suffix, SUFFIXES)
+    for key, value in meta.items():
+        if not _plain(value):
+            raise TypeError(
+                f"save_result: meta {key!r} expected a str, int, float, bool or None (or a tuple/list of them), got "
+                f"{type(value).__name__} {value!r}. Fix: convert it, e.g. str(value) or value.item()."
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"indices": result.indices, "values": result.values, "nfe": torch.tensor(result.nfe), **result.extras}
     with atomic_write(path) as tmp:
@@ -55,8 +65,18 @@ def save_result(result: ShardResult, path: str | os.PathLike, **meta: Any) -> Pa
     return path
 
 
+def _plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return type(value) in (str, int, float, bool, type(None))
+
+
 def load_result(path: str | os.PathLike) -> ShardResult:
-    """Read a file written by :func:`save_result` (``.pt`` or ``.npz``)."""
+    """Read a file written by :func:`save_result` (``.pt`` or ``.npz``).
+
+    Raises:
+        ValueError: for another suffix, or a file that holds no ``indices``, ``values`` and ``nfe``.
+    """
     path = Path(path)
     check_choice("load_result", "path suffix", path.suffix, SUFFIXES)
     if path.suffix == ".pt":
@@ -64,5 +84,12 @@ def load_result(path: str | os.PathLike) -> ShardResult:
     else:
         with np.load(path) as f:
             d = {k: torch.from_numpy(f[k]) for k in f.files if not k.startswith("meta_")}
+    missing = [k for k in ("indices", "values", "nfe") if not isinstance(d, dict) or k not in d]
+    if missing:
+        found = f"a dict with keys {sorted(d)}" if isinstance(d, dict) else f"a {type(d).__name__}"
+        raise ValueError(
+            f"load_result: {str(path)!r} is not a result written by save_result: it holds {found}, without "
+            f"{', '.join(missing)}."
+        )
     extras = {k: v for k, v in d.items() if k not in ("indices", "values", "nfe", "meta")}
     return ShardResult(d["indices"], d["values"], int(d["nfe"]), extras)

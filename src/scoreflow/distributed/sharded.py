@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import STATE_DTYPES, check_batch, check_choice, check_int, resolve_t_min
+from .._checks import STATE_DTYPES, check_batch, check_bool, check_choice, check_int, resolve_t_min
 from .._tensor import ScoreFn
 from ..dynamics.sdeint import brownian_motion
 from ..likelihood import log_likelihood
@@ -129,8 +129,11 @@ def sample_sharded(
 
     Raises:
         ValueError: for an unknown sampler, a non-positive ``n`` or ``batch_size``, a negative ``seed``, a
-            malformed ``data_shape``, or ``generator``/``bm`` among the options (the noise is per item).
-        TypeError: for a non-integer ``n``, ``batch_size`` or ``seed``, or a ``dtype`` other than float32/float64.
+            malformed ``data_shape``, ``generator``/``bm`` among the options (the noise is per item),
+            ``return_trajectory``/``save_at`` (only the final samples are kept), or ``per_item_brownian=False``
+            with ``sampler="ode"`` (which draws no Brownian path).
+        TypeError: for a non-integer ``n``, ``batch_size`` or ``seed``, a ``dtype`` other than float32/float64, or
+            flags other than True/False.
     """
     fn = "sample_sharded"
     check_sde(fn, sde)
@@ -140,9 +143,22 @@ def sample_sharded(
     check_int(fn, "batch_size", batch_size)
     data_shape = _check_shape(fn, data_shape)
     _check_dtype(fn, dtype)
+    check_bool(fn, "per_item_brownian", per_item_brownian)
+    check_bool(fn, "progress", progress)
+    if sampler == "ode" and not per_item_brownian:
+        raise ValueError(
+            f"{fn}: argument 'per_item_brownian' applies to sampler='sde'; the probability-flow ODE draws no Brownian "
+            "path (got per_item_brownian=False with sampler='ode')."
+        )
     for name in ("generator", "bm"):
         if name in solver_options:
             raise ValueError(f"{fn}: argument {name!r} is not accepted: every item's noise is seeded by (seed, index).")
+    for name, unset in (("return_trajectory", False), ("save_at", None)):
+        if solver_options.get(name, unset) is not unset:
+            raise ValueError(
+                f"{fn}: argument {name!r} is not accepted: a ShardResult holds the final samples only, got "
+                f"{name}={solver_options[name]!r}. Fix: call sample_ode/sample_sde on a batch for its trajectory."
+            )
     dim = int(np.prod(data_shape))
     duration = float(torch.tensor(sde.T - resolve_t_min(fn, sde, solver_options.get("t_min")), dtype=dtype))
     levy = sampler == "sde" and get_method("sde", solver_options.get("method", "euler"), caller=fn).levy_area
@@ -175,7 +191,8 @@ def log_likelihood_sharded(
     """This rank's share of :func:`~scoreflow.log_likelihood` over ``data`` (the full set, on every rank).
 
     Hutchinson probes are drawn per global batch from a generator seeded by ``(seed, first item)``,
-    so every point meets the same probes whatever the world size.
+    so every point meets the same probes whatever the world size, but not whatever ``batch_size``:
+    another split draws other probes, and a Hutchinson estimate changes by its own noise.
 
     Args:
         score: the score model, on ``device``, or a :class:`PerItemScore` for per-item conditioning.
@@ -189,7 +206,8 @@ def log_likelihood_sharded(
 
     Returns:
         This rank's :class:`ShardResult` with ``values`` the log-densities in nats and
-        ``extras["prior_log_prob"]``, ``extras["delta_log_prob"]``.
+        ``extras["prior_log_prob"]``, ``extras["delta_log_prob"]``, and with ``n_probes > 1``
+        ``extras["std_error"]`` (the standard error of each Hutchinson estimate across its probes).
 
     Raises:
         ValueError: for a malformed ``data``, a non-positive ``batch_size``, a negative ``seed`` or a
@@ -200,14 +218,18 @@ def log_likelihood_sharded(
     check_batch(fn, "data", data)
     check_int(fn, "seed", seed, minimum=0)
     check_int(fn, "batch_size", batch_size)
+    check_bool(fn, "progress", progress)
     if "generator" in likelihood_options:
         raise ValueError(f"{fn}: argument 'generator' is not accepted: the probes are seeded by (seed, batch).")
     device = data.device if device is None else device
+    # The same extras on every rank, also on one without items, for gather to merge them.
+    n_probes = likelihood_options.get("n_probes", 1)
+    names = ("prior_log_prob", "delta_log_prob", *(("std_error",) if isinstance(n_probes, int) and n_probes > 1 else ()))
     parts = []
     for items in _my_batches(fn, data.shape[0], batch_size, progress):
         x = data[items.start : items.stop].to(device)
         g = batch_generator(seed, items, PROBES, device)
         res = log_likelihood(_score_for(score, items), sde, x, generator=g, **likelihood_options)
-        extras = {"prior_log_prob": res.prior_log_prob.detach().cpu(), "delta_log_prob": res.delta_log_prob.detach().cpu()}
+        extras = {name: getattr(res, name).detach().cpu() for name in names}
         parts.append(ShardResult(torch.tensor(list(items), dtype=torch.int64), res.log_prob.detach().cpu(), res.nfe, extras))
-    return concat(parts) if parts else empty((0,), data.dtype, ("prior_log_prob", "delta_log_prob"))
+    return concat(parts) if parts else empty((0,), data.dtype, names)
