@@ -186,6 +186,13 @@ class VPSDE(_LinearBetaMixin, ForwardSDE):
     def diffusion(self, t: TimeLike) -> torch.Tensor:
         return torch.sqrt(self.beta(t))
 
+    def marginal_derivatives(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`\dot\alpha = -\tfrac12\beta\alpha`, :math:`\dot\sigma = \tfrac12\beta\alpha^2/\sigma` (the generic
+        :math:`(g^2 + 2f\sigma^2)/(2\sigma) = \beta(1 - \sigma^2)/(2\sigma)` cancels where :math:`\alpha \ll 1`)."""
+        alpha, sigma = self.marginal(t)
+        beta = self.beta(t)
+        return -0.5 * beta * alpha, 0.5 * beta * alpha**2 / sigma
+
     def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
         # alpha^2 = sigmoid(2 lambda)  =>  log alpha = -softplus(-2 lambda) / 2
         return self.t_from_log_alpha(-0.5 * torch.nn.functional.softplus(-2 * as_time(log_snr)))
@@ -215,6 +222,12 @@ class SubVPSDE(_LinearBetaMixin, ForwardSDE):
 
     def diffusion(self, t: TimeLike) -> torch.Tensor:
         return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_alpha(t)))
+
+    def marginal_derivatives(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`\dot\alpha = -\tfrac12\beta\alpha`, :math:`\dot\sigma = -2\alpha\dot\alpha = \beta\alpha^2` (the generic
+        :math:`(g^2 + 2f\sigma^2)/(2\sigma)` cancels where :math:`\alpha \ll 1`)."""
+        alpha, beta = torch.exp(self.log_alpha(t)), self.beta(t)
+        return -0.5 * beta * alpha, beta * alpha**2
 
     def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
         # alpha / (1 - alpha^2) = e^lambda  =>  alpha = 2 e^lambda / (1 + sqrt(1 + 4 e^{2 lambda}))
