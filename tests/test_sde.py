@@ -148,3 +148,18 @@ def test_marginal_derivatives_keep_float32_precision_at_high_noise(sde):
     torch.testing.assert_close(got_alpha.double(), d_alpha, rtol=1e-5, atol=0)
     torch.testing.assert_close(got_sigma.double(), d_sigma, rtol=1e-5, atol=0)
 
+
+@pytest.mark.parametrize("sde", [sf.VPSDE(0.0, 20.0), sf.SubVPSDE(), sf.SubVPSDE(0.0, 20.0)], ids=repr)
+def test_t_from_log_snr_keeps_relative_precision_near_t0(sde):
+    """The inverse log-SNR is accurate relative to t down to t = 1e-7, in float64 and in float32, and is 0 at t = 0.
+
+    Sub-VP's inverse took log(alpha) of an alpha rounded near 1: 5e-4 relative error at t = 1e-7 in float64 for
+    beta_min = 0, and in float32 errors of 140% and NaN (from e^{2 lambda} overflowing) for lambda >= 45.
+    """
+    t = torch.logspace(-7, -1, 13, dtype=torch.float64)
+    lam = sde.log_snr(t)
+    torch.testing.assert_close(sde.t_from_log_snr(lam), t, rtol=1e-12, atol=0)
+    # float32: as accurate as the float32 log-SNR it is given allows (the float64 inverse of that same lambda)
+    lam32 = lam.float()
+    torch.testing.assert_close(sde.t_from_log_snr(lam32).double(), sde.t_from_log_snr(lam32.double()), rtol=1e-5, atol=0)
+    assert float(sde.t_from_log_snr(torch.tensor(math.inf, dtype=torch.float64))) == 0.0

@@ -158,7 +158,9 @@ class _LinearBetaMixin:
         """Solve the quadratic :meth:`log_alpha` ``= log_alpha`` for t >= 0 (cancellation-free root)."""
         a = -log_alpha
         b0, delta = self.beta_min, self.beta_max - self.beta_min
-        return 2 * a / (0.5 * b0 + torch.sqrt(0.25 * b0**2 + delta * a))
+        denom = 0.5 * b0 + torch.sqrt(0.25 * b0**2 + delta * a)
+        # t = 0 at a = 0 (the log-SNR +inf of t = 0), where beta_min = 0 makes the root 0/0
+        return 2 * a / torch.where(denom > 0, denom, torch.ones_like(denom))
 
     def drift_coef(self, t: TimeLike) -> torch.Tensor:
         return -0.5 * self.beta(t)
@@ -230,11 +232,9 @@ class SubVPSDE(_LinearBetaMixin, ForwardSDE):
         return -0.5 * beta * alpha, beta * alpha**2
 
     def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
-        # alpha / (1 - alpha^2) = e^lambda  =>  alpha = 2 e^lambda / (1 + sqrt(1 + 4 e^{2 lambda}))
-        lam = as_time(log_snr)
-        e = torch.exp(lam)
-        alpha = 2 * e / (1 + torch.sqrt(1 + 4 * e**2))
-        return self.t_from_log_alpha(torch.log(alpha))
+        # (1 - alpha^2) / alpha = e^-lambda  =>  -log alpha = asinh(e^-lambda / 2), with no log of an alpha rounded
+        # to 1 near t = 0 (which cost t all its digits in float32) and no e^{2 lambda} overflow at large lambda
+        return self.t_from_log_alpha(-torch.asinh(0.5 * torch.exp(-as_time(log_snr))))
 
     @property
     def prior_std(self) -> float:
