@@ -26,6 +26,11 @@ Schedule = Callable[[torch.Tensor], torch.Tensor]
 _BISECTION_STEPS = 80
 #: Times at which a path's coefficients are checked when it is built.
 _CHECK_POINTS = 257
+#: Step (relative to T) of the one-sided difference quotients a given derivative is checked against, and the
+#: relative tolerance of that check: far above the quotients' error (~1e-7 of the slope for smooth schedules),
+#: far below a wrong derivative's.
+_DIFF_STEP = 1e-7
+_DIFF_RTOL = 1e-3
 
 
 def _derivative(fn: Schedule, t: torch.Tensor) -> torch.Tensor:
@@ -44,7 +49,8 @@ class AffinePath(ForwardSDE):
         alpha, sigma: the schedules, elementwise functions of a time tensor (torch operations, so that they
             can be differentiated), with :math:`\alpha \ge 0`, :math:`\sigma > 0` on :math:`(0, T]` and a strictly
             decreasing log-SNR :math:`\log(\alpha/\sigma)`.
-        d_alpha, d_sigma: their time derivatives; by default computed by autograd (``torch.func.jvp``).
+        d_alpha, d_sigma: their time derivatives; by default computed by autograd (``torch.func.jvp``).  Given ones
+            are checked against the schedules' difference quotients (relative tolerance 1e-3) when the path is built.
         T: the noise end; the prior is :math:`N(0, \sigma(T)^2 I)` (exact when :math:`\alpha(T) = 0`).  An
             :math:`\alpha(T)` that is 0 up to the rounding of T (:math:`|\alpha(T)| \le \epsilon T|\dot\alpha(T)|`, as
             ``cos(pi/2) = 6e-17``) is taken as 0: the path reaches pure noise.
@@ -52,8 +58,9 @@ class AffinePath(ForwardSDE):
 
     Raises:
         TypeError: if a schedule is not callable.
-        ValueError: if a schedule does not return a finite tensor shaped like t, :math:`\sigma \le 0` or
-            :math:`\alpha < 0` somewhere in ``(0, T]``, or the log-SNR is not strictly decreasing there.
+        ValueError: if a schedule or a given derivative does not return a finite tensor shaped like t,
+            :math:`\sigma \le 0` or :math:`\alpha < 0` somewhere in ``(0, T]``, the log-SNR is not strictly
+            decreasing there, or a given derivative is not its schedule's.
     """
 
     reaches_data = True
@@ -103,6 +110,33 @@ class AffinePath(ForwardSDE):
             raise ValueError(
                 f"{name}: expected a strictly decreasing log-SNR log(alpha/sigma) on (0, T={self.T:g}] (noise must "
                 "grow relative to signal), got one that does not decrease."
+            )
+        for key, fn, given in (("alpha", self._alpha, self._d_alpha), ("sigma", self._sigma, self._d_sigma)):
+            if given is not None:
+                self._check_derivative(name, key, fn, given, t, values[key])
+
+    def _check_derivative(self, name: str, key: str, fn: Schedule, given: Schedule, t: torch.Tensor, value: torch.Tensor) -> None:
+        """A given derivative must be finite, shaped like t, and the schedule's: within ``_DIFF_RTOL`` of its backward
+        or its forward difference quotient at every check point (either one, so that a kink is no false alarm)."""
+        arg = f"d_{key}"
+        out = given(t)
+        if not torch.is_tensor(out) or out.shape != t.shape:
+            got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else type(out).__name__
+            raise ValueError(f"{name}: argument '{arg}' must map a (N,) time tensor to a (N,) tensor, got {got}.")
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"{name}: argument '{arg}' returned non-finite values on (0, T={self.T:g}].")
+        h = _DIFF_STEP * self.T
+        backward = (value - fn(t - h)) / h
+        inside = t + h <= self.T
+        forward = torch.where(inside, (fn(torch.where(inside, t + h, t)) - value) / h, backward)
+        tol = _DIFF_RTOL * (torch.maximum(backward.abs(), forward.abs()) + float(backward.abs().max()) * 1e-3)
+        bad = ((out - backward).abs() > tol) & ((out - forward).abs() > tol)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"{name}: argument '{arg}' expected the time derivative of '{key}', got {float(out[i]):.6g} at "
+                f"t={float(t[i]):.6g}, where {key}'s difference quotients are {float(backward[i]):.6g} (backward) and "
+                f"{float(forward[i]):.6g} (forward). Fix: correct it, or leave it out to have it computed by autograd."
             )
 
     def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
