@@ -85,6 +85,10 @@ def test_path_arguments_are_checked():
         sf.AffinePath(lambda t: 1 - t, lambda t: t.clone(), d_alpha=torch.ones_like)
     with pytest.raises(ValueError, match=r"argument 'd_sigma' expected the time derivative of 'sigma', got 1.01 "):
         sf.AffinePath(lambda t: 1 - t, lambda t: t.clone(), d_sigma=lambda t: 1.01 * torch.ones_like(t))
+    # a schedule autograd cannot differentiate had a derivative 0 by torch.func.jvp, and a wrong diffusion, silently
+    with pytest.raises(ValueError, match=r"argument 'alpha' is not differentiable by autograd: its derivative by "
+                                         r"torch.func.jvp is 0 at t=.*difference quotients are -1 \(backward\)"):
+        sf.AffinePath(lambda t: (1 - t).detach(), lambda t: t.clone())
     with pytest.raises(ValueError, match=r"RectifiedFlow: argument 'T' expected a time in \(0, 1\]"):
         sf.RectifiedFlow(T=1.5)
     with pytest.raises(ValueError, match="RectifiedFlow.truncated: argument 'T'"):

@@ -49,8 +49,9 @@ class AffinePath(ForwardSDE):
         alpha, sigma: the schedules, elementwise functions of a time tensor (torch operations, so that they
             can be differentiated), with :math:`\alpha \ge 0`, :math:`\sigma > 0` on :math:`(0, T]` and a strictly
             decreasing log-SNR :math:`\log(\alpha/\sigma)`.
-        d_alpha, d_sigma: their time derivatives; by default computed by autograd (``torch.func.jvp``).  Given ones
-            are checked against the schedules' difference quotients (relative tolerance 1e-3) when the path is built.
+        d_alpha, d_sigma: their time derivatives; by default computed by autograd (``torch.func.jvp``).  Given or
+            not, they are checked against the schedules' difference quotients (relative tolerance 1e-3) when the path
+            is built.
         T: the noise end; the prior is :math:`N(0, \sigma(T)^2 I)` (exact when :math:`\alpha(T) = 0`).  An
             :math:`\alpha(T)` that is 0 up to the rounding of T (:math:`|\alpha(T)| \le \epsilon T|\dot\alpha(T)|`, as
             ``cos(pi/2) = 6e-17``) is taken as 0: the path reaches pure noise.
@@ -60,7 +61,7 @@ class AffinePath(ForwardSDE):
         TypeError: if a schedule is not callable.
         ValueError: if a schedule or a given derivative does not return a finite tensor shaped like t,
             :math:`\sigma \le 0` or :math:`\alpha < 0` somewhere in ``(0, T]``, the log-SNR is not strictly
-            decreasing there, or a given derivative is not its schedule's.
+            decreasing there, or a derivative (given, or by autograd) is not its schedule's.
     """
 
     reaches_data = True
@@ -112,19 +113,20 @@ class AffinePath(ForwardSDE):
                 "grow relative to signal), got one that does not decrease."
             )
         for key, fn, given in (("alpha", self._alpha, self._d_alpha), ("sigma", self._sigma, self._d_sigma)):
-            if given is not None:
-                self._check_derivative(name, key, fn, given, t, values[key])
+            self._check_derivative(name, key, fn, given, t, values[key])
 
-    def _check_derivative(self, name: str, key: str, fn: Schedule, given: Schedule, t: torch.Tensor, value: torch.Tensor) -> None:
-        """A given derivative must be finite, shaped like t, and the schedule's: within ``_DIFF_RTOL`` of its backward
-        or its forward difference quotient at every check point (either one, so that a kink is no false alarm)."""
+    def _check_derivative(self, name: str, key: str, fn: Schedule, given: Schedule | None, t: torch.Tensor, value: torch.Tensor) -> None:
+        """The derivative used, given or by autograd, must be finite, shaped like t, and the schedule's: within
+        ``_DIFF_RTOL`` of its backward or its forward difference quotient at every check point (either one, so that
+        a kink is no false alarm)."""
         arg = f"d_{key}"
-        out = given(t)
+        out = _derivative(fn, t) if given is None else given(t)
         if not torch.is_tensor(out) or out.shape != t.shape:
             got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else type(out).__name__
             raise ValueError(f"{name}: argument '{arg}' must map a (N,) time tensor to a (N,) tensor, got {got}.")
         if not bool(torch.isfinite(out).all()):
-            raise ValueError(f"{name}: argument '{arg}' returned non-finite values on (0, T={self.T:g}].")
+            what = f"autograd's derivative of '{key}'" if given is None else f"argument '{arg}'"
+            raise ValueError(f"{name}: {what} returned non-finite values on (0, T={self.T:g}].")
         h = _DIFF_STEP * self.T
         backward = (value - fn(t - h)) / h
         inside = t + h <= self.T
@@ -133,10 +135,17 @@ class AffinePath(ForwardSDE):
         bad = ((out - backward).abs() > tol) & ((out - forward).abs() > tol)
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
+            where = (f"at t={float(t[i]):.6g}, where {key}'s difference quotients are {float(backward[i]):.6g} (backward) "
+                     f"and {float(forward[i]):.6g} (forward)")
+            if given is None:
+                raise ValueError(
+                    f"{name}: argument '{key}' is not differentiable by autograd: its derivative by torch.func.jvp is "
+                    f"{float(out[i]):.6g} {where}. Fix: write it in differentiable torch operations (no .detach(), "
+                    f"numpy or rounding), or give its derivative as '{arg}'."
+                )
             raise ValueError(
-                f"{name}: argument '{arg}' expected the time derivative of '{key}', got {float(out[i]):.6g} at "
-                f"t={float(t[i]):.6g}, where {key}'s difference quotients are {float(backward[i]):.6g} (backward) and "
-                f"{float(forward[i]):.6g} (forward). Fix: correct it, or leave it out to have it computed by autograd."
+                f"{name}: argument '{arg}' expected the time derivative of '{key}', got {float(out[i]):.6g} {where}. "
+                "Fix: correct it, or leave it out to have it computed by autograd."
             )
 
     def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
