@@ -77,6 +77,18 @@ def test_float64_parameters_are_not_rounded_to_the_weights_dtype(weights):
     np.testing.assert_allclose(law.log_prob(x).numpy(), ref, rtol=1e-12)
 
 
+@pytest.mark.parametrize("scale, dtype", [(1e308, torch.float64), (3e38, torch.float32)])
+def test_weights_near_overflow_are_normalized(scale, dtype):
+    """Weights whose sum overflows (2 x 1e308) are the equal weights they are; they became 0, log_prob -inf."""
+    means = torch.tensor([[0.0, 0.0], [3.0, 0.0]], dtype=dtype)
+    covs = torch.eye(2, dtype=dtype).expand(2, 2, 2)
+    law = sf.analytic.GaussianMixture(torch.tensor([scale, scale], dtype=dtype), means, covs)
+    equal = sf.analytic.GaussianMixture(torch.ones(2, dtype=dtype), means, covs)
+    torch.testing.assert_close(law.weights, torch.full((2,), 0.5, dtype=dtype))
+    x = torch.tensor([[1.0, 0.0], [2.5, -1.0]], dtype=dtype)
+    torch.testing.assert_close(law.log_prob(x), equal.log_prob(x))
+
+
 def test_marginal_sampling_matches_noising_samples():
     """Sampling p_t directly and noising samples of p_0 agree within Monte-Carlo error."""
     law = _random_mixture(5, 3, 2)

@@ -80,6 +80,7 @@ class GaussianMixture:
             raise ValueError(
                 f"{fn}: argument 'covs' expected positive-definite matrices, got smallest eigenvalue {float(eigvals.min()):.3g}."
             )
+        weights = weights / weights.max()  # first: a sum of huge weights (2 x 1e308) overflows to inf
         self._init(weights / weights.sum(), means, eigvecs, eigvals, event_shape or (d,))
 
     def _init(self, weights, means, eigvecs, eigvals, event_shape) -> None:
