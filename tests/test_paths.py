@@ -51,6 +51,17 @@ def test_correct_given_derivatives_are_accepted_even_at_a_kink():
     sf.AffinePath(lambda t: 1 - ramp(t) / 0.76, lambda t: 0.01 + ramp(t), d_alpha=lambda t: -slope(t) / 0.76, d_sigma=slope)
 
 
+def test_alpha_rounded_below_zero_at_T_is_pure_noise():
+    """alpha = 0.3 - 0.1 t is 0 at T = 3, which floating point makes -5.6e-17: that is pure noise, as cos(pi/2) = 6e-17
+    is (the docstring's |alpha(T)| <= eps T |alpha'(T)|); the path was refused for an alpha < 0."""
+    path = sf.AffinePath(lambda t: 0.3 - 0.1 * t, lambda t: 0.1 * t, T=3.0)
+    T = torch.tensor(3.0, dtype=F64)
+    assert path.pure_noise_at_T and float(path.marginal(T)[0]) == 0.0 and path.log_snr(T) == -torch.inf
+    assert path.prior_std == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="expected alpha\\(t\\) >= 0"):  # a true negative alpha still is refused
+        sf.AffinePath(lambda t: 0.3 - 0.1 * t, lambda t: 0.1 * t, T=3.01)
+
+
 def test_rectified_flow_is_the_linear_path_and_its_generic_form_agrees():
     rf = PATHS["rf"]
     generic = sf.AffinePath(lambda t: 1 - t, lambda t: t.clone())  # derivatives by autograd, inverse by bisection

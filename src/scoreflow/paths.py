@@ -82,15 +82,12 @@ class AffinePath(ForwardSDE):
         self._d_alpha = None if d_alpha is None else check_callable(name, "d_alpha", d_alpha, "d_alpha(t)")
         self._d_sigma = None if d_sigma is None else check_callable(name, "d_sigma", d_sigma, "d_sigma(t)")
         super().__init__(T=T, t_min=t_min)
+        self._zero_at_T = False
         self._check_schedules(name)
-        # A schedule that is 0 at T may miss it by round-off (cos(pi/2) = 6e-17): alpha(T) within one rounding of T
-        # along the slope is taken as the 0 it is, so the path reaches pure noise (and lambda(T) = -inf) as it should.
-        T64 = torch.tensor(self.T, dtype=torch.float64)
-        alpha_T = float(self._alpha(T64))
-        self._zero_at_T = 0.0 < alpha_T <= torch.finfo(torch.float64).eps * self.T * abs(float(self.marginal_derivatives(T64)[0]))
 
     def _check_schedules(self, name: str) -> None:
         t = torch.linspace(0.0, self.T, _CHECK_POINTS, dtype=torch.float64)[1:]
+        t[-1] = self.T
         values = {}
         for key, fn in (("alpha", self._alpha), ("sigma", self._sigma)):
             out = fn(t)
@@ -100,7 +97,15 @@ class AffinePath(ForwardSDE):
             if not bool(torch.isfinite(out).all()):
                 raise ValueError(f"{name}: argument '{key}' returned non-finite values on (0, T={self.T:g}].")
             values[key] = out
-        alpha, sigma = values["alpha"], values["sigma"]
+        for key, fn, given in (("alpha", self._alpha, self._d_alpha), ("sigma", self._sigma, self._d_sigma)):
+            self._check_derivative(name, key, fn, given, t, values[key])
+        # A schedule that is 0 at T may miss it by round-off either way (cos(pi/2) = 6e-17, 0.3 - 0.1 * 3 = -6e-17):
+        # alpha(T) within one rounding of T along the slope is taken as the 0 it is, so the path reaches pure noise
+        # (and lambda(T) = -inf) as it should.
+        alpha_T = float(values["alpha"][-1])
+        slope_T = abs(float(self.marginal_derivatives(t[-1:])[0]))
+        self._zero_at_T = alpha_T != 0.0 and abs(alpha_T) <= torch.finfo(torch.float64).eps * self.T * slope_T
+        alpha, sigma = self.marginal(t)[0], values["sigma"]
         if bool((sigma <= 0).any()) or bool((alpha < 0).any()):
             raise ValueError(
                 f"{name}: expected alpha(t) >= 0 and sigma(t) > 0 on (0, T={self.T:g}], got alpha down to "
@@ -112,8 +117,6 @@ class AffinePath(ForwardSDE):
                 f"{name}: expected a strictly decreasing log-SNR log(alpha/sigma) on (0, T={self.T:g}] (noise must "
                 "grow relative to signal), got one that does not decrease."
             )
-        for key, fn, given in (("alpha", self._alpha, self._d_alpha), ("sigma", self._sigma, self._d_sigma)):
-            self._check_derivative(name, key, fn, given, t, values[key])
 
     def _check_derivative(self, name: str, key: str, fn: Schedule, given: Schedule | None, t: torch.Tensor, value: torch.Tensor) -> None:
         """The derivative used, given or by autograd, must be finite, shaped like t, and the schedule's: within
