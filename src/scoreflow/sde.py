@@ -242,11 +242,11 @@ class SubVPSDE(_LinearBetaMixin, ForwardSDE):
 
 
 class VESDE(ForwardSDE):
-    r"""Variance-exploding SDE (SMLD/NCSN): :math:`dx = \sigma_{min} r^t \sqrt{2\log r}\,dW`, :math:`r = \sigma_{max}/\sigma_{min}`.
+    r"""Variance-exploding SDE (SMLD/NCSN): :math:`dx = \sigma_{min} r^{t/T} \sqrt{2\log(r)/T}\,dW`, :math:`r = \sigma_{max}/\sigma_{min}`.
 
-    The diffusion is score_sde's; the marginal is the exact one of the SDE started at clean
-    data, :math:`\alpha = 1`, :math:`\sigma(t)^2 = \sigma_{min}^2 (r^{2t} - 1)`, which differs from
-    the common approximation :math:`\sigma_{min} r^t` by :math:`\sigma_{min}^2` in variance.
+    The diffusion is score_sde's (T = 1 there; time is scaled by T); the marginal is the exact one of the SDE
+    started at clean data, :math:`\alpha = 1`, :math:`\sigma(t)^2 = \sigma_{min}^2 (r^{2t/T} - 1)`, which differs
+    from the common approximation :math:`\sigma_{min} r^{t/T}` by :math:`\sigma_{min}^2` in variance.
     Prior :math:`N(0, \sigma_{max}^2 I)` (score_sde's), used in place of :math:`p_T` as VP's :math:`N(0, I)` is:
     not the marginal at T even for data at the origin, whose :math:`p_T` is :math:`N(0, (\sigma_{max}^2 -
     \sigma_{min}^2) I)`.  For the exact value give ``law.marginal(sde, sde.T).log_prob`` as a likelihood's prior.
