@@ -58,6 +58,37 @@ def test_log_prob_matches_scipy():
     assert np.allclose(law.log_prob(x).numpy(), ref, rtol=1e-10)
 
 
+@pytest.mark.parametrize("weights", [[0.3, 0.7], torch.tensor([0.375, 0.625])], ids=["list", "float32 tensor"])
+def test_float64_parameters_are_not_rounded_to_the_weights_dtype(weights):
+    """float64 means and covariances keep their precision whatever the weights are given as.
+
+    The law took the dtype of the weights: a list (or a float32 tensor) of weights rounded float64 means and
+    covariances to float32 (and a list's 0.3 to float32's), and log_prob was then 1e-6 off scipy's.
+    """
+    means = torch.tensor([[1.0 / 3, -2.0], [0.1, 0.7]], dtype=torch.float64)
+    covs = torch.tensor([[[1.0, 0.3], [0.3, 0.5]], [[0.2, -0.05], [-0.05, 0.9]]], dtype=torch.float64)
+    law = sf.analytic.GaussianMixture(weights, means, covs)
+    gauss = sf.analytic.Gaussian(means[0].float(), covs[0])
+    assert law.means.dtype == gauss.means.dtype == torch.float64
+    x = torch.tensor([[0.2, -1.1], [1.3, 0.4]], dtype=torch.float64)
+    w = [float(v) for v in weights]  # 0.375 and 0.625 are exact in float32; the list's 0.3 and 0.7 are not
+    ref = np.log(w[0] * multivariate_normal(means[0].numpy(), covs[0].numpy()).pdf(x.numpy())
+                 + w[1] * multivariate_normal(means[1].numpy(), covs[1].numpy()).pdf(x.numpy()))
+    np.testing.assert_allclose(law.log_prob(x).numpy(), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale, dtype", [(1e308, torch.float64), (3e38, torch.float32)])
+def test_weights_near_overflow_are_normalized(scale, dtype):
+    """Weights whose sum overflows (2 x 1e308) are the equal weights they are; they became 0, log_prob -inf."""
+    means = torch.tensor([[0.0, 0.0], [3.0, 0.0]], dtype=dtype)
+    covs = torch.eye(2, dtype=dtype).expand(2, 2, 2)
+    law = sf.analytic.GaussianMixture(torch.tensor([scale, scale], dtype=dtype), means, covs)
+    equal = sf.analytic.GaussianMixture(torch.ones(2, dtype=dtype), means, covs)
+    torch.testing.assert_close(law.weights, torch.full((2,), 0.5, dtype=dtype))
+    x = torch.tensor([[1.0, 0.0], [2.5, -1.0]], dtype=dtype)
+    torch.testing.assert_close(law.log_prob(x), equal.log_prob(x))
+
+
 def test_marginal_sampling_matches_noising_samples():
     """Sampling p_t directly and noising samples of p_0 agree within Monte-Carlo error."""
     law = _random_mixture(5, 3, 2)

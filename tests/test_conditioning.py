@@ -63,6 +63,25 @@ def test_condition_linear_is_prior_times_likelihood_over_the_evidence(seed):
     torch.testing.assert_close(post.log_prob(x), law.log_prob(x) + log_lik - log_evidence, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("noise_std", [0.3, [0.3, 0.7]], ids=["number", "tensor"])
+def test_condition_linear_is_the_closed_form_gaussian_posterior_to_float64_round_off(noise_std):
+    """Kalman's closed form, m + G(y - A m) and C - G A C with G = C A^T (A C A^T + R)^-1, to 1e-13.
+
+    A number noise_std was made a float32 tensor first: 0.3 became 0.30000001 and the posterior of a float64 law was
+    1e-9 off.
+    """
+    law = Gaussian(torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64),
+                   torch.tensor([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 2.0]], dtype=torch.float64))
+    A = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, -1.0]], dtype=torch.float64)
+    y = torch.tensor([0.7, -0.2], dtype=torch.float64)
+    std = torch.tensor([0.3, 0.3] if isinstance(noise_std, float) else noise_std, dtype=torch.float64)
+    post = law.condition_linear(A, y, noise_std if isinstance(noise_std, float) else std)
+    m, c = law.means[0], law.covs[0]
+    gain = c @ A.T @ torch.linalg.inv(A @ c @ A.T + torch.diag(std**2))
+    torch.testing.assert_close(post.means[0], m + gain @ (y - A @ m), rtol=0, atol=1e-13)
+    torch.testing.assert_close(post.covs[0], c - gain @ A @ c, rtol=0, atol=1e-13)
+
+
 def test_condition_on_a_grid_ring():
     # the 1-D posterior of the ring's second coordinate given the first, normalized by quadrature
     law = make_law("ring2d")

@@ -37,6 +37,31 @@ def test_marginal_derivatives_and_sde_coefficients_match_finite_differences(name
     torch.testing.assert_close(sde.diffusion(t) ** 2, g2, rtol=1e-5, atol=1e-8)
 
 
+def test_correct_given_derivatives_are_accepted_even_at_a_kink():
+    """The check of given derivatives accepts exact ones: smooth, steep near 0, on T != 1, and with a kink."""
+    c = torch.pi / 4
+    cosine = sf.AffinePath(lambda t: torch.cos(c * t), lambda t: torch.sin(c * t), T=2.0,
+                           d_alpha=lambda t: -c * torch.sin(c * t), d_sigma=lambda t: c * torch.cos(c * t))
+    t = torch.tensor([0.1, 1.0, 1.9], dtype=F64)
+    torch.testing.assert_close(torch.stack(cosine.marginal_derivatives(t)), torch.stack([-c * torch.sin(c * t), c * torch.cos(c * t)]))
+    sf.AffinePath(lambda t: torch.sqrt(1 - t), torch.sqrt, d_alpha=lambda t: -0.5 / torch.sqrt(1 - t),
+                  d_sigma=lambda t: 0.5 / torch.sqrt(t), T=0.999)
+    ramp = lambda t: torch.where(t < 0.5, 0.5 * t, t - 0.25)  # noqa: E731  (a kink at t = 0.5, a check point)
+    slope = lambda t: torch.where(t < 0.5, 0.5, 1.0).to(t)  # noqa: E731
+    sf.AffinePath(lambda t: 1 - ramp(t) / 0.76, lambda t: 0.01 + ramp(t), d_alpha=lambda t: -slope(t) / 0.76, d_sigma=slope)
+
+
+def test_alpha_rounded_below_zero_at_T_is_pure_noise():
+    """alpha = 0.3 - 0.1 t is 0 at T = 3, which floating point makes -5.6e-17: that is pure noise, as cos(pi/2) = 6e-17
+    is (the docstring's |alpha(T)| <= eps T |alpha'(T)|); the path was refused for an alpha < 0."""
+    path = sf.AffinePath(lambda t: 0.3 - 0.1 * t, lambda t: 0.1 * t, T=3.0)
+    T = torch.tensor(3.0, dtype=F64)
+    assert path.pure_noise_at_T and float(path.marginal(T)[0]) == 0.0 and path.log_snr(T) == -torch.inf
+    assert path.prior_std == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="expected alpha\\(t\\) >= 0"):  # a true negative alpha still is refused
+        sf.AffinePath(lambda t: 0.3 - 0.1 * t, lambda t: 0.1 * t, T=3.01)
+
+
 def test_rectified_flow_is_the_linear_path_and_its_generic_form_agrees():
     rf = PATHS["rf"]
     generic = sf.AffinePath(lambda t: 1 - t, lambda t: t.clone())  # derivatives by autograd, inverse by bisection
@@ -61,6 +86,20 @@ def test_path_arguments_are_checked():
         sf.AffinePath(lambda t: 1 + t, lambda t: 0.5 + 0 * t)
     with pytest.raises(ValueError, match=r"argument 'sigma' must map a \(N,\) time tensor"):
         sf.AffinePath(lambda t: 1 - t, lambda t: t.sum())
+    # given derivatives are the schedules' (they were taken on trust: a NaN or wrong-sign d_alpha built a path whose
+    # diffusion was NaN, a d_sigma off by 1% one that sampled the wrong law, a float one whose shape was wrong)
+    with pytest.raises(ValueError, match=r"argument 'd_alpha' returned non-finite values"):
+        sf.AffinePath(lambda t: 1 - t, lambda t: t.clone(), d_alpha=lambda t: torch.full_like(t, torch.nan))
+    with pytest.raises(ValueError, match=r"argument 'd_sigma' must map a \(N,\) time tensor to a \(N,\) tensor, got float"):
+        sf.AffinePath(lambda t: 1 - t, lambda t: t.clone(), d_sigma=lambda t: 1.0)
+    with pytest.raises(ValueError, match=r"argument 'd_alpha' expected the time derivative of 'alpha', got 1 "):
+        sf.AffinePath(lambda t: 1 - t, lambda t: t.clone(), d_alpha=torch.ones_like)
+    with pytest.raises(ValueError, match=r"argument 'd_sigma' expected the time derivative of 'sigma', got 1.01 "):
+        sf.AffinePath(lambda t: 1 - t, lambda t: t.clone(), d_sigma=lambda t: 1.01 * torch.ones_like(t))
+    # a schedule autograd cannot differentiate had a derivative 0 by torch.func.jvp, and a wrong diffusion, silently
+    with pytest.raises(ValueError, match=r"argument 'alpha' is not differentiable by autograd: its derivative by "
+                                         r"torch.func.jvp is 0 at t=.*difference quotients are -1 \(backward\)"):
+        sf.AffinePath(lambda t: (1 - t).detach(), lambda t: t.clone())
     with pytest.raises(ValueError, match=r"RectifiedFlow: argument 'T' expected a time in \(0, 1\]"):
         sf.RectifiedFlow(T=1.5)
     with pytest.raises(ValueError, match="RectifiedFlow.truncated: argument 'T'"):

@@ -126,3 +126,40 @@ def test_constructors_reject_impossible_parameters(build, match):
 def test_constructor_rejects_wrong_type():
     with pytest.raises(TypeError, match="beta_max"):
         sf.VPSDE(0.1, "20")
+
+
+@pytest.mark.parametrize("sde", [sf.VPSDE(), sf.VPSDE(0.5, 7.0, T=2.0), sf.SubVPSDE(), sf.SubVPSDE(0.3, 5.0, T=3.0)], ids=repr)
+def test_marginal_derivatives_keep_float32_precision_at_high_noise(sde):
+    """d alpha/dt and d sigma/dt in float32 near T against the closed forms in float64 at the same (rounded) times.
+
+    d sigma/dt = -alpha (d alpha/dt) / sigma (VP, sigma^2 = 1 - alpha^2) or -2 alpha (d alpha/dt) (sub-VP,
+    sigma = 1 - alpha^2) is small where alpha << 1; the generic (g^2 + 2 f sigma^2)/(2 sigma) reached it as the
+    difference of two O(beta) terms, which in float32 cost it up to all its digits (relative error 1.8e-3 for VPSDE()
+    and 1.2e2 for SubVPSDE(0.3, 5, T=3) at T).
+    """
+    t32 = torch.tensor([0.5, 0.9, 1.0], dtype=torch.float32) * sde.T
+    t = t32.double()
+    beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
+    alpha = torch.exp(-0.25 * t**2 * (sde.beta_max - sde.beta_min) - 0.5 * t * sde.beta_min)
+    d_alpha = -0.5 * beta * alpha
+    d_sigma = -alpha * d_alpha / torch.sqrt(1 - alpha**2) if isinstance(sde, sf.VPSDE) else -2 * alpha * d_alpha
+    got_alpha, got_sigma = sde.marginal_derivatives(t32)
+    assert got_alpha.dtype == got_sigma.dtype == torch.float32
+    torch.testing.assert_close(got_alpha.double(), d_alpha, rtol=1e-5, atol=0)
+    torch.testing.assert_close(got_sigma.double(), d_sigma, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("sde", [sf.VPSDE(0.0, 20.0), sf.SubVPSDE(), sf.SubVPSDE(0.0, 20.0)], ids=repr)
+def test_t_from_log_snr_keeps_relative_precision_near_t0(sde):
+    """The inverse log-SNR is accurate relative to t down to t = 1e-7, in float64 and in float32, and is 0 at t = 0.
+
+    Sub-VP's inverse took log(alpha) of an alpha rounded near 1: 5e-4 relative error at t = 1e-7 in float64 for
+    beta_min = 0, and in float32 errors of 140% and NaN (from e^{2 lambda} overflowing) for lambda >= 45.
+    """
+    t = torch.logspace(-7, -1, 13, dtype=torch.float64)
+    lam = sde.log_snr(t)
+    torch.testing.assert_close(sde.t_from_log_snr(lam), t, rtol=1e-12, atol=0)
+    # float32: as accurate as the float32 log-SNR it is given allows (the float64 inverse of that same lambda)
+    lam32 = lam.float()
+    torch.testing.assert_close(sde.t_from_log_snr(lam32).double(), sde.t_from_log_snr(lam32.double()), rtol=1e-5, atol=0)
+    assert float(sde.t_from_log_snr(torch.tensor(math.inf, dtype=torch.float64))) == 0.0

@@ -26,6 +26,11 @@ Schedule = Callable[[torch.Tensor], torch.Tensor]
 _BISECTION_STEPS = 80
 #: Times at which a path's coefficients are checked when it is built.
 _CHECK_POINTS = 257
+#: Step (relative to T) of the one-sided difference quotients a given derivative is checked against, and the
+#: relative tolerance of that check: far above the quotients' error (~1e-7 of the slope for smooth schedules),
+#: far below a wrong derivative's.
+_DIFF_STEP = 1e-7
+_DIFF_RTOL = 1e-3
 
 
 def _derivative(fn: Schedule, t: torch.Tensor) -> torch.Tensor:
@@ -44,7 +49,9 @@ class AffinePath(ForwardSDE):
         alpha, sigma: the schedules, elementwise functions of a time tensor (torch operations, so that they
             can be differentiated), with :math:`\alpha \ge 0`, :math:`\sigma > 0` on :math:`(0, T]` and a strictly
             decreasing log-SNR :math:`\log(\alpha/\sigma)`.
-        d_alpha, d_sigma: their time derivatives; by default computed by autograd (``torch.func.jvp``).
+        d_alpha, d_sigma: their time derivatives; by default computed by autograd (``torch.func.jvp``).  Given or
+            not, they are checked against the schedules' difference quotients (relative tolerance 1e-3) when the path
+            is built.
         T: the noise end; the prior is :math:`N(0, \sigma(T)^2 I)` (exact when :math:`\alpha(T) = 0`).  An
             :math:`\alpha(T)` that is 0 up to the rounding of T (:math:`|\alpha(T)| \le \epsilon T|\dot\alpha(T)|`, as
             ``cos(pi/2) = 6e-17``) is taken as 0: the path reaches pure noise.
@@ -52,8 +59,9 @@ class AffinePath(ForwardSDE):
 
     Raises:
         TypeError: if a schedule is not callable.
-        ValueError: if a schedule does not return a finite tensor shaped like t, :math:`\sigma \le 0` or
-            :math:`\alpha < 0` somewhere in ``(0, T]``, or the log-SNR is not strictly decreasing there.
+        ValueError: if a schedule or a given derivative does not return a finite tensor shaped like t,
+            :math:`\sigma \le 0` or :math:`\alpha < 0` somewhere in ``(0, T]``, the log-SNR is not strictly
+            decreasing there, or a derivative (given, or by autograd) is not its schedule's.
     """
 
     reaches_data = True
@@ -74,15 +82,12 @@ class AffinePath(ForwardSDE):
         self._d_alpha = None if d_alpha is None else check_callable(name, "d_alpha", d_alpha, "d_alpha(t)")
         self._d_sigma = None if d_sigma is None else check_callable(name, "d_sigma", d_sigma, "d_sigma(t)")
         super().__init__(T=T, t_min=t_min)
+        self._zero_at_T = False
         self._check_schedules(name)
-        # A schedule that is 0 at T may miss it by round-off (cos(pi/2) = 6e-17): alpha(T) within one rounding of T
-        # along the slope is taken as the 0 it is, so the path reaches pure noise (and lambda(T) = -inf) as it should.
-        T64 = torch.tensor(self.T, dtype=torch.float64)
-        alpha_T = float(self._alpha(T64))
-        self._zero_at_T = 0.0 < alpha_T <= torch.finfo(torch.float64).eps * self.T * abs(float(self.marginal_derivatives(T64)[0]))
 
     def _check_schedules(self, name: str) -> None:
         t = torch.linspace(0.0, self.T, _CHECK_POINTS, dtype=torch.float64)[1:]
+        t[-1] = self.T
         values = {}
         for key, fn in (("alpha", self._alpha), ("sigma", self._sigma)):
             out = fn(t)
@@ -92,7 +97,15 @@ class AffinePath(ForwardSDE):
             if not bool(torch.isfinite(out).all()):
                 raise ValueError(f"{name}: argument '{key}' returned non-finite values on (0, T={self.T:g}].")
             values[key] = out
-        alpha, sigma = values["alpha"], values["sigma"]
+        for key, fn, given in (("alpha", self._alpha, self._d_alpha), ("sigma", self._sigma, self._d_sigma)):
+            self._check_derivative(name, key, fn, given, t, values[key])
+        # A schedule that is 0 at T may miss it by round-off either way (cos(pi/2) = 6e-17, 0.3 - 0.1 * 3 = -6e-17):
+        # alpha(T) within one rounding of T along the slope is taken as the 0 it is, so the path reaches pure noise
+        # (and lambda(T) = -inf) as it should.
+        alpha_T = float(values["alpha"][-1])
+        slope_T = abs(float(self.marginal_derivatives(t[-1:])[0]))
+        self._zero_at_T = alpha_T != 0.0 and abs(alpha_T) <= torch.finfo(torch.float64).eps * self.T * slope_T
+        alpha, sigma = self.marginal(t)[0], values["sigma"]
         if bool((sigma <= 0).any()) or bool((alpha < 0).any()):
             raise ValueError(
                 f"{name}: expected alpha(t) >= 0 and sigma(t) > 0 on (0, T={self.T:g}], got alpha down to "
@@ -103,6 +116,39 @@ class AffinePath(ForwardSDE):
             raise ValueError(
                 f"{name}: expected a strictly decreasing log-SNR log(alpha/sigma) on (0, T={self.T:g}] (noise must "
                 "grow relative to signal), got one that does not decrease."
+            )
+
+    def _check_derivative(self, name: str, key: str, fn: Schedule, given: Schedule | None, t: torch.Tensor, value: torch.Tensor) -> None:
+        """The derivative used, given or by autograd, must be finite, shaped like t, and the schedule's: within
+        ``_DIFF_RTOL`` of its backward or its forward difference quotient at every check point (either one, so that
+        a kink is no false alarm)."""
+        arg = f"d_{key}"
+        out = _derivative(fn, t) if given is None else given(t)
+        if not torch.is_tensor(out) or out.shape != t.shape:
+            got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else type(out).__name__
+            raise ValueError(f"{name}: argument '{arg}' must map a (N,) time tensor to a (N,) tensor, got {got}.")
+        if not bool(torch.isfinite(out).all()):
+            what = f"autograd's derivative of '{key}'" if given is None else f"argument '{arg}'"
+            raise ValueError(f"{name}: {what} returned non-finite values on (0, T={self.T:g}].")
+        h = _DIFF_STEP * self.T
+        backward = (value - fn(t - h)) / h
+        inside = t + h <= self.T
+        forward = torch.where(inside, (fn(torch.where(inside, t + h, t)) - value) / h, backward)
+        tol = _DIFF_RTOL * (torch.maximum(backward.abs(), forward.abs()) + float(backward.abs().max()) * 1e-3)
+        bad = ((out - backward).abs() > tol) & ((out - forward).abs() > tol)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            where = (f"at t={float(t[i]):.6g}, where {key}'s difference quotients are {float(backward[i]):.6g} (backward) "
+                     f"and {float(forward[i]):.6g} (forward)")
+            if given is None:
+                raise ValueError(
+                    f"{name}: argument '{key}' is not differentiable by autograd: its derivative by torch.func.jvp is "
+                    f"{float(out[i]):.6g} {where}. Fix: write it in differentiable torch operations (no .detach(), "
+                    f"numpy or rounding), or give its derivative as '{arg}'."
+                )
+            raise ValueError(
+                f"{name}: argument '{arg}' expected the time derivative of '{key}', got {float(out[i]):.6g} {where}. "
+                "Fix: correct it, or leave it out to have it computed by autograd."
             )
 
     def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:

@@ -158,7 +158,9 @@ class _LinearBetaMixin:
         """Solve the quadratic :meth:`log_alpha` ``= log_alpha`` for t >= 0 (cancellation-free root)."""
         a = -log_alpha
         b0, delta = self.beta_min, self.beta_max - self.beta_min
-        return 2 * a / (0.5 * b0 + torch.sqrt(0.25 * b0**2 + delta * a))
+        denom = 0.5 * b0 + torch.sqrt(0.25 * b0**2 + delta * a)
+        # t = 0 at a = 0 (the log-SNR +inf of t = 0), where beta_min = 0 makes the root 0/0
+        return 2 * a / torch.where(denom > 0, denom, torch.ones_like(denom))
 
     def drift_coef(self, t: TimeLike) -> torch.Tensor:
         return -0.5 * self.beta(t)
@@ -185,6 +187,13 @@ class VPSDE(_LinearBetaMixin, ForwardSDE):
 
     def diffusion(self, t: TimeLike) -> torch.Tensor:
         return torch.sqrt(self.beta(t))
+
+    def marginal_derivatives(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`\dot\alpha = -\tfrac12\beta\alpha`, :math:`\dot\sigma = \tfrac12\beta\alpha^2/\sigma` (the generic
+        :math:`(g^2 + 2f\sigma^2)/(2\sigma) = \beta(1 - \sigma^2)/(2\sigma)` cancels where :math:`\alpha \ll 1`)."""
+        alpha, sigma = self.marginal(t)
+        beta = self.beta(t)
+        return -0.5 * beta * alpha, 0.5 * beta * alpha**2 / sigma
 
     def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
         # alpha^2 = sigmoid(2 lambda)  =>  log alpha = -softplus(-2 lambda) / 2
@@ -216,12 +225,16 @@ class SubVPSDE(_LinearBetaMixin, ForwardSDE):
     def diffusion(self, t: TimeLike) -> torch.Tensor:
         return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_alpha(t)))
 
+    def marginal_derivatives(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`\dot\alpha = -\tfrac12\beta\alpha`, :math:`\dot\sigma = -2\alpha\dot\alpha = \beta\alpha^2` (the generic
+        :math:`(g^2 + 2f\sigma^2)/(2\sigma)` cancels where :math:`\alpha \ll 1`)."""
+        alpha, beta = torch.exp(self.log_alpha(t)), self.beta(t)
+        return -0.5 * beta * alpha, beta * alpha**2
+
     def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
-        # alpha / (1 - alpha^2) = e^lambda  =>  alpha = 2 e^lambda / (1 + sqrt(1 + 4 e^{2 lambda}))
-        lam = as_time(log_snr)
-        e = torch.exp(lam)
-        alpha = 2 * e / (1 + torch.sqrt(1 + 4 * e**2))
-        return self.t_from_log_alpha(torch.log(alpha))
+        # (1 - alpha^2) / alpha = e^-lambda  =>  -log alpha = asinh(e^-lambda / 2), with no log of an alpha rounded
+        # to 1 near t = 0 (which cost t all its digits in float32) and no e^{2 lambda} overflow at large lambda
+        return self.t_from_log_alpha(-torch.asinh(0.5 * torch.exp(-as_time(log_snr))))
 
     @property
     def prior_std(self) -> float:
@@ -229,12 +242,14 @@ class SubVPSDE(_LinearBetaMixin, ForwardSDE):
 
 
 class VESDE(ForwardSDE):
-    r"""Variance-exploding SDE (SMLD/NCSN): :math:`dx = \sigma_{min} r^t \sqrt{2\log r}\,dW`, :math:`r = \sigma_{max}/\sigma_{min}`.
+    r"""Variance-exploding SDE (SMLD/NCSN): :math:`dx = \sigma_{min} r^{t/T} \sqrt{2\log(r)/T}\,dW`, :math:`r = \sigma_{max}/\sigma_{min}`.
 
-    The diffusion is score_sde's; the marginal is the exact one of the SDE started at clean
-    data, :math:`\alpha = 1`, :math:`\sigma(t)^2 = \sigma_{min}^2 (r^{2t} - 1)`, which differs from
-    the common approximation :math:`\sigma_{min} r^t` by :math:`\sigma_{min}^2` in variance.
-    Prior :math:`N(0, \sigma_{max}^2 I)`.
+    The diffusion is score_sde's (T = 1 there; time is scaled by T); the marginal is the exact one of the SDE
+    started at clean data, :math:`\alpha = 1`, :math:`\sigma(t)^2 = \sigma_{min}^2 (r^{2t/T} - 1)`, which differs
+    from the common approximation :math:`\sigma_{min} r^{t/T}` by :math:`\sigma_{min}^2` in variance.
+    Prior :math:`N(0, \sigma_{max}^2 I)` (score_sde's), used in place of :math:`p_T` as VP's :math:`N(0, I)` is:
+    not the marginal at T even for data at the origin, whose :math:`p_T` is :math:`N(0, (\sigma_{max}^2 -
+    \sigma_{min}^2) I)`.  For the exact value give ``law.marginal(sde, sde.T).log_prob`` as a likelihood's prior.
 
     Raises:
         ValueError: unless ``0 < sigma_min < sigma_max`` and the time range is non-empty.

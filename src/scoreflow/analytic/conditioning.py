@@ -149,7 +149,7 @@ def condition(law: GaussianMixture, mask: torch.Tensor, values) -> GaussianMixtu
 def _noise_std(fn: str, noise_std, m: int, law: GaussianMixture) -> torch.Tensor:
     """The noise standard deviations ``(M,)`` from a number or an ``(M,)`` tensor, all finite and > 0."""
     if isinstance(noise_std, (int, float)) and not isinstance(noise_std, bool):
-        noise_std = torch.tensor(float(noise_std))
+        noise_std = torch.tensor(float(noise_std), dtype=law.means.dtype)  # not rounded through float32
     elif not torch.is_tensor(noise_std):
         raise TypeError(f"{fn}: argument 'noise_std' expected a number or a tensor of shape ({m},), got {type(noise_std).__name__}.")
     std = check_shaped(fn, "noise_std", noise_std, [(), (m,)]).to(dtype=law.means.dtype, device=law.means.device)

@@ -6,7 +6,7 @@ import torch
 
 from .._tensor import TimeLike
 from ..sde import ForwardSDE
-from .mixture import GaussianMixture
+from .mixture import GaussianMixture, _law_dtype
 
 __all__ = ["Gaussian"]
 
@@ -18,12 +18,14 @@ class Gaussian(GaussianMixture):
         mean: ``(D,)`` mean.
         cov: ``(D, D)`` symmetric positive-definite covariance.
         event_shape: shape of one data point; defaults to ``(D,)``.
+
+    The law's dtype is the wider floating dtype of the two (as :class:`GaussianMixture`'s).
     """
 
     def __init__(self, mean, cov, *, event_shape: tuple[int, ...] | None = None) -> None:
-        mean = torch.as_tensor(mean)
-        cov = torch.as_tensor(cov)
-        dtype = mean.dtype if mean.is_floating_point() else torch.get_default_dtype()
+        dtype = _law_dtype(mean, cov)
+        mean = torch.as_tensor(mean, dtype=dtype)
+        cov = torch.as_tensor(cov, dtype=dtype)
         super().__init__(torch.ones(1, dtype=dtype), mean[None], cov[None], event_shape=event_shape)
 
     def flow_map(

@@ -22,10 +22,18 @@ __all__ = ["GaussianMixture", "AnalyticScore", "AnalyticVelocity"]
 
 
 
-def _as_float_tensor(fn: str, name: str, value, ndim: int) -> torch.Tensor:
-    v = torch.as_tensor(value)
-    if not v.is_floating_point():
-        v = v.to(torch.get_default_dtype())
+def _law_dtype(*values) -> torch.dtype:
+    """The widest floating dtype of the tensors among ``values`` (the default dtype if none is one)."""
+    dtype = None
+    for v in values:
+        if torch.is_tensor(v) and v.is_floating_point():
+            dtype = v.dtype if dtype is None else torch.promote_types(dtype, v.dtype)
+    return torch.get_default_dtype() if dtype is None else dtype
+
+
+def _as_float_tensor(fn: str, name: str, value, ndim: int, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` as an ``ndim``-D finite tensor in ``dtype`` (numbers converted straight to it, never through float32)."""
+    v = torch.as_tensor(value, dtype=dtype) if not torch.is_tensor(value) else value.to(dtype)
     if v.ndim != ndim:
         raise ValueError(f"{fn}: argument '{name}' expected a {ndim}-D tensor, got shape {tuple(v.shape)}.")
     if not torch.isfinite(v).all():
@@ -42,6 +50,9 @@ class GaussianMixture:
         covs: ``(K, D, D)`` symmetric positive-definite covariances.
         event_shape: shape ``D_shape`` of one data point (product D); defaults to ``(D,)``.
 
+    The law's dtype is the widest floating dtype of the tensors among the three (numbers and sequences of numbers
+    take it; the default dtype if no argument is a floating tensor).
+
     Raises:
         ValueError: on mismatched shapes, negative or all-zero weights, or a covariance that is
             not symmetric positive definite.
@@ -49,9 +60,11 @@ class GaussianMixture:
 
     def __init__(self, weights, means, covs, *, event_shape: tuple[int, ...] | None = None) -> None:
         fn = type(self).__name__
-        weights = _as_float_tensor(fn, "weights", weights, 1)
-        means = _as_float_tensor(fn, "means", means, 2).to(weights.dtype)
-        covs = _as_float_tensor(fn, "covs", covs, 3).to(weights.dtype)
+        # the widest of the three: float64 means and covs are never rounded to the float32 of a list of weights
+        dtype = _law_dtype(weights, means, covs)
+        weights = _as_float_tensor(fn, "weights", weights, 1, dtype)
+        means = _as_float_tensor(fn, "means", means, 2, dtype)
+        covs = _as_float_tensor(fn, "covs", covs, 3, dtype)
         k, d = means.shape
         if weights.shape[0] != k or covs.shape != (k, d, d):
             raise ValueError(
@@ -67,6 +80,7 @@ class GaussianMixture:
             raise ValueError(
                 f"{fn}: argument 'covs' expected positive-definite matrices, got smallest eigenvalue {float(eigvals.min()):.3g}."
             )
+        weights = weights / weights.max()  # first: a sum of huge weights (2 x 1e308) overflows to inf
         self._init(weights / weights.sum(), means, eigvecs, eigvals, event_shape or (d,))
 
     def _init(self, weights, means, eigvecs, eigvals, event_shape) -> None:
