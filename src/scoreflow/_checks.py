@@ -7,6 +7,7 @@ here runs inside a step loop.  Messages follow one pattern: ``"<function>: argum
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -343,6 +344,49 @@ def check_callable(fn: str, name: str, value: Any, signature: str) -> Callable:
     return value
 
 
+def call_mismatch(
+    fn: str, name: str, signature: str, f: Callable, args: tuple, err: TypeError, *, fix: str | None = None
+) -> TypeError | None:
+    """The error to raise when calling the user's ``f(*args)`` raised ``err`` because ``f`` does not take these
+    arguments (too few or too many positional parameters, a keyword-only one, ...), or ``None`` when ``f``'s
+    signature accepts them (the ``TypeError`` came from inside ``f``: re-raise it as it is).
+
+    Called in an ``except TypeError`` clause only, so a call that works costs nothing; ``signature`` (e.g.
+    ``"score(x, t)"``) is the call scoreflow makes, shown in the message with the arguments it passed; ``fix``
+    replaces the general advice.
+    """
+    # a Module's __call__ takes (*args, **kwargs): what it accepts is its forward's signature
+    target = f.forward if isinstance(f, torch.nn.Module) else f
+    try:
+        own = inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin or C extension without a readable signature: say nothing more
+        return None
+    try:
+        own.bind(*args)
+    except TypeError:
+        label = getattr(target, "__qualname__", None) or type(f).__name__
+        given = ", ".join(f"a tensor of shape {tuple(a.shape)}" if torch.is_tensor(a) else f"a {type(a).__name__}" for a in args)
+        return TypeError(
+            f"{fn}: argument '{name}' expected a callable {signature}, called with {len(args)} positional "
+            f"argument(s) ({given}); got {label} with signature {own}, which cannot take them ({err}). Fix: "
+            + (fix or "give a callable with exactly these positional parameters; bind any further input (a class "
+               "label, a condition) beforehand, e.g. with a lambda or functools.partial.")
+        )
+    return None
+
+
+def call_checked(fn: str, name: str, signature: str, f: Callable, *args: Any, fix: str | None = None) -> Any:
+    """``f(*args)``, the user's ``name`` given to ``fn``; a call ``f``'s signature cannot take raises the
+    :func:`call_mismatch` error instead of Python's bare ``TypeError`` (any other error passes unchanged)."""
+    try:
+        return f(*args)
+    except TypeError as err:
+        mismatch = call_mismatch(fn, name, signature, f, args, err, fix=fix)
+        if mismatch is None:
+            raise
+        raise mismatch from err
+
+
 def check_noise_levels(fn: str, name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
     """Check a non-empty 1-D sequence or tensor of finite noise levels > 0; return it as a tensor like ``like``."""
     try:
@@ -379,7 +423,7 @@ def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch
             f"{fn}: argument 'log_prob' expected a callable log_prob(x) or None, got {_describe(log_prob)}."
         )
     with torch.no_grad():
-        out = log_prob(x)
+        out = call_checked(fn, "log_prob", "log_prob(x)", log_prob, x)
     if not torch.is_tensor(out) or out.shape != (x.shape[0],):
         raise ValueError(
             f"{fn}: log_prob returned {_describe(out)} for x of shape {tuple(x.shape)}; "

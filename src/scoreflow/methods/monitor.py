@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_callable, check_like
+from .._checks import call_checked, check_callable, check_like
 
 __all__ = ["StepMonitor", "StepInfo", "StepCallback", "Denoised"]
 
@@ -143,13 +143,17 @@ class StepMonitor:
             The callback's replacement state, or ``x``.
 
         Raises:
-            TypeError / ValueError: if the callback returns something other than ``None`` or a tensor shaped,
-                typed and placed like ``x``.
+            TypeError / ValueError: if the callback cannot be called as ``callback(info)``, or returns something
+                other than ``None`` or a tensor shaped, typed and placed like ``x``.
         """
         if not (self.live or self.keeps):
             return x
         if self.callback is not None:
-            out = self.callback(StepInfo(i, t, x, denoised, self.denoise))
+            out = call_checked(
+                self.fn, "callback", "callback(info)", self.callback, StepInfo(i, t, x, denoised, self.denoise),
+                fix="a callback takes one argument, a mapping with keys 'i', 't', 'x' and 'denoised' (k-diffusion's "
+                "convention), e.g. def callback(info): print(info['i'], float(info['t'])).",
+            )
             if out is not None:
                 x = check_like(self.fn, "callback", out, x, what="the state the callback returned")
         if self._bar is not None:
