@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import check_callable, check_positive
+from ._checks import call_checked, check_callable, check_positive
 from ._tensor import TimeLike, as_time
 from .sde import ForwardSDE
 
@@ -44,15 +44,18 @@ class AffinePath(ForwardSDE):
         alpha, sigma: the schedules, elementwise functions of a time tensor (torch operations, so that they
             can be differentiated), with :math:`\alpha \ge 0`, :math:`\sigma > 0` on :math:`(0, T]` and a strictly
             decreasing log-SNR :math:`\log(\alpha/\sigma)`.
-        d_alpha, d_sigma: their time derivatives; by default computed by autograd (``torch.func.jvp``).
+        d_alpha, d_sigma: their time derivatives; by default computed by autograd (``torch.func.jvp``).  Given ones
+            are checked against difference quotients of the schedules when the path is made (within 1%; at a kink
+            either side's will do; they may be infinite at an end, as that of sqrt(t) at 0).
         T: the noise end; the prior is :math:`N(0, \sigma(T)^2 I)` (exact when :math:`\alpha(T) = 0`).  An
             :math:`\alpha(T)` that is 0 up to the rounding of T (:math:`|\alpha(T)| \le \epsilon T|\dot\alpha(T)|`, as
             ``cos(pi/2) = 6e-17``) is taken as 0: the path reaches pure noise.
         t_min: the default time at which sampling stops and likelihoods start.
 
     Raises:
-        TypeError: if a schedule is not callable.
-        ValueError: if a schedule does not return a finite tensor shaped like t, :math:`\sigma \le 0` or
+        TypeError: if a schedule is not callable, or cannot be called as ``alpha(t)``.
+        ValueError: if a given derivative is not the derivative of its schedule (or is NaN), a schedule does not
+            return a finite tensor shaped like t, :math:`\sigma \le 0` or
             :math:`\alpha < 0` somewhere in ``(0, T]``, or the log-SNR is not strictly decreasing there.
     """
 
@@ -84,14 +87,21 @@ class AffinePath(ForwardSDE):
     def _check_schedules(self, name: str) -> None:
         t = torch.linspace(0.0, self.T, _CHECK_POINTS, dtype=torch.float64)[1:]
         values = {}
-        for key, fn in (("alpha", self._alpha), ("sigma", self._sigma)):
-            out = fn(t)
+        schedules = (("alpha", self._alpha), ("sigma", self._sigma), ("d_alpha", self._d_alpha), ("d_sigma", self._d_sigma))
+        for key, fn in schedules:
+            if fn is None:
+                continue
+            out = call_checked(name, key, f"{key}(t)", fn, t)
             if not torch.is_tensor(out) or out.shape != t.shape:
                 got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else type(out).__name__
                 raise ValueError(f"{name}: argument '{key}' must map a (N,) time tensor to a (N,) tensor, got {got}.")
-            if not bool(torch.isfinite(out).all()):
+            # a derivative may be infinite at an end (sigma = sqrt(t) at 0, alpha = sqrt(1 - t) at T), never NaN
+            if not bool((torch.isfinite(out) if key in ("alpha", "sigma") else ~torch.isnan(out)).all()):
                 raise ValueError(f"{name}: argument '{key}' returned non-finite values on (0, T={self.T:g}].")
             values[key] = out
+        for key, of in (("d_alpha", "alpha"), ("d_sigma", "sigma")):
+            if key in values:
+                self._check_derivative(name, key, values[key], dict(schedules)[of], t)
         alpha, sigma = values["alpha"], values["sigma"]
         if bool((sigma <= 0).any()) or bool((alpha < 0).any()):
             raise ValueError(
@@ -103,6 +113,27 @@ class AffinePath(ForwardSDE):
             raise ValueError(
                 f"{name}: expected a strictly decreasing log-SNR log(alpha/sigma) on (0, T={self.T:g}] (noise must "
                 "grow relative to signal), got one that does not decrease."
+            )
+
+    def _check_derivative(self, name: str, key: str, given: torch.Tensor, schedule: Schedule, t: torch.Tensor) -> None:
+        """Refuse a given derivative that is not the schedule's: it would move every sample without a word.
+
+        It must match, within 1% (plus 1e-3 of the derivative's largest value), the schedule's central, forward or
+        backward difference at each check point (one of them: a kink is allowed; the step is the square root of the
+        schedule's precision, so float32 schedules pass too)."""
+        values = schedule(t)
+        h = torch.finfo(values.dtype).eps ** 0.5 * self.T
+        up, down = schedule(t + h), schedule(t - h)  # beyond T a schedule may be NaN: that side is then not used
+        differences = torch.stack([(up - down) / (2 * h), (up - values) / h, (values - down) / h]).double()
+        scale = differences[0].abs().nan_to_num(nan=0.0).max()
+        gap = ((differences - given.double()).abs() - 0.01 * differences.abs()).nan_to_num(nan=torch.inf).min(dim=0).values
+        bad = (gap > 1e-3 * scale) & torch.isfinite(given)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"{name}: argument '{key}' expected the time derivative of '{key[2:]}', got {float(given[i]):.6g} at "
+                f"t={float(t[i]):.6g} where the difference quotient of '{key[2:]}' is {float(differences[0, i]):.6g}. "
+                f"Fix: correct '{key}' (a sign or a factor of the chain rule), or omit it to have it computed by autograd."
             )
 
     def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
