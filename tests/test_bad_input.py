@@ -446,3 +446,20 @@ def test_long_euler_maruyama_runs_do_not_recurse_with_the_number_of_steps():
     finally:
         sys.setrecursionlimit(old)
     assert res.samples.shape == (1, 1) and torch.isfinite(res.samples).all()
+
+
+@pytest.mark.parametrize(
+    ("call", "order"),
+    [
+        (lambda s: sf.sample_ode(SCORE, SDE, _x(3, 2), method="dpmpp_2m", schedule=s), "decreasing from T to t_min"),
+        (lambda s: sf.sample_sde(SCORE, SDE, _x(3, 2), method="ddim", schedule=s), "decreasing from T to t_min"),
+        (lambda s: sf.log_likelihood(SCORE, SDE, _x(3, 2), method="euler", schedule=s[::-1]), "increasing from t_min to T"),
+        (lambda s: L.consistency_training_loss(lambda x, t: x, lambda x, t: x, SDE, _x(3, 2), schedule=s), "decreasing from T to t_min"),
+    ],
+    ids=["sample_ode", "sample_sde", "log_likelihood", "consistency_training_loss"],
+)
+def test_a_grid_given_as_a_list_of_times_is_told_to_be_a_tensor(call, order):
+    # before: "argument 'schedule' expected one of 't', 'log_snr', ..., got [1.0, 0.5, 0.001]", silent on the tensor form
+    with pytest.raises(TypeError, match=rf"argument 'schedule' expected a schedule name \('t', .*\) or a 1-D tensor of times "
+                       rf"{order}, got list .* Fix: pass torch.tensor\(schedule, dtype=torch.float64\)"):
+        call([SDE.T, 0.5, SDE.t_min])

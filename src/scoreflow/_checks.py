@@ -204,6 +204,18 @@ def check_generator(fn: str, generator: Any) -> torch.Generator | None:
     return generator
 
 
+def check_schedule_name(fn: str, name: str, value: Any, valid: Iterable[str], *, increasing: bool = False) -> str:
+    """Check a named schedule (one of ``valid``) where a 1-D tensor of times is the other accepted form: a list or
+    tuple of times is a ``TypeError`` saying how to pass it (``increasing`` for a likelihood's grid)."""
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__array__") and not torch.is_tensor(value)):
+        order = "increasing from t_min to T" if increasing else "decreasing from T to t_min"
+        raise TypeError(
+            f"{fn}: argument '{name}' expected a schedule name ({', '.join(repr(v) for v in valid)}) or a 1-D tensor "
+            f"of times {order}, got {type(value).__name__} {value!r}. Fix: pass torch.tensor({name}, dtype=torch.float64)."
+        )
+    return check_choice(fn, name, value, valid)
+
+
 def check_time_grid(fn: str, name: str, value: Any, t_start: float, t_end: float, *, increasing: bool = False) -> torch.Tensor:
     """Check a custom step grid: a 1-D floating tensor of >= 2 finite, strictly decreasing times from ``t_start``
     to ``t_end`` (ends within 1e-6 relative); return a float64 copy whose ends are exactly ``t_start`` and ``t_end``.

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .._checks import call_checked, check_batch, check_callable, check_choice, check_generator, check_int, check_like, check_positive, check_time_grid
+from .._checks import call_checked, check_batch, check_callable, check_choice, check_generator, check_int, check_like, check_positive, check_schedule_name, check_time_grid
 from .._tensor import right_pad, standard_normal
 from ..consistency._common import boundary_time, default_schedule
 from ..consistency.teacher import ODEStep
@@ -74,7 +74,7 @@ class _Setup:
                 raise ValueError(f"{fn}: a grid of {len(ts)} times has {len(ts) - 1} steps, got steps={steps!r}; omit 'steps'.")
             return ts
         if schedule is not None:
-            check_choice(fn, "schedule", schedule, SCHEDULES)
+            check_schedule_name(fn, "schedule", schedule, SCHEDULES)
         steps = check_int(fn, "steps", 18 if steps is None else steps)
         return time_grid(self.sde, steps, schedule or default_schedule(self.sde), t_min=self.t_min)
 
