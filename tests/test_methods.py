@@ -218,3 +218,27 @@ def test_a_malformed_method_record_is_refused_when_made_naming_the_field(kw, err
 def test_register_refuses_what_is_not_a_method_record():
     with pytest.raises(TypeError, match=r"register: argument 'method' expected a Method"):
         sf.methods.register("user_euler")
+
+
+def test_a_conditional_record_without_front_end_is_refused_instead_of_breaking_inpaint(registry):
+    # before: accepted, and then every inpaint(...) call, whatever its method, stopped with
+    # "AttributeError: 'NoneType' object has no attribute 'startswith'"
+    with pytest.raises(TypeError, match=r"Method\('user_cond'\): a 'conditional' method needs 'front_end'"):
+        Method("user_cond", ("conditional",), "native", _UserEuler, "a conditional sampler")
+
+
+class _NoLikelihood(_UserEuler):
+    """Samples (the "ode" entry point) but has neither likelihood entry point."""
+
+
+@pytest.mark.parametrize(
+    ("backend", "entry"), [("native", "likelihood"), ("torchdiffeq", "integrate")]
+)
+def test_a_solver_without_the_entry_point_its_kind_calls_is_named_by_build(registry, gaussian, backend, entry):
+    problem, x_T, _ = gaussian
+    registry.register(Method("user_both", ("ode", "likelihood"), backend, _NoLikelihood, "Euler in t",
+                             default_schedule="t", time_variables=("t",) if backend == "torchdiffeq" else ()))
+    # before: "AttributeError: '_NoLikelihood' object has no attribute 'likelihood'" from inside log_likelihood
+    with pytest.raises(TypeError, match=rf"log_likelihood: the 'likelihood' method 'user_both' built a solver \(_NoLikelihood\) "
+                       rf"without the {entry}\(\.\.\.\) method"):
+        sf.log_likelihood(problem.score, problem.sde, x_T, method="user_both", steps=4)

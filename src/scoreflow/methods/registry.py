@@ -41,6 +41,8 @@ KINDS = ("ode", "sde", "likelihood", "predictor", "corrector", "conditional")
 BACKENDS = ("torchdiffeq", "torchsde", "native")
 # The kinds whose front-ends build a grid of steps from the record (``steps=`` and a schedule).
 _STEPPED_KINDS = ("ode", "sde", "likelihood")
+# What those front-ends call on the built solver, by kind and backend (see docs/architecture.md).
+_ENTRY_POINTS = {"ode": "sample", "sde": "sample", "likelihood": "integrate"}
 
 OptionCheck = Callable[[str, str, Any], Any]
 
@@ -193,6 +195,12 @@ class Method:
                 f"'default_schedule', the schedule of its steps when the caller names none: one of "
                 f"{', '.join(map(repr, SCHEDULES))}."
             )
+        if "conditional" in self.kinds and not isinstance(self.front_end, str):
+            # inpaint picks its methods by this string: a record without one would break it for every method
+            raise TypeError(
+                f"{fn}: a 'conditional' method needs 'front_end', how it is called (e.g. 'inpaint(method=...)' or "
+                f"'my_guided_score(score, ...)'), got {self.front_end!r}."
+            )
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         self._check_options(fn)
 
@@ -226,7 +234,8 @@ class Method:
 
         Raises:
             TypeError: if ``options`` is not a dict, names an option this method does not take (the
-                message lists the ones it takes), or an option has the wrong type.
+                message lists the ones it takes), or an option has the wrong type; if the solver built lacks the
+                entry point a front-end of one of its kinds calls (``sample``, ``integrate``, ``likelihood``).
             ValueError: for an option value out of range.
         """
         if options is None:
@@ -240,7 +249,15 @@ class Method:
                 f"{fn}: method {self.name!r} takes no option {', '.join(map(repr, unknown))}; its options: {accepted}."
             )
         values = {name: spec.check(fn, name, options[name]) for name, spec in self.options.items() if name in options}
-        return self.solver(**values)
+        solver = self.solver(**values)
+        for kind in self.kinds:
+            entry = "likelihood" if kind == "likelihood" and self.backend == "native" else _ENTRY_POINTS.get(kind)
+            if entry is not None and not callable(getattr(solver, entry, None)):
+                raise TypeError(
+                    f"{fn}: the {kind!r} method {self.name!r} built a solver ({type(solver).__name__}) without the "
+                    f"{entry}(...) method the {kind!r} front-end calls (see the solver interface, docs/architecture.md)."
+                )
+        return solver
 
 
 _REGISTRY: dict[str, dict[str, Method]] = {kind: {} for kind in KINDS}
