@@ -463,3 +463,18 @@ def test_a_grid_given_as_a_list_of_times_is_told_to_be_a_tensor(call, order):
     with pytest.raises(TypeError, match=rf"argument 'schedule' expected a schedule name \('t', .*\) or a 1-D tensor of times "
                        rf"{order}, got list .* Fix: pass torch.tensor\(schedule, dtype=torch.float64\)"):
         call([SDE.T, 0.5, SDE.t_min])
+
+
+@pytest.mark.parametrize("fn", SOLVES)
+def test_a_score_returning_a_tuple_or_an_array_is_described_by_shape_not_by_every_value(fn):
+    # before: the message held the repr of the returned values (every number of a big batch)
+    x = torch.full((64, 2), 0.123456789, dtype=torch.float64)
+    with pytest.raises(TypeError, match=rf"{fn}: the score expected a tensor shaped like x \(64, 2\), got tuple of 1 item\(s\) "
+                       r"\(tensor of shape \(64, 2\), dtype torch.float64, device cpu\)\.$") as err:
+        SOLVES[fn](lambda y, t: (SCORE(y, t),), x)
+    assert "0.123" not in str(err.value)
+    if fn == "log_likelihood":  # its score is called under torch.func, where .numpy() itself fails
+        return
+    with pytest.raises(TypeError, match=rf"{fn}: the score expected .* got ndarray of shape \(64, 2\), dtype float64 \(from numpy, "
+                       r"not a torch.Tensor\)\.$"):
+        SOLVES[fn](lambda y, t: SCORE(y, t).detach().numpy(), x)

@@ -23,6 +23,12 @@ STATE_DTYPES = (torch.float32, torch.float64)
 def _describe(x: Any) -> str:
     if torch.is_tensor(x):
         return f"tensor of shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+    if isinstance(x, (tuple, list)) and any(torch.is_tensor(v) or hasattr(v, "shape") for v in x):
+        # a network's tuple output: its items' shapes, not their values (a repr would print every number)
+        items = ", ".join(_describe(v) for v in x[:3]) + (", ..." if len(x) > 3 else "")
+        return f"{type(x).__name__} of {len(x)} item(s) ({items})"
+    if hasattr(x, "shape") and hasattr(x, "dtype"):  # a NumPy (or other) array
+        return f"{type(x).__name__} of shape {tuple(x.shape)}, dtype {x.dtype} (from {type(x).__module__}, not a torch.Tensor)"
     return f"{type(x).__name__} {x!r}"
 
 
