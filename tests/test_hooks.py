@@ -368,3 +368,12 @@ def test_a_state_changed_in_place_by_the_callback_is_a_replacement_like_a_return
         changed = run(in_place)
         assert changed.nfe == returned.nfe
         torch.testing.assert_close(changed.samples, returned.samples, rtol=0, atol=0)
+
+
+def test_a_callback_asking_for_k_diffusions_sigma_is_told_what_the_keys_are():
+    # before: a bare KeyError: 'sigma'
+    law, sde, x_T = _ring()
+    with pytest.raises(KeyError, match=r"info has the keys 'i', 't', 'x' and 'denoised', got 'sigma'. k-diffusion's 'sigma' is 't' here"):
+        sf.sample_ode(law.score(sde), sde, x_T, method="dpmpp_2m", steps=3, callback=lambda info: info["sigma"])
+    with pytest.raises(KeyError, match=r"got 'step'\.\"?$"):
+        sf.sample_sde(law.score(sde), sde, x_T, steps=3, callback=lambda info: info["step"])

@@ -43,6 +43,10 @@ class StepInfo(Mapping):
 
     def __getitem__(self, key: str) -> Any:
         if key != "denoised":
+            if key not in self._values:
+                hint = (" k-diffusion's 'sigma' is 't' here, a time (its noise level is sde.marginal(t)[1])."
+                        if key in ("sigma", "sigma_hat") else "")
+                raise KeyError(f"a step callback's info has the keys 'i', 't', 'x' and 'denoised', got {key!r}.{hint}")
             return self._values[key]
         if self._denoised is None:
             self._denoised = self._denoise(self._values["x"], self._values["t"])
