@@ -270,7 +270,7 @@ def register(method: Method) -> Method:
         TypeError: if ``method`` is not a :class:`Method`.
         ValueError: if a method of the same name is already registered for one of its kinds.
     """
-    check_instance("register", "method", method, Method, "scoreflow.methods.Method('my_euler', ('ode',), 'native', MySolver, ...)")
+    check_instance("register", "method", method, Method, "Method('my_euler', ('ode',), 'native', MySolver, 'summary')")
     for kind in method.kinds:
         if method.name in _REGISTRY[kind]:
             raise ValueError(f"register: a {kind!r} method named {method.name!r} is already registered.")
