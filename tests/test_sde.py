@@ -126,3 +126,14 @@ def test_constructors_reject_impossible_parameters(build, match):
 def test_constructor_rejects_wrong_type():
     with pytest.raises(TypeError, match="beta_max"):
         sf.VPSDE(0.1, "20")
+
+
+def test_the_repr_of_a_user_subclass_with_attributes_other_than_numbers_names_them():
+    # before: "ValueError: Unknown format code 'g' for object of type 'str'", raised instead of every error
+    # message that names the process (e.g. sample_sde's on a process that reaches pure noise)
+    class Labelled(sf.VPSDE):
+        def __init__(self):
+            super().__init__(beta_max=10.0)
+            self.label, self.flag = "cosine", True
+
+    assert repr(Labelled()) == "Labelled(beta_min=0.1, beta_max=10, T=1, t_min=0.001, label='cosine', flag=True)"
