@@ -154,6 +154,62 @@ def test_a_score_of_the_wrong_shape_dtype_or_type_stops_at_the_first_call(fn):
         SOLVES[fn](lambda x, t: 0.0, _x(3, 2))
 
 
+class _NeedsLabel(torch.nn.Module):
+    def forward(self, x, t, y):
+        return -x
+
+
+WRONG_SIGNATURES = {
+    "one positional": (lambda x: -x, r"\(x\)"),
+    "three positional": (lambda x, t, y: -x, r"\(x, t, y\)"),
+    "keyword-only t": (lambda x, *, t: -x, r"\(x, \*, t\)"),
+    "module forward(x, t, y)": (_NeedsLabel(), r"_NeedsLabel.forward with signature \(x, t, y\)"),
+}
+
+
+@pytest.mark.parametrize("fn", SOLVES)
+@pytest.mark.parametrize("wrong", WRONG_SIGNATURES)
+def test_a_score_of_the_wrong_signature_is_named_with_the_front_end_and_the_call_made(fn, wrong):
+    score, signature = WRONG_SIGNATURES[wrong]
+    with pytest.raises(TypeError, match=rf"{fn}: argument 'score' expected a callable score\(x, t\), called with 2 "
+                       rf"positional argument\(s\) \(a tensor of shape \(3, 2\), a tensor of shape \(3,\)\); got .*{signature}") as err:
+        SOLVES[fn](score, _x(3, 2))
+    assert isinstance(err.value.__cause__, TypeError)  # Python's own message is kept as the cause
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: sf.langevin(lambda x, t: -x, _x(3, 2), step_size=0.1, steps=2), r"langevin: argument 'score' expected a callable score\(x\)"),
+        (lambda: sf.langevin(lambda x: -x, _x(3, 2), step_size=0.1, steps=2, log_prob=lambda x, t: x.sum(1)),
+         r"langevin: argument 'log_prob' expected a callable log_prob\(x\)"),
+        (lambda: sf.annealed_langevin(lambda x: -x, _x(3, 2), [1.0, 0.5], steps=2), r"annealed_langevin: argument 'score' expected a callable score\(x, sigma\)"),
+        (lambda: sf.sample_ode(sf.score_from_eps(lambda x: x, SDE), SDE, _x(3, 2), method="euler", steps=2),
+         r"score_from_eps: argument 'net' expected a callable net\(x, t\)"),
+        (lambda: sf.sample_ode(SCORE, SDE, _x(3, 2), method="dpmpp_2m", steps=2, callback=lambda i, x: None),
+         r"sample_ode: argument 'callback' expected a callable callback\(info\).*keys 'i', 't', 'x' and 'denoised'"),
+        (lambda: L.dsm_loss(lambda x: x, _x(3, 2), 0.5), r"dsm_loss: argument 'score' expected a callable score\(x, t\)"),
+        (lambda: sf.sample_ode(sf.classifier_guided_score(lambda x: x, lambda x, t: x.sum(1)), SDE, _x(3, 2), method="euler", steps=2),
+         r"classifier_guided_score: argument 'score' expected a callable score\(x, t\)"),
+        (lambda: sf.sample_consistency(lambda x: x, SDE, _x(3, 2), steps=1), r"sample_consistency: argument 'f' expected a callable f\(x, t\)"),
+    ],
+    ids=["langevin", "mala log_prob", "annealed", "score_from_eps net", "callback", "dsm_loss", "classifier guidance", "consistency f"],
+)
+def test_every_user_callable_of_the_wrong_signature_is_named(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("fn", SOLVES)
+def test_a_type_error_raised_inside_a_score_of_the_right_signature_passes_unchanged(fn):
+    def score(x, t):
+        return torch.add(x, "not a tensor")
+
+    with pytest.raises(TypeError) as err:
+        SOLVES[fn](score, _x(3, 2))
+    assert "add()" in str(err.value) and "argument 'score'" not in str(err.value)
+
+
 @pytest.mark.parametrize("fn", SOLVES)
 def test_a_score_non_finite_at_the_first_call_or_later_names_the_time(fn):
     upwards = fn == "log_likelihood"  # integrates from t_min up to T
@@ -390,3 +446,35 @@ def test_long_euler_maruyama_runs_do_not_recurse_with_the_number_of_steps():
     finally:
         sys.setrecursionlimit(old)
     assert res.samples.shape == (1, 1) and torch.isfinite(res.samples).all()
+
+
+@pytest.mark.parametrize(
+    ("call", "order"),
+    [
+        (lambda s: sf.sample_ode(SCORE, SDE, _x(3, 2), method="dpmpp_2m", schedule=s), "decreasing from T to t_min"),
+        (lambda s: sf.sample_sde(SCORE, SDE, _x(3, 2), method="ddim", schedule=s), "decreasing from T to t_min"),
+        (lambda s: sf.log_likelihood(SCORE, SDE, _x(3, 2), method="euler", schedule=s[::-1]), "increasing from t_min to T"),
+        (lambda s: L.consistency_training_loss(lambda x, t: x, lambda x, t: x, SDE, _x(3, 2), schedule=s), "decreasing from T to t_min"),
+    ],
+    ids=["sample_ode", "sample_sde", "log_likelihood", "consistency_training_loss"],
+)
+def test_a_grid_given_as_a_list_of_times_is_told_to_be_a_tensor(call, order):
+    # before: "argument 'schedule' expected one of 't', 'log_snr', ..., got [1.0, 0.5, 0.001]", silent on the tensor form
+    with pytest.raises(TypeError, match=rf"argument 'schedule' expected a schedule name \('t', .*\) or a 1-D tensor of times "
+                       rf"{order}, got list .* Fix: pass torch.tensor\(schedule, dtype=torch.float64\)"):
+        call([SDE.T, 0.5, SDE.t_min])
+
+
+@pytest.mark.parametrize("fn", SOLVES)
+def test_a_score_returning_a_tuple_or_an_array_is_described_by_shape_not_by_every_value(fn):
+    # before: the message held the repr of the returned values (every number of a big batch)
+    x = torch.full((64, 2), 0.123456789, dtype=torch.float64)
+    with pytest.raises(TypeError, match=rf"{fn}: the score expected a tensor shaped like x \(64, 2\), got tuple of 1 item\(s\) "
+                       r"\(tensor of shape \(64, 2\), dtype torch.float64, device cpu\)\.$") as err:
+        SOLVES[fn](lambda y, t: (SCORE(y, t),), x)
+    assert "0.123" not in str(err.value)
+    if fn == "log_likelihood":  # its score is called under torch.func, where .numpy() itself fails
+        return
+    with pytest.raises(TypeError, match=rf"{fn}: the score expected .* got ndarray of shape \(64, 2\), dtype float64 \(from numpy, "
+                       r"not a torch.Tensor\)\.$"):
+        SOLVES[fn](lambda y, t: SCORE(y, t).detach().numpy(), x)

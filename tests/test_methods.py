@@ -135,3 +135,110 @@ def test_options_are_checked_by_the_record_before_any_score_call(gaussian):
 def test_register_refuses_a_second_method_of_the_same_name():
     with pytest.raises(ValueError, match=r"a 'ode' method named 'euler' is already registered"):
         sf.methods.register(sf.get_method("ode", "euler"))
+
+
+class _UserEuler:
+    """A user's own "ode" solver, written to the documented interface (docs/architecture.md): Euler in t."""
+
+    def __init__(self, scale=1.0):
+        self.scale = scale
+
+    def sample(self, score, sde, x_T, stepping, *, monitor):
+        ts, x = stepping.times, x_T
+        for i in range(len(ts) - 1):
+            t = ts[i].expand(x.shape[0])
+            drift = sde.drift(x, t) - 0.5 * sde.diffusion(t)[:, None] ** 2 * score(x, ts[i])
+            x = monitor.step(i, ts[i + 1], x + self.scale * (ts[i + 1] - ts[i]) * drift)
+        return sf.methods.Solution(x)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The registry, restored after the test (a user's record must not leak into the other tests)."""
+    from scoreflow.methods import registry as module
+
+    monkeypatch.setattr(module, "_REGISTRY", {kind: dict(methods) for kind, methods in module._REGISTRY.items()})
+    return module
+
+
+def test_a_user_registered_method_runs_through_sample_ode_as_the_front_end_steps_it(registry, gaussian):
+    problem, x_T, _ = gaussian
+    scale = sf.methods.positive_option(1.0, "a factor on the step")
+    registry.register(Method("user_euler", ("ode",), "native", _UserEuler, "Euler in t", order=1,
+                             default_schedule="t", options={"scale": scale}))
+    assert "user_euler" in [m.name for m in sf.list_methods("ode")]
+    mine = sf.sample_ode(problem.score, problem.sde, x_T, method="user_euler", steps=8, return_trajectory=True)
+    # the same steps as torchdiffeq's Euler on its default grid (uniform in t)
+    ref = sf.sample_ode(problem.score, problem.sde, x_T, method="euler", steps=8, return_trajectory=True)
+    assert mine.nfe == ref.nfe == 8
+    torch.testing.assert_close(mine.trajectory, ref.trajectory, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"sample_ode: option 'scale' expected a finite number > 0"):
+        sf.sample_ode(problem.score, problem.sde, x_T, method="user_euler", steps=8, options={"scale": -1.0})
+    with pytest.raises(ValueError, match=r"log_likelihood: argument 'method' expected one of .*got 'user_euler'"):
+        sf.log_likelihood(problem.score, problem.sde, x_T, method="user_euler", steps=8)
+
+
+def _record(**kw):
+    fields = dict(name="user_euler", kinds=("ode",), backend="native", solver=_UserEuler, summary="Euler in t",
+                  default_schedule="t")
+    fields.update(kw)
+    return Method(**fields)
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "match"),
+    [
+        ({"default_schedule": None}, ValueError, r"Method\('user_euler'\): a fixed-grid method that integrates in its own "
+         r"variables \(time_variables=\(\)\) needs 'default_schedule'"),
+        ({"default_schedule": "cosine"}, ValueError, r"argument 'default_schedule' expected one of 't', 'log_snr'"),
+        ({"time_variables": ("lambda",)}, ValueError, r"argument 'time_variables' expected one of 't', 'sigma', 'log_snr'"),
+        ({"kinds": "ode"}, TypeError, r"argument 'kinds' expected a non-empty tuple of kinds, e.g. \('ode',\), got 'ode'"),
+        ({"kinds": ()}, TypeError, r"argument 'kinds' expected a non-empty tuple"),
+        ({"name": ""}, TypeError, r"Method: argument 'name' expected a non-empty str"),
+        ({"solver": 3}, TypeError, r"argument 'solver' expected a callable solver\(\*\*options\)"),
+        ({"order": -1}, ValueError, r"argument 'order' expected a finite number > 0, got -1"),
+        ({"strong_order": "1"}, TypeError, r"argument 'strong_order' expected a real number, got str"),
+        ({"nfe_per_step": 0}, ValueError, r"argument 'nfe_per_step' expected an int >= 1, got 0"),
+        ({"options": {"scale": 1.0}}, TypeError, r"argument 'options\['scale'\]' expected a Option"),
+        ({"options": {"scale": sf.methods.positive_option(-1.0, "")}}, ValueError,
+         r"option 'scale' declares a default its own check refuses: .*expected a finite number > 0, got -1.0"),
+        ({"options": {"scale": sf.methods.positive_option(0.5, "")}}, ValueError,
+         r"option 'scale' declares default 0.5, but the solver's own default is 1.0"),
+        ({"options": {"gain": sf.methods.positive_option(1.0, "")}}, ValueError, r"option 'gain' is not a keyword argument of the solver"),
+    ],
+    ids=["no default_schedule", "unknown schedule", "unknown time variable", "kinds a str", "no kinds", "empty name",
+         "solver not callable", "negative order", "str order", "nfe 0", "option not an Option", "default refused",
+         "default not the solver's", "option the solver lacks"],
+)
+def test_a_malformed_method_record_is_refused_when_made_naming_the_field(kw, error, match):
+    with pytest.raises(error, match=match):
+        _record(**kw)
+
+
+def test_register_refuses_what_is_not_a_method_record():
+    with pytest.raises(TypeError, match=r"register: argument 'method' expected a Method"):
+        sf.methods.register("user_euler")
+
+
+def test_a_conditional_record_without_front_end_is_refused_instead_of_breaking_inpaint(registry):
+    # before: accepted, and then every inpaint(...) call, whatever its method, stopped with
+    # "AttributeError: 'NoneType' object has no attribute 'startswith'"
+    with pytest.raises(TypeError, match=r"Method\('user_cond'\): a 'conditional' method needs 'front_end'"):
+        Method("user_cond", ("conditional",), "native", _UserEuler, "a conditional sampler")
+
+
+class _NoLikelihood(_UserEuler):
+    """Samples (the "ode" entry point) but has neither likelihood entry point."""
+
+
+@pytest.mark.parametrize(
+    ("backend", "entry"), [("native", "likelihood"), ("torchdiffeq", "integrate")]
+)
+def test_a_solver_without_the_entry_point_its_kind_calls_is_named_by_build(registry, gaussian, backend, entry):
+    problem, x_T, _ = gaussian
+    registry.register(Method("user_both", ("ode", "likelihood"), backend, _NoLikelihood, "Euler in t",
+                             default_schedule="t", time_variables=("t",) if backend == "torchdiffeq" else ()))
+    # before: "AttributeError: '_NoLikelihood' object has no attribute 'likelihood'" from inside log_likelihood
+    with pytest.raises(TypeError, match=rf"log_likelihood: the 'likelihood' method 'user_both' built a solver \(_NoLikelihood\) "
+                       rf"without the {entry}\(\.\.\.\) method"):
+        sf.log_likelihood(problem.score, problem.sde, x_T, method="user_both", steps=4)

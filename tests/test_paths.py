@@ -98,7 +98,7 @@ def test_path_arguments_are_checked():
         sf.AffinePath(lambda t: 1 - t, lambda t: t.clone(), d_sigma=lambda t: 1.01 * torch.ones_like(t))
     # a schedule autograd cannot differentiate had a derivative 0 by torch.func.jvp, and a wrong diffusion, silently
     with pytest.raises(ValueError, match=r"argument 'alpha' is not differentiable by autograd: its derivative by "
-                                         r"torch.func.jvp is 0 at t=.*difference quotients are -1 \(backward\)"):
+                                         r"torch.func.jvp is 0 at t=.*difference quotient of 'alpha' is -1"):
         sf.AffinePath(lambda t: (1 - t).detach(), lambda t: t.clone())
     with pytest.raises(ValueError, match=r"RectifiedFlow: argument 'T' expected a time in \(0, 1\]"):
         sf.RectifiedFlow(T=1.5)
@@ -167,3 +167,58 @@ def test_log_snr_schedules_need_finite_ends():
     assert capped[0] == 1.0 and bool(torch.isfinite(capped).all())
     with pytest.raises(ValueError, match=r"time_grid: argument 't_min' expected a time in \(0, T=1\)"):
         sf.time_grid(sf.VPSDE(), 4, t_min=0.0)
+
+
+_C = 0.5 * torch.pi * 0.95
+
+
+def _cos(t):
+    return torch.cos(_C * t)
+
+
+def _sin(t):
+    return torch.sin(_C * t)
+
+
+@pytest.mark.parametrize(
+    ("d_alpha", "d_sigma", "match"),
+    [
+        (lambda t: _C * torch.sin(_C * t), None, r"'d_alpha' expected the time derivative of 'alpha', got .* where the difference quotient"),
+        (None, lambda t: torch.cos(_C * t), r"'d_sigma' expected the time derivative of 'sigma'"),  # the chain rule's factor forgotten
+        (lambda t: -_C * torch.sin(_C * t)[:1], None, r"'d_alpha' must map a \(N,\) time tensor to a \(N,\) tensor, got shape \(1,\)"),
+        (lambda t: 1.0, None, r"'d_alpha' must map a \(N,\) time tensor to a \(N,\) tensor, got float"),
+        (lambda t: t * torch.nan, None, r"'d_alpha' returned non-finite values"),
+    ],
+    ids=["wrong sign", "missing factor", "wrong shape", "a float", "NaN"],
+)
+def test_a_given_derivative_that_is_not_the_schedules_is_refused_when_the_path_is_made(d_alpha, d_sigma, match):
+    # before: accepted, and every sample, velocity and likelihood of the path silently used the wrong derivative
+    with pytest.raises(ValueError, match=rf"AffinePath: argument {match}"):
+        sf.AffinePath(_cos, _sin, d_alpha=d_alpha, d_sigma=d_sigma)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "sigma", "d_alpha", "d_sigma"),
+    [
+        (_cos, _sin, lambda t: -_C * torch.sin(_C * t), lambda t: _C * torch.cos(_C * t)),
+        # float32 schedules: the difference step follows their precision
+        (lambda t: _cos(t.float()), lambda t: _sin(t.float()), lambda t: -_C * torch.sin(_C * t.float()), lambda t: _C * torch.cos(_C * t.float())),
+        # infinite derivative at the noise end
+        (lambda t: torch.sqrt(1 - t), torch.sqrt, lambda t: -0.5 / torch.sqrt(1 - t), lambda t: 0.5 / torch.sqrt(t)),
+        # a kink on a check point: either one-sided derivative is the schedule's
+        (lambda t: torch.where(t < 0.5, 1 - 0.5 * t, 1.5 - 1.5 * t), lambda t: t.clone(),
+         lambda t: torch.where(t < 0.5, -0.5, -1.5) * torch.ones_like(t), torch.ones_like),
+    ],
+    ids=["cosine", "cosine float32", "sqrt", "kink"],
+)
+def test_a_correct_given_derivative_is_accepted_and_agrees_with_autograd(alpha, sigma, d_alpha, d_sigma):
+    given = sf.AffinePath(alpha, sigma, d_alpha=d_alpha, d_sigma=d_sigma)
+    autograd = sf.AffinePath(alpha, sigma)
+    t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
+    for a, b in zip(given.marginal_derivatives(t), autograd.marginal_derivatives(t)):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_schedule_of_the_wrong_signature_is_named():
+    with pytest.raises(TypeError, match=r"AffinePath: argument 'sigma' expected a callable sigma\(t\), called with 1 positional"):
+        sf.AffinePath(_cos, lambda: 1.0)

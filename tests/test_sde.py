@@ -163,3 +163,14 @@ def test_t_from_log_snr_keeps_relative_precision_near_t0(sde):
     lam32 = lam.float()
     torch.testing.assert_close(sde.t_from_log_snr(lam32).double(), sde.t_from_log_snr(lam32.double()), rtol=1e-5, atol=0)
     assert float(sde.t_from_log_snr(torch.tensor(math.inf, dtype=torch.float64))) == 0.0
+
+
+def test_the_repr_of_a_user_subclass_with_attributes_other_than_numbers_names_them():
+    # before: "ValueError: Unknown format code 'g' for object of type 'str'", raised instead of every error
+    # message that names the process (e.g. sample_sde's on a process that reaches pure noise)
+    class Labelled(sf.VPSDE):
+        def __init__(self):
+            super().__init__(beta_max=10.0)
+            self.label, self.flag = "cosine", True
+
+    assert repr(Labelled()) == "Labelled(beta_min=0.1, beta_max=10, T=1, t_min=0.001, label='cosine', flag=True)"

@@ -7,6 +7,7 @@ here runs inside a step loop.  Messages follow one pattern: ``"<function>: argum
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,6 +23,12 @@ STATE_DTYPES = (torch.float32, torch.float64)
 def _describe(x: Any) -> str:
     if torch.is_tensor(x):
         return f"tensor of shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+    if isinstance(x, (tuple, list)) and any(torch.is_tensor(v) or hasattr(v, "shape") for v in x):
+        # a network's tuple output: its items' shapes, not their values (a repr would print every number)
+        items = ", ".join(_describe(v) for v in x[:3]) + (", ..." if len(x) > 3 else "")
+        return f"{type(x).__name__} of {len(x)} item(s) ({items})"
+    if hasattr(x, "shape") and hasattr(x, "dtype"):  # a NumPy (or other) array
+        return f"{type(x).__name__} of shape {tuple(x.shape)}, dtype {x.dtype} (from {type(x).__module__}, not a torch.Tensor)"
     return f"{type(x).__name__} {x!r}"
 
 
@@ -203,6 +210,18 @@ def check_generator(fn: str, generator: Any) -> torch.Generator | None:
     return generator
 
 
+def check_schedule_name(fn: str, name: str, value: Any, valid: Iterable[str], *, increasing: bool = False) -> str:
+    """Check a named schedule (one of ``valid``) where a 1-D tensor of times is the other accepted form: a list or
+    tuple of times is a ``TypeError`` saying how to pass it (``increasing`` for a likelihood's grid)."""
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__array__") and not torch.is_tensor(value)):
+        order = "increasing from t_min to T" if increasing else "decreasing from T to t_min"
+        raise TypeError(
+            f"{fn}: argument '{name}' expected a schedule name ({', '.join(repr(v) for v in valid)}) or a 1-D tensor "
+            f"of times {order}, got {type(value).__name__} {value!r}. Fix: pass torch.tensor({name}, dtype=torch.float64)."
+        )
+    return check_choice(fn, name, value, valid)
+
+
 def check_time_grid(fn: str, name: str, value: Any, t_start: float, t_end: float, *, increasing: bool = False) -> torch.Tensor:
     """Check a custom step grid: a 1-D floating tensor of >= 2 finite, strictly decreasing times from ``t_start``
     to ``t_end`` (ends within 1e-6 relative); return a float64 copy whose ends are exactly ``t_start`` and ``t_end``.
@@ -343,6 +362,49 @@ def check_callable(fn: str, name: str, value: Any, signature: str) -> Callable:
     return value
 
 
+def call_mismatch(
+    fn: str, name: str, signature: str, f: Callable, args: tuple, err: TypeError, *, fix: str | None = None
+) -> TypeError | None:
+    """The error to raise when calling the user's ``f(*args)`` raised ``err`` because ``f`` does not take these
+    arguments (too few or too many positional parameters, a keyword-only one, ...), or ``None`` when ``f``'s
+    signature accepts them (the ``TypeError`` came from inside ``f``: re-raise it as it is).
+
+    Called in an ``except TypeError`` clause only, so a call that works costs nothing; ``signature`` (e.g.
+    ``"score(x, t)"``) is the call scoreflow makes, shown in the message with the arguments it passed; ``fix``
+    replaces the general advice.
+    """
+    # a Module's __call__ takes (*args, **kwargs): what it accepts is its forward's signature
+    target = f.forward if isinstance(f, torch.nn.Module) else f
+    try:
+        own = inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin or C extension without a readable signature: say nothing more
+        return None
+    try:
+        own.bind(*args)
+    except TypeError:
+        label = getattr(target, "__qualname__", None) or type(f).__name__
+        given = ", ".join(f"a tensor of shape {tuple(a.shape)}" if torch.is_tensor(a) else f"a {type(a).__name__}" for a in args)
+        return TypeError(
+            f"{fn}: argument '{name}' expected a callable {signature}, called with {len(args)} positional "
+            f"argument(s) ({given}); got {label} with signature {own}, which cannot take them ({err}). Fix: "
+            + (fix or "give a callable with exactly these positional parameters; bind any further input (a class "
+               "label, a condition) beforehand, e.g. with a lambda or functools.partial.")
+        )
+    return None
+
+
+def call_checked(fn: str, name: str, signature: str, f: Callable, *args: Any, fix: str | None = None) -> Any:
+    """``f(*args)``, the user's ``name`` given to ``fn``; a call ``f``'s signature cannot take raises the
+    :func:`call_mismatch` error instead of Python's bare ``TypeError`` (any other error passes unchanged)."""
+    try:
+        return f(*args)
+    except TypeError as err:
+        mismatch = call_mismatch(fn, name, signature, f, args, err, fix=fix)
+        if mismatch is None:
+            raise
+        raise mismatch from err
+
+
 def check_noise_levels(fn: str, name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
     """Check a non-empty 1-D sequence or tensor of finite noise levels > 0; return it as a tensor like ``like``."""
     try:
@@ -379,7 +441,7 @@ def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch
             f"{fn}: argument 'log_prob' expected a callable log_prob(x) or None, got {_describe(log_prob)}."
         )
     with torch.no_grad():
-        out = log_prob(x)
+        out = call_checked(fn, "log_prob", "log_prob(x)", log_prob, x)
     if not torch.is_tensor(out) or out.shape != (x.shape[0],):
         raise ValueError(
             f"{fn}: log_prob returned {_describe(out)} for x of shape {tuple(x.shape)}; "

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import check_choice, check_network_output
+from ._checks import call_checked, check_choice, check_network_output
 from ._tensor import TimeLike, batch_time, right_pad
 from .sde import ForwardSDE, check_sde
 
@@ -163,7 +163,7 @@ class _Parameterized(torch.nn.Module):
     def predict(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """The network's own prediction at ``(x, t)``."""
         t = batch_time(t, x)
-        out = self.net(x, t)
+        out = call_checked(self.fn, "net", "net(x, t)", self.net, x, t)
         if not self._checked:
             self._checked = check_network_output(self.fn, "the network", out, x, t)
         return out

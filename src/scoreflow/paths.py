@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import check_callable, check_positive
+from ._checks import call_checked, check_callable, check_positive
 from ._tensor import TimeLike, as_time
 from .sde import ForwardSDE
 
@@ -26,10 +26,8 @@ Schedule = Callable[[torch.Tensor], torch.Tensor]
 _BISECTION_STEPS = 80
 #: Times at which a path's coefficients are checked when it is built.
 _CHECK_POINTS = 257
-#: Step (relative to T) of the one-sided difference quotients a given derivative is checked against, and the
-#: relative tolerance of that check: far above the quotients' error (~1e-7 of the slope for smooth schedules),
-#: far below a wrong derivative's.
-_DIFF_STEP = 1e-7
+#: Relative tolerance of the check of a derivative against the schedule's difference quotients (step: the square
+#: root of the schedule's precision): far above the quotients' error, far below a wrong derivative's.
 _DIFF_RTOL = 1e-3
 
 
@@ -51,15 +49,15 @@ class AffinePath(ForwardSDE):
             decreasing log-SNR :math:`\log(\alpha/\sigma)`.
         d_alpha, d_sigma: their time derivatives; by default computed by autograd (``torch.func.jvp``).  Given or
             not, they are checked against the schedules' difference quotients (relative tolerance 1e-3) when the path
-            is built.
+            is built (at a kink either side's will do; they may be infinite at an end, as that of sqrt(t) at 0).
         T: the noise end; the prior is :math:`N(0, \sigma(T)^2 I)` (exact when :math:`\alpha(T) = 0`).  An
             :math:`\alpha(T)` that is 0 up to the rounding of T (:math:`|\alpha(T)| \le \epsilon T|\dot\alpha(T)|`, as
             ``cos(pi/2) = 6e-17``) is taken as 0: the path reaches pure noise.
         t_min: the default time at which sampling stops and likelihoods start.
 
     Raises:
-        TypeError: if a schedule is not callable.
-        ValueError: if a schedule or a given derivative does not return a finite tensor shaped like t,
+        TypeError: if a schedule is not callable, or cannot be called as ``alpha(t)``.
+        ValueError: if a schedule does not return a finite tensor shaped like t (a derivative: not NaN),
             :math:`\sigma \le 0` or :math:`\alpha < 0` somewhere in ``(0, T]``, the log-SNR is not strictly
             decreasing there, or a derivative (given, or by autograd) is not its schedule's.
     """
@@ -89,16 +87,20 @@ class AffinePath(ForwardSDE):
         t = torch.linspace(0.0, self.T, _CHECK_POINTS, dtype=torch.float64)[1:]
         t[-1] = self.T
         values = {}
-        for key, fn in (("alpha", self._alpha), ("sigma", self._sigma)):
-            out = fn(t)
+        schedules = (("alpha", self._alpha), ("sigma", self._sigma), ("d_alpha", self._d_alpha), ("d_sigma", self._d_sigma))
+        for key, fn in schedules:
+            if fn is None:
+                continue
+            out = call_checked(name, key, f"{key}(t)", fn, t)
             if not torch.is_tensor(out) or out.shape != t.shape:
                 got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else type(out).__name__
                 raise ValueError(f"{name}: argument '{key}' must map a (N,) time tensor to a (N,) tensor, got {got}.")
-            if not bool(torch.isfinite(out).all()):
+            # a derivative may be infinite at an end (sigma = sqrt(t) at 0, alpha = sqrt(1 - t) at T), never NaN
+            if not bool((torch.isfinite(out) if key in ("alpha", "sigma") else ~torch.isnan(out)).all()):
                 raise ValueError(f"{name}: argument '{key}' returned non-finite values on (0, T={self.T:g}].")
             values[key] = out
-        for key, fn, given in (("alpha", self._alpha, self._d_alpha), ("sigma", self._sigma, self._d_sigma)):
-            self._check_derivative(name, key, fn, given, t, values[key])
+        for key, fn in (("alpha", self._alpha), ("sigma", self._sigma)):
+            self._check_derivative(name, key, fn, values.get(f"d_{key}"), t, values[key])
         # A schedule that is 0 at T may miss it by round-off either way (cos(pi/2) = 6e-17, 0.3 - 0.1 * 3 = -6e-17):
         # alpha(T) within one rounding of T along the slope is taken as the 0 it is, so the path reaches pure noise
         # (and lambda(T) = -inf) as it should.
@@ -118,28 +120,27 @@ class AffinePath(ForwardSDE):
                 "grow relative to signal), got one that does not decrease."
             )
 
-    def _check_derivative(self, name: str, key: str, fn: Schedule, given: Schedule | None, t: torch.Tensor, value: torch.Tensor) -> None:
-        """The derivative used, given or by autograd, must be finite, shaped like t, and the schedule's: within
-        ``_DIFF_RTOL`` of its backward or its forward difference quotient at every check point (either one, so that
-        a kink is no false alarm)."""
+    def _check_derivative(self, name: str, key: str, fn: Schedule, given: torch.Tensor | None, t: torch.Tensor,
+                          value: torch.Tensor) -> None:
+        """The derivative used, given or by autograd, must be the schedule's.
+
+        At every check point it must match one of the schedule's central, forward or backward difference quotients
+        (one of them: a kink is no false alarm) within ``_DIFF_RTOL`` of the quotient plus ``_DIFF_RTOL`` of the
+        quotients' largest value; the step is the square root of the schedule's precision, so float32 schedules pass
+        too. A derivative may be infinite at an end (that of sqrt(t) at 0) but not NaN."""
         arg = f"d_{key}"
-        out = _derivative(fn, t) if given is None else given(t)
-        if not torch.is_tensor(out) or out.shape != t.shape:
-            got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else type(out).__name__
-            raise ValueError(f"{name}: argument '{arg}' must map a (N,) time tensor to a (N,) tensor, got {got}.")
-        if not bool(torch.isfinite(out).all()):
-            what = f"autograd's derivative of '{key}'" if given is None else f"argument '{arg}'"
-            raise ValueError(f"{name}: {what} returned non-finite values on (0, T={self.T:g}].")
-        h = _DIFF_STEP * self.T
-        backward = (value - fn(t - h)) / h
-        inside = t + h <= self.T
-        forward = torch.where(inside, (fn(torch.where(inside, t + h, t)) - value) / h, backward)
-        tol = _DIFF_RTOL * (torch.maximum(backward.abs(), forward.abs()) + float(backward.abs().max()) * 1e-3)
-        bad = ((out - backward).abs() > tol) & ((out - forward).abs() > tol)
+        out = _derivative(fn, t) if given is None else given
+        if given is None and bool(torch.isnan(out).any()):
+            raise ValueError(f"{name}: autograd's derivative of '{key}' returned non-finite values on (0, T={self.T:g}].")
+        h = torch.finfo(value.dtype).eps ** 0.5 * self.T
+        up, down = fn(t + h), fn(t - h)  # beyond T a schedule may be NaN: that side is then not used
+        quotients = torch.stack([(up - down) / (2 * h), (up - value) / h, (value - down) / h]).double()
+        scale = quotients[0].abs().nan_to_num(nan=0.0).max()
+        gap = ((quotients - out.double()).abs() - _DIFF_RTOL * quotients.abs()).nan_to_num(nan=torch.inf).min(dim=0).values
+        bad = (gap > _DIFF_RTOL * scale) & torch.isfinite(out)
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
-            where = (f"at t={float(t[i]):.6g}, where {key}'s difference quotients are {float(backward[i]):.6g} (backward) "
-                     f"and {float(forward[i]):.6g} (forward)")
+            where = f"at t={float(t[i]):.6g}, where the difference quotient of '{key}' is {float(quotients[0, i]):.6g}"
             if given is None:
                 raise ValueError(
                     f"{name}: argument '{key}' is not differentiable by autograd: its derivative by torch.func.jvp is "
@@ -148,7 +149,8 @@ class AffinePath(ForwardSDE):
                 )
             raise ValueError(
                 f"{name}: argument '{arg}' expected the time derivative of '{key}', got {float(out[i]):.6g} {where}. "
-                "Fix: correct it, or leave it out to have it computed by autograd."
+                f"Fix: correct '{arg}' (a sign or a factor of the chain rule), or leave it out to have it computed by "
+                "autograd."
             )
 
     def marginal(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:

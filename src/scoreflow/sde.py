@@ -116,7 +116,11 @@ class ForwardSDE(ABC):
         return -0.5 * sq / s2 - 0.5 * d * math.log(2 * math.pi * s2)
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v:g}" for k, v in vars(self).items())
+        # numbers as %g; a subclass's other attributes (a name, a tensor) by their repr, which %g would refuse
+        params = ", ".join(
+            f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v!r}"
+            for k, v in vars(self).items()
+        )
         return f"{type(self).__name__}({params})"
 
 

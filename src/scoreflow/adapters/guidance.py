@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_network_output, check_real
+from .._checks import call_checked, check_network_output, check_real
 from .._tensor import ScoreFn
 from ..parameterizations import prediction_of
 
@@ -36,7 +36,8 @@ class GuidedScore(torch.nn.Module):
         self.prediction = kinds.pop() if len(kinds) == 1 else "score"
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self._guide(self.uncond(x, t), self.cond(x, t), x, t)
+        uncond = call_checked("guided_score", "uncond", "uncond(x, t)", self.uncond, x, t)
+        return self._guide(uncond, call_checked("guided_score", "cond", "cond(x, t)", self.cond, x, t), x, t)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The guided native prediction ``uncond + w * (cond - uncond)``."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_callable, check_choice, check_network_output, check_positive
+from .._checks import call_checked, check_callable, check_choice, check_network_output, check_positive
 from .._tensor import as_time, batch_time, right_pad
 from ..dynamics.counting import ScoreFn
 from ..methods import Method, Option, get_method, list_methods, register
@@ -76,7 +76,7 @@ class CorrectedScore(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = batch_time(t, x)
         alpha, sigma = (right_pad(c, x) for c in self.correction.sde.marginal(t))
-        s = self.score(x, t)
+        s = call_checked("X0Correction.wrap", "score", "score(x, t)", self.score, x, t)
         if not self._checked:  # once: a (B, 1) score would broadcast into the data prediction
             self._checked = check_network_output("X0Correction.wrap", "the score", s, x, t)
         x0 = (x + sigma**2 * s) / alpha

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from .._checks import check_callable, check_network_output, check_per_sample, check_positive, check_real
+from .._checks import call_checked, check_callable, check_network_output, check_per_sample, check_positive, check_real
 from .._tensor import batch_time, right_pad
 from ..dynamics.counting import ScoreFn
 from ..methods import Method, register
@@ -63,8 +63,9 @@ class ClassifierGuidedScore(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = batch_time(t, x)
-        _, grad = _grad_in_x("classifier_guided_score", lambda xg: self.log_likelihood(xg, t), x)
-        s = self.score(x, t)
+        _, grad = _grad_in_x("classifier_guided_score", lambda xg: call_checked(
+            "classifier_guided_score", "log_likelihood", "log_likelihood(x, t)", self.log_likelihood, xg, t), x)
+        s = call_checked("classifier_guided_score", "score", "score(x, t)", self.score, x, t)
         if not self._checked:  # once: a (B, 1) score would broadcast against the gradient
             self._checked = check_network_output("classifier_guided_score", "the score", s, x, t)
         return s + self.scale * grad.to(x.dtype)
@@ -114,11 +115,11 @@ class DPSScore(torch.nn.Module):
 
         def log_likelihood(xg: torch.Tensor) -> torch.Tensor:
             nonlocal s
-            s = self.score(xg, t)
+            s = call_checked("dps_score", "score", "score(x, t)", self.score, xg, t)
             if not self._checked:  # once: a (B, 1) score would broadcast into the data prediction
                 self._checked = check_network_output("dps_score", "the score", s, x, t)
             x0 = (xg + sigma**2 * s) / alpha
-            measured = self.operator(x0)
+            measured = call_checked("dps_score", "operator", "operator(x0)", self.operator, x0)
             if not torch.is_tensor(measured):
                 raise TypeError(f"dps_score: argument 'operator' expected operator(x0) -> tensor (B, *M), got {type(measured).__name__}.")
             shape, m = tuple(self.y.shape), tuple(measured.shape)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from .._checks import check_callable, check_like, check_positive, resolve_t_min
+from .._checks import call_checked, check_callable, check_like, check_positive, resolve_t_min
 from .._tensor import TimeLike, batch_time, right_pad
 from ..sde import ForwardSDE, check_sde
 
@@ -65,7 +65,10 @@ class ConsistencyModel(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         t = batch_time(t, x)
         c_skip, c_out = self.coefficients(t)
-        out = check_like("ConsistencyModel", "net", self.net(x, t), x, what="the network")
+        out = check_like(
+            "ConsistencyModel", "net", call_checked("ConsistencyModel", "net", "net(x, t)", self.net, x, t), x,
+            what="the network",
+        )
         return right_pad(c_skip, x) * x + right_pad(c_out, x) * out
 
     def extra_repr(self) -> str:

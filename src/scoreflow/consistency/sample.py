@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._checks import check_batch, check_callable, check_choice, check_generator, check_int, check_like
+from .._checks import call_checked, check_batch, check_callable, check_choice, check_generator, check_int, check_like
 from .._tensor import standard_normal
 from ..errors import NonFiniteError
 from ..methods import StepCallback, StepMonitor
@@ -159,7 +159,7 @@ def sample_consistency(
         monitor.start(eval_times[0], x_T, steps=len(t_eval))
         for i, t in enumerate(t_eval):
             x_tau = x_T if i == 0 else a[i] * x + noise[i] * standard_normal(x, generator)
-            x = f(x_tau, t)
+            x = call_checked(fn, "f", "f(x, t)", f, x_tau, t)
             if i == 0:
                 check_like(fn, "f", x, x_T, what="f")
             finite.append(torch.isfinite(x.detach()).all())  # on the device; read once, after the loop

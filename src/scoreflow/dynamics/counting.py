@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_callable, check_like
+from .._checks import call_mismatch, check_callable, check_like
 from .._tensor import ScoreFn, batch_time
 from ..errors import NonFiniteError
 from ..parameterizations import prediction_of
@@ -96,6 +96,7 @@ class CountedScore(torch.nn.Module):
     Args:
         score: the score model.
         caller: the public function the score was given to, named in error messages.
+        signature: how the score is called, shown in error messages (``"score(x, sigma)"`` for a noise level).
 
     Attributes:
         nfe: score evaluations so far.
@@ -103,13 +104,15 @@ class CountedScore(torch.nn.Module):
         finite: the record of non-finite values.
 
     Raises:
-        TypeError: if ``score`` is not callable.
+        TypeError: if ``score`` is not callable, or (when called) cannot be called as ``score(x, t)``: the message
+            names ``caller``, the signature found and the arguments passed.
     """
 
-    def __init__(self, score: ScoreFn, *, caller: str) -> None:
+    def __init__(self, score: ScoreFn, *, caller: str, signature: str = "score(x, t)") -> None:
         super().__init__()
-        self.score = check_callable(caller, "score", score, "score(x, t)")
+        self.score = check_callable(caller, "score", score, signature)
         self.caller = caller
+        self.__dict__["_signature"] = signature
         self.prediction = prediction_of(score)
         self.nfe = 0
         self.finite = FiniteWatch()
@@ -138,7 +141,14 @@ class CountedScore(torch.nn.Module):
         # a solver's 0-dim time in x's dtype and device is broadcast by a view (the general path costs a dispatch more)
         same = torch.is_tensor(t) and t.ndim == 0 and t.dtype == x.dtype and t.device == x.device
         tb = t.expand(x.shape[0]) if same else batch_time(t, x)
-        out = state["_evaluate"][native](x, tb)
+        evaluate = state["_evaluate"][native]
+        try:
+            out = evaluate(x, tb)
+        except TypeError as err:  # only a failing call pays for the look at the signature
+            mismatch = call_mismatch(self.caller, "score", state["_signature"], evaluate, (x, tb), err)
+            if mismatch is None:
+                raise
+            raise mismatch from err
         nfe = state["nfe"] = state["nfe"] + 1
         if nfe == 1:
             check_like(self.caller, "score", out, x, what="the score")

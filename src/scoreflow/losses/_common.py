@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_callable, check_choice, check_like
+from .._checks import call_checked, check_callable, check_choice, check_like
 from .._tensor import TimeLike, batch_time
 from ..dynamics.counting import ScoreFn
 from ..errors import NonFiniteError
@@ -22,7 +22,8 @@ def check_reduction(fn: str, reduction: object) -> str:
 
 def call_score(fn: str, score: ScoreFn, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
     """``score(x, t)`` with ``t`` broadcast to ``(B,)``, its output checked to be shaped like ``x``."""
-    return check_like(fn, "score", score(x, batch_time(t, x)), x, what="the score")
+    out = call_checked(fn, "score", "score(x, t)", score, x, batch_time(t, x))
+    return check_like(fn, "score", out, x, what="the score")
 
 
 def sq_norm(v: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_batch, check_callable, check_choice, check_generator, check_int, check_like, check_positive, check_time_grid
+from .._checks import call_checked, check_batch, check_callable, check_choice, check_generator, check_int, check_like, check_positive, check_schedule_name, check_time_grid
 from .._tensor import right_pad, standard_normal
 from ..consistency._common import boundary_time, default_schedule
 from ..consistency.teacher import ODEStep
@@ -84,7 +84,7 @@ class _Setup:
                 raise ValueError(f"{fn}: a grid of {len(ts)} times has {len(ts) - 1} steps, got steps={steps!r}; omit 'steps'.")
             return ts
         if schedule is not None:
-            check_choice(fn, "schedule", schedule, SCHEDULES)
+            check_schedule_name(fn, "schedule", schedule, SCHEDULES)
         steps = check_int(fn, "steps", 18 if steps is None else steps)
         return time_grid(self.sde, steps, schedule or default_schedule(self.sde), t_min=self.t_min)
 
@@ -102,9 +102,12 @@ class _Setup:
         x_lo: torch.Tensor, t_lo: torch.Tensor, reduction: str,
     ) -> torch.Tensor:
         """:math:`\\lambda\\, d(f(x_{hi}, t_{hi}), f^-(x_{lo}, t_{lo}))`, reduced; stops on a non-finite value."""
-        online = check_like(self.fn, "f", f(x_hi, t_hi), x_hi, what="f")
+        online = check_like(self.fn, "f", call_checked(self.fn, "f", "f(x, t)", f, x_hi, t_hi), x_hi, what="f")
         with torch.no_grad():
-            target = check_like(self.fn, "f_target", f_target(x_lo, t_lo), x_lo, what="f_target")
+            target = check_like(
+                self.fn, "f_target", call_checked(self.fn, "f_target", "f_target(x, t)", f_target, x_lo, t_lo), x_lo,
+                what="f_target",
+            )
         sq = sq_norm(online - target)
         per = sq if self.distance == "l2" else torch.sqrt(sq + self.huber_c**2) - self.huber_c
         if callable(self.weighting):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .._checks import check_batch, check_callable, check_choice, check_generator, check_instance, check_like, resolve_t_min
+from .._checks import call_checked, check_batch, check_callable, check_choice, check_generator, check_instance, check_like, resolve_t_min
 from .._tensor import right_pad, standard_normal
 from ..parameterizations import convert, prediction_of
 from ..sde import ForwardSDE
@@ -95,7 +95,7 @@ def cfm_loss(
     xt = alpha * x0 + sigma * noise
     kind = prediction_of(velocity)
     native = velocity.predict if kind != "score" else velocity
-    pred = check_like(fn, "velocity", native(xt, t), xt, what="the velocity")
+    pred = check_like(fn, "velocity", call_checked(fn, "velocity", "velocity(x, t)", native, xt, t), xt, what="the velocity")
     if kind not in ("score", "flow_velocity"):
         pred = convert(pred, kind, "flow_velocity", xt, t, path)
     return reduce(fn, sq_norm(pred - (d_alpha * x0 + d_sigma * noise)), reduction, velocity=pred)

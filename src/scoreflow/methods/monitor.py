@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_callable, check_like
+from .._checks import call_checked, check_callable, check_like
 
 __all__ = ["StepMonitor", "StepInfo", "StepCallback", "Denoised"]
 
@@ -43,6 +43,10 @@ class StepInfo(Mapping):
 
     def __getitem__(self, key: str) -> Any:
         if key != "denoised":
+            if key not in self._values:
+                hint = (" k-diffusion's 'sigma' is 't' here, a time (its noise level is sde.marginal(t)[1])."
+                        if key in ("sigma", "sigma_hat") else "")
+                raise KeyError(f"a step callback's info has the keys 'i', 't', 'x' and 'denoised', got {key!r}.{hint}")
             return self._values[key]
         if self._denoised is None:
             self._denoised = self._denoise(self._values["x"], self._values["t"])
@@ -140,18 +144,28 @@ class StepMonitor:
                 only if asked; ``None`` lets the monitor compute it with ``denoise`` if the callback asks.
 
         Returns:
-            The callback's replacement state, or ``x``.
+            The callback's replacement state, a copy of ``x`` if the callback changed it in place (a replacement
+            too: the solver tells one by identity), or ``x``.
 
         Raises:
-            TypeError / ValueError: if the callback returns something other than ``None`` or a tensor shaped,
-                typed and placed like ``x``.
+            TypeError / ValueError: if the callback cannot be called as ``callback(info)``, or returns something
+                other than ``None`` or a tensor shaped, typed and placed like ``x``.
         """
         if not (self.live or self.keeps):
             return x
         if self.callback is not None:
-            out = self.callback(StepInfo(i, t, x, denoised, self.denoise))
-            if out is not None:
+            # the version counter (a host integer, no device read) tells a state the callback changed in place
+            seen = None if x.is_inference() else x._version
+            out = call_checked(
+                self.fn, "callback", "callback(info)", self.callback, StepInfo(i, t, x, denoised, self.denoise),
+                fix="a callback takes one argument, a mapping with keys 'i', 't', 'x' and 'denoised' (k-diffusion's "
+                "convention), e.g. def callback(info): print(info['i'], float(info['t'])).",
+            )
+            if out is not None and out is not x:
                 x = check_like(self.fn, "callback", out, x, what="the state the callback returned")
+            elif seen is not None and x._version != seen:
+                # changed in place (and returned or not): a replacement, which solvers tell by identity (``is not x``)
+                x = x.clone()
         if self._bar is not None:
             self._advance(t)
         if self.keeps:

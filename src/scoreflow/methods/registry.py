@@ -13,13 +13,15 @@ plus its solver.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .._checks import check_choice, check_int, check_positive
+from .._checks import check_callable, check_choice, check_instance, check_int, check_positive
+from ..schedules import SCHEDULES, TIME_VARIABLES
 
 __all__ = [
     "KINDS", "BACKENDS", "Option", "Method", "register", "list_methods", "get_method",
@@ -37,6 +39,10 @@ __all__ = [
 KINDS = ("ode", "sde", "likelihood", "predictor", "corrector", "conditional")
 #: Who integrates: torchdiffeq, torchsde, or scoreflow's own solvers.
 BACKENDS = ("torchdiffeq", "torchsde", "native")
+# The kinds whose front-ends build a grid of steps from the record (``steps=`` and a schedule).
+_STEPPED_KINDS = ("ode", "sde", "likelihood")
+# What those front-ends call on the built solver, by kind and backend (see docs/architecture.md).
+_ENTRY_POINTS = {"ode": "sample", "sde": "sample", "likelihood": "integrate"}
 
 OptionCheck = Callable[[str, str, Any], Any]
 
@@ -130,10 +136,17 @@ class Method:
         step_size: accepts a step length ``step_size`` in place of a step count.
         time_variables: the variables a probability-flow ODE method can integrate in (``"t"``, ``"sigma"``,
             ``"log_snr"``); empty for solvers that integrate in variables of their own.
-        default_schedule: the step schedule of a fixed-grid method that integrates in its own variables.
+        default_schedule: the step schedule of a fixed-grid method that integrates in its own variables
+            (required for such an ``"ode"``, ``"sde"`` or ``"likelihood"`` method).
         levy_area: the Brownian path must provide Lévy area (a stochastic method of strong order > 1).
         options: option name -> :class:`Option`, the keyword options of ``options=``.
         front_end: how the method is called, where its kind has more than one front-end (``"conditional"``).
+
+    Raises:
+        TypeError, ValueError: when made, for a field of the wrong type or value (the message names it), a missing
+            ``default_schedule`` (above), or an option that is not an :class:`Option`, whose default its own check
+            refuses or differs from the solver's own default for that keyword (:meth:`build` passes only the
+            options given), or that the solver does not take.
     """
 
     name: str
@@ -156,17 +169,73 @@ class Method:
     front_end: str | None = None
 
     def __post_init__(self) -> None:
+        fn = f"Method({self.name!r})"
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"Method: argument 'name' expected a non-empty str, got {self.name!r}.")
+        if isinstance(self.kinds, str) or not isinstance(self.kinds, (tuple, list)) or not self.kinds:
+            raise TypeError(
+                f"{fn}: argument 'kinds' expected a non-empty tuple of kinds, e.g. ('ode',), got {self.kinds!r}."
+            )
         for kind in self.kinds:
-            check_choice(f"Method({self.name!r})", "kinds", kind, KINDS)
-        check_choice(f"Method({self.name!r})", "backend", self.backend, BACKENDS)
+            check_choice(fn, "kinds", kind, KINDS)
+        object.__setattr__(self, "kinds", tuple(self.kinds))
+        check_choice(fn, "backend", self.backend, BACKENDS)
+        check_callable(fn, "solver", self.solver, "solver(**options)")
+        for name in ("order", "strong_order", "weak_order", "drift_order"):
+            if getattr(self, name) is not None:
+                check_positive(fn, name, getattr(self, name))
+        check_int(fn, "nfe_per_step", self.nfe_per_step)
+        for variable in self.time_variables:
+            check_choice(fn, "time_variables", variable, TIME_VARIABLES)
+        if self.default_schedule is not None:
+            check_choice(fn, "default_schedule", self.default_schedule, SCHEDULES)
+        elif set(self.kinds) & set(_STEPPED_KINDS) and not (self.adaptive or self.time_variables):
+            raise ValueError(
+                f"{fn}: a fixed-grid method that integrates in its own variables (time_variables=()) needs "
+                f"'default_schedule', the schedule of its steps when the caller names none: one of "
+                f"{', '.join(map(repr, SCHEDULES))}."
+            )
+        if "conditional" in self.kinds and not isinstance(self.front_end, str):
+            # inpaint picks its methods by this string: a record without one would break it for every method
+            raise TypeError(
+                f"{fn}: a 'conditional' method needs 'front_end', how it is called (e.g. 'inpaint(method=...)' or "
+                f"'my_guided_score(score, ...)'), got {self.front_end!r}."
+            )
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        self._check_options(fn)
+
+    def _check_options(self, fn: str) -> None:
+        """Each option is an :class:`Option` whose default passes its own check (``None``: the solver decides) and
+        is the default the solver itself uses: :meth:`build` passes only the options given, so a record's default
+        that differs from the solver's would be documented but never used."""
+        try:
+            parameters = inspect.signature(self.solver).parameters
+        except (TypeError, ValueError):
+            parameters = None
+        takes_any = parameters is None or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        for name, spec in self.options.items():
+            check_instance(fn, f"options[{name!r}]", spec, Option, "scoreflow.methods.positive_option(1.0, 'doc')")
+            if spec.default is not None:
+                try:
+                    spec.check(fn, name, spec.default)
+                except (TypeError, ValueError) as err:
+                    raise type(err)(f"{fn}: option {name!r} declares a default its own check refuses: {err}") from None
+            own = parameters.get(name) if parameters is not None else None
+            if own is None and not takes_any:
+                raise ValueError(f"{fn}: option {name!r} is not a keyword argument of the solver {self.solver!r}.")
+            if own is not None and own.default is not inspect.Parameter.empty and own.default != spec.default:
+                raise ValueError(
+                    f"{fn}: option {name!r} declares default {spec.default!r}, but the solver's own default is "
+                    f"{own.default!r} (the one used when the option is not given). Fix: make them equal."
+                )
 
     def build(self, fn: str, options: Any) -> Any:
         """Check ``options`` (``None`` or a dict of this method's options) and construct the solver.
 
         Raises:
             TypeError: if ``options`` is not a dict, names an option this method does not take (the
-                message lists the ones it takes), or an option has the wrong type.
+                message lists the ones it takes), or an option has the wrong type; if the solver built lacks the
+                entry point a front-end of one of its kinds calls (``sample``, ``integrate``, ``likelihood``).
             ValueError: for an option value out of range.
         """
         if options is None:
@@ -180,7 +249,15 @@ class Method:
                 f"{fn}: method {self.name!r} takes no option {', '.join(map(repr, unknown))}; its options: {accepted}."
             )
         values = {name: spec.check(fn, name, options[name]) for name, spec in self.options.items() if name in options}
-        return self.solver(**values)
+        solver = self.solver(**values)
+        for kind in self.kinds:
+            entry = "likelihood" if kind == "likelihood" and self.backend == "native" else _ENTRY_POINTS.get(kind)
+            if entry is not None and not callable(getattr(solver, entry, None)):
+                raise TypeError(
+                    f"{fn}: the {kind!r} method {self.name!r} built a solver ({type(solver).__name__}) without the "
+                    f"{entry}(...) method the {kind!r} front-end calls (see the solver interface, docs/architecture.md)."
+                )
+        return solver
 
 
 _REGISTRY: dict[str, dict[str, Method]] = {kind: {} for kind in KINDS}
@@ -190,8 +267,10 @@ def register(method: Method) -> Method:
     """Add a method to the registry under each of its kinds; returns it.
 
     Raises:
+        TypeError: if ``method`` is not a :class:`Method`.
         ValueError: if a method of the same name is already registered for one of its kinds.
     """
+    check_instance("register", "method", method, Method, "Method('my_euler', ('ode',), 'native', MySolver, 'summary')")
     for kind in method.kinds:
         if method.name in _REGISTRY[kind]:
             raise ValueError(f"register: a {kind!r} method named {method.name!r} is already registered.")

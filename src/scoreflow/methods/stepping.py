@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .._cache import LRU, parameters_key, version
-from .._checks import check_choice, check_int, check_positive, check_save_at, check_time_grid
+from .._checks import check_choice, check_int, check_schedule_name, check_positive, check_save_at, check_time_grid
 from ..schedules import SCHEDULES, step_size_grid, time_grid
 from ..sde import ForwardSDE
 from .registry import Method
@@ -206,7 +206,7 @@ def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: f
             raise ValueError(f"{fn}: a grid of {len(ts)} times has {len(ts) - 1} steps, got steps={steps!r}; omit 'steps'.")
     else:
         if schedule is not None:
-            check_choice(fn, "schedule", schedule, SCHEDULES)
+            check_schedule_name(fn, "schedule", schedule, SCHEDULES, increasing=increasing)
             if steps is None:
                 raise ValueError(f"{fn}: 'schedule' places the grid of a fixed-grid method and needs 'steps', got steps=None.")
         check_int(fn, "steps", steps)

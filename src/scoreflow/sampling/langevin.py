@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .._checks import (
+    call_checked,
     check_batch,
     check_bool,
     check_callable,
@@ -43,12 +44,12 @@ class _TimeFree(torch.nn.Module):
     The "time" handed along is the Langevin time ``k * step_size``, which non-finite errors report.
     """
 
-    def __init__(self, score: StationaryScore) -> None:
+    def __init__(self, score: StationaryScore, fn: str) -> None:
         super().__init__()
-        self.score = score
+        self.score, self.fn = score, fn
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.score(x)
+        return call_checked(self.fn, "score", "score(x)", self.score, x)
 
 
 def _sq_norm(v: torch.Tensor) -> torch.Tensor:
@@ -108,7 +109,7 @@ def langevin(
     eps = check_positive(fn, "step_size", step_size)
     check_int(fn, "steps", steps)
     check_generator(fn, generator)
-    counted = CountedScore(_TimeFree(check_callable(fn, "score", score, "score(x)")), caller=fn)
+    counted = CountedScore(_TimeFree(check_callable(fn, "score", score, "score(x)"), fn), caller=fn)
     lp = None if log_prob is None else check_log_prob_output(fn, log_prob, x0)
     noise_scale = math.sqrt(2 * eps)
     # The Langevin times k * eps, made once: the loop hands the score tensors and reads nothing.
@@ -240,7 +241,7 @@ def annealed_langevin(
     # Coefficients in float64 (exact for float32 runs too); the score sees sigma in x's dtype.
     alphas = (eps * levels**2 / levels[-1] ** 2).tolist()
     sigma_x = levels.to(dtype=x0.dtype, device=x0.device)
-    counted = CountedScore(score, caller=fn)
+    counted = CountedScore(score, caller=fn, signature="score(x, sigma)")
 
     def tweedie_ve(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return x + sigma**2 * counted(x, sigma)
