@@ -116,6 +116,14 @@ def test_conditional(name):
     _assert_same(run)
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+def test_sample_consistency_with_an_exact_consistency_function(steps):
+    # Gaussian.flow_map built its times on the CPU, (1, 1) coefficients that met the law's mean on the device.
+    _assert_same(
+        lambda law, x_T, x0, g: sf.sample_consistency(law.consistency_function(SDE), SDE, x_T, steps=steps, generator=g).samples
+    )
+
+
 def test_langevin_and_annealed_langevin():
     _assert_same(lambda law, x_T, x0, g: sf.langevin(law.grad_log_prob, x_T, steps=3, step_size=0.01, generator=g).samples)
     sigmas = sf.geometric_sigmas(0.01, 1.0, 3)  # on the CPU, as users build them
@@ -138,6 +146,12 @@ LOSSES = {
     "sde_dsm": lambda law, x0, g: sf.losses.sde_dsm_loss(law.score(SDE), SDE, x0, generator=g),
     "sde_dsm_log_snr": lambda law, x0, g: sf.losses.sde_dsm_loss(law.score(SDE), SDE, x0, generator=g, time_sampling="log_snr"),
     "cfm_ot": lambda law, x0, g: sf.losses.cfm_loss(lambda x, t: -x, sf.RectifiedFlow(), x0, coupling="ot", generator=g),
+    "consistency_distillation": lambda law, x0, g: sf.losses.consistency_distillation_loss(
+        law.consistency_function(SDE), law.consistency_function(SDE), law.score(SDE), SDE, x0, generator=g
+    ),
+    "consistency_training": lambda law, x0, g: sf.losses.consistency_training_loss(
+        law.consistency_function(SDE), law.consistency_function(SDE), SDE, x0, generator=g
+    ),
 }
 
 
