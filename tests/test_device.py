@@ -11,6 +11,7 @@ import torch
 import scoreflow as sf
 from _fake_cuda import DEVICE, DeviceMismatch, FakeCudaGenerator, fake_cuda, is_tagged, on_device
 from scoreflow.dynamics import divergence
+from scoreflow.testing import make_law
 
 SDE = sf.VPSDE()
 ADAPTIVE = {"rtol": 1e-3, "atol": 1e-3}
@@ -121,6 +122,13 @@ def test_sample_consistency_with_an_exact_consistency_function(steps):
     # Gaussian.flow_map built its times on the CPU, (1, 1) coefficients that met the law's mean on the device.
     _assert_same(
         lambda law, x_T, x0, g: sf.sample_consistency(law.consistency_function(SDE), SDE, x_T, steps=steps, generator=g).samples
+    )
+
+
+def test_mixture_flow_map():
+    # The DOP853 solve of a mixture's flow map called the law (on the device) on its CPU states.
+    _assert_same(
+        lambda law, x_T, x0, g: law.flow_map(SDE, x_T, SDE.T, 0.5, rtol=1e-6, atol=1e-8), law=lambda: make_law("ring2d")
     )
 
 
