@@ -11,6 +11,7 @@ import torch
 import scoreflow as sf
 from _fake_cuda import DEVICE, DeviceMismatch, FakeCudaGenerator, fake_cuda, is_tagged, on_device
 from scoreflow.dynamics import divergence
+from scoreflow.metrics import sliced_wasserstein2
 from scoreflow.testing import make_law
 
 SDE = sf.VPSDE()
@@ -166,3 +167,13 @@ LOSSES = {
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_losses(name):
     _assert_same(lambda law, x_T, x0, g: LOSSES[name](law, x0, g))
+
+
+def test_sliced_wasserstein2_of_samples_on_the_device():
+    # The projection directions were drawn on the CPU and multiplied with the samples on their device.
+    x, y = _inputs()
+    expected = sliced_wasserstein2(x, y, generator=torch.Generator().manual_seed(2))
+    with fake_cuda():
+        got = sliced_wasserstein2(on_device(x), on_device(y), generator=torch.Generator().manual_seed(2))
+        on_its_device = sliced_wasserstein2(on_device(x), on_device(y), generator=FakeCudaGenerator().manual_seed(2))
+    assert got == expected and on_its_device == expected  # (the fake device's generator is the CPU's stream)
