@@ -76,6 +76,20 @@ TRACES = [(m.name, "exact") for m in sf.list_methods("likelihood")] + [
 ]
 
 
+@pytest.mark.parametrize("name", ["euler", "dpmpp_2m_sde"])
+def test_sample_sde_refuses_a_brownian_path_on_another_device(name):
+    # A path built for a CPU x_T passed the shape and dtype check and failed inside the first step.
+    x_T, _ = _inputs()
+    with fake_cuda():
+        law = _law().to(device=DEVICE)
+        cpu_path = sf.brownian_motion(x_T, SDE.T - SDE.t_min)
+        with pytest.raises(ValueError, match=r"sample_sde: argument 'bm' expected .* device cuda:0 .* device cpu"):
+            sf.sample_sde(law.score(SDE), SDE, on_device(x_T), method=name, steps=3, bm=cpu_path)
+        x_T = on_device(x_T)
+        res = sf.sample_sde(law.score(SDE), SDE, x_T, method=name, steps=3, bm=sf.brownian_motion(x_T, SDE.T - SDE.t_min))
+        assert res.samples.device == DEVICE
+
+
 @pytest.mark.parametrize(("name", "trace"), TRACES)
 def test_log_likelihood(name, trace):
     options = {} if trace == "exact" else {"trace": trace}
