@@ -90,6 +90,16 @@ def test_sample_sde_refuses_a_brownian_path_on_another_device(name):
         assert res.samples.device == DEVICE
 
 
+def test_dps_score_refuses_a_measurement_on_another_device():
+    # A CPU y met operator(x0) on the device in the residual, inside the first step.
+    x_T, _ = _inputs()
+    with fake_cuda():
+        law = _law().to(device=DEVICE)
+        dps = sf.dps_score(law.score(SDE), SDE, lambda x: x[:, :1], torch.tensor([0.3], dtype=torch.float64), noise_std=0.5)
+        with pytest.raises(ValueError, match=r"dps_score: argument 'y' expected the device of operator\(x0\), cuda:0, got cpu"):
+            sf.sample_ode(dps, SDE, on_device(x_T), method="euler", steps=3)
+
+
 @pytest.mark.parametrize(("name", "trace"), TRACES)
 def test_log_likelihood(name, trace):
     options = {} if trace == "exact" else {"trace": trace}
