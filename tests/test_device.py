@@ -100,6 +100,17 @@ def test_dps_score_refuses_a_measurement_on_another_device():
             sf.sample_ode(dps, SDE, on_device(x_T), method="euler", steps=3)
 
 
+def test_fit_schedule_refuses_a_reference_on_another_device():
+    # A CPU reference (a saved FittedSchedule's) met the first candidate's samples on the device, after its solve.
+    x_T, _ = _inputs()
+    with fake_cuda():
+        law = _law().to(device=DEVICE)
+        with pytest.raises(ValueError, match="fit_schedule: argument 'reference' expected the device of x_pilot, cuda:0, got cpu"):
+            sf.fit_schedule(law.score(SDE), SDE, on_device(x_T), 3, method="dpmpp_2m", reference=torch.zeros_like(x_T))
+        fitted = sf.fit_schedule(law.score(SDE), SDE, on_device(x_T), 3, method="dpmpp_2m")
+        assert fitted.reference.device == DEVICE
+
+
 @pytest.mark.parametrize(("name", "trace"), TRACES)
 def test_log_likelihood(name, trace):
     options = {} if trace == "exact" else {"trace": trace}
