@@ -8,7 +8,8 @@ CPU tensors mix freely), when a generator draws noise for the other device, and 
 ``FakeCudaGenerator()`` is a generator "on the device".
 
 torch.func transforms hide the tensors they wrap from a ``TorchFunctionMode``; ``fake_cuda(*modules)`` patches the
-``vjp``/``vmap``/``jvp``/``grad`` those modules imported (and ``torch.func``'s own) so that their outputs are tagged like their inputs.
+``vjp``/``vmap``/``jvp``/``grad`` those modules imported (and ``torch.func``'s own) so that their outputs are tagged
+like their inputs. ``torch.Generator("cuda")`` (as torchsde builds its own) gives a ``FakeCudaGenerator``.
 """
 
 from __future__ import annotations
