@@ -67,7 +67,9 @@ def sliced_wasserstein2(
     xf, yf = _flat(x).double(), _flat(y).double()
     if xf.shape[1] != yf.shape[1]:
         raise ValueError(f"sliced_wasserstein2: x has {xf.shape[1]} dims per sample, y has {yf.shape[1]}.")
-    theta = torch.randn(xf.shape[1], n_projections, generator=generator, dtype=torch.float64)
+    theta = torch.randn(
+        xf.shape[1], n_projections, generator=generator, dtype=torch.float64, device=generator.device if generator else "cpu"
+    ).to(xf.device)  # drawn where the generator is, so a seed gives the same directions for data on any device
     theta = theta / theta.norm(dim=0, keepdim=True)
     px = torch.sort((xf @ theta).T, dim=1).values
     py = torch.sort((yf @ theta).T, dim=1).values

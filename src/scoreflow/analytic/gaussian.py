@@ -40,8 +40,8 @@ class Gaussian(GaussianMixture):
         accepted for the mixture's signature and unused: the map is closed-form.
         """
         dtype = self.means.dtype
-        a0, s0 = (c.reshape(-1, 1) for c in sde.marginal(torch.as_tensor(t_from, dtype=dtype)))
-        a1, s1 = (c.reshape(-1, 1) for c in sde.marginal(torch.as_tensor(t_to, dtype=dtype)))
+        a0, s0 = (c.reshape(-1, 1) for c in sde.marginal(torch.as_tensor(t_from, dtype=dtype, device=self.means.device)))
+        a1, s1 = (c.reshape(-1, 1) for c in sde.marginal(torch.as_tensor(t_to, dtype=dtype, device=self.means.device)))
         lam, mu, u = self.eigvals[0], self.means[0], self.eigvecs[0]
         scale = torch.sqrt((a1**2 * lam + s1**2) / (a0**2 * lam + s0**2))
         xf = self._flat(x).to(dtype)

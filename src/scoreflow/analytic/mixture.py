@@ -249,7 +249,8 @@ class GaussianMixture:
     ) -> torch.Tensor:
         """The probability-flow map of this law from ``t_from`` (scalar or ``(B,)``) to ``t_to``: a float64 DOP853
         solve of the exact flow velocity (:meth:`velocity`) at ``rtol``/``atol`` (:func:`scoreflow.analytic.flow.solve_flow_map`)."""
-        return solve_flow_map(self.to(torch.float64).velocity(sde).predict, x, t_from, t_to, rtol=rtol, atol=atol)
+        law = self.to(torch.float64, "cpu")  # the solve's states are on the host, whatever the device of x or the law
+        return solve_flow_map(law.velocity(sde).predict, x, t_from, t_to, rtol=rtol, atol=atol)
 
     def flow_description(self, rtol: float = FLOW_RTOL, atol: float = FLOW_ATOL) -> str:
         """How :meth:`flow_map` is computed: a solve, with its tolerances."""

@@ -129,6 +129,8 @@ class DPSScore(torch.nn.Module):
                     f"dps_score: argument 'y' expected the shape of operator(x0), {m}, or one measurement for all, "
                     f"{m[1:]}, got shape {shape}."
                 )
+            if self.y.device != measured.device:
+                raise ValueError(f"dps_score: argument 'y' expected the device of operator(x0), {measured.device}, got {self.y.device}.")
             resid = (self.y.to(x.dtype) - measured) / self.noise_std
             return -0.5 * resid.reshape(x.shape[0], -1).pow(2).sum(1)
 
@@ -160,7 +162,7 @@ def dps_score(
             or ``scale`` is not a number.
         ValueError: for a non-finite ``y`` or ``scale`` or a ``noise_std`` that is not > 0.
         TypeError, ValueError: when called, for an ``operator`` that does not return a tensor, or a ``y`` whose shape
-            is not that of ``operator(x0)`` (or of one measurement).
+            is not that of ``operator(x0)`` (or of one measurement) or which is on another device.
     """
     fn = "dps_score"
     check_callable(fn, "score", score, "score(x, t)")

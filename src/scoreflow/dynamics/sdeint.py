@@ -79,13 +79,15 @@ class BrownianPath(torchsde.BaseBrownian):
         """Check that this path drives a solve of ``x_T`` over ``[0, duration]`` (with Lévy area if needed).
 
         Raises:
-            ValueError: for another shape or dtype than the flattened ``x_T``, a shorter span, or no Lévy area.
+            ValueError: for another shape, dtype or device than the flattened ``x_T``, a shorter span, or no Lévy area.
         """
         size = (x_T.shape[0], x_T[0].numel())
-        if tuple(self.shape) != size or self.dtype != x_T.dtype:
+        # torchsde keeps the device as given: "cuda" (no index) is the current device
+        on_device = torch.device(self.device) in (x_T.device, torch.device(x_T.device.type))
+        if tuple(self.shape) != size or self.dtype != x_T.dtype or not on_device:
             raise ValueError(
-                f"{fn}: argument 'bm' expected shape {size} and dtype {x_T.dtype} (the flattened x_T), "
-                f"got shape {tuple(self.shape)} and dtype {self.dtype}."
+                f"{fn}: argument 'bm' expected shape {size}, dtype {x_T.dtype} and device {x_T.device} (the flattened "
+                f"x_T), got shape {tuple(self.shape)}, dtype {self.dtype} and device {self.device}."
             )
         if self.duration < duration * (1 - 1e-6):
             raise ValueError(

@@ -137,8 +137,8 @@ def fit_schedule(
 
     Raises:
         ValueError: for an adaptive or unknown ``method``, no method, an unknown ``family``, ``steps < 1``, a
-            non-positive ``reference_tol``, a malformed ``x_pilot``, a ``reference`` not shaped like it or not finite,
-            or ``t_min`` outside ``(0, T)``.
+            non-positive ``reference_tol``, a malformed ``x_pilot``, a ``reference`` not shaped like it, on another
+            device or not finite, or ``t_min`` outside ``(0, T)``.
         TypeError: for arguments of the wrong type.
     """
     fn = "fit_schedule"
@@ -167,6 +167,8 @@ def fit_schedule(
         if not torch.is_tensor(reference) or reference.shape != x_pilot.shape:
             got = f"shape {tuple(reference.shape)}" if torch.is_tensor(reference) else type(reference).__name__
             raise ValueError(f"{fn}: argument 'reference' expected a tensor shaped like x_pilot {tuple(x_pilot.shape)}, got {got}.")
+        if reference.device != x_pilot.device:
+            raise ValueError(f"{fn}: argument 'reference' expected the device of x_pilot, {x_pilot.device}, got {reference.device}.")
         check_batch(fn, "reference", reference)  # finite: a NaN made every candidate's error NaN and the first one "win"
         nfe = 0
     tried: list[tuple[str, dict[str, float], float]] = []
