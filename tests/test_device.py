@@ -212,3 +212,27 @@ def test_sliced_wasserstein2_of_samples_on_the_device():
         got = sliced_wasserstein2(on_device(x), on_device(y), generator=torch.Generator().manual_seed(2))
         on_its_device = sliced_wasserstein2(on_device(x), on_device(y), generator=FakeCudaGenerator().manual_seed(2))
     assert got == expected and on_its_device == expected  # (the fake device's generator is the CPU's stream)
+
+
+GENERATOR_SITES = {
+    "sample_pc": lambda law, x, g: sf.sample_pc(law.score(SDE), SDE, x, steps=2, generator=g),
+    "inpaint": lambda law, x, g: sf.inpaint(law.score(SDE), SDE, x, known=x, mask=torch.ones_like(x), steps=2, generator=g),
+    "langevin": lambda law, x, g: sf.langevin(law.grad_log_prob, x, steps=2, step_size=0.01, generator=g),
+    "annealed_langevin": lambda law, x, g: sf.annealed_langevin(lambda y, s: -y, x, [1.0, 0.1], steps=2, generator=g),
+    "sample_consistency": lambda law, x, g: sf.sample_consistency(law.consistency_function(SDE), SDE, x, steps=2, generator=g),
+    "log_likelihood": lambda law, x, g: sf.log_likelihood(law.score(SDE), SDE, x, trace="hutchinson", generator=g),
+    "draw_probes": lambda law, x, g: divergence.draw_probes(x, 1, generator=g),
+    "dequantize": lambda law, x, g: sf.dequantize(torch.zeros_like(x), generator=g),
+    **{name: (lambda name: lambda law, x, g: LOSSES[name](law, x, g))(name) for name in LOSSES if name not in ("esm", "ism")},
+}
+
+
+@pytest.mark.parametrize("name", list(GENERATOR_SITES))
+def test_a_generator_on_another_device_than_the_data_is_named(name):
+    # before: torch's own "Expected a 'cuda' device type for generator but found 'cpu'" from inside the first draw,
+    # naming neither the function nor the argument (sample_sde, whose generator only seeds a Brownian path, takes any)
+    x, _ = _inputs()
+    with fake_cuda(divergence):
+        with pytest.raises(ValueError, match=r"argument 'generator' expected a generator on 'cuda', the device of '\w+'.*"
+                                             r"got one on 'cpu'\. Fix: torch\.Generator\(device='cuda:0'\)"):
+            GENERATOR_SITES[name](_law().to(device=DEVICE), on_device(x), torch.Generator().manual_seed(0))

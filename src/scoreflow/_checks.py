@@ -204,9 +204,18 @@ def check_options(fn: str, options: Any, valid: Iterable[str]) -> dict[str, Any]
     return dict(options)
 
 
-def check_generator(fn: str, generator: Any) -> torch.Generator | None:
+def check_generator(fn: str, generator: Any, like: Any = None, name: str = "x") -> torch.Generator | None:
+    """A ``torch.Generator`` or None; with ``like`` (the tensor argument ``name`` the noise is drawn for), one on
+    its device type: torch draws noise only from a generator of the device it draws on, and says so without
+    naming the caller."""
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{fn}: argument 'generator' expected a torch.Generator or None, got {_describe(generator)}.")
+    if generator is not None and torch.is_tensor(like) and generator.device.type != like.device.type:
+        raise ValueError(
+            f"{fn}: argument 'generator' expected a generator on {like.device.type!r}, the device of '{name}' (its noise "
+            f"is drawn there), got one on {str(generator.device)!r}. "
+            f"Fix: torch.Generator(device={str(like.device)!r}).manual_seed(seed)."
+        )
     return generator
 
 

@@ -112,7 +112,7 @@ def dequantize(
         raise TypeError(f"{fn}: argument 'x' expected a tensor of quantized data, got {type(x).__name__}.")
     check_int(fn, "n_bins", n_bins, minimum=2)
     lo, hi = check_data_range(fn, data_range)
-    check_generator(fn, generator)
+    check_generator(fn, generator, x)
     tol = 1e-3
     if x.is_floating_point():
         # a level k/(n_bins - 1) stored in x's dtype is off by up to half its spacing: eps/2 relative, eps*(n_bins-1)/2 levels

@@ -159,7 +159,7 @@ def log_likelihood(
     check_int(fn, "n_probes", n_probes)
     if trace == "exact" and n_probes != 1:
         raise ValueError(f"{fn}: argument 'n_probes' applies to the Hutchinson traces, got n_probes={n_probes} with trace='exact'.")
-    check_generator(fn, generator)
+    check_generator(fn, generator, x)
     check_bool(fn, "adjoint", adjoint)  # adjoint="no" would read as true
     if chunk_size is not None:
         check_int(fn, "chunk_size", chunk_size)

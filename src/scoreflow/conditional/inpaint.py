@@ -188,7 +188,7 @@ def inpaint(
     check_int(fn, "steps", steps)
     if resample > 1 and jump >= steps:
         raise ValueError(f"{fn}: option 'jump' expected fewer grid steps than steps={steps}, got jump={jump}.")
-    check_generator(fn, generator)
+    check_generator(fn, generator, x_T, "x_T")
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x_T", x_T)
     known, mask = _check_known(fn, known, mask, x_T)

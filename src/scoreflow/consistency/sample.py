@@ -124,7 +124,7 @@ def sample_consistency(
     check_callable(fn, "f", f, "f(x, t)")
     check_sde(fn, sde)
     check_batch(fn, "x_T", x_T)
-    check_generator(fn, generator)
+    check_generator(fn, generator, x_T, "x_T")
     if schedule is not None:
         check_choice(fn, "schedule", schedule, SCHEDULES)
     t_min = boundary_time(fn, f, sde, t_min)

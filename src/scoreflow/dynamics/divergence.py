@@ -292,7 +292,7 @@ def draw_probes(
     """
     check_choice("draw_probes", "kind", kind, PROBES)
     check_int("draw_probes", "n_probes", n_probes)
-    check_generator("draw_probes", generator)
+    check_generator("draw_probes", generator, x)
     shape = (n_probes, *x.shape)
     if kind == "gaussian":
         return torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)

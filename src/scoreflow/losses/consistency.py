@@ -73,7 +73,7 @@ class _Setup:
                 f"(sde.truncated(T) with T < {sde.T:g})."
             )
         self.weighting = weighting
-        check_generator(fn, generator)
+        check_generator(fn, generator, x0, "x0")
         check_reduction(fn, reduction)
         self.times = self._grid(fn, steps, schedule).to(dtype=x0.dtype, device=x0.device)
 

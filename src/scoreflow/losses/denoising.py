@@ -83,7 +83,7 @@ def dsm_loss(
     check_score(fn, score)
     check_batch(fn, "x", x)
     sigma = check_positive(fn, "sigma", sigma)
-    check_generator(fn, generator)
+    check_generator(fn, generator, x)
     check_reduction(fn, reduction)
     sig = batch_time(sigma, x)
     eps = standard_normal(x, generator)
@@ -129,7 +129,7 @@ def multiscale_dsm_loss(
     levels = check_noise_levels(fn, "sigmas", sigmas, x)
     if not callable(weighting):
         check_choice(fn, "weighting", weighting, MULTISCALE_WEIGHTINGS)
-    check_generator(fn, generator)
+    check_generator(fn, generator, x)
     check_reduction(fn, reduction)
     index = torch.randint(levels.numel(), (x.shape[0],), generator=generator, device=x.device)
     sig = levels[index]
@@ -192,7 +192,7 @@ def sde_dsm_loss(
     if not callable(weighting):
         check_choice(fn, "weighting", weighting, SDE_WEIGHTINGS)
     check_choice(fn, "time_sampling", time_sampling, TIME_SAMPLINGS)
-    check_generator(fn, generator)
+    check_generator(fn, generator, x)
     check_reduction(fn, reduction)
     if time_sampling == "log_snr":
         _check_log_snr_range(fn, sde, t_min)

@@ -83,7 +83,7 @@ def cfm_loss(
     check_batch(fn, "x0", x0)
     check_choice(fn, "coupling", coupling, COUPLINGS)
     t_lo = resolve_t_min(fn, path, 0.0 if t_min is None and path.reaches_data else t_min)
-    check_generator(fn, generator)
+    check_generator(fn, generator, x0, "x0")
     check_reduction(fn, reduction)
     noise = standard_normal(x0, generator)
     if coupling == "ot":

@@ -29,7 +29,7 @@ def _projections(
     check_batch(fn, "x", x)
     check_int(fn, "n_projections", n_projections)
     check_choice(fn, "probe", probe, PROBES)
-    check_generator(fn, generator)
+    check_generator(fn, generator, x)
     check_reduction(fn, reduction)
     probes = draw_probes(x, n_projections, probe, generator)
     tb = batch_time(check_time(fn, "t", t, x), x)

@@ -108,7 +108,7 @@ def langevin(
     check_batch(fn, "x0", x0, state=True)
     eps = check_positive(fn, "step_size", step_size)
     check_int(fn, "steps", steps)
-    check_generator(fn, generator)
+    check_generator(fn, generator, x0, "x0")
     counted = CountedScore(_TimeFree(check_callable(fn, "score", score, "score(x)"), fn), caller=fn)
     lp = None if log_prob is None else check_log_prob_output(fn, log_prob, x0)
     noise_scale = math.sqrt(2 * eps)
@@ -236,7 +236,7 @@ def annealed_langevin(
     levels = check_sigmas(fn, "sigmas", sigmas)
     check_int(fn, "steps", steps)
     eps = check_positive(fn, "step_size", step_size)
-    check_generator(fn, generator)
+    check_generator(fn, generator, x0, "x0")
     check_bool(fn, "denoise_final", denoise_final)
     # Coefficients in float64 (exact for float32 runs too); the score sees sigma in x's dtype.
     alphas = (eps * levels**2 / levels[-1] ** 2).tolist()

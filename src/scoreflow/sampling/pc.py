@@ -132,7 +132,7 @@ def sample_pc(
     if predictor is None and corrector is None:
         raise ValueError(f"{fn}: predictor and corrector are both None; give at least one of them.")
     check_int(fn, "steps", steps)
-    check_generator(fn, generator)
+    check_generator(fn, generator, x_T, "x_T")
     check_bool(fn, "denoise_final", denoise_final)
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x_T", x_T, state=True)
