@@ -67,6 +67,16 @@ def test_sharded_sampling_is_independent_of_world_size_and_batch_split(monkeypat
     assert not torch.equal(D.sample_sharded(score, sde, 12, (2,), **{**kwargs, "seed": 8}).values, one.values)
 
 
+def test_item_seeds_differ_across_seeds_streams_and_items_even_for_seeds_beyond_32_bits():
+    # a seed >= 2**32 fills two 32-bit words of one entropy list [seed, stream, index]: item_seed(2**32 + 5, 0, 0)
+    # was item_seed(5, 0, 1), so two runs with different seeds drew the same noise for some items
+    seeds = [0, 1, 5, 2**32, 2**32 + 5, 2**63 + 5, 2**64 + 5]
+    keys = [(seed, index, stream) for seed in seeds for index in range(3) for stream in range(3)]
+    values = [D.item_seed(*key) for key in keys]
+    assert len(set(values)) == len(keys)
+    assert all(0 <= v < 2**64 for v in values)
+
+
 def test_per_item_brownian_rows_are_independent_standard_brownian_increments():
     dim, n = 3, 400
     bm = D.brownian_per_item(range(n), dim, 2.0, seed=0, dtype=torch.float64)

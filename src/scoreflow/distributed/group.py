@@ -48,5 +48,9 @@ def global_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[
 
 
 def item_seed(seed: int, index: int, stream: int) -> int:
-    """A 64-bit seed for one random ``stream`` of item ``index`` (numpy's SeedSequence mixing)."""
-    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1, np.uint64)[0])
+    """A 64-bit seed for one random ``stream`` of item ``index`` (numpy's SeedSequence mixing).
+
+    The user's seed is the entropy and ``(stream, index)`` the spawn key, which SeedSequence keeps apart from it:
+    as one entropy list ``[seed, stream, index]``, a seed of 2**32 or more spread over two words, and
+    ``item_seed(2**32 + 5, 0, 0)`` was ``item_seed(5, 0, 1)``."""
+    return int(np.random.SeedSequence(seed, spawn_key=(stream, index)).generate_state(1, np.uint64)[0])
