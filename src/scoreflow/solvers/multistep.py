@@ -49,7 +49,8 @@ def final_points(points: int, i: int, steps: int, *, corrected: bool = False) ->
     ``points`` from :data:`LOWER_ORDER_FINAL_BELOW` steps on, so every method keeps its order.  Below, at most
     ``steps - i``: the last step takes one point (its order drops to 1), the one before at most two, and so on; a
     predictor-corrector (``corrected``), whose steps but the last are corrected through the new point, drops only its
-    last, uncorrected, step to one point.  Every multistep solver, ODE and SDE, takes its points from here.
+    last, uncorrected, step to one point.  Every multistep solver with the ``lower_order_final`` option, ODE and SDE,
+    takes its points from here (``ipndm`` and the ``velocity_*_pc`` methods have no such option).
 
     Args:
         points: the points step ``i`` would take without the rule (its history, at most the method's).
