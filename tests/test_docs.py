@@ -98,6 +98,31 @@ def test_the_api_page_lists_every_public_name():
     assert not missing, f"public names missing from docs/api.md: {missing}"
 
 
+def test_the_api_page_says_where_each_entry_is_imported_from():
+    """docs/api.md's headings show bare names; its opening paragraph says where each lives: in ``scoreflow``, in the
+    submodule its section names, or in the module the paragraph names beside it."""
+    import importlib
+
+    import scoreflow
+
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    intro = text.split("\n## ", 1)[0]
+    wrong = []
+    for section in text.split("\n## ")[1:]:
+        named = re.search(r"\(`(scoreflow\.[a-z_.]+)`\)", section.splitlines()[0])
+        home = importlib.import_module(named.group(1)) if named else scoreflow
+        for block in re.finditer(r"^::: (\S+)\n((?:[ \t]+\S.*\n)*)", section, re.MULTILINE):
+            members = re.search(r"members: \[(.*)\]", block.group(2))
+            paths = [f"{block.group(1)}.{m.strip()}" for m in members.group(1).split(",")] if members else [block.group(1)]
+            for path in paths:
+                module, name = path.rsplit(".", 1)
+                if hasattr(home, name) or hasattr(scoreflow, name):
+                    continue
+                if not re.search(rf"`{re.escape(module)}`[^;]*?`{name}`|`{name}`[^;]*?`{re.escape(module)}`", intro):
+                    wrong.append(path)
+    assert not wrong, f"docs/api.md shows these without saying where to import them from: {wrong}"
+
+
 README_BLOCKS = python_blocks(ROOT / "README.md")
 
 
