@@ -52,6 +52,77 @@ def test_the_readme_lists_exactly_the_registered_methods(front_end, kinds):
     assert names == {m.name for kind in kinds for m in sf.list_methods(kind)}, row
 
 
+def _api_page_names() -> tuple[set[str], set[str]]:
+    """The dotted paths of docs/api.md's ``:::`` directives (with their ``members``), and every name it shows in backticks."""
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    paths = set()
+    for block in re.finditer(r"^::: (\S+)\n((?:[ \t]+\S.*\n)*)", text, re.MULTILINE):
+        members = re.search(r"members: \[(.*)\]", block.group(2))
+        if members:
+            paths |= {f"{block.group(1)}.{m.strip()}" for m in members.group(1).split(",")}
+        else:
+            paths.add(block.group(1))
+    quoted = {part for code in re.findall(r"`([^`]+)`", text) for part in re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", code)}
+    return paths, quoted
+
+
+def test_the_api_page_lists_every_public_name():
+    """Every name in the ``__all__`` of scoreflow and of its public modules is on docs/api.md: as a ``:::`` directive
+    (or a member of one), inside a module directive that shows all its members, or named in backticks."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import scoreflow
+
+    paths, quoted = _api_page_names()
+    shown = set()
+    for path in paths:
+        module, _, name = path.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            obj = importlib.import_module(path)
+        if inspect.ismodule(obj):  # a module directive without members shows every name of its __all__
+            shown |= {id(getattr(obj, n)) for n in getattr(obj, "__all__", ())}
+        shown.add(id(obj))
+    modules = ["scoreflow"] + [f"scoreflow.{m.name}" for m in pkgutil.iter_modules(scoreflow.__path__) if not m.name.startswith("_")]
+    missing = []
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            if inspect.ismodule(obj) or id(obj) in shown or f"{module_name}.{name}" in quoted or name in quoted:
+                continue
+            missing.append(f"{module_name}.{name}")
+    assert not missing, f"public names missing from docs/api.md: {missing}"
+
+
+def test_the_api_page_says_where_each_entry_is_imported_from():
+    """docs/api.md's headings show bare names; its opening paragraph says where each lives: in ``scoreflow``, in the
+    submodule its section names, or in the module the paragraph names beside it."""
+    import importlib
+
+    import scoreflow
+
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    intro = text.split("\n## ", 1)[0]
+    wrong = []
+    for section in text.split("\n## ")[1:]:
+        named = re.search(r"\(`(scoreflow\.[a-z_.]+)`\)", section.splitlines()[0])
+        home = importlib.import_module(named.group(1)) if named else scoreflow
+        for block in re.finditer(r"^::: (\S+)\n((?:[ \t]+\S.*\n)*)", section, re.MULTILINE):
+            members = re.search(r"members: \[(.*)\]", block.group(2))
+            paths = [f"{block.group(1)}.{m.strip()}" for m in members.group(1).split(",")] if members else [block.group(1)]
+            for path in paths:
+                module, name = path.rsplit(".", 1)
+                if hasattr(home, name) or hasattr(scoreflow, name):
+                    continue
+                if not re.search(rf"`{re.escape(module)}`[^;]*?`{name}`|`{name}`[^;]*?`{re.escape(module)}`", intro):
+                    wrong.append(path)
+    assert not wrong, f"docs/api.md shows these without saying where to import them from: {wrong}"
+
+
 README_BLOCKS = python_blocks(ROOT / "README.md")
 
 
