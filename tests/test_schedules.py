@@ -83,7 +83,7 @@ def test_uniform_t_grid_and_custom_t_min_dtype_device():
 def test_every_grid_is_monotone_with_exact_ends(steps, schedule, sde_name, frac, rho):
     sde = SDES[sde_name]
     t_min = frac * sde.T
-    ts = time_grid(sde, steps, schedule, t_min=t_min, rho=rho)
+    ts = time_grid(sde, steps, schedule, t_min=t_min, **({'rho': rho} if schedule == 'karras' else {}))
     assert ts.shape == (steps + 1,)
     assert ts[0].item() == sde.T and ts[-1].item() == t_min
     assert (ts[1:] < ts[:-1]).all() and torch.isfinite(ts).all()
@@ -103,3 +103,10 @@ def test_bad_arguments_are_rejected_with_the_fix():
         time_grid(sde, 10, t_min=1.5)
     with pytest.raises(ValueError, match="'sigma_cap' expected a finite number > 0"):
         time_grid(sde, 10, "log_snr_capped", sigma_cap=0.0)
+    # an option of another schedule was silently ignored (shift=2 gave the uniform grid): refused, naming its schedule
+    for schedule, option in [("t", {"shift": 2.0}), ("log_snr", {"rho": 5.0}), ("karras", {"sigma_cap": 3.0}),
+                             ("shift", {"sigma_floor": 0.1})]:
+        (name, value), = option.items()
+        with pytest.raises(ValueError, match=rf"argument '{name}' applies to schedule '\w+', got {name}={value} with "
+                                             rf"schedule='{schedule}', which does not use it"):
+            time_grid(sde, 10, schedule, **option)

@@ -55,16 +55,20 @@ def step_size_grid(sde: ForwardSDE, start: float, end: float, step_size: float, 
     return ts
 
 
+#: The schedule each option of :func:`time_grid` belongs to.
+_OPTION_OF = {"rho": "karras", "sigma_cap": "log_snr_capped", "sigma_floor": "log_snr_capped", "shift": "shift"}
+
+
 def time_grid(
     sde: ForwardSDE,
     steps: int,
     schedule: str = "t",
     *,
     t_min: float | None = None,
-    rho: float = 7.0,
-    sigma_cap: float = 10.0,
-    sigma_floor: float = 0.0,
-    shift: float = 3.0,
+    rho: float | None = None,
+    sigma_cap: float | None = None,
+    sigma_floor: float | None = None,
+    shift: float | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
@@ -88,18 +92,19 @@ def time_grid(
         steps: number of steps N >= 1.
         schedule: one of ``SCHEDULES``.
         t_min: final time (default ``sde.t_min``).
-        rho: exponent of the Karras schedule (ignored by the others).
+        rho: exponent of the Karras schedule (default 7).
         sigma_cap: the noise level :math:`\bar\sigma_{cap} = \sigma/\alpha` of ``"log_snr_capped"``, about ten
-            times the data's standard deviation (ignored by the others).
+            times the data's standard deviation (default 10).
         sigma_floor: the lower noise level :math:`\bar\sigma_f \ge 0` of ``"log_snr_capped"`` (default 0: none).
-        shift: the time shift s > 0 of ``"shift"`` (ignored by the others).
+        shift: the time shift s > 0 of ``"shift"`` (default 3).  Each of these four is refused with a schedule
+            that does not use it (it would be ignored).
         dtype, device: of the returned tensor (computed in float64, then cast).
 
     Returns:
         A decreasing tensor of shape ``(steps + 1,)``.
 
     Raises:
-        ValueError: for an unknown schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0``, ``sigma_floor < 0`` (or, for
+        ValueError: for an unknown schedule, an option of another schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0``, ``sigma_floor < 0`` (or, for
             ``"log_snr_capped"``, not below ``sigma_cap``),
             ``shift <= 0``, ``t_min`` outside ``[0, T)`` (0 only for processes that allow it), or a log-SNR schedule
             with an infinite log-SNR at an end it needs.
@@ -110,6 +115,16 @@ def time_grid(
     check_float_dtype(fn, "dtype", dtype)
     check_choice(fn, "schedule", schedule, SCHEDULES)
     check_int(fn, "steps", steps)
+    for name, value in (("rho", rho), ("sigma_cap", sigma_cap), ("sigma_floor", sigma_floor), ("shift", shift)):
+        if value is not None and _OPTION_OF[name] != schedule:
+            raise ValueError(
+                f"{fn}: argument '{name}' applies to schedule {_OPTION_OF[name]!r}, got {name}={value!r} with "
+                f"schedule={schedule!r}, which does not use it. Fix: omit '{name}', or schedule={_OPTION_OF[name]!r}."
+            )
+    rho = 7.0 if rho is None else rho
+    sigma_cap = 10.0 if sigma_cap is None else sigma_cap
+    sigma_floor = 0.0 if sigma_floor is None else sigma_floor
+    shift = 3.0 if shift is None else shift
     check_positive(fn, "rho", rho)
     check_positive(fn, "sigma_cap", sigma_cap)
     check_positive(fn, "sigma_floor", sigma_floor, allow_zero=True)
