@@ -352,3 +352,47 @@ def test_flow_matching_scheduler_options_are_checked(unet):
         from_diffusers(unet, diffusers.FlowMatchEulerDiscreteScheduler(), prediction_type="velocity")
     with pytest.raises(ValueError, match="sde_from_scheduler: a flow-matching scheduler with invert_sigmas=True"):
         sde_from_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(invert_sigmas=True))
+
+
+class _ForwardOfX(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+def _inner_type_error(x, timestep, return_dict=False):
+    return x + "a string"  # a TypeError raised inside a network whose signature fits the call
+
+
+@pytest.mark.parametrize(
+    "adapter, net, condition, match",
+    [
+        (from_diffusers, _ForwardOfX(), {}, r"_ForwardOfX.forward has the signature \(x\)"),
+        (from_diffusers, lambda x, t: x, {"class_labels": torch.zeros(1, dtype=torch.long)},
+         r"class_labels=a tensor of shape \(2,\), return_dict=False\), but <lambda> has the signature \(x, t\)"),
+        (from_kdiffusion, _ForwardOfX(), {}, r"from_kdiffusion: the network is called as model\(x, sigma, \*\*condition\)"),
+    ],
+)
+def test_a_network_whose_signature_cannot_take_the_call_is_named_with_the_call(adapter, net, condition, match):
+    args = (diffusers.DDPMScheduler(),) if adapter is from_diffusers else ()
+    score, _ = adapter(net, *args, **condition)
+    x, t = torch.randn(2, 3), torch.full((2,), 0.5)
+    with pytest.raises(TypeError, match=match) as info:
+        score(x, t)
+    assert info.value.__cause__ is not None  # Python's own message stays in the chain
+    if adapter is from_diffusers:
+        assert "unet(x, timestep, **condition, return_dict=False)" in str(info.value)
+    score, _ = from_diffusers(_inner_type_error, diffusers.DDPMScheduler())
+    with pytest.raises(TypeError, match="unsupported operand"):  # not a signature problem: passed unchanged
+        score(x, t)
+
+
+@pytest.mark.parametrize("wrap", [lambda out: (out,), lambda out: {"sample": out}, lambda out: out])
+def test_a_unet_output_as_tuple_dict_or_tensor_gives_the_same_score(unet, wrap, generator):
+    x = torch.randn(2, 1, 8, 8, generator=generator)  # float32: a plain function is called in x's dtype
+    t = torch.tensor([0.3, 0.8])
+    wrapped = lambda x, timestep, return_dict: wrap(unet(x, timestep).sample)  # noqa: E731
+    with torch.no_grad():
+        got = from_diffusers(wrapped, diffusers.DDPMScheduler())[0](x, t)
+        ref = from_diffusers(unet, diffusers.DDPMScheduler())[0](x, t)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+

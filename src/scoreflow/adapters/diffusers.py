@@ -25,6 +25,7 @@ diffusers is only needed to build the model; this module never imports it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -121,10 +122,16 @@ def sde_from_scheduler(
     return DiscreteVPSDE(alphas_cumprod, t_min=t_min), float(n), -1.0
 
 
-def _first_output(raw: Any, x: torch.Tensor) -> torch.Tensor:
-    """The prediction in a diffusers output; a learned-variance UNet's second half of channels is dropped."""
-    out = raw[0] if isinstance(raw, tuple) else getattr(raw, "sample", raw)
-    if out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
+def _first_output(raw: Any, x: torch.Tensor) -> Any:
+    """The prediction in a diffusers output (a tuple, an object or a dict with ``sample``, or the tensor itself); a
+    learned-variance UNet's second half of channels is dropped. Anything else is returned for the caller to refuse."""
+    if isinstance(raw, tuple) and raw:
+        out = raw[0]
+    elif isinstance(raw, Mapping) and "sample" in raw:
+        out = raw["sample"]
+    else:
+        out = getattr(raw, "sample", raw)
+    if torch.is_tensor(out) and out.ndim == x.ndim and out.ndim > 1 and out.shape[1] == 2 * x.shape[1]:
         out = out[:, : x.shape[1]]
     return out
 
@@ -181,5 +188,6 @@ def from_diffusers(
         output=_first_output,
         autocast=autocast,
         fn=fn,
+        call="unet(x, timestep, **condition, return_dict=False)",
     )
     return _CONVERSIONS[prediction_type](net, sde), sde

@@ -56,5 +56,8 @@ def from_kdiffusion(
         raise TypeError(f"{fn}: argument 'model' expected a denoiser model(x, sigma), got {type(model).__name__}.")
     check_autocast(fn, autocast)
     sde = EDMSDE(sigma_min=sigma_min, sigma_max=sigma_max)
-    net = NetworkCall(model, time_input=_identity, condition=condition, output=_prediction, autocast=autocast, fn=fn)
+    net = NetworkCall(
+        model, time_input=_identity, condition=condition, output=_prediction, autocast=autocast, fn=fn,
+        call="model(x, sigma, **condition)",
+    )
     return score_from_denoiser(net, sde), sde
