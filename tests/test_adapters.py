@@ -396,3 +396,22 @@ def test_a_unet_output_as_tuple_dict_or_tensor_gives_the_same_score(unet, wrap, 
         ref = from_diffusers(unet, diffusers.DDPMScheduler())[0](x, t)
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_network_gets_its_float_conditions_in_its_own_dtype(dtype, generator):
+    # The state is cast to the network's dtype; a float32 text embedding must be too (torch refuses mixed matmuls).
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(4, 8),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=2, cross_attention_dim=4, attention_head_dim=2,
+    ).to(dtype).eval()
+    emb = torch.randn(2, 3, 4, generator=generator)
+    x = torch.randn(2, 1, 8, 8, generator=generator)
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        got = from_diffusers(unet, diffusers.DDPMScheduler(), encoder_hidden_states=emb)[0](x, t)
+        ref = from_diffusers(unet, diffusers.DDPMScheduler(), encoder_hidden_states=emb.to(dtype))[0](x, t)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+

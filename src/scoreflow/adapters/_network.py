@@ -23,10 +23,14 @@ def _network_dtype(net: Any) -> torch.dtype | None:
     return None
 
 
-def _expand_condition(value: Any, batch: int) -> Any:
-    """Broadcast a conditioning tensor with a leading dimension of 1 to the batch; leave anything else alone."""
-    if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == 1 and batch != 1:
-        return value.expand(batch, *value.shape[1:])
+def _expand_condition(value: Any, batch: int, dtype: torch.dtype) -> Any:
+    """Broadcast a conditioning tensor with a leading dimension of 1 to the batch and give a floating one the
+    network's dtype (as ``x``); leave anything else (integer class labels, non-tensors) alone."""
+    if torch.is_tensor(value):
+        if value.is_floating_point():
+            value = value.to(dtype)
+        if value.ndim > 0 and value.shape[0] == 1 and batch != 1:
+            return value.expand(batch, *value.shape[1:])
     return value
 
 
@@ -99,7 +103,7 @@ class NetworkCall(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         dtype = _network_dtype(self.net) or x.dtype
-        condition = {k: _expand_condition(v, x.shape[0]) for k, v in self.condition.items()}
+        condition = {k: _expand_condition(v, x.shape[0], dtype) for k, v in self.condition.items()}
         for k, v in condition.items():  # shapes only (no tensor read)
             if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] != x.shape[0]:
                 raise ValueError(
