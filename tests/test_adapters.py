@@ -415,3 +415,32 @@ def test_a_half_network_gets_its_float_conditions_in_its_own_dtype(dtype, genera
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
+
+def test_a_zero_terminal_snr_scheduler_samples_as_diffusers_ddim_with_v_prediction():
+    # rescale_betas_zero_snr=True: alphas_cumprod[-1] == 0, pure noise at the last step. The exact v-prediction of
+    # a Gaussian law at the discrete levels drives diffusers' DDIM loop and scoreflow's DDIM on the same timesteps.
+    # scoreflow's last level is 2^-24 (alpha(T) = 2^-12), so its first x0 estimate moves by alpha(T) |x| <= 1e-3.
+    scheduler = diffusers.DDIMScheduler(
+        rescale_betas_zero_snr=True, beta_schedule="scaled_linear", timestep_spacing="trailing",
+        prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False,
+    )
+    assert scheduler.alphas_cumprod[-1] == 0
+    alphas_cumprod = scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+    mean, var = 0.7, 0.3
+
+    def exact_v(x, timestep, return_dict=True):
+        a2 = alphas_cumprod[timestep.double().round().long()][:, None]
+        a, s = a2.sqrt(), (1 - a2).sqrt()
+        x0 = mean + a * var / (a2 * var + s**2) * (x - a * mean)  # E[x0 | x_t]
+        return (a * (x - a * x0) / s - s * x0,)  # v = alpha eps - sigma x0
+
+    score, sde = from_diffusers(exact_v, scheduler)
+    assert isinstance(sde, DiscreteVPSDE)
+    scheduler.set_timesteps(10)
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x_T
+    for k in scheduler.timesteps:
+        x = scheduler.step(exact_v(x, k.expand(64))[0], k, x).prev_sample
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
+    res = sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts)
+    torch.testing.assert_close(res.samples, x, rtol=0, atol=1e-3)

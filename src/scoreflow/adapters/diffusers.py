@@ -41,6 +41,9 @@ __all__ = ["from_diffusers", "sde_from_scheduler", "PREDICTION_TYPES", "SCHEDULE
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 SCHEDULES = ("auto", "linear", "discrete")
+#: The last alphas_cumprod of a zero-terminal-SNR schedule (diffusers' EulerDiscreteScheduler's: float16's smallest
+#: subnormal), so that T has a finite log-SNR and the prior N(0, I) is off by alpha(T) = 2^-12 in the mean.
+_ZERO_SNR_LEVEL = 2.0**-24
 _CONVERSIONS = {
     "epsilon": score_from_eps, "sample": score_from_denoiser, "v_prediction": score_from_velocity,
     "flow_prediction": score_from_flow_velocity,
@@ -95,19 +98,27 @@ def sde_from_scheduler(
             ``"discrete"`` (:class:`DiscreteVPSDE`, any betas) or ``"auto"`` (linear when the betas are).
         t_min: truncation time (default: ``VPSDE``'s ``1e-3``, or ``1/N`` for ``"discrete"``).
 
+    A zero terminal SNR (``alphas_cumprod[-1] == 0``, from ``rescale_betas_zero_snr=True``) has no finite log-SNR
+    at T; its last level becomes :math:`2^{-24}` (as in diffusers' Euler schedulers), so :math:`\alpha(T) = 2^{-12}`.
+
     Returns:
         ``(sde, scale, shift)``: the UNet's timestep at time ``t`` is ``scale * t + shift``.
 
     Raises:
         TypeError: if the scheduler has no discrete schedule and is not a flow-matching one.
-        ValueError: for an unknown ``schedule``, ``"linear"`` with non-linear betas, a zero terminal SNR, or a
-            flow-matching scheduler with ``invert_sigmas``.
+        ValueError: for an unknown ``schedule``, ``"linear"`` with non-linear betas, or a flow-matching scheduler
+            with ``invert_sigmas``.
     """
     fn = "sde_from_scheduler"
     check_choice(fn, "schedule", schedule, SCHEDULES)
     if _is_flow_matching(scheduler):
         return _flow_path(fn, scheduler, t_min)
     betas, alphas_cumprod = _schedule_arrays(fn, scheduler)
+    if alphas_cumprod.numel() > 1 and float(alphas_cumprod[-1]) == 0.0:
+        # A zero terminal SNR (rescale_betas_zero_snr=True: pure noise at the last step) has log alpha^2 = -inf
+        # there; as diffusers' Euler schedulers do, put its last level just above 0 (alpha = 2^-12 at T).
+        alphas_cumprod = alphas_cumprod.clone()
+        alphas_cumprod[-1] = min(_ZERO_SNR_LEVEL, 0.5 * float(alphas_cumprod[-2]))
     n = betas.numel()
     linear = _is_linear(betas)
     if schedule == "linear" and not linear:
