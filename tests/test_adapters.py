@@ -444,3 +444,42 @@ def test_a_zero_terminal_snr_scheduler_samples_as_diffusers_ddim_with_v_predicti
     ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
     res = sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts)
     torch.testing.assert_close(res.samples, x, rtol=0, atol=1e-3)
+
+
+class _ClampedGaussianDenoiser(torch.nn.Module):
+    """A stand-in for k-diffusion's DiscreteSchedule wrappers (CompVisDenoiser): it states its noise range as
+    sigma_min/sigma_max tensors and evaluates any sigma outside it at the nearest end; inside, it is the exact
+    denoiser E[x0 | x0 + sigma eps] of x0 ~ N(mean, var I)."""
+
+    def __init__(self, mean: float, var: float) -> None:
+        super().__init__()
+        self.mean, self.var = mean, var
+        self.register_buffer("sigmas", torch.tensor([0.03, 0.5, 14.6]))
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def forward(self, x, sigma):
+        s2 = sigma.clamp(float(self.sigmas[0]), float(self.sigmas[-1]))[:, None] ** 2
+        return (s2 * self.mean + self.var * x) / (self.var + s2)
+
+
+def test_kdiffusion_adapter_takes_a_discrete_schedule_wrappers_own_noise_range(generator):
+    model = _ClampedGaussianDenoiser(0.5, 0.2)
+    score, sde = from_kdiffusion(model)
+    assert (sde.sigma_min, sde.sigma_max) == (float(model.sigma_min), float(model.sigma_max))
+    law = Gaussian(torch.full((2,), 0.5, dtype=torch.float64), 0.2 * torch.eye(2, dtype=torch.float64))
+    x = sde.prior_sample((8, 2), generator=generator, dtype=torch.float64)
+    for t in (sde.T, sde.t_min):  # the ends of the solve: where a clamping wrapper is still exact
+        tt = torch.full((8,), t, dtype=torch.float64)
+        torch.testing.assert_close(score(x, tt), law.score(sde)(x, tt), rtol=1e-6, atol=1e-8)
+    assert from_kdiffusion(model, sigma_min=0.1, sigma_max=10.0)[1].sigma_max == 10.0  # inside: as given
+    with pytest.raises(ValueError, match=r"from_kdiffusion: argument 'sigma_max' = 80 lies outside the model's own noise levels \[0.03, 14.6\]"):
+        from_kdiffusion(model, sigma_max=80.0)
+    with pytest.raises(ValueError, match="argument 'sigma_min' = 0.002 lies outside"):
+        from_kdiffusion(model, sigma_min=0.002)
