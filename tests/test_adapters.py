@@ -350,6 +350,10 @@ def test_flow_matching_scheduler_becomes_rectified_flow_and_reproduces_its_euler
 def test_flow_matching_scheduler_options_are_checked(unet):
     with pytest.raises(ValueError, match="from_diffusers: argument 'prediction_type' expected one of"):
         from_diffusers(unet, diffusers.FlowMatchEulerDiscreteScheduler(), prediction_type="velocity")
+    for scheduler in (diffusers.DDPMScheduler(), diffusers.DPMSolverMultistepScheduler(prediction_type="flow_prediction")):
+        # without flow sigmas diffusers' DDPM schedule has no velocity eps - x0: refused, not read as the VP's dx/dt
+        with pytest.raises(ValueError, match=r"from_diffusers: prediction_type='flow_prediction' .* needs a flow-matching scheduler"):
+            from_diffusers(unet, scheduler, prediction_type="flow_prediction")
     with pytest.raises(ValueError, match="sde_from_scheduler: a flow-matching scheduler with invert_sigmas=True"):
         sde_from_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(invert_sigmas=True))
 

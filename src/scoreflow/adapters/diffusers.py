@@ -175,8 +175,9 @@ def from_diffusers(
 
     Raises:
         TypeError: if ``unet`` is not callable or the scheduler has no discrete schedule.
-        ValueError: for an unknown prediction type or schedule (see :func:`sde_from_scheduler`),
-            or a UNet whose learned time embedding cannot take continuous timesteps.
+        ValueError: for an unknown prediction type or schedule (see :func:`sde_from_scheduler`), ``"flow_prediction"``
+            with a scheduler that is not a flow-matching one, or a UNet whose learned time embedding cannot take
+            continuous timesteps.
     """
     fn = "from_diffusers"
     if not callable(unet):
@@ -190,6 +191,13 @@ def from_diffusers(
         raise ValueError(
             f"{fn}: the UNet has a learned (lookup-table) time embedding, which accepts integer timesteps only; "
             "scoreflow's solvers evaluate it at continuous times. Use a model with positional or Fourier time embeddings."
+        )
+    if prediction_type == "flow_prediction" and not _is_flow_matching(scheduler):
+        raise ValueError(
+            f"{fn}: prediction_type='flow_prediction' (the velocity eps - x0 of x_t = (1 - t) x0 + t eps) needs a "
+            f"flow-matching scheduler, got {type(scheduler).__name__} without use_flow_sigmas, whose DDPM schedule "
+            "has no such velocity. Fix: pass the scheduler the model was trained with (e.g. "
+            "FlowMatchEulerDiscreteScheduler, or use_flow_sigmas=True), or the model's own prediction type."
         )
     sde, scale, shift = sde_from_scheduler(scheduler, schedule=schedule, t_min=t_min)
     net = NetworkCall(
