@@ -374,6 +374,7 @@ def _inner_type_error(x, timestep, return_dict=False):
         (from_diffusers, lambda x, t: x, {"class_labels": torch.zeros(1, dtype=torch.long)},
          r"class_labels=a tensor of shape \(2,\), return_dict=False\), but <lambda> has the signature \(x, t\)"),
         (from_kdiffusion, _ForwardOfX(), {}, r"from_kdiffusion: the network is called as model\(x, sigma, \*\*condition\)"),
+        (from_kdiffusion, torch.compile(_ForwardOfX(), backend="eager"), {}, r"_ForwardOfX.forward has the signature \(x\)"),
     ],
 )
 def test_a_network_whose_signature_cannot_take_the_call_is_named_with_the_call(adapter, net, condition, match):

@@ -43,6 +43,7 @@ def _describe(value: Any) -> str:
 def _call_mismatch(fn: str, call: str, net: Any, args: tuple, kwargs: dict, err: TypeError) -> TypeError | None:
     """The error for a network whose signature cannot take ``net(*args, **kwargs)``, or ``None`` when it can (the
     ``TypeError`` came from inside the network) or its signature cannot be read. Runs only after a failed call."""
+    net = getattr(net, "_orig_mod", net)  # a torch.compile d module's forward takes (*args, **kwargs): read its original
     target = net.forward if isinstance(net, torch.nn.Module) else net
     try:
         own = inspect.signature(target)
