@@ -488,3 +488,31 @@ def test_kdiffusion_adapter_takes_a_discrete_schedule_wrappers_own_noise_range(g
         from_kdiffusion(model, sigma_max=80.0)
     with pytest.raises(ValueError, match="argument 'sigma_min' = 0.002 lies outside"):
         from_kdiffusion(model, sigma_min=0.002)
+
+
+def test_a_continuous_timestep_scheduler_calls_the_unet_with_c_noise_as_diffusers_euler_does():
+    # EulerDiscreteScheduler(timestep_type="continuous", prediction_type="v_prediction") calls the UNet with
+    # 0.25 log(sigma/alpha). The exact v-prediction of a Gaussian reads its noise level back from that timestep;
+    # diffusers' Euler loop in sigma and scoreflow's euler in time="sigma" on the same sigmas, then Tweedie's step.
+    scheduler = diffusers.EulerDiscreteScheduler(timestep_type="continuous", prediction_type="v_prediction")
+    mean, var = 0.7, 0.3
+
+    def exact_v(x, timestep, return_dict=True):
+        sig = torch.exp(4 * timestep.double())[:, None]  # sigma/alpha
+        a = (1 + sig**2).rsqrt()
+        s = sig * a
+        x0 = mean + a * var / (a**2 * var + s**2) * (x - a * mean)
+        return (a * (x - a * x0) / s - s * x0,)
+
+    score, sde = from_diffusers(exact_v, scheduler, schedule="discrete")
+    scheduler.set_timesteps(10)
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x_T * scheduler.init_noise_sigma
+    for k in scheduler.timesteps:
+        x = scheduler.step(exact_v(scheduler.scale_model_input(x, k), k.expand(64))[0], k, x).prev_sample
+    sigmas = scheduler.sigmas[:-1].double()
+    ts = sde.t_from_log_snr(-sigmas.log())
+    ts[0] = 1.0  # the first sigma is the last training level's, up to float32 rounding
+    res = sf.sample_ode(score, sde, x_T, method="euler", time="sigma", schedule=ts, t_min=float(ts[-1]), denoise_final=True)
+    torch.testing.assert_close(res.samples, x, rtol=0, atol=1e-4)
+

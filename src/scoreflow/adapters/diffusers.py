@@ -200,9 +200,19 @@ def from_diffusers(
             "FlowMatchEulerDiscreteScheduler, or use_flow_sigmas=True), or the model's own prediction type."
         )
     sde, scale, shift = sde_from_scheduler(scheduler, schedule=schedule, t_min=t_min)
+    config = getattr(scheduler, "config", None)
+    if getattr(config, "timestep_type", None) == "continuous" and getattr(config, "prediction_type", None) == "v_prediction":
+        # EulerDiscreteScheduler(timestep_type="continuous") calls its v-prediction UNet with EDM's c_noise,
+        # 0.25 log(sigma / alpha), not with a training-step index.
+        def time_input(t: torch.Tensor) -> torch.Tensor:
+            alpha, sigma = sde.marginal(t)
+            return 0.25 * torch.log(sigma / alpha)
+    else:
+        def time_input(t: torch.Tensor) -> torch.Tensor:
+            return scale * t + shift
     net = NetworkCall(
         unet,
-        time_input=lambda t: scale * t + shift,
+        time_input=time_input,
         condition={**condition, "return_dict": False},
         output=_first_output,
         autocast=autocast,
