@@ -516,3 +516,34 @@ def test_a_continuous_timestep_scheduler_calls_the_unet_with_c_noise_as_diffuser
     res = sf.sample_ode(score, sde, x_T, method="euler", time="sigma", schedule=ts, t_min=float(ts[-1]), denoise_final=True)
     torch.testing.assert_close(res.samples, x, rtol=0, atol=1e-4)
 
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_ddim_on_a_discrete_schedule_is_diffusers_ddim_for_every_prediction_type(prediction_type, beta_schedule):
+    # The exact prediction of a Gaussian law at the scheduler's own levels (its timestep must be an integer), run
+    # through diffusers' DDIM loop and through the adapter with scoreflow's ddim on the same timesteps.
+    scheduler = diffusers.DDIMScheduler(
+        beta_schedule=beta_schedule, prediction_type=prediction_type, timestep_spacing="trailing",
+        clip_sample=False, set_alpha_to_one=False,
+    )
+    alphas_cumprod = scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+    mean, var = 0.7, 0.3
+
+    def exact(x, timestep, return_dict=True):
+        index = timestep.double().round().long()
+        assert torch.equal(index.double(), timestep.double())
+        a2 = alphas_cumprod[index][:, None]
+        a, s = a2.sqrt(), (1 - a2).sqrt()
+        x0 = mean + a * var / (a2 * var + s**2) * (x - a * mean)
+        eps = (x - a * x0) / s
+        return ({"epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0}[prediction_type],)
+
+    score, sde = from_diffusers(exact, scheduler, schedule="discrete")
+    scheduler.set_timesteps(10)
+    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x_T
+    for k in scheduler.timesteps:
+        x = scheduler.step(exact(x, k.expand(16))[0], k, x).prev_sample
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
+    res = sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts)
+    torch.testing.assert_close(res.samples, x, rtol=1e-6, atol=1e-6)  # diffusers' final alpha is float32
