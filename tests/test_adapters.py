@@ -419,6 +419,10 @@ def test_a_half_network_gets_its_float_conditions_in_its_own_dtype(dtype, genera
         ref = from_diffusers(unet, diffusers.DDPMScheduler(), encoder_hidden_states=emb.to(dtype))[0](x, t)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    seen = []  # a plain function (no parameters to read a dtype from) gets its conditions as given
+    plain = lambda x, timestep, emb, return_dict: seen.append(emb.dtype) or (x,)  # noqa: E731
+    from_diffusers(plain, diffusers.DDPMScheduler(), emb=emb)[0](x.double(), t.double())
+    assert seen == [torch.float32]
 
 
 def test_a_zero_terminal_snr_scheduler_samples_as_diffusers_ddim_with_v_prediction():

@@ -23,11 +23,12 @@ def _network_dtype(net: Any) -> torch.dtype | None:
     return None
 
 
-def _expand_condition(value: Any, batch: int, dtype: torch.dtype) -> Any:
+def _expand_condition(value: Any, batch: int, dtype: torch.dtype | None) -> Any:
     """Broadcast a conditioning tensor with a leading dimension of 1 to the batch and give a floating one the
-    network's dtype (as ``x``); leave anything else (integer class labels, non-tensors) alone."""
+    module's parameter dtype ``dtype`` (as ``x``; ``None``: a plain function, which gets its conditions as given);
+    leave anything else (integer class labels, non-tensors) alone."""
     if torch.is_tensor(value):
-        if value.is_floating_point():
+        if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         if value.ndim > 0 and value.shape[0] == 1 and batch != 1:
             return value.expand(batch, *value.shape[1:])
@@ -103,8 +104,9 @@ class NetworkCall(torch.nn.Module):
         self.autocast = autocast
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        dtype = _network_dtype(self.net) or x.dtype
-        condition = {k: _expand_condition(v, x.shape[0], dtype) for k, v in self.condition.items()}
+        own = _network_dtype(self.net)
+        dtype = own or x.dtype
+        condition = {k: _expand_condition(v, x.shape[0], own) for k, v in self.condition.items()}
         for k, v in condition.items():  # shapes only (no tensor read)
             if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] != x.shape[0]:
                 raise ValueError(
