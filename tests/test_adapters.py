@@ -354,6 +354,9 @@ def test_flow_matching_scheduler_options_are_checked(unet):
         # without flow sigmas diffusers' DDPM schedule has no velocity eps - x0: refused, not read as the VP's dx/dt
         with pytest.raises(ValueError, match=r"from_diffusers: prediction_type='flow_prediction' .* needs a flow-matching scheduler"):
             from_diffusers(unet, scheduler, prediction_type="flow_prediction")
+    for schedule in ("linear", "discrete"):  # DDPM mappings: not silently ignored on a flow path
+        with pytest.raises(ValueError, match=f"sde_from_scheduler: argument 'schedule' = '{schedule}' maps a DDPM schedule"):
+            from_diffusers(unet, diffusers.FlowMatchEulerDiscreteScheduler(), schedule=schedule)
     with pytest.raises(ValueError, match="sde_from_scheduler: a flow-matching scheduler with invert_sigmas=True"):
         sde_from_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(invert_sigmas=True))
 

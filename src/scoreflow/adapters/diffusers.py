@@ -107,11 +107,16 @@ def sde_from_scheduler(
     Raises:
         TypeError: if the scheduler has no discrete schedule and is not a flow-matching one.
         ValueError: for an unknown ``schedule``, ``"linear"`` with non-linear betas, or a flow-matching scheduler
-            with ``invert_sigmas``.
+            with ``invert_sigmas`` or a ``schedule`` other than ``"auto"``.
     """
     fn = "sde_from_scheduler"
     check_choice(fn, "schedule", schedule, SCHEDULES)
     if _is_flow_matching(scheduler):
+        if schedule != "auto":
+            raise ValueError(
+                f"{fn}: argument 'schedule' = {schedule!r} maps a DDPM schedule, but {type(scheduler).__name__} is a "
+                "flow-matching scheduler (its path is RectifiedFlow whatever the shift). Fix: leave schedule='auto'."
+            )
         return _flow_path(fn, scheduler, t_min)
     betas, alphas_cumprod = _schedule_arrays(fn, scheduler)
     if alphas_cumprod.numel() > 1 and float(alphas_cumprod[-1]) == 0.0:
