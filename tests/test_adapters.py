@@ -495,6 +495,10 @@ def test_kdiffusion_adapter_takes_a_discrete_schedule_wrappers_own_noise_range(g
         from_kdiffusion(model, sigma_max=80.0)
     with pytest.raises(ValueError, match="argument 'sigma_min' = 0.002 lies outside"):
         from_kdiffusion(model, sigma_min=0.002)
+    edm_like = _ForwardOfX()
+    edm_like.sigma_min, edm_like.sigma_max = 0.0, math.inf  # EDM's networks (EDMPrecond) state no limit
+    sde = from_kdiffusion(edm_like)[1]
+    assert (sde.sigma_min, sde.sigma_max) == (0.002, 80.0)
 
 
 def test_a_continuous_timestep_scheduler_calls_the_unet_with_c_noise_as_diffusers_euler_does():

@@ -8,6 +8,7 @@ k-diffusion itself is not imported: any callable with that signature works.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -60,7 +61,8 @@ def from_kdiffusion(
         model: the denoiser ``model(x, sigma, **condition)`` (e.g. a ``k_diffusion.layers.Denoiser``).
         sigma_min, sigma_max: the noise range; sampling runs from ``sigma_max`` down to ``sigma_min``. Default: the
             model's own ``sigma_min``/``sigma_max`` when it has them (k-diffusion's ``CompVisDenoiser`` and other
-            ``DiscreteSchedule`` wrappers), else EDM's ``0.002`` and ``80``.
+            ``DiscreteSchedule`` wrappers), else (or where they are 0 or infinite, as EDM's networks state) EDM's
+            ``0.002`` and ``80``.
         autocast: run the model alone under ``torch.autocast`` in this dtype; the solver keeps its own.
         **condition: passed to every call (k-diffusion's ``extra_args``, e.g. ``cond=emb``).
 
@@ -77,9 +79,10 @@ def from_kdiffusion(
         raise TypeError(f"{fn}: argument 'model' expected a denoiser model(x, sigma), got {type(model).__name__}.")
     check_autocast(fn, autocast)
     own = _model_range(model)
-    lo, hi = own if own is not None else (_SIGMA_MIN, _SIGMA_MAX)
-    sigma_min = lo if sigma_min is None else sigma_min
-    sigma_max = hi if sigma_max is None else sigma_max
+    # EDM's own networks state sigma_min = 0 and sigma_max = inf (no limit): EDM's defaults stand in for those.
+    usable = [v if own is not None and 0 < v < math.inf else None for v in (own or (None, None))]
+    sigma_min = (usable[0] or _SIGMA_MIN) if sigma_min is None else sigma_min
+    sigma_max = (usable[1] or _SIGMA_MAX) if sigma_max is None else sigma_max
     if own is not None:
         for name, value, outside in (
             ("sigma_min", sigma_min, lambda v: v < own[0] * (1 - 1e-6)),
