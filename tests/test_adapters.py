@@ -350,5 +350,211 @@ def test_flow_matching_scheduler_becomes_rectified_flow_and_reproduces_its_euler
 def test_flow_matching_scheduler_options_are_checked(unet):
     with pytest.raises(ValueError, match="from_diffusers: argument 'prediction_type' expected one of"):
         from_diffusers(unet, diffusers.FlowMatchEulerDiscreteScheduler(), prediction_type="velocity")
+    for scheduler in (diffusers.DDPMScheduler(), diffusers.DPMSolverMultistepScheduler(prediction_type="flow_prediction")):
+        # without flow sigmas diffusers' DDPM schedule has no velocity eps - x0: refused, not read as the VP's dx/dt
+        with pytest.raises(ValueError, match=r"from_diffusers: prediction_type='flow_prediction' .* needs a flow-matching scheduler"):
+            from_diffusers(unet, scheduler, prediction_type="flow_prediction")
+    for schedule in ("linear", "discrete"):  # DDPM mappings: not silently ignored on a flow path
+        with pytest.raises(ValueError, match=f"sde_from_scheduler: argument 'schedule' = '{schedule}' maps a DDPM schedule"):
+            from_diffusers(unet, diffusers.FlowMatchEulerDiscreteScheduler(), schedule=schedule)
     with pytest.raises(ValueError, match="sde_from_scheduler: a flow-matching scheduler with invert_sigmas=True"):
         sde_from_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(invert_sigmas=True))
+
+
+class _ForwardOfX(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+def _inner_type_error(x, timestep, return_dict=False):
+    return x + "a string"  # a TypeError raised inside a network whose signature fits the call
+
+
+@pytest.mark.parametrize(
+    "adapter, net, condition, match",
+    [
+        (from_diffusers, _ForwardOfX(), {}, r"_ForwardOfX.forward has the signature \(x\)"),
+        (from_diffusers, lambda x, t: x, {"class_labels": torch.zeros(1, dtype=torch.long)},
+         r"class_labels=a tensor of shape \(2,\), return_dict=False\), but <lambda> has the signature \(x, t\)"),
+        (from_kdiffusion, _ForwardOfX(), {}, r"from_kdiffusion: the network is called as model\(x, sigma, \*\*condition\)"),
+        (from_kdiffusion, torch.compile(_ForwardOfX(), backend="eager"), {}, r"_ForwardOfX.forward has the signature \(x\)"),
+    ],
+)
+def test_a_network_whose_signature_cannot_take_the_call_is_named_with_the_call(adapter, net, condition, match):
+    args = (diffusers.DDPMScheduler(),) if adapter is from_diffusers else ()
+    score, _ = adapter(net, *args, **condition)
+    x, t = torch.randn(2, 3), torch.full((2,), 0.5)
+    with pytest.raises(TypeError, match=match) as info:
+        score(x, t)
+    assert info.value.__cause__ is not None  # Python's own message stays in the chain
+    if adapter is from_diffusers:
+        assert "unet(x, timestep, **condition, return_dict=False)" in str(info.value)
+    score, _ = from_diffusers(_inner_type_error, diffusers.DDPMScheduler())
+    with pytest.raises(TypeError, match="unsupported operand"):  # not a signature problem: passed unchanged
+        score(x, t)
+
+
+@pytest.mark.parametrize("wrap", [lambda out: (out,), lambda out: {"sample": out}, lambda out: out])
+def test_a_unet_output_as_tuple_dict_or_tensor_gives_the_same_score(unet, wrap, generator):
+    x = torch.randn(2, 1, 8, 8, generator=generator)  # float32: a plain function is called in x's dtype
+    t = torch.tensor([0.3, 0.8])
+    wrapped = lambda x, timestep, return_dict: wrap(unet(x, timestep).sample)  # noqa: E731
+    with torch.no_grad():
+        got = from_diffusers(wrapped, diffusers.DDPMScheduler())[0](x, t)
+        ref = from_diffusers(unet, diffusers.DDPMScheduler())[0](x, t)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_network_gets_its_float_conditions_in_its_own_dtype(dtype, generator):
+    # The state is cast to the network's dtype; a float32 text embedding must be too (torch refuses mixed matmuls).
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(4, 8),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=2, cross_attention_dim=4, attention_head_dim=2,
+    ).to(dtype).eval()
+    emb = torch.randn(2, 3, 4, generator=generator)
+    x = torch.randn(2, 1, 8, 8, generator=generator)
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        got = from_diffusers(unet, diffusers.DDPMScheduler(), encoder_hidden_states=emb)[0](x, t)
+        ref = from_diffusers(unet, diffusers.DDPMScheduler(), encoder_hidden_states=emb.to(dtype))[0](x, t)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    seen = []  # a plain function (no parameters to read a dtype from) gets its conditions as given
+    plain = lambda x, timestep, emb, return_dict: seen.append(emb.dtype) or (x,)  # noqa: E731
+    from_diffusers(plain, diffusers.DDPMScheduler(), emb=emb)[0](x.double(), t.double())
+    assert seen == [torch.float32]
+
+
+def test_a_zero_terminal_snr_scheduler_samples_as_diffusers_ddim_with_v_prediction():
+    # rescale_betas_zero_snr=True: alphas_cumprod[-1] == 0, pure noise at the last step. The exact v-prediction of
+    # a Gaussian law at the discrete levels drives diffusers' DDIM loop and scoreflow's DDIM on the same timesteps.
+    # scoreflow's last level is 2^-24 (alpha(T) = 2^-12), so its first x0 estimate moves by alpha(T) |x| <= 1e-3.
+    scheduler = diffusers.DDIMScheduler(
+        rescale_betas_zero_snr=True, beta_schedule="scaled_linear", timestep_spacing="trailing",
+        prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False,
+    )
+    assert scheduler.alphas_cumprod[-1] == 0
+    alphas_cumprod = scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+    mean, var = 0.7, 0.3
+
+    def exact_v(x, timestep, return_dict=True):
+        a2 = alphas_cumprod[timestep.double().round().long()][:, None]
+        a, s = a2.sqrt(), (1 - a2).sqrt()
+        x0 = mean + a * var / (a2 * var + s**2) * (x - a * mean)  # E[x0 | x_t]
+        return (a * (x - a * x0) / s - s * x0,)  # v = alpha eps - sigma x0
+
+    score, sde = from_diffusers(exact_v, scheduler)
+    assert isinstance(sde, DiscreteVPSDE)
+    scheduler.set_timesteps(10)
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x_T
+    for k in scheduler.timesteps:
+        x = scheduler.step(exact_v(x, k.expand(64))[0], k, x).prev_sample
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
+    res = sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts)
+    torch.testing.assert_close(res.samples, x, rtol=0, atol=1e-3)
+
+
+class _ClampedGaussianDenoiser(torch.nn.Module):
+    """A stand-in for k-diffusion's DiscreteSchedule wrappers (CompVisDenoiser): it states its noise range as
+    sigma_min/sigma_max tensors and evaluates any sigma outside it at the nearest end; inside, it is the exact
+    denoiser E[x0 | x0 + sigma eps] of x0 ~ N(mean, var I)."""
+
+    def __init__(self, mean: float, var: float) -> None:
+        super().__init__()
+        self.mean, self.var = mean, var
+        self.register_buffer("sigmas", torch.tensor([0.03, 0.5, 14.6]))
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def forward(self, x, sigma):
+        s2 = sigma.clamp(float(self.sigmas[0]), float(self.sigmas[-1]))[:, None] ** 2
+        return (s2 * self.mean + self.var * x) / (self.var + s2)
+
+
+def test_kdiffusion_adapter_takes_a_discrete_schedule_wrappers_own_noise_range(generator):
+    model = _ClampedGaussianDenoiser(0.5, 0.2)
+    score, sde = from_kdiffusion(model)
+    assert (sde.sigma_min, sde.sigma_max) == (float(model.sigma_min), float(model.sigma_max))
+    law = Gaussian(torch.full((2,), 0.5, dtype=torch.float64), 0.2 * torch.eye(2, dtype=torch.float64))
+    x = sde.prior_sample((8, 2), generator=generator, dtype=torch.float64)
+    for t in (sde.T, sde.t_min):  # the ends of the solve: where a clamping wrapper is still exact
+        tt = torch.full((8,), t, dtype=torch.float64)
+        torch.testing.assert_close(score(x, tt), law.score(sde)(x, tt), rtol=1e-6, atol=1e-8)
+    assert from_kdiffusion(model, sigma_min=0.1, sigma_max=10.0)[1].sigma_max == 10.0  # inside: as given
+    with pytest.raises(ValueError, match=r"from_kdiffusion: argument 'sigma_max' = 80 lies outside the model's own noise levels \[0.03, 14.6\]"):
+        from_kdiffusion(model, sigma_max=80.0)
+    with pytest.raises(ValueError, match="argument 'sigma_min' = 0.002 lies outside"):
+        from_kdiffusion(model, sigma_min=0.002)
+    edm_like = _ForwardOfX()
+    edm_like.sigma_min, edm_like.sigma_max = 0.0, math.inf  # EDM's networks (EDMPrecond) state no limit
+    sde = from_kdiffusion(edm_like)[1]
+    assert (sde.sigma_min, sde.sigma_max) == (0.002, 80.0)
+
+
+def test_a_continuous_timestep_scheduler_calls_the_unet_with_c_noise_as_diffusers_euler_does():
+    # EulerDiscreteScheduler(timestep_type="continuous", prediction_type="v_prediction") calls the UNet with
+    # 0.25 log(sigma/alpha). The exact v-prediction of a Gaussian reads its noise level back from that timestep;
+    # diffusers' Euler loop in sigma and scoreflow's euler in time="sigma" on the same sigmas, then Tweedie's step.
+    scheduler = diffusers.EulerDiscreteScheduler(timestep_type="continuous", prediction_type="v_prediction")
+    mean, var = 0.7, 0.3
+
+    def exact_v(x, timestep, return_dict=True):
+        sig = torch.exp(4 * timestep.double())[:, None]  # sigma/alpha
+        a = (1 + sig**2).rsqrt()
+        s = sig * a
+        x0 = mean + a * var / (a**2 * var + s**2) * (x - a * mean)
+        return (a * (x - a * x0) / s - s * x0,)
+
+    score, sde = from_diffusers(exact_v, scheduler, schedule="discrete")
+    scheduler.set_timesteps(10)
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x_T * scheduler.init_noise_sigma
+    for k in scheduler.timesteps:
+        x = scheduler.step(exact_v(scheduler.scale_model_input(x, k), k.expand(64))[0], k, x).prev_sample
+    sigmas = scheduler.sigmas[:-1].double()
+    ts = sde.t_from_log_snr(-sigmas.log())
+    ts[0] = 1.0  # the first sigma is the last training level's, up to float32 rounding
+    res = sf.sample_ode(score, sde, x_T, method="euler", time="sigma", schedule=ts, t_min=float(ts[-1]), denoise_final=True)
+    torch.testing.assert_close(res.samples, x, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_ddim_on_a_discrete_schedule_is_diffusers_ddim_for_every_prediction_type(prediction_type, beta_schedule):
+    # The exact prediction of a Gaussian law at the scheduler's own levels (its timestep must be an integer), run
+    # through diffusers' DDIM loop and through the adapter with scoreflow's ddim on the same timesteps.
+    scheduler = diffusers.DDIMScheduler(
+        beta_schedule=beta_schedule, prediction_type=prediction_type, timestep_spacing="trailing",
+        clip_sample=False, set_alpha_to_one=False,
+    )
+    alphas_cumprod = scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+    mean, var = 0.7, 0.3
+
+    def exact(x, timestep, return_dict=True):
+        index = timestep.double().round().long()
+        assert torch.equal(index.double(), timestep.double())
+        a2 = alphas_cumprod[index][:, None]
+        a, s = a2.sqrt(), (1 - a2).sqrt()
+        x0 = mean + a * var / (a2 * var + s**2) * (x - a * mean)
+        eps = (x - a * x0) / s
+        return ({"epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0}[prediction_type],)
+
+    score, sde = from_diffusers(exact, scheduler, schedule="discrete")
+    scheduler.set_timesteps(10)
+    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x_T
+    for k in scheduler.timesteps:
+        x = scheduler.step(exact(x, k.expand(16))[0], k, x).prev_sample
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
+    res = sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts)
+    torch.testing.assert_close(res.samples, x, rtol=1e-6, atol=1e-6)  # diffusers' final alpha is float32

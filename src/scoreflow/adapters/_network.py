@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,11 +23,44 @@ def _network_dtype(net: Any) -> torch.dtype | None:
     return None
 
 
-def _expand_condition(value: Any, batch: int) -> Any:
-    """Broadcast a conditioning tensor with a leading dimension of 1 to the batch; leave anything else alone."""
-    if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == 1 and batch != 1:
-        return value.expand(batch, *value.shape[1:])
+def _expand_condition(value: Any, batch: int, dtype: torch.dtype | None) -> Any:
+    """Broadcast a conditioning tensor with a leading dimension of 1 to the batch and give a floating one the
+    module's parameter dtype ``dtype`` (as ``x``; ``None``: a plain function, which gets its conditions as given);
+    leave anything else (integer class labels, non-tensors) alone."""
+    if torch.is_tensor(value):
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        if value.ndim > 0 and value.shape[0] == 1 and batch != 1:
+            return value.expand(batch, *value.shape[1:])
     return value
+
+
+def _describe(value: Any) -> str:
+    if torch.is_tensor(value):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return repr(value) if isinstance(value, (bool, int, float, str, type(None))) else f"a {type(value).__name__}"
+
+
+def _call_mismatch(fn: str, call: str, net: Any, args: tuple, kwargs: dict, err: TypeError) -> TypeError | None:
+    """The error for a network whose signature cannot take ``net(*args, **kwargs)``, or ``None`` when it can (the
+    ``TypeError`` came from inside the network) or its signature cannot be read. Runs only after a failed call."""
+    net = getattr(net, "_orig_mod", net)  # a torch.compile d module's forward takes (*args, **kwargs): read its original
+    target = net.forward if isinstance(net, torch.nn.Module) else net
+    try:
+        own = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    try:
+        own.bind(*args, **kwargs)
+    except TypeError:
+        made = ", ".join([_describe(a) for a in args] + [f"{k}={_describe(v)}" for k, v in kwargs.items()])
+        label = getattr(target, "__qualname__", None) or type(net).__name__
+        return TypeError(
+            f"{fn}: the network is called as {call}, here ({made}), but {label} has the signature {own}, which cannot "
+            f"take it ({err}). Fix: give a network that takes this call, or wrap it (e.g. in a function that takes "
+            "these arguments and drops what the network does not use)."
+        )
+    return None
 
 
 class NetworkCall(torch.nn.Module):
@@ -45,6 +79,8 @@ class NetworkCall(torch.nn.Module):
         autocast: if given, a reduced dtype (``torch.bfloat16``/``torch.float16``) under which
             the network alone runs via ``torch.autocast``.
         fn: the adapter that built this call, named in the first call's check of the output.
+        call: how the network is called (e.g. ``"unet(x, timestep, **condition, return_dict=False)"``), named in
+            the error for a network whose signature cannot take the call.
     """
 
     def __init__(
@@ -55,9 +91,11 @@ class NetworkCall(torch.nn.Module):
         output: Output,
         autocast: torch.dtype | None,
         fn: str,
+        call: str,
     ) -> None:
         super().__init__()
         self.fn = fn
+        self.call = call
         self._checked = False
         self.net = net
         self.time_input = time_input
@@ -66,8 +104,9 @@ class NetworkCall(torch.nn.Module):
         self.autocast = autocast
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        dtype = _network_dtype(self.net) or x.dtype
-        condition = {k: _expand_condition(v, x.shape[0]) for k, v in self.condition.items()}
+        own = _network_dtype(self.net)
+        dtype = own or x.dtype
+        condition = {k: _expand_condition(v, x.shape[0], own) for k, v in self.condition.items()}
         for k, v in condition.items():  # shapes only (no tensor read)
             if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] != x.shape[0]:
                 raise ValueError(
@@ -85,7 +124,14 @@ class NetworkCall(torch.nn.Module):
         with ctx:
             # Time goes in at least float32: a timestep near 999 does not survive bfloat16.
             time = self.time_input(t).to(torch.promote_types(dtype, torch.float32))
-            raw = self.net(x.to(dtype), time, **condition)
+            x_in = x.to(dtype)
+            try:
+                raw = self.net(x_in, time, **condition)
+            except TypeError as err:
+                mismatch = _call_mismatch(self.fn, self.call, self.net, (x_in, time), condition, err)
+                if mismatch is None:
+                    raise
+                raise mismatch from err
         out = self.output(raw, x)
         if not torch.is_tensor(out):
             raise TypeError(

@@ -25,6 +25,7 @@ diffusers is only needed to build the model; this module never imports it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,6 +41,9 @@ __all__ = ["from_diffusers", "sde_from_scheduler", "PREDICTION_TYPES", "SCHEDULE
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 SCHEDULES = ("auto", "linear", "discrete")
+#: The last alphas_cumprod of a zero-terminal-SNR schedule (diffusers' EulerDiscreteScheduler's: float16's smallest
+#: subnormal), so that T has a finite log-SNR and the prior N(0, I) is off by alpha(T) = 2^-12 in the mean.
+_ZERO_SNR_LEVEL = 2.0**-24
 _CONVERSIONS = {
     "epsilon": score_from_eps, "sample": score_from_denoiser, "v_prediction": score_from_velocity,
     "flow_prediction": score_from_flow_velocity,
@@ -94,19 +98,32 @@ def sde_from_scheduler(
             ``"discrete"`` (:class:`DiscreteVPSDE`, any betas) or ``"auto"`` (linear when the betas are).
         t_min: truncation time (default: ``VPSDE``'s ``1e-3``, or ``1/N`` for ``"discrete"``).
 
+    A zero terminal SNR (``alphas_cumprod[-1] == 0``, from ``rescale_betas_zero_snr=True``) has no finite log-SNR
+    at T; its last level becomes :math:`2^{-24}` (as in diffusers' Euler schedulers), so :math:`\alpha(T) = 2^{-12}`.
+
     Returns:
         ``(sde, scale, shift)``: the UNet's timestep at time ``t`` is ``scale * t + shift``.
 
     Raises:
         TypeError: if the scheduler has no discrete schedule and is not a flow-matching one.
-        ValueError: for an unknown ``schedule``, ``"linear"`` with non-linear betas, a zero terminal SNR, or a
-            flow-matching scheduler with ``invert_sigmas``.
+        ValueError: for an unknown ``schedule``, ``"linear"`` with non-linear betas, or a flow-matching scheduler
+            with ``invert_sigmas`` or a ``schedule`` other than ``"auto"``.
     """
     fn = "sde_from_scheduler"
     check_choice(fn, "schedule", schedule, SCHEDULES)
     if _is_flow_matching(scheduler):
+        if schedule != "auto":
+            raise ValueError(
+                f"{fn}: argument 'schedule' = {schedule!r} maps a DDPM schedule, but {type(scheduler).__name__} is a "
+                "flow-matching scheduler (its path is RectifiedFlow whatever the shift). Fix: leave schedule='auto'."
+            )
         return _flow_path(fn, scheduler, t_min)
     betas, alphas_cumprod = _schedule_arrays(fn, scheduler)
+    if alphas_cumprod.numel() > 1 and float(alphas_cumprod[-1]) == 0.0:
+        # A zero terminal SNR (rescale_betas_zero_snr=True: pure noise at the last step) has log alpha^2 = -inf
+        # there; as diffusers' Euler schedulers do, put its last level just above 0 (alpha = 2^-12 at T).
+        alphas_cumprod = alphas_cumprod.clone()
+        alphas_cumprod[-1] = min(_ZERO_SNR_LEVEL, 0.5 * float(alphas_cumprod[-2]))
     n = betas.numel()
     linear = _is_linear(betas)
     if schedule == "linear" and not linear:
@@ -121,10 +138,16 @@ def sde_from_scheduler(
     return DiscreteVPSDE(alphas_cumprod, t_min=t_min), float(n), -1.0
 
 
-def _first_output(raw: Any, x: torch.Tensor) -> torch.Tensor:
-    """The prediction in a diffusers output; a learned-variance UNet's second half of channels is dropped."""
-    out = raw[0] if isinstance(raw, tuple) else getattr(raw, "sample", raw)
-    if out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
+def _first_output(raw: Any, x: torch.Tensor) -> Any:
+    """The prediction in a diffusers output (a tuple, an object or a dict with ``sample``, or the tensor itself); a
+    learned-variance UNet's second half of channels is dropped. Anything else is returned for the caller to refuse."""
+    if isinstance(raw, tuple) and raw:
+        out = raw[0]
+    elif isinstance(raw, Mapping) and "sample" in raw:
+        out = raw["sample"]
+    else:
+        out = getattr(raw, "sample", raw)
+    if torch.is_tensor(out) and out.ndim == x.ndim and out.ndim > 1 and out.shape[1] == 2 * x.shape[1]:
         out = out[:, : x.shape[1]]
     return out
 
@@ -157,8 +180,9 @@ def from_diffusers(
 
     Raises:
         TypeError: if ``unet`` is not callable or the scheduler has no discrete schedule.
-        ValueError: for an unknown prediction type or schedule (see :func:`sde_from_scheduler`),
-            or a UNet whose learned time embedding cannot take continuous timesteps.
+        ValueError: for an unknown prediction type or schedule (see :func:`sde_from_scheduler`), ``"flow_prediction"``
+            with a scheduler that is not a flow-matching one, or a UNet whose learned time embedding cannot take
+            continuous timesteps.
     """
     fn = "from_diffusers"
     if not callable(unet):
@@ -173,13 +197,31 @@ def from_diffusers(
             f"{fn}: the UNet has a learned (lookup-table) time embedding, which accepts integer timesteps only; "
             "scoreflow's solvers evaluate it at continuous times. Use a model with positional or Fourier time embeddings."
         )
+    if prediction_type == "flow_prediction" and not _is_flow_matching(scheduler):
+        raise ValueError(
+            f"{fn}: prediction_type='flow_prediction' (the velocity eps - x0 of x_t = (1 - t) x0 + t eps) needs a "
+            f"flow-matching scheduler, got {type(scheduler).__name__} without use_flow_sigmas, whose DDPM schedule "
+            "has no such velocity. Fix: pass the scheduler the model was trained with (e.g. "
+            "FlowMatchEulerDiscreteScheduler, or use_flow_sigmas=True), or the model's own prediction type."
+        )
     sde, scale, shift = sde_from_scheduler(scheduler, schedule=schedule, t_min=t_min)
+    config = getattr(scheduler, "config", None)
+    if getattr(config, "timestep_type", None) == "continuous" and getattr(config, "prediction_type", None) == "v_prediction":
+        # EulerDiscreteScheduler(timestep_type="continuous") calls its v-prediction UNet with EDM's c_noise,
+        # 0.25 log(sigma / alpha), not with a training-step index.
+        def time_input(t: torch.Tensor) -> torch.Tensor:
+            alpha, sigma = sde.marginal(t)
+            return 0.25 * torch.log(sigma / alpha)
+    else:
+        def time_input(t: torch.Tensor) -> torch.Tensor:
+            return scale * t + shift
     net = NetworkCall(
         unet,
-        time_input=lambda t: scale * t + shift,
+        time_input=time_input,
         condition={**condition, "return_dict": False},
         output=_first_output,
         autocast=autocast,
         fn=fn,
+        call="unet(x, timestep, **condition, return_dict=False)",
     )
     return _CONVERSIONS[prediction_type](net, sde), sde
