@@ -428,6 +428,17 @@ def test_a_half_network_gets_its_float_conditions_in_its_own_dtype(dtype, genera
     assert seen == [torch.float32]
 
 
+def _ddim_both_ways(unet, score, sde, scheduler, n: int, steps: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """scoreflow's ddim on the scheduler's own timesteps and diffusers' DDIM loop, from the same n draws of x_T."""
+    scheduler.set_timesteps(steps)
+    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x_T
+    for k in scheduler.timesteps:
+        x = scheduler.step(unet(x, k.expand(n))[0], k, x).prev_sample
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
+    return sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts).samples, x
+
+
 def test_a_zero_terminal_snr_scheduler_samples_as_diffusers_ddim_with_v_prediction():
     # rescale_betas_zero_snr=True: alphas_cumprod[-1] == 0, pure noise at the last step. The exact v-prediction of
     # a Gaussian law at the discrete levels drives diffusers' DDIM loop and scoreflow's DDIM on the same timesteps.
@@ -448,14 +459,8 @@ def test_a_zero_terminal_snr_scheduler_samples_as_diffusers_ddim_with_v_predicti
 
     score, sde = from_diffusers(exact_v, scheduler)
     assert isinstance(sde, DiscreteVPSDE)
-    scheduler.set_timesteps(10)
-    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x = x_T
-    for k in scheduler.timesteps:
-        x = scheduler.step(exact_v(x, k.expand(64))[0], k, x).prev_sample
-    ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
-    res = sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts)
-    torch.testing.assert_close(res.samples, x, rtol=0, atol=1e-3)
+    ours, theirs = _ddim_both_ways(exact_v, score, sde, scheduler, 64)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-3)
 
 
 class _ClampedGaussianDenoiser(torch.nn.Module):
@@ -550,11 +555,5 @@ def test_ddim_on_a_discrete_schedule_is_diffusers_ddim_for_every_prediction_type
         return ({"epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0}[prediction_type],)
 
     score, sde = from_diffusers(exact, scheduler, schedule="discrete")
-    scheduler.set_timesteps(10)
-    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x = x_T
-    for k in scheduler.timesteps:
-        x = scheduler.step(exact(x, k.expand(16))[0], k, x).prev_sample
-    ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
-    res = sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts)
-    torch.testing.assert_close(res.samples, x, rtol=1e-6, atol=1e-6)  # diffusers' final alpha is float32
+    ours, theirs = _ddim_both_ways(exact, score, sde, scheduler, 16)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)  # diffusers' final alpha is float32
