@@ -382,23 +382,34 @@ def call_mismatch(
     ``"score(x, t)"``) is the call scoreflow makes, shown in the message with the arguments it passed; ``fix``
     replaces the general advice.
     """
-    # a Module's __call__ takes (*args, **kwargs): what it accepts is its forward's signature
+    found = signature_refusing(f, args)
+    if found is None:
+        return None
+    label, own = found
+    given = ", ".join(f"a tensor of shape {tuple(a.shape)}" if torch.is_tensor(a) else f"a {type(a).__name__}" for a in args)
+    return TypeError(
+        f"{fn}: argument '{name}' expected a callable {signature}, called with {len(args)} positional "
+        f"argument(s) ({given}); got {label} with signature {own}, which cannot take them ({err}). Fix: "
+        + (fix or "give a callable with exactly these positional parameters; bind any further input (a class "
+           "label, a condition) beforehand, e.g. with a lambda or functools.partial.")
+    )
+
+
+def signature_refusing(f: Callable, args: tuple, kwargs: dict | None = None) -> tuple[str, inspect.Signature] | None:
+    """``(name, signature)`` of the user's ``f`` when its signature cannot take ``f(*args, **kwargs)``; ``None``
+    when it can (a ``TypeError`` of the call came from inside ``f``) or the signature cannot be read (a builtin).
+    A module is read through its ``forward`` (its ``__call__`` takes anything), a ``torch.compile`` d one through
+    the original module's."""
+    f = getattr(f, "_orig_mod", f)
     target = f.forward if isinstance(f, torch.nn.Module) else f
     try:
         own = inspect.signature(target)
-    except (TypeError, ValueError):  # a builtin or C extension without a readable signature: say nothing more
+    except (TypeError, ValueError):
         return None
     try:
-        own.bind(*args)
+        own.bind(*args, **(kwargs or {}))
     except TypeError:
-        label = getattr(target, "__qualname__", None) or type(f).__name__
-        given = ", ".join(f"a tensor of shape {tuple(a.shape)}" if torch.is_tensor(a) else f"a {type(a).__name__}" for a in args)
-        return TypeError(
-            f"{fn}: argument '{name}' expected a callable {signature}, called with {len(args)} positional "
-            f"argument(s) ({given}); got {label} with signature {own}, which cannot take them ({err}). Fix: "
-            + (fix or "give a callable with exactly these positional parameters; bind any further input (a class "
-               "label, a condition) beforehand, e.g. with a lambda or functools.partial.")
-        )
+        return getattr(target, "__qualname__", None) or type(f).__name__, own
     return None
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from .._checks import check_network_output
+from .._checks import check_network_output, signature_refusing
 
 Output = Callable[[Any, torch.Tensor], torch.Tensor]
 
@@ -44,23 +43,16 @@ def _describe(value: Any) -> str:
 def _call_mismatch(fn: str, call: str, net: Any, args: tuple, kwargs: dict, err: TypeError) -> TypeError | None:
     """The error for a network whose signature cannot take ``net(*args, **kwargs)``, or ``None`` when it can (the
     ``TypeError`` came from inside the network) or its signature cannot be read. Runs only after a failed call."""
-    net = getattr(net, "_orig_mod", net)  # a torch.compile d module's forward takes (*args, **kwargs): read its original
-    target = net.forward if isinstance(net, torch.nn.Module) else net
-    try:
-        own = inspect.signature(target)
-    except (TypeError, ValueError):
+    found = signature_refusing(net, args, kwargs)
+    if found is None:
         return None
-    try:
-        own.bind(*args, **kwargs)
-    except TypeError:
-        made = ", ".join([_describe(a) for a in args] + [f"{k}={_describe(v)}" for k, v in kwargs.items()])
-        label = getattr(target, "__qualname__", None) or type(net).__name__
-        return TypeError(
-            f"{fn}: the network is called as {call}, here ({made}), but {label} has the signature {own}, which cannot "
-            f"take it ({err}). Fix: give a network that takes this call, or wrap it (e.g. in a function that takes "
-            "these arguments and drops what the network does not use)."
-        )
-    return None
+    label, own = found
+    made = ", ".join([_describe(a) for a in args] + [f"{k}={_describe(v)}" for k, v in kwargs.items()])
+    return TypeError(
+        f"{fn}: the network is called as {call}, here ({made}), but {label} has the signature {own}, which cannot "
+        f"take it ({err}). Fix: give a network that takes this call, or wrap it (e.g. in a function that takes "
+        "these arguments and drops what the network does not use)."
+    )
 
 
 class NetworkCall(torch.nn.Module):
