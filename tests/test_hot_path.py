@@ -208,3 +208,20 @@ def test_a_native_likelihood_solve_reads_the_host_the_same_few_times_for_10_and_
     reads = [_cold_reads(lambda: solve(steps)) for steps in (10, 100)]
     # set-up reads (input checks, the plan's read of the grid) and the non-finite check at the end; nothing per step
     assert NATIVE_LIKELIHOOD_FIXED and reads[0] == reads[1] <= 10
+
+
+def test_a_user_subclass_changed_through_a_class_attribute_gets_a_new_grid():
+    # The set-up cache was keyed on instance attributes only: with the class attribute changed between two solves,
+    # the second reused the first grid.
+    class Stretched(sf.VPSDE):
+        stretch = 1.0
+
+        def t_from_log_snr(self, log_snr):
+            return super().t_from_log_snr(log_snr) / self.stretch
+
+    sde = Stretched()
+    score, x_T = _gaussian_score(sf.VPSDE()), torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    times = lambda: sf.sample_ode(score, sde, x_T, method="dpmpp_2m", steps=3, return_trajectory=True).times  # noqa: E731
+    torch.testing.assert_close(times(), sf.time_grid(sde, 3, "log_snr").to(x_T), rtol=0, atol=0)
+    Stretched.stretch = 2.0
+    torch.testing.assert_close(times(), sf.time_grid(sde, 3, "log_snr").to(x_T), rtol=0, atol=0)

@@ -29,8 +29,16 @@ def clear_caches() -> None:
 
 def parameters_key(obj: object) -> tuple | None:
     """``(type, attributes)`` of ``obj`` when every attribute is a plain number or string (equal keys then mean
-    equal parameters), else ``None`` (not cacheable)."""
-    items = tuple(vars(obj).items())
+    equal parameters), else ``None`` (not cacheable).  The attributes include the plain class attributes of the
+    classes a user derived outside scoreflow (a ``stretch = 1.0`` on the class, changed between solves, would
+    otherwise find the old grid)."""
+    items = tuple(vars(obj).items()) + tuple(
+        (f"{cls.__qualname__}.{k}", v)
+        for cls in type(obj).__mro__
+        if cls is not object and not cls.__module__.startswith("scoreflow.")
+        for k, v in vars(cls).items()
+        if not k.startswith("__") and type(v) in _PLAIN
+    )
     return (type(obj), items) if all(type(v) in _PLAIN for _, v in items) else None
 
 
