@@ -34,9 +34,12 @@ class ForwardSDE(ABC):
         T: the final time (noise end).
         t_min: the default truncation time at which sampling stops and likelihoods start.
         reaches_data: whether a solve may end at t = 0 exactly (flow paths: their velocity is finite there).
+        ancestral: the ancestral step the process admits (``sample_pc(predictor="ancestral")``): ``"vp"`` where
+            :math:`\alpha^2 + \sigma^2 = 1` (DDPM's), ``"ve"`` where :math:`\alpha = 1` (SMLD's), ``None`` for neither.
     """
 
     reaches_data: ClassVar[bool] = False
+    ancestral: ClassVar[str | None] = None
 
     def __init__(self, *, T: float, t_min: float) -> None:
         name = type(self).__name__
@@ -181,6 +184,8 @@ class VPSDE(_LinearBetaMixin, ForwardSDE):
             :math:`\alpha(T)^2` underflows float64 (:math:`T^2(\beta_{max}-\beta_{min})/4 + T\beta_{min}/2 \ge 354`).
     """
 
+    ancestral = "vp"
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, T: float = 1.0, t_min: float = 1e-3) -> None:
         self._check_betas(beta_min, beta_max, T)
         super().__init__(T=T, t_min=t_min)
@@ -259,6 +264,8 @@ class VESDE(ForwardSDE):
         ValueError: unless ``0 < sigma_min < sigma_max`` and the time range is non-empty.
     """
 
+    ancestral = "ve"
+
     def __init__(
         self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, T: float = 1.0, t_min: float = 1e-5
     ) -> None:
@@ -303,6 +310,8 @@ class EDMSDE(ForwardSDE):
     Raises:
         ValueError: unless ``0 < sigma_min < sigma_max``.
     """
+
+    ancestral = "ve"
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
         self.sigma_min = check_positive("EDMSDE", "sigma_min", sigma_min)

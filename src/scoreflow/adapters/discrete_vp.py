@@ -39,6 +39,8 @@ class DiscreteVPSDE(ForwardSDE):
             (a zero terminal SNR, :math:`\bar\alpha_{N-1} = 0`, has no finite log-SNR at T).
     """
 
+    ancestral = "vp"  # alpha^2 + sigma^2 = 1: DDPM's step on the schedule's own betas
+
     def __init__(self, alphas_cumprod: torch.Tensor, *, t_min: float | None = None) -> None:
         try:
             ac = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters.discrete_vp import DiscreteVPSDE
 from ..methods import Method, get_method, register
-from ..sde import EDMSDE, VESDE, VPSDE, ForwardSDE
+from ..sde import ForwardSDE
 
 __all__ = ["predictor_coefficients", "corrector_alphas", "ancestral_supports", "forward_transition"]
 
@@ -53,18 +52,14 @@ def _reverse_diffusion(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) 
     return 2.0 - a, g2, g2.sqrt()
 
 
-# The processes of the VP (DDPM) step, which needs alpha^2 + sigma^2 = 1, and of the SMLD step, which needs alpha = 1.
-_VARIANCE_PRESERVING = (VPSDE, DiscreteVPSDE)
-_VARIANCE_EXPLODING = (VESDE, EDMSDE)
-
-
 def ancestral_supports(sde: ForwardSDE) -> bool:
-    """Whether ancestral sampling is defined for ``sde``: VP, continuous or discrete (DDPM), or variance-exploding (SMLD)."""
-    return isinstance(sde, _VARIANCE_PRESERVING + _VARIANCE_EXPLODING)
+    """Whether ancestral sampling is defined for ``sde`` (its ``ancestral``): VP, continuous or discrete (DDPM's
+    step, which needs alpha^2 + sigma^2 = 1), or variance-exploding (SMLD's, which needs alpha = 1)."""
+    return sde.ancestral is not None
 
 
 def _ancestral(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> Coefficients:
-    if isinstance(sde, _VARIANCE_PRESERVING):
+    if sde.ancestral == "vp":
         a, _ = forward_transition(sde, t_hi, t_lo)
         beta = -torch.expm1(2 * torch.log(a))
         return 1.0 / a, beta / a, beta.sqrt()
