@@ -35,7 +35,7 @@ class ForwardSDE(ABC):
         t_min: the default truncation time at which sampling stops and likelihoods start.
         reaches_data: whether a solve may end at t = 0 exactly (flow paths: their velocity is finite there).
         ancestral: the ancestral step the process admits (``sample_pc(predictor="ancestral")``): ``"vp"`` where
-            :math:`\alpha^2 + \sigma^2 = 1` (DDPM's), ``"ve"`` where :math:`\alpha = 1` (SMLD's), ``None`` for neither.
+            :math:`\\alpha^2 + \\sigma^2 = 1` (DDPM's), ``"ve"`` where :math:`\\alpha = 1` (SMLD's), ``None`` for neither.
     """
 
     reaches_data: ClassVar[bool] = False
