@@ -25,7 +25,7 @@ from ._checks import (
     resolve_t_min,
 )
 from .bits import bits_per_dim
-from .dynamics.augmented import AugmentedProbabilityFlowODE
+from .dynamics.augmented import AugmentedProbabilityFlowODE, DifferenceSteps
 from .dynamics.counting import CountedScore, ScoreFn
 from .dynamics.divergence import PROBES, draw_probes
 from .methods import get_method, resolve_stepping
@@ -171,10 +171,8 @@ def log_likelihood(
     if prior_log_prob is not None and not callable(prior_log_prob):
         raise TypeError(f"{fn}: argument 'prior_log_prob' expected a callable x_T -> (B,) log-densities or None, got {type(prior_log_prob).__name__}.")
     t_min = resolve_t_min(fn, sde, t_min)
-    difference = trace == "hutchinson_fd"
     check_batch(fn, "x", x, state=True)
-    if difference:
-        _check_difference(fn, sde, t_min, adjoint, x)
+    difference = _difference_steps(fn, sde, t_min, adjoint, x) if trace == "hutchinson_fd" else None
     native = spec.backend == "native"
     if native:  # before the grid: a log-SNR grid cannot start at +inf either
         _check_native_start(method, sde, t_min)
@@ -225,9 +223,10 @@ def _check_native_start(method: str, sde: ForwardSDE, t_min: float) -> None:
         )
 
 
-def _check_difference(fn: str, sde: ForwardSDE, t_min: float, adjoint: bool, x: torch.Tensor) -> None:
-    """``trace="hutchinson_fd"`` needs a noise level at ``t_min`` (its step is proportional to it), no adjoint and no
-    gradient in x (its differences carry no graph: one in x would come from the steps' identity part only)."""
+def _difference_steps(fn: str, sde: ForwardSDE, t_min: float, adjoint: bool, x: torch.Tensor) -> DifferenceSteps:
+    """The steps of ``trace="hutchinson_fd"``'s differences, from x at ``t_min``; it needs a noise level there (its
+    steps vanish with it), no adjoint and no gradient in x (its differences carry no graph: one in x would come from
+    the steps' identity part only)."""
     if x.requires_grad and torch.is_grad_enabled():
         raise ValueError(
             f"{fn}: argument 'x' requires grad, but trace='hutchinson_fd' is not differentiable (its central differences "
@@ -238,8 +237,10 @@ def _check_difference(fn: str, sde: ForwardSDE, t_min: float, adjoint: bool, x: 
             f"{fn}: argument 'adjoint' applies to the differentiable traces, got adjoint=True with trace='hutchinson_fd' "
             "(its central differences are not differentiated). Fix: trace='hutchinson' to train."
         )
-    if float(sde.marginal(torch.tensor(t_min, dtype=torch.float64))[1]) <= 0.0:
+    alpha, sigma = (float(c) for c in sde.marginal(torch.tensor(t_min, dtype=torch.float64)))
+    if sigma <= 0.0:
         raise ValueError(
-            f"{fn}: trace='hutchinson_fd' takes steps proportional to sigma(t), which is 0 at t_min={t_min:g}. "
+            f"{fn}: trace='hutchinson_fd' takes steps that vanish with sigma(t), which is 0 at t_min={t_min:g}. "
             "Fix: t_min > 0, or trace='hutchinson'."
         )
+    return DifferenceSteps(x, alpha, sigma)

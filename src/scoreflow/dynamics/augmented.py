@@ -23,23 +23,43 @@ from ..sde import ForwardSDE
 from .counting import CountedScore, ScoreFn
 from .divergence import (
     CentralDifferences,
-    difference_scale,
+    difference_step,
     value_and_exact_divergence,
     value_and_hutchinson_divergence,
 )
 from .probability_flow import ProbabilityFlowODE
 
-__all__ = ["AugmentedProbabilityFlowODE", "counted_difference_hutchinson"]
+__all__ = ["AugmentedProbabilityFlowODE", "DifferenceSteps", "counted_difference_hutchinson"]
+
+
+class DifferenceSteps:
+    r"""The steps of one solve's central differences at each noise level:
+    :math:`\delta(t)` = :func:`~scoreflow.dynamics.divergence.difference_step` of :math:`\sigma(t)` and
+    :math:`s(t) = \sqrt{\alpha(t)^2 m + \sigma(t)^2}`, the RMS size per coordinate of the diffused law's points, with
+    the data's mean square per coordinate m estimated once from the solve's start points x, drawn at
+    :math:`(\alpha_0, \sigma_0)`: :math:`m = \max(\overline{x^2} - \sigma_0^2, 0)/\alpha_0^2` (one read of x's device
+    per solve).  ``steps(alpha, sigma)`` takes floats (the native solvers' nodes) or tensors (the torchdiffeq field's
+    times)."""
+
+    __slots__ = ("dtype", "data_square")
+
+    def __init__(self, x: torch.Tensor, alpha: float, sigma: float) -> None:
+        self.dtype = x.dtype
+        mean_square = float(torch.mean(x.square(), dtype=torch.float64)) if x.numel() else 0.0
+        self.data_square = max(mean_square - sigma * sigma, 0.0) / (alpha * alpha)
+
+    def __call__(self, alpha: float | torch.Tensor, sigma: float | torch.Tensor) -> float | torch.Tensor:
+        size = (alpha * alpha * self.data_square + sigma * sigma) ** 0.5
+        return difference_step(self.dtype, sigma, size)
 
 
 def counted_difference_hutchinson(score: CountedScore, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                                   differences: CentralDifferences,
-                                  sigma: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                                  step: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The central ``differences`` (:class:`~scoreflow.dynamics.divergence.CentralDifferences`) of ``fn`` (a call of
-    the counted ``score``) at the step :math:`\delta = c\,\sigma(t)`, ``c`` = :func:`difference_scale` of x's dtype (a
-    diffused law varies over lengths of at least :math:`\sigma(t)`); the one stacked call evaluated every sample 2P
-    times, so ``score.nfe`` counts 2P."""
-    value, div = differences(fn, x, difference_scale(x.dtype) * sigma)
+    the counted ``score``) at ``step`` (a :class:`DifferenceSteps`' value at the time); the one stacked call evaluated
+    every sample 2P times, so ``score.nfe`` counts 2P."""
+    value, div = differences(fn, x, step)
     score.nfe += 2 * differences.n - 1
     return value, div
 
@@ -58,8 +78,8 @@ class AugmentedProbabilityFlowODE(torch.nn.Module):
         sde: the forward SDE.
         probes: ``(P, B, *D)`` Hutchinson probes, or ``None`` for the exact trace.
         chunk_size: basis vectors per vmapped VJP of the exact trace (see :func:`exact_divergence`).
-        difference: Hutchinson's estimates by central differences with the step :math:`\delta = c\,\sigma(t)` (see
-            :func:`value_and_difference_hutchinson`) instead of VJPs.
+        difference: Hutchinson's estimates by central differences at these steps (see
+            :func:`value_and_difference_hutchinson`) instead of VJPs; ``None``: VJPs.
 
     Attributes:
         nfe: score evaluations so far; ``nfe_vjp``: vector-Jacobian products through the score so far.
@@ -72,13 +92,14 @@ class AugmentedProbabilityFlowODE(torch.nn.Module):
         *,
         probes: torch.Tensor | None = None,
         chunk_size: int | None = None,
-        difference: bool = False,
+        difference: DifferenceSteps | None = None,
     ) -> None:
         super().__init__()
         self.flow = ProbabilityFlowODE(score, sde)
         self.probes = probes
         self.chunk_size = chunk_size
-        self.difference = CentralDifferences(probes, probes[0]) if difference else None
+        self.steps = difference
+        self.difference = None if difference is None else CentralDifferences(probes, probes[0])
         self.nfe_vjp = 0
 
     @property
@@ -111,6 +132,7 @@ class AugmentedProbabilityFlowODE(torch.nn.Module):
             self.nfe_vjp += x[0].numel()
             return value, div[None]
         if self.difference is not None:
-            return counted_difference_hutchinson(self.flow.score, fn, x, self.difference, self.flow.sde.marginal(t)[1])
+            step = self.steps(*self.flow.sde.marginal(t))
+            return counted_difference_hutchinson(self.flow.score, fn, x, self.difference, step)
         self.nfe_vjp += self.probes.shape[0]
         return value_and_hutchinson_divergence(fn, x, self.probes)

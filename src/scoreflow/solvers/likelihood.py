@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from ..dynamics.counting import CountedScore
-from ..dynamics.augmented import counted_difference_hutchinson
+from ..dynamics.augmented import DifferenceSteps, counted_difference_hutchinson
 from ..dynamics.divergence import CentralDifferences, value_and_exact_divergence, value_and_hutchinson_divergence
 from ..methods import Method, Stepping, interval_option, register
 from ..sde import ForwardSDE
@@ -95,17 +95,18 @@ class _Evaluator:
     Hutchinson probe, shape ``(P, B)``; recorded for finiteness).  With the node's affine maps
     :math:`\hat x_0 = a x + b p` the divergence of the data prediction is :math:`a D + b\,\nabla\cdot p`.
 
-    ``difference``: Hutchinson's :math:`v^\top J v` by central differences at the node's noise level
-    (:func:`~scoreflow.dynamics.augmented.counted_difference_hutchinson`)."""
+    ``difference``: Hutchinson's :math:`v^\top J v` by central differences at these steps, taken at each node's
+    :math:`(\alpha, \sigma)` (:func:`~scoreflow.dynamics.augmented.counted_difference_hutchinson`)."""
 
     def __init__(self, score: CountedScore, probes: torch.Tensor | None, chunk_size: int | None, like: torch.Tensor,
-                 *, difference: bool = False) -> None:
+                 *, difference: DifferenceSteps | None = None) -> None:
         self.score, self.probes, self.chunk_size = score, probes, chunk_size
+        self.steps = difference
         self.dim = like[0].numel()
         self.nfe_vjp = 0
-        self.differences = CentralDifferences(probes, like) if difference else None
+        self.differences = None if difference is None else CentralDifferences(probes, like)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, alpha: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         def native(y: torch.Tensor) -> torch.Tensor:
             return self.score.predict(y, t)
 
@@ -114,19 +115,19 @@ class _Evaluator:
             div = div[None]
             self.nfe_vjp += self.dim
         elif self.differences is not None:
-            p, div = counted_difference_hutchinson(self.score, native, x, self.differences, sigma)
+            p, div = counted_difference_hutchinson(self.score, native, x, self.differences, self.steps(alpha, sigma))
         else:
             p, div = value_and_hutchinson_divergence(native, x, self.probes)
             self.nfe_vjp += self.probes.shape[0]
         self.score.finite.record("divergence", div, t)
         return p, div
 
-    def predictions(self, x: torch.Tensor, t: torch.Tensor, sigma: float,
+    def predictions(self, x: torch.Tensor, t: torch.Tensor, alpha: float, sigma: float,
                     coefs: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        r""":math:`\hat x_0`, :math:`\hat\varepsilon` and :math:`\nabla\cdot\hat x_0` at ``(x, t)`` (``sigma``: the node's
-        noise level; ``coefs``: its ``[a_x0, b_x0, a_eps, b_eps]`` as 0-dim tensors, a planned solve)."""
+        r""":math:`\hat x_0`, :math:`\hat\varepsilon` and :math:`\nabla\cdot\hat x_0` at ``(x, t)`` (``alpha``, ``sigma``:
+        the node's coefficients; ``coefs``: its ``[a_x0, b_x0, a_eps, b_eps]`` as 0-dim tensors, a planned solve)."""
         a0, b0, ae, be = coefs
-        p, div = self(x, t, sigma)
+        p, div = self(x, t, alpha, sigma)
         return torch.addcmul(x * a0, p, b0), torch.addcmul(x * ae, p, be), div * b0 + a0 * self.dim
 
 
@@ -173,12 +174,12 @@ class LikelihoodPC:
 
     def likelihood(self, score: CountedScore, sde: ForwardSDE, x: torch.Tensor, probes: torch.Tensor | None,
                    stepping: Stepping, *, chunk_size: int | None = None,
-                   difference: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+                   difference: DifferenceSteps | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Integrate from ``x`` at ``stepping.times[0]`` (``t_min``) through the grid to T (a grid from t = 0, log-SNR
         +inf, is refused by the front-end, before the grid is built).
 
-        ``difference``: with ``probes``, Hutchinson's estimates by central differences (two forward passes per probe,
-        no VJP) instead of VJPs.
+        ``difference``: with ``probes``, Hutchinson's estimates by central differences at these steps (two forward
+        passes per probe, no VJP) instead of VJPs.
 
         Returns:
             the end state :math:`x_T`, the log-density change :math:`\\Delta` of shape ``(P, B)`` (P = 1 for the exact
@@ -191,7 +192,7 @@ class LikelihoodPC:
         ratio, wp, wc, q = (on_device(plan[k], x) for k in ("ratio", "wp", "wc", "q"))
         evaluate = _Evaluator(score, probes, chunk_size, x, difference=difference)
         times = grid.unbind()
-        x0, eps, d = evaluate.predictions(x, times[0], nodes.sigma[0], coefs[0])
+        x0, eps, d = evaluate.predictions(x, times[0], nodes.alpha[0], nodes.sigma[0], coefs[0])
         history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         delta = torch.full_like(d, plan["constant"])
         for i, (noise, terms) in enumerate(zip(plan["noise"], plan["terms"])):
@@ -199,7 +200,7 @@ class LikelihoodPC:
             del history[POINTS:]
             pick = 1 if noise else 0
             x_pred = combine(x, ratio[i], [(h[pick], w) for h, w in zip(history[:terms], wp[i])])
-            new = evaluate.predictions(x_pred, times[i + 1], nodes.sigma[i + 1], coefs[i + 1])
+            new = evaluate.predictions(x_pred, times[i + 1], nodes.alpha[i + 1], nodes.sigma[i + 1], coefs[i + 1])
             points = [history[0], new, *history[1:terms]]
             x = combine(x, ratio[i], [(h[pick], w) for h, w in zip(points, wc[i])])
             delta = combine(delta, 1.0, [(h[2], w) for h, w in zip(points, q[i])])

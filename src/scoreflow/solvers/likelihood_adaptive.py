@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..dynamics.augmented import DifferenceSteps
 from ..dynamics.counting import CountedScore, FiniteWatch
 from ..errors import NonFiniteError
 from ..methods import Tolerances
@@ -116,7 +117,7 @@ class AdaptiveLikelihoodPC:
 
     def likelihood(self, score: CountedScore, sde: ForwardSDE, x: torch.Tensor, probes: torch.Tensor | None,
                    stepping: Tolerances, *, chunk_size: int | None = None,
-                   difference: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+                   difference: DifferenceSteps | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Integrate from ``x`` at ``stepping.times[0]`` (``t_min``) to ``stepping.times[-1]`` (T) to the tolerances.
         A solve from t = 0 (log-SNR +inf) is refused by the front-end.
 
@@ -130,7 +131,7 @@ class AdaptiveLikelihoodPC:
         """
         first, end = (_node(sde, score.prediction, t=stepping.times[i]) for i in (0, -1))
         evaluate = _Evaluator(score, probes, chunk_size, x, difference=difference)
-        start = evaluate(x, stepping.times[0], first[2])  # recorded: a non-finite value here is named at t_min
+        start = evaluate(x, stepping.times[0], first[1], first[2])  # recorded: a non-finite value here is named at t_min
         with score.finite.paused():  # every later value enters the error norm read at each step
             return self._solve(score, sde, x, evaluate, stepping, first, end, start)
 
@@ -170,7 +171,7 @@ class AdaptiveLikelihoodPC:
             table = torch.tensor([*rows, node[0]], dtype=x.dtype, device=x.device)
             weights = table[:-1].view(4, 2 * slots)
             x_pred = torch.addmm(x_row, weights[0:1], ring.z, beta=ratio)
-            p, div = evaluate(x_pred.view(shape), t_end if land else table[-1], node[2])
+            p, div = evaluate(x_pred.view(shape), t_end if land else table[-1], node[1], node[2])
             ring.store(new[1], x_pred, p, div)
             x_new = torch.addmm(x_row, weights[1:2], ring.z, beta=ratio)
             # sum_j q_j div x0_j = D sum_j q_j a_j + sum_j q_j b_j div p_j (a_j, b_j: node j's maps to x0)
