@@ -158,7 +158,7 @@ def test_inpaint_errors_name_the_argument():
         sf.inpaint(counter, sde, x_T, method="repaint", resample=0, **kw)
     with pytest.raises(ValueError, match=r"inpaint: argument 'predictor' expected one of .*got 'ddim'"):
         sf.inpaint(counter, sde, x_T, predictor="ddim", **kw)
-    with pytest.raises(ValueError, match=r"inpaint: predictor='ancestral' is defined for VPSDE, DiscreteVPSDE and VESDE/EDMSDE, got SubVPSDE"):
+    with pytest.raises(ValueError, match=r"inpaint: predictor='ancestral' is defined for VP processes .* got SubVPSDE; use predictor='reverse_diffusion'"):
         sf.inpaint(counter, sf.SubVPSDE(), x_T, predictor="ancestral", **kw)
     with pytest.raises(ValueError, match=r"inpaint: the reverse SDE of RectifiedFlow.* has infinite drift and diffusion at t=T"):
         sf.inpaint(counter, sf.RectifiedFlow(), x_T, **kw)

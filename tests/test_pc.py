@@ -189,7 +189,7 @@ def test_errors():
         sf.sample_pc(score, sde, x_T, steps=5, corrector="ald")
     with pytest.raises(ValueError, match=r"predictor and corrector are both None"):
         sf.sample_pc(score, sde, x_T, steps=5, predictor=None, corrector=None)
-    with pytest.raises(ValueError, match=r"predictor='ancestral' is defined for VPSDE .* got SubVPSDE"):
+    with pytest.raises(ValueError, match=r"sample_pc: predictor='ancestral' is defined for VP processes .* got SubVPSDE; use predictor='reverse_diffusion'"):
         sf.sample_pc(score, sf.SubVPSDE(), x_T, steps=5, predictor="ancestral")
     with pytest.raises(ValueError, match=r"argument 'snr' expected a finite number > 0, got 0.0"):
         sf.sample_pc(score, sde, x_T, steps=5, snr=0.0)

@@ -24,7 +24,7 @@ from .._tensor import standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..methods import Method, StepCallback, get_method, int_option, list_methods, register
 from ..sampling._common import solving, step_monitor, tweedie
-from ..sampling.predictors import ancestral_supports, corrector_alphas, forward_transition, predictor_coefficients
+from ..sampling.predictors import check_ancestral, corrector_alphas, forward_transition, predictor_coefficients
 from ..sampling.result import SampleResult
 from ..sde import ForwardSDE, check_diffusion_finite_at_T
 
@@ -178,8 +178,8 @@ def inpaint(
     resample = 1 if not plan.resampling else 10 if resample is None else check_int(fn, "resample", resample)
     jump = plan.jump
     get_method("predictor", predictor, caller=fn, argument="predictor")
-    if predictor == "ancestral" and not ancestral_supports(sde):
-        raise ValueError(f"{fn}: predictor='ancestral' is defined for VPSDE, DiscreteVPSDE and VESDE/EDMSDE, got {type(sde).__name__}; use 'reverse_diffusion'.")
+    if predictor == "ancestral":
+        check_ancestral(fn, sde)
     correct = None
     if corrector is not None:
         correct = get_method("corrector", corrector, caller=fn, argument="corrector").solver

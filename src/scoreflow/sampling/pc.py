@@ -24,7 +24,7 @@ from ..dynamics.counting import CountedScore, ScoreFn
 from ..methods import Method, StepCallback, get_method, register
 from ..sde import ForwardSDE, check_diffusion_finite_at_T
 from ._common import solving, step_monitor, tweedie
-from .predictors import ancestral_supports, corrector_alphas, predictor_coefficients
+from .predictors import check_ancestral, corrector_alphas, predictor_coefficients
 from .result import SampleResult
 
 __all__ = ["sample_pc"]
@@ -120,11 +120,8 @@ def sample_pc(
     check_diffusion_finite_at_T(fn, sde)
     if predictor is not None:
         get_method("predictor", predictor, caller=fn, argument="predictor")
-        if predictor == "ancestral" and not ancestral_supports(sde):
-            raise ValueError(
-                f"{fn}: predictor='ancestral' is defined for VPSDE and DiscreteVPSDE (DDPM) and VESDE/EDMSDE (SMLD), got "
-                f"{type(sde).__name__}; use predictor='reverse_diffusion' or 'euler_maruyama'."
-            )
+        if predictor == "ancestral":
+            check_ancestral(fn, sde)
     if corrector is not None:
         correct = get_method("corrector", corrector, caller=fn, argument="corrector").solver
         check_positive(fn, "snr", snr)

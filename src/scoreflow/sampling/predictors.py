@@ -28,7 +28,7 @@ import torch
 from ..methods import Method, get_method, register
 from ..sde import ForwardSDE
 
-__all__ = ["predictor_coefficients", "corrector_alphas", "ancestral_supports", "forward_transition"]
+__all__ = ["predictor_coefficients", "corrector_alphas", "check_ancestral", "forward_transition"]
 
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -52,10 +52,19 @@ def _reverse_diffusion(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) 
     return 2.0 - a, g2, g2.sqrt()
 
 
-def ancestral_supports(sde: ForwardSDE) -> bool:
-    """Whether ancestral sampling is defined for ``sde`` (its ``ancestral``): VP, continuous or discrete (DDPM's
-    step, which needs alpha^2 + sigma^2 = 1), or variance-exploding (SMLD's, which needs alpha = 1)."""
-    return sde.ancestral is not None
+def check_ancestral(fn: str, sde: ForwardSDE) -> None:
+    """Refuse ``predictor="ancestral"`` on a process that declares no ancestral step (its ``ancestral`` is None):
+    the step is defined for VP, continuous or discrete (DDPM's, which needs alpha^2 + sigma^2 = 1), and for
+    variance-exploding processes (SMLD's, which needs alpha = 1).
+
+    Raises:
+        ValueError: naming ``fn``, the process and the predictors that run on it.
+    """
+    if sde.ancestral is None:
+        raise ValueError(
+            f"{fn}: predictor='ancestral' is defined for VP processes (VPSDE, DiscreteVPSDE: DDPM) and variance-exploding "
+            f"ones (VESDE, EDMSDE: SMLD), got {type(sde).__name__}; use predictor='reverse_diffusion' or 'euler_maruyama'."
+        )
 
 
 def _ancestral(sde: ForwardSDE, t_hi: torch.Tensor, t_lo: torch.Tensor) -> Coefficients:
