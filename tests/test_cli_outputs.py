@@ -15,8 +15,10 @@ import torch
 from scoreflow import distributed as D
 from scoreflow._files import atomic_write
 from scoreflow.cli import main
+from scoreflow.testing import make_problem
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
 SAMPLE = ["sample", "--no-progress", "--problem", "gaussian2d", "--method", "rk4", "--steps", "4", "--num-samples", "16"]
 
 
@@ -106,6 +108,82 @@ def test_dist_overwrite_removes_stale_shards_of_another_world_size(tmp_path, cap
     merged = D.load_result(out)
     assert torch.equal(merged.indices, torch.arange(10)) and merged.values.dtype == torch.float64
     assert torch.equal(D.load_result(D.shard_path(out, 0, 1)).values, merged.values)
+
+
+DIST = ["dist", "sample", "--no-progress", "--method", "rk4", "--steps", "4"]
+GAUSSIAN = ["--problem", "gaussian2d", "--num-samples", "10"]
+# Only the single third item's batch meets a NaN score: a solve that fails part-way, with status 1.
+NAN_MODEL = ["--model", "_cli_models:nan_for_single_items", "--data-shape", "2", "--num-samples", "3", "--batch-size", "2"]
+
+
+def _earlier_run(out: Path, world_size: int) -> dict[str, bytes]:
+    """The files a run (seed 1) on ``world_size`` ranks leaves at ``out``, by name: the merged file and a shard per
+    rank, rank 0's holding all 10 samples (one global batch); a run on one rank writes them, the rest is renamed."""
+    assert main([*DIST, *GAUSSIAN, "--seed", "1", "--out", str(out)]) == 0
+    if world_size > 1:
+        D.shard_path(out, 0, 1).rename(D.shard_path(out, 0, world_size))
+        for rank in range(1, world_size):
+            D.save_result(D.results.empty((0, 2), torch.float64), D.shard_path(out, rank, world_size))
+    return {p.name: p.read_bytes() for p in out.parent.iterdir()}
+
+
+def _full_disk_for(name: str):
+    """torch.save that finds the disk full when it writes the file ``name`` (under its temporary name)."""
+    save = torch.save
+
+    def failing(obj, f, *args, **kwargs):
+        if Path(f).name.startswith(f".{name}."):
+            return _failing_save(obj, f)
+        return save(obj, f, *args, **kwargs)
+
+    return failing
+
+
+@pytest.mark.parametrize("earlier_world_size", [1, 2], ids=["earlier on 1 rank", "earlier on 2 ranks"])
+@pytest.mark.parametrize(
+    "failure, message, left",
+    [
+        (None, "", ["s.pt", "s.rank0-of-1.pt"]),
+        (NAN_MODEL, "score became non-finite", []),
+        ("s.rank0-of-1.pt", "writing '{out}/s.rank0-of-1.pt' failed", []),  # the disk is full for this file
+        ("s.pt", "writing '{out}/s.pt' failed", ["s.rank0-of-1.pt"]),
+    ],
+    ids=["success", "non-finite solve", "shard write", "merged write"],
+)
+def test_a_dist_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, monkeypatch, capsys, earlier_world_size, failure,
+                                                            message, left):
+    """Whether this run succeeds or fails part-way, the files at --out are all its own (the merged file last):
+    none of the earlier run's merged file or shards is left to be taken for its result."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    out = tmp_path / "s.pt"
+    _earlier_run(out, earlier_world_size)
+    if isinstance(failure, str):
+        monkeypatch.setattr(torch, "save", _full_disk_for(failure))
+    source = failure if isinstance(failure, list) else GAUSSIAN
+    assert main([*DIST, *source, "--seed", "2", "--overwrite", "--out", str(out)]) == (1 if failure else 0)
+    assert message.format(out=tmp_path) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == left
+    problem = make_problem("gaussian2d", "vp")
+    this_run = D.sample_sharded(problem.score, problem.sde, 10, (2,), method="rk4", steps=4, seed=2, dtype=torch.float64)
+    for name in left:
+        assert torch.equal(D.load_result(tmp_path / name).values, this_run.values), name
+
+
+@pytest.mark.parametrize(
+    "refusal, message",
+    [
+        ([*GAUSSIAN, "--t-min", "2"], "argument --t-min: expected a time in (0, T=1)"),  # the command's check
+        (["--model", "_cli_models:flat_score", "--data-shape", "2"], "sample_ode: the score expected shape"),  # the solver's
+    ],
+    ids=["option", "model"],
+)
+def test_a_refused_dist_overwrite_leaves_the_earlier_files_untouched(tmp_path, monkeypatch, capsys, refusal, message):
+    monkeypatch.syspath_prepend(str(TESTS))
+    out = tmp_path / "s.pt"
+    earlier = _earlier_run(out, 2)
+    assert main([*DIST, *refusal, "--overwrite", "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == earlier
 
 
 def test_dist_sample_with_a_model_runs_in_float32(tmp_path, monkeypatch, capsys):

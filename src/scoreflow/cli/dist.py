@@ -8,7 +8,9 @@
 Every rank writes its shard (``samples.rank0-of-2.pt`` ...) and rank 0 writes the merged file.  Run
 without ``torchrun`` it is one process (world size 1) and gives the same merged file.  Every rank
 checks the options, the model, the data and ``--out`` before any solve, and all ranks stop together
-if one of them finds a problem, before the solve or in it.
+if one of them finds a problem, before the solve or in it.  With ``--overwrite`` the files of an
+earlier run at ``--out`` are removed once the solve has ended or failed on every rank, before any new
+file is written; a refused run leaves them as they were.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -142,7 +144,7 @@ class _Job:
     device: torch.device
     dtype: torch.dtype
     out: Path
-    stale: list[Path]
+    earlier: list[Path]  # with --overwrite: the merged file and the shards (of any world size) of an earlier run
 
 
 #: ``solve(job, options, progress) -> this rank's result``.
@@ -173,7 +175,7 @@ def _check_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     return solver_options(args, kind)
 
 
-def _prepare(args: argparse.Namespace, world_size: int) -> _Job:
+def _prepare(args: argparse.Namespace) -> _Job:
     """Check ``--out`` and its shards, resolve the device, load the model or problem and the data: this rank's part."""
     out = check_out_file(args.out, overwrite=args.overwrite, suffixes=D.files.SUFFIXES)
     shards = D.shard_files(out)
@@ -183,7 +185,6 @@ def _prepare(args: argparse.Namespace, world_size: int) -> _Job:
             f"argument --out: shard {shards[0].name}{more} of {out.name} exists from an earlier run; "
             "pass --overwrite to replace them, or choose another name"
         )
-    mine = {D.shard_path(out, r, world_size) for r in range(world_size)}
     if args.device == "auto":
         cuda = torch.cuda.is_available() and args.backend != "gloo"
         device = torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
@@ -210,7 +211,7 @@ def _prepare(args: argparse.Namespace, world_size: int) -> _Job:
     elif args.dist_command == "likelihood":
         n = DEFAULT_NUM_SAMPLES if args.num_samples is None else args.num_samples
         data = law.sample(n, generator=torch.Generator().manual_seed(args.seed))
-    return _Job(score, sde, law, data, device, dtype, out, [p for p in shards if p not in mine])
+    return _Job(score, sde, law, data, device, dtype, out, ([out] if out.exists() else []) + shards)
 
 
 def _agree(error: CLIError | None, rank: int, world_size: int) -> CLIError | None:
@@ -233,41 +234,82 @@ def _as_cli_error(e: Exception) -> CLIError:
     return CLIError(str(e), status=1 if isinstance(e, NonFiniteError) else 2)
 
 
+Value = TypeVar("Value")
+
+
+def _step(do: Callable[[], Value], rank: int, world_size: int) -> tuple[Value | None, Exception | None, CLIError | None]:
+    """Run ``do`` on this rank, then agree with the others (a barrier): ``(value, this rank's failure, first error)``.
+
+    Only this rank may fail (its batches alone met the problem, or its disk is full): the others hear of it
+    before they go on, and rank 0, which speaks for all, says what it was.
+    """
+    try:
+        value, failure = do(), None
+    except (CLIError, ValueError, TypeError, NonFiniteError) as e:
+        value, failure = None, e
+    return value, failure, _agree(None if failure is None else _as_cli_error(failure), rank, world_size)
+
+
+def _stop(failure: Exception | None, error: CLIError | None) -> None:
+    """Raise this rank's failure (with its traceback, for ``main`` to judge), else another rank's error, if any."""
+    if failure is not None:
+        raise failure
+    if error is not None:
+        raise error
+
+
+def _remove(earlier: list[Path]) -> None:
+    """Remove the files an earlier run left at ``--out``, the merged file first (another rank may have removed some)."""
+    for path in earlier:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            raise CLIError(
+                f"removing {str(path)!r}, left at --out by an earlier run, failed ({e.strerror or e}); remove it and "
+                "run again", status=1,
+            ) from e
+
+
 def _run(args: argparse.Namespace, kind: str, solve: Solve, describe: Describe, meta: dict[str, Any]) -> int:
-    """Check, join the process group, check on every rank, solve this rank's batches, write shard and merged file."""
+    """Check, join the process group, check on every rank, solve this rank's batches, write shard and merged file.
+
+    The files of an earlier run at ``--out`` (``--overwrite``) stay as they were if this run is refused, before
+    its solve or by the solver's own checks (status 2); once every rank has solved, or the solve failed (status
+    1), every rank removes them before any rank writes, so ``--out`` never holds the files of two runs.
+    """
     options = _check_options(args, kind)
     joined_here = not torch_dist.is_initialized()
     rank, world_size = D.init_distributed(args.backend)
     try:
-        try:
-            job, error = _prepare(args, world_size), None
+
+        def prepare() -> _Job:
+            job = _prepare(args)
             options["t_min"] = resolve_t_min(args, job.sde)
-        except CLIError as e:
-            job, error = None, e
-        error = _agree(error, rank, world_size)
-        if error is not None:
-            raise error
-        if rank == 0:
-            for path in job.stale:  # shards of the same name from a run with another world size
-                path.unlink(missing_ok=True)
+            return job
+
+        job, failure, error = _step(prepare, rank, world_size)
+        _stop(failure, error)
         meta = {"seed": args.seed, "batch_size": args.batch_size, **meta}
+
+        def solve_mine() -> tuple[D.ShardResult, float]:
+            start = time.perf_counter()
+            return solve(job, options, rank == 0 and not args.no_progress), time.perf_counter() - start
+
+        solved, failure, error = _step(solve_mine, rank, world_size)
+        if error is None or error.status != 2:
+            # Not refused: whatever follows, the earlier files of --out are not this run's result.  Every rank removes
+            # those it found (the ranks need not share a disk), and none writes before all have (the agreement).
+            _, removal, removed = _step(lambda: _remove(job.earlier), rank, world_size)
+            failure, error = failure or removal, error or removed
+        _stop(failure, error)
+        local, seconds = solved
         shard = D.shard_path(job.out, rank, world_size)
-        start = time.perf_counter()
-        try:
-            local = solve(job, options, rank == 0 and not args.no_progress)
-            seconds = time.perf_counter() - start
+
+        def write_shard() -> None:
             with write_errors(shard):
                 D.save_result(local, shard, rank=rank, world_size=world_size, **meta)
-            failure = None
-        except (CLIError, ValueError, TypeError, NonFiniteError) as e:
-            # Only this rank may have failed (its batches alone met the problem, or its disk is full): the others
-            # must hear of it before they wait for its result, and rank 0, which speaks for all, must say what it was.
-            failure = e
-        error = _agree(None if failure is None else _as_cli_error(failure), rank, world_size)
-        if failure is not None:
-            raise failure  # with its traceback, for main to judge
-        if error is not None:
-            raise error
+
+        _stop(*_step(write_shard, rank, world_size)[1:])
         merged = D.gather(local)
         if merged is not None:
             with write_errors(job.out):

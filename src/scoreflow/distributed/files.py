@@ -27,12 +27,15 @@ def shard_path(out: str | os.PathLike, rank: int, world_size: int) -> Path:
 
 
 def shard_files(out: str | os.PathLike) -> list[Path]:
-    """The shard files of the merged file ``out`` that exist, of any world size (e.g. left by an earlier run)."""
+    """The shard files of the merged file ``out`` that exist, of any world size (e.g. left by an earlier run).
+
+    Only files: a folder of a shard's name is no shard, and writing that shard reports it.
+    """
     out = Path(out)
     pattern = re.compile(rf"{re.escape(out.stem)}\.rank\d+-of-\d+{re.escape(out.suffix)}")
     if not out.parent.is_dir():
         return []
-    return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name))
+    return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file())
 
 
 def save_result(result: ShardResult, path: str | os.PathLike, **meta: Any) -> Path:
