@@ -92,4 +92,4 @@ def write_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
-        raise CLIError(f"writing {str(path)!r} failed ({e}); it was left as it was", status=1) from e
+        raise CLIError(f"writing {str(path)!r} failed ({e}); nothing of this write was left there", status=1) from e
