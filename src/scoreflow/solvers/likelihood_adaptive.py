@@ -16,11 +16,13 @@ flow) were 1 % fewer in total than with the elementwise norm, per problem and er
 Per step the loop does the least work around the model: a node's coefficients (its time, :math:`\alpha`,
 :math:`\sigma` and the affine maps from the native prediction to :math:`\hat x_0`, :math:`\hat\varepsilon`) are
 computed in float64 on the host from the log-SNR the controller chose (one read of a CPU tensor, no device
-synchronisation); the weights are Python floats, laid out over a ring of the last five evaluations (states,
-native predictions and divergences as rows of two matrices) and sent to the device in one copy with the node's
-time, so that the predictor, the corrector, their difference and the two quadratures are a matrix product each;
-the affine parts (:math:`\hat x_0 = a x + b p`, :math:`\nabla\cdot\hat x_0 = aD + b\,\nabla\cdot p`) are folded into
-those weights and a running constant.  The one read of the state's device per step is the error norm, which also
+synchronisation); the weights are Python floats, laid out over a ring of the state and the last five evaluations
+(the state and log-density change the step starts from, the states, native predictions and divergences, as rows
+of two matrices) and sent to the device in one copy with the node's time, so that the predictor is one matrix
+product, and the corrector with its difference from the predictor another, the log-density change (with and
+without its constant part) and its difference a third; the affine parts (:math:`\hat x_0 = a x + b p`,
+:math:`\nabla\cdot\hat x_0 = aD + b\,\nabla\cdot p`) are folded into those weights and a running constant.  The
+sizes and differences are then two row norms.  The one read of the state's device per step is the error norm, which also
 stops the solve at the first non-finite value (a NaN or inf anywhere makes the norm NaN; the model's outputs are
 therefore not recorded one by one, see :meth:`~scoreflow.dynamics.counting.FiniteWatch.paused`).
 """
@@ -63,31 +65,44 @@ def _node(sde: ForwardSDE, prediction: str, *, t: torch.Tensor | None = None, la
 
 
 class _Ring:
-    r"""The solver's last ``size`` evaluations in fixed slots: the states :math:`x_j` the model was evaluated at and its
-    native predictions :math:`p_j` as the rows of one ``(2 size, N)`` matrix ``z``, the divergences
-    :math:`\nabla\cdot p_j` as the columns of ``(PB, size)``.  A combination of predictions
-    :math:`\sum_j w_j(a_j x_j + b_j p_j)` is then one matrix product with a row of weights (zero at the slots not
-    used), however many points a step takes.
+    r"""The solver's state and its last ``size`` evaluations as the rows of two matrices: ``z`` (``(1 + 2 size, N)``)
+    holds the state :math:`x_s` the next step starts from, then in fixed slots the states :math:`x_j` the model was
+    evaluated at, then its native predictions :math:`p_j`; ``d`` (``(2 + size, PB)``) holds the log-density change
+    :math:`\Delta_s` (without its constant part, see the solver), a row of ones, then the divergences
+    :math:`\nabla\cdot p_j`.  A step's combinations :math:`r x_s + \sum_j w_j(a_j x_j + b_j p_j)` and
+    :math:`\Delta_s + \kappa + \sum_j q_j\,\nabla\cdot p_j` are then one matrix product each with rows of weights
+    (zero at the slots not used), however many points a step takes, and as many rows of them as wanted.
 
-    The slots are written in place unless a value carries a graph (a log-likelihood being differentiated): then each
-    write copies the matrix, so that the products recorded for the backward pass keep their operands.
+    The rows are written in place unless a value carries a graph (a log-likelihood being differentiated): then each
+    write copies the matrices, so that the products recorded for the backward pass keep their operands.
     """
 
-    __slots__ = ("size", "z", "div")
+    __slots__ = ("size", "z", "d")
 
     def __init__(self, size: int, x: torch.Tensor, div: torch.Tensor) -> None:
         self.size = size
-        self.z = x.new_zeros(2 * size, x.numel())
-        self.div = div.new_zeros(div.numel(), size)
+        self.z = x.new_zeros(1 + 2 * size, x.numel())
+        self.d = div.new_zeros(2 + size, div.numel())
+        self.z[0] = x.reshape(-1)
+        self.d[1] = 1.0
 
     def store(self, slot: int, x: torch.Tensor, p: torch.Tensor, div: torch.Tensor) -> None:
         """Write the evaluation ``(x, p, div)`` into ``slot``."""
-        z, d = self.z, self.div
-        if x.requires_grad or p.requires_grad or div.requires_grad or z.requires_grad or d.requires_grad:
-            z, d = self.z, self.div = z.clone(), d.clone()
-        z[slot] = x.reshape(-1)
-        z[self.size + slot] = p.reshape(-1)
-        d[:, slot] = div.reshape(-1)
+        z, d = self._writable(x, p, div)
+        z[1 + slot] = x.reshape(-1)
+        z[1 + self.size + slot] = p.reshape(-1)
+        d[2 + slot] = div.reshape(-1)
+
+    def accept(self, x: torch.Tensor, delta: torch.Tensor) -> None:
+        r"""Write the state :math:`x_s` and log-density change :math:`\Delta_s` the next step starts from."""
+        z, d = self._writable(x, delta)
+        z[0] = x.reshape(-1)
+        d[0] = delta.reshape(-1)
+
+    def _writable(self, *values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.z.requires_grad or self.d.requires_grad or any(v.requires_grad for v in values):
+            self.z, self.d = self.z.clone(), self.d.clone()
+        return self.z, self.d
 
 
 class AdaptiveLikelihoodPC:
@@ -146,11 +161,11 @@ class AdaptiveLikelihoodPC:
         ring = _Ring(slots, x, div)
         ring.store(0, x, p, div)
         history = [(0, 0)]  # (node, slot) of the last POINTS evaluations, newest first
-        # the log-density change is delta + offset: the divergence's affine part D * a_x0 is summed in floats
-        delta, offset = torch.zeros_like(div).reshape(-1), 0.0
-        floor_x, floor_d = atol * math.sqrt(x.numel()), atol * math.sqrt(delta.numel())  # atol in the 2-norm
+        # the log-density change is ring.d[0] + offset: the divergence's affine part D * a_x0 is summed in floats
+        offset = 0.0
+        floor_x, floor_d = atol * math.sqrt(x.numel()), atol * math.sqrt(div.numel())  # atol in the 2-norm
         t_end, shape = stepping.times[-1], x.shape
-        x_row = x.reshape(1, -1)
+        width_z, width_d = ring.z.shape[0], ring.d.shape[0]
         step = None  # the next step's length in the variable of the last step (None: h_init in log-SNR)
         for _ in range(self.max_steps):
             s = history[0][0]
@@ -166,24 +181,22 @@ class AdaptiveLikelihoodPC:
             predictor, corrector = history[:POINTS], [history[0], new, *history[1:POINTS]]
             noise, ratio, wp, qp, cp = step_weights(lam, alpha, sigma, [j for j, _ in predictor], k, self.switch)
             _, _, wc, q, c = step_weights(lam, alpha, sigma, [j for j, _ in corrector], k, self.switch)
-            # one host-to-device copy per step: the rows of weights over the ring's slots, and the node's time
-            rows, constants = self._rows(nodes, predictor, corrector, noise, wp, qp, wc, q, slots)
+            # one host-to-device copy per step: the rows of weights over the ring's rows, and the node's time
+            rows, increment = self._rows(nodes, predictor, corrector, noise, ratio, wp, qp, cp, wc, q, c, slots, dim)
+            offset_new = offset + increment
+            rows[3 * width_z + width_d + 1] = offset_new  # the log-density change's norm row takes the constant
             table = torch.tensor([*rows, node[0]], dtype=x.dtype, device=x.device)
-            weights = table[:-1].view(4, 2 * slots)
-            x_pred = torch.addmm(x_row, weights[0:1], ring.z, beta=ratio)
+            x_pred = torch.mm(table[:width_z].view(1, width_z), ring.z)
             p, div = evaluate(x_pred.view(shape), t_end if land else table[-1], node[1], node[2])
             ring.store(new[1], x_pred, p, div)
-            x_new = torch.addmm(x_row, weights[1:2], ring.z, beta=ratio)
-            # sum_j q_j div x0_j = D sum_j q_j a_j + sum_j q_j b_j div p_j (a_j, b_j: node j's maps to x0)
-            d_new = torch.addmv(delta, ring.div, weights[3, :slots])
-            offset_new = offset + dim * (c + constants[0])
-            with torch.no_grad():  # the step control is not differentiated: predictor minus corrector
-                gap_x = torch.mm(weights[2:3], ring.z)
-                gap_d = torch.mv(ring.div, weights[3, slots:]).add_(dim * (c - cp + constants[1]))
+            # rows: the corrector's x_t and the corrector minus the predictor; Delta_t, Delta_t + offset and the gap
+            x_new = torch.mm(table[width_z:3 * width_z].view(2, width_z), ring.z)
+            d_new = torch.mm(table[3 * width_z:-1].view(3, width_d), ring.d)
+            with torch.no_grad():  # the step control is not differentiated
                 norm = torch.linalg.vector_norm
-                norms = torch.stack([norm(gap_x), norm(x_new), norm(gap_d), norm(d_new + offset_new)]).tolist()
-            err = max(norms[0] / (floor_x + rtol * norms[1]), norms[2] / (floor_d + rtol * norms[3]))
-            if not math.isfinite(err + norms[1] + norms[3]):  # (an infinite size would make its ratio 0)
+                size_x, gap_x, size_d, gap_d = torch.cat([norm(x_new, dim=1), norm(d_new[1:], dim=1)]).tolist()
+            err = max(gap_x / (floor_x + rtol * size_x), gap_d / (floor_d + rtol * size_d))
+            if not math.isfinite(err + size_x + size_d):  # (an infinite size would make its ratio 0)
                 self._stop(score, node[0], p, div)
             # the first step's length is a guess: only its error bounds how much the second may grow (as CVODE does)
             growth = self.first_max_factor if len(history) == 1 else self.max_factor
@@ -197,9 +210,10 @@ class AdaptiveLikelihoodPC:
                 continue
             history.insert(0, new)
             del history[POINTS:]
-            x_row, delta, offset = x_new, d_new, offset_new
+            offset = offset_new
             if land:
-                return x_row.view(shape), (delta + offset).view(div.shape), evaluate.nfe_vjp
+                return x_new[0].view(shape), (d_new[0] + offset).view(div.shape), evaluate.nfe_vjp
+            ring.accept(x_new[0], d_new[0])
         reached = float(sde.t_from_log_snr(torch.tensor(lam[history[0][0]], dtype=torch.float64)))
         raise RuntimeError(
             f"log_likelihood: expint_pc_adaptive took max_steps={self.max_steps} steps (accepted and rejected) and "
@@ -208,30 +222,35 @@ class AdaptiveLikelihoodPC:
 
     @staticmethod
     def _rows(nodes: Sequence[Sequence[float]], predictor: Sequence[tuple[int, int]],
-              corrector: Sequence[tuple[int, int]], noise: bool, wp: Sequence[float], qp: Sequence[float],
-              wc: Sequence[float], q: Sequence[float], slots: int) -> tuple[list[float], tuple[float, float]]:
-        r"""A step's weights over the ring's slots, flat: the predictor's and the corrector's combinations of
-        :math:`(x_j, p_j)`, their difference, and the divergence quadrature's weights on :math:`\nabla\cdot p_j` for
-        the corrector and for the corrector minus the predictor; with the two sums
-        :math:`\sum_j q_j a_j` (the quadrature's affine part, times D) for those two.
+              corrector: Sequence[tuple[int, int]], noise: bool, ratio: float, wp: Sequence[float],
+              qp: Sequence[float], cp: float, wc: Sequence[float], q: Sequence[float], c: float, slots: int,
+              dim: int) -> tuple[list[float], float]:
+        r"""A step's weights over the ring's rows (:class:`_Ring`), flat: over ``z``, the predictor's
+        :math:`r x_s + \sum_j w_j(a_j x_j + b_j p_j)`, the corrector's, and the corrector's minus the predictor's;
+        over ``d``, the divergence quadrature :math:`\Delta_s + \sum_j q_j b_j \nabla\cdot p_j` (its part
+        :math:`D\sum_j q_j a_j` and D c are constants), the same row for the norm (the caller writes the constant
+        into its ones column), and the corrector's minus the predictor's with its constant; with the constant
+        increment :math:`D(c + \sum_j q_j a_j)` of the log-density change.
         """
-        width = 2 * slots
-        rows = [0.0] * (4 * width)
+        width_z, width_d = 1 + 2 * slots, 2 + slots
+        pred, corr = [0.0] * width_z, [0.0] * width_z
+        pred[0] = corr[0] = ratio
         side = 6 if noise else 4  # a node's maps to the side's prediction: coefs[side], coefs[side + 1]
-        for (j, slot), w in zip(predictor, wp):
-            rows[slot], rows[slots + slot] = w * nodes[j][side], w * nodes[j][side + 1]
-        for (j, slot), w in zip(corrector, wc):
-            rows[width + slot], rows[width + slots + slot] = w * nodes[j][side], w * nodes[j][side + 1]
-        for i in range(width):
-            rows[2 * width + i] = rows[width + i] - rows[i]
+        for row, points, weights in ((pred, predictor, wp), (corr, corrector, wc)):
+            for (j, slot), w in zip(points, weights):
+                row[1 + slot], row[1 + slots + slot] = w * nodes[j][side], w * nodes[j][side + 1]
+        quad, gap_quad = [0.0] * width_d, [0.0] * width_d
+        quad[0] = 1.0
         gap = {j: -w for (j, _), w in zip(predictor, qp)}  # the predictor's quadrature on its own points
         affine = gap_affine = 0.0
         for (j, slot), w in zip(corrector, q):
             g = gap.get(j, 0.0) + w
-            rows[3 * width + slot], rows[3 * width + slots + slot] = w * nodes[j][5], g * nodes[j][5]
+            quad[2 + slot], gap_quad[2 + slot] = w * nodes[j][5], g * nodes[j][5]
             affine += w * nodes[j][4]
             gap_affine += g * nodes[j][4]
-        return rows, (affine, gap_affine)
+        gap_quad[1] = dim * (c - cp + gap_affine)
+        rows = [*pred, *corr, *(b - a for a, b in zip(pred, corr)), *quad, *quad, *gap_quad]
+        return rows, dim * (c + affine)
 
     @staticmethod
     def _stop(score: CountedScore, t: float, p: torch.Tensor, div: torch.Tensor) -> None:
