@@ -96,17 +96,23 @@ class _Evaluator:
     :math:`\hat x_0 = a x + b p` the divergence of the data prediction is :math:`a D + b\,\nabla\cdot p`.
 
     ``difference``: Hutchinson's :math:`v^\top J v` by central differences at these steps, taken at each node's
-    :math:`(\alpha, \sigma)` (:func:`~scoreflow.dynamics.augmented.counted_difference_hutchinson`)."""
+    :math:`(\alpha, \sigma)` (:func:`~scoreflow.dynamics.augmented.counted_difference_hutchinson`).  These carry no
+    graph: a call given ``sums`` (a ``(B, *D)`` and a ``(P, B)`` tensor) writes their
+    :meth:`~scoreflow.dynamics.divergence.CentralDifferences.sums` there and returns them, p and
+    :math:`\nabla\cdot p` divided by the node's :meth:`factors`, for a solver to fold those into its weights (the
+    other traces return p and :math:`\nabla\cdot p`, factors 1)."""
 
     def __init__(self, score: CountedScore, probes: torch.Tensor | None, chunk_size: int | None, like: torch.Tensor,
                  *, difference: DifferenceSteps | None = None) -> None:
         self.score, self.probes, self.chunk_size = score, probes, chunk_size
         self.steps = difference
         self.dim = like[0].numel()
+        self.divergence_shape = (1 if probes is None else probes.shape[0], like.shape[0])
         self.nfe_vjp = 0
         self.differences = None if difference is None else CentralDifferences(probes, like)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, alpha: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, alpha: float, sigma: float, *,
+                 sums: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         def native(y: torch.Tensor) -> torch.Tensor:
             return self.score.predict(y, t)
 
@@ -115,12 +121,20 @@ class _Evaluator:
             div = div[None]
             self.nfe_vjp += self.dim
         elif self.differences is not None:
-            p, div = counted_difference_hutchinson(self.score, native, x, self.differences, self.steps(alpha, sigma))
+            p, div = counted_difference_hutchinson(self.score, native, x, self.differences, self.steps(alpha, sigma),
+                                                   sums=sums)
         else:
             p, div = value_and_hutchinson_divergence(native, x, self.probes)
             self.nfe_vjp += self.probes.shape[0]
         self.score.finite.record("divergence", div, t)
         return p, div
+
+    def factors(self, alpha: float, sigma: float) -> tuple[float, float]:
+        r"""What a call given ``sums`` returns times these is p and :math:`\nabla\cdot p` at the node
+        :math:`(\alpha, \sigma)`: :math:`1/(2P)` and :math:`1/(2\delta)` for central differences, else 1 and 1."""
+        if self.differences is None:
+            return 1.0, 1.0
+        return 0.5 / self.differences.n, 0.5 / self.steps(alpha, sigma)
 
     def predictions(self, x: torch.Tensor, t: torch.Tensor, alpha: float, sigma: float,
                     coefs: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

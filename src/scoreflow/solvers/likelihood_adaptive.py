@@ -21,8 +21,10 @@ synchronisation); the weights are Python floats, laid out over a ring of the sta
 of two matrices) and sent to the device in one copy with the node's time, so that the predictor is one matrix
 product, and the corrector with its difference from the predictor another, the log-density change (with and
 without its constant part) and its difference a third; the affine parts (:math:`\hat x_0 = a x + b p`,
-:math:`\nabla\cdot\hat x_0 = aD + b\,\nabla\cdot p`) are folded into those weights and a running constant.  The
-sizes and differences are then two row norms.  The one read of the state's device per step is the error norm, which also
+:math:`\nabla\cdot\hat x_0 = aD + b\,\nabla\cdot p`) are folded into those weights and a running constant, and so are
+the factors :math:`1/(2P)` and :math:`1/(2\delta)` of central differences, whose sums are written into the ring's rows
+as they are reduced.  The sizes and differences are then two row norms.  The one read of the state's device per step
+is the error norm, which also
 stops the solve at the first non-finite value (a NaN or inf anywhere makes the norm NaN; the model's outputs are
 therefore not recorded one by one, see :meth:`~scoreflow.dynamics.counting.FiniteWatch.paused`).
 """
@@ -30,7 +32,7 @@ therefore not recorded one by one, see :meth:`~scoreflow.dynamics.counting.Finit
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -46,9 +48,13 @@ from .likelihood import POINTS, LikelihoodPC, _Evaluator, register_likelihood, s
 __all__ = ["AdaptiveLikelihoodPC"]
 
 
-def _node(sde: ForwardSDE, prediction: str, *, t: torch.Tensor | None = None, lam: float | None = None) -> list[float]:
-    r"""``[t, alpha, sigma, lambda, a_x0, b_x0, a_eps, b_eps]`` of the node at time ``t`` or log-SNR ``lam``, as floats
-    computed in float64 on the CPU (one read of a host tensor; the affine maps in plain arithmetic)."""
+def _node(sde: ForwardSDE, prediction: str, factors: Callable[[float, float], tuple[float, float]], *,
+          t: torch.Tensor | None = None, lam: float | None = None) -> list[float]:
+    r"""``[t, alpha, sigma, lambda, a_x0, b_x0 f, a_eps, b_eps f, b_x0 g]`` of the node at time ``t`` or log-SNR ``lam``:
+    the affine maps :math:`\hat x_0 = a_{x_0} x + b_{x_0} p`, :math:`\hat\varepsilon = a_\varepsilon x + b_\varepsilon p`,
+    with the factors ``f, g = factors(alpha, sigma)`` of the evaluator's rows (:meth:`_Evaluator.factors`) folded into
+    the coefficients of p and :math:`\nabla\cdot p`; computed in float64 on the CPU (one read of a host tensor; the
+    affine maps in plain arithmetic)."""
     if t is None:
         t = sde.t_from_log_snr(torch.tensor(lam, dtype=torch.float64))
     else:
@@ -60,8 +66,11 @@ def _node(sde: ForwardSDE, prediction: str, *, t: torch.Tensor | None = None, la
     if lam is None:  # +inf at the data end (sigma = 0), -inf at pure noise (alpha = 0)
         lam = math.inf if sigma == 0 else -math.inf if alpha == 0 else math.log(alpha) - math.log(sigma)
     if prediction == "score":  # the classic forms x0 = (x + sigma^2 s) / alpha, eps = -sigma s (as Nodes.affine)
-        return [t, alpha, sigma, lam, 1.0 / alpha, sigma * sigma / alpha, 0.0, -sigma]
-    return [t, alpha, sigma, lam, *affine_map_values(prediction, alpha, sigma, *derivatives)]
+        a_x0, b_x0, a_eps, b_eps = 1.0 / alpha, sigma * sigma / alpha, 0.0, -sigma
+    else:
+        a_x0, b_x0, a_eps, b_eps = affine_map_values(prediction, alpha, sigma, *derivatives)
+    f, g = factors(alpha, sigma)
+    return [t, alpha, sigma, lam, a_x0, b_x0 * f, a_eps, b_eps * f, b_x0 * g]
 
 
 class _Ring:
@@ -69,40 +78,60 @@ class _Ring:
     holds the state :math:`x_s` the next step starts from, then in fixed slots the states :math:`x_j` the model was
     evaluated at, then its native predictions :math:`p_j`; ``d`` (``(2 + size, PB)``) holds the log-density change
     :math:`\Delta_s` (without its constant part, see the solver), a row of ones, then the divergences
-    :math:`\nabla\cdot p_j`.  A step's combinations :math:`r x_s + \sum_j w_j(a_j x_j + b_j p_j)` and
-    :math:`\Delta_s + \kappa + \sum_j q_j\,\nabla\cdot p_j` are then one matrix product each with rows of weights
-    (zero at the slots not used), however many points a step takes, and as many rows of them as wanted.
+    :math:`\nabla\cdot p_j` (both as the evaluator gives them: divided by its factors, see :func:`_node`).  A step's
+    combinations :math:`r x_s + \sum_j w_j(a_j x_j + b_j p_j)` and :math:`\Delta_s + \kappa + \sum_j q_j\,\nabla\cdot
+    p_j` are then one matrix product each with rows of weights (zero at the slots not used), however many points a
+    step takes, and as many rows of them as wanted.
 
-    The rows are written in place unless a value carries a graph (a log-likelihood being differentiated): then each
-    write copies the matrices, so that the products recorded for the backward pass keep their operands.
+    :meth:`slot` gives a slot's rows of :math:`(p_j, \nabla\cdot p_j)` shaped as the evaluations, for the evaluator to
+    write into (central differences); :meth:`store` copies the values not already there.  The rows are written
+    in place unless a value carries a graph (a log-likelihood being differentiated): then each write copies the
+    matrices, so that the products recorded for the backward pass keep their operands.
     """
 
-    __slots__ = ("size", "z", "d")
+    __slots__ = ("size", "z", "d", "_rows")
 
-    def __init__(self, size: int, x: torch.Tensor, div: torch.Tensor) -> None:
+    def __init__(self, size: int, x: torch.Tensor, div_shape: tuple[int, int]) -> None:
         self.size = size
         self.z = x.new_zeros(1 + 2 * size, x.numel())
-        self.d = div.new_zeros(2 + size, div.numel())
-        self.z[0] = x.reshape(-1)
+        self.d = x.new_zeros(2 + size, math.prod(div_shape))
         self.d[1] = 1.0
+        self._views(x.shape, div_shape)
+        self._rows[0].copy_(x.reshape(1, -1))
+
+    def _views(self, shape: torch.Size, div_shape: torch.Size) -> None:
+        """Each row of the matrices as a view: the states' ``(1, N)``, the predictions' and divergences' shaped as
+        the evaluations."""
+        z, d, n = self.z, self.d, self.size
+        self._rows = (z[0:1], d[0:1], [z[j:j + 1] for j in range(1, 1 + n)],
+                      [z[j].view(shape) for j in range(1 + n, 1 + 2 * n)], [d[j].view(div_shape) for j in range(2, 2 + n)])
+
+    def slot(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slot ``slot``'s rows of the prediction and the divergence, to be written into."""
+        return self._rows[3][slot], self._rows[4][slot]
 
     def store(self, slot: int, x: torch.Tensor, p: torch.Tensor, div: torch.Tensor) -> None:
-        """Write the evaluation ``(x, p, div)`` into ``slot``."""
-        z, d = self._writable(x, p, div)
-        z[1 + slot] = x.reshape(-1)
-        z[1 + self.size + slot] = p.reshape(-1)
-        d[2 + slot] = div.reshape(-1)
+        """Write the evaluation ``(x, p, div)`` (a ``(1, N)`` row, and values shaped as the evaluations, or the
+        ``slot``'s own rows) into ``slot``."""
+        self._writable(x, p, div)
+        _, _, xs, ps, divs = self._rows
+        xs[slot].copy_(x)
+        if p is not ps[slot]:
+            ps[slot].copy_(p)
+        if div is not divs[slot]:
+            divs[slot].copy_(div)
 
     def accept(self, x: torch.Tensor, delta: torch.Tensor) -> None:
-        r"""Write the state :math:`x_s` and log-density change :math:`\Delta_s` the next step starts from."""
-        z, d = self._writable(x, delta)
-        z[0] = x.reshape(-1)
-        d[0] = delta.reshape(-1)
+        r"""Write the state :math:`x_s` and log-density change :math:`\Delta_s` (``(1, N)`` and ``(1, PB)`` rows) the
+        next step starts from."""
+        self._writable(x, delta)
+        self._rows[0].copy_(x)
+        self._rows[1].copy_(delta)
 
-    def _writable(self, *values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _writable(self, *values: torch.Tensor) -> None:
         if self.z.requires_grad or self.d.requires_grad or any(v.requires_grad for v in values):
             self.z, self.d = self.z.clone(), self.d.clone()
-        return self.z, self.d
+            self._views(self._rows[3][0].shape, self._rows[4][0].shape)
 
 
 class AdaptiveLikelihoodPC:
@@ -144,33 +173,33 @@ class AdaptiveLikelihoodPC:
                 non-finite value.
             RuntimeError: after ``max_steps`` accepted and rejected steps.
         """
-        first, end = (_node(sde, score.prediction, t=stepping.times[i]) for i in (0, -1))
         evaluate = _Evaluator(score, probes, chunk_size, x, difference=difference)
-        start = evaluate(x, stepping.times[0], first[1], first[2])  # recorded: a non-finite value here is named at t_min
+        first, end = (_node(sde, score.prediction, evaluate.factors, t=stepping.times[i]) for i in (0, -1))
+        ring = _Ring(POINTS + 1, x, evaluate.divergence_shape)
+        # recorded: a non-finite value here is named at t_min
+        p, div = evaluate(x, stepping.times[0], first[1], first[2], sums=ring.slot(0))
+        ring.store(0, x.reshape(1, -1), p, div)
         with score.finite.paused():  # every later value enters the error norm read at each step
-            return self._solve(score, sde, x, evaluate, stepping, first, end, start)
+            return self._solve(score, sde, x, evaluate, ring, stepping, first, end)
 
-    def _solve(self, score: CountedScore, sde: ForwardSDE, x: torch.Tensor, evaluate: _Evaluator, stepping: Tolerances,
-               first: list[float], end: list[float],
-               start: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _solve(self, score: CountedScore, sde: ForwardSDE, x: torch.Tensor, evaluate: _Evaluator, ring: _Ring,
+               stepping: Tolerances, first: list[float], end: list[float]) -> tuple[torch.Tensor, torch.Tensor, int]:
         rtol, atol, dim = stepping.rtol, stepping.atol, x[0].numel()
-        nodes = [first]  # per node: t, alpha, sigma, lambda and the affine maps (see _node)
+        nodes = [first]  # per node: t, alpha, sigma, lambda and the coefficients of its rows (see _node)
         lam, alpha, sigma = [first[3]], [first[1]], [first[2]]
-        slots = POINTS + 1
-        p, div = start
-        ring = _Ring(slots, x, div)
-        ring.store(0, x, p, div)
+        slots = ring.size
         history = [(0, 0)]  # (node, slot) of the last POINTS evaluations, newest first
         # the log-density change is ring.d[0] + offset: the divergence's affine part D * a_x0 is summed in floats
         offset = 0.0
-        floor_x, floor_d = atol * math.sqrt(x.numel()), atol * math.sqrt(div.numel())  # atol in the 2-norm
+        div_shape = evaluate.divergence_shape
+        floor_x, floor_d = atol * math.sqrt(x.numel()), atol * math.sqrt(math.prod(div_shape))  # atol in the 2-norm
         t_end, shape = stepping.times[-1], x.shape
         width_z, width_d = ring.z.shape[0], ring.d.shape[0]
         step = None  # the next step's length in the variable of the last step (None: h_init in log-SNR)
         for _ in range(self.max_steps):
             s = history[0][0]
             lam_t, land = self._next_log_snr(lam[s], end[3], step)
-            node = end if land else _node(sde, score.prediction, lam=lam_t)
+            node = end if land else _node(sde, score.prediction, evaluate.factors, lam=lam_t)
             nodes.append(node)
             lam.append(node[3])
             alpha.append(node[1])
@@ -187,7 +216,7 @@ class AdaptiveLikelihoodPC:
             rows[3 * width_z + width_d + 1] = offset_new  # the log-density change's norm row takes the constant
             table = torch.tensor([*rows, node[0]], dtype=x.dtype, device=x.device)
             x_pred = torch.mm(table[:width_z].view(1, width_z), ring.z)
-            p, div = evaluate(x_pred.view(shape), t_end if land else table[-1], node[1], node[2])
+            p, div = evaluate(x_pred.view(shape), t_end if land else table[-1], node[1], node[2], sums=ring.slot(new[1]))
             ring.store(new[1], x_pred, p, div)
             # rows: the corrector's x_t and the corrector minus the predictor; Delta_t, Delta_t + offset and the gap
             x_new = torch.mm(table[width_z:3 * width_z].view(2, width_z), ring.z)
@@ -212,8 +241,8 @@ class AdaptiveLikelihoodPC:
             del history[POINTS:]
             offset = offset_new
             if land:
-                return x_new[0].view(shape), (d_new[0] + offset).view(div.shape), evaluate.nfe_vjp
-            ring.accept(x_new[0], d_new[0])
+                return x_new[0].view(shape), (d_new[0] + offset).view(div_shape), evaluate.nfe_vjp
+            ring.accept(x_new[0:1], d_new[0:1])
         reached = float(sde.t_from_log_snr(torch.tensor(lam[history[0][0]], dtype=torch.float64)))
         raise RuntimeError(
             f"log_likelihood: expint_pc_adaptive took max_steps={self.max_steps} steps (accepted and rejected) and "
@@ -230,7 +259,8 @@ class AdaptiveLikelihoodPC:
         over ``d``, the divergence quadrature :math:`\Delta_s + \sum_j q_j b_j \nabla\cdot p_j` (its part
         :math:`D\sum_j q_j a_j` and D c are constants), the same row for the norm (the caller writes the constant
         into its ones column), and the corrector's minus the predictor's with its constant; with the constant
-        increment :math:`D(c + \sum_j q_j a_j)` of the log-density change.
+        increment :math:`D(c + \sum_j q_j a_j)` of the log-density change.  (a, b: node j's affine maps, b with the
+        evaluator's factors, as :func:`_node` gives them.)
         """
         width_z, width_d = 1 + 2 * slots, 2 + slots
         pred, corr = [0.0] * width_z, [0.0] * width_z
@@ -245,7 +275,7 @@ class AdaptiveLikelihoodPC:
         affine = gap_affine = 0.0
         for (j, slot), w in zip(corrector, q):
             g = gap.get(j, 0.0) + w
-            quad[2 + slot], gap_quad[2 + slot] = w * nodes[j][5], g * nodes[j][5]
+            quad[2 + slot], gap_quad[2 + slot] = w * nodes[j][8], g * nodes[j][8]
             affine += w * nodes[j][4]
             gap_affine += g * nodes[j][4]
         gap_quad[1] = dim * (c - cp + gap_affine)
