@@ -205,11 +205,10 @@ class AdaptiveLikelihoodPC:
             alpha.append(node[1])
             sigma.append(node[2])
             k = len(nodes) - 1
-            used = {slot for _, slot in history}
-            new = (k, next(j for j in range(slots) if j not in used))
+            new = (k, (history[0][1] + 1) % slots)  # the slots in use are the POINTS before it: the one after is free
             predictor, corrector = history[:POINTS], [history[0], new, *history[1:POINTS]]
-            noise, ratio, wp, qp, cp = step_weights(lam, alpha, sigma, [j for j, _ in predictor], k, self.switch)
-            _, _, wc, q, c = step_weights(lam, alpha, sigma, [j for j, _ in corrector], k, self.switch)
+            noise, ratio, (wp, qp, cp), (wc, q, c) = step_weights(lam, alpha, sigma, [j for j, _ in predictor], k,
+                                                                   self.switch)
             # one host-to-device copy per step: the rows of weights over the ring's rows, and the node's time
             rows, increment = self._rows(nodes, predictor, corrector, noise, ratio, wp, qp, cp, wc, q, c, slots, dim)
             offset_new = offset + increment
