@@ -234,6 +234,7 @@ class CentralDifferences:
         _check_probes("difference_hutchinson", probes, like)
         self.n = probes.shape[0]
         self.signed = torch.cat([probes, -probes])  # (2P, B, *D): the P upward, then the P downward moves
+        self.flat = probes.reshape(self.n, like.shape[0], -1)  # (P, B, D)
 
     def __call__(self, fn: VectorField, x: torch.Tensor,
                  step: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,21 +248,23 @@ class CentralDifferences:
         r"""The sums behind :meth:`__call__`: :math:`\sum_k fn(x + \delta s_k v_k)` over the 2P points (2P times the
         symmetric mean, ``(B, *D)``) and :math:`v_p^\top[fn(x + \delta v_p) - fn(x - \delta v_p)]` (2δ times the
         estimates, ``(P, B)``), written into ``out`` (two such tensors) if given."""
-        signed = self.signed if self.signed.dtype == x.dtype else self.signed.to(x.dtype)
+        if torch.is_grad_enabled():  # no graph
+            with torch.no_grad():
+                return self.sums(fn, x, step, out=out)
+        signed, probes = (self.signed, self.flat) if self.signed.dtype == x.dtype else (
+            self.signed.to(x.dtype), self.flat.to(x.dtype))
         n, batch, shape = self.n, x.shape[0], x.shape[1:]
         total, sums = (None, None) if out is None else out
-        with torch.no_grad():
-            if torch.is_tensor(step):
-                step = step.reshape(-1, *([1] * (x.ndim - 1))) if step.ndim == 1 else step
-                points = torch.addcmul(x, signed, step)
-            else:
-                points = torch.add(x, signed, alpha=step)
-            flat = points.view(-1, *shape)
-            # reshape, not view: a model may return another memory layout (channels_last)
-            values = _checked_output("difference_hutchinson", fn(flat), flat).reshape(signed.shape)
-            up_minus_down = (values[:n] - values[n:]).reshape(n, batch, -1)
-            return (torch.sum(values, dim=0, out=total),
-                    torch.linalg.vecdot(up_minus_down, signed[:n].reshape(n, batch, -1), out=sums))
+        if torch.is_tensor(step):
+            step = step.reshape(-1, *([1] * (x.ndim - 1))) if step.ndim == 1 else step
+            points = torch.addcmul(x, signed, step)
+        else:
+            points = torch.add(x, signed, alpha=step)
+        flat = points.view(-1, *shape)
+        # reshape, not view: a model may return another memory layout (channels_last)
+        values = _checked_output("difference_hutchinson", fn(flat), flat).reshape(signed.shape)
+        up_minus_down = (values[:n] - values[n:]).reshape(n, batch, -1)
+        return torch.sum(values, dim=0, out=total), torch.linalg.vecdot(up_minus_down, probes, out=sums)
 
 
 def value_and_difference_hutchinson(

@@ -103,8 +103,9 @@ class _Ring:
         """Each row of the matrices as a view: the states' ``(1, N)``, the predictions' and divergences' shaped as
         the evaluations."""
         z, d, n = self.z, self.d, self.size
-        self._rows = (z[0:1], d[0:1], [z[j:j + 1] for j in range(1, 1 + n)],
-                      [z[j].view(shape) for j in range(1 + n, 1 + 2 * n)], [d[j].view(div_shape) for j in range(2, 2 + n)])
+        p, div = z[1 + n:].view(n, *shape), d[2:].view(n, *div_shape)
+        self._rows = (z[:1], d[:1], [z[j:j + 1] for j in range(1, 1 + n)], [p[j] for j in range(n)],
+                      [div[j] for j in range(n)])
 
     def slot(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Slot ``slot``'s rows of the prediction and the divergence, to be written into."""
