@@ -114,6 +114,29 @@ def test_float32_log_likelihood_by_differences_near_the_data():
     assert float(error) < 1.2e-4
 
 
+def test_a_difference_estimate_is_rounded_as_its_size_not_as_the_values(generator):
+    """Values of size 100 differing by about 1e-3 over the step, in float32: the estimate is within a few units in its
+    own last place of the same values' v^T (up - down) summed in float64 (summing the signed products v_i up_i and
+    -v_i down_i in float32 left about 100 eps per term, up to 20 % of the estimate)."""
+    d = 16
+    a = torch.randn(d, d, generator=generator) / d
+    seen = []
+
+    def fn(y):  # large values, small differences
+        seen.append(100.0 + y @ a)
+        return seen[-1]
+
+    x = torch.randn(32, d, generator=generator)
+    probes = draw_probes(x, 2, generator=generator)
+    differences = CentralDifferences(probes, x)
+    for scale, call in ((0.5 / 1e-3, differences), (1.0, differences.sums)):  # the estimates, and 2 delta times them
+        seen.clear()
+        _, est = call(fn, x, 1e-3)
+        up, down = seen[0].double().reshape(2, 2, 32, d)
+        reference = scale * ((up - down) * probes.double()).sum(dim=-1)
+        assert float(((est.double() - reference).abs() / reference.abs()).max()) < 1e-5
+
+
 def test_central_differences_are_exact_for_a_linear_field(generator):
     """A Gaussian's score is affine: its differences have no truncation error at any step."""
     problem = make_problem("gaussian16d", "vp")

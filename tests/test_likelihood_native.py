@@ -232,15 +232,17 @@ def test_step_weights_integrate_polynomials_exactly():
     alpha = [1.0 / math.sqrt(1 + math.exp(-2 * v)) for v in lam]
     sigma = [a * math.exp(-v) for a, v in zip(alpha, lam)]
     for start, end, sign in ((3, 4, -1.0), (5, 6, 1.0)):
-        points = [start, end, start - 1, start - 2, start - 3]
-        noise, ratio, w, q, c = step_weights(lam, alpha, sigma, points, end, 0.0)
+        predictor = [start, start - 1, start - 2, start - 3]
+        noise, ratio, (wp, _, _), (w, _, _) = step_weights(lam, alpha, sigma, predictor, end, 0.0)
         assert noise == (sign < 0)
-        v = [math.exp(sign * lam[j]) for j in points]
         v_s, v_t = math.exp(sign * lam[start]), math.exp(sign * lam[end])
-        for p in range(5):  # a quartic in the step's variable is integrated exactly
-            exact = (v_t ** (p + 1) - v_s ** (p + 1)) / (p + 1)
-            scale = alpha[end] if noise else sigma[end]
-            assert sum(wj * vj**p for wj, vj in zip(w, v)) == pytest.approx(scale * exact, rel=1e-9)
+        scale = alpha[end] if noise else sigma[end]
+        # the predictor integrates a cubic in the step's variable exactly, the corrector (the end added) a quartic
+        for weights, points, degree in ((wp, predictor, 4), (w, [start, end, *predictor[1:]], 5)):
+            v = [math.exp(sign * lam[j]) for j in points]
+            for p in range(degree):
+                exact = (v_t ** (p + 1) - v_s ** (p + 1)) / (p + 1)
+                assert sum(wj * vj**p for wj, vj in zip(weights, v)) == pytest.approx(scale * exact, rel=1e-9)
         assert ratio == pytest.approx(alpha[end] / alpha[start] if noise else sigma[end] / sigma[start])
 
 

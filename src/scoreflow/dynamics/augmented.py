@@ -55,11 +55,13 @@ class DifferenceSteps:
 
 def counted_difference_hutchinson(score: CountedScore, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                                   differences: CentralDifferences,
-                                  step: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                                  step: float | torch.Tensor, *,
+                                  sums: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The central ``differences`` (:class:`~scoreflow.dynamics.divergence.CentralDifferences`) of ``fn`` (a call of
-    the counted ``score``) at ``step`` (a :class:`DifferenceSteps`' value at the time); the one stacked call evaluated
-    every sample 2P times, so ``score.nfe`` counts 2P."""
-    value, div = differences(fn, x, step)
+    the counted ``score``) at ``step`` (a :class:`DifferenceSteps`' value at the time); with ``sums``, their
+    :meth:`~scoreflow.dynamics.divergence.CentralDifferences.sums` written into those two tensors instead.  The one
+    stacked call evaluated every sample 2P times, so ``score.nfe`` counts 2P."""
+    value, div = differences(fn, x, step) if sums is None else differences.sums(fn, x, step, out=sums)
     score.nfe += 2 * differences.n - 1
     return value, div
 

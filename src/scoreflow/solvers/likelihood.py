@@ -51,43 +51,80 @@ __all__ = ["LikelihoodPC", "step_weights", "register_likelihood", "POINTS"]
 #: Interpolation points of the predictor; the corrector and the divergence quadrature take one more.
 POINTS = 4
 
+#: A step's ``(w, q, c)`` (see :func:`step_weights`).
+StepWeights = tuple[list[float], list[float], float]
+
 
 def step_weights(lam: Sequence[float], alpha: Sequence[float], sigma: Sequence[float], points: Sequence[int],
-                 end: int, switch: float) -> tuple[bool, float, list[float], list[float], float]:
-    r"""The coefficients of one step from node ``points[0]`` to node ``end`` through the predictions at ``points``.
+                 end: int, switch: float) -> tuple[bool, float, StepWeights, StepWeights]:
+    r"""The coefficients of one step from node ``points[0]`` to node ``end``: the predictor's, through the predictions
+    at ``points``, and the corrector's, through those at ``[points[0], end, *points[1:]]``.
 
-    ``x_end = ratio * x_start + sum_j w_j pred_j`` and
+    For each, ``x_end = ratio * x_start + sum_j w_j pred_j`` and
     :math:`\Delta_{s\to t} = D\,c + \sum_j q_j\,\nabla\!\cdot\hat x_0^{(j)}`, where pred is :math:`\hat\varepsilon`
     (``noise`` True: the step is taken in :math:`\bar\sigma`, when :math:`\lambda_s >` ``switch`` and the end is not
-    pure noise) or :math:`\hat x_0` (in r).
+    pure noise) or :math:`\hat x_0` (in r): polynomials in v (:math:`\bar\sigma` or r) through the predictions,
+    integrated over the step (:func:`_corrector_quadrature` has the corrector's weights from the predictor's).
 
     Args:
         lam, alpha, sigma: the nodes' log-SNRs and coefficients (Python floats; :math:`\lambda = -\infty` at pure noise).
-        points: node indices of the predictions, the step's start first.
+        points: node indices of the predictor's predictions, the step's start first.
         end: the node the step ends at.
         switch: the log-SNR above which steps are taken in :math:`\bar\sigma`.
 
     Returns:
-        ``(noise, ratio, w, q, c)``.
+        ``(noise, ratio, (wp, qp, cp), (wc, qc, c))``: the predictor's and the corrector's ``(w, q, c)``.
     """
     s = points[0]
     noise = lam[s] > switch and math.isfinite(lam[end])
     sign = -1.0 if noise else 1.0
     v = [math.exp(sign * lam[j]) if math.isfinite(lam[j]) else 0.0 for j in (*points, end)]
     span = v[-1] - v[0]
-    quad = adams_weights(1.0, [(vj - v[0]) / span for vj in v[:-1]])  # int_0^1 of each Lagrange polynomial
+    u = [(vj - v[0]) / span for vj in v[:-1]]
+    quad = adams_weights(1.0, u)  # int_0^1 of each Lagrange polynomial
+    corrector_quad = _corrector_quadrature(u, quad)
     if noise:
-        r = [math.exp(lam[j]) for j in points]
         ratio = alpha[end] / alpha[s]
-        w = [alpha[end] * span * qj for qj in quad]
-        q = [-span * qj * rj * alpha[j] for qj, rj, j in zip(quad, r, points)]
-        c = math.log(ratio) + span * sum(qj * rj for qj, rj in zip(quad, r))
+        log_ratio = math.log(ratio)
+
+        def coefficients(at: Sequence[int], quad: Sequence[float]) -> StepWeights:
+            r = [math.exp(lam[j]) for j in at]
+            q = [-span * qj * rj * alpha[j] for qj, rj, j in zip(quad, r, at)]
+            return [alpha[end] * span * qj for qj in quad], q, log_ratio + span * sum(qj * rj for qj, rj in zip(quad, r))
     else:
         ratio = sigma[end] / sigma[s]
-        w = [sigma[end] * span * qj for qj in quad]
-        q = [span * qj * sigma[j] for qj, j in zip(quad, points)]
-        c = math.log(ratio)
-    return noise, ratio, w, q, c
+        log_ratio = math.log(ratio)
+
+        def coefficients(at: Sequence[int], quad: Sequence[float]) -> StepWeights:
+            return [sigma[end] * span * qj for qj in quad], [span * qj * sigma[j] for qj, j in zip(quad, at)], log_ratio
+    corrector = coefficients([s, end, *points[1:]], corrector_quad)
+    return noise, ratio, coefficients(points, quad), corrector
+
+
+def _corrector_quadrature(u: Sequence[float], quad: Sequence[float]) -> list[float]:
+    r""":math:`\int_0^1` of the Lagrange polynomials through the nodes ``[u[0], 1, *u[1:]]`` (the corrector's: the end
+    u = 1 added) from ``quad``, those of the polynomials :math:`\ell_j` through ``u`` (the predictor's).
+
+    With :math:`Q(u) = \prod_j (u - u_j)` the end's polynomial is :math:`Q/Q(1)` and node j's is
+    :math:`\ell_j - \ell_j(1)\,Q/Q(1)` (each is 1 at its node and 0 at the others), and
+    :math:`\ell_j(1)/Q(1) = 1/((1 - u_j)\,Q'(u_j))`: one set of Lagrange weights serves both, where two sets (4
+    and 5 points) cost twice as much.
+    """
+    q, at_end = [1.0], 1.0  # Q's coefficients (ascending) and Q(1)
+    for u_m in u:
+        q = [0.0, *q]
+        for p in range(len(q) - 1):
+            q[p] -= u_m * q[p + 1]
+        at_end *= 1.0 - u_m
+    integral = sum(c / (p + 1) for p, c in enumerate(q))
+    through = []
+    for j, u_j in enumerate(u):
+        slope = 1.0 - u_j  # (1 - u_j) Q'(u_j)
+        for m, u_m in enumerate(u):
+            if m != j:
+                slope *= u_j - u_m
+        through.append(quad[j] - integral / slope)
+    return [through[0], integral / at_end, *through[1:]]
 
 
 class _Evaluator:
@@ -96,17 +133,23 @@ class _Evaluator:
     :math:`\hat x_0 = a x + b p` the divergence of the data prediction is :math:`a D + b\,\nabla\cdot p`.
 
     ``difference``: Hutchinson's :math:`v^\top J v` by central differences at these steps, taken at each node's
-    :math:`(\alpha, \sigma)` (:func:`~scoreflow.dynamics.augmented.counted_difference_hutchinson`)."""
+    :math:`(\alpha, \sigma)` (:func:`~scoreflow.dynamics.augmented.counted_difference_hutchinson`).  These carry no
+    graph: a call given ``sums`` (a ``(B, *D)`` and a ``(P, B)`` tensor) writes their
+    :meth:`~scoreflow.dynamics.divergence.CentralDifferences.sums` there and returns them, p and
+    :math:`\nabla\cdot p` divided by the node's :meth:`factors`, for a solver to fold those into its weights (the
+    other traces return p and :math:`\nabla\cdot p`, factors 1)."""
 
     def __init__(self, score: CountedScore, probes: torch.Tensor | None, chunk_size: int | None, like: torch.Tensor,
                  *, difference: DifferenceSteps | None = None) -> None:
         self.score, self.probes, self.chunk_size = score, probes, chunk_size
         self.steps = difference
         self.dim = like[0].numel()
+        self.divergence_shape = (1 if probes is None else probes.shape[0], like.shape[0])
         self.nfe_vjp = 0
         self.differences = None if difference is None else CentralDifferences(probes, like)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, alpha: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, alpha: float, sigma: float, *,
+                 sums: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         def native(y: torch.Tensor) -> torch.Tensor:
             return self.score.predict(y, t)
 
@@ -115,12 +158,20 @@ class _Evaluator:
             div = div[None]
             self.nfe_vjp += self.dim
         elif self.differences is not None:
-            p, div = counted_difference_hutchinson(self.score, native, x, self.differences, self.steps(alpha, sigma))
+            p, div = counted_difference_hutchinson(self.score, native, x, self.differences, self.steps(alpha, sigma),
+                                                   sums=sums)
         else:
             p, div = value_and_hutchinson_divergence(native, x, self.probes)
             self.nfe_vjp += self.probes.shape[0]
         self.score.finite.record("divergence", div, t)
         return p, div
+
+    def factors(self, alpha: float, sigma: float) -> tuple[float, float]:
+        r"""What a call given ``sums`` returns times these is p and :math:`\nabla\cdot p` at the node
+        :math:`(\alpha, \sigma)`: :math:`1/(2P)` and :math:`1/(2\delta)` for central differences, else 1 and 1."""
+        if self.differences is None:
+            return 1.0, 1.0
+        return 0.5 / self.differences.n, 0.5 / self.steps(alpha, sigma)
 
     def predictions(self, x: torch.Tensor, t: torch.Tensor, alpha: float, sigma: float,
                     coefs: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -158,9 +209,7 @@ class LikelihoodPC:
         total = 0.0
         for i in range(len(lam) - 1):
             history = list(range(i, max(i - POINTS, -1), -1))
-            noise, ratio, wp, _, _ = step_weights(lam, alpha, sigma, history, i + 1, self.switch)
-            corrector = [i, i + 1, *history[1:]]
-            _, _, wc, q, c = step_weights(lam, alpha, sigma, corrector, i + 1, self.switch)  # same side: same ends
+            noise, ratio, (wp, _, _), (wc, q, c) = step_weights(lam, alpha, sigma, history, i + 1, self.switch)
             pad = [0.0] * (POINTS - len(history))
             plan["noise"].append(noise)
             plan["ratio"].append(ratio)

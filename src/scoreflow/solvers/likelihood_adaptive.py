@@ -16,19 +16,23 @@ flow) were 1 % fewer in total than with the elementwise norm, per problem and er
 Per step the loop does the least work around the model: a node's coefficients (its time, :math:`\alpha`,
 :math:`\sigma` and the affine maps from the native prediction to :math:`\hat x_0`, :math:`\hat\varepsilon`) are
 computed in float64 on the host from the log-SNR the controller chose (one read of a CPU tensor, no device
-synchronisation); the weights are Python floats, laid out over a ring of the last five evaluations (states,
-native predictions and divergences as rows of two matrices) and sent to the device in one copy with the node's
-time, so that the predictor, the corrector, their difference and the two quadratures are a matrix product each;
-the affine parts (:math:`\hat x_0 = a x + b p`, :math:`\nabla\cdot\hat x_0 = aD + b\,\nabla\cdot p`) are folded into
-those weights and a running constant.  The one read of the state's device per step is the error norm, which also
-stops the solve at the first non-finite value (a NaN or inf anywhere makes the norm NaN; the model's outputs are
-therefore not recorded one by one, see :meth:`~scoreflow.dynamics.counting.FiniteWatch.paused`).
+synchronisation); the predictor's and the corrector's weights are Python floats computed in one pass
+(:func:`~scoreflow.solvers.likelihood.step_weights`), laid out over a ring (:class:`_Ring`: the state and
+log-density change the step starts from and the last five evaluations' states, native predictions and divergences,
+as rows of two matrices) and sent to the device in one copy with the node's time, so that the predictor is one
+matrix product, the corrector with its difference from the predictor a second, the log-density change (with and
+without its constant part) with its difference a third; the affine parts (:math:`\hat x_0 = a x + b p`,
+:math:`\nabla\cdot\hat x_0 = aD + b\,\nabla\cdot p`) are folded into those weights and a running constant, and so are
+the factors :math:`1/(2P)` and :math:`1/(2\delta)` of central differences, whose sums are written into the ring's rows
+as they are reduced.  The four sizes are then two row norms.  The one read of the state's device per step is the
+error norm, which also stops the solve at the first non-finite value (a NaN or inf anywhere makes the norm NaN; the
+model's outputs are therefore not recorded one by one, see :meth:`~scoreflow.dynamics.counting.FiniteWatch.paused`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -44,9 +48,13 @@ from .likelihood import POINTS, LikelihoodPC, _Evaluator, register_likelihood, s
 __all__ = ["AdaptiveLikelihoodPC"]
 
 
-def _node(sde: ForwardSDE, prediction: str, *, t: torch.Tensor | None = None, lam: float | None = None) -> list[float]:
-    r"""``[t, alpha, sigma, lambda, a_x0, b_x0, a_eps, b_eps]`` of the node at time ``t`` or log-SNR ``lam``, as floats
-    computed in float64 on the CPU (one read of a host tensor; the affine maps in plain arithmetic)."""
+def _node(sde: ForwardSDE, prediction: str, factors: Callable[[float, float], tuple[float, float]], *,
+          t: torch.Tensor | None = None, lam: float | None = None) -> list[float]:
+    r"""``[t, alpha, sigma, lambda, a_x0, b_x0 f, a_eps, b_eps f, b_x0 g]`` of the node at time ``t`` or log-SNR ``lam``:
+    the affine maps :math:`\hat x_0 = a_{x_0} x + b_{x_0} p`, :math:`\hat\varepsilon = a_\varepsilon x + b_\varepsilon p`,
+    with the factors ``f, g = factors(alpha, sigma)`` of the evaluator's rows (:meth:`_Evaluator.factors`) folded into
+    the coefficients of p and :math:`\nabla\cdot p`; computed in float64 on the CPU (one read of a host tensor; the
+    affine maps in plain arithmetic)."""
     if t is None:
         t = sde.t_from_log_snr(torch.tensor(lam, dtype=torch.float64))
     else:
@@ -58,36 +66,73 @@ def _node(sde: ForwardSDE, prediction: str, *, t: torch.Tensor | None = None, la
     if lam is None:  # +inf at the data end (sigma = 0), -inf at pure noise (alpha = 0)
         lam = math.inf if sigma == 0 else -math.inf if alpha == 0 else math.log(alpha) - math.log(sigma)
     if prediction == "score":  # the classic forms x0 = (x + sigma^2 s) / alpha, eps = -sigma s (as Nodes.affine)
-        return [t, alpha, sigma, lam, 1.0 / alpha, sigma * sigma / alpha, 0.0, -sigma]
-    return [t, alpha, sigma, lam, *affine_map_values(prediction, alpha, sigma, *derivatives)]
+        a_x0, b_x0, a_eps, b_eps = 1.0 / alpha, sigma * sigma / alpha, 0.0, -sigma
+    else:
+        a_x0, b_x0, a_eps, b_eps = affine_map_values(prediction, alpha, sigma, *derivatives)
+    f, g = factors(alpha, sigma)
+    return [t, alpha, sigma, lam, a_x0, b_x0 * f, a_eps, b_eps * f, b_x0 * g]
 
 
 class _Ring:
-    r"""The solver's last ``size`` evaluations in fixed slots: the states :math:`x_j` the model was evaluated at and its
-    native predictions :math:`p_j` as the rows of one ``(2 size, N)`` matrix ``z``, the divergences
-    :math:`\nabla\cdot p_j` as the columns of ``(PB, size)``.  A combination of predictions
-    :math:`\sum_j w_j(a_j x_j + b_j p_j)` is then one matrix product with a row of weights (zero at the slots not
-    used), however many points a step takes.
+    r"""The solver's state and its last ``size`` evaluations as the rows of two matrices: ``z`` (``(1 + 2 size, N)``)
+    holds the state :math:`x_s` the next step starts from, then in fixed slots the states :math:`x_j` the model was
+    evaluated at, then its native predictions :math:`p_j`; ``d`` (``(2 + size, PB)``) holds the log-density change
+    :math:`\Delta_s` (without its constant part, see the solver), a row of ones, then the divergences
+    :math:`\nabla\cdot p_j` (both as the evaluator gives them: divided by its factors, see :func:`_node`).  A step's
+    combinations :math:`r x_s + \sum_j w_j(a_j x_j + b_j p_j)` and :math:`\Delta_s + \kappa + \sum_j q_j\,\nabla\cdot
+    p_j` are then one matrix product each with rows of weights (zero at the slots not used), however many points a
+    step takes, and as many rows of them as wanted.
 
-    The slots are written in place unless a value carries a graph (a log-likelihood being differentiated): then each
-    write copies the matrix, so that the products recorded for the backward pass keep their operands.
+    :meth:`slot` gives a slot's rows of :math:`(p_j, \nabla\cdot p_j)` shaped as the evaluations, for the evaluator to
+    write into (central differences); :meth:`store` copies the values not already there.  The rows are written
+    in place unless a value carries a graph (a log-likelihood being differentiated): then each write copies the
+    matrices, so that the products recorded for the backward pass keep their operands.
     """
 
-    __slots__ = ("size", "z", "div")
+    __slots__ = ("size", "z", "d", "_rows")
 
-    def __init__(self, size: int, x: torch.Tensor, div: torch.Tensor) -> None:
+    def __init__(self, size: int, x: torch.Tensor, div_shape: tuple[int, int]) -> None:
         self.size = size
-        self.z = x.new_zeros(2 * size, x.numel())
-        self.div = div.new_zeros(div.numel(), size)
+        self.z = x.new_zeros(1 + 2 * size, x.numel())
+        self.d = x.new_zeros(2 + size, math.prod(div_shape))
+        self.d[1] = 1.0
+        self._views(x.shape, div_shape)
+        self._rows[0].copy_(x.reshape(1, -1))
+
+    def _views(self, shape: torch.Size, div_shape: torch.Size) -> None:
+        """Each row of the matrices as a view: the states' ``(1, N)``, the predictions' and divergences' shaped as
+        the evaluations."""
+        z, d, n = self.z, self.d, self.size
+        p, div = z[1 + n:].view(n, *shape), d[2:].view(n, *div_shape)
+        self._rows = (z[:1], d[:1], [z[j:j + 1] for j in range(1, 1 + n)], [p[j] for j in range(n)],
+                      [div[j] for j in range(n)])
+
+    def slot(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slot ``slot``'s rows of the prediction and the divergence, to be written into."""
+        return self._rows[3][slot], self._rows[4][slot]
 
     def store(self, slot: int, x: torch.Tensor, p: torch.Tensor, div: torch.Tensor) -> None:
-        """Write the evaluation ``(x, p, div)`` into ``slot``."""
-        z, d = self.z, self.div
-        if x.requires_grad or p.requires_grad or div.requires_grad or z.requires_grad or d.requires_grad:
-            z, d = self.z, self.div = z.clone(), d.clone()
-        z[slot] = x.reshape(-1)
-        z[self.size + slot] = p.reshape(-1)
-        d[:, slot] = div.reshape(-1)
+        """Write the evaluation ``(x, p, div)`` (a ``(1, N)`` row, and values shaped as the evaluations, or the
+        ``slot``'s own rows) into ``slot``."""
+        self._writable(x, p, div)
+        _, _, xs, ps, divs = self._rows
+        xs[slot].copy_(x)
+        if p is not ps[slot]:
+            ps[slot].copy_(p)
+        if div is not divs[slot]:
+            divs[slot].copy_(div)
+
+    def accept(self, x: torch.Tensor, delta: torch.Tensor) -> None:
+        r"""Write the state :math:`x_s` and log-density change :math:`\Delta_s` (``(1, N)`` and ``(1, PB)`` rows) the
+        next step starts from."""
+        self._writable(x, delta)
+        self._rows[0].copy_(x)
+        self._rows[1].copy_(delta)
+
+    def _writable(self, *values: torch.Tensor) -> None:
+        if self.z.requires_grad or self.d.requires_grad or any(v.requires_grad for v in values):
+            self.z, self.d = self.z.clone(), self.d.clone()
+            self._views(self._rows[3][0].shape, self._rows[4][0].shape)
 
 
 class AdaptiveLikelihoodPC:
@@ -129,61 +174,58 @@ class AdaptiveLikelihoodPC:
                 non-finite value.
             RuntimeError: after ``max_steps`` accepted and rejected steps.
         """
-        first, end = (_node(sde, score.prediction, t=stepping.times[i]) for i in (0, -1))
         evaluate = _Evaluator(score, probes, chunk_size, x, difference=difference)
-        start = evaluate(x, stepping.times[0], first[1], first[2])  # recorded: a non-finite value here is named at t_min
+        first, end = (_node(sde, score.prediction, evaluate.factors, t=stepping.times[i]) for i in (0, -1))
+        ring = _Ring(POINTS + 1, x, evaluate.divergence_shape)
+        # recorded: a non-finite value here is named at t_min
+        p, div = evaluate(x, stepping.times[0], first[1], first[2], sums=ring.slot(0))
+        ring.store(0, x.reshape(1, -1), p, div)
         with score.finite.paused():  # every later value enters the error norm read at each step
-            return self._solve(score, sde, x, evaluate, stepping, first, end, start)
+            return self._solve(score, sde, x, evaluate, ring, stepping, first, end)
 
-    def _solve(self, score: CountedScore, sde: ForwardSDE, x: torch.Tensor, evaluate: _Evaluator, stepping: Tolerances,
-               first: list[float], end: list[float],
-               start: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _solve(self, score: CountedScore, sde: ForwardSDE, x: torch.Tensor, evaluate: _Evaluator, ring: _Ring,
+               stepping: Tolerances, first: list[float], end: list[float]) -> tuple[torch.Tensor, torch.Tensor, int]:
         rtol, atol, dim = stepping.rtol, stepping.atol, x[0].numel()
-        nodes = [first]  # per node: t, alpha, sigma, lambda and the affine maps (see _node)
+        nodes = [first]  # per node: t, alpha, sigma, lambda and the coefficients of its rows (see _node)
         lam, alpha, sigma = [first[3]], [first[1]], [first[2]]
-        slots = POINTS + 1
-        p, div = start
-        ring = _Ring(slots, x, div)
-        ring.store(0, x, p, div)
+        slots = ring.size
         history = [(0, 0)]  # (node, slot) of the last POINTS evaluations, newest first
-        # the log-density change is delta + offset: the divergence's affine part D * a_x0 is summed in floats
-        delta, offset = torch.zeros_like(div).reshape(-1), 0.0
-        floor_x, floor_d = atol * math.sqrt(x.numel()), atol * math.sqrt(delta.numel())  # atol in the 2-norm
+        # the log-density change is ring.d[0] + offset: the divergence's affine part D * a_x0 is summed in floats
+        offset = 0.0
+        div_shape = evaluate.divergence_shape
+        floor_x, floor_d = atol * math.sqrt(x.numel()), atol * math.sqrt(math.prod(div_shape))  # atol in the 2-norm
         t_end, shape = stepping.times[-1], x.shape
-        x_row = x.reshape(1, -1)
+        width_z, width_d = ring.z.shape[0], ring.d.shape[0]
         step = None  # the next step's length in the variable of the last step (None: h_init in log-SNR)
         for _ in range(self.max_steps):
             s = history[0][0]
             lam_t, land = self._next_log_snr(lam[s], end[3], step)
-            node = end if land else _node(sde, score.prediction, lam=lam_t)
+            node = end if land else _node(sde, score.prediction, evaluate.factors, lam=lam_t)
             nodes.append(node)
             lam.append(node[3])
             alpha.append(node[1])
             sigma.append(node[2])
             k = len(nodes) - 1
-            used = {slot for _, slot in history}
-            new = (k, next(j for j in range(slots) if j not in used))
+            new = (k, (history[0][1] + 1) % slots)  # the slots in use are the POINTS before it: the one after is free
             predictor, corrector = history[:POINTS], [history[0], new, *history[1:POINTS]]
-            noise, ratio, wp, qp, cp = step_weights(lam, alpha, sigma, [j for j, _ in predictor], k, self.switch)
-            _, _, wc, q, c = step_weights(lam, alpha, sigma, [j for j, _ in corrector], k, self.switch)
-            # one host-to-device copy per step: the rows of weights over the ring's slots, and the node's time
-            rows, constants = self._rows(nodes, predictor, corrector, noise, wp, qp, wc, q, slots)
+            noise, ratio, (wp, qp, cp), (wc, q, c) = step_weights(lam, alpha, sigma, [j for j, _ in predictor], k,
+                                                                   self.switch)
+            # one host-to-device copy per step: the rows of weights over the ring's rows, and the node's time
+            rows, increment = self._rows(nodes, predictor, corrector, noise, ratio, wp, qp, cp, wc, q, c, slots, dim)
+            offset_new = offset + increment
+            rows[3 * width_z + width_d + 1] = offset_new  # the log-density change's norm row takes the constant
             table = torch.tensor([*rows, node[0]], dtype=x.dtype, device=x.device)
-            weights = table[:-1].view(4, 2 * slots)
-            x_pred = torch.addmm(x_row, weights[0:1], ring.z, beta=ratio)
-            p, div = evaluate(x_pred.view(shape), t_end if land else table[-1], node[1], node[2])
+            x_pred = torch.mm(table[:width_z].view(1, width_z), ring.z)
+            p, div = evaluate(x_pred.view(shape), t_end if land else table[-1], node[1], node[2], sums=ring.slot(new[1]))
             ring.store(new[1], x_pred, p, div)
-            x_new = torch.addmm(x_row, weights[1:2], ring.z, beta=ratio)
-            # sum_j q_j div x0_j = D sum_j q_j a_j + sum_j q_j b_j div p_j (a_j, b_j: node j's maps to x0)
-            d_new = torch.addmv(delta, ring.div, weights[3, :slots])
-            offset_new = offset + dim * (c + constants[0])
-            with torch.no_grad():  # the step control is not differentiated: predictor minus corrector
-                gap_x = torch.mm(weights[2:3], ring.z)
-                gap_d = torch.mv(ring.div, weights[3, slots:]).add_(dim * (c - cp + constants[1]))
+            # rows: the corrector's x_t and the corrector minus the predictor; Delta_t, Delta_t + offset and the gap
+            x_new = torch.mm(table[width_z:3 * width_z].view(2, width_z), ring.z)
+            d_new = torch.mm(table[3 * width_z:-1].view(3, width_d), ring.d)
+            with torch.no_grad():  # the step control is not differentiated
                 norm = torch.linalg.vector_norm
-                norms = torch.stack([norm(gap_x), norm(x_new), norm(gap_d), norm(d_new + offset_new)]).tolist()
-            err = max(norms[0] / (floor_x + rtol * norms[1]), norms[2] / (floor_d + rtol * norms[3]))
-            if not math.isfinite(err + norms[1] + norms[3]):  # (an infinite size would make its ratio 0)
+                size_x, gap_x, size_d, gap_d = torch.cat([norm(x_new, dim=1), norm(d_new[1:], dim=1)]).tolist()
+            err = max(gap_x / (floor_x + rtol * size_x), gap_d / (floor_d + rtol * size_d))
+            if not math.isfinite(err + size_x + size_d):  # (an infinite size would make its ratio 0)
                 self._stop(score, node[0], p, div)
             # the first step's length is a guess: only its error bounds how much the second may grow (as CVODE does)
             growth = self.first_max_factor if len(history) == 1 else self.max_factor
@@ -197,9 +239,10 @@ class AdaptiveLikelihoodPC:
                 continue
             history.insert(0, new)
             del history[POINTS:]
-            x_row, delta, offset = x_new, d_new, offset_new
+            offset = offset_new
             if land:
-                return x_row.view(shape), (delta + offset).view(div.shape), evaluate.nfe_vjp
+                return x_new[0].view(shape), (d_new[0] + offset).view(div_shape), evaluate.nfe_vjp
+            ring.accept(x_new[0:1], d_new[0:1])
         reached = float(sde.t_from_log_snr(torch.tensor(lam[history[0][0]], dtype=torch.float64)))
         raise RuntimeError(
             f"log_likelihood: expint_pc_adaptive took max_steps={self.max_steps} steps (accepted and rejected) and "
@@ -208,30 +251,36 @@ class AdaptiveLikelihoodPC:
 
     @staticmethod
     def _rows(nodes: Sequence[Sequence[float]], predictor: Sequence[tuple[int, int]],
-              corrector: Sequence[tuple[int, int]], noise: bool, wp: Sequence[float], qp: Sequence[float],
-              wc: Sequence[float], q: Sequence[float], slots: int) -> tuple[list[float], tuple[float, float]]:
-        r"""A step's weights over the ring's slots, flat: the predictor's and the corrector's combinations of
-        :math:`(x_j, p_j)`, their difference, and the divergence quadrature's weights on :math:`\nabla\cdot p_j` for
-        the corrector and for the corrector minus the predictor; with the two sums
-        :math:`\sum_j q_j a_j` (the quadrature's affine part, times D) for those two.
+              corrector: Sequence[tuple[int, int]], noise: bool, ratio: float, wp: Sequence[float],
+              qp: Sequence[float], cp: float, wc: Sequence[float], q: Sequence[float], c: float, slots: int,
+              dim: int) -> tuple[list[float], float]:
+        r"""A step's weights over the ring's rows (:class:`_Ring`), flat: over ``z``, the predictor's
+        :math:`r x_s + \sum_j w_j(a_j x_j + b_j p_j)`, the corrector's, and the corrector's minus the predictor's;
+        over ``d``, the divergence quadrature :math:`\Delta_s + \sum_j q_j b_j \nabla\cdot p_j` (its part
+        :math:`D\sum_j q_j a_j` and D c are constants), the same row for the norm (the caller writes the constant
+        into its ones column), and the corrector's minus the predictor's with its constant; with the constant
+        increment :math:`D(c + \sum_j q_j a_j)` of the log-density change.  (a, b: node j's affine maps, b with the
+        evaluator's factors, as :func:`_node` gives them.)
         """
-        width = 2 * slots
-        rows = [0.0] * (4 * width)
+        width_z, width_d = 1 + 2 * slots, 2 + slots
+        pred, corr = [0.0] * width_z, [0.0] * width_z
+        pred[0] = corr[0] = ratio
         side = 6 if noise else 4  # a node's maps to the side's prediction: coefs[side], coefs[side + 1]
-        for (j, slot), w in zip(predictor, wp):
-            rows[slot], rows[slots + slot] = w * nodes[j][side], w * nodes[j][side + 1]
-        for (j, slot), w in zip(corrector, wc):
-            rows[width + slot], rows[width + slots + slot] = w * nodes[j][side], w * nodes[j][side + 1]
-        for i in range(width):
-            rows[2 * width + i] = rows[width + i] - rows[i]
+        for row, points, weights in ((pred, predictor, wp), (corr, corrector, wc)):
+            for (j, slot), w in zip(points, weights):
+                row[1 + slot], row[1 + slots + slot] = w * nodes[j][side], w * nodes[j][side + 1]
+        quad, gap_quad = [0.0] * width_d, [0.0] * width_d
+        quad[0] = 1.0
         gap = {j: -w for (j, _), w in zip(predictor, qp)}  # the predictor's quadrature on its own points
         affine = gap_affine = 0.0
         for (j, slot), w in zip(corrector, q):
             g = gap.get(j, 0.0) + w
-            rows[3 * width + slot], rows[3 * width + slots + slot] = w * nodes[j][5], g * nodes[j][5]
+            quad[2 + slot], gap_quad[2 + slot] = w * nodes[j][8], g * nodes[j][8]
             affine += w * nodes[j][4]
             gap_affine += g * nodes[j][4]
-        return rows, (affine, gap_affine)
+        gap_quad[1] = dim * (c - cp + gap_affine)
+        rows = [*pred, *corr, *(b - a for a, b in zip(pred, corr)), *quad, *quad, *gap_quad]
+        return rows, dim * (c + affine)
 
     @staticmethod
     def _stop(score: CountedScore, t: float, p: torch.Tensor, div: torch.Tensor) -> None:
