@@ -75,6 +75,7 @@ def test_difference_step_is_c_sigma_where_the_points_are_the_noise_and_longer_ne
     assert difference_step(torch.float32, 1e-3, 3.0) == pytest.approx(c * 1e-3 * 3000 ** (1 / 3), rel=1e-12)
     steps = DifferenceSteps(torch.full((4, 2), 2.0, dtype=torch.float64), 0.5, 0.1)  # mean square 4 = 0.25 m + 0.01
     assert steps.data_square == pytest.approx(3.99 / 0.25)
+    assert DifferenceSteps(torch.ones(4, 2), 0.0, 1.0).data_square == 0.0  # from pure noise: the noise's size
     sigma = torch.tensor(0.3, dtype=torch.float64)
     torch.testing.assert_close(steps(torch.tensor(0.8, dtype=torch.float64), sigma),
                                difference_step(torch.float64, sigma, (0.64 * 3.99 / 0.25 + 0.09) ** 0.5))

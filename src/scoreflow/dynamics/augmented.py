@@ -46,7 +46,8 @@ class DifferenceSteps:
     def __init__(self, x: torch.Tensor, alpha: float, sigma: float) -> None:
         self.dtype = x.dtype
         mean_square = float(torch.mean(x.square(), dtype=torch.float64)) if x.numel() else 0.0
-        self.data_square = max(mean_square - sigma * sigma, 0.0) / (alpha * alpha)
+        # (a start at pure noise, alpha = 0, tells nothing of the data: its points' size is the noise's)
+        self.data_square = max(mean_square - sigma * sigma, 0.0) / (alpha * alpha) if alpha > 0 else 0.0
 
     def __call__(self, alpha: float | torch.Tensor, sigma: float | torch.Tensor) -> float | torch.Tensor:
         size = (alpha * alpha * self.data_square + sigma * sigma) ** 0.5
