@@ -50,6 +50,24 @@ def test_capped_grid_is_the_log_snr_grid_below_the_cap_and_sparser_above():
     assert lam_capped[-1] - lam_capped[-2] < lam_uniform[-1] - lam_uniform[-2]
 
 
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve", "edm", "rf"])
+@pytest.mark.parametrize("power", [None, 1.0, 2.5])
+def test_noise_fraction_grid_is_uniform_in_a_power_of_sigma_over_alpha_plus_sigma(sde_name, power):
+    # nu = sigma / (alpha + sigma) from the grid's times; nu^(1/p) has equal steps (p = 5/3 by default)
+    sde = SDES.get(sde_name) or sf.RectifiedFlow()
+    alpha, sigma = sde.marginal(time_grid(sde, 16, "noise_fraction", power=power))
+    diffs = (sigma / (alpha + sigma)) ** (1 / (power or 5 / 3))
+    diffs = diffs[1:] - diffs[:-1]
+    torch.testing.assert_close(diffs, diffs.mean().expand(16), rtol=1e-8, atol=0)
+
+
+def test_noise_fraction_grid_with_power_one_is_the_uniform_grid_of_rectified_flow():
+    rf = sf.RectifiedFlow()
+    for t_min in (1e-3, 0.0):
+        torch.testing.assert_close(time_grid(rf, 10, "noise_fraction", power=1.0, t_min=t_min),
+                                   time_grid(rf, 10, "t", t_min=t_min), rtol=1e-12, atol=1e-15)
+
+
 def test_karras_grid_matches_the_edm_formula_where_sigma_is_time():
     # Under EDMSDE sigma-bar = t, so the grid must be Karras et al.'s eq. (5) itself.
     sde, n, rho = sf.EDMSDE(sigma_min=0.002, sigma_max=80.0), 18, 7.0
@@ -103,9 +121,11 @@ def test_bad_arguments_are_rejected_with_the_fix():
         time_grid(sde, 10, t_min=1.5)
     with pytest.raises(ValueError, match="'sigma_cap' expected a finite number > 0"):
         time_grid(sde, 10, "log_snr_capped", sigma_cap=0.0)
+    with pytest.raises(ValueError, match="'power' expected a finite number > 0, got 0.0"):
+        time_grid(sde, 10, "noise_fraction", power=0.0)
     # an option of another schedule was silently ignored (shift=2 gave the uniform grid): refused, naming its schedule
     for schedule, option in [("t", {"shift": 2.0}), ("log_snr", {"rho": 5.0}), ("karras", {"sigma_cap": 3.0}),
-                             ("shift", {"sigma_floor": 0.1})]:
+                             ("shift", {"sigma_floor": 0.1}), ("karras", {"power": 2.0}), ("noise_fraction", {"rho": 7.0})]:
         (name, value), = option.items()
         with pytest.raises(ValueError, match=rf"argument '{name}' applies to schedule '\w+', got {name}={value} with "
                                              rf"schedule='{schedule}', which does not use it"):

@@ -1,11 +1,12 @@
-r"""Time grids for fixed-step solvers: uniform in t, in log-SNR (plain or with the noise level capped), Karras et al.'s, or SD3's time shift.
+r"""Time grids for fixed-step solvers: uniform in t, in log-SNR (plain or with the noise level capped), Karras et al.'s,
+SD3's time shift, or uniform in a power of the noise fraction :math:`\sigma/(\alpha + \sigma)`.
 
 Each grid decreases from :math:`T` to :math:`t_{min}` and its first and last entries are exactly
 ``T`` and ``t_min`` (the last step lands on ``t_min``; nothing is evaluated beyond it).  Grids in
 log-SNR :math:`\lambda = \log(\alpha/\sigma)` and in the scaled noise level
 :math:`\bar\sigma = \sigma/\alpha = e^{-\lambda}` are mapped back to t with ``sde.t_from_log_snr``; they need a
 finite log-SNR at both ends, except ``"log_snr_capped"``, which is finite where a flow path reaches pure noise
-(:math:`\lambda(T) = -\infty`).
+(:math:`\lambda(T) = -\infty`), and ``"noise_fraction"``, which is finite at both ends of every process.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import torch
 from ._checks import check_choice, check_float_dtype, check_int, check_positive, resolve_t_min
 from .sde import ForwardSDE, check_sde
 
-__all__ = ["SCHEDULES", "TIME_VARIABLES", "time_grid", "to_time_variable", "from_time_variable", "step_size_grid"]
+__all__ = ["SCHEDULES", "TIME_VARIABLES", "NOISE_FRACTION_POWER", "time_grid", "to_time_variable", "from_time_variable", "step_size_grid"]
 
 #: Step schedules: uniform in t, uniform in log-SNR, Karras et al. (2022) with exponent rho, uniform in the
-#: log of the capped noise level, and uniform in t after SD3's time shift.
-SCHEDULES = ("t", "log_snr", "karras", "log_snr_capped", "shift")
+#: log of the capped noise level, uniform in t after SD3's time shift, and uniform in a power of the noise fraction.
+SCHEDULES = ("t", "log_snr", "karras", "log_snr_capped", "shift", "noise_fraction")
 #: Independent variables of the probability-flow ODE: time t, scaled noise level sigma/alpha, log-SNR.
 TIME_VARIABLES = ("t", "sigma", "log_snr")
 
@@ -56,7 +57,12 @@ def step_size_grid(sde: ForwardSDE, start: float, end: float, step_size: float, 
 
 
 #: The schedule each option of :func:`time_grid` belongs to.
-_OPTION_OF = {"rho": "karras", "sigma_cap": "log_snr_capped", "sigma_floor": "log_snr_capped", "shift": "shift"}
+_OPTION_OF = {"rho": "karras", "sigma_cap": "log_snr_capped", "sigma_floor": "log_snr_capped", "shift": "shift",
+              "power": "noise_fraction"}
+#: The default exponent p of ``"noise_fraction"``: the first step from the data end is then about N^(-5/3) of the
+#: range, so that a fifth-order multistep method, whose first step has a two-point corrector (local error
+#: O(h^3)), keeps its order there (``expint_pc`` likelihoods; benchmarks/bench_likelihood_grids.py).
+NOISE_FRACTION_POWER = 5.0 / 3.0
 
 
 def time_grid(
@@ -69,6 +75,7 @@ def time_grid(
     sigma_cap: float | None = None,
     sigma_floor: float | None = None,
     shift: float | None = None,
+    power: float | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
@@ -86,6 +93,14 @@ def time_grid(
       :math:`m(u) = su/(1 + (s - 1)u)` and :math:`u_i` uniform between :math:`m^{-1}(1) = 1` and
       :math:`m^{-1}(t_{min}/T)`: steps concentrate at high noise for ``shift`` s > 1 (3 in SD3; diffusers'
       ``FlowMatchEulerDiscreteScheduler(shift=s)`` places its sigmas so).
+    - ``"noise_fraction"``: :math:`\nu^{1/p}` uniform between its values at T and :math:`t_{min}`, where
+      :math:`\nu = \sigma/(\alpha + \sigma) = 1/(1 + e^{\lambda})` is the time of rectified flow
+      (:math:`\alpha = 1 - t`, :math:`\sigma = t`) at the same log-SNR: 0 at the data, 1 at pure noise, finite at
+      both ends of every process (with ``power`` p = 1 it is ``"t"`` on rectified flow).  It spends few steps where
+      :math:`|\lambda|` is large (:math:`d\nu/d\lambda = -\nu(1 - \nu)`), where the predictions are nearly
+      linear in :math:`\bar\sigma` (near the data) or in :math:`e^{\lambda}` (near noise), and p > 1 shortens
+      the steps towards the data as Karras et al.'s exponent does.  The default of the native likelihood solver
+      ``expint_pc``.
 
     Args:
         sde: the forward SDE (gives :math:`\alpha, \sigma` and the inverse of the log-SNR).
@@ -96,8 +111,9 @@ def time_grid(
         sigma_cap: the noise level :math:`\bar\sigma_{cap} = \sigma/\alpha` of ``"log_snr_capped"``, about ten
             times the data's standard deviation (default 10).
         sigma_floor: the lower noise level :math:`\bar\sigma_f \ge 0` of ``"log_snr_capped"`` (default 0: none).
-        shift: the time shift s > 0 of ``"shift"`` (default 3).  Each of these four is refused with a schedule
-            that does not use it (it would be ignored).
+        shift: the time shift s > 0 of ``"shift"`` (default 3).
+        power: the exponent p > 0 of ``"noise_fraction"`` (default 5/3, :data:`NOISE_FRACTION_POWER`).  Each of
+            these five is refused with a schedule that does not use it (it would be ignored).
         dtype, device: of the returned tensor (computed in float64, then cast).
 
     Returns:
@@ -106,7 +122,7 @@ def time_grid(
     Raises:
         ValueError: for an unknown schedule, an option of another schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0``, ``sigma_floor < 0`` (or, for
             ``"log_snr_capped"``, not below ``sigma_cap``),
-            ``shift <= 0``, ``t_min`` outside ``[0, T)`` (0 only for processes that allow it), or a log-SNR schedule
+            ``shift <= 0``, ``power <= 0``, ``t_min`` outside ``[0, T)`` (0 only for processes that allow it), or a log-SNR schedule
             with an infinite log-SNR at an end it needs.
         TypeError: if ``sde`` is not a forward process or ``dtype`` is not a floating-point dtype.
     """
@@ -115,7 +131,8 @@ def time_grid(
     check_float_dtype(fn, "dtype", dtype)
     check_choice(fn, "schedule", schedule, SCHEDULES)
     check_int(fn, "steps", steps)
-    for name, value in (("rho", rho), ("sigma_cap", sigma_cap), ("sigma_floor", sigma_floor), ("shift", shift)):
+    for name, value in (("rho", rho), ("sigma_cap", sigma_cap), ("sigma_floor", sigma_floor), ("shift", shift),
+                        ("power", power)):
         if value is not None and _OPTION_OF[name] != schedule:
             raise ValueError(
                 f"{fn}: argument '{name}' applies to schedule {_OPTION_OF[name]!r}, got {name}={value!r} with "
@@ -125,6 +142,7 @@ def time_grid(
     sigma_cap = 10.0 if sigma_cap is None else sigma_cap
     sigma_floor = 0.0 if sigma_floor is None else sigma_floor
     shift = 3.0 if shift is None else shift
+    power = NOISE_FRACTION_POWER if power is None else power
     check_positive(fn, "rho", rho)
     check_positive(fn, "sigma_cap", sigma_cap)
     check_positive(fn, "sigma_floor", sigma_floor, allow_zero=True)
@@ -135,11 +153,17 @@ def time_grid(
             f"the two levels of 'log_snr_capped'), got {sigma_floor!r}."
         )
     check_positive(fn, "shift", shift)
+    check_positive(fn, "power", power)
     t_min = resolve_t_min(fn, sde, t_min)
     ends = torch.tensor([sde.T, t_min], dtype=torch.float64)
     ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     if schedule == "t":
         ts = ends[0] + ramp * (ends[1] - ends[0])
+    elif schedule == "noise_fraction":
+        # nu = 1 / (1 + e^lambda) = sigmoid(-lambda), so lambda = log((1 - nu) / nu) (+-inf at nu = 0, 1)
+        lo, hi = torch.sigmoid(-sde.log_snr(ends)) ** (1 / power)
+        nu = (lo + ramp * (hi - lo)) ** power
+        ts = sde.t_from_log_snr(torch.log1p(-nu) - torch.log(nu))
     elif schedule == "shift":
         # m(u) = s u / (1 + (s - 1) u) and its inverse m^-1(v) = v / (s - (s - 1) v).
         v_min = t_min / sde.T
