@@ -121,10 +121,12 @@ def log_likelihood(
             methods (``rtol``/``atol``) or fixed-grid ones (``steps`` or ``step_size``), or the native
             ``"expint_pc_adaptive"`` (``rtol``/``atol``) and ``"expint_pc"`` (``steps``).
         rtol, atol: tolerances of adaptive methods, for the state and the log-density integral alike (default 1e-5).
-        steps: number of steps of a fixed-grid method (uniform in t, for ``"expint_pc"`` in log-SNR, capped on a path
-            that reaches pure noise, unless ``schedule`` says otherwise).
+        steps: number of steps of a fixed-grid method (uniform in t; for ``"expint_pc"``
+            ``"noise_fraction"``, uniform in :math:`(\sigma/(\alpha + \sigma))^{3/5}`; unless ``schedule`` says
+            otherwise).
         step_size: instead of ``steps``, the step length of a fixed-grid method.
-        schedule: where the ``steps`` go (``"t"``, ``"log_snr"``, ``"karras"``, ``"log_snr_capped"``, ``"shift"``), or the grid
+        schedule: where the ``steps`` go (a name from ``scoreflow.SCHEDULES``: ``"t"``, ``"log_snr"``, ``"karras"``,
+            ``"log_snr_capped"``, ``"shift"``, ``"noise_fraction"``), or the grid
             itself, an increasing 1-D tensor of times from ``t_min`` to T.
         t_min: the start time (default ``sde.t_min``; it may be 0 on a flow path with a velocity model).
         prior_log_prob: ``x_T -> (B,)`` log-density at T; default ``sde.prior_log_prob``.  Pass the
