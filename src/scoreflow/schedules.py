@@ -18,7 +18,7 @@ import torch
 from ._checks import check_choice, check_float_dtype, check_int, check_positive, resolve_t_min
 from .sde import ForwardSDE, check_sde
 
-__all__ = ["SCHEDULES", "TIME_VARIABLES", "NOISE_FRACTION_POWER", "time_grid", "to_time_variable", "from_time_variable", "step_size_grid"]
+__all__ = ["SCHEDULES", "TIME_VARIABLES", "time_grid", "to_time_variable", "from_time_variable", "step_size_grid"]
 
 #: Step schedules: uniform in t, uniform in log-SNR, Karras et al. (2022) with exponent rho, uniform in the
 #: log of the capped noise level, uniform in t after SD3's time shift, and uniform in a power of the noise fraction.
