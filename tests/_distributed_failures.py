@@ -2,10 +2,14 @@
 
 ``python _distributed_failures.py OUT CASE...``: for every CASE, a model of ``_cli_models`` raises
 ``CASE`` on rank 1 only, in its solve (``merged-write``: rank 0 cannot write the merged file).  Every
-rank prints one line per case: ``rank R CASE: S`` with ``S`` main's exit status, or ``raised TYPE: MESSAGE``
-for the exception main let through (the traceback a user would see).
+rank prints one line per case, ``RESULT [rank, case, outcome, stderr]`` (JSON) with ``outcome`` main's exit
+status, or ``raised TYPE: MESSAGE`` for the exception main let through (the traceback a user would see),
+and ``stderr`` what main printed there (captured, so that the other rank's lines cannot cut it).
 """
 
+import contextlib
+import io
+import json
 import sys
 from pathlib import Path
 
@@ -18,11 +22,14 @@ SOLVE = ["--data-shape", "2", "--num-samples", "3", "--batch-size", "2", "--meth
          "--backend", "gloo", "--no-progress", "--overwrite"]
 
 
-def outcome(argv: list[str]) -> str:
+def outcome(argv: list[str]) -> tuple[str, str]:
+    err = io.StringIO()
     try:
-        return str(main(argv))
+        with contextlib.redirect_stderr(err):
+            status = str(main(argv))
     except BaseException as e:  # noqa: BLE001 - what main let through is the outcome
-        return f"raised {type(e).__name__}: {e}"
+        status = f"raised {type(e).__name__}: {e}"
+    return status, err.getvalue()
 
 
 def merged_write_fails(save_result):
@@ -46,5 +53,8 @@ if __name__ == "__main__":
             D.save_result = merged_write_fails(save_result)
         result = outcome(["dist", "sample", "--model", model, *SOLVE, "--out", str(out / f"{case}.pt")])
         D.save_result = save_result
-        print(f"rank {rank} {case}: {result}", flush=True)
+        # One write: unbuffered (PYTHONUNBUFFERED), print writes a line and its end apart, and the other rank's
+        # line may come between.
+        sys.stdout.write(f"RESULT {json.dumps([rank, case, *result])}\n")
+        sys.stdout.flush()
     dist.destroy_process_group()

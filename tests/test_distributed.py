@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -273,16 +274,15 @@ FAILURES_TIMEOUT_S = 60
 
 
 def _one_process_outcome(case: str, tmp_path: Path, capsys) -> tuple[str, str]:
-    """What ``main`` does on one process when the model of ``case`` fails: the exception it lets through, or its
-    status and the message of its one line."""
-    argv = ["dist", "sample", "--model", f"_cli_models:{case}_for_single_items", "--data-shape", "2",
-            "--num-samples", "1", "--method", "euler", "--steps", "2", "--no-progress", "--out", str(tmp_path / "one.pt")]
+    """What ``main`` does on one process when the model of ``case`` fails: its status or the exception it lets
+    through, and what it prints on stderr."""
+    argv = ["dist", "sample", "--model", f"_cli_models:{case}_for_single_items", "--data-shape", "2", "--num-samples",
+            "1", "--method", "euler", "--steps", "2", "--no-progress", "--out", str(tmp_path / "one.pt")]
     try:
-        status = main(argv)
+        status = str(main(argv))
     except Exception as e:
-        return f"raised {type(e).__name__}: {e}", f"{type(e).__name__}: {e}"
-    message = capsys.readouterr().err.removeprefix("scoreflow dist sample: error: ").strip()
-    return str(status), message
+        status = f"raised {type(e).__name__}: {e}"
+    return status, capsys.readouterr().err
 
 
 def test_a_failure_on_one_rank_stops_every_rank_promptly(tmp_path, capsys):
@@ -299,21 +299,29 @@ def test_a_failure_on_one_rank_stops_every_rank_promptly(tmp_path, capsys):
     start = time.monotonic()
     log = _wait(_torchrun(FAILURES_WORKER, str(tmp_path), *FAILURES), FAILURES_TIMEOUT_S)
     assert time.monotonic() - start < FAILURES_TIMEOUT_S, log
+    lines = map(json.loads, re.findall(r"RESULT (\[.*\])", log))
+    results = {(r, case): (status, err) for r, case, status, err in lines}
+    assert len(results) == 2 * len(FAILURES), log
     one = tmp_path / "one"
     one.mkdir()
     for case in FAILURES[:-1]:
-        rank1, message = _one_process_outcome(case, one, capsys)
-        status = rank1 if rank1.isdigit() else "1"  # Python's status after a traceback
-        assert f"rank 1 {case}: {rank1}\n" in log, log
-        assert f"rank 0 {case}: {status}\n" in log, log
-        assert f"scoreflow dist sample: error: on rank 1: {message}" in log, log
+        alone, alone_err = _one_process_outcome(case, one, capsys)
+        # On one process: the exception with its traceback (Python's status 1), or one line with its status.
+        status, line = ("1", alone.removeprefix("raised ")) if alone.startswith("raised") else (alone, alone_err)
+        line = line.removeprefix("scoreflow dist sample: error: ").strip()
+        assert results[1, case] == (alone, ""), (case, log)  # rank 0 speaks for all
+        rank0, err = results[0, case]
+        assert rank0 == status and err.startswith(f"scoreflow dist sample: error: on rank 1: {line}"), (case, log)
+        assert err.count("\n") == 1, (case, log)
         earlier = [tmp_path / f"{case}.pt", tmp_path / f"{case}.rank2-of-3.pt"]
         assert [p.exists() for p in earlier] == [case == "interrupt"] * 2, case
-        assert not (tmp_path / f"{case}.rank0-of-2.pt").exists()
+        assert not list(tmp_path.glob(f"{case}.rank?-of-2.pt")), case
     # Rank 0 cannot write the merged file: both ranks end with status 1 (before, rank 1 ended with 0), the shards
     # of this run written and no merged file.
-    assert "rank 0 merged-write: 1\n" in log and "rank 1 merged-write: 1\n" in log, log
-    assert re.search(r"scoreflow dist sample: error: writing '.*merged-write.pt' failed \(\[Errno 28\]", log), log
+    assert results[1, "merged-write"] == ("1", ""), log
+    status, err = results[0, "merged-write"]
+    assert status == "1", log
+    assert re.fullmatch(r"scoreflow dist sample: error: writing '.*merged-write.pt' failed \(\[Errno 28\].*\n", err), log
     assert sorted(p.name for p in tmp_path.glob("merged-write*")) == [f"merged-write.rank{r}-of-2.pt" for r in range(2)]
 
 
