@@ -29,3 +29,28 @@ def nan_for_single_items(device):
     only rank 1 (which gets the single item) meets a non-finite score."""
     score, sde = gaussian(device)
     return (lambda x, t: score(x, t) * (float("nan") if x.shape[0] == 1 else 1.0)), sde
+
+
+def _failing_for_single_items(error: type[BaseException], *args):
+    """A factory of the 2-D Gaussian's score that raises ``error(*args)`` for a batch of one item: with 3 samples
+    in batches of 2 on 2 ranks, only rank 1 (which gets the single item) fails, in the middle of its solve."""
+
+    def factory(device):
+        score, sde = gaussian(device)
+
+        def failing(x, t):
+            if x.shape[0] == 1:
+                raise error(*args)
+            return score(x, t)
+
+        return failing, sde
+
+    return factory
+
+
+# Failures that main shows with their traceback (status 1), and Ctrl-C (one line, status 130).
+runtime_error_for_single_items = _failing_for_single_items(RuntimeError, "CUDA error: an illegal memory access")
+os_error_for_single_items = _failing_for_single_items(OSError, 5, "Input/output error", "weights/ema.pt")
+assertion_error_for_single_items = _failing_for_single_items(AssertionError, "the model's cache is stale")
+value_error_for_single_items = _failing_for_single_items(ValueError, "a check of the user's model")
+interrupt_for_single_items = _failing_for_single_items(KeyboardInterrupt)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,12 @@ from scoreflow import distributed as D
 from scoreflow.distributed import group, results
 from scoreflow.distributed.noise import PROBES, batch_generator
 from scoreflow.analytic import Gaussian
+from scoreflow.cli import main
 from scoreflow.testing import make_problem
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 WORKER = Path(__file__).resolve().parent / "_distributed_worker.py"
+FAILURES_WORKER = Path(__file__).resolve().parent / "_distributed_failures.py"
 LAUNCH_TIMEOUT_S = 120
 
 
@@ -195,8 +199,8 @@ def _free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(out: Path) -> subprocess.Popen:
-    """Start ``torchrun --nproc-per-node 2 _distributed_worker.py out`` on CPU (gloo) over loopback only."""
+def _torchrun(worker: Path, *args: str) -> subprocess.Popen:
+    """Start ``torchrun --nproc-per-node 2 worker args...`` on CPU (gloo) over loopback only."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
@@ -206,18 +210,22 @@ def _torchrun(out: Path) -> subprocess.Popen:
     }
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-        "--master-port", str(_free_loopback_port()), str(WORKER), str(out),
+        "--master-port", str(_free_loopback_port()), str(worker), *args,
     ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait(proc: subprocess.Popen) -> str:
+def _wait(proc: subprocess.Popen, timeout_s: float = LAUNCH_TIMEOUT_S) -> str:
     try:
-        out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+        out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT_S} s:\n{out}")
+        proc.terminate()  # torchrun stops its workers (each in its own session) on SIGTERM, not on SIGKILL
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout_s} s:\n{out}")
     assert proc.returncode == 0, out
     return out
 
@@ -228,7 +236,7 @@ def test_two_rank_launch_equals_one_rank_results(tmp_path):
     that fails on one rank stops both with its message."""
     if "lo" not in {name for _, name in socket.if_nameindex()}:
         pytest.skip("no loopback interface named 'lo' for gloo")
-    log = _wait(_torchrun(tmp_path))
+    log = _wait(_torchrun(WORKER, str(tmp_path)))
     assert log.count("on 2 rank(s)") == 3, log  # samples.pt, ll.npz and the earlier failed.pt
     # A solve that fails on rank 1 only is reported once, by rank 0, and leaves no file: neither of its own nor
     # of the earlier run it was to replace.
@@ -257,6 +265,64 @@ def test_two_rank_launch_equals_one_rank_results(tmp_path):
     assert torch.equal(merged.indices, torch.arange(100))
     # The same probes meet each point on either world size, so only solver round-off may differ.
     torch.testing.assert_close(merged.values, reference.values, rtol=1e-6, atol=1e-6)
+
+
+#: How rank 1's model fails in its solve (``_cli_models``), and ``merged-write``: rank 0 cannot write the merged file.
+FAILURES = ["runtime_error", "os_error", "assertion_error", "value_error", "interrupt", "merged-write"]
+#: Well below the process group's timeout (1800 s), which the other rank waited for before; the launch takes ~5 s.
+FAILURES_TIMEOUT_S = 60
+
+
+def _one_process_outcome(case: str, tmp_path: Path, capsys) -> tuple[str, str]:
+    """What ``main`` does on one process when the model of ``case`` fails: its status or the exception it lets
+    through, and what it prints on stderr."""
+    argv = ["dist", "sample", "--model", f"_cli_models:{case}_for_single_items", "--data-shape", "2", "--num-samples",
+            "1", "--method", "euler", "--steps", "2", "--no-progress", "--out", str(tmp_path / "one.pt")]
+    try:
+        status = str(main(argv))
+    except Exception as e:
+        status = f"raised {type(e).__name__}: {e}"
+    return status, capsys.readouterr().err
+
+
+def test_a_failure_on_one_rank_stops_every_rank_promptly(tmp_path, capsys):
+    """torchrun, 2 CPU ranks on gloo: whatever rank 1's model raises in its solve, rank 1 ends as one process would
+    (its exception, or Ctrl-C's status), and rank 0 at once, with one line naming rank 1 and what it raised, and the
+    status main gives that exception on one process (1 for a traceback).  Before, rank 0 waited in the agreement
+    for the process group's timeout.  Earlier files of --out are removed after a failed solve (status 1) and left
+    after an interrupted one, as after a killed one."""
+    if "lo" not in {name for _, name in socket.if_nameindex()}:
+        pytest.skip("no loopback interface named 'lo' for gloo")
+    for case in FAILURES:
+        (tmp_path / f"{case}.pt").write_bytes(b"an earlier run")
+        (tmp_path / f"{case}.rank2-of-3.pt").write_bytes(b"an earlier run's shard")
+    start = time.monotonic()
+    log = _wait(_torchrun(FAILURES_WORKER, str(tmp_path), *FAILURES), FAILURES_TIMEOUT_S)
+    assert time.monotonic() - start < FAILURES_TIMEOUT_S, log
+    lines = map(json.loads, re.findall(r"RESULT (\[.*\])", log))
+    results = {(r, case): (status, err) for r, case, status, err in lines}
+    assert len(results) == 2 * len(FAILURES), log
+    one = tmp_path / "one"
+    one.mkdir()
+    for case in FAILURES[:-1]:
+        alone, alone_err = _one_process_outcome(case, one, capsys)
+        # On one process: the exception with its traceback (Python's status 1), or one line with its status.
+        status, line = ("1", alone.removeprefix("raised ")) if alone.startswith("raised") else (alone, alone_err)
+        line = line.removeprefix("scoreflow dist sample: error: ").strip()
+        assert results[1, case] == (alone, ""), (case, log)  # rank 0 speaks for all
+        rank0, err = results[0, case]
+        assert rank0 == status and err.startswith(f"scoreflow dist sample: error: on rank 1: {line}"), (case, log)
+        assert err.count("\n") == 1, (case, log)
+        earlier = [tmp_path / f"{case}.pt", tmp_path / f"{case}.rank2-of-3.pt"]
+        assert [p.exists() for p in earlier] == [case == "interrupt"] * 2, case
+        assert not list(tmp_path.glob(f"{case}.rank?-of-2.pt")), case
+    # Rank 0 cannot write the merged file: both ranks end with status 1 (before, rank 1 ended with 0), the shards
+    # of this run written and no merged file.
+    assert results[1, "merged-write"] == ("1", ""), log
+    status, err = results[0, "merged-write"]
+    assert status == "1", log
+    assert re.fullmatch(r"scoreflow dist sample: error: writing '.*merged-write.pt' failed \(\[Errno 28\].*\n", err), log
+    assert sorted(p.name for p in tmp_path.glob("merged-write*")) == [f"merged-write.rank{r}-of-2.pt" for r in range(2)]
 
 
 def test_per_item_score_conditions_each_item(monkeypatch):

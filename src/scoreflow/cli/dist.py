@@ -8,15 +8,16 @@
 Every rank writes its shard (``samples.rank0-of-2.pt`` ...) and rank 0 writes the merged file.  Run
 without ``torchrun`` it is one process (world size 1) and gives the same merged file.  Every rank
 checks the options, the model, the data and ``--out`` before any solve, and all ranks stop together
-if one of them finds a problem, before the solve or in it.  With ``--overwrite`` the files of an
-earlier run at ``--out`` are removed once the solve has ended or failed on every rank, before any new
-file is written; a refused run leaves them as they were.
+if one of them finds a problem or fails, in any phase, with the status one process would have.  With
+``--overwrite`` the files of an earlier run at ``--out`` are removed once the solve has ended or failed on
+every rank, before any new file is written; a refused or interrupted run leaves them as they were.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,8 @@ import torch
 import torch.distributed as torch_dist
 
 from .. import distributed as D
-from ..errors import NonFiniteError
 from ..sde import ForwardSDE
+from .failures import one_line
 from .options import (
     CLIError,
     add_dtype,
@@ -227,30 +228,38 @@ def _agree(error: CLIError | None, rank: int, world_size: int) -> CLIError | Non
     return CLIError(message if r == rank else f"on rank {r}: {message}", status=status)
 
 
-def _as_cli_error(e: Exception) -> CLIError:
-    """The one-line error ``main`` would report for ``e`` (status 1 for a non-finite solve, else 2), for the other ranks."""
-    if isinstance(e, CLIError):
-        return e
-    return CLIError(str(e), status=1 if isinstance(e, NonFiniteError) else 2)
+def _as_cli_error(e: BaseException, rank: int) -> CLIError:
+    """The one line and status ``main`` gives ``e`` on one process, for the other ranks to stop with.
+
+    An exception ``main`` shows with its traceback (status 1) is named by its type and message.
+    """
+    line = one_line(e)
+    if line is None:
+        what = " ".join(traceback.format_exception_only(e)).strip()
+        line = (f"{what} (rank {rank} shows the traceback)" if isinstance(e, Exception) else what), 1
+    return CLIError(line[0], status=line[1])
 
 
 Value = TypeVar("Value")
 
 
-def _step(do: Callable[[], Value], rank: int, world_size: int) -> tuple[Value | None, Exception | None, CLIError | None]:
+def _step(
+    do: Callable[[], Value], rank: int, world_size: int
+) -> tuple[Value | None, BaseException | None, CLIError | None]:
     """Run ``do`` on this rank, then agree with the others (a barrier): ``(value, this rank's failure, first error)``.
 
-    Only this rank may fail (its batches alone met the problem, or its disk is full): the others hear of it
-    before they go on, and rank 0, which speaks for all, says what it was.
+    Only this rank may fail (its batches alone met the problem, a bug of the model, its disk is full, Ctrl-C):
+    the others hear of it before they go on, and rank 0, which speaks for all, says what it was.  Any
+    exception is held until the agreement, else the others would wait in it for the process group's timeout.
     """
     try:
         value, failure = do(), None
-    except (CLIError, ValueError, TypeError, NonFiniteError) as e:
+    except BaseException as e:  # noqa: BLE001 - re-raised by _stop once the others know
         value, failure = None, e
-    return value, failure, _agree(None if failure is None else _as_cli_error(failure), rank, world_size)
+    return value, failure, _agree(None if failure is None else _as_cli_error(failure, rank), rank, world_size)
 
 
-def _stop(failure: Exception | None, error: CLIError | None) -> None:
+def _stop(failure: BaseException | None, error: CLIError | None) -> None:
     """Raise this rank's failure (with its traceback, for ``main`` to judge), else another rank's error, if any."""
     if failure is not None:
         raise failure
@@ -273,9 +282,11 @@ def _remove(earlier: list[Path]) -> None:
 def _run(args: argparse.Namespace, kind: str, solve: Solve, describe: Describe, meta: dict[str, Any]) -> int:
     """Check, join the process group, check on every rank, solve this rank's batches, write shard and merged file.
 
-    The files of an earlier run at ``--out`` (``--overwrite``) stay as they were if this run is refused, before
-    its solve or by the solver's own checks (status 2); once every rank has solved, or the solve failed (status
-    1), every rank removes them before any rank writes, so ``--out`` never holds the files of two runs.
+    Every phase ends in an agreement (:func:`_step`), so that the ranks go on together or stop together, with the
+    status one process would have.  The files of an earlier run at ``--out`` (``--overwrite``) stay as they were
+    if this run is refused, before its solve or by the solver's own checks (status 2), or interrupted (130, as if
+    killed); once every rank has solved, or the solve failed (status 1: non-finite, or an exception shown with its
+    traceback), every rank removes them before any rank writes, so ``--out`` never holds the files of two runs.
     """
     options = _check_options(args, kind)
     joined_here = not torch_dist.is_initialized()
@@ -296,9 +307,10 @@ def _run(args: argparse.Namespace, kind: str, solve: Solve, describe: Describe, 
             return solve(job, options, rank == 0 and not args.no_progress), time.perf_counter() - start
 
         solved, failure, error = _step(solve_mine, rank, world_size)
-        if error is None or error.status != 2:
-            # Not refused: whatever follows, the earlier files of --out are not this run's result.  Every rank removes
-            # those it found (the ranks need not share a disk), and none writes before all have (the agreement).
+        if error is None or error.status == 1:
+            # Solved or failed, neither refused nor interrupted: whatever follows, the earlier files of --out are not
+            # this run's result.  Every rank removes those it found (the ranks need not share a disk), and none
+            # writes before all have (the agreement).
             _, removal, removed = _step(lambda: _remove(job.earlier), rank, world_size)
             failure, error = failure or removal, error or removed
         _stop(failure, error)
@@ -311,14 +323,23 @@ def _run(args: argparse.Namespace, kind: str, solve: Solve, describe: Describe, 
 
         _stop(*_step(write_shard, rank, world_size)[1:])
         merged = D.gather(local)
-        if merged is not None:
+
+        def write_merged() -> str | None:
+            """Rank 0: write the merged file and return the summary line; the others wait to hear how it went."""
+            if merged is None:
+                return None
             with write_errors(job.out):
                 D.save_result(merged, job.out, world_size=world_size, **meta)
             what, result = describe(job, merged)
-            print(
+            return (
                 f"{args.dist_command}: {what} on {world_size} rank(s), NFE {merged.nfe}, {seconds:.2f} s on rank 0"
                 f"{result} -> {job.out}"
             )
+
+        summary, failure, error = _step(write_merged, rank, world_size)
+        _stop(failure, error)
+        if summary is not None:
+            print(summary)
         return 0
     finally:
         # Leave a group the caller created (several commands may share one launch).

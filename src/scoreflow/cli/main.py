@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from ..errors import NonFiniteError
 from . import analytic, bench, demo, dist
+from .failures import one_line
 from .options import CLIError, Parser
 
 __all__ = ["build_parser", "main"]
-
-_PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,16 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raised_on_purpose(exc: BaseException) -> bool:
-    """Whether ``exc`` comes from a ``raise`` statement in scoreflow's code (a rejected input), not from a failed
-    operation inside scoreflow, torch or the user's code (a bug, whose traceback is needed)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return False
-    last = frames[-1]
-    return Path(last.filename).resolve().is_relative_to(_PACKAGE) and (last.line or "").startswith("raise ")
-
-
 def _report(prog: str, message: str, status: int) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; rank 0 speaks for them
         print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
@@ -71,18 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         return args.run(args)
-    except CLIError as e:
-        if args is not None and args.debug:
+    except (CLIError, ValueError, TypeError, NonFiniteError, KeyboardInterrupt) as e:
+        line = one_line(e)
+        # Before the arguments are parsed, only a rejected argument (a CLIError naming its prog) is one line.
+        if line is None or (args.debug if args is not None else not isinstance(e, CLIError)):
             raise
-        return _report(e.prog or _prog(args), str(e), e.status)
-    except (ValueError, TypeError, NonFiniteError) as e:
-        if args is None or args.debug or not _raised_on_purpose(e):
-            raise
-        return _report(_prog(args), str(e), 1 if isinstance(e, NonFiniteError) else 2)
-    except KeyboardInterrupt:
-        if args is None or args.debug:
-            raise
-        return _report(_prog(args), "interrupted (results are written whole or not at all)", 130)
+        return _report(getattr(e, "prog", None) or _prog(args), *line)
 
 
 def _prog(args: argparse.Namespace) -> str:

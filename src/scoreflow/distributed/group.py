@@ -20,7 +20,8 @@ def init_distributed(backend: str | None = None, *, timeout_s: float = 1800.0) -
 
     Args:
         backend: ``"gloo"`` (CPU) or ``"nccl"`` (GPU); default nccl when CUDA is available, else gloo.
-        timeout_s: how long the final gather waits for the slowest rank.
+        timeout_s: how long a collective (the final gather; the agreements of ``scoreflow dist``) waits for the
+            slowest rank.
     """
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
