@@ -15,7 +15,7 @@ Problem sets: ``design`` (``peers.random_mixture`` seeds 7100-7103 and ring2d_sh
 rule; ``held_out`` (seeds 7200-7209, mixture16d, gaussian16d), run once after it was fixed.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_velocity_grids.py --set design
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_velocity_grids.py --set held_out   # docs/choosing-a-sampler.md
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_velocity_grids.py --set held_out  # the docs' table
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def grid(sde, label: str, steps: int) -> torch.Tensor | None:
 
 
 def path_errors(law, sde, x_T: torch.Tensor) -> dict:
-    """RMS path error of each method on each grid and budget: ``{method: {grid: {steps: error}}}`` (inf if not finite)."""
+    """RMS path error of each method on each grid and budget, ``{method: {grid: {steps: error}}}`` (inf: not finite)."""
     reference = reference_flow_map(law, sde, x_T, sde.T, sde.t_min)
     model = law.score(sde)  # on a path to pure noise this model also carries the exact velocity
     out = {}
@@ -109,7 +109,7 @@ def ratios(results: list[dict], process: str, label: str, steps: int) -> list[fl
 
 
 def table(results: list[dict]) -> str:
-    """Per process and budget: median, worst ratio to the baseline of the grid the registry now picks and of each grid."""
+    """Per process and budget: median, worst ratio to the baseline of the grid the registry picks and of each grid."""
     labels = [g for g in GRIDS if g != BASELINE]
     lines = ["| process | N | default now | its RMS error: median, worst | default / t: median, worst | "
              + " | ".join(f"{g} / t" for g in labels) + " |", "|" + " --- |" * (len(labels) + 5)]
@@ -141,9 +141,11 @@ def main(argv=None) -> None:
     for name, law, seed in problems(args.set):
         for process, make in PROCESSES.items():
             sde = make()
-            x_T = sde.prior_sample((args.n, law.dim), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            draws = torch.Generator().manual_seed(seed)
+            x_T = sde.prior_sample((args.n, law.dim), generator=draws, dtype=torch.float64)
             with torch.no_grad():
-                results.append({"problem": name, "process": process, "dim": law.dim, "errors": path_errors(law, sde, x_T)})
+                errors = path_errors(law, sde, x_T)
+            results.append({"problem": name, "process": process, "dim": law.dim, "errors": errors})
             print(f"{name} {process} done", flush=True)
     text = table(results)
     print(text)

@@ -78,7 +78,8 @@ def t_grid_is_coarse(sde: ForwardSDE) -> bool:
     check_sde("t_grid_is_coarse", sde)
 
     def coarse() -> bool:
-        return bool(sde.log_snr(torch.tensor(_MIN_FINE_SHARE * sde.T, dtype=torch.float64)) < -math.log(_FINE_NOISE_LEVEL))
+        t = torch.tensor(_MIN_FINE_SHARE * sde.T, dtype=torch.float64)
+        return bool(sde.log_snr(t) < -math.log(_FINE_NOISE_LEVEL))
 
     # asked by the front-ends at every call of a method that defaults to "t": once per set of process parameters
     key = parameters_key(sde)
