@@ -191,6 +191,9 @@ def _record(**kw):
         ({"default_schedule": None}, ValueError, r"Method\('user_euler'\): a fixed-grid method that integrates in its own "
          r"variables \(time_variables=\(\)\) needs 'default_schedule'"),
         ({"default_schedule": "cosine"}, ValueError, r"argument 'default_schedule' expected one of 't', 'log_snr'"),
+        ({"coarse_t_schedule": "cosine"}, ValueError, r"argument 'coarse_t_schedule' expected one of 't', 'log_snr'"),
+        ({"default_schedule": "karras", "coarse_t_schedule": "log_snr"}, ValueError,
+         r"'coarse_t_schedule' replaces a default uniform t grid, but default_schedule='karras'"),
         ({"time_variables": ("lambda",)}, ValueError, r"argument 'time_variables' expected one of 't', 'sigma', 'log_snr'"),
         ({"kinds": "ode"}, TypeError, r"argument 'kinds' expected a non-empty tuple of kinds, e.g. \('ode',\), got 'ode'"),
         ({"kinds": ()}, TypeError, r"argument 'kinds' expected a non-empty tuple"),
@@ -206,7 +209,8 @@ def _record(**kw):
          r"option 'scale' declares default 0.5, but the solver's own default is 1.0"),
         ({"options": {"gain": sf.methods.positive_option(1.0, "")}}, ValueError, r"option 'gain' is not a keyword argument of the solver"),
     ],
-    ids=["no default_schedule", "unknown schedule", "unknown time variable", "kinds a str", "no kinds", "empty name",
+    ids=["no default_schedule", "unknown schedule", "unknown coarse_t_schedule", "coarse_t_schedule without 't'",
+         "unknown time variable", "kinds a str", "no kinds", "empty name",
          "solver not callable", "negative order", "str order", "nfe 0", "option not an Option", "default refused",
          "default not the solver's", "option the solver lacks"],
 )

@@ -1,5 +1,7 @@
 """Step schedules: exact end points, monotonicity, and the defining spacing of each grid."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
@@ -7,6 +9,7 @@ from hypothesis import strategies as st
 
 import scoreflow as sf
 from scoreflow.sampling import SCHEDULES, time_grid
+from scoreflow.schedules import t_grid_is_coarse
 
 SDES = {"vp": sf.VPSDE(), "subvp": sf.SubVPSDE(), "ve": sf.VESDE(), "edm": sf.EDMSDE()}
 
@@ -82,6 +85,32 @@ def test_karras_grid_under_vp_is_uniform_in_sigma_bar_to_the_one_over_rho():
     root = (sigma / alpha) ** (1 / rho)
     diffs = root[1:] - root[:-1]
     torch.testing.assert_close(diffs, diffs.mean().expand(15), rtol=1e-8, atol=0)
+
+
+def _vp_time(log_alpha: float) -> float:
+    """The time of the default VP/sub-VP alpha (beta 0.1..20): -log alpha = t^2 (20 - 0.1)/4 + t 0.1/2."""
+    a, b = (20 - 0.1) / 4, 0.1 / 2
+    return (-b + math.sqrt(b * b - 4 * a * log_alpha)) / (2 * a)
+
+
+# The time t_f at which sigma/alpha = 0.1, in closed form: (process, t_f / T).
+FINE_TIMES = {
+    "rf": (sf.RectifiedFlow(), 1 / 11),  # t / (1 - t) = 0.1
+    "cosine": (sf.AffinePath(lambda t: torch.cos(0.5 * math.pi * t), lambda t: torch.sin(0.5 * math.pi * t)),
+               2 * math.atan(0.1) / math.pi),  # tan(pi t / 2) = 0.1
+    "sqrt": (sf.AffinePath(lambda t: 1 - t, torch.sqrt), ((math.sqrt(1.04) - 1) / 0.2) ** 2),  # sqrt(t) = 0.1 (1 - t)
+    "vp": (sf.VPSDE(), _vp_time(-0.5 * math.log(1.01))),  # (1 - alpha^2) / alpha^2 = 0.01
+    "subvp": (sf.SubVPSDE(), _vp_time(math.log((math.sqrt(4.01) - 0.1) / 2))),  # (1 - alpha^2) / alpha = 0.1
+    "ve": (sf.VESDE(), math.log1p(0.01 / 0.01**2) / (2 * math.log(50 / 0.01))),  # sigma_min^2 (r^2t - 1) = 0.01
+    "edm": (sf.EDMSDE(), 0.1 / 80),  # t = sigma
+}
+
+
+@pytest.mark.parametrize("name", FINE_TIMES)
+def test_a_t_grid_is_coarse_where_sigma_over_alpha_reaches_a_tenth_only_in_the_last_twentieth_of_T(name):
+    sde, share = FINE_TIMES[name]
+    assert t_grid_is_coarse(sde) == (share < 1 / 20)
+    assert t_grid_is_coarse(sde) == (name in ("vp", "edm", "sqrt"))  # the shares: 0.027, 0.00125, 0.0096
 
 
 def test_uniform_t_grid_and_custom_t_min_dtype_device():

@@ -32,10 +32,9 @@ NFE = {
 # dpmpp_3m_pc's error on these Gaussians changes sign between ~24 and ~48 uniform log-SNR steps, so its
 # convergence is read on the Karras grid, where it is monotone. dpmpp_4m_pc's default capped grid has a long
 # first step whose start-up error dominates below ~1e-5 (see test_capped_grid_start_up_limits_dpmpp_4m_pc),
-# so its order is read on the log-SNR grid; the others use their default schedule.
-# velocity_3m_pc's error on VP's uniform t grid is pre-asymptotic below ~100 steps (slope 1.8 over 24..96, 3.8 from 96
-# to 192), so its order is read on the log-SNR grid (3.8).
-ORDER_TEST_SCHEDULE = {"dpmpp_3m_pc": "karras", "dpmpp_4m_pc": "log_snr", "velocity_3m_pc": "log_snr"}
+# so its order is read on the log-SNR grid; the others use their default schedule (the velocity methods' on VP is the
+# log-SNR grid: on uniform t, velocity_3m_pc's error is pre-asymptotic below ~100 steps, slope 1.8 over 24..96).
+ORDER_TEST_SCHEDULE = {"dpmpp_3m_pc": "karras", "dpmpp_4m_pc": "log_snr"}
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +82,6 @@ def test_capped_grid_start_up_limits_dpmpp_4m_pc(gaussian_vp):
     assert errors["log_snr_capped"][0] < 0.2 * errors["log_snr"][0], errors
 
 
-# In t = sigma on [0.002, 80] (EDM) a uniform t grid leaves the data's scale to its last step: the velocity methods
-# (default schedule "t") are checked on Karras' grid there, as on the others.
-EVERY_SDE_SCHEDULE = {**ORDER_TEST_SCHEDULE, "velocity_2m_pc": "karras", "velocity_3m_pc": "karras"}
-
-
 @pytest.mark.parametrize("sde", [sf.SubVPSDE(), sf.VESDE(), sf.EDMSDE()], ids=["subvp", "ve", "edm"])
 def test_native_methods_converge_under_every_forward_sde(sde):
     law = make_problem("gaussian2d", "vp").law
@@ -95,7 +89,7 @@ def test_native_methods_converge_under_every_forward_sde(sde):
     exact = law.flow_map(sde, x_T, sde.T, sde.t_min)
     for method in NATIVE_ODE_METHODS:
         e32, e64 = (
-            rms_error(sf.sample_ode(law.score(sde), sde, x_T, method=method, steps=n, schedule=EVERY_SDE_SCHEDULE.get(method)).samples, exact)
+            rms_error(sf.sample_ode(law.score(sde), sde, x_T, method=method, steps=n, schedule=ORDER_TEST_SCHEDULE.get(method)).samples, exact)
             for n in (32, 64)
         )
         # Doubling the steps divides the error by about 2^order (here at least 2^(order - 0.5)).

@@ -15,16 +15,27 @@ import math
 
 import torch
 
+from ._cache import LRU, parameters_key
 from ._checks import check_choice, check_float_dtype, check_int, check_positive, resolve_t_min
 from .sde import ForwardSDE, check_sde
 
-__all__ = ["SCHEDULES", "TIME_VARIABLES", "time_grid", "to_time_variable", "from_time_variable", "step_size_grid"]
+__all__ = [
+    "SCHEDULES", "TIME_VARIABLES", "time_grid", "to_time_variable",
+    "from_time_variable", "step_size_grid", "t_grid_is_coarse",
+]
 
 #: Step schedules: uniform in t, uniform in log-SNR, Karras et al. (2022) with exponent rho, uniform in the
 #: log of the capped noise level, uniform in t after SD3's time shift, and uniform in a power of the noise fraction.
 SCHEDULES = ("t", "log_snr", "karras", "log_snr_capped", "shift", "noise_fraction")
 #: Independent variables of the probability-flow ODE: time t, scaled noise level sigma/alpha, log-SNR.
 TIME_VARIABLES = ("t", "sigma", "log_snr")
+# The scaled noise level sigma/alpha of the fine structure of data of unit scale (a tenth of that scale: the unit
+# scale "log_snr_capped"'s default cap of 10 assumes), and the least share of [0, T] below it for which a grid uniform
+# in t is not coarse there (one step in 20); see t_grid_is_coarse.
+_FINE_NOISE_LEVEL = 0.1
+_MIN_FINE_SHARE = 1 / 20
+# t_grid_is_coarse by process parameters (see scoreflow._cache).
+_COARSE = LRU(64)
 
 
 def to_time_variable(sde: ForwardSDE, time: str, t: torch.Tensor) -> torch.Tensor:
@@ -54,6 +65,26 @@ def step_size_grid(sde: ForwardSDE, start: float, end: float, step_size: float, 
     ts = from_time_variable(sde, time, u)
     ts[0], ts[-1] = start, end
     return ts
+
+
+def t_grid_is_coarse(sde: ForwardSDE) -> bool:
+    r"""Whether a grid uniform in t on ``sde`` gives the fine structure of unit-scale data fewer than one step in 20:
+    whether :math:`\sigma/\alpha` is above 0.1 (a tenth of the data's scale) already at :math:`t = T/20`.
+
+    The clock decides it.  :math:`\sigma/\alpha = 0.1` at :math:`t/T = 1/11` on rectified flow
+    (:math:`\sigma/\alpha = t/(1 - t)`), 0.095 on sub-VP (:math:`\sigma = 1 - \alpha^2`) and 0.27 on VE
+    (:math:`\log\sigma` about linear in t), but at 0.027 on VP (:math:`\sigma = \sqrt{1 - \alpha^2}`, the square root
+    of sub-VP's) and 0.1/80 on EDM (:math:`t = \sigma`): coarse on VP and EDM.
+    """
+    check_sde("t_grid_is_coarse", sde)
+
+    def coarse() -> bool:
+        t = torch.tensor(_MIN_FINE_SHARE * sde.T, dtype=torch.float64)
+        return bool(sde.log_snr(t) < -math.log(_FINE_NOISE_LEVEL))
+
+    # asked by the front-ends at every call of a method that defaults to "t": once per set of process parameters
+    key = parameters_key(sde)
+    return coarse() if key is None else _COARSE.get(key, coarse)
 
 
 #: The schedule each option of :func:`time_grid` belongs to.

@@ -21,7 +21,8 @@ from types import MappingProxyType
 from typing import Any
 
 from .._checks import check_callable, check_choice, check_instance, check_int, check_positive
-from ..schedules import SCHEDULES, TIME_VARIABLES
+from ..schedules import SCHEDULES, TIME_VARIABLES, t_grid_is_coarse
+from ..sde import ForwardSDE
 
 __all__ = [
     "KINDS", "BACKENDS", "Option", "Method", "register", "list_methods", "get_method",
@@ -43,6 +44,11 @@ BACKENDS = ("torchdiffeq", "torchsde", "native")
 _STEPPED_KINDS = ("ode", "sde", "likelihood")
 # What those front-ends call on the built solver, by kind and backend (see docs/architecture.md).
 _ENTRY_POINTS = {"ode": "sample", "sde": "sample", "likelihood": "integrate"}
+# The schedule of a fixed grid when none is given, by integration variable: uniform in t, Karras' in sigma/alpha,
+# uniform in log-SNR.
+_DEFAULT_SCHEDULE = {"t": "t", "sigma": "karras", "log_snr": "log_snr"}
+# Schedules undefined where a flow path reaches pure noise (log-SNR -inf at T); "log_snr_capped" is finite there.
+_INFINITE_AT_PURE_NOISE = ("log_snr", "karras")
 
 OptionCheck = Callable[[str, str, Any], Any]
 
@@ -138,6 +144,8 @@ class Method:
             ``"log_snr"``); empty for solvers that integrate in variables of their own.
         default_schedule: the step schedule of a fixed-grid method that integrates in its own variables
             (required for such an ``"ode"``, ``"sde"`` or ``"likelihood"`` method).
+        coarse_t_schedule: for a ``default_schedule`` of ``"t"``, the schedule in its place on a process where a
+            grid uniform in t is coarse at the data end (:func:`scoreflow.schedules.t_grid_is_coarse`: VP, EDM).
         levy_area: the Brownian path must provide Lévy area (a stochastic method of strong order > 1).
         options: option name -> :class:`Option`, the keyword options of ``options=``.
         front_end: how the method is called, where its kind has more than one front-end (``"conditional"``).
@@ -164,6 +172,7 @@ class Method:
     step_size: bool = False
     time_variables: tuple[str, ...] = ()
     default_schedule: str | None = None
+    coarse_t_schedule: str | None = None
     levy_area: bool = False
     options: Mapping[str, Option] = field(default_factory=dict)
     front_end: str | None = None
@@ -195,6 +204,13 @@ class Method:
                 f"'default_schedule', the schedule of its steps when the caller names none: one of "
                 f"{', '.join(map(repr, SCHEDULES))}."
             )
+        if self.coarse_t_schedule is not None:
+            check_choice(fn, "coarse_t_schedule", self.coarse_t_schedule, SCHEDULES)
+            if self.default_schedule != "t":
+                raise ValueError(
+                    f"{fn}: 'coarse_t_schedule' replaces a default uniform t grid, but default_schedule="
+                    f"{self.default_schedule!r}. Fix: default_schedule='t', or omit 'coarse_t_schedule'."
+                )
         if "conditional" in self.kinds and not isinstance(self.front_end, str):
             # inpaint picks its methods by this string: a record without one would break it for every method
             raise TypeError(
@@ -228,6 +244,21 @@ class Method:
                     f"{fn}: option {name!r} declares default {spec.default!r}, but the solver's own default is "
                     f"{own.default!r} (the one used when the option is not given). Fix: make them equal."
                 )
+
+    def schedule_for(self, sde: ForwardSDE, time: str = "t") -> str | None:
+        """The schedule of a fixed grid of this method on ``sde`` when the caller names none (``None`` if adaptive).
+
+        Uniform in the integration variable ``time`` (Karras' in ``"sigma"``) for a method that has one, else the
+        record's ``default_schedule``; its ``coarse_t_schedule`` in place of ``"t"`` where a uniform t grid is coarse at
+        the data end (:func:`~scoreflow.schedules.t_grid_is_coarse`); ``"log_snr_capped"`` in place of a log-SNR or
+        Karras grid on a path that reaches pure noise, where those are infinite.
+        """
+        if self.adaptive:
+            return None
+        name = _DEFAULT_SCHEDULE[time] if self.time_variables else self.default_schedule
+        if name == "t" and self.coarse_t_schedule is not None and t_grid_is_coarse(sde):
+            name = self.coarse_t_schedule
+        return "log_snr_capped" if name in _INFINITE_AT_PURE_NOISE and sde.pure_noise_at_T else name
 
     def build(self, fn: str, options: Any) -> Any:
         """Check ``options`` (``None`` or a dict of this method's options) and construct the solver.

@@ -22,12 +22,6 @@ __all__ = ["Grid", "Tolerances", "Stepping", "Solution", "resolve_stepping", "DE
 
 #: rtol = atol of an adaptive solve when the caller gives none.
 DEFAULT_TOLERANCE = 1e-5
-# The schedule of a fixed grid when none is given, by integration variable: uniform in t, Karras'
-# in sigma/alpha, uniform in log-SNR.
-_DEFAULT_SCHEDULE = {"t": "t", "sigma": "karras", "log_snr": "log_snr"}
-# Schedules undefined where a flow path reaches pure noise (log-SNR -inf at T); the native methods then
-# default to "log_snr_capped", which is finite there.
-_INFINITE_AT_PURE_NOISE = ("log_snr", "karras")
 # Named-schedule grids by their arguments (see scoreflow._cache).
 _GRIDS = LRU(32)
 
@@ -121,8 +115,7 @@ def resolve_stepping(
 
     A method that chooses its own steps (``method.adaptive``) takes ``rtol``/``atol`` (default
     :data:`DEFAULT_TOLERANCE`) and no grid.  A fixed-grid method takes ``steps`` (placed by ``schedule``,
-    a name from ``SCHEDULES``; default: uniform in its integration variable, or the schedule the method
-    was designed for; ``"log_snr_capped"`` for a log-SNR one on a path that reaches pure noise), or a
+    a name from ``SCHEDULES``; default: :meth:`Method.schedule_for`), or a
     ``schedule`` that is the grid itself (a 1-D tensor of times from ``start`` to
     ``end``), or, where the method allows it, a ``step_size``; with ``adaptive=True`` (methods that also run
     with error control) that grid's first step starts the error-controlled solve.  ``save_at`` (error-controlled
@@ -210,11 +203,10 @@ def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: f
             if steps is None:
                 raise ValueError(f"{fn}: 'schedule' places the grid of a fixed-grid method and needs 'steps', got steps=None.")
         check_int(fn, "steps", steps)
-        default = _DEFAULT_SCHEDULE[time] if method.time_variables else method.default_schedule
+        default = method.schedule_for(sde, time)
 
         def make() -> tuple[torch.Tensor, int]:
-            name = schedule or ("log_snr_capped" if default in _INFINITE_AT_PURE_NOISE and sde.pure_noise_at_T else default)
-            grid = _placed(time_grid(sde, steps, name, t_min=t_min), like, increasing)
+            grid = _placed(time_grid(sde, steps, schedule or default, t_min=t_min), like, increasing)
             return grid, version(grid)
 
         # The same grid object for the same arguments (a native solver's plan is cached on it), unless modified.

@@ -43,7 +43,10 @@ def _time_variables(method: Method) -> str:
 def _schedule(method: Method) -> str:
     if method.adaptive:
         return "–"
-    return f"`{method.default_schedule}`" if method.default_schedule else "uniform in `time` (`karras` in `sigma`)"
+    if not method.default_schedule:
+        return "uniform in `time` (`karras` in `sigma`)"
+    coarse = method.coarse_t_schedule
+    return f"`{method.default_schedule}`" + (f"; `{coarse}` where a `t` grid is coarse (VP, EDM)" if coarse else "")
 
 
 Column = tuple[str, Callable[[Method], str]]

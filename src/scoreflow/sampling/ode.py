@@ -57,7 +57,7 @@ def sample_ode(
             variable; the last step is shortened to land on ``t_min``.
         schedule: where the ``steps`` go: ``"t"``, ``"log_snr"``, ``"karras"`` or ``"log_snr_capped"``
             (default: uniform in ``time``, Karras' for ``"sigma"``, and for the native methods the schedule
-            they were designed for), or the grid itself, a decreasing 1-D tensor of times from T to ``t_min``
+            they were designed for, adapted to the process: ``get_method("ode", method).schedule_for(sde)``), or the grid itself, a decreasing 1-D tensor of times from T to ``t_min``
             (e.g. :func:`scoreflow.time_grid` with its options); ``steps`` may then be omitted.
         time: torchdiffeq's integration variable, ``"t"`` (default), ``"sigma"`` or ``"log_snr"``.
         rtol, atol: tolerances of an adaptive method (default 1e-5 each).

@@ -219,6 +219,8 @@ class NativeSolver(ABC):
         order: global order of accuracy in the step size (checked by the order tests).
         nfe_per_step: score evaluations per step.
         default_schedule: the step schedule it is designed for (see ``sampling.schedules``).
+        coarse_t_schedule: for a ``default_schedule`` of ``"t"``, the schedule in its place where a uniform t grid
+            is coarse at the data end (see :class:`~scoreflow.methods.Method`).
         options: the keyword options its constructor accepts.
         from_pure_noise: whether it can start where :math:`\\alpha = 0` (a flow path at T); the noise-prediction
             forms divide by :math:`\\alpha_s` there.
@@ -231,6 +233,7 @@ class NativeSolver(ABC):
     order: ClassVar[int]
     nfe_per_step: ClassVar[int] = 1
     default_schedule: ClassVar[str] = "log_snr"
+    coarse_t_schedule: ClassVar[str | None] = None
     options: ClassVar[Mapping[str, Option]] = {}
     from_pure_noise: ClassVar[bool] = True
     to_data: ClassVar[bool] = False
@@ -309,6 +312,7 @@ def register_native(name: str, solver: type[NativeSolver], summary: str) -> Meth
             order=solver.order,
             nfe_per_step=solver.nfe_per_step,
             default_schedule=solver.default_schedule,
+            coarse_t_schedule=solver.coarse_t_schedule,
             options=solver.options,
         )
     )

@@ -11,6 +11,10 @@ mass, or a settled component far from the data), so Adams' polynomials in t fit 
 function of the log-SNR, still moves: near pure noise :math:`\hat x_0` is linear in :math:`e^\lambda`, not in
 :math:`\lambda`, and :math:`\lambda(T) = -\infty` costs the exponential multistep methods an order
 (docs/flow-matching.md).  In t, T is a node like any other and the start-up keeps the order.
+
+Their default grid is uniform in t where that grid resolves the data's fine scales (flow paths, sub-VP, VE), and
+uniform in log-SNR where it leaves them to its last steps (VP, EDM: :func:`scoreflow.schedules.t_grid_is_coarse`;
+measured in docs/choosing-a-sampler.md).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class VelocityAdamsPC(PredictorCorrector):
 
     uses = "flow_velocity"
     default_schedule = "t"
+    coarse_t_schedule = "log_snr"
     order = 3
     to_data = True  # the velocity of a flow path is finite at t = 0
 

@@ -1,0 +1,157 @@
+"""The grid of the velocity predictor-correctors under each forward process: path error on every candidate grid.
+
+``velocity_2m_pc`` and ``velocity_3m_pc`` fit Adams polynomials in t to the probability-flow velocity
+:math:`\\dot\\alpha\\hat x_0 + \\dot\\sigma\\hat\\varepsilon`, so where their steps fall in t is the whole question of
+their grid.  Per process (rectified flow, the cosine path :math:`\\alpha = \\cos(\\pi t/2)`, VP, sub-VP, VE, EDM),
+problem and budget N (5, 10, 15, 20, 30 steps): the same ``--n`` prior draws x_T for every grid, float64, path error =
+RMS of :math:`x_{t_{min}} - x_{ref}` against ``scoreflow.testing.reference_flow_map`` (scipy DOP853 at 1e-10 on the
+exact velocity; closed form for a Gaussian).  Candidate grids are ``sf.time_grid``'s: ``t``, ``log_snr``,
+``log_snr_capped``, ``karras`` (rho = 7) and ``shift`` with s = 0.5, 0.7, 3 (``log_snr`` and ``karras`` are undefined
+where a path reaches pure noise, :math:`\\lambda(T) = -\\infty`, and are skipped there).  The table gives, per process
+and budget, the median and the worst over problems (and both methods) of the ratio candidate error / error on the
+uniform t grid (the default before this study), first for the grid the registry now picks (``Method.schedule_for``).
+
+Problem sets: ``design`` (``peers.random_mixture`` seeds 7100-7103 and ring2d_sharp), looked at while choosing the
+rule; ``held_out`` (seeds 7200-7209, mixture16d, gaussian16d), run once after it was fixed.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_velocity_grids.py --set design
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_velocity_grids.py --set held_out  # the docs' table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+import torch
+from peers import random_mixture, write_json, write_text  # benchmarks/ is on the path when this script runs
+
+import scoreflow as sf
+from scoreflow.metrics import rms_error
+from scoreflow.testing import make_law, reference_flow_map
+
+METHODS = ("velocity_2m_pc", "velocity_3m_pc")
+BUDGETS = (5, 10, 15, 20, 30)
+BASELINE = "t"
+#: label -> (schedule, options of sf.time_grid)
+GRIDS = {
+    "t": ("t", {}),
+    "log_snr": ("log_snr", {}),
+    "log_snr_capped": ("log_snr_capped", {}),
+    "karras": ("karras", {}),
+    "shift 0.5": ("shift", {"shift": 0.5}),
+    "shift 0.7": ("shift", {"shift": 0.7}),
+    "shift 3": ("shift", {"shift": 3.0}),
+}
+PROCESSES = {
+    "rf": sf.RectifiedFlow,
+    "cosine": lambda: sf.AffinePath(lambda t: torch.cos(0.5 * math.pi * t), lambda t: torch.sin(0.5 * math.pi * t)),
+    "vp": sf.VPSDE,
+    "subvp": sf.SubVPSDE,
+    "ve": sf.VESDE,
+    "edm": sf.EDMSDE,
+}
+SETS = {
+    "design": ([7100, 7101, 7102, 7103], ["ring2d_sharp"]),
+    "held_out": (list(range(7200, 7210)), ["mixture16d", "gaussian16d"]),
+}
+
+
+def problems(name: str):
+    """(label, law, seed of the prior draws) of a problem set."""
+    seeds, named = SETS[name]
+    out = [(f"random{seed}", random_mixture(seed)[0], seed) for seed in seeds]
+    return out + [(law, make_law(law), 0) for law in named]
+
+
+def grid(sde, label: str, steps: int) -> torch.Tensor | None:
+    """The candidate grid ``label`` of ``steps`` steps, or ``None`` where the process does not define it."""
+    schedule, options = GRIDS[label]
+    try:
+        return sf.time_grid(sde, steps, schedule, **options)
+    except ValueError:  # a log-SNR grid on a path that reaches pure noise
+        return None
+
+
+def path_errors(law, sde, x_T: torch.Tensor) -> dict:
+    """RMS path error of each method on each grid and budget, ``{method: {grid: {steps: error}}}`` (inf: not finite)."""
+    reference = reference_flow_map(law, sde, x_T, sde.T, sde.t_min)
+    model = law.score(sde)  # on a path to pure noise this model also carries the exact velocity
+    out = {}
+    for method in METHODS:
+        out[method] = {}
+        for label in GRIDS:
+            row = {}
+            for steps in BUDGETS:
+                times = grid(sde, label, steps)
+                if times is not None:
+                    error = rms_error(sf.sample_ode(model, sde, x_T, method=method, schedule=times).samples, reference)
+                    row[str(steps)] = error if math.isfinite(error) else math.inf  # keys as in the JSON
+            if row:
+                out[method][label] = row
+    return out
+
+
+def ratios(results: list[dict], process: str, label: str, steps: int) -> list[float]:
+    """Error on grid ``label`` / error on the baseline grid, over the problems and both methods."""
+    out = []
+    for r in results:
+        if r["process"] != process:
+            continue
+        for errors in r["errors"].values():
+            if label in errors:
+                mine, base = errors[label][str(steps)], errors[BASELINE][str(steps)]
+                out.append(mine / base if base > 0 else math.inf)
+    return out
+
+
+def table(results: list[dict]) -> str:
+    """Per process and budget: median, worst ratio to the baseline of the grid the registry picks and of each grid."""
+    labels = [g for g in GRIDS if g != BASELINE]
+    lines = ["| process | N | default now | its RMS error: median, worst | default / t: median, worst | "
+             + " | ".join(f"{g} / t" for g in labels) + " |", "|" + " --- |" * (len(labels) + 5)]
+    for process, make in PROCESSES.items():
+        chosen = sf.get_method("ode", METHODS[0]).schedule_for(make())
+        for steps in BUDGETS:
+            errors = [e[chosen][str(steps)] for r in results if r["process"] == process for e in r["errors"].values()]
+            cells = [f"{statistics.median(errors):.2g}, {max(errors):.2g}"]
+            for label in [chosen] + labels:
+                values = ratios(results, process, label, steps)
+                cells.append(f"{statistics.median(values):.2g}, {max(values):.2g}" if values else "-")
+            lines.append(f"| {process} | {steps} | `{chosen}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", choices=tuple(SETS), default="design", help="problem set (see the docstring)")
+    ap.add_argument("--n", type=int, default=200, help="prior draws per problem")
+    ap.add_argument("--out", default="benchmarks/results/velocity_grids")
+    ap.add_argument("--report", action="store_true", help="only rebuild the table from OUT/SET.json")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.report:
+        print(table(json.loads((out / f"{args.set}.json").read_text())["results"]))
+        return
+    torch.set_num_threads(1)
+    results = []
+    for name, law, seed in problems(args.set):
+        for process, make in PROCESSES.items():
+            sde = make()
+            draws = torch.Generator().manual_seed(seed)
+            x_T = sde.prior_sample((args.n, law.dim), generator=draws, dtype=torch.float64)
+            with torch.no_grad():
+                errors = path_errors(law, sde, x_T)
+            results.append({"problem": name, "process": process, "dim": law.dim, "errors": errors})
+            print(f"{name} {process} done", flush=True)
+    text = table(results)
+    print(text)
+    write_json(out / f"{args.set}.json", {"set": args.set, "n": args.n, "baseline": BASELINE, "results": results})
+    write_text(out / f"{args.set}.md", text + "\n")
+
+
+if __name__ == "__main__":
+    main()
