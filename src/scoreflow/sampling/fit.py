@@ -8,8 +8,9 @@ prediction has not yet started to move) and below the floor (where it has settle
 on the data's scale and its finest structure, so they are fitted: the pilot draws are solved once accurately (the
 error-controlled ``dpmpp_4m_pc_adaptive``), then with the chosen method on candidate grids, and the grid with the
 smallest RMS path error on the pilot wins.  Two numbers fitted on dozens of draws generalize to the rest of the
-batch (a free grid of ``steps - 1`` times fitted the same way over-fits the pilot).  For the methods in t (the
-velocity predictor-correctors, torchdiffeq's) they are SD3's time-shift family ``time_grid(sde, steps, "shift",
+batch (a free grid of ``steps - 1`` times fitted the same way over-fits the pilot).  For the methods whose default
+grid is uniform in t (torchdiffeq's; the velocity predictor-correctors except on VP and EDM) they are SD3's
+time-shift family ``time_grid(sde, steps, "shift",
 shift=s)``: one number, from steps near the data (s < 1) to steps near the noise (s > 1).  The fitted grid is a plain
 tensor of times, so the full batch runs on it with every sample treated alike, and it can be kept for later calls.
 """
@@ -112,7 +113,8 @@ def fit_schedule(
       {0.5, 1, 2, 4, 8, 16, 64} and floors :math:`\bar\sigma_f` in {0, 0.3, 1, 3, 10} :math:`\times\,\bar\sigma(t_{min})`.
       (A staged search, caps first and then floors, took 13 solves and chose worse grids on the problems it was
       designed on; named grids ``"t"``, ``"karras"``, ``"log_snr"`` never won.)
-    - ``"shift"`` (the default for methods in t: ``velocity_*_pc`` and torchdiffeq's): 7 grids with time shifts s in
+    - ``"shift"`` (the default for methods whose default grid on ``sde`` is uniform in t: torchdiffeq's, and
+      ``velocity_*_pc`` except on VP and EDM, see ``Method.schedule_for``): 7 grids with time shifts s in
       {0.25, 0.35, 0.5, 0.7, 1, 1.4, 2} (``time_grid(sde, steps, "shift", shift=s)``; s = 1 is uniform in t).
 
     Costs the accurate solve (about 100 NFE) plus one solve of ``steps`` steps per candidate, all on
@@ -154,7 +156,10 @@ def fit_schedule(
         if spec.adaptive:
             raise ValueError(f"{fn}: argument 'method' expected a fixed-grid method, got the adaptive {name!r}.")
         spec.build(fn, options)  # every candidate's options checked before the pilot solve, named as fit_schedule's
-        in_t = bool(spec.time_variables) or spec.default_schedule == "t"
+        # the family of the grid the method takes by default on this process (Method.schedule_for): time shifts of
+        # a uniform t grid, or capped log-SNR grids (the velocity methods' default on VP and EDM is log-SNR, where
+        # the best time shift was 2-60 times worse than the best capped grid under EDM)
+        in_t = spec.schedule_for(sde) == "t"
         families[name] = family if family is not None else ("shift" if in_t else "log_snr_capped")
     check_int(fn, "steps", steps)
     check_batch(fn, "x_pilot", x_pilot, state=True)
