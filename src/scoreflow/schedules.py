@@ -192,8 +192,8 @@ def time_grid(
         ts = ends[0] + ramp * (ends[1] - ends[0])
     elif schedule == "noise_fraction":
         # nu = 1 / (1 + e^lambda) = sigmoid(-lambda), so lambda = log((1 - nu) / nu) (+-inf at nu = 0, 1)
-        lo, hi = torch.sigmoid(-sde.log_snr(ends)) ** (1 / power)
-        nu = (lo + ramp * (hi - lo)) ** power
+        root_T, root_t_min = torch.sigmoid(-sde.log_snr(ends)) ** (1 / power)
+        nu = (root_T + ramp * (root_t_min - root_T)) ** power
         ts = sde.t_from_log_snr(torch.log1p(-nu) - torch.log(nu))
     elif schedule == "shift":
         # m(u) = s u / (1 + (s - 1) u) and its inverse m^-1(v) = v / (s - (s - 1) v).
