@@ -179,6 +179,8 @@ class _Table:
         """The 2-norms of the rows of the products by :attr:`corrector` and :attr:`quadrature` (two and three), read
         in one copy to the host (without a graph: the step control is not differentiated).  All three rows of the
         latter: one reduction of a row more, where a slice and a concatenation cost more than it."""
+        if x_new.requires_grad or d_new.requires_grad:
+            return self.norms(x_new.detach(), d_new.detach())
         of_x, of_d = self._norm_views
         torch.linalg.vector_norm(x_new, dim=1, out=of_x)
         torch.linalg.vector_norm(d_new, dim=1, out=of_d)
@@ -274,8 +276,7 @@ class AdaptiveLikelihoodPC:
             # rows: the corrector's x_t and the corrector minus the predictor; Delta_t, Delta_t + offset and the gap
             x_new = torch.mm(table.corrector, ring.z)
             d_new = torch.mm(table.quadrature, ring.d)
-            with torch.no_grad():  # the step control is not differentiated
-                size_x, gap_x, _, size_d, gap_d = table.norms(x_new, d_new)
+            size_x, gap_x, _, size_d, gap_d = table.norms(x_new, d_new)
             err = max(gap_x / (floor_x + rtol * size_x), gap_d / (floor_d + rtol * size_d))
             if not math.isfinite(err + size_x + size_d):  # (an infinite size would make its ratio 0)
                 self._stop(score, node[0], p, div)
