@@ -19,14 +19,16 @@ computed in float64 on the host from the log-SNR the controller chose (one read 
 synchronisation); the predictor's and the corrector's weights are Python floats computed in one pass
 (:func:`~scoreflow.solvers.likelihood.step_weights`), laid out over a ring (:class:`_Ring`: the state and
 log-density change the step starts from and the last five evaluations' states, native predictions and divergences,
-as rows of two matrices) and sent to the device in one copy with the node's time, so that the predictor is one
+as rows of two matrices) and written with the node's time into one table (:class:`_Table`: in place, through a
+NumPy view of a host tensor, while no graph is recorded) sent to the device in one copy, so that the predictor is one
 matrix product, the corrector with its difference from the predictor a second, the log-density change (with and
 without its constant part) with its difference a third; the affine parts (:math:`\hat x_0 = a x + b p`,
 :math:`\nabla\cdot\hat x_0 = aD + b\,\nabla\cdot p`) are folded into those weights and a running constant, and so are
 the factors :math:`1/(2P)` and :math:`1/(2\delta)` of central differences, whose sums are written into the ring's rows
-as they are reduced.  The four sizes are then two row norms.  The one read of the state's device per step is the
-error norm, which also stops the solve at the first non-finite value (a NaN or inf anywhere makes the norm NaN; the
-model's outputs are therefore not recorded one by one, see :meth:`~scoreflow.dynamics.counting.FiniteWatch.paused`).
+as they are reduced.  The four sizes are then two row norms, written into one vector.  The one read of the state's
+device per step is the error norm, which also stops the solve at the first non-finite value (a NaN or inf anywhere
+makes the norm NaN; the model's outputs are therefore not recorded one by one, see
+:meth:`~scoreflow.dynamics.counting.FiniteWatch.paused`).
 """
 
 from __future__ import annotations
