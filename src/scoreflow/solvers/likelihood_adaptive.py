@@ -142,7 +142,9 @@ class _Table:
     as one tensor on the state's device and read through views made once: ``predictor`` (``(1, W_z)``),
     ``corrector`` (``(2, W_z)``: the corrector and its difference from the predictor), ``quadrature``
     (``(3, W_d)``) and ``t``.  :meth:`write` fills it from Python floats through a NumPy view of a host tensor (on
-    the CPU the table itself), where a tensor made from the list and its four slices cost five times as much.
+    the CPU the table itself): about 1 µs, where a tensor made from the list and its four slices and views took
+    about 12 µs (54 floats, float32, one CPU thread).  It also holds the vector the error norm's sizes are written
+    into (:meth:`norms`).
 
     Written in place only while no product with it can be recorded for a backward pass: once the ring carries a
     graph (a log-likelihood being differentiated), each write makes a new table, so that the products recorded
