@@ -326,3 +326,30 @@ def test_the_adaptive_solver_reads_the_state_once_per_step():
     assert tight[torch.float32] - many == loose[torch.float32] - few <= 6
     assert tight[torch.float64] - loose[torch.float64] == many - few
     assert sum(tight.values()) - tight[torch.float32] - tight[torch.float64] == sum(loose.values()) - loose[torch.float32] - loose[torch.float64]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_adaptive_solver_writes_its_weights_in_place_only_without_a_graph(dtype):
+    """Without a graph the step's weights are written into one table in place (through a NumPy view); with one (x
+    requires grad) each step makes a new table.  Both give the same steps and values, and the model is given each
+    node's time as its own tensor, not a view of the table written again."""
+    problem = make_problem("gaussian2d", "vp")
+    x, calls = _data(problem, 8, dtype=dtype), []
+
+    def score(y, t):
+        calls.append((t, float(t[0])))  # the time as given, and its value then
+        return problem.score(y, t)
+
+    def solve(x):
+        calls.clear()
+        res = sf.log_likelihood(score, problem.sde, x, trace="hutchinson", method="expint_pc_adaptive", rtol=1e-4,
+                                atol=1e-4, generator=torch.Generator().manual_seed(0))
+        return res, [value for _, value in calls], [float(t[0]) for t, _ in calls]
+
+    with torch.no_grad():
+        in_place, given, kept = solve(x)
+    graph, given_graph, _ = solve(x.clone().requires_grad_(True))
+    assert graph.log_prob.requires_grad and not in_place.log_prob.requires_grad
+    assert in_place.nfe == graph.nfe > 10 and given == given_graph
+    assert kept == given and len(set(given)) == len(given)  # no time changed after the call that was given it
+    torch.testing.assert_close(in_place.log_prob, graph.log_prob.detach(), rtol=0, atol=0)

@@ -3,6 +3,7 @@
 import collections
 import random
 
+import numpy
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -10,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import scoreflow as sf
 from scoreflow._cache import clear_caches
 from scoreflow._checks import all_finite
-from scoreflow.solvers.base import columns_on_device, lagrange_weights, on_device
+from scoreflow.solvers.base import columns_on_device, lagrange_basis, lagrange_weights, on_device
 
 NATIVE_FIXED = [m.name for m in sf.list_methods("ode") if m.backend == "native" and not m.adaptive]
 
@@ -135,6 +136,13 @@ def test_lagrange_weights_integrate_polynomials_of_lower_degree_exactly():
         weights = lagrange_weights(nodes, moments)
         for p in range(k):
             assert sum(w * u**p for w, u in zip(weights, nodes)) == pytest.approx(moments[p], rel=1e-9, abs=1e-9)
+        basis = lagrange_basis(nodes)
+        assert lagrange_weights(nodes, moments, basis) == weights  # a basis given: the same weights
+        q, denominators = basis  # Q(u) = prod_j (u - u_j) and Q'(u_j), against numpy's polynomials
+        roots = numpy.polynomial.polynomial.polyfromroots(nodes)
+        numpy.testing.assert_allclose(q, roots, rtol=1e-12, atol=1e-12)
+        slopes = numpy.polynomial.polynomial.polyval(nodes, numpy.polynomial.polynomial.polyder(roots))
+        numpy.testing.assert_allclose(denominators, slopes, rtol=1e-9)
 
 
 def test_columns_go_to_the_device_as_one_at_a_time_would():

@@ -205,7 +205,11 @@ class AffinePath(ForwardSDE):
 
 
 def _one_minus(t: torch.Tensor) -> torch.Tensor:
-    return 1 - t
+    return torch.rsub(t, 1)  # 1 - t (without Tensor.__rsub__'s Python wrapper: a solver's node pays it every step)
+
+
+def _minus_one(t: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(t, -1.0)
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -231,7 +235,7 @@ class RectifiedFlow(AffinePath):
     def __init__(self, *, T: float = 1.0, t_min: float = 1e-3) -> None:
         if not check_positive("RectifiedFlow", "T", T) <= 1.0:
             raise ValueError(f"RectifiedFlow: argument 'T' expected a time in (0, 1], got {T!r}.")
-        super().__init__(_one_minus, _identity, d_alpha=lambda t: -torch.ones_like(t), d_sigma=torch.ones_like, T=T, t_min=t_min)
+        super().__init__(_one_minus, _identity, d_alpha=_minus_one, d_sigma=torch.ones_like, T=T, t_min=t_min)
 
     def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
         return torch.sigmoid(-as_time(log_snr))

@@ -63,7 +63,7 @@ def counted_difference_hutchinson(score: CountedScore, fn: Callable[[torch.Tenso
     :meth:`~scoreflow.dynamics.divergence.CentralDifferences.sums` written into those two tensors instead.  The one
     stacked call evaluated every sample 2P times, so ``score.nfe`` counts 2P."""
     value, div = differences(fn, x, step) if sums is None else differences.sums(fn, x, step, out=sums)
-    score.nfe += 2 * differences.n - 1
+    score.count(2 * differences.n - 1)
     return value, div
 
 

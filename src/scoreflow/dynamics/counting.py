@@ -156,6 +156,11 @@ class CountedScore(torch.nn.Module):
         state["_last"] = (native, x, t, seen, out)
         return out
 
+    def count(self, evaluations: int) -> None:
+        """Add ``evaluations`` to :attr:`nfe` (evaluations a call made beyond the one it counted itself, such as
+        the points of central differences stacked in one call); a plain write, as in the hot path."""
+        self.__dict__["nfe"] += evaluations
+
     @contextlib.contextmanager
     def guard(self) -> Iterator[CountedScore]:
         """Run a solve, then raise :class:`NonFiniteError` if any recorded value was non-finite.

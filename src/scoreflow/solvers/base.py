@@ -31,37 +31,52 @@ from ..sde import ForwardSDE
 
 __all__ = [
     "NativeSolver", "ScorePredictions", "Nodes", "register_native", "combine", "on_device", "columns_on_device",
-    "check_native_ends", "lagrange_weights",
+    "check_native_ends", "lagrange_basis", "lagrange_weights",
 ]
 
 # Plans by solver, options, process, prediction and grid (see scoreflow._cache).
 _PLANS = LRU(32)
 
 
-def lagrange_weights(nodes: Sequence[float], moments: Sequence[float]) -> list[float]:
-    r"""Weights :math:`w_j = \sum_p a_{jp}\mu_p` of the Lagrange polynomials :math:`L_j(u) = \sum_p a_{jp} u^p` through
-    ``nodes``: the quadrature :math:`\int P\,dK = \sum_j w_j P(u_j)`, exact for polynomials P of degree below
-    ``len(nodes)``, of a measure dK with moments :math:`\mu_p = \int u^p\,dK(u)`.  Plain float arithmetic (part of
-    a plan); every solver's polynomial weights come from here.
-    """
-    # Q(u) = prod_m (u - u_m) in ascending powers, once; L_j = (Q(u) / (u - u_j)) / prod_{m != j} (u_j - u_m), the
-    # quotient's coefficients by synthetic division (from the top) summed against the moments as they come:
-    # O(k^2) for all k weights in plain loops (a plan makes a call or two per step).
+def lagrange_basis(nodes: Sequence[float]) -> tuple[list[float], list[float]]:
+    r"""What the Lagrange polynomials through ``nodes`` :math:`u_j` are built from: the coefficients of
+    :math:`Q(u) = \prod_m (u - u_m)` in ascending powers and the denominators :math:`Q'(u_j) = \prod_{m \ne j}(u_j -
+    u_m)`, so that :math:`L_j(u) = Q(u) / ((u - u_j)\,Q'(u_j))`."""
     k = len(nodes)
     q = [1.0] + [0.0] * k
     for n, u_m in enumerate(nodes, 1):
         for p in range(n, 0, -1):
             q[p] = q[p - 1] - u_m * q[p]
         q[0] = -u_m * q[0]
-    weights = []
+    denominators = []
     for j, u_j in enumerate(nodes):
-        carry, total, denom = 0.0, 0.0, 1.0
-        for p in range(k, 0, -1):
-            carry = q[p] + u_j * carry
-            total += carry * moments[p - 1]
+        denom = 1.0
         for m, u_m in enumerate(nodes):
             if m != j:
                 denom *= u_j - u_m
+        denominators.append(denom)
+    return q, denominators
+
+
+def lagrange_weights(nodes: Sequence[float], moments: Sequence[float],
+                     basis: tuple[list[float], list[float]] | None = None) -> list[float]:
+    r"""Weights :math:`w_j = \sum_p a_{jp}\mu_p` of the Lagrange polynomials :math:`L_j(u) = \sum_p a_{jp} u^p` through
+    ``nodes``: the quadrature :math:`\int P\,dK = \sum_j w_j P(u_j)`, exact for polynomials P of degree below
+    ``len(nodes)``, of a measure dK with moments :math:`\mu_p = \int u^p\,dK(u)` (``moments`` from p = 0, at least
+    ``len(nodes)`` of them).  Plain float arithmetic (part of a plan); every solver's polynomial weights come from
+    here.  ``basis``: the nodes' :func:`lagrange_basis`, if the caller has it.
+    """
+    # Q once; L_j = (Q(u) / (u - u_j)) / Q'(u_j), the quotient's coefficients by synthetic division (from the top)
+    # summed against the moments as they come: O(k^2) for all k weights in plain loops (a plan makes a call or two
+    # per step).
+    q, denominators = lagrange_basis(nodes) if basis is None else basis
+    k = len(nodes)
+    weights = []
+    for u_j, denom in zip(nodes, denominators):
+        carry, total = 0.0, 0.0
+        for p in range(k, 0, -1):
+            carry = q[p] + u_j * carry
+            total += carry * moments[p - 1]
         weights.append(total / denom)
     return weights
 

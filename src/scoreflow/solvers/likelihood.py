@@ -43,13 +43,15 @@ from ..dynamics.augmented import DifferenceSteps, counted_difference_hutchinson
 from ..dynamics.divergence import CentralDifferences, value_and_exact_divergence, value_and_hutchinson_divergence
 from ..methods import Method, Stepping, interval_option, register
 from ..sde import ForwardSDE
-from .base import Nodes, combine, on_device
-from .multistep import adams_weights
+from .base import Nodes, combine, lagrange_basis, lagrange_weights, on_device
 
 __all__ = ["LikelihoodPC", "step_weights", "register_likelihood", "POINTS"]
 
 #: Interpolation points of the predictor; the corrector and the divergence quadrature take one more.
 POINTS = 4
+
+#: :math:`\int_0^1 u^p\,du` for p below POINTS: Adams' moments over a step scaled to [0, 1].
+_UNIT_MOMENTS = tuple(1.0 / (p + 1) for p in range(POINTS))
 
 #: A step's ``(w, q, c)`` (see :func:`step_weights`).
 StepWeights = tuple[list[float], list[float], float]
@@ -81,8 +83,9 @@ def step_weights(lam: Sequence[float], alpha: Sequence[float], sigma: Sequence[f
     v = [math.exp(sign * lam[j]) if math.isfinite(lam[j]) else 0.0 for j in (*points, end)]
     span = v[-1] - v[0]
     u = [(vj - v[0]) / span for vj in v[:-1]]
-    quad = adams_weights(1.0, u)  # int_0^1 of each Lagrange polynomial
-    corrector_quad = _corrector_quadrature(u, quad)
+    basis = lagrange_basis(u)
+    quad = lagrange_weights(u, _UNIT_MOMENTS, basis)  # int_0^1 of each Lagrange polynomial
+    corrector_quad = _corrector_quadrature(u, quad, basis[0])
     if noise:
         ratio = alpha[end] / alpha[s]
         log_ratio = math.log(ratio)
@@ -101,25 +104,22 @@ def step_weights(lam: Sequence[float], alpha: Sequence[float], sigma: Sequence[f
     return noise, ratio, coefficients(points, quad), corrector
 
 
-def _corrector_quadrature(u: Sequence[float], quad: Sequence[float]) -> list[float]:
+def _corrector_quadrature(u: Sequence[float], quad: Sequence[float], q: Sequence[float]) -> list[float]:
     r""":math:`\int_0^1` of the Lagrange polynomials through the nodes ``[u[0], 1, *u[1:]]`` (the corrector's: the end
-    u = 1 added) from ``quad``, those of the polynomials :math:`\ell_j` through ``u`` (the predictor's).
+    u = 1 added) from ``quad``, those of the polynomials :math:`\ell_j` through ``u`` (the predictor's), and ``q``,
+    the coefficients (ascending) of :math:`Q(u) = \prod_j (u - u_j)` (:func:`~scoreflow.solvers.base.lagrange_basis`).
 
-    With :math:`Q(u) = \prod_j (u - u_j)` the end's polynomial is :math:`Q/Q(1)` and node j's is
-    :math:`\ell_j - \ell_j(1)\,Q/Q(1)` (each is 1 at its node and 0 at the others), and
-    :math:`\ell_j(1)/Q(1) = 1/((1 - u_j)\,Q'(u_j))`: one set of Lagrange weights serves both, where two sets (4
-    and 5 points) cost twice as much.
+    The end's polynomial is :math:`Q/Q(1)` and node j's is :math:`\ell_j - \ell_j(1)\,Q/Q(1)` (each is 1 at its node
+    and 0 at the others), and :math:`\ell_j(1)/Q(1) = 1/((1 - u_j)\,Q'(u_j))`: one set of Lagrange weights serves
+    both, where two sets (4 and 5 points) cost twice as much.
     """
-    q, at_end = [1.0], 1.0  # Q's coefficients (ascending) and Q(1)
-    for u_m in u:
-        q = [0.0, *q]
-        for p in range(len(q) - 1):
-            q[p] -= u_m * q[p + 1]
-        at_end *= 1.0 - u_m
     integral = sum(c / (p + 1) for p, c in enumerate(q))
+    at_end = 1.0  # Q(1)
+    for u_m in u:
+        at_end *= 1.0 - u_m
     through = []
     for j, u_j in enumerate(u):
-        slope = 1.0 - u_j  # (1 - u_j) Q'(u_j)
+        slope = 1.0 - u_j  # (1 - u_j) Q'(u_j), rounded as ever (the steps chosen follow the weights' rounding)
         for m, u_m in enumerate(u):
             if m != j:
                 slope *= u_j - u_m

@@ -19,14 +19,16 @@ computed in float64 on the host from the log-SNR the controller chose (one read 
 synchronisation); the predictor's and the corrector's weights are Python floats computed in one pass
 (:func:`~scoreflow.solvers.likelihood.step_weights`), laid out over a ring (:class:`_Ring`: the state and
 log-density change the step starts from and the last five evaluations' states, native predictions and divergences,
-as rows of two matrices) and sent to the device in one copy with the node's time, so that the predictor is one
+as rows of two matrices) and written with the node's time into one table (:class:`_Table`: in place, through a
+NumPy view of a host tensor, while no graph is recorded) sent to the device in one copy, so that the predictor is one
 matrix product, the corrector with its difference from the predictor a second, the log-density change (with and
 without its constant part) with its difference a third; the affine parts (:math:`\hat x_0 = a x + b p`,
 :math:`\nabla\cdot\hat x_0 = aD + b\,\nabla\cdot p`) are folded into those weights and a running constant, and so are
 the factors :math:`1/(2P)` and :math:`1/(2\delta)` of central differences, whose sums are written into the ring's rows
-as they are reduced.  The four sizes are then two row norms.  The one read of the state's device per step is the
-error norm, which also stops the solve at the first non-finite value (a NaN or inf anywhere makes the norm NaN; the
-model's outputs are therefore not recorded one by one, see :meth:`~scoreflow.dynamics.counting.FiniteWatch.paused`).
+as they are reduced.  The four sizes are then two row norms, written into one vector.  The one read of the state's
+device per step is the error norm, which also stops the solve at the first non-finite value (a NaN or inf anywhere
+makes the norm NaN; the model's outputs are therefore not recorded one by one, see
+:meth:`~scoreflow.dynamics.counting.FiniteWatch.paused`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def _node(sde: ForwardSDE, prediction: str, factors: Callable[[float, float], tu
     the coefficients of p and :math:`\nabla\cdot p`; computed in float64 on the CPU (one read of a host tensor; the
     affine maps in plain arithmetic)."""
     if t is None:
-        t = sde.t_from_log_snr(torch.tensor(lam, dtype=torch.float64))
+        t = sde.t_from_log_snr(torch.scalar_tensor(lam, dtype=torch.float64))
     else:
         t = t.detach().to(device="cpu", dtype=torch.float64)
     columns = [t, *sde.marginal(t)]
@@ -135,6 +137,60 @@ class _Ring:
             self._views(self._rows[3][0].shape, self._rows[4][0].shape)
 
 
+class _Table:
+    r"""A step's rows of weights over the ring (:meth:`AdaptiveLikelihoodPC._rows`) and its node's time, laid out
+    as one tensor on the state's device and read through views made once: ``predictor`` (``(1, W_z)``),
+    ``corrector`` (``(2, W_z)``: the corrector and its difference from the predictor), ``quadrature``
+    (``(3, W_d)``) and ``t``.  :meth:`write` fills it from Python floats through a NumPy view of a host tensor (on
+    the CPU the table itself): about 1 µs, where a tensor made from the list and its four slices and views took
+    about 12 µs (54 floats, float32, one CPU thread).  It also holds the vector the error norm's sizes are written
+    into (:meth:`norms`).
+
+    Written in place only while no product with it can be recorded for a backward pass: once the ring carries a
+    graph (a log-likelihood being differentiated), each write makes a new table, so that the products recorded
+    keep their operands (the table of the step at which the graph began may be recorded; it is not written again).
+    """
+
+    __slots__ = ("_host", "_values", "_device", "predictor", "corrector", "quadrature", "t", "_norms", "_norm_views")
+
+    def __init__(self, width_z: int, width_d: int, like: torch.Tensor) -> None:
+        self._device = like.new_empty(3 * width_z + 3 * width_d + 1)
+        self._norms = like.new_empty(5)
+        self._norm_views = (self._norms[:2], self._norms[2:])
+        self._host = self._device if self._device.device.type == "cpu" else self._device.cpu()
+        self._values = self._host.numpy()
+        self._views(self._device, width_z, width_d)
+
+    def _views(self, table: torch.Tensor, width_z: int, width_d: int) -> None:
+        self.predictor = table[:width_z].view(1, width_z)
+        self.corrector = table[width_z:3 * width_z].view(2, width_z)
+        self.quadrature = table[3 * width_z:-1].view(3, width_d)
+        self.t = table[-1]
+
+    def write(self, rows: Sequence[float], t: float, graph: bool) -> None:
+        """Fill the table with ``rows`` and the time ``t`` (a new table if ``graph``: the ring carries a graph)."""
+        width_z, width_d = self.predictor.shape[1], self.quadrature.shape[1]
+        if graph:
+            self._views(torch.tensor([*rows, t], dtype=self._device.dtype, device=self._device.device), width_z, width_d)
+            return
+        values = self._values
+        values[:-1] = rows
+        values[-1] = t
+        if self._host is not self._device:
+            self._device.copy_(self._host)
+
+    def norms(self, x_new: torch.Tensor, d_new: torch.Tensor) -> list[float]:
+        """The 2-norms of the rows of the products by :attr:`corrector` and :attr:`quadrature` (two and three), read
+        in one copy to the host (without a graph: the step control is not differentiated).  All three rows of the
+        latter: one reduction of a row more, where a slice and a concatenation cost more than it."""
+        if x_new.requires_grad or d_new.requires_grad:
+            return self.norms(x_new.detach(), d_new.detach())
+        of_x, of_d = self._norm_views
+        torch.linalg.vector_norm(x_new, dim=1, out=of_x)
+        torch.linalg.vector_norm(d_new, dim=1, out=of_d)
+        return self._norms.tolist()
+
+
 class AdaptiveLikelihoodPC:
     r"""The error-controlled solver (see the module docstring).
 
@@ -196,6 +252,7 @@ class AdaptiveLikelihoodPC:
         floor_x, floor_d = atol * math.sqrt(x.numel()), atol * math.sqrt(math.prod(div_shape))  # atol in the 2-norm
         t_end, shape = stepping.times[-1], x.shape
         width_z, width_d = ring.z.shape[0], ring.d.shape[0]
+        table = _Table(width_z, width_d, x)
         step = None  # the next step's length in the variable of the last step (None: h_init in log-SNR)
         for _ in range(self.max_steps):
             s = history[0][0]
@@ -214,16 +271,16 @@ class AdaptiveLikelihoodPC:
             rows, increment = self._rows(nodes, predictor, corrector, noise, ratio, wp, qp, cp, wc, q, c, slots, dim)
             offset_new = offset + increment
             rows[3 * width_z + width_d + 1] = offset_new  # the log-density change's norm row takes the constant
-            table = torch.tensor([*rows, node[0]], dtype=x.dtype, device=x.device)
-            x_pred = torch.mm(table[:width_z].view(1, width_z), ring.z)
-            p, div = evaluate(x_pred.view(shape), t_end if land else table[-1], node[1], node[2], sums=ring.slot(new[1]))
+            table.write(rows, node[0], ring.z.requires_grad or ring.d.requires_grad)
+            x_pred = torch.mm(table.predictor, ring.z)
+            # (the time a copy: the model may keep it, the table is written again)
+            p, div = evaluate(x_pred.view(shape), t_end if land else table.t.clone(), node[1], node[2],
+                              sums=ring.slot(new[1]))
             ring.store(new[1], x_pred, p, div)
             # rows: the corrector's x_t and the corrector minus the predictor; Delta_t, Delta_t + offset and the gap
-            x_new = torch.mm(table[width_z:3 * width_z].view(2, width_z), ring.z)
-            d_new = torch.mm(table[3 * width_z:-1].view(3, width_d), ring.d)
-            with torch.no_grad():  # the step control is not differentiated
-                norm = torch.linalg.vector_norm
-                size_x, gap_x, size_d, gap_d = torch.cat([norm(x_new, dim=1), norm(d_new[1:], dim=1)]).tolist()
+            x_new = torch.mm(table.corrector, ring.z)
+            d_new = torch.mm(table.quadrature, ring.d)
+            size_x, gap_x, _, size_d, gap_d = table.norms(x_new, d_new)
             err = max(gap_x / (floor_x + rtol * size_x), gap_d / (floor_d + rtol * size_d))
             if not math.isfinite(err + size_x + size_d):  # (an infinite size would make its ratio 0)
                 self._stop(score, node[0], p, div)
