@@ -260,8 +260,9 @@ def likelihood_image_shaped(n):
     return out
 
 
-def likelihood_hutchinson(n, repeats, t_min=T_MIN):
-    """Hutchinson log-likelihoods of flat 16-D mixture data at ``t_min``: error against exact and wall time per config.
+def likelihood_hutchinson(n, repeats, t_min=T_MIN, law=None):
+    """Hutchinson log-likelihoods of flat mixture data at ``t_min`` (``law``, default the 16-D mixture): error
+    against exact and wall time per config.
 
     Every solve runs from ``t_min``, where scoreflow's native ``expint_pc_adaptive`` starts (its log-SNR is +inf at
     t = 0); scoreflow's configs include it.  flow_matching's grid must run over its s from 1 (data) to 0, so its
@@ -270,7 +271,7 @@ def likelihood_hutchinson(n, repeats, t_min=T_MIN):
     from flow_matching.solver import ODESolver
 
     # float32: flow_matching's Rademacher probe is built in the default dtype, so it cannot run in float64.
-    law = make_law("mixture16d")
+    law = make_law("mixture16d") if law is None else law
     at_t_min = law.marginal(RF, t_min)
     x64 = at_t_min.sample(n, generator=torch.Generator().manual_seed(11))
     exact, x = at_t_min.log_prob(x64), x64.float()
