@@ -113,6 +113,11 @@ def test_a_t_grid_is_coarse_where_sigma_over_alpha_reaches_a_tenth_only_in_the_l
     assert t_grid_is_coarse(sde) == (name in ("vp", "edm", "sqrt"))  # the shares: 0.027, 0.00125, 0.0096
 
 
+def test_t_grid_is_coarse_refuses_what_is_not_a_process():
+    with pytest.raises(TypeError, match=r"t_grid_is_coarse: argument 'sde' expected a ForwardSDE .*, got str 'vp'"):
+        t_grid_is_coarse("vp")
+
+
 def test_uniform_t_grid_and_custom_t_min_dtype_device():
     sde = sf.VPSDE()
     ts = time_grid(sde, 4, "t", t_min=0.2, dtype=torch.float32)

@@ -158,7 +158,7 @@ def fit_schedule(
         spec.build(fn, options)  # every candidate's options checked before the pilot solve, named as fit_schedule's
         # the family of the grid the method takes by default on this process (Method.schedule_for): time shifts of
         # a uniform t grid, or capped log-SNR grids (the velocity methods' default on VP and EDM is log-SNR, where
-        # the best time shift was 2-60 times worse than the best capped grid under EDM)
+        # the best time shift was 3-70 times worse than the best capped grid under EDM)
         in_t = spec.schedule_for(sde) == "t"
         families[name] = family if family is not None else ("shift" if in_t else "log_snr_capped")
     check_int(fn, "steps", steps)
