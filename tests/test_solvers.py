@@ -25,16 +25,17 @@ NFE = {
     "dpmpp_3m_pc": lambda n: n,
     "dpmpp_4m_pc": lambda n: n,
     "ipndm": lambda n: n,
+    "unipc": lambda n: n,
     "velocity_2m_pc": lambda n: n,
     "velocity_3m_pc": lambda n: n,
 }
 
-# dpmpp_3m_pc's error on these Gaussians changes sign between ~24 and ~48 uniform log-SNR steps, so its
+# dpmpp_3m_pc's error (and unipc's, whose default bh2 variant takes the same steps) on these Gaussians changes sign between ~24 and ~48 uniform log-SNR steps, so its
 # convergence is read on the Karras grid, where it is monotone. dpmpp_4m_pc's default capped grid has a long
 # first step whose start-up error dominates below ~1e-5 (see test_capped_grid_start_up_limits_dpmpp_4m_pc),
 # so its order is read on the log-SNR grid; the others use their default schedule (the velocity methods' on VP is the
 # log-SNR grid: on uniform t, velocity_3m_pc's error is pre-asymptotic below ~100 steps, slope 1.8 over 24..96).
-ORDER_TEST_SCHEDULE = {"dpmpp_3m_pc": "karras", "dpmpp_4m_pc": "log_snr"}
+ORDER_TEST_SCHEDULE = {"dpmpp_3m_pc": "karras", "unipc": "karras", "dpmpp_4m_pc": "log_snr"}
 
 
 @pytest.fixture(scope="module")

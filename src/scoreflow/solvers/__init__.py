@@ -25,11 +25,12 @@ from .multistep_sde import DPMSolverPP2MSDE, DPMSolverPP2MSDEPC, DPMSolverPP3MSD
 from .per_sample import PerSampleExponentialPC
 from .singlestep import DDIM, DPMSolver2, DPMSolver3
 from .stochastic import StochasticSolver, register_stochastic
+from .unipc import UniPC
 from .velocity import Velocity2MPC, Velocity3MPC
 
 __all__ = [
     "AdaptiveExponentialPC", "PerSampleExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
     "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun", "IPNDM",
     "StochasticSolver", "register_stochastic", "LikelihoodPC", "AdaptiveLikelihoodPC", "AncestralDDIM", "DPMSolverPPSDE",
-    "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC", "EDMStochastic", "ERSDESolver", "SASolver", "Velocity2MPC", "Velocity3MPC",
+    "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC", "EDMStochastic", "ERSDESolver", "SASolver", "UniPC", "Velocity2MPC", "Velocity3MPC",
 ]

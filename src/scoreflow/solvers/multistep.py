@@ -20,7 +20,7 @@ away: it drops out of later polynomials.  The predictor-correctors' first step i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -108,7 +108,19 @@ def pure_noise_weights(nodes: Sequence[float]) -> list[float]:
     return adams_weights(1.0, nodes)
 
 
-def exponential_weights(nodes: Nodes, s: Sequence[int], t: Sequence[int], points: Sequence[Sequence[int]], width: int) -> list[list[float]]:
+#: ``rule(h, offsets, whole) -> y``: a step's weights :math:`y_j` (times :math:`\alpha_t`) on the predictions at
+#: log-SNR offsets ``h * offsets[j]`` from its start; ``whole`` is false when points at pure noise were dropped.
+StepRule = Callable[[float, Sequence[float], bool], list[float]]
+
+
+def _polynomial_rule(h: float, offsets: Sequence[float], whole: bool) -> list[float]:
+    return polynomial_weights(h, offsets, dpm_form=whole)
+
+
+def exponential_weights(
+    nodes: Nodes, s: Sequence[int], t: Sequence[int], points: Sequence[Sequence[int]], width: int,
+    rule: StepRule = _polynomial_rule,
+) -> list[list[float]]:
     r"""Weights of the steps :math:`x_t = \tfrac{\sigma_t}{\sigma_s}x_s + \sum_j w_j \hat x_0(\text{point}_j)`, zero-padded to ``width``.
 
     A point at pure noise (:math:`\lambda = -\infty`) in a step's polynomial gets weight 0, the limit of a node
@@ -119,16 +131,18 @@ def exponential_weights(nodes: Nodes, s: Sequence[int], t: Sequence[int], points
         s, t: node indices of each step's start and end.
         points: for each step, the node indices of the predictions it uses, the step's start first.
         width: the number of columns (the most points of any step).
+        rule: the step's weights from its length and offsets (default: :func:`polynomial_weights`, in DPM-Solver++'s
+            two-point form where no point was dropped).
 
     Returns:
-        One row of ``width`` weights per step: :math:`\alpha_t` times :func:`polynomial_weights`.
+        One row of ``width`` weights per step: :math:`\alpha_t` times the rule's.
     """
     lam, rows = nodes.lam, []
     for start, end, at in zip(s, t, points):
         h = lam[end] - lam[start]
         near = [p for p in at if math.isfinite(lam[p])] if math.isfinite(lam[start]) else [at[0]]
         offsets = [0.0] + [(lam[p] - lam[start]) / h for p in near[1:]]
-        weights = dict(zip(near, polynomial_weights(h, offsets, dpm_form=len(near) == len(at))))
+        weights = dict(zip(near, rule(h, offsets, len(near) == len(at))))
         rows.append([nodes.alpha[end] * weights.get(p, 0.0) for p in at] + [0.0] * (width - len(at)))
     return rows
 
@@ -280,6 +294,10 @@ class _PredictorCorrector(PredictorCorrector):
     def __init__(self, *, lower_order_final: bool = True) -> None:
         self.lower_order_final = bool(lower_order_final)
 
+    def rule(self, h: float, offsets: Sequence[float], whole: bool) -> list[float]:
+        """The weights of one predictor or corrector step (:data:`StepRule`): the exact integral of the polynomial."""
+        return _polynomial_rule(h, offsets, whole)
+
     def plan(self, nodes: Nodes, steps: int) -> dict[str, Any]:
         # Step i starts from the prediction at node i (at the corrected state's predictor point) and the earlier
         # ones; its corrector adds the prediction at node i + 1.  From pure noise the first step is taken in
@@ -288,8 +306,8 @@ class _PredictorCorrector(PredictorCorrector):
         predictor, corrector = predictor_corrector_points(steps, self.predictor_points, oldest=int(from_noise),
                                                           lower_final=self.lower_order_final)
         s, t = range(steps), range(1, steps + 1)
-        wp = exponential_weights(nodes, s, t, predictor, self.predictor_points)
-        wc = exponential_weights(nodes, s, t, corrector, self.predictor_points + 1)
+        wp = exponential_weights(nodes, s, t, predictor, self.predictor_points, self.rule)
+        wc = exponential_weights(nodes, s, t, corrector, self.predictor_points + 1, self.rule)
         if from_noise:
             alpha = nodes.alpha[1]
             wp[0] = [alpha * w for w in pure_noise_weights([0.0])] + [0.0] * (self.predictor_points - 1)
