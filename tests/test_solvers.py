@@ -16,6 +16,7 @@ ODE_ORDERS = {name: m.order for name, m in NATIVE.items()}
 # Score evaluations per run of `steps` steps (the first one is the front-end's validation call).
 NFE = {
     "ddim": lambda n: n,
+    "deis": lambda n: n,
     "dpm_solver_2": lambda n: 2 * n,
     "dpm_solver_3": lambda n: 3 * n,
     "dpmpp_2m": lambda n: n,

@@ -11,6 +11,9 @@ from scoreflow.solvers.unipc import unipc_weights
 from scoreflow.testing import make_law
 
 SDE = sf.VPSDE()
+# diffusers' schedulers call NumPy on torch tensors (its own deprecation warning, not scoreflow's)
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:__array_wrap__ must accept:DeprecationWarning")]
 
 
 def _draws(law, n=40, seed=0):

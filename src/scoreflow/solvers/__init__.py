@@ -8,6 +8,7 @@ schedule, options) with :mod:`scoreflow.methods` where it is defined.
 from .adaptive import AdaptiveExponentialPC
 from .ancestral import AncestralDDIM, DPMSolverPPSDE
 from .base import NativeSolver, ScorePredictions, register_native
+from .deis import DEIS
 from .edm import EDMHeun
 from .edm_stochastic import EDMStochastic
 from .extended_sde import ERSDESolver, SASolver
@@ -30,7 +31,7 @@ from .velocity import Velocity2MPC, Velocity3MPC
 
 __all__ = [
     "AdaptiveExponentialPC", "PerSampleExponentialPC", "NativeSolver", "ScorePredictions", "register_native",
-    "DDIM", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun", "IPNDM",
+    "DDIM", "DEIS", "DPMSolver2", "DPMSolver3", "DPMSolverPP2M", "DPMSolverPP3M", "DPMSolverPP2MPC", "DPMSolverPP3MPC", "DPMSolverPP4MPC", "EDMHeun", "IPNDM",
     "StochasticSolver", "register_stochastic", "LikelihoodPC", "AdaptiveLikelihoodPC", "AncestralDDIM", "DPMSolverPPSDE",
     "DPMSolverPP2MSDE", "DPMSolverPP3MSDE", "DPMSolverPP2MSDEPC", "DPMSolverPP3MSDEPC", "EDMStochastic", "ERSDESolver", "SASolver", "UniPC", "Velocity2MPC", "Velocity3MPC",
 ]
