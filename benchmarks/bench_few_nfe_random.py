@@ -6,7 +6,7 @@ RMS of ``x_{t_min} - x_ref`` against scipy's DOP853 at 1e-10.  Samplers:
 
 - scoreflow: its user-choosable rule, ``dpmpp_3m_pc`` below 25 NFE and ``dpmpp_4m_pc`` from 25 on a grid from
   ``sf.fit_schedule`` (fitted on ``--pilot`` separate prior draws; its cost is reported), the fixed-grid methods on
-  the ``log_snr_capped`` grid, ``dpmpp_4m_pc_adaptive`` (one grid for the batch) and
+  the ``log_snr_capped`` grid (with ``unipc``'s bh1 variant and ``deis``, orders 2 and 3), ``dpmpp_4m_pc_adaptive`` (one grid for the batch) and
   ``dpmpp_4m_pc_adaptive_per_sample`` over a tolerance sweep;
 - diffusers: UniPC (bh1, bh2; orders 2, 3), DPM-Solver++ (2M, 3M), DEIS (2, 3), SA-Solver (tau = 0; p2c2, p3c4), on
   a discrete schedule that coincides with the VP SDE, on diffusers' own grid ("linspace"), the Karras grid and
@@ -74,6 +74,12 @@ def run_scoreflow(law, sde, x_T, x_pilot, budgets):
                 steps = budget - 1 if method == "dpmpp_3m" else budget
                 res = sf.sample_ode(score, sde, x_T, method=method, steps=steps, schedule=schedule)
                 rows.append(dict(library="scoreflow", method=method, schedule=schedule, steps=steps, nfe=res.nfe, x=res.samples))
+        # UniPC's bh2 is dpmpp_{2,3}m_pc to round-off (tests/test_unipc.py): its bh1 variant, and DEIS
+        for method, label, options in [("unipc", f"unipc_bh1_{p}", {"order": p, "variant": "bh1"}) for p in (2, 3)] + [
+                ("deis", f"deis_{p}", {"order": p}) for p in (2, 3)]:
+            res = sf.sample_ode(score, sde, x_T, method=method, steps=budget, schedule="log_snr_capped", options=options)
+            rows.append(dict(library="scoreflow", method=label, schedule="log_snr_capped", steps=budget, nfe=res.nfe,
+                             x=res.samples))
     for method in ("dpmpp_4m_pc_adaptive", "dpmpp_4m_pc_adaptive_per_sample"):
         for tol in TOLERANCES:
             res = sf.sample_ode(score, sde, x_T, method=method, rtol=tol, atol=tol)
