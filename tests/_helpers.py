@@ -27,3 +27,20 @@ def non_finite_after(score, t_break: float, value: float = float("nan")) -> Reco
     """``score`` turned ``value`` (NaN or an infinity) at every time above ``t_break``, its calls recorded (for the
     tests that a non-finite model stops a solve at the time where it appeared)."""
     return RecordingScore(lambda x, t: torch.where(t[:, None] > t_break, value, score(x, t)))
+
+
+def diffusers_on_grid(scheduler, law, sde, x_T: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Drive a diffusers multistep scheduler (epsilon prediction) on scoreflow's ``grid`` of times under a VP ``sde``.
+
+    Its ``sigmas`` become :math:`\\sigma/\\alpha` of the grid, the noise levels it integrates in (its timesteps only
+    index them), and the model is the exact noise prediction :math:`-\\sigma(t_i)\\,s(x, t_i)` of ``law``.
+    """
+    scheduler.set_timesteps(len(grid) - 1)
+    alpha, sigma = sde.marginal(grid)
+    scheduler.sigmas = sigma / alpha
+    scheduler.set_begin_index(0)
+    score, x = law.score(sde), x_T.clone()
+    for i, timestep in enumerate(scheduler.timesteps):
+        eps = -sigma[i] * score(x, grid[i].expand(x.shape[0]))
+        x = scheduler.step(eps, timestep, x).prev_sample
+    return x

@@ -9,6 +9,7 @@ import torch
 import scoreflow as sf
 from scoreflow.metrics import fit_order, rms_error
 from scoreflow.solvers.deis import noise_polynomial_weights
+from _helpers import diffusers_on_grid
 from scoreflow.testing import make_law
 
 SDE = sf.VPSDE()
@@ -25,16 +26,7 @@ def _diffusers_deis(law, x_T, grid, order):
     """diffusers' DEIS driven on ``grid`` (its sigmas = sigma/alpha of the grid), the exact noise prediction."""
     diffusers = pytest.importorskip("diffusers")
     scheduler = diffusers.DEISMultistepScheduler(solver_order=order, lower_order_final=False, prediction_type="epsilon")
-    steps = len(grid) - 1
-    scheduler.set_timesteps(steps)
-    alpha, sigma = SDE.marginal(grid)
-    scheduler.sigmas = sigma / alpha  # diffusers integrates in these noise levels; its timesteps only index them
-    scheduler.set_begin_index(0)
-    score, x = law.score(SDE), x_T.clone()
-    for i, timestep in enumerate(scheduler.timesteps):
-        eps = -sigma[i] * score(x, grid[i].expand(x.shape[0]))
-        x = scheduler.step(eps, timestep, x).prev_sample
-    return x
+    return diffusers_on_grid(scheduler, law, SDE, x_T, grid)
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])

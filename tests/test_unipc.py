@@ -8,6 +8,7 @@ import torch
 
 import scoreflow as sf
 from scoreflow.solvers.unipc import unipc_weights
+from _helpers import diffusers_on_grid
 from scoreflow.testing import make_law
 
 SDE = sf.VPSDE()
@@ -27,17 +28,7 @@ def _diffusers_unipc(law, x_T, grid, variant, order):
         solver_type=variant, solver_order=order, lower_order_final=False, prediction_type="epsilon",
         final_sigmas_type="sigma_min",
     )
-    steps = len(grid) - 1
-    scheduler.set_timesteps(steps)
-    alpha, sigma = SDE.marginal(grid)
-    scheduler.sigmas = sigma / alpha  # diffusers integrates in these noise levels; its timesteps only index them
-    scheduler.set_begin_index(0)
-    score, x = law.score(SDE), x_T.clone()
-    for i, timestep in enumerate(scheduler.timesteps):
-        t = grid[i].expand(x.shape[0])
-        eps = -sigma[i] * score(x, t)
-        x = scheduler.step(eps, timestep, x).prev_sample
-    return x
+    return diffusers_on_grid(scheduler, law, SDE, x_T, grid)
 
 
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
