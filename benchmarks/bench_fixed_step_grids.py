@@ -175,7 +175,7 @@ def main(argv=None) -> None:
     ap.add_argument("--set", choices=tuple(SETS), default="design", help="problem set (see the docstring)")
     ap.add_argument("--part", choices=tuple(METHODS), default="ode", help="torchdiffeq's ODE methods or torchsde's")
     ap.add_argument("--n", type=int, default=200, help="prior draws per problem (ODE part)")
-    ap.add_argument("--n-sde", type=int, default=20000, help="samples per problem (SDE part)")
+    ap.add_argument("--n-sde", type=int, default=4000, help="samples per problem (SDE part)")
     ap.add_argument("--out", default="benchmarks/results/fixed_step_grids")
     ap.add_argument("--report", action="store_true", help="only rebuild the table from OUT/SET[_sde].json")
     args = ap.parse_args(argv)
