@@ -210,10 +210,10 @@ _ADAPTIVE_OPTIONS = {
 
 
 # The fixed-step methods' grid in time="t" where a uniform t grid leaves the data's own scale (sigma/alpha < 1) to
-# its last twentieth (EDM's clock, t = sigma): uniform in log-SNR, with 0.0003-0.4 of the uniform grid's path error
-# in the median at 5-40 steps and at most 0.6 of it on the design problems; on VP the measured errors of the other
-# grids were mixed (Euler 1.2-1.7 times worse on each, rk4 several times better), so it keeps t there
-# (benchmarks/bench_fixed_step_grids.py, docs/choosing-a-sampler.md).
+# its last twentieth (EDM's clock, t = sigma): uniform in log-SNR, with 0.0002-0.44 of the uniform grid's path error
+# in the median per method at 5-40 steps, at worst 0.53 on the design problems and 0.51 held out; on VP the other
+# grids' errors were mixed (Euler 1.1-1.5 times worse on each in the median, rk4 several times better), so it keeps
+# t there (benchmarks/bench_fixed_step_grids.py, docs/choosing-a-sampler.md).
 _COARSE_T = {"coarse_t_schedule": "log_snr", "coarse_t_noise_level": DATA_NOISE_LEVEL}
 
 
