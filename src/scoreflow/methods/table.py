@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..schedules import t_grid_is_coarse
 from ..paths import RectifiedFlow
+from ..schedules import t_grid_is_coarse
 from ..sde import EDMSDE, SubVPSDE, VESDE, VPSDE
 from .registry import KINDS, Method, list_methods
 
