@@ -194,6 +194,8 @@ def _record(**kw):
         ({"coarse_t_schedule": "cosine"}, ValueError, r"argument 'coarse_t_schedule' expected one of 't', 'log_snr'"),
         ({"default_schedule": "karras", "coarse_t_schedule": "log_snr"}, ValueError,
          r"'coarse_t_schedule' replaces a default uniform t grid, but default_schedule='karras'"),
+        ({"coarse_t_schedule": "log_snr", "coarse_t_noise_level": 0}, ValueError,
+         r"argument 'coarse_t_noise_level' expected a finite number > 0, got 0"),
         ({"time_variables": ("lambda",)}, ValueError, r"argument 'time_variables' expected one of 't', 'sigma', 'log_snr'"),
         ({"kinds": "ode"}, TypeError, r"argument 'kinds' expected a non-empty tuple of kinds, e.g. \('ode',\), got 'ode'"),
         ({"kinds": ()}, TypeError, r"argument 'kinds' expected a non-empty tuple"),
@@ -210,13 +212,26 @@ def _record(**kw):
         ({"options": {"gain": sf.methods.positive_option(1.0, "")}}, ValueError, r"option 'gain' is not a keyword argument of the solver"),
     ],
     ids=["no default_schedule", "unknown schedule", "unknown coarse_t_schedule", "coarse_t_schedule without 't'",
-         "unknown time variable", "kinds a str", "no kinds", "empty name",
+         "coarse_t_noise_level 0", "unknown time variable", "kinds a str", "no kinds", "empty name",
          "solver not callable", "negative order", "str order", "nfe 0", "option not an Option", "default refused",
          "default not the solver's", "option the solver lacks"],
 )
 def test_a_malformed_method_record_is_refused_when_made_naming_the_field(kw, error, match):
     with pytest.raises(error, match=match):
         _record(**kw)
+
+
+def test_a_method_with_time_variables_replaces_its_uniform_t_grid_where_t_is_coarse_at_its_noise_level():
+    # torchdiffeq's fixed-step methods: uniform in `time`, log-SNR in place of t where a t grid is coarse at sigma/alpha = 1
+    record = _record(default_schedule=None, time_variables=("t", "sigma"), coarse_t_schedule="log_snr",
+                     coarse_t_noise_level=1.0)
+    assert record.schedule_for(sf.EDMSDE()) == "log_snr"
+    assert record.schedule_for(sf.EDMSDE(), "sigma") == "karras"  # the default of another variable stays
+    assert record.schedule_for(sf.VPSDE()) == "t"  # coarse at the fine level 0.1, not at 1
+    fine = _record(default_schedule=None, time_variables=("t",), coarse_t_schedule="log_snr")  # the level 0.1
+    assert fine.schedule_for(sf.VPSDE()) == "log_snr"
+    with pytest.raises(ValueError, match=r"'coarse_t_schedule' replaces a default uniform t grid, but default_schedule=None"):
+        _record(default_schedule=None, time_variables=("sigma",), coarse_t_schedule="log_snr")
 
 
 def test_register_refuses_what_is_not_a_method_record():

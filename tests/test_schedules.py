@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import scoreflow as sf
 from scoreflow.sampling import SCHEDULES, time_grid
-from scoreflow.schedules import t_grid_is_coarse
+from scoreflow.schedules import DATA_NOISE_LEVEL, t_grid_is_coarse
 
 SDES = {"vp": sf.VPSDE(), "subvp": sf.SubVPSDE(), "ve": sf.VESDE(), "edm": sf.EDMSDE()}
 
@@ -111,6 +111,31 @@ def test_a_t_grid_is_coarse_where_sigma_over_alpha_reaches_a_tenth_only_in_the_l
     sde, share = FINE_TIMES[name]
     assert t_grid_is_coarse(sde) == (share < 1 / 20)
     assert t_grid_is_coarse(sde) == (name in ("vp", "edm", "sqrt"))  # the shares: 0.027, 0.00125, 0.0096
+
+
+# The time t_d at which sigma/alpha = 1, the data's own scale, in closed form: (process, t_d / T).
+DATA_TIMES = {
+    "rf": (sf.RectifiedFlow(), 1 / 2),  # t = 1 - t
+    "cosine": (FINE_TIMES["cosine"][0], 1 / 2),  # tan(pi t / 2) = 1
+    "sqrt": (FINE_TIMES["sqrt"][0], (3 - math.sqrt(5)) / 2),  # sqrt(t) = 1 - t
+    "vp": (sf.VPSDE(), _vp_time(-0.5 * math.log(2))),  # (1 - alpha^2) / alpha^2 = 1
+    "subvp": (sf.SubVPSDE(), _vp_time(math.log((math.sqrt(5) - 1) / 2))),  # 1 - alpha^2 = alpha
+    "ve": (sf.VESDE(), math.log1p(1 / 0.01**2) / (2 * math.log(50 / 0.01))),  # sigma_min^2 (r^2t - 1) = 1
+    "edm": (sf.EDMSDE(), 1 / 80),  # t = sigma
+}
+
+
+@pytest.mark.parametrize("name", DATA_TIMES)
+def test_at_the_data_scale_a_t_grid_is_coarse_only_on_edm(name):
+    sde, share = DATA_TIMES[name]
+    assert t_grid_is_coarse(sde, DATA_NOISE_LEVEL) == (share < 1 / 20)
+    assert t_grid_is_coarse(sde, DATA_NOISE_LEVEL) == (name == "edm")  # the shares: 1/80 against 0.26 (VP) and more
+
+
+@pytest.mark.parametrize("level", [0, -1.0, math.inf, math.nan])
+def test_t_grid_is_coarse_refuses_a_noise_level_that_is_not_positive(level):
+    with pytest.raises(ValueError, match=r"t_grid_is_coarse: argument 'noise_level' expected a finite number > 0"):
+        t_grid_is_coarse(sf.VPSDE(), level)
 
 
 def test_t_grid_is_coarse_refuses_what_is_not_a_process():

@@ -21,7 +21,7 @@ from .sde import ForwardSDE, check_sde
 
 __all__ = [
     "SCHEDULES", "TIME_VARIABLES", "time_grid", "to_time_variable",
-    "from_time_variable", "step_size_grid", "t_grid_is_coarse",
+    "from_time_variable", "step_size_grid", "t_grid_is_coarse", "FINE_NOISE_LEVEL", "DATA_NOISE_LEVEL",
 ]
 
 #: Step schedules: uniform in t, uniform in log-SNR, Karras et al. (2022) with exponent rho, uniform in the
@@ -29,10 +29,13 @@ __all__ = [
 SCHEDULES = ("t", "log_snr", "karras", "log_snr_capped", "shift", "noise_fraction")
 #: Independent variables of the probability-flow ODE: time t, scaled noise level sigma/alpha, log-SNR.
 TIME_VARIABLES = ("t", "sigma", "log_snr")
-# The scaled noise level sigma/alpha of the fine structure of data of unit scale (a tenth of that scale: the unit
-# scale "log_snr_capped"'s default cap of 10 assumes), and the least share of [0, T] below it for which a grid uniform
-# in t is not coarse there (one step in 20); see t_grid_is_coarse.
-_FINE_NOISE_LEVEL = 0.1
+#: The scaled noise level sigma/alpha of the fine structure of data of unit scale (a tenth of that scale: the unit
+#: scale "log_snr_capped"'s default cap of 10 assumes): the default level of :func:`t_grid_is_coarse`.
+FINE_NOISE_LEVEL = 0.1
+#: The scaled noise level sigma/alpha of the data's own (unit) scale, below which all of a sample's structure forms:
+#: the level of :func:`t_grid_is_coarse` for torchdiffeq's fixed-step methods.
+DATA_NOISE_LEVEL = 1.0
+# The least share of [0, T] below a noise level for which a grid uniform in t is not coarse there (one step in 20).
 _MIN_FINE_SHARE = 1 / 20
 # t_grid_is_coarse by process parameters (see scoreflow._cache).
 _COARSE = LRU(64)
@@ -67,24 +70,36 @@ def step_size_grid(sde: ForwardSDE, start: float, end: float, step_size: float, 
     return ts
 
 
-def t_grid_is_coarse(sde: ForwardSDE) -> bool:
-    r"""Whether a grid uniform in t on ``sde`` gives the fine structure of unit-scale data fewer than one step in 20:
-    whether :math:`\sigma/\alpha` is above 0.1 (a tenth of the data's scale) already at :math:`t = T/20`.
+def t_grid_is_coarse(sde: ForwardSDE, noise_level: float = FINE_NOISE_LEVEL) -> bool:
+    r"""Whether a grid uniform in t on ``sde`` gives the noise levels below ``noise_level`` fewer than one step in 20:
+    whether :math:`\sigma/\alpha` is still above ``noise_level`` at :math:`t = T/20`.
 
-    The clock decides it.  :math:`\sigma/\alpha = 0.1` at :math:`t/T = 1/11` on rectified flow
-    (:math:`\sigma/\alpha = t/(1 - t)`), 0.095 on sub-VP (:math:`\sigma = 1 - \alpha^2`) and 0.27 on VE
-    (:math:`\log\sigma` about linear in t), but at 0.027 on VP (:math:`\sigma = \sqrt{1 - \alpha^2}`, the square root
-    of sub-VP's) and 0.1/80 on EDM (:math:`t = \sigma`): coarse on VP and EDM.
+    The clock decides it.  At the default level 0.1 (the fine structure of unit-scale data, a tenth of its scale)
+    :math:`\sigma/\alpha = 0.1` at :math:`t/T = 1/11` on rectified flow (:math:`\sigma/\alpha = t/(1 - t)`), 0.095 on
+    sub-VP (:math:`\sigma = 1 - \alpha^2`) and 0.27 on VE (:math:`\log\sigma` about linear in t), but at 0.027 on VP
+    (:math:`\sigma = \sqrt{1 - \alpha^2}`, the square root of sub-VP's) and 0.1/80 on EDM (:math:`t = \sigma`): coarse
+    on VP and EDM.  At :data:`DATA_NOISE_LEVEL` 1 (the data's own scale, below which all of a sample's structure
+    forms) :math:`\sigma/\alpha = 1` at :math:`t/T` = 1/2 on rectified flow, 0.26 on VP, 0.31 on sub-VP and 0.54 on VE,
+    but at 1/80 on EDM: only EDM's clock leaves the whole of the denoising to the last twentieth of a uniform t grid.
+
+    Args:
+        sde: the forward process.
+        noise_level: the scaled noise level :math:`\sigma/\alpha > 0` (:data:`FINE_NOISE_LEVEL` by default).
+
+    Raises:
+        TypeError: if ``sde`` is not a forward process.
+        ValueError: if ``noise_level`` is not a finite number > 0.
     """
     check_sde("t_grid_is_coarse", sde)
+    noise_level = check_positive("t_grid_is_coarse", "noise_level", noise_level)
 
     def coarse() -> bool:
         t = torch.tensor(_MIN_FINE_SHARE * sde.T, dtype=torch.float64)
-        return bool(sde.log_snr(t) < -math.log(_FINE_NOISE_LEVEL))
+        return bool(sde.log_snr(t) < -math.log(noise_level))
 
-    # asked by the front-ends at every call of a method that defaults to "t": once per set of process parameters
+    # asked by the front-ends at every call of a method that defaults to "t": once per process parameters and level
     key = parameters_key(sde)
-    return coarse() if key is None else _COARSE.get(key, coarse)
+    return coarse() if key is None else _COARSE.get((key, noise_level), coarse)
 
 
 #: The schedule each option of :func:`time_grid` belongs to.

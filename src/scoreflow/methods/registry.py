@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._checks import check_callable, check_choice, check_instance, check_int, check_positive
-from ..schedules import SCHEDULES, TIME_VARIABLES, t_grid_is_coarse
+from ..schedules import FINE_NOISE_LEVEL, SCHEDULES, TIME_VARIABLES, t_grid_is_coarse
 from ..sde import ForwardSDE
 
 __all__ = [
@@ -144,8 +144,12 @@ class Method:
             ``"log_snr"``); empty for solvers that integrate in variables of their own.
         default_schedule: the step schedule of a fixed-grid method that integrates in its own variables
             (required for such an ``"ode"``, ``"sde"`` or ``"likelihood"`` method).
-        coarse_t_schedule: for a ``default_schedule`` of ``"t"``, the schedule in its place on a process where a
-            grid uniform in t is coarse at the data end (:func:`scoreflow.schedules.t_grid_is_coarse`: VP, EDM).
+        coarse_t_schedule: for a default uniform t grid (a ``default_schedule`` of ``"t"``, or ``time="t"`` of a method
+            with ``time_variables``), the schedule in its place on a process where a grid uniform in t is coarse at
+            the data end: :func:`scoreflow.schedules.t_grid_is_coarse` at ``coarse_t_noise_level``.
+        coarse_t_noise_level: the scaled noise level sigma/alpha that a uniform t grid must reach before
+            its last twentieth to stay the default: 0.1 (the data's fine structure: coarse on VP and EDM) unless
+            the method's measurements say otherwise (torchdiffeq's fixed-step methods: 1, coarse on EDM only).
         levy_area: the Brownian path must provide Lévy area (a stochastic method of strong order > 1).
         options: option name -> :class:`Option`, the keyword options of ``options=``.
         front_end: how the method is called, where its kind has more than one front-end (``"conditional"``).
@@ -173,6 +177,7 @@ class Method:
     time_variables: tuple[str, ...] = ()
     default_schedule: str | None = None
     coarse_t_schedule: str | None = None
+    coarse_t_noise_level: float = FINE_NOISE_LEVEL
     levy_area: bool = False
     options: Mapping[str, Option] = field(default_factory=dict)
     front_end: str | None = None
@@ -206,11 +211,12 @@ class Method:
             )
         if self.coarse_t_schedule is not None:
             check_choice(fn, "coarse_t_schedule", self.coarse_t_schedule, SCHEDULES)
-            if self.default_schedule != "t":
+            if not self._uniform_t_default():
                 raise ValueError(
                     f"{fn}: 'coarse_t_schedule' replaces a default uniform t grid, but default_schedule="
                     f"{self.default_schedule!r}. Fix: default_schedule='t', or omit 'coarse_t_schedule'."
                 )
+        check_positive(fn, "coarse_t_noise_level", self.coarse_t_noise_level)
         if "conditional" in self.kinds and not isinstance(self.front_end, str):
             # inpaint picks its methods by this string: a record without one would break it for every method
             raise TypeError(
@@ -219,6 +225,10 @@ class Method:
             )
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         self._check_options(fn)
+
+    def _uniform_t_default(self) -> bool:
+        """Whether the method's default grid is uniform in t: its ``default_schedule``, or in ``time="t"``."""
+        return self.default_schedule == "t" or self.default_schedule is None and "t" in self.time_variables
 
     def _check_options(self, fn: str) -> None:
         """Each option is an :class:`Option` whose default passes its own check (``None``: the solver decides) and
@@ -250,13 +260,14 @@ class Method:
 
         Uniform in the integration variable ``time`` (Karras' in ``"sigma"``) for a method that has one, else the
         record's ``default_schedule``; its ``coarse_t_schedule`` in place of ``"t"`` where a uniform t grid is coarse at
-        the data end (:func:`~scoreflow.schedules.t_grid_is_coarse`); ``"log_snr_capped"`` in place of a log-SNR or
-        Karras grid on a path that reaches pure noise, where those are infinite.
+        the data end (:func:`~scoreflow.schedules.t_grid_is_coarse` at ``coarse_t_noise_level``);
+        ``"log_snr_capped"`` in place of a log-SNR or Karras grid on a path that reaches pure noise, where those are
+        infinite.
         """
         if self.adaptive:
             return None
         name = _DEFAULT_SCHEDULE[time] if self.time_variables else self.default_schedule
-        if name == "t" and self.coarse_t_schedule is not None and t_grid_is_coarse(sde):
+        if name == "t" and self.coarse_t_schedule is not None and t_grid_is_coarse(sde, self.coarse_t_noise_level):
             name = self.coarse_t_schedule
         return "log_snr_capped" if name in _INFINITE_AT_PURE_NOISE and sde.pure_noise_at_T else name
 

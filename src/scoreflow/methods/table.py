@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..paths import RectifiedFlow
+from ..schedules import t_grid_is_coarse
+from ..sde import EDMSDE, SubVPSDE, VESDE, VPSDE
 from .registry import KINDS, Method, list_methods
 
 __all__ = ["methods_page", "methods_table"]
@@ -40,13 +43,24 @@ def _time_variables(method: Method) -> str:
     return ", ".join(f"`{v}`" for v in method.time_variables) or "its own"
 
 
+# The processes named where a method's uniform t grid gives way to its coarse_t_schedule.
+_PROCESSES = {"VP": VPSDE, "sub-VP": SubVPSDE, "VE": VESDE, "EDM": EDMSDE, "rectified flow": RectifiedFlow}
+
+
+def _coarse_on(method: Method) -> str:
+    """The processes of :data:`_PROCESSES` on which ``method`` replaces its uniform t grid (``t_grid_is_coarse``)."""
+    return ", ".join(name for name, make in _PROCESSES.items() if t_grid_is_coarse(make(), method.coarse_t_noise_level))
+
+
 def _schedule(method: Method) -> str:
     if method.adaptive:
         return "–"
-    if not method.default_schedule:
-        return "uniform in `time` (`karras` in `sigma`)"
     coarse = method.coarse_t_schedule
-    return f"`{method.default_schedule}`" + (f"; `{coarse}` where a `t` grid is coarse (VP, EDM)" if coarse else "")
+    if not method.default_schedule:
+        where = f"; `{coarse}` in `t` where a `t` grid is coarse ({_coarse_on(method)})" if coarse else ""
+        return "uniform in `time` (`karras` in `sigma`)" + where
+    where = f"; `{coarse}` where a `t` grid is coarse ({_coarse_on(method)})" if coarse else ""
+    return f"`{method.default_schedule}`" + where
 
 
 Column = tuple[str, Callable[[Method], str]]

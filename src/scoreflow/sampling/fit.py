@@ -113,8 +113,8 @@ def fit_schedule(
       {0.5, 1, 2, 4, 8, 16, 64} and floors :math:`\bar\sigma_f` in {0, 0.3, 1, 3, 10} :math:`\times\,\bar\sigma(t_{min})`.
       (A staged search, caps first and then floors, took 13 solves and chose worse grids on the problems it was
       designed on; named grids ``"t"``, ``"karras"``, ``"log_snr"`` never won.)
-    - ``"shift"`` (the default for methods whose default grid on ``sde`` is uniform in t: torchdiffeq's, and
-      ``velocity_*_pc`` except on VP and EDM, see ``Method.schedule_for``): 7 grids with time shifts s in
+    - ``"shift"`` (the default for methods whose default grid on ``sde`` is uniform in t: torchdiffeq's except on
+      EDM, and ``velocity_*_pc`` except on VP and EDM, see ``Method.schedule_for``): 7 grids with time shifts s in
       {0.25, 0.35, 0.5, 0.7, 1, 1.4, 2} (``time_grid(sde, steps, "shift", shift=s)``; s = 1 is uniform in t).
 
     Costs the accurate solve (about 100 NFE) plus one solve of ``steps`` steps per candidate, all on
@@ -158,7 +158,8 @@ def fit_schedule(
         spec.build(fn, options)  # every candidate's options checked before the pilot solve, named as fit_schedule's
         # the family of the grid the method takes by default on this process (Method.schedule_for): time shifts of
         # a uniform t grid, or capped log-SNR grids (the velocity methods' default on VP and EDM is log-SNR, where
-        # the best time shift was 3-70 times worse than the best capped grid under EDM)
+        # the best time shift was 3-70 times worse than the best capped grid under EDM; torchdiffeq's fixed-step
+        # methods' on EDM)
         in_t = spec.schedule_for(sde) == "t"
         families[name] = family if family is not None else ("shift" if in_t else "log_snr_capped")
     check_int(fn, "steps", steps)
