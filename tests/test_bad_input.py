@@ -478,3 +478,29 @@ def test_a_score_returning_a_tuple_or_an_array_is_described_by_shape_not_by_ever
     with pytest.raises(TypeError, match=rf"{fn}: the score expected .* got ndarray of shape \(64, 2\), dtype float64 \(from numpy, "
                        r"not a torch.Tensor\)\.$"):
         SOLVES[fn](lambda y, t: SCORE(y, t).detach().numpy(), x)
+
+
+# ---------------------------------------------------------------- flags: a string such as "no" reads as true
+
+FLAGS = {
+    "sample_sde enable_grad": lambda v: sf.sample_sde(SCORE, SDE, _x(3, 2), method="euler", steps=2, enable_grad=v),
+    "sample_pc enable_grad": lambda v: sf.sample_pc(SCORE, SDE, _x(3, 2), steps=2, enable_grad=v),
+    "langevin enable_grad": lambda v: sf.langevin(lambda x: -x, _x(3, 2), step_size=0.1, steps=2, enable_grad=v),
+    "annealed_langevin enable_grad": lambda v: sf.annealed_langevin(lambda x, s: -x, _x(3, 2), [1.0, 0.5], steps=2, enable_grad=v),
+    "sample_consistency enable_grad": lambda v: sf.sample_consistency(lambda x, t: x, SDE, _x(3, 2), steps=2, enable_grad=v),
+    "inpaint enable_grad": lambda v: sf.inpaint(SCORE, SDE, _x(3, 2), known=_x(3, 2), mask=torch.tensor([True, False]), steps=2,
+                                                enable_grad=v),
+    "inpaint denoise_final": lambda v: sf.inpaint(SCORE, SDE, _x(3, 2), known=_x(3, 2), mask=torch.tensor([True, False]), steps=2,
+                                                  denoise_final=v),
+    "brownian_motion levy_area": lambda v: sf.brownian_motion(_x(3, 2), 1.0, levy_area=v),
+    "brownian_motion query_independent": lambda v: sf.brownian_motion(_x(3, 2), 1.0, query_independent=v),
+}
+
+
+@pytest.mark.parametrize("case", FLAGS)
+def test_a_flag_given_a_string_is_refused_naming_it(case):
+    # before: enable_grad="no" kept the graph of the whole solve, denoise_final="no" took Tweedie's step, levy_area="no"
+    # built the Levy-area tree, all silently
+    fn, name = case.split()
+    with pytest.raises(TypeError, match=rf"^{fn}: argument '{name}' expected True or False, got str 'no'\.$"):
+        FLAGS[case]("no")

@@ -155,7 +155,7 @@ def sample_consistency(
     t_end = torch.tensor(t_min, dtype=x_T.dtype, device=x_T.device)
     finite, outputs = [], []
     x = x_T
-    with grad_mode(enable_grad), monitor:
+    with grad_mode(fn, enable_grad), monitor:
         monitor.start(eval_times[0], x_T, steps=len(t_eval))
         for i, t in enumerate(t_eval):
             x_tau = x_T if i == 0 else a[i] * x + noise[i] * standard_normal(x, generator)
