@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch.func import vjp, vmap
 
-from .._checks import check_choice, check_generator, check_int
+from .._checks import check_choice, check_float_dtype, check_generator, check_int, check_positive_values
 
 __all__ = [
     "exact_divergence",
@@ -198,8 +198,12 @@ def value_and_hutchinson_divergence(
 def difference_scale(dtype: torch.dtype) -> float:
     r"""The relative step :math:`c = \epsilon^{1/3}` of a central difference in ``dtype`` (:math:`\epsilon`: its machine
     epsilon): it balances the truncation error :math:`O(c^2)` against the rounding error :math:`O(\epsilon/c)`,
-    both relative; 6.1e-6 in float64, 4.9e-3 in float32."""
-    return torch.finfo(dtype).eps ** (1.0 / 3.0)
+    both relative; 6.1e-6 in float64, 4.9e-3 in float32.
+
+    Raises:
+        TypeError: if ``dtype`` is not a floating-point ``torch.dtype``.
+    """
+    return torch.finfo(check_float_dtype("difference_scale", "dtype", dtype)).eps ** (1.0 / 3.0)
 
 
 def difference_step(dtype: torch.dtype, sigma: float | torch.Tensor, size: float | torch.Tensor) -> float | torch.Tensor:
@@ -216,9 +220,32 @@ def difference_step(dtype: torch.dtype, sigma: float | torch.Tensor, size: float
     the rounding of :math:`x \pm c\sigma v` (a few units in the last place of x in float32) no longer dominates.  On
     16-D mixtures and a sharp 2-D ring under rectified flow, VP and VE, in float32 at :math:`t = 10^{-3} T`, the
     estimate's error against the exact :math:`v^\top J v` was 5-15 times smaller than with :math:`c\sigma`, and within
-    a factor 4 of it (either way) elsewhere along the path.  Floats or tensors.
+    a factor 4 of it (either way) elsewhere along the path.  Floats or tensors (of shapes that broadcast).
+
+    Raises:
+        TypeError: if ``dtype`` is not a floating-point ``torch.dtype``, or ``sigma`` or ``size`` is neither a real
+            number nor a floating-point tensor.
+        ValueError: if an entry of ``sigma`` or ``size`` is not finite and > 0 (a step of 0 divides by 0, a negative
+            size has a complex cube root), or their shapes do not broadcast.
     """
-    return difference_scale(dtype) * (size * sigma * sigma) ** (1.0 / 3.0)
+    fn = "difference_step"
+    check_float_dtype(fn, "dtype", dtype)
+    check_positive_values(fn, "sigma", sigma)
+    check_positive_values(fn, "size", size)
+    if torch.is_tensor(sigma) and torch.is_tensor(size):
+        try:
+            torch.broadcast_shapes(sigma.shape, size.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{fn}: arguments 'sigma' and 'size' expected shapes that broadcast, got {tuple(sigma.shape)} and "
+                f"{tuple(size.shape)}."
+            ) from None
+    return scaled_difference_step(difference_scale(dtype), sigma, size)
+
+
+def scaled_difference_step(scale: float, sigma: float | torch.Tensor, size: float | torch.Tensor) -> float | torch.Tensor:
+    r""":func:`difference_step` with its :math:`c` = ``scale`` given and no checks: a solve's steps, per time."""
+    return scale * (size * sigma * sigma) ** (1.0 / 3.0)
 
 
 class CentralDifferences:
