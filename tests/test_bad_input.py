@@ -504,3 +504,22 @@ def test_a_flag_given_a_string_is_refused_naming_it(case):
     fn, name = case.split()
     with pytest.raises(TypeError, match=rf"^{fn}: argument '{name}' expected True or False, got str 'no'\.$"):
         FLAGS[case]("no")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: sf.score_from_flow_velocity(lambda x, t: x, "rf"), TypeError,
+         r"^score_from_flow_velocity: argument 'path' expected a ForwardSDE \(e.g. scoreflow.RectifiedFlow\(\)\), got str 'rf'\.$"),
+        (lambda: sf.fit_schedule("score", SDE, _x(3, 2), 4), TypeError,
+         r"^fit_schedule: argument 'score' expected a callable score\(x, t\), got str 'score'\.$"),
+        (lambda: sf.fit_schedule(SCORE, SDE, _x(3, 2), 4, method=None), TypeError,
+         r"^fit_schedule: argument 'method' expected a method name or a non-empty sequence of them, got NoneType None\.$"),
+    ],
+    ids=["score_from_flow_velocity path", "fit_schedule score", "fit_schedule method"],
+)
+def test_the_error_names_the_function_called_and_its_own_argument(call, error, match):
+    # before: 'sde' for score_from_flow_velocity's path, sample_ode for fit_schedule's score (after its pilot set-up),
+    # and "'NoneType' object is not iterable" for method=None (consistency_distillation_loss's solver: its own test)
+    with pytest.raises(error, match=match):
+        call()

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import call_checked, check_choice, check_network_output
+from ._checks import call_checked, check_choice, check_instance, check_network_output
 from ._tensor import TimeLike, batch_time, right_pad
 from .sde import ForwardSDE, check_sde
 
@@ -258,7 +258,9 @@ def score_from_flow_velocity(net: Net, path: ForwardSDE) -> torch.nn.Module:
     Raises:
         TypeError: if ``net`` is not callable or ``path`` is not a forward process.
     """
-    return _FlowVelocityScore(net, path, "score_from_flow_velocity")
+    fn = "score_from_flow_velocity"
+    check_instance(fn, "path", path, ForwardSDE, "scoreflow.RectifiedFlow()")  # named as the user passed it, not 'sde'
+    return _FlowVelocityScore(net, path, fn)
 
 
 def score_from_energy(energy: Net) -> torch.nn.Module:

@@ -35,6 +35,7 @@ class ODEStep:
         time: torchdiffeq's integration variable (``"t"``, ``"sigma"``, ``"log_snr"``); native methods use their own.
         rtol, atol: tolerances of an adaptive method (default 1e-5).
         options: the method's options.
+        argument: the name ``fn`` gives ``method`` (e.g. ``"solver"``), named in its error.
 
     Raises:
         ValueError, TypeError: as :func:`scoreflow.sample_ode` for the method, its options, ``time``, ``rtol``, ``atol``.
@@ -43,8 +44,9 @@ class ODEStep:
     def __init__(
         self, fn: str, method: str, sde: ForwardSDE, like: torch.Tensor, *,
         time: str | None = None, rtol: float | None = None, atol: float | None = None, options: dict[str, Any] | None = None,
+        argument: str = "method",
     ) -> None:
-        self.spec = get_method("ode", method, caller=fn)
+        self.spec = get_method("ode", method, caller=fn, argument=argument)
         self.solver = self.spec.build(fn, options)
         self.fn, self.sde, self.options = fn, sde, dict(options or {})
         # torchdiffeq's initial-step heuristic probes beyond a short interval (below t = 0 under VE, where sigma(t)
