@@ -523,3 +523,29 @@ def test_the_error_names_the_function_called_and_its_own_argument(call, error, m
     # and "'NoneType' object is not iterable" for method=None (consistency_distillation_loss's solver: its own test)
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: SDE.prior_sample(16), TypeError, r"^VPSDE.prior_sample: argument 'shape' expected a tuple of ints \(B, \*D\), e.g. \(16, 2\), got int 16\.$"),
+        (lambda: SDE.prior_sample((2,)), ValueError, r"^VPSDE.prior_sample: argument 'shape' expected \(B, \*D\) .* got \(2,\)\.$"),
+        (lambda: SDE.prior_sample((3, 2), generator=0), TypeError, r"^VPSDE.prior_sample: argument 'generator' expected a torch.Generator"),
+        (lambda: SDE.prior_log_prob([[0.0, 1.0]]), TypeError, r"^VPSDE.prior_log_prob: argument 'x' expected a tensor of shape \(B, \*D\), got list\.$"),
+        (lambda: SDE.prior_log_prob(torch.zeros(0, 2)), ValueError, r"^VPSDE.prior_log_prob: argument 'x' expected a non-empty batch"),
+        (lambda: sf.ProbabilityFlowODE(SCORE, "vp"), TypeError, r"^ProbabilityFlowODE: argument 'sde' expected a ForwardSDE"),
+        (lambda: sf.ReverseSDE(SCORE, "vp", (2,)), TypeError, r"^ReverseSDE: argument 'sde' expected a ForwardSDE"),
+        (lambda: sf.analytic.condition_linear("ring2d", torch.ones(1, 2), torch.zeros(1), 0.1), TypeError,
+         r"^condition_linear: argument 'law' expected a GaussianMixture"),
+        (lambda: sf.analytic.inpainting_score("ring2d", SDE, torch.tensor([True, False]), torch.zeros(2)), TypeError,
+         r"^inpainting_score: argument 'law' expected a GaussianMixture"),
+    ],
+    ids=["prior_sample int", "prior_sample 1-D", "prior_sample generator", "prior_log_prob list", "prior_log_prob empty",
+         "ProbabilityFlowODE sde", "ReverseSDE sde", "condition_linear law", "inpainting_score law"],
+)
+def test_processes_fields_and_posteriors_refuse_bad_input_naming_it(call, error, match):
+    # before: "'int' object is not iterable", a draw of shape (2,) that the solvers then refused as x_T, "'float' object
+    # has no attribute 'numel'", an IndexError, a field built on a string that failed at its first call, and "'str'
+    # object has no attribute 'batch_shape'"
+    with pytest.raises(error, match=match):
+        call()
