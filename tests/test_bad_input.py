@@ -549,3 +549,24 @@ def test_processes_fields_and_posteriors_refuse_bad_input_naming_it(call, error,
     # object has no attribute 'batch_shape'"
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: sf.consistency.renoise_times("vp", 3), TypeError, r"^renoise_times: argument 'sde' expected a ForwardSDE"),
+        (lambda: sf.consistency.renoise_times(SDE, 3, "bad"), ValueError, r"^renoise_times: argument 'schedule' expected one of"),
+        (lambda: sf.consistency.renoise_times(SDE, 3, t_min=2.0), ValueError,
+         r"^renoise_times: argument 't_min' expected a time in \(0, T=1\), got 2.0\.$"),
+        (lambda: sf.consistency.teacher_step(SCORE, SDE, _x(3, 2), "0.5", 0.4), TypeError,
+         r"^teacher_step: argument 't_from' expected a real number, got str '0.5'\.$"),
+        (lambda: sf.consistency.teacher_step(SCORE, SDE, _x(3, 2), 0.5, None), TypeError,
+         r"^teacher_step: argument 't_to' expected a real number, got NoneType None\.$"),
+    ],
+    ids=["renoise sde", "renoise schedule", "renoise t_min", "teacher t_from str", "teacher t_to None"],
+)
+def test_consistency_helpers_name_themselves_and_the_argument(call, error, match):
+    # before: renoise_times' errors named time_grid; teacher_step gave torch's "new(): invalid data type 'str'" and
+    # "must be real number, not NoneType"
+    with pytest.raises(error, match=match):
+        call()

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_batch
+from .._checks import check_batch, check_real
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..dynamics.reparameterized import to_time_variable
 from ..methods import StepMonitor, Stepping, get_method, resolve_stepping
@@ -123,6 +123,7 @@ def teacher_step(
     step = ODEStep(fn, method, sde, x, time=time, rtol=rtol, atol=atol, options=options)
     ends = []
     for name, value in (("t_from", t_from), ("t_to", t_to)):
+        value = value if torch.is_tensor(value) else check_real(fn, name, value)  # a string or None named here, not by torch
         t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         if t.shape != x.shape[:1]:
