@@ -570,3 +570,23 @@ def test_consistency_helpers_name_themselves_and_the_argument(call, error, match
     # "must be real number, not NoneType"
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: from_kdiffusion(lambda x, sigma: x, sigma_min=-1.0), ValueError,
+         r"^from_kdiffusion: argument 'sigma_min' expected a finite number > 0, got -1.0\.$"),
+        (lambda: from_kdiffusion(lambda x, sigma: x, sigma_max="80"), TypeError,
+         r"^from_kdiffusion: argument 'sigma_max' expected a real number, got str '80'\.$"),
+        (lambda: from_diffusers(_unet(lambda x: x), _fake_scheduler(), t_min=0.0), ValueError,
+         r"^sde_from_scheduler: argument 't_min' expected a finite number > 0, got 0.0\.$"),
+        (lambda: sf.adapters.sde_from_scheduler(_fake_scheduler(), t_min="1e-3"), TypeError,
+         r"^sde_from_scheduler: argument 't_min' expected a real number, got str '1e-3'\.$"),
+    ],
+    ids=["kdiffusion sigma_min", "kdiffusion sigma_max", "diffusers t_min 0", "scheduler t_min str"],
+)
+def test_adapters_name_their_noise_range_arguments(call, error, match):
+    # before: the process built inside named itself (EDMSDE, DiscreteVPSDE, VPSDE), not the adapter called
+    with pytest.raises(error, match=match):
+        call()
