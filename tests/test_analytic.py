@@ -172,3 +172,45 @@ def test_log_prob_rejects_wrong_event_shape():
     law = _random_mixture(0, 2, 3)
     with pytest.raises(ValueError, match=r"expected x of shape \(B, \*\(3,\)\)"):
         law.log_prob(torch.zeros(4, 2, dtype=torch.float64))
+
+
+_MIX = sf.analytic.GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), torch.eye(2).expand(2, 2, 2))
+_GAUSS = sf.analytic.Gaussian(torch.zeros(2), torch.eye(2))
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: sf.analytic.Gaussian("zero", torch.eye(2)), TypeError,
+         r"^Gaussian: argument 'mean' expected a 1-D tensor or nested sequence of numbers, got str 'zero'\.$"),
+        (lambda: sf.analytic.Gaussian(torch.zeros(2), None), TypeError, r"^Gaussian: argument 'cov' expected a 2-D tensor"),
+        (lambda: sf.analytic.Gaussian(torch.zeros(1, 2), torch.eye(2)), ValueError,
+         r"^Gaussian: argument 'mean' expected a 1-D tensor, got shape \(1, 2\)\.$"),
+        (lambda: sf.analytic.GaussianMixture(None, torch.zeros(2, 2), torch.eye(2).expand(2, 2, 2)), TypeError,
+         r"^GaussianMixture: argument 'weights' expected a 1-D tensor"),
+        (lambda: _MIX.score("vp"), TypeError, r"^GaussianMixture.score: argument 'sde' expected a ForwardSDE"),
+        (lambda: _MIX.velocity("rf"), TypeError, r"^AnalyticVelocity: argument 'sde' expected a ForwardSDE"),
+        (lambda: sf.analytic.AnalyticScore(sf.VPSDE(), _MIX), TypeError, r"^AnalyticScore: argument 'law' expected a GaussianMixture"),
+        (lambda: _MIX.log_prob([[0.0, 1.0]]), TypeError, r"^GaussianMixture: expected x a tensor of shape \(B, \*\(2,\)\), got list\.$"),
+        (lambda: _MIX.flow_map("vp", torch.zeros(3, 2), 1.0, 0.5), TypeError, r"^GaussianMixture.flow_map: argument 'sde'"),
+        (lambda: _MIX.flow_map(sf.VPSDE(), torch.full((3, 2), float("nan")), 1.0, 0.5), ValueError,
+         r"^GaussianMixture.flow_map: argument 'x' contains NaN or infinite values\.$"),
+        (lambda: _MIX.flow_map(sf.VPSDE(), torch.zeros(3, 2), 1.0, -0.5), ValueError,
+         r"^GaussianMixture.flow_map: argument 't_to' expected times in \[0, T=1\], got -0.5\.$"),
+        (lambda: _GAUSS.flow_map(sf.VPSDE(), torch.zeros(3, 2), 2.0, 0.5), ValueError,
+         r"^Gaussian.flow_map: argument 't_from' expected times in \[0, T=1\], got 2.0\.$"),
+        (lambda: _GAUSS.flow_map(sf.VPSDE(), torch.zeros(3, 2), float("nan"), 0.5), ValueError,
+         r"^Gaussian.flow_map: argument 't_from' expected a finite number, got nan\.$"),
+        (lambda: _GAUSS.flow_map(sf.VPSDE(), torch.zeros(3, 2), torch.ones(2), 0.5), ValueError,
+         r"^Gaussian.flow_map: argument 't_from' expected a scalar or a tensor of shape \(3,\)"),
+    ],
+    ids=["Gaussian mean str", "Gaussian cov None", "Gaussian mean 2-D", "mixture weights None", "score sde str",
+         "velocity sde str", "AnalyticScore swapped", "log_prob list", "flow_map sde", "flow_map x nan", "flow_map t_to < 0",
+         "Gaussian flow_map t_from > T", "Gaussian flow_map t_from nan", "Gaussian flow_map t_from shape"],
+)
+def test_analytic_laws_refuse_bad_input_naming_the_argument(call, error, match):
+    # before: torch's "new(): invalid data type 'str'", 'means' for a Gaussian's mean, "'str' object has no attribute
+    # 'pure_noise_at_T'" (or a velocity built on a string, failing later), a scipy solve failing on NaN or t < 0, and
+    # the closed form extrapolated past T, or returned NaN, silently
+    with pytest.raises(error, match=match):
+        call()

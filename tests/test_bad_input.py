@@ -478,3 +478,115 @@ def test_a_score_returning_a_tuple_or_an_array_is_described_by_shape_not_by_ever
     with pytest.raises(TypeError, match=rf"{fn}: the score expected .* got ndarray of shape \(64, 2\), dtype float64 \(from numpy, "
                        r"not a torch.Tensor\)\.$"):
         SOLVES[fn](lambda y, t: SCORE(y, t).detach().numpy(), x)
+
+
+# ---------------------------------------------------------------- flags: a string such as "no" reads as true
+
+FLAGS = {
+    "sample_sde enable_grad": lambda v: sf.sample_sde(SCORE, SDE, _x(3, 2), method="euler", steps=2, enable_grad=v),
+    "sample_pc enable_grad": lambda v: sf.sample_pc(SCORE, SDE, _x(3, 2), steps=2, enable_grad=v),
+    "langevin enable_grad": lambda v: sf.langevin(lambda x: -x, _x(3, 2), step_size=0.1, steps=2, enable_grad=v),
+    "annealed_langevin enable_grad": lambda v: sf.annealed_langevin(lambda x, s: -x, _x(3, 2), [1.0, 0.5], steps=2, enable_grad=v),
+    "sample_consistency enable_grad": lambda v: sf.sample_consistency(lambda x, t: x, SDE, _x(3, 2), steps=2, enable_grad=v),
+    "inpaint enable_grad": lambda v: sf.inpaint(SCORE, SDE, _x(3, 2), known=_x(3, 2), mask=torch.tensor([True, False]), steps=2,
+                                                enable_grad=v),
+    "inpaint denoise_final": lambda v: sf.inpaint(SCORE, SDE, _x(3, 2), known=_x(3, 2), mask=torch.tensor([True, False]), steps=2,
+                                                  denoise_final=v),
+    "brownian_motion levy_area": lambda v: sf.brownian_motion(_x(3, 2), 1.0, levy_area=v),
+    "brownian_motion query_independent": lambda v: sf.brownian_motion(_x(3, 2), 1.0, query_independent=v),
+}
+
+
+@pytest.mark.parametrize("case", FLAGS)
+def test_a_flag_given_a_string_is_refused_naming_it(case):
+    # before: enable_grad="no" kept the graph of the whole solve, denoise_final="no" took Tweedie's step, levy_area="no"
+    # built the Levy-area tree, all silently
+    fn, name = case.split()
+    with pytest.raises(TypeError, match=rf"^{fn}: argument '{name}' expected True or False, got str 'no'\.$"):
+        FLAGS[case]("no")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: sf.score_from_flow_velocity(lambda x, t: x, "rf"), TypeError,
+         r"^score_from_flow_velocity: argument 'path' expected a ForwardSDE \(e.g. scoreflow.RectifiedFlow\(\)\), got str 'rf'\.$"),
+        (lambda: sf.fit_schedule("score", SDE, _x(3, 2), 4), TypeError,
+         r"^fit_schedule: argument 'score' expected a callable score\(x, t\), got str 'score'\.$"),
+        (lambda: sf.fit_schedule(SCORE, SDE, _x(3, 2), 4, method=None), TypeError,
+         r"^fit_schedule: argument 'method' expected a method name or a non-empty sequence of them, got NoneType None\.$"),
+    ],
+    ids=["score_from_flow_velocity path", "fit_schedule score", "fit_schedule method"],
+)
+def test_the_error_names_the_function_called_and_its_own_argument(call, error, match):
+    # before: 'sde' for score_from_flow_velocity's path, sample_ode for fit_schedule's score (after its pilot set-up),
+    # and "'NoneType' object is not iterable" for method=None (consistency_distillation_loss's solver: its own test)
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: SDE.prior_sample(16), TypeError, r"^VPSDE.prior_sample: argument 'shape' expected a tuple of ints \(B, \*D\), e.g. \(16, 2\), got int 16\.$"),
+        (lambda: SDE.prior_sample((2,)), ValueError, r"^VPSDE.prior_sample: argument 'shape' expected \(B, \*D\) .* got \(2,\)\.$"),
+        (lambda: SDE.prior_sample((3, 2), generator=0), TypeError, r"^VPSDE.prior_sample: argument 'generator' expected a torch.Generator"),
+        (lambda: SDE.prior_log_prob([[0.0, 1.0]]), TypeError, r"^VPSDE.prior_log_prob: argument 'x' expected a tensor of shape \(B, \*D\), got list\.$"),
+        (lambda: SDE.prior_log_prob(torch.zeros(0, 2)), ValueError, r"^VPSDE.prior_log_prob: argument 'x' expected a non-empty batch"),
+        (lambda: sf.ProbabilityFlowODE(SCORE, "vp"), TypeError, r"^ProbabilityFlowODE: argument 'sde' expected a ForwardSDE"),
+        (lambda: sf.ReverseSDE(SCORE, "vp", (2,)), TypeError, r"^ReverseSDE: argument 'sde' expected a ForwardSDE"),
+        (lambda: sf.analytic.condition_linear("ring2d", torch.ones(1, 2), torch.zeros(1), 0.1), TypeError,
+         r"^condition_linear: argument 'law' expected a GaussianMixture"),
+        (lambda: sf.analytic.inpainting_score("ring2d", SDE, torch.tensor([True, False]), torch.zeros(2)), TypeError,
+         r"^inpainting_score: argument 'law' expected a GaussianMixture"),
+    ],
+    ids=["prior_sample int", "prior_sample 1-D", "prior_sample generator", "prior_log_prob list", "prior_log_prob empty",
+         "ProbabilityFlowODE sde", "ReverseSDE sde", "condition_linear law", "inpainting_score law"],
+)
+def test_processes_fields_and_posteriors_refuse_bad_input_naming_it(call, error, match):
+    # before: "'int' object is not iterable", a draw of shape (2,) that the solvers then refused as x_T, "'float' object
+    # has no attribute 'numel'", an IndexError, a field built on a string that failed at its first call, and "'str'
+    # object has no attribute 'batch_shape'"
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: sf.consistency.renoise_times("vp", 3), TypeError, r"^renoise_times: argument 'sde' expected a ForwardSDE"),
+        (lambda: sf.consistency.renoise_times(SDE, 3, "bad"), ValueError, r"^renoise_times: argument 'schedule' expected one of"),
+        (lambda: sf.consistency.renoise_times(SDE, 3, t_min=2.0), ValueError,
+         r"^renoise_times: argument 't_min' expected a time in \(0, T=1\), got 2.0\.$"),
+        (lambda: sf.consistency.teacher_step(SCORE, SDE, _x(3, 2), "0.5", 0.4), TypeError,
+         r"^teacher_step: argument 't_from' expected a real number, got str '0.5'\.$"),
+        (lambda: sf.consistency.teacher_step(SCORE, SDE, _x(3, 2), 0.5, None), TypeError,
+         r"^teacher_step: argument 't_to' expected a real number, got NoneType None\.$"),
+    ],
+    ids=["renoise sde", "renoise schedule", "renoise t_min", "teacher t_from str", "teacher t_to None"],
+)
+def test_consistency_helpers_name_themselves_and_the_argument(call, error, match):
+    # before: renoise_times' errors named time_grid; teacher_step gave torch's "new(): invalid data type 'str'" and
+    # "must be real number, not NoneType"
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: from_kdiffusion(lambda x, sigma: x, sigma_min=-1.0), ValueError,
+         r"^from_kdiffusion: argument 'sigma_min' expected a finite number > 0, got -1.0\.$"),
+        (lambda: from_kdiffusion(lambda x, sigma: x, sigma_max="80"), TypeError,
+         r"^from_kdiffusion: argument 'sigma_max' expected a real number, got str '80'\.$"),
+        (lambda: from_diffusers(_unet(lambda x: x), _fake_scheduler(), t_min=0.0), ValueError,
+         r"^sde_from_scheduler: argument 't_min' expected a finite number > 0, got 0.0\.$"),
+        (lambda: sf.adapters.sde_from_scheduler(_fake_scheduler(), t_min="1e-3"), TypeError,
+         r"^sde_from_scheduler: argument 't_min' expected a real number, got str '1e-3'\.$"),
+    ],
+    ids=["kdiffusion sigma_min", "kdiffusion sigma_max", "diffusers t_min 0", "scheduler t_min str"],
+)
+def test_adapters_name_their_noise_range_arguments(call, error, match):
+    # before: the process built inside named itself (EDMSDE, DiscreteVPSDE, VPSDE), not the adapter called
+    with pytest.raises(error, match=match):
+        call()

@@ -78,6 +78,13 @@ CASES: dict[str, tuple[list[str], str, dict[str, str]]] = {
     "negative threads": (["bench", "--threads", "-1"], r"argument --threads: expected an int >= 1, got -1$", {}),
     "zero threads": (["dist", "sample", *PROBLEM, "--threads", "0", "--out", "{tmp}/x.pt"],
                      r"argument --threads: expected an int >= 1, got 0$", {}),
+    # beyond an int64: torch failed with a traceback (the seed at the generator, the count at randn)
+    "seed beyond int64": (["sample", "--seed", "99999999999999999999"],
+                          r"argument --seed: expected an int from 0 to 2\^63-1 \(torch's int64\), got 99999999999999999999$", {}),
+    "num-samples beyond int64": (["dist", "likelihood", *PROBLEM, "--num-samples", str(2**63), "--out", "{tmp}/ll.npz"],
+                                 rf"argument --num-samples: expected an int from 1 to 2\^63-1 \(torch's int64\), got {2**63}$", {}),
+    # an empty name was read as the default method
+    "empty method": (["sample", "--method", ""], r"argument --method: expected one of euler, .* with --sampler ode, got ''$", {}),
     "t-min above T": (["sample", "--t-min", "2"], r"argument --t-min: expected a time in \(0, T=1\) of the forward SDE, got 2$", {}),
     "negative max-nfe": (["bench", "--max-nfe", "-1"], r"argument --max-nfe: expected an int >= 8, got -1$", {}),
     "unknown problem": (["bench", "--problem", "moons"], r"argument --problem: invalid choice: 'moons' \(choose from 'gaussian2d'", {}),

@@ -227,7 +227,7 @@ def test_curricula():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"solver": "rk5"}, ValueError, r"consistency_distillation_loss: argument 'method' expected one of .*'heun'"),
+        ({"solver": "rk5"}, ValueError, r"consistency_distillation_loss: argument 'solver' expected one of .*'heun'"),
         ({"distance": "lpips"}, ValueError, r"argument 'distance' expected one of 'l2', 'pseudo_huber', got 'lpips'"),
         ({"weighting": "snr"}, ValueError, r"argument 'weighting' expected one of 'uniform', 'inverse_step'"),
         ({"schedule": "cosine"}, ValueError, r"argument 'schedule' expected one of 't', 'log_snr', 'karras'"),

@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 
 import scoreflow as sf
 from scoreflow.dynamics.divergence import (
+    CentralDifferences,
     draw_probes,
     exact_divergence,
     hutchinson_divergence,
+    value_and_difference_hutchinson,
     value_and_exact_divergence,
 )
 from scoreflow.testing import make_problem
@@ -222,3 +224,33 @@ def test_divergence_points_must_be_a_floating_point_tensor():
         hutchinson_divergence(lambda y: y, levels, torch.ones(1, 2, 3))
     with pytest.raises(TypeError, match=r"exact_divergence: argument 'x' expected a floating-point tensor .* got list"):
         exact_divergence(lambda y: y, [[0.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda x, p: sf.exact_divergence("fn", x), TypeError, r"^exact_divergence: argument 'fn' expected a callable fn\(x\), got str 'fn'\.$"),
+        (lambda x, p: sf.hutchinson_divergence(None, x, p), TypeError, r"^hutchinson_divergence: argument 'fn' expected a callable"),
+        (lambda x, p: sf.exact_divergence(lambda y: -y, x[0]), ValueError,
+         r"^exact_divergence: argument 'x' expected a non-empty batch of shape \(B, \*D\) with at least 2 dimensions, got shape \(2,\)\.$"),
+        (lambda x, p: sf.exact_divergence(lambda y: -y, x[:0]), ValueError,
+         r"^exact_divergence: argument 'x' expected a non-empty batch .* got shape \(0, 2\)\.$"),
+        (lambda x, p: sf.hutchinson_divergence(lambda y: -y, x, p[:0]), ValueError,
+         r"^hutchinson_divergence: argument 'probes' expected shape \(P, 4, 2\) with P >= 1, got \(0, 4, 2\)"),
+        (lambda x, p: draw_probes([[0.0, 1.0]], 2), TypeError, r"^draw_probes: argument 'x' expected a floating-point tensor"),
+        (lambda x, p: CentralDifferences(p, "x"), TypeError, r"^difference_hutchinson: argument 'like' expected a floating-point tensor"),
+        (lambda x, p: value_and_difference_hutchinson(lambda y: -y, x, p, 0.0), ValueError,
+         r"^difference_hutchinson: argument 'step' expected a finite number > 0, got 0.0\.$"),
+        (lambda x, p: value_and_difference_hutchinson(lambda y: -y, x, p, torch.full((2,), 1e-3, dtype=torch.float64)), ValueError,
+         r"^difference_hutchinson: argument 'step' expected a number or a tensor of shape \(\) or \(4,\) .* got shape \(2,\)\.$"),
+    ],
+    ids=["exact fn str", "hutchinson fn None", "x 1-D", "x empty", "no probes", "draw_probes list", "CentralDifferences like",
+         "step 0", "step shape"],
+)
+def test_divergences_refuse_bad_input_naming_the_argument(call, error, match):
+    # before: "'str' object is not callable", IndexErrors, a reshape error for P = 0, "'list' object has no attribute
+    # 'shape'", ZeroDivisionError for step=0 and a broadcast error for a step per probe
+    x = torch.randn(4, 2, dtype=torch.float64)
+    probes = torch.ones(3, 4, 2, dtype=torch.float64)
+    with pytest.raises(error, match=match):
+        call(x, probes)

@@ -81,6 +81,31 @@ def test_difference_step_is_c_sigma_where_the_points_are_the_noise_and_longer_ne
                                difference_step(torch.float64, sigma, (0.64 * 3.99 / 0.25 + 0.09) ** 0.5))
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"dtype": "float32"}, TypeError, r"difference_step: argument 'dtype' expected a floating-point torch.dtype .* got 'float32'"),
+        ({"dtype": torch.int64}, TypeError, r"difference_step: argument 'dtype' expected a floating-point torch.dtype"),
+        ({"sigma": None}, TypeError, r"difference_step: argument 'sigma' expected a real number, got NoneType None"),
+        ({"sigma": 0.0}, ValueError, r"difference_step: argument 'sigma' expected a finite number > 0, got 0.0"),
+        ({"sigma": math.nan}, ValueError, r"difference_step: argument 'sigma' expected a finite number > 0, got nan"),
+        ({"size": -1.0}, ValueError, r"difference_step: argument 'size' expected a finite number > 0, got -1.0"),
+        ({"size": torch.tensor([1.0, -1.0])}, ValueError, r"difference_step: argument 'size' expected finite values > 0"),
+        ({"size": torch.tensor([1, 2])}, TypeError, r"difference_step: argument 'size' expected a real number or a floating-point"),
+        ({"sigma": torch.tensor([0.5, 0.2]), "size": torch.ones(3)}, ValueError,
+         r"difference_step: arguments 'sigma' and 'size' expected shapes that broadcast, got \(2,\) and \(3,\)"),
+    ],
+    ids=["dtype str", "dtype int", "sigma None", "sigma 0", "sigma nan", "size < 0", "size tensor < 0", "size int tensor",
+         "shapes"],
+)
+def test_difference_step_refuses_bad_input_naming_the_argument(kwargs, error, match):
+    # before: torch.finfo's TypeError, a step of 0 (then 1/0 in the estimator), a complex step for size < 0, NaN
+    with pytest.raises(error, match=match):
+        difference_step(**{"dtype": torch.float32, "sigma": 0.5, "size": 1.0, **kwargs})
+    with pytest.raises(TypeError, match=r"difference_scale: argument 'dtype' expected a floating-point torch.dtype"):
+        difference_scale("float32")
+
+
 @pytest.mark.parametrize("sde_name, bound", [("rf", 6e-4), ("vp", 1e-4), ("ve", 6e-4)])
 def test_float32_differences_near_the_data_are_not_swamped_by_the_rounding_of_x(sde_name, bound):
     """At t = 1e-3 a step c sigma is about 20 units in the last place of a float32 x of size 3: its rounding made

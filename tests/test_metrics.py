@@ -9,6 +9,7 @@ import pytest
 import scipy.linalg
 import torch
 
+import scoreflow as sf
 from scoreflow.metrics import fit_order, gaussian_w2, mode_weights, moment_standard_errors, rms_error, sliced_wasserstein2
 from scoreflow.testing import make_problem
 
@@ -83,3 +84,23 @@ def test_metrics_refuse_input_they_would_misread():
         sliced_wasserstein2(torch.zeros(0, 2), torch.zeros(3, 2))
     with pytest.raises(TypeError, match="sliced_wasserstein2: argument 'generator'"):  # was torch.randn's argument list
         sliced_wasserstein2(torch.zeros(3, 2), torch.zeros(3, 2), generator=7)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: rms_error([[0.0, 1.0]], torch.zeros(1, 2)), TypeError, r"^rms_error: argument 'x' expected a tensor, got list\.$"),
+        (lambda: rms_error(torch.zeros(0, 2), torch.zeros(0, 2)), ValueError,
+         r"^rms_error: arguments 'x' and 'y' expected non-empty batches, got shape \(0, 2\)\.$"),
+        (lambda: mode_weights("ring2d", torch.zeros(4, 2)), TypeError, r"^mode_weights: argument 'law' expected a GaussianMixture"),
+        (lambda: gaussian_w2(torch.zeros(2), None, torch.zeros(2), torch.eye(2)), TypeError,
+         r"^gaussian_w2: argument 'cov1' expected a tensor or nested sequence of numbers, got NoneType None\.$"),
+        (lambda: sf.testing.make_law("ring2d", dtype="float32"), TypeError, r"^make_law: argument 'dtype' expected a floating-point torch.dtype"),
+    ],
+    ids=["rms list", "rms empty", "mode_weights law str", "gaussian_w2 None", "make_law dtype str"],
+)
+def test_metrics_refuse_bad_input_naming_the_argument(call, error, match):
+    # before: "'list' object has no attribute 'shape'", NaN for empty batches, "'str' object has no attribute
+    # 'responsibilities'", torch's "Could not infer dtype of NoneType", torch.arange's "invalid combination of arguments"
+    with pytest.raises(error, match=match):
+        call()

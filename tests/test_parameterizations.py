@@ -134,3 +134,25 @@ def test_affine_map_values_give_the_data_and_noise_predictions_of_convert(setup,
     a0, b0, ae, be = sf.parameterizations.affine_map_values(kind, float(alpha), float(sigma), float(d_alpha), float(d_sigma))
     torch.testing.assert_close(a0 * x + b0 * p, sf.parameterizations.convert(p, kind, "x0", x, t, sde), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ae * x + be * p, sf.parameterizations.convert(p, kind, "eps", x, t, sde), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn", ["eps_from_score", "denoiser_from_score", "velocity_from_score", "flow_velocity_from_score"])
+def test_a_conversion_from_a_score_checks_its_arguments_when_built(fn):
+    # before: built without a word, then "'str' object is not callable" or "'str' object has no attribute 'marginal'"
+    # at the first call
+    convert = getattr(sf, fn)
+    with pytest.raises(TypeError, match=rf"^{fn}: argument 'score' expected a callable score\(x, t\), got str 'vp'\.$"):
+        convert("vp", sf.VPSDE())
+    with pytest.raises(TypeError, match=rf"^{fn}: argument 'sde' expected a ForwardSDE .* got str 'vp'\.$"):
+        convert(lambda x, t: -x, "vp")
+
+
+def test_convert_refuses_a_kind_it_does_not_know_instead_of_reading_it_as_a_score():
+    # diffusers names the noise prediction "epsilon": it was converted as a score, a silently wrong x0
+    x, sde = torch.randn(4, 2, dtype=torch.float64), sf.VPSDE()
+    with pytest.raises(ValueError, match=r"^convert: argument 'source' expected one of 'score', 'eps', .*got 'epsilon'\.$"):
+        sf.parameterizations.convert(x, "epsilon", "x0", x, 0.5, sde)
+    with pytest.raises(ValueError, match=r"^convert: argument 'target' expected one of .*got 'sample'\.$"):
+        sf.parameterizations.convert(x, "eps", "sample", x, 0.5, sde)
+    with pytest.raises(ValueError, match=r"^affine_map_values: argument 'kind' expected one of .*got 'epsilon'\.$"):
+        sf.parameterizations.affine_map_values("epsilon", 0.5, 0.8)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import scoreflow as sf
 from scoreflow.sampling import SCHEDULES, time_grid
-from scoreflow.schedules import DATA_NOISE_LEVEL, t_grid_is_coarse
+from scoreflow.schedules import DATA_NOISE_LEVEL, from_time_variable, step_size_grid, t_grid_is_coarse, to_time_variable
 
 SDES = {"vp": sf.VPSDE(), "subvp": sf.SubVPSDE(), "ve": sf.VESDE(), "edm": sf.EDMSDE()}
 
@@ -189,3 +189,31 @@ def test_bad_arguments_are_rejected_with_the_fix():
         with pytest.raises(ValueError, match=rf"argument '{name}' applies to schedule '\w+', got {name}={value} with "
                                              rf"schedule='{schedule}', which does not use it"):
             time_grid(sde, 10, schedule, **option)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: to_time_variable(sf.VPSDE(), "lambda", torch.tensor([0.5])), ValueError,
+         r"^to_time_variable: argument 'time' expected one of 't', 'sigma', 'log_snr', got 'lambda'\.$"),
+        (lambda: from_time_variable(sf.VPSDE(), "logsnr", torch.tensor([0.5])), ValueError,
+         r"^from_time_variable: argument 'time' expected one of 't', 'sigma', 'log_snr', got 'logsnr'\.$"),
+        (lambda: step_size_grid(sf.VPSDE(), 1.0, 1e-3, 0.1, time="lambda"), ValueError,
+         r"^step_size_grid: argument 'time' expected one of"),
+        (lambda: step_size_grid("vp", 1.0, 1e-3, 0.1), TypeError, r"^step_size_grid: argument 'sde' expected a ForwardSDE"),
+        (lambda: step_size_grid(sf.VPSDE(), 1.0, 1e-3, 0.0), ValueError,
+         r"^step_size_grid: argument 'step_size' expected a finite number > 0, got 0.0\.$"),
+        (lambda: step_size_grid(sf.VPSDE(), 1.0, 1e-3, -0.1), ValueError,
+         r"^step_size_grid: argument 'step_size' expected a finite number > 0, got -0.1\.$"),
+        (lambda: step_size_grid(sf.VPSDE(), math.nan, 1e-3, 0.1), ValueError,
+         r"^step_size_grid: argument 'start' expected a finite number, got nan\.$"),
+        (lambda: step_size_grid(sf.VPSDE(), 1.0, -0.5, 0.1), ValueError,
+         r"^step_size_grid: argument 'end' expected a time in \[0, T=1\], got -0.5\.$"),
+    ],
+    ids=["to lambda", "from logsnr", "grid time", "grid sde", "grid step 0", "grid step < 0", "grid start nan", "grid end < 0"],
+)
+def test_time_variables_and_step_size_grids_refuse_bad_input_naming_it(call, error, match):
+    # before: an unknown time variable was read as "log_snr" and a string sde as a process, silently; step_size=0
+    # divided by zero, -0.1 gave a one-step grid, NaN "cannot convert float NaN to integer", t < 0 a grid beyond t = 0
+    with pytest.raises(error, match=match):
+        call()

@@ -71,6 +71,18 @@ def check_positive(fn: str, name: str, value: Any, *, allow_zero: bool = False, 
     return v
 
 
+def check_positive_values(fn: str, name: str, value: Any) -> Any:
+    """Check that ``value`` is a finite real number > 0 (as :func:`check_positive`) or a floating-point tensor whose
+    entries all are (one host read: at entry, never per step); return it unchanged."""
+    if not torch.is_tensor(value) or value.numel() == 1:
+        check_positive(fn, name, value)
+    elif not value.is_floating_point():
+        raise TypeError(f"{fn}: argument '{name}' expected a real number or a floating-point tensor, got {_describe(value)}.")
+    elif not bool(torch.isfinite(value).all() and (value > 0).all()):
+        raise ValueError(f"{fn}: argument '{name}' expected finite values > 0, got {_describe(value)} with entries outside.")
+    return value
+
+
 def check_int(fn: str, name: str, value: Any, *, minimum: int = 1, kind: str = "argument") -> int:
     """Check that ``value`` is an integer >= ``minimum``; return it (``kind`` as in :func:`check_positive`)."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -10,7 +10,8 @@ import math
 import numpy as np
 import torch
 
-from ._checks import check_batch, check_generator, check_int, check_positive
+from ._checks import check_batch, check_generator, check_instance, check_int, check_positive
+from .analytic import GaussianMixture
 
 __all__ = [
     "sliced_wasserstein2",
@@ -87,8 +88,9 @@ def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
 def gaussian_w2(mean1, cov1, mean2, cov2) -> float:
     r"""Wasserstein-2 distance between Gaussians:
     :math:`\|m_1-m_2\|^2 + \mathrm{tr}(C_1 + C_2 - 2(C_2^{1/2} C_1 C_2^{1/2})^{1/2})`, square-rooted."""
-    m1, m2 = (np.asarray(torch.as_tensor(m).double().cpu()).ravel() for m in (mean1, mean2))
-    c1, c2 = (np.asarray(torch.as_tensor(c).double().cpu()) for c in (cov1, cov2))
+    (m1, c1, m2, c2) = (_as_array("gaussian_w2", name, v) for name, v in
+                        (("mean1", mean1), ("cov1", cov1), ("mean2", mean2), ("cov2", cov2)))
+    m1, m2 = m1.ravel(), m2.ravel()
     d = m1.size
     for name, value, shape in (("mean2", m2, (d,)), ("cov1", c1, (d, d)), ("cov2", c2, (d, d))):
         if value.shape != shape:
@@ -102,12 +104,22 @@ def gaussian_w2(mean1, cov1, mean2, cov2) -> float:
     return math.sqrt(max(w2sq, 0.0))
 
 
+def _as_array(fn: str, name: str, value) -> np.ndarray:
+    """``value`` (a tensor, array or nested sequence of numbers) as a float64 NumPy array."""
+    try:
+        return np.asarray(torch.as_tensor(value).double().cpu())
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{fn}: argument '{name}' expected a tensor or nested sequence of numbers, got {type(value).__name__} {value!r}.") from None
+
+
 def mode_weights(law, x: torch.Tensor) -> torch.Tensor:
     """Fraction of samples assigned to each component of a mixture ``law`` by maximum responsibility.
 
     Raises:
+        TypeError: if ``law`` is not a :class:`~scoreflow.analytic.GaussianMixture`.
         ValueError: if ``x`` is empty or holds NaN or infinite values (they have no component).
     """
+    check_instance("mode_weights", "law", law, GaussianMixture, "scoreflow.testing.make_law('ring2d')")
     check_batch("mode_weights", "x", x)
     k = law.responsibilities(x).argmax(dim=1)
     return torch.bincount(k, minlength=law.n_components).to(torch.float64) / x.shape[0]
@@ -117,8 +129,15 @@ def rms_error(x: torch.Tensor, y: torch.Tensor) -> float:
     r"""Root-mean-square difference :math:`\sqrt{\tfrac{1}{BD}\sum (x - y)^2}` of two equally shaped batches.
 
     Raises:
-        ValueError: if the shapes differ (a broadcast would average something else).
+        TypeError: if ``x`` or ``y`` is not a tensor.
+        ValueError: if the shapes differ (a broadcast would average something else) or the batches are empty (the
+            mean of nothing is NaN).  A NaN in the samples is the result's, as a diverged solve's error.
     """
+    for name, value in (("x", x), ("y", y)):
+        if not torch.is_tensor(value):
+            raise TypeError(f"rms_error: argument '{name}' expected a tensor, got {type(value).__name__}.")
+    if x.numel() == 0:
+        raise ValueError(f"rms_error: arguments 'x' and 'y' expected non-empty batches, got shape {tuple(x.shape)}.")
     if x.shape != y.shape:
         raise ValueError(
             f"rms_error: arguments 'x' and 'y' expected the same shape, got {tuple(x.shape)} and {tuple(y.shape)}."

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import call_checked, check_choice, check_network_output
+from ._checks import call_checked, check_callable, check_choice, check_instance, check_network_output
 from ._tensor import TimeLike, batch_time, right_pad
 from .sde import ForwardSDE, check_sde
 
@@ -88,7 +88,9 @@ def affine_map_values(kind: str, alpha: float, sigma: float, d_alpha: float = ma
     r"""``[a_x0, b_x0, a_eps, b_eps]`` with :math:`\hat x_0 = a_{x_0} x + b_{x_0} p` and
     :math:`\hat\varepsilon = a_\varepsilon x + b_\varepsilon p` for a prediction p of ``kind``, in plain float
     arithmetic from the coefficients at one time (the derivatives are read for a flow velocity only): the conversion
-    table of :func:`convert`, evaluated at x = 1, p = 0 and at x = 0, p = 1."""
+    table of :func:`convert`, evaluated at x = 1, p = 0 and at x = 0, p = 1.  Raises ``ValueError`` for a ``kind``
+    not in :data:`PREDICTIONS`."""
+    check_choice("affine_map_values", "kind", kind, PREDICTIONS)
     derivatives = lambda: (d_alpha, d_sigma)  # noqa: E731
     a_x0, a_eps = _pair_at(kind, 0.0, 1.0, alpha, sigma, derivatives)
     b_x0, b_eps = _pair_at(kind, 1.0, 0.0, alpha, sigma, derivatives)
@@ -104,7 +106,13 @@ def convert(
     classic forms (:math:`\\hat\\varepsilon = -\\sigma s`, Tweedie's :math:`\\hat x_0 = (x + \\sigma^2 s)/\\alpha`,
     the probability-flow drift :math:`f x - \\tfrac12 g^2 s`); every other route goes through
     :math:`(\\hat x_0, \\hat\\varepsilon)`.
+
+    Raises:
+        ValueError: if ``source`` or ``target`` is not one of :data:`PREDICTIONS` (e.g. diffusers' ``"epsilon"``: an
+            unknown kind was converted as a score, silently).
     """
+    check_choice("convert", "source", source, PREDICTIONS)  # strings only: no read of a device, at every call
+    check_choice("convert", "target", target, PREDICTIONS)
     if source == target:
         return value
     t = batch_time(t, x)
@@ -258,7 +266,9 @@ def score_from_flow_velocity(net: Net, path: ForwardSDE) -> torch.nn.Module:
     Raises:
         TypeError: if ``net`` is not callable or ``path`` is not a forward process.
     """
-    return _FlowVelocityScore(net, path, "score_from_flow_velocity")
+    fn = "score_from_flow_velocity"
+    check_instance(fn, "path", path, ForwardSDE, "scoreflow.RectifiedFlow()")  # named as the user passed it, not 'sde'
+    return _FlowVelocityScore(net, path, fn)
 
 
 def score_from_energy(energy: Net) -> torch.nn.Module:
@@ -270,8 +280,11 @@ def score_from_energy(energy: Net) -> torch.nn.Module:
     return _EnergyScore(energy)
 
 
-def _from_model(model: Net, sde: ForwardSDE, target: str) -> Net:
-    """``target`` prediction of a model, through its native prediction."""
+def _from_model(fn: str, model: Net, sde: ForwardSDE, target: str) -> Net:
+    """``target`` prediction of a model, through its native prediction (``fn``: the public function, checking its
+    arguments once, here: a wrong one failed at the first call, with Python's message)."""
+    check_callable(fn, "score", model, "score(x, t)")
+    check_sde(fn, sde)
     source = prediction_of(model)
     native = model.predict if source != "score" else model
 
@@ -284,20 +297,20 @@ def _from_model(model: Net, sde: ForwardSDE, target: str) -> Net:
 
 def eps_from_score(score: Net, sde: ForwardSDE) -> Net:
     r"""Noise prediction :math:`\hat\varepsilon = -\sigma s` of a score (of a model: from its native prediction)."""
-    return _from_model(score, sde, "eps")
+    return _from_model("eps_from_score", score, sde, "eps")
 
 
 def denoiser_from_score(score: Net, sde: ForwardSDE) -> Net:
     r"""Data prediction (Tweedie) :math:`\hat x_0 = (x + \sigma^2 s)/\alpha` of a score (of a model: from its native prediction)."""
-    return _from_model(score, sde, "x0")
+    return _from_model("denoiser_from_score", score, sde, "x0")
 
 
 def velocity_from_score(score: Net, sde: ForwardSDE) -> Net:
     r"""Diffusion v-prediction :math:`\hat v = \alpha\hat\varepsilon - \sigma\hat x_0` of a score (of a model: from its native prediction)."""
-    return _from_model(score, sde, "v")
+    return _from_model("velocity_from_score", score, sde, "v")
 
 
 def flow_velocity_from_score(score: Net, sde: ForwardSDE) -> Net:
     r"""Flow velocity :math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon = f x - \tfrac12 g^2 s` of a score
     (of a model: from its native prediction), the right-hand side of the probability-flow ODE."""
-    return _from_model(score, sde, "flow_velocity")
+    return _from_model("flow_velocity_from_score", score, sde, "flow_velocity")

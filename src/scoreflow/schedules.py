@@ -16,7 +16,7 @@ import math
 import torch
 
 from ._cache import LRU, parameters_key
-from ._checks import check_choice, check_float_dtype, check_int, check_positive, resolve_t_min
+from ._checks import check_choice, check_float_dtype, check_int, check_positive, check_real, resolve_t_min
 from .sde import ForwardSDE, check_sde
 
 __all__ = [
@@ -42,7 +42,10 @@ _COARSE = LRU(64)
 
 
 def to_time_variable(sde: ForwardSDE, time: str, t: torch.Tensor) -> torch.Tensor:
-    r"""Map times t to the variable ``time``: t itself, :math:`\bar\sigma = \sigma/\alpha` or :math:`\lambda = \log(\alpha/\sigma)`."""
+    r"""Map times t to the variable ``time``: t itself, :math:`\bar\sigma = \sigma/\alpha` or :math:`\lambda = \log(\alpha/\sigma)`.
+
+    Raises ``ValueError`` for a ``time`` not in :data:`TIME_VARIABLES` (any other name was read as ``"log_snr"``)."""
+    check_choice("to_time_variable", "time", time, TIME_VARIABLES)  # a string: no read of a device
     if time == "t":
         return t
     lam = sde.log_snr(t)
@@ -50,7 +53,8 @@ def to_time_variable(sde: ForwardSDE, time: str, t: torch.Tensor) -> torch.Tenso
 
 
 def from_time_variable(sde: ForwardSDE, time: str, u: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`to_time_variable` (through ``sde.t_from_log_snr``)."""
+    """Inverse of :func:`to_time_variable` (through ``sde.t_from_log_snr``); the same ``ValueError`` for ``time``."""
+    check_choice("from_time_variable", "time", time, TIME_VARIABLES)
     if time == "t":
         return u
     return sde.t_from_log_snr(-torch.log(u) if time == "sigma" else u)
@@ -59,7 +63,20 @@ def from_time_variable(sde: ForwardSDE, time: str, u: torch.Tensor) -> torch.Ten
 def step_size_grid(sde: ForwardSDE, start: float, end: float, step_size: float, time: str = "t") -> torch.Tensor:
     """The float64 times in t of steps of length ``step_size`` in the variable ``time`` from ``start`` towards ``end``,
     the last step shortened to land on ``end`` (torchdiffeq's grid for a step size, without a sliver of a last step
-    from round-off)."""
+    from round-off).
+
+    Raises:
+        TypeError, ValueError: for an ``sde`` that is not a forward process, ``start`` or ``end`` that is not a time
+            in [0, T], a ``step_size`` that is not finite and > 0, or a ``time`` not in :data:`TIME_VARIABLES`.
+    """
+    fn = "step_size_grid"
+    check_sde(fn, sde)
+    start, end = check_real(fn, "start", start), check_real(fn, "end", end)
+    for name, value in (("start", start), ("end", end)):
+        if not 0.0 <= value <= sde.T:
+            raise ValueError(f"{fn}: argument '{name}' expected a time in [0, T={sde.T:g}], got {value!r}.")
+    step_size = check_positive(fn, "step_size", step_size)
+    check_choice(fn, "time", time, TIME_VARIABLES)
     ends = to_time_variable(sde, time, torch.tensor([start, end], dtype=torch.float64))
     span = abs(float(ends[1] - ends[0]))
     steps = max(1, math.ceil(span / step_size * (1 - 1e-12)))

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from ._cache import LRU, parameters_key
-from ._checks import check_instance, check_positive
+from ._checks import check_generator, check_instance, check_positive
 from ._tensor import TimeLike, as_time, batch_time, flat_dim, right_pad
 
 __all__ = ["ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "check_sde", "check_diffusion_finite_at_T"]
@@ -105,14 +105,38 @@ class ForwardSDE(ABC):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """Draw ``x_T`` of the given shape ``(B, *D)`` from the prior :math:`N(0, s^2 I)`, s = ``prior_std``."""
+        """Draw ``x_T`` of the given shape ``(B, *D)`` from the prior :math:`N(0, s^2 I)`, s = ``prior_std``.
+
+        Raises:
+            TypeError: if ``shape`` is not a tuple, list or ``torch.Size`` of ints (e.g. a bare batch size, 16), or
+                ``generator`` is not a ``torch.Generator``.
+            ValueError: if ``shape`` has fewer than two entries or one below 1.
+        """
+        fn = f"{type(self).__name__}.prior_sample"
+        check_generator(fn, generator)
+        if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+            hasattr(n, "__index__") and not isinstance(n, bool) for n in shape  # ints, NumPy's included
+        ):
+            raise TypeError(
+                f"{fn}: argument 'shape' expected a tuple of ints (B, *D), e.g. (16, 2), got {type(shape).__name__} {shape!r}."
+            )
+        if len(shape) < 2 or min(shape) < 1:
+            raise ValueError(f"{fn}: argument 'shape' expected (B, *D) with every size >= 1 and a batch first, got {tuple(shape)}.")
         if device is None and generator is not None:
             device = generator.device
         eps = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
         return self.prior_std * eps
 
     def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-density of the prior at ``x`` of shape ``(B, *D)``, summed over data dims; shape ``(B,)``."""
+        """Log-density of the prior at ``x`` of shape ``(B, *D)``, summed over data dims; shape ``(B,)``.
+
+        Raises ``TypeError`` for an ``x`` that is not a tensor and ``ValueError`` for one not shaped ``(B, *D)`` (type
+        and shape checks: no read of the values)."""
+        if not torch.is_tensor(x) or x.ndim < 2 or x.shape[0] == 0:
+            fn = f"{type(self).__name__}.prior_log_prob"
+            if not torch.is_tensor(x):
+                raise TypeError(f"{fn}: argument 'x' expected a tensor of shape (B, *D), got {type(x).__name__}.")
+            raise ValueError(f"{fn}: argument 'x' expected a non-empty batch of shape (B, *D), got shape {tuple(x.shape)}.")
         d = flat_dim(x)
         s2 = self.prior_std**2
         sq = x.reshape(x.shape[0], -1).pow(2).sum(dim=1)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_autocast, check_choice
+from .._checks import check_autocast, check_choice, check_positive, check_real
 from ..parameterizations import score_from_denoiser, score_from_eps, score_from_flow_velocity, score_from_velocity
 from ..paths import RectifiedFlow
 from ..sde import VPSDE, ForwardSDE
@@ -111,6 +111,8 @@ def sde_from_scheduler(
     """
     fn = "sde_from_scheduler"
     check_choice(fn, "schedule", schedule, SCHEDULES)
+    if t_min is not None:  # named here: the process built below would name itself
+        check_real(fn, "t_min", t_min)
     if _is_flow_matching(scheduler):
         if schedule != "auto":
             raise ValueError(
@@ -118,6 +120,8 @@ def sde_from_scheduler(
                 "flow-matching scheduler (its path is RectifiedFlow whatever the shift). Fix: leave schedule='auto'."
             )
         return _flow_path(fn, scheduler, t_min)
+    if t_min is not None:  # (a flow path may start at 0; a DDPM schedule's sigma is 0 there)
+        check_positive(fn, "t_min", t_min)
     betas, alphas_cumprod = _schedule_arrays(fn, scheduler)
     if alphas_cumprod.numel() > 1 and float(alphas_cumprod[-1]) == 0.0:
         # A zero terminal SNR (rescale_betas_zero_snr=True: pure noise at the last step) has log alpha^2 = -inf

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_autocast
+from .._checks import check_autocast, check_positive
 from ..parameterizations import score_from_denoiser
 from ..sde import EDMSDE
 from ._network import NetworkCall
@@ -78,6 +78,9 @@ def from_kdiffusion(
     if not callable(model):
         raise TypeError(f"{fn}: argument 'model' expected a denoiser model(x, sigma), got {type(model).__name__}.")
     check_autocast(fn, autocast)
+    for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+        if value is not None:  # named here: EDMSDE would name itself
+            check_positive(fn, name, value)
     own = _model_range(model)
     # EDM's own networks state sigma_min = 0 and sigma_max = inf (no limit): EDM's defaults stand in for those.
     usable = [v if own is not None and 0 < v < math.inf else None for v in (own or (None, None))]

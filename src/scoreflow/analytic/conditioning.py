@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .._checks import check_shaped
+from .._checks import check_instance, check_shaped
 from .._tensor import TimeLike, batch_time, right_pad
 from ..sde import ForwardSDE, check_sde
 
@@ -47,6 +47,10 @@ class _Posterior:
 
 
 def _check_unbatched(fn: str, law: GaussianMixture) -> None:
+    from .mixture import GaussianMixture  # (mixture imports this module)
+
+    # (the methods name themselves "<law's class>.condition": a non-law came through the function, named bare)
+    check_instance(fn.rpartition(".")[2], "law", law, GaussianMixture, "scoreflow.testing.make_law('ring2d')")
     if law.batch_shape:
         raise ValueError(
             f"{fn}: conditions a data law, got a law batched over {law.batch_shape}; condition the unbatched law "

@@ -6,7 +6,7 @@ import torch
 
 from .._tensor import TimeLike
 from ..sde import ForwardSDE
-from .mixture import GaussianMixture, _law_dtype
+from .mixture import GaussianMixture, _as_float_tensor, _law_dtype
 
 __all__ = ["Gaussian"]
 
@@ -24,8 +24,9 @@ class Gaussian(GaussianMixture):
 
     def __init__(self, mean, cov, *, event_shape: tuple[int, ...] | None = None) -> None:
         dtype = _law_dtype(mean, cov)
-        mean = torch.as_tensor(mean, dtype=dtype)
-        cov = torch.as_tensor(cov, dtype=dtype)
+        # named as given here: GaussianMixture names its means and covs
+        mean = _as_float_tensor("Gaussian", "mean", mean, 1, dtype)
+        cov = _as_float_tensor("Gaussian", "cov", cov, 2, dtype)
         super().__init__(torch.ones(1, dtype=dtype), mean[None], cov[None], event_shape=event_shape)
 
     def flow_map(
@@ -39,6 +40,7 @@ class Gaussian(GaussianMixture):
         :math:`v = \alpha^2\lambda + \sigma^2` obeys :math:`\dot v = 2 f v + g^2`.  ``rtol``/``atol`` are
         accepted for the mixture's signature and unused: the map is closed-form.
         """
+        self._check_flow_map("Gaussian.flow_map", sde, x, t_from, t_to)
         dtype = self.means.dtype
         a0, s0 = (c.reshape(-1, 1) for c in sde.marginal(torch.as_tensor(t_from, dtype=dtype, device=self.means.device)))
         a1, s1 = (c.reshape(-1, 1) for c in sde.marginal(torch.as_tensor(t_to, dtype=dtype, device=self.means.device)))

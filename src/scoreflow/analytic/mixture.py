@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .._checks import check_generator, check_int, check_positive, resolve_t_min
+from .._checks import check_batch, check_generator, check_instance, check_int, check_positive, check_time, resolve_t_min
 from .._tensor import ScoreFn, TimeLike, batch_time, right_pad
 from ..sde import ForwardSDE, check_sde
 from . import conditioning
@@ -33,7 +33,10 @@ def _law_dtype(*values) -> torch.dtype:
 
 def _as_float_tensor(fn: str, name: str, value, ndim: int, dtype: torch.dtype) -> torch.Tensor:
     """``value`` as an ``ndim``-D finite tensor in ``dtype`` (numbers converted straight to it, never through float32)."""
-    v = torch.as_tensor(value, dtype=dtype) if not torch.is_tensor(value) else value.to(dtype)
+    try:
+        v = torch.as_tensor(value, dtype=dtype) if not torch.is_tensor(value) else value.to(dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{fn}: argument '{name}' expected a {ndim}-D tensor or nested sequence of numbers, got {type(value).__name__} {value!r}.") from None
     if v.ndim != ndim:
         raise ValueError(f"{fn}: argument '{name}' expected a {ndim}-D tensor, got shape {tuple(v.shape)}.")
     if not torch.isfinite(v).all():
@@ -140,6 +143,8 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ densities
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(x):  # (a type test, no read: this runs at every evaluation of an analytic score)
+            raise TypeError(f"{type(self).__name__}: expected x a tensor of shape (B, *{self.event_shape}), got {type(x).__name__}.")
         n_event = len(self.event_shape)
         if tuple(x.shape[x.ndim - n_event :]) != self.event_shape or x.ndim != n_event + 1:
             raise ValueError(
@@ -232,6 +237,7 @@ class GaussianMixture:
         Under a process that ends in pure noise (:attr:`~scoreflow.ForwardSDE.pure_noise_at_T`, e.g. a flow path)
         this is :meth:`velocity`'s model, which also carries the exact flow velocity, so it can be integrated from T.
         """
+        check_sde(f"{type(self).__name__}.score", sde)
         return AnalyticVelocity(self, sde) if sde.pure_noise_at_T else AnalyticScore(self, sde)
 
     def velocity(self, sde: ForwardSDE) -> AnalyticVelocity:
@@ -249,8 +255,25 @@ class GaussianMixture:
     ) -> torch.Tensor:
         """The probability-flow map of this law from ``t_from`` (scalar or ``(B,)``) to ``t_to``: a float64 DOP853
         solve of the exact flow velocity (:meth:`velocity`) at ``rtol``/``atol`` (:func:`scoreflow.analytic.flow.solve_flow_map`)."""
+        self._check_flow_map(f"{type(self).__name__}.flow_map", sde, x, t_from, t_to)
         law = self.to(torch.float64, "cpu")  # the solve's states are on the host, whatever the device of x or the law
         return solve_flow_map(law.velocity(sde).predict, x, t_from, t_to, rtol=rtol, atol=atol)
+
+    @staticmethod
+    def _check_flow_map(fn: str, sde: ForwardSDE, x: torch.Tensor, t_from: TimeLike, t_to: TimeLike) -> None:
+        """The arguments of :meth:`flow_map`: a process, a batch x and times (scalars or ``(B,)``) in [0, T].
+
+        Raises:
+            TypeError, ValueError: naming the argument (before: Python's and torch's errors, a scipy solve that
+                failed or never ended, and times beyond T extrapolated silently).
+        """
+        check_sde(fn, sde)
+        check_batch(fn, "x", x)
+        for name, t in (("t_from", t_from), ("t_to", t_to)):
+            t = check_time(fn, name, t, x)
+            lo, hi = (float(t.min()), float(t.max())) if torch.is_tensor(t) else (t, t)
+            if lo < 0.0 or hi > sde.T:
+                raise ValueError(f"{fn}: argument '{name}' expected times in [0, T={sde.T:g}], got {t!r}.")
 
     def flow_description(self, rtol: float = FLOW_RTOL, atol: float = FLOW_ATOL) -> str:
         """How :meth:`flow_map` is computed: a solve, with its tolerances."""
@@ -307,7 +330,9 @@ class AnalyticScore:
     """
 
     def __init__(self, law: GaussianMixture, sde: ForwardSDE) -> None:
-        self.law, self.sde = law, sde
+        fn = type(self).__name__
+        check_instance(fn, "law", law, GaussianMixture, "scoreflow.analytic.Gaussian(torch.zeros(2), torch.eye(2))")
+        self.law, self.sde = law, check_sde(fn, sde)
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         return self.law.marginal(self.sde, self._time(x, t)).grad_log_prob(x)

@@ -61,8 +61,12 @@ class Parser(argparse.ArgumentParser):
         raise CLIError(message, prog=self.prog)
 
 
+#: The largest count, size or seed torch takes (an int64); a larger one failed inside torch with a traceback.
+INT_MAX = 2**63 - 1
+
+
 def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum``."""
+    """An argparse type: an integer >= ``minimum`` (and at most :data:`INT_MAX`)."""
 
     def parse(text: str) -> int:
         try:
@@ -71,6 +75,8 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {value}")
+        if value > INT_MAX:
+            raise argparse.ArgumentTypeError(f"expected an int from {minimum} to 2^63-1 (torch's int64), got {value}")
         return value
 
     return parse
@@ -229,7 +235,7 @@ def default_method(kind: str) -> str:
 
 def resolve_method(args: argparse.Namespace, kind: str) -> Method:
     """The record of ``--method`` (or the kind's default) among the methods of ``kind``."""
-    name = args.method or default_method(kind)
+    name = default_method(kind) if args.method is None else args.method  # "" is a wrong name, not the default
     methods = {m.name: m for m in list_methods(kind)}
     if name not in methods:
         when = f" with --sampler {args.sampler}" if getattr(args, "sampler", None) else ""

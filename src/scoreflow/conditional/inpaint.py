@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .._checks import (
-    check_batch, check_choice, check_generator, check_int, check_positive, check_shaped, resolve_t_min,
+    check_batch, check_bool, check_choice, check_generator, check_int, check_positive, check_shaped, resolve_t_min,
 )
 from .._tensor import standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
@@ -171,6 +171,7 @@ def inpaint(
     """
     fn = "inpaint"
     check_diffusion_finite_at_T(fn, sde)
+    check_bool(fn, "denoise_final", denoise_final)  # "no" would read as true and add Tweedie's step
     check_choice(fn, "method", method, [m.name for m in list_methods("conditional") if m.front_end.startswith(f"{fn}(")])
     plan = get_method("conditional", method).build(fn, options)
     if resample is not None and not plan.resampling:

@@ -18,7 +18,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._checks import call_checked, check_batch, check_callable, check_choice, check_generator, check_int, check_like
+from .._checks import (
+    call_checked, check_batch, check_callable, check_choice, check_generator, check_int, check_like, resolve_t_min,
+)
 from .._tensor import standard_normal
 from ..errors import NonFiniteError
 from ..methods import StepCallback, StepMonitor
@@ -47,7 +49,12 @@ def renoise_times(
     Raises:
         ValueError, TypeError: for ``steps < 1``, an unknown schedule, or one undefined on ``sde``.
     """
-    if check_int("renoise_times", "steps", steps) == 1:
+    fn = "renoise_times"  # checked here, so that an error names this function rather than time_grid
+    check_sde(fn, sde)
+    if schedule is not None:
+        check_choice(fn, "schedule", schedule, SCHEDULES)
+    t_min = resolve_t_min(fn, sde, t_min)
+    if check_int(fn, "steps", steps) == 1:
         return torch.empty(0, dtype=torch.float64)
     return time_grid(sde, steps, schedule or default_schedule(sde), t_min=t_min)[1:-1]
 
@@ -155,7 +162,7 @@ def sample_consistency(
     t_end = torch.tensor(t_min, dtype=x_T.dtype, device=x_T.device)
     finite, outputs = [], []
     x = x_T
-    with grad_mode(enable_grad), monitor:
+    with grad_mode(fn, enable_grad), monitor:
         monitor.start(eval_times[0], x_T, steps=len(t_eval))
         for i, t in enumerate(t_eval):
             x_tau = x_T if i == 0 else a[i] * x + noise[i] * standard_normal(x, generator)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_batch
+from .._checks import check_batch, check_real
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..dynamics.reparameterized import to_time_variable
 from ..methods import StepMonitor, Stepping, get_method, resolve_stepping
@@ -35,6 +35,7 @@ class ODEStep:
         time: torchdiffeq's integration variable (``"t"``, ``"sigma"``, ``"log_snr"``); native methods use their own.
         rtol, atol: tolerances of an adaptive method (default 1e-5).
         options: the method's options.
+        argument: the name ``fn`` gives ``method`` (e.g. ``"solver"``), named in its error.
 
     Raises:
         ValueError, TypeError: as :func:`scoreflow.sample_ode` for the method, its options, ``time``, ``rtol``, ``atol``.
@@ -43,8 +44,9 @@ class ODEStep:
     def __init__(
         self, fn: str, method: str, sde: ForwardSDE, like: torch.Tensor, *,
         time: str | None = None, rtol: float | None = None, atol: float | None = None, options: dict[str, Any] | None = None,
+        argument: str = "method",
     ) -> None:
-        self.spec = get_method("ode", method, caller=fn)
+        self.spec = get_method("ode", method, caller=fn, argument=argument)
         self.solver = self.spec.build(fn, options)
         self.fn, self.sde, self.options = fn, sde, dict(options or {})
         # torchdiffeq's initial-step heuristic probes beyond a short interval (below t = 0 under VE, where sigma(t)
@@ -121,6 +123,7 @@ def teacher_step(
     step = ODEStep(fn, method, sde, x, time=time, rtol=rtol, atol=atol, options=options)
     ends = []
     for name, value in (("t_from", t_from), ("t_to", t_to)):
+        value = value if torch.is_tensor(value) else check_real(fn, name, value)  # a string or None named here, not by torch
         t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         if t.shape != x.shape[:1]:

@@ -19,12 +19,13 @@ training and score matching) and computable inside a no-grad solve.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch.func import vjp, vmap
 
-from .._checks import check_choice, check_generator, check_int
+from .._checks import check_callable, check_choice, check_float_dtype, check_generator, check_int, check_positive_values
 
 __all__ = [
     "exact_divergence",
@@ -73,21 +74,33 @@ def _checked_output(fn_name: str, out: object, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _check_points(fn_name: str, x: object) -> None:
-    """The points must be a floating-point tensor (a dtype check, no read of the values: this runs every evaluation)."""
+def _check_field(fn_name: str, fn: object, x: object) -> None:
+    """The field ``fn`` must be callable and the points ``x`` as :func:`_check_points` checks them."""
+    check_callable(fn_name, "fn", fn, "fn(x)")
+    _check_points(fn_name, x)
+
+
+def _check_points(fn_name: str, x: object, *, name: str = "x") -> None:
+    """The points must be a floating-point tensor of shape ``(B, *D)`` with B >= 1 and D >= 1 (type and shape checks,
+    no read of the values: this runs every evaluation)."""
     if not torch.is_tensor(x) or not x.is_floating_point():
         got = f"dtype {x.dtype}" if torch.is_tensor(x) else type(x).__name__
         raise TypeError(
-            f"{fn_name}: argument 'x' expected a floating-point tensor of shape (B, *D), got {got}. Fix: x.to(torch.float32) "
-            "or .double()."
+            f"{fn_name}: argument '{name}' expected a floating-point tensor of shape (B, *D), got {got}. Fix: "
+            f"{name}.to(torch.float32) or .double()."
+        )
+    if x.ndim < 2 or x.shape[0] == 0 or math.prod(x.shape[1:]) == 0:
+        raise ValueError(
+            f"{fn_name}: argument '{name}' expected a non-empty batch of shape (B, *D) with at least 2 dimensions, "
+            f"got shape {tuple(x.shape)}."
         )
 
 
 def _check_probes(fn_name: str, probes: object, x: torch.Tensor) -> None:
-    if not torch.is_tensor(probes) or probes.ndim != x.ndim + 1 or probes.shape[1:] != x.shape:
+    if not torch.is_tensor(probes) or probes.ndim != x.ndim + 1 or probes.shape[1:] != x.shape or probes.shape[0] == 0:
         got = tuple(probes.shape) if torch.is_tensor(probes) else type(probes).__name__
         raise ValueError(
-            f"{fn_name}: argument 'probes' expected shape (P, {', '.join(map(str, x.shape))}), "
+            f"{fn_name}: argument 'probes' expected shape (P, {', '.join(map(str, x.shape))}) with P >= 1, "
             f"got {got}. Fix: draw them with draw_probes(x, n_probes)."
         )
 
@@ -111,11 +124,11 @@ def value_and_exact_divergence(
         ``fn(x)`` of shape ``(B, *D)`` and the divergence of shape ``(B,)``.
 
     Raises:
-        ValueError: if ``fn`` does not return a tensor shaped like ``x``.
-        TypeError: if ``x`` is not a floating-point tensor.
+        ValueError: if ``fn`` does not return a tensor shaped like ``x``, or ``x`` is not a non-empty ``(B, *D)`` batch.
+        TypeError: if ``fn`` is not callable or ``x`` is not a floating-point tensor.
         TypeError / ValueError: if ``chunk_size`` is not an int >= 1.
     """
-    _check_points("exact_divergence", x)
+    _check_field("exact_divergence", fn, x)
     batch, dim = x.shape[0], x[0].numel()
     if chunk_size is None:
         chunk_size = _default_chunk(x)
@@ -162,10 +175,11 @@ def value_and_hutchinson_divergence(
         ``fn(x)`` of shape ``(B, *D)`` and the ``(P, B)`` estimates; their mean over P is unbiased for the divergence.
 
     Raises:
-        ValueError: if ``probes`` is not shaped ``(P, *x.shape)`` or ``fn`` does not return a tensor shaped like ``x``.
-        TypeError: if ``x`` is not a floating-point tensor.
+        ValueError: if ``probes`` is not shaped ``(P, *x.shape)`` with P >= 1, ``fn`` does not return a tensor shaped
+            like ``x``, or ``x`` is not a non-empty ``(B, *D)`` batch.
+        TypeError: if ``fn`` is not callable or ``x`` is not a floating-point tensor.
     """
-    _check_points("hutchinson_divergence", x)
+    _check_field("hutchinson_divergence", fn, x)
     _check_probes("hutchinson_divergence", probes, x)
     # Plain autograd (not torch.func's transforms) has the least overhead per call for a few VJPs; all probes go
     # through one backward pass (is_grads_batched vmaps it over the probes).
@@ -198,8 +212,12 @@ def value_and_hutchinson_divergence(
 def difference_scale(dtype: torch.dtype) -> float:
     r"""The relative step :math:`c = \epsilon^{1/3}` of a central difference in ``dtype`` (:math:`\epsilon`: its machine
     epsilon): it balances the truncation error :math:`O(c^2)` against the rounding error :math:`O(\epsilon/c)`,
-    both relative; 6.1e-6 in float64, 4.9e-3 in float32."""
-    return torch.finfo(dtype).eps ** (1.0 / 3.0)
+    both relative; 6.1e-6 in float64, 4.9e-3 in float32.
+
+    Raises:
+        TypeError: if ``dtype`` is not a floating-point ``torch.dtype``.
+    """
+    return torch.finfo(check_float_dtype("difference_scale", "dtype", dtype)).eps ** (1.0 / 3.0)
 
 
 def difference_step(dtype: torch.dtype, sigma: float | torch.Tensor, size: float | torch.Tensor) -> float | torch.Tensor:
@@ -216,9 +234,32 @@ def difference_step(dtype: torch.dtype, sigma: float | torch.Tensor, size: float
     the rounding of :math:`x \pm c\sigma v` (a few units in the last place of x in float32) no longer dominates.  On
     16-D mixtures and a sharp 2-D ring under rectified flow, VP and VE, in float32 at :math:`t = 10^{-3} T`, the
     estimate's error against the exact :math:`v^\top J v` was 5-15 times smaller than with :math:`c\sigma`, and within
-    a factor 4 of it (either way) elsewhere along the path.  Floats or tensors.
+    a factor 4 of it (either way) elsewhere along the path.  Floats or tensors (of shapes that broadcast).
+
+    Raises:
+        TypeError: if ``dtype`` is not a floating-point ``torch.dtype``, or ``sigma`` or ``size`` is neither a real
+            number nor a floating-point tensor.
+        ValueError: if an entry of ``sigma`` or ``size`` is not finite and > 0 (a step of 0 divides by 0, a negative
+            size has a complex cube root), or their shapes do not broadcast.
     """
-    return difference_scale(dtype) * (size * sigma * sigma) ** (1.0 / 3.0)
+    fn = "difference_step"
+    check_float_dtype(fn, "dtype", dtype)
+    check_positive_values(fn, "sigma", sigma)
+    check_positive_values(fn, "size", size)
+    if torch.is_tensor(sigma) and torch.is_tensor(size):
+        try:
+            torch.broadcast_shapes(sigma.shape, size.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{fn}: arguments 'sigma' and 'size' expected shapes that broadcast, got {tuple(sigma.shape)} and "
+                f"{tuple(size.shape)}."
+            ) from None
+    return scaled_difference_step(difference_scale(dtype), sigma, size)
+
+
+def scaled_difference_step(scale: float, sigma: float | torch.Tensor, size: float | torch.Tensor) -> float | torch.Tensor:
+    r""":func:`difference_step` with its :math:`c` = ``scale`` given and no checks: a solve's steps, per time."""
+    return scale * (size * sigma * sigma) ** (1.0 / 3.0)
 
 
 class CentralDifferences:
@@ -235,10 +276,12 @@ class CentralDifferences:
         like: a tensor shaped like the points ``(B, *D)``.
 
     Raises:
-        ValueError: if ``probes`` is not shaped ``(P, *like.shape)``.
+        ValueError: if ``probes`` is not shaped ``(P, *like.shape)`` with P >= 1.
+        TypeError: if ``like`` is not a floating-point tensor.
     """
 
     def __init__(self, probes: torch.Tensor, like: torch.Tensor) -> None:
+        _check_points("difference_hutchinson", like, name="like")
         _check_probes("difference_hutchinson", probes, like)
         self.n = probes.shape[0]
         self.signed = torch.cat([probes, -probes])  # (2P, B, *D): the P upward, then the P downward moves
@@ -302,8 +345,17 @@ def value_and_difference_hutchinson(
         The symmetric mean (``fn(x)`` up to :math:`O(\delta^2)`), shape ``(B, *D)``, and the ``(P, B)`` estimates.
 
     Raises:
-        ValueError: if ``probes`` is not shaped ``(P, *x.shape)`` or ``fn`` does not return a tensor shaped like its input.
+        ValueError: if ``probes`` is not shaped ``(P, *x.shape)`` with P >= 1, ``fn`` does not return a tensor shaped
+            like its input, or ``step`` is not finite and > 0 or not of shape ``()`` or ``(B,)``.
+        TypeError: if ``fn`` is not callable or ``x`` is not a floating-point tensor.
     """
+    _check_field("difference_hutchinson", fn, x)
+    check_positive_values("difference_hutchinson", "step", step)  # 0 divided by 0; a call, not a solve's step
+    if torch.is_tensor(step) and step.numel() != 1 and tuple(step.shape) != (x.shape[0],):
+        raise ValueError(
+            f"difference_hutchinson: argument 'step' expected a number or a tensor of shape () or ({x.shape[0]},) (one "
+            f"step per sample of x), got shape {tuple(step.shape)}."
+        )
     return CentralDifferences(probes, x)(fn, x, step)
 
 
@@ -330,9 +382,10 @@ def draw_probes(
     :math:`J_s = (J + J^\top)/2`, so Rademacher is never worse.
 
     Raises:
-        ValueError: for an unknown ``kind`` (lists the valid ones) or ``n_probes < 1``.
-        TypeError: if ``generator`` is not a ``torch.Generator``.
+        ValueError: for an unknown ``kind`` (lists the valid ones), ``n_probes < 1`` or an empty ``x``.
+        TypeError: if ``generator`` is not a ``torch.Generator`` or ``x`` is not a floating-point tensor.
     """
+    _check_points("draw_probes", x)
     check_choice("draw_probes", "kind", kind, PROBES)
     check_int("draw_probes", "n_probes", n_probes)
     check_generator("draw_probes", generator, x)

@@ -15,7 +15,7 @@ import torch
 
 from .._tensor import right_pad
 from ..parameterizations import convert
-from ..sde import ForwardSDE
+from ..sde import ForwardSDE, check_sde
 from .counting import CountedScore, ScoreFn
 
 __all__ = ["ProbabilityFlowODE"]
@@ -38,7 +38,7 @@ class ProbabilityFlowODE(torch.nn.Module):
     def __init__(self, score: ScoreFn, sde: ForwardSDE) -> None:
         super().__init__()
         self.score = score if isinstance(score, CountedScore) else CountedScore(score, caller="ProbabilityFlowODE")
-        self.sde = sde
+        self.sde = check_sde("ProbabilityFlowODE", sde)
 
     @property
     def nfe(self) -> int:

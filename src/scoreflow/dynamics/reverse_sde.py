@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .._tensor import right_pad
-from ..sde import ForwardSDE
+from ..sde import ForwardSDE, check_sde
 from .counting import CountedScore, ScoreFn
 
 __all__ = ["ReverseSDE"]
@@ -43,7 +43,7 @@ class ReverseSDE(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.score = score if isinstance(score, CountedScore) else CountedScore(score, caller="ReverseSDE")
-        self.sde = sde
+        self.sde = check_sde("ReverseSDE", sde)
         self.data_shape = tuple(data_shape)
         self.sde_type = sde_type
         self._contract: torch.Tensor | None = None

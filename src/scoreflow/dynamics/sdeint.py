@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torchsde
 
-from .._checks import check_batch, check_generator, check_positive
+from .._checks import check_batch, check_bool, check_generator, check_positive
 from ..methods import Method, Solution, StepMonitor, Stepping, Tolerances, register
 from ..sde import ForwardSDE
 from .counting import CountedScore
@@ -128,6 +128,8 @@ def brownian_motion(
     fn = "brownian_motion"
     check_batch(fn, "x_T", x_T)
     check_generator(fn, generator)
+    check_bool(fn, "levy_area", levy_area)
+    check_bool(fn, "query_independent", query_independent)
     duration = check_positive(fn, "duration", duration)
     if step_size is not None:
         step_size = check_positive(fn, "step_size", step_size)

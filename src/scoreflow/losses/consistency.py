@@ -194,7 +194,7 @@ def consistency_distillation_loss(
         fn, f, f_target, sde, x0, steps=steps, schedule=schedule, distance=distance, huber_c=huber_c,
         weighting=weighting, shared_step=shared_step, t_min=t_min, generator=generator, reduction=reduction,
     )
-    teacher = ODEStep(fn, solver, sde, x0, time=time, rtol=rtol, atol=atol, options=options)
+    teacher = ODEStep(fn, solver, sde, x0, time=time, rtol=rtol, atol=atol, options=options, argument="solver")
     t_hi, t_lo, _, x_hi = setup.draw(x0, generator)
     counted = CountedScore(score, caller=fn)
     with torch.no_grad(), counted.guard():

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._checks import check_bool
 from .._tensor import as_time, right_pad
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..methods import Grid, Solution, StepCallback, StepMonitor, Stepping
@@ -56,7 +57,7 @@ def solving(
 ) -> Iterator[None]:
     """The context of one solve from ``x0`` at ``t0``: grad mode, the monitor (and its progress bar in ``steps`` or
     in time ``span``), and the non-finite check when the solve ends (one host read)."""
-    with grad_mode(enable_grad), monitor, score.guard():
+    with grad_mode(score.caller, enable_grad), monitor, score.guard():
         monitor.start(t0, x0, steps=steps, span=span)
         yield
 
@@ -129,6 +130,7 @@ def check_save_at_alone(fn: str, save_at: Any, return_trajectory: bool) -> None:
         )
 
 
-def grad_mode(enable_grad: bool) -> contextlib.AbstractContextManager:
-    """Samplers run under ``torch.no_grad()`` unless the caller asks to differentiate through them."""
-    return contextlib.nullcontext() if enable_grad else torch.no_grad()
+def grad_mode(fn: str, enable_grad: bool) -> contextlib.AbstractContextManager:
+    """Samplers run under ``torch.no_grad()`` unless the caller of the front-end ``fn`` asks to differentiate through
+    them (``enable_grad=True``; a string such as ``"no"`` is refused: it would read as true and keep the graph)."""
+    return contextlib.nullcontext() if check_bool(fn, "enable_grad", enable_grad) else torch.no_grad()

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_batch, check_choice, check_int, check_positive, resolve_t_min
+from .._checks import check_batch, check_callable, check_choice, check_int, check_positive, resolve_t_min
 from ..dynamics.counting import ScoreFn
 from ..methods import get_method
 from ..schedules import time_grid
@@ -144,7 +144,12 @@ def fit_schedule(
         TypeError: for arguments of the wrong type.
     """
     fn = "fit_schedule"
+    check_callable(fn, "score", score, "score(x, t)")
     check_sde(fn, sde)
+    if not isinstance(method, (str, list, tuple)):
+        raise TypeError(
+            f"{fn}: argument 'method' expected a method name or a non-empty sequence of them, got {type(method).__name__} {method!r}."
+        )
     methods = [method] if isinstance(method, str) else list(method)
     if not methods:
         raise ValueError(f"{fn}: argument 'method' expected a method name or a non-empty sequence of them, got {method!r}.")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, check_float_dtype
 from ..analytic import Gaussian, GaussianMixture
 from ..paths import RectifiedFlow
 from ..sde import VESDE, VPSDE, ForwardSDE, SubVPSDE
@@ -66,6 +66,7 @@ def make_law(name: str, dtype: torch.dtype = torch.float64) -> GaussianMixture:
     - ``mixture16d``: 4 unequal components in 16-D at distance ~3 from the origin, anisotropic covariances.
     """
     check_choice("make_law", "name", name, LAWS)
+    check_float_dtype("make_law", "dtype", dtype)
     if name == "gaussian2d":
         return Gaussian(torch.tensor([0.5, -0.3], dtype=dtype), _anisotropic_cov(2, 10.0, 0, dtype))
     if name == "gaussian16d":
