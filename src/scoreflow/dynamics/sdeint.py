@@ -10,7 +10,6 @@ torchsde's own orders, with the strong orders it states for additive noise.
 from __future__ import annotations
 
 import bisect
-
 import warnings
 from collections.abc import Sequence
 from functools import partial
