@@ -9,6 +9,7 @@ torchsde's own orders, with the strong orders it states for additive noise.
 
 from __future__ import annotations
 
+import bisect
 import warnings
 from collections.abc import Sequence
 from functools import partial
@@ -96,6 +97,32 @@ class BrownianPath(torchsde.BaseBrownian):
         if levy_area and not self.levy_area:
             raise ValueError(f"{fn}: the method needs a path with Levy area: brownian_motion(..., levy_area=True).")
         return self
+
+
+class _GridQueries(BrownianPath):
+    """The path ``bm`` queried at the times of a fixed grid: a query time within a millionth of a typical step of a
+    grid time is taken as that time.
+
+    A torchsde ``BrownianInterval`` fixes its path where it is first queried, so query times off by 1e-10 draw
+    another path.  torchsde steps through a grid by sums of steps a hair longer than the grid's (``dt * (1 + 1e-9)``,
+    so that round-off adds no vanishing step), which land 1e-10 beside the grid times; a solve run step by step (for
+    a callback) lands on them: unsnapped, the two drew different paths (38 Euler steps: samples 10 % apart), and a
+    solve restarted on the rest of the grid another one still.
+    """
+
+    def __init__(self, bm: BrownianPath, solver_ts: torch.Tensor) -> None:
+        super().__init__(bm.intervals, bm.duration, levy_area=bm.levy_area)
+        self.times = solver_ts.tolist()
+        self.tolerance = 1e-6 * (self.times[-1] - self.times[0]) / max(len(self.times) - 1, 1)
+
+    def _snap(self, t):  # noqa: ANN001, ANN202 - torchsde's times (floats or 0-dim tensors)
+        i = bisect.bisect_left(self.times, float(t))
+        near = min(self.times[max(i - 1, 0) : i + 1], key=lambda g: abs(g - float(t)))
+        return near if abs(near - float(t)) <= self.tolerance else t
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: ANN001 - torchsde's signature
+        tb = None if tb is None else self._snap(tb)
+        return super().__call__(self._snap(ta), tb, return_U=return_U, return_A=return_A)
 
 
 def brownian_motion(
@@ -207,6 +234,8 @@ class TorchsdeSolver:
         adaptive = isinstance(stepping, Tolerances)
         reverse = ReverseSDE(score, sde, tuple(x_T.shape[1:]), sde_type=self.sde_type)
         y = x_T.reshape(x_T.shape[0], -1)
+        if not adaptive:
+            bm = _GridQueries(bm, solver_ts)
         if not monitor.live:
             out = slice(None) if adaptive or monitor.keeps else [0, -1]
             dt = stepping.first_step if adaptive else stepping.step_size or float(solver_ts[-1]) / (len(ts) - 1)
