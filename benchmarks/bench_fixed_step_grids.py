@@ -37,14 +37,13 @@ import statistics
 from pathlib import Path
 
 import torch
-from peers import random_mixture, write_json, write_text  # benchmarks/ is on the path when this script runs
+from peers import grid_or_none, grid_path_errors, problem_set, write_json, write_text  # benchmarks/ is on the path when this script runs
 
 import scoreflow as sf
 from scoreflow.dynamics.counting import CountedScore
 from scoreflow.dynamics.sdeint import brownian_motion
 from scoreflow.methods import Grid, StepMonitor
-from scoreflow.metrics import gaussian_w2, rms_error
-from scoreflow.testing import make_law, reference_flow_map
+from scoreflow.metrics import gaussian_w2
 
 #: The methods of each part: torchdiffeq's fixed-step ODE methods, two of torchsde's SDE methods.
 METHODS = {"ode": ("euler", "midpoint", "heun", "heun3", "rk4"), "sde": ("euler", "heun")}
@@ -61,36 +60,12 @@ SETS = {
 
 def problems(name: str):
     """(label, law, seed of the prior draws) of a problem set."""
-    seeds, named = SETS[name]
-    out = [(f"random{seed}", random_mixture(seed)[0], seed) for seed in seeds]
-    return out + [(law, make_law(law), 0) for law in named]
-
-
-def grid(sde, label: str, steps: int) -> torch.Tensor | None:
-    """The candidate grid ``label`` of ``steps`` steps, or ``None`` where the process does not define it."""
-    try:
-        return sf.time_grid(sde, steps, label)
-    except ValueError:  # a log-SNR grid on a path that reaches pure noise
-        return None
+    return problem_set(*SETS[name])
 
 
 def path_errors(law, sde, x_T: torch.Tensor) -> dict:
     """RMS path error of each ODE method on each grid and budget, ``{method: {grid: {steps: error}}}`` (inf: not finite)."""
-    reference = reference_flow_map(law, sde, x_T, sde.T, sde.t_min)
-    model = law.score(sde)  # on a path to pure noise this model also carries the exact velocity
-    out = {}
-    for method in METHODS["ode"]:
-        out[method] = {}
-        for label in GRIDS:
-            row = {}
-            for steps in BUDGETS["ode"]:
-                times = grid(sde, label, steps)
-                if times is not None:
-                    error = rms_error(sf.sample_ode(model, sde, x_T, method=method, schedule=times).samples, reference)
-                    row[str(steps)] = error if math.isfinite(error) else math.inf  # keys as in the JSON
-            if row:
-                out[method][label] = row
-    return out
+    return grid_path_errors(law, sde, x_T, METHODS["ode"], {g: (g, {}) for g in GRIDS}, BUDGETS["ode"])
 
 
 def moment_distance(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
@@ -124,7 +99,7 @@ def law_errors(law, sde, n: int, seed: int) -> dict:
         for label in GRIDS:
             row = {}
             for steps in BUDGETS["sde"]:
-                times = grid(sde, label, steps)
+                times = grid_or_none(sde, steps, label)
                 if times is not None:
                     row[str(steps)] = moment_distance(reverse_sde(model, sde, method, x_T, times, seed + steps), mean, cov)
             if row:

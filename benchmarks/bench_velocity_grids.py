@@ -33,11 +33,9 @@ import statistics
 from pathlib import Path
 
 import torch
-from peers import random_mixture, write_json, write_text  # benchmarks/ is on the path when this script runs
+from peers import grid_path_errors, problem_set, write_json, write_text  # benchmarks/ is on the path when this script runs
 
 import scoreflow as sf
-from scoreflow.metrics import rms_error
-from scoreflow.testing import make_law, reference_flow_map
 
 METHODS = ("velocity_2m_pc", "velocity_3m_pc")
 BUDGETS = (5, 10, 15, 20, 30)
@@ -72,37 +70,12 @@ SETS = {
 
 def problems(name: str):
     """(label, law, seed of the prior draws) of a problem set."""
-    seeds, named = SETS[name]
-    out = [(f"random{seed}", random_mixture(seed)[0], seed) for seed in seeds]
-    return out + [(law, make_law(law), 0) for law in named]
-
-
-def grid(sde, label: str, steps: int) -> torch.Tensor | None:
-    """The candidate grid ``label`` of ``steps`` steps, or ``None`` where the process does not define it."""
-    schedule, options = GRIDS[label]
-    try:
-        return sf.time_grid(sde, steps, schedule, **options)
-    except ValueError:  # a log-SNR grid on a path that reaches pure noise
-        return None
+    return problem_set(*SETS[name])
 
 
 def path_errors(law, sde, x_T: torch.Tensor) -> dict:
     """RMS path error of each method on each grid and budget, ``{method: {grid: {steps: error}}}`` (inf: not finite)."""
-    reference = reference_flow_map(law, sde, x_T, sde.T, sde.t_min)
-    model = law.score(sde)  # on a path to pure noise this model also carries the exact velocity
-    out = {}
-    for method in METHODS:
-        out[method] = {}
-        for label in GRIDS:
-            row = {}
-            for steps in BUDGETS:
-                times = grid(sde, label, steps)
-                if times is not None:
-                    error = rms_error(sf.sample_ode(model, sde, x_T, method=method, schedule=times).samples, reference)
-                    row[str(steps)] = error if math.isfinite(error) else math.inf  # keys as in the JSON
-            if row:
-                out[method][label] = row
-    return out
+    return grid_path_errors(law, sde, x_T, METHODS, GRIDS, BUDGETS)
 
 
 def default_grid(process: str) -> str:

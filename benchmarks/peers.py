@@ -28,7 +28,9 @@ from scipy.integrate import solve_ivp
 
 from scoreflow._files import atomic_write
 from scoreflow.analytic import GaussianMixture
-from scoreflow.sampling import time_grid
+from scoreflow.metrics import rms_error
+from scoreflow.sampling import sample_ode, time_grid
+from scoreflow.testing import make_law, reference_flow_map
 
 __all__ = [
     "random_mixture", "reference_solve", "Counted", "load_k_diffusion_sampling", "vp_denoiser", "run_k_diffusion",
@@ -324,3 +326,40 @@ def run_diffusers(law, sde, x_T, budgets, *, configs=tuple(DIFFUSERS_CONFIGS), s
                 x, nfe = diffusers_sample(make_scheduler(name, sde), law, sde, x_T, budget, schedule)
                 rows.append(dict(library="diffusers", method=name, schedule=schedule, steps=budget, nfe=nfe, x=x))
     return rows
+
+
+def problem_set(seeds, named) -> list[tuple[str, GaussianMixture, int]]:
+    """(label, law, seed of the prior draws) of the random mixtures ``random_mixture(seed)`` and the named laws
+    (``scoreflow.testing.make_law``, drawn with seed 0): the problem sets of the grid benchmarks."""
+    out = [(f"random{seed}", random_mixture(seed)[0], seed) for seed in seeds]
+    return out + [(law, make_law(law), 0) for law in named]
+
+
+def grid_or_none(sde, steps: int, schedule: str, **options) -> torch.Tensor | None:
+    """``time_grid(sde, steps, schedule, **options)``, or ``None`` where the process does not define it (a log-SNR
+    or Karras grid on a path that reaches pure noise)."""
+    try:
+        return time_grid(sde, steps, schedule, **options)
+    except ValueError:
+        return None
+
+
+def grid_path_errors(law, sde, x_T: torch.Tensor, methods, grids: dict, budgets) -> dict:
+    """RMS path error against ``scoreflow.testing.reference_flow_map`` of each ``sample_ode`` method on each grid
+    (label -> (schedule, options of ``time_grid``)) and budget: ``{method: {label: {str(steps): error}}}``, inf where
+    not finite, grids the process does not define left out."""
+    reference = reference_flow_map(law, sde, x_T, sde.T, sde.t_min)
+    model = law.score(sde)  # on a path to pure noise this model also carries the exact velocity
+    out = {}
+    for method in methods:
+        out[method] = {}
+        for label, (schedule, options) in grids.items():
+            row = {}
+            for steps in budgets:
+                times = grid_or_none(sde, steps, schedule, **options)
+                if times is not None:
+                    error = rms_error(sample_ode(model, sde, x_T, method=method, schedule=times).samples, reference)
+                    row[str(steps)] = error if math.isfinite(error) else math.inf  # keys as in the JSON
+            if row:
+                out[method][label] = row
+    return out
