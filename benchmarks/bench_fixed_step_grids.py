@@ -37,7 +37,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from peers import grid_or_none, grid_path_errors, problem_set, write_json, write_text  # benchmarks/ is on the path when this script runs
+from peers import grid_ratios, grid_or_none, grid_path_errors, problem_set, write_json, write_text  # benchmarks/ is on the path when this script runs
 
 import scoreflow as sf
 from scoreflow.dynamics.counting import CountedScore
@@ -114,15 +114,7 @@ def default_grid(process: str, part: str) -> str:
 
 def ratios(results: list[dict], process: str, label: str, base: str, steps: int) -> list[float]:
     """Error on grid ``label`` / error on grid ``base``, over the problems and methods."""
-    out = []
-    for r in results:
-        if r["process"] != process:
-            continue
-        for errors in r["errors"].values():
-            if isinstance(errors, dict) and label in errors:
-                mine, reference = errors[label][str(steps)], errors[base][str(steps)]
-                out.append(mine / reference if reference > 0 else math.inf)
-    return out
+    return grid_ratios(results, process, label, base, steps)
 
 
 def table(results: list[dict], part: str = "ode") -> str:

@@ -33,7 +33,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from peers import grid_path_errors, problem_set, write_json, write_text  # benchmarks/ is on the path when this script runs
+from peers import grid_ratios, grid_path_errors, problem_set, write_json, write_text  # benchmarks/ is on the path when this script runs
 
 import scoreflow as sf
 
@@ -84,16 +84,8 @@ def default_grid(process: str) -> str:
 
 
 def ratios(results: list[dict], process: str, label: str, base: str, steps: int) -> list[float]:
-    """Error on grid ``label`` / error on grid ``base``, over the problems and both methods."""
-    out = []
-    for r in results:
-        if r["process"] != process:
-            continue
-        for errors in r["errors"].values():
-            if label in errors:
-                mine, reference = errors[label][str(steps)], errors[base][str(steps)]
-                out.append(mine / reference if reference > 0 else math.inf)
-    return out
+    """Error on grid ``label`` / error on grid ``base``, over the problems and methods."""
+    return grid_ratios(results, process, label, base, steps)
 
 
 def table(results: list[dict], baseline: str = "t") -> str:

@@ -363,3 +363,17 @@ def grid_path_errors(law, sde, x_T: torch.Tensor, methods, grids: dict, budgets)
             if row:
                 out[method][label] = row
     return out
+
+
+def grid_ratios(results: list[dict], process: str, label: str, base: str, steps: int) -> list[float]:
+    """Error on grid ``label`` / error on grid ``base`` at ``steps``, over the problems and methods of a grid study's
+    ``results`` (rows with ``process`` and ``errors`` as :func:`grid_path_errors` gives them) under ``process``."""
+    out = []
+    for r in results:
+        if r["process"] != process:
+            continue
+        for errors in r["errors"].values():
+            if isinstance(errors, dict) and label in errors:
+                mine, reference = errors[label][str(steps)], errors[base][str(steps)]
+                out.append(mine / reference if reference > 0 else math.inf)
+    return out
