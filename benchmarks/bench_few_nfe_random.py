@@ -171,6 +171,8 @@ FAMILIES = {
     "DPM-Solver++ (diffusers)": lambda r: r["library"] == "diffusers" and r["method"].startswith("dpmpp"),
     "k-diffusion lms / dpmpp_2m / dpmpp_3m": lambda r: r["library"] == "k-diffusion",
     "iPNDM (peers.sample_ipndm)": lambda r: r["library"] == "ipndm",
+    "UniPC bh1 (scoreflow's unipc)": lambda r: r["library"] == "scoreflow" and r["method"].startswith("unipc_bh1"),
+    "DEIS (scoreflow's deis)": lambda r: r["library"] == "scoreflow" and r["method"].startswith("deis"),
 }
 SF_FIXED = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_pc", "dpmpp_3m_pc", "dpmpp_4m_pc")
 
