@@ -20,6 +20,7 @@ import torchsde
 
 from .._checks import check_batch, check_bool, check_generator, check_positive
 from ..methods import Method, Solution, StepMonitor, Stepping, Tolerances, register
+from ..schedules import DATA_NOISE_LEVEL
 from ..sde import ForwardSDE
 from .counting import CountedScore
 from .reverse_sde import ReverseSDE
@@ -125,6 +126,12 @@ class _GridQueries(BrownianPath):
         return super().__call__(self._snap(ta), tb, return_U=return_U, return_A=return_A)
 
 
+def _uniform(solver_ts: torch.Tensor) -> bool:
+    """Whether the grid's steps are equal to round-off (one ``sdeint`` call steps it); a float64 tensor on the host."""
+    steps = solver_ts.diff()
+    return bool(steps.max() - steps.min() <= 1e-9 * steps.abs().max())
+
+
 def brownian_motion(
     x_T: torch.Tensor,
     duration: float,
@@ -220,10 +227,10 @@ class TorchsdeSolver:
     ) -> Solution:
         """Integrate the reverse SDE from ``x_T`` at T through ``stepping.times`` (decreasing, in t) on the path ``bm``.
 
-        torchsde has no step callback: when the monitor must see the steps as they happen (a callback or a
-        progress bar), the solve runs interval by interval on the same Brownian path, one ``sdeint`` call per
-        grid step (for ``adaptive=True``, per interval between the output times ``stepping.times``), and the
-        next interval starts from the state the callback returns.  Returns the final state and, for an adaptive
+        torchsde steps a solve by one step size and has no step callback: on a grid that is not uniform, or when the
+        monitor must see the steps as they happen (a callback or a progress bar), the solve runs interval by interval
+        on the same Brownian path, one ``sdeint`` call per grid step (for ``adaptive=True``, per interval between the
+        output times ``stepping.times``), and the next interval starts from the state the callback returns.  Returns the final state and, for an adaptive
         solve, the states at every time of ``stepping.times``.
         """
         ts = stepping.times
@@ -236,7 +243,7 @@ class TorchsdeSolver:
         y = x_T.reshape(x_T.shape[0], -1)
         if not adaptive:
             bm = _GridQueries(bm, solver_ts)
-        if not monitor.live:
+        if not monitor.live and (adaptive or stepping.step_size is not None or _uniform(solver_ts)):
             out = slice(None) if adaptive or monitor.keeps else [0, -1]
             dt = stepping.first_step if adaptive else stepping.step_size or float(solver_ts[-1]) / (len(ts) - 1)
             ys = self._sdeint(reverse, y, solver_ts[out], bm, stepping, dt)[0].reshape((-1, *x_T.shape))
@@ -279,6 +286,13 @@ class TorchsdeSolver:
             )
 
 
+# The default grid where a uniform t grid leaves the data's own scale (sigma/alpha < 1) to its last twentieth (EDM,
+# t = sigma): Karras', which there gave Euler-Maruyama and stochastic Heun 0.01-0.03 of the uniform t grid's moment
+# error in the median at 10-40 steps (benchmarks/bench_fixed_step_grids.py --part sde, docs/choosing-a-sampler.md);
+# on a grid that is not uniform the solve runs one sdeint call per step.
+_COARSE_T = {"coarse_t_schedule": "karras", "coarse_t_noise_level": DATA_NOISE_LEVEL}
+
+
 def _register(
     name: str, sde_type: str, strong_order: float, weak_order: float, drift_order: float, nfe_per_step: int,
     summary: str, **extra: Any,
@@ -297,6 +311,7 @@ def _register(
             tolerance=True,
             step_size=True,
             default_schedule="t",
+            **_COARSE_T,
             **extra,
         )
     )

@@ -9,7 +9,7 @@ import torch
 from .._checks import check_batch, check_bool, check_generator, resolve_t_min
 from ..dynamics.counting import ScoreFn
 from ..dynamics.sdeint import BrownianPath, brownian_motion
-from ..methods import StepCallback, get_method, list_methods, resolve_stepping
+from ..methods import StepCallback, get_method, resolve_stepping
 from ..sde import ForwardSDE, check_diffusion_finite_at_T
 from ._common import check_save_at_alone, sample_with
 from .result import SampleResult
@@ -43,8 +43,9 @@ def sample_sde(
     r"""Integrate the reverse-time SDE :math:`dx = [f x - g^2 s]\,dt + g\,d\bar W` from T down to ``t_min``.
 
     The methods are the registry's ``"sde"`` kind (``scoreflow.list_methods("sde")``): torchsde's run in
-    :math:`s = T - t` on the flattened state (see :class:`scoreflow.ReverseSDE`) on a grid uniform in t;
-    scoreflow's own (``ddim`` with ``eta``, ``dpmpp_sde``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``, their
+    :math:`s = T - t` on the flattened state (see :class:`scoreflow.ReverseSDE`), on a grid uniform in t in one
+    ``sdeint`` call, on any other grid (``schedule``; Karras' by default on EDM) one call per step on the same
+    path; scoreflow's own (``ddim`` with ``eta``, ``dpmpp_sde``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``, their
     predictor-correctors, ``edm_stochastic``) on any grid of ``schedule``, reading the
     same Brownian path in :math:`s` (each step's noise is the path's increment over the step, normalized).
 
@@ -54,10 +55,11 @@ def sample_sde(
         x_T: initial states at time T, shape ``(B, *D)``.
         method: an ``"sde"`` method (torchsde's names: ``"euler"`` is Euler-Maruyama).
         steps: number of steps (give this, ``step_size`` or a ``schedule`` grid; with ``adaptive=True`` it sets the
-            first step): uniform in t for torchsde's methods, the method's ``default_schedule`` for native ones.
+            first step) on the method's default grid (``Method.schedule_for``): for torchsde's methods uniform in t
+            but on EDM, where it is Karras'; the method's ``default_schedule`` for native ones.
         step_size: step length of torchsde's methods (the last step is shortened to land on ``t_min``).
-        schedule: native methods only: a schedule name of :func:`scoreflow.time_grid` for ``steps`` steps, or the
-            grid itself (a decreasing 1-D tensor of times from T to ``t_min``).
+        schedule: a schedule name of :func:`scoreflow.time_grid` for ``steps`` steps, or the grid itself (a
+            decreasing 1-D tensor of times from T to ``t_min``).
         adaptive: error-controlled stepping (torchsde's step doubling) with ``rtol``/``atol`` (default 1e-5 each).
         rtol, atol: tolerances of ``adaptive=True``.
         generator: seeds the Brownian path; equal generator states give bit-identical samples.
@@ -83,8 +85,8 @@ def sample_sde(
     Raises:
         ValueError: for a process that reaches pure noise at T (a flow path such as ``RectifiedFlow()``, whose
             reverse SDE has infinite diffusion there; truncate it, ``RectifiedFlow(T=0.999)``).
-        ValueError: for an unknown method (listing the valid ones), a missing ``steps``/``step_size``, a
-            ``schedule`` for a torchsde method or a malformed one,
+        ValueError: for an unknown method (listing the valid ones), a missing ``steps``/``step_size``, a malformed
+            ``schedule``,
             ``t_min`` outside ``(0, T)``, a malformed ``x_T``, both ``bm`` and ``generator``, or a
             ``bm`` of the wrong size or span, or without the Lévy area the method needs, or ``save_at`` without
             ``adaptive=True``, outside ``[t_min, T]`` or together with ``return_trajectory``.
@@ -105,12 +107,6 @@ def sample_sde(
     t_min = resolve_t_min(fn, sde, t_min)
     check_batch(fn, "x_T", x_T, state=True)
     check_save_at_alone(fn, save_at, return_trajectory)
-    if schedule is not None and spec.backend == "torchsde":
-        raise ValueError(
-            f"{fn}: torchsde's method {method!r} steps uniformly in t and takes no 'schedule' (got "
-            f"{'a tensor' if torch.is_tensor(schedule) else repr(schedule)}); scoreflow's native methods take one: "
-            f"{', '.join(repr(m.name) for m in list_methods('sde') if m.backend == 'native')}."
-        )
     stepping = resolve_stepping(
         fn, spec, sde, x_T, start=sde.T, end=t_min, steps=steps, step_size=step_size, schedule=schedule,
         rtol=rtol, atol=atol, adaptive=adaptive, save_at=save_at,
