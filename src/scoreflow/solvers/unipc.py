@@ -8,17 +8,19 @@ log-SNR offsets :math:`r_k h` (earlier nodes for the predictor UniP; for the cor
 
 where the :math:`\rho_k` solve :math:`\sum_k \rho_k r_k^{i} = i!\,\varphi_{i+1}(h)/B(h)` for :math:`i = 0, \dots,
 n - 1` (n differences), with :math:`\varphi_1 = (e^{-h} - 1)/(-h) - 1` and :math:`\varphi_{i+1} = \varphi_i/(-h) -
-1/(i+1)!`, so that the step is exact for polynomial :math:`\hat x_0` of degree n in :math:`\lambda` up to
-:math:`O(h^{n+2})`; a single difference takes :math:`\rho = 1/2` (the paper's and diffusers' choice, the same to
-leading order). :math:`B(h) = -h` is ``"bh1"``, :math:`B(h) = e^{-h} - 1` ``"bh2"``. These coefficients depend on
+1/(i+1)!`, so that the step is exact where :math:`\hat x_0` is a polynomial of degree n in :math:`\lambda` (local
+error :math:`O(h^{n+2})`); a single difference takes :math:`\rho = 1/2` (the paper's and diffusers' choice, the
+solution to leading order). :math:`B(h) = -h` is ``"bh1"``, :math:`B(h) = e^{-h} - 1` ``"bh2"``. These coefficients depend on
 the grid only, so the plan computes them before the first evaluation, and the loop is the shared
 :class:`~scoreflow.solvers.multistep.PredictorCorrector`: one NFE per step, the new prediction both corrects the
 step and starts the next, the last step uncorrected.  UniPC-p takes p points in its predictor and p + 1 in its
 corrector (order p + 1 after the start-up).
 
-Compared with scoreflow's ``dpmpp_*_pc`` (the exact integral of the interpolating polynomial, the same points)
-UniPC differs in its B(h) weighting of the differences; on the benchmarks' grids the two are within about 10 % of
-each other in path error (docs/choosing-a-sampler.md).
+With ``"bh2"`` these conditions are those of the exact integral of the interpolating polynomial, and the single
+difference is DPM-Solver++(2M)'s: the same steps as ``dpmpp_2m_pc`` / ``dpmpp_3m_pc`` (``tests/test_unipc.py``).
+``"bh1"`` is another method: on the random problems of ``benchmarks/bench_few_nfe_random.py`` it had 1.25 times
+the error of the best ``dpmpp_*`` method on the same grid in the median, and less than 0.9 times in 8 of 115 cells
+(docs/choosing-a-sampler.md).
 """
 
 from __future__ import annotations
