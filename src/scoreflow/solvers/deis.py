@@ -18,13 +18,12 @@ the noise prediction; at 5 NFE that can be the better choice (``benchmarks/bench
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from ..methods import int_option
-from .base import Nodes, lagrange_weights, register_native
-from .multistep import _LOWER_ORDER_FINAL, LinearMultistep, final_points
+from .base import Nodes, register_native
+from .multistep import _LOWER_ORDER_FINAL, LinearMultistep, final_points, polynomial_weights
 
 __all__ = ["DEIS", "noise_polynomial_weights"]
 
@@ -33,12 +32,11 @@ def noise_polynomial_weights(h: float, nodes: Sequence[float]) -> list[float]:
     r"""Weights :math:`y_j` with :math:`\int_0^h e^{h-\tau} P(\tau)\,d\tau = \sum_j y_j m_j` for the polynomial P through
     the values :math:`m_j` at :math:`\tau_j = h\,\text{nodes}_j` (``nodes[0] = 0``, the step's start).
 
-    With :math:`u = \tau/h`: :math:`\int_0^h e^{h-\tau} u^p\,d\tau = p!\,h^{-p}\varphi_p(h)` (module docstring).
+    The data prediction's integral reflected: with :math:`\tau = -s`, :math:`\int_0^h e^{h-\tau} P(\tau)\,d\tau =
+    -\int_0^{-h} e^{s-(-h)} P(-s)\,ds`, which is :func:`~scoreflow.solvers.multistep.polynomial_weights` at
+    :math:`-h` on the same nodes, negated (its moments' recurrence is the module docstring's :math:`\varphi_p`).
     """
-    phi = [math.expm1(h)]
-    for p in range(1, len(nodes)):
-        phi.append(phi[-1] - h**p / math.factorial(p))
-    return lagrange_weights(nodes, [phi[p] * math.factorial(p) / h**p for p in range(len(nodes))])
+    return [-w for w in polynomial_weights(-h, nodes, dpm_form=False)]
 
 
 class DEIS(LinearMultistep):
