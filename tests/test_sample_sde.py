@@ -182,6 +182,14 @@ def test_on_edm_euler_maruyama_defaults_to_the_karras_grid_and_finds_the_law_uni
     assert errors[None] == errors["karras"]  # the default grid on EDM
 
 
+def test_a_non_finite_score_stops_a_torchsde_solve_on_a_karras_grid_naming_the_time():
+    """The step-by-step solve (EDM's default grid for torchsde's methods) stops at the first non-finite score."""
+    sde = sf.EDMSDE()
+    score = lambda x, t: torch.where(t[:, None] < 1.0, torch.nan, -x / (1 + t[:, None] ** 2))  # noqa: E731
+    with pytest.raises(sf.NonFiniteError, match=r"score became non-finite .* at t=0\.\d+"):
+        sf.sample_sde(score, sde, torch.zeros(4, 2), steps=10, generator=torch.Generator().manual_seed(0))
+
+
 def test_flags_must_be_true_or_false():
     """A string flag such as denoise_final="no" read as true and was applied silently."""
     law = sf.analytic.Gaussian(torch.zeros(2), torch.eye(2))

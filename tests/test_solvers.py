@@ -236,11 +236,12 @@ def test_time_variable_trajectory_is_reported_in_t(gaussian_vp):
     assert rms_error(res.samples, exact) < 1e-4
 
 
-def test_non_finite_score_stops_a_native_solver_naming_the_time():
+@pytest.mark.parametrize("method", ["dpmpp_2m", "unipc", "deis"])
+def test_non_finite_score_stops_a_native_solver_naming_the_time(method):
     sde = sf.VPSDE()
     score = lambda x, t: torch.where(t[:, None] < 0.5, torch.nan, -x)  # noqa: E731
     with pytest.raises(sf.NonFiniteError, match=r"score became non-finite .* at t=0\.\d+"):
-        sf.sample_ode(score, sde, torch.zeros(4, 2), method="dpmpp_2m", steps=10)
+        sf.sample_ode(score, sde, torch.zeros(4, 2), method=method, steps=10)
 
 
 def test_bad_arguments_name_the_fix(gaussian_vp):
