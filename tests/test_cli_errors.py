@@ -230,3 +230,20 @@ def test_an_interrupt_is_one_line_with_status_130(monkeypatch, capsys):
     monkeypatch.setattr(scoreflow, "log_likelihood", interrupted)
     assert main(["likelihood", "--num-samples", "4"]) == 130
     assert capsys.readouterr().err == "scoreflow likelihood: error: interrupted (results are written whole or not at all)\n"
+
+
+@pytest.mark.parametrize("argv", [["sample", "--method", "euler", "--steps", str(10**12)],
+                                  ["sample", "--sampler", "sde", "--steps", str(10**12)]])
+def test_an_allocation_beyond_the_machine_is_one_line_with_status_1(capsys, argv):
+    """A grid of 10^12 steps (8 TB) fails in torch's allocator; that is the size asked for, not a bug."""
+    assert main([*argv, "--num-samples", "4", "--no-progress"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "sample", r"out of memory \(7\.45e\+03 GiB in one allocation\)")
+
+
+def test_another_runtime_error_keeps_its_traceback(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(scoreflow, "sample_ode", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(["sample", "--num-samples", "4"])

@@ -3,8 +3,8 @@
 A user's error is one line ``<command>: error: <message>`` and exit status 2: an option argparse
 rejects, a combination a command rejects (:class:`~.options.CLIError`), or a ``ValueError`` /
 ``TypeError`` that scoreflow's API raises on purpose for the values given (a ``raise`` statement in
-scoreflow's own code).  A result that could not be written, or a solve that turned non-finite,
-is one line and status 1; Ctrl-C is one line and status 130.  Anything else is a bug and keeps its
+scoreflow's own code).  A result that could not be written, a solve that turned non-finite, or an
+allocation larger than the machine's memory (too many steps or samples) is one line and status 1; Ctrl-C is one line and status 130.  Anything else is a bug and keeps its
 traceback; ``--debug`` shows the traceback of every error.
 """
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Solvers for score-based generative models, checked against problems with exact answers.",
         epilog="Start with 'scoreflow bench': convergence of every solver against NFE, with a report. "
         "Exit status: 0 done, 2 an option was rejected (one line on stderr), 1 a result could not be "
-        "written or a solve turned non-finite; --debug shows the traceback.",
+        "written, a solve turned non-finite or memory ran out; --debug shows the traceback.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.add_parser(sub)
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         return args.run(args)
-    except (CLIError, ValueError, TypeError, NonFiniteError, KeyboardInterrupt) as e:
+    except (CLIError, ValueError, TypeError, NonFiniteError, KeyboardInterrupt, MemoryError, RuntimeError) as e:
         line = one_line(e)
         # Before the arguments are parsed, only a rejected argument (a CLIError naming its prog) is one line.
         if line is None or (args.debug if args is not None else not isinstance(e, CLIError)):
