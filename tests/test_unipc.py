@@ -94,3 +94,9 @@ def test_order_and_variant_are_checked():
         sf.sample_ode(law.score(SDE), SDE, x_T, method="unipc", steps=5, options={"order": 4})
     with pytest.raises(ValueError, match="variant"):
         sf.sample_ode(law.score(SDE), SDE, x_T, method="unipc", steps=5, options={"variant": "bh3"})
+
+
+def test_weights_refuse_an_unknown_variant():
+    """An unknown B(h) would otherwise silently take bh2's weights."""
+    with pytest.raises(ValueError, match=r"variant must be one of bh1, bh2, got 'bh3'"):
+        unipc_weights(0.5, [0.0, -1.0], "bh3")

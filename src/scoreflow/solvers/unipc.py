@@ -48,7 +48,12 @@ def unipc_weights(h: float, offsets: Sequence[float], variant: str = "bh2") -> l
 
     Returns:
         One weight per offset: :math:`y_0 = -(e^{-h} - 1) + B(h)\sum_k \rho_k / r_k`, :math:`y_k = -B(h)\rho_k/r_k`.
+
+    Raises:
+        ValueError: for a ``variant`` other than ``"bh1"`` and ``"bh2"``.
     """
+    if variant not in B_H_VARIANTS:
+        raise ValueError(f"unipc_weights: variant must be one of {', '.join(B_H_VARIANTS)}, got {variant!r}")
     hh = -h
     phi_1 = math.expm1(hh)
     ratios = [float(r) for r in offsets[1:]]
