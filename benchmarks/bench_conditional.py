@@ -31,7 +31,6 @@ the data's coordinate standard deviation (the DPS paper's 0.05 on [-1, 1] images
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -45,7 +44,7 @@ import scoreflow as sf
 from scoreflow.analytic import GaussianMixture, inpainting_score, observation_log_likelihood
 from scoreflow.metrics import mode_weights, sliced_wasserstein2
 
-from peers import save_figure, write_json, write_text
+from peers import read_json, save_figure, write_json, write_text
 
 BUDGETS = (10, 20, 50, 100, 200, 500, 1000)
 DTYPE = torch.float64
@@ -341,13 +340,13 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_json:
-        rows = json.loads((args.out / "conditional.json").read_text())["rows"]
+        rows = read_json(args.out / "conditional.json")["rows"]
         args.budgets = sorted({r["budget"] for r in rows if "budget" in r})
     else:
         log = lambda msg: print(msg, flush=True)  # noqa: E731
         runs = {k: str(v) for k, v in vars(args).items()}
         if args.only:  # the saved run's arguments stay; each rerun of some methods is listed after them
-            saved = json.loads((args.out / "conditional.json").read_text())
+            saved = read_json(args.out / "conditional.json")
             rows = [r for r in saved["rows"] if r["method"] not in args.only]
             rows += run(args.seeds, args.budgets, args.n, args.n_reference, methods=args.only, floor=False, log=log)
             runs = {**saved["args"], "reruns": [*saved["args"].get("reruns", []), runs]}

@@ -48,7 +48,7 @@ from scoreflow.testing import make_law
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from consistency_ring import distil  # noqa: E402  (the example's recipe is what is measured)
-from peers import save_figure, write_json, write_text  # noqa: E402
+from peers import read_json, save_figure, write_json, write_text  # noqa: E402
 
 METHODS = {"ddim": 1, "dpmpp_2m": 1, "dpmpp_2m_pc": 1, "dpmpp_3m_pc": 1, "dpm_solver_2": 2, "edm_heun": 2, "heun": 2, "euler": 1}
 GRIDS = ("log_snr_capped", "log_snr", "karras", "t")
@@ -259,10 +259,10 @@ def main(argv=None) -> None:
         return
     if args.combine:
         out.mkdir(parents=True, exist_ok=True)
-        joined = [r for d in args.combine for r in json.loads((Path(d) / "results.json").read_text())]
+        joined = [r for d in args.combine for r in read_json(Path(d) / "results.json")]
         write_json(out / "results.json", joined, default=float)
     if args.replot or args.combine:
-        results = json.loads((out / "results.json").read_text())
+        results = read_json(out / "results.json")
         for r in results:
             for key in ("consistency", "consistency_low_noise"):
                 r[key] = {int(k): v for k, v in r.get(key, {}).items()}

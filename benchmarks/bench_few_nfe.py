@@ -27,7 +27,7 @@ from scoreflow.metrics import rms_error, sliced_wasserstein2
 from scoreflow.testing import make_law
 
 import peers
-from peers import load_k_diffusion_sampling, reference_solve
+from peers import load_k_diffusion_sampling, read_json, reference_solve
 
 BUDGETS = (5, 10, 15, 20, 25, 30, 40, 50, 75, 100)
 SCHEDULES = ("log_snr_capped", "log_snr", "karras", "t")
@@ -189,7 +189,7 @@ def main(argv=None):
     ap.add_argument("--replot", action="store_true", help="only redraw the plot from OUT/results.json")
     args = ap.parse_args(argv)
     if args.replot:
-        saved = json.loads((Path(args.out) / "results.json").read_text())
+        saved = read_json(Path(args.out) / "results.json")
         return plot([(d["info"], d["rows"], d["claims"]) for d in saved], args.plot)
     torch.set_num_threads(1)
     kd = None if args.no_k_diffusion else load_k_diffusion_sampling()

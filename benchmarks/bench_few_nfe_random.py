@@ -44,7 +44,7 @@ from scoreflow.metrics import rms_error
 from scoreflow.testing import make_law
 
 from peers import (
-    DIFFUSERS_CONFIGS, diffusers_sample, load_k_diffusion_sampling, make_scheduler, random_mixture, reference_solve,
+    DIFFUSERS_CONFIGS, diffusers_sample, load_k_diffusion_sampling, make_scheduler, random_mixture, read_json, reference_solve,
     run_diffusers, run_ipndm, run_k_diffusion, save_figure, write_json, write_text,
 )
 
@@ -323,7 +323,7 @@ def main(argv=None):
     ap.add_argument("--ipndm", action="store_true", help="only iPNDM against scoreflow's fixed-grid methods on the same grids")
     ARGS = ap.parse_args(argv)
     if ARGS.report:
-        saved = json.loads((Path(ARGS.out) / "results.json").read_text())
+        saved = read_json(Path(ARGS.out) / "results.json")
         results = [(p["info"], p["rows"], summarize(p["rows"])) for p in saved["problems"]]
         return finish(results, saved["check"], Path(ARGS.out))
     torch.set_num_threads(1)

@@ -31,13 +31,12 @@ rule; ``held_out`` (seeds 7600-7609, mixture16d, gaussian16d), run once after it
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
 
 import torch
-from peers import grid_ratios, grid_or_none, grid_path_errors, problem_set, write_json, write_text  # benchmarks/ is on the path when this script runs
+from peers import grid_ratios, grid_or_none, grid_path_errors, problem_set, read_json, write_json, write_text  # benchmarks/ is on the path when this script runs
 
 import scoreflow as sf
 from scoreflow.metrics import gaussian_w2
@@ -144,7 +143,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     stem = Path(args.out) / (args.set + ("_sde" if args.part == "sde" else ""))
     if args.report:
-        print(table(json.loads(stem.with_suffix(".json").read_text())["results"], args.part))
+        print(table(read_json(stem.with_suffix(".json"))["results"], args.part))
         return
     torch.set_num_threads(1)
     results = []

@@ -37,7 +37,6 @@ k-diffusion and diffusers are optional benchmark dependencies: ``pip install --n
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -51,7 +50,7 @@ from scoreflow.metrics import mode_weights, rms_error
 from scoreflow.testing import make_law, make_sde
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import load_k_diffusion_sampling, random_mixture, save_figure, write_json, write_text  # noqa: E402
+from peers import load_k_diffusion_sampling, random_mixture, read_json, save_figure, write_json, write_text  # noqa: E402
 from stochastic_peers import (  # noqa: E402
     PathNoise, Sampler, diffusers_samplers, kd_samplers, reference_sampler, run_diffusers, run_k_diffusion, scoreflow_samplers,
 )
@@ -373,7 +372,7 @@ def merge_cases(paths):
     merged, seen = {}, []
     for path in paths:
         keys = set()
-        for case in json.loads(Path(path).read_text())["cases"]:
+        for case in read_json(path)["cases"]:
             info = case["info"]
             key = (info["problem"], info["sde"], info["seed"])
             rows = [r for r in case["rows"] if r["library"] != "reference" or key not in merged]

@@ -27,13 +27,12 @@ rule; ``held_out`` (seeds 7200-7209, mixture16d, gaussian16d), run once after it
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
 
 import torch
-from peers import grid_ratios, grid_path_errors, problem_set, write_json, write_text  # benchmarks/ is on the path when this script runs
+from peers import grid_ratios, grid_path_errors, problem_set, read_json, write_json, write_text  # benchmarks/ is on the path when this script runs
 
 import scoreflow as sf
 
@@ -120,7 +119,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.report:
-        print(table(json.loads((out / f"{args.set}.json").read_text())["results"], args.baseline))
+        print(table(read_json(out / f"{args.set}.json")["results"], args.baseline))
         return
     torch.set_num_threads(1)
     results = []

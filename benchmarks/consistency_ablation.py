@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from bench_consistency import SlicedW2, random_problem, trajectory_error  # noqa: E402
 from consistency_ring import fresh_model  # noqa: E402
-from peers import write_json, write_text  # noqa: E402
+from peers import read_json, write_json, write_text  # noqa: E402
 
 #: Each variant changes the CD recipe of the example before this change (Heun teacher on an 18-step Karras grid,
 #: EMA target 0.95, squared L2, uniform weighting, one grid step per batch) in the fields it names.
@@ -177,7 +177,7 @@ def main(argv=None) -> None:
     ap.add_argument("--table", metavar="DIR", help="only print the table of DIR/*.json")
     args = ap.parse_args(argv)
     if args.table:
-        rows = [json.loads(p.read_text()) for p in sorted(Path(args.table).glob("*.json"))]
+        rows = [read_json(p) for p in sorted(Path(args.table).glob("*.json"))]
         order = list(VARIANTS)
         rows.sort(key=lambda r: (order.index(r["variant"]), r["iters"]))
         lines = table(rows)

@@ -48,6 +48,18 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def read_json(path: str | Path):
+    """The JSON a benchmark wrote at ``path``, for its report or plot; a file that is missing or not JSON ends the
+    script with one line on stderr and exit status 2 (run the benchmark itself first), not a traceback."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        print(f"{Path(sys.argv[0]).name}: error: cannot read the results {path}: {reason}; run the benchmark without "
+              "the reporting option first", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def write_json(path: str | Path, payload, **dumps) -> Path:
     """Write ``payload`` as JSON to ``path`` with :func:`write_text`; prints and returns the path.
 
