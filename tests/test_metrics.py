@@ -24,6 +24,23 @@ def test_sliced_w2_of_one_dimensional_equal_size_samples_is_the_sorted_matching(
     assert sliced_wasserstein2(x[:1], y[:1], n_projections=3) == pytest.approx(abs(float(x[0, 0] - y[0, 0])), rel=1e-12)
 
 
+@pytest.mark.parametrize("m, n, trim", [(3, 5, 0.0), (7, 4, 0.0), (1, 9, 0.0), (60, 45, 0.1), (10, 15, 0.2), (13, 13, 0.05)])
+def test_sliced_w2_of_unequal_samples_is_the_exact_w2_of_the_empirical_laws(m, n, trim):
+    """Repeating each sorted sample to the common size lcm(m, n) leaves its empirical law unchanged and makes W2 the
+    sorted matching (the trimmed range integrated over whole and partial cells of 1/lcm)."""
+    g = torch.Generator().manual_seed(m * 100 + n)
+    x = torch.randn(m, 1, generator=g, dtype=torch.float64)
+    y = 2.0 * torch.randn(n, 1, generator=g, dtype=torch.float64) + 1.0
+    size = math.lcm(m, n)
+    xs = np.repeat(np.sort(x[:, 0].numpy()), size // m)
+    ys = np.repeat(np.sort(y[:, 0].numpy()), size // n)
+    cells = np.arange(size + 1) / size
+    width = np.diff(np.clip(cells, trim, 1.0 - trim))
+    exact = math.sqrt(float(np.sum((xs - ys) ** 2 * width)) / (1.0 - 2.0 * trim))
+    assert sliced_wasserstein2(x, y, n_projections=3, trim=trim) == pytest.approx(exact, rel=1e-12)
+    assert sliced_wasserstein2(y, x, n_projections=3, trim=trim) == pytest.approx(exact, rel=1e-12)
+
+
 def test_gaussian_w2_matches_scipy_sqrtm():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
