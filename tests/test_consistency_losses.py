@@ -1,5 +1,6 @@
 """Consistency distillation and training losses against the exact consistency function of analytic laws."""
 
+import copy
 import math
 
 import numpy as np
@@ -222,6 +223,22 @@ def test_curricula():
     assert torch.allclose(a.weight, 0.9 * before + 0.1 * b.weight)
     sf.consistency.ema_update(a, b, 0.0)
     assert torch.equal(a.weight, b.weight)
+
+
+def test_ema_update_keeps_a_target_in_its_own_dtype():
+    # an EMA kept in higher precision than the online network (or on another device, as timm's ModelEmaV2 allows)
+    # stopped in torch's lerp_ error after the parameters before it had already moved: a half-applied update
+    online = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    target = copy.deepcopy(online)
+    target[1].double()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(torch.randn(p.shape, generator=seeded(0)))
+    sf.consistency.ema_update(target, online, 0.9)
+    for (name, value), new in zip(before.items(), online.state_dict().values()):
+        assert target.state_dict()[name].dtype == value.dtype
+        torch.testing.assert_close(target.state_dict()[name], 0.9 * value + 0.1 * new.to(value.dtype), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(

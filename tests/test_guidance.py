@@ -169,6 +169,20 @@ def test_guided_score_errors_name_the_argument():
         sf.dps_score(law.score(sde), sde, lambda x: 1.0, torch.zeros(2), noise_std=0.1)(x, t)
 
 
+
+def test_dps_refuses_an_operator_that_does_not_keep_the_batch():
+    # an operator written for one sample (z[0] of a (2, 16) batch is sample 0) silently guided sample 0 alone, its
+    # 16 values reshaped into 8 per sample; a per-sample mask applied as z[mask] stopped in a bare reshape error
+    law, sde = make_law("gaussian16d"), sf.VPSDE()
+    x, t = torch.zeros(2, 16, dtype=torch.float64), torch.full((2,), 0.5, dtype=torch.float64)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, :3], mask[1, :2] = True, True
+    for operator, y, got in ((lambda z: z[0], torch.zeros(16), 16), (lambda z: z[mask], torch.zeros(5), 5)):
+        dps = sf.dps_score(law.score(sde), sde, operator, y.double(), noise_std=0.1)
+        with pytest.raises(ValueError, match=rf"dps_score: argument 'operator' expected operator\(x0\) of shape \(B, \*M\) with "
+                                             rf"B=2 \(one measurement per sample\), got shape \({got},\)"):
+            dps(x, t)
+
 WEIGHT = torch.ones(2, dtype=torch.float64, requires_grad=True)  # a classifier parameter
 
 

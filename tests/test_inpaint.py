@@ -175,6 +175,17 @@ def test_inpaint_errors_name_the_argument():
     assert counter.calls == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_state_is_refused_as_sample_pc_refuses_it(dtype):
+    # inpaint runs sample_pc's steps; in bfloat16 a grid of 1000 steps collapses to 506 distinct times, so the score
+    # was silently evaluated at the wrong times (it was accepted while sample_pc refuses it)
+    law, sde, x_T = _problem()
+    counter = RecordingScore(law.score(sde))
+    with pytest.raises(TypeError, match=r"inpaint: argument 'x_T' expected a float32 or float64 tensor .*got dtype"):
+        sf.inpaint(counter, sde, x_T.to(dtype), known=torch.zeros(2, dtype=dtype), mask=torch.tensor([True, False]), steps=1000)
+    assert counter.calls == 0
+
+
 def test_inpaint_calls_back_after_every_move_with_the_models_prediction():
     from test_hooks import posterior_mean
 

@@ -122,6 +122,14 @@ class DPSScore(torch.nn.Module):
             measured = call_checked("dps_score", "operator", "operator(x0)", self.operator, x0)
             if not torch.is_tensor(measured):
                 raise TypeError(f"dps_score: argument 'operator' expected operator(x0) -> tensor (B, *M), got {type(measured).__name__}.")
+            if measured.ndim == 0 or measured.shape[0] != x.shape[0]:
+                # an operator for one sample (x.flatten()[idx]) or x[mask] mixes the batch: reshaped to (B, -1) below,
+                # one sample's measurement would guide another, silently
+                raise ValueError(
+                    f"dps_score: argument 'operator' expected operator(x0) of shape (B, *M) with B={x.shape[0]} (one measurement "
+                    f"per sample), got shape {tuple(measured.shape)}. Fix: keep the batch dimension first (for a mask per "
+                    "sample, x0 * mask rather than x0[mask])."
+                )
             shape, m = tuple(self.y.shape), tuple(measured.shape)
             if shape not in (m, m[1:], (1, *m[1:])):
                 # a shape test: a y of another batch or shape would broadcast into a wrong residual
@@ -161,8 +169,9 @@ def dps_score(
         TypeError: if ``score`` or ``operator`` is not callable, ``y`` is not a floating tensor, or ``noise_std``
             or ``scale`` is not a number.
         ValueError: for a non-finite ``y`` or ``scale`` or a ``noise_std`` that is not > 0.
-        TypeError, ValueError: when called, for an ``operator`` that does not return a tensor, or a ``y`` whose shape
-            is not that of ``operator(x0)`` (or of one measurement) or which is on another device.
+        TypeError, ValueError: when called, for an ``operator`` that does not return a tensor whose first dimension is
+            the batch, or a ``y`` whose shape is not that of ``operator(x0)`` (or of one measurement) or which is on
+            another device.
     """
     fn = "dps_score"
     check_callable(fn, "score", score, "score(x, t)")

@@ -163,8 +163,9 @@ def inpaint(
             :func:`scoreflow.sample_pc`), an unknown method, predictor or corrector (listing the valid ones), ``resample`` with
             ``method="replacement"``, a ``jump`` of ``steps`` or more, shapes of ``known``/``mask`` that do not
             match ``x_T``, non-finite known values, ``t_min`` outside ``(0, T)``.
-        TypeError: for arguments of the wrong type, an option the method does not take, a score returning
-            the wrong dtype, or a callback returning something other than ``None`` or a state.
+        TypeError: for arguments of the wrong type, an ``x_T`` that is not float32 or float64 (as
+            :func:`scoreflow.sample_pc`), an option the method does not take, a score returning the wrong dtype, or a
+            callback returning something other than ``None`` or a state.
         ImportError: for ``progress=True`` without tqdm.
         NonFiniteError: if the score or the state becomes NaN/inf; the message names the time (found when the
             solve ends).
@@ -191,7 +192,7 @@ def inpaint(
         raise ValueError(f"{fn}: option 'jump' expected fewer grid steps than steps={steps}, got jump={jump}.")
     check_generator(fn, generator, x_T, "x_T")
     t_min = resolve_t_min(fn, sde, t_min)
-    check_batch(fn, "x_T", x_T)
+    check_batch(fn, "x_T", x_T, state=True)  # float32/float64, as sample_pc: half precision collapses the grid
     known, mask = _check_known(fn, known, mask, x_T)
 
     # Everything the loop needs, on the host before it starts (float64 coefficients, as sample_pc); the score

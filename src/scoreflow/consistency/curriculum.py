@@ -72,7 +72,8 @@ def target_ema_decay(steps: int, *, mu0: float = 0.9, s0: int = 2) -> float:
 def ema_update(target: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
     r"""In place, :math:`\theta^- \leftarrow \mu\,\theta^- + (1 - \mu)\,\theta` for every parameter and floating buffer.
 
-    ``target`` is typically ``copy.deepcopy(online)``; ``decay = 0`` copies the online weights (iCT's target).
+    ``target`` is typically ``copy.deepcopy(online)``; ``decay = 0`` copies the online weights (iCT's target).  The
+    target keeps its own dtype and device: it may be held in a higher precision than ``online``, or on another device.
 
     Raises:
         TypeError: if either is not a ``torch.nn.Module``.
@@ -89,7 +90,7 @@ def ema_update(target: torch.nn.Module, online: torch.nn.Module, decay: float) -
         raise ValueError(f"{fn}: 'target' and 'online' expected the same parameters; build the target with copy.deepcopy(online).")
     with torch.no_grad():
         for tgt, src in pairs:
-            if tgt.is_floating_point():
-                tgt.lerp_(src, 1.0 - decay)
+            if tgt.is_floating_point():  # in the target's own dtype and device (an EMA may be kept in float32, or on the host)
+                tgt.lerp_(src.to(dtype=tgt.dtype, device=tgt.device), 1.0 - decay)
             else:
                 tgt.copy_(src)

@@ -114,12 +114,12 @@ def teacher_step(
 
     Raises:
         ValueError, TypeError: for a bad method, option, time variable or tolerance, times outside
-            ``[t_min, T]``, or a malformed ``x``.
+            ``[t_min, T]``, or a malformed ``x`` (or one that is not float32 or float64, as :func:`scoreflow.sample_ode`).
         NonFiniteError: if the score returns NaN/inf; the message names the time.
     """
     fn = "teacher_step"
     check_sde(fn, sde)
-    check_batch(fn, "x", x)
+    check_batch(fn, "x", x, state=True)  # float32/float64, as sample_ode: an adaptive step's error estimate underflows in half
     step = ODEStep(fn, method, sde, x, time=time, rtol=rtol, atol=atol, options=options)
     ends = []
     for name, value in (("t_from", t_from), ("t_to", t_to)):
