@@ -219,6 +219,54 @@ def test_a_per_sample_condition_on_a_subset_of_rows_is_named(generator):
     assert out.shape == x.shape and nfe == 2 * 2  # two pairs of times, two evaluations each (heun)
 
 
+def sdxl_like_unet() -> torch.nn.Module:
+    """A tiny UNet2DConditionModel with SDXL's extra conditions, ``added_cond_kwargs={"text_embeds", "time_ids"}``."""
+    torch.manual_seed(2)
+    return diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(4, 8),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=2, cross_attention_dim=6, attention_head_dim=2,
+        addition_embed_type="text_time", addition_time_embed_dim=4, projection_class_embeddings_input_dim=5 + 6 * 4,
+    ).eval()
+
+
+def test_conditions_inside_a_dict_are_checked_broadcast_and_cast_as_top_level_ones(generator):
+    # SDXL's UNet takes its pooled text embedding and size ids in a dict, added_cond_kwargs: per-sample rows there meet
+    # the same check as a top-level condition (not a shape error deep inside the UNet), and a row for all is broadcast.
+    unet, scheduler = sdxl_like_unet(), diffusers.DDPMScheduler()
+    text = torch.randn(1, 3, 6, generator=generator)
+    per_sample = {"text_embeds": torch.randn(4, 5, generator=generator), "time_ids": torch.randn(4, 6, generator=generator)}
+    score, sde = from_diffusers(unet, scheduler, encoder_hidden_states=text, added_cond_kwargs=per_sample)
+    x = torch.randn(4, 1, 8, 8, generator=generator)
+    match = r"from_diffusers: condition 'added_cond_kwargs\['text_embeds'\]' holds 4 rows, but the network is called on 2"
+    with torch.no_grad(), pytest.raises(ValueError, match=match):
+        sf.consistency.teacher_step(score, sde, x, torch.tensor([0.5, 0.5, 0.6, 0.6]), 0.3)
+    seen = []
+
+    def plain(x, timestep, added_cond_kwargs, return_dict):
+        seen.append({k: tuple(v.shape) for k, v in added_cond_kwargs.items()})
+        return (x,)
+
+    shared = {k: v[:1] for k, v in per_sample.items()}
+    from_diffusers(plain, scheduler, added_cond_kwargs=shared)[0](x, torch.full((4,), 0.5))
+    assert seen == [{"text_embeds": (4, 5), "time_ids": (4, 6)}]
+
+    class HalfNet(torch.nn.Module):  # reads its condition through a bfloat16 layer: torch refuses a float32 input
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(5, 1, dtype=torch.bfloat16)
+
+        def forward(self, x, timestep, added_cond_kwargs, return_dict):
+            return (x + self.proj(added_cond_kwargs["text_embeds"])[:, :, None, None],)
+
+    half = HalfNet()
+    with torch.no_grad():
+        got = from_diffusers(half, scheduler, added_cond_kwargs=shared)[0](x, torch.full((4,), 0.5))
+        ref = from_diffusers(half, scheduler, added_cond_kwargs={"text_embeds": shared["text_embeds"].bfloat16()})[0](
+            x, torch.full((4,), 0.5))
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
 def mixture_denoiser(law: GaussianMixture):
     """E[x0 | x0 + sigma eps = x] = sum_k r_k(x) (m_k + C_k (C_k + sigma^2 I)^-1 (x - m_k)), written out directly."""
     means, covs, log_w = law.means, law.covs, torch.log(law.weights)
