@@ -343,6 +343,9 @@ def test_adapter_errors():
     unet = tiny_unet()
     with pytest.raises(ValueError, match="prediction_type.*'epsilon', 'sample', 'v_prediction'"):
         from_diffusers(unet, diffusers.DDPMScheduler(), prediction_type="x0")
+    # read from the scheduler, not given: the error says where it came from (SCMScheduler's is sCM's TrigFlow)
+    with pytest.raises(ValueError, match=r"from_diffusers: the scheduler's prediction_type 'trigflow' \(SCMScheduler.config\) is not one of 'epsilon', 'sample', 'v_prediction', 'flow_prediction'"):
+        from_diffusers(unet, diffusers.SCMScheduler())
     with pytest.raises(ValueError, match="schedule='linear' needs linearly spaced betas"):
         from_diffusers(unet, diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2"), schedule="linear")
     with pytest.raises(TypeError, match="'betas' and 'alphas_cumprod'"):
