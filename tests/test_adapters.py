@@ -70,6 +70,12 @@ def test_linear_schedule_follows_score_sde_and_bounds_the_discretisation_gap():
     gap = 2 * sde.log_alpha(torch.tensor(1.0, dtype=torch.float64)) - log_alpha_bar
     lo = (betas**2).sum() / 2
     assert lo * (1 - 1e-3) <= gap <= lo / (1 - betas.max()) * (1 + 1e-3)
+    # At low noise the gap is relative: sigma(0) = 0 where index 0 has sigma^2 = beta_1, and at index i (t = i/(N-1))
+    # the continuous sigma^2 is about i/(i+1) of the scheduler's, N (beta_1 i/(N-1) + ...) against beta_1 (i + 1) + ...
+    i = torch.arange(1, N_TRAIN, dtype=torch.float64)
+    sigma2 = sde.marginal(i / (N_TRAIN - 1))[1] ** 2
+    ratio = sigma2 / (1 - scheduler.alphas_cumprod[1:].double())
+    torch.testing.assert_close(ratio, i / (i + 1), rtol=2e-3, atol=0)
 
 
 @pytest.mark.parametrize("beta_schedule", ["squaredcos_cap_v2", "scaled_linear", "linear"])
