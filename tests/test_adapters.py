@@ -590,14 +590,17 @@ def test_a_continuous_timestep_scheduler_calls_the_unet_with_c_noise_as_diffuser
     torch.testing.assert_close(res.samples, x, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("spacing, steps_offset", [("trailing", 0), ("leading", N_TRAIN // 10 - 1)])
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
-def test_ddim_on_a_discrete_schedule_is_diffusers_ddim_for_every_prediction_type(prediction_type, beta_schedule):
+def test_ddim_on_a_discrete_schedule_is_diffusers_ddim_for_every_prediction_type(prediction_type, beta_schedule, spacing,
+                                                                                  steps_offset):
     # The exact prediction of a Gaussian law at the scheduler's own levels (its timestep must be an integer), run
-    # through diffusers' DDIM loop and through the adapter with scoreflow's ddim on the same timesteps.
+    # through diffusers' DDIM loop and through the adapter with scoreflow's ddim on the same timesteps (10 steps from
+    # timestep N - 1: "leading" spacing reaches it through steps_offset).
     scheduler = diffusers.DDIMScheduler(
-        beta_schedule=beta_schedule, prediction_type=prediction_type, timestep_spacing="trailing",
-        clip_sample=False, set_alpha_to_one=False,
+        beta_schedule=beta_schedule, prediction_type=prediction_type, timestep_spacing=spacing,
+        steps_offset=steps_offset, clip_sample=False, set_alpha_to_one=False,
     )
     alphas_cumprod = scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
     mean, var = 0.7, 0.3
@@ -614,3 +617,34 @@ def test_ddim_on_a_discrete_schedule_is_diffusers_ddim_for_every_prediction_type
     score, sde = from_diffusers(exact, scheduler, schedule="discrete")
     ours, theirs = _ddim_both_ways(exact, score, sde, scheduler, 16)
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)  # diffusers' final alpha is float32
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_clip_sample_is_ddim_through_the_clipping_wrap_with_the_clipped_model_output(prediction_type):
+    # diffusers' clip_sample=True is not read; x0_correction(sde, "clipping").wrap(score) clips x0_hat inside the
+    # update, with the noise estimate of the clipped x0_hat: DDIMScheduler.step(..., use_clipped_model_output=True).
+    scheduler = diffusers.DDIMScheduler(
+        beta_schedule="scaled_linear", prediction_type=prediction_type, timestep_spacing="trailing",
+        clip_sample=True, set_alpha_to_one=False,
+    )
+    alphas_cumprod = scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+    mean, var = 0.9, 0.5  # a law whose x0_hat leaves [-1, 1] often, so that clipping acts
+
+    def exact(x, timestep, return_dict=True):
+        a2 = alphas_cumprod[timestep.double().round().long()][:, None]
+        a, s = a2.sqrt(), (1 - a2).sqrt()
+        x0 = mean + a * var / (a2 * var + s**2) * (x - a * mean)
+        eps = (x - a * x0) / s
+        return (eps if prediction_type == "epsilon" else a * eps - s * x0,)
+
+    score, sde = from_diffusers(exact, scheduler, schedule="discrete")
+    scheduler.set_timesteps(10)
+    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x_T
+    for k in scheduler.timesteps:
+        x = scheduler.step(exact(x, k.expand(16))[0], k, x, use_clipped_model_output=True).prev_sample
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
+    clipped = sf.sample_ode(sf.x0_correction(sde, "clipping").wrap(score), sde, x_T, method="ddim", schedule=ts).samples
+    plain = sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts).samples
+    torch.testing.assert_close(clipped, x, rtol=1e-6, atol=1e-6)  # diffusers' final alpha is float32
+    assert (plain - x).abs().max() > 1e-2
