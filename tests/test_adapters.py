@@ -553,8 +553,9 @@ def test_kdiffusion_adapter_takes_a_discrete_schedule_wrappers_own_noise_range(g
         tt = torch.full((8,), t, dtype=torch.float64)
         torch.testing.assert_close(score(x, tt), law.score(sde)(x, tt), rtol=1e-6, atol=1e-8)
     assert from_kdiffusion(model, sigma_min=0.1, sigma_max=10.0)[1].sigma_max == 10.0  # inside: as given
-    with pytest.raises(ValueError, match=r"from_kdiffusion: argument 'sigma_max' = 80 lies outside the model's own noise levels \[0.03, 14.6\]"):
-        from_kdiffusion(model, sigma_max=80.0)
+    for sigma_max in (80.0, torch.tensor(80.0)):  # a tensor too: it is checked as a number, not let through
+        with pytest.raises(ValueError, match=r"from_kdiffusion: argument 'sigma_max' = 80 lies outside the model's own noise levels \[0.03, 14.6\]"):
+            from_kdiffusion(model, sigma_max=sigma_max)
     with pytest.raises(ValueError, match="argument 'sigma_min' = 0.002 lies outside"):
         from_kdiffusion(model, sigma_min=0.002)
     edm_like = _ForwardOfX()
