@@ -486,13 +486,19 @@ def test_a_half_network_gets_its_float_conditions_in_its_own_dtype(dtype, genera
 
 
 def _ddim_both_ways(unet, score, sde, scheduler, n: int, steps: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """scoreflow's ddim on the scheduler's own timesteps and diffusers' DDIM loop, from the same n draws of x_T."""
+    """scoreflow's ddim on the scheduler's own timesteps and diffusers' DDIM loop, from the same n draws of x_T.
+
+    diffusers' last step goes to alphas_cumprod[0] (t = 1/N), or with set_alpha_to_one to alpha = 1: Tweedie's
+    x0_hat at the last timestep, scoreflow's denoise_final."""
     scheduler.set_timesteps(steps)
     x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = x_T
     for k in scheduler.timesteps:
         x = scheduler.step(unet(x, k.expand(n))[0], k, x).prev_sample
-    ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
+    ts = (scheduler.timesteps.double() + 1) / N_TRAIN
+    if scheduler.config.set_alpha_to_one:
+        return sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts, t_min=float(ts[-1]), denoise_final=True).samples, x
+    ts = torch.cat([ts, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
     return sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts).samples, x
 
 
@@ -591,17 +597,19 @@ def test_a_continuous_timestep_scheduler_calls_the_unet_with_c_noise_as_diffuser
     torch.testing.assert_close(res.samples, x, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("spacing, steps_offset", [("trailing", 0), ("leading", N_TRAIN // 10 - 1)])
+@pytest.mark.parametrize(
+    "spacing, steps_offset, set_alpha_to_one", [("trailing", 0, False), ("leading", N_TRAIN // 10 - 1, True)]
+)
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 def test_ddim_on_a_discrete_schedule_is_diffusers_ddim_for_every_prediction_type(prediction_type, beta_schedule, spacing,
-                                                                                  steps_offset):
+                                                                                  steps_offset, set_alpha_to_one):
     # The exact prediction of a Gaussian law at the scheduler's own levels (its timestep must be an integer), run
     # through diffusers' DDIM loop and through the adapter with scoreflow's ddim on the same timesteps (10 steps from
-    # timestep N - 1: "leading" spacing reaches it through steps_offset).
+    # timestep N - 1: "leading" spacing reaches it through steps_offset), ending at t = 1/N or with Tweedie's step.
     scheduler = diffusers.DDIMScheduler(
         beta_schedule=beta_schedule, prediction_type=prediction_type, timestep_spacing=spacing,
-        steps_offset=steps_offset, clip_sample=False, set_alpha_to_one=False,
+        steps_offset=steps_offset, clip_sample=False, set_alpha_to_one=set_alpha_to_one,
     )
     alphas_cumprod = scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
     mean, var = 0.7, 0.3
