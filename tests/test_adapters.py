@@ -70,6 +70,12 @@ def test_linear_schedule_follows_score_sde_and_bounds_the_discretisation_gap():
     gap = 2 * sde.log_alpha(torch.tensor(1.0, dtype=torch.float64)) - log_alpha_bar
     lo = (betas**2).sum() / 2
     assert lo * (1 - 1e-3) <= gap <= lo / (1 - betas.max()) * (1 + 1e-3)
+    # At low noise the gap is relative: sigma(0) = 0 where index 0 has sigma^2 = beta_1, and at index i (t = i/(N-1))
+    # the continuous sigma^2 is about i/(i+1) of the scheduler's, N (beta_1 i/(N-1) + ...) against beta_1 (i + 1) + ...
+    i = torch.arange(1, N_TRAIN, dtype=torch.float64)
+    sigma2 = sde.marginal(i / (N_TRAIN - 1))[1] ** 2
+    ratio = sigma2 / (1 - scheduler.alphas_cumprod[1:].double())
+    torch.testing.assert_close(ratio, i / (i + 1), rtol=2e-3, atol=0)
 
 
 @pytest.mark.parametrize("beta_schedule", ["squaredcos_cap_v2", "scaled_linear", "linear"])
@@ -219,6 +225,54 @@ def test_a_per_sample_condition_on_a_subset_of_rows_is_named(generator):
     assert out.shape == x.shape and nfe == 2 * 2  # two pairs of times, two evaluations each (heun)
 
 
+def sdxl_like_unet() -> torch.nn.Module:
+    """A tiny UNet2DConditionModel with SDXL's extra conditions, ``added_cond_kwargs={"text_embeds", "time_ids"}``."""
+    torch.manual_seed(2)
+    return diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(4, 8),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=2, cross_attention_dim=6, attention_head_dim=2,
+        addition_embed_type="text_time", addition_time_embed_dim=4, projection_class_embeddings_input_dim=5 + 6 * 4,
+    ).eval()
+
+
+def test_conditions_inside_a_dict_are_checked_broadcast_and_cast_as_top_level_ones(generator):
+    # SDXL's UNet takes its pooled text embedding and size ids in a dict, added_cond_kwargs: per-sample rows there meet
+    # the same check as a top-level condition (not a shape error deep inside the UNet), and a row for all is broadcast.
+    unet, scheduler = sdxl_like_unet(), diffusers.DDPMScheduler()
+    text = torch.randn(1, 3, 6, generator=generator)
+    per_sample = {"text_embeds": torch.randn(4, 5, generator=generator), "time_ids": torch.randn(4, 6, generator=generator)}
+    score, sde = from_diffusers(unet, scheduler, encoder_hidden_states=text, added_cond_kwargs=per_sample)
+    x = torch.randn(4, 1, 8, 8, generator=generator)
+    match = r"from_diffusers: condition 'added_cond_kwargs\['text_embeds'\]' holds 4 rows, but the network is called on 2"
+    with torch.no_grad(), pytest.raises(ValueError, match=match):
+        sf.consistency.teacher_step(score, sde, x, torch.tensor([0.5, 0.5, 0.6, 0.6]), 0.3)
+    seen = []
+
+    def plain(x, timestep, added_cond_kwargs, return_dict):
+        seen.append({k: tuple(v.shape) for k, v in added_cond_kwargs.items()})
+        return (x,)
+
+    shared = {k: v[:1] for k, v in per_sample.items()}
+    from_diffusers(plain, scheduler, added_cond_kwargs=shared)[0](x, torch.full((4,), 0.5))
+    assert seen == [{"text_embeds": (4, 5), "time_ids": (4, 6)}]
+
+    class HalfNet(torch.nn.Module):  # reads its condition through a bfloat16 layer: torch refuses a float32 input
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(5, 1, dtype=torch.bfloat16)
+
+        def forward(self, x, timestep, added_cond_kwargs, return_dict):
+            return (x + self.proj(added_cond_kwargs["text_embeds"])[:, :, None, None],)
+
+    half = HalfNet()
+    with torch.no_grad():
+        got = from_diffusers(half, scheduler, added_cond_kwargs=shared)[0](x, torch.full((4,), 0.5))
+        ref = from_diffusers(half, scheduler, added_cond_kwargs={"text_embeds": shared["text_embeds"].bfloat16()})[0](
+            x, torch.full((4,), 0.5))
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
 def mixture_denoiser(law: GaussianMixture):
     """E[x0 | x0 + sigma eps = x] = sum_k r_k(x) (m_k + C_k (C_k + sigma^2 I)^-1 (x - m_k)), written out directly."""
     means, covs, log_w = law.means, law.covs, torch.log(law.weights)
@@ -295,6 +349,9 @@ def test_adapter_errors():
     unet = tiny_unet()
     with pytest.raises(ValueError, match="prediction_type.*'epsilon', 'sample', 'v_prediction'"):
         from_diffusers(unet, diffusers.DDPMScheduler(), prediction_type="x0")
+    # read from the scheduler, not given: the error says where it came from (SCMScheduler's is sCM's TrigFlow)
+    with pytest.raises(ValueError, match=r"from_diffusers: the scheduler's prediction_type 'trigflow' \(SCMScheduler.config\) is not one of 'epsilon', 'sample', 'v_prediction', 'flow_prediction'"):
+        from_diffusers(unet, diffusers.SCMScheduler())
     with pytest.raises(ValueError, match="schedule='linear' needs linearly spaced betas"):
         from_diffusers(unet, diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2"), schedule="linear")
     with pytest.raises(TypeError, match="'betas' and 'alphas_cumprod'"):
@@ -429,13 +486,19 @@ def test_a_half_network_gets_its_float_conditions_in_its_own_dtype(dtype, genera
 
 
 def _ddim_both_ways(unet, score, sde, scheduler, n: int, steps: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """scoreflow's ddim on the scheduler's own timesteps and diffusers' DDIM loop, from the same n draws of x_T."""
+    """scoreflow's ddim on the scheduler's own timesteps and diffusers' DDIM loop, from the same n draws of x_T.
+
+    diffusers' last step goes to alphas_cumprod[0] (t = 1/N), or with set_alpha_to_one to alpha = 1: Tweedie's
+    x0_hat at the last timestep, scoreflow's denoise_final."""
     scheduler.set_timesteps(steps)
     x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = x_T
     for k in scheduler.timesteps:
         x = scheduler.step(unet(x, k.expand(n))[0], k, x).prev_sample
-    ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
+    ts = (scheduler.timesteps.double() + 1) / N_TRAIN
+    if scheduler.config.set_alpha_to_one:
+        return sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts, t_min=float(ts[-1]), denoise_final=True).samples, x
+    ts = torch.cat([ts, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
     return sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts).samples, x
 
 
@@ -496,8 +559,9 @@ def test_kdiffusion_adapter_takes_a_discrete_schedule_wrappers_own_noise_range(g
         tt = torch.full((8,), t, dtype=torch.float64)
         torch.testing.assert_close(score(x, tt), law.score(sde)(x, tt), rtol=1e-6, atol=1e-8)
     assert from_kdiffusion(model, sigma_min=0.1, sigma_max=10.0)[1].sigma_max == 10.0  # inside: as given
-    with pytest.raises(ValueError, match=r"from_kdiffusion: argument 'sigma_max' = 80 lies outside the model's own noise levels \[0.03, 14.6\]"):
-        from_kdiffusion(model, sigma_max=80.0)
+    for sigma_max in (80.0, torch.tensor(80.0)):  # a tensor too: it is checked as a number, not let through
+        with pytest.raises(ValueError, match=r"from_kdiffusion: argument 'sigma_max' = 80 lies outside the model's own noise levels \[0.03, 14.6\]"):
+            from_kdiffusion(model, sigma_max=sigma_max)
     with pytest.raises(ValueError, match="argument 'sigma_min' = 0.002 lies outside"):
         from_kdiffusion(model, sigma_min=0.002)
     edm_like = _ForwardOfX()
@@ -533,14 +597,19 @@ def test_a_continuous_timestep_scheduler_calls_the_unet_with_c_noise_as_diffuser
     torch.testing.assert_close(res.samples, x, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "spacing, steps_offset, set_alpha_to_one", [("trailing", 0, False), ("leading", N_TRAIN // 10 - 1, True)]
+)
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
-def test_ddim_on_a_discrete_schedule_is_diffusers_ddim_for_every_prediction_type(prediction_type, beta_schedule):
+def test_ddim_on_a_discrete_schedule_is_diffusers_ddim_for_every_prediction_type(prediction_type, beta_schedule, spacing,
+                                                                                  steps_offset, set_alpha_to_one):
     # The exact prediction of a Gaussian law at the scheduler's own levels (its timestep must be an integer), run
-    # through diffusers' DDIM loop and through the adapter with scoreflow's ddim on the same timesteps.
+    # through diffusers' DDIM loop and through the adapter with scoreflow's ddim on the same timesteps (10 steps from
+    # timestep N - 1: "leading" spacing reaches it through steps_offset), ending at t = 1/N or with Tweedie's step.
     scheduler = diffusers.DDIMScheduler(
-        beta_schedule=beta_schedule, prediction_type=prediction_type, timestep_spacing="trailing",
-        clip_sample=False, set_alpha_to_one=False,
+        beta_schedule=beta_schedule, prediction_type=prediction_type, timestep_spacing=spacing,
+        steps_offset=steps_offset, clip_sample=False, set_alpha_to_one=set_alpha_to_one,
     )
     alphas_cumprod = scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
     mean, var = 0.7, 0.3
@@ -557,3 +626,34 @@ def test_ddim_on_a_discrete_schedule_is_diffusers_ddim_for_every_prediction_type
     score, sde = from_diffusers(exact, scheduler, schedule="discrete")
     ours, theirs = _ddim_both_ways(exact, score, sde, scheduler, 16)
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)  # diffusers' final alpha is float32
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_clip_sample_is_ddim_through_the_clipping_wrap_with_the_clipped_model_output(prediction_type):
+    # diffusers' clip_sample=True is not read; x0_correction(sde, "clipping").wrap(score) clips x0_hat inside the
+    # update, with the noise estimate of the clipped x0_hat: DDIMScheduler.step(..., use_clipped_model_output=True).
+    scheduler = diffusers.DDIMScheduler(
+        beta_schedule="scaled_linear", prediction_type=prediction_type, timestep_spacing="trailing",
+        clip_sample=True, set_alpha_to_one=False,
+    )
+    alphas_cumprod = scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+    mean, var = 0.9, 0.5  # a law whose x0_hat leaves [-1, 1] often, so that clipping acts
+
+    def exact(x, timestep, return_dict=True):
+        a2 = alphas_cumprod[timestep.double().round().long()][:, None]
+        a, s = a2.sqrt(), (1 - a2).sqrt()
+        x0 = mean + a * var / (a2 * var + s**2) * (x - a * mean)
+        eps = (x - a * x0) / s
+        return (eps if prediction_type == "epsilon" else a * eps - s * x0,)
+
+    score, sde = from_diffusers(exact, scheduler, schedule="discrete")
+    scheduler.set_timesteps(10)
+    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x_T
+    for k in scheduler.timesteps:
+        x = scheduler.step(exact(x, k.expand(16))[0], k, x, use_clipped_model_output=True).prev_sample
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / N_TRAIN, torch.tensor([1 / N_TRAIN], dtype=torch.float64)])
+    clipped = sf.sample_ode(sf.x0_correction(sde, "clipping").wrap(score), sde, x_T, method="ddim", schedule=ts).samples
+    plain = sf.sample_ode(score, sde, x_T, method="ddim", schedule=ts).samples
+    torch.testing.assert_close(clipped, x, rtol=1e-6, atol=1e-6)  # diffusers' final alpha is float32
+    assert (plain - x).abs().max() > 1e-2

@@ -25,13 +25,28 @@ def _network_dtype(net: Any) -> torch.dtype | None:
 def _expand_condition(value: Any, batch: int, dtype: torch.dtype | None) -> Any:
     """Broadcast a conditioning tensor with a leading dimension of 1 to the batch and give a floating one the
     module's parameter dtype ``dtype`` (as ``x``; ``None``: a plain function, which gets its conditions as given);
-    leave anything else (integer class labels, non-tensors) alone."""
+    the same for the tensors in a dict (SDXL's ``added_cond_kwargs``); leave anything else (integer class labels,
+    non-tensors) alone."""
+    if isinstance(value, Mapping):
+        return {k: _expand_condition(v, batch, dtype) for k, v in value.items()}
     if torch.is_tensor(value):
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         if value.ndim > 0 and value.shape[0] == 1 and batch != 1:
             return value.expand(batch, *value.shape[1:])
     return value
+
+
+def _condition_tensors(condition: Mapping[str, Any], prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """The tensors of ``condition`` with their names (``added_cond_kwargs['time_ids']`` inside a dict)."""
+    found = []
+    for k, v in condition.items():
+        name = f"{prefix}[{k!r}]" if prefix else str(k)
+        if isinstance(v, Mapping):
+            found += _condition_tensors(v, name)
+        elif torch.is_tensor(v):
+            found.append((name, v))
+    return found
 
 
 def _describe(value: Any) -> str:
@@ -66,7 +81,7 @@ class NetworkCall(torch.nn.Module):
         net: the network (a module, a ``torch.compile`` d module or any callable).
         time_input: maps scoreflow time ``t`` of shape ``(B,)`` to the network's time argument.
         condition: keyword arguments passed through on every call (class labels, text
-            embeddings); a tensor with leading dimension 1 is broadcast to the batch.
+            embeddings); a tensor with leading dimension 1, also one in a dict, is broadcast to the batch.
         output: extracts the prediction tensor from the network's return value.
         autocast: if given, a reduced dtype (``torch.bfloat16``/``torch.float16``) under which
             the network alone runs via ``torch.autocast``.
@@ -99,8 +114,8 @@ class NetworkCall(torch.nn.Module):
         own = _network_dtype(self.net)
         dtype = own or x.dtype
         condition = {k: _expand_condition(v, x.shape[0], own) for k, v in self.condition.items()}
-        for k, v in condition.items():  # shapes only (no tensor read)
-            if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] != x.shape[0]:
+        for k, v in _condition_tensors(condition):  # shapes only (no tensor read)
+            if v.ndim > 0 and v.shape[0] != x.shape[0]:
                 raise ValueError(
                     f"{self.fn}: condition '{k}' holds {v.shape[0]} rows, but the network is called on {x.shape[0]}: a "
                     "per-sample condition needs the batch's rows as they are in every call, and this solver evaluates "

@@ -184,9 +184,9 @@ def from_diffusers(
 
     Raises:
         TypeError: if ``unet`` is not callable or the scheduler has no discrete schedule.
-        ValueError: for an unknown prediction type or schedule (see :func:`sde_from_scheduler`), ``"flow_prediction"``
-            with a scheduler that is not a flow-matching one, or a UNet whose learned time embedding cannot take
-            continuous timesteps.
+        ValueError: for an unknown prediction type (given, or read from the scheduler's config) or schedule (see
+            :func:`sde_from_scheduler`), ``"flow_prediction"`` with a scheduler that is not a flow-matching one, or a
+            UNet whose learned time embedding cannot take continuous timesteps.
     """
     fn = "from_diffusers"
     if not callable(unet):
@@ -194,6 +194,12 @@ def from_diffusers(
     if prediction_type is None:
         default = "flow_prediction" if _is_flow_matching(scheduler) else "epsilon"
         prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", default)
+        if prediction_type not in PREDICTION_TYPES:  # not given: name where it was read
+            raise ValueError(
+                f"{fn}: the scheduler's prediction_type {prediction_type!r} ({type(scheduler).__name__}.config) is not "
+                f"one of {', '.join(map(repr, PREDICTION_TYPES))}. Fix: pass prediction_type= the network's own "
+                "prediction, or the scheduler it was trained with."
+            )
     check_choice(fn, "prediction_type", prediction_type, PREDICTION_TYPES)
     check_autocast(fn, autocast)
     if getattr(getattr(unet, "config", None), "time_embedding_type", None) == "learned":

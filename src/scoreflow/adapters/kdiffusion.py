@@ -78,9 +78,9 @@ def from_kdiffusion(
     if not callable(model):
         raise TypeError(f"{fn}: argument 'model' expected a denoiser model(x, sigma), got {type(model).__name__}.")
     check_autocast(fn, autocast)
-    for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
-        if value is not None:  # named here: EDMSDE would name itself
-            check_positive(fn, name, value)
+    # named here (EDMSDE would name itself), and as floats: a tensor must meet the range check below as well
+    sigma_min = None if sigma_min is None else check_positive(fn, "sigma_min", sigma_min)
+    sigma_max = None if sigma_max is None else check_positive(fn, "sigma_max", sigma_max)
     own = _model_range(model)
     # EDM's own networks state sigma_min = 0 and sigma_max = inf (no limit): EDM's defaults stand in for those.
     usable = [v if own is not None and 0 < v < math.inf else None for v in (own or (None, None))]
@@ -91,7 +91,7 @@ def from_kdiffusion(
             ("sigma_min", sigma_min, lambda v: v < own[0] * (1 - 1e-6)),
             ("sigma_max", sigma_max, lambda v: v > own[1] * (1 + 1e-6)),
         ):
-            if isinstance(value, (int, float)) and outside(value):
+            if outside(value):
                 raise ValueError(
                     f"{fn}: argument '{name}' = {value:g} lies outside the model's own noise levels [{own[0]:g}, "
                     f"{own[1]:g}] (its sigma_min, sigma_max): a k-diffusion DiscreteSchedule wrapper maps any other "
