@@ -13,6 +13,8 @@ the minibatch optimal-transport coupling the pairs :math:`(x_0, \varepsilon)` of
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -41,6 +43,25 @@ def ot_pairing(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(cols)).to(noise.device)
 
 
+def _check_conversion(fn: str, kind: str, path: ForwardSDE, t_lo: float) -> None:
+    r"""Refuse a prediction :math:`p` whose coefficient in the velocity, :math:`u = a x + b p`, is infinite at an end of
+    ``[t_lo, T]``: a noise prediction where :math:`\alpha = 0` (pure noise), a data prediction where :math:`\sigma = 0`
+    (the data).  The loss weights the error of :math:`p` by :math:`b(t)^2`, which grows like :math:`1/\alpha^2` or
+    :math:`1/\sigma^2` there and is not integrable: the expected loss is infinite."""
+    ends = torch.tensor([t_lo, path.T], dtype=torch.float64)
+    x = torch.zeros(2, 1, dtype=torch.float64)
+    b = convert(torch.ones_like(x), kind, "flow_velocity", x, ends, path)[:, 0]
+    for coef, t in zip(b.tolist(), ends.tolist()):
+        if not math.isfinite(coef):
+            raise ValueError(
+                f"{fn}: argument 'velocity' predicts {kind!r}, whose conversion to the flow velocity is infinite at "
+                f"t={t:g} on {path!r} (alpha or sigma is 0 there): the loss weights the prediction's error by the square "
+                "of that factor, so its expectation is infinite and rare draws near that end dominate it. Fix: train "
+                "the network as a flow velocity (scoreflow.score_from_flow_velocity) or a v prediction, or keep away "
+                "from that end (t_min > 0; path.truncated(T) below pure noise)."
+            )
+
+
 def cfm_loss(
     velocity: object,
     path: ForwardSDE,
@@ -60,7 +81,9 @@ def cfm_loss(
     Args:
         velocity: the velocity net ``u(x, t)``, or a model carrying a native prediction (e.g. built by
             :func:`scoreflow.score_from_flow_velocity`, or ``law.velocity(path)``), whose prediction is converted
-            to the flow velocity.  A plain callable is taken to return the velocity, not a score.
+            to the flow velocity.  A plain callable is taken to return the velocity, not a score.  A prediction
+            whose conversion is infinite at an end of the time range (a noise prediction at pure noise, a data
+            prediction at t = 0) is refused: its loss would have an infinite expectation.
         path: the forward process (e.g. ``scoreflow.RectifiedFlow()``).
         x0: clean data of shape ``(B, *D)``.
         coupling: ``"independent"`` or ``"ot"`` (minibatch optimal transport, ``scipy.optimize.linear_sum_assignment``
@@ -74,7 +97,7 @@ def cfm_loss(
 
     Raises:
         ValueError: for an unknown coupling or reduction, ``t_min`` outside the process's range, a malformed
-            ``x0``, or a velocity not shaped like ``x0``.
+            ``x0``, a velocity not shaped like ``x0``, or a prediction whose velocity is infinite at ``t_min`` or T.
         TypeError: for a non-callable velocity, a wrong path or generator, or mismatched dtypes.
     """
     fn = "cfm_loss"
@@ -94,6 +117,8 @@ def cfm_loss(
     d_alpha, d_sigma = (right_pad(c, x0) for c in path.marginal_derivatives(t))
     xt = alpha * x0 + sigma * noise
     kind = prediction_of(velocity)
+    if kind not in ("score", "flow_velocity"):
+        _check_conversion(fn, kind, path, t_lo)
     native = velocity.predict if kind != "score" else velocity
     pred = check_like(fn, "velocity", call_checked(fn, "velocity", "velocity(x, t)", native, xt, t), xt, what="the velocity")
     if kind not in ("score", "flow_velocity"):
