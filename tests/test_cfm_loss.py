@@ -73,6 +73,33 @@ def test_cfm_loss_refuses_a_prediction_whose_velocity_is_infinite_at_an_end_of_t
         torch.testing.assert_close(got, want)
 
 
+class DeclaredScore:
+    """A model that says it returns a score (``prediction == "score"``), as scoreflow's model wrappers do."""
+
+    prediction = "score"
+
+    def __init__(self, score):
+        self.score = score
+
+    def __call__(self, x, t):
+        return self.score(x, t)
+
+    def predict(self, x, t):
+        return self.score(x, t)
+
+
+def test_cfm_loss_converts_a_model_that_declares_a_score():
+    # it was taken for the velocity; converted (u = f x - g^2 s / 2) the exact score gives the exact velocity's loss
+    law, vp = make_law("ring2d"), sf.VPSDE()
+    x0 = law.sample(64, generator=torch.Generator().manual_seed(0))
+    want = sf.losses.cfm_loss(law.velocity(vp).predict, vp, x0, generator=torch.Generator().manual_seed(3))
+    got = sf.losses.cfm_loss(DeclaredScore(law.score(vp)), vp, x0, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(got, want)
+    # where the score says nothing of the flow (pure noise at T) the model is refused, as a noise prediction is
+    with pytest.raises(ValueError, match=r"cfm_loss: argument 'velocity' predicts 'score', .* infinite at t=1"):
+        sf.losses.cfm_loss(DeclaredScore(law.score(vp)), RF, x0)
+
+
 def test_ot_pairing_is_the_optimal_permutation():
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)

@@ -14,6 +14,7 @@ the minibatch optimal-transport coupling the pairs :math:`(x_0, \varepsilon)` of
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -41,6 +42,15 @@ def ot_pairing(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     b = noise.detach().reshape(noise.shape[0], -1).to("cpu", torch.float64)
     _, cols = linear_sum_assignment(torch.cdist(a, b).square().numpy())
     return torch.from_numpy(np.asarray(cols)).to(noise.device)
+
+
+def _native(velocity: object) -> tuple[str, Callable]:
+    """The prediction :func:`cfm_loss` reads and the callable giving it: a model's declared ``prediction`` (from its
+    ``predict``, or from the model itself for a score), else the callable's output, taken to be the velocity."""
+    if not hasattr(velocity, "prediction"):
+        return "flow_velocity", velocity
+    kind = prediction_of(velocity)
+    return kind, (velocity if kind == "score" else velocity.predict)
 
 
 def _check_conversion(fn: str, kind: str, path: ForwardSDE, t_lo: float) -> None:
@@ -81,7 +91,8 @@ def cfm_loss(
     Args:
         velocity: the velocity net ``u(x, t)``, or a model carrying a native prediction (e.g. built by
             :func:`scoreflow.score_from_flow_velocity`, or ``law.velocity(path)``), whose prediction is converted
-            to the flow velocity.  A plain callable is taken to return the velocity, not a score.  A prediction
+            to the flow velocity (a score too, when the model declares ``prediction == "score"``).  A plain callable,
+            without a ``prediction``, is taken to return the velocity: nothing cheap tells it from a score.  A prediction
             whose conversion is infinite at an end of the time range (a noise prediction at pure noise, a data
             prediction at t = 0) is refused: its loss would have an infinite expectation.
         path: the forward process (e.g. ``scoreflow.RectifiedFlow()``).
@@ -116,11 +127,10 @@ def cfm_loss(
     alpha, sigma = (right_pad(c, x0) for c in path.marginal(t))
     d_alpha, d_sigma = (right_pad(c, x0) for c in path.marginal_derivatives(t))
     xt = alpha * x0 + sigma * noise
-    kind = prediction_of(velocity)
-    if kind not in ("score", "flow_velocity"):
+    kind, native = _native(velocity)
+    if kind != "flow_velocity":
         _check_conversion(fn, kind, path, t_lo)
-    native = velocity.predict if kind != "score" else velocity
     pred = check_like(fn, "velocity", call_checked(fn, "velocity", "velocity(x, t)", native, xt, t), xt, what="the velocity")
-    if kind not in ("score", "flow_velocity"):
+    if kind != "flow_velocity":
         pred = convert(pred, kind, "flow_velocity", xt, t, path)
     return reduce(fn, sq_norm(pred - (d_alpha * x0 + d_sigma * noise)), reduction, velocity=pred)
