@@ -97,6 +97,18 @@ def test_bad_weighting_function_output(x):
         L.sde_dsm_loss(score, sf.VPSDE(), x, weighting=lambda t: 1.0)
 
 
+def test_a_weighting_function_that_cannot_take_its_arguments_is_named(x):
+    # it was Python's bare "<lambda>() missing 1 required positional argument", naming neither loss nor argument
+    with pytest.raises(TypeError, match=r"sde_dsm_loss: argument 'weighting' expected a callable weighting\(t\), called with 1"):
+        L.sde_dsm_loss(score, sf.VPSDE(), x, weighting=lambda t, s: t)
+    with pytest.raises(TypeError, match=r"multiscale_dsm_loss: argument 'weighting' expected a callable weighting\(sigma\)"):
+        L.multiscale_dsm_loss(score, x, [0.1], weighting=lambda: 1.0)
+    f = sf.consistency.parameterize(lambda y, t: y, sf.VPSDE())
+    with pytest.raises(TypeError, match=r"consistency_training_loss: argument 'weighting' expected a callable "
+                                        r"weighting\(t_i, t_\{i\+1\}\), called with 2"):
+        L.consistency_training_loss(f, f, sf.VPSDE(), x, weighting=lambda t: t)
+
+
 def test_bad_t_min_sde_projections_and_generator(x):
     with pytest.raises(ValueError, match=r"sde_dsm_loss: argument 't_min' expected a time in"):
         L.sde_dsm_loss(score, sf.VPSDE(), x, t_min=0.0)

@@ -27,7 +27,7 @@ from ..dynamics.counting import CountedScore, ScoreFn
 from ..errors import NonFiniteError
 from ..schedules import SCHEDULES, time_grid
 from ..sde import ForwardSDE, check_sde
-from ._common import check_reduction, check_score, check_weights, reduce, sq_norm
+from ._common import call_weighting, check_reduction, check_score, reduce, sq_norm
 
 __all__ = ["consistency_distillation_loss", "consistency_training_loss", "CONSISTENCY_DISTANCES", "CONSISTENCY_WEIGHTINGS"]
 
@@ -111,7 +111,7 @@ class _Setup:
         sq = sq_norm(online - target)
         per = sq if self.distance == "l2" else torch.sqrt(sq + self.huber_c**2) - self.huber_c
         if callable(self.weighting):
-            per = per * check_weights(self.fn, self.weighting(t_hi, t_lo), x_hi.shape[0], x_hi)
+            per = per * call_weighting(self.fn, self.weighting, "weighting(t_i, t_{i+1})", t_hi, t_lo, like=x_hi)
         elif self.weighting == "inverse_step":
             (a_hi, s_hi), (a_lo, s_lo) = self.sde.marginal(t_hi), self.sde.marginal(t_lo)
             per = per / (s_hi / a_hi - s_lo / a_lo)

@@ -24,7 +24,7 @@ from .._checks import (
 from .._tensor import TimeLike, batch_time, right_pad, standard_normal
 from ..dynamics.counting import ScoreFn
 from ..sde import ForwardSDE, check_sde
-from ._common import call_score, check_reduction, check_score, check_weights, reduce, sq_norm
+from ._common import call_score, call_weighting, check_reduction, check_score, reduce, sq_norm
 
 __all__ = [
     "dsm_loss", "multiscale_dsm_loss", "sde_dsm_loss", "MULTISCALE_WEIGHTINGS", "SDE_WEIGHTINGS", "TIME_SAMPLINGS",
@@ -136,7 +136,7 @@ def multiscale_dsm_loss(
     eps = standard_normal(x, generator)
     per, out = _denoising_terms(fn, score, x, torch.ones_like(sig), sig, sig, eps)
     if callable(weighting):
-        per = per * check_weights(fn, weighting(sig), x.shape[0], x) / sig**2
+        per = per * call_weighting(fn, weighting, "weighting(sigma)", sig, like=x) / sig**2
     elif weighting == "none":
         per = per / sig**2
     return reduce(fn, per, reduction, score=out)
@@ -205,7 +205,7 @@ def sde_dsm_loss(
     eps = standard_normal(x, generator)
     per, out = _denoising_terms(fn, score, x, alpha, sigma, t, eps)
     if callable(weighting):
-        per = per * check_weights(fn, weighting(t), x.shape[0], x) / sigma**2
+        per = per * call_weighting(fn, weighting, "weighting(t)", t, like=x) / sigma**2
     elif weighting == "likelihood":
         per = per * sde.diffusion(t) ** 2 / sigma**2
     if time_sampling == "log_snr":  # divide by (T - t_min) p(t), p(t) = (g^2/sigma^2) / span
