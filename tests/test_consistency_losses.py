@@ -235,7 +235,9 @@ def test_curricula():
         ({"schedule": torch.tensor([1.0, 0.5, 0.01])}, ValueError, r"expected a grid that starts at T=1 and ends at t_min=0\.001"),
         ({"schedule": torch.tensor([1.0, 0.001]), "steps": 3}, ValueError, r"a grid of 2 times has 1 steps, got steps=3"),
         ({"t_min": 0.01}, ValueError, r"argument 't_min' expected the boundary time of f, f\.t_min=0\.001, got 0\.01"),
-        ({"huber_c": -1.0}, ValueError, r"argument 'huber_c' expected a finite number > 0"),
+        ({"huber_c": -1.0, "distance": "pseudo_huber"}, ValueError, r"argument 'huber_c' expected a finite number > 0"),
+        # it was ignored: the L2 loss came back for a caller who set c and forgot the distance
+        ({"huber_c": 0.03}, ValueError, r"argument 'huber_c' is the c of distance='pseudo_huber', got huber_c=0\.03 with distance='l2'"),
         ({"shared_step": 1}, TypeError, r"argument 'shared_step' expected True or False"),
         ({"reduction": "sum"}, ValueError, r"argument 'reduction' expected one of 'mean', 'none'"),
         ({"generator": 1}, TypeError, r"argument 'generator' expected a torch\.Generator"),

@@ -57,6 +57,11 @@ class _Setup:
         self.t_min = boundary_time(fn, f, sde, t_min)
         boundary_time(fn, f_target, sde, self.t_min, name="f_target")
         self.distance = check_choice(fn, "distance", distance, CONSISTENCY_DISTANCES)
+        if huber_c is not None and distance != "pseudo_huber":
+            raise ValueError(
+                f"{fn}: argument 'huber_c' is the c of distance='pseudo_huber', got huber_c={huber_c!r} with "
+                f"distance={distance!r}, which has no c. Fix: distance='pseudo_huber', or omit huber_c."
+            )
         dim = x0[0].numel()
         # iCT's c = 0.00054 sqrt(D), for data scaled to [-1, 1].
         self.huber_c = 0.00054 * math.sqrt(dim) if huber_c is None else check_positive(fn, "huber_c", huber_c)
@@ -166,7 +171,8 @@ def consistency_distillation_loss(
         schedule: a named schedule (default ``"karras"``: EDM's, rho = 7, the paper's; ``"log_snr_capped"`` for a
             process that ends in pure noise) or the grid itself, a decreasing tensor of times from T to ``t_min``.
         distance: ``"l2"`` (squared, summed over data dims) or ``"pseudo_huber"``.
-        huber_c: c of the pseudo-Huber distance (default iCT's :math:`0.00054\sqrt D`, for data in [-1, 1]).
+        huber_c: c of the pseudo-Huber distance (default iCT's :math:`0.00054\sqrt D`, for data in [-1, 1]); refused
+            with ``distance="l2"``.
         weighting: ``"uniform"``, ``"inverse_step"`` or a callable ``weighting(t_i, t_{i+1}) -> (B,)`` of weights >= 0.
             ``"inverse_step"`` needs a finite :math:`\sigma/\alpha` at T: on a path that ends in pure noise its
             weight of the step from T is 0, so it is refused there.
@@ -182,8 +188,8 @@ def consistency_distillation_loss(
         The loss.
 
     Raises:
-        ValueError: for an unknown solver, schedule, distance or weighting (listing the valid ones), a malformed
-            grid or ``x0``, a ``t_min`` other than f's, ``weighting="inverse_step"`` on a path that ends in pure noise,
+        ValueError: for an unknown solver, schedule, distance or weighting (listing the valid ones), a ``huber_c``
+            without ``distance="pseudo_huber"``, a malformed grid or ``x0``, a ``t_min`` other than f's, ``weighting="inverse_step"`` on a path that ends in pure noise,
             or outputs not shaped like ``x0``.
         TypeError: for a non-callable f, f_target or score, or a wrong sde, generator, option or dtype.
         NonFiniteError: if the teacher's score or the loss becomes NaN/inf; the message names the time.
