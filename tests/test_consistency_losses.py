@@ -171,6 +171,22 @@ def test_inverse_step_weighting_is_refused_where_sigma_over_alpha_is_infinite_at
         cd_loss(f, f, law.velocity(rf), rf, x0, steps=4, weighting="inverse_step")
 
 
+@pytest.mark.parametrize("solver", ["heun", "ddim", "euler"])
+def test_cd_refuses_a_score_or_noise_teacher_on_a_path_that_reaches_pure_noise(solver):
+    # The grid starts at T, where alpha = 0: a score or noise prediction says nothing of the flow there (the score of
+    # every law is -x/sigma^2) and the drift is infinite. It was a NonFiniteError blaming the score at the next grid
+    # time, a bare ZeroDivisionError (ddim), or f's error on NaN states, as sample_ode refuses such a model from T.
+    law, rf = make_law("gaussian2d"), sf.RectifiedFlow()
+    x0 = law.sample(16, generator=seeded(0))
+    f = law.consistency_function(rf)
+    exact = law.velocity(rf)
+    for teacher, kind in ((lambda x, t: exact(x, t), "score"), (sf.score_from_eps(lambda x, t: -t[:, None] * exact(x, t), rf), "eps")):
+        with pytest.raises(ValueError, match=rf"consistency_distillation_loss: a model predicting '{kind}' cannot be integrated from t=T=1"):
+            cd_loss(f, f, teacher, rf, x0, solver=solver, steps=8, generator=seeded(1))
+    # the velocity the same law carries distils (the loss is the teacher's local error, small)
+    assert cd_loss(f, f, exact, rf, x0, solver=solver, steps=8, generator=seeded(1)) < 0.05
+
+
 def test_inverse_step_weighting_on_a_path_stopped_short_of_pure_noise_matches_a_hand_computation():
     # RectifiedFlow on [0, 0.999]: s = t/(1 - t) is finite at T (999), so every step, the first included, keeps a
     # positive weight 1/(s_i - s_{i+1}).

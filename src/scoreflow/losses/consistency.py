@@ -25,6 +25,7 @@ from ..consistency._common import boundary_time, default_schedule
 from ..consistency.teacher import ODEStep
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..errors import NonFiniteError
+from ..parameterizations import check_native_at_pure_noise
 from ..schedules import SCHEDULES, time_grid
 from ..sde import ForwardSDE, check_sde
 from ._common import call_weighting, check_reduction, check_score, reduce, sq_norm
@@ -189,8 +190,9 @@ def consistency_distillation_loss(
 
     Raises:
         ValueError: for an unknown solver, schedule, distance or weighting (listing the valid ones), a ``huber_c``
-            without ``distance="pseudo_huber"``, a malformed grid or ``x0``, a ``t_min`` other than f's, ``weighting="inverse_step"`` on a path that ends in pure noise,
-            or outputs not shaped like ``x0``.
+            without ``distance="pseudo_huber"``, a malformed grid or ``x0``, a ``t_min`` other than f's, on a path that
+            ends in pure noise ``weighting="inverse_step"`` or a teacher predicting a score or noise, or outputs not
+            shaped like ``x0``.
         TypeError: for a non-callable f, f_target or score, or a wrong sde, generator, option or dtype.
         NonFiniteError: if the teacher's score or the loss becomes NaN/inf; the message names the time.
     """
@@ -200,6 +202,7 @@ def consistency_distillation_loss(
         fn, f, f_target, sde, x0, steps=steps, schedule=schedule, distance=distance, huber_c=huber_c,
         weighting=weighting, shared_step=shared_step, t_min=t_min, generator=generator, reduction=reduction,
     )
+    check_native_at_pure_noise(fn, score, sde)  # the grid starts at T: the teacher steps from there
     teacher = ODEStep(fn, solver, sde, x0, time=time, rtol=rtol, atol=atol, options=options, argument="solver")
     t_hi, t_lo, _, x_hi = setup.draw(x0, generator)
     counted = CountedScore(score, caller=fn)
