@@ -119,6 +119,9 @@ def cfm_loss(
     t_lo = resolve_t_min(fn, path, 0.0 if t_min is None and path.reaches_data else t_min)
     check_generator(fn, generator, x0, "x0")
     check_reduction(fn, reduction)
+    kind, native = _native(velocity)
+    if kind != "flow_velocity":
+        _check_conversion(fn, kind, path, t_lo)
     noise = standard_normal(x0, generator)
     if coupling == "ot":
         noise = noise[ot_pairing(x0, noise)]
@@ -127,9 +130,6 @@ def cfm_loss(
     alpha, sigma = (right_pad(c, x0) for c in path.marginal(t))
     d_alpha, d_sigma = (right_pad(c, x0) for c in path.marginal_derivatives(t))
     xt = alpha * x0 + sigma * noise
-    kind, native = _native(velocity)
-    if kind != "flow_velocity":
-        _check_conversion(fn, kind, path, t_lo)
     pred = check_like(fn, "velocity", call_checked(fn, "velocity", "velocity(x, t)", native, xt, t), xt, what="the velocity")
     if kind != "flow_velocity":
         pred = convert(pred, kind, "flow_velocity", xt, t, path)
