@@ -282,6 +282,20 @@ def test_bad_callables_and_outputs_are_named():
         cd_loss(f, f, lambda x, t: x * float("inf"), sde, x0)
 
 
+def test_a_grid_whose_steps_collapse_in_the_dtype_of_x0_is_refused():
+    # VP's Karras grid of 150 steps has two neighbouring times equal in bfloat16 (629 of 1280 steps do): such a step
+    # compared f(x_t, t) with f-(x_t, t), a zero loss that trained nothing, without a word
+    sde = sf.VPSDE()
+    f = sf.consistency.parameterize(lambda x, t: x, sde)
+    x0 = torch.zeros(4, 2, dtype=torch.bfloat16)
+    grid = sf.time_grid(sde, 150, "karras").to(torch.bfloat16)
+    assert bool((grid[:-1] <= grid[1:]).any())  # the premise, computed independently
+    with pytest.raises(ValueError, match=r"consistency_training_loss: argument 'steps' gives a grid of 150 steps, 1 of them of "
+                                        r"zero length .* in torch\.bfloat16"):
+        ct_loss(f, f, sde, x0, steps=150)
+    assert ct_loss(f, f, sde, x0.float(), steps=150).dtype == torch.float32  # distinct in float32
+
+
 def test_t_min_defaults_to_the_boundary_time_of_f():
     # documented default: f.t_min, else sde.t_min; a model built at t_min = 0.01 trains on a grid ending there
     sde = sf.VPSDE()

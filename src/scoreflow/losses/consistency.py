@@ -82,6 +82,7 @@ class _Setup:
         check_generator(fn, generator, x0, "x0")
         check_reduction(fn, reduction)
         self.times = self._grid(fn, steps, schedule).to(dtype=x0.dtype, device=x0.device)
+        self._check_distinct(fn, "schedule" if torch.is_tensor(schedule) else "steps")
 
     def _grid(self, fn: str, steps: Any, schedule: Any) -> torch.Tensor:
         if torch.is_tensor(schedule):
@@ -93,6 +94,18 @@ class _Setup:
             check_schedule_name(fn, "schedule", schedule, SCHEDULES)
         steps = check_int(fn, "steps", 18 if steps is None else steps)
         return time_grid(self.sde, steps, schedule or default_schedule(self.sde), t_min=self.t_min)
+
+    def _check_distinct(self, fn: str, name: str) -> None:
+        """The grid's times, in x0's dtype, must stay strictly decreasing: a step of zero length compares f with its
+        target at the same time (a zero loss that trains nothing)."""
+        flat = int((self.times[:-1] <= self.times[1:]).sum())
+        if flat:
+            raise ValueError(
+                f"{fn}: argument '{name}' gives a grid of {len(self.times) - 1} steps, {flat} of them of zero length "
+                f"(t_i == t_{{i+1}}) in {self.times.dtype}, the dtype of x0 that the times take: such a step compares f "
+                "with its target at the same time and trains nothing. Fix: x0 in float32 or float64 (cast inside the "
+                "model if it runs in half precision), or fewer steps."
+            )
 
     def draw(self, x0: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
         """Per sample: ``t_i``, ``t_{i+1}``, the noise z and :math:`x_{t_i} = \\alpha x_0 + \\sigma z`."""
@@ -190,7 +203,8 @@ def consistency_distillation_loss(
 
     Raises:
         ValueError: for an unknown solver, schedule, distance or weighting (listing the valid ones), a ``huber_c``
-            without ``distance="pseudo_huber"``, a malformed grid or ``x0``, a ``t_min`` other than f's, on a path that
+            without ``distance="pseudo_huber"``, a malformed grid or ``x0``, a grid with steps of zero length in the
+            dtype of ``x0`` (many steps in half precision), a ``t_min`` other than f's, on a path that
             ends in pure noise ``weighting="inverse_step"`` or a teacher predicting a score or noise, or outputs not
             shaped like ``x0``.
         TypeError: for a non-callable f, f_target or score, or a wrong sde, generator, option or dtype.
