@@ -189,6 +189,12 @@ def sde_dsm_loss(
     check_sde(fn, sde)
     check_batch(fn, "x", x)
     t_min = resolve_t_min(fn, sde, t_min)
+    if t_min <= 0:  # a flow path takes t_min = 0 elsewhere; here sigma(0) = 0 puts the target -eps/sigma at infinity
+        raise ValueError(
+            f"{fn}: argument 't_min' expected a time in (0, T={sde.T:g}), got {t_min!r}: at t = 0 sigma = 0, where the "
+            "denoising target -eps/sigma is infinite and the likelihood weight g^2/sigma^2 is not integrable. "
+            f"Fix: t_min > 0, e.g. the process's own t_min={sde.t_min:g}."
+        )
     if not callable(weighting):
         check_choice(fn, "weighting", weighting, SDE_WEIGHTINGS)
     check_choice(fn, "time_sampling", time_sampling, TIME_SAMPLINGS)
