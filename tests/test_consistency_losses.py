@@ -172,6 +172,22 @@ def test_inverse_step_weighting_is_refused_where_sigma_over_alpha_is_infinite_at
         cd_loss(f, f, law.velocity(rf), rf, x0, steps=4, weighting="inverse_step")
 
 
+@pytest.mark.parametrize("solver", ["heun", "ddim", "euler"])
+def test_cd_refuses_a_score_or_noise_teacher_on_a_path_that_reaches_pure_noise(solver):
+    # The grid starts at T, where alpha = 0: a score or noise prediction says nothing of the flow there (the score of
+    # every law is -x/sigma^2) and the drift is infinite. It was a NonFiniteError blaming the score at the next grid
+    # time, a bare ZeroDivisionError (ddim), or f's error on NaN states, as sample_ode refuses such a model from T.
+    law, rf = make_law("gaussian2d"), sf.RectifiedFlow()
+    x0 = law.sample(16, generator=seeded(0))
+    f = law.consistency_function(rf)
+    exact = law.velocity(rf)
+    for teacher, kind in ((lambda x, t: exact(x, t), "score"), (sf.score_from_eps(lambda x, t: -t[:, None] * exact(x, t), rf), "eps")):
+        with pytest.raises(ValueError, match=rf"consistency_distillation_loss: a model predicting '{kind}' cannot be integrated from t=T=1"):
+            cd_loss(f, f, teacher, rf, x0, solver=solver, steps=8, generator=seeded(1))
+    # the velocity the same law carries distils (the loss is the teacher's local error, small)
+    assert cd_loss(f, f, exact, rf, x0, solver=solver, steps=8, generator=seeded(1)) < 0.05
+
+
 def test_inverse_step_weighting_on_a_path_stopped_short_of_pure_noise_matches_a_hand_computation():
     # RectifiedFlow on [0, 0.999]: s = t/(1 - t) is finite at T (999), so every step, the first included, keeps a
     # positive weight 1/(s_i - s_{i+1}).
@@ -252,7 +268,9 @@ def test_ema_update_keeps_a_target_in_its_own_dtype():
         ({"schedule": torch.tensor([1.0, 0.5, 0.01])}, ValueError, r"expected a grid that starts at T=1 and ends at t_min=0\.001"),
         ({"schedule": torch.tensor([1.0, 0.001]), "steps": 3}, ValueError, r"a grid of 2 times has 1 steps, got steps=3"),
         ({"t_min": 0.01}, ValueError, r"argument 't_min' expected the boundary time of f, f\.t_min=0\.001, got 0\.01"),
-        ({"huber_c": -1.0}, ValueError, r"argument 'huber_c' expected a finite number > 0"),
+        ({"huber_c": -1.0, "distance": "pseudo_huber"}, ValueError, r"argument 'huber_c' expected a finite number > 0"),
+        # it was ignored: the L2 loss came back for a caller who set c and forgot the distance
+        ({"huber_c": 0.03}, ValueError, r"argument 'huber_c' is the c of distance='pseudo_huber', got huber_c=0\.03 with distance='l2'"),
         ({"shared_step": 1}, TypeError, r"argument 'shared_step' expected True or False"),
         ({"reduction": "sum"}, ValueError, r"argument 'reduction' expected one of 'mean', 'none'"),
         ({"generator": 1}, TypeError, r"argument 'generator' expected a torch\.Generator"),
@@ -279,6 +297,20 @@ def test_bad_callables_and_outputs_are_named():
         ct_loss(lambda x, t: x * float("nan"), f, sde, x0)
     with pytest.raises(sf.NonFiniteError, match=r"score became non-finite"):
         cd_loss(f, f, lambda x, t: x * float("inf"), sde, x0)
+
+
+def test_a_grid_whose_steps_collapse_in_the_dtype_of_x0_is_refused():
+    # VP's Karras grid of 150 steps has two neighbouring times equal in bfloat16 (629 of 1280 steps do): such a step
+    # compared f(x_t, t) with f-(x_t, t), a zero loss that trained nothing, without a word
+    sde = sf.VPSDE()
+    f = sf.consistency.parameterize(lambda x, t: x, sde)
+    x0 = torch.zeros(4, 2, dtype=torch.bfloat16)
+    grid = sf.time_grid(sde, 150, "karras").to(torch.bfloat16)
+    assert bool((grid[:-1] <= grid[1:]).any())  # the premise, computed independently
+    with pytest.raises(ValueError, match=r"consistency_training_loss: argument 'steps' gives a grid of 150 steps, 1 of them of "
+                                        r"zero length .* in torch\.bfloat16"):
+        ct_loss(f, f, sde, x0, steps=150)
+    assert ct_loss(f, f, sde, x0.float(), steps=150).dtype == torch.float32  # distinct in float32
 
 
 def test_t_min_defaults_to_the_boundary_time_of_f():

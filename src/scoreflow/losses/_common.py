@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .._checks import call_checked, check_callable, check_choice, check_like
@@ -57,6 +59,13 @@ def reduce(fn: str, per_sample: torch.Tensor, reduction: str, **parts: torch.Ten
     return per_sample.mean() if reduction == "mean" else per_sample
 
 
+
+
+def call_weighting(fn: str, weighting: Callable, signature: str, *args: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``weighting(*args)``, the user's weighting function (a call its signature cannot take is named as
+    :func:`call_checked` does, ``signature`` shown), its output checked by :func:`check_weights` for the batch ``like``."""
+    weights = call_checked(fn, "weighting", signature, weighting, *args)
+    return check_weights(fn, weights, like.shape[0], like)
 
 
 def check_weights(fn: str, weights: object, batch: int, like: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,10 @@ from ..consistency._common import boundary_time, default_schedule
 from ..consistency.teacher import ODEStep
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..errors import NonFiniteError
+from ..parameterizations import check_native_at_pure_noise
 from ..schedules import SCHEDULES, time_grid
 from ..sde import ForwardSDE, check_sde
-from ._common import check_reduction, check_score, check_weights, reduce, sq_norm
+from ._common import call_weighting, check_reduction, check_score, reduce, sq_norm
 
 __all__ = ["consistency_distillation_loss", "consistency_training_loss", "CONSISTENCY_DISTANCES", "CONSISTENCY_WEIGHTINGS"]
 
@@ -57,6 +58,11 @@ class _Setup:
         self.t_min = boundary_time(fn, f, sde, t_min)
         boundary_time(fn, f_target, sde, self.t_min, name="f_target")
         self.distance = check_choice(fn, "distance", distance, CONSISTENCY_DISTANCES)
+        if huber_c is not None and distance != "pseudo_huber":
+            raise ValueError(
+                f"{fn}: argument 'huber_c' is the c of distance='pseudo_huber', got huber_c={huber_c!r} with "
+                f"distance={distance!r}, which has no c. Fix: distance='pseudo_huber', or omit huber_c."
+            )
         dim = x0[0].numel()
         # iCT's c = 0.00054 sqrt(D), for data scaled to [-1, 1].
         self.huber_c = 0.00054 * math.sqrt(dim) if huber_c is None else check_positive(fn, "huber_c", huber_c)
@@ -76,6 +82,7 @@ class _Setup:
         check_generator(fn, generator, x0, "x0")
         check_reduction(fn, reduction)
         self.times = self._grid(fn, steps, schedule).to(dtype=x0.dtype, device=x0.device)
+        self._check_distinct(fn, "schedule" if torch.is_tensor(schedule) else "steps")
 
     def _grid(self, fn: str, steps: Any, schedule: Any) -> torch.Tensor:
         if torch.is_tensor(schedule):
@@ -87,6 +94,18 @@ class _Setup:
             check_schedule_name(fn, "schedule", schedule, SCHEDULES)
         steps = check_int(fn, "steps", 18 if steps is None else steps)
         return time_grid(self.sde, steps, schedule or default_schedule(self.sde), t_min=self.t_min)
+
+    def _check_distinct(self, fn: str, name: str) -> None:
+        """The grid's times, in x0's dtype, must stay strictly decreasing: a step of zero length compares f with its
+        target at the same time (a zero loss that trains nothing)."""
+        flat = int((self.times[:-1] <= self.times[1:]).sum())
+        if flat:
+            raise ValueError(
+                f"{fn}: argument '{name}' gives a grid of {len(self.times) - 1} steps, {flat} of them of zero length "
+                f"(t_i == t_{{i+1}}) in {self.times.dtype}, the dtype of x0 that the times take: such a step compares f "
+                "with its target at the same time and trains nothing. Fix: x0 in float32 or float64 (cast inside the "
+                "model if it runs in half precision), or fewer steps."
+            )
 
     def draw(self, x0: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
         """Per sample: ``t_i``, ``t_{i+1}``, the noise z and :math:`x_{t_i} = \\alpha x_0 + \\sigma z`."""
@@ -111,7 +130,7 @@ class _Setup:
         sq = sq_norm(online - target)
         per = sq if self.distance == "l2" else torch.sqrt(sq + self.huber_c**2) - self.huber_c
         if callable(self.weighting):
-            per = per * check_weights(self.fn, self.weighting(t_hi, t_lo), x_hi.shape[0], x_hi)
+            per = per * call_weighting(self.fn, self.weighting, "weighting(t_i, t_{i+1})", t_hi, t_lo, like=x_hi)
         elif self.weighting == "inverse_step":
             (a_hi, s_hi), (a_lo, s_lo) = self.sde.marginal(t_hi), self.sde.marginal(t_lo)
             per = per / (s_hi / a_hi - s_lo / a_lo)
@@ -166,7 +185,8 @@ def consistency_distillation_loss(
         schedule: a named schedule (default ``"karras"``: EDM's, rho = 7, the paper's; ``"log_snr_capped"`` for a
             process that ends in pure noise) or the grid itself, a decreasing tensor of times from T to ``t_min``.
         distance: ``"l2"`` (squared, summed over data dims) or ``"pseudo_huber"``.
-        huber_c: c of the pseudo-Huber distance (default iCT's :math:`0.00054\sqrt D`, for data in [-1, 1]).
+        huber_c: c of the pseudo-Huber distance (default iCT's :math:`0.00054\sqrt D`, for data in [-1, 1]); refused
+            with ``distance="l2"``.
         weighting: ``"uniform"``, ``"inverse_step"`` or a callable ``weighting(t_i, t_{i+1}) -> (B,)`` of weights >= 0.
             ``"inverse_step"`` needs a finite :math:`\sigma/\alpha` at T: on a path that ends in pure noise its
             weight of the step from T is 0, so it is refused there.
@@ -182,9 +202,11 @@ def consistency_distillation_loss(
         The loss.
 
     Raises:
-        ValueError: for an unknown solver, schedule, distance or weighting (listing the valid ones), a malformed
-            grid or ``x0``, a ``t_min`` other than f's, ``weighting="inverse_step"`` on a path that ends in pure noise,
-            or outputs not shaped like ``x0``.
+        ValueError: for an unknown solver, schedule, distance or weighting (listing the valid ones), a ``huber_c``
+            without ``distance="pseudo_huber"``, a malformed grid or ``x0``, a grid with steps of zero length in the
+            dtype of ``x0`` (many steps in half precision), a ``t_min`` other than f's, on a path that
+            ends in pure noise ``weighting="inverse_step"`` or a teacher predicting a score or noise, or outputs not
+            shaped like ``x0``.
         TypeError: for a non-callable f, f_target or score, or a wrong sde, generator, option or dtype.
         NonFiniteError: if the teacher's score or the loss becomes NaN/inf; the message names the time.
     """
@@ -194,6 +216,7 @@ def consistency_distillation_loss(
         fn, f, f_target, sde, x0, steps=steps, schedule=schedule, distance=distance, huber_c=huber_c,
         weighting=weighting, shared_step=shared_step, t_min=t_min, generator=generator, reduction=reduction,
     )
+    check_native_at_pure_noise(fn, score, sde)  # the grid starts at T: the teacher steps from there
     teacher = ODEStep(fn, solver, sde, x0, time=time, rtol=rtol, atol=atol, options=options, argument="solver")
     t_hi, t_lo, _, x_hi = setup.draw(x0, generator)
     counted = CountedScore(score, caller=fn)

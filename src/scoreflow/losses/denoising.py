@@ -24,7 +24,7 @@ from .._checks import (
 from .._tensor import TimeLike, batch_time, right_pad, standard_normal
 from ..dynamics.counting import ScoreFn
 from ..sde import ForwardSDE, check_sde
-from ._common import call_score, check_reduction, check_score, check_weights, reduce, sq_norm
+from ._common import call_score, call_weighting, check_reduction, check_score, reduce, sq_norm
 
 __all__ = [
     "dsm_loss", "multiscale_dsm_loss", "sde_dsm_loss", "MULTISCALE_WEIGHTINGS", "SDE_WEIGHTINGS", "TIME_SAMPLINGS",
@@ -136,7 +136,7 @@ def multiscale_dsm_loss(
     eps = standard_normal(x, generator)
     per, out = _denoising_terms(fn, score, x, torch.ones_like(sig), sig, sig, eps)
     if callable(weighting):
-        per = per * check_weights(fn, weighting(sig), x.shape[0], x) / sig**2
+        per = per * call_weighting(fn, weighting, "weighting(sigma)", sig, like=x) / sig**2
     elif weighting == "none":
         per = per / sig**2
     return reduce(fn, per, reduction, score=out)
@@ -189,6 +189,12 @@ def sde_dsm_loss(
     check_sde(fn, sde)
     check_batch(fn, "x", x)
     t_min = resolve_t_min(fn, sde, t_min)
+    if t_min <= 0:  # a flow path takes t_min = 0 elsewhere; here sigma(0) = 0 puts the target -eps/sigma at infinity
+        raise ValueError(
+            f"{fn}: argument 't_min' expected a time in (0, T={sde.T:g}), got {t_min!r}: at t = 0 sigma = 0, where the "
+            "denoising target -eps/sigma is infinite and the likelihood weight g^2/sigma^2 is not integrable. "
+            f"Fix: t_min > 0, e.g. the process's own t_min={sde.t_min:g}."
+        )
     if not callable(weighting):
         check_choice(fn, "weighting", weighting, SDE_WEIGHTINGS)
     check_choice(fn, "time_sampling", time_sampling, TIME_SAMPLINGS)
@@ -205,7 +211,7 @@ def sde_dsm_loss(
     eps = standard_normal(x, generator)
     per, out = _denoising_terms(fn, score, x, alpha, sigma, t, eps)
     if callable(weighting):
-        per = per * check_weights(fn, weighting(t), x.shape[0], x) / sigma**2
+        per = per * call_weighting(fn, weighting, "weighting(t)", t, like=x) / sigma**2
     elif weighting == "likelihood":
         per = per * sde.diffusion(t) ** 2 / sigma**2
     if time_sampling == "log_snr":  # divide by (T - t_min) p(t), p(t) = (g^2/sigma^2) / span

@@ -13,6 +13,9 @@ the minibatch optimal-transport coupling the pairs :math:`(x_0, \varepsilon)` of
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -41,6 +44,34 @@ def ot_pairing(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(cols)).to(noise.device)
 
 
+def _native(velocity: object) -> tuple[str, Callable]:
+    """The prediction :func:`cfm_loss` reads and the callable giving it: a model's declared ``prediction`` (from its
+    ``predict``, or from the model itself for a score), else the callable's output, taken to be the velocity."""
+    if not hasattr(velocity, "prediction"):
+        return "flow_velocity", velocity
+    kind = prediction_of(velocity)
+    return kind, (velocity if kind == "score" else velocity.predict)
+
+
+def _check_conversion(fn: str, kind: str, path: ForwardSDE, t_lo: float) -> None:
+    r"""Refuse a prediction :math:`p` whose coefficient in the velocity, :math:`u = a x + b p`, is infinite at an end of
+    ``[t_lo, T]``: a noise prediction where :math:`\alpha = 0` (pure noise), a data prediction where :math:`\sigma = 0`
+    (the data).  The loss weights the error of :math:`p` by :math:`b(t)^2`, which grows like :math:`1/\alpha^2` or
+    :math:`1/\sigma^2` there and is not integrable: the expected loss is infinite."""
+    ends = torch.tensor([t_lo, path.T], dtype=torch.float64)
+    x = torch.zeros(2, 1, dtype=torch.float64)
+    b = convert(torch.ones_like(x), kind, "flow_velocity", x, ends, path)[:, 0]
+    for coef, t in zip(b.tolist(), ends.tolist()):
+        if not math.isfinite(coef):
+            raise ValueError(
+                f"{fn}: argument 'velocity' predicts {kind!r}, whose conversion to the flow velocity is infinite at "
+                f"t={t:g} on {path!r} (alpha or sigma is 0 there): the loss weights the prediction's error by the square "
+                "of that factor, so its expectation is infinite and rare draws near that end dominate it. Fix: train "
+                "the network as a flow velocity (scoreflow.score_from_flow_velocity) or a v prediction, or keep away "
+                "from that end (t_min > 0; path.truncated(T) below pure noise)."
+            )
+
+
 def cfm_loss(
     velocity: object,
     path: ForwardSDE,
@@ -60,7 +91,10 @@ def cfm_loss(
     Args:
         velocity: the velocity net ``u(x, t)``, or a model carrying a native prediction (e.g. built by
             :func:`scoreflow.score_from_flow_velocity`, or ``law.velocity(path)``), whose prediction is converted
-            to the flow velocity.  A plain callable is taken to return the velocity, not a score.
+            to the flow velocity (a score too, when the model declares ``prediction == "score"``).  A plain callable,
+            without a ``prediction``, is taken to return the velocity: nothing cheap tells it from a score.  A prediction
+            whose conversion is infinite at an end of the time range (a noise prediction at pure noise, a data
+            prediction at t = 0) is refused: its loss would have an infinite expectation.
         path: the forward process (e.g. ``scoreflow.RectifiedFlow()``).
         x0: clean data of shape ``(B, *D)``.
         coupling: ``"independent"`` or ``"ot"`` (minibatch optimal transport, ``scipy.optimize.linear_sum_assignment``
@@ -74,7 +108,7 @@ def cfm_loss(
 
     Raises:
         ValueError: for an unknown coupling or reduction, ``t_min`` outside the process's range, a malformed
-            ``x0``, or a velocity not shaped like ``x0``.
+            ``x0``, a velocity not shaped like ``x0``, or a prediction whose velocity is infinite at ``t_min`` or T.
         TypeError: for a non-callable velocity, a wrong path or generator, or mismatched dtypes.
     """
     fn = "cfm_loss"
@@ -85,6 +119,9 @@ def cfm_loss(
     t_lo = resolve_t_min(fn, path, 0.0 if t_min is None and path.reaches_data else t_min)
     check_generator(fn, generator, x0, "x0")
     check_reduction(fn, reduction)
+    kind, native = _native(velocity)
+    if kind != "flow_velocity":
+        _check_conversion(fn, kind, path, t_lo)
     noise = standard_normal(x0, generator)
     if coupling == "ot":
         noise = noise[ot_pairing(x0, noise)]
@@ -93,9 +130,7 @@ def cfm_loss(
     alpha, sigma = (right_pad(c, x0) for c in path.marginal(t))
     d_alpha, d_sigma = (right_pad(c, x0) for c in path.marginal_derivatives(t))
     xt = alpha * x0 + sigma * noise
-    kind = prediction_of(velocity)
-    native = velocity.predict if kind != "score" else velocity
     pred = check_like(fn, "velocity", call_checked(fn, "velocity", "velocity(x, t)", native, xt, t), xt, what="the velocity")
-    if kind not in ("score", "flow_velocity"):
+    if kind != "flow_velocity":
         pred = convert(pred, kind, "flow_velocity", xt, t, path)
     return reduce(fn, sq_norm(pred - (d_alpha * x0 + d_sigma * noise)), reduction, velocity=pred)
