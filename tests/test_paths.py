@@ -222,3 +222,44 @@ def test_a_correct_given_derivative_is_accepted_and_agrees_with_autograd(alpha, 
 def test_a_schedule_of_the_wrong_signature_is_named():
     with pytest.raises(TypeError, match=r"AffinePath: argument 'sigma' expected a callable sigma\(t\), called with 1 positional"):
         sf.AffinePath(_cos, lambda: 1.0)
+
+
+# alpha = sqrt(1 - t), sigma = sqrt(t): d_alpha is -inf at T = 1 and d_sigma is +inf at 0, so the probability-flow
+# velocity is infinite there whatever the model (the score of the data law itself is finite at t = 0).
+_SQRT_PATH = sf.AffinePath(lambda t: torch.sqrt(1 - t), torch.sqrt)
+_SQRT_LAW = sf.analytic.Gaussian(torch.tensor([1.0, -0.5], dtype=F64), 0.5 * torch.eye(2, dtype=F64))
+
+
+def test_a_solve_from_where_the_path_is_singular_names_the_path_not_the_model():
+    x_T = _SQRT_PATH.prior_sample((4, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    for method, options in (("dopri5", {}), ("velocity_3m_pc", {"steps": 10})):
+        with pytest.raises(sf.NonFiniteError, match=r"at t=1 .*singular there .*d_alpha\(1\) = -inf; start below T") as err:
+            sf.sample_ode(_SQRT_LAW.score(_SQRT_PATH), _SQRT_PATH, x_T, method=method, **options)
+        assert err.value.t == 1.0
+
+
+def test_a_solve_ending_where_the_path_is_singular_is_not_silently_nan():
+    """rk4's last stage evaluates the drift at t = 0, NaN there although the score is finite: the samples were NaN
+    with no error."""
+    path = _SQRT_PATH.truncated(0.99)
+    x_T = path.prior_sample((4, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    with pytest.raises(sf.NonFiniteError, match=r"state became non-finite .* at t=0 .*d_sigma\(0\) = inf; end above it") as err:
+        sf.sample_ode(_SQRT_LAW.score(path), path, x_T, method="rk4", steps=10, t_min=0.0, schedule="t")
+    assert err.value.t == 0.0
+    res = sf.sample_ode(_SQRT_LAW.score(path), path, x_T, method="rk4", steps=10, t_min=1e-3, schedule="t")
+    assert torch.isfinite(res.samples).all()
+    with pytest.raises(sf.NonFiniteError, match=r"at t=0 .*d_sigma\(0\) = inf; end above it, with a larger t_min"):
+        sf.log_likelihood(_SQRT_LAW.score(path), path, _SQRT_LAW.sample(4), t_min=0.0)
+
+
+def test_a_model_that_fails_on_a_regular_process_is_still_blamed():
+    sde = sf.VPSDE()
+    score = _SQRT_LAW.score(sde)
+
+    def nan_late(x, t):
+        return torch.where((t < 0.5)[:, None], torch.nan, score(x, t))
+
+    with pytest.raises(sf.NonFiniteError, match="check the score model at this time") as err:
+        sf.sample_ode(nan_late, sde, sde.prior_sample((4, 2), dtype=F64), method="euler", steps=10)
+    assert 0.4 <= err.value.t < 0.5
+    assert sde.singular_flow_at(sde.T) is None and sde.singular_flow_at(sde.t_min) is None

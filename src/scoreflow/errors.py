@@ -10,3 +10,8 @@ class NonFiniteError(FloatingPointError):
     blow-up near ``t_min`` (a typical symptom of a score network evaluated below
     the times it was trained on) can be told apart from one near ``T``.
     """
+
+    def __init__(self, message: str, *, t: float | None = None) -> None:
+        super().__init__(message)
+        #: the time of the first non-finite value, when the solve knows it
+        self.t = t

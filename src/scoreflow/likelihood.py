@@ -189,7 +189,7 @@ def log_likelihood(
         )
 
     probes = None if trace == "exact" else draw_probes(x, n_probes, probe, generator)
-    counted = CountedScore(score, caller=fn)
+    counted = CountedScore(score, caller=fn, sde=sde)
     with counted.guard():
         if native:
             latent, delta, nfe_vjp = solver.likelihood(counted, sde, x, probes, stepping, chunk_size=chunk_size,

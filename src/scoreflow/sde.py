@@ -75,6 +75,21 @@ class ForwardSDE(ABC):
         f, g = self.drift_coef(t), self.diffusion(t)
         return f * alpha, (g**2 + 2 * f * sigma**2) / (2 * sigma)
 
+    def singular_flow_at(self, t: float) -> str | None:
+        r"""Why the probability-flow velocity :math:`\dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon` is infinite at
+        ``t`` for every model: :math:`\dot\alpha` or :math:`\dot\sigma` infinite there (a path such as
+        :math:`\alpha = \sqrt{1 - t}` at T, or :math:`\sigma = \sqrt t` at 0); ``None`` where both are finite.
+        Computed on the host in float64, only when a solve has failed; the answer ends with the remedy.
+        """
+        rates = self.marginal_derivatives(torch.tensor(t, dtype=torch.float64))
+        infinite = [f"{name}({t:g}) = {float(v):g}" for name, v in zip(("d_alpha", "d_sigma"), rates)
+                    if math.isinf(float(v))]
+        if not infinite:
+            return None
+        remedy = ("start below T, e.g. from sde.truncated(T') with T' < T" if t >= self.T * (1 - 1e-6)
+                  else "end above it, with a larger t_min")
+        return f"{', '.join(infinite)}; {remedy}"
+
     @property
     def pure_noise_at_T(self) -> bool:
         r"""Whether :math:`\alpha(T) = 0`: then :math:`x_T` is exactly the prior, :math:`\lambda(T) = -\infty`, and

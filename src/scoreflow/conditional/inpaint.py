@@ -209,7 +209,7 @@ def inpaint(
     back = [(a, b) for a, b in moves if b < a]
     scales, variances = (c.tolist() for c in forward_transition(sde, ts[[b for _, b in back]], ts[[a for a, _ in back]]))
     jumps = dict(zip(back, zip(scales, variances)))
-    counted = CountedScore(score, caller=fn)
+    counted = CountedScore(score, caller=fn, sde=sde)
     monitor = step_monitor(fn, counted, sde, callback=callback, progress=progress, return_trajectory=return_trajectory)
 
     def replace(x: torch.Tensor, k: int) -> torch.Tensor:

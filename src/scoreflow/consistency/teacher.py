@@ -132,7 +132,7 @@ def teacher_step(
     lo, hi = float(torch.minimum(*ends).min()), float(torch.maximum(*ends).max())
     if not (lo >= sde.t_min * (1 - 1e-6) and hi <= sde.T * (1 + 1e-6)):  # also NaN
         raise ValueError(f"{fn}: arguments 't_from', 't_to' expected times in [t_min={sde.t_min:g}, T={sde.T:g}], got [{lo:g}, {hi:g}].")
-    counted = CountedScore(score, caller=fn)
+    counted = CountedScore(score, caller=fn, sde=sde)
     with torch.no_grad(), counted.guard():
         out = step(counted, x, *ends)
     return out, counted.nfe

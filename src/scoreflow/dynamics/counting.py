@@ -7,7 +7,7 @@ evaluation and read once, when the solve ends (:meth:`CountedScore.guard`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -32,6 +32,8 @@ class FiniteWatch:
         self._records: list[tuple[str, Any, torch.Tensor]] = []
         self._zero: torch.Tensor | None = None
         self._paused = False
+        #: ``singular(t)``: why the process itself has no finite flow at time t, or None (read only on failure)
+        self.singular: Callable[[float], str | None] | None = None
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -70,10 +72,16 @@ class FiniteWatch:
             return
         what, t, _ = self._records[int(bad.nonzero()[0, 0])]
         t = float(t.reshape(-1)[0]) if torch.is_tensor(t) else float(t)
-        raise NonFiniteError(
-            f"{what} became non-finite (NaN or inf) at t={t:.6g} (its first non-finite value in this solve); "
+        why = self.singular(t) if self.singular is not None else None
+        advice = (
             "check the score model at this time (e.g. evaluated below the smallest time it was trained on) "
-            "or use a larger t_min."
+            "or use a larger t_min." if why is None else
+            f"the process itself is singular there (its probability-flow velocity is infinite whatever the model): "
+            f"{why}."
+        )
+        raise NonFiniteError(
+            f"{what} became non-finite (NaN or inf) at t={t:.6g} (its first non-finite value in this solve); {advice}",
+            t=t,
         ) from cause
 
 
@@ -97,6 +105,8 @@ class CountedScore(torch.nn.Module):
         score: the score model.
         caller: the public function the score was given to, named in error messages.
         signature: how the score is called, shown in error messages (``"score(x, sigma)"`` for a noise level).
+        sde: the process of the solve, if any: a non-finite value at a time where its flow is singular
+            (:meth:`~scoreflow.ForwardSDE.singular_flow_at`) is reported as the process's, not the model's.
 
     Attributes:
         nfe: score evaluations so far.
@@ -108,7 +118,9 @@ class CountedScore(torch.nn.Module):
             names ``caller``, the signature found and the arguments passed.
     """
 
-    def __init__(self, score: ScoreFn, *, caller: str, signature: str = "score(x, t)") -> None:
+    def __init__(
+        self, score: ScoreFn, *, caller: str, signature: str = "score(x, t)", sde: Any = None
+    ) -> None:
         super().__init__()
         self.score = check_callable(caller, "score", score, signature)
         self.caller = caller
@@ -116,6 +128,8 @@ class CountedScore(torch.nn.Module):
         self.prediction = prediction_of(score)
         self.nfe = 0
         self.finite = FiniteWatch()
+        if sde is not None:  # a failure at a time where the process itself is singular is named as such
+            self.finite.singular = sde.singular_flow_at
         self._last: tuple[bool, torch.Tensor, Any, int, torch.Tensor] | None = None
         # Under torch.inference_mode() the states are inference tensors, which have no version counter to tell an
         # in-place change: evaluations are then never reused.

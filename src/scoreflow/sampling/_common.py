@@ -89,7 +89,7 @@ def sample_with(
     progress: bool,
 ) -> SampleResult:
     """Run ``solve(counted_score, monitor)`` with the front-end ``fn``'s hooks and turn its solution into the result."""
-    counted = CountedScore(score, caller=fn)
+    counted = CountedScore(score, caller=fn, sde=sde)
     monitor = step_monitor(fn, counted, sde, callback=callback, progress=progress, return_trajectory=return_trajectory)
     with solving_stepping(counted, monitor, stepping, x_T, enable_grad=enable_grad):
         solution = solve(counted, monitor)
@@ -108,8 +108,12 @@ def solution_result(
     denoise_final: bool,
 ) -> SampleResult:
     """The :class:`SampleResult` of a solver's solution: its final state (optionally denoised), the NFE, and the
-    states at ``save_at`` (dense output) or at every accepted step (``return_trajectory``)."""
+    states at ``save_at`` (dense output) or at every accepted step (``return_trajectory``).
+
+    The final state joins the solve's non-finite record: a drift that is NaN where the score is finite (a process
+    singular at ``t_min``, as sigma = sqrt(t) at 0) would otherwise leave NaN samples unreported."""
     samples = solution.state
+    score.finite.record("state", samples, t_min)
     if denoise_final:
         samples = tweedie(score, sde, samples, torch.tensor(t_min, dtype=samples.dtype, device=samples.device))
     times = trajectory = None

@@ -140,7 +140,7 @@ def sample_pc(
     if predictor is not None:
         c_x, c_s, c_z = (c.tolist() for c in predictor_coefficients(predictor, sde, ts))
     alphas = corrector_alphas(sde, ts).tolist() if corrector is not None else None
-    counted = CountedScore(score, caller=fn)
+    counted = CountedScore(score, caller=fn, sde=sde)
     monitor = step_monitor(fn, counted, sde, callback=callback, progress=progress, return_trajectory=return_trajectory)
 
     x = x_T
