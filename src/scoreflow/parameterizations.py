@@ -209,6 +209,8 @@ class _FlowVelocityScore(_Parameterized):
 
 
 class _EnergyScore(torch.nn.Module):
+    prediction = "score"  # declared: cfm_loss converts it rather than taking it for a velocity
+
     def __init__(self, energy: Net) -> None:
         super().__init__()
         if not callable(energy):

@@ -329,6 +329,9 @@ class AnalyticScore:
     per-sample times build a law batched over them.
     """
 
+    #: declared, so that what reads a model's prediction (e.g. ``cfm_loss``) does not take it for a velocity
+    prediction = "score"
+
     def __init__(self, law: GaussianMixture, sde: ForwardSDE) -> None:
         fn = type(self).__name__
         check_instance(fn, "law", law, GaussianMixture, "scoreflow.analytic.Gaussian(torch.zeros(2), torch.eye(2))")
