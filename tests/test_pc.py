@@ -341,3 +341,19 @@ def test_schedule_is_checked_as_in_sample_sde(kwargs, error, pattern):
             kwargs = {**kwargs, "method": "ddim"}  # a native method: it takes no step_size either
         with pytest.raises(error, match=f"{front_end.__name__}: .*" + pattern):
             front_end(problem.score, problem.sde, x_T, **kwargs)
+
+
+@pytest.mark.parametrize("sde, schedule", [(sf.EDMSDE(), "karras"), (sf.VESDE(), "t"), (sf.VPSDE(), "t"),
+                                           (sf.SubVPSDE(), "t")], ids=repr)
+def test_default_grid_is_karras_on_edm_and_uniform_in_t_elsewhere(sde, schedule):
+    # EDM's uniform t grid leaves sigma < 1 to its last 1/80 (benchmarks/bench_pc_grids.py: Karras' had 0.03-0.05 of its
+    # moment error); on VE, VP and sub-VP score_sde's uniform grid stays.
+    law = Gaussian(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64))
+    x_T = sde.prior_sample((8, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def run(**kwargs):
+        return sf.sample_pc(law.score(sde), sde, x_T, steps=8, generator=torch.Generator().manual_seed(1), **kwargs)
+
+    default = run(return_trajectory=True)
+    assert torch.equal(default.times, sf.time_grid(sde, 8, schedule))
+    assert torch.equal(default.samples, run(schedule=schedule).samples)
