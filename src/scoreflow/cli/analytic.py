@@ -70,7 +70,8 @@ def _problem(args: argparse.Namespace):
 
 
 def _describe(options: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" if isinstance(v, str) else f"{k}={v:g}" for k, v in options.items() if k != "method") or f"rtol=atol={DEFAULT_TOLERANCE:g}"
+    shown = (f"{k}={v}" if isinstance(v, str) else f"{k}={v:g}" for k, v in options.items() if k != "method")
+    return ", ".join(shown) or f"rtol=atol={DEFAULT_TOLERANCE:g}"
 
 
 def _sample(args: argparse.Namespace) -> int:

@@ -1,15 +1,15 @@
 r"""Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3).
 
 On a grid :math:`T = t_0 > t_1 > \dots > t_N = t_{min}` (by default uniform in t, score_sde's, but Karras' on EDM;
-any grid of ``schedule``, as for :func:`scoreflow.sample_sde`) each step moves the state from :math:`t_i` to :math:`t_{i+1}`
-with a predictor (a discretization of the reverse SDE, see :mod:`.predictors`) and then takes ``corrector_steps``
-Langevin steps towards :math:`p_{t_{i+1}}` with the signal-to-noise step rule
+any grid of ``schedule``, as for :func:`scoreflow.sample_sde`) each step moves the state from :math:`t_i` to
+:math:`t_{i+1}` with a predictor (a discretization of the reverse SDE, see :mod:`.predictors`) and then takes
+``corrector_steps`` Langevin steps towards :math:`p_{t_{i+1}}` with the signal-to-noise step rule
 
 .. math:: \epsilon = 2\alpha_i\,(r\,\overline{\|z\|}/\overline{\|s\|})^2,\qquad
           x \leftarrow x + \epsilon\,s(x, t_{i+1}) + \sqrt{2\epsilon}\,z,
 
 where r is ``snr``, the bars are batch means of per-sample norms (as in score_sde) and
-:math:`\alpha_i = 1 - \beta_i` for VP/sub-VP, 1 for VE.  Both are read from the grid step by step: the predictor's
+:math:`\alpha_i = 1 - \beta_i` for VP/sub-VP, 1 for VE and EDM.  Both are read from the grid step by step: the predictor's
 coefficients from the exact forward transition between :math:`t_{i+1}` and :math:`t_i`, and :math:`\beta_i` is
 that transition's variance for VP, :math:`1 - \beta_i = \alpha(t_i)^2/\alpha(t_{i+1})^2`
 (:func:`.predictors.corrector_alphas`), so a grid that is not uniform needs nothing else.  Predicting first and
@@ -106,8 +106,8 @@ def sample_pc(
             grid's moment error in the median at 20-100 steps; on VE it had 1.1-1.3 times it
             (``benchmarks/bench_pc_grids.py``).
         schedule: as in :func:`scoreflow.sample_sde`: a schedule name of :func:`scoreflow.time_grid` for ``steps``
-            steps (e.g. ``"karras"``, k-diffusion's sigmas, which are EDM's times), or the grid itself (a
-            decreasing 1-D tensor of times from T to ``t_min``).
+            steps (e.g. ``"karras"``), or the grid itself, a decreasing 1-D tensor of times from T to ``t_min`` (on
+            EDM, where t = sigma, k-diffusion's sigmas without their final 0).
         predictor: ``"reverse_diffusion"``, ``"euler_maruyama"``, ``"ancestral"`` (VP, discrete VP and VE only;
             on a :class:`~scoreflow.adapters.DiscreteVPSDE` with ``steps = sde.n_steps - 1`` it is DDPM's chain) or
             ``None`` (corrector only: the time moves down the grid, the state only by Langevin steps).
