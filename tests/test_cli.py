@@ -95,6 +95,28 @@ def test_sample_prints_errors_and_saves_samples(tmp_path, capsys):
     assert torch.load(path).shape == (200, 2)
 
 
+@pytest.mark.parametrize("sampler, method", [("ode", "euler"), ("sde", "ddim")])
+def test_sample_places_the_steps_by_the_schedule(tmp_path, capsys, sampler, method):
+    # the saved samples are the API's on the named grid from the same prior draws (--seed 0), not its default grid's
+    path = tmp_path / "x.pt"
+    argv = ["sample", "--problem", "gaussian2d", "--sde", "ve", "--sampler", sampler, "--method", method, "--steps", "8",
+            "--schedule", "karras", "--num-samples", "50", "--no-progress", "--out", str(path)]
+    assert main(argv) == 0
+    assert "steps=8, schedule=karras" in capsys.readouterr().out
+    problem = sf.testing.make_problem("gaussian2d", "ve")
+    front_end = sf.sample_ode if sampler == "ode" else sf.sample_sde
+
+    def run(**grid):
+        g = torch.Generator().manual_seed(0)
+        x = problem.sde.prior_sample((50, 2), generator=g, dtype=torch.float64)
+        kwargs = {} if sampler == "ode" else {"generator": g}
+        return front_end(problem.law.score(problem.sde), problem.sde, x, method=method, **grid, **kwargs).samples
+
+    saved = torch.load(path)
+    assert torch.equal(saved, run(steps=8, schedule="karras"))
+    assert not torch.equal(saved, run(steps=8))  # the default grid (uniform in t on VE) gives other samples
+
+
 def test_likelihood_matches_the_exact_log_density(capsys):
     assert main(["likelihood", "--problem", "gaussian2d", "--num-samples", "8", "--rtol", "1e-7", "--atol", "1e-7", "--exact-prior"]) == 0
     printed = capsys.readouterr().out

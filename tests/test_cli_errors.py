@@ -117,6 +117,15 @@ CASES: dict[str, tuple[list[str], str, dict[str, str]]] = {
                                    r"argument --probe: applies to a Hutchinson trace; --trace exact computes the divergence", {}),
     "n-probes with the exact trace": (["dist", "likelihood", *PROBLEM, "--n-probes", "4", "--out", "{tmp}/ll.pt"],
                                       r"argument --n-probes: applies to a Hutchinson trace", {}),
+    "unknown schedule": (["sample", "--method", "rk4", "--schedule", "cosine"],
+                         r"argument --schedule: invalid choice: 'cosine' \(choose from 't', 'log_snr', 'karras', ", {}),
+    "schedule for an adaptive method": (["sample", "--schedule", "karras"],
+                                        r"argument --schedule: the adaptive method 'dopri5' chooses its own steps from --rtol/--atol", {}),
+    "schedule with a step size": (["sample", "--method", "rk4", "--step-size", "0.1", "--schedule", "karras"],
+                                  r"argument --schedule: places the --steps of a fixed-grid method; --step-size 0.1 ", {}),
+    "schedule the process lacks": (["sample", "--sde", "rf", "--method", "rk4", "--schedule", "karras"],
+                                   r"argument --schedule: time_grid: schedule 'karras' needs a finite log-SNR at its ends, but "
+                                   r"RectifiedFlow has log-SNR -inf at T=1", {}),
     "steps and step size": (["sample", "--method", "rk4", "--steps", "3", "--step-size", "0.1"],
                             r"argument --step-size: not allowed with argument --steps$", {}),
     # sources and their options

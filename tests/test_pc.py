@@ -8,6 +8,7 @@ from _helpers import RecordingScore
 from scoreflow.adapters import DiscreteVPSDE
 from scoreflow.analytic import Gaussian
 from scoreflow.metrics import mode_weights, moment_standard_errors
+from scoreflow.sampling.predictors import corrector_alphas, predictor_coefficients
 from scoreflow.testing import make_problem
 
 F64 = torch.float64
@@ -128,7 +129,7 @@ def test_nfe_counts_every_call_and_times_stay_on_the_grid(predictor, corrector, 
     assert res.nfe == expected + denoise_final
     # The validation call is the solver's first evaluation: the model is called exactly nfe times.
     assert score.calls == res.nfe
-    grid = torch.linspace(sde.T, t_min, 8, dtype=F64)
+    grid = sf.time_grid(sde, 7, "t", t_min=t_min)  # sample_sde's schedule="t"
     assert all(t_min <= t <= sde.T for t in score.times)
     assert set(score.times) <= set(grid.tolist())
     if predictor is None:  # the corrector alone never needs the score at T
@@ -211,3 +212,148 @@ def test_non_finite_score_names_the_time():
     x_T = torch.zeros(4, 2, dtype=F64)
     with pytest.raises(sf.NonFiniteError, match=r"at t=0.4"):
         sf.sample_pc(bad_below_half, sde, x_T, steps=4, t_min=0.2, corrector=None)
+
+
+# --- grids: schedule= as in sample_sde, and the coefficients on a grid that is not uniform ---------------------------
+
+
+def test_ancestral_on_respaced_discrete_vp_knots_is_respaced_ddpm():
+    # A non-uniform subsequence of a 100-step DDPM schedule's knots (improved-diffusion's respacing): the ancestral
+    # predictor is DDPM's step with the respaced beta_j = 1 - abar_j / abar_prev, written here in DDPM's own form
+    # (posterior mean of q(x_prev | x_t, x0_hat), variance beta_j), with the same noise draws.
+    betas = torch.linspace(1e-3, 0.2, 100, dtype=F64)
+    abar = torch.cumprod(1 - betas, 0)
+    sde = DiscreteVPSDE(abar)
+    knots = [99, 80, 55, 35, 20, 10, 6, 3, 1, 0]  # abar index i sits at t = (i + 1)/N
+    times = torch.tensor([(i + 1) / 100 for i in knots], dtype=F64)
+    law = Gaussian(torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=F64))
+    score = law.score(sde)
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    res = sf.sample_pc(score, sde, x_T, schedule=times, predictor="ancestral", corrector=None,
+                       generator=torch.Generator().manual_seed(1))
+    g, x = torch.Generator().manual_seed(1), x_T
+    for j in range(len(knots) - 1):
+        a_t, a_prev = abar[knots[j]], abar[knots[j + 1]]
+        beta = 1 - a_t / a_prev
+        eps = -(1 - a_t).sqrt() * score(x, times[j].expand(64))
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        mean = (a_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - a_prev) * x) / (1 - a_t)
+        x = mean + beta.sqrt() * torch.randn(x.shape, generator=g, dtype=F64)
+    assert res.nfe == len(knots) - 1
+    torch.testing.assert_close(res.samples, x, rtol=1e-11, atol=1e-11)
+
+
+def _karras(sde, steps=12):
+    ts = sf.time_grid(sde, steps, "karras")
+    assert not torch.allclose(ts[1:] - ts[:-1], ts[1] - ts[0])  # a grid that is not uniform
+    return ts
+
+
+def test_vp_coefficients_on_a_karras_grid_are_the_exact_transitions():
+    # VP: alpha(t)^2 = exp(-B(t)), B(t) = beta_min t + (beta_max - beta_min) t^2 / 2, so the forward step from t_{i+1}
+    # up to t_i has 1 - beta_i = exp(-(B(t_i) - B(t_{i+1}))): the corrector's alpha_i, and the reverse-diffusion step
+    # is x' = (2 - sqrt(1 - beta_i)) x + beta_i s + sqrt(beta_i) z (score_sde's with its beta_i).
+    sde = sf.VPSDE()
+    ts = _karras(sde)
+    B = sde.beta_min * ts + (sde.beta_max - sde.beta_min) * ts**2 / 2
+    one_minus_beta = torch.exp(-(B[:-1] - B[1:]))
+    torch.testing.assert_close(corrector_alphas(sde, ts), one_minus_beta, rtol=1e-13, atol=0)
+    c_x, c_s, c_z = predictor_coefficients("reverse_diffusion", sde, ts)
+    torch.testing.assert_close(c_x, 2 - one_minus_beta.sqrt(), rtol=1e-13, atol=0)
+    torch.testing.assert_close(c_s, 1 - one_minus_beta, rtol=1e-12, atol=0)
+    torch.testing.assert_close(c_z, (1 - one_minus_beta).sqrt(), rtol=1e-12, atol=0)
+    c_x, c_s, c_z = predictor_coefficients("ancestral", sde, ts)  # DDPM: (x + beta s)/sqrt(1 - beta) + sqrt(beta) z
+    torch.testing.assert_close(c_x, one_minus_beta.rsqrt(), rtol=1e-13, atol=0)
+    torch.testing.assert_close(c_s, (1 - one_minus_beta) / one_minus_beta.sqrt(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("sde", [sf.VESDE(), sf.EDMSDE()], ids=repr)
+def test_variance_exploding_coefficients_on_a_karras_grid_are_smld_steps(sde):
+    # sigma(t)^2 = sigma_min^2 ((sigma_max/sigma_min)^(2t) - 1) (VE started at clean data), t^2 (EDM): SMLD's steps
+    # between adjacent grid noise levels, and the corrector's alpha_i = 1 on any grid.
+    ts = _karras(sde)
+    sigma = ts if isinstance(sde, sf.EDMSDE) else sde.sigma_min * ((sde.sigma_max / sde.sigma_min) ** (2 * ts) - 1).sqrt()
+    gap = sigma[:-1] ** 2 - sigma[1:] ** 2
+    assert torch.equal(corrector_alphas(sde, ts), torch.ones(len(ts) - 1, dtype=F64))
+    c_x, c_s, c_z = predictor_coefficients("reverse_diffusion", sde, ts)
+    torch.testing.assert_close(c_x, torch.ones_like(gap), rtol=0, atol=1e-15)
+    torch.testing.assert_close(c_s, gap, rtol=1e-12, atol=0)
+    torch.testing.assert_close(c_z, gap.sqrt(), rtol=1e-12, atol=0)
+    _, c_s, c_z = predictor_coefficients("ancestral", sde, ts)
+    torch.testing.assert_close(c_s, gap, rtol=1e-12, atol=0)
+    torch.testing.assert_close(c_z, (sigma[1:] ** 2 * gap / sigma[:-1] ** 2).sqrt(), rtol=1e-12, atol=0)
+
+
+def test_vp_corrector_alpha_on_the_uniform_grid_is_score_sdes_to_second_order():
+    # score_sde (N grid points t_j = linspace(T, eps, N)) corrects at t_j with alpha = 1 - discrete_betas[k],
+    # discrete_betas = linspace(beta_min/N, beta_max/N, N), k = floor(t_j (N - 1)/T); here the correction at t_{i+1}
+    # uses the step just taken, exp(-int beta) over [t_{i+1}, t_i].  The two differ by O(dt^2) (not to the bit):
+    # ten times the points, a hundred times less.
+    sde = sf.VPSDE()
+
+    def gap(n):
+        ts = sf.time_grid(sde, n - 1, "t", t_min=1e-3)
+        k = (ts[1:] * (n - 1) / sde.T).floor().long()
+        theirs = 1 - torch.linspace(sde.beta_min / n, sde.beta_max / n, n, dtype=F64)[k]
+        return float((corrector_alphas(sde, ts) - theirs).abs().max())
+
+    ratio = gap(100) / gap(1000)
+    assert 50 < ratio < 200, ratio
+
+
+def test_schedule_places_the_steps_as_in_sample_sde():
+    problem = make_problem("gaussian2d", "ve")
+    sde = problem.sde
+    x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    grid = sf.time_grid(sde, 6, "karras", t_min=0.01)
+    score = RecordingScore(problem.score)
+
+    def run(score, **kwargs):
+        return sf.sample_pc(score, sde, x_T, t_min=0.01, generator=torch.Generator().manual_seed(1), **kwargs)
+
+    by_name = run(score, steps=6, schedule="karras", return_trajectory=True)
+    assert set(score.times) == set(grid[:-1].tolist()) | set(grid[1:].tolist())
+    torch.testing.assert_close(by_name.times, grid, rtol=0, atol=0)
+    assert by_name.nfe == 12
+    assert torch.equal(run(problem.score, schedule=grid).samples, by_name.samples)
+    assert torch.equal(run(problem.score, schedule=grid, steps=6).samples, by_name.samples)
+    assert not torch.equal(run(problem.score, steps=6).samples, by_name.samples)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        (dict(), ValueError, r"needs exactly one of 'steps' \(with an optional 'schedule'\), a 'schedule' grid; got steps=None"),
+        (dict(schedule="karras"), ValueError, r"'schedule' places the grid of a fixed-grid method and needs 'steps', got steps=None"),
+        (dict(steps=5, schedule="cosine"), ValueError, r"argument 'schedule' expected one of 't', 'log_snr', 'karras', .*got 'cosine'"),
+        (dict(schedule=[1.0, 0.5, 0.001]), TypeError, r"argument 'schedule' expected a schedule name .* or a 1-D tensor of times"),
+        (dict(schedule=torch.tensor([1.0, 0.5, 0.001], dtype=F64), steps=3), ValueError, r"a grid of 3 times has 2 steps, got steps=3"),
+        (dict(schedule=torch.tensor([1.0, 0.5, 0.1], dtype=F64)), ValueError, r"expected a grid that starts at T=1 and ends at t_min=0.001, got end 0.1"),
+        (dict(schedule=torch.tensor([1.0, 0.2, 0.5, 0.001], dtype=F64)), ValueError, r"expected finite, strictly decreasing times"),
+        (dict(steps=0, schedule="t"), ValueError, r"argument 'steps' expected an int >= 1, got 0"),
+    ],
+)
+def test_schedule_is_checked_as_in_sample_sde(kwargs, error, pattern):
+    problem = make_problem("gaussian2d", "vp")
+    x_T = torch.zeros(4, 2, dtype=F64)
+    for front_end in (sf.sample_pc, sf.sample_sde):
+        if front_end is sf.sample_sde:
+            kwargs = {**kwargs, "method": "ddim"}  # a native method: it takes no step_size either
+        with pytest.raises(error, match=f"{front_end.__name__}: .*" + pattern):
+            front_end(problem.score, problem.sde, x_T, **kwargs)
+
+
+@pytest.mark.parametrize("sde, schedule", [(sf.EDMSDE(), "karras"), (sf.VESDE(), "t"), (sf.VPSDE(), "t"),
+                                           (sf.SubVPSDE(), "t")], ids=repr)
+def test_default_grid_is_karras_on_edm_and_uniform_in_t_elsewhere(sde, schedule):
+    # EDM's uniform t grid leaves sigma < 1 to its last 1/80 (benchmarks/bench_pc_grids.py: Karras' had 0.03-0.05 of its
+    # moment error); on VE, VP and sub-VP score_sde's uniform grid stays.
+    law = Gaussian(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64))
+    x_T = sde.prior_sample((8, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def run(**kwargs):
+        return sf.sample_pc(law.score(sde), sde, x_T, steps=8, generator=torch.Generator().manual_seed(1), **kwargs)
+
+    default = run(return_trajectory=True)
+    assert torch.equal(default.times, sf.time_grid(sde, 8, schedule))
+    assert torch.equal(default.samples, run(schedule=schedule).samples)

@@ -19,6 +19,7 @@ from .options import (
     add_run_options,
     add_solver_options,
     add_trace_options,
+    check_schedule,
     resolve_dtype,
     resolve_t_min,
     solver_options,
@@ -37,7 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sample.add_argument(
         "--sampler", choices=("ode", "sde"), default="ode", help="probability-flow ODE or reverse SDE (default: ode)"
     )
-    add_solver_options(sample, {"ode": "with --sampler ode", "sde": "with --sampler sde"})
+    add_solver_options(sample, {"ode": "with --sampler ode", "sde": "with --sampler sde"}, schedule=True)
     add_num_samples(sample, 2000, "samples", minimum=2)  # the errors include the samples' covariance
     add_dtype(sample)
     add_out_file(sample, required=False, help="save the samples with torch.save to this file")
@@ -69,7 +70,8 @@ def _problem(args: argparse.Namespace):
 
 
 def _describe(options: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in options.items() if k != "method") or f"rtol=atol={DEFAULT_TOLERANCE:g}"
+    shown = (f"{k}={v}" if isinstance(v, str) else f"{k}={v:g}" for k, v in options.items() if k != "method")
+    return ", ".join(shown) or f"rtol=atol={DEFAULT_TOLERANCE:g}"
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -81,6 +83,7 @@ def _sample(args: argparse.Namespace) -> int:
     out = None if args.out is None else check_out_file(args.out, overwrite=args.overwrite)
     problem, law, sde, g = _problem(args)
     t_min = resolve_t_min(args, sde)
+    check_schedule(options, sde, t_min)
     x_T = sde.prior_sample((args.num_samples, *law.event_shape), generator=g, dtype=law.means.dtype)
     how = f"{args.sampler} {options['method']} ({_describe(options)})"
     print(f"{problem.name}: sampling {args.num_samples} points by {how} ...", flush=True)

@@ -1,8 +1,8 @@
 """The options every command shares, built and checked in one place.
 
 One vocabulary across the commands and the Python API: ``--num-samples``, ``--problem LAW --sde SDE``,
-``--method`` (the names of :func:`scoreflow.list_methods`), ``--steps`` (a count), ``--step-size``
-(a length), ``--rtol``/``--atol`` (adaptive methods), ``--t-min``, ``--dtype``, ``--seed``,
+``--method`` (the names of :func:`scoreflow.list_methods`), ``--steps`` (a count), ``--schedule`` (where they
+go), ``--step-size`` (a length), ``--rtol``/``--atol`` (adaptive methods), ``--t-min``, ``--dtype``, ``--seed``,
 ``--threads``, ``--out``/``--overwrite``, ``--debug``.  Each value is checked when it is parsed,
 and combinations right after, before any computation.
 """
@@ -21,6 +21,7 @@ from ..dynamics.divergence import PROBES
 from ..likelihood import TRACES, log_likelihood
 from ..methods import DEFAULT_TOLERANCE, Method, list_methods
 from ..sampling import sample_ode, sample_sde
+from ..schedules import SCHEDULES, time_grid
 from ..sde import ForwardSDE
 from ..testing import LAWS, SDES
 
@@ -28,7 +29,7 @@ __all__ = [
     "CLIError", "Parser", "DTYPES", "DEFAULT_STEPS", "int_at_least", "positive_float", "name_list",
     "add_run_options", "add_problem", "add_dtype", "add_num_samples", "add_solver_options", "add_trace_options",
     "add_progress", "trace_options", "default_method", "resolve_method", "solver_options", "stepping_options",
-    "resolve_t_min", "resolve_dtype",
+    "check_schedule", "resolve_t_min", "resolve_dtype",
 ]
 
 #: ``--dtype`` names.
@@ -162,11 +163,14 @@ def _method_names(kind: str) -> str:
     return ", ".join(m.name for m in list_methods(kind))
 
 
-def add_solver_options(p: argparse.ArgumentParser, kinds: dict[str, str]) -> None:
-    """``--method``, ``--steps`` | ``--step-size``, ``--rtol``, ``--atol`` and ``--t-min``.
+def add_solver_options(p: argparse.ArgumentParser, kinds: dict[str, str], *, schedule: bool = False) -> None:
+    """``--method``, ``--steps`` | ``--step-size``, ``--rtol``, ``--atol``, ``--t-min`` and, with ``schedule``,
+    ``--schedule``.
 
     Args:
         kinds: method kind -> when it applies (``{"ode": "--sampler ode", "sde": "--sampler sde"}``), for the help.
+        schedule: add ``--schedule``, a name of :data:`scoreflow.schedules.SCHEDULES` for the ``--steps`` of a
+            fixed-grid method (the front-end's ``schedule=``).
     """
     lists = "; ".join(
         f"{when}: {_method_names(kind)} (default: {default_method(kind)})" for kind, when in kinds.items()
@@ -179,6 +183,14 @@ def add_solver_options(p: argparse.ArgumentParser, kinds: dict[str, str]) -> Non
         default=None,
         help=f"number of steps of a fixed-grid method (default: {DEFAULT_STEPS} unless --step-size is given)",
     )
+    if schedule:
+        p.add_argument(
+            "--schedule",
+            choices=SCHEDULES,
+            default=None,
+            help="where the --steps of a fixed-grid method go (default: the method's own grid, e.g. uniform in t; "
+            "see scoreflow.time_grid)",
+        )
     grid.add_argument(
         "--step-size", type=positive_float, default=None, help="step length of a fixed-grid method, instead of --steps"
     )
@@ -252,12 +264,15 @@ def solver_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
 def stepping_options(args: argparse.Namespace, method: Method, kind: str) -> dict[str, float | int]:
     """The front-end's ``steps``/``step_size``/``rtol``/``atol`` from the options, for ``method`` of ``kind``.
 
-    An adaptive method takes ``--rtol``/``--atol`` only; a fixed-grid method takes ``--steps`` or
-    ``--step-size`` (where its record allows it), :data:`DEFAULT_STEPS` steps without either.
+    An adaptive method takes ``--rtol``/``--atol`` only; a fixed-grid method takes ``--steps`` (placed by
+    ``--schedule`` where the command has it) or ``--step-size`` (where its record allows it), :data:`DEFAULT_STEPS`
+    steps without either.
     """
     adaptive = [m.name for m in list_methods(kind) if m.adaptive]
+    schedule = getattr(args, "schedule", None)
     if method.adaptive:
-        given = "--steps" if args.steps is not None else "--step-size" if args.step_size is not None else None
+        given = next((name for name, value in (("--steps", args.steps), ("--step-size", args.step_size),
+                                               ("--schedule", schedule)) if value is not None), None)
         if given:
             raise CLIError(
                 f"argument {given}: the adaptive method {method.name!r} chooses its own steps from --rtol/--atol; "
@@ -275,8 +290,29 @@ def stepping_options(args: argparse.Namespace, method: Method, kind: str) -> dic
             raise CLIError(
                 f"argument --step-size: the method {method.name!r} takes --steps only, got --step-size {args.step_size:g}"
             )
+        if schedule is not None:
+            raise CLIError(
+                f"argument --schedule: places the --steps of a fixed-grid method; --step-size {args.step_size:g} "
+                "makes steps of equal length. Fix: --steps N with --schedule, or --step-size alone"
+            )
         return {"step_size": args.step_size}
-    return {"steps": DEFAULT_STEPS if args.steps is None else args.steps}
+    steps = {"steps": DEFAULT_STEPS if args.steps is None else args.steps}
+    return steps if schedule is None else {**steps, "schedule": schedule}
+
+
+def check_schedule(options: dict[str, Any], sde: ForwardSDE, t_min: float) -> None:
+    """Refuse a ``--schedule`` that ``sde`` does not define (a log-SNR or Karras grid where a path reaches pure
+    noise) before anything is computed, as :func:`scoreflow.time_grid` would when the solve starts.
+
+    Raises:
+        CLIError: naming ``--schedule``, with ``time_grid``'s reason and the schedules that fit.
+    """
+    if "schedule" not in options:
+        return
+    try:
+        time_grid(sde, options["steps"], options["schedule"], t_min=t_min)
+    except ValueError as err:
+        raise CLIError(f"argument --schedule: {err}") from None
 
 
 def resolve_t_min(args: argparse.Namespace, sde: ForwardSDE) -> float:

@@ -93,9 +93,16 @@ def predictor_coefficients(name: str, sde: ForwardSDE, ts: torch.Tensor) -> Coef
 
 
 def corrector_alphas(sde: ForwardSDE, ts: torch.Tensor) -> torch.Tensor:
-    r"""score_sde's factor :math:`\alpha_i = a_i^2 = 1 - \beta_i` of the Langevin step at ``ts[i+1]``, shape ``(N,)``.
+    r"""score_sde's factor :math:`\alpha_i = a_i^2 = 1 - \beta_i` of the Langevin step at ``ts[i+1]``, shape ``(N,)``,
+    on any decreasing grid ``ts``.
 
-    It is :math:`1 - \beta_i` of the step into ``ts[i+1]`` for VP and sub-VP and 1 for VE.
+    :math:`\beta_i` is the variance of the forward step between adjacent grid times that the predictor has just
+    reversed, :math:`x_{t_i} = \sqrt{1 - \beta_i}\,x_{t_{i+1}} + \sqrt{\beta_i}\,z` for VP:
+    :math:`1 - \beta_i = a_i^2 = \alpha(t_i)^2/\alpha(t_{i+1})^2 = \exp(-\int_{t_{i+1}}^{t_i}\beta(s)\,ds)`, the
+    same for sub-VP (whose :math:`\alpha` is VP's) and 1 for VE and EDM (:math:`\alpha = 1`).  It follows the local
+    step length, as score_sde's :math:`1 - \beta(t)/N = 1 - \beta(t)\,\Delta t` does on its uniform grid, from which
+    it differs by :math:`O(\Delta t^2)` (score_sde reads its ``discrete_betas`` at the correction time; not the same
+    to the bit).
     """
     a, _ = forward_transition(sde, ts[:-1], ts[1:])
     return a**2
