@@ -324,7 +324,8 @@ LOSSES = {
     "dsm_loss": lambda s, x, **kw: L.dsm_loss(s, x, 0.5, **kw),
     "multiscale_dsm_loss": lambda s, x, **kw: L.multiscale_dsm_loss(s, x, [1.0, 0.5], **kw),
     "sde_dsm_loss": lambda s, x, **kw: L.sde_dsm_loss(s, SDE, x, **kw),
-    "cfm_loss": lambda s, x, **kw: L.cfm_loss(s, sf.RectifiedFlow(), x, **kw),
+    # taken as a plain velocity net: the analytic VP score declares itself a score, which cfm_loss refuses on RF
+    "cfm_loss": lambda s, x, **kw: L.cfm_loss(lambda y, t: s(y, t), sf.RectifiedFlow(), x, **kw),
 }
 NAMED_T = ["esm_loss", "ism_loss", "ssm_loss", "ssm_vr_loss", "dsm_loss"]
 
