@@ -28,6 +28,7 @@ from ..errors import NonFiniteError
 from ..parameterizations import check_native_at_pure_noise
 from ..schedules import SCHEDULES, time_grid
 from ..sde import ForwardSDE, check_sde
+from ..solvers.base import NativeSolver, check_native_ends
 from ._common import call_weighting, check_reduction, check_score, reduce, sq_norm
 
 __all__ = ["consistency_distillation_loss", "consistency_training_loss", "CONSISTENCY_DISTANCES", "CONSISTENCY_WEIGHTINGS"]
@@ -141,6 +142,16 @@ class _Setup:
         return reduce(self.fn, per, reduction)
 
 
+def _check_teacher_ends(fn: str, teacher: ODEStep, setup: _Setup) -> None:
+    """Refuse up front a native teacher that cannot take the grid's first step (from T, at pure noise when alpha(T) =
+    0) or its last (to t_min = 0 in log-SNR): the steps are drawn at random, so the solver's own refusal came or not
+    with the draw."""
+    method = teacher.solver
+    if isinstance(method, NativeSolver):
+        check_native_ends(type(method).__name__, setup.sde, setup.t_min, method.from_pure_noise, to_data=method.to_data,
+                          caller=fn)
+
+
 def consistency_distillation_loss(
     f: ConsistencyFn,
     f_target: ConsistencyFn,
@@ -205,8 +216,9 @@ def consistency_distillation_loss(
         ValueError: for an unknown solver, schedule, distance or weighting (listing the valid ones), a ``huber_c``
             without ``distance="pseudo_huber"``, a malformed grid or ``x0``, a grid with steps of zero length in the
             dtype of ``x0`` (many steps in half precision), a ``t_min`` other than f's, on a path that
-            ends in pure noise ``weighting="inverse_step"`` or a teacher predicting a score or noise, or outputs not
-            shaped like ``x0``.
+            ends in pure noise ``weighting="inverse_step"``, a teacher predicting a score or noise or a ``solver``
+            that divides by alpha(T) = 0 (``dpm_solver_2``, ``edm_heun``, ...), a ``solver`` in log-SNR with
+            ``t_min=0``, or outputs not shaped like ``x0``.
         TypeError: for a non-callable f, f_target or score, or a wrong sde, generator, option or dtype.
         NonFiniteError: if the teacher's score or the loss becomes NaN/inf; the message names the time.
     """
@@ -218,6 +230,7 @@ def consistency_distillation_loss(
     )
     check_native_at_pure_noise(fn, score, sde)  # the grid starts at T: the teacher steps from there
     teacher = ODEStep(fn, solver, sde, x0, time=time, rtol=rtol, atol=atol, options=options, argument="solver")
+    _check_teacher_ends(fn, teacher, setup)
     t_hi, t_lo, _, x_hi = setup.draw(x0, generator)
     counted = CountedScore(score, caller=fn)
     with torch.no_grad(), counted.guard():
