@@ -26,7 +26,7 @@ from ..consistency.teacher import ODEStep
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..errors import NonFiniteError
 from ..parameterizations import check_native_at_pure_noise
-from ..schedules import SCHEDULES, time_grid
+from ..schedules import LOG_SNR_SCHEDULES, SCHEDULES, check_log_snr_ends, time_grid
 from ..sde import ForwardSDE, check_sde
 from ..solvers.base import NativeSolver, check_native_ends
 from ._common import call_weighting, check_reduction, check_score, reduce, sq_norm
@@ -94,7 +94,10 @@ class _Setup:
         if schedule is not None:
             check_schedule_name(fn, "schedule", schedule, SCHEDULES)
         steps = check_int(fn, "steps", 18 if steps is None else steps)
-        return time_grid(self.sde, steps, schedule or default_schedule(self.sde), t_min=self.t_min)
+        schedule = schedule or default_schedule(self.sde)
+        if schedule in LOG_SNR_SCHEDULES:  # named here, with this loss's t_min, rather than by time_grid
+            check_log_snr_ends(fn, self.sde, schedule, self.t_min)
+        return time_grid(self.sde, steps, schedule, t_min=self.t_min)
 
     def _check_distinct(self, fn: str, name: str) -> None:
         """The grid's times, in x0's dtype, must stay strictly decreasing: a step of zero length compares f with its
