@@ -22,7 +22,6 @@ from .sde import ForwardSDE, check_sde
 __all__ = [
     "SCHEDULES", "TIME_VARIABLES", "time_grid", "to_time_variable",
     "from_time_variable", "step_size_grid", "t_grid_is_coarse", "FINE_NOISE_LEVEL", "DATA_NOISE_LEVEL",
-    "LOG_SNR_SCHEDULES", "check_log_snr_ends",
 ]
 
 #: Step schedules: uniform in t, uniform in log-SNR, Karras et al. (2022) with exponent rho, uniform in the
