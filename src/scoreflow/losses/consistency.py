@@ -28,6 +28,7 @@ from ..errors import NonFiniteError
 from ..parameterizations import check_native_at_pure_noise
 from ..schedules import LOG_SNR_SCHEDULES, SCHEDULES, check_log_snr_ends, time_grid
 from ..sde import ForwardSDE, check_sde
+from ..solvers.adaptive import AdaptiveExponentialPC
 from ..solvers.base import NativeSolver, check_native_ends
 from ._common import call_weighting, check_reduction, check_score, reduce, sq_norm
 
@@ -150,9 +151,10 @@ def _check_teacher_ends(fn: str, teacher: ODEStep, setup: _Setup) -> None:
     0) or its last (to t_min = 0 in log-SNR): the steps are drawn at random, so the solver's own refusal came or not
     with the draw."""
     method = teacher.solver
-    if isinstance(method, NativeSolver):
-        check_native_ends(type(method).__name__, setup.sde, setup.t_min, method.from_pure_noise, to_data=method.to_data,
-                          caller=fn)
+    native = isinstance(method, NativeSolver)
+    if native or isinstance(method, AdaptiveExponentialPC):  # (the adaptive one starts at pure noise, never ends at 0)
+        check_native_ends(type(method).__name__, setup.sde, setup.t_min, not native or method.from_pure_noise,
+                          to_data=native and method.to_data, caller=fn)
 
 
 def consistency_distillation_loss(
