@@ -66,3 +66,24 @@ def test_consistency_function_description_and_errors():
         law.consistency_function(sde, rtol=0.0)
     with pytest.raises(TypeError, match=r"consistency_function: argument 'sde' expected a ForwardSDE"):
         law.consistency_function("vp")
+
+
+@pytest.mark.parametrize("sigma_max", [42.4056, 80.3, 1.1, 80.1, 0.7], ids=["up", "up80.3", "up1.1", "down80.1", "down0.7"])
+@pytest.mark.parametrize("law_name", ["gaussian2d", "ring2d"])
+def test_float32_times_at_T_are_T_wherever_float32_rounds_it(sigma_max, law_name):
+    # float32(42.4056) > 42.4056: a float32 sampler's first time (T as x_T's dtype holds it) was refused by flow_map,
+    # so sample_consistency(law.consistency_function(sde), ...) failed on float32 data. Within the rounding of T the
+    # time is T (the float64 map from T, to float32 round-off); a float32 step further out is still refused.
+    law, sde = make_law(law_name), sf.EDMSDE(sigma_max=sigma_max)
+    x_T = sde.prior_sample((8, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = law.flow_map(sde, x_T, sde.T, sde.t_min)
+    T32 = torch.tensor(sde.T, dtype=torch.float32)
+    mapped = law.flow_map(sde, x_T.float(), T32.expand(8), sde.t_min)
+    sampled = sf.sample_consistency(law.consistency_function(sde), sde, x_T.float(), steps=1).samples
+    for out in (mapped, sampled):
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, exact.float(), rtol=1e-5, atol=1e-5 * sigma_max)
+    beyond = torch.nextafter(T32, torch.tensor(float("inf")))  # one float32 step beyond T, whichever way it rounds
+    name = "Gaussian" if law_name == "gaussian2d" else "GaussianMixture"
+    with pytest.raises(ValueError, match=rf"^{name}.flow_map: argument 't_from' expected times in \[0, T={sigma_max:g}\], got"):
+        law.flow_map(sde, x_T.float(), beyond.expand(8), sde.t_min)

@@ -188,6 +188,56 @@ def test_cd_refuses_a_score_or_noise_teacher_on_a_path_that_reaches_pure_noise(s
     assert cd_loss(f, f, exact, rf, x0, solver=solver, steps=8, generator=seeded(1)) < 0.05
 
 
+@pytest.mark.parametrize("solver", ["dpm_solver_2", "dpm_solver_3", "deis", "edm_heun", "ipndm"])
+def test_cd_refuses_up_front_a_teacher_that_cannot_step_from_pure_noise(solver):
+    # These methods divide by alpha(T) = 0 on the grid's first step (from T) only: refused by the teacher, the loss
+    # failed or not with the step drawn (shared_step: 1 draw in 8 at steps=8). Refused whatever the draw, by the loss.
+    law, rf = make_law("gaussian2d"), sf.RectifiedFlow()
+    x0 = law.sample(4, generator=seeded(0))
+    f = law.consistency_function(rf)
+    for seed in range(4):
+        with pytest.raises(ValueError, match=rf"consistency_distillation_loss: the native method \w+ divides by alpha\(T\) = 0"):
+            cd_loss(f, f, law.velocity(rf), rf, x0, solver=solver, steps=8, shared_step=True, generator=seeded(seed))
+    # a path stopped short of pure noise distils with them (the loss is the teacher's local error, small)
+    short = rf.truncated(0.999)
+    g = law.consistency_function(short)
+    assert cd_loss(g, g, law.velocity(short), short, x0, solver=solver, steps=8, generator=seeded(1)) < 0.05
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "dpmpp_4m_pc_adaptive"])
+def test_cd_refuses_up_front_a_teacher_in_log_snr_to_t_min_0(solver):
+    # only the grid's last step ends at t = 0 (log-SNR +inf): the teacher's refusal, naming sample_ode, came with 1
+    # draw in 8
+    law, rf = make_law("gaussian2d"), sf.RectifiedFlow()
+    x0 = law.sample(4, generator=seeded(0))
+    f = law.consistency_function(rf, t_min=0.0)
+    for seed in range(4):
+        with pytest.raises(ValueError, match=r"consistency_distillation_loss: the native method \w+ steps in log-SNR, which is \+inf at t_min=0"):
+            cd_loss(f, f, law.velocity(rf), rf, x0, solver=solver, schedule="t", steps=8, shared_step=True,
+                    generator=seeded(seed))
+    assert cd_loss(f, f, law.velocity(rf), rf, x0, solver="heun", schedule="t", steps=8, generator=seeded(1)) < 0.05
+
+
+@pytest.mark.parametrize("schedule", [None, "log_snr_capped", "karras", "log_snr"])
+def test_a_log_snr_schedule_to_t_min_0_is_refused_by_the_loss_with_a_remedy_that_works(schedule):
+    # It was time_grid's error, whose remedy was schedule='log_snr_capped', the default schedule that had failed.
+    law, rf = make_law("gaussian2d"), sf.RectifiedFlow()
+    x0 = law.sample(4, generator=seeded(0))
+    f = law.consistency_function(rf, t_min=0.0)
+    named = schedule or "log_snr_capped"
+    match = (rf"^consistency_\w+_loss: argument 't_min' expected a time > 0 for schedule '{named}', .* got 0\.0\. "
+             r"Fix: t_min > 0 \(sde\.t_min=0\.001\), or schedule='shift', 't' or 'noise_fraction'"
+             if named == "log_snr_capped" else
+             rf"^consistency_\w+_loss: schedule '{named}' needs a finite log-SNR .* Fix: schedule='shift', 't' or "
+             r"'noise_fraction' \(finite at both ends\), or 'log_snr_capped' \(finite at pure noise\) with t_min > 0")
+    for call in (lambda s: ct_loss(f, f, rf, x0, t_min=0.0, schedule=s, steps=4, generator=seeded(1)),
+                 lambda s: cd_loss(f, f, law.velocity(rf), rf, x0, t_min=0.0, schedule=s, steps=4, generator=seeded(1))):
+        with pytest.raises(ValueError, match=match):
+            call(schedule)
+        for remedy in ("shift", "t", "noise_fraction"):  # the remedies it names work
+            assert bool(torch.isfinite(call(remedy)))
+
+
 def test_inverse_step_weighting_on_a_path_stopped_short_of_pure_noise_matches_a_hand_computation():
     # RectifiedFlow on [0, 0.999]: s = t/(1 - t) is finite at T (999), so every step, the first included, keeps a
     # positive weight 1/(s_i - s_{i+1}).

@@ -116,6 +116,53 @@ def test_methods_that_divide_by_alpha_at_pure_noise_are_refused():
         sf.sample_ode(make_law("ring2d").score(sf.VPSDE()), sf.VPSDE(), x1, t_min=0.0)
 
 
+_DIVIDE_BY_ALPHA = ("dpm_solver_2", "dpm_solver_3", "deis", "edm_heun", "ipndm")
+
+
+def _native_solve(method, sde, x, times):
+    """The registry solver of ``method`` through its interface (as teacher_step calls it) on the grid ``times``."""
+    from scoreflow.dynamics.counting import CountedScore
+    from scoreflow.methods import Grid, StepMonitor
+    solver = sf.get_method("ode", method).build("test", None)
+    counted = CountedScore(make_law("gaussian2d").velocity(RF), caller="test")
+    return solver.sample(counted, RF, x, Grid(times, "t"), monitor=StepMonitor("test")).state
+
+
+@pytest.mark.parametrize("method", _DIVIDE_BY_ALPHA)
+def test_methods_that_divide_by_alpha_solve_from_below_pure_noise_at_their_order(method):
+    # They were refused on any process with alpha(T) = 0, even for a solve from t = 0.5 (alpha = 0.5), with a message
+    # naming sample_ode whoever called; only a solve whose first time is at pure noise is refused, by its caller.
+    from scoreflow.consistency import teacher_step
+    from scoreflow.metrics import fit_order
+    law = make_law("gaussian2d")
+    x = law.marginal(RF, 0.5).sample(32, generator=torch.Generator().manual_seed(3)).to(F64)
+    for caller, call in (("sample_ode", lambda: sf.sample_ode(law.velocity(RF), RF, prior(4, 2), method=method, steps=4)),
+                         ("teacher_step", lambda: teacher_step(law.velocity(RF), RF, x, 1.0, 0.5, method=method))):
+        with pytest.raises(ValueError, match=rf"{caller}: the native method \w+ divides by alpha\(T\) = 0 on Rectified"):
+            call()
+    # one teacher step of length h from t = 0.5: local error O(h^(q+1)), q the order of the method's first step (1
+    # for the multistep ones, which start with a DDIM step)
+    first = 1 if method in ("deis", "ipndm") else sf.get_method("ode", method).order
+    local = []
+    for h in (0.05, 0.025):
+        stepped, nfe = teacher_step(law.velocity(RF), RF, x, 0.5, 0.5 - h, method=method)
+        assert nfe == sf.get_method("ode", method).nfe_per_step
+        local.append(float((stepped - reference_flow_map(law, RF, x, 0.5, 0.5 - h)).abs().max()))
+    assert local[0] < 1e-2 and local[0] / local[1] > 0.75 * 2 ** (first + 1), local
+    # from t = 0.5 to t_min on the untruncated path, against the closed form, steps uniform in log-SNR: the
+    # one-step methods at their order; the multistep ones (deis, order 3) start with that DDIM step, whose local
+    # error h^2 bounds them at order 2 where the prediction varies (at T it hardly does: order 3 there)
+    exact = reference_flow_map(law, RF, x, 0.5, RF.t_min)
+    lam = RF.log_snr(torch.tensor([0.5, RF.t_min], dtype=F64))
+    steps, errors = [16, 32, 64], []
+    for n in steps:
+        times = RF.t_from_log_snr(torch.linspace(float(lam[0]), float(lam[1]), n + 1, dtype=F64))
+        times[0], times[-1] = 0.5, RF.t_min
+        errors.append(float((_native_solve(method, RF, x, times) - exact).abs().max()))
+    order = min(sf.get_method("ode", method).order, 2 if method in ("deis", "ipndm") else 3)
+    assert order - 0.25 < fit_order([1 / n for n in steps], errors) < order + 1, errors
+
+
 def test_the_reverse_sde_needs_a_path_truncated_before_pure_noise():
     law, x1 = make_law("ring2d"), prior(4, 2)
     for call in (lambda: sf.sample_sde(law.score(RF), RF, x1, steps=4),

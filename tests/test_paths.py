@@ -161,8 +161,16 @@ def test_log_snr_schedules_need_finite_ends():
     rf = PATHS["rf"]
     with pytest.raises(ValueError, match="time_grid: schedule 'log_snr' needs a finite log-SNR.*log_snr_capped"):
         sf.time_grid(rf, 4, "log_snr")
-    with pytest.raises(ValueError, match="time_grid: schedule 'log_snr_capped' needs a finite log-SNR"):
+    # the remedy is one that works: not 'log_snr_capped' for the schedule already in use (it was), nor it alone
+    # where t = 0 needs t_min > 0 too
+    with pytest.raises(ValueError, match=r"time_grid: argument 't_min' expected a time > 0 for schedule 'log_snr_capped'"
+                                         r", .* got 0\.0\. Fix: t_min > 0 \(sde\.t_min=0\.001\), or schedule='shift', 't' or"):
         sf.time_grid(rf, 4, "log_snr_capped", t_min=0.0)
+    with pytest.raises(ValueError, match=r"time_grid: schedule 'karras' needs .* Fix: schedule='shift', 't' or "
+                                         r"'noise_fraction' \(finite at both ends\), or 'log_snr_capped' .* with t_min > 0"):
+        sf.time_grid(rf, 4, "karras", t_min=0.0)
+    for schedule in ("shift", "t", "noise_fraction"):  # the remedies
+        assert sf.time_grid(rf, 4, schedule, t_min=0.0)[-1] == 0.0
     capped = sf.time_grid(rf, 4, "log_snr_capped")
     assert capped[0] == 1.0 and bool(torch.isfinite(capped).all())
     with pytest.raises(ValueError, match=r"time_grid: argument 't_min' expected a time in \(0, T=1\)"):

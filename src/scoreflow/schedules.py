@@ -119,6 +119,40 @@ def t_grid_is_coarse(sde: ForwardSDE, noise_level: float = FINE_NOISE_LEVEL) -> 
     return coarse() if key is None else _COARSE.get((key, noise_level), coarse)
 
 
+#: The schedules uniform in a function of the log-SNR, which need it finite at t_min and, but for
+#: ``"log_snr_capped"``, at T.
+LOG_SNR_SCHEDULES = ("log_snr", "karras", "log_snr_capped")
+
+
+def check_log_snr_ends(fn: str, sde: ForwardSDE, schedule: str, t_min: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The float64 log-SNRs :math:`(\lambda(T), \lambda(t_{min}))` of a schedule of :data:`LOG_SNR_SCHEDULES`, checked
+    finite where it needs them; the check of :func:`time_grid`, for a caller ``fn`` that makes a grid to check first.
+
+    Raises:
+        ValueError: for :math:`\lambda(T) = -\infty` (pure noise at T) with ``"log_snr"`` or ``"karras"``, naming
+            the schedule, or :math:`\lambda(t_{min}) = +\infty` (``t_min = 0`` on a flow path), naming ``t_min``; the
+            remedy is one that works for the schedule and both ends.
+    """
+    lam_max, lam_min = sde.log_snr(torch.tensor([sde.T, t_min], dtype=torch.float64)).unbind()
+    at_T = schedule != "log_snr_capped" and not bool(torch.isfinite(lam_max))
+    at_t_min = not bool(torch.isfinite(lam_min))
+    if at_T:
+        fix = ("schedule='shift', 't' or 'noise_fraction' (finite at both ends), or 'log_snr_capped' (finite at pure "
+               f"noise) with t_min > 0 (sde.t_min={sde.t_min:g})" if at_t_min else
+               "schedule='log_snr_capped' (finite at pure noise), 'shift', 't' or 'noise_fraction'")
+        raise ValueError(
+            f"{fn}: schedule {schedule!r} needs a finite log-SNR at its ends, but {type(sde).__name__} has log-SNR "
+            f"{float(lam_max):g} at T={sde.T:g} and {float(lam_min):g} at t_min={t_min:g}. Fix: {fix}."
+        )
+    if at_t_min:
+        raise ValueError(
+            f"{fn}: argument 't_min' expected a time > 0 for schedule {schedule!r}, which needs a finite log-SNR at "
+            f"t_min ({type(sde).__name__} has log-SNR {float(lam_min):g} at t = 0), got {t_min!r}. Fix: t_min > 0 "
+            f"(sde.t_min={sde.t_min:g}), or schedule='shift', 't' or 'noise_fraction' (finite at t = 0)."
+        )
+    return lam_max, lam_min
+
+
 #: The schedule each option of :func:`time_grid` belongs to.
 _OPTION_OF = {"rho": "karras", "sigma_cap": "log_snr_capped", "sigma_floor": "log_snr_capped", "shift": "shift",
               "power": "noise_fraction"}
@@ -233,14 +267,7 @@ def time_grid(
         u = 1.0 + ramp * (v_min / (shift - (shift - 1) * v_min) - 1.0)
         ts = sde.T * shift * u / (1 + (shift - 1) * u)
     else:
-        lam_max, lam_min = sde.log_snr(ends).unbind()
-        finite_needed = (lam_min,) if schedule == "log_snr_capped" else (lam_max, lam_min)
-        if not all(bool(torch.isfinite(lam)) for lam in finite_needed):
-            raise ValueError(
-                f"{fn}: schedule {schedule!r} needs a finite log-SNR at its ends, but {type(sde).__name__} has "
-                f"log-SNR {float(lam_max):g} at T={sde.T:g} and {float(lam_min):g} at t_min={t_min:g}. Fix: use "
-                "schedule='log_snr_capped' (finite at pure noise), 'shift' or 't', or a t_min > 0."
-            )
+        lam_max, lam_min = check_log_snr_ends(fn, sde, schedule, t_min)
         if schedule == "log_snr":
             lam = lam_max + ramp * (lam_min - lam_max)
         elif schedule == "log_snr_capped" and sigma_floor > 0:

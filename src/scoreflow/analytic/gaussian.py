@@ -40,7 +40,7 @@ class Gaussian(GaussianMixture):
         :math:`v = \alpha^2\lambda + \sigma^2` obeys :math:`\dot v = 2 f v + g^2`.  ``rtol``/``atol`` are
         accepted for the mixture's signature and unused: the map is closed-form.
         """
-        self._check_flow_map("Gaussian.flow_map", sde, x, t_from, t_to)
+        t_from, t_to = self._check_flow_map("Gaussian.flow_map", sde, x, t_from, t_to)
         dtype = self.means.dtype
         a0, s0 = (c.reshape(-1, 1) for c in sde.marginal(torch.as_tensor(t_from, dtype=dtype, device=self.means.device)))
         a1, s1 = (c.reshape(-1, 1) for c in sde.marginal(torch.as_tensor(t_to, dtype=dtype, device=self.means.device)))

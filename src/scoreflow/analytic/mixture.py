@@ -255,13 +255,21 @@ class GaussianMixture:
     ) -> torch.Tensor:
         """The probability-flow map of this law from ``t_from`` (scalar or ``(B,)``) to ``t_to``: a float64 DOP853
         solve of the exact flow velocity (:meth:`velocity`) at ``rtol``/``atol`` (:func:`scoreflow.analytic.flow.solve_flow_map`)."""
-        self._check_flow_map(f"{type(self).__name__}.flow_map", sde, x, t_from, t_to)
+        t_from, t_to = self._check_flow_map(f"{type(self).__name__}.flow_map", sde, x, t_from, t_to)
         law = self.to(torch.float64, "cpu")  # the solve's states are on the host, whatever the device of x or the law
         return solve_flow_map(law.velocity(sde).predict, x, t_from, t_to, rtol=rtol, atol=atol)
 
     @staticmethod
-    def _check_flow_map(fn: str, sde: ForwardSDE, x: torch.Tensor, t_from: TimeLike, t_to: TimeLike) -> None:
+    def _check_flow_map(
+        fn: str, sde: ForwardSDE, x: torch.Tensor, t_from: TimeLike, t_to: TimeLike
+    ) -> tuple[TimeLike, TimeLike]:
         """The arguments of :meth:`flow_map`: a process, a batch x and times (scalars or ``(B,)``) in [0, T].
+
+        A tensor of times may exceed T by its dtype's rounding of T (float32(42.4056) > 42.4056 on
+        ``EDMSDE(sigma_max=42.4056)``: a float32 grid or sampler starts there): such times are T.
+
+        Returns:
+            ``(t_from, t_to)``, a tensor of times in float64 and clamped to [0, T].
 
         Raises:
             TypeError, ValueError: naming the argument (before: Python's and torch's errors, a scipy solve that
@@ -269,11 +277,16 @@ class GaussianMixture:
         """
         check_sde(fn, sde)
         check_batch(fn, "x", x)
+        times = []
         for name, t in (("t_from", t_from), ("t_to", t_to)):
             t = check_time(fn, name, t, x)
             lo, hi = (float(t.min()), float(t.max())) if torch.is_tensor(t) else (t, t)
-            if lo < 0.0 or hi > sde.T:
+            # T as the times' dtype holds it (a float is T itself): what a time at T is in that dtype
+            T_held = float(torch.tensor(sde.T, dtype=t.dtype)) if torch.is_tensor(t) and t.is_floating_point() else sde.T
+            if lo < 0.0 or hi > max(sde.T, T_held):
                 raise ValueError(f"{fn}: argument '{name}' expected times in [0, T={sde.T:g}], got {t!r}.")
+            times.append(t.to(torch.float64).clamp(0.0, sde.T) if torch.is_tensor(t) else t)
+        return times[0], times[1]
 
     def flow_description(self, rtol: float = FLOW_RTOL, atol: float = FLOW_ATOL) -> str:
         """How :meth:`flow_map` is computed: a solve, with its tolerances."""

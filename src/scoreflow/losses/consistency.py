@@ -26,8 +26,10 @@ from ..consistency.teacher import ODEStep
 from ..dynamics.counting import CountedScore, ScoreFn
 from ..errors import NonFiniteError
 from ..parameterizations import check_native_at_pure_noise
-from ..schedules import SCHEDULES, time_grid
+from ..schedules import LOG_SNR_SCHEDULES, SCHEDULES, check_log_snr_ends, time_grid
 from ..sde import ForwardSDE, check_sde
+from ..solvers.adaptive import AdaptiveExponentialPC
+from ..solvers.base import NativeSolver, check_native_ends
 from ._common import call_weighting, check_reduction, check_score, reduce, sq_norm
 
 __all__ = ["consistency_distillation_loss", "consistency_training_loss", "CONSISTENCY_DISTANCES", "CONSISTENCY_WEIGHTINGS"]
@@ -93,7 +95,10 @@ class _Setup:
         if schedule is not None:
             check_schedule_name(fn, "schedule", schedule, SCHEDULES)
         steps = check_int(fn, "steps", 18 if steps is None else steps)
-        return time_grid(self.sde, steps, schedule or default_schedule(self.sde), t_min=self.t_min)
+        schedule = schedule or default_schedule(self.sde)
+        if schedule in LOG_SNR_SCHEDULES:  # named here, with this loss's t_min, rather than by time_grid
+            check_log_snr_ends(fn, self.sde, schedule, self.t_min)
+        return time_grid(self.sde, steps, schedule, t_min=self.t_min)
 
     def _check_distinct(self, fn: str, name: str) -> None:
         """The grid's times, in x0's dtype, must stay strictly decreasing: a step of zero length compares f with its
@@ -139,6 +144,17 @@ class _Setup:
             t_bad = float(t_hi[~finite][0])
             raise NonFiniteError(f"{self.fn}: the loss became non-finite (NaN or inf) at t={t_bad:.6g}; check f and the teacher there.")
         return reduce(self.fn, per, reduction)
+
+
+def _check_teacher_ends(fn: str, teacher: ODEStep, setup: _Setup) -> None:
+    """Refuse up front a native teacher that cannot take the grid's first step (from T, at pure noise when alpha(T) =
+    0) or its last (to t_min = 0 in log-SNR): the steps are drawn at random, so the solver's own refusal came or not
+    with the draw."""
+    method = teacher.solver
+    native = isinstance(method, NativeSolver)
+    if native or isinstance(method, AdaptiveExponentialPC):  # (the adaptive one starts at pure noise, never ends at 0)
+        check_native_ends(type(method).__name__, setup.sde, setup.t_min, not native or method.from_pure_noise,
+                          to_data=native and method.to_data, caller=fn)
 
 
 def consistency_distillation_loss(
@@ -205,8 +221,9 @@ def consistency_distillation_loss(
         ValueError: for an unknown solver, schedule, distance or weighting (listing the valid ones), a ``huber_c``
             without ``distance="pseudo_huber"``, a malformed grid or ``x0``, a grid with steps of zero length in the
             dtype of ``x0`` (many steps in half precision), a ``t_min`` other than f's, on a path that
-            ends in pure noise ``weighting="inverse_step"`` or a teacher predicting a score or noise, or outputs not
-            shaped like ``x0``.
+            ends in pure noise ``weighting="inverse_step"``, a teacher predicting a score or noise or a ``solver``
+            that divides by alpha(T) = 0 (``dpm_solver_2``, ``edm_heun``, ...), a ``solver`` in log-SNR with
+            ``t_min=0``, or outputs not shaped like ``x0``.
         TypeError: for a non-callable f, f_target or score, or a wrong sde, generator, option or dtype.
         NonFiniteError: if the teacher's score or the loss becomes NaN/inf; the message names the time.
     """
@@ -218,6 +235,7 @@ def consistency_distillation_loss(
     )
     check_native_at_pure_noise(fn, score, sde)  # the grid starts at T: the teacher steps from there
     teacher = ODEStep(fn, solver, sde, x0, time=time, rtol=rtol, atol=atol, options=options, argument="solver")
+    _check_teacher_ends(fn, teacher, setup)
     t_hi, t_lo, _, x_hi = setup.draw(x0, generator)
     counted = CountedScore(score, caller=fn)
     with torch.no_grad(), counted.guard():

@@ -261,14 +261,16 @@ class NativeSolver(ABC):
         """Integrate the probability-flow ODE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t).
 
         Raises:
-            ValueError: on a process that reaches pure noise at T, for a solver that cannot start there, or
-                for a grid that ends at t = 0 (log-SNR +inf) unless ``to_data``.
+            ValueError: for a grid that starts at pure noise (alpha = 0, a flow path at T), for a solver that
+                cannot start there, or that ends at t = 0 (log-SNR +inf) unless ``to_data``; the message names
+                ``score.caller``.
         """
         grid = stepping.times
 
         def make() -> tuple:
             nodes = Nodes(sde, grid, score.prediction)
-            check_native_ends(type(self).__name__, sde, nodes.t[-1], self.from_pure_noise, to_data=self.to_data)
+            check_native_ends(type(self).__name__, sde, nodes.t[-1], self.from_pure_noise, to_data=self.to_data,
+                              alpha_start=nodes.alpha[0], caller=score.caller)
             plan = self.plan(nodes, len(grid) - 1)
             columns = columns_on_device({name: value for name, value in plan.items() if name not in self.structure}, x_T)
             columns.update((name, plan[name]) for name in self.structure if name in plan)
@@ -300,17 +302,27 @@ class NativeSolver(ABC):
         """Integrate from ``x`` at node 0 through the grid nodes with the planned coefficients; return the last state."""
 
 
-def check_native_ends(name: str, sde: ForwardSDE, t_end: float, from_pure_noise: bool, *, to_data: bool = False) -> None:
+def check_native_ends(
+    name: str, sde: ForwardSDE, t_end: float, from_pure_noise: bool, *, to_data: bool = False,
+    alpha_start: float | None = None, caller: str = "sample_ode",
+) -> None:
     """Refuse a solve the exponential integrators cannot do: from pure noise without ``from_pure_noise``, or to t = 0
-    without ``to_data``."""
-    if not from_pure_noise and sde.pure_noise_at_T:
+    without ``to_data``; the message names ``caller``, the public function solving.
+
+    The solve starts at pure noise if ``alpha_start``, alpha at its first time, is 0 (by default, if the process
+    reaches pure noise at T): a solve that starts below T on such a process (a teacher step from t < T) is not refused.
+    """
+    at_pure_noise = sde.pure_noise_at_T if alpha_start is None else alpha_start == 0.0
+    if not from_pure_noise and at_pure_noise:
         raise ValueError(
-            f"sample_ode: the native method {name} divides by alpha(T) = 0 on {sde!r} (pure noise at T). Fix: use a "
-            "data-prediction exponential integrator (ddim, dpmpp_2m, dpmpp_3m, dpmpp_*_pc, dpmpp_4m_pc_adaptive) or torchdiffeq's methods in t."
+            f"{caller}: the native method {name} divides by alpha(T) = 0 on {sde!r} (pure noise at T). Fix: use a "
+            "data-prediction exponential integrator (ddim, dpmpp_2m, dpmpp_3m, dpmpp_*_pc, dpmpp_4m_pc_adaptive) or "
+            f"torchdiffeq's methods in t, or start below T (a path truncated short of pure noise, sde.truncated(T') "
+            f"with T' < {sde.T:g})."
         )
     if t_end == 0.0 and not to_data:
         raise ValueError(
-            f"sample_ode: the native method {name} steps in log-SNR, which is +inf at t_min=0. Fix: t_min > 0 "
+            f"{caller}: the native method {name} steps in log-SNR, which is +inf at t_min=0. Fix: t_min > 0 "
             f"(default {sde.t_min:g}), or torchdiffeq's methods in t to reach t = 0."
         )
 
