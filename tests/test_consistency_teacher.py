@@ -94,3 +94,15 @@ def test_a_half_precision_state_is_refused_as_sample_ode_refuses_it(dtype):
     with pytest.raises(TypeError, match=r"teacher_step: argument 'x' expected a float32 or float64 tensor .*got dtype"):
         teacher_step(score, sde, x, 0.5, 0.45, method="dopri5")
     assert not calls
+
+
+def test_the_per_sample_adaptive_teacher_steps_from_below_pure_noise_and_names_its_caller():
+    """It was refused on every process reaching pure noise, even for a step from t = 0.5, in an error naming sample_ode."""
+    from scoreflow.testing import reference_flow_map
+
+    law, rf = make_law("gaussian2d"), sf.RectifiedFlow()
+    x = law.marginal(rf, 0.5).sample(64, generator=torch.Generator().manual_seed(0))
+    out, _ = teacher_step(law.velocity(rf), rf, x, 0.5, 0.4, method="dpmpp_4m_pc_adaptive_per_sample", rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(out, reference_flow_map(law, rf, x, 0.5, 0.4), rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match=r"^teacher_step: the method 'dpmpp_4m_pc_adaptive_per_sample' cannot start at pure noise"):
+        teacher_step(law.velocity(rf), rf, x, 1.0, 0.4, method="dpmpp_4m_pc_adaptive_per_sample")

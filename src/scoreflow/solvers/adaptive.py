@@ -115,7 +115,7 @@ class _AdaptiveSolve:
         self.rtol, self.atol = stepping.rtol, stepping.atol
         self.targets = stepping.times.unbind()
         self.targets_lam = Nodes(sde, stepping.times, score.prediction).lam
-        check_native_ends(type(method).__name__, sde, float(stepping.times[-1]), True)
+        check_native_ends(type(method).__name__, sde, float(stepping.times[-1]), True, caller=score.caller)
 
     def coefs(self, lam: float, t: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, float, float, float, float]:
         r"""The time (in ``like``'s dtype and device), ``(alpha, sigma)`` and the data prediction's affine map ``(a, b)``

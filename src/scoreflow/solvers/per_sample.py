@@ -98,17 +98,17 @@ class PerSampleExponentialPC(AdaptiveExponentialPC):
         """
         if len(stepping.times) > 2:
             raise ValueError(
-                "sample_ode: the method 'dpmpp_4m_pc_adaptive_per_sample' steps every sample at its own times, so it "
+                f"{score.caller}: the method 'dpmpp_4m_pc_adaptive_per_sample' steps every sample at its own times, so it "
                 "cannot return the state at 'save_at' times. Fix: method='dpmpp_4m_pc_adaptive'."
             )
-        if sde.pure_noise_at_T:
-            raise ValueError(
-                f"sample_ode: the method 'dpmpp_4m_pc_adaptive_per_sample' cannot start at pure noise (log-SNR -inf at T) "
-                f"on {sde!r}. Fix: method='dpmpp_4m_pc_adaptive', whose first step starts there, or a path that ends "
-                "before pure noise."
-            )
         start, end = stepping.times
-        check_native_ends(type(self).__name__, sde, float(end), True)
+        if sde.pure_noise_at_T and float(start) >= sde.T:  # a solve from below T (a teacher step) is fine
+            raise ValueError(
+                f"{score.caller}: the method 'dpmpp_4m_pc_adaptive_per_sample' cannot start at pure noise (log-SNR -inf "
+                f"at T) on {sde!r}. Fix: method='dpmpp_4m_pc_adaptive', whose first step starts there, or a path that "
+                "ends before pure noise."
+            )
+        check_native_ends(type(self).__name__, sde, float(end), True, caller=score.caller)
         x, stats = self.solve_rows(_Predictions(score, sde), start, end, x_T, stepping.rtol, stepping.atol)
         x = monitor.step(0, end, x)
         return Solution(x, torch.stack([x_T, x]), stats)
