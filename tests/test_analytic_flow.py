@@ -85,5 +85,7 @@ def test_float32_times_at_T_are_T_wherever_float32_rounds_it(sigma_max, law_name
         torch.testing.assert_close(out, exact.float(), rtol=1e-5, atol=1e-5 * sigma_max)
     beyond = torch.nextafter(T32, torch.tensor(float("inf")))  # one float32 step beyond T, whichever way it rounds
     name = "Gaussian" if law_name == "gaussian2d" else "GaussianMixture"
-    with pytest.raises(ValueError, match=rf"^{name}.flow_map: argument 't_from' expected times in \[0, T={sigma_max:g}\], got"):
+    with pytest.raises(ValueError, match=rf"^{name}.flow_map: argument 't_from' expected times in \[0, T={sigma_max:g}\], got") as err:
         law.flow_map(sde, x_T.float(), beyond.expand(8), sde.t_min)
+    # the time beyond T is printed to all its digits (a tensor's repr would show T itself)
+    assert f"got times from {float(beyond)!r} to {float(beyond)!r}." in str(err.value)

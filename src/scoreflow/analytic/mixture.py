@@ -284,7 +284,9 @@ class GaussianMixture:
             # T as the times' dtype holds it (a float is T itself): what a time at T is in that dtype
             T_held = float(torch.tensor(sde.T, dtype=t.dtype)) if torch.is_tensor(t) and t.is_floating_point() else sde.T
             if lo < 0.0 or hi > max(sde.T, T_held):
-                raise ValueError(f"{fn}: argument '{name}' expected times in [0, T={sde.T:g}], got {t!r}.")
+                # a tensor's own repr rounds to 4 digits: a time beyond T by a rounding would print as T
+                got = f"times from {lo!r} to {hi!r}" if torch.is_tensor(t) else repr(t)
+                raise ValueError(f"{fn}: argument '{name}' expected times in [0, T={sde.T:g}], got {got}.")
             times.append(t.to(torch.float64).clamp(0.0, sde.T) if torch.is_tensor(t) else t)
         return times[0], times[1]
 
