@@ -251,8 +251,9 @@ def _independent_blocks():
 
 def test_inpainting_on_edm_follows_the_exact_conditional_law_on_the_default_grid():
     # EDM's uniform t grid leaves sigma < 1 to its last 1/80 (at 400 steps its last step goes from sigma 0.2 to
-    # 0.002): the conditional covariance came out 6-13 standard errors too large (the propagated variance of the
-    # reverse-diffusion chain is 5-11 % too large there, Karras' 1 %); the default grid is sample_pc's, Karras' on EDM
+    # 0.002): the covariance entries came out 6-9 standard errors too large on seeds 0-5 (the reverse-diffusion
+    # chain's variance, propagated exactly, is 13-28 % too large along the two eigenvectors, on Karras' grid 2-3 %,
+    # about 1 standard error here); the default grid is sample_pc's, Karras' on EDM
     law, mask, known = _independent_blocks()
     sde = sf.EDMSDE()
     exact = law.condition(mask, known).marginal(sde, sde.t_min)
