@@ -19,6 +19,8 @@ correcting at the new time (the paper's order; score_sde's code corrects first) 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .._checks import check_batch, check_bool, check_generator, check_int, check_positive, resolve_t_min
@@ -72,6 +74,19 @@ _GRID = Method(
     "predictor-corrector", ("predictor", "corrector"), "native", _langevin_correct, "the grid of sample_pc",
     default_schedule="t", coarse_t_schedule="karras", coarse_t_noise_level=DATA_NOISE_LEVEL,
 )
+
+
+def pc_grid(fn: str, sde: ForwardSDE, *, steps: Any, schedule: Any, t_min: float) -> torch.Tensor:
+    r"""The checked float64 grid :math:`T = t_0 > \dots > t_N = t_{min}` of :func:`sample_pc` (and of the front-end
+    ``fn`` that steps as it does, :func:`scoreflow.inpaint`): ``steps`` steps placed by the ``schedule`` name, by
+    default uniform in t except on EDM's clock (Karras'), or the ``schedule`` grid itself, as for
+    :func:`scoreflow.sample_sde`.  On the host, for the coefficients read before the loop.
+
+    Raises:
+        ValueError, TypeError: as :func:`scoreflow.methods.resolve_stepping`, naming ``fn``.
+    """
+    exact = torch.empty(0, dtype=torch.float64)
+    return resolve_stepping(fn, _GRID, sde, exact, start=sde.T, end=t_min, steps=steps, schedule=schedule).times
 
 
 def sample_pc(
@@ -159,8 +174,7 @@ def sample_pc(
     check_batch(fn, "x_T", x_T, state=True)
 
     # Coefficients in float64 on the exact grid, read once before the loop; the score sees the grid in x's dtype.
-    exact = torch.empty(0, dtype=torch.float64)
-    ts = resolve_stepping(fn, _GRID, sde, exact, start=sde.T, end=t_min, steps=steps, schedule=schedule).times
+    ts = pc_grid(fn, sde, steps=steps, schedule=schedule, t_min=t_min)
     steps = len(ts) - 1
     times = ts.to(dtype=x_T.dtype, device=x_T.device).unbind()
     if predictor is not None:
