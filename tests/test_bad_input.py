@@ -355,6 +355,9 @@ def test_a_loss_overflowing_float32_says_so_and_a_size_one_batch_is_legitimate(f
         LOSSES[fn](lambda x, t: 1e30 * torch.ones_like(x), huge)
     loss = LOSSES[fn](SCORE, _x(1, 2), reduction="none")
     assert loss.shape == (1,) and loss.dtype == torch.float32 and torch.isfinite(loss).all()
+    # in float64 the advice is to rescale, not to use float64
+    with pytest.raises(NonFiniteError, match=rf"{fn}: the loss is not finite: the loss overflowed in torch.float64 \(.*\); rescale the data\.$"):
+        LOSSES[fn](lambda x, t: 1e200 * torch.ones_like(x), torch.full((2, 2), 1e200, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("fn", NAMED_T)

@@ -53,7 +53,8 @@ def reduce(fn: str, per_sample: torch.Tensor, reduction: str, **parts: torch.Ten
         cause = (
             f"the {bad[0].replace('_', ' ')} has NaN or infinite entries"
             if bad
-            else f"the loss overflowed in {per_sample.dtype} (finite inputs of huge magnitude); rescale the data or use float64"
+            else f"the loss overflowed in {per_sample.dtype} (finite inputs of huge magnitude); rescale the data"
+            + (" or use float64" if per_sample.dtype != torch.float64 else "")
         )
         raise NonFiniteError(f"{fn}: the loss is not finite: {cause}.")
     return per_sample.mean() if reduction == "mean" else per_sample

@@ -175,7 +175,7 @@ def resolve_stepping(
         ways = "'steps' (with an optional 'schedule'), a 'schedule' grid" + (" or 'step_size'" if method.step_size else "")
         raise ValueError(
             f"{fn}: the fixed-grid method {name!r} needs exactly one of {ways}; got steps={steps!r}, "
-            f"step_size={step_size!r}, schedule={_show(schedule)}."
+            + (f"step_size={step_size!r}, " if method.step_size else "") + f"schedule={_show(schedule)}."
         )
     if step_size is not None:
         length = check_positive(fn, "step_size", step_size)
