@@ -140,3 +140,12 @@ def test_bad_f_x_T_and_outputs_are_named():
         sf.sample_consistency(lambda x, t: x[:, :1], sde, torch.zeros(4, 2))
     with pytest.raises(TypeError, match=r"sample_consistency: argument 'sde' expected a ForwardSDE"):
         sf.sample_consistency(lambda x, t: x, "vp", torch.zeros(4, 2))
+    # an f that goes wrong at a later step, not only at the first (it was checked once: wrong-shaped samples came back)
+    calls = []
+
+    def narrow_after_the_first_call(x, t):
+        calls.append(t)
+        return x if len(calls) == 1 else x[:, :1]
+
+    with pytest.raises(ValueError, match=r"sample_consistency: f expected shape \(4, 2\)"):
+        sf.sample_consistency(narrow_after_the_first_call, sde, torch.zeros(4, 2), steps=2)

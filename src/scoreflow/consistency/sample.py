@@ -166,9 +166,8 @@ def sample_consistency(
         monitor.start(eval_times[0], x_T, steps=len(t_eval))
         for i, t in enumerate(t_eval):
             x_tau = x_T if i == 0 else a[i] * x + noise[i] * standard_normal(x, generator)
-            x = call_checked(fn, "f", "f(x, t)", f, x_tau, t)
-            if i == 0:
-                check_like(fn, "f", x, x_T, what="f")
+            # every call (shape, dtype and device only: no value is read), so a later step cannot reshape the samples
+            x = check_like(fn, "f", call_checked(fn, "f", "f(x, t)", f, x_tau, t), x_T, what="f")
             finite.append(torch.isfinite(x.detach()).all())  # on the device; read once, after the loop
             x = monitor.step(i, t_end, x, x)
             if return_trajectory:
