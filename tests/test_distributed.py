@@ -352,3 +352,19 @@ def test_progress_without_tqdm_is_a_line_per_batch_done(monkeypatch, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"sample_sharded rank 0/1: batch {k}/3 done (items {a}..{b})" for k, (a, b) in enumerate([(0, 3), (4, 7), (8, 9)], 1)
     ]
+
+
+def test_dist_sample_places_the_steps_by_the_schedule(tmp_path):
+    """`dist sample --schedule` is sample_sharded's schedule=, as `sample --schedule` is sample_ode's."""
+    problem = make_problem("gaussian2d", "ve")
+    argv = ["dist", "sample", "--problem", "gaussian2d", "--sde", "ve", "--method", "dpmpp_3m_pc", "--steps", "8",
+            "--num-samples", "12", "--no-progress", "--out"]
+    assert main([*argv, str(tmp_path / "karras.pt"), "--schedule", "karras"]) == 0
+    saved = D.load_result(tmp_path / "karras.pt").values
+
+    def api(**grid):
+        return D.sample_sharded(problem.law.score(problem.sde), problem.sde, 12, (2,), sampler="ode", seed=0,
+                                dtype=torch.float64, method="dpmpp_3m_pc", steps=8, **grid).values
+
+    assert torch.equal(saved, api(schedule="karras"))
+    assert not torch.equal(saved, api())  # the default grid gives other samples

@@ -82,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sample.add_argument(
         "--sampler", choices=("ode", "sde"), default="ode", help="probability-flow ODE or reverse SDE (default: ode)"
     )
-    add_solver_options(sample, {"ode": "with --sampler ode", "sde": "with --sampler sde"})
+    add_solver_options(sample, {"ode": "with --sampler ode", "sde": "with --sampler sde"}, schedule=True)
     sample.add_argument(
         "--brownian",
         choices=("per-item", "per-batch"),
