@@ -98,5 +98,5 @@ def test_order_and_variant_are_checked():
 
 def test_weights_refuse_an_unknown_variant():
     """An unknown B(h) would otherwise silently take bh2's weights."""
-    with pytest.raises(ValueError, match=r"variant must be one of bh1, bh2, got 'bh3'"):
+    with pytest.raises(ValueError, match=r"^unipc_weights: argument 'variant' expected one of 'bh1', 'bh2', got 'bh3'\.$"):
         unipc_weights(0.5, [0.0, -1.0], "bh3")

@@ -40,9 +40,8 @@ def out_of_memory(exc: BaseException) -> str | None:
     Its cause is the size of the problem asked for (``--steps``, ``--num-samples``, a batch), not a bug, so it is
     one line (status 1) naming the allocation, not a traceback.
     """
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        pass
-    elif not (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):
+    cpu_allocator = isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    if not (isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or cpu_allocator):
         return None
     size = re.search(r"tried to allocate (\d+) bytes", str(exc))
     asked = f" ({int(size.group(1)) / 2**30:.3g} GiB in one allocation)" if size else ""

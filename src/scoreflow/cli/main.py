@@ -4,8 +4,9 @@ A user's error is one line ``<command>: error: <message>`` and exit status 2: an
 rejects, a combination a command rejects (:class:`~.options.CLIError`), or a ``ValueError`` /
 ``TypeError`` that scoreflow's API raises on purpose for the values given (a ``raise`` statement in
 scoreflow's own code).  A result that could not be written, a solve that turned non-finite, or an
-allocation larger than the machine's memory (too many steps or samples) is one line and status 1; Ctrl-C is one line and status 130.  Anything else is a bug and keeps its
-traceback; ``--debug`` shows the traceback of every error.
+allocation larger than the machine's memory (too many steps or samples) is one line and status 1;
+Ctrl-C is one line and status 130.  Anything else is a bug and keeps its traceback; ``--debug``
+shows the traceback of every error.
 """
 
 from __future__ import annotations

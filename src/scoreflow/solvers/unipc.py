@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .._checks import check_choice
 from ..methods import choice_option, int_option
 from .base import lagrange_weights, register_native
 from .multistep import _LOWER_ORDER_FINAL, _PredictorCorrector
@@ -52,8 +53,7 @@ def unipc_weights(h: float, offsets: Sequence[float], variant: str = "bh2") -> l
     Raises:
         ValueError: for a ``variant`` other than ``"bh1"`` and ``"bh2"``.
     """
-    if variant not in B_H_VARIANTS:
-        raise ValueError(f"unipc_weights: variant must be one of {', '.join(B_H_VARIANTS)}, got {variant!r}")
+    check_choice("unipc_weights", "variant", variant, B_H_VARIANTS)
     hh = -h
     phi_1 = math.expm1(hh)
     ratios = [float(r) for r in offsets[1:]]
