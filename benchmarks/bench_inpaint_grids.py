@@ -21,13 +21,12 @@ Writes ``benchmarks/results/inpaint_grids/held_out.json`` and ``held_out.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
 
 import torch
-from peers import write_json, write_text  # benchmarks/ is on the path when this script runs
+from peers import read_json, write_json, write_text  # benchmarks/ is on the path when this script runs
 
 import scoreflow as sf
 from scoreflow.analytic import Gaussian
@@ -110,7 +109,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     stem = Path(args.out) / "held_out"
     if args.report:
-        text = table(json.loads(stem.with_suffix(".json").read_text())["results"])
+        text = table(read_json(stem.with_suffix(".json"))["results"])
     else:
         torch.set_num_threads(1)
         results = []

@@ -31,13 +31,12 @@ Writes ``benchmarks/results/pc_grids/SET.json`` and ``SET.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import torch
 from bench_fixed_step_grids import moment_distance  # benchmarks/ is on the path when this script runs
-from peers import problem_set, write_json, write_text
+from peers import problem_set, read_json, write_json, write_text
 
 import scoreflow as sf
 
@@ -108,7 +107,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     stem = Path(args.out) / args.set
     if args.report:
-        text = table(json.loads(stem.with_suffix(".json").read_text())["results"])
+        text = table(read_json(stem.with_suffix(".json"))["results"])
         print(text)
         write_text(stem.with_suffix(".md"), text + "\n")
         return

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("script, argv", [("bench_fixed_step_grids.py", ["--report"]),
-                                          ("bench_few_nfe.py", ["--replot"])])
+                                          ("bench_few_nfe.py", ["--replot"]),
+                                          ("bench_pc_grids.py", ["--report"]),
+                                          ("bench_inpaint_grids.py", ["--report"])])
 def test_a_report_without_its_results_is_one_line_and_status_2(tmp_path, script, argv):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = tmp_path / "nothing here"
