@@ -81,6 +81,23 @@ def test_known_coordinates_are_kept_on_any_data_shape(dtype):
         assert torch.isfinite(res.samples).all() and not torch.equal(res.samples[~mask], known[~mask])
 
 
+@pytest.mark.parametrize("mask_shape", [(5, 1, 3), (1, 3), (2, 1)])
+def test_a_mask_with_size_one_dimensions_acts_as_its_broadcast(mask_shape):
+    # diffusers' inpainting pipelines give a (B, 1, H, W) mask shared by the channels; it (and any shape that
+    # broadcasts to x_T's without growing it) must give the same samples as the mask expanded by hand
+    base = make_law("mixture16d")
+    law = sf.analytic.GaussianMixture(base.weights, base.means[:, :6], base.covs[:, :6, :6], event_shape=(2, 3))
+    sde = sf.VPSDE()
+    x_T = sde.prior_sample((5, 2, 3), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    known = law.sample(5, generator=torch.Generator().manual_seed(2))
+    mask = torch.rand(mask_shape, generator=torch.Generator().manual_seed(3)) < 0.5
+    mask[(0,) * len(mask_shape)], mask[(-1,) * len(mask_shape)] = True, False
+    run = lambda m, k: sf.inpaint(law.score(sde), sde, x_T, known=k, mask=m, steps=6, generator=torch.Generator().manual_seed(4)).samples
+    assert torch.equal(run(mask, known), run(mask.expand(x_T.shape).clone(), known))
+    shared = known[:1, :1] if len(mask_shape) == 3 else known[0, :1]  # known with size-1 dimensions too
+    assert torch.equal(run(mask, shared), run(mask.expand(x_T.shape).clone(), shared.expand(x_T.shape).clone()))
+
+
 def test_nfe_and_times_follow_the_schedule():
     law, sde, x_T = _problem()
     mask = torch.tensor([True, False])
@@ -163,13 +180,15 @@ def test_inpaint_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"inpaint: the reverse SDE of RectifiedFlow.* has infinite drift and diffusion at t=T"):
         sf.inpaint(counter, sf.RectifiedFlow(), x_T, **kw)
     kw.pop("mask")
-    with pytest.raises(TypeError, match=r"inpaint: argument 'mask' expected a boolean tensor of shape \(2,\) or \(64, 2\), got tensor"):
+    with pytest.raises(TypeError, match=r"inpaint: argument 'mask' expected a boolean tensor that broadcasts to \(64, 2\) \(\(\*D\), \(B, \*D\) or either with size-1 dimensions\), got tensor"):
         sf.inpaint(counter, sde, x_T, mask=torch.tensor([1.0, 0.0]), **kw)
-    with pytest.raises(ValueError, match=r"inpaint: argument 'mask' expected shape \(2,\) or \(64, 2\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"inpaint: argument 'mask' expected a shape that broadcasts to \(64, 2\) \(.*\), got \(3,\)"):
         sf.inpaint(counter, sde, x_T, mask=torch.tensor([True, False, True]), **kw)
     kw.pop("known")
-    with pytest.raises(ValueError, match=r"inpaint: argument 'known' expected shape \(2,\) or \(64, 2\), got \(63, 2\)"):
+    with pytest.raises(ValueError, match=r"inpaint: argument 'known' expected a shape that broadcasts to \(64, 2\) \(.*\), got \(63, 2\)"):
         sf.inpaint(counter, sde, x_T, mask=torch.tensor([True, False]), known=torch.zeros(63, 2), **kw)
+    with pytest.raises(ValueError, match=r"inpaint: argument 'known' expected a shape that broadcasts to \(64, 2\) \(.*\), got \(1, 64, 2\)"):
+        sf.inpaint(counter, sde, x_T, mask=torch.tensor([True, False]), known=torch.zeros(1, 64, 2), **kw)
     with pytest.raises(ValueError, match=r"inpaint: argument 'known' contains NaN or infinite values where 'mask' is True"):
         sf.inpaint(counter, sde, x_T, mask=torch.tensor([True, False]), known=torch.tensor([float("nan"), 0.0]), **kw)
     assert counter.calls == 0

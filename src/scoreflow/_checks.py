@@ -491,6 +491,21 @@ def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch
     return out
 
 
+def check_broadcastable(fn: str, name: str, value: Any, shape: tuple[int, ...], *, boolean: bool = False) -> torch.Tensor:
+    """Check that ``value`` is a floating-point (or, with ``boolean``, a boolean) tensor that broadcasts to ``shape``
+    (the batch's ``(B, *D)``) without growing it: ``(*D)``, ``(B, *D)``, or either with size-1 dimensions, as a
+    ``(B, 1, H, W)`` mask shared by the channels; return it."""
+    shape = tuple(shape)
+    forms = "(*D), (B, *D) or either with size-1 dimensions"
+    kind = "a boolean" if boolean else "a floating-point"
+    if not torch.is_tensor(value) or (value.dtype == torch.bool) != boolean or not (boolean or value.is_floating_point()):
+        raise TypeError(f"{fn}: argument '{name}' expected {kind} tensor that broadcasts to {shape} ({forms}), got {_describe(value)}.")
+    trailing = shape[len(shape) - value.ndim:] if value.ndim <= len(shape) else None
+    if trailing is None or any(m not in (1, n) for m, n in zip(value.shape, trailing)):
+        raise ValueError(f"{fn}: argument '{name}' expected a shape that broadcasts to {shape} ({forms}), got {tuple(value.shape)}.")
+    return value
+
+
 def resolve_t_min(fn: str, sde: Any, t_min: Any) -> float:
     """The truncation time: ``sde.t_min`` by default, else a value in ``(0, T)`` (``[0, T)`` for a process whose
     ``reaches_data`` is true: a flow path, whose velocity models are finite at t = 0)."""

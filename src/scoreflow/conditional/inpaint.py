@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .._checks import (
-    check_batch, check_bool, check_choice, check_generator, check_int, check_positive, check_shaped, resolve_t_min,
+    check_batch, check_bool, check_broadcastable, check_choice, check_generator, check_int, check_positive, resolve_t_min,
 )
 from .._tensor import standard_normal
 from ..dynamics.counting import CountedScore, ScoreFn
@@ -89,9 +89,9 @@ register(Method(
 
 def _check_known(fn: str, known: Any, mask: Any, x_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``known`` and ``mask`` broadcast to ``x_T``'s shape; entries of ``known`` outside the mask are set to 0."""
-    shape, shapes = tuple(x_T.shape), [tuple(x_T.shape[1:]), tuple(x_T.shape)]
-    mask = check_shaped(fn, "mask", mask, shapes, boolean=True)
-    known = check_shaped(fn, "known", known, shapes)
+    shape = tuple(x_T.shape)
+    mask = check_broadcastable(fn, "mask", mask, shape, boolean=True)
+    known = check_broadcastable(fn, "known", known, shape)
     if known.device != x_T.device or mask.device != x_T.device:
         raise ValueError(f"{fn}: 'known' and 'mask' expected device {x_T.device} (the device of x_T), got {known.device} and {mask.device}.")
     mask = mask.expand(shape)
@@ -136,9 +136,10 @@ def inpaint(
         score: the unconditional score model ``score(x, t)``.
         sde: the forward SDE.
         x_T: initial states at time T, shape ``(B, *D)``.
-        known: the observed values, shape ``(*D)`` (shared) or ``(B, *D)``; entries outside ``mask`` are
-            ignored (they may be NaN).
-        mask: boolean, shape ``(*D)`` or ``(B, *D)``, True where a coordinate is known.
+        known: the observed values, shape ``(*D)`` (shared) or ``(B, *D)``, or either with size-1 dimensions
+            broadcast (torch's rules, never growing ``x_T``); entries outside ``mask`` are ignored (they may be NaN).
+        mask: boolean, True where a coordinate is known; the shapes ``known`` takes, e.g. ``(B, 1, H, W)`` for a
+            mask shared by the channels, as diffusers' inpainting pipelines give it.
         method: ``"replacement"`` or ``"repaint"`` (the ``"conditional"`` methods of the registry taken by ``inpaint``).
         steps: number N of grid steps from T to ``t_min`` (give this, or a ``schedule`` grid); without a
             ``schedule`` uniform in t, except on EDM's clock :math:`t = \sigma`, where they are Karras' (rho = 7),
