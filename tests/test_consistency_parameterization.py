@@ -82,3 +82,9 @@ def test_errors_name_the_argument():
     f = sf.consistency.parameterize(lambda x, t: x[:, :1], sde)
     with pytest.raises(ValueError, match=r"ConsistencyModel: the network expected shape \(4, 2\)"):
         f(torch.zeros(4, 2), 0.5)
+    # an integer x was blamed on the network ("the network expected dtype torch.int64 (the dtype of x)")
+    g = sf.consistency.parameterize(lambda x, t: torch.zeros_like(x, dtype=torch.float32), sde)
+    with pytest.raises(TypeError, match=r"ConsistencyModel: argument 'x' expected a floating-point tensor of shape \(B, \*D\), got dtype torch\.int64"):
+        g(torch.zeros(4, 2, dtype=torch.int64), 0.5)
+    with pytest.raises(TypeError, match=r"ConsistencyModel: argument 'x' expected a floating-point tensor of shape \(B, \*D\), got list"):
+        g([[0.0, 1.0]], 0.5)

@@ -63,6 +63,11 @@ class ConsistencyModel(torch.nn.Module):
         return torch.where(boundary, 1.0, c_skip), torch.where(boundary, 0.0, c_out)
 
     def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        if not torch.is_tensor(x) or not x.is_floating_point():  # (dtype only: no host read on this hot path)
+            raise TypeError(
+                f"ConsistencyModel: argument 'x' expected a floating-point tensor of shape (B, *D), got "
+                f"{f'dtype {x.dtype}' if torch.is_tensor(x) else type(x).__name__}. Fix: x.float() or x.double()."
+            )
         t = batch_time(t, x)
         c_skip, c_out = self.coefficients(t)
         out = check_like(
