@@ -89,3 +89,17 @@ def test_float32_times_at_T_are_T_wherever_float32_rounds_it(sigma_max, law_name
         law.flow_map(sde, x_T.float(), beyond.expand(8), sde.t_min)
     # the time beyond T is printed to all its digits (a tensor's repr would show T itself)
     assert f"got times from {float(beyond)!r} to {float(beyond)!r}." in str(err.value)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_exact_velocity_at_t0_is_the_data_laws_probability_flow_drift(sde, generator):
+    # At t = 0 sigma = 0 and sigma' is infinite (VP, VE) or 0/0 (EDM): u must be the finite f x - g^2/2 grad log p_0(x),
+    # and the mixture's DOP853 solve must reach t = 0, where the Gaussian's closed form is.
+    law = make_law("gaussian16d")
+    x = law.sample(4, generator=generator)
+    t0 = torch.zeros((), dtype=torch.float64)
+    drift = sde.drift_coef(t0) * x - 0.5 * sde.diffusion(t0) ** 2 * law.grad_log_prob(x)
+    torch.testing.assert_close(law.velocity(sde).predict(x, t0), drift, rtol=1e-12, atol=1e-12)
+    x_mid = law.marginal(sde, 0.5 * sde.T).sample(4, generator=generator)
+    solved = sf.analytic.GaussianMixture.flow_map(law, sde, x_mid, 0.5 * sde.T, 0.0)
+    assert (solved - law.flow_map(sde, x_mid, 0.5 * sde.T, 0.0)).abs().max() < 1e-7

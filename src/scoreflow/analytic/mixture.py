@@ -371,10 +371,16 @@ class AnalyticVelocity(AnalyticScore):
         return self.law.posterior(self.sde, x, self._time(x, t))[1]
 
     def predict(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        r""":math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon` with :math:`\hat\varepsilon = -\sigma s`."""
+        r""":math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon` with :math:`\hat\varepsilon = -\sigma s`.
+
+        The rate :math:`\sigma\dot\sigma = \tfrac12 d\sigma^2/dt = \tfrac12(g^2 + 2f\sigma^2)` is :math:`g^2/2` where
+        :math:`\sigma = 0` (t = 0 of VP, VE, EDM), at which :math:`\dot\sigma` is infinite (or 0/0): there u is the finite
+        :math:`f x - \tfrac12 g^2 s` of the data law, not :math:`\infty \cdot 0`.
+        """
         t = self._time(x, t)
         x0, score = self.law.posterior(self.sde, x, t)
         tb = batch_time(t, x)
         sigma = right_pad(self.sde.marginal(tb)[1], x)
         d_alpha, d_sigma = (right_pad(c, x) for c in self.sde.marginal_derivatives(tb))
-        return d_alpha * x0 - d_sigma * sigma * score
+        noise_rate = torch.where(sigma > 0, d_sigma * sigma, 0.5 * right_pad(self.sde.diffusion(tb), x) ** 2)
+        return d_alpha * x0 - noise_rate * score
