@@ -214,3 +214,35 @@ def test_analytic_laws_refuse_bad_input_naming_the_argument(call, error, match):
     # the closed form extrapolated past T, or returned NaN, silently
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: _MIX.marginal("vp", 0.5), TypeError, r"^GaussianMixture.marginal: argument 'sde' expected a ForwardSDE"),
+        (lambda: _MIX.marginal(sf.VPSDE(), -0.5), ValueError,
+         r"^GaussianMixture.marginal: argument 't' expected times in \[0, T=1\], got -0.5\.$"),
+        (lambda: _GAUSS.marginal(sf.RectifiedFlow(), torch.tensor([0.5, 1.5])), ValueError,
+         r"^Gaussian.marginal: argument 't' expected times in \[0, T=1\], got times from 0.5 to 1.5\.$"),
+        (lambda: _GAUSS.marginal(sf.VPSDE(), float("nan")), ValueError, r"^Gaussian.marginal: argument 't' expected a finite number"),
+        (lambda: _GAUSS.marginal(sf.VPSDE(), "0.5"), TypeError, r"^Gaussian.marginal: argument 't' expected a real number"),
+        (lambda: _GAUSS.marginal(sf.VPSDE(), torch.full((2, 2), 0.5)), ValueError,
+         r"^Gaussian.marginal: argument 't' expected a time or a \(B,\) tensor of times, got shape \(2, 2\)\.$"),
+        (lambda: _MIX.posterior(None, torch.zeros(3, 2), 0.5), TypeError, r"^GaussianMixture.posterior: argument 'sde'"),
+        (lambda: _MIX.posterior(sf.VESDE(), torch.zeros(3, 2), 1.5), ValueError,
+         r"^GaussianMixture.posterior: argument 't' expected times in \[0, T=1\], got 1.5\.$"),
+        (lambda: _MIX.log_prob(torch.zeros(3, 2, dtype=torch.int64)), TypeError,
+         r"^GaussianMixture: expected x a floating-point tensor, got dtype torch.int64\."),
+        (lambda: _GAUSS.score(sf.VPSDE())(torch.ones(3, 2, dtype=torch.int64), 0.5), TypeError,
+         r"^Gaussian: expected x a floating-point tensor, got dtype torch.int64\."),
+    ],
+    ids=["marginal sde str", "marginal t < 0", "marginal t > T", "marginal t nan", "marginal t str", "marginal t 2-D",
+         "posterior sde None", "posterior t > T", "log_prob int x", "score int x"],
+)
+def test_marginal_posterior_and_densities_refuse_bad_input_naming_the_argument(call, error, match):
+    # before: marginal and posterior extrapolated times outside [0, T] silently (VP below 0: a law with NaN variances;
+    # RectifiedFlow beyond 1: alpha < 0), built a law batched over (2, 2) from a 2-D t, and failed on a non-process with
+    # "'str' object has no attribute 'marginal'"; log_prob and the scores of an integer x were cast to its dtype,
+    # truncated to integers ([-1, -4] for log N([0, 0]), N([1, 2]) under N(0, I), whose values are -1.84, -4.34)
+    with pytest.raises(error, match=match):
+        call()

@@ -276,15 +276,15 @@ class ObservationLogLikelihood:
         t = batch_time(t, x).to(self.law.means.dtype)
         xf = x.reshape(x.shape[0], -1)
         if self.mask is None:
-            joint = self.post.law.marginal(self.sde, t).log_prob(x)
+            joint = self.post.law._marginal(self.sde, t).log_prob(x)
         else:
             alpha, sigma = self.sde.marginal(t)
             alpha, sigma = right_pad(alpha, xf), right_pad(sigma, xf)
             resid = (xf[:, self.mask] - alpha * self.observed) / sigma
             # log N(x_{t,o}; alpha v, sigma^2 I)
             observed = -0.5 * (resid.pow(2) + _LOG_2PI).sum(-1) - resid.shape[-1] * torch.log(sigma).squeeze(-1)
-            joint = observed + self.post.law.marginal(self.sde, t).log_prob(xf[:, ~self.mask].contiguous())
-        return joint - self.law.marginal(self.sde, t).log_prob(x) + self.post.log_evidence
+            joint = observed + self.post.law._marginal(self.sde, t).log_prob(xf[:, ~self.mask].contiguous())
+        return joint - self.law._marginal(self.sde, t).log_prob(x) + self.post.log_evidence
 
 
 def observation_log_likelihood(

@@ -12,7 +12,9 @@ import math
 
 import torch
 
-from .._checks import check_batch, check_generator, check_instance, check_int, check_positive, check_time, resolve_t_min
+from .._checks import (
+    check_batch, check_generator, check_instance, check_int, check_positive, check_real, check_time, resolve_t_min,
+)
 from .._tensor import ScoreFn, TimeLike, batch_time, right_pad
 from ..sde import ForwardSDE, check_sde
 from . import conditioning
@@ -42,6 +44,30 @@ def _as_float_tensor(fn: str, name: str, value, ndim: int, dtype: torch.dtype) -
     if not torch.isfinite(v).all():
         raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite values.")
     return v
+
+
+def _check_times(fn: str, name: str, t, sde: ForwardSDE) -> TimeLike:
+    """``t``, a finite real number or a finite real tensor of one or ``(B,)`` times, in [0, T]; returned as given.
+
+    A tensor of times may exceed T by its dtype's rounding of T (float32(42.4056) > 42.4056 on
+    ``EDMSDE(sigma_max=42.4056)``: a float32 grid or sampler starts there): such times are in range.
+    """
+    if not torch.is_tensor(t):
+        t = check_real(fn, name, t)
+    elif t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{fn}: argument '{name}' expected real times, got a tensor of dtype {t.dtype}.")
+    elif t.ndim > 1:
+        raise ValueError(f"{fn}: argument '{name}' expected a time or a (B,) tensor of times, got shape {tuple(t.shape)}.")
+    elif not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite times.")
+    lo, hi = (float(t.min()), float(t.max())) if torch.is_tensor(t) else (t, t)
+    # T as the times' dtype holds it (a float is T itself): what a time at T is in that dtype
+    T_held = float(torch.tensor(sde.T, dtype=t.dtype)) if torch.is_tensor(t) and t.is_floating_point() else sde.T
+    if lo < 0.0 or hi > max(sde.T, T_held):
+        # a tensor's own repr rounds to 4 digits: a time beyond T by a rounding would print as T
+        got = f"times from {lo!r} to {hi!r}" if torch.is_tensor(t) else repr(t)
+        raise ValueError(f"{fn}: argument '{name}' expected times in [0, T={sde.T:g}], got {got}.")
+    return t
 
 
 class GaussianMixture:
@@ -150,6 +176,8 @@ class GaussianMixture:
             raise ValueError(
                 f"{type(self).__name__}: expected x of shape (B, *{self.event_shape}), got {tuple(x.shape)}."
             )
+        if not x.is_floating_point():  # (a dtype test, no read) an integer x had its log-densities and scores truncated
+            raise TypeError(f"{type(self).__name__}: expected x a floating-point tensor, got dtype {x.dtype}. Fix: x.double().")
         return x.reshape(x.shape[0], self.dim)
 
     def _component_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +235,18 @@ class GaussianMixture:
 
         A scalar ``t`` gives an unbatched law; a ``(B,)`` tensor gives a law batched over B times whose
         ``log_prob``, ``grad_log_prob`` and ``sample`` treat row i at time ``t[i]``.
+
+        Raises:
+            TypeError, ValueError: for an ``sde`` that is not a ForwardSDE, or times that are not finite, real, scalar
+                or ``(B,)`` and in [0, T] (beyond them a process's law is extrapolated: NaN for VP below 0).
         """
+        fn = f"{type(self).__name__}.marginal"
+        check_sde(fn, sde)
+        _check_times(fn, "t", t, sde)
+        return self._marginal(sde, t)
+
+    def _marginal(self, sde: ForwardSDE, t: TimeLike) -> GaussianMixture:
+        """:meth:`marginal` without its checks (the analytic scores' path, at every evaluation)."""
         t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device)
         alpha, sigma = sde.marginal(t)
         a = alpha.reshape(alpha.shape + (1, 1))
@@ -219,9 +258,21 @@ class GaussianMixture:
 
         Per component, :math:`E[x_0|x, k] = \mu_k + C_k\alpha(\alpha^2 C_k + \sigma^2 I)^{-1}(x - \alpha\mu_k)`, averaged
         with the posterior responsibilities: finite at :math:`\alpha = 0` (the mean) and at :math:`\sigma = 0` (x).
+
+        Raises:
+            TypeError, ValueError: as :meth:`marginal`, and for an ``x`` that is not a floating ``(B, *event_shape)``
+                tensor or a ``t`` that is not a scalar or ``(B,)``.
         """
+        fn = f"{type(self).__name__}.posterior"
+        check_sde(fn, sde)
+        self._flat(x)
+        _check_times(fn, "t", check_time(fn, "t", t, x), sde)
+        return self._posterior(sde, x, t)
+
+    def _posterior(self, sde: ForwardSDE, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`posterior` without its checks (the analytic velocity's path, at every evaluation)."""
         t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device)
-        law = self.marginal(sde, t)
+        law = self._marginal(sde, t)
         log_comp, white = law._component_terms(x)  # white: C_t^{-1}(x - alpha mu) in each eigenbasis
         resp = torch.softmax(log_comp, dim=-1).unsqueeze(-1)  # (B, K, 1)
         alpha = sde.marginal(t)[0].reshape(t.shape + (1, 1))
@@ -279,14 +330,7 @@ class GaussianMixture:
         check_batch(fn, "x", x)
         times = []
         for name, t in (("t_from", t_from), ("t_to", t_to)):
-            t = check_time(fn, name, t, x)
-            lo, hi = (float(t.min()), float(t.max())) if torch.is_tensor(t) else (t, t)
-            # T as the times' dtype holds it (a float is T itself): what a time at T is in that dtype
-            T_held = float(torch.tensor(sde.T, dtype=t.dtype)) if torch.is_tensor(t) and t.is_floating_point() else sde.T
-            if lo < 0.0 or hi > max(sde.T, T_held):
-                # a tensor's own repr rounds to 4 digits: a time beyond T by a rounding would print as T
-                got = f"times from {lo!r} to {hi!r}" if torch.is_tensor(t) else repr(t)
-                raise ValueError(f"{fn}: argument '{name}' expected times in [0, T={sde.T:g}], got {got}.")
+            t = _check_times(fn, name, check_time(fn, name, t, x), sde)
             times.append(t.to(torch.float64).clamp(0.0, sde.T) if torch.is_tensor(t) else t)
         return times[0], times[1]
 
@@ -353,7 +397,7 @@ class AnalyticScore:
         self.law, self.sde = law, check_sde(fn, sde)
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        return self.law.marginal(self.sde, self._time(x, t)).grad_log_prob(x)
+        return self.law._marginal(self.sde, self._time(x, t)).grad_log_prob(x)
 
     @staticmethod
     def _time(x: torch.Tensor, t: TimeLike) -> torch.Tensor:
@@ -368,7 +412,7 @@ class AnalyticVelocity(AnalyticScore):
     prediction = "flow_velocity"
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        return self.law.posterior(self.sde, x, self._time(x, t))[1]
+        return self.law._posterior(self.sde, x, self._time(x, t))[1]
 
     def predict(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         r""":math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon` with :math:`\hat\varepsilon = -\sigma s`.
@@ -378,7 +422,7 @@ class AnalyticVelocity(AnalyticScore):
         :math:`f x - \tfrac12 g^2 s` of the data law, not :math:`\infty \cdot 0`.
         """
         t = self._time(x, t)
-        x0, score = self.law.posterior(self.sde, x, t)
+        x0, score = self.law._posterior(self.sde, x, t)
         tb = batch_time(t, x)
         sigma = right_pad(self.sde.marginal(tb)[1], x)
         d_alpha, d_sigma = (right_pad(c, x) for c in self.sde.marginal_derivatives(tb))
