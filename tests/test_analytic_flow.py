@@ -103,3 +103,14 @@ def test_exact_velocity_at_t0_is_the_data_laws_probability_flow_drift(sde, gener
     x_mid = law.marginal(sde, 0.5 * sde.T).sample(4, generator=generator)
     solved = sf.analytic.GaussianMixture.flow_map(law, sde, x_mid, 0.5 * sde.T, 0.0)
     assert (solved - law.flow_map(sde, x_mid, 0.5 * sde.T, 0.0)).abs().max() < 1e-7
+
+
+@pytest.mark.parametrize("sde", [sf.VPSDE(), sf.RectifiedFlow()], ids=["vp", "rf"])
+def test_mixture_flow_map_with_per_sample_end_times_is_the_scalar_map_row_by_row(sde, generator):
+    # t_to of shape (B,), which the checks accept and the Gaussian's closed form maps: the solve took float(t_to) and
+    # failed with "only one element tensors can be converted to Python scalars".
+    law = make_law("ring2d")
+    x = law.marginal(sde, 0.9).sample(4, generator=generator)
+    t_to = per_sample_times(sde, 4, generator)
+    rows = torch.cat([law.flow_map(sde, x[i : i + 1], 0.9, float(t_to[i])) for i in range(4)])
+    assert (law.flow_map(sde, x, 0.9, t_to) - rows).abs().max() < 1e-8

@@ -304,7 +304,7 @@ class GaussianMixture:
         self, sde: ForwardSDE, x: torch.Tensor, t_from: TimeLike, t_to: TimeLike,
         *, rtol: float = FLOW_RTOL, atol: float = FLOW_ATOL,
     ) -> torch.Tensor:
-        """The probability-flow map of this law from ``t_from`` (scalar or ``(B,)``) to ``t_to``: a float64 DOP853
+        """The probability-flow map of this law from ``t_from`` to ``t_to`` (scalars or ``(B,)``): a float64 DOP853
         solve of the exact flow velocity (:meth:`velocity`) at ``rtol``/``atol`` (:func:`scoreflow.analytic.flow.solve_flow_map`)."""
         t_from, t_to = self._check_flow_map(f"{type(self).__name__}.flow_map", sde, x, t_from, t_to)
         law = self.to(torch.float64, "cpu")  # the solve's states are on the host, whatever the device of x or the law
