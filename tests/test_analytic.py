@@ -246,3 +246,32 @@ def test_marginal_posterior_and_densities_refuse_bad_input_naming_the_argument(c
     # truncated to integers ([-1, -4] for log N([0, 0]), N([1, 2]) under N(0, I), whose values are -1.84, -4.34)
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: sf.analytic.Gaussian(torch.zeros(2, dtype=torch.complex128), torch.eye(2)), TypeError,
+         r"^Gaussian: argument 'mean' expected a real 1-D tensor, got dtype torch.complex128\.$"),
+        (lambda: sf.analytic.Gaussian(torch.zeros(4), torch.eye(4), event_shape="22"), TypeError,
+         r"^Gaussian: argument 'event_shape' expected a tuple of ints, e\.g\. \(1, 2, 2\), got str '22'\.$"),
+        (lambda: sf.analytic.Gaussian(torch.zeros(4), torch.eye(4), event_shape=4), TypeError,
+         r"^Gaussian: argument 'event_shape' expected a tuple of ints"),
+        (lambda: sf.analytic.Gaussian(torch.zeros(4), torch.eye(4), event_shape=(-2, -2)), ValueError,
+         r"^Gaussian: argument 'event_shape' expected a shape of sizes >= 1 with 4 elements .*, got \(-2, -2\)\.$"),
+        (lambda: _MIX.to(torch.int64), TypeError, r"^GaussianMixture.to: argument 'dtype' expected a floating-point torch.dtype"),
+        (lambda: _MIX.flow_map(sf.VPSDE(), torch.zeros(3, 2), 0.5, 0.2, rtol=-1.0), ValueError,
+         r"^GaussianMixture.flow_map: argument 'rtol' expected"),
+        (lambda: _MIX.flow_map(sf.VPSDE(), torch.zeros(3, 2), 0.5, 0.2, atol="tight"), TypeError,
+         r"^GaussianMixture.flow_map: argument 'atol' expected"),
+    ],
+    ids=["complex mean", "event_shape str", "event_shape int", "event_shape negative", "to int64", "flow_map rtol < 0",
+         "flow_map atol str"],
+)
+def test_law_parameters_and_tolerances_refuse_bad_input_naming_the_argument(call, error, match):
+    # before: a complex mean lost its imaginary part with a torch warning only; event_shape "22" and 4 raised Python's
+    # "can't multiply sequence" and "'int' object is not iterable", (-2, -2) was accepted (its product is 4) and
+    # failed at the first reshape; to(torch.int64) made an integer law; a negative rtol ran (scipy raised it to 2.2e-14
+    # with a warning) and a string one failed in numpy ("ufunc 'greater' did not contain a loop")
+    with pytest.raises(error, match=match):
+        call()

@@ -13,7 +13,8 @@ import math
 import torch
 
 from .._checks import (
-    check_batch, check_generator, check_instance, check_int, check_positive, check_real, check_time, resolve_t_min,
+    check_batch, check_float_dtype, check_generator, check_instance, check_int, check_positive, check_real, check_time,
+    resolve_t_min,
 )
 from .._tensor import ScoreFn, TimeLike, batch_time, right_pad
 from ..sde import ForwardSDE, check_sde
@@ -35,6 +36,8 @@ def _law_dtype(*values) -> torch.dtype:
 
 def _as_float_tensor(fn: str, name: str, value, ndim: int, dtype: torch.dtype) -> torch.Tensor:
     """``value`` as an ``ndim``-D finite tensor in ``dtype`` (numbers converted straight to it, never through float32)."""
+    if torch.is_tensor(value) and (value.is_complex() or value.dtype == torch.bool):  # .to(dtype) would drop or cast
+        raise TypeError(f"{fn}: argument '{name}' expected a real {ndim}-D tensor, got dtype {value.dtype}.")
     try:
         v = torch.as_tensor(value, dtype=dtype) if not torch.is_tensor(value) else value.to(dtype)
     except (TypeError, ValueError, RuntimeError):
@@ -68,6 +71,22 @@ def _check_times(fn: str, name: str, t, sde: ForwardSDE) -> TimeLike:
         got = f"times from {lo!r} to {hi!r}" if torch.is_tensor(t) else repr(t)
         raise ValueError(f"{fn}: argument '{name}' expected times in [0, T={sde.T:g}], got {got}.")
     return t
+
+
+def _check_event_shape(fn: str, event_shape, dim: int) -> tuple[int, ...]:
+    """``event_shape`` (None for ``(dim,)``) as a tuple of ints >= 1 whose product is ``dim``."""
+    if event_shape is None:
+        return (dim,)
+    if not isinstance(event_shape, (tuple, list, torch.Size)) or not all(
+        hasattr(n, "__index__") and not isinstance(n, bool) for n in event_shape
+    ):
+        raise TypeError(f"{fn}: argument 'event_shape' expected a tuple of ints, e.g. (1, 2, 2), got {type(event_shape).__name__} {event_shape!r}.")
+    if not event_shape or min(event_shape) < 1 or math.prod(event_shape) != dim:
+        raise ValueError(
+            f"{fn}: argument 'event_shape' expected a shape of sizes >= 1 with {dim} elements (the dimension of the means), "
+            f"got {tuple(event_shape)}."
+        )
+    return tuple(int(n) for n in event_shape)
 
 
 class GaussianMixture:
@@ -110,7 +129,7 @@ class GaussianMixture:
                 f"{fn}: argument 'covs' expected positive-definite matrices, got smallest eigenvalue {float(eigvals.min()):.3g}."
             )
         weights = weights / weights.max()  # first: a sum of huge weights (2 x 1e308) overflows to inf
-        self._init(weights / weights.sum(), means, eigvecs, eigvals, event_shape or (d,))
+        self._init(weights / weights.sum(), means, eigvecs, eigvals, _check_event_shape(fn, event_shape, d))
 
     def _init(self, weights, means, eigvecs, eigvals, event_shape) -> None:
         self.weights = weights  # (K,), or (*b, K) for a posterior batched over observations
@@ -161,7 +180,9 @@ class GaussianMixture:
         return within + between
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> GaussianMixture:
-        """Return a copy with parameters in ``dtype`` on ``device``."""
+        """Return a copy with parameters in ``dtype`` (a floating one) on ``device``."""
+        if dtype is not None:
+            check_float_dtype(f"{type(self).__name__}.to", "dtype", dtype)
         conv = lambda v: v.to(dtype=dtype, device=device)  # noqa: E731
         return self._from_eig(
             conv(self.weights), conv(self.means), conv(self.eigvecs), conv(self.eigvals), self.event_shape
@@ -306,7 +327,9 @@ class GaussianMixture:
     ) -> torch.Tensor:
         """The probability-flow map of this law from ``t_from`` to ``t_to`` (scalars or ``(B,)``): a float64 DOP853
         solve of the exact flow velocity (:meth:`velocity`) at ``rtol``/``atol`` (:func:`scoreflow.analytic.flow.solve_flow_map`)."""
-        t_from, t_to = self._check_flow_map(f"{type(self).__name__}.flow_map", sde, x, t_from, t_to)
+        fn = f"{type(self).__name__}.flow_map"
+        t_from, t_to = self._check_flow_map(fn, sde, x, t_from, t_to)
+        rtol, atol = check_positive(fn, "rtol", rtol), check_positive(fn, "atol", atol)
         law = self.to(torch.float64, "cpu")  # the solve's states are on the host, whatever the device of x or the law
         return solve_flow_map(law.velocity(sde).predict, x, t_from, t_to, rtol=rtol, atol=atol)
 
