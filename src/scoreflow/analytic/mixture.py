@@ -422,9 +422,9 @@ class AnalyticScore:
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         return self.law._marginal(self.sde, self._time(x, t)).grad_log_prob(x)
 
-    @staticmethod
-    def _time(x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+    def _time(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """One shared time as a scalar (one marginal), per-sample times as ``(B,)`` (a batched law)."""
+        conditioning.check_model_call(type(self).__name__, x, t)
         t = batch_time(t, x)
         return t[0] if bool((t == t[0]).all()) else t
 
