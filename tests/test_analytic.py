@@ -275,3 +275,14 @@ def test_law_parameters_and_tolerances_refuse_bad_input_naming_the_argument(call
     # with a warning) and a string one failed in numpy ("ufunc 'greater' did not contain a loop")
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_parameters_are_refused_naming_them(dtype):
+    # before: torch's NotImplementedError '"linalg_eigh_cpu" not implemented for 'Half'' from the eigendecomposition
+    with pytest.raises(TypeError, match=rf"^Gaussian: arguments 'mean' and 'cov' expected float32 or float64, got dtype {dtype}\."):
+        sf.analytic.Gaussian(torch.zeros(2, dtype=dtype), torch.eye(2, dtype=dtype))
+    with pytest.raises(TypeError, match=rf"^GaussianMixture: argument 'covs' expected float32 or float64, got dtype {dtype}\."):
+        sf.analytic.GaussianMixture([1.0], [[0.0]], torch.ones(1, 1, 1, dtype=dtype))
+    half = sf.analytic.Gaussian(torch.zeros(2), torch.eye(2)).to(dtype)  # evaluating in half precision stays possible
+    assert half.log_prob(torch.zeros(1, 2, dtype=dtype)).dtype == dtype

@@ -25,13 +25,22 @@ __all__ = ["GaussianMixture", "AnalyticScore", "AnalyticVelocity"]
 
 
 
-def _law_dtype(*values) -> torch.dtype:
-    """The widest floating dtype of the tensors among ``values`` (the default dtype if none is one)."""
+def _law_dtype(fn: str, **values) -> torch.dtype:
+    """The widest floating dtype of the tensors among ``values`` (the default dtype if none is one): float32 or float64,
+    in which the covariances' eigendecomposition runs (torch has none in half precision)."""
     dtype = None
-    for v in values:
+    for v in values.values():
         if torch.is_tensor(v) and v.is_floating_point():
             dtype = v.dtype if dtype is None else torch.promote_types(dtype, v.dtype)
-    return torch.get_default_dtype() if dtype is None else dtype
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if dtype not in (torch.float32, torch.float64):
+        names = [f"'{k}'" for k, v in values.items() if torch.is_tensor(v) and v.dtype == dtype]
+        raise TypeError(
+            f"{fn}: argument{'s' * (len(names) > 1)} {' and '.join(names)} expected float32 or float64, got dtype {dtype}. "
+            "Fix: build the law in "
+            "float32 or float64 (its eigendecomposition has no half-precision kernel); law.to(dtype) converts it after."
+        )
+    return dtype
 
 
 def _as_float_tensor(fn: str, name: str, value, ndim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -109,7 +118,7 @@ class GaussianMixture:
     def __init__(self, weights, means, covs, *, event_shape: tuple[int, ...] | None = None) -> None:
         fn = type(self).__name__
         # the widest of the three: float64 means and covs are never rounded to the float32 of a list of weights
-        dtype = _law_dtype(weights, means, covs)
+        dtype = _law_dtype(fn, weights=weights, means=means, covs=covs)
         weights = _as_float_tensor(fn, "weights", weights, 1, dtype)
         means = _as_float_tensor(fn, "means", means, 2, dtype)
         covs = _as_float_tensor(fn, "covs", covs, 3, dtype)
