@@ -157,7 +157,9 @@ def test_mixture_moments_are_law_of_total_covariance():
 @pytest.mark.parametrize(
     "args, match",
     [
-        ((torch.ones(2), torch.zeros(3, 2), torch.eye(2).expand(3, 2, 2)), "one K and D"),
+        ((torch.ones(2), torch.zeros(3, 2), torch.eye(2).expand(3, 2, 2)), r"one K >= 1 and D >= 1"),
+        # D = 0: before, torch's "max(): Expected reduction dim to be specified" from the symmetry check
+        ((torch.ones(1), torch.zeros(1, 0), torch.zeros(1, 0, 0)), r"one K >= 1 and D >= 1; got .* means \(1, 0\)"),
         ((torch.tensor([1.0, -1.0]), torch.zeros(2, 2), torch.eye(2).expand(2, 2, 2)), "non-negative"),
         ((torch.ones(1), torch.zeros(1, 2), torch.tensor([[[1.0, 0.0], [0.0, -1.0]]])), "positive-definite"),
         ((torch.ones(1), torch.zeros(1, 2), torch.tensor([[[1.0, 0.5], [0.0, 1.0]]])), "symmetric"),

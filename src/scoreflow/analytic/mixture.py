@@ -123,9 +123,9 @@ class GaussianMixture:
         means = _as_float_tensor(fn, "means", means, 2, dtype)
         covs = _as_float_tensor(fn, "covs", covs, 3, dtype)
         k, d = means.shape
-        if weights.shape[0] != k or covs.shape != (k, d, d):
+        if weights.shape[0] != k or covs.shape != (k, d, d) or k == 0 or d == 0:
             raise ValueError(
-                f"{fn}: expected weights (K,), means (K, D), covs (K, D, D) with one K and D; got weights "
+                f"{fn}: expected weights (K,), means (K, D), covs (K, D, D) with one K >= 1 and D >= 1; got weights "
                 f"{tuple(weights.shape)}, means {tuple(means.shape)}, covs {tuple(covs.shape)}."
             )
         if (weights < 0).any() or weights.sum() <= 0:
