@@ -458,5 +458,7 @@ class AnalyticVelocity(AnalyticScore):
         tb = batch_time(t, x)
         sigma = right_pad(self.sde.marginal(tb)[1], x)
         d_alpha, d_sigma = (right_pad(c, x) for c in self.sde.marginal_derivatives(tb))
-        noise_rate = torch.where(sigma > 0, d_sigma * sigma, 0.5 * right_pad(self.sde.diffusion(tb), x) ** 2)
+        noise_rate = d_sigma * sigma
+        if not bool((sigma > 0).all()):  # (one read, as _time's; g is computed only then: a path's costs two jvps)
+            noise_rate = torch.where(sigma > 0, noise_rate, 0.5 * right_pad(self.sde.diffusion(tb), x) ** 2)
         return d_alpha * x0 - noise_rate * score
