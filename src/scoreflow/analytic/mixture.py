@@ -37,8 +37,8 @@ def _law_dtype(fn: str, **values) -> torch.dtype:
         names = [f"'{k}'" for k, v in values.items() if torch.is_tensor(v) and v.dtype == dtype]
         raise TypeError(
             f"{fn}: argument{'s' * (len(names) > 1)} {' and '.join(names)} expected float32 or float64, got dtype {dtype}. "
-            "Fix: build the law in "
-            "float32 or float64 (its eigendecomposition has no half-precision kernel); law.to(dtype) converts it after."
+            "Fix: build the law in float32 or float64 (its eigendecomposition has no half-precision kernel); "
+            "law.to(dtype) converts it after."
         )
     return dtype
 
@@ -348,8 +348,7 @@ class GaussianMixture:
     ) -> tuple[TimeLike, TimeLike]:
         """The arguments of :meth:`flow_map`: a process, a batch x and times (scalars or ``(B,)``) in [0, T].
 
-        A tensor of times may exceed T by its dtype's rounding of T (float32(42.4056) > 42.4056 on
-        ``EDMSDE(sigma_max=42.4056)``: a float32 grid or sampler starts there): such times are T.
+        A tensor of times beyond T by its dtype's rounding of T (see :func:`_check_times`) is clamped to T.
 
         Returns:
             ``(t_from, t_to)``, a tensor of times in float64 and clamped to [0, T].
