@@ -157,7 +157,9 @@ def test_mixture_moments_are_law_of_total_covariance():
 @pytest.mark.parametrize(
     "args, match",
     [
-        ((torch.ones(2), torch.zeros(3, 2), torch.eye(2).expand(3, 2, 2)), "one K and D"),
+        ((torch.ones(2), torch.zeros(3, 2), torch.eye(2).expand(3, 2, 2)), r"one K >= 1 and D >= 1"),
+        # D = 0: before, torch's "max(): Expected reduction dim to be specified" from the symmetry check
+        ((torch.ones(1), torch.zeros(1, 0), torch.zeros(1, 0, 0)), r"one K >= 1 and D >= 1; got .* means \(1, 0\)"),
         ((torch.tensor([1.0, -1.0]), torch.zeros(2, 2), torch.eye(2).expand(2, 2, 2)), "non-negative"),
         ((torch.ones(1), torch.zeros(1, 2), torch.tensor([[[1.0, 0.0], [0.0, -1.0]]])), "positive-definite"),
         ((torch.ones(1), torch.zeros(1, 2), torch.tensor([[[1.0, 0.5], [0.0, 1.0]]])), "symmetric"),
@@ -214,3 +216,75 @@ def test_analytic_laws_refuse_bad_input_naming_the_argument(call, error, match):
     # the closed form extrapolated past T, or returned NaN, silently
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: _MIX.marginal("vp", 0.5), TypeError, r"^GaussianMixture.marginal: argument 'sde' expected a ForwardSDE"),
+        (lambda: _MIX.marginal(sf.VPSDE(), -0.5), ValueError,
+         r"^GaussianMixture.marginal: argument 't' expected times in \[0, T=1\], got -0.5\.$"),
+        (lambda: _GAUSS.marginal(sf.RectifiedFlow(), torch.tensor([0.5, 1.5])), ValueError,
+         r"^Gaussian.marginal: argument 't' expected times in \[0, T=1\], got times from 0.5 to 1.5\.$"),
+        (lambda: _GAUSS.marginal(sf.VPSDE(), float("nan")), ValueError, r"^Gaussian.marginal: argument 't' expected a finite number"),
+        (lambda: _GAUSS.marginal(sf.VPSDE(), "0.5"), TypeError, r"^Gaussian.marginal: argument 't' expected a real number"),
+        (lambda: _GAUSS.marginal(sf.VPSDE(), torch.full((2, 2), 0.5)), ValueError,
+         r"^Gaussian.marginal: argument 't' expected a time or a \(B,\) tensor of times, got shape \(2, 2\)\.$"),
+        (lambda: _MIX.posterior(None, torch.zeros(3, 2), 0.5), TypeError, r"^GaussianMixture.posterior: argument 'sde'"),
+        (lambda: _MIX.posterior(sf.VESDE(), torch.zeros(3, 2), 1.5), ValueError,
+         r"^GaussianMixture.posterior: argument 't' expected times in \[0, T=1\], got 1.5\.$"),
+        (lambda: _MIX.log_prob(torch.zeros(3, 2, dtype=torch.int64)), TypeError,
+         r"^GaussianMixture: expected x a floating-point tensor, got dtype torch.int64\."),
+        (lambda: _GAUSS.score(sf.VPSDE())(torch.ones(3, 2, dtype=torch.int64), 0.5), TypeError,
+         r"^Gaussian: expected x a floating-point tensor, got dtype torch.int64\."),
+    ],
+    ids=["marginal sde str", "marginal t < 0", "marginal t > T", "marginal t nan", "marginal t str", "marginal t 2-D",
+         "posterior sde None", "posterior t > T", "log_prob int x", "score int x"],
+)
+def test_marginal_posterior_and_densities_refuse_bad_input_naming_the_argument(call, error, match):
+    # before: marginal and posterior extrapolated times outside [0, T] silently (VP below 0: a law with NaN variances;
+    # RectifiedFlow beyond 1: alpha < 0), built a law batched over (2, 2) from a 2-D t, and failed on a non-process with
+    # "'str' object has no attribute 'marginal'"; log_prob and the scores of an integer x were cast to its dtype,
+    # truncated to integers ([-1, -4] for log N([0, 0]), N([1, 2]) under N(0, I), whose values are -1.84, -4.34)
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: sf.analytic.Gaussian(torch.zeros(2, dtype=torch.complex128), torch.eye(2)), TypeError,
+         r"^Gaussian: argument 'mean' expected a real 1-D tensor, got dtype torch.complex128\.$"),
+        (lambda: sf.analytic.Gaussian(torch.zeros(4), torch.eye(4), event_shape="22"), TypeError,
+         r"^Gaussian: argument 'event_shape' expected a tuple of ints, e\.g\. \(1, 2, 2\), got str '22'\.$"),
+        (lambda: sf.analytic.Gaussian(torch.zeros(4), torch.eye(4), event_shape=4), TypeError,
+         r"^Gaussian: argument 'event_shape' expected a tuple of ints"),
+        (lambda: sf.analytic.Gaussian(torch.zeros(4), torch.eye(4), event_shape=(-2, -2)), ValueError,
+         r"^Gaussian: argument 'event_shape' expected a shape of sizes >= 1 with 4 elements .*, got \(-2, -2\)\.$"),
+        (lambda: _MIX.to(torch.int64), TypeError, r"^GaussianMixture.to: argument 'dtype' expected a floating-point torch.dtype"),
+        (lambda: _MIX.flow_map(sf.VPSDE(), torch.zeros(3, 2), 0.5, 0.2, rtol=-1.0), ValueError,
+         r"^GaussianMixture.flow_map: argument 'rtol' expected"),
+        (lambda: _MIX.flow_map(sf.VPSDE(), torch.zeros(3, 2), 0.5, 0.2, atol="tight"), TypeError,
+         r"^GaussianMixture.flow_map: argument 'atol' expected"),
+    ],
+    ids=["complex mean", "event_shape str", "event_shape int", "event_shape negative", "to int64", "flow_map rtol < 0",
+         "flow_map atol str"],
+)
+def test_law_parameters_and_tolerances_refuse_bad_input_naming_the_argument(call, error, match):
+    # before: a complex mean lost its imaginary part with a torch warning only; event_shape "22" and 4 raised Python's
+    # "can't multiply sequence" and "'int' object is not iterable", (-2, -2) was accepted (its product is 4) and
+    # failed at the first reshape; to(torch.int64) made an integer law; a negative rtol ran (scipy raised it to 2.2e-14
+    # with a warning) and a string one failed in numpy ("ufunc 'greater' did not contain a loop")
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_parameters_are_refused_naming_them(dtype):
+    # before: torch's NotImplementedError '"linalg_eigh_cpu" not implemented for 'Half'' from the eigendecomposition
+    with pytest.raises(TypeError, match=rf"^Gaussian: arguments 'mean' and 'cov' expected float32 or float64, got dtype {dtype}\."):
+        sf.analytic.Gaussian(torch.zeros(2, dtype=dtype), torch.eye(2, dtype=dtype))
+    with pytest.raises(TypeError, match=rf"^GaussianMixture: argument 'covs' expected float32 or float64, got dtype {dtype}\."):
+        sf.analytic.GaussianMixture([1.0], [[0.0]], torch.ones(1, 1, 1, dtype=dtype))
+    half = sf.analytic.Gaussian(torch.zeros(2), torch.eye(2)).to(dtype)  # evaluating in half precision stays possible
+    assert half.log_prob(torch.zeros(1, 2, dtype=dtype)).dtype == dtype

@@ -89,3 +89,28 @@ def test_float32_times_at_T_are_T_wherever_float32_rounds_it(sigma_max, law_name
         law.flow_map(sde, x_T.float(), beyond.expand(8), sde.t_min)
     # the time beyond T is printed to all its digits (a tensor's repr would show T itself)
     assert f"got times from {float(beyond)!r} to {float(beyond)!r}." in str(err.value)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_exact_velocity_at_t0_is_the_data_laws_probability_flow_drift(sde, generator):
+    # At t = 0 sigma = 0 and sigma' is infinite (VP, VE) or 0/0 (EDM): u must be the finite f x - g^2/2 grad log p_0(x),
+    # and the mixture's DOP853 solve must reach t = 0, where the Gaussian's closed form is.
+    law = make_law("gaussian16d")
+    x = law.sample(4, generator=generator)
+    t0 = torch.zeros((), dtype=torch.float64)
+    drift = sde.drift_coef(t0) * x - 0.5 * sde.diffusion(t0) ** 2 * law.grad_log_prob(x)
+    torch.testing.assert_close(law.velocity(sde).predict(x, t0), drift, rtol=1e-12, atol=1e-12)
+    x_mid = law.marginal(sde, 0.5 * sde.T).sample(4, generator=generator)
+    solved = sf.analytic.GaussianMixture.flow_map(law, sde, x_mid, 0.5 * sde.T, 0.0)
+    assert (solved - law.flow_map(sde, x_mid, 0.5 * sde.T, 0.0)).abs().max() < 1e-7
+
+
+@pytest.mark.parametrize("sde", [sf.VPSDE(), sf.RectifiedFlow()], ids=["vp", "rf"])
+def test_mixture_flow_map_with_per_sample_end_times_is_the_scalar_map_row_by_row(sde, generator):
+    # t_to of shape (B,), which the checks accept and the Gaussian's closed form maps: the solve took float(t_to) and
+    # failed with "only one element tensors can be converted to Python scalars".
+    law = make_law("ring2d")
+    x = law.marginal(sde, 0.9).sample(4, generator=generator)
+    t_to = per_sample_times(sde, 4, generator)
+    rows = torch.cat([law.flow_map(sde, x[i : i + 1], 0.9, float(t_to[i])) for i in range(4)])
+    assert (law.flow_map(sde, x, 0.9, t_to) - rows).abs().max() < 1e-8

@@ -297,3 +297,26 @@ def test_conditioning_errors_name_the_argument():
         observation_log_likelihood(law, sf.VPSDE(), mask=torch.tensor([True, False]), y=torch.ones(1))
     with pytest.raises(TypeError, match=r"inpainting_score: argument 'sde' expected a ForwardSDE"):
         inpainting_score(law, "vp", torch.tensor([True, False]), v)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda law, sde, m: law.score(sde)([[0.0, 0.0, 0.0]], 0.5), TypeError,
+         r"^AnalyticScore: argument 'x' expected a tensor of shape \(B, \*D\), got list\.$"),
+        (lambda law, sde, m: law.score(sde)(torch.zeros(2, 3), "0.5"), TypeError,
+         r"^AnalyticScore: argument 't' expected a number or a tensor of times, got str '0.5'\.$"),
+        (lambda law, sde, m: law.velocity(sde).predict([[0.0, 0.0, 0.0]], 0.5), TypeError,
+         r"^AnalyticVelocity: argument 'x' expected a tensor"),
+        (lambda law, sde, m: inpainting_score(law, sde, m, torch.zeros(3))([[0.0, 0.0, 0.0]], 0.5), TypeError,
+         r"^inpainting_score: argument 'x' expected a tensor"),
+        (lambda law, sde, m: observation_log_likelihood(law, sde, mask=m, values=torch.zeros(3))(torch.zeros(2, 3), None),
+         TypeError, r"^observation_log_likelihood: argument 't' expected a number or a tensor of times, got NoneType None\.$"),
+    ],
+    ids=["score x list", "score t str", "velocity x list", "inpainting x list", "likelihood t None"],
+)
+def test_analytic_models_refuse_bad_call_arguments_naming_them(call, error, match):
+    # before: "'list' object has no attribute 'dtype'" and torch's "new(): invalid data type 'str'"
+    law = sf.analytic.Gaussian(torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64))
+    with pytest.raises(error, match=match):
+        call(law, sf.VPSDE(), torch.tensor([True, False, True]))

@@ -374,6 +374,11 @@ class EDMSDE(ForwardSDE):
     def diffusion(self, t: TimeLike) -> torch.Tensor:
         return torch.sqrt(2 * as_time(t))
 
+    def marginal_derivatives(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`\dot\alpha = 0`, :math:`\dot\sigma = 1` (the generic :math:`(g^2 + 2f\sigma^2)/(2\sigma) = 2t/2t` is 0/0 at t = 0)."""
+        t = as_time(t)
+        return torch.zeros_like(t), torch.ones_like(t)
+
     def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
         return torch.exp(-as_time(log_snr))
 

@@ -23,6 +23,7 @@ classifier of classifier guidance.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -208,6 +209,15 @@ def condition_linear(law: GaussianMixture, A, y, noise_std) -> GaussianMixture:
     return _linear_posterior(f"{type(law).__name__}.condition_linear", law, A, y, noise_std).law
 
 
+def check_model_call(fn: str, x, t) -> None:
+    """The arguments of an analytic model's call ``model(x, t)``: a tensor x and a number or tensor t (type tests, no
+    read: this runs at every evaluation of the model)."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{fn}: argument 'x' expected a tensor of shape (B, *D), got {type(x).__name__}.")
+    if not torch.is_tensor(t) and (not isinstance(t, numbers.Real) or isinstance(t, bool)):
+        raise TypeError(f"{fn}: argument 't' expected a number or a tensor of times, got {type(t).__name__} {t!r}.")
+
+
 def _check_observations(fn: str, post: GaussianMixture, x: torch.Tensor) -> None:
     """One row of ``x`` per observation when the observations are batched (a shape test, no tensor read)."""
     if post.batch_shape and x.shape[0] != post.batch_shape[0]:
@@ -229,6 +239,7 @@ class InpaintingScore:
         self.sde, self.mask, self.observed, self.event_shape = sde, mask, observed, event_shape
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        check_model_call("inpainting_score", x, t)
         _check_observations("inpainting_score", self.posterior, x)
         t = batch_time(t, x)
         xf = x.reshape(x.shape[0], -1)
@@ -272,19 +283,20 @@ class ObservationLogLikelihood:
         self.law, self.sde, self.post, self.mask, self.observed = law, sde, post, mask, observed
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        check_model_call("observation_log_likelihood", x, t)
         _check_observations("observation_log_likelihood", self.post.law, x)
         t = batch_time(t, x).to(self.law.means.dtype)
         xf = x.reshape(x.shape[0], -1)
         if self.mask is None:
-            joint = self.post.law.marginal(self.sde, t).log_prob(x)
+            joint = self.post.law._marginal(self.sde, t).log_prob(x)
         else:
             alpha, sigma = self.sde.marginal(t)
             alpha, sigma = right_pad(alpha, xf), right_pad(sigma, xf)
             resid = (xf[:, self.mask] - alpha * self.observed) / sigma
             # log N(x_{t,o}; alpha v, sigma^2 I)
             observed = -0.5 * (resid.pow(2) + _LOG_2PI).sum(-1) - resid.shape[-1] * torch.log(sigma).squeeze(-1)
-            joint = observed + self.post.law.marginal(self.sde, t).log_prob(xf[:, ~self.mask].contiguous())
-        return joint - self.law.marginal(self.sde, t).log_prob(x) + self.post.log_evidence
+            joint = observed + self.post.law._marginal(self.sde, t).log_prob(xf[:, ~self.mask].contiguous())
+        return joint - self.law._marginal(self.sde, t).log_prob(x) + self.post.log_evidence
 
 
 def observation_log_likelihood(

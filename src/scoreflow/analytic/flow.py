@@ -41,9 +41,9 @@ def solve_flow_map(
     ``velocity(x, t)`` is the probability-flow velocity with ``t`` of shape ``(B,)`` (an analytic law's
     ``law.velocity(sde).predict``).
 
-    ``t_from`` may differ per row (a ``(B,)`` tensor): row i runs on the clock
-    :math:`t_i(u) = t_{from,i} + u\,(t_{to} - t_{from,i})`, :math:`u \in [0, 1]`, so one DOP853 solve of
-    :math:`dx/du = (t_{to} - t_{from,i})\,v(x, t_i(u))` in float64 on the CPU carries every row.
+    ``t_from`` and ``t_to`` may differ per row (``(B,)`` tensors): row i runs on the clock
+    :math:`t_i(u) = t_{from,i} + u\,(t_{to,i} - t_{from,i})`, :math:`u \in [0, 1]`, so one DOP853 solve of
+    :math:`dx/du = (t_{to,i} - t_{from,i})\,v(x, t_i(u))` in float64 on the CPU carries every row.
 
     Returns:
         The transported states, shaped, typed and placed like ``x``.
@@ -54,7 +54,7 @@ def solve_flow_map(
     x64 = x.detach().to(device="cpu", dtype=torch.float64)
     shape = x64.shape
     start = batch_time(torch.as_tensor(t_from, dtype=torch.float64).cpu(), x64)
-    span = float(t_to) - start
+    span = batch_time(torch.as_tensor(t_to, dtype=torch.float64).cpu(), x64) - start
 
     def rhs(u: float, y: np.ndarray) -> np.ndarray:
         xt = torch.from_numpy(y).reshape(shape)

@@ -23,7 +23,7 @@ class Gaussian(GaussianMixture):
     """
 
     def __init__(self, mean, cov, *, event_shape: tuple[int, ...] | None = None) -> None:
-        dtype = _law_dtype(mean, cov)
+        dtype = _law_dtype("Gaussian", mean=mean, cov=cov)
         # named as given here: GaussianMixture names its means and covs
         mean = _as_float_tensor("Gaussian", "mean", mean, 1, dtype)
         cov = _as_float_tensor("Gaussian", "cov", cov, 2, dtype)

@@ -12,7 +12,10 @@ import math
 
 import torch
 
-from .._checks import check_batch, check_generator, check_instance, check_int, check_positive, check_time, resolve_t_min
+from .._checks import (
+    check_batch, check_float_dtype, check_generator, check_instance, check_int, check_positive, check_real, check_time,
+    resolve_t_min,
+)
 from .._tensor import ScoreFn, TimeLike, batch_time, right_pad
 from ..sde import ForwardSDE, check_sde
 from . import conditioning
@@ -22,17 +25,28 @@ __all__ = ["GaussianMixture", "AnalyticScore", "AnalyticVelocity"]
 
 
 
-def _law_dtype(*values) -> torch.dtype:
-    """The widest floating dtype of the tensors among ``values`` (the default dtype if none is one)."""
+def _law_dtype(fn: str, **values) -> torch.dtype:
+    """The widest floating dtype of the tensors among ``values`` (the default dtype if none is one): float32 or float64,
+    in which the covariances' eigendecomposition runs (torch has none in half precision)."""
     dtype = None
-    for v in values:
+    for v in values.values():
         if torch.is_tensor(v) and v.is_floating_point():
             dtype = v.dtype if dtype is None else torch.promote_types(dtype, v.dtype)
-    return torch.get_default_dtype() if dtype is None else dtype
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if dtype not in (torch.float32, torch.float64):
+        names = [f"'{k}'" for k, v in values.items() if torch.is_tensor(v) and v.dtype == dtype]
+        raise TypeError(
+            f"{fn}: argument{'s' * (len(names) > 1)} {' and '.join(names)} expected float32 or float64, got dtype {dtype}. "
+            "Fix: build the law in float32 or float64 (its eigendecomposition has no half-precision kernel); "
+            "law.to(dtype) converts it after."
+        )
+    return dtype
 
 
 def _as_float_tensor(fn: str, name: str, value, ndim: int, dtype: torch.dtype) -> torch.Tensor:
     """``value`` as an ``ndim``-D finite tensor in ``dtype`` (numbers converted straight to it, never through float32)."""
+    if torch.is_tensor(value) and (value.is_complex() or value.dtype == torch.bool):  # .to(dtype) would drop or cast
+        raise TypeError(f"{fn}: argument '{name}' expected a real {ndim}-D tensor, got dtype {value.dtype}.")
     try:
         v = torch.as_tensor(value, dtype=dtype) if not torch.is_tensor(value) else value.to(dtype)
     except (TypeError, ValueError, RuntimeError):
@@ -42,6 +56,46 @@ def _as_float_tensor(fn: str, name: str, value, ndim: int, dtype: torch.dtype) -
     if not torch.isfinite(v).all():
         raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite values.")
     return v
+
+
+def _check_times(fn: str, name: str, t, sde: ForwardSDE) -> TimeLike:
+    """``t``, a finite real number or a finite real tensor of one or ``(B,)`` times, in [0, T]; returned as given.
+
+    A tensor of times may exceed T by its dtype's rounding of T (float32(42.4056) > 42.4056 on
+    ``EDMSDE(sigma_max=42.4056)``: a float32 grid or sampler starts there): such times are in range.
+    """
+    if not torch.is_tensor(t):
+        t = check_real(fn, name, t)
+    elif t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{fn}: argument '{name}' expected real times, got a tensor of dtype {t.dtype}.")
+    elif t.ndim > 1:
+        raise ValueError(f"{fn}: argument '{name}' expected a time or a (B,) tensor of times, got shape {tuple(t.shape)}.")
+    elif not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite times.")
+    lo, hi = (float(t.min()), float(t.max())) if torch.is_tensor(t) else (t, t)
+    # T as the times' dtype holds it (a float is T itself): what a time at T is in that dtype
+    T_held = float(torch.tensor(sde.T, dtype=t.dtype)) if torch.is_tensor(t) and t.is_floating_point() else sde.T
+    if lo < 0.0 or hi > max(sde.T, T_held):
+        # a tensor's own repr rounds to 4 digits: a time beyond T by a rounding would print as T
+        got = f"times from {lo!r} to {hi!r}" if torch.is_tensor(t) else repr(t)
+        raise ValueError(f"{fn}: argument '{name}' expected times in [0, T={sde.T:g}], got {got}.")
+    return t
+
+
+def _check_event_shape(fn: str, event_shape, dim: int) -> tuple[int, ...]:
+    """``event_shape`` (None for ``(dim,)``) as a tuple of ints >= 1 whose product is ``dim``."""
+    if event_shape is None:
+        return (dim,)
+    if not isinstance(event_shape, (tuple, list, torch.Size)) or not all(
+        hasattr(n, "__index__") and not isinstance(n, bool) for n in event_shape
+    ):
+        raise TypeError(f"{fn}: argument 'event_shape' expected a tuple of ints, e.g. (1, 2, 2), got {type(event_shape).__name__} {event_shape!r}.")
+    if not event_shape or min(event_shape) < 1 or math.prod(event_shape) != dim:
+        raise ValueError(
+            f"{fn}: argument 'event_shape' expected a shape of sizes >= 1 with {dim} elements (the dimension of the means), "
+            f"got {tuple(event_shape)}."
+        )
+    return tuple(int(n) for n in event_shape)
 
 
 class GaussianMixture:
@@ -64,14 +118,14 @@ class GaussianMixture:
     def __init__(self, weights, means, covs, *, event_shape: tuple[int, ...] | None = None) -> None:
         fn = type(self).__name__
         # the widest of the three: float64 means and covs are never rounded to the float32 of a list of weights
-        dtype = _law_dtype(weights, means, covs)
+        dtype = _law_dtype(fn, weights=weights, means=means, covs=covs)
         weights = _as_float_tensor(fn, "weights", weights, 1, dtype)
         means = _as_float_tensor(fn, "means", means, 2, dtype)
         covs = _as_float_tensor(fn, "covs", covs, 3, dtype)
         k, d = means.shape
-        if weights.shape[0] != k or covs.shape != (k, d, d):
+        if weights.shape[0] != k or covs.shape != (k, d, d) or k == 0 or d == 0:
             raise ValueError(
-                f"{fn}: expected weights (K,), means (K, D), covs (K, D, D) with one K and D; got weights "
+                f"{fn}: expected weights (K,), means (K, D), covs (K, D, D) with one K >= 1 and D >= 1; got weights "
                 f"{tuple(weights.shape)}, means {tuple(means.shape)}, covs {tuple(covs.shape)}."
             )
         if (weights < 0).any() or weights.sum() <= 0:
@@ -84,7 +138,7 @@ class GaussianMixture:
                 f"{fn}: argument 'covs' expected positive-definite matrices, got smallest eigenvalue {float(eigvals.min()):.3g}."
             )
         weights = weights / weights.max()  # first: a sum of huge weights (2 x 1e308) overflows to inf
-        self._init(weights / weights.sum(), means, eigvecs, eigvals, event_shape or (d,))
+        self._init(weights / weights.sum(), means, eigvecs, eigvals, _check_event_shape(fn, event_shape, d))
 
     def _init(self, weights, means, eigvecs, eigvals, event_shape) -> None:
         self.weights = weights  # (K,), or (*b, K) for a posterior batched over observations
@@ -135,7 +189,9 @@ class GaussianMixture:
         return within + between
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> GaussianMixture:
-        """Return a copy with parameters in ``dtype`` on ``device``."""
+        """Return a copy with parameters in ``dtype`` (a floating one) on ``device``."""
+        if dtype is not None:
+            check_float_dtype(f"{type(self).__name__}.to", "dtype", dtype)
         conv = lambda v: v.to(dtype=dtype, device=device)  # noqa: E731
         return self._from_eig(
             conv(self.weights), conv(self.means), conv(self.eigvecs), conv(self.eigvals), self.event_shape
@@ -150,6 +206,8 @@ class GaussianMixture:
             raise ValueError(
                 f"{type(self).__name__}: expected x of shape (B, *{self.event_shape}), got {tuple(x.shape)}."
             )
+        if not x.is_floating_point():  # (a dtype test, no read) an integer x had its log-densities and scores truncated
+            raise TypeError(f"{type(self).__name__}: expected x a floating-point tensor, got dtype {x.dtype}. Fix: x.double().")
         return x.reshape(x.shape[0], self.dim)
 
     def _component_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +265,18 @@ class GaussianMixture:
 
         A scalar ``t`` gives an unbatched law; a ``(B,)`` tensor gives a law batched over B times whose
         ``log_prob``, ``grad_log_prob`` and ``sample`` treat row i at time ``t[i]``.
+
+        Raises:
+            TypeError, ValueError: for an ``sde`` that is not a ForwardSDE, or times that are not finite, real, scalar
+                or ``(B,)`` and in [0, T] (beyond them a process's law is extrapolated: NaN for VP below 0).
         """
+        fn = f"{type(self).__name__}.marginal"
+        check_sde(fn, sde)
+        _check_times(fn, "t", t, sde)
+        return self._marginal(sde, t)
+
+    def _marginal(self, sde: ForwardSDE, t: TimeLike) -> GaussianMixture:
+        """:meth:`marginal` without its checks (the analytic scores' path, at every evaluation)."""
         t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device)
         alpha, sigma = sde.marginal(t)
         a = alpha.reshape(alpha.shape + (1, 1))
@@ -219,9 +288,21 @@ class GaussianMixture:
 
         Per component, :math:`E[x_0|x, k] = \mu_k + C_k\alpha(\alpha^2 C_k + \sigma^2 I)^{-1}(x - \alpha\mu_k)`, averaged
         with the posterior responsibilities: finite at :math:`\alpha = 0` (the mean) and at :math:`\sigma = 0` (x).
+
+        Raises:
+            TypeError, ValueError: as :meth:`marginal`, and for an ``x`` that is not a floating ``(B, *event_shape)``
+                tensor or a ``t`` that is not a scalar or ``(B,)``.
         """
+        fn = f"{type(self).__name__}.posterior"
+        check_sde(fn, sde)
+        self._flat(x)
+        _check_times(fn, "t", check_time(fn, "t", t, x), sde)
+        return self._posterior(sde, x, t)
+
+    def _posterior(self, sde: ForwardSDE, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`posterior` without its checks (the analytic velocity's path, at every evaluation)."""
         t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device)
-        law = self.marginal(sde, t)
+        law = self._marginal(sde, t)
         log_comp, white = law._component_terms(x)  # white: C_t^{-1}(x - alpha mu) in each eigenbasis
         resp = torch.softmax(log_comp, dim=-1).unsqueeze(-1)  # (B, K, 1)
         alpha = sde.marginal(t)[0].reshape(t.shape + (1, 1))
@@ -253,9 +334,11 @@ class GaussianMixture:
         self, sde: ForwardSDE, x: torch.Tensor, t_from: TimeLike, t_to: TimeLike,
         *, rtol: float = FLOW_RTOL, atol: float = FLOW_ATOL,
     ) -> torch.Tensor:
-        """The probability-flow map of this law from ``t_from`` (scalar or ``(B,)``) to ``t_to``: a float64 DOP853
+        """The probability-flow map of this law from ``t_from`` to ``t_to`` (scalars or ``(B,)``): a float64 DOP853
         solve of the exact flow velocity (:meth:`velocity`) at ``rtol``/``atol`` (:func:`scoreflow.analytic.flow.solve_flow_map`)."""
-        t_from, t_to = self._check_flow_map(f"{type(self).__name__}.flow_map", sde, x, t_from, t_to)
+        fn = f"{type(self).__name__}.flow_map"
+        t_from, t_to = self._check_flow_map(fn, sde, x, t_from, t_to)
+        rtol, atol = check_positive(fn, "rtol", rtol), check_positive(fn, "atol", atol)
         law = self.to(torch.float64, "cpu")  # the solve's states are on the host, whatever the device of x or the law
         return solve_flow_map(law.velocity(sde).predict, x, t_from, t_to, rtol=rtol, atol=atol)
 
@@ -265,8 +348,7 @@ class GaussianMixture:
     ) -> tuple[TimeLike, TimeLike]:
         """The arguments of :meth:`flow_map`: a process, a batch x and times (scalars or ``(B,)``) in [0, T].
 
-        A tensor of times may exceed T by its dtype's rounding of T (float32(42.4056) > 42.4056 on
-        ``EDMSDE(sigma_max=42.4056)``: a float32 grid or sampler starts there): such times are T.
+        A tensor of times beyond T by its dtype's rounding of T (see :func:`_check_times`) is clamped to T.
 
         Returns:
             ``(t_from, t_to)``, a tensor of times in float64 and clamped to [0, T].
@@ -279,14 +361,7 @@ class GaussianMixture:
         check_batch(fn, "x", x)
         times = []
         for name, t in (("t_from", t_from), ("t_to", t_to)):
-            t = check_time(fn, name, t, x)
-            lo, hi = (float(t.min()), float(t.max())) if torch.is_tensor(t) else (t, t)
-            # T as the times' dtype holds it (a float is T itself): what a time at T is in that dtype
-            T_held = float(torch.tensor(sde.T, dtype=t.dtype)) if torch.is_tensor(t) and t.is_floating_point() else sde.T
-            if lo < 0.0 or hi > max(sde.T, T_held):
-                # a tensor's own repr rounds to 4 digits: a time beyond T by a rounding would print as T
-                got = f"times from {lo!r} to {hi!r}" if torch.is_tensor(t) else repr(t)
-                raise ValueError(f"{fn}: argument '{name}' expected times in [0, T={sde.T:g}], got {got}.")
+            t = _check_times(fn, name, check_time(fn, name, t, x), sde)
             times.append(t.to(torch.float64).clamp(0.0, sde.T) if torch.is_tensor(t) else t)
         return times[0], times[1]
 
@@ -353,11 +428,11 @@ class AnalyticScore:
         self.law, self.sde = law, check_sde(fn, sde)
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        return self.law.marginal(self.sde, self._time(x, t)).grad_log_prob(x)
+        return self.law._marginal(self.sde, self._time(x, t)).grad_log_prob(x)
 
-    @staticmethod
-    def _time(x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+    def _time(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """One shared time as a scalar (one marginal), per-sample times as ``(B,)`` (a batched law)."""
+        conditioning.check_model_call(type(self).__name__, x, t)
         t = batch_time(t, x)
         return t[0] if bool((t == t[0]).all()) else t
 
@@ -368,13 +443,21 @@ class AnalyticVelocity(AnalyticScore):
     prediction = "flow_velocity"
 
     def __call__(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        return self.law.posterior(self.sde, x, self._time(x, t))[1]
+        return self.law._posterior(self.sde, x, self._time(x, t))[1]
 
     def predict(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        r""":math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon` with :math:`\hat\varepsilon = -\sigma s`."""
+        r""":math:`u = \dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon` with :math:`\hat\varepsilon = -\sigma s`.
+
+        The rate :math:`\sigma\dot\sigma = \tfrac12 d\sigma^2/dt = \tfrac12(g^2 + 2f\sigma^2)` is :math:`g^2/2` where
+        :math:`\sigma = 0` (t = 0 of VP, VE, EDM), at which :math:`\dot\sigma` is infinite (or 0/0): there u is the finite
+        :math:`f x - \tfrac12 g^2 s` of the data law, not :math:`\infty \cdot 0`.
+        """
         t = self._time(x, t)
-        x0, score = self.law.posterior(self.sde, x, t)
+        x0, score = self.law._posterior(self.sde, x, t)
         tb = batch_time(t, x)
         sigma = right_pad(self.sde.marginal(tb)[1], x)
         d_alpha, d_sigma = (right_pad(c, x) for c in self.sde.marginal_derivatives(tb))
-        return d_alpha * x0 - d_sigma * sigma * score
+        noise_rate = d_sigma * sigma
+        if not bool((sigma > 0).all()):  # (one read, as _time's; g is computed only then: a path's costs two jvps)
+            noise_rate = torch.where(sigma > 0, noise_rate, 0.5 * right_pad(self.sde.diffusion(tb), x) ** 2)
+        return d_alpha * x0 - noise_rate * score
