@@ -162,6 +162,9 @@ def test_log_likelihood_validates_its_inputs():
         sf.log_likelihood(score, sde, x, method="rk45")
     with pytest.raises(ValueError, match="argument 'n_probes' applies to the Hutchinson traces"):
         sf.log_likelihood(score, sde, x, n_probes=4)
+    for probe in ("gaussian", "rademacher"):  # was silently dropped: an exact trace returned for a Gaussian probe asked for
+        with pytest.raises(ValueError, match=f"argument 'probe' applies to the Hutchinson traces, got probe='{probe}' with trace='exact'"):
+            sf.log_likelihood(score, sde, x, probe=probe)
     for trace in ("hutchinson", "hutchinson_fd"):  # nothing to chunk there: refused rather than ignored
         with pytest.raises(ValueError, match=f"argument 'chunk_size' applies to the exact trace, got chunk_size=2 with trace='{trace}'"):
             sf.log_likelihood(score, sde, x, trace=trace, chunk_size=2)

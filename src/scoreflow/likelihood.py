@@ -80,7 +80,7 @@ def log_likelihood(
     x: torch.Tensor,
     *,
     trace: str = "exact",
-    probe: str = "rademacher",
+    probe: str | None = None,
     n_probes: int = 1,
     method: str = "dopri5",
     rtol: float | None = None,
@@ -114,7 +114,7 @@ def log_likelihood(
             ``2 n_probes`` forward passes per evaluation (counted in ``nfe``), no backward pass and no graph; bias
             :math:`O(\epsilon^{2/3})` relative (about 4e-11 in float64, 2e-5 in float32), not differentiable in the
             model's parameters, and ``t_min`` must have :math:`\sigma > 0`.
-        probe: Hutchinson probe distribution, ``"rademacher"`` or ``"gaussian"``; one set of probes
+        probe: Hutchinson probe distribution, ``"rademacher"`` (the default) or ``"gaussian"``; one set of probes
             is drawn per solve and held fixed through it.
         n_probes: Hutchinson probes per sample (both Hutchinson traces); with more than one, ``std_error`` is reported.
         method: a ``"likelihood"`` method (``scoreflow.list_methods("likelihood")``): torchdiffeq's adaptive
@@ -144,7 +144,7 @@ def log_likelihood(
         ValueError: for a score or noise model on a process that reaches pure noise at T (see
             :func:`scoreflow.sample_ode`), an unknown trace, probe or method (the message lists the valid ones; raised before
             any score evaluation), a malformed ``x``, ``t_min`` outside ``(0, T)``, missing/superfluous
-            ``steps``/``step_size``/``rtol``/``atol``, ``n_probes`` with the exact trace, ``chunk_size`` with a
+            ``steps``/``step_size``/``rtol``/``atol``, ``probe`` or ``n_probes`` with the exact trace, ``chunk_size`` with a
             Hutchinson trace, ``trace="hutchinson_fd"``
             with ``adjoint=True`` or an ``x`` that requires grad (outside ``torch.no_grad()``), or a
             ``prior_log_prob`` that does not return shape ``(B,)``.
@@ -157,12 +157,16 @@ def log_likelihood(
     check_sde(fn, sde)
     check_native_at_pure_noise(fn, score, sde)
     check_choice(fn, "trace", trace, TRACES)
-    check_choice(fn, "probe", probe, PROBES)
+    if probe is not None:
+        check_choice(fn, "probe", probe, PROBES)
     spec = get_method("likelihood", method, caller=fn)
     solver = spec.build(fn, options)
     check_int(fn, "n_probes", n_probes)
     if trace == "exact" and n_probes != 1:
         raise ValueError(f"{fn}: argument 'n_probes' applies to the Hutchinson traces, got n_probes={n_probes} with trace='exact'.")
+    if trace == "exact" and probe is not None:  # as n_probes: a probe asked for must not be silently dropped
+        raise ValueError(f"{fn}: argument 'probe' applies to the Hutchinson traces, got probe={probe!r} with trace='exact' "
+                         "(which takes no probes). Fix: omit probe, or trace='hutchinson'.")
     check_generator(fn, generator, x)
     check_bool(fn, "adjoint", adjoint)  # adjoint="no" would read as true
     if chunk_size is not None:
@@ -188,7 +192,7 @@ def log_likelihood(
             f"{method!r}. Fix: adjoint=False (gradients flow through its steps), or method='dopri5'."
         )
 
-    probes = None if trace == "exact" else draw_probes(x, n_probes, probe, generator)
+    probes = None if trace == "exact" else draw_probes(x, n_probes, probe or "rademacher", generator)
     counted = CountedScore(score, caller=fn, sde=sde)
     with counted.guard():
         if native:
