@@ -88,6 +88,9 @@ def test_bits_errors_name_the_argument_and_the_fix():
         sf.dequantize(torch.tensor([[0.3]]), 256)
     with pytest.raises(ValueError, match="not on the grid"):
         sf.dequantize(torch.tensor([[300]]), 256)
+    # a NaN made the message's range read [nan, nan] whatever the other values were
+    with pytest.raises(ValueError, match=r"not on the grid of 256 levels .* \(got NaN or infinite values\)"):
+        sf.dequantize(torch.tensor([[0.0, float("nan"), 1.0]]), 256)
     with pytest.raises(ValueError, match=r"argument 'data_range' expected a pair \(lo, hi\) of finite numbers with lo < hi"):
         sf.dequantize(torch.tensor([[1]]), 256, data_range=(1.0, 0.0))
     with pytest.raises(ValueError, match="argument 'n_bins' expected an int >= 2"):
@@ -103,3 +106,14 @@ def test_bits_errors_name_the_argument_and_the_fix():
         sf.bits_per_dim(torch.zeros(1), (2,), n_bins=None, data_range=(-1.0, 1.0))
     lp = torch.tensor([-3.0, -10.0], dtype=torch.float64)
     torch.testing.assert_close(sf.bits_per_dim(lp, (2,), n_bins=None, data_range=(0, 1)), -lp / (2 * math.log(2)))
+
+
+def test_bits_per_dim_takes_numpy_integers_as_the_shape():
+    # np.prod(x.shape[1:]) is an np.int64: refused as "not an int" before, though prior_sample takes NumPy's ints
+    np = pytest.importorskip("numpy")
+    lp = torch.tensor([-30.0, -12.0], dtype=torch.float64)
+    expected = -lp / (48 * math.log(2)) + 8
+    torch.testing.assert_close(sf.bits_per_dim(lp, np.prod((3, 4, 4))), expected)
+    torch.testing.assert_close(sf.bits_per_dim(lp, (np.int64(3), 4, np.int32(4))), expected)
+    with pytest.raises(ValueError, match="argument 'x_shape' expected the shape of one data point"):
+        sf.bits_per_dim(lp, (True, 48))  # a bool is not a size

@@ -162,6 +162,9 @@ def test_log_likelihood_validates_its_inputs():
         sf.log_likelihood(score, sde, x, method="rk45")
     with pytest.raises(ValueError, match="argument 'n_probes' applies to the Hutchinson traces"):
         sf.log_likelihood(score, sde, x, n_probes=4)
+    for probe in ("gaussian", "rademacher"):  # was silently dropped: an exact trace returned for a Gaussian probe asked for
+        with pytest.raises(ValueError, match=f"argument 'probe' applies to the Hutchinson traces, got probe='{probe}' with trace='exact'"):
+            sf.log_likelihood(score, sde, x, probe=probe)
     for trace in ("hutchinson", "hutchinson_fd"):  # nothing to chunk there: refused rather than ignored
         with pytest.raises(ValueError, match=f"argument 'chunk_size' applies to the exact trace, got chunk_size=2 with trace='{trace}'"):
             sf.log_likelihood(score, sde, x, trace=trace, chunk_size=2)
@@ -208,3 +211,20 @@ def test_a_non_finite_score_stops_the_solve_naming_the_time():
     with pytest.raises(sf.NonFiniteError, match=r"score became non-finite .* at t=0\.[5-9]"):
         with torch.no_grad():
             sf.log_likelihood(score, problem.sde, _data(problem, 2))
+
+
+def test_a_non_finite_prior_is_blamed_on_the_prior_or_the_end_state_not_on_the_model():
+    # the message advised to check the score model or raise t_min, which cannot help when the model was finite
+    problem = make_problem("ring2d", "vp")
+    x, sde = _data(problem, 3), problem.sde
+    nan_at_second = lambda z: sde.prior_log_prob(z).index_fill(0, torch.tensor([1]), float("nan"))  # noqa: E731
+    with pytest.raises(sf.NonFiniteError, match=r"prior_log_prob became non-finite \(NaN or inf\) at t=T=1 \(sample 1 "
+                                                r"of 3\) at a finite end state x_T.*check the prior_log_prob passed") as err:
+        sf.log_likelihood(problem.score, sde, x, method="euler", steps=2, prior_log_prob=nan_at_second)
+    assert "score model" not in str(err.value) and err.value.t == sde.T
+    # a model whose outputs are finite but large enough to carry the float32 state past its range
+    huge = lambda y, t: torch.full_like(y, 3e38)  # noqa: E731
+    with pytest.raises(sf.NonFiniteError, match=r"the end state x_T became non-finite \(NaN or inf\) at t=T=1 \(sample 0 "
+                                                r"of 3\), though the model's outputs were finite") as err:
+        sf.log_likelihood(huge, sde, x.float(), method="euler", steps=4)
+    assert "score model" not in str(err.value)

@@ -54,18 +54,19 @@ def bits_per_dim(
     fn = "bits_per_dim"
     if not torch.is_tensor(log_prob):
         raise TypeError(f"{fn}: argument 'log_prob' expected a tensor of log-densities, got {type(log_prob).__name__}.")
-    if not isinstance(x_shape, (int, tuple, list, torch.Size)):
+    single = _is_int(x_shape)  # ints, NumPy's included (np.prod(x.shape[1:]) is an np.int64)
+    if not single and not isinstance(x_shape, (tuple, list, torch.Size)):
         raise TypeError(
             f"{fn}: argument 'x_shape' expected the shape of one data point (an int or a tuple of ints, e.g. "
             f"x.shape[1:]), got {type(x_shape).__name__} {x_shape!r}."
         )
-    dims = (x_shape,) if isinstance(x_shape, int) else tuple(x_shape)
-    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+    dims = (x_shape,) if single else tuple(x_shape)
+    if not dims or not all(_is_int(d) and d >= 1 for d in dims):
         raise ValueError(
             f"{fn}: argument 'x_shape' expected the shape of one data point (positive ints, e.g. x.shape[1:]), "
             f"got {x_shape!r}."
         )
-    d = math.prod(dims)
+    d = math.prod(int(d) for d in dims)
     bpd = -log_prob / (d * math.log(2))
     lo, hi = check_data_range(fn, data_range)
     if n_bins is None:
@@ -78,6 +79,11 @@ def bits_per_dim(
         return bpd
     check_int(fn, "n_bins", n_bins, minimum=2)
     return bpd + math.log2(n_bins) - math.log2(hi - lo)
+
+
+def _is_int(value: object) -> bool:
+    """An integer (Python's or NumPy's, anything with ``__index__``) that is not a bool."""
+    return hasattr(value, "__index__") and not isinstance(value, bool) and not torch.is_tensor(value)
 
 
 def dequantize(
@@ -131,10 +137,11 @@ def dequantize(
         level = x.double()
     k = level.round()
     if not bool(((level - k).abs() <= tol).all() & (k >= 0).all() & (k <= n_bins - 1).all()):
+        finite = bool(torch.isfinite(level).all())  # a NaN made the range read [nan, nan], whatever the other values
+        got = f"values in [{float(x.min()):g}, {float(x.max()):g}]" if finite else "NaN or infinite values"
         raise ValueError(
             f"{fn}: argument 'x' is not on the grid of {n_bins} levels spanning data_range=({lo:g}, {hi:g}) "
-            f"(got values in [{float(x.min()):g}, {float(x.max()):g}]). Fix: pass the n_bins and data_range the "
-            "data was quantized with, or integer levels."
+            f"(got {got}). Fix: pass the n_bins and data_range the data was quantized with, or integer levels."
         )
     u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
     return (lo + (hi - lo) * (k + u) / n_bins).to(dtype)

@@ -28,6 +28,7 @@ from .bits import bits_per_dim
 from .dynamics.augmented import AugmentedProbabilityFlowODE, DifferenceSteps
 from .dynamics.counting import CountedScore, ScoreFn
 from .dynamics.divergence import PROBES, draw_probes
+from .errors import NonFiniteError
 from .methods import get_method, resolve_stepping
 from .parameterizations import check_native_at_pure_noise
 from .sde import ForwardSDE, check_sde
@@ -80,7 +81,7 @@ def log_likelihood(
     x: torch.Tensor,
     *,
     trace: str = "exact",
-    probe: str = "rademacher",
+    probe: str | None = None,
     n_probes: int = 1,
     method: str = "dopri5",
     rtol: float | None = None,
@@ -114,7 +115,7 @@ def log_likelihood(
             ``2 n_probes`` forward passes per evaluation (counted in ``nfe``), no backward pass and no graph; bias
             :math:`O(\epsilon^{2/3})` relative (about 4e-11 in float64, 2e-5 in float32), not differentiable in the
             model's parameters, and ``t_min`` must have :math:`\sigma > 0`.
-        probe: Hutchinson probe distribution, ``"rademacher"`` or ``"gaussian"``; one set of probes
+        probe: Hutchinson probe distribution, ``"rademacher"`` (the default) or ``"gaussian"``; one set of probes
             is drawn per solve and held fixed through it.
         n_probes: Hutchinson probes per sample (both Hutchinson traces); with more than one, ``std_error`` is reported.
         method: a ``"likelihood"`` method (``scoreflow.list_methods("likelihood")``): torchdiffeq's adaptive
@@ -144,25 +145,30 @@ def log_likelihood(
         ValueError: for a score or noise model on a process that reaches pure noise at T (see
             :func:`scoreflow.sample_ode`), an unknown trace, probe or method (the message lists the valid ones; raised before
             any score evaluation), a malformed ``x``, ``t_min`` outside ``(0, T)``, missing/superfluous
-            ``steps``/``step_size``/``rtol``/``atol``, ``n_probes`` with the exact trace, ``chunk_size`` with a
+            ``steps``/``step_size``/``rtol``/``atol``, ``probe`` or ``n_probes`` with the exact trace, ``chunk_size`` with a
             Hutchinson trace, ``trace="hutchinson_fd"``
             with ``adjoint=True`` or an ``x`` that requires grad (outside ``torch.no_grad()``), or a
             ``prior_log_prob`` that does not return shape ``(B,)``.
         TypeError: if the score returns the wrong dtype, or an argument has the wrong type.
         NonFiniteError: if the score or the divergence becomes NaN/inf in the solve; the message names the time
-            (found when the solve ends; an adjoint's backward pass is not watched).
+            (found when the solve ends; an adjoint's backward pass is not watched); or if the prior's log-density at
+            the end state is (named so, at T, with the prior or the end state to blame).
         RuntimeError: if an adaptive method exceeds its ``max_num_steps``.
     """
     fn = "log_likelihood"
     check_sde(fn, sde)
     check_native_at_pure_noise(fn, score, sde)
     check_choice(fn, "trace", trace, TRACES)
-    check_choice(fn, "probe", probe, PROBES)
+    if probe is not None:
+        check_choice(fn, "probe", probe, PROBES)
     spec = get_method("likelihood", method, caller=fn)
     solver = spec.build(fn, options)
     check_int(fn, "n_probes", n_probes)
     if trace == "exact" and n_probes != 1:
         raise ValueError(f"{fn}: argument 'n_probes' applies to the Hutchinson traces, got n_probes={n_probes} with trace='exact'.")
+    if trace == "exact" and probe is not None:  # as n_probes: a probe asked for must not be silently dropped
+        raise ValueError(f"{fn}: argument 'probe' applies to the Hutchinson traces, got probe={probe!r} with trace='exact' "
+                         "(which takes no probes). Fix: omit probe, or trace='hutchinson'.")
     check_generator(fn, generator, x)
     check_bool(fn, "adjoint", adjoint)  # adjoint="no" would read as true
     if chunk_size is not None:
@@ -188,7 +194,7 @@ def log_likelihood(
             f"{method!r}. Fix: adjoint=False (gradients flow through its steps), or method='dopri5'."
         )
 
-    probes = None if trace == "exact" else draw_probes(x, n_probes, probe, generator)
+    probes = None if trace == "exact" else draw_probes(x, n_probes, probe or "rademacher", generator)
     counted = CountedScore(score, caller=fn, sde=sde)
     with counted.guard():
         if native:
@@ -199,10 +205,9 @@ def log_likelihood(
             delta0 = x.new_zeros(1 if probes is None else n_probes, x.shape[0])
             xs, deltas = solver.integrate(func, (x, delta0), stepping.times, stepping, adjoint=adjoint)
             latent, delta, nfe_vjp = xs[-1], deltas[-1], func.nfe_vjp
-        prior = (sde.prior_log_prob if prior_log_prob is None else prior_log_prob)(latent)
-        check_per_sample(fn, "prior_log_prob", prior, x)
-        # read with the solve's own records: a NaN prior would otherwise make every log-likelihood NaN
-        counted.finite.record("prior_log_prob", prior, sde.T)
+    prior = (sde.prior_log_prob if prior_log_prob is None else prior_log_prob)(latent)
+    check_per_sample(fn, "prior_log_prob", prior, x)
+    _check_prior_finite(fn, sde, prior, latent, given=prior_log_prob is not None)
     std_error = delta.std(dim=0) / n_probes**0.5 if n_probes > 1 else None
     delta_mean = delta.mean(dim=0)
     return LikelihoodResult(
@@ -214,6 +219,23 @@ def log_likelihood(
         std_error=std_error,
         latent=latent,
     )
+
+
+def _check_prior_finite(fn: str, sde: ForwardSDE, prior: torch.Tensor, latent: torch.Tensor, *, given: bool) -> None:
+    """After a solve whose model outputs were all finite, a non-finite prior (which would make every log-likelihood
+    NaN) is the prior's fault or the end state's: named as such, at t = T (one host read)."""
+    if bool(torch.isfinite(prior).all()):
+        return
+    bad = int((~torch.isfinite(prior)).nonzero()[0, 0])
+    where = f"at t=T={sde.T:g} (sample {bad} of {prior.shape[0]})"
+    if not bool(torch.isfinite(latent[bad]).all()):
+        raise NonFiniteError(
+            f"{fn}: the end state x_T became non-finite (NaN or inf) {where}, though the model's outputs were finite; "
+            "the flow overflowed: check the model's scale at large noise, or use float64.", t=sde.T)
+    whose = "the prior_log_prob passed" if given else f"{type(sde).__name__}.prior_log_prob"
+    raise NonFiniteError(
+        f"{fn}: prior_log_prob became non-finite (NaN or inf) {where} at a finite end state x_T; the solve itself was "
+        f"finite. Fix: check {whose} (it must be finite wherever the flow ends).", t=sde.T)
 
 
 def _check_native_start(method: str, sde: ForwardSDE, t_min: float) -> None:

@@ -20,7 +20,9 @@ vector-Jacobian products of the trace) per step, and the divergence quadrature c
 evaluations the state needs.  Where the data is sharp (:math:`\lambda > 0`) the step is taken in
 :math:`\bar\sigma` with the noise prediction, smooth there (:math:`\hat\varepsilon \to 0` linearly in
 :math:`\bar\sigma` at the data); towards noise (:math:`\lambda \le 0`) in r with the data prediction, smooth
-down to pure noise (:math:`r = 0`, where :math:`\hat x_0` is the data mean), which a flow path reaches at T.
+down to pure noise (:math:`r = 0`, where :math:`\hat x_0` is the data mean), which a flow path reaches at T, for an
+exact model: a score model's error e in :math:`\hat\varepsilon` is :math:`e/r` in :math:`\hat x_0`, and the fixed grid's
+order falls to about 2 (docs/likelihood.md, "A model that is not an exact score").
 Polynomials in :math:`\lambda` itself (DPM-Solver++'s weights) fit neither end: in the likelihood direction their
 weights grow like :math:`e^{|h|}` and, measured on the 16-D mixture, they needed about 20 % more evaluations.
 
