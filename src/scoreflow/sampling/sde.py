@@ -90,6 +90,9 @@ def sample_sde(
             ``t_min`` outside ``(0, T)``, a malformed ``x_T``, both ``bm`` and ``generator``, or a
             ``bm`` of the wrong size or span, or without the Lévy area the method needs, or ``save_at`` without
             ``adaptive=True``, outside ``[t_min, T]`` or together with ``return_trajectory``.
+        ValueError: for ``t_min=0`` (a flow path) with a native multistep method (``dpmpp_*m_sde*``, ``er_sde``,
+            ``sa_solver``), whose polynomial in log-SNR cannot reach log-SNR +inf; ``ddim``, ``dpmpp_sde``,
+            ``edm_stochastic`` and torchsde's methods can (with a ``schedule`` finite at t = 0, e.g. ``"t"``).
         TypeError: for an argument of the wrong type, a score returning the wrong dtype, or a callback returning
             something other than ``None`` or a state.
         ImportError: for ``progress=True`` without tqdm.
