@@ -238,6 +238,10 @@ class TorchsdeSolver:
         # short of the end by an ulp and it takes one more, vanishing step (one more NFE); float64 lands on it.
         # (The solver times themselves stay those of the state's dtype, which the Brownian path covers.)
         solver_ts = (sde.T - ts).to(torch.float64)
+        # A path made for [0, T - t_min] (as documented) ends a hair before the float32 grid's last solver time
+        # (T minus t_min rounded to float32; BrownianPath.check allows 1e-6 of the span): end the solve on the path's
+        # end, where torchsde would clip its queries anyway, with a UserWarning at every solve.
+        solver_ts[-1] = min(float(solver_ts[-1]), bm.duration)
         adaptive = isinstance(stepping, Tolerances)
         reverse = ReverseSDE(score, sde, tuple(x_T.shape[1:]), sde_type=self.sde_type)
         y = x_T.reshape(x_T.shape[0], -1)
