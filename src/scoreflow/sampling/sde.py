@@ -126,7 +126,7 @@ def sample_sde(
             f"{fn}: argument 'bm' expected a scoreflow BrownianPath (see scoreflow.brownian_motion), got {type(bm).__name__}."
         )
     else:
-        bm.check(fn, x_T, duration, levy_area=spec.levy_area)
+        bm.check(fn, x_T, duration, levy_area=spec.levy_area, method=method)
     return sample_with(
         fn, score, sde, x_T, stepping, lambda counted, monitor: solver.sample(counted, sde, x_T, stepping, bm, monitor=monitor),
         t_min=t_min, save_at=save_at, return_trajectory=return_trajectory, denoise_final=denoise_final,
