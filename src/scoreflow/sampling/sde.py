@@ -86,10 +86,9 @@ def sample_sde(
         ValueError: for a process that reaches pure noise at T (a flow path such as ``RectifiedFlow()``, whose
             reverse SDE has infinite diffusion there; truncate it, ``RectifiedFlow(T=0.999)``).
         ValueError: for an unknown method (listing the valid ones), a missing ``steps``/``step_size``, a malformed
-            ``schedule``,
-            ``t_min`` outside ``(0, T)``, a malformed ``x_T``, both ``bm`` and ``generator``, or a
-            ``bm`` of the wrong size or span, or without the Lévy area the method needs, or ``save_at`` without
-            ``adaptive=True``, outside ``[t_min, T]`` or together with ``return_trajectory``.
+            ``schedule``, ``t_min`` outside ``(0, T)`` (``[0, T)`` on a flow path), a malformed ``x_T``, both ``bm``
+            and ``generator``, or a ``bm`` of the wrong size or span, or without the Lévy area the method needs, or
+            ``save_at`` without ``adaptive=True``, outside ``[t_min, T]`` or together with ``return_trajectory``.
         ValueError: for ``t_min=0`` (a flow path) with a native multistep method (``dpmpp_*m_sde*``, ``er_sde``,
             ``sa_solver``), whose polynomial in log-SNR cannot reach log-SNR +inf; ``ddim``, ``dpmpp_sde``,
             ``edm_stochastic`` and torchsde's methods can (with a ``schedule`` finite at t = 0, e.g. ``"t"``).
