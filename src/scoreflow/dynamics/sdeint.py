@@ -78,7 +78,7 @@ class BrownianPath(torchsde.BaseBrownian):
         return self.intervals[0].levy_area_approximation
 
     def check(self, fn: str, x_T: torch.Tensor, duration: float, *, levy_area: bool, method: str = "") -> BrownianPath:
-        """Check that this path drives a solve of ``x_T`` over ``[0, duration]`` (with Lévy area if ``method`` needs it).
+        """Check that this path drives a solve of ``x_T`` over ``[0, duration]`` (with Lévy area if needed).
 
         Raises:
             ValueError: for another shape, dtype or device than the flattened ``x_T``, a shorter span, or no Lévy area
