@@ -116,5 +116,6 @@ def test_sample_sde_argument_checks(problem, x_T):
         sf.sample_sde(problem.score, problem.sde, x_T, steps=5, generator=0)
     with pytest.raises(ValueError, match=r"sample_sde: argument 'bm' expected shape \(4, 2\)"):
         sf.sample_sde(problem.score, problem.sde, x_T, steps=5, bm=sf.brownian_motion(x_T[:2], 0.999))
-    with pytest.raises(ValueError, match="sample_sde: the method needs a path with Levy area"):
+    levy = r"argument 'bm' expected a path with Levy area \(method 'srk' needs it\), got one without\. Fix: make it with "
+    with pytest.raises(ValueError, match="sample_sde: " + levy + r"brownian_motion\(\.\.\., levy_area=True\)"):
         sf.sample_sde(problem.score, problem.sde, x_T, steps=5, method="srk", bm=sf.brownian_motion(x_T, 0.999))

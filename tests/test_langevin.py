@@ -193,3 +193,25 @@ def test_non_finite_score_names_the_time():
     bad_at_small_sigma = lambda x, s: torch.where(s[:, None] < 0.5, torch.nan, -x)  # noqa: E731
     with pytest.raises(sf.NonFiniteError, match=r"at t=0.3"):
         sf.annealed_langevin(bad_at_small_sigma, x0, [1.0, 0.3], steps=2, step_size=1e-2)
+
+
+def test_mala_counts_the_evaluations_a_returned_state_costs():
+    # A callback that returns a state makes MALA evaluate the score and log-density there (its next proposal starts
+    # from it): nfe and n_log_prob count those calls as they happen, against counters wrapped around the target.
+    law = make_law("gaussian2d")
+    calls = {"score": 0, "log_prob": 0}
+
+    def counting(name, fn):
+        def wrapped(x):
+            calls[name] += 1
+            return fn(x)
+        return wrapped
+
+    def every_third_step_returns_a_copy(info):
+        return info["x"].clone() if info["i"] % 3 == 0 else None
+
+    res = sf.langevin(counting("score", law.grad_log_prob), law.sample(50, generator=torch.Generator().manual_seed(0)),
+                      step_size=0.1, steps=10, generator=torch.Generator().manual_seed(1),
+                      log_prob=counting("log_prob", law.log_prob), callback=every_third_step_returns_a_copy)
+    assert calls["score"] == calls["log_prob"] == 10 + 1 + 4  # steps, the start, steps 0, 3, 6 and 9
+    assert res.nfe == calls["score"] and res.stats["n_log_prob"] == calls["log_prob"]

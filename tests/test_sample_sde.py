@@ -1,5 +1,7 @@
 """sample_sde against the exact perturbed law, and its strong order on a shared Brownian path (via scoreflow.testing)."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -130,6 +132,30 @@ def test_float32_torchsde_solves_step_on_the_uniform_grid(sde):
         assert res.nfe == 2 * steps
         # the default grid (Karras' on EDM, run step by step) takes as many steps
         assert sf.sample_sde(score, sde, x_T, steps=steps, generator=torch.Generator().manual_seed(1)).nfe == steps
+
+
+@pytest.mark.parametrize("sde", [sf.VPSDE(), sf.EDMSDE(), sf.RectifiedFlow(T=0.999)], ids=repr)
+def test_a_float32_solve_on_a_path_made_for_t_to_t_min_stays_on_the_path(sde):
+    """A path made as documented, ``brownian_motion(x_T, sde.T - sde.t_min)``, ends a hair before the solver time of
+    a float32 grid's last time (T minus t_min rounded to float32, 0.99900001 > 0.999 under VP): torchsde clipped the
+    last query to the path's end with a UserWarning at every solve.  The solve now ends on the path's end."""
+    law = sf.analytic.Gaussian(torch.zeros(2), torch.eye(2))
+    x_T = sde.prior_sample((3, 2), generator=torch.Generator().manual_seed(0))
+    assert float(sde.T - torch.tensor(sde.t_min, dtype=torch.float32)) > sde.T - sde.t_min  # the case at hand
+    bm = sf.brownian_motion(x_T, sde.T - sde.t_min, generator=torch.Generator().manual_seed(1))
+    runs = {
+        "uniform t, one sdeint call": dict(steps=7, schedule="t"),
+        "default grid": dict(steps=7),
+        "step_size": dict(step_size=sde.T / 7.5),
+        "with a callback": dict(steps=7, schedule="t", callback=lambda info: None),
+        "adaptive": dict(steps=7, adaptive=True, rtol=1e-2, atol=1e-2),
+    }
+    for name, kwargs in runs.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = sf.sample_sde(law.score(sde), sde, x_T, bm=bm, **kwargs)
+        assert not caught, f"{name}: {caught[0].message}"
+        assert torch.isfinite(res.samples).all()
 
 
 def test_a_query_independent_path_resolves_the_short_steps_of_a_log_snr_grid():

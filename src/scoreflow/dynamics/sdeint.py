@@ -77,11 +77,12 @@ class BrownianPath(torchsde.BaseBrownian):
     def levy_area_approximation(self) -> str:
         return self.intervals[0].levy_area_approximation
 
-    def check(self, fn: str, x_T: torch.Tensor, duration: float, *, levy_area: bool) -> BrownianPath:
+    def check(self, fn: str, x_T: torch.Tensor, duration: float, *, levy_area: bool, method: str = "") -> BrownianPath:
         """Check that this path drives a solve of ``x_T`` over ``[0, duration]`` (with Lévy area if needed).
 
         Raises:
-            ValueError: for another shape, dtype or device than the flattened ``x_T``, a shorter span, or no Lévy area.
+            ValueError: for another shape, dtype or device than the flattened ``x_T``, a shorter span, or no Lévy area
+                where ``method`` (its name, for the message) needs it.
         """
         size = (x_T.shape[0], x_T[0].numel())
         # torchsde keeps the device as given: "cuda" (no index) is the current device
@@ -96,7 +97,11 @@ class BrownianPath(torchsde.BaseBrownian):
                 f"{fn}: argument 'bm' must cover solver times [0, T - t_min] = [0, {duration:g}], got [0, {self.duration:g}]."
             )
         if levy_area and not self.levy_area:
-            raise ValueError(f"{fn}: the method needs a path with Levy area: brownian_motion(..., levy_area=True).")
+            who = f"method {method!r}" if method else "the method"
+            raise ValueError(
+                f"{fn}: argument 'bm' expected a path with Levy area ({who} needs it), got one without. "
+                "Fix: make it with brownian_motion(..., levy_area=True)."
+            )
         return self
 
 
@@ -238,6 +243,10 @@ class TorchsdeSolver:
         # short of the end by an ulp and it takes one more, vanishing step (one more NFE); float64 lands on it.
         # (The solver times themselves stay those of the state's dtype, which the Brownian path covers.)
         solver_ts = (sde.T - ts).to(torch.float64)
+        # A path made for [0, T - t_min] (as documented) ends a hair before the float32 grid's last solver time
+        # (T minus t_min rounded to float32; BrownianPath.check allows 1e-6 of the span): end the solve on the path's
+        # end, where torchsde would clip its queries anyway, with a UserWarning at every solve.
+        solver_ts[-1] = min(float(solver_ts[-1]), bm.duration)
         adaptive = isinstance(stepping, Tolerances)
         reverse = ReverseSDE(score, sde, tuple(x_T.shape[1:]), sde_type=self.sde_type)
         y = x_T.reshape(x_T.shape[0], -1)

@@ -92,8 +92,9 @@ def langevin(
 
     Returns:
         A :class:`SampleResult`; ``nfe`` counts score calls (``steps`` for ULA, ``steps + 1``
-        for MALA).  For MALA ``stats`` holds ``acceptance_rate`` (over all chains and steps),
-        ``chain_acceptance_rate`` (per chain, shape ``(B,)``) and ``n_log_prob``.
+        for MALA, plus one for each state a callback returns to MALA).  For MALA ``stats`` holds
+        ``acceptance_rate`` (over all chains and steps), ``chain_acceptance_rate`` (per chain, shape ``(B,)``)
+        and ``n_log_prob``, the ``log_prob`` calls (as many as score calls).
 
     Raises:
         ValueError: for a non-positive ``step_size``, ``steps < 1``, a malformed ``x0`` or a
@@ -126,6 +127,7 @@ def langevin(
             return SampleResult(samples=x, nfe=counted.nfe, stats={"step_size": eps, "steps": steps})
 
         s = counted(x, times[0])
+        n_log_prob = steps + 1  # the check's call at x0, one per proposal, and one per state a callback returns
         accepted = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         for k in range(steps):
             z = standard_normal(x, generator)
@@ -143,13 +145,14 @@ def langevin(
             reported = monitor.step(k, times[k + 1], x)
             if reported is not x:  # the next proposal starts from the returned state: its score and log-density
                 x, s, lp = reported, counted(reported, times[k + 1]), log_prob(reported)
+                n_log_prob += 1
     rate = accepted.to(torch.float64) / steps
     stats = {
         "step_size": eps,
         "steps": steps,
         "acceptance_rate": float(rate.mean()),
         "chain_acceptance_rate": rate,
-        "n_log_prob": steps + 1,
+        "n_log_prob": n_log_prob,
     }
     return SampleResult(samples=x, nfe=counted.nfe, stats=stats)
 

@@ -86,10 +86,12 @@ def sample_sde(
         ValueError: for a process that reaches pure noise at T (a flow path such as ``RectifiedFlow()``, whose
             reverse SDE has infinite diffusion there; truncate it, ``RectifiedFlow(T=0.999)``).
         ValueError: for an unknown method (listing the valid ones), a missing ``steps``/``step_size``, a malformed
-            ``schedule``,
-            ``t_min`` outside ``(0, T)``, a malformed ``x_T``, both ``bm`` and ``generator``, or a
-            ``bm`` of the wrong size or span, or without the Lévy area the method needs, or ``save_at`` without
-            ``adaptive=True``, outside ``[t_min, T]`` or together with ``return_trajectory``.
+            ``schedule``, ``t_min`` outside ``(0, T)`` (``[0, T)`` on a flow path), a malformed ``x_T``, both ``bm``
+            and ``generator``, or a ``bm`` of the wrong size or span, or without the Lévy area the method needs, or
+            ``save_at`` without ``adaptive=True``, outside ``[t_min, T]`` or together with ``return_trajectory``.
+        ValueError: for ``t_min=0`` (a flow path) with a native multistep method (``dpmpp_*m_sde*``, ``er_sde``,
+            ``sa_solver``), whose polynomial in log-SNR cannot reach log-SNR +inf; ``ddim``, ``dpmpp_sde``,
+            ``edm_stochastic`` and torchsde's methods can (with a ``schedule`` finite at t = 0, e.g. ``"t"``).
         TypeError: for an argument of the wrong type, a score returning the wrong dtype, or a callback returning
             something other than ``None`` or a state.
         ImportError: for ``progress=True`` without tqdm.
@@ -123,7 +125,7 @@ def sample_sde(
             f"{fn}: argument 'bm' expected a scoreflow BrownianPath (see scoreflow.brownian_motion), got {type(bm).__name__}."
         )
     else:
-        bm.check(fn, x_T, duration, levy_area=spec.levy_area)
+        bm.check(fn, x_T, duration, levy_area=spec.levy_area, method=method)
     return sample_with(
         fn, score, sde, x_T, stepping, lambda counted, monitor: solver.sample(counted, sde, x_T, stepping, bm, monitor=monitor),
         t_min=t_min, save_at=save_at, return_trajectory=return_trajectory, denoise_final=denoise_final,

@@ -57,6 +57,7 @@ class AncestralDDIM(StochasticSolver):
     """
 
     options = {"eta": DDIM_ETA}
+    to_data = True  # at t = 0 (h = inf): c_x = 0, c_m = alpha_t, c_z = 0, the data prediction
 
     def __init__(self, *, eta: float = 1.0) -> None:
         self.eta = eta
@@ -89,6 +90,7 @@ class DPMSolverPPSDE(StochasticSolver):
     drift_order = 2.0
     options = {"eta": DDIM_ETA}
     structure = ("mid",)
+    to_data = True  # both stages are ancestral steps (the midpoint of an infinite last step is at t = 0 too)
 
     def __init__(self, *, eta: float = 1.0) -> None:
         self.eta = eta

@@ -44,6 +44,7 @@ class EDMStochastic(StochasticSolver):
     default_schedule = "karras"
     uses = "eps"
     structure = ("at", "churn")
+    to_data = True  # Heun in sigma/alpha, which is 0 (finite) at t = 0
     options = {
         "s_churn": interval_option(40.0, "total churn S_churn; each step raises sigma/alpha by a factor 1 + min(S_churn/N, sqrt(2) - 1)"),
         "s_tmin": interval_option(0.0, "churn only where sigma/alpha >= s_tmin"),

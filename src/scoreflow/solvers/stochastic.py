@@ -35,7 +35,7 @@ import torch
 
 from ..dynamics.counting import CountedScore
 from ..dynamics.sdeint import BrownianPath
-from ..methods import Method, Option, Solution, StepMonitor, Stepping, interval_option, register
+from ..methods import Method, Option, Solution, StepMonitor, Stepping, interval_option, list_methods, register
 from ..sde import ForwardSDE
 from .base import Nodes, ScorePredictions, lagrange_weights, on_device
 
@@ -116,6 +116,10 @@ class StochasticSolver(ABC):
         uses: the prediction its loop takes, ``"x0"`` or ``"eps"`` (see :class:`~scoreflow.solvers.base.ScorePredictions`).
         structure: plan entries that describe the loop's structure (Python values, e.g. node indices) rather than
             coefficients.
+        to_data: whether it can end at t = 0 on a flow path (log-SNR +inf there, the last step infinitely long in
+            it): a one-point step then returns the data prediction; a multistep polynomial cannot be extrapolated to
+            an infinite log-SNR.
+        name: the method's registered name (set by :func:`register_stochastic`), for messages.
     """
 
     strong_order: ClassVar[float | None] = 1.0
@@ -126,14 +130,27 @@ class StochasticSolver(ABC):
     options: ClassVar[Mapping[str, Option]] = {}
     uses: ClassVar[str] = "x0"
     structure: ClassVar[tuple[str, ...]] = ()
+    to_data: ClassVar[bool] = False
+    name: ClassVar[str] = ""
 
     def sample(
         self, score: CountedScore, sde: ForwardSDE, x_T: torch.Tensor, stepping: Stepping, bm: BrownianPath,
         *, monitor: StepMonitor,
     ) -> Solution:
-        """Integrate the reverse SDE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t) on the path ``bm``."""
+        """Integrate the reverse SDE from ``x_T`` through the grid ``stepping.times`` (decreasing, in t) on the path ``bm``.
+
+        Raises:
+            ValueError: for a grid that ends at t = 0 (a flow path's ``t_min=0``) unless ``to_data``; the message
+                names ``score.caller`` and the methods that reach t = 0.
+        """
         grid = stepping.times
         nodes = Nodes(sde, grid, score.prediction)
+        if nodes.t[len(grid) - 1] == 0.0 and not self.to_data:
+            raise ValueError(
+                f"{score.caller}: method '{self.name}' extrapolates its data predictions in log-SNR, which is +inf at "
+                f"t_min=0. Fix: t_min > 0 (default {sde.t_min:g}), or a method that reaches t = 0 ("
+                + ", ".join(_reaching_data()) + ", or torchsde's)."
+            )
         plan = self.plan(nodes, len(grid) - 1)
         columns = {name: value if name in self.structure else on_device(value, x_T) for name, value in plan.items()}
         model = ScorePredictions(score, nodes, x_T, grid, uses=self.uses)
@@ -151,8 +168,14 @@ class StochasticSolver(ABC):
         """Step from ``x`` at node 0 through the grid nodes with the planned coefficients; return the last state."""
 
 
+def _reaching_data() -> list[str]:
+    """The registered native reverse-SDE methods that can end at t = 0."""
+    return [m.name for m in list_methods("sde") if m.backend == "native" and m.solver.to_data]
+
+
 def register_stochastic(name: str, solver: type[StochasticSolver], summary: str) -> Method:
     """Register a native reverse-SDE solver under ``name``, its capabilities read off the class."""
+    solver.name = name
     return register(
         Method(
             name=name,
