@@ -1,5 +1,6 @@
 """Langevin samplers: ULA's known stationary law, MALA's exactness, annealing's mode weights, errors."""
 
+import importlib
 import math
 
 import pytest
@@ -215,3 +216,30 @@ def test_mala_counts_the_evaluations_a_returned_state_costs():
                       log_prob=counting("log_prob", law.log_prob), callback=every_third_step_returns_a_copy)
     assert calls["score"] == calls["log_prob"] == 10 + 1 + 4  # steps, the start, steps 0, 3, 6 and 9
     assert res.nfe == calls["score"] and res.stats["n_log_prob"] == calls["log_prob"]
+
+
+def test_a_chain_longer_than_the_clocks_chunk_is_the_same_chain(monkeypatch):
+    # the Langevin times are made a chunk at a time (a chain of millions of steps held them all): a small chunk gives
+    # the bit-identical chain, MALA included, and a non-finite score past the first chunks is named at its time
+    module = importlib.import_module("scoreflow.sampling.langevin")
+    x0 = torch.zeros(4, 2, dtype=F64)
+    seen = []
+
+    def run(**kw):  # a standard normal target
+        seen.clear()
+        watch = lambda info: seen.append(float(info["t"]))  # noqa: E731
+        return sf.langevin(lambda x: -x, x0, step_size=0.1, steps=23, generator=torch.Generator().manual_seed(0),
+                           callback=watch, **kw).samples, list(seen)
+
+    for kw in ({}, {"log_prob": lambda x: -0.5 * (x**2).sum(1)}):
+        reference = run(**kw)
+        monkeypatch.setattr(module._LangevinClock, "CHUNK", 4)
+        chunked = run(**kw)
+        monkeypatch.undo()
+        assert torch.equal(chunked[0], reference[0]) and chunked[1] == reference[1]
+        assert chunked[1] == [0.1 * k for k in range(1, 24)]
+    monkeypatch.setattr(module._LangevinClock, "CHUNK", 4)
+    calls = iter(range(100))
+    nan_at_11 = lambda x: torch.full_like(x, torch.nan) if next(calls) == 11 else -x  # noqa: E731
+    with pytest.raises(sf.NonFiniteError, match=r"at t=1\.1 "):
+        sf.langevin(nan_at_11, x0, step_size=0.1, steps=23)

@@ -230,3 +230,23 @@ def test_a_paused_finite_watch_records_nothing_and_resumes():
     watch.record("score", torch.tensor([1.0, float("inf")]), 0.5)
     with pytest.raises(sf.NonFiniteError, match=r"score became non-finite .* at t=0\.5 "):
         watch.check()
+
+
+def test_a_long_run_keeps_a_bounded_record_and_still_names_the_first_non_finite_value():
+    # A Langevin chain of millions of steps held one record per evaluation (about 2 kB a step): the records are now
+    # read every CHUNK and dropped, the first non-finite one kept, so check() names the same time as before.
+    from scoreflow.dynamics.counting import FiniteWatch
+
+    watch = FiniteWatch()
+    for k in range(3 * watch.CHUNK + 7):
+        watch.record("score", torch.ones(2), float(k))
+    assert len(watch._records) < watch.CHUNK
+    watch.check()
+    for bad in (5, watch.CHUNK - 1, watch.CHUNK, 2 * watch.CHUNK + 3):
+        watch = FiniteWatch()
+        for k in range(3 * watch.CHUNK):
+            value = torch.tensor([1.0, float("nan") if k in (bad, bad + 1, 3 * watch.CHUNK - 1) else 2.0])
+            watch.record("score", value, float(k))
+        assert len(watch._records) < watch.CHUNK
+        with pytest.raises(sf.NonFiniteError, match=rf"score became non-finite .* at t={bad} "):
+            watch.check()

@@ -25,11 +25,17 @@ class FiniteWatch:
 
     Each :meth:`record` keeps :math:`\sum_i 0\cdot v_i`, which is 0 when every entry of ``v`` is finite and NaN
     otherwise (and, unlike :math:`\sum_i v_i`, cannot overflow), together with the time of the value.  Two kernels
-    and no host read per record; :meth:`check` stacks the records and reads them once.
+    and no host read per record; :meth:`check` stacks the records and reads them once.  A long run (a Langevin chain
+    of millions of steps) reads them every :data:`CHUNK` records instead, keeping only the first non-finite one, so
+    that the record's memory stays bounded: one host read per ``CHUNK`` evaluations.
     """
+
+    #: records kept before they are read and dropped (those of any solve of fewer evaluations are read once, at its end)
+    CHUNK = 4096
 
     def __init__(self) -> None:
         self._records: list[tuple[str, Any, torch.Tensor]] = []
+        self._failed = False  # the first non-finite record is found (and is the only one kept)
         self._zero: torch.Tensor | None = None
         self._paused = False
         #: ``singular(t)``: why the process itself has no finite flow at time t, or None (read only on failure)
@@ -47,7 +53,7 @@ class FiniteWatch:
 
     def record(self, what: str, value: torch.Tensor, t: Any, *, nan_only: bool = False) -> None:
         """Record whether ``value`` (the ``what`` at time ``t``) is finite; ``nan_only`` lets infinities pass."""
-        if self._paused:
+        if self._paused or self._failed:
             return
         if value.requires_grad:
             value = value.detach()
@@ -58,6 +64,20 @@ class FiniteWatch:
             # a 0-dim tensor, not the number 0, which torch would wrap into a new tensor at every record
             zero = self._zero = torch.zeros((), dtype=value.dtype, device=value.device)
         self._records.append((what, t, value.mul(zero).sum()))
+        if len(self._records) >= self.CHUNK:
+            self._compact()
+
+    def _first_bad(self) -> int | None:
+        """The index of the first non-finite record, or None (one host read)."""
+        bad = torch.isnan(torch.stack([flag for _, _, flag in self._records]))
+        return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+
+    def _compact(self) -> None:
+        """Read the records and drop them, keeping the first non-finite one if there is one (then nothing more is
+        recorded: it is the one :meth:`check` names)."""
+        first = self._first_bad()
+        self._records = [] if first is None else [self._records[first]]
+        self._failed = first is not None
 
     def check(self, *, cause: BaseException | None = None) -> None:
         """Raise :class:`NonFiniteError` naming the time of the first non-finite record (one host read).
@@ -67,10 +87,10 @@ class FiniteWatch:
         """
         if not self._records:
             return
-        bad = torch.isnan(torch.stack([flag for _, _, flag in self._records]))
-        if not bool(bad.any()):
+        first = self._first_bad()
+        if first is None:
             return
-        what, t, _ = self._records[int(bad.nonzero()[0, 0])]
+        what, t, _ = self._records[first]
         t = float(t.reshape(-1)[0]) if torch.is_tensor(t) else float(t)
         why = self.singular(t) if self.singular is not None else None
         advice = (

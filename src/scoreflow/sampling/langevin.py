@@ -113,8 +113,7 @@ def langevin(
     counted = CountedScore(_TimeFree(check_callable(fn, "score", score, "score(x)"), fn), caller=fn)
     lp = None if log_prob is None else check_log_prob_output(fn, log_prob, x0)
     noise_scale = math.sqrt(2 * eps)
-    # The Langevin times k * eps, made once: the loop hands the score tensors and reads nothing.
-    times = (torch.arange(steps + 1, dtype=torch.float64) * eps).to(dtype=x0.dtype, device=x0.device).unbind()
+    times = _LangevinClock(eps, steps, x0)
     monitor = step_monitor(fn, counted, None, callback=callback, progress=progress, return_trajectory=False,
                            denoise=lambda x, t: x)
     x = x0
@@ -155,6 +154,26 @@ def langevin(
         "n_log_prob": n_log_prob,
     }
     return SampleResult(samples=x, nfe=counted.nfe, stats=stats)
+
+
+class _LangevinClock:
+    """The Langevin times :math:`k\epsilon`, ``k = 0 .. steps``, as 0-dim tensors in ``like``'s dtype and device, made
+    :data:`CHUNK` at a time (one transfer each): the loop hands the score tensors and reads nothing, and a chain of
+    millions of steps does not hold millions of them."""
+
+    CHUNK = 4096
+
+    def __init__(self, eps: float, steps: int, like: torch.Tensor) -> None:
+        self.eps, self.steps, self.like = eps, steps, like
+        self._start, self._chunk = 0, ()
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        k = self.steps + 1 + k if k < 0 else k
+        if not self._start <= k < self._start + len(self._chunk):
+            self._start = k - k % self.CHUNK
+            ks = torch.arange(self._start, min(self._start + self.CHUNK, self.steps + 1), dtype=torch.float64)
+            self._chunk = (ks * self.eps).to(dtype=self.like.dtype, device=self.like.device).unbind()
+        return self._chunk[k - self._start]
 
 
 def geometric_sigmas(
