@@ -190,6 +190,30 @@ def test_log_likelihood_validates_its_inputs():
         sf.log_likelihood(score, sde, x, adjoint="no")  # a string reads as true: it would have run the adjoint
 
 
+def test_the_adjoint_refuses_a_score_whose_gradients_it_would_silently_miss():
+    # odeint_adjoint differentiates a Module's parameters: a plain function's captured tensor got no gradient at all
+    # (A.grad stayed None while x.grad was set), where backpropagation through the solver gives it
+    sde, x = sf.VPSDE(), torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    a = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(TypeError, match=r"log_likelihood: adjoint=True needs the score as a torch.nn.Module, got function"):
+        sf.log_likelihood(lambda x, t: -a * x, sde, x, adjoint=True, method="rk4", steps=4)
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+        def forward(self, x, t):
+            return -self.a * x
+
+    grads = []
+    for adjoint in (False, True):
+        model = Scaled()
+        sf.log_likelihood(model, sde, x, adjoint=adjoint, method="rk4", steps=16).log_prob.sum().backward()
+        grads.append(model.a.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=0)
+
+
 def test_a_bad_likelihood_grid_is_described_in_the_likelihood_direction():
     # the grid runs from t_min up to T; the messages and their fix must say so (they described it flipped)
     problem = make_problem("ring2d", "vp")

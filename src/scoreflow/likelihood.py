@@ -133,7 +133,8 @@ def log_likelihood(
         prior_log_prob: ``x_T -> (B,)`` log-density at T; default ``sde.prior_log_prob``.  Pass the
             exact :math:`\log p_T` of an analytic law to separate solver error from prior mismatch.
         generator: seeds the Hutchinson probes.
-        adjoint: use ``torchdiffeq.odeint_adjoint`` (memory constant in the number of steps).
+        adjoint: use ``torchdiffeq.odeint_adjoint`` (memory constant in the number of steps); the score must be an
+            ``nn.Module``.
         chunk_size: basis vectors per vmapped VJP of the exact trace (default bounds memory; see
             :func:`scoreflow.exact_divergence`).
         options: the method's own options (e.g. ``{"max_num_steps": 10_000}`` for torchdiffeq's adaptive methods).
@@ -149,7 +150,8 @@ def log_likelihood(
             Hutchinson trace, ``trace="hutchinson_fd"``
             with ``adjoint=True`` or an ``x`` that requires grad (outside ``torch.no_grad()``), or a
             ``prior_log_prob`` that does not return shape ``(B,)``.
-        TypeError: if the score returns the wrong dtype, or an argument has the wrong type.
+        TypeError: ``adjoint=True`` with a score that is not an ``nn.Module``; if the score returns the wrong dtype,
+            or an argument has the wrong type.
         NonFiniteError: if the score or the divergence becomes NaN/inf in the solve; the message names the time
             (found when the solve ends; an adjoint's backward pass is not watched); or if the prior's log-density at
             the end state is (named so, at T, with the prior or the end state to blame).
@@ -171,6 +173,12 @@ def log_likelihood(
                          "(which takes no probes). Fix: omit probe, or trace='hutchinson'.")
     check_generator(fn, generator, x)
     check_bool(fn, "adjoint", adjoint)  # adjoint="no" would read as true
+    if adjoint and not isinstance(score, torch.nn.Module):  # its gradients would be silently missing
+        raise TypeError(
+            f"{fn}: adjoint=True needs the score as a torch.nn.Module, got {type(score).__name__}: the adjoint "
+            "differentiates the Module's parameters, and tensors a plain function uses get no gradient. Fix: make the "
+            "score an nn.Module holding its parameters, or adjoint=False (backpropagation through the solver)."
+        )
     if chunk_size is not None:
         check_int(fn, "chunk_size", chunk_size)
         if trace != "exact":  # the Hutchinson traces take one VJP or one difference per probe: nothing to chunk
