@@ -24,7 +24,7 @@ def x_T(problem):
 
 @pytest.mark.parametrize("name", FRONT_ENDS)
 def test_score_with_wrong_shape(name, problem, x_T):
-    with pytest.raises(ValueError, match=rf"{name}: the score expected shape \(4, 2\) \(the shape of x\), got shape \(4, 1\)"):
+    with pytest.raises(ValueError, match=rf"{name}: the score expected shape \(4, 2\) \(the shape of the x it was called with\), got shape \(4, 1\)"):
         FRONT_ENDS[name](lambda x, t: x[:, :1], problem.sde, x_T)
 
 

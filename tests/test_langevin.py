@@ -166,7 +166,7 @@ def test_errors():
         sf.langevin(law.grad_log_prob, x0, step_size=0.1, steps=5, generator=0)
     with pytest.raises(ValueError, match=r"langevin: log_prob returned .* expected a tensor of shape \(4,\)"):
         sf.langevin(law.grad_log_prob, x0, step_size=0.1, steps=5, log_prob=lambda x: x)
-    with pytest.raises(ValueError, match=r"langevin: the score expected shape \(4, 1\) \(the shape of x\), got shape \(4, 2\)"):
+    with pytest.raises(ValueError, match=r"langevin: the score expected shape \(4, 1\) \(the shape of the x it was called with\), got shape \(4, 2\)"):
         sf.langevin(lambda x: torch.cat([x, x], 1), x0, step_size=0.1, steps=5)
     with pytest.raises(ValueError, match=r"annealed_langevin: argument 'sigmas' expected strictly decreasing .* got \[0.1, 1.0\]"):
         sf.annealed_langevin(score, x0, [0.1, 1.0], steps=2, step_size=1e-3)

@@ -176,7 +176,7 @@ def test_log_likelihood_validates_its_inputs():
         sf.log_likelihood(score, sde, x[0])
     with pytest.raises(ValueError, match=r"argument 't_min' expected a time in \(0, T=1\)"):
         sf.log_likelihood(score, sde, x, t_min=0.0)
-    with pytest.raises(ValueError, match=r"log_likelihood: the score expected shape \(2, 2\) \(the shape of x\), got shape \(2, 1\)"):
+    with pytest.raises(ValueError, match=r"log_likelihood: the score expected shape \(2, 2\) \(the shape of the x it was called with\), got shape \(2, 1\)"):
         sf.log_likelihood(lambda y, t: y[:, :1], sde, x)
     with pytest.raises(TypeError, match=r"log_likelihood: the score expected dtype torch.float64 \(the dtype of x\), got torch.float32"):
         sf.log_likelihood(lambda y, t: y.float(), sde, x)

@@ -259,3 +259,11 @@ def test_differences_refuse_to_be_differentiated_in_x():
     with torch.no_grad():  # values only: fine
         res = sf.log_likelihood(problem.score, problem.sde, x, trace="hutchinson_fd")
     assert not res.log_prob.requires_grad
+
+
+def test_a_wrong_shape_under_differences_names_the_input_the_model_was_called_with():
+    # the two points of every sample go to the model in one call of 2B rows: the message read "expected shape (8, 3)
+    # (the shape of x)" for an x of shape (4, 3)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"log_likelihood: the score expected shape \(8, 3\) \(the shape of the x it was called with\), got shape \(4, 3\)"):
+        sf.log_likelihood(lambda x, t: x[:4], sf.VPSDE(), x, trace="hutchinson_fd", method="expint_pc", steps=4)

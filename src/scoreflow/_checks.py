@@ -363,7 +363,8 @@ def check_like(fn: str, name: str, value: Any, x: torch.Tensor, *, what: str | N
         raise TypeError(f"{fn}: {who} expected a tensor shaped like x {tuple(x.shape)}, got {_describe(value)}.")
     if value.shape != x.shape:
         raise ValueError(
-            f"{fn}: {who} expected shape {tuple(x.shape)} (the shape of x), got shape {tuple(value.shape)}. "
+            f"{fn}: {who} expected shape {tuple(x.shape)} (the shape of {'x' if what is None else 'the x it was called with'}), "
+            f"got shape {tuple(value.shape)}. "
             + ("Fix: pass a tensor shaped like x." if what is None else f"Fix: {what} must come out shaped like x, (B, *D).")
         )
     if value.dtype != x.dtype:

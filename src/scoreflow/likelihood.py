@@ -173,12 +173,6 @@ def log_likelihood(
                          "(which takes no probes). Fix: omit probe, or trace='hutchinson'.")
     check_generator(fn, generator, x)
     check_bool(fn, "adjoint", adjoint)  # adjoint="no" would read as true
-    if adjoint and not isinstance(score, torch.nn.Module):  # its gradients would be silently missing
-        raise TypeError(
-            f"{fn}: adjoint=True needs the score as a torch.nn.Module, got {type(score).__name__}: the adjoint "
-            "differentiates the Module's parameters, and tensors a plain function uses get no gradient. Fix: make the "
-            "score an nn.Module holding its parameters, or adjoint=False (backpropagation through the solver)."
-        )
     if chunk_size is not None:
         check_int(fn, "chunk_size", chunk_size)
         if trace != "exact":  # the Hutchinson traces take one VJP or one difference per probe: nothing to chunk
@@ -202,6 +196,12 @@ def log_likelihood(
             f"{method!r}. Fix: adjoint=False (gradients flow through its steps), or method='dopri5'."
         )
 
+    if adjoint and not isinstance(score, torch.nn.Module):  # its gradients would be silently missing
+        raise TypeError(
+            f"{fn}: adjoint=True needs the score as a torch.nn.Module, got {type(score).__name__}: the adjoint "
+            "differentiates the Module's parameters, and tensors a plain function uses get no gradient. Fix: make the "
+            "score an nn.Module holding its parameters, or adjoint=False (backpropagation through the solver)."
+        )
     probes = None if trace == "exact" else draw_probes(x, n_probes, probe or "rademacher", generator)
     counted = CountedScore(score, caller=fn, sde=sde)
     with counted.guard():
