@@ -111,5 +111,14 @@ def _bench(args: argparse.Namespace) -> int:
     print(
         f"\n{len(studies)} studies in {seconds:.1f} s; orders that disagree with theory: {', '.join(disagree) or 'none'}"
     )
-    print(f"report written to {files['report']} (JSON, markdown and PNG plots in {out}/)")
+    print(f"report written to {files['report']} ({_written(files)} in {out}/)")
     return 0
+
+
+def _written(files: dict) -> str:
+    """What ``write_report`` wrote, e.g. ``"markdown, 2 JSON files and 3 PNG plots"`` (no plots under --no-plots)."""
+    count = {suffix: sum(p.suffix == suffix for p in files.values()) for suffix in (".json", ".png")}
+    kinds = [f"{count['.json']} JSON file{'s' * (count['.json'] != 1)}"]
+    if count[".png"]:
+        kinds.append(f"{count['.png']} PNG plot{'s' * (count['.png'] != 1)}")
+    return "markdown, " + " and ".join(kinds)
