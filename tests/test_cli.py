@@ -66,6 +66,15 @@ def test_bench_without_plots_says_it_wrote_none(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["likelihood.json", "report.md"]
 
 
+def test_bench_overwrite_without_plots_leaves_no_plot_of_the_earlier_run(tmp_path, capsys):
+    # Before: --overwrite --no-plots kept likelihood_error.png of the earlier run beside the new report.
+    argv = ["bench", "--study", "likelihood", "--max-nfe", "8", "--num-samples", "2", "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert (tmp_path / "likelihood_error.png").exists()
+    assert main([*argv, "--no-plots", "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["likelihood.json", "report.md"]
+
+
 def test_bench_without_the_bench_extra_says_what_to_install(tmp_path, capsys, monkeypatch):
     import importlib.util
 

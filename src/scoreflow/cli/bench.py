@@ -101,6 +101,7 @@ def _bench(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     command = "scoreflow " + " ".join(shlex.quote(a) for a in args.argv)
     files = write_report(studies, out, plots=not args.no_plots, command=command)
+    _remove_stale_plots(out, args.study, files)
     for study in studies:
         print(
             f"\n{study.name.upper()} study on {study.problem} ({str(dtype).removeprefix('torch.')}): "
@@ -122,3 +123,13 @@ def _written(files: dict) -> str:
     if count[".png"]:
         kinds.append(f"{count['.png']} PNG plot{'s' * (count['.png'] != 1)}")
     return "markdown, " + " and ".join(kinds)
+
+
+def _remove_stale_plots(out, study_names: list[str], files: dict) -> None:
+    """Delete the ``<study>_*.png`` that an earlier run left in ``out`` and this run did not write (``--overwrite``
+    with ``--no-plots``, or a metric without data this time): every plot beside the report is of this run."""
+    written = set(files.values())
+    for name in study_names:
+        for png in out.glob(f"{name}_*.png"):
+            if png not in written:
+                png.unlink()
