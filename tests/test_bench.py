@@ -179,6 +179,7 @@ def test_studies_on_rectified_flow_run_from_pure_noise_and_truncate_the_sde():
         (run_ode_study, {"n": 0}, ValueError, r"argument 'n' expected an int >= 1, got 0\."),
         (run_likelihood_study, {"max_nfe": 0}, ValueError, r"argument 'max_nfe' expected an int >= 1, got 0\."),
         (run_likelihood_study, {"seed": "a"}, TypeError, r"argument 'seed' expected an int, got str 'a'\."),
+        (run_likelihood_study, {"traces": "exact"}, TypeError, r"argument 'traces' expected a list of trace names, got str 'exact'\."),
         (run_ode_study, {"dtype": torch.float16}, TypeError, r"argument 'dtype' expected torch.float32 or torch.float64, got torch.float16\."),
     ],
 )

@@ -48,6 +48,18 @@ class Study:
         raise KeyError(f"Study {self.name!r} has no order for method {method!r} and metric {metric!r}.")
 
 
+def check_names(fn: str, name: str, value: object, what: str) -> list[str]:
+    """Check that argument ``name`` is a non-empty sequence of distinct ``what`` names (not one string); return a list."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise TypeError(f"{fn}: argument '{name}' expected a list of {what} names, got {type(value).__name__} {value!r}.")
+    if not value:
+        raise ValueError(f"{fn}: argument '{name}' expected at least one {what} name, got {value!r}.")
+    repeated = sorted({m for m in value if list(value).count(m) > 1}, key=str)
+    if repeated:
+        raise ValueError(f"{fn}: argument '{name}' expected each {what} once, got {list(value)!r} ({', '.join(map(repr, repeated))} repeated).")
+    return list(value)
+
+
 def check_study_arguments(
     fn: str, problem: object, methods: object, *, n: object, max_nfe: object, min_steps: object, dtype: object,
     seed: object, progress: object, min_n: int = 1
@@ -58,13 +70,7 @@ def check_study_arguments(
     on doubled rows), ``n >= min_n``, ``max_nfe``, ``min_steps >= 1``, ``seed >= 0``, ``dtype`` float32 or float64.
     """
     check_instance(fn, "problem", problem, Problem, 'scoreflow.testing.make_problem("gaussian2d", "vp")')
-    if isinstance(methods, str) or not isinstance(methods, Sequence):
-        raise TypeError(f"{fn}: argument 'methods' expected a list of method names, got {type(methods).__name__} {methods!r}.")
-    if not methods:
-        raise ValueError(f"{fn}: argument 'methods' expected at least one method name, got {methods!r}.")
-    repeated = sorted({m for m in methods if list(methods).count(m) > 1}, key=str)
-    if repeated:
-        raise ValueError(f"{fn}: argument 'methods' expected each method once, got {list(methods)!r} ({', '.join(map(repr, repeated))} repeated).")
+    check_names(fn, "methods", methods, "method")
     check_int(fn, "n", n, minimum=min_n)
     check_int(fn, "max_nfe", max_nfe)
     check_int(fn, "min_steps", min_steps)
