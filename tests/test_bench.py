@@ -167,3 +167,29 @@ def test_studies_on_rectified_flow_run_from_pure_noise_and_truncate_the_sde():
     assert ode.order_of("rk4") == pytest.approx(4.0, abs=0.6)
     sde = run_sde_study(problem, methods=("euler",), n=16, max_nfe=16, min_steps=4, n_exact=256)
     assert sde.config["T"] == 0.95 and all(math.isfinite(r["strong_error"]) for r in sde.rows)
+
+
+@pytest.mark.parametrize(
+    ("run", "kwargs", "error", "message"),
+    [
+        (run_ode_study, {"methods": "euler"}, TypeError, r"argument 'methods' expected a list of method names, got str 'euler'\."),
+        (run_ode_study, {"methods": ["euler", "euler"]}, ValueError, r"argument 'methods' expected each method once, got \['euler', 'euler'\] \('euler' repeated\)\."),
+        (run_sde_study, {"methods": []}, ValueError, r"argument 'methods' expected at least one method name, got \[\]\."),
+        (run_sde_study, {"n": 1}, ValueError, r"argument 'n' expected an int >= 2, got 1\."),
+        (run_ode_study, {"n": 0}, ValueError, r"argument 'n' expected an int >= 1, got 0\."),
+        (run_likelihood_study, {"max_nfe": 0}, ValueError, r"argument 'max_nfe' expected an int >= 1, got 0\."),
+        (run_likelihood_study, {"seed": "a"}, TypeError, r"argument 'seed' expected an int, got str 'a'\."),
+        (run_likelihood_study, {"traces": "exact"}, TypeError, r"argument 'traces' expected a list of trace names, got str 'exact'\."),
+        (run_ode_study, {"dtype": torch.float16}, TypeError, r"argument 'dtype' expected torch.float32 or torch.float64, got torch.float16\."),
+    ],
+)
+def test_study_arguments_are_checked_naming_them(run, kwargs, error, message):
+    # Before: a string was split into letters, a repeat solved twice, n=1 a NaN covariance deep in gaussian_w2,
+    # max_nfe=0 ran anyway, seed='a' torch's "manual_seed expected a long", float16 a solver's error.
+    with pytest.raises(error, match=rf"^{run.__name__}: {message}$"):
+        run(make_problem("gaussian2d", "vp"), **kwargs)
+
+
+def test_a_study_refuses_a_problem_name_for_a_problem():
+    with pytest.raises(TypeError, match=r"run_ode_study: argument 'problem' expected a Problem \(e.g. scoreflow.testing.make_problem\(.*\), got str 'gaussian2d'\.$"):
+        run_ode_study("gaussian2d")

@@ -33,7 +33,8 @@ def test_bench_writes_the_report_and_orders_agree(tmp_path, capsys):
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"report written to {out / 'report.md'}" in printed
+    n_png = len(list(out.glob("*.png")))
+    assert f"report written to {out / 'report.md'} (markdown, 2 JSON files and {n_png} PNG plots in {out}/)" in printed
     # At 8-64 SDE steps Euler-Maruyama's weak error is still pre-asymptotic (its local slopes fall from
     # about 2 to 1): that verdict may be "no", but only with its reason; every other order agrees.
     disagree = re.search(r"orders that disagree with theory: (.*)", printed).group(1)
@@ -54,6 +55,24 @@ def test_bench_writes_the_report_and_orders_agree(tmp_path, capsys):
     strong = next(o for o in sde["orders"] if o["metric"] == "strong_error")
     assert strong["measured"] == pytest.approx(1, abs=0.3)
     assert "scoreflow bench --study ode sde" in (out / "report.md").read_text()
+
+
+def test_bench_without_plots_says_it_wrote_none(tmp_path, capsys):
+    # Before: the last line claimed "JSON, markdown and PNG plots" under --no-plots too.
+    out = tmp_path / "report"
+    argv = ["bench", "--study", "likelihood", "--max-nfe", "8", "--num-samples", "2", "--no-plots", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"(markdown, 1 JSON file in {out}/)")
+    assert sorted(p.name for p in out.iterdir()) == ["likelihood.json", "report.md"]
+
+
+def test_bench_overwrite_without_plots_leaves_no_plot_of_the_earlier_run(tmp_path, capsys):
+    # Before: --overwrite --no-plots kept likelihood_error.png of the earlier run beside the new report.
+    argv = ["bench", "--study", "likelihood", "--max-nfe", "8", "--num-samples", "2", "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert (tmp_path / "likelihood_error.png").exists()
+    assert main([*argv, "--no-plots", "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["likelihood.json", "report.md"]
 
 
 def test_bench_without_the_bench_extra_says_what_to_install(tmp_path, capsys, monkeypatch):

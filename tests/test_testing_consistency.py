@@ -148,3 +148,25 @@ def test_scoreflow_log_likelihood_passes_and_its_prior_term_alone_fails(law_name
     assert assert_log_likelihood(lambda s, e, x: solve(s, e, x).log_prob, law, sde, n=4, generator=generator) < 1e-3
     with pytest.raises(AssertionError, match=r"measured: max \|ll - target\|"):
         assert_log_likelihood(lambda s, e, x: solve(s, e, x).prior_log_prob, law, sde, n=4, generator=generator)
+
+
+@pytest.mark.parametrize("times", [[0.5, 5.0], [0.0]])
+def test_schedule_times_outside_the_process_are_refused(times):
+    # Before: t = 5 > T was checked silently (extrapolating the schedule past its end).
+    with pytest.raises(ValueError, match=r"assert_schedule_consistent: argument 'times' expected a non-empty list of times in \(0, T=1\], got \["):
+        assert_schedule_consistent(sf.VPSDE(), times=times)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("gaussian2d", "flow"), r"make_problem: argument 'sde' expected one of 'vp', 'subvp', 've', 'rf', got 'flow'\."),
+        (("moons", "vp"), r"make_problem: argument 'law' expected one of 'gaussian2d', .*, got 'moons'\."),
+    ],
+)
+def test_make_problem_names_its_own_arguments(args, message):
+    # Before: "make_sde: argument 'name' ...", a function and an argument the caller never used.
+    from scoreflow.testing import make_problem
+
+    with pytest.raises(ValueError, match=message):
+        make_problem(*args)

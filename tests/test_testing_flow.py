@@ -126,3 +126,10 @@ def test_helpers_run_in_float32(generator):
     assert_flow_map(sampler, law, sde, n=8, atol=1e-3, rtol=1e-3, generator=generator)
     fit = assert_order(heun_sampler, law, sde, 2, steps=(16, 32, 64), n=8, generator=generator)
     assert all(isinstance(e, float) for e in fit.errors)
+
+
+@pytest.mark.parametrize("steps", [16, "16,32"])
+def test_a_single_step_count_is_refused_naming_steps(steps):
+    # Before: "'int' object is not iterable" for 16; a string was read character by character.
+    with pytest.raises(TypeError, match=r"empirical_order: argument 'steps' expected a sequence of increasing step counts .*, got (int 16|str '16,32')\.$"):
+        empirical_order(euler_sampler, make_law("gaussian2d"), sf.VPSDE(), steps=steps, n=2)

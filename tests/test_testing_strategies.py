@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -74,3 +75,52 @@ def test_property_eps_round_trip_keeps_the_exact_score(sde, law):
     score = law.score(sde)
     round_trip = sf.score_from_eps(sf.eps_from_score(score, sde), sde)
     assert_score_matches(round_trip, law, sde, n=8, rtol=1e-9, generator=torch.Generator().manual_seed(0))
+
+
+@settings(max_examples=30)
+@given(sfst.gaussians(dim=(2, 8), max_condition=1e3, dtype=torch.float32))
+def test_float32_gaussians_are_valid_laws(law):
+    # Before: the rotated covariance was built in float32, not exactly symmetric, and Gaussian refused it.
+    assert law.means.dtype == torch.float32
+    assert torch.allclose(law.covariance, law.covariance.T, atol=1e-6)
+    assert bool((torch.linalg.eigvalsh(law.covariance.double()) > 0).all())
+
+
+@settings(max_examples=30)
+@given(sfst.gaussian_mixtures(dim=(2, 6), max_anisotropy=1e3, dtype=torch.float32))
+def test_float32_mixtures_are_valid_laws(law):
+    assert law.means.dtype == torch.float32 and bool(torch.isfinite(law.means).all())
+    assert bool((law.eigvals > 0).all())
+
+
+def _draw_once(strategy):
+    @settings(max_examples=1, database=None)
+    @given(strategy)
+    def draw(_):
+        pass
+
+    draw()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "name"),
+    [
+        (lambda: sfst.gaussians(scale=(2.0, 0.1)), "'scale'"),
+        (lambda: sfst.gaussians(scale=(0.0, 1.0)), "'scale'"),
+        (lambda: sfst.gaussians(max_mean=-1.0), "'max_mean'"),
+        (lambda: sfst.gaussians(max_condition=0.5), "'max_condition'"),
+        (lambda: sfst.gaussians(dim=2.5), "'dim'"),
+        (lambda: sfst.gaussian_mixtures(n_components=0), "'n_components'"),
+        (lambda: sfst.gaussian_mixtures(separation=(4.0, 0.0)), "'separation'"),
+        (lambda: sfst.gaussian_mixtures(separation=(-1.0, 1.0)), "'separation'"),
+        (lambda: sfst.gaussian_mixtures(min_weight=2.0), "'min_weight'"),
+        (lambda: sfst.gaussian_mixtures(max_anisotropy=0.5), "'max_anisotropy'"),
+        (lambda: sfst.forward_sdes(kinds=()), "'kinds'"),
+    ],
+)
+def test_bad_strategy_arguments_are_named(strategy, name):
+    # Before: hypothesis' InvalidArgument ('no floating-point values between ...'), a torch error from
+    # Gaussian, a message naming 'dim' for n_components, or a silently accepted range.
+    with pytest.raises((TypeError, ValueError), match=name) as info:
+        _draw_once(strategy())
+    assert "expected" in str(info.value) and "got" in str(info.value)

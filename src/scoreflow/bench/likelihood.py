@@ -18,7 +18,7 @@ from ..likelihood import TRACES, log_likelihood
 from ..methods import get_method
 from ..testing import Problem
 from .ode import step_grid, tolerance_grid
-from .study import Study, progress_bar
+from .study import Study, check_names, check_study_arguments, progress_bar
 from .verdict import order_record
 
 __all__ = ["run_likelihood_study", "LIKELIHOOD_METHODS"]
@@ -59,9 +59,11 @@ def run_likelihood_study(
 
     Raises:
         ValueError: for an unknown method or trace (the message lists the valid ones).
+        TypeError, ValueError: for a bad problem, methods list, n, max_nfe, min_steps, dtype or seed (:func:`.study.check_study_arguments`).
     """
+    methods = check_study_arguments("run_likelihood_study", problem, methods, n=n, max_nfe=max_nfe, min_steps=min_steps, dtype=dtype, seed=seed, progress=progress)
     specs = {m: get_method("likelihood", m, caller="run_likelihood_study", argument="methods") for m in methods}
-    for tr in traces:
+    for tr in check_names("run_likelihood_study", "traces", traces, "trace"):
         check_choice("run_likelihood_study", "traces", tr, TRACES)
     law, sde = problem.law.to(dtype), problem.sde
     x = law.marginal(sde, sde.t_min).sample(n, generator=torch.Generator().manual_seed(seed))

@@ -17,7 +17,7 @@ from .._checks import check_choice
 from ..metrics import rms_error
 from ..testing import Problem
 from .registry import DEFAULT_ODE_METHODS, ODE_METHODS, ODEMethod
-from .study import Study, progress_bar
+from .study import Study, check_study_arguments, progress_bar
 from .verdict import order_record
 
 __all__ = ["run_ode_study", "reference_flow", "step_grid", "tolerance_grid"]
@@ -72,7 +72,9 @@ def run_ode_study(
 
     Raises:
         ValueError: for a method not in the registry (the message lists them).
+        TypeError, ValueError: for a bad problem, methods list, n, max_nfe, min_steps, dtype or seed (:func:`.study.check_study_arguments`).
     """
+    methods = check_study_arguments("run_ode_study", problem, methods, n=n, max_nfe=max_nfe, min_steps=min_steps, dtype=dtype, seed=seed, progress=progress)
     specs = [_lookup(m) for m in methods]
     law = problem.law.to(dtype)
     sde = problem.sde

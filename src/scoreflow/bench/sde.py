@@ -29,7 +29,7 @@ from ..sampling import brownian_motion
 from ..testing import Problem
 from .ode import step_grid
 from .registry import DEFAULT_SDE_METHODS, SDE_METHODS, SDEMethod
-from .study import Study, progress_bar
+from .study import Study, check_study_arguments, progress_bar
 from .verdict import order_record
 
 __all__ = ["run_sde_study", "distribution_errors"]
@@ -92,7 +92,10 @@ def run_sde_study(
 
     Raises:
         ValueError: for a method not in the registry (the message lists them).
+        TypeError, ValueError: for a bad problem, methods list, n, max_nfe, min_steps, dtype or seed (:func:`.study.check_study_arguments`).
     """
+    # n >= 2: the weak error compares sample covariances
+    methods = check_study_arguments("run_sde_study", problem, methods, n=n, max_nfe=max_nfe, min_steps=min_steps, dtype=dtype, seed=seed, progress=progress, min_n=2)
     specs = [SDE_METHODS[check_choice("run_sde_study", "methods", m, SDE_METHODS)] for m in methods]
     law = problem.law.to(dtype)
     # The reverse SDE of a path that reaches pure noise has infinite drift and diffusion at T: study it truncated.

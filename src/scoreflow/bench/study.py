@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from .._checks import check_bool, check_instance, check_int
 from ..metrics import fit_order
+from ..testing import Problem
 
 __all__ = ["Study", "measured_order", "order_agrees", "slack", "progress_bar"]
 
@@ -42,6 +46,39 @@ class Study:
             if o["method"] == method and o["metric"] == metric:
                 return o["measured"]
         raise KeyError(f"Study {self.name!r} has no order for method {method!r} and metric {metric!r}.")
+
+
+def check_names(fn: str, name: str, value: object, what: str) -> list[str]:
+    """Check that argument ``name`` is a non-empty sequence of distinct ``what`` names (not one string); return a list."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise TypeError(f"{fn}: argument '{name}' expected a list of {what} names, got {type(value).__name__} {value!r}.")
+    if not value:
+        raise ValueError(f"{fn}: argument '{name}' expected at least one {what} name, got {value!r}.")
+    repeated = sorted({m for m in value if list(value).count(m) > 1}, key=str)
+    if repeated:
+        raise ValueError(f"{fn}: argument '{name}' expected each {what} once, got {list(value)!r} ({', '.join(map(repr, repeated))} repeated).")
+    return list(value)
+
+
+def check_study_arguments(
+    fn: str, problem: object, methods: object, *, n: object, max_nfe: object, min_steps: object, dtype: object,
+    seed: object, progress: object, min_n: int = 1
+) -> list[str]:
+    """Check the arguments every ``run_*_study`` takes; return ``methods`` as a list (names checked by the caller).
+
+    ``methods`` must be a non-empty sequence of distinct names (a repeated method would be solved twice and fitted
+    on doubled rows), ``n >= min_n``, ``max_nfe``, ``min_steps >= 1``, ``seed >= 0``, ``dtype`` float32 or float64.
+    """
+    check_instance(fn, "problem", problem, Problem, 'scoreflow.testing.make_problem("gaussian2d", "vp")')
+    check_names(fn, "methods", methods, "method")
+    check_int(fn, "n", n, minimum=min_n)
+    check_int(fn, "max_nfe", max_nfe)
+    check_int(fn, "min_steps", min_steps)
+    check_int(fn, "seed", seed, minimum=0)
+    check_bool(fn, "progress", progress)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{fn}: argument 'dtype' expected torch.float32 or torch.float64, got {dtype!r}.")
+    return list(methods)
 
 
 def measured_order(nfe, errors, *, floor: float = 0.0, n_points: int = 4) -> float | None:

@@ -101,6 +101,7 @@ def _bench(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     command = "scoreflow " + " ".join(shlex.quote(a) for a in args.argv)
     files = write_report(studies, out, plots=not args.no_plots, command=command)
+    _remove_stale_plots(out, args.study, files)
     for study in studies:
         print(
             f"\n{study.name.upper()} study on {study.problem} ({str(dtype).removeprefix('torch.')}): "
@@ -111,5 +112,24 @@ def _bench(args: argparse.Namespace) -> int:
     print(
         f"\n{len(studies)} studies in {seconds:.1f} s; orders that disagree with theory: {', '.join(disagree) or 'none'}"
     )
-    print(f"report written to {files['report']} (JSON, markdown and PNG plots in {out}/)")
+    print(f"report written to {files['report']} ({_written(files)} in {out}/)")
     return 0
+
+
+def _written(files: dict) -> str:
+    """What ``write_report`` wrote, e.g. ``"markdown, 2 JSON files and 3 PNG plots"`` (no plots under --no-plots)."""
+    count = {suffix: sum(p.suffix == suffix for p in files.values()) for suffix in (".json", ".png")}
+    kinds = [f"{count['.json']} JSON file{'s' * (count['.json'] != 1)}"]
+    if count[".png"]:
+        kinds.append(f"{count['.png']} PNG plot{'s' * (count['.png'] != 1)}")
+    return "markdown, " + " and ".join(kinds)
+
+
+def _remove_stale_plots(out, study_names: list[str], files: dict) -> None:
+    """Delete the ``<study>_*.png`` that an earlier run left in ``out`` and this run did not write (``--overwrite``
+    with ``--no-plots``, or a metric without data this time): every plot beside the report is of this run."""
+    written = set(files.values())
+    for name in study_names:
+        for png in out.glob(f"{name}_*.png"):
+            if png not in written:
+                png.unlink()

@@ -275,7 +275,7 @@ def assert_schedule_consistent(
     Args:
         sde: any object with ``marginal(t) -> (alpha, sigma)``, ``drift_coef(t)``, ``diffusion(t)``,
             ``T`` and ``t_min`` (a :class:`~scoreflow.ForwardSDE` or a wrapper around another library's schedule).
-        times: times to check; default 33 evenly spaced over ``[t_min, T]``.
+        times: times to check, in ``(0, T]``; default 33 evenly spaced over ``[t_min, T]``.
         rtol: relative bound on the residuals.
 
     Returns:
@@ -291,8 +291,8 @@ def assert_schedule_consistent(
     rtol = check_positive(fn, "rtol", rtol)
     T = float(sde.T)
     t = torch.linspace(float(sde.t_min), T, 33, dtype=torch.float64) if times is None else as_times(fn, times)
-    if t.numel() == 0 or bool((t <= 0).any()):
-        raise ValueError(f"{fn}: argument 'times' expected a non-empty list of times > 0, got {t.tolist()}.")
+    if t.numel() == 0 or bool(((t <= 0) | (t > T)).any()):
+        raise ValueError(f"{fn}: argument 'times' expected a non-empty list of times in (0, T={T:g}], got {t.tolist()}.")
     # Steps stay below t/4 so that t - h never crosses 0, where sigma may be undefined.
     h = torch.clamp(t / 4, max=1e-4 * T)
 

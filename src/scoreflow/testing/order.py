@@ -80,6 +80,8 @@ def empirical_order(
     fn = "empirical_order"
     check_callable(fn, "sampler", sampler, "sampler(score, sde, x_T, steps) -> x")
     law, sde = check_law_sde(fn, law, sde)
+    if not isinstance(steps, Sequence) or isinstance(steps, str):
+        raise TypeError(f"{fn}: argument 'steps' expected a sequence of increasing step counts such as (16, 32, 64), got {type(steps).__name__} {steps!r}.")
     steps = tuple(check_int(fn, "steps", k) for k in steps)
     if len(steps) < 2 or any(a >= b for a, b in zip(steps, steps[1:])):
         raise ValueError(f"{fn}: argument 'steps' expected at least 2 increasing step counts, got {list(steps)}.")

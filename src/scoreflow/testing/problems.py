@@ -87,4 +87,7 @@ def make_law(name: str, dtype: torch.dtype = torch.float64) -> GaussianMixture:
 
 def make_problem(law: str = "ring2d", sde: str = "vp", dtype: torch.dtype = torch.float64) -> Problem:
     """A reference problem, e.g. ``make_problem("ring2d", "ve")``."""
+    check_choice("make_problem", "law", law, LAWS)
+    check_choice("make_problem", "sde", sde, SDES)
+    check_float_dtype("make_problem", "dtype", dtype)
     return Problem(name=f"{law}-{sde}", law=make_law(law, dtype), sde=make_sde(sde))
