@@ -21,13 +21,16 @@ a random order), the solvers in a shuffled order; a method's overhead is the med
 solve's grid and plan for the next call with the same arguments (``scoreflow._cache``), so the plain solve measures
 the repeated call (sampling batch after batch) and *set-up from scratch* the first call of a setting.  Methods run 10 steps (NFE = 10 x the method's evaluations per step; dopri5 at rtol = atol = 1e-5).
 k-diffusion's samplers (``pip install --no-deps k-diffusion``) see the same score as a VP denoiser in their
-variables, on Karras' grid of 10 steps.
+variables, on Karras' grid of 10 steps.  ``torchdiffeq dopri5, plain loop`` is torchdiffeq's dopri5 on the
+probability-flow drift written by hand, without scoreflow: the overhead torchdiffeq's own step costs.
 
 torch.compile: the whole ``sample_ode`` call of native methods, compiled once (dynamic=False), against eager, on the
 read-free scores (scoreflow's ``mixture`` score reads the host itself, so it graph-breaks on every call).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_overhead.py                 # 3 seeds x 5 rounds
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_overhead.py --seeds 0 --rounds 2 --scores mlp   # quick
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_overhead.py --no-kdiffusion --compile-methods \
+        --methods "torchdiffeq dopri5" "torchdiffeq dopri5, plain loop"    # scoreflow's dopri5 beside torchdiffeq's own
 
 Prints markdown tables and writes ``benchmarks/results/bench_overhead.json``.
 """
@@ -107,6 +110,7 @@ def solvers(sde, x_T, kd):
             return sf.sample_ode(score, sde, x_T, method=m.name, **setting).nfe
 
         runs[f"{m.backend} {m.name}"] = run
+    runs["torchdiffeq dopri5, plain loop"] = plain_dopri5(sde, x_T)
     if kd is not None:
         alpha_T = float(sde.marginal(torch.tensor(sde.T, dtype=torch.float64))[0])
         s_min, s_max = torch.exp(-sde.log_snr(torch.tensor([sde.t_min, sde.T], dtype=torch.float64))).tolist()
@@ -120,6 +124,30 @@ def solvers(sde, x_T, kd):
 
             runs[f"k-diffusion {name}"] = run
     return runs
+
+
+def plain_dopri5(sde, x_T):
+    """torchdiffeq's dopri5 on the probability-flow drift written as a user of torchdiffeq writes it (no scoreflow in
+    the loop, same tolerances and ends as scoreflow's dopri5): the floor that torchdiffeq's own step sets."""
+    import torchdiffeq
+
+    # step_t: stop on t_min (torchdiffeq otherwise steps past it and interpolates back, and the VP score below t = 0
+    # is NaN, so its step shrinks to nothing), as scoreflow's dopri5 does
+    ends = torch.tensor([sde.T, sde.t_min], dtype=torch.float64)
+
+    def run(score, cold=False):  # (no set-up to redo)
+        calls = 0
+
+        def drift(t, x):
+            nonlocal calls
+            calls += 1
+            t = t.to(x.dtype)
+            return sde.drift_coef(t) * x - 0.5 * sde.diffusion(t) ** 2 * score(x, t.expand(x.shape[0]))
+
+        torchdiffeq.odeint(drift, x_T, ends, method="dopri5", rtol=1e-5, atol=1e-5, options={"step_t": ends[1:]})
+        return calls
+
+    return run
 
 
 class Recorded:
@@ -146,9 +174,12 @@ def replay(score, inputs):
         score(x, t)
 
 
-def overhead_rounds(score, sde, x_T, kd, rounds, seed):
-    """Per method, over shuffled rounds: solve time / replayed evaluations, and / (NFE x one call at x_T)."""
+def overhead_rounds(score, sde, x_T, kd, rounds, seed, only=None):
+    """Per method (those named in ``only``, default all), over shuffled rounds: solve time / replayed evaluations,
+    and / (NFE x one call at x_T)."""
     runs = solvers(sde, x_T, kd)
+    if only is not None:
+        runs = {name: run for name, run in runs.items() if name in only}
     inputs = {}
     for name, run in runs.items():  # warm-up, and the inputs of every evaluation
         recorded = Recorded(score)
@@ -252,22 +283,27 @@ def main() -> None:
     parser.add_argument("--scores", nargs="+", default=list(SCORES), choices=SCORES)
     parser.add_argument("--compile-methods", nargs="*", default=["ddim", "dpmpp_2m", "dpmpp_3m_pc"])
     parser.add_argument("--no-kdiffusion", action="store_true")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                        help="only these rows, named as in the table (e.g. 'torchdiffeq dopri5'); default all")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_overhead.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # the graph breaks are counted, not logged
     kd = None if args.no_kdiffusion else load_k_diffusion_sampling()
     sde = sf.VPSDE()
+    rows = solvers(sde, torch.zeros(1, 2), kd)  # (only the names)
+    if args.methods is not None and set(args.methods) - set(rows):
+        parser.error(f"--methods: {sorted(set(args.methods) - set(rows))} are not rows of this run; its rows: {', '.join(rows)}")
     results = {"config": vars(args), "batch": BATCH, "steps": STEPS, "threads": torch.get_num_threads(), "runs": []}
     with torch.no_grad():
         for seed in args.seeds:
             scores, k = make_scores(seed, args.scores, sde)
             x_T = sde.prior_sample((BATCH, 2), generator=torch.Generator().manual_seed(seed))
             for name, score in scores.items():
-                rows, bare = overhead_rounds(score, sde, x_T, kd, args.rounds, seed)
+                rows, bare = overhead_rounds(score, sde, x_T, kd, args.rounds, seed, args.methods)
                 results["runs"].append({"seed": seed, "components": k, "score": name, "bare_call_s": bare, "methods": rows})
                 print(f"seed {seed} ({k} components) {name}: one bare call {bare * 1e3:.2f} ms", flush=True)
-        for name in [s for s in args.scores if s != "mixture"]:
+        for name in [s for s in args.scores if s != "mixture" and args.compile_methods]:
             scores, _ = make_scores(args.seeds[0], [name], sde)
             x_T = sde.prior_sample((BATCH, 2), generator=torch.Generator().manual_seed(args.seeds[0]))
             results.setdefault("compile", {})[name] = compile_speedups(scores[name], sde, x_T, args.compile_methods, args.rounds)
