@@ -1,7 +1,8 @@
 """Counting score evaluations (NFE), checking the model's first output, and watching for non-finite values.
 
 Nothing here reads a tensor on the host during a solve: finiteness is recorded on the device at every
-evaluation and read once, when the solve ends (:meth:`CountedScore.guard`).
+evaluation and read once, when the solve ends (:meth:`CountedScore.guard`), or once every
+:attr:`FiniteWatch.CHUNK` evaluations in a longer run, to bound its memory.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class FiniteWatch:
     Each :meth:`record` keeps :math:`\sum_i 0\cdot v_i`, which is 0 when every entry of ``v`` is finite and NaN
     otherwise (and, unlike :math:`\sum_i v_i`, cannot overflow), together with the time of the value.  Two kernels
     and no host read per record; :meth:`check` stacks the records and reads them once.  A long run (a Langevin chain
-    of millions of steps) reads them every :data:`CHUNK` records instead, keeping only the first non-finite one, so
+    of millions of steps) reads them every :attr:`CHUNK` records instead, keeping only the first non-finite one, so
     that the record's memory stays bounded: one host read per ``CHUNK`` evaluations.
     """
 

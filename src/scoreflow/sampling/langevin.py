@@ -158,7 +158,7 @@ def langevin(
 
 class _LangevinClock:
     r"""The Langevin times :math:`k\epsilon`, ``k = 0 .. steps``, as 0-dim tensors in ``like``'s dtype and device, made
-    :data:`CHUNK` at a time (one transfer each): the loop hands the score tensors and reads nothing, and a chain of
+    :attr:`CHUNK` at a time (one transfer each): the loop hands the score tensors and reads nothing, and a chain of
     millions of steps does not hold millions of them."""
 
     CHUNK = 4096
