@@ -85,8 +85,9 @@ def test_samples_follow_rejects_bad_arguments(generator):
     x = law.sample(100, generator=generator)
     with pytest.raises(ValueError, match=r"argument 'samples' expected shape \(n, \*\(2,\)\)"):
         assert_samples_follow(x[:, :1], law)
-    with pytest.raises(ValueError, match=r"argument 'alpha' expected a probability in \(0, 1\)"):
-        assert_samples_follow(x, law, alpha=1.5)
+    for alpha in (1.5, 1.0, 0.0, -0.1, float("nan")):  # one message at either end (0 read "a finite number > 0")
+        with pytest.raises(ValueError, match=rf"argument 'alpha' expected a probability in \(0, 1\), got {alpha!r}"):
+            assert_samples_follow(x, law, alpha=alpha)
     with pytest.raises(ValueError, match=r"argument 'n_replicates' expected an int >= 3"):
         assert_samples_follow(x, law, n_replicates=2)
     with pytest.raises(TypeError, match=r"assert_samples_follow: argument 'trim' expected a real number, got str"):

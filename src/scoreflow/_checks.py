@@ -300,8 +300,8 @@ def check_instance(fn: str, name: str, value: Any, cls: type, example: str) -> A
 
 def check_probability(fn: str, name: str, value: Any) -> float:
     """Check that ``value`` is a number in the open interval (0, 1); return it as float."""
-    v = check_positive(fn, name, value)
-    if not v < 1:
+    v = _as_real(fn, name, value)
+    if not 0 < v < 1:  # (NaN fails too) one message for either end
         raise ValueError(f"{fn}: argument '{name}' expected a probability in (0, 1), got {v!r}.")
     return v
 
