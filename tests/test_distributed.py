@@ -150,6 +150,20 @@ def test_results_round_trip_through_pt_and_npz(tmp_path):
         D.load_result(tmp_path / "other.npz")
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".npz"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_load_result_names_a_damaged_file(tmp_path, suffix, damage):
+    """A shard cut short (a copy that stopped, a full disk) or overwritten is refused naming the file; before: torch's
+    and numpy's own errors without the path (RuntimeError from the zip reader, EOFError, KeyError 101, BadZipFile)."""
+    path = D.save_result(D.ShardResult(torch.arange(3), torch.randn(3, 2), 5), tmp_path / f"s.rank0-of-2{suffix}")
+    content = path.read_bytes()
+    path.write_bytes({"truncated": content[: len(content) // 2], "empty": b"", "garbage": b"hello world"}[damage])
+    with pytest.raises(ValueError, match=rf"load_result: '.*s\.rank0-of-2\{suffix}' is not a readable \{suffix} result file"):
+        D.load_result(path)
+    with pytest.raises(FileNotFoundError):
+        D.load_result(tmp_path / f"missing{suffix}")
+
+
 @pytest.mark.parametrize("value", [np.float64(0.5), Path("runs")])
 def test_save_result_refuses_meta_that_load_result_could_not_read(tmp_path, value):
     """torch.load(weights_only=True) refuses numpy scalars and paths: such a .pt file was written but unreadable."""

@@ -74,19 +74,34 @@ def _plain(value: Any) -> bool:
     return type(value) in (str, int, float, bool, type(None))
 
 
+def _read(path: Path) -> Any:
+    """The content of a result file: ``torch.load`` of a ``.pt`` file, a dict of tensors (without meta) for ``.npz``."""
+    if path.suffix == ".pt":
+        return torch.load(path, weights_only=True)
+    with np.load(path) as f:
+        return {k: torch.from_numpy(f[k]) for k in f.files if not k.startswith("meta_")}
+
+
 def load_result(path: str | os.PathLike) -> ShardResult:
     """Read a file written by :func:`save_result` (``.pt`` or ``.npz``).
 
     Raises:
-        ValueError: for another suffix, or a file that holds no ``indices``, ``values`` and ``nfe``.
+        ValueError: for another suffix, a file that cannot be read as its suffix says (truncated, corrupt, or
+            another format), or a file that holds no ``indices``, ``values`` and ``nfe``; the message names the file.
+        FileNotFoundError: for a missing file.
     """
     path = Path(path)
     check_choice("load_result", "path suffix", path.suffix, SUFFIXES)
-    if path.suffix == ".pt":
-        d = torch.load(path, weights_only=True)
-    else:
-        with np.load(path) as f:
-            d = {k: torch.from_numpy(f[k]) for k in f.files if not k.startswith("meta_")}
+    try:
+        d = _read(path)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # torch.load and np.load raise many types for a damaged file (EOFError, KeyError, BadZipFile ...)
+        what = " ".join(f"{type(e).__name__}: {e}".split())[:200].rstrip(":")
+        raise ValueError(
+            f"load_result: {str(path)!r} is not a readable {path.suffix} result file (truncated, corrupt, or not written "
+            f"by save_result): {what}. Fix: write it again (save_result, or scoreflow dist ... --overwrite)."
+        ) from e
     missing = [k for k in ("indices", "values", "nfe") if not isinstance(d, dict) or k not in d]
     if missing:
         found = f"a dict with keys {sorted(d)}" if isinstance(d, dict) else f"a {type(d).__name__}"
