@@ -382,3 +382,21 @@ def test_dist_sample_places_the_steps_by_the_schedule(tmp_path):
 
     assert torch.equal(saved, api(schedule="karras"))
     assert not torch.equal(saved, api())  # the default grid gives other samples
+
+
+@pytest.mark.parametrize("device, pattern", [
+    ("meta", r"argument --device: meta holds no data to solve on; use --device cpu, cuda or auto"),
+    pytest.param(
+        "mps", r"argument --device: mps is not available on this machine \(.*\); use --device cpu or auto",
+        marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has mps"),
+    ),
+])
+@pytest.mark.parametrize("command", ["sample", "likelihood"])
+def test_dist_refuses_a_device_it_cannot_solve_on_in_one_line(tmp_path, capsys, command, device, pattern):
+    """Before: --device meta reached the solver (RuntimeError 'Tensor.item() cannot be called on meta tensors') and
+    --device mps without MPS the first tensor moved there, each with a traceback and status 1."""
+    argv = ["dist", command, "--problem", "gaussian2d", "--device", device, "--out", str(tmp_path / "x.pt")]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and re.fullmatch(rf"scoreflow dist {command}: error: {pattern}\n", err), err
+    assert list(tmp_path.iterdir()) == []
