@@ -71,6 +71,28 @@ def test_sharded_sampling_is_independent_of_world_size_and_batch_split(monkeypat
     assert not torch.equal(D.sample_sharded(score, sde, 12, (2,), **{**kwargs, "seed": 8}).values, one.values)
 
 
+@pytest.mark.parametrize("call, error, pattern", [
+    # before: rank 3 of 2 was given batch 3 (rank 1's), rank -1 the items -2, -1 (both silently); ZeroDivision-like
+    # range() errors; SeedSequence's and torch.cat's messages without the argument
+    (lambda: D.global_batches(10, 2, 3, 2), ValueError, r"global_batches: argument 'rank' expected an int in \[0, world_size=2\), got 3"),
+    (lambda: D.global_batches(10, 2, -1, 2), ValueError, r"global_batches: argument 'rank' expected an int >= 0, got -1"),
+    (lambda: D.global_batches(10, 0, 0, 1), ValueError, r"global_batches: argument 'batch_size' expected an int >= 1, got 0"),
+    (lambda: D.global_batches(10, 2, 0, 0), ValueError, r"global_batches: argument 'world_size' expected an int >= 1, got 0"),
+    (lambda: D.shard_path("s.pt", 2, 2), ValueError, r"shard_path: argument 'rank' expected an int in \[0, world_size=2\), got 2"),
+    (lambda: D.item_seed(-1, 0, 0), ValueError, r"item_seed: argument 'seed' expected an int >= 0, got -1"),
+    (lambda: D.item_seed(1.5, 0, 0), TypeError, r"item_seed: argument 'seed' expected an int, got float 1.5"),
+    (lambda: D.prior_sample_per_item(make_problem("gaussian2d", "vp").sde, range(0), (2,), seed=0), ValueError,
+     r"prior_sample_per_item: argument 'indices' expected at least one item index, got range\(0, 0\)"),
+    (lambda: D.prior_sample_per_item(make_problem("gaussian2d", "vp").sde, range(3), 2, seed=0), ValueError,
+     r"prior_sample_per_item: argument 'data_shape' expected a non-empty tuple of ints >= 1 .* got 2"),
+    (lambda: D.brownian_per_item(range(3), 2, 1.0, seed=-2), ValueError, r"brownian_per_item: argument 'seed' expected an int >= 0, got -2"),
+    (lambda: D.brownian_per_item(range(0), 2, 1.0, seed=0), ValueError, r"brownian_per_item: argument 'indices' expected at least one"),
+])
+def test_the_building_blocks_refuse_bad_arguments_naming_them(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
 def test_item_seeds_differ_across_seeds_streams_and_items_even_for_seeds_beyond_32_bits():
     # a seed >= 2**32 fills two 32-bit words of one entropy list [seed, stream, index]: item_seed(2**32 + 5, 0, 0)
     # was item_seed(5, 0, 1), so two runs with different seeds drew the same noise for some items

@@ -12,6 +12,7 @@ import torch
 
 from .._checks import check_choice
 from .._files import atomic_write
+from .group import check_rank
 from .results import ShardResult
 
 __all__ = ["shard_path", "shard_files", "save_result", "load_result", "SUFFIXES"]
@@ -21,7 +22,12 @@ SUFFIXES = (".pt", ".npz")
 
 
 def shard_path(out: str | os.PathLike, rank: int, world_size: int) -> Path:
-    """The file of one rank's shard next to the merged file: ``samples.pt`` -> ``samples.rank0-of-2.pt``."""
+    """The file of one rank's shard next to the merged file: ``samples.pt`` -> ``samples.rank0-of-2.pt``.
+
+    Raises:
+        TypeError, ValueError: unless ``world_size`` is an int >= 1 and ``rank`` an int in ``[0, world_size)``.
+    """
+    check_rank("shard_path", rank, world_size)
     out = Path(out)
     return out.with_name(f"{out.stem}.rank{rank}-of-{world_size}{out.suffix}")
 

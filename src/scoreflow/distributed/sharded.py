@@ -17,7 +17,7 @@ from ..methods import get_method
 from ..sampling import sample_ode, sample_sde
 from ..sde import ForwardSDE, check_sde
 from . import group
-from .noise import BROWNIAN, PROBES, batch_generator, brownian_per_item, prior_sample_per_item
+from .noise import BROWNIAN, PROBES, batch_generator, brownian_per_item, check_data_shape, prior_sample_per_item
 from .results import ShardResult, concat, empty
 
 __all__ = ["PerItemScore", "sample_sharded", "log_likelihood_sharded"]
@@ -69,16 +69,6 @@ def _logged(batches: Sequence[range], desc: str) -> Iterable[range]:
     for k, items in enumerate(batches, 1):
         yield items
         print(f"{desc}: batch {k}/{len(batches)} done (items {items.start}..{items.stop - 1})", file=sys.stderr, flush=True)
-
-
-def _check_shape(fn: str, data_shape: Any) -> tuple[int, ...]:
-    shape = tuple(data_shape) if isinstance(data_shape, (tuple, list, torch.Size)) else None
-    if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
-        raise ValueError(
-            f"{fn}: argument 'data_shape' expected a non-empty tuple of ints >= 1 (the shape D of one sample, "
-            f"e.g. (3, 32, 32)), got {data_shape!r}."
-        )
-    return shape
 
 
 def _check_dtype(fn: str, dtype: Any) -> torch.dtype:
@@ -141,7 +131,7 @@ def sample_sharded(
     check_int(fn, "n", n)
     check_int(fn, "seed", seed, minimum=0)
     check_int(fn, "batch_size", batch_size)
-    data_shape = _check_shape(fn, data_shape)
+    data_shape = check_data_shape(fn, data_shape)
     _check_dtype(fn, dtype)
     check_bool(fn, "per_item_brownian", per_item_brownian)
     check_bool(fn, "progress", progress)
