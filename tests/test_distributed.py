@@ -172,6 +172,17 @@ def test_results_round_trip_through_pt_and_npz(tmp_path):
         D.load_result(tmp_path / "other.npz")
 
 
+def test_npz_meta_reads_back_without_pickle(tmp_path):
+    """None (or a list holding None) became a pickled object array, which np.load refuses without allow_pickle=True
+    ("Object arrays cannot be loaded"): the file was written but its meta unreadable safely."""
+    meta = {"t_min": None, "steps": (10, None), "seed": 3, "trace": "exact"}
+    path = D.save_result(D.ShardResult(torch.arange(2), torch.zeros(2, 2), 1), tmp_path / "m.npz", **meta)
+    with np.load(path) as f:
+        back = {k[len("meta_"):]: f[k] for k in f.files if k.startswith("meta_")}
+    assert back["seed"].item() == 3 and back["trace"].item() == "exact"
+    assert json.loads(back["t_min"].item()) is None and json.loads(back["steps"].item()) == [10, None]
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".npz"])
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
 def test_load_result_names_a_damaged_file(tmp_path, suffix, damage):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -49,7 +50,9 @@ def save_result(result: ShardResult, path: str | os.PathLike, **meta: Any) -> Pa
 
     The file is written under a temporary name and moved into place, so ``path`` is complete or absent.
     ``meta`` values are Python scalars (str, int, float, bool, None) or tuples/lists of them, which both
-    formats read back safely.
+    formats read back safely (``torch.load(weights_only=True)``, ``np.load`` without ``allow_pickle``): in
+    ``.npz`` each is an array ``meta_<key>``, and one numpy could only store as a pickled object (None, or a
+    list holding None) is stored as its JSON text, e.g. ``'null'``.
 
     Raises:
         ValueError: for any other suffix.
@@ -70,8 +73,14 @@ def save_result(result: ShardResult, path: str | os.PathLike, **meta: Any) -> Pa
         if path.suffix == ".pt":
             torch.save({**arrays, "meta": meta}, tmp)
         else:
-            np.savez(tmp, **{k: v.numpy() for k, v in arrays.items()}, **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
+            np.savez(tmp, **{k: v.numpy() for k, v in arrays.items()}, **{f"meta_{k}": _npz_meta(v) for k, v in meta.items()})
     return path
+
+
+def _npz_meta(value: Any) -> np.ndarray:
+    """``value`` as an array ``np.load`` reads without pickle: itself, or its JSON text where numpy would make an object array."""
+    array = np.asarray(value)
+    return np.asarray(json.dumps(value)) if array.dtype == object else array
 
 
 def _plain(value: Any) -> bool:
