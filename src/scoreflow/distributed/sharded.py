@@ -110,7 +110,7 @@ def sample_sharded(
         per_item_brownian: with ``sampler="sde"``, give every item its own Brownian path (results
             independent of ``batch_size``); ``False`` draws one path per global batch, seeded by its
             first item, which is still independent of the world size and much cheaper per step
-            (torchsde queries one path instead of ``batch_size``; ~0.3 ms per item and step on a CPU).
+            (torchsde queries one path instead of ``batch_size``; ~0.09 ms per item and step on one CPU thread).
         progress: show a progress bar over this rank's batches (tqdm if installed, else a line per batch).
         **solver_options: passed to the sampler (``method``, ``steps``, ``rtol``, ``t_min`` ...).
 
