@@ -433,3 +433,17 @@ def test_dist_refuses_a_device_it_cannot_solve_on_in_one_line(tmp_path, capsys, 
     out, err = capsys.readouterr()
     assert out == "" and re.fullmatch(rf"scoreflow dist {command}: error: {pattern}\n", err), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_torchrun_launch_without_a_process_group_is_refused(monkeypatch):
+    """Under torchrun (WORLD_SIZE=2) without init_distributed, world() was (0, 1) on every rank: each rank solved
+    all the items (world_size times the work) and gather returned each rank's own copy, without an error."""
+    problem = make_problem("gaussian2d", "vp")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    message = r"WORLD_SIZE=2 in the environment .* no process group is initialised.* call scoreflow.distributed.init_distributed\(\) first"
+    with pytest.raises(RuntimeError, match=message):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), method="euler", steps=2)
+    with pytest.raises(RuntimeError, match=message):
+        D.gather(results.empty((0, 2), torch.float32))
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node 1: one process, nothing to share
+    assert D.world() == (0, 1)

@@ -38,9 +38,22 @@ def init_distributed(backend: str | None = None, *, timeout_s: float = 1800.0) -
 
 
 def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the current process group, or ``(0, 1)`` without one."""
+    """``(rank, world_size)`` of the current process group, or ``(0, 1)`` without one.
+
+    Raises:
+        RuntimeError: without a process group in a launch of several processes (``WORLD_SIZE`` above 1 in the
+            environment, as ``torchrun`` sets it): every rank would take itself for the only one and solve all
+            the items, ``world_size`` times the work, and :func:`gather` would merge nothing.
+    """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
+    launched = os.environ.get("WORLD_SIZE", "1")
+    if launched.strip().isdigit() and int(launched) > 1:
+        raise RuntimeError(
+            f"scoreflow.distributed: WORLD_SIZE={launched} in the environment (a torchrun launch) but no process "
+            "group is initialised, so every rank would solve all the items. Fix: call "
+            "scoreflow.distributed.init_distributed() first."
+        )
     return 0, 1
 
 
