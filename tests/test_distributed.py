@@ -447,3 +447,13 @@ def test_a_torchrun_launch_without_a_process_group_is_refused(monkeypatch):
         D.gather(results.empty((0, 2), torch.float32))
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node 1: one process, nothing to share
     assert D.world() == (0, 1)
+
+
+@pytest.mark.parametrize("rank", [0, 3])
+def test_half_precision_data_is_refused_naming_data_on_every_rank(monkeypatch, rank):
+    """float16 data reached log_likelihood, whose message named its own argument 'x'; and a rank without items
+    (rank 3 of 4 for 3 points) accepted it, so the ranks disagreed about the same input."""
+    problem = make_problem("gaussian2d", "vp")
+    monkeypatch.setattr(group, "world", lambda: (rank, 4))
+    with pytest.raises(TypeError, match=r"log_likelihood_sharded: argument 'data' expected a float32 or float64 tensor .* got dtype torch.float16"):
+        D.log_likelihood_sharded(problem.score, problem.sde, torch.zeros(3, 2, dtype=torch.float16), batch_size=1)

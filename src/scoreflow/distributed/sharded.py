@@ -202,10 +202,11 @@ def log_likelihood_sharded(
     Raises:
         ValueError: for a malformed ``data``, a non-positive ``batch_size``, a negative ``seed`` or a
             ``generator`` option.
+        TypeError: for ``data`` that is not a float32 or float64 tensor (checked on every rank, also one without items).
     """
     fn = "log_likelihood_sharded"
     check_sde(fn, sde)
-    check_batch(fn, "data", data)
+    check_batch(fn, "data", data, state=True)
     check_int(fn, "seed", seed, minimum=0)
     check_int(fn, "batch_size", batch_size)
     check_bool(fn, "progress", progress)
