@@ -71,6 +71,28 @@ def test_sharded_sampling_is_independent_of_world_size_and_batch_split(monkeypat
     assert not torch.equal(D.sample_sharded(score, sde, 12, (2,), **{**kwargs, "seed": 8}).values, one.values)
 
 
+@pytest.mark.parametrize("call, error, pattern", [
+    # before: rank 3 of 2 was given batch 3 (rank 1's), rank -1 the items -2, -1 (both silently); ZeroDivision-like
+    # range() errors; SeedSequence's and torch.cat's messages without the argument
+    (lambda: D.global_batches(10, 2, 3, 2), ValueError, r"global_batches: argument 'rank' expected an int in \[0, world_size=2\), got 3"),
+    (lambda: D.global_batches(10, 2, -1, 2), ValueError, r"global_batches: argument 'rank' expected an int >= 0, got -1"),
+    (lambda: D.global_batches(10, 0, 0, 1), ValueError, r"global_batches: argument 'batch_size' expected an int >= 1, got 0"),
+    (lambda: D.global_batches(10, 2, 0, 0), ValueError, r"global_batches: argument 'world_size' expected an int >= 1, got 0"),
+    (lambda: D.shard_path("s.pt", 2, 2), ValueError, r"shard_path: argument 'rank' expected an int in \[0, world_size=2\), got 2"),
+    (lambda: D.item_seed(-1, 0, 0), ValueError, r"item_seed: argument 'seed' expected an int >= 0, got -1"),
+    (lambda: D.item_seed(1.5, 0, 0), TypeError, r"item_seed: argument 'seed' expected an int, got float 1.5"),
+    (lambda: D.prior_sample_per_item(make_problem("gaussian2d", "vp").sde, range(0), (2,), seed=0), ValueError,
+     r"prior_sample_per_item: argument 'indices' expected at least one item index, got range\(0, 0\)"),
+    (lambda: D.prior_sample_per_item(make_problem("gaussian2d", "vp").sde, range(3), 2, seed=0), ValueError,
+     r"prior_sample_per_item: argument 'data_shape' expected a non-empty tuple of ints >= 1 .* got 2"),
+    (lambda: D.brownian_per_item(range(3), 2, 1.0, seed=-2), ValueError, r"brownian_per_item: argument 'seed' expected an int >= 0, got -2"),
+    (lambda: D.brownian_per_item(range(0), 2, 1.0, seed=0), ValueError, r"brownian_per_item: argument 'indices' expected at least one"),
+])
+def test_the_building_blocks_refuse_bad_arguments_naming_them(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
 def test_item_seeds_differ_across_seeds_streams_and_items_even_for_seeds_beyond_32_bits():
     # a seed >= 2**32 fills two 32-bit words of one entropy list [seed, stream, index]: item_seed(2**32 + 5, 0, 0)
     # was item_seed(5, 0, 1), so two runs with different seeds drew the same noise for some items
@@ -148,6 +170,31 @@ def test_results_round_trip_through_pt_and_npz(tmp_path):
         D.load_result(tmp_path / "tensor.pt")
     with pytest.raises(ValueError, match=r"load_result: '.*other.npz' is not a result .* holds a dict with keys \['a'\]"):
         D.load_result(tmp_path / "other.npz")
+
+
+def test_npz_meta_reads_back_without_pickle(tmp_path):
+    """None (or a list holding None) became a pickled object array, which np.load refuses without allow_pickle=True
+    ("Object arrays cannot be loaded"): the file was written but its meta unreadable safely."""
+    meta = {"t_min": None, "steps": (10, None), "seed": 3, "trace": "exact"}
+    path = D.save_result(D.ShardResult(torch.arange(2), torch.zeros(2, 2), 1), tmp_path / "m.npz", **meta)
+    with np.load(path) as f:
+        back = {k[len("meta_"):]: f[k] for k in f.files if k.startswith("meta_")}
+    assert back["seed"].item() == 3 and back["trace"].item() == "exact"
+    assert json.loads(back["t_min"].item()) is None and json.loads(back["steps"].item()) == [10, None]
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npz"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_load_result_names_a_damaged_file(tmp_path, suffix, damage):
+    """A shard cut short (a copy that stopped, a full disk) or overwritten is refused naming the file; before: torch's
+    and numpy's own errors without the path (RuntimeError from the zip reader, EOFError, KeyError 101, BadZipFile)."""
+    path = D.save_result(D.ShardResult(torch.arange(3), torch.randn(3, 2), 5), tmp_path / f"s.rank0-of-2{suffix}")
+    content = path.read_bytes()
+    path.write_bytes({"truncated": content[: len(content) // 2], "empty": b"", "garbage": b"hello world"}[damage])
+    with pytest.raises(ValueError, match=rf"load_result: '.*s\.rank0-of-2\{suffix}' is not a readable \{suffix} result file"):
+        D.load_result(path)
+    with pytest.raises(FileNotFoundError):
+        D.load_result(tmp_path / f"missing{suffix}")
 
 
 @pytest.mark.parametrize("value", [np.float64(0.5), Path("runs")])
@@ -368,3 +415,45 @@ def test_dist_sample_places_the_steps_by_the_schedule(tmp_path):
 
     assert torch.equal(saved, api(schedule="karras"))
     assert not torch.equal(saved, api())  # the default grid gives other samples
+
+
+@pytest.mark.parametrize("device, pattern", [
+    ("meta", r"argument --device: meta holds no data to solve on; use --device cpu, cuda or auto"),
+    pytest.param(
+        "mps", r"argument --device: mps is not available on this machine \(.*\); use --device cpu or auto",
+        marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has mps"),
+    ),
+])
+@pytest.mark.parametrize("command", ["sample", "likelihood"])
+def test_dist_refuses_a_device_it_cannot_solve_on_in_one_line(tmp_path, capsys, command, device, pattern):
+    """Before: --device meta reached the solver (RuntimeError 'Tensor.item() cannot be called on meta tensors') and
+    --device mps without MPS the first tensor moved there, each with a traceback and status 1."""
+    argv = ["dist", command, "--problem", "gaussian2d", "--device", device, "--out", str(tmp_path / "x.pt")]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and re.fullmatch(rf"scoreflow dist {command}: error: {pattern}\n", err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_torchrun_launch_without_a_process_group_is_refused(monkeypatch):
+    """Under torchrun (WORLD_SIZE=2) without init_distributed, world() was (0, 1) on every rank: each rank solved
+    all the items (world_size times the work) and gather returned each rank's own copy, without an error."""
+    problem = make_problem("gaussian2d", "vp")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    message = r"WORLD_SIZE=2 in the environment .* no process group is initialised.* call scoreflow.distributed.init_distributed\(\) first"
+    with pytest.raises(RuntimeError, match=message):
+        D.sample_sharded(problem.score, problem.sde, 4, (2,), method="euler", steps=2)
+    with pytest.raises(RuntimeError, match=message):
+        D.gather(results.empty((0, 2), torch.float32))
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node 1: one process, nothing to share
+    assert D.world() == (0, 1)
+
+
+@pytest.mark.parametrize("rank", [0, 3])
+def test_half_precision_data_is_refused_naming_data_on_every_rank(monkeypatch, rank):
+    """float16 data reached log_likelihood, whose message named its own argument 'x'; and a rank without items
+    (rank 3 of 4 for 3 points) accepted it, so the ranks disagreed about the same input."""
+    problem = make_problem("gaussian2d", "vp")
+    monkeypatch.setattr(group, "world", lambda: (rank, 4))
+    with pytest.raises(TypeError, match=r"log_likelihood_sharded: argument 'data' expected a float32 or float64 tensor .* got dtype torch.float16"):
+        D.log_likelihood_sharded(problem.score, problem.sde, torch.zeros(3, 2, dtype=torch.float16), batch_size=1)

@@ -168,12 +168,25 @@ def _check_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
             raise CLIError(
                 f"argument --device: {args.device} is not available ({found} on this machine); use --device cpu or auto"
             )
+        if device.type == "meta":
+            raise CLIError("argument --device: meta holds no data to solve on; use --device cpu, cuda or auto")
+        if device.type not in ("cpu", "cuda"):
+            _check_available(device)
         if args.backend == "nccl" and device.type != "cuda":
             raise CLIError(
                 f"argument --device: --backend nccl needs a CUDA device, got {args.device}; "
                 "use --device auto or --backend gloo"
             )
     return solver_options(args, kind)
+
+
+def _check_available(device: torch.device) -> None:
+    """Refuse a device of another type (mps, xpu ...) that this machine's torch cannot allocate on."""
+    try:
+        torch.zeros(1, device=device)
+    except Exception as e:  # torch raises RuntimeError, NotImplementedError, AssertionError ... by device type
+        why = " ".join(f"{type(e).__name__}: {e}".split()).split(". ")[0][:160]  # the first sentence
+        raise CLIError(f"argument --device: {device} is not available on this machine ({why}); use --device cpu or auto") from None
 
 
 def _prepare(args: argparse.Namespace) -> _Job:

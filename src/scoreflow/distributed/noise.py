@@ -6,8 +6,11 @@ noise whatever batch or rank solves it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from .._checks import check_int
 from ..dynamics.sdeint import BrownianPath, brownian_rows
 from ..sde import ForwardSDE
 from .group import item_seed
@@ -30,7 +33,12 @@ def prior_sample_per_item(
     r""":math:`x_T` for the given items, row ``i`` drawn from a CPU generator seeded by ``(seed, i)``.
 
     Drawing on the CPU and moving the result makes it independent of the device as well.
+
+    Raises:
+        ValueError: for no ``indices``, a negative ``seed`` or a malformed ``data_shape``.
     """
+    _check_items("prior_sample_per_item", indices, seed)
+    data_shape = check_data_shape("prior_sample_per_item", data_shape)
     rows = [
         sde.prior_sample((1, *data_shape), generator=torch.Generator().manual_seed(item_seed(seed, i, PRIOR)), dtype=dtype)
         for i in indices
@@ -51,9 +59,31 @@ def brownian_per_item(
     """A Brownian path on ``[0, duration]`` of shape ``(len(indices), dim)`` whose row ``i`` is seeded by ``(seed, i)``.
 
     Pass it to :func:`scoreflow.sample_sde` as ``bm`` (``duration = T - t_min``).
+
+    Raises:
+        ValueError: for no ``indices`` or a negative ``seed``.
     """
+    _check_items("brownian_per_item", indices, seed)
     entropies = [item_seed(seed, i, BROWNIAN) % 2**62 for i in indices]
     return brownian_rows(entropies, dim, duration, dtype=dtype, device=device, levy_area=levy_area)
+
+
+def check_data_shape(fn: str, data_shape: Any) -> tuple[int, ...]:
+    """Check that ``data_shape`` is a non-empty tuple (or list, ``torch.Size``) of ints >= 1; return it as a tuple."""
+    shape = tuple(data_shape) if isinstance(data_shape, (tuple, list, torch.Size)) else None
+    if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+        raise ValueError(
+            f"{fn}: argument 'data_shape' expected a non-empty tuple of ints >= 1 (the shape D of one sample, "
+            f"e.g. (3, 32, 32)), got {data_shape!r}."
+        )
+    return shape
+
+
+def _check_items(fn: str, indices: range, seed: int) -> None:
+    """Check that ``indices`` holds at least one item and ``seed`` is an int >= 0."""
+    check_int(fn, "seed", seed, minimum=0)
+    if len(indices) == 0:
+        raise ValueError(f"{fn}: argument 'indices' expected at least one item index, got {indices!r}.")
 
 
 def batch_generator(seed: int, items: range, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
