@@ -118,6 +118,9 @@ def test_bad_arguments():
         sf.fit_schedule(problem.score, problem.sde, x, 5, family="karras")
     with pytest.raises(ValueError, match=r"fit_schedule: argument 'method' expected a method name or a non-empty sequence"):
         sf.fit_schedule(problem.score, problem.sde, x, 5, method=[])
+    # a repeated method was fitted twice over (twice the candidate solves, the same fit)
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 'method' expected each method once, got \['rk4', 'heun', 'rk4'\] \('rk4' repeated\)"):
+        sf.fit_schedule(problem.score, problem.sde, x, 5, method=["rk4", "heun", "rk4"])
     with pytest.raises(ValueError, match=r"fit_schedule: argument 'steps' expected an int >= 1, got 0"):
         sf.fit_schedule(problem.score, problem.sde, x, 0)
     with pytest.raises(TypeError, match=r"fit_schedule: argument 'x_pilot' expected a torch.Tensor"):

@@ -138,7 +138,7 @@ def fit_schedule(
         A :class:`FittedSchedule`.
 
     Raises:
-        ValueError: for an adaptive or unknown ``method``, no method, an unknown ``family``, ``steps < 1``, a
+        ValueError: for an adaptive, unknown or repeated ``method``, no method, an unknown ``family``, ``steps < 1``, a
             non-positive ``reference_tol``, a malformed ``x_pilot``, a ``reference`` not shaped like it, on another
             device or not finite, or ``t_min`` outside ``(0, T)``.
         TypeError: for arguments of the wrong type.
@@ -167,6 +167,11 @@ def fit_schedule(
         # methods' on EDM)
         in_t = spec.schedule_for(sde) == "t"
         families[name] = family if family is not None else ("shift" if in_t else "log_snr_capped")
+    repeated = sorted({name for name in methods if methods.count(name) > 1}, key=str)
+    if repeated:  # each candidate grid was solved once per repetition: the pilot's cost doubled for the same fit
+        raise ValueError(
+            f"{fn}: argument 'method' expected each method once, got {methods!r} ({', '.join(map(repr, repeated))} repeated)."
+        )
     check_int(fn, "steps", steps)
     check_batch(fn, "x_pilot", x_pilot, state=True)
     reference_tol = check_positive(fn, "reference_tol", reference_tol)
