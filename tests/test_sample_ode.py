@@ -168,3 +168,17 @@ def test_a_grid_whose_times_tie_in_the_states_dtype_is_refused_naming_the_argume
     size = (sde.T - sde.t_min) / 10 / (1 + 1e-10)
     with pytest.raises(ValueError, match=r"sample_ode: argument 'step_size' expected a grid of distinct times"):
         sf.sample_ode(problem.score, sde, x_T.to(t32), method="rk4", step_size=size)
+
+
+def test_a_likelihoods_grid_runs_upwards_and_is_checked_for_ties_that_way():
+    problem, x_T, _ = _gaussian_case("vp", n=2)
+    sde, t32 = problem.sde, torch.float32
+    # a likelihood's grid of a step size runs upwards from t_min: it is checked in that direction (and a tie in it is
+    # numbered in it); the same grid given as a schedule gives the same log-likelihoods
+    x = x_T
+    by_size = sf.log_likelihood(problem.score, sde, x, method="rk4", step_size=0.05).log_prob
+    grid = sf.schedules.step_size_grid(sde, sde.t_min, sde.T, 0.05)
+    assert torch.equal(by_size, sf.log_likelihood(problem.score, sde, x, method="rk4", schedule=grid).log_prob)
+    tie = torch.tensor([sde.t_min, 0.3, 0.5, 0.5 + 2e-8, sde.T], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"log_likelihood: argument 'schedule' .* got times 0.5 and 0.50000002 \(entries 2 and 3\)"):
+        sf.log_likelihood(problem.score, sde, x.to(t32), method="rk4", schedule=tie)

@@ -179,7 +179,8 @@ def resolve_stepping(
         )
     if step_size is not None:
         length = check_positive(fn, "step_size", step_size)
-        ts = _placed(fn, "step_size", step_size_grid(sde, start, end, length, time), like, start < end)
+        ts = step_size_grid(sde, start, end, length, time)
+        ts = _placed(fn, "step_size", ts.flip(0) if start < end else ts, like, start < end)
         grid = Grid(ts, time=time, step_size=length)
     else:
         grid = Grid(_grid(fn, method, sde, like, start, end, steps, schedule, time), time=time)
@@ -220,7 +221,8 @@ def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: f
 
 
 def _placed(fn: str, name: str, ts: torch.Tensor, like: torch.Tensor, increasing: bool) -> torch.Tensor:
-    """The decreasing float64 grid ``ts`` (on the host) in the dtype and device of ``like``, increasing if asked.
+    """The decreasing float64 grid ``ts`` (on the host) in the dtype and device of ``like``, flipped to increase if
+    ``increasing`` (a likelihood's solve from ``t_min`` to T).
 
     Raises:
         ValueError: naming the argument ``name`` the grid came from, if two of its times round to one time in
@@ -231,11 +233,15 @@ def _placed(fn: str, name: str, ts: torch.Tensor, like: torch.Tensor, increasing
     tied = torch.nonzero(cast[1:] >= cast[:-1]).flatten()
     if len(tied):
         i = int(tied[0])
-        fix = {"schedule": "merge the two times", "step_size": "a 'step_size' that divides the span or leaves a longer last step", "steps": "fewer 'steps'"}[name]
+        # the two entries and times in the order of the solve (up from t_min when increasing)
+        (a, first), (b, second) = ((i, ts[i]), (i + 1, ts[i + 1])) if not increasing else (
+            (len(ts) - 2 - i, ts[i + 1]), (len(ts) - 1 - i, ts[i]))
+        fix = {"schedule": "merge the two times", "steps": "fewer 'steps'",
+               "step_size": "a 'step_size' that divides the span or leaves a longer last step"}[name]
         raise ValueError(
             f"{fn}: argument '{name}' expected a grid of distinct times in the state's dtype {like.dtype}, got times "
-            f"{float(ts[i])!r} and {float(ts[i + 1])!r} (entries {i} and {i + 1} counted from T), which both round to "
-            f"{float(cast[i])!r}. Fix: {fix}, or a float64 state (e.g. x_T.double())."
+            f"{float(first)!r} and {float(second)!r} (entries {a} and {b}), which both round to "
+            f"{float(cast[i])!r}. Fix: {fix}, or a float64 state (.double() of the state the solve starts from)."
         )
     cast = cast.to(device=like.device)
     return cast.flip(0) if increasing else cast
