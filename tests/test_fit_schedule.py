@@ -118,6 +118,9 @@ def test_bad_arguments():
         sf.fit_schedule(problem.score, problem.sde, x, 5, family="karras")
     with pytest.raises(ValueError, match=r"fit_schedule: argument 'method' expected a method name or a non-empty sequence"):
         sf.fit_schedule(problem.score, problem.sde, x, 5, method=[])
+    # a repeated method was fitted twice over (twice the candidate solves, the same fit)
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 'method' expected each method once, got \['rk4', 'heun', 'rk4'\] \('rk4' repeated\)"):
+        sf.fit_schedule(problem.score, problem.sde, x, 5, method=["rk4", "heun", "rk4"])
     with pytest.raises(ValueError, match=r"fit_schedule: argument 'steps' expected an int >= 1, got 0"):
         sf.fit_schedule(problem.score, problem.sde, x, 0)
     with pytest.raises(TypeError, match=r"fit_schedule: argument 'x_pilot' expected a torch.Tensor"):
@@ -143,3 +146,22 @@ def test_options_are_checked_as_fit_schedules_before_any_solve():
     with pytest.raises(TypeError, match=r"fit_schedule: option 'lower_order_final' expected True or False"):
         sf.fit_schedule(score, problem.sde, x, 5, method="dpmpp_3m_pc", options={"lower_order_final": "no"})
     assert not calls
+
+
+def test_t_min_0_on_a_flow_path_is_refused_naming_t_min_unless_shift_grids_start_from_a_reference():
+    # before: t_min=0 passed fit_schedule's check and the pilot solve stopped in sample_ode, naming
+    # dpmpp_4m_pc_adaptive (a method the caller did not choose); with a capped family, in time_grid
+    rf = sf.RectifiedFlow()
+    law = make_problem("gaussian2d", "vp").law
+    score = sf.score_from_flow_velocity(law.velocity(rf).predict, rf)
+    pilot = rf.prior_sample((4, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 't_min' expected a time > 0, where the log-SNR is "
+                                         r"finite \(the accurate pilot solve .* got 0.0\. Fix: t_min > 0"):
+        sf.fit_schedule(score, rf, pilot, 3, method="rk4", t_min=0.0)
+    exact = law.flow_map(rf, pilot, rf.T, 0.0)
+    with pytest.raises(ValueError, match=r"fit_schedule: argument 't_min' .*capped log-SNR grids of 'rk4'"):
+        sf.fit_schedule(score, rf, pilot, 3, method="rk4", family="log_snr_capped", t_min=0.0, reference=exact)
+    fit = sf.fit_schedule(score, rf, pilot, 3, method="rk4", t_min=0.0, reference=exact)
+    assert fit.schedule == "shift" and fit.times[-1] == 0.0
+    again = sf.sample_ode(score, rf, pilot, method="rk4", schedule=fit.times, t_min=0.0).samples
+    assert rms_error(again, exact) == pytest.approx(fit.pilot_error, rel=1e-12)

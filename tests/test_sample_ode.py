@@ -148,3 +148,37 @@ def test_elsewhere_the_fixed_step_methods_keep_the_uniform_t_grid(sde_name):
     for method in TORCHDIFFEQ_FIXED:
         res = sf.sample_ode(problem.score, problem.sde, x_T, method=method, steps=7, return_trajectory=True)
         torch.testing.assert_close(res.times, sf.time_grid(problem.sde, 7, "t"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["rk4", "dpmpp_3m_pc", "edm_heun"])
+def test_a_grid_whose_times_tie_in_the_states_dtype_is_refused_naming_the_argument(method):
+    # 0.5 + 2e-8 and 0.5 differ in float64 but round to one float32 time: with a float32 state torchdiffeq stopped
+    # on an assertion, the multistep methods divided by zero and edm_heun took a step of length 0 silently
+    problem, x_T, _ = _gaussian_case("vp", n=4)
+    sde, t32 = problem.sde, torch.float32
+    grid = torch.tensor([sde.T, 0.5 + 2e-8, 0.5, sde.t_min], dtype=torch.float64)
+    assert grid.to(t32)[1] == grid.to(t32)[2]
+    with pytest.raises(ValueError, match=r"sample_ode: argument 'schedule' expected a grid of distinct times in the "
+                                         r"state's dtype torch.float32, got times 0.50000002 and 0.5 .*Fix"):
+        sf.sample_ode(problem.score, sde, x_T.to(t32), method=method, schedule=grid)
+    # the same grid is a grid of 3 steps in float64 (the tie is float32's), and without the tie one in float32
+    assert sf.sample_ode(problem.score, sde, x_T, method=method, schedule=grid).nfe > 0
+    assert sf.sample_ode(problem.score, sde, x_T.to(t32), method=method, schedule=grid[[0, 2, 3]]).samples.dtype == t32
+    # a step size leaving a last step of 1e-10 (in float64) ties it with t_min in float32
+    size = (sde.T - sde.t_min) / 10 / (1 + 1e-10)
+    with pytest.raises(ValueError, match=r"sample_ode: argument 'step_size' expected a grid of distinct times"):
+        sf.sample_ode(problem.score, sde, x_T.to(t32), method="rk4", step_size=size)
+
+
+def test_a_likelihoods_grid_runs_upwards_and_is_checked_for_ties_that_way():
+    problem, x_T, _ = _gaussian_case("vp", n=2)
+    sde, t32 = problem.sde, torch.float32
+    # a likelihood's grid of a step size runs upwards from t_min: it is checked in that direction (and a tie in it is
+    # numbered in it); the same grid given as a schedule gives the same log-likelihoods
+    x = x_T
+    by_size = sf.log_likelihood(problem.score, sde, x, method="rk4", step_size=0.05).log_prob
+    grid = sf.schedules.step_size_grid(sde, sde.t_min, sde.T, 0.05)
+    assert torch.equal(by_size, sf.log_likelihood(problem.score, sde, x, method="rk4", schedule=grid).log_prob)
+    tie = torch.tensor([sde.t_min, 0.3, 0.5, 0.5 + 2e-8, sde.T], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"log_likelihood: argument 'schedule' .* got times 0.5 and 0.50000002 \(entries 2 and 3\)"):
+        sf.log_likelihood(problem.score, sde, x.to(t32), method="rk4", schedule=tie)

@@ -150,6 +150,28 @@ def test_uniform_t_grid_and_custom_t_min_dtype_device():
     torch.testing.assert_close(ts, torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2]))
 
 
+def test_a_grid_whose_times_tie_in_its_dtype_or_in_float64_is_refused_naming_the_argument():
+    sde, rf = sf.VPSDE(), sf.RectifiedFlow()
+    # float32 holds every grid of 1000 steps; bfloat16 ties two times of a shift grid of 100 steps (near T, where
+    # its spacing is 1/256), float16 of 1000: the grids were returned with ties, not decreasing as documented
+    for schedule in SCHEDULES[:1] + SCHEDULES[2:]:
+        ts = time_grid(rf if schedule != "karras" else sde, 1000, schedule, dtype=torch.float32)
+        assert bool((ts.diff() < 0).all())
+    exact = time_grid(sde, 100, "shift")
+    assert not bool((exact.to(torch.bfloat16).diff() < 0).all())
+    for steps, dtype in ((100, torch.bfloat16), (1000, torch.float16)):
+        with pytest.raises(ValueError, match=rf"time_grid: argument 'dtype' expected a dtype in which the {steps + 1} "
+                                             rf"times of schedule 'shift' are distinct, got {dtype}, in which .* tie\. Fix"):
+            time_grid(sde, steps, "shift", dtype=dtype)
+    assert bool((time_grid(sde, 10, "shift", dtype=torch.bfloat16).diff() < 0).all())
+    # extreme options made the float64 grid itself flat (shift 1e16: 1 - 1e-17 is 1), infinite or NaN
+    for schedule, name, value in (("shift", "shift", 1e16), ("shift", "shift", 1e-300),
+                                  ("log_snr_capped", "sigma_cap", 1e-17), ("karras", "rho", 1e-3)):
+        with pytest.raises(ValueError, match=rf"time_grid: argument '{name}' expected a value for which the 11 times "
+                                             rf"of schedule '{schedule}' are finite and distinct in float64, got {name}="):
+            time_grid(sf.EDMSDE(), 10, schedule, **{name: value})
+
+
 @given(
     steps=st.integers(1, 60),
     schedule=st.sampled_from(SCHEDULES),

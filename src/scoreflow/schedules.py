@@ -220,7 +220,9 @@ def time_grid(
         ValueError: for an unknown schedule, an option of another schedule, ``steps < 1``, ``rho <= 0``, ``sigma_cap <= 0``, ``sigma_floor < 0`` (or, for
             ``"log_snr_capped"``, not below ``sigma_cap``),
             ``shift <= 0``, ``power <= 0``, ``t_min`` outside ``[0, T)`` (0 only for processes that allow it), or a log-SNR schedule
-            with an infinite log-SNR at an end it needs.
+            with an infinite log-SNR at an end it needs; naming ``dtype`` if two times tie in it (bfloat16 from 100
+            steps, float16 from 1000; float32 holds 100000), or the schedule's option if its extreme value makes
+            even the float64 grid degenerate (``shift=1e16``, ``rho=1e-3``).
         TypeError: if ``sde`` is not a forward process or ``dtype`` is not a floating-point dtype.
     """
     fn = "time_grid"
@@ -289,4 +291,37 @@ def time_grid(
             lam = -rho * torch.log(lo + ramp * (hi - lo))
         ts = sde.t_from_log_snr(lam)
     ts[0], ts[-1] = ends[0], ends[1]
-    return ts.to(dtype=dtype, device=device)
+    given = {"rho": rho, "sigma_cap": sigma_cap, "shift": shift, "power": power}
+    option = next(((name, v) for name, v in given.items() if _OPTION_OF[name] == schedule), ("steps", steps))
+    return _checked_distinct(fn, ts, ts.to(dtype=dtype), schedule, steps, option).to(device=device)
+
+
+def _checked_distinct(
+    fn: str, exact: torch.Tensor, cast: torch.Tensor, schedule: str, steps: int, option: tuple[str, float]
+) -> torch.Tensor:
+    """``cast``, the float64 grid ``exact`` in the asked dtype, checked finite and strictly decreasing.
+
+    Raises:
+        ValueError: naming ``dtype`` if two times round to one in it (bfloat16 ties a shift grid of 100 steps,
+            float16 one of 1000), else the schedule's ``option`` (or ``steps``) whose extreme value made even the
+            float64 grid degenerate (``shift=1e16``: 1 - 1e-16 rounds to 1; ``sigma_cap=1e-17``: NaN); ``option`` is
+            that argument's name and value.
+    """
+    for grid, dtype in ((exact, None), (cast, cast.dtype)):
+        bad = torch.nonzero(~torch.isfinite(grid[1:]) | (grid[1:] >= grid[:-1])).flatten()
+        if not len(bad):
+            continue
+        i = int(bad[0])
+        got = f"entries {i} and {i + 1} (counted from T) {float(grid[i])!r} and {float(grid[i + 1])!r}"
+        if dtype is not None:
+            raise ValueError(
+                f"{fn}: argument 'dtype' expected a dtype in which the {steps + 1} times of schedule {schedule!r} are "
+                f"distinct, got {dtype}, in which {got} (from {float(exact[i])!r} and {float(exact[i + 1])!r}) tie. "
+                f"Fix: dtype=torch.float32 or torch.float64, or fewer 'steps'."
+            )
+        name, value = option
+        raise ValueError(
+            f"{fn}: argument {name!r} expected a value for which the {steps + 1} times of schedule {schedule!r} are "
+            f"finite and distinct in float64, got {name}={value!r}, which gives {got}. Fix: a moderate {name!r}."
+        )
+    return cast

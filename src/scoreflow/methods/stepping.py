@@ -179,7 +179,9 @@ def resolve_stepping(
         )
     if step_size is not None:
         length = check_positive(fn, "step_size", step_size)
-        grid = Grid(step_size_grid(sde, start, end, length, time).to(like), time=time, step_size=length)
+        ts = step_size_grid(sde, start, end, length, time)
+        ts = _placed(fn, "step_size", ts.flip(0) if start < end else ts, like, start < end)
+        grid = Grid(ts, time=time, step_size=length)
     else:
         grid = Grid(_grid(fn, method, sde, like, start, end, steps, schedule, time), time=time)
     if not adaptive:
@@ -206,7 +208,7 @@ def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: f
         default = method.schedule_for(sde, time)
 
         def make() -> tuple[torch.Tensor, int]:
-            grid = _placed(time_grid(sde, steps, schedule or default, t_min=t_min), like, increasing)
+            grid = _placed(fn, "steps", time_grid(sde, steps, schedule or default, t_min=t_min), like, increasing)
             return grid, version(grid)
 
         # The same grid object for the same arguments (a native solver's plan is cached on it), unless modified.
@@ -215,12 +217,34 @@ def _grid(fn: str, method: Method, sde: ForwardSDE, like: torch.Tensor, start: f
             return make()[0]
         key = (process, steps, schedule, default, t_min, like.dtype, like.device, increasing)
         return _GRIDS.get(key, make, valid=lambda entry: entry[1] is not None and version(entry[0]) == entry[1])[0]
-    return _placed(ts, like, increasing)
+    return _placed(fn, "schedule", ts, like, increasing)
 
 
-def _placed(ts: torch.Tensor, like: torch.Tensor, increasing: bool) -> torch.Tensor:
-    ts = ts.to(dtype=like.dtype, device=like.device)
-    return ts.flip(0) if increasing else ts
+def _placed(fn: str, name: str, ts: torch.Tensor, like: torch.Tensor, increasing: bool) -> torch.Tensor:
+    """The decreasing float64 grid ``ts`` (on the host) in the dtype and device of ``like``, flipped to increase if
+    ``increasing`` (a likelihood's solve from ``t_min`` to T).
+
+    Raises:
+        ValueError: naming the argument ``name`` the grid came from, if two of its times round to one time in
+            ``like``'s dtype (a step of length 0: torchdiffeq's methods stopped on an assertion, the multistep
+            methods divided by zero, EDM's Heun sampler took the step as nothing).
+    """
+    cast = ts.to(dtype=like.dtype)  # on the host, where the grid was made: no device read
+    tied = torch.nonzero(cast[1:] >= cast[:-1]).flatten()
+    if len(tied):
+        i = int(tied[0])
+        # the two entries and times in the order of the solve (up from t_min when increasing)
+        (a, first), (b, second) = ((i, ts[i]), (i + 1, ts[i + 1])) if not increasing else (
+            (len(ts) - 2 - i, ts[i + 1]), (len(ts) - 1 - i, ts[i]))
+        fix = {"schedule": "merge the two times", "steps": "fewer 'steps'",
+               "step_size": "a 'step_size' that divides the span or leaves a longer last step"}[name]
+        raise ValueError(
+            f"{fn}: argument '{name}' expected a grid of distinct times in the state's dtype {like.dtype}, got times "
+            f"{float(first)!r} and {float(second)!r} (entries {a} and {b}), which both round to "
+            f"{float(cast[i])!r}. Fix: {fix}, or a float64 state (.double() of the state the solve starts from)."
+        )
+    cast = cast.to(device=like.device)
+    return cast.flip(0) if increasing else cast
 
 
 def _output_times(fn: str, save_at: Any, start: float, end: float, like: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:

@@ -131,16 +131,17 @@ def fit_schedule(
         reference_tol: tolerance of the accurate pilot solve.
         reference: the accurate solution at ``t_min`` from ``x_pilot`` if already known (``FittedSchedule.reference`` of
             an earlier fit on the same draws, e.g. for another budget); the accurate solve is then skipped.
-        t_min: final time (default ``sde.t_min``).
+        t_min: final time (default ``sde.t_min``; on a flow path 0 with a ``reference`` at t = 0 and ``"shift"`` grids).
         options: the methods' options, used in every candidate solve.
 
     Returns:
         A :class:`FittedSchedule`.
 
     Raises:
-        ValueError: for an adaptive or unknown ``method``, no method, an unknown ``family``, ``steps < 1``, a
+        ValueError: for an adaptive, unknown or repeated ``method``, no method, an unknown ``family``, ``steps < 1``, a
             non-positive ``reference_tol``, a malformed ``x_pilot``, a ``reference`` not shaped like it, on another
-            device or not finite, or ``t_min`` outside ``(0, T)``.
+            device or not finite, or ``t_min`` outside ``(0, T)`` (0, on a flow path, only with a ``reference``
+            and the ``"shift"`` family).
         TypeError: for arguments of the wrong type.
     """
     fn = "fit_schedule"
@@ -167,10 +168,16 @@ def fit_schedule(
         # methods' on EDM)
         in_t = spec.schedule_for(sde) == "t"
         families[name] = family if family is not None else ("shift" if in_t else "log_snr_capped")
+    repeated = sorted({name for name in methods if methods.count(name) > 1}, key=str)
+    if repeated:  # each candidate grid was solved once per repetition: the pilot's cost doubled for the same fit
+        raise ValueError(
+            f"{fn}: argument 'method' expected each method once, got {methods!r} ({', '.join(map(repr, repeated))} repeated)."
+        )
     check_int(fn, "steps", steps)
     check_batch(fn, "x_pilot", x_pilot, state=True)
     reference_tol = check_positive(fn, "reference_tol", reference_tol)
     t_min = resolve_t_min(fn, sde, t_min)
+    _check_t_min_zero(fn, sde, t_min, reference, [name for name in methods if families[name] == "log_snr_capped"])
     if reference is None:
         solve = sample_ode(score, sde, x_pilot, method="dpmpp_4m_pc_adaptive", rtol=reference_tol, atol=reference_tol, t_min=t_min)
         reference, nfe = solve.samples, solve.nfe
@@ -194,6 +201,20 @@ def fit_schedule(
         times=time_grid(sde, steps, families[best], t_min=t_min, **grid_options), method=best, schedule=families[best],
         schedule_options=grid_options, pilot_error=error, nfe=nfe, rows=x_pilot.shape[0], candidates=tuple(tried),
         reference=reference,
+    )
+
+
+def _check_t_min_zero(fn: str, sde: ForwardSDE, t_min: float, reference: Any, in_log_snr: list[str]) -> None:
+    """A flow path takes ``t_min = 0``, where the log-SNR is infinite: the accurate pilot solve (in log-SNR) and the
+    capped log-SNR grids cannot reach it; only time shifts of a uniform t grid from a given ``reference`` can."""
+    if t_min > 0 or (reference is not None and not in_log_snr):
+        return
+    why = (f"the capped log-SNR grids of {', '.join(map(repr, in_log_snr))} need" if in_log_snr else
+           "the accurate pilot solve (dpmpp_4m_pc_adaptive, in log-SNR) needs")
+    raise ValueError(
+        f"{fn}: argument 't_min' expected a time > 0, where the log-SNR is finite ({why} it), got {t_min!r}. Fix: "
+        f"t_min > 0 (sde.t_min={sde.t_min:g}), or, with methods that step in t to t = 0 (torchdiffeq's, "
+        "'velocity_*_pc'), family='shift' and the accurate solution at t = 0 as 'reference'."
     )
 
 

@@ -55,7 +55,8 @@ def sample_ode(
         steps: number of steps of a fixed-grid method.
         step_size: instead of ``steps``, the step length of a torchdiffeq fixed-grid method in the ``time``
             variable; the last step is shortened to land on ``t_min``.
-        schedule: where the ``steps`` go: ``"t"``, ``"log_snr"``, ``"karras"`` or ``"log_snr_capped"``
+        schedule: where the ``steps`` go: a name of ``scoreflow.schedules.SCHEDULES`` (``"t"``, ``"log_snr"``,
+            ``"karras"``, ``"log_snr_capped"``, ``"shift"`` or ``"noise_fraction"``; :func:`scoreflow.time_grid`)
             (default: uniform in ``time``, Karras' for ``"sigma"``, and for the native methods the schedule
             they were designed for, adapted to the process: ``get_method("ode", method).schedule_for(sde)``), or the grid itself, a decreasing 1-D tensor of times from T to ``t_min``
             (e.g. :func:`scoreflow.time_grid` with its options); ``steps`` may then be omitted.
@@ -88,7 +89,8 @@ def sample_ode(
             variable that divides by :math:`\alpha(T) = 0` there, an unknown method, time variable or schedule (the message lists the valid ones), a
             missing or superfluous ``steps``/``step_size``/``schedule``/``time``/``rtol``/``atol``, ``t_min``
             outside ``(0, T)``, a malformed ``x_T``, a score returning the wrong shape, ``save_at`` with a fixed-grid
-            method, with times outside ``[t_min, T]`` or together with ``return_trajectory``.
+            method, with times outside ``[t_min, T]`` or together with ``return_trajectory``, or a grid two of whose
+            times tie in ``x_T``'s dtype (naming ``schedule``, ``step_size`` or ``steps``).
         TypeError: if the score returns the wrong dtype, an argument has the wrong type, the method is given
             an option it does not take, or the callback returns something other than ``None`` or a state.
         ImportError: for ``progress=True`` without tqdm.
