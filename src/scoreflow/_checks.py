@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -490,6 +490,16 @@ def check_log_prob_output(fn: str, log_prob: Callable, x: torch.Tensor) -> torch
             f"{fn}: log_prob is not finite at the initial states; start the chains where the density is positive."
         )
     return out
+
+
+def check_distinct(fn: str, name: str, values: Sequence[Any], what: str) -> None:
+    """Check that no entry of argument ``name`` (a list of ``what`` names) is repeated: a repeated method or trace
+    would be solved twice for the same result."""
+    repeated = sorted({v for v in values if list(values).count(v) > 1}, key=str)
+    if repeated:
+        raise ValueError(
+            f"{fn}: argument '{name}' expected each {what} once, got {list(values)!r} ({', '.join(map(repr, repeated))} repeated)."
+        )
 
 
 def check_broadcastable(fn: str, name: str, value: Any, shape: tuple[int, ...], *, boolean: bool = False) -> torch.Tensor:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._checks import check_bool, check_instance, check_int
+from .._checks import check_bool, check_distinct, check_instance, check_int
 from ..metrics import fit_order
 from ..testing import Problem
 
@@ -54,9 +54,7 @@ def check_names(fn: str, name: str, value: object, what: str) -> list[str]:
         raise TypeError(f"{fn}: argument '{name}' expected a list of {what} names, got {type(value).__name__} {value!r}.")
     if not value:
         raise ValueError(f"{fn}: argument '{name}' expected at least one {what} name, got {value!r}.")
-    repeated = sorted({m for m in value if list(value).count(m) > 1}, key=str)
-    if repeated:
-        raise ValueError(f"{fn}: argument '{name}' expected each {what} once, got {list(value)!r} ({', '.join(map(repr, repeated))} repeated).")
+    check_distinct(fn, name, value, what)
     return list(value)
 
 

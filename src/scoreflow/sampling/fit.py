@@ -24,7 +24,9 @@ from typing import Any
 
 import torch
 
-from .._checks import check_batch, check_callable, check_choice, check_int, check_positive, resolve_t_min
+from .._checks import (
+    check_batch, check_callable, check_choice, check_distinct, check_int, check_positive, resolve_t_min,
+)
 from ..dynamics.counting import ScoreFn
 from ..methods import get_method
 from ..schedules import time_grid
@@ -168,11 +170,7 @@ def fit_schedule(
         # methods' on EDM)
         in_t = spec.schedule_for(sde) == "t"
         families[name] = family if family is not None else ("shift" if in_t else "log_snr_capped")
-    repeated = sorted({name for name in methods if methods.count(name) > 1}, key=str)
-    if repeated:  # each candidate grid was solved once per repetition: the pilot's cost doubled for the same fit
-        raise ValueError(
-            f"{fn}: argument 'method' expected each method once, got {methods!r} ({', '.join(map(repr, repeated))} repeated)."
-        )
+    check_distinct(fn, "method", methods, "method")  # each candidate grid would be solved once per repetition
     check_int(fn, "steps", steps)
     check_batch(fn, "x_pilot", x_pilot, state=True)
     reference_tol = check_positive(fn, "reference_tol", reference_tol)
