@@ -92,6 +92,12 @@ def check_int(fn: str, name: str, value: Any, *, minimum: int = 1, kind: str = "
     return value
 
 
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer, Python's or NumPy's (anything with ``__index__``, e.g. ``np.prod`` of a
+    shape), and not a bool: the test of a size in a shape."""
+    return hasattr(value, "__index__") and not isinstance(value, bool)
+
+
 def check_bool(fn: str, name: str, value: Any) -> bool:
     """Check that ``value`` is ``True`` or ``False`` (a string such as ``"no"`` would read as true); return it."""
     if not isinstance(value, bool):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_data_range, check_generator, check_int
+from ._checks import check_data_range, check_generator, check_int, is_int
 
 __all__ = ["bits_per_dim", "dequantize"]
 
@@ -82,8 +82,8 @@ def bits_per_dim(
 
 
 def _is_int(value: object) -> bool:
-    """An integer (Python's or NumPy's, anything with ``__index__``) that is not a bool."""
-    return hasattr(value, "__index__") and not isinstance(value, bool) and not torch.is_tensor(value)
+    """An integer (:func:`~scoreflow._checks.is_int`) that is not a tensor: a tensor is not a size of ``x_shape``."""
+    return is_int(value) and not torch.is_tensor(value)
 
 
 def dequantize(

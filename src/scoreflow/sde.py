@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from ._cache import LRU, parameters_key
-from ._checks import check_generator, check_instance, check_positive
+from ._checks import check_generator, check_instance, check_positive, is_int
 from ._tensor import TimeLike, as_time, batch_time, flat_dim, right_pad
 
 __all__ = ["ForwardSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "check_sde", "check_diffusion_finite_at_T"]
@@ -129,9 +129,7 @@ class ForwardSDE(ABC):
         """
         fn = f"{type(self).__name__}.prior_sample"
         check_generator(fn, generator)
-        if not isinstance(shape, (tuple, list, torch.Size)) or not all(
-            hasattr(n, "__index__") and not isinstance(n, bool) for n in shape  # ints, NumPy's included
-        ):
+        if not isinstance(shape, (tuple, list, torch.Size)) or not all(is_int(n) for n in shape):
             raise TypeError(
                 f"{fn}: argument 'shape' expected a tuple of ints (B, *D), e.g. (16, 2), got {type(shape).__name__} {shape!r}."
             )

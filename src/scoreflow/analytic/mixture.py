@@ -14,7 +14,7 @@ import torch
 
 from .._checks import (
     check_batch, check_float_dtype, check_generator, check_instance, check_int, check_positive, check_real, check_time,
-    resolve_t_min,
+    is_int, resolve_t_min,
 )
 from .._tensor import ScoreFn, TimeLike, batch_time, right_pad
 from ..sde import ForwardSDE, check_sde
@@ -86,9 +86,7 @@ def _check_event_shape(fn: str, event_shape, dim: int) -> tuple[int, ...]:
     """``event_shape`` (None for ``(dim,)``) as a tuple of ints >= 1 whose product is ``dim``."""
     if event_shape is None:
         return (dim,)
-    if not isinstance(event_shape, (tuple, list, torch.Size)) or not all(
-        hasattr(n, "__index__") and not isinstance(n, bool) for n in event_shape
-    ):
+    if not isinstance(event_shape, (tuple, list, torch.Size)) or not all(is_int(n) for n in event_shape):
         raise TypeError(f"{fn}: argument 'event_shape' expected a tuple of ints, e.g. (1, 2, 2), got {type(event_shape).__name__} {event_shape!r}.")
     if not event_shape or min(event_shape) < 1 or math.prod(event_shape) != dim:
         raise ValueError(
