@@ -249,6 +249,13 @@ def check_schedule_name(fn: str, name: str, value: Any, valid: Iterable[str], *,
     return check_choice(fn, name, value, valid)
 
 
+def first_unordered_step(ts: torch.Tensor) -> int | None:
+    """The index i of the first step ``(ts[i], ts[i + 1])`` of a grid that should decrease strictly whose times are
+    not finite or do not decrease (a tie in the grid's dtype included), or None (one synchronisation: ``nonzero``)."""
+    bad = torch.nonzero(~torch.isfinite(ts[:-1]) | ~torch.isfinite(ts[1:]) | (ts[1:] >= ts[:-1])).flatten()
+    return int(bad[0]) if len(bad) else None
+
+
 def check_time_grid(fn: str, name: str, value: Any, t_start: float, t_end: float, *, increasing: bool = False) -> torch.Tensor:
     """Check a custom step grid: a 1-D floating tensor of >= 2 finite, strictly decreasing times from ``t_start``
     to ``t_end`` (ends within 1e-6 relative); return a float64 copy whose ends are exactly ``t_start`` and ``t_end``.
@@ -262,7 +269,7 @@ def check_time_grid(fn: str, name: str, value: Any, t_start: float, t_end: float
         raise ValueError(f"{fn}: argument '{name}' expected a 1-D floating tensor of >= 2 times, got {_describe(value)}. {fix}")
     given = value.detach().to(device="cpu", dtype=torch.float64).clone()
     ts = given.flip(0) if increasing else given
-    if not torch.isfinite(ts).all() or (ts[1:] >= ts[:-1]).any():
+    if first_unordered_step(ts) is not None:
         order = "increasing" if increasing else "decreasing"
         raise ValueError(f"{fn}: argument '{name}' expected finite, strictly {order} times, got {given.tolist()}. {fix}")
     (first, first_name), (last, last_name) = ((t_end, "t_min"), (t_start, "T")) if increasing else ((t_start, "T"), (t_end, "t_min"))

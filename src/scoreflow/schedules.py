@@ -16,7 +16,7 @@ import math
 import torch
 
 from ._cache import LRU, parameters_key
-from ._checks import check_choice, check_float_dtype, check_int, check_positive, check_real, resolve_t_min
+from ._checks import check_choice, check_float_dtype, check_int, check_positive, check_real, first_unordered_step, resolve_t_min
 from .sde import ForwardSDE, check_sde
 
 __all__ = [
@@ -308,10 +308,9 @@ def _checked_distinct(
             that argument's name and value.
     """
     for grid, dtype in ((exact, None), (cast, cast.dtype)):
-        bad = torch.nonzero(~torch.isfinite(grid[1:]) | (grid[1:] >= grid[:-1])).flatten()
-        if not len(bad):
+        i = first_unordered_step(grid)
+        if i is None:
             continue
-        i = int(bad[0])
         got = f"entries {i} and {i + 1} (counted from T) {float(grid[i])!r} and {float(grid[i + 1])!r}"
         if dtype is not None:
             raise ValueError(

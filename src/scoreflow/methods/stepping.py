@@ -13,7 +13,9 @@ from typing import Any
 import torch
 
 from .._cache import LRU, parameters_key, version
-from .._checks import check_choice, check_int, check_schedule_name, check_positive, check_save_at, check_time_grid
+from .._checks import (
+    check_choice, check_int, check_positive, check_save_at, check_schedule_name, check_time_grid, first_unordered_step,
+)
 from ..schedules import SCHEDULES, step_size_grid, time_grid
 from ..sde import ForwardSDE
 from .registry import Method
@@ -230,9 +232,8 @@ def _placed(fn: str, name: str, ts: torch.Tensor, like: torch.Tensor, increasing
             methods divided by zero, EDM's Heun sampler took the step as nothing).
     """
     cast = ts.to(dtype=like.dtype)  # on the host, where the grid was made: no device read
-    tied = torch.nonzero(cast[1:] >= cast[:-1]).flatten()
-    if len(tied):
-        i = int(tied[0])
+    i = first_unordered_step(cast)
+    if i is not None:
         # the two entries and times in the order of the solve (up from t_min when increasing)
         (a, first), (b, second) = ((i, ts[i]), (i + 1, ts[i + 1])) if not increasing else (
             (len(ts) - 2 - i, ts[i + 1]), (len(ts) - 1 - i, ts[i]))
